@@ -1,0 +1,177 @@
+"""The CDT array store: one compressed ``.npz`` per world under ``cdt_states/``.
+
+Writes are coalesced (a world marked dirty ten times is written once per flush) and
+done off the event loop: ``np.savez_compressed`` to a temporary file, fsync,
+``os.replace``, fsync of the folder, so a crash leaves either the old file or the
+new one, never a torn one. Loading uses ``allow_pickle=False`` and refuses
+symlinks and object arrays: loading a pickle runs code.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import numpy as np
+from numpy.typing import NDArray
+from structlog import get_logger
+
+from .errors import CorruptCdtFile, PersistenceError
+from .ids import check_file_name
+
+log = get_logger(__name__)
+
+Arrays = Mapping[str, NDArray[np.generic]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Dirty:
+    arrays: Arrays
+    version: int | None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_npz_atomic(path: Path, arrays: Arrays) -> int:
+    """Write ``arrays`` to ``path`` so that a crash never leaves a torn file. Returns bytes."""
+    for name, array in arrays.items():
+        if array.dtype.hasobject:  # would need a pickle; refuse before writing anything
+            raise ValueError(f"array {name!r} holds Python objects; only numeric arrays are stored")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            # (mypy matches **arrays against the allow_pickle flag; the names are array names)
+            np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
+            handle.flush()
+            os.fsync(handle.fileno())
+            size = handle.tell()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return size
+
+
+def load_npz(path: Path) -> dict[str, NDArray[np.generic]]:
+    """Load every array of a ``.npz``, refusing symlinks, pickles and torn files."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise CorruptCdtFile(path, "the file is missing") from exc
+    except OSError as exc:
+        reason = "it is a symlink" if path.is_symlink() else str(exc)
+        raise CorruptCdtFile(path, reason) from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise CorruptCdtFile(path, "not a regular file")
+        try:
+            with np.load(handle, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise CorruptCdtFile(path, f"{type(exc).__name__}: {exc}") from exc
+    for name, array in arrays.items():
+        if array.dtype.hasobject:
+            raise CorruptCdtFile(path, f"array {name!r} holds objects")
+    return arrays
+
+
+class CdtStore:
+    """Coalescing, crash-safe writer and safe reader of per-world ``.npz`` files."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._dirty: dict[str, _Dirty] = {}
+        self._dirty_event = anyio.Event()
+        self._lock = anyio.Lock()
+        self.last_error: BaseException | None = None
+        self.files_written = 0
+        self.bytes_written = 0
+
+    def path_for(self, world_id: str, version: int | None = None) -> Path:
+        check_file_name(world_id, "world id")
+        name = world_id if version is None else f"{world_id}.v{version}"
+        return self.directory / f"{name}.npz"
+
+    def mark_dirty(self, world_id: str, arrays: Arrays, *, version: int | None = None) -> None:
+        """Schedule ``arrays`` to be written. They are copied at flush time, so pass live ones."""
+        self.path_for(world_id, version)  # validate now, not in the background
+        self._dirty[world_id] = _Dirty(arrays, version)
+        self._dirty_event.set()
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    async def flush(self) -> list[Path]:
+        """Write every dirty world now; return when the files are durable."""
+        async with self._lock:
+            if not self._dirty:
+                return []
+            dirty, self._dirty = self._dirty, {}
+            # Copy on the event loop: the owning actors mutate arrays only there, so
+            # this snapshot is consistent even while they go on stepping.
+            jobs = [
+                (
+                    self.path_for(world_id, item.version),
+                    {k: np.array(v) for k, v in item.arrays.items()},
+                )
+                for world_id, item in dirty.items()
+            ]
+            try:
+                sizes = await anyio.to_thread.run_sync(_write_all, jobs)
+            except OSError as exc:
+                for world_id, item in dirty.items():  # keep them dirty unless re-marked since
+                    self._dirty.setdefault(world_id, item)
+                self.last_error = exc
+                raise PersistenceError(f"CDT flush to {self.directory} failed: {exc}") from exc
+            self.last_error = None
+            self.files_written += len(sizes)
+            self.bytes_written += sum(sizes)
+            return [path for path, _ in jobs]
+
+    async def run_flusher(self, interval: float = 0.5) -> None:
+        """Background task: flush dirty worlds at most every ``interval`` seconds."""
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event = anyio.Event()
+            await anyio.sleep(interval)
+            try:
+                await self.flush()
+            except PersistenceError as exc:
+                log.error("cdt.flush_failed", error=str(exc))
+
+    def load(self, world_id: str, version: int | None = None) -> dict[str, NDArray[np.generic]]:
+        return load_npz(self.path_for(world_id, version))
+
+    async def aload(
+        self, world_id: str, version: int | None = None
+    ) -> dict[str, NDArray[np.generic]]:
+        """The world's arrays: the not-yet-flushed ones if dirty (read your writes), else the file."""
+        pending = self._dirty.get(world_id)
+        if pending is not None:
+            return {k: np.array(v) for k, v in pending.arrays.items()}
+        path = self.path_for(world_id, version)
+        return await anyio.to_thread.run_sync(load_npz, path)
+
+    def remove(self, world_id: str, version: int | None = None) -> None:
+        self.path_for(world_id, version).unlink(missing_ok=True)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.directory.glob("*.npz") if not p.name.startswith("."))
+
+
+def _write_all(jobs: list[tuple[Path, dict[str, NDArray[np.generic]]]]) -> list[int]:
+    return [write_npz_atomic(path, arrays) for path, arrays in jobs]

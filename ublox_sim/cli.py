@@ -1,0 +1,191 @@
+"""The ``ublox-sim`` command line. Exit codes: 0 ok, 1 a run or check failed, 2 usage or input error."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import InvalidInput, UbloxError
+from .logsetup import configure_logging
+from .storage import UbloxLocalStorage
+from .store import Home
+from .verify import verify_store
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _errors_to_exit_codes(fn: Callable[P, T]) -> Callable[P, T]:
+    """Our errors become one clear line on stderr and an exit code, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except InvalidInput as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except UbloxError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper
+
+
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Store folder (default: $UBLOX_HOME, else ~/.ublox).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ublox-sim")
+@click.option(
+    "--log-format",
+    type=click.Choice(["console", "json"]),
+    default="console",
+    show_default=True,
+    help="How log lines on stderr look.",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(log_format: str, verbose: int) -> None:
+    """ublox-sim: an async actor-based game-simulation backend."""
+    level = {0: 30, 1: 20}.get(verbose, 10)
+    configure_logging("json" if log_format == "json" else "console", level)
+
+
+@main.command()
+@home_option
+def demo(home: Path | None) -> None:
+    """Run the seed's storage demo (in a temporary home unless --home is given)."""
+    from .demo import DemoCheckFailed, run_demo
+
+    try:
+        if home is not None:
+            run_demo(Home.resolve(home).root)
+            return
+        with tempfile.TemporaryDirectory(prefix="ublox-demo-") as tmp:
+            run_demo(Path(tmp) / "ublox")
+    except DemoCheckFailed as exc:
+        click.echo(f"demo check failed: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors_to_exit_codes
+def stats(home: Path | None, as_json: bool) -> None:
+    """Counts and totals of the store."""
+    with UbloxLocalStorage(home) as storage:
+        data = storage.get_global_stats()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    table = Table("table", "figure", "value", title=f"ublox store {Home.resolve(home).root}")
+    for name, figures in data.items():
+        for key, value in figures.items():
+            table.add_row(name, key, str(value))
+    _console().print(table)
+
+
+@main.command("export")
+@home_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@_errors_to_exit_codes
+def export_cmd(home: Path | None, output: Path | None) -> None:
+    """Write the full JSON export (default <home>/export.json)."""
+    with UbloxLocalStorage(home) as storage:
+        path = storage.export_to_json(output)
+    click.echo(str(path))
+
+
+@main.command("import")
+@home_option
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_errors_to_exit_codes
+def import_cmd(home: Path | None, path: Path) -> None:
+    """Load an export into an empty home (refused if its ledger does not balance)."""
+    with UbloxLocalStorage(home) as storage:
+        storage.import_from_json(path)
+    click.echo(f"imported {path} into {Home.resolve(home).root}")
+
+
+@main.group()
+def backup() -> None:
+    """Create, list and restore consistent snapshots under <home>/backups/."""
+
+
+@backup.command("create")
+@home_option
+@click.argument("name", required=False)
+@_errors_to_exit_codes
+def backup_create(home: Path | None, name: str | None) -> None:
+    with UbloxLocalStorage(home) as storage:
+        click.echo(str(storage.create_backup(name)))
+
+
+@backup.command("list")
+@home_option
+@_errors_to_exit_codes
+def backup_list(home: Path | None) -> None:
+    from .store import list_backups
+
+    table = Table("name", "created", "size")
+    for item in list_backups(Home.resolve(home)):
+        table.add_row(item["name"], item["created"], f"{item['size'] / 1024:.1f} KB")
+    _console().print(table)
+
+
+@backup.command("restore")
+@home_option
+@click.argument("name")
+@_errors_to_exit_codes
+def backup_restore(home: Path | None, name: str) -> None:
+    with UbloxLocalStorage(home) as storage:
+        storage.restore_backup(name)
+    click.echo(f"restored {name}; the previous state is kept as a pre_restore_* backup")
+
+
+@main.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
+def verify(home: Path | None, as_json: bool) -> None:
+    """Check schema, integrity, ledger vs balances, escrow, tokens, sessions and CDT files."""
+    root = Home.resolve(home).root
+    findings = verify_store(root)
+    if as_json:
+        items: list[dict[str, Any]] = [
+            {"check": f.check, "subject": f.subject, "message": f.message} for f in findings
+        ]
+        click.echo(json.dumps({"ok": not findings, "findings": items}, indent=2))
+    elif findings:
+        for finding in findings:
+            click.echo(str(finding))
+        click.echo(f"verify: {len(findings)} problem(s) in {root}")
+    else:
+        click.echo(f"verify: ok ({root})")
+    sys.exit(EXIT_FAILED if findings else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

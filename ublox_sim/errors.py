@@ -1,0 +1,146 @@
+"""Every error ublox_sim raises on purpose.
+
+    UbloxError
+    ├── InvalidInput              bad argument: ids, amounts, names (caller's fault)
+    │   ├── InvalidAmount
+    │   └── InvalidId
+    ├── Refusal                   an economic rule said no; nothing changed
+    │   ├── InsufficientFunds
+    │   ├── SharesUnavailable
+    │   ├── InvalidState
+    │   ├── UnknownPlayer
+    │   ├── UnknownPTO
+    │   ├── UnknownToken
+    │   └── AlreadyExists
+    ├── RuntimeFailure            the machinery, not the request
+    │   ├── ActorClosed           you (or shutdown) closed it
+    │   ├── ActorBroken           it crashed; the cause is chained
+    │   └── RequestTimeout
+    └── StoreError                the local store
+        ├── PersistenceError      a write was not committed (the cause is chained)
+        │   └── StoreFull         disk or max_page_count reached
+        ├── UnitRejected          one unit of work broke a constraint; others went on
+        ├── CorruptCdtFile        a .npz that cannot be loaded safely (names the file)
+        ├── BackupError           missing, corrupt or unsafe backup name
+        ├── SchemaError           the database is not one we understand
+        └── StoreLocked           another writer holds the home
+
+Lower-level errors (sqlite3, OSError, zipfile) are translated with ``raise X(...) from exc``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UbloxError(Exception):
+    """Root of every error raised on purpose by ublox_sim."""
+
+    code = "ublox_error"
+
+
+class InvalidInput(UbloxError, ValueError):
+    code = "invalid_input"
+
+
+class InvalidAmount(InvalidInput):
+    code = "invalid_amount"
+
+
+class InvalidId(InvalidInput):
+    code = "invalid_id"
+
+
+class Refusal(UbloxError):
+    """An economic rule refused the operation; nothing was changed."""
+
+    code = "refused"
+
+
+class InsufficientFunds(Refusal):
+    code = "insufficient_funds"
+
+
+class SharesUnavailable(Refusal):
+    code = "shares_unavailable"
+
+
+class InvalidState(Refusal):
+    code = "invalid_state"
+
+
+class UnknownPlayer(Refusal, LookupError):
+    code = "unknown_player"
+
+
+class UnknownPTO(Refusal, LookupError):
+    code = "unknown_pto"
+
+
+class UnknownToken(Refusal, LookupError):
+    code = "unknown_token"
+
+
+class AlreadyExists(Refusal):
+    code = "already_exists"
+
+
+class RuntimeFailure(UbloxError):
+    code = "runtime_failure"
+
+
+class ActorClosed(RuntimeFailure):
+    """The actor was closed (by you, or by shutdown) before it could answer."""
+
+    code = "actor_closed"
+
+
+class ActorBroken(RuntimeFailure):
+    """The actor crashed; ``__cause__`` holds what it raised."""
+
+    code = "actor_broken"
+
+
+class RequestTimeout(RuntimeFailure, TimeoutError):
+    code = "request_timeout"
+
+
+class StoreError(UbloxError):
+    code = "store_error"
+
+
+class PersistenceError(StoreError):
+    """A unit of work was not committed. Nothing of it is on disk."""
+
+    code = "persistence_error"
+
+
+class StoreFull(PersistenceError):
+    code = "store_full"
+
+
+class UnitRejected(StoreError):
+    """One unit broke a database constraint; it was rolled back alone."""
+
+    code = "unit_rejected"
+
+
+class CorruptCdtFile(StoreError):
+    code = "corrupt_cdt_file"
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"CDT file {path} cannot be loaded: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class BackupError(StoreError):
+    code = "backup_error"
+
+
+class SchemaError(StoreError):
+    code = "schema_error"
+
+
+class StoreLocked(StoreError):
+    code = "store_locked"

@@ -1,0 +1,59 @@
+"""Exact money: integer cents inside, major units (5000.0) at the seed-compatible edges.
+
+Floats never take part in arithmetic. A float given at the API is read through its
+shortest repr (``Decimal(repr(x))``), so ``0.1`` means ten cents, and anything that
+does not land on a whole cent is refused rather than rounded.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal, InvalidOperation
+
+from .errors import InvalidAmount
+
+CENTS_PER_UNIT = 100
+# SQLite INTEGER is signed 64-bit; keep a wide margin so sums of many amounts still fit.
+MAX_CENTS = 10**15
+
+Amount = Decimal | int | float | str
+
+
+def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -> int:
+    """Major units (Decimal, int, float or numeric string) → exact non-negative cents."""
+    if isinstance(amount, bool):
+        raise InvalidAmount(f"{what} must be a number, not a bool")
+    try:
+        if isinstance(amount, float):
+            if not math.isfinite(amount):
+                raise InvalidAmount(f"{what} must be finite, got {amount!r}")
+            value = Decimal(repr(amount))
+        elif isinstance(amount, Decimal | int | str):
+            value = Decimal(amount)
+        else:
+            raise InvalidAmount(f"{what} must be a number, got {type(amount).__name__}")
+    except InvalidOperation as exc:
+        raise InvalidAmount(f"{what} is not a number: {amount!r}") from exc
+    if not value.is_finite():
+        raise InvalidAmount(f"{what} must be finite, got {amount!r}")
+    cents = value * CENTS_PER_UNIT
+    if cents != cents.to_integral_value():
+        raise InvalidAmount(f"{what} {amount!r} has a fraction of a cent")
+    result = int(cents)
+    if result < 0:
+        raise InvalidAmount(f"{what} must not be negative, got {amount!r}")
+    if result == 0 and not allow_zero:
+        raise InvalidAmount(f"{what} must be positive, got {amount!r}")
+    if result > MAX_CENTS:
+        raise InvalidAmount(f"{what} {amount!r} exceeds the limit of {MAX_CENTS // 100}")
+    return result
+
+
+def from_cents(cents: int) -> float:
+    """Cents → major units as the seed shows them (5000.0). Exact for |cents| < 2**53."""
+    return cents / CENTS_PER_UNIT
+
+
+def to_decimal(cents: int) -> Decimal:
+    """Cents → an exact Decimal in major units (for the Engine API)."""
+    return Decimal(cents).scaleb(-2)

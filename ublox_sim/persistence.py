@@ -1,0 +1,416 @@
+"""The persistence actor: the one writer of ``ublox.db``.
+
+Callers hand it *units of work* (every row of one economic operation). It batches
+whatever is queued into one SQLite transaction (group commit, ``executemany`` for
+runs of the same statement), and acknowledges each unit only after that
+transaction committed. A unit is all-or-nothing: when a batch fails, its units are
+retried one by one, so one bad unit fails only its own caller.
+
+Use it as ``async with PersistenceActor.open(path) as db: await db.submit(unit)``.
+
+WAL checkpoints: SQLite's auto-checkpoint runs inside the committing call and
+stalls that commit (about one in twenty, ~10 ms). We turn it off and run passive
+checkpoints on a second connection in its own thread, so commits never wait for
+them; a passive checkpoint never blocks a writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiosqlite
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from structlog import get_logger
+
+from .errors import (
+    ActorBroken,
+    ActorClosed,
+    PersistenceError,
+    SchemaError,
+    StoreFull,
+    UnitRejected,
+)
+from .schema import PRAGMAS, migrate
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+Synchronous = Literal["OFF", "NORMAL", "FULL"]
+
+_SQLITE_FULL = 13
+_SQLITE_CONSTRAINT = 19
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One SQL statement with its parameters. ``want_rowid`` returns its lastrowid."""
+
+    sql: str
+    params: Sequence[object] = ()
+    want_rowid: bool = False
+
+
+Unit = Sequence[Statement]
+# Rows come back as SQLite gives them: typed by the query, not by us.
+Row = tuple[Any, ...]
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    """A queued request and the caller's way back (ask pattern)."""
+
+    unit: Unit | None = None
+    # For requests other than writes: a function run against the connection proxy.
+    control: Callable[[aiosqlite.Connection], Awaitable[object]] | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: object = None
+    error: BaseException | None = None
+
+    def finish(self, result: object = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+def translate(exc: sqlite3.Error, what: str) -> PersistenceError | UnitRejected:
+    """Turn a driver error into ours, keeping the cause chained by the caller."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == _SQLITE_CONSTRAINT or isinstance(exc, sqlite3.IntegrityError):
+        return UnitRejected(f"{what} rejected by the database: {exc}")
+    if code == _SQLITE_FULL:
+        return StoreFull(f"{what} not committed: the database or disk is full ({exc})")
+    return PersistenceError(f"{what} not committed: {exc}")
+
+
+def prepare_database(path: Path, page_size: int = 1024) -> int:
+    """Create or migrate the database (blocking). Returns the schema version found.
+
+    A new database gets ``page_size`` (it cannot change once in WAL mode). Small
+    pages keep a small store small: every table and index takes at least a page.
+    """
+    new = not path.exists() or path.stat().st_size == 0
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise SchemaError(f"cannot open {path}: {exc}") from exc
+    try:
+        if new:
+            conn.execute(f"PRAGMA page_size={int(page_size)}")
+        for pragma in PRAGMAS:
+            conn.execute(pragma)
+        try:
+            return migrate(conn)
+        except ValueError as exc:
+            raise SchemaError(str(exc)) from exc
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(
+            f"{path} is not a usable ublox database ({exc}); restore a backup "
+            "(`ublox-sim backup restore NAME`) or move the file away"
+        ) from exc
+    finally:
+        conn.close()
+
+
+class PersistenceActor:
+    """Owns the aiosqlite connection; serialises every write and read through one mailbox."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        mailbox_size: int = 4096,
+        max_batch: int = 2048,
+        checkpoint_every: int = 64,
+    ) -> None:
+        self.path = path
+        self.synchronous: Synchronous = synchronous
+        self.max_batch = max_batch
+        self.checkpoint_every = checkpoint_every
+        self._send: MemoryObjectSendStream[_Pending]
+        self._receive: MemoryObjectReceiveStream[_Pending]
+        self._send, self._receive = anyio.create_memory_object_stream[_Pending](mailbox_size)
+        self._conn: aiosqlite.Connection | None = None
+        self._ckpt_conn: aiosqlite.Connection | None = None
+        self._ckpt_wanted = anyio.Event()
+        self._commits_since_ckpt = 0
+        self._broken: BaseException | None = None
+        self._closed = False
+        self._stopped = anyio.Event()
+        self.commits = 0
+        self.units_committed = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, path: Path | str, *, task_group: TaskGroup | None = None, **options: object
+    ) -> AsyncIterator[PersistenceActor]:
+        """Open (creating or migrating) the database and run the actor until exit."""
+        actor = cls(Path(path), **options)  # type: ignore[arg-type]
+        if task_group is not None:
+            await actor.start(task_group)
+            try:
+                yield actor
+            finally:
+                await actor.aclose()
+            return
+        async with anyio.create_task_group() as tg:
+            await actor.start(tg)
+            try:
+                yield actor
+            finally:
+                await actor.aclose()
+
+    async def start(self, tg: TaskGroup) -> None:
+        await anyio.to_thread.run_sync(prepare_database, self.path)
+        self._conn = await self._connect()
+        self._ckpt_conn = await self._connect()
+        tg.start_soon(self._run, name="persistence-actor")
+        tg.start_soon(self._checkpointer, name="persistence-checkpointer")
+        log.debug("persistence.opened", path=str(self.path), synchronous=self.synchronous)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            for pragma in PRAGMAS:
+                await conn.execute(pragma)
+            await conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def aclose(self) -> None:
+        """Drain the mailbox, commit, checkpoint, close. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._send.close()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- requests --------------------------------------------------------------------
+
+    async def submit(self, unit: Unit) -> list[int]:
+        """Commit one unit of work; return the rowids its ``want_rowid`` statements made.
+
+        Returns only after the transaction holding the unit committed. Raises
+        UnitRejected (this unit broke a constraint; others went on), StoreFull or
+        PersistenceError (nothing of the unit was written), ActorClosed/ActorBroken.
+        """
+        pending = _Pending(unit=unit)
+        await self._enqueue(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert isinstance(pending.result, list)
+        return pending.result
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        """Read through the writer's connection, after every write queued before it."""
+
+        async def read(conn: aiosqlite.Connection) -> list[Row]:
+            async with conn.execute(sql, params) as cursor:
+                return [tuple(row) for row in await cursor.fetchall()]
+
+        return await self.call(read)
+
+    async def fetchone(self, sql: str, params: Sequence[object] = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def call(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``await fn(conn)`` in the actor, between batches, and return its result."""
+        pending = _Pending(control=fn)
+        await self._enqueue(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[return-value]  # set from fn's own result
+
+    async def backup_to(self, target: Path) -> None:
+        """Online-backup the database to ``target`` (a consistent snapshot)."""
+
+        async def backup(conn: aiosqlite.Connection) -> None:
+            dest = sqlite3.connect(target, check_same_thread=False)
+            try:
+                await conn.backup(dest)
+            finally:
+                dest.close()
+
+        await self.call(backup)
+
+    async def _enqueue(self, pending: _Pending) -> None:
+        if self._broken is not None:
+            raise ActorBroken("the persistence actor crashed") from self._broken
+        try:
+            await self._send.send(pending)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            if self._broken is not None:
+                raise ActorBroken("the persistence actor crashed") from self._broken
+            raise ActorClosed("the persistence actor is closed") from exc
+
+    # -- the actor loop --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        inflight: list[_Pending] = []
+        try:
+            async with self._receive:
+                while True:
+                    try:
+                        first = await self._receive.receive()
+                    except anyio.EndOfStream:
+                        break
+                    inflight = [first]
+                    while len(inflight) < self.max_batch:
+                        try:
+                            inflight.append(self._receive.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await self._process(inflight)
+                    inflight = []
+        except BaseException as exc:
+            self._broken = exc
+            failure = ActorBroken("the persistence actor crashed")
+            failure.__cause__ = exc
+            for pending in inflight:
+                pending.finish(error=failure)
+            raise
+        finally:
+            # Anyone still queued (crash or cancellation) hears about it.
+            while True:
+                try:
+                    leftover = self._receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+                leftover.finish(error=ActorClosed("the persistence actor stopped"))
+            self._ckpt_wanted.set()
+            with anyio.CancelScope(shield=True):
+                await self._close_connections()
+            self._stopped.set()
+
+    async def _process(self, items: list[_Pending]) -> None:
+        writes: list[_Pending] = []
+        for item in items:
+            if item.unit is not None:
+                writes.append(item)
+                continue
+            if writes:
+                await self._commit(writes)
+                writes = []
+            assert item.control is not None and self._conn is not None
+            try:
+                result = await item.control(self._conn)
+            except sqlite3.Error as exc:
+                error = translate(exc, "request")
+                error.__cause__ = exc
+                item.finish(error=error)
+            except Exception as exc:
+                item.finish(error=exc)
+            else:
+                item.finish(result)
+        if writes:
+            await self._commit(writes)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            rowids = await self._execute_batch(conn, batch)
+        except sqlite3.Error as exc:
+            await self._rollback(conn)
+            if len(batch) > 1:
+                log.debug("persistence.batch_failed_retrying", units=len(batch), error=str(exc))
+                for pending in batch:
+                    await self._commit([pending])
+                return
+            error = translate(exc, "unit of work")
+            error.__cause__ = exc
+            batch[0].finish(error=error)
+            log.warning("persistence.unit_failed", error=str(exc))
+            return
+        self.commits += 1
+        self.units_committed += len(batch)
+        for pending, ids in zip(batch, rowids, strict=True):
+            pending.finish(ids)
+        self._commits_since_ckpt += 1
+        if self._commits_since_ckpt >= self.checkpoint_every:
+            self._commits_since_ckpt = 0
+            self._ckpt_wanted.set()
+
+    @staticmethod
+    async def _execute_batch(conn: aiosqlite.Connection, batch: list[_Pending]) -> list[list[int]]:
+        """Run the batch in one transaction; runs of one SQL text go through executemany."""
+        rowids: list[list[int]] = [[] for _ in batch]
+        await conn.execute("BEGIN IMMEDIATE")
+        run_sql: str | None = None
+        run_rows: list[Sequence[object]] = []
+        for index, pending in enumerate(batch):
+            assert pending.unit is not None
+            for stmt in pending.unit:
+                if stmt.want_rowid:
+                    if run_sql is not None:
+                        await conn.executemany(run_sql, run_rows)
+                        run_sql, run_rows = None, []
+                    async with conn.execute(stmt.sql, stmt.params) as cursor:
+                        rowids[index].append(int(cursor.lastrowid or 0))
+                    continue
+                if stmt.sql != run_sql:
+                    if run_sql is not None:
+                        await conn.executemany(run_sql, run_rows)
+                    run_sql, run_rows = stmt.sql, []
+                run_rows.append(stmt.params)
+        if run_sql is not None:
+            await conn.executemany(run_sql, run_rows)
+        await conn.execute("COMMIT")
+        return rowids
+
+    @staticmethod
+    async def _rollback(conn: aiosqlite.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                await conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # SQLite may already have rolled back on its own
+                log.debug("persistence.rollback_failed", error=str(exc))
+
+    async def _checkpointer(self) -> None:
+        while not self._stopped.is_set() and not self._closed:
+            await self._ckpt_wanted.wait()
+            self._ckpt_wanted = anyio.Event()
+            conn = self._ckpt_conn
+            if conn is None or self._closed:
+                return
+            try:
+                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                # A failed passive checkpoint loses nothing: the WAL keeps the data.
+                log.warning("persistence.checkpoint_failed", error=str(exc))
+
+    async def _close_connections(self) -> None:
+        conn, self._conn = self._conn, None
+        ckpt, self._ckpt_conn = self._ckpt_conn, None
+        if ckpt is not None:
+            await ckpt.close()
+        if conn is not None:
+            try:
+                await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("persistence.final_checkpoint_failed", error=str(exc))
+            await conn.close()
+        log.debug("persistence.closed", path=str(self.path), commits=self.commits)

@@ -1,0 +1,143 @@
+"""``UbloxLocalStorage``: the seed's synchronous storage API, for scripts.
+
+It runs a ``LocalStore`` on an anyio blocking portal (an event loop in a worker
+thread), so plain code can call it without async:
+
+    with UbloxLocalStorage() as storage:          # ~/.ublox, or $UBLOX_HOME
+        storage.save_player({"player_id": "alice", "usd_obbba_balance": 5000.0})
+        storage.load_player("alice")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .model import PTO, Player, PTSToken
+from .persistence import Synchronous
+from .store import Home, LocalStore
+
+
+class UbloxLocalStorage:
+    """Synchronous facade over ``LocalStore`` with the seed notes' method names."""
+
+    def __init__(
+        self, home: Path | str | None = None, *, synchronous: Synchronous = "NORMAL"
+    ) -> None:
+        self.home = Home.resolve(home)
+        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio")
+        self._portal = self._portal_cm.__enter__()
+        # One portal task enters and exits the store's task group, as anyio requires.
+        self._store_cm = self._portal.wrap_async_context_manager(
+            LocalStore.open(self.home, synchronous=synchronous)
+        )
+        try:
+            self._store: LocalStore = self._store_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+        self._closed = False
+
+    @property
+    def home_path(self) -> Path:
+        return self.home.root
+
+    def close(self) -> None:
+        """Flush, commit and close. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._store_cm.__exit__(None, None, None)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+    def __enter__(self) -> UbloxLocalStorage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # The seed's operations, one line each.
+
+    def save_player(self, player: Mapping[str, Any] | Player) -> None:
+        self._portal.call(self._store.save_player, player)
+
+    def load_player(self, player_id: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._portal.call(self._store.load_player, player_id)
+        return result
+
+    def save_pto(self, pto: Mapping[str, Any] | PTO) -> None:
+        self._portal.call(self._store.save_pto, pto)
+
+    def load_pto(self, pto_id: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._portal.call(self._store.load_pto, pto_id)
+        return result
+
+    def save_pts_token(self, token: Mapping[str, Any] | PTSToken) -> None:
+        self._portal.call(self._store.save_pts_token, token)
+
+    def load_pts_token(self, token_id: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._portal.call(self._store.load_pts_token, token_id)
+        return result
+
+    def log_transaction(
+        self,
+        tx_type: str,
+        from_player: str | None,
+        to_player: str | None,
+        amount: float | int | str,
+        currency: str,
+        pto_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        tx_id: int = self._portal.call(
+            self._store.log_transaction,
+            tx_type,
+            from_player,
+            to_player,
+            amount,
+            currency,
+            pto_id,
+            metadata,
+        )
+        return tx_id
+
+    def log_play_session(
+        self, pto_id: str, player_id: str, duration: float, quality: float, xUSD_earned: float
+    ) -> int:
+        session_id: int = self._portal.call(
+            self._store.log_play_session, pto_id, player_id, duration, quality, xUSD_earned
+        )
+        return session_id
+
+    def create_backup(self, name: str | None = None) -> Path:
+        return self._portal.call(self._store.create_backup, name)
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        return self._store.list_backups()
+
+    def restore_backup(self, name: str) -> None:
+        self._portal.call(self._store.restore_backup, name)
+
+    def get_global_stats(self) -> dict[str, dict[str, Any]]:
+        return self._portal.call(self._store.get_global_stats)
+
+    def export_to_json(self, path: Path | str | None = None) -> Path:
+        return self._portal.call(self._store.export_to_json, path)
+
+    def import_from_json(self, path: Path | str) -> None:
+        self._portal.call(self._store.import_from_json, path)
+
+    def flush(self) -> None:
+        self._portal.call(self._store.flush)

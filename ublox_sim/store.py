@@ -1,0 +1,736 @@
+"""The local store: ``ublox.db`` + ``cdt_states/`` + ``export.json`` + ``backups/`` in one home.
+
+``LocalStore`` runs the persistence actor and the CDT flusher and offers the seed
+notes' storage operations as coroutines, taking and giving the seed's dicts (money
+in major units). Like the seed's, it writes what it is given: a store edited
+through it alone can disagree with its ledger, and ``verify`` says so. The
+``Engine`` is the layer that keeps the ledger true.
+
+    async with LocalStore.open(home) as store:
+        await store.save_player({"player_id": "alice", "usd_obbba_balance": 5000.0})
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from anyio.abc import TaskGroup
+from numpy.typing import NDArray
+from structlog import get_logger
+
+from .cdt_store import CdtStore, fsync_dir, load_npz
+from .errors import BackupError, CorruptCdtFile, InvalidId, InvalidInput, StoreError
+from .ids import check_file_name, check_id
+from .model import (
+    PTO,
+    RECORD_TYPES,
+    Player,
+    PlaySession,
+    PTSToken,
+    R,
+    Record,
+    Transaction,
+    columns,
+    from_row,
+    from_seed,
+    insert_sql,
+    iso,
+    metadata_json,
+    select_sql,
+    to_row,
+    to_seed,
+    upsert_sql,
+)
+from .money import to_cents
+from .persistence import PersistenceActor, Row, Statement, Synchronous
+from .schema import CURRENCIES, SCHEMA_VERSION, TX_TYPES
+from .verify import Finding, database_findings, ledger_findings, ledger_sums
+
+log = get_logger(__name__)
+
+EXPORT_FORMAT = "ublox-export"
+EXPORT_VERSION = 1
+Clock = Callable[[], datetime]
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    """The layout of a store folder."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: Path | str | None = None) -> Home:
+        """The argument, else ``$UBLOX_HOME``, else ``~/.ublox``."""
+        if home is None:
+            home = os.environ.get("UBLOX_HOME") or Path.home() / ".ublox"
+        return cls(Path(home).expanduser().absolute())
+
+    @property
+    def db(self) -> Path:
+        return self.root / "ublox.db"
+
+    @property
+    def cdt_dir(self) -> Path:
+        return self.root / "cdt_states"
+
+    @property
+    def export_path(self) -> Path:
+        return self.root / "export.json"
+
+    @property
+    def backups(self) -> Path:
+        return self.root / "backups"
+
+    @property
+    def restore_marker(self) -> Path:
+        return self.root / "restore-in-progress.json"
+
+    def backup_dir(self, name: str) -> Path:
+        try:
+            check_file_name(name, "backup name")
+        except InvalidId as exc:
+            raise BackupError(str(exc)) from exc
+        return self.backups / name
+
+
+def world_id_for(pto_id: str) -> str:
+    return f"{pto_id}_world_cdt"
+
+
+class LocalStore:
+    """The seed's storage operations over the persistence actor and the CDT store."""
+
+    def __init__(
+        self,
+        home: Home,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        flush_interval: float = 0.5,
+        clock: Clock = wall_clock,
+    ) -> None:
+        self.home = home
+        self.synchronous: Synchronous = synchronous
+        self.flush_interval = flush_interval
+        self.clock = clock
+        self.cdt = CdtStore(home.cdt_dir)
+        self.db = PersistenceActor(home.db, synchronous=synchronous)
+        self._tg: TaskGroup | None = None
+        self._flusher_scope: anyio.CancelScope | None = None
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        home: Path | str | Home | None = None,
+        *,
+        task_group: TaskGroup | None = None,
+        **options: Any,
+    ) -> AsyncIterator[LocalStore]:
+        """Open the store at ``home`` and close it (flushed and committed) on exit."""
+        resolved = home if isinstance(home, Home) else Home.resolve(home)
+        if task_group is not None:
+            store = cls(resolved, **options)
+            await store.start(task_group)
+            try:
+                yield store
+            finally:
+                await store.aclose()
+            return
+        async with anyio.create_task_group() as tg:
+            store = cls(resolved, **options)
+            await store.start(tg)
+            try:
+                yield store
+            finally:
+                await store.aclose()
+
+    async def start(self, tg: TaskGroup) -> None:
+        self._tg = tg
+        self.home.root.mkdir(parents=True, exist_ok=True)
+        self.home.backups.mkdir(exist_ok=True)
+        if self.home.restore_marker.exists():
+            await anyio.to_thread.run_sync(_finish_restore, self.home)
+        await self.db.start(tg)
+        tg.start_soon(self._run_flusher, name="cdt-flusher")
+
+    async def _run_flusher(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._flusher_scope = scope
+            await self.cdt.run_flusher(self.flush_interval)
+
+    async def aclose(self) -> None:
+        """Flush dirty arrays, drain and commit queued writes, close. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            if self._flusher_scope is not None:
+                self._flusher_scope.cancel()
+            try:
+                await self.cdt.flush()
+            finally:
+                await self.db.aclose()
+
+    async def flush(self) -> None:
+        """Make every dirty world durable now."""
+        await self.cdt.flush()
+
+    # -- players, PTOs, tokens -------------------------------------------------
+
+    async def save_player(self, player: Mapping[str, Any] | Player) -> None:
+        record = from_seed(Player, player)
+        check_id(record.player_id, "player_id")
+        if not record.created_at:
+            record.created_at = iso(self.clock())
+        await self.db.submit([Statement(upsert_sql(Player), to_row(record))])
+
+    async def load_player(self, player_id: str) -> dict[str, Any] | None:
+        record = await self._load(Player, player_id)
+        return None if record is None else to_seed(record)
+
+    async def save_pto(self, pto: Mapping[str, Any] | PTO) -> None:
+        """Save a PTO; its arrays, passed as ``pto["cdt"]`` (name → ndarray), go to its ``.npz``."""
+        arrays: Mapping[str, NDArray[np.generic]] | None = None
+        if isinstance(pto, Mapping):
+            arrays = pto.get("cdt")
+            pto = {k: v for k, v in pto.items() if k != "cdt"}
+        record = from_seed(PTO, pto)
+        check_file_name(record.pto_id, "pto_id")
+        if not record.launch_time:
+            record.launch_time = iso(self.clock())
+        if arrays is not None:
+            if not isinstance(arrays, Mapping) or not all(
+                isinstance(v, np.ndarray) for v in arrays.values()
+            ):
+                raise InvalidInput("pto['cdt'] must be a dict of name → numpy array")
+            record.world_cdt_id = record.world_cdt_id or world_id_for(record.pto_id)
+            self.cdt.mark_dirty(record.world_cdt_id, arrays)
+        await self.db.submit([Statement(upsert_sql(PTO), to_row(record))])
+
+    async def load_pto(self, pto_id: str) -> dict[str, Any] | None:
+        """The PTO as a seed dict, with ``"cdt"`` (its arrays) when it has a world."""
+        record = await self._load(PTO, pto_id)
+        if record is None:
+            return None
+        data = to_seed(record)
+        if record.world_cdt_id:
+            data["cdt"] = await self.load_world(record.world_cdt_id)
+        return data
+
+    async def load_world(self, world_id: str) -> dict[str, NDArray[np.generic]]:
+        version = await self.world_version(world_id)
+        return await self.cdt.aload(world_id, version)
+
+    async def world_version(self, world_id: str) -> int | None:
+        row = await self.db.fetchone(
+            "SELECT version FROM cdt_files WHERE world_cdt_id = ?", (world_id,)
+        )
+        return None if row is None else int(row[0])
+
+    async def save_pts_token(self, token: Mapping[str, Any] | PTSToken) -> None:
+        record = from_seed(PTSToken, token)
+        check_id(record.token_id, "token_id")
+        if not record.purchase_time:
+            record.purchase_time = iso(self.clock())
+        await self.db.submit([Statement(upsert_sql(PTSToken), to_row(record))])
+
+    async def load_pts_token(self, token_id: str) -> dict[str, Any] | None:
+        record = await self._load(PTSToken, token_id)
+        return None if record is None else to_seed(record)
+
+    async def _load(self, cls: type[R], key: str) -> R | None:
+        row = await self.db.fetchone(f"{select_sql(cls)} WHERE {cls.KEY} = ?", (key,))
+        return None if row is None else from_row(cls, row)
+
+    async def load_all(self, cls: type[R]) -> list[R]:
+        rows = await self.db.fetchall(f"{select_sql(cls)} ORDER BY {cls.KEY}")
+        return [from_row(cls, row) for row in rows]
+
+    # -- the ledger and sessions ----------------------------------------------
+
+    async def log_transaction(
+        self,
+        tx_type: str,
+        from_player: str | None,
+        to_player: str | None,
+        amount: float | int | str,
+        currency: str,
+        pto_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append a ledger row (amount in major units). Returns its tx_id."""
+        if tx_type not in TX_TYPES:
+            raise InvalidInput(f"tx_type {tx_type!r} is not one of {', '.join(TX_TYPES)}")
+        if currency not in CURRENCIES:
+            raise InvalidInput(f"currency {currency!r} is not one of {', '.join(CURRENCIES)}")
+        for party in (from_player, to_player):
+            if party is not None:
+                check_id(party, "party id")
+        record = Transaction(
+            tx_id=None,
+            tx_type=tx_type,
+            from_player=from_player,
+            to_player=to_player,
+            amount=to_cents(amount),
+            currency=currency,
+            pto_id=pto_id,
+            timestamp=iso(self.clock()),
+            metadata=metadata_json(metadata),
+        )
+        (tx_id,) = await self.db.submit(
+            [Statement(insert_sql(Transaction), to_row(record), want_rowid=True)]
+        )
+        return tx_id
+
+    async def log_play_session(
+        self,
+        pto_id: str,
+        player_id: str,
+        duration: float,
+        quality: float,
+        xUSD_earned: float | int | str,
+        phase_locks: int = 0,
+    ) -> int:
+        """Record a play session (xUSD in major units). Returns its session_id."""
+        record = from_seed(
+            PlaySession,
+            {
+                "session_id": None,
+                "pto_id": pto_id,
+                "player_id": player_id,
+                "duration": duration,
+                "quality": quality,
+                "xUSD_earned": xUSD_earned,
+                "timestamp": iso(self.clock()),
+                "phase_locks": phase_locks,
+            },
+        )
+        (session_id,) = await self.db.submit(
+            [Statement(insert_sql(PlaySession), to_row(record), want_rowid=True)]
+        )
+        return session_id
+
+    # -- stats -------------------------------------------------------------------
+
+    async def get_global_stats(self) -> dict[str, dict[str, Any]]:
+        """Counts and sums per table (money in major units)."""
+
+        async def one(sql: str) -> Row:
+            row = await self.db.fetchone(sql)
+            assert row is not None  # aggregates always give one row
+            return row
+
+        (n, usd, xusd, play, locks) = await one(
+            "SELECT COUNT(*), COALESCE(SUM(usd_obbba_balance),0), COALESCE(SUM(xUSD_balance),0),"
+            " COALESCE(SUM(total_play_time),0), COALESCE(SUM(phase_locks_count),0) FROM players"
+        )
+        players = {
+            "count": n,
+            "usd_obbba_total": usd / 100,
+            "xUSD_total": xusd / 100,
+            "total_play_time": play,
+            "phase_locks_total": locks,
+        }
+        (n, raised, pool, atu) = await one(
+            "SELECT COUNT(*), COALESCE(SUM(funding_raised),0), COALESCE(SUM(xUSD_pool),0),"
+            " COALESCE(SUM(atu_spent),0) FROM ptos"
+        )
+        by_status = {
+            s: c
+            for s, c in await self.db.fetchall("SELECT status, COUNT(*) FROM ptos GROUP BY status")
+        }
+        ptos = {
+            "count": n,
+            "by_status": by_status,
+            "funding_raised_total": raised / 100,
+            "xUSD_pool_total": pool / 100,
+            "atu_spent_total": atu,
+        }
+        (n, hours, played, paid) = await one(
+            "SELECT COUNT(*), COALESCE(SUM(hours_committed),0), COALESCE(SUM(hours_played),0),"
+            " COALESCE(SUM(purchase_price),0) FROM pts_tokens"
+        )
+        tokens = {
+            "count": n,
+            "hours_committed_total": hours,
+            "hours_played_total": played,
+            "purchase_price_total": paid / 100,
+        }
+        volume = {
+            f"{t}/{c}": v / 100
+            for t, c, v in await self.db.fetchall(
+                "SELECT tx_type, currency, SUM(amount) FROM transactions GROUP BY tx_type, currency"
+            )
+        }
+        (n,) = await one("SELECT COUNT(*) FROM transactions")
+        transactions = {"count": n, "volume": volume}
+        (n, duration, earned, quality) = await one(
+            "SELECT COUNT(*), COALESCE(SUM(duration),0), COALESCE(SUM(xUSD_earned),0),"
+            " COALESCE(AVG(quality),0) FROM play_sessions"
+        )
+        sessions = {
+            "count": n,
+            "duration_total": duration,
+            "xUSD_earned_total": earned / 100,
+            "quality_mean": quality,
+        }
+        return {
+            "players": players,
+            "ptos": ptos,
+            "pts_tokens": tokens,
+            "transactions": transactions,
+            "play_sessions": sessions,
+        }
+
+    # -- export / import -------------------------------------------------------
+
+    async def export_data(self) -> dict[str, Any]:
+        """The whole store as a JSON-ready dict (money in major units, arrays base64)."""
+        await self.cdt.flush()
+        data: dict[str, Any] = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "schema_version": SCHEMA_VERSION,
+        }
+        for cls in RECORD_TYPES:
+            records = await self.load_all(cls)  # type: ignore[type-var]
+            data[cls.TABLE] = [to_seed(r) for r in records]
+        for pto in data["ptos"]:
+            if pto["world_cdt_id"]:
+                arrays = await self.load_world(pto["world_cdt_id"])
+                pto["cdt"] = {name: encode_array(a) for name, a in sorted(arrays.items())}
+        run = await self.db.fetchone(
+            "SELECT name, seed, scenario, tick, total_ticks, finished FROM runs WHERE run_id = 1"
+        )
+        if run is not None:
+            name, seed, scenario, tick, total, finished = run
+            data["run"] = {
+                "name": name,
+                "seed": seed,
+                "scenario": json.loads(str(scenario)),
+                "tick": tick,
+                "total_ticks": total,
+                "finished": bool(finished),
+            }
+        return data
+
+    async def export_to_json(self, path: Path | str | None = None) -> Path:
+        """Write the full export (default ``<home>/export.json``) atomically; return its path."""
+        target = Path(path) if path is not None else self.home.export_path
+        text = export_text(await self.export_data())
+        await anyio.to_thread.run_sync(_write_text_atomic, target, text)
+        return target
+
+    async def is_empty(self) -> bool:
+        for table in ("players", "ptos", "transactions"):
+            if await self.db.fetchone(f"SELECT 1 FROM {table} LIMIT 1") is not None:
+                return False
+        return True
+
+    async def import_from_json(self, path: Path | str) -> None:
+        """Load an export into this (empty) home. A doctored export changes nothing."""
+        try:
+            text = await anyio.Path(path).read_text(encoding="utf-8")
+            data = json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read export {path}: {exc}") from exc
+        if not await self.is_empty():
+            raise InvalidInput(f"{self.home.root} is not empty: import only into a new home")
+        records, worlds = parse_export(data, str(path))
+        findings = export_findings(records)
+        if findings:
+            raise InvalidInput(
+                f"export {path} does not balance; nothing imported: "
+                + "; ".join(str(f) for f in findings[:5])
+            )
+        # Arrays first: the database must never point at a file that is not there.
+        for world_id, arrays in worlds.items():
+            self.cdt.mark_dirty(world_id, arrays)
+        await self.cdt.flush()
+        unit = [
+            Statement(insert_sql(type(r)), to_row(r))
+            for cls in RECORD_TYPES
+            for r in records[cls.TABLE]
+        ]
+        await self.db.submit(unit)
+
+    # -- backups -----------------------------------------------------------------
+
+    async def create_backup(self, name: str | None = None) -> Path:
+        """A consistent snapshot in ``backups/NAME/`` (default ``backup_YYYYmmdd_HHMMSS``)."""
+        if name is None:
+            name = f"backup_{wall_clock():%Y%m%d_%H%M%S}"
+            while self.home.backups.joinpath(name).exists():
+                name = f"{name}_1" if name.count("_") == 2 else _bump(name)
+        target = self.home.backup_dir(name)
+        if target.exists():
+            raise BackupError(f"backup {name!r} already exists")
+        partial = self.home.backups / f".{name}.partial"
+        await anyio.to_thread.run_sync(_reset_dir, partial)
+        try:
+            # Hold the flusher while the database is copied, so the arrays copied
+            # next are the ones the database snapshot knows.
+            await self.cdt.flush()
+            await self.db.backup_to(partial / "ublox.db")
+            await anyio.to_thread.run_sync(_copy_cdt_and_seal, self.home.cdt_dir, partial, target)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, partial, True)
+            raise
+        log.info("store.backup_created", name=name, path=str(target))
+        return target
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        """Each backup's name, creation time (UTC ISO) and size in bytes, oldest first."""
+        return list_backups(self.home)
+
+    async def restore_backup(self, name: str) -> None:
+        """Replace the store with a checked backup; the old state is kept as ``pre_restore_*``.
+
+        The database connection is closed for the swap and reopened after it.
+        """
+        source = self.home.backup_dir(name)
+        await anyio.to_thread.run_sync(check_backup, source)
+        await self.create_backup(f"pre_restore_{wall_clock():%Y%m%d_%H%M%S_%f}")
+        await self.cdt.flush()
+        await self.db.aclose()
+        try:
+            await anyio.to_thread.run_sync(_start_restore, self.home, name)
+        finally:
+            self.db = PersistenceActor(self.home.db, synchronous=self.synchronous)
+            assert self._tg is not None
+            await self.db.start(self._tg)
+        log.info("store.restored", name=name)
+
+
+# -- helpers that run in worker threads --------------------------------------------
+
+
+def encode_array(array: NDArray[np.generic]) -> dict[str, Any]:
+    contiguous = np.ascontiguousarray(array)
+    return {
+        "dtype": contiguous.dtype.str,
+        "shape": list(contiguous.shape),
+        "data": base64.b64encode(contiguous.tobytes()).decode("ascii"),
+    }
+
+
+def decode_array(data: Mapping[str, Any], where: str) -> NDArray[np.generic]:
+    try:
+        dtype = np.dtype(str(data["dtype"]))
+        if dtype.hasobject:
+            raise ValueError("object arrays are not allowed")
+        shape = tuple(int(n) for n in data["shape"])
+        raw = base64.b64decode(str(data["data"]), validate=True)
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"{where}: bad array: {exc}") from exc
+
+
+def export_text(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def parse_export(
+    data: object, where: str
+) -> tuple[dict[str, list[Record]], dict[str, dict[str, NDArray[np.generic]]]]:
+    """Validate an export's shape and turn it into records and world arrays."""
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise InvalidInput(f"{where} is not a ublox export (missing format: {EXPORT_FORMAT})")
+    if data.get("version") != EXPORT_VERSION:
+        raise InvalidInput(f"{where}: export version {data.get('version')!r} is not supported")
+    records: dict[str, list[Record]] = {}
+    worlds: dict[str, dict[str, NDArray[np.generic]]] = {}
+    for cls in RECORD_TYPES:
+        items = data.get(cls.TABLE, [])
+        if not isinstance(items, list):
+            raise InvalidInput(f"{where}: {cls.TABLE} must be a list")
+        parsed: list[Record] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise InvalidInput(f"{where}: {cls.TABLE}[{index}] must be an object")
+            item = dict(item)
+            cdt = item.pop("cdt", None)
+            try:
+                record: Record = from_seed(cls, item)  # type: ignore[type-var]
+            except InvalidInput as exc:
+                raise InvalidInput(f"{where}: {cls.TABLE}[{index}]: {exc}") from exc
+            if isinstance(record, PTO) and cdt is not None:
+                if not record.world_cdt_id or not isinstance(cdt, dict):
+                    raise InvalidInput(f"{where}: ptos[{index}].cdt without a world_cdt_id")
+                check_file_name(record.world_cdt_id, "world_cdt_id")
+                worlds[record.world_cdt_id] = {
+                    name: decode_array(spec, f"{where}: ptos[{index}].cdt.{name}")
+                    for name, spec in cdt.items()
+                }
+            parsed.append(record)
+        records[cls.TABLE] = parsed
+    return records, worlds
+
+
+def export_findings(records: Mapping[str, Sequence[Record]]) -> list[Finding]:
+    """The ledger rule applied to an export's own rows."""
+    txs = [r for r in records["transactions"] if isinstance(r, Transaction)]
+    sums = ledger_sums((t.from_player, t.to_player, t.amount, t.currency) for t in txs)
+    players = [
+        (p.player_id, p.usd_obbba_balance, p.xUSD_balance)
+        for p in records["players"]
+        if isinstance(p, Player)
+    ]
+    ptos = [(p.pto_id, p.status, p.funding_raised) for p in records["ptos"] if isinstance(p, PTO)]
+    return ledger_findings(players, ptos, sums)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _reset_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _bump(name: str) -> str:
+    stem, _, n = name.rpartition("_")
+    return f"{stem}_{int(n) + 1}"
+
+
+def _copy_cdt_and_seal(cdt_dir: Path, partial: Path, target: Path) -> None:
+    dest = partial / "cdt_states"
+    dest.mkdir()
+    for path in sorted(cdt_dir.glob("*.npz")):
+        if not path.name.startswith(".") and not path.is_symlink():
+            shutil.copy2(path, dest / path.name)
+    manifest = {"created": iso(wall_clock()), "schema_version": SCHEMA_VERSION}
+    (partial / "backup.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    for path in (*dest.iterdir(), partial / "ublox.db", partial / "backup.json"):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    fsync_dir(dest)
+    fsync_dir(partial)
+    os.replace(partial, target)
+    fsync_dir(target.parent)
+
+
+def list_backups(home: Home) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = []
+    if not home.backups.is_dir():
+        return result
+    for path in sorted(home.backups.iterdir()):
+        if path.name.startswith(".") or not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            created = json.loads((path / "backup.json").read_text())["created"]
+        except (OSError, ValueError, KeyError, TypeError):
+            created = iso(datetime.fromtimestamp(path.stat().st_mtime, UTC))
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        result.append({"name": path.name, "created": created, "size": size, "path": str(path)})
+    result.sort(key=lambda b: (b["created"], b["name"]))
+    return result
+
+
+def check_backup(source: Path) -> None:
+    """Refuse a backup that is missing, not a database, damaged, or whose ledger is false."""
+    if source.is_symlink() or not source.is_dir():
+        raise BackupError(f"no backup at {source}")
+    db = source / "ublox.db"
+    if not db.is_file() or db.is_symlink():
+        raise BackupError(f"backup {source.name!r} has no ublox.db")
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            findings = database_findings(conn)
+            world_ids = [
+                str(w)
+                for (w,) in conn.execute(
+                    "SELECT world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL"
+                )
+            ]
+            versions = dict(conn.execute("SELECT world_cdt_id, version FROM cdt_files").fetchall())
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"backup {source.name!r} is not a usable database: {exc}") from exc
+    serious = [f for f in findings if f.check in ("schema", "integrity", "foreign_key")]
+    if serious:
+        raise BackupError(f"backup {source.name!r} failed its check: {serious[0]}")
+    for world_id in world_ids:
+        version = versions.get(world_id)
+        name = world_id if version is None else f"{world_id}.v{version}"
+        try:
+            load_npz(source / "cdt_states" / f"{name}.npz")
+        except CorruptCdtFile as exc:
+            raise BackupError(f"backup {source.name!r}: {exc}") from exc
+
+
+def _start_restore(home: Home, name: str) -> None:
+    # The marker makes the swap restartable: if we die half way, the next open
+    # finishes it from the (untouched) backup instead of leaving a mixed store.
+    _write_text_atomic(home.restore_marker, json.dumps({"backup": name}))
+    _finish_restore(home)
+
+
+def _finish_restore(home: Home) -> None:
+    try:
+        name = json.loads(home.restore_marker.read_text())["backup"]
+        source = home.backup_dir(name)
+    except (OSError, ValueError, KeyError, TypeError, BackupError) as exc:
+        raise StoreError(
+            f"{home.restore_marker} is unreadable ({exc}); restore a backup by hand"
+        ) from exc
+    tmp_db = home.root / "ublox.db.restore-tmp"
+    shutil.copyfile(source / "ublox.db", tmp_db)
+    with open(tmp_db, "rb") as handle:
+        os.fsync(handle.fileno())
+    for suffix in ("-wal", "-shm"):
+        Path(f"{home.db}{suffix}").unlink(missing_ok=True)
+    os.replace(tmp_db, home.db)
+    tmp_cdt = home.root / "cdt_states.restore-tmp"
+    shutil.rmtree(tmp_cdt, ignore_errors=True)
+    shutil.copytree(source / "cdt_states", tmp_cdt)
+    old = home.root / "cdt_states.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if home.cdt_dir.exists():
+        os.replace(home.cdt_dir, old)
+    os.replace(tmp_cdt, home.cdt_dir)
+    fsync_dir(home.root)
+    shutil.rmtree(old, ignore_errors=True)
+    home.restore_marker.unlink()
+    fsync_dir(home.root)
+
+
+__all__ = [
+    "Home",
+    "LocalStore",
+    "check_backup",
+    "columns",
+    "list_backups",
+    "world_id_for",
+]

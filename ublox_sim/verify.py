@@ -1,0 +1,230 @@
+"""Checks that a store tells the truth: schema, integrity, ledger, escrow, tokens, CDT files.
+
+``verify_store(home)`` is what ``ublox-sim verify`` runs after an incident. The
+ledger rule itself (``ledger_findings``) is a pure function over balances and
+ledger sums, so an export can be checked before it is imported with the very
+same rule.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cdt_store import load_npz
+from .errors import CorruptCdtFile, InvalidId
+from .ids import check_file_name
+from .schema import SCHEMA_VERSION
+
+USD = "USD-OBBBA"
+XUSD = "xUSD"
+ESCROW_HELD = ("funding", "in_progress")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing wrong, and the row or file it concerns."""
+
+    check: str
+    subject: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.check}] {self.subject}: {self.message}"
+
+
+LedgerSums = Mapping[tuple[str, str], int]
+
+
+def ledger_sums(
+    transactions: Iterable[tuple[str | None, str | None, int, str]],
+) -> dict[tuple[str, str], int]:
+    """Net flow per (party, currency) from (from, to, amount, currency) rows."""
+    sums: dict[tuple[str, str], int] = defaultdict(int)
+    for source, target, amount, currency in transactions:
+        if target is not None:
+            sums[(target, currency)] += amount
+        if source is not None:
+            sums[(source, currency)] -= amount
+    return sums
+
+
+def ledger_findings(
+    players: Iterable[tuple[str, int, int]],
+    ptos: Iterable[tuple[str, str, int]],
+    sums: LedgerSums,
+) -> list[Finding]:
+    """Balances against the ledger.
+
+    ``players``: (player_id, usd_obbba_balance, xUSD_balance) in cents.
+    ``ptos``: (pto_id, status, funding_raised) in cents.
+    ``sums``: net ledger flow per (party, currency).
+    """
+    findings: list[Finding] = []
+    known: set[str] = set()
+    for player_id, usd, xusd in players:
+        known.add(player_id)
+        for currency, balance in ((USD, usd), (XUSD, xusd)):
+            expected = sums.get((player_id, currency), 0)
+            if balance != expected:
+                findings.append(
+                    Finding(
+                        "ledger",
+                        f"player {player_id}",
+                        f"{currency} balance {balance} cents but the ledger sums to {expected}",
+                    )
+                )
+    for pto_id, status, raised in ptos:
+        known.add(pto_id)
+        escrow = sums.get((pto_id, USD), 0)
+        expected = raised if status in ESCROW_HELD else 0
+        if escrow != expected:
+            findings.append(
+                Finding(
+                    "escrow",
+                    f"pto {pto_id}",
+                    f"status {status}: escrow in the ledger is {escrow} cents, expected {expected}"
+                    f" (funding_raised {raised})",
+                )
+            )
+        if sums.get((pto_id, XUSD), 0) != 0:
+            findings.append(
+                Finding("ledger", f"pto {pto_id}", "holds xUSD, which only players hold")
+            )
+    for (party, currency), net in sorted(sums.items()):
+        if party not in known and net != 0:
+            findings.append(
+                Finding(
+                    "ledger",
+                    f"party {party}",
+                    f"ledger moves {net} {currency} cents to an unknown id",
+                )
+            )
+    return findings
+
+
+def _rows(conn: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in conn.execute(sql).fetchall()]
+
+
+def database_findings(conn: sqlite3.Connection) -> list[Finding]:
+    """Every relational check on an open database connection."""
+    findings: list[Finding] = []
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version != SCHEMA_VERSION:
+        findings.append(
+            Finding("schema", "ublox.db", f"schema version {version}, expected {SCHEMA_VERSION}")
+        )
+        return findings
+    integrity = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+    if integrity != ["ok"]:
+        findings.extend(Finding("integrity", "ublox.db", line) for line in integrity[:20])
+        return findings
+    for table, rowid, parent, _ in conn.execute("PRAGMA foreign_key_check").fetchall():
+        findings.append(
+            Finding("foreign_key", f"{table} rowid {rowid}", f"points at a missing {parent}")
+        )
+
+    sums = {
+        (str(party), str(currency)): int(net)
+        for party, currency, net in _rows(
+            conn,
+            """SELECT party, currency, SUM(net) FROM (
+                   SELECT to_player AS party, currency, amount AS net FROM transactions
+                   WHERE to_player IS NOT NULL
+                   UNION ALL
+                   SELECT from_player, currency, -amount FROM transactions
+                   WHERE from_player IS NOT NULL)
+               GROUP BY party, currency""",
+        )
+    }
+    players = conn.execute("SELECT player_id, usd_obbba_balance, xUSD_balance FROM players")
+    ptos = conn.execute("SELECT pto_id, status, funding_raised FROM ptos")
+    findings.extend(ledger_findings(players, ptos, sums))
+
+    for token_id, played, committed in _rows(
+        conn,
+        "SELECT token_id, hours_played, hours_committed FROM pts_tokens "
+        "WHERE hours_played > hours_committed + 1e-9",
+    ):
+        findings.append(
+            Finding("token", f"token {token_id}", f"hours played {played} > committed {committed}")
+        )
+    for pto_id, status, sold, raised, hours, paid in _rows(
+        conn,
+        """SELECT p.pto_id, p.status, p.pts_sold, p.funding_raised,
+                  COALESCE(SUM(t.hours_committed), 0), COALESCE(SUM(t.purchase_price), 0)
+           FROM ptos p LEFT JOIN pts_tokens t ON t.game_id = p.pto_id
+           WHERE p.status IN ('funding', 'in_progress')
+           GROUP BY p.pto_id""",
+    ):
+        if abs(float(hours) - float(sold)) > 1e-9 or int(paid) != int(raised):
+            findings.append(
+                Finding(
+                    "token",
+                    f"pto {pto_id}",
+                    f"{status}: tokens hold {hours} h for {paid} cents, "
+                    f"but pts_sold is {sold} and funding_raised {raised}",
+                )
+            )
+    for pto_id, pool, earned in _rows(
+        conn,
+        """SELECT p.pto_id, p.xUSD_pool, COALESCE(SUM(s.xUSD_earned), 0)
+           FROM ptos p LEFT JOIN play_sessions s ON s.pto_id = p.pto_id
+           GROUP BY p.pto_id HAVING p.xUSD_pool != COALESCE(SUM(s.xUSD_earned), 0)""",
+    ):
+        findings.append(
+            Finding(
+                "session", f"pto {pto_id}", f"xUSD_pool {pool} but its sessions earned {earned}"
+            )
+        )
+    return findings
+
+
+def cdt_findings(conn: sqlite3.Connection, cdt_dir: Path) -> list[Finding]:
+    """Every world a PTO references must be present and load safely."""
+    findings: list[Finding] = []
+    versions: dict[str, int] = dict(_rows(conn, "SELECT world_cdt_id, version FROM cdt_files"))
+    for pto_id, world_id in _rows(
+        conn, "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL"
+    ):
+        try:
+            name = check_file_name(world_id, "world id")
+        except InvalidId as exc:
+            findings.append(Finding("cdt", f"pto {pto_id}", str(exc)))
+            continue
+        version = versions.get(name)
+        suffix = "" if version is None else f".v{version}"
+        path = cdt_dir / f"{name}{suffix}.npz"
+        try:
+            load_npz(path)
+        except CorruptCdtFile as exc:
+            findings.append(Finding("cdt", str(path), exc.reason))
+    return findings
+
+
+def verify_store(home: Path) -> list[Finding]:
+    """Open ``home/ublox.db`` read-only and run every check, CDT files included."""
+    db_path = home / "ublox.db"
+    if not db_path.is_file():
+        return [Finding("store", str(db_path), "no database here")]
+    # Read-write mode only so that closing tidies the -wal/-shm files; nothing is written.
+    mode = "rw" if os.access(home, os.W_OK) and os.access(db_path, os.W_OK) else "ro"
+    try:
+        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode={mode}", uri=True)
+    except sqlite3.Error as exc:
+        return [Finding("store", str(db_path), f"cannot open: {exc}")]
+    try:
+        findings = database_findings(conn)
+        if not any(f.check in ("schema", "integrity") for f in findings):
+            findings.extend(cdt_findings(conn, home / "cdt_states"))
+        return findings
+    except sqlite3.DatabaseError as exc:
+        return [Finding("integrity", str(db_path), f"not a usable database: {exc}")]
+    finally:
+        conn.close()
