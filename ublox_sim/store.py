@@ -55,6 +55,7 @@ from .model import (
 )
 from .money import to_cents
 from .persistence import PersistenceActor, Row, Statement, Synchronous
+from .runtime import owned_task_group
 from .schema import CURRENCIES, SCHEMA_VERSION, TX_TYPES
 from .verify import Finding, database_findings, ledger_findings, ledger_sums
 
@@ -156,7 +157,7 @@ class LocalStore:
             finally:
                 await store.aclose()
             return
-        async with anyio.create_task_group() as tg:
+        async with owned_task_group() as tg:
             store = cls(resolved, **options)
             await store.start(tg)
             try:

@@ -1,0 +1,213 @@
+"""The persistence actor: group commit, unit isolation, durable acks, real faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ublox_sim.errors import ActorClosed, SchemaError, StoreFull, UnitRejected
+from ublox_sim.persistence import PersistenceActor, Statement
+
+TX = (
+    "INSERT INTO transactions (tx_type, from_player, to_player, amount, currency, timestamp)"
+    " VALUES ('deposit', NULL, ?, ?, 'USD-OBBBA', '2025-12-12 16:56:32+00:00')"
+)
+
+
+def tx(to: str, amount: int) -> Statement:
+    return Statement(TX, (to, amount))
+
+
+def count(db: Path, where: str = "1") -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute(f"SELECT COUNT(*) FROM transactions WHERE {where}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.anyio
+async def test_concurrent_units_are_group_committed_and_each_acknowledged(tmp_path: Path) -> None:
+    db = tmp_path / "ublox.db"
+    async with PersistenceActor.open(db) as actor:
+        async with anyio.create_task_group() as tg:
+            for i in range(500):
+                tg.start_soon(actor.submit, [tx(f"p{i}", 100), tx(f"p{i}", 1)])
+        assert actor.units_committed == 500
+        assert actor.commits < 500, "concurrent units should share transactions"
+    assert count(db) == 1000
+
+
+@pytest.mark.anyio
+async def test_a_bad_unit_fails_alone_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    db = tmp_path / "ublox.db"
+    outcomes: dict[str, str] = {}
+
+    async def submit(name: str, unit: list[Statement]) -> None:
+        try:
+            await actor.submit(unit)
+            outcomes[name] = "ok"
+        except UnitRejected as exc:
+            outcomes[name] = f"rejected: {exc}"
+
+    async with PersistenceActor.open(db) as actor:
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(submit, f"good{i}", [tx(f"good{i}", 5)])
+            # Its first row is fine; its second breaks CHECK (amount >= 0): neither may land.
+            tg.start_soon(submit, "bad", [tx("bad", 5), tx("bad", -1)])
+    assert outcomes.pop("bad").startswith("rejected")
+    assert set(outcomes.values()) == {"ok"} and len(outcomes) == 20
+    assert count(db, "to_player = 'bad'") == 0
+    assert count(db, "to_player LIKE 'good%'") == 20
+
+
+@pytest.mark.anyio
+async def test_want_rowid_returns_the_new_ids_in_order(tmp_path: Path) -> None:
+    async with PersistenceActor.open(tmp_path / "ublox.db") as actor:
+        first = await actor.submit([Statement(TX, ("a", 1), want_rowid=True)])
+        second = await actor.submit(
+            [Statement(TX, ("b", 1), want_rowid=True), Statement(TX, ("c", 1), want_rowid=True)]
+        )
+    assert first == [1] and second == [2, 3]
+
+
+@pytest.mark.anyio
+async def test_a_full_database_fails_every_waiting_caller_and_acks_only_commits(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ublox.db"
+    acked: list[int] = []
+    failed: list[int] = []
+
+    async def submit(i: int) -> None:
+        try:
+            await actor.submit([Statement(TX, (f"p{i}" + "x" * 200, i))])
+            acked.append(i)
+        except StoreFull:
+            failed.append(i)
+
+    async with PersistenceActor.open(db) as actor:
+        pages = await actor.fetchone("PRAGMA page_count")
+        assert pages is not None
+        # A real SQLITE_FULL: cap this connection's database a few pages above its size.
+        await actor.call(lambda conn: conn.execute(f"PRAGMA max_page_count={pages[0] + 8}"))
+        async with anyio.create_task_group() as tg:
+            for i in range(400):
+                tg.start_soon(submit, i)
+        assert failed, "the cap should have been hit"
+        assert acked, "some units fit before the cap"
+        # Lift the cap: the actor goes on.
+        await actor.call(lambda conn: conn.execute("PRAGMA max_page_count=1073741823"))
+        await actor.submit([tx("after", 1)])
+    assert count(db, "to_player LIKE 'p%'") == len(acked)
+    assert count(db, "to_player = 'after'") == 1
+
+
+@pytest.mark.anyio
+async def test_shutdown_drains_queued_units_and_later_submits_are_refused(tmp_path: Path) -> None:
+    db = tmp_path / "ublox.db"
+    acked = 0
+
+    async def submit(i: int) -> None:
+        nonlocal acked
+        await actor.submit([tx(f"p{i}", 1)])
+        acked += 1
+
+    async with anyio.create_task_group() as tg:
+        async with PersistenceActor.open(db) as actor:
+            for i in range(300):
+                tg.start_soon(submit, i)
+            await anyio.wait_all_tasks_blocked()  # all enqueued; closing must commit them all
+        with pytest.raises(ActorClosed):
+            await actor.submit([tx("late", 1)])
+        await actor.aclose()  # safe twice
+    assert acked == 300
+    assert count(db) == 300
+
+
+@pytest.mark.anyio
+async def test_passive_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
+    db = tmp_path / "ublox.db"
+    async with PersistenceActor.open(db, checkpoint_every=8, wal_restart_frames=256) as actor:
+        for round_ in range(200):
+            await actor.submit([tx(f"r{round_}-{i}", 1) for i in range(20)])
+        await anyio.sleep(0.05)
+        wal = Path(f"{db}-wal").stat().st_size
+        # 200 commits of 20 rows without checkpoints would leave several MB of WAL.
+        assert wal < 1_000_000, wal
+    assert count(db) == 4000
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+
+
+@pytest.mark.anyio
+async def test_a_file_that_is_not_a_database_is_refused_with_advice(tmp_path: Path) -> None:
+    db = tmp_path / "ublox.db"
+    db.write_bytes(b"this is not sqlite" * 200)
+    with pytest.raises(SchemaError, match="not a usable ublox database"):
+        async with PersistenceActor.open(db):
+            pass
+    assert db.read_bytes().startswith(b"this is not sqlite")
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, anyio
+    from ublox_sim.persistence import PersistenceActor, Statement
+    TX = {tx!r}
+
+    async def main():
+        async with PersistenceActor.open(sys.argv[1]) as actor:
+            async def producer(p):
+                i = 0
+                while True:
+                    await actor.submit([Statement(TX, (f"w{{p}}-{{i}}", 1))])
+                    print(f"w{{p}}-{{i}}", flush=True)
+                    i += 1
+            async with anyio.create_task_group() as tg:
+                for p in range(20):
+                    tg.start_soon(producer, p)
+
+    anyio.run(main)
+    """
+).format(tx=TX)
+
+
+def test_no_acknowledged_unit_is_lost_when_the_writer_is_killed(tmp_path: Path) -> None:
+    for attempt in range(3):
+        db = tmp_path / f"ublox{attempt}.db"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        acked: list[str] = []
+        deadline = time.monotonic() + 30
+        target = 300 + attempt * 700
+        while len(acked) < target and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("w"):
+                acked.append(line.strip())
+        os.kill(proc.pid, signal.SIGKILL)
+        rest, err = proc.communicate()
+        acked.extend(line for line in rest.splitlines() if line.startswith("w"))
+        assert len(acked) >= target, err
+        conn = sqlite3.connect(db)
+        stored = {row[0] for row in conn.execute("SELECT to_player FROM transactions")}
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        conn.close()
+        missing = [a for a in acked if a not in stored]
+        assert not missing, f"acknowledged but lost: {missing[:5]}"
