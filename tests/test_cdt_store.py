@@ -235,6 +235,8 @@ def test_sigkill_mid_write_never_leaves_a_torn_file(tmp_path: Path) -> None:
         iteration += 1
 
     assert seen_files >= 1, "the child never completed a write; the test proved nothing"
+    leftovers = [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers, "no kill landed mid-write; the test proved nothing"
     # Temp files of killed writers may remain; the store never lists them.
     store = CdtStore(directory)
     assert store.files() == ([target] if target.exists() else [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,14 @@ def load_npz(path: Path) -> dict[str, NDArray[np.generic]]:
     except OSError as exc:
         reason = "it is a symlink" if path.is_symlink() else str(exc)
         raise CorruptCdtFile(path, reason) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptCdtFile(path, "not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise CorruptCdtFile(path, "not a regular file")
         try:
             with np.load(handle, allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
-        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
             raise CorruptCdtFile(path, f"{type(exc).__name__}: {exc}") from exc
     for name, array in arrays.items():
         if array.dtype.hasobject:

@@ -159,10 +159,14 @@ def backup_list(home: Path | None) -> None:
 @backup.command("restore")
 @home_option
 @click.argument("name")
+@click.option(
+    "--force", is_flag=True, help="Accept a backup whose ledger disagrees with its balances."
+)
 @_errors_to_exit_codes
-def backup_restore(home: Path | None, name: str) -> None:
+def backup_restore(home: Path | None, name: str, force: bool) -> None:
+    """Replace the store with backup NAME (checked first; the old state is kept)."""
     with UbloxLocalStorage(home) as storage:
-        storage.restore_backup(name)
+        storage.restore_backup(name, force=force)
     click.echo(f"restored {name}; the previous state is kept as a pre_restore_* backup")
 
 

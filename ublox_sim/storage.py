@@ -127,8 +127,8 @@ class UbloxLocalStorage:
     def list_backups(self) -> list[dict[str, Any]]:
         return self._store.list_backups()
 
-    def restore_backup(self, name: str) -> None:
-        self._portal.call(self._store.restore_backup, name)
+    def restore_backup(self, name: str, *, force: bool = False) -> None:
+        self._portal.call(lambda: self._store.restore_backup(name, force=force))
 
     def get_global_stats(self) -> dict[str, dict[str, Any]]:
         return self._portal.call(self._store.get_global_stats)

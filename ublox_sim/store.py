@@ -221,12 +221,18 @@ class LocalStore:
             record.launch_time = iso(self.clock())
         if arrays is not None:
             if not isinstance(arrays, Mapping) or not all(
-                isinstance(v, np.ndarray) for v in arrays.values()
+                isinstance(v, np.ndarray) and not v.dtype.hasobject for v in arrays.values()
             ):
-                raise InvalidInput("pto['cdt'] must be a dict of name → numpy array")
+                raise InvalidInput("pto['cdt'] must be a dict of name → numeric numpy array")
             record.world_cdt_id = record.world_cdt_id or world_id_for(record.pto_id)
-            self.cdt.mark_dirty(record.world_cdt_id, arrays)
+            check_file_name(record.world_cdt_id, "world_cdt_id")
         await self.db.submit([Statement(upsert_sql(PTO), to_row(record))])
+        if arrays is not None:
+            # Only once the row is in: a rejected save must not replace the world. Flushed
+            # at once, so the row points at a missing or old file for as short as possible.
+            assert record.world_cdt_id is not None
+            self.cdt.mark_dirty(record.world_cdt_id, arrays)
+            await self.cdt.flush()
 
     async def load_pto(self, pto_id: str) -> dict[str, Any] | None:
         """The PTO as a seed dict, with ``"cdt"`` (its arrays) when it has a world."""
@@ -505,13 +511,14 @@ class LocalStore:
         """Each backup's name, creation time (UTC ISO) and size in bytes, oldest first."""
         return list_backups(self.home)
 
-    async def restore_backup(self, name: str) -> None:
+    async def restore_backup(self, name: str, *, force: bool = False) -> None:
         """Replace the store with a checked backup; the old state is kept as ``pre_restore_*``.
 
-        The database connection is closed for the swap and reopened after it.
+        The database connection is closed for the swap and reopened after it. A backup
+        whose ledger disagrees with its balances is refused unless ``force``.
         """
         source = self.home.backup_dir(name)
-        await anyio.to_thread.run_sync(check_backup, source)
+        await anyio.to_thread.run_sync(lambda: check_backup(source, force=force))
         await self.create_backup(f"pre_restore_{wall_clock():%Y%m%d_%H%M%S_%f}")
         await self.cdt.flush()
         await self.db.aclose()
@@ -657,8 +664,11 @@ def list_backups(home: Home) -> list[dict[str, Any]]:
     return result
 
 
-def check_backup(source: Path) -> None:
-    """Refuse a backup that is missing, not a database, damaged, or whose ledger is false."""
+def check_backup(source: Path, *, force: bool = False) -> None:
+    """Refuse a backup that is missing, not a database, damaged, or whose ledger is false.
+
+    ``force`` accepts a ledger that disagrees with its balances (a store edited through
+    the raw seed API can); damage is never accepted."""
     if source.is_symlink() or not source.is_dir():
         raise BackupError(f"no backup at {source}")
     db = source / "ublox.db"
@@ -679,7 +689,8 @@ def check_backup(source: Path) -> None:
             conn.close()
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"backup {source.name!r} is not a usable database: {exc}") from exc
-    serious = [f for f in findings if f.check in ("schema", "integrity", "foreign_key")]
+    refused = ("schema", "integrity", "foreign_key") + (() if force else ("ledger", "escrow"))
+    serious = [f for f in findings if f.check in refused]
     if serious:
         raise BackupError(f"backup {source.name!r} failed its check: {serious[0]}")
     for world_id in world_ids:
