@@ -1,12 +1,19 @@
-"""Actor runtime helpers shared by every actor: task-group ownership and error unwrapping."""
+"""The actor runtime: actors with bounded mailboxes, ask/tell, and the task group that owns them."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
+from structlog import get_logger
+
+from .errors import ActorBroken, ActorClosed, RequestTimeout, UbloxError
+
+log = get_logger(__name__)
 
 
 @asynccontextmanager
@@ -34,3 +41,164 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
             return inner
         group = inner
     return None
+
+
+# -- actors ----------------------------------------------------------------------------
+
+M = TypeVar("M")
+
+
+@dataclass(eq=False, slots=True)
+class _Reply:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: object = None
+    error: BaseException | None = None
+
+    def finish(self, result: object = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+@dataclass(eq=False, slots=True)
+class _Envelope(Generic[M]):
+    message: M
+    reply: _Reply | None
+
+
+class Actor(Generic[M]):
+    """One task, one bounded mailbox, state nobody else touches.
+
+    Subclasses implement ``handle(message)``; its return value answers an ``ask``.
+    A ``UbloxError`` raised by ``handle`` (a refusal, a failed write) answers that
+    caller and the actor goes on. Anything else is a bug: the caller and everyone
+    queued get ``ActorBroken``, and the error propagates to the owning task group.
+    """
+
+    def __init__(self, name: str, *, mailbox_size: int = 256) -> None:
+        self.name = name
+        self._send, self._receive = anyio.create_memory_object_stream[_Envelope[M]](mailbox_size)
+        self._broken: BaseException | None = None
+        self._stopped = anyio.Event()
+        self._overflow: TaskGroup | None = None
+
+    async def handle(self, message: M) -> object:
+        raise NotImplementedError
+
+    # -- sending ---------------------------------------------------------------
+
+    async def ask(self, message: M, *, timeout: float = 60.0) -> object:  # noqa: ASYNC109 (the ask pattern's own deadline)
+        """Send and wait for the answer (or the error ``handle`` raised)."""
+        reply = _Reply()
+        await self._post(_Envelope(message, reply))
+        try:
+            with anyio.fail_after(timeout):
+                await reply.done.wait()
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"{self.name} did not answer {type(message).__name__} within {timeout:g} s"
+            ) from exc
+        if reply.error is not None:
+            raise reply.error
+        return reply.result
+
+    async def tell(self, message: M) -> None:
+        """Send without waiting for an answer (waits only for mailbox room)."""
+        await self._post(_Envelope(message, None))
+
+    def tell_soon(self, message: M) -> None:
+        """Send without ever blocking the sender: if the mailbox is full, deliver from a task.
+
+        Used between actors for notifications (a credit after a committed transfer),
+        so two actors telling each other can never deadlock on full mailboxes.
+        """
+        envelope = _Envelope(message, None)
+        try:
+            self._send.send_nowait(envelope)
+        except anyio.WouldBlock:
+            assert self._overflow is not None, "actor not started"
+            self._overflow.start_soon(self._post, envelope)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # shutting down: nothing to notify
+
+    async def _post(self, envelope: _Envelope[M]) -> None:
+        if self._broken is not None:
+            raise ActorBroken(f"{self.name} crashed") from self._broken
+        try:
+            await self._send.send(envelope)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            if self._broken is not None:
+                raise ActorBroken(f"{self.name} crashed") from self._broken
+            raise ActorClosed(f"{self.name} is closed") from exc
+
+    # -- running ---------------------------------------------------------------
+
+    def start(self, tg: TaskGroup) -> None:
+        self._overflow = tg
+        tg.start_soon(self._run, name=self.name)
+
+    async def _run(self) -> None:
+        current: _Envelope[M] | None = None
+        try:
+            async with self._receive:
+                async for current in self._receive:
+                    try:
+                        result = await self.handle(current.message)
+                    except UbloxError as exc:
+                        if current.reply is None:
+                            log.warning(
+                                "actor.told_message_failed", actor=self.name, error=str(exc)
+                            )
+                        else:
+                            current.reply.finish(error=exc)
+                    else:
+                        if current.reply is not None:
+                            current.reply.finish(result)
+                    current = None
+        except BaseException as exc:
+            self._broken = exc
+            broken = ActorBroken(f"{self.name} crashed while handling a message")
+            broken.__cause__ = exc
+            if current is not None and current.reply is not None:
+                current.reply.finish(error=broken)
+            while True:
+                try:
+                    queued = self._receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+                if queued.reply is not None:
+                    queued.reply.finish(error=broken)
+            raise
+        finally:
+            self._send.close()
+            self._stopped.set()
+
+    def close(self) -> None:
+        """Stop taking messages; those already queued are still handled."""
+        self._send.close()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    @property
+    def broken(self) -> BaseException | None:
+        return self._broken
+
+
+class ActorSystem:
+    """Owns the actors' tasks inside one task group; shuts them down in the order given."""
+
+    def __init__(self, tg: TaskGroup) -> None:
+        self.tg = tg
+
+    def spawn(self, actor: Actor[M]) -> Actor[M]:
+        actor.start(self.tg)
+        return actor
+
+    async def drain(self, actors: list[Actor[Any]]) -> None:
+        """Close the mailboxes and wait until every queued message was handled."""
+        for actor in actors:
+            actor.close()
+        with anyio.CancelScope(shield=True):
+            for actor in actors:
+                await actor.wait_stopped()

@@ -1,0 +1,179 @@
+"""The economic rules as pure functions: (state, command) → a decision, or a Refusal.
+
+Nothing here awaits, stores or mutates. Actors call these, persist what the
+decision says as one unit of work, and apply it to their state after the ack.
+All money is integer cents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from .errors import InsufficientFunds, InvalidInput, InvalidState, SharesUnavailable
+from .model import PTO, PTSToken, parse_iso
+from .money import MAX_CENTS
+
+FUNDING, IN_PROGRESS, COMPLETED, FAILED = "funding", "in_progress", "completed", "failed"
+PLAYABLE = (IN_PROGRESS, COMPLETED)
+
+
+def check_hours(hours: object, what: str = "hours") -> int:
+    """PTS are whole hours: a positive int (or a float/Decimal with no fraction)."""
+    if isinstance(hours, bool) or not isinstance(hours, int | float | Decimal):
+        raise InvalidInput(f"{what} must be a whole number of hours, got {hours!r}")
+    try:
+        whole = int(hours)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(f"{what} must be a whole number of hours, got {hours!r}") from exc
+    if whole != hours:
+        raise InvalidInput(f"{what} must be a whole number of hours, got {hours!r}")
+    if whole <= 0:
+        raise InvalidInput(f"{what} must be positive, got {hours!r}")
+    if whole > 10**9:
+        raise InvalidInput(f"{what} {hours!r} is beyond any PTO's size")
+    return whole
+
+
+def check_play_hours(hours: object) -> float:
+    """Play time may be fractional, but positive and finite."""
+    if isinstance(hours, bool) or not isinstance(hours, int | float | Decimal):
+        raise InvalidInput(f"hours must be a number, got {hours!r}")
+    value = float(hours)
+    if not (0 < value <= 10**6):
+        raise InvalidInput(f"hours must be positive and finite, got {hours!r}")
+    return value
+
+
+# -- launching -------------------------------------------------------------------------
+
+
+def funding_goal(pts_offered: int, price_per_pts: int) -> int:
+    goal = pts_offered * price_per_pts
+    if goal > MAX_CENTS:
+        raise InvalidInput("pts_offered × price_per_pts exceeds the money limit")
+    return goal
+
+
+# -- buying PTS ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    hours: int
+    price: int
+    pts_sold_after: int
+    funded: bool  # this purchase sold the last share: funding → in_progress
+
+
+def purchase(pto: PTO, hours: int, balance: int | None = None) -> Purchase:
+    """Buy ``hours`` PTS of ``pto``. ``balance`` None skips the funds check (done by the payer)."""
+    if pto.status != FUNDING:
+        raise InvalidState(f"PTO {pto.pto_id} is {pto.status}, not funding: no shares for sale")
+    left = pto.pts_offered - pto.pts_sold
+    if hours > left:
+        raise SharesUnavailable(f"PTO {pto.pto_id} has {left} PTS left, asked for {hours}")
+    price = hours * pto.price_per_pts
+    if balance is not None:
+        check_funds(balance, price, "buy PTS")
+    sold = pto.pts_sold + hours
+    return Purchase(hours=hours, price=price, pts_sold_after=sold, funded=sold == pto.pts_offered)
+
+
+def check_funds(balance: int, amount: int, what: str) -> None:
+    if amount > balance:
+        raise InsufficientFunds(
+            f"cannot {what}: needs {amount / 100:.2f}, balance is {balance / 100:.2f} USD-OBBBA"
+        )
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AtuDecision:
+    units: int
+    atu_spent_after: int
+    completes: bool
+    payout: int  # escrow paid to the creator when it completes
+
+
+def spend_atu(pto: PTO, units: int, escrow: int) -> AtuDecision:
+    if pto.status != IN_PROGRESS:
+        raise InvalidState(f"PTO {pto.pto_id} is {pto.status}: ATU are spent only in progress")
+    after = pto.atu_spent + units
+    completes = after >= pto.atu_required
+    return AtuDecision(units, after, completes, escrow if completes else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    refunds: tuple[tuple[str, int], ...]  # (holder, cents), in holder order
+
+    @property
+    def total(self) -> int:
+        return sum(amount for _, amount in self.refunds)
+
+
+def deadline_failure(pto: PTO, tokens: Sequence[PTSToken], now: datetime) -> Failure | None:
+    """A PTO still funding at its deadline fails and refunds every holder; else None."""
+    if pto.status != FUNDING or not pto.funding_deadline:
+        return None
+    if now < parse_iso(pto.funding_deadline):
+        return None
+    per_holder: dict[str, int] = {}
+    for token in tokens:
+        per_holder[token.holder] = per_holder.get(token.holder, 0) + token.purchase_price
+    return Failure(tuple(sorted(per_holder.items())))
+
+
+# -- playing ---------------------------------------------------------------------------
+
+
+def hours_left(tokens: Sequence[PTSToken]) -> float:
+    return sum(max(0.0, t.hours_committed - t.hours_played) for t in tokens)
+
+
+def allocate_play(
+    pto: PTO, tokens: Sequence[PTSToken], hours: float
+) -> tuple[tuple[str, float], ...]:
+    """Which of the player's tokens the hours are played on (oldest first)."""
+    if pto.status not in PLAYABLE:
+        raise InvalidState(f"PTO {pto.pto_id} is {pto.status}: its world opens once funded")
+    if not tokens:
+        raise InvalidState(f"no PTS of {pto.pto_id} held: buy shares to play")
+    left = hours_left(tokens)
+    if hours > left + 1e-9:
+        raise InvalidState(f"only {left:g} hours left on the PTS of {pto.pto_id}, asked {hours:g}")
+    allocation: list[tuple[str, float]] = []
+    remaining = hours
+    for token in sorted(tokens, key=lambda t: (t.purchase_time, t.token_id)):
+        room = token.hours_committed - token.hours_played
+        if room <= 0 or remaining <= 0:
+            continue
+        take = min(room, remaining)
+        allocation.append((token.token_id, take))
+        remaining -= take
+    return tuple(allocation)
+
+
+def compose_xusd(hours: float, quality: float, amplification: float) -> int:
+    """xUSD composed = hours × quality × amplification, in cents, rounded half-even once."""
+    exact = Decimal(repr(float(hours))) * Decimal(repr(float(quality)))
+    exact *= Decimal(repr(float(amplification))) * 100
+    return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def split_by_hours(total: int, allocation: Sequence[tuple[str, float]]) -> list[int]:
+    """Split ``total`` cents across an allocation in proportion to hours, exactly."""
+    hours = sum(h for _, h in allocation)
+    shares = [int(total * h // hours) if hours else 0 for _, h in allocation]
+    if shares:
+        shares[-1] += total - sum(shares)
+    return shares
+
+
+def tau_k_after(tau_k: float, quality: float) -> float:
+    return 0.9 * tau_k + 0.1 * (10.0 * quality)

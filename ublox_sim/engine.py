@@ -1,0 +1,622 @@
+"""The Engine: the embeddable face of ublox_sim.
+
+    async with Engine.open(home) as engine:
+        await engine.register_player("alice", usd_obbba=Decimal("5000"))
+        token = await engine.buy_pts("alice", "pto_harmonic_001", 40)
+
+It owns an actor system (one task group: a persistence actor, one actor per
+player and per PTO, the CDT flusher) and keeps the ledger true: every balance
+change is committed with its ``transactions`` row before the call returns, and a
+refusal (``InsufficientFunds``, ``SharesUnavailable`` ...) changes nothing.
+Amounts go in as major units (``Decimal``, ``int``, ``str`` or ``float``; a float
+is read by its shortest repr) and come back as exact ``Decimal``.
+``Engine.open`` can also run inside a host's task group (``task_group=tg``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import numpy as np
+from anyio.abc import TaskGroup
+from structlog import get_logger
+
+from . import events as ev
+from . import ledger
+from .clock import Clock, WallClock
+from .economy import FUNDING, Failure, check_hours, check_play_hours, funding_goal
+from .errors import (
+    ActorClosed,
+    AlreadyExists,
+    CorruptCdtFile,
+    InvalidInput,
+    UbloxError,
+    UnknownPlayer,
+    UnknownPTO,
+    UnknownToken,
+)
+from .events import EventBus, Subscription
+from .ids import check_file_name, check_id
+from .messages import (
+    Buy,
+    CheckDeadline,
+    Deposit,
+    GetPlayer,
+    GetPTO,
+    GetTokens,
+    GetWorld,
+    Play,
+    PlayRequest,
+    SendTransfer,
+    SpendAtu,
+    StepWorld,
+)
+from .model import PTO, Player, PTSToken, iso
+from .money import Amount, to_cents, to_decimal
+from .persistence import Statement, Synchronous
+from .player_actor import PlayerActor
+from .pto_actor import AtuOutcome, PTOActor, Sale, SessionOutcome
+from .runtime import ActorSystem, owned_task_group
+from .store import Home, LocalStore, world_id_for
+from .views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
+from .world import F64, WorldParams, new_world
+
+log = get_logger(__name__)
+
+USD = "USD-OBBBA"
+
+
+def _finite(value: object, what: str, low: float = 0.0, high: float = 1e6) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise InvalidInput(f"{what} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise InvalidInput(f"{what} must be between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def _whole(value: object, what: str, low: int = 0, high: int = 10**12) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidInput(f"{what} must be between {low} and {high}, got {value!r}")
+    return value
+
+
+class Engine:
+    """Players, PTOs and their worlds as actors over one local store. Open with ``Engine.open``."""
+
+    def __init__(
+        self,
+        store: LocalStore,
+        system: ActorSystem,
+        *,
+        seed: int | None,
+        clock: Clock,
+        params: WorldParams,
+        request_timeout: float,
+    ) -> None:
+        self.store = store
+        self.system = system
+        self.clock = clock
+        self.params = params
+        self.request_timeout = request_timeout
+        self.seed = seed
+        entropy = np.random.SeedSequence(seed).entropy
+        assert isinstance(entropy, int)
+        self._entropy = entropy
+        self._players: dict[str, PlayerActor] = {}
+        self._ptos: dict[str, PTOActor] = {}
+        self._token_pto: dict[str, str] = {}
+        self._reserved: set[str] = set()
+        self._bus = EventBus()
+        self._state: Literal["opened", "closing", "closed"] = "opened"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        home: Path | str | Home | None = None,
+        *,
+        seed: int | None = None,
+        clock: Clock | None = None,
+        world: WorldParams | None = None,
+        synchronous: Synchronous = "NORMAL",
+        flush_interval: float = 0.5,
+        request_timeout: float = 60.0,
+        task_group: TaskGroup | None = None,
+    ) -> AsyncIterator[Engine]:
+        """Open the store at ``home`` (default ``$UBLOX_HOME`` or ``~/.ublox``), restore
+        every actor from it, and close everything cleanly (drained, committed, flushed)
+        on exit. Pass ``task_group`` to run the actors in a host's own task group."""
+        resolved = home if isinstance(home, Home) else Home.resolve(home)
+        clock = clock or WallClock()
+
+        @asynccontextmanager
+        async def group() -> AsyncIterator[TaskGroup]:
+            if task_group is not None:
+                yield task_group
+            else:
+                async with owned_task_group() as tg:
+                    yield tg
+
+        async with group() as tg:
+            store = LocalStore(
+                resolved, synchronous=synchronous, flush_interval=flush_interval, clock=clock.now
+            )
+            await store.start(tg)
+            engine = cls(
+                store,
+                ActorSystem(tg),
+                seed=seed,
+                clock=clock,
+                params=world or WorldParams(),
+                request_timeout=request_timeout,
+            )
+            try:
+                await engine._restore()
+                yield engine
+            finally:
+                await engine.aclose()
+
+    async def _restore(self) -> None:
+        """Rebuild every actor from the store (a reopened engine sees the same state)."""
+        for player in await self.store.load_all(Player):
+            self._spawn_player(player)
+        tokens: dict[str, list[PTSToken]] = {}
+        for token in await self.store.load_all(PTSToken):
+            tokens.setdefault(token.game_id, []).append(token)
+            self._token_pto[token.token_id] = token.game_id
+        for pto in await self.store.load_all(PTO):
+            world: dict[str, F64] | None = None
+            error: str | None = None
+            if pto.world_cdt_id:
+                try:
+                    arrays = await self.store.load_world(pto.world_cdt_id)
+                    world = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+                except CorruptCdtFile as exc:
+                    # One bad world must not keep the rest of the store from opening.
+                    error = str(exc)
+                    log.error("engine.world_unavailable", pto_id=pto.pto_id, error=error)
+            self._spawn_pto(pto, tokens.get(pto.pto_id, []), world, error)
+
+    async def aclose(self) -> None:
+        """Drain PTO actors, then player actors, then commit and close the store. Idempotent."""
+        if self._state != "opened":
+            return
+        self._state = "closing"
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.system.drain(list(self._ptos.values()))
+                await self.system.drain(list(self._players.values()))
+            finally:
+                self._bus.close()
+                await self.store.aclose()
+                self._state = "closed"
+
+    def _check_open(self) -> None:
+        if self._state != "opened":
+            raise ActorClosed("the engine is closed")
+
+    def _spawn_player(self, player: Player) -> PlayerActor:
+        actor = PlayerActor(player, self.store.db)
+        self.system.spawn(actor)
+        self._players[player.player_id] = actor
+        return actor
+
+    def _spawn_pto(
+        self,
+        pto: PTO,
+        tokens: list[PTSToken],
+        world: dict[str, F64] | None,
+        error: str | None = None,
+    ) -> PTOActor:
+        actor = PTOActor(
+            pto,
+            tokens,
+            world,
+            params=self.params,
+            db=self.store.db,
+            cdt=self.store.cdt,
+            players=self._player,
+            world_error=error,
+        )
+        self.system.spawn(actor)
+        self._ptos[pto.pto_id] = actor
+        return actor
+
+    def _player(self, player_id: str) -> PlayerActor:
+        try:
+            return self._players[player_id]
+        except (KeyError, TypeError):
+            raise UnknownPlayer(f"no player {player_id!r}") from None
+
+    def _pto(self, pto_id: str) -> PTOActor:
+        try:
+            return self._ptos[pto_id]
+        except (KeyError, TypeError):
+            raise UnknownPTO(f"no PTO {pto_id!r}") from None
+
+    def rng(self, kind: str, ident: str) -> np.random.Generator:
+        """A generator for one entity, derived from the engine's seed and the entity's id,
+        so draws do not depend on the order entities were created in."""
+        key = int.from_bytes(hashlib.sha256(f"{kind}:{ident}".encode()).digest()[:8], "big")
+        return np.random.default_rng(np.random.SeedSequence(self._entropy, spawn_key=(key,)))
+
+    def _now(self) -> str:
+        return iso(self.clock.now())
+
+    async def _ask(self, actor: PlayerActor | PTOActor, message: Any) -> Any:
+        self._check_open()
+        return await actor.ask(message, timeout=self.request_timeout)
+
+    def _reserve(self, ident: str) -> None:
+        if ident in self._players or ident in self._ptos or ident in self._reserved:
+            raise AlreadyExists(f"{ident!r} is already taken by a player or PTO")
+        self._reserved.add(ident)
+
+    # -- players ---------------------------------------------------------------
+
+    async def register_player(
+        self,
+        player_id: str,
+        *,
+        usd_obbba: Amount = 0,
+        tau_k: float = 1.0,
+        resonance_freq: float | None = None,
+        position: tuple[float, float] | None = None,
+        phase: float | None = None,
+    ) -> PlayerInfo:
+        """Create a player; a starting balance is recorded as a ``deposit``."""
+        self._check_open()
+        check_id(player_id, "player_id")
+        cents = to_cents(usd_obbba, what="usd_obbba")
+        tau = _finite(tau_k, "tau_k", 0.0, 100.0)
+        rng = self.rng("player", player_id)
+        size = self.params.size
+        x, y = position if position is not None else tuple(rng.uniform(0, size, 2))
+        player = Player(
+            player_id=player_id,
+            position_x=_finite(x, "position x", 0.0, size),
+            position_y=_finite(y, "position y", 0.0, size),
+            phase=_finite(phase, "phase", 0, 2 * math.pi)
+            if phase is not None
+            else float(rng.uniform(0, 2 * math.pi)),
+            tau_k=tau,
+            resonance_freq=_finite(resonance_freq, "resonance_freq", 0.0, 100.0)
+            if resonance_freq is not None
+            else float(rng.normal(self.params.omega_mean, self.params.omega_spread)),
+            usd_obbba_balance=cents,
+            created_at=self._now(),
+        )
+        self._reserve(player_id)
+        try:
+            unit = [ledger.insert_player(player)]
+            if cents:
+                unit.append(
+                    ledger.ledger_row("deposit", None, player_id, cents, USD, player.created_at)
+                )
+            await self.store.db.submit(unit)
+            self._spawn_player(player)
+        finally:
+            self._reserved.discard(player_id)
+        self._bus.publish(
+            ev.PlayerRegistered(
+                at=player.created_at, player_id=player_id, usd_obbba=to_decimal(cents)
+            )
+        )
+        return PlayerInfo.of(player)
+
+    async def deposit(self, player_id: str, amount: Amount) -> PlayerInfo:
+        cents = to_cents(amount, allow_zero=False)
+        at = self._now()
+        await self._ask(self._player(player_id), Deposit(amount=cents, at=at))
+        self._bus.publish(ev.Deposited(at=at, player_id=player_id, amount=to_decimal(cents)))
+        return await self.get_player(player_id)
+
+    async def transfer(self, from_id: str, to_id: str, amount: Amount) -> PlayerInfo:
+        """Move USD-OBBBA between two players; returns the sender."""
+        cents = to_cents(amount, allow_zero=False)
+        source, target = self._player(from_id), self._player(to_id)
+        if from_id == to_id:
+            raise InvalidInput("transfer to oneself")
+        at = self._now()
+        await self._ask(source, SendTransfer(to=target, amount=cents, at=at))
+        self._bus.publish(
+            ev.Transferred(at=at, from_id=from_id, to_id=to_id, amount=to_decimal(cents))
+        )
+        return await self.get_player(from_id)
+
+    async def get_player(self, player_id: str) -> PlayerInfo:
+        player = await self._ask(self._player(player_id), GetPlayer())
+        return PlayerInfo.of(player)
+
+    def player_ids(self) -> list[str]:
+        return sorted(self._players)
+
+    # -- PTOs ------------------------------------------------------------------
+
+    async def launch_pto(
+        self,
+        *,
+        pto_id: str,
+        game_name: str,
+        creator_id: str,
+        atu_required: int,
+        pts_offered: int,
+        price_per_pts: Amount,
+        funding_deadline: datetime | timedelta,
+        description: str = "",
+        amplification: float = 100.0,
+    ) -> PTOInfo:
+        """Offer ``pts_offered`` PTS at ``price_per_pts``; fails at ``funding_deadline`` if unsold."""
+        self._check_open()
+        check_file_name(pto_id, "pto_id")
+        self._player(creator_id)
+        if not isinstance(game_name, str) or not game_name or len(game_name) > 200:
+            raise InvalidInput("game_name must be 1 to 200 characters")
+        if not isinstance(description, str) or len(description) > 10_000:
+            raise InvalidInput("description must be text of at most 10,000 characters")
+        atu = _whole(atu_required, "atu_required", 0)
+        offered = _whole(pts_offered, "pts_offered", 1, 10**9)
+        price = to_cents(price_per_pts, what="price_per_pts", allow_zero=False)
+        goal = funding_goal(offered, price)
+        amp = _finite(amplification, "amplification", 0.0, 1e6)
+        now = self.clock.now()
+        if isinstance(funding_deadline, timedelta):
+            deadline = now + funding_deadline
+        elif isinstance(funding_deadline, datetime) and funding_deadline.tzinfo is not None:
+            deadline = funding_deadline
+        else:
+            raise InvalidInput("funding_deadline must be an aware datetime or a timedelta")
+        world_id = world_id_for(pto_id)
+        pto = PTO(
+            pto_id=pto_id,
+            game_name=game_name,
+            creator_id=creator_id,
+            description=description,
+            atu_required=atu,
+            pts_offered=offered,
+            price_per_pts=price,
+            funding_goal=goal,
+            launch_time=iso(now),
+            funding_deadline=iso(deadline),
+            world_cdt_id=world_id,
+            amplification=amp,
+        )
+        self._reserve(pto_id)
+        try:
+            world = new_world(self.params, self.rng("world", pto_id))
+            # The file first: the database must never point at a world that is not on disk.
+            self.store.cdt.mark_dirty(world_id, world)
+            await self.store.cdt.flush()
+            await self.store.db.submit([ledger.insert_pto(pto)])
+            self._spawn_pto(pto, [], world)
+        finally:
+            self._reserved.discard(pto_id)
+        self._bus.publish(
+            ev.PTOLaunched(
+                at=pto.launch_time,
+                pto_id=pto_id,
+                game_name=game_name,
+                creator_id=creator_id,
+                funding_goal=to_decimal(goal),
+            )
+        )
+        return PTOInfo.of(pto)
+
+    async def buy_pts(self, player_id: str, pto_id: str, hours: int) -> TokenInfo:
+        """Buy ``hours`` PTS; the purchase price moves into the PTO's escrow."""
+        whole = check_hours(hours)
+        actor = self._pto(pto_id)
+        self._player(player_id)
+        at = self._now()
+        sale: Sale = await self._ask(actor, Buy(player_id=player_id, hours=whole, at=at))
+        self._token_pto[sale.token.token_id] = pto_id
+        self._bus.publish(
+            ev.SharesBought(
+                at=at,
+                pto_id=pto_id,
+                player_id=player_id,
+                token_id=sale.token.token_id,
+                hours=whole,
+                price=to_decimal(sale.token.purchase_price),
+                pts_sold=sale.pto.pts_sold,
+                pts_offered=sale.pto.pts_offered,
+            )
+        )
+        if sale.pto.status != FUNDING:
+            self._bus.publish(
+                ev.PTOFunded(
+                    at=at, pto_id=pto_id, funding_raised=to_decimal(sale.pto.funding_raised)
+                )
+            )
+        return TokenInfo.of(sale.token)
+
+    async def spend_atu(self, pto_id: str, units: int) -> PTOInfo:
+        """The creator spends Agential Time Units; reaching ``atu_required`` completes the PTO
+        and pays its escrow to the creator."""
+        whole = _whole(units, "units", 1, 10**12)
+        at = self._now()
+        outcome: AtuOutcome = await self._ask(self._pto(pto_id), SpendAtu(units=whole, at=at))
+        self._bus.publish(
+            ev.AtuSpent(
+                at=at,
+                pto_id=pto_id,
+                units=whole,
+                atu_spent=outcome.pto.atu_spent,
+                atu_required=outcome.pto.atu_required,
+            )
+        )
+        if outcome.completed:
+            self._bus.publish(
+                ev.PTOCompleted(
+                    at=at,
+                    pto_id=pto_id,
+                    creator_id=outcome.pto.creator_id,
+                    payout=to_decimal(outcome.payout),
+                )
+            )
+        return PTOInfo.of(outcome.pto)
+
+    async def play(self, player_id: str, pto_id: str, hours: float) -> SessionResult:
+        """Play ``hours`` in the PTO's world on the player's PTS; returns the session."""
+        (result,) = await self.play_many(pto_id, [(player_id, hours)])
+        if isinstance(result, UbloxError):
+            raise result
+        return result
+
+    async def play_many(
+        self, pto_id: str, sessions: Iterable[tuple[str, float]]
+    ) -> list[SessionResult | UbloxError]:
+        """Several players' sessions in one world, stepped together; one result or error each."""
+        requests = tuple(
+            PlayRequest(player_id=player_id, hours=check_play_hours(hours))
+            for player_id, hours in sessions
+        )
+        at = self._now()
+        outcomes: list[SessionOutcome] = await self._ask(
+            self._pto(pto_id), Play(requests=requests, at=at)
+        )
+        results: list[SessionResult | UbloxError] = []
+        for outcome in outcomes:
+            if outcome.error is not None:
+                results.append(outcome.error)
+                continue
+            result = SessionResult(
+                session_id=outcome.session_id,
+                pto_id=pto_id,
+                player_id=outcome.player_id,
+                hours=outcome.hours,
+                quality=outcome.quality,
+                xusd_earned=to_decimal(outcome.xusd),
+                phase_locks=outcome.locks,
+                memory_depth_added=outcome.locked_hours,
+                tau_k_after=outcome.tau_k_after,
+            )
+            results.append(result)
+            self._bus.publish(
+                ev.SessionPlayed(
+                    at=at,
+                    pto_id=pto_id,
+                    player_id=outcome.player_id,
+                    session_id=outcome.session_id,
+                    hours=outcome.hours,
+                    quality=outcome.quality,
+                    xusd_earned=result.xusd_earned,
+                    phase_locks=outcome.locks,
+                )
+            )
+            if outcome.locks:
+                self._bus.publish(
+                    ev.PhaseLock(
+                        at=at, pto_id=pto_id, player_id=outcome.player_id, locks=outcome.locks
+                    )
+                )
+        return results
+
+    async def get_pto(self, pto_id: str) -> PTOInfo:
+        pto = await self._ask(self._pto(pto_id), GetPTO())
+        return PTOInfo.of(pto)
+
+    def pto_ids(self) -> list[str]:
+        return sorted(self._ptos)
+
+    async def list_ptos(self) -> list[PTOInfo]:
+        return [await self.get_pto(pto_id) for pto_id in self.pto_ids()]
+
+    async def get_token(self, token_id: str) -> TokenInfo:
+        pto_id = self._token_pto.get(token_id)
+        if pto_id is None:
+            raise UnknownToken(f"no PTS token {token_id!r}")
+        tokens: list[PTSToken] = await self._ask(self._pto(pto_id), GetTokens())
+        for token in tokens:
+            if token.token_id == token_id:
+                return TokenInfo.of(token)
+        raise UnknownToken(f"no PTS token {token_id!r}")
+
+    async def tokens_of(self, player_id: str, pto_id: str) -> list[TokenInfo]:
+        self._player(player_id)
+        tokens: list[PTSToken] = await self._ask(self._pto(pto_id), GetTokens(player_id=player_id))
+        return [TokenInfo.of(t) for t in tokens]
+
+    async def world(self, pto_id: str) -> dict[str, F64]:
+        """A copy of the PTO's world arrays (``theta``, ``omega``)."""
+        arrays: dict[str, F64] = await self._ask(self._pto(pto_id), GetWorld())
+        return arrays
+
+    # -- time ------------------------------------------------------------------
+
+    async def advance(self, hours: float) -> list[str]:
+        """Move the clock ``hours`` (simulated clocks), step every world, fire deadlines.
+
+        Returns the PTOs that failed at their deadline (their holders refunded).
+        """
+        self._check_open()
+        span = _finite(hours, "hours", 0.0, 1e6)
+        self.clock.advance(span)
+        steps = round(span * self.params.steps_per_hour)
+        if steps:
+            # Worlds are independent; each writes only its own aci score.
+            async with anyio.create_task_group() as tg:
+                for pto_id in self.pto_ids():
+                    tg.start_soon(self._ask, self._ptos[pto_id], StepWorld(steps=steps))
+        return await self.fire_deadlines()
+
+    async def fire_deadlines(self) -> list[str]:
+        """Fail every PTO past its deadline (in id order, so the ledger's order is stable)."""
+        at = self._now()
+        failed: list[str] = []
+        for pto_id in self.pto_ids():
+            actor = self._ptos[pto_id]
+            if actor.state.status != FUNDING:
+                continue
+            failure: Failure | None = await self._ask(actor, CheckDeadline(at=at))
+            if failure is not None:
+                failed.append(pto_id)
+                self._bus.publish(
+                    ev.PTOFailed(
+                        at=at,
+                        pto_id=pto_id,
+                        refunded=to_decimal(failure.total),
+                        holders=len(failure.refunds),
+                    )
+                )
+        return failed
+
+    # -- the store -------------------------------------------------------------
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        self._check_open()
+        return await self.store.get_global_stats()
+
+    async def backup(self, name: str | None = None) -> Path:
+        self._check_open()
+        return await self.store.create_backup(name)
+
+    async def export_json(self, path: Path | str | None = None) -> Path:
+        self._check_open()
+        return await self.store.export_to_json(path)
+
+    def events(self, buffer: int = 1000) -> Subscription:
+        """Domain events as they commit: ``async with engine.events() as events: async for e in events``.
+
+        A subscriber that falls ``buffer`` events behind loses events (never slowing the
+        engine) and then receives an ``EventsDropped`` with the count."""
+        self._check_open()
+        return self._bus.subscribe(buffer)
+
+    async def submit(self, unit: Sequence[Statement]) -> list[int]:
+        """Commit raw statements through the persistence actor (for extensions and runners)."""
+        self._check_open()
+        return await self.store.db.submit(unit)

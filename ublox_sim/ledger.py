@@ -1,0 +1,118 @@
+"""The engine's SQL: every statement an economic operation writes, in one place.
+
+Balances change by relative updates (``balance = balance + ?``), so units from
+different actors commute inside a group commit, and always together with their
+``transactions`` row in the same unit (hence the same SQLite transaction).
+"""
+
+from __future__ import annotations
+
+from .model import PTO, Player, PlaySession, PTSToken, Transaction, insert_sql, to_row
+from .persistence import Statement
+
+_INSERT_TX = insert_sql(Transaction)
+_INSERT_SESSION = insert_sql(PlaySession)
+
+
+def insert_player(player: Player) -> Statement:
+    return Statement(insert_sql(Player), to_row(player))
+
+
+def insert_pto(pto: PTO) -> Statement:
+    return Statement(insert_sql(PTO), to_row(pto))
+
+
+def insert_token(token: PTSToken) -> Statement:
+    return Statement(insert_sql(PTSToken), to_row(token))
+
+
+def ledger_row(
+    tx_type: str,
+    from_id: str | None,
+    to_id: str | None,
+    amount: int,
+    currency: str,
+    at: str,
+    pto_id: str | None = None,
+) -> Statement:
+    tx = Transaction(None, tx_type, from_id, to_id, amount, currency, pto_id, at, None)
+    return Statement(_INSERT_TX, to_row(tx))
+
+
+def usd_delta(player_id: str, delta: int) -> Statement:
+    return Statement(
+        "UPDATE players SET usd_obbba_balance = usd_obbba_balance + ? WHERE player_id = ?",
+        (delta, player_id),
+    )
+
+
+def pto_sale(pto_id: str, hours: int, price: int, status: str) -> Statement:
+    return Statement(
+        "UPDATE ptos SET pts_sold = pts_sold + ?, funding_raised = funding_raised + ?, status = ?"
+        " WHERE pto_id = ?",
+        (hours, price, status, pto_id),
+    )
+
+
+def pto_atu(pto_id: str, atu_spent: int, status: str, completion_time: str | None) -> Statement:
+    return Statement(
+        "UPDATE ptos SET atu_spent = ?, status = ?, completion_time = ? WHERE pto_id = ?",
+        (atu_spent, status, completion_time, pto_id),
+    )
+
+
+def pto_failed(pto_id: str) -> Statement:
+    return Statement("UPDATE ptos SET status = 'failed' WHERE pto_id = ?", (pto_id,))
+
+
+def pto_session(pto_id: str, xusd: int, aci: float) -> Statement:
+    return Statement(
+        "UPDATE ptos SET xUSD_pool = xUSD_pool + ?, aci_coherence_score = ? WHERE pto_id = ?",
+        (xusd, aci, pto_id),
+    )
+
+
+def pto_aci(pto_id: str, aci: float) -> Statement:
+    return Statement("UPDATE ptos SET aci_coherence_score = ? WHERE pto_id = ?", (aci, pto_id))
+
+
+def token_played(token_id: str, hours: float, xusd: int) -> Statement:
+    return Statement(
+        "UPDATE pts_tokens SET hours_played = hours_played + ?,"
+        " xUSD_accumulated = xUSD_accumulated + ? WHERE token_id = ?",
+        (hours, xusd, token_id),
+    )
+
+
+def player_session(
+    player: Player, *, xusd: int, hours: float, locks: int, locked_hours: float
+) -> Statement:
+    """The player's row after a session: xUSD and counters relative, physics absolute."""
+    return Statement(
+        "UPDATE players SET xUSD_balance = xUSD_balance + ?, total_play_time = total_play_time + ?,"
+        " phase_locks_count = phase_locks_count + ?, memory_depth = memory_depth + ?,"
+        " quality_score = ?, tau_k = ?, phase = ?, coherence = ? WHERE player_id = ?",
+        (
+            xusd,
+            hours,
+            locks,
+            locked_hours,
+            player.quality_score,
+            player.tau_k,
+            player.phase,
+            player.coherence,
+            player.player_id,
+        ),
+    )
+
+
+def insert_session(session: PlaySession) -> Statement:
+    return Statement(_INSERT_SESSION, to_row(session), want_rowid=True)
+
+
+def set_world_version(world_id: str, version: int) -> Statement:
+    return Statement(
+        "INSERT INTO cdt_files (world_cdt_id, version) VALUES (?, ?)"
+        " ON CONFLICT(world_cdt_id) DO UPDATE SET version = excluded.version",
+        (world_id, version),
+    )

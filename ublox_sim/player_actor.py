@@ -1,0 +1,143 @@
+"""The player actor: owns one player's balances and physics state.
+
+Every change is persisted as one unit of work and applied to memory only after
+the persistence actor acknowledged it, so memory never runs ahead of disk. A
+player actor asks nobody but the persistence actor (PTO actors ask players, never
+the reverse), so actor requests cannot form a cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import assert_never
+
+from . import ledger
+from .economy import check_funds, tau_k_after
+from .errors import InvalidInput
+from .messages import (
+    ApplySession,
+    Credit,
+    Deposit,
+    GetPhysics,
+    GetPlayer,
+    Pay,
+    PlayerMessage,
+    SendTransfer,
+)
+from .model import Player
+from .persistence import PersistenceActor
+from .runtime import Actor
+
+USD = "USD-OBBBA"
+XUSD = "xUSD"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Physics:
+    """A consistent copy of the player's physics; ``version`` detects a change since."""
+
+    player: Player
+    version: int
+
+
+class StaleSession(InvalidInput):
+    """The player changed between the session's snapshot and its commit; replay it."""
+
+    code = "stale_session"
+
+
+class PlayerActor(Actor[PlayerMessage]):
+    def __init__(self, player: Player, db: PersistenceActor, *, mailbox_size: int = 64) -> None:
+        super().__init__(f"player:{player.player_id}", mailbox_size=mailbox_size)
+        self.state = player
+        self.db = db
+        self.version = 0
+
+    async def handle(self, message: PlayerMessage) -> object:
+        match message:
+            case GetPlayer():
+                return dataclasses.replace(self.state)
+            case Deposit(amount=amount, at=at):
+                await self.db.submit(
+                    [
+                        ledger.usd_delta(self.state.player_id, amount),
+                        ledger.ledger_row("deposit", None, self.state.player_id, amount, USD, at),
+                    ]
+                )
+                self.state.usd_obbba_balance += amount
+                return self.state.usd_obbba_balance
+            case SendTransfer(to=target, amount=amount, at=at):
+                check_funds(self.state.usd_obbba_balance, amount, "transfer")
+                target_id = target.state.player_id
+                await self.db.submit(
+                    [
+                        ledger.usd_delta(self.state.player_id, -amount),
+                        ledger.usd_delta(target_id, amount),
+                        ledger.ledger_row(
+                            "transfer", self.state.player_id, target_id, amount, USD, at
+                        ),
+                    ]
+                )
+                self.state.usd_obbba_balance -= amount
+                target.tell_soon(Credit(usd=amount))
+                return self.state.usd_obbba_balance
+            case Credit(usd=usd):
+                self.state.usd_obbba_balance += usd
+                return None
+            case Pay(amount=amount, pto_id=pto_id, tx_type=tx_type, extra=extra, at=at):
+                check_funds(self.state.usd_obbba_balance, amount, f"pay {pto_id}")
+                await self.db.submit(
+                    [
+                        ledger.usd_delta(self.state.player_id, -amount),
+                        *extra,
+                        ledger.ledger_row(
+                            tx_type, self.state.player_id, pto_id, amount, USD, at, pto_id
+                        ),
+                    ]
+                )
+                self.state.usd_obbba_balance -= amount
+                return dataclasses.replace(self.state)
+            case GetPhysics():
+                return Physics(dataclasses.replace(self.state), self.version)
+            case ApplySession() as s:
+                return await self._apply_session(s)
+            case _:
+                assert_never(message)
+
+    async def _apply_session(self, s: ApplySession) -> int:
+        if s.version != self.version:
+            raise StaleSession(f"{self.state.player_id} changed during the session")
+        after = dataclasses.replace(
+            self.state,
+            quality_score=s.quality,
+            tau_k=tau_k_after(self.state.tau_k, s.quality),
+            phase=s.phase,
+            coherence=s.coherence,
+        )
+        unit = [
+            ledger.player_session(
+                after, xusd=s.xusd, hours=s.hours, locks=s.locks, locked_hours=s.locked_hours
+            ),
+            *s.extra,
+            ledger.insert_session(s.session),
+        ]
+        if s.xusd > 0:
+            unit.append(
+                ledger.ledger_row(
+                    "xusd_composition",
+                    None,
+                    self.state.player_id,
+                    s.xusd,
+                    XUSD,
+                    s.session.timestamp,
+                    s.pto_id,
+                )
+            )
+        (session_id,) = await self.db.submit(unit)
+        after.xUSD_balance += s.xusd
+        after.total_play_time += s.hours
+        after.phase_locks_count += s.locks
+        after.memory_depth += s.locked_hours
+        self.state = after
+        self.version += 1
+        return session_id

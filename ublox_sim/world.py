@@ -1,0 +1,141 @@
+"""The CDT coherence world: an H×W lattice of phase oscillators, stepped in vectorised numpy.
+
+Each step: ``theta += dt·(omega + K·Σ₄ sin(theta_nb − theta))`` with periodic
+neighbours (``np.roll``). Players in a session are oscillators too: each sits on
+a cell, is pulled toward the cell's phase with strength ``player_coupling·tau_k``
+and nudges the cell back with ``feedback·tau_k``. A player's coherence on a step
+is ``(1 + cos(theta_cell − phase)) / 2``; a *phase lock* is coherence ≥ 0.95 held
+for ``lock_steps`` steps in a row. Everything here is a pure function of its
+inputs: the same arrays and parameters give bit-identical results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+TWO_PI = 2.0 * np.pi
+
+
+@dataclass(frozen=True, slots=True)
+class WorldParams:
+    """Physics constants; every one can be set per scenario."""
+
+    size: int = 64
+    coupling: float = 1.0  # K, between neighbouring cells
+    dt: float = 0.1
+    steps_per_hour: int = 4
+    omega_mean: float = 1.0
+    omega_spread: float = 0.1
+    player_coupling: float = 0.2  # × tau_k, cell → player
+    feedback: float = 0.02  # × tau_k, player → cell
+    lock_threshold: float = 0.95
+    lock_steps: int = 3
+    amplification: float = 100.0
+
+    def steps_for(self, hours: float) -> int:
+        return max(1, round(hours * self.steps_per_hour))
+
+
+def new_world(params: WorldParams, rng: np.random.Generator) -> dict[str, F64]:
+    """Random phases, natural frequencies around ``omega_mean``."""
+    shape = (params.size, params.size)
+    theta = rng.uniform(0.0, TWO_PI, shape)
+    omega = rng.normal(params.omega_mean, params.omega_spread, shape)
+    return {"theta": theta, "omega": omega}
+
+
+def lattice_coupling(theta: F64) -> F64:
+    """Σ over the four neighbours of sin(theta_nb − theta), periodic boundaries."""
+    return (
+        np.sin(np.roll(theta, 1, 0) - theta)
+        + np.sin(np.roll(theta, -1, 0) - theta)
+        + np.sin(np.roll(theta, 1, 1) - theta)
+        + np.sin(np.roll(theta, -1, 1) - theta)
+    )
+
+
+def step_world(theta: F64, omega: F64, params: WorldParams, steps: int) -> F64:
+    """Advance the lattice ``steps`` steps with no players; returns the new theta."""
+    for _ in range(steps):
+        theta = theta + params.dt * (omega + params.coupling * lattice_coupling(theta))
+    return np.mod(theta, TWO_PI)
+
+
+def order_parameter(theta: F64) -> float:
+    """|mean(exp(i·theta))|: 1 when every cell is in phase, ~0 when incoherent."""
+    return float(min(1.0, abs(np.exp(1j * theta).mean())))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPhysics:
+    """What a batch of players did during one stretch of world steps (arrays per player)."""
+
+    theta: F64
+    phase: F64
+    quality: F64
+    coherence: F64  # on the last step played
+    locks: I64
+    locked_steps: I64
+
+
+def play_steps(
+    theta: F64,
+    omega: F64,
+    params: WorldParams,
+    *,
+    cells_y: I64,
+    cells_x: I64,
+    phase: F64,
+    freq: F64,
+    tau_k: F64,
+    steps: I64,
+) -> SessionPhysics:
+    """Step the world with players coupled to their cells, each for its own number of steps.
+
+    All players move together on each step (one array operation per step, not one
+    per player); a player whose ``steps`` ran out stops coupling and scoring.
+    """
+    n = len(phase)
+    phase = phase.astype(np.float64, copy=True)
+    total = np.zeros(n)
+    streak = np.zeros(n, dtype=np.int64)
+    locks = np.zeros(n, dtype=np.int64)
+    locked = np.zeros(n, dtype=np.int64)
+    coherence = np.zeros(n)
+    pull = params.player_coupling * tau_k
+    push = params.feedback * tau_k
+    for step in range(int(steps.max(initial=0))):
+        active = steps > step
+        cell = theta[cells_y, cells_x]
+        diff = cell - phase
+        now = (1.0 + np.cos(diff)) / 2.0
+        coherence = np.where(active, now, coherence)
+        total += np.where(active, now, 0.0)
+        hit = active & (now >= params.lock_threshold)
+        streak = np.where(hit, streak + 1, np.where(active, 0, streak))
+        locked += hit & (streak >= params.lock_steps)
+        locks += hit & (streak == params.lock_steps)
+        # Players and world move together: the lattice step plus the players' nudge.
+        nudge = np.zeros_like(theta)
+        np.add.at(nudge, (cells_y, cells_x), np.where(active, push * np.sin(-diff), 0.0))
+        theta = theta + params.dt * (omega + params.coupling * lattice_coupling(theta) + nudge)
+        phase = phase + np.where(active, params.dt * (freq + pull * np.sin(diff)), 0.0)
+    quality = np.divide(total, steps, out=np.zeros(n), where=steps > 0)
+    return SessionPhysics(
+        theta=np.mod(theta, TWO_PI),
+        phase=np.mod(phase, TWO_PI),
+        quality=np.clip(quality, 0.0, 1.0),
+        coherence=coherence,
+        locks=locks,
+        locked_steps=locked,
+    )
+
+
+def cell_of(x: float, y: float, size: int) -> tuple[int, int]:
+    """The lattice cell (row, column) a player's position maps to."""
+    return int(np.floor(y)) % size, int(np.floor(x)) % size
