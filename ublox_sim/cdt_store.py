@@ -10,6 +10,7 @@ symlinks and object arrays: loading a pickle runs code.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import zipfile
 import zlib
@@ -170,6 +171,14 @@ class CdtStore:
 
     def remove(self, world_id: str, version: int | None = None) -> None:
         self.path_for(world_id, version).unlink(missing_ok=True)
+
+    def prune(self, world_id: str, keep: int) -> None:
+        """Remove every other version of a world (after the commit that names ``keep``)."""
+        self.path_for(world_id)
+        pattern = re.compile(re.escape(world_id) + r"(\.v\d+)?\.npz")
+        for path in self.directory.glob(f"{world_id}*.npz"):
+            if pattern.fullmatch(path.name) and path != self.path_for(world_id, keep):
+                path.unlink(missing_ok=True)
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.directory.glob("*.npz") if not p.name.startswith("."))

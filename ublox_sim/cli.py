@@ -40,7 +40,7 @@ def _errors_to_exit_codes(fn: Callable[P, T]) -> Callable[P, T]:
         try:
             return fn(*args, **kwargs)
         except InvalidInput as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {exc}" if "\n" not in str(exc) else f"error:\n{exc}", err=True)
             sys.exit(EXIT_USAGE)
         except UbloxError as exc:
             click.echo(f"error: {exc}", err=True)
@@ -88,6 +88,81 @@ def demo(home: Path | None) -> None:
     except DemoCheckFailed as exc:
         click.echo(f"demo check failed: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument(
+    "scenario", required=False, type=click.Path(dir_okay=False, path_type=Path), default=None
+)
+@home_option
+@click.option("--seed", type=int, default=None, help="Replace the scenario's seed.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a scenario value."
+)
+@click.option("--resume", is_flag=True, help="Continue the checkpointed run in --home.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+@click.option(
+    "--synchronous",
+    type=click.Choice(["NORMAL", "FULL"]),
+    default="NORMAL",
+    show_default=True,
+    help="SQLite durability: FULL also survives power loss.",
+)
+@_errors_to_exit_codes
+def run(
+    scenario: Path | None,
+    home: Path | None,
+    seed: int | None,
+    overrides: tuple[str, ...],
+    resume: bool,
+    as_json: bool,
+    synchronous: str,
+) -> None:
+    """Run a scenario (deterministic, checkpointed; --resume continues a killed run)."""
+    import anyio
+
+    from .report import print_report
+    from .runner import recorded_scenario, run_scenario
+    from .scenario import load_scenario
+
+    target = Home.resolve(home)
+    if scenario is None:
+        if not resume:
+            raise click.UsageError("give a SCENARIO file (or --resume with --home)")
+        loaded = recorded_scenario(target)
+    else:
+        loaded = load_scenario(scenario, overrides=overrides, seed=seed)
+    console = _console()
+    show_progress = console.is_terminal and not as_json
+    if show_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task(loaded.scenario.name, total=loaded.scenario.clock.total_ticks)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done)
+
+            report = anyio.run(
+                lambda: run_scenario(
+                    loaded, target, resume=resume, progress=progress, synchronous=synchronous
+                )
+            )
+    else:
+        report = anyio.run(
+            lambda: run_scenario(loaded, target, resume=resume, synchronous=synchronous)
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        print_report(report, target, console)
 
 
 @main.command()

@@ -15,6 +15,7 @@ is read by its shortest repr) and come back as exact ``Decimal``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -135,10 +136,15 @@ class Engine:
         flush_interval: float = 0.5,
         request_timeout: float = 60.0,
         task_group: TaskGroup | None = None,
+        checkpointed: bool = False,
     ) -> AsyncIterator[Engine]:
         """Open the store at ``home`` (default ``$UBLOX_HOME`` or ``~/.ublox``), restore
         every actor from it, and close everything cleanly (drained, committed, flushed)
-        on exit. Pass ``task_group`` to run the actors in a host's own task group."""
+        on exit. Pass ``task_group`` to run the actors in a host's own task group.
+
+        ``checkpointed=True`` (scenario runs) holds every write in one open transaction
+        until ``checkpoint()`` commits it with the worlds' versioned files: a crash then
+        always reopens at the last checkpoint, never between two."""
         resolved = home if isinstance(home, Home) else Home.resolve(home)
         clock = clock or WallClock()
 
@@ -152,7 +158,11 @@ class Engine:
 
         async with group() as tg:
             store = LocalStore(
-                resolved, synchronous=synchronous, flush_interval=flush_interval, clock=clock.now
+                resolved,
+                synchronous=synchronous,
+                flush_interval=flush_interval,
+                clock=clock.now,
+                hold_commits=checkpointed,
             )
             await store.start(tg)
             engine = cls(
@@ -230,6 +240,7 @@ class Engine:
             cdt=self.store.cdt,
             players=self._player,
             world_error=error,
+            autosave_world=not self.store.hold_commits,
         )
         self.system.spawn(actor)
         self._ptos[pto.pto_id] = actor
@@ -594,6 +605,25 @@ class Engine:
                 )
         return failed
 
+    # -- synchronous reads for runners ----------------------------------------
+
+    def peek_player(self, player_id: str) -> Player:
+        """A copy of the player's state without a round trip. Call ``settle()`` first if
+        credits told by other actors must be included."""
+        return dataclasses.replace(self._player(player_id).state)
+
+    def peek_pto(self, pto_id: str) -> PTO:
+        return dataclasses.replace(self._pto(pto_id).state)
+
+    def peek_tokens(self, pto_id: str) -> list[PTSToken]:
+        return [dataclasses.replace(t) for t in self._pto(pto_id).tokens.values()]
+
+    async def settle(self) -> None:
+        """Wait until every notification between actors (credits) has been applied."""
+        for actor in self._players.values():
+            if actor.unsettled:
+                await self._ask(actor, GetPlayer())
+
     # -- the store -------------------------------------------------------------
 
     async def stats(self) -> dict[str, dict[str, Any]]:
@@ -615,6 +645,28 @@ class Engine:
         engine) and then receives an ``EventsDropped`` with the count."""
         self._check_open()
         return self._bus.subscribe(buffer)
+
+    async def checkpoint(self, version: int, extra: Sequence[Statement] = ()) -> None:
+        """Make everything so far durable as checkpoint ``version``.
+
+        Each world is written to ``<world>.v<version>.npz`` and fsynced first; then one
+        transaction commits ``extra`` (the runner's state), the ``cdt_files`` rows naming
+        those files, and, in checkpointed mode, all held work. Older files go after."""
+        self._check_open()
+        worlds: dict[str, str] = {}
+        for pto_id in self.pto_ids():
+            actor = self._ptos[pto_id]
+            world_id = actor.state.world_cdt_id
+            if actor.world is None or world_id is None:
+                continue
+            arrays: dict[str, F64] = await self._ask(actor, GetWorld())
+            self.store.cdt.mark_dirty(world_id, arrays, version=version)
+            worlds[pto_id] = world_id
+        await self.store.cdt.flush()
+        unit = [*extra, *(ledger.set_world_version(w, version) for w in worlds.values())]
+        await self.store.db.commit_held(unit)
+        for world_id in worlds.values():
+            self.store.cdt.prune(world_id, version)
 
     async def submit(self, unit: Sequence[Statement]) -> list[int]:
         """Commit raw statements through the persistence actor (for extensions and runners)."""

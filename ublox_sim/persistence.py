@@ -104,6 +104,11 @@ async def run(conn: aiosqlite.Connection, sql: str) -> list[Row]:
         return [tuple(row) for row in await cursor.fetchall()]
 
 
+async def run_with(conn: aiosqlite.Connection, stmt: Statement) -> None:
+    async with conn.execute(stmt.sql, stmt.params) as cursor:
+        await cursor.fetchall()
+
+
 def prepare_database(path: Path, page_size: int = 2048) -> int:
     """Create or migrate the database (blocking). Returns the schema version found.
 
@@ -151,6 +156,7 @@ class PersistenceActor:
         max_batch: int = 2048,
         checkpoint_every: int = 64,
         wal_restart_frames: int = 8192,
+        hold_commits: bool = False,
     ) -> None:
         self.path = path
         self.synchronous: Synchronous = synchronous
@@ -158,6 +164,11 @@ class PersistenceActor:
         self.checkpoint_every = checkpoint_every
         self.wal_restart_frames = wal_restart_frames
         self._restart_wal = False
+        # Hold mode (scenario runs): units are applied inside one open transaction and
+        # acknowledged at once; only commit_held() makes them durable, all together.
+        self.hold_commits = hold_commits
+        self._held_units = 0
+        self._lost: PersistenceError | None = None
         self._send: MemoryObjectSendStream[_Pending]
         self._receive: MemoryObjectReceiveStream[_Pending]
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](mailbox_size)
@@ -271,6 +282,31 @@ class PersistenceActor:
             raise pending.error
         return pending.result  # type: ignore[return-value]  # set from fn's own result
 
+    async def commit_held(self, unit: Unit) -> None:
+        """Hold mode: add ``unit`` to the held transaction and commit it all (a checkpoint)."""
+
+        async def commit(conn: aiosqlite.Connection) -> None:
+            if self._lost is not None:
+                raise self._lost
+            if not conn.in_transaction:
+                await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in unit:
+                    await run_with(conn, stmt)
+                await conn.execute("COMMIT")
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                if self._held_units:
+                    self._lost = PersistenceError(
+                        "the checkpoint could not commit; the run's work since the previous "
+                        "checkpoint is lost: resume from it"
+                    )
+                raise
+            self._held_units = 0
+
+        await self.call(commit)
+
     async def backup_to(self, target: Path) -> None:
         """Online-backup the database to ``target`` (a consistent snapshot)."""
 
@@ -362,6 +398,10 @@ class PersistenceActor:
     async def _commit(self, batch: list[_Pending]) -> None:
         conn = self._conn
         assert conn is not None
+        if self._lost is not None:
+            for pending in batch:
+                pending.finish(error=self._lost)
+            return
         try:
             rowids = await self._execute_batch(conn, batch)
         except sqlite3.Error as exc:
@@ -378,6 +418,8 @@ class PersistenceActor:
             return
         self.commits += 1
         self.units_committed += len(batch)
+        if self.hold_commits:
+            self._held_units += len(batch)
         for pending, ids in zip(batch, rowids, strict=True):
             pending.finish(ids)
         self._commits_since_ckpt += 1
@@ -385,11 +427,17 @@ class PersistenceActor:
             self._commits_since_ckpt = 0
             self._ckpt_wanted.set()
 
-    @staticmethod
-    async def _execute_batch(conn: aiosqlite.Connection, batch: list[_Pending]) -> list[list[int]]:
+    async def _execute_batch(
+        self, conn: aiosqlite.Connection, batch: list[_Pending]
+    ) -> list[list[int]]:
         """Run the batch in one transaction; runs of one SQL text go through executemany."""
         rowids: list[list[int]] = [[] for _ in batch]
-        await conn.execute("BEGIN IMMEDIATE")
+        if self.hold_commits:
+            if not conn.in_transaction:
+                await conn.execute("BEGIN IMMEDIATE")
+            await conn.execute("SAVEPOINT batch")
+        else:
+            await conn.execute("BEGIN IMMEDIATE")
         run_sql: str | None = None
         run_rows: list[Sequence[object]] = []
         for index, pending in enumerate(batch):
@@ -409,16 +457,27 @@ class PersistenceActor:
                 run_rows.append(stmt.params)
         if run_sql is not None:
             await conn.executemany(run_sql, run_rows)
-        await conn.execute("COMMIT")
+        await conn.execute("RELEASE batch" if self.hold_commits else "COMMIT")
         return rowids
 
-    @staticmethod
-    async def _rollback(conn: aiosqlite.Connection) -> None:
-        if conn.in_transaction:
-            try:
+    async def _rollback(self, conn: aiosqlite.Connection) -> None:
+        """Undo the failed batch; in hold mode only the batch, keeping the held transaction."""
+        try:
+            if self.hold_commits and conn.in_transaction:
+                await conn.execute("ROLLBACK TO batch")
+                await conn.execute("RELEASE batch")
+            elif conn.in_transaction:
                 await conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:  # SQLite may already have rolled back on its own
-                log.debug("persistence.rollback_failed", error=str(exc))
+        except sqlite3.Error as exc:  # SQLite may already have rolled back on its own
+            log.debug("persistence.rollback_failed", error=str(exc))
+        if self.hold_commits and not conn.in_transaction and self._held_units:
+            # SQLite rolled the whole held transaction back (it may on FULL or IOERR):
+            # everything since the last checkpoint is gone, so memory is now ahead of
+            # disk. Refuse all further work rather than go on from a false state.
+            self._lost = PersistenceError(
+                f"the database dropped {self._held_units} uncommitted units since the last "
+                "checkpoint (disk full or I/O error); stop and resume from the checkpoint"
+            )
 
     async def _checkpointer(self) -> None:
         while not self._stopped.is_set() and not self._closed:
@@ -441,6 +500,14 @@ class PersistenceActor:
         if ckpt is not None:
             await ckpt.close()
         if conn is not None:
+            if conn.in_transaction:
+                # Hold mode: work after the last checkpoint is dropped, by design; the
+                # run resumes from that checkpoint.
+                log.warning("persistence.dropping_uncheckpointed_work", units=self._held_units)
+                try:
+                    await conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    log.warning("persistence.rollback_failed", error=str(exc))
             try:
                 await run(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:

@@ -52,6 +52,8 @@ class PlayerActor(Actor[PlayerMessage]):
         self.state = player
         self.db = db
         self.version = 0
+        # Credits told to this actor and not yet applied (see Engine.settle).
+        self.unsettled = 0
 
     async def handle(self, message: PlayerMessage) -> object:
         match message:
@@ -79,10 +81,11 @@ class PlayerActor(Actor[PlayerMessage]):
                     ]
                 )
                 self.state.usd_obbba_balance -= amount
-                target.tell_soon(Credit(usd=amount))
+                target.credit_soon(amount)
                 return self.state.usd_obbba_balance
             case Credit(usd=usd):
                 self.state.usd_obbba_balance += usd
+                self.unsettled -= 1
                 return None
             case Pay(amount=amount, pto_id=pto_id, tx_type=tx_type, extra=extra, at=at):
                 check_funds(self.state.usd_obbba_balance, amount, f"pay {pto_id}")
@@ -103,6 +106,11 @@ class PlayerActor(Actor[PlayerMessage]):
                 return await self._apply_session(s)
             case _:
                 assert_never(message)
+
+    def credit_soon(self, usd: int) -> None:
+        """Tell this player to apply a credit already committed by someone else."""
+        self.unsettled += 1
+        self.tell_soon(Credit(usd=usd))
 
     async def _apply_session(self, s: ApplySession) -> int:
         if s.version != self.version:

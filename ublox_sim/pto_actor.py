@@ -38,7 +38,6 @@ from .messages import (
     ApplySession,
     Buy,
     CheckDeadline,
-    Credit,
     GetPhysics,
     GetPTO,
     GetTokens,
@@ -99,6 +98,7 @@ class PTOActor(Actor[PTOMessage]):
         cdt: CdtStore,
         players: Callable[[str], PlayerActor],
         world_error: str | None = None,
+        autosave_world: bool = True,
     ) -> None:
         super().__init__(f"pto:{pto.pto_id}", mailbox_size=256)
         self.state = pto
@@ -110,6 +110,8 @@ class PTOActor(Actor[PTOMessage]):
         self.cdt = cdt
         self.players = players
         self._next_token = len(tokens) + 1
+        # Off in scenario runs: worlds are written, versioned, at each checkpoint instead.
+        self.autosave_world = autosave_world
 
     async def handle(self, message: PTOMessage) -> object:
         match message:
@@ -186,7 +188,7 @@ class PTOActor(Actor[PTOMessage]):
         await self.db.submit(unit)
         self.state.status = FAILED
         for holder, amount in failure.refunds:
-            self.players(holder).tell_soon(Credit(usd=amount))
+            self.players(holder).credit_soon(amount)
         return failure
 
     async def _spend_atu(self, units: int, at: str) -> AtuOutcome:
@@ -212,7 +214,7 @@ class PTOActor(Actor[PTOMessage]):
         self.state.status = COMPLETED
         self.state.completion_time = at
         if decision.payout:
-            self.players(creator).tell_soon(Credit(usd=decision.payout))
+            self.players(creator).credit_soon(decision.payout)
         return AtuOutcome(dataclasses.replace(self.state), True, decision.payout)
 
     # -- the world ---------------------------------------------------------------
@@ -226,7 +228,8 @@ class PTOActor(Actor[PTOMessage]):
 
     def _mark_world_dirty(self) -> None:
         assert self.world is not None and self.state.world_cdt_id is not None
-        self.cdt.mark_dirty(self.state.world_cdt_id, self.world)
+        if self.autosave_world:
+            self.cdt.mark_dirty(self.state.world_cdt_id, self.world)
 
     async def _step(self, steps: int) -> float:
         if self.world is None or steps <= 0:

@@ -125,13 +125,15 @@ class LocalStore:
         synchronous: Synchronous = "NORMAL",
         flush_interval: float = 0.5,
         clock: Clock = wall_clock,
+        hold_commits: bool = False,
     ) -> None:
         self.home = home
         self.synchronous: Synchronous = synchronous
         self.flush_interval = flush_interval
         self.clock = clock
         self.cdt = CdtStore(home.cdt_dir)
-        self.db = PersistenceActor(home.db, synchronous=synchronous)
+        self.hold_commits = hold_commits
+        self.db = PersistenceActor(home.db, synchronous=synchronous, hold_commits=hold_commits)
         self._tg: TaskGroup | None = None
         self._flusher_scope: anyio.CancelScope | None = None
         self._closed = False
@@ -525,7 +527,9 @@ class LocalStore:
         try:
             await anyio.to_thread.run_sync(_start_restore, self.home, name)
         finally:
-            self.db = PersistenceActor(self.home.db, synchronous=self.synchronous)
+            self.db = PersistenceActor(
+                self.home.db, synchronous=self.synchronous, hold_commits=self.hold_commits
+            )
             assert self._tg is not None
             await self.db.start(self._tg)
         log.info("store.restored", name=name)

@@ -1,0 +1,513 @@
+"""The scenario runner: a deterministic, checkpointed, resumable multi-player simulation.
+
+Each tick, in this order: scheduled launches, scripted events (file order),
+investors, players (one batch per world), creators, then the clock moves (worlds
+step, deadlines fire). Every random decision comes from one generator seeded by
+the scenario and saved at each checkpoint; operations that write ledger rows are
+issued one after another in id order, so the ledger's order never depends on
+timing. The run is durable at checkpoints only (``Engine.open(checkpointed=True)``):
+killed at any instant, it reopens at its last checkpoint and ``resume=True``
+continues to the same final export.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from .clock import SimClock
+from .economy import FUNDING, IN_PROGRESS, PLAYABLE
+from .engine import Engine
+from .errors import InvalidInput, Refusal, UbloxError
+from .persistence import Statement
+from .scenario import Cohort, Loaded, Scenario, cohort_id, draw
+from .store import Home
+from .world import WorldParams
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPlayer:
+    player_id: str
+    usd_obbba: Decimal
+    tau_k: float
+    resonance_freq: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPTO:
+    pto_id: str
+    game_name: str
+    creator: str
+    atu_required: int
+    pts_offered: int
+    price_per_pts: Decimal
+    deadline_hours: float
+    launch_tick: int
+    amplification: float | None
+    description: str = ""
+
+
+@dataclass
+class RunReport:
+    name: str
+    seed: int
+    total_ticks: int
+    ticks_run: int
+    resumed_from: int | None
+    wall_seconds: float
+    ptos: list[dict[str, Any]] = field(default_factory=list)
+    top_players: list[dict[str, Any]] = field(default_factory=list)
+    totals: dict[str, Any] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ticks_per_second(self) -> float:
+        return self.ticks_run / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "total_ticks": self.total_ticks,
+            "ticks_run": self.ticks_run,
+            "resumed_from": self.resumed_from,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "ticks_per_second": round(self.ticks_per_second, 2),
+            "ptos": self.ptos,
+            "top_players": self.top_players,
+            "totals": self.totals,
+            "outcomes": self.outcomes,
+        }
+
+
+def _money(value: float) -> Decimal:
+    """A drawn amount as whole cents (draws are floats; money is not)."""
+    return Decimal(str(round(max(0.0, float(value)), 2)))
+
+
+def _cohort_members(cohort: Cohort) -> list[str]:
+    return [cohort_id(cohort.prefix, n, cohort.count) for n in range(1, cohort.count + 1)]
+
+
+def plan(scenario: Scenario) -> tuple[list[PlannedPlayer], list[PlannedPTO], dict[str, list[str]]]:
+    """Everything drawn before the first tick, from its own generator: a pure function of
+    the scenario, so a resumed run plans exactly the same players and PTOs."""
+    setup = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(2)[0])
+    players = [
+        PlannedPlayer(p.id, _money(p.usd_obbba), p.tau_k, p.resonance_freq)
+        for p in scenario.players
+    ]
+    groups: dict[str, list[str]] = {}
+    for cohort in scenario.cohorts:
+        ids = _cohort_members(cohort)
+        groups[cohort.prefix] = ids
+        money = draw(cohort.usd_obbba, setup, cohort.count)
+        tau = np.clip(draw(cohort.tau_k, setup, cohort.count), 0.0, 100.0)
+        freq = (
+            np.clip(draw(cohort.resonance_freq, setup, cohort.count), 0.0, 100.0)
+            if cohort.resonance_freq is not None
+            else [None] * cohort.count
+        )
+        players.extend(
+            PlannedPlayer(pid, _money(m), float(t), None if f is None else float(f))
+            for pid, m, t, f in zip(ids, money, tau, freq, strict=True)
+        )
+    ticks_per_hour = 1.0 / scenario.clock.tick_hours
+    ptos = [
+        PlannedPTO(
+            p.id,
+            p.game_name,
+            p.creator,
+            p.atu_required,
+            p.pts_offered,
+            _money(p.price_per_pts),
+            p.funding_deadline_hours,
+            int(p.launch_at * ticks_per_hour),
+            p.amplification,
+            p.description,
+        )
+        for p in scenario.ptos
+    ]
+    for pc in scenario.pto_cohorts:
+        n = pc.count
+        creators_spec = [pc.creators] if isinstance(pc.creators, str) else pc.creators
+        pool: list[str] = []
+        for name in creators_spec:
+            pool.extend(groups.get(name, [name]))
+        creators = setup.choice(np.asarray(pool, dtype=object), n)
+        atu = draw(pc.atu_required, setup, n)
+        offered = draw(pc.pts_offered, setup, n)
+        price = draw(pc.price_per_pts, setup, n)
+        deadline = draw(pc.funding_deadline_hours, setup, n)
+        launch = draw(pc.launch_at, setup, n)
+        for k in range(n):
+            pto_id = cohort_id(pc.prefix, k + 1, n)
+            ptos.append(
+                PlannedPTO(
+                    pto_id,
+                    f"{pc.prefix.replace('_', ' ').title()} {k + 1}",
+                    str(creators[k]),
+                    max(0, int(atu[k])),
+                    max(1, int(offered[k])),
+                    max(Decimal("0.01"), _money(price[k])),
+                    max(1.0, float(deadline[k])),
+                    int(max(0.0, float(launch[k])) * ticks_per_hour),
+                    None,
+                )
+            )
+    return players, ptos, groups
+
+
+def recorded_scenario(home: Home) -> Loaded:
+    """The resolved scenario a run in ``home`` recorded (to resume without the file)."""
+    import sqlite3
+
+    from .scenario import Scenario as Model
+
+    if not home.db.is_file():
+        raise InvalidInput(f"nothing to resume in {home.root}: no store there")
+    conn = sqlite3.connect(f"{home.db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT scenario FROM runs WHERE run_id = 1").fetchone()
+    except sqlite3.Error as exc:
+        raise InvalidInput(f"nothing to resume in {home.root}: {exc}") from exc
+    finally:
+        conn.close()
+    if row is None:
+        raise InvalidInput(f"nothing to resume in {home.root}: no run was checkpointed there")
+    data = json.loads(row[0])
+    return Loaded(Model.model_validate(data), f"{home.db} (recorded run)", data)
+
+
+def world_params(scenario: Scenario) -> WorldParams:
+    w = scenario.world
+    return WorldParams(
+        size=w.size,
+        coupling=w.coupling,
+        dt=w.dt,
+        steps_per_hour=w.steps_per_hour,
+        omega_mean=w.omega_mean,
+        omega_spread=w.omega_spread,
+        player_coupling=w.player_coupling,
+        feedback=w.feedback,
+        amplification=w.amplification,
+    )
+
+
+class Runner:
+    """Drives one scenario over an Engine opened in checkpointed mode."""
+
+    def __init__(self, engine: Engine, scenario: Scenario, clock: SimClock) -> None:
+        self.engine = engine
+        self.scenario = scenario
+        self.clock = clock
+        self.players, self.ptos, self.groups = plan(scenario)
+        self.player_ids = [p.player_id for p in self.players]
+        self.rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(2)[1])
+        self.outcomes: Counter[str] = Counter()
+        self.total = scenario.clock.total_ticks
+
+    # -- state saved at checkpoints --------------------------------------------
+
+    def state_json(self, tick: int) -> str:
+        return json.dumps(
+            {"tick": tick, "rng": self.rng.bit_generator.state, "outcomes": dict(self.outcomes)},
+            sort_keys=True,
+        )
+
+    def load_state(self, text: str) -> None:
+        state = json.loads(text)
+        self.rng.bit_generator.state = state["rng"]
+        self.outcomes = Counter(state.get("outcomes", {}))
+
+    def run_row(self, tick: int, finished: bool, *, insert: bool, resolved: str) -> Statement:
+        if insert:
+            return Statement(
+                "INSERT INTO runs (run_id, name, seed, scenario, started_at, tick, total_ticks,"
+                " state, finished) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.scenario.name,
+                    self.scenario.seed,
+                    resolved,
+                    self.scenario.clock.start.isoformat(),
+                    tick,
+                    self.total,
+                    self.state_json(tick),
+                    int(finished),
+                ),
+            )
+        return Statement(
+            "UPDATE runs SET tick = ?, state = ?, finished = ? WHERE run_id = 1",
+            (tick, self.state_json(tick), int(finished)),
+        )
+
+    # -- the steps of a tick ---------------------------------------------------
+
+    async def _attempt(self, what: str, op: Any) -> bool:
+        """Run one operation; a refusal is a normal outcome of a simulation, counted."""
+        try:
+            await op
+        except Refusal:
+            self.outcomes[f"{what}_refused"] += 1
+            return False
+        except InvalidInput:
+            self.outcomes[f"{what}_invalid"] += 1
+            return False
+        self.outcomes[what] += 1
+        return True
+
+    async def setup(self) -> None:
+        for p in self.players:
+            await self.engine.register_player(
+                p.player_id, usd_obbba=p.usd_obbba, tau_k=p.tau_k, resonance_freq=p.resonance_freq
+            )
+        await self.launch_due(0)
+
+    async def launch_due(self, tick: int) -> None:
+        for p in self.ptos:
+            if p.launch_tick == tick:
+                await self.engine.launch_pto(
+                    pto_id=p.pto_id,
+                    game_name=p.game_name,
+                    creator_id=p.creator,
+                    atu_required=p.atu_required,
+                    pts_offered=p.pts_offered,
+                    price_per_pts=p.price_per_pts,
+                    funding_deadline=timedelta(hours=p.deadline_hours),
+                    description=p.description,
+                    amplification=p.amplification
+                    if p.amplification is not None
+                    else self.scenario.world.amplification,
+                )
+                self.outcomes["launch"] += 1
+
+    async def scripted(self, tick: int) -> None:
+        th = self.scenario.clock.tick_hours
+        for event in self.scenario.events:
+            if not tick * th <= event.at < (tick + 1) * th:
+                continue
+            name, a = event.action
+            e = self.engine
+            match name:
+                case "buy":
+                    await self._attempt("buy", e.buy_pts(a.player, a.pto, a.hours))
+                case "play":
+                    await self._attempt("play", e.play(a.player, a.pto, a.hours))
+                case "transfer":
+                    await self._attempt("transfer", e.transfer(a.from_, a.to, _money(a.amount)))
+                case "spend_atu":
+                    await self._attempt("spend_atu", e.spend_atu(a.pto, a.units))
+                case "deposit":
+                    await self._attempt("deposit", e.deposit(a.player, _money(a.amount)))
+
+    def _who(self, who: Any) -> list[str]:
+        if who == "all":
+            return self.player_ids
+        names = [who] if isinstance(who, str) else who
+        out: list[str] = []
+        for name in names:
+            out.extend(self.groups.get(name, [name]))
+        return out
+
+    async def investors(self) -> None:
+        e = self.engine
+        for rule in self.scenario.behaviours.investors:
+            candidates = self._who(rule.who)
+            funding = [pid for pid in e.pto_ids() if e.peek_pto(pid).status == FUNDING]
+            if not funding or not candidates:
+                continue
+            chosen = np.flatnonzero(self.rng.random(len(candidates)) < rule.probability)
+            if not len(chosen):
+                continue
+            picks = self.rng.integers(0, len(funding), len(chosen))
+            hours = draw(rule.hours, self.rng, len(chosen))
+            for index, pick, want in zip(chosen, picks, hours, strict=True):
+                player_id = candidates[int(index)]
+                pto = e.peek_pto(funding[int(pick)])
+                if pto.status != FUNDING:
+                    continue
+                cap = max(1, int(pto.pts_offered * rule.max_share))
+                left = pto.pts_offered - pto.pts_sold
+                affordable = e.peek_player(player_id).usd_obbba_balance // pto.price_per_pts
+                n = min(int(want), cap, left, affordable)
+                if n >= 1:
+                    await self._attempt("buy", e.buy_pts(player_id, pto.pto_id, n))
+
+    async def sessions(self) -> None:
+        e = self.engine
+        for rule in self.scenario.behaviours.players:
+            candidates = set(self._who(rule.who))
+            # Who can play where: hours left on tokens of playable worlds, in id order.
+            left: dict[str, dict[str, float]] = {}
+            for pto_id in e.pto_ids():
+                if e.peek_pto(pto_id).status not in PLAYABLE:
+                    continue
+                for token in e.peek_tokens(pto_id):
+                    room = token.hours_committed - token.hours_played
+                    if room > 1e-9 and token.holder in candidates:
+                        per = left.setdefault(token.holder, {})
+                        per[pto_id] = per.get(pto_id, 0.0) + room
+            holders = sorted(left)
+            if not holders:
+                continue
+            chosen = np.flatnonzero(self.rng.random(len(holders)) < rule.probability)
+            wants = draw(rule.hours, self.rng, len(chosen))
+            batches: dict[str, list[tuple[str, float]]] = {}
+            for index, want in zip(chosen, wants, strict=True):
+                player_id = holders[int(index)]
+                options = sorted(left[player_id])
+                pto_id = options[int(self.rng.integers(0, len(options)))]
+                hours = round(min(float(want), left[player_id][pto_id]), 2)
+                if hours > 0:
+                    batches.setdefault(pto_id, []).append((player_id, hours))
+            for pto_id in sorted(batches):
+                for result in await e.play_many(pto_id, batches[pto_id]):
+                    if isinstance(result, UbloxError):
+                        self.outcomes["play_refused"] += 1
+                    else:
+                        self.outcomes["play"] += 1
+
+    async def creators(self) -> None:
+        rule = self.scenario.behaviours.creators
+        if rule is None:
+            return
+        e = self.engine
+        building = [pid for pid in e.pto_ids() if e.peek_pto(pid).status == IN_PROGRESS]
+        if not building:
+            return
+        go = self.rng.random(len(building)) < rule.probability
+        units = draw(rule.atu_per_tick, self.rng, len(building))
+        for pto_id, yes, n in zip(building, go, units, strict=True):
+            if yes and int(n) >= 1:
+                await self._attempt("spend_atu", e.spend_atu(pto_id, int(n)))
+
+    async def tick(self, tick: int) -> None:
+        if tick:
+            await self.launch_due(tick)
+        await self.scripted(tick)
+        await self.engine.settle()
+        await self.investors()
+        await self.sessions()
+        await self.creators()
+        await self.engine.advance(self.scenario.clock.tick_hours)
+        await self.engine.settle()
+
+
+async def run_scenario(
+    loaded: Loaded,
+    home: Home,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    stop_after_ticks: int | None = None,
+    synchronous: str = "NORMAL",
+) -> RunReport:
+    """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc."""
+    started = time.perf_counter()
+    scenario = loaded.scenario
+    resolved = json.dumps(scenario.model_dump(mode="json", by_alias=True), sort_keys=True)
+    async with Engine.open(
+        home,
+        seed=scenario.seed,
+        clock=(clock := SimClock(scenario.clock.start)),
+        world=world_params(scenario),
+        checkpointed=True,
+        synchronous=synchronous,  # type: ignore[arg-type]
+    ) as engine:
+        runner = Runner(engine, scenario, clock)
+        row = await engine.store.db.fetchone("SELECT scenario, tick, state, finished FROM runs")
+        resumed_from: int | None = None
+        if resume:
+            if row is None:
+                raise InvalidInput(
+                    f"nothing to resume in {home.root}: no run was checkpointed there"
+                )
+            if row[0] != resolved:
+                raise InvalidInput(
+                    f"{loaded.source} is not the scenario of the run in {home.root} "
+                    "(same file, --set and --seed are needed to resume)"
+                )
+            tick = int(row[1])
+            runner.load_state(str(row[2]))
+            clock.advance(tick * scenario.clock.tick_hours)
+            resumed_from = tick
+        else:
+            if row is not None or not await engine.store.is_empty():
+                raise InvalidInput(
+                    f"{home.root} already holds a store"
+                    + (" with a run: add --resume to continue it" if row is not None else "")
+                    + "; use a new --home"
+                )
+            await runner.setup()
+            await engine.checkpoint(0, [runner.run_row(0, False, insert=True, resolved=resolved)])
+            tick = 0
+        first = tick
+        every = scenario.checkpoint_every
+        while tick < runner.total:
+            if stop_after_ticks is not None and tick - first >= stop_after_ticks:
+                break
+            await runner.tick(tick)
+            tick += 1
+            if tick % every == 0 or tick == runner.total:
+                finished = tick == runner.total
+                await engine.checkpoint(
+                    tick, [runner.run_row(tick, finished, insert=False, resolved=resolved)]
+                )
+            if progress is not None:
+                progress(tick, runner.total)
+        if tick == runner.total:
+            await engine.export_json()
+        report = RunReport(
+            name=scenario.name,
+            seed=scenario.seed,
+            total_ticks=runner.total,
+            ticks_run=tick - first,
+            resumed_from=resumed_from,
+            wall_seconds=time.perf_counter() - started,
+            outcomes=dict(sorted(runner.outcomes.items())),
+        )
+        await _summarise(engine, report)
+    return report
+
+
+async def _summarise(engine: Engine, report: RunReport) -> None:
+    for pto_id in engine.pto_ids():
+        p = engine.peek_pto(pto_id)
+        report.ptos.append(
+            {
+                "pto_id": pto_id,
+                "game_name": p.game_name,
+                "status": p.status,
+                "funding_raised": str(Decimal(p.funding_raised).scaleb(-2)),
+                "funding_goal": str(Decimal(p.funding_goal).scaleb(-2)),
+                "pts_sold": p.pts_sold,
+                "pts_offered": p.pts_offered,
+                "atu_spent": p.atu_spent,
+                "atu_required": p.atu_required,
+                "aci_coherence_score": round(p.aci_coherence_score, 4),
+                "xUSD_pool": str(Decimal(p.xUSD_pool).scaleb(-2)),
+            }
+        )
+    players = [engine.peek_player(pid) for pid in engine.player_ids()]
+    players.sort(key=lambda p: (-p.xUSD_balance, p.player_id))
+    report.top_players = [
+        {
+            "player_id": p.player_id,
+            "xUSD_balance": str(Decimal(p.xUSD_balance).scaleb(-2)),
+            "usd_obbba_balance": str(Decimal(p.usd_obbba_balance).scaleb(-2)),
+            "phase_locks_count": p.phase_locks_count,
+            "tau_k": round(p.tau_k, 3),
+        }
+        for p in players[:10]
+    ]
+    report.totals = await engine.stats()
