@@ -14,8 +14,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: the seed's story as a scenario, in a fresh temporary home.
 run: $(STAMP)
-	$(BIN)/ublox-sim demo
+	@home=$$(mktemp -d /tmp/ublox-run-XXXXXX)/ublox; \
+	$(BIN)/ublox-sim run scenarios/harmonic_caverns.yaml --home $$home && \
+	$(BIN)/ublox-sim verify --home $$home
 
 lint: $(STAMP)
 	$(BIN)/ruff check ublox_sim tests benchmarks

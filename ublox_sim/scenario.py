@@ -423,32 +423,40 @@ _HINTS = {
 }
 
 
+_BRANCHES = (
+    "float",
+    "int",
+    "str",
+    "bool",
+    "list[",
+    "tagged-union[",
+    "function-",
+    "uniform",
+    "normal",
+    "choice",
+)
+
+
 def _explain(exc: ValidationError, source: str, lines: Mapping[Path_, int]) -> list[str]:
-    problems: list[str] = []
-    seen: set[str] = set()
+    """One line per mistake. For a value that may be a number or a distribution,
+    pydantic reports every branch; keep the branch that says the most."""
+    best: dict[Path_, tuple[int, str]] = {}
+    order: list[Path_] = []
     for error in exc.errors():
-        # Drop pydantic's union-branch and discriminator tags from the path.
-        path = tuple(
-            p
-            for p in error["loc"]
-            if not (
-                isinstance(p, str)
-                and (p in ("uniform", "normal", "choice") or "[" in p or p.startswith("function-"))
-            )
-        )
+        loc = error["loc"]
+        branch = next((p for p in loc if isinstance(p, str) and p.startswith(_BRANCHES)), None)
+        path = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(_BRANCHES)))
         path = tuple("from" if p == "from_" else p for p in path)
         message = _HINTS.get(error["type"], error["msg"])
-        if (
-            error["type"] not in _HINTS
-            and "input" in error
-            and not isinstance(error["input"], dict | list)
-        ):
-            message += f" (got {error['input']!r})"
-        line = _where(source, lines, path) + f": {message}"
-        if line not in seen:
-            seen.add(line)
-            problems.append(line)
-    return problems
+        if error["type"] not in _HINTS and not isinstance(error.get("input"), dict | list):
+            message += f" (got {error.get('input')!r})"
+        # Prefer a distribution's own complaint over "should be a number".
+        rank = 0 if branch is None else 1 if branch.startswith("tagged-union[") else 2
+        if path not in best:
+            order.append(path)
+        if path not in best or rank < best[path][0]:
+            best[path] = (rank, message)
+    return [_where(source, lines, path) + f": {best[path][1]}" for path in order]
 
 
 def _split_key(key: str) -> list[str | int]:
