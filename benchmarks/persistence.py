@@ -1,81 +1,78 @@
 """Persistence throughput and ack latency: the actor against raw SQLite, in the same run.
 
-Contenders, each writing one-row units (a ``transactions`` row of the real schema):
+Every contender writes one-row units: a ``transactions`` row of the real schema
+(same tables, same indexes, same page size).
+
 - ``naive``: stdlib sqlite3, default rollback journal, synchronous=FULL, one commit
-  per row (what the seed's auto-save does);
-- ``ceiling``: stdlib sqlite3, WAL, synchronous=NORMAL, ``executemany`` of pre-built
-  rows, 1,000 per transaction: the physical limit for this schema here;
-- ``actor``: N producers each awaiting the durable acknowledgement of its unit
-  through the real ``PersistenceActor``.
+  per row, as the seed's auto-save does;
+- ``ceiling``: stdlib sqlite3, WAL, synchronous=NORMAL, ``executemany`` of
+  pre-built rows, 1,000 per transaction: the limit for this schema on this disk;
+- ``actor``: N producers (default 100), each submitting a unit through the real
+  ``PersistenceActor`` and awaiting its durable acknowledgement before the next;
+- ``actor_full``: the same with synchronous=FULL (durable against power loss);
+- ``actor_p10``, ``actor_p1000``: 10 and 1,000 producers.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from ublox_sim.persistence import PersistenceActor, Statement, prepare_database
+
+from .harness import pairwise, percentile, run_rounds, summarise, table
 
 TX_SQL = (
     "INSERT INTO transactions (tx_type, from_player, to_player, amount, currency, pto_id, timestamp)"
     " VALUES ('investment', ?, ?, ?, 'USD-OBBBA', NULL, '2025-12-12 16:56:32+00:00')"
 )
 
+SIZES = {
+    # rows per actor/ceiling run, rows for the (slow) naive run, rounds
+    "tiny": (600, 30, 3),
+    "quick": (10_000, 300, 3),
+    "full": (50_000, 2_000, 5),
+}
+
 
 def row(i: int) -> tuple[str, str, int]:
     return (f"player{i % 997}", f"pto{i % 13}", 100 + i % 1000)
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    name: str
-    rows: int
-    seconds: float
-    latencies_ms: tuple[float, ...] = ()
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rows / self.seconds
-
-    def latency(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def fresh_db(folder: Path, name: str) -> Path:
-    path = folder / f"{name}.db"
+def _fresh(folder: Path, name: str) -> Path:
+    path = folder / f"{name}-{time.monotonic_ns()}.db"
     prepare_database(path)
     return path
 
 
-def run_naive(folder: Path, rows: int) -> Result:
-    path = folder / "naive.db"
-    prepare_database(path)
+def run_naive(folder: Path, rows: int) -> dict[str, float]:
+    path = _fresh(folder, "naive")
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA journal_mode=DELETE").fetchall()
     conn.execute("PRAGMA synchronous=FULL")
+    latencies = []
     start = time.perf_counter()
     for i in range(rows):
+        sent = time.perf_counter()
         conn.execute("BEGIN")
         conn.execute(TX_SQL, row(i))
         conn.execute("COMMIT")
+        latencies.append((time.perf_counter() - sent) * 1000)
     elapsed = time.perf_counter() - start
     conn.close()
-    return Result("naive", rows, elapsed)
+    return _figures(rows, elapsed, latencies)
 
 
-def run_ceiling(folder: Path, rows: int, per_tx: int = 1000) -> Result:
-    path = fresh_db(folder, "ceiling")
+def run_ceiling(folder: Path, rows: int, per_tx: int = 1000) -> dict[str, float]:
+    path = _fresh(folder, "ceiling")
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
     conn.execute("PRAGMA synchronous=NORMAL")
     prebuilt = [row(i) for i in range(rows)]
     start = time.perf_counter()
@@ -85,14 +82,14 @@ def run_ceiling(folder: Path, rows: int, per_tx: int = 1000) -> Result:
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     conn.close()
-    return Result("ceiling", rows, elapsed)
+    return _figures(rows, elapsed, [])
 
 
 def run_actor(
-    folder: Path, rows: int, producers: int = 100, synchronous: str = "NORMAL", name: str = "actor"
-) -> Result:
-    path = fresh_db(folder, name)
-    per_producer = rows // producers
+    folder: Path, rows: int, producers: int = 100, synchronous: str = "NORMAL"
+) -> dict[str, float]:
+    path = _fresh(folder, f"actor{producers}{synchronous}")
+    per_producer = max(1, rows // producers)
     latencies: list[float] = []
 
     async def main() -> float:
@@ -111,28 +108,91 @@ def run_actor(
                     tg.start_soon(producer, p)
             return time.perf_counter() - start
 
-    elapsed = anyio.run(main)
-    return Result(name, per_producer * producers, elapsed, tuple(latencies))
+    elapsed = anyio.run(main, backend="asyncio")
+    return _figures(per_producer * producers, elapsed, latencies)
 
 
-def quick_compare(rows: int = 50_000, rounds: int = 3) -> None:
-    """Print actor vs ceiling vs naive, pairwise ratios per round."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(rounds):
-            folder = Path(tmp) / f"r{r}"
-            folder.mkdir()
-            ceiling = run_ceiling(folder, rows)
-            actor = run_actor(folder, rows)
-            naive = run_naive(folder, min(rows, 2000))
-            print(
-                f"round {r}: actor {actor.rows_per_s:,.0f} rows/s "
-                f"(p50 {statistics.median(actor.latencies_ms):.2f} ms, p99 {actor.latency(0.99):.2f} ms, "
-                f"max {max(actor.latencies_ms):.1f} ms), ceiling {ceiling.rows_per_s:,.0f} rows/s, "
-                f"naive {naive.rows_per_s:,.0f} rows/s; actor/ceiling "
-                f"{actor.rows_per_s / ceiling.rows_per_s:.2f}, actor/naive "
-                f"{actor.rows_per_s / naive.rows_per_s:.0f}"
-            )
+def _figures(rows: int, elapsed: float, latencies: list[float]) -> dict[str, float]:
+    figures = {"rows": float(rows), "seconds": elapsed, "rows_per_s": rows / elapsed}
+    if latencies:
+        figures |= {
+            "ack_p50_ms": percentile(latencies, 0.50),
+            "ack_p99_ms": percentile(latencies, 0.99),
+            "ack_max_ms": max(latencies),
+        }
+    return figures
 
 
-if __name__ == "__main__":
-    quick_compare()
+def bench(size: str = "full", producers: int = 100) -> dict[str, Any]:
+    rows, naive_rows, rounds = SIZES[size]
+    with tempfile.TemporaryDirectory(prefix="ublox-bench-") as tmp:
+        folder = Path(tmp)
+        contenders: Mapping[str, Callable[[], Mapping[str, float]]] = {
+            "ceiling": lambda: run_ceiling(folder, rows),
+            "actor": lambda: run_actor(folder, rows, producers),
+            "naive": lambda: run_naive(folder, naive_rows),
+        }
+        results = run_rounds(contenders, rounds)
+        variants: Mapping[str, Callable[[], Mapping[str, float]]] = {
+            "actor_full": lambda: run_actor(folder, rows, producers, "FULL"),
+            "actor_p10": lambda: run_actor(folder, rows, 10),
+            "actor_p1000": lambda: run_actor(folder, rows, 1000),
+        }
+        extra = run_rounds(variants, max(1, rounds - 2), warmup=False)
+    report: dict[str, Any] = {
+        "rows_per_contender": rows,
+        "naive_rows": naive_rows,
+        "rounds": rounds,
+        "producers": producers,
+        "actor_rows_per_s": summarise(results, "actor", "rows_per_s").median,
+        "ceiling_rows_per_s": summarise(results, "ceiling", "rows_per_s").median,
+        "naive_rows_per_s": summarise(results, "naive", "rows_per_s").median,
+        "ratio_vs_ceiling": pairwise(results, "actor", "ceiling", "rows_per_s").median,
+        "ratio_vs_naive": pairwise(results, "actor", "naive", "rows_per_s").median,
+        "ack_p50_ms": summarise(results, "actor", "ack_p50_ms").median,
+        "ack_p99_ms": summarise(results, "actor", "ack_p99_ms").median,
+        "ack_max_ms": summarise(results, "actor", "ack_max_ms").median,
+        "detail": {},
+    }
+    for name in ("naive", "ceiling", "actor"):
+        report["detail"][name] = {
+            "rows_per_s": summarise(results, name, "rows_per_s").to_dict(),
+            **(
+                {
+                    q: summarise(results, name, q).to_dict()
+                    for q in ("ack_p50_ms", "ack_p99_ms", "ack_max_ms")
+                }
+                if "ack_p50_ms" in results[0][name]
+                else {}
+            ),
+        }
+    for name in variants:
+        report["detail"][name] = {
+            metric: summarise(extra, name, metric).to_dict()
+            for metric in ("rows_per_s", "ack_p50_ms", "ack_p99_ms", "ack_max_ms")
+        }
+    report["ratio_vs_ceiling_range"] = pairwise(results, "actor", "ceiling", "rows_per_s").to_dict()
+    report["ratio_vs_naive_range"] = pairwise(results, "actor", "naive", "rows_per_s").to_dict()
+    return report
+
+
+def show(report: Mapping[str, Any]) -> str:
+    rows = []
+    for name, d in report["detail"].items():
+        r = d["rows_per_s"]
+        lat = (
+            f"{d['ack_p50_ms']['median']:.2f} / {d['ack_p99_ms']['median']:.2f} / "
+            f"{d['ack_max_ms']['median']:.1f}"
+            if "ack_p50_ms" in d
+            else "-"
+        )
+        rows.append([name, f"{r['median']:,.0f}", f"{r['min']:,.0f}–{r['max']:,.0f}", lat])
+    out = table(rows, ["persistence", "rows/s (median)", "min–max", "ack p50/p99/max ms"])
+    vc = report["ratio_vs_ceiling_range"]
+    vn = report["ratio_vs_naive_range"]
+    out += (
+        f"\nactor/ceiling {vc['median']:.2f}× ({vc['min']:.2f}–{vc['max']:.2f}), "
+        f"actor/naive {vn['median']:.0f}× ({vn['min']:.0f}–{vn['max']:.0f}), "
+        f"{report['producers']} producers, pairwise per round"
+    )
+    return out

@@ -166,6 +166,24 @@ def run(
 
 
 @main.command()
+@click.argument(
+    "which", type=click.Choice(["persistence", "cdt", "simulation", "all"]), default="all"
+)
+@click.option("--quick", is_flag=True, help="Smaller sizes: the whole set in under two minutes.")
+@click.option("--size", type=click.Choice(["tiny", "quick", "full"]), default=None, hidden=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def bench(which: str, quick: bool, size: str | None, json_path: Path | None) -> None:
+    """Measure persistence, CDT flushing and simulation speed against their baselines."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").is_file():
+        raise click.UsageError("the benchmarks live in the source tree: run from a checkout")
+    sys.path.insert(0, str(root))
+    from benchmarks.run import main as run_benchmarks
+
+    run_benchmarks(which, size or ("quick" if quick else "full"), json_path)
+
+
+@main.command()
 @home_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_errors_to_exit_codes

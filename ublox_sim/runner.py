@@ -65,6 +65,7 @@ class RunReport:
     ticks_run: int
     resumed_from: int | None
     wall_seconds: float
+    setup_seconds: float = 0.0
     ptos: list[dict[str, Any]] = field(default_factory=list)
     top_players: list[dict[str, Any]] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +83,8 @@ class RunReport:
             "ticks_run": self.ticks_run,
             "resumed_from": self.resumed_from,
             "wall_seconds": round(self.wall_seconds, 3),
+            "setup_seconds": round(self.setup_seconds, 3),
+            "players": self.totals.get("players", {}).get("count", 0),
             "ticks_per_second": round(self.ticks_per_second, 2),
             "ptos": self.ptos,
             "top_players": self.top_players,
@@ -441,6 +444,7 @@ async def run_scenario(
             runner.load_state(str(row[2]))
             clock.advance(tick * scenario.clock.tick_hours)
             resumed_from = tick
+            setup_seconds = time.perf_counter() - started
         else:
             if row is not None or not await engine.store.is_empty():
                 raise InvalidInput(
@@ -451,6 +455,7 @@ async def run_scenario(
             await runner.setup()
             await engine.checkpoint(0, [runner.run_row(0, False, insert=True, resolved=resolved)])
             tick = 0
+        setup_seconds = time.perf_counter() - started
         first = tick
         every = scenario.checkpoint_every
         while tick < runner.total:
@@ -474,6 +479,7 @@ async def run_scenario(
             ticks_run=tick - first,
             resumed_from=resumed_from,
             wall_seconds=time.perf_counter() - started,
+            setup_seconds=setup_seconds,
             outcomes=dict(sorted(runner.outcomes.items())),
         )
         await _summarise(engine, report)

@@ -1,0 +1,48 @@
+"""`ublox-sim bench` at its tiniest size: keeps the benchmarks from rotting (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REQUIRED = {
+    "persistence": [
+        "actor_rows_per_s",
+        "ceiling_rows_per_s",
+        "naive_rows_per_s",
+        "ratio_vs_ceiling",
+        "ratio_vs_naive",
+        "ack_p99_ms",
+    ],
+    "cdt": ["tick_p99_ratio_flush_on_vs_off"],
+    "simulation": ["player_ticks_per_s", "ratio_vs_baseline", "peak_rss_mb"],
+}
+
+
+def test_bench_all_runs_and_reports_every_key(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ublox_sim", "bench", "all", "--size", "tiny", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    for section in ("== persistence", "== cdt", "== simulation", "actor/ceiling", "actor/baseline"):
+        assert section in proc.stdout
+    report = json.loads(out.read_text())
+    for section, keys in REQUIRED.items():
+        for key in keys:
+            value = report[section][key]
+            assert isinstance(value, float | int) and value > 0, (section, key, value)
+    persistence = report["persistence"]
+    # Sanity, not speed: the figures must agree with each other.
+    assert persistence["ratio_vs_ceiling"] > 0
+    assert persistence["detail"]["actor"]["rows_per_s"]["min"] <= persistence["actor_rows_per_s"]
+    assert report["persistence"]["rounds"] >= 3 and report["simulation"]["rounds"] >= 3
+    assert report["simulation"]["peak_rss_mb"] < 24 * 1024
+    assert report["cdt"]["flush"]["256"]["array_bytes"] == 2 * 256 * 256 * 8
