@@ -143,8 +143,8 @@ async def test_passive_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
             await actor.submit([tx(f"r{round_}-{i}", 1) for i in range(20)])
         await anyio.sleep(0.05)
         wal = Path(f"{db}-wal").stat().st_size
-        # 200 commits of 20 rows without checkpoints would leave several MB of WAL.
-        assert wal < 1_000_000, wal
+        # 200 commits of 20 rows without restarts leave ~5 MB of WAL (2 KiB pages).
+        assert wal < 2_000_000, wal  # unbounded, this run leaves ~5 MB
     assert count(db) == 4000
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
 

@@ -14,6 +14,7 @@ from ublox_sim.engine import Engine
 from ublox_sim.verify import verify_store
 from ublox_sim.world import (
     TWO_PI,
+    SessionPhysics,
     WorldParams,
     cell_of,
     new_world,
@@ -35,7 +36,7 @@ def one_player(
     freq: float,
     tau_k: float = 1.0,
     steps: int,
-):  # type: ignore[no-untyped-def]
+) -> SessionPhysics:
     return play_steps(
         theta,
         omega,
@@ -110,7 +111,7 @@ def test_same_seed_gives_bit_identical_worlds() -> None:
     tb = step_world(b["theta"], b["omega"], SMALL, 200)
     assert ta.tobytes() == tb.tobytes()
 
-    def session(world: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+    def session(world: dict[str, np.ndarray]) -> SessionPhysics:
         return play_steps(
             world["theta"],
             world["omega"],

@@ -95,13 +95,20 @@ class CdtStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # a read-only or missing home: prepare() reports it with a clear error
         self._dirty: dict[str, _Dirty] = {}
         self._dirty_event = anyio.Event()
         self._lock = anyio.Lock()
         self.last_error: BaseException | None = None
         self.files_written = 0
         self.bytes_written = 0
+
+    def prepare(self) -> None:
+        """Create the folder (the store calls this once it holds the home's lock)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, world_id: str, version: int | None = None) -> Path:
         check_file_name(world_id, "world id")
@@ -185,4 +192,6 @@ class CdtStore:
 
 
 def _write_all(jobs: list[tuple[Path, dict[str, NDArray[np.generic]]]]) -> list[int]:
+    for folder in {path.parent for path, _ in jobs}:
+        folder.mkdir(parents=True, exist_ok=True)
     return [write_npz_atomic(path, arrays) for path, arrays in jobs]

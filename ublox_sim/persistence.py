@@ -14,10 +14,10 @@ checkpoints on a second connection in its own thread, so commits never wait for
 them; a passive checkpoint never blocks a writer. One catch: the WAL only
 restarts from its beginning when a write transaction starts with every frame
 already checkpointed, which under continuous load never happens by itself. So
-once the WAL passes ``wal_restart_frames``, the writer runs one passive
-checkpoint itself between batches (the background one has already copied almost
-everything, so it is short), and the WAL restarts: one small stall per several
-MB written instead of one per twenty commits.
+once the WAL passes ``wal_restart_frames``, the writer runs one RESTART
+checkpoint on its own thread just before its next batch (the passive passes have
+already copied almost everything, so it is short), and the WAL starts over: one
+short stall per several MB written instead of one per twenty commits.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ async def in_writer_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Con
 
 
 def _run_batch(
-    raw: sqlite3.Connection, units: Sequence[Unit | None], hold: bool
+    raw: sqlite3.Connection, units: Sequence[Unit | None], hold: bool, *, restart_wal: bool = False
 ) -> list[list[int]]:
     """The batch's statements in order; runs of one SQL text go through executemany.
 
@@ -134,6 +134,10 @@ def _run_batch(
     here, in the same trip, and the error re-raised for the actor to sort out.
     """
     rowids: list[list[int]] = [[] for _ in units]
+    if restart_wal and not raw.in_transaction:
+        # On the writer's own thread, so no write can slip in between: once every frame
+        # is copied, this batch's first write starts the WAL from its beginning.
+        raw.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
     if hold:
         if not raw.in_transaction:
             raw.execute("BEGIN IMMEDIATE")
@@ -237,12 +241,12 @@ class PersistenceActor:
         self.max_batch = max_batch
         self.checkpoint_every = checkpoint_every
         self.wal_restart_frames = wal_restart_frames
-        self._restart_wal = False
         # Hold mode (scenario runs): units are applied inside one open transaction and
         # acknowledged at once; only commit_held() makes them durable, all together.
         self.hold_commits = hold_commits
         self._held_units = 0
         self._lost: PersistenceError | None = None
+        self._restart_wal = False
         self._send: MemoryObjectSendStream[_Pending]
         self._receive: MemoryObjectReceiveStream[_Pending]
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](mailbox_size)
@@ -424,11 +428,6 @@ class PersistenceActor:
                             break
                     await self._process(inflight)
                     inflight = []
-                    if self._restart_wal:
-                        self._restart_wal = False
-                        await self._wait_idle()
-                        assert self._conn is not None
-                        await run(self._conn, "PRAGMA wal_checkpoint(PASSIVE)")
                 await self._wait_idle()
         except BaseException as exc:
             self._broken = exc
@@ -535,7 +534,10 @@ class PersistenceActor:
     ) -> list[list[int]]:
         """Run the batch as one transaction in one trip to the connection's thread."""
         units = [pending.unit for pending in batch]
-        return await in_writer_thread(conn, lambda raw: _run_batch(raw, units, self.hold_commits))
+        restart, self._restart_wal = self._restart_wal, False
+        return await in_writer_thread(
+            conn, lambda raw: _run_batch(raw, units, self.hold_commits, restart_wal=restart)
+        )
 
     def _note_if_held_work_lost(self, conn: aiosqlite.Connection) -> None:
         if self.hold_commits and not conn.in_transaction and self._held_units:
@@ -555,10 +557,12 @@ class PersistenceActor:
             if conn is None or self._closed:
                 return
             try:
+                if self._restart_wal:
+                    continue  # the writer is about to restart the WAL itself
                 ((_, wal_frames, _),) = await run(conn, "PRAGMA wal_checkpoint(PASSIVE)")
                 if wal_frames > self.wal_restart_frames:
                     self._restart_wal = True
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: closed under us
                 # A failed passive checkpoint loses nothing: the WAL keeps the data.
                 log.warning("persistence.checkpoint_failed", error=str(exc))
 

@@ -13,6 +13,7 @@ through it alone can disagree with its ledger, and ``verify`` says so. The
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from numpy.typing import NDArray
 from structlog import get_logger
 
 from .cdt_store import CdtStore, fsync_dir, load_npz
-from .errors import BackupError, CorruptCdtFile, InvalidId, InvalidInput, StoreError
+from .errors import BackupError, CorruptCdtFile, InvalidId, InvalidInput, StoreError, StoreLocked
 from .ids import check_file_name, check_id
 from .model import (
     PTO,
@@ -136,6 +137,7 @@ class LocalStore:
         self.db = PersistenceActor(home.db, synchronous=synchronous, hold_commits=hold_commits)
         self._tg: TaskGroup | None = None
         self._flusher_scope: anyio.CancelScope | None = None
+        self._lock_fd: int | None = None
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------
@@ -169,11 +171,30 @@ class LocalStore:
 
     async def start(self, tg: TaskGroup) -> None:
         self._tg = tg
-        self.home.root.mkdir(parents=True, exist_ok=True)
-        self.home.backups.mkdir(exist_ok=True)
-        if self.home.restore_marker.exists():
-            await anyio.to_thread.run_sync(_finish_restore, self.home)
-        await self.db.start(tg)
+        try:
+            self.home.root.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = lock_home(self.home)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use {self.home.root} as a store: {exc.strerror or exc} "
+                "(check that it exists, is writable and has space)"
+            ) from exc
+        try:
+            try:
+                self.home.backups.mkdir(exist_ok=True)
+                self.cdt.prepare()
+                if self.home.restore_marker.exists():
+                    await anyio.to_thread.run_sync(_finish_restore, self.home)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot write in {self.home.root}: {exc.strerror or exc} "
+                    "(is it read-only or full?)"
+                ) from exc
+            await self.db.start(tg)
+        except BaseException:
+            unlock_home(self._lock_fd)
+            self._lock_fd = None
+            raise
         tg.start_soon(self._run_flusher, name="cdt-flusher")
 
     async def _run_flusher(self) -> None:
@@ -192,7 +213,11 @@ class LocalStore:
             try:
                 await self.cdt.flush()
             finally:
-                await self.db.aclose()
+                try:
+                    await self.db.aclose()
+                finally:
+                    unlock_home(self._lock_fd)
+                    self._lock_fd = None
 
     async def flush(self) -> None:
         """Make every dirty world durable now."""
@@ -533,6 +558,40 @@ class LocalStore:
             assert self._tg is not None
             await self.db.start(self._tg)
         log.info("store.restored", name=name)
+
+
+# -- one writer per home --------------------------------------------------------------
+
+
+def lock_home(home: Home) -> int:
+    """Take the home's OS lock (``flock`` on ``.lock``) or raise StoreLocked at once.
+
+    The kernel drops the lock when its holder dies, so a killed process never
+    blocks the next open; a second opener (another process, or another Engine in
+    this one: each open is its own file description) is refused.
+    """
+    path = home.root / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLocked(
+            f"{home.root} is already open by another engine or process (lock {path}); "
+            "close that one first"
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def unlock_home(fd: int | None) -> None:
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 # -- helpers that run in worker threads --------------------------------------------
