@@ -390,6 +390,8 @@ class Engine:
             deadline = funding_deadline
         else:
             raise InvalidInput("funding_deadline must be an aware datetime or a timedelta")
+        if deadline <= now:
+            raise InvalidInput(f"funding_deadline {iso(deadline)} is not after now ({iso(now)})")
         world_id = world_id_for(pto_id)
         pto = PTO(
             pto_id=pto_id,
