@@ -185,6 +185,38 @@ def bench(which: str, quick: bool, size: str | None, json_path: Path | None) -> 
 
 @main.command()
 @home_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--scenario",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Play this scenario live, in simulated time.",
+)
+@click.option("--speed", default=2.0, show_default=True, help="Scenario ticks per second.")
+@click.option("--seed", type=int, default=None)
+@_errors_to_exit_codes
+def serve(
+    home: Path | None,
+    host: str,
+    port: int,
+    scenario: Path | None,
+    speed: float,
+    seed: int | None,
+) -> None:
+    """Serve the JSON API, live events and the dashboard (needs the [server] extra)."""
+    try:
+        from .server import serve as run_server
+    except ImportError as exc:
+        raise click.UsageError(
+            f"the server needs its extra: pip install 'ublox-sim[server]' ({exc})"
+        ) from exc
+    click.echo(f"ublox-sim serving {Home.resolve(home).root} on http://{host}:{port}/")
+    run_server(home, host, port, scenario, speed, seed)
+
+
+@main.command()
+@home_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_errors_to_exit_codes
 def stats(home: Path | None, as_json: bool) -> None:
