@@ -30,6 +30,7 @@ from .errors import InvalidInput, Refusal, UbloxError
 from .persistence import Statement
 from .scenario import Cohort, Loaded, Scenario, cohort_id, draw
 from .store import Home
+from .views import leaderboard
 from .world import WorldParams
 
 Progress = Callable[[int, int], None]
@@ -504,16 +505,5 @@ async def _summarise(engine: Engine, report: RunReport) -> None:
                 "xUSD_pool": str(Decimal(p.xUSD_pool).scaleb(-2)),
             }
         )
-    players = [engine.peek_player(pid) for pid in engine.player_ids()]
-    players.sort(key=lambda p: (-p.xUSD_balance, p.player_id))
-    report.top_players = [
-        {
-            "player_id": p.player_id,
-            "xUSD_balance": str(Decimal(p.xUSD_balance).scaleb(-2)),
-            "usd_obbba_balance": str(Decimal(p.usd_obbba_balance).scaleb(-2)),
-            "phase_locks_count": p.phase_locks_count,
-            "tau_k": round(p.tau_k, 3),
-        }
-        for p in players[:10]
-    ]
+    report.top_players = leaderboard([engine.peek_player(pid) for pid in engine.player_ids()])
     report.totals = await engine.stats()

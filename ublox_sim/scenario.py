@@ -496,6 +496,20 @@ def cohort_id(prefix: str, number: int, count: int) -> str:
     return f"{prefix}-{number:0{max(4, len(str(count)))}d}"
 
 
+def _declared(ident: str, listed: set[str], cohorts: Mapping[str, Cohort | PTOCohort]) -> bool:
+    """Listed by name, or one of a cohort's generated ids (``PREFIX-0001`` …)."""
+    if ident in listed:
+        return True
+    prefix, _, number = ident.rpartition("-")
+    cohort = cohorts.get(prefix)
+    return (
+        cohort is not None
+        and number.isdigit()
+        and 1 <= int(number) <= cohort.count
+        and ident == cohort_id(prefix, int(number), cohort.count)
+    )
+
+
 def _cross_check(s: Scenario) -> Iterator[tuple[Path_, str]]:
     """References between sections: every id used must be declared, once."""
     players = [p.id for p in s.players]
@@ -516,16 +530,7 @@ def _cross_check(s: Scenario) -> Iterator[tuple[Path_, str]]:
         yield ("cohorts",), "two cohorts share a prefix"
 
     def player_known(pid: str) -> bool:
-        if pid in seen:
-            return True
-        prefix, _, number = pid.rpartition("-")
-        cohort = prefixes.get(prefix)
-        return (
-            cohort is not None
-            and number.isdigit()
-            and pid == cohort_id(prefix, int(number), cohort.count)
-            and 1 <= int(number) <= cohort.count
-        )
+        return _declared(pid, seen, prefixes)
 
     ptos: set[str] = set()
     for i, p in enumerate(s.ptos):
@@ -548,16 +553,7 @@ def _cross_check(s: Scenario) -> Iterator[tuple[Path_, str]]:
                 )
 
     def pto_known(pid: str) -> bool:
-        if pid in ptos:
-            return True
-        prefix, _, number = pid.rpartition("-")
-        cohort = pto_prefixes.get(prefix)
-        return (
-            cohort is not None
-            and number.isdigit()
-            and pid == cohort_id(prefix, int(number), cohort.count)
-            and 1 <= int(number) <= cohort.count
-        )
+        return _declared(pid, ptos, pto_prefixes)
 
     rules: list[tuple[str, int, Who]] = [
         *(("investors", i, r.who) for i, r in enumerate(s.behaviours.investors)),

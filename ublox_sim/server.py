@@ -51,7 +51,7 @@ from .errors import (
     UnknownPTO,
     UnknownToken,
 )
-from .views import as_json
+from .views import as_json, leaderboard
 
 log = get_logger(__name__)
 
@@ -285,17 +285,7 @@ def create_app(
         except ValueError as exc:
             raise InvalidInput("top must be a whole number") from exc
         players = [engine.peek_player(pid) for pid in engine.player_ids()]
-        players.sort(key=lambda p: (-p.xUSD_balance, p.player_id))
-        return [
-            {
-                "player_id": p.player_id,
-                "xUSD_balance": str(Decimal(p.xUSD_balance).scaleb(-2)),
-                "usd_obbba_balance": str(Decimal(p.usd_obbba_balance).scaleb(-2)),
-                "phase_locks_count": p.phase_locks_count,
-                "tau_k": p.tau_k,
-            }
-            for p in players[: max(0, min(top, 1000))]
-        ]
+        return leaderboard(players, max(0, min(top, 1000)))
 
     async def get_player(request: Request) -> Any:
         return as_json(await engine_of(request).get_player(request.path_params["player_id"]))

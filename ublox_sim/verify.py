@@ -183,6 +183,28 @@ def database_findings(conn: sqlite3.Connection) -> list[Finding]:
                 "session", f"pto {pto_id}", f"xUSD_pool {pool} but its sessions earned {earned}"
             )
         )
+    for pto_id, pool, accumulated in _rows(
+        conn,
+        """SELECT p.pto_id, p.xUSD_pool, COALESCE(SUM(t.xUSD_accumulated), 0)
+           FROM ptos p LEFT JOIN pts_tokens t ON t.game_id = p.pto_id
+           GROUP BY p.pto_id HAVING p.xUSD_pool != COALESCE(SUM(t.xUSD_accumulated), 0)""",
+    ):
+        findings.append(
+            Finding("token", f"pto {pto_id}", f"xUSD_pool {pool} but its tokens hold {accumulated}")
+        )
+    for player_id, earned, balance in _rows(
+        conn,
+        """SELECT p.player_id, COALESCE(SUM(s.xUSD_earned), 0), p.xUSD_balance
+           FROM players p LEFT JOIN play_sessions s ON s.player_id = p.player_id
+           GROUP BY p.player_id HAVING COALESCE(SUM(s.xUSD_earned), 0) != p.xUSD_balance""",
+    ):
+        findings.append(
+            Finding(
+                "session",
+                f"player {player_id}",
+                f"sessions earned {earned} xUSD cents but the balance is {balance}",
+            )
+        )
     return findings
 
 

@@ -142,3 +142,18 @@ def as_json(view: PlayerInfo | PTOInfo | TokenInfo | SessionResult) -> dict[str,
         else getattr(view, name)
         for name in view.__dataclass_fields__
     }
+
+
+def leaderboard(players: list[Player], top: int = 10) -> list[dict[str, Any]]:
+    """The top players by xUSD (ties by id), JSON-ready, money as exact strings."""
+    ranked = sorted(players, key=lambda p: (-p.xUSD_balance, p.player_id))
+    return [
+        {
+            "player_id": p.player_id,
+            "xUSD_balance": str(to_decimal(p.xUSD_balance)),
+            "usd_obbba_balance": str(to_decimal(p.usd_obbba_balance)),
+            "phase_locks_count": p.phase_locks_count,
+            "tau_k": round(p.tau_k, 3),
+        }
+        for p in ranked[: max(0, top)]
+    ]
