@@ -419,6 +419,8 @@ async def run_scenario(
     """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc."""
     started = time.perf_counter()
     scenario = loaded.scenario
+    if resume and not home.db.is_file():
+        raise InvalidInput(f"nothing to resume in {home.root}: no store there")
     resolved = json.dumps(scenario.model_dump(mode="json", by_alias=True), sort_keys=True)
     async with Engine.open(
         home,

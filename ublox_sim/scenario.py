@@ -49,6 +49,7 @@ class ScenarioError(InvalidInput):
 
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     """Parse safely; return the data and the 1-based line of every key/item path."""
+    _check_depth(text, source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -78,6 +79,13 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
                 ]
             )
         lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+            raise ScenarioError(
+                [
+                    f"{source}:{node.start_mark.line + 1}: {_dotted(path)}: the tag {node.tag!r} "
+                    "is not allowed (scenarios are plain YAML: no tags)"
+                ]
+            )
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -107,12 +115,42 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
             return [convert(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         try:
             return constructor.construct_object(node)
-        except yaml.YAMLError as exc:
+        except (
+            yaml.YAMLError,
+            ValueError,
+            KeyError,
+            AttributeError,
+            TypeError,
+            OverflowError,
+        ) as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ScenarioError(
-                [f"{source}:{node.start_mark.line + 1}: {_dotted(path)}: {exc}"]
+                [
+                    f"{source}:{node.start_mark.line + 1}: {_dotted(path)}: cannot read "
+                    f"{node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {problem}"
+                ]
             ) from exc
 
     return convert(root, (), 0), lines
+
+
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse absurd nesting from the event stream, before the (recursive) composer."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > 4 * MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark else 1
+                    raise ScenarioError([f"{source}:{line}: nested deeper than {MAX_DEPTH} levels"])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # compose() reports syntax errors with their line
 
 
 def _dotted(path: Sequence[str | int]) -> str:
@@ -471,7 +509,10 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ScenarioError([f"--set {item!r}: the value is not valid YAML: {exc}"]) from exc
+        first = str(exc).splitlines()[0]
+        raise ScenarioError([f"--set {item!r}: the value is not valid YAML: {first}"]) from exc
+    except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as exc:
+        raise ScenarioError([f"--set {item!r}: the value cannot be read: {exc}"]) from exc
     target: Any = data
     for part in parts[:-1]:
         try:
