@@ -290,13 +290,64 @@ class Engine:
     ) -> PlayerInfo:
         """Create a player; a starting balance is recorded as a ``deposit``."""
         self._check_open()
+        player = self._new_player(player_id, usd_obbba, tau_k, resonance_freq, position, phase)
+        self._reserve(player_id)
+        try:
+            await self._commit_player(player)
+        finally:
+            self._reserved.discard(player_id)
+        return PlayerInfo.of(player)
+
+    async def register_players(
+        self, players: Sequence[tuple[str, Amount, float, float | None]]
+    ) -> list[PlayerInfo | UbloxError]:
+        """Register many players at once: (player_id, usd_obbba, tau_k, resonance_freq) each.
+
+        Their units go to the persistence actor together (one group commit) and in
+        the order given, so the ledger's order is the list's. One result each."""
+        self._check_open()
+        prepared: list[Player | UbloxError] = []
+        for player_id, usd, tau, freq in players:
+            try:
+                player = self._new_player(player_id, usd, tau, freq, None, None)
+                self._reserve(player_id)
+                prepared.append(player)
+            except UbloxError as exc:
+                prepared.append(exc)
+        results: list[PlayerInfo | UbloxError] = [
+            item if isinstance(item, UbloxError) else PlayerInfo.of(item) for item in prepared
+        ]
+
+        async def commit(index: int, player: Player) -> None:
+            try:
+                await self._commit_player(player)
+            except UbloxError as exc:
+                results[index] = exc
+            finally:
+                self._reserved.discard(player.player_id)
+
+        async with anyio.create_task_group() as tg:
+            for index, item in enumerate(prepared):
+                if isinstance(item, Player):
+                    tg.start_soon(commit, index, item)
+        return results
+
+    def _new_player(
+        self,
+        player_id: str,
+        usd_obbba: Amount,
+        tau_k: float,
+        resonance_freq: float | None,
+        position: tuple[float, float] | None,
+        phase: float | None,
+    ) -> Player:
         check_id(player_id, "player_id")
         cents = to_cents(usd_obbba, what="usd_obbba")
         tau = _finite(tau_k, "tau_k", 0.0, 100.0)
         rng = self.rng("player", player_id)
         size = self.params.size
         x, y = position if position is not None else tuple(rng.uniform(0, size, 2))
-        player = Player(
+        return Player(
             player_id=player_id,
             position_x=_finite(x, "position x", 0.0, size),
             position_y=_finite(y, "position y", 0.0, size),
@@ -310,23 +361,21 @@ class Engine:
             usd_obbba_balance=cents,
             created_at=self._now(),
         )
-        self._reserve(player_id)
-        try:
-            unit = [ledger.insert_player(player)]
-            if cents:
-                unit.append(
-                    ledger.ledger_row("deposit", None, player_id, cents, USD, player.created_at)
-                )
-            await self.store.db.submit(unit)
-            self._spawn_player(player)
-        finally:
-            self._reserved.discard(player_id)
+
+    async def _commit_player(self, player: Player) -> None:
+        unit = [ledger.insert_player(player)]
+        cents = player.usd_obbba_balance
+        if cents:
+            unit.append(
+                ledger.ledger_row("deposit", None, player.player_id, cents, USD, player.created_at)
+            )
+        await self.store.db.submit(unit)
+        self._spawn_player(player)
         self._bus.publish(
             ev.PlayerRegistered(
-                at=player.created_at, player_id=player_id, usd_obbba=to_decimal(cents)
+                at=player.created_at, player_id=player.player_id, usd_obbba=to_decimal(cents)
             )
         )
-        return PlayerInfo.of(player)
 
     async def deposit(self, player_id: str, amount: Amount) -> PlayerInfo:
         cents = to_cents(amount, allow_zero=False)
@@ -410,9 +459,11 @@ class Engine:
         self._reserve(pto_id)
         try:
             world = new_world(self.params, self.rng("world", pto_id))
-            # The file first: the database must never point at a world that is not on disk.
-            self.store.cdt.mark_dirty(world_id, world)
-            await self.store.cdt.flush()
+            if not self.store.hold_commits:
+                # The file first: the database must never point at a world not on disk.
+                # (Checkpointed runs write every world, versioned, before each commit.)
+                self.store.cdt.mark_dirty(world_id, world)
+                await self.store.cdt.flush()
             await self.store.db.submit([ledger.insert_pto(pto)])
             self._spawn_pto(pto, [], world)
         finally:
@@ -619,6 +670,15 @@ class Engine:
 
     def peek_tokens(self, pto_id: str) -> list[PTSToken]:
         return [dataclasses.replace(t) for t in self._pto(pto_id).tokens.values()]
+
+    def peek_hours_left(self, pto_id: str) -> dict[str, float]:
+        """Hours left to play per holder of the PTO's tokens (no copies: for runners)."""
+        left: dict[str, float] = {}
+        for token in self._pto(pto_id).tokens.values():
+            room = token.hours_committed - token.hours_played
+            if room > 1e-9:
+                left[token.holder] = left.get(token.holder, 0.0) + room
+        return left
 
     async def settle(self) -> None:
         """Wait until every notification between actors (credits) has been applied."""

@@ -141,6 +141,7 @@ class PlaySession:
 Record = Player | PTO | PTSToken | Transaction | PlaySession
 R = TypeVar("R", Player, PTO, PTSToken, Transaction, PlaySession)
 RECORD_TYPES: tuple[type[Record], ...] = (Player, PTO, PTSToken, Transaction, PlaySession)
+_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in RECORD_TYPES}
 
 
 def columns(cls: type[Record]) -> tuple[str, ...]:
@@ -148,7 +149,9 @@ def columns(cls: type[Record]) -> tuple[str, ...]:
 
 
 def to_row(record: Record) -> tuple[object, ...]:
-    return dataclasses.astuple(record)
+    # Not dataclasses.astuple: that deep-copies every field, and rows are built by the
+    # hundred thousand in a run; the fields here are all immutable scalars.
+    return tuple(getattr(record, name) for name in _FIELDS[type(record)])
 
 
 def from_row(cls: type[R], row: tuple[object, ...]) -> R:

@@ -277,11 +277,16 @@ class PTOActor(Actor[PTOMessage]):
         at: str,
     ) -> list[tuple[int, SessionOutcome]]:
         assert self.world is not None
-        physics: list[Physics] = []
-        for _, _, _, actor in valid:
-            snapshot = await actor.ask(GetPhysics())
-            assert isinstance(snapshot, Physics)
-            physics.append(snapshot)
+        snapshots: list[object] = [None] * len(valid)
+
+        async def snapshot(k: int, actor: PlayerActor) -> None:
+            snapshots[k] = await actor.ask(GetPhysics())
+
+        async with anyio.create_task_group() as tg:  # reads only: order does not matter
+            for k, (_, _, _, actor) in enumerate(valid):
+                tg.start_soon(snapshot, k, actor)
+        physics = [p for p in snapshots if isinstance(p, Physics)]
+        assert len(physics) == len(valid)
         size = self.params.size
         cells = [cell_of(p.player.position_x, p.player.position_y, size) for p in physics]
         result = play_steps(

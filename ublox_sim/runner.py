@@ -271,10 +271,12 @@ class Runner:
         return True
 
     async def setup(self) -> None:
-        for p in self.players:
-            await self.engine.register_player(
-                p.player_id, usd_obbba=p.usd_obbba, tau_k=p.tau_k, resonance_freq=p.resonance_freq
-            )
+        results = await self.engine.register_players(
+            [(p.player_id, p.usd_obbba, p.tau_k, p.resonance_freq) for p in self.players]
+        )
+        for result in results:
+            if isinstance(result, UbloxError):
+                raise result
         await self.launch_due(0)
 
     async def launch_due(self, tick: int) -> None:
@@ -356,11 +358,9 @@ class Runner:
             for pto_id in e.pto_ids():
                 if e.peek_pto(pto_id).status not in PLAYABLE:
                     continue
-                for token in e.peek_tokens(pto_id):
-                    room = token.hours_committed - token.hours_played
-                    if room > 1e-9 and token.holder in candidates:
-                        per = left.setdefault(token.holder, {})
-                        per[pto_id] = per.get(pto_id, 0.0) + room
+                for holder, room in e.peek_hours_left(pto_id).items():
+                    if holder in candidates:
+                        left.setdefault(holder, {})[pto_id] = room
             holders = sorted(left)
             if not holders:
                 continue

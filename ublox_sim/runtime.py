@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,14 +51,20 @@ M = TypeVar("M")
 
 @dataclass(eq=False, slots=True)
 class _Reply:
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: object = None
-    error: BaseException | None = None
+    """The way back of an ask: a bare asyncio future (the engine runs on asyncio, as
+    aiosqlite requires), several times cheaper than an Event plus a cancel scope."""
+
+    done: asyncio.Future[object] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
     def finish(self, result: object = None, error: BaseException | None = None) -> None:
-        if not self.done.is_set():
-            self.result, self.error = result, error
-            self.done.set()
+        if self.done.done():
+            return
+        if error is not None:
+            self.done.set_exception(error)
+        else:
+            self.done.set_result(result)
 
 
 @dataclass(eq=False, slots=True)
@@ -91,16 +98,24 @@ class Actor(Generic[M]):
         """Send and wait for the answer (or the error ``handle`` raised)."""
         reply = _Reply()
         await self._post(_Envelope(message, reply))
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            reply.done.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
         try:
-            with anyio.fail_after(timeout):
-                await reply.done.wait()
-        except TimeoutError as exc:
+            return await reply.done
+        except asyncio.CancelledError:
+            if not expired:
+                raise  # our caller was cancelled: let it through
             raise RequestTimeout(
                 f"{self.name} did not answer {type(message).__name__} within {timeout:g} s"
-            ) from exc
-        if reply.error is not None:
-            raise reply.error
-        return reply.result
+            ) from None
+        finally:
+            timer.cancel()
 
     async def tell(self, message: M) -> None:
         """Send without waiting for an answer (waits only for mailbox room)."""
