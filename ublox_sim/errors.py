@@ -21,7 +21,9 @@
         │   └── StoreFull         disk or max_page_count reached
         ├── UnitRejected          one unit of work broke a constraint; others went on
         ├── CorruptCdtFile        a .npz that cannot be loaded safely (names the file)
-        ├── BackupError           missing, corrupt or unsafe backup name
+        ├── BackupError           missing or corrupt backup
+        │   ├── BackupExists      (also an AlreadyExists refusal)
+        │   └── InvalidBackupName (also an InvalidId)
         ├── SchemaError           the database is not one we understand
         └── StoreLocked           another writer holds the home
 
@@ -144,3 +146,15 @@ class SchemaError(StoreError):
 
 class StoreLocked(StoreError):
     code = "store_locked"
+
+
+class BackupExists(BackupError, AlreadyExists):
+    """A backup of that name is already there (a refusal: nothing was written)."""
+
+    code = "backup_exists"
+
+
+class InvalidBackupName(BackupError, InvalidId):
+    """A backup name that would leave ``backups/`` or is not a plain name."""
+
+    code = "invalid_backup_name"

@@ -19,6 +19,7 @@ engine: events are dropped for that client alone, and the next message it gets i
 from __future__ import annotations
 
 import math
+import signal
 import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -389,8 +390,8 @@ def create_app(
         with anyio.CancelScope(shield=True):
             try:
                 await websocket.close(code=1001, reason="the engine is shutting down")
-            except RuntimeError:
-                pass
+            except (RuntimeError, WebSocketDisconnect):
+                pass  # the client is already gone
 
     routes = [
         Route("/", dashboard),
@@ -519,7 +520,13 @@ def serve(
     import uvicorn
 
     app = create_app(home, scenario=scenario, ticks_per_second=ticks_per_second, seed=seed)
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+    # uvicorn re-raises the signal once its graceful shutdown is done; for SIGTERM
+    # that default action would turn a clean, committed shutdown into exit -15.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["create_app", "heatmap", "openapi_document", "serve"]

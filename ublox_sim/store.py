@@ -32,7 +32,16 @@ from numpy.typing import NDArray
 from structlog import get_logger
 
 from .cdt_store import CdtStore, fsync_dir, load_npz
-from .errors import BackupError, CorruptCdtFile, InvalidId, InvalidInput, StoreError, StoreLocked
+from .errors import (
+    BackupError,
+    BackupExists,
+    CorruptCdtFile,
+    InvalidBackupName,
+    InvalidId,
+    InvalidInput,
+    StoreError,
+    StoreLocked,
+)
 from .ids import check_file_name, check_id
 from .model import (
     PTO,
@@ -108,7 +117,7 @@ class Home:
         try:
             check_file_name(name, "backup name")
         except InvalidId as exc:
-            raise BackupError(str(exc)) from exc
+            raise InvalidBackupName(str(exc)) from exc
         return self.backups / name
 
 
@@ -518,7 +527,7 @@ class LocalStore:
                 name = f"{name}_1" if name.count("_") == 2 else _bump(name)
         target = self.home.backup_dir(name)
         if target.exists():
-            raise BackupError(f"backup {name!r} already exists")
+            raise BackupExists(f"backup {name!r} already exists")
         partial = self.home.backups / f".{name}.partial"
         await anyio.to_thread.run_sync(_reset_dir, partial)
         try:
