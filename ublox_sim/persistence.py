@@ -311,6 +311,14 @@ class PersistenceActor:
             raise
         return conn
 
+    def discard(self) -> None:
+        """Release an actor that was never started (its owner failed to open)."""
+        if not self._closed:
+            self._closed = True
+            self._send.close()
+            self._receive.close()
+            self._stopped.set()
+
     async def aclose(self) -> None:
         """Drain the mailbox, commit, checkpoint, close. Safe to call twice."""
         if not self._closed:

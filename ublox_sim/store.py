@@ -181,26 +181,23 @@ class LocalStore:
     async def start(self, tg: TaskGroup) -> None:
         self._tg = tg
         try:
-            self.home.root.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = lock_home(self.home)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot use {self.home.root} as a store: {exc.strerror or exc} "
-                "(check that it exists, is writable and has space)"
-            ) from exc
-        try:
             try:
+                self.home.root.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = lock_home(self.home)
                 self.home.backups.mkdir(exist_ok=True)
                 self.cdt.prepare()
                 if self.home.restore_marker.exists():
                     await anyio.to_thread.run_sync(_finish_restore, self.home)
             except OSError as exc:
                 raise StoreError(
-                    f"cannot write in {self.home.root}: {exc.strerror or exc} "
-                    "(is it read-only or full?)"
+                    f"cannot use {self.home.root} as a store: {exc.strerror or exc} "
+                    "(check that it exists, is writable and has space)"
                 ) from exc
             await self.db.start(tg)
         except BaseException:
+            # Nothing of a refused open may linger: not the lock, not the actor's mailbox.
+            self.db.discard()
+            self._closed = True
             unlock_home(self._lock_fd)
             self._lock_fd = None
             raise
