@@ -24,6 +24,8 @@ def check_hours(hours: object, what: str = "hours") -> int:
     """PTS are whole hours: a positive int (or a float/Decimal with no fraction)."""
     if isinstance(hours, bool) or not isinstance(hours, int | float | Decimal):
         raise InvalidInput(f"{what} must be a whole number of hours, got {hours!r}")
+    if isinstance(hours, Decimal) and hours.is_finite() and hours.adjusted() > 12:
+        raise InvalidInput(f"{what} {hours!r} is beyond any PTO's size")  # before int(): 1E+200000
     try:
         whole = int(hours)
     except (ValueError, OverflowError) as exc:
@@ -41,7 +43,10 @@ def check_play_hours(hours: object) -> float:
     """Play time may be fractional, but positive and finite."""
     if isinstance(hours, bool) or not isinstance(hours, int | float | Decimal):
         raise InvalidInput(f"hours must be a number, got {hours!r}")
-    value = float(hours)
+    try:
+        value = float(hours)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"hours must be positive and finite, got {hours!r}") from exc
     if not (0 < value <= 10**6):
         raise InvalidInput(f"hours must be positive and finite, got {hours!r}")
     return value

@@ -78,7 +78,10 @@ USD = "USD-OBBBA"
 def _finite(value: object, what: str, low: float = 0.0, high: float = 1e6) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise InvalidInput(f"{what} must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except (OverflowError, ValueError) as exc:  # 10**400, Decimal("sNaN")
+        raise InvalidInput(f"{what} must be between {low:g} and {high:g}, got {value!r}") from exc
     if not math.isfinite(number) or not low <= number <= high:
         raise InvalidInput(f"{what} must be between {low:g} and {high:g}, got {value!r}")
     return number
@@ -346,6 +349,8 @@ class Engine:
         tau = _finite(tau_k, "tau_k", 0.0, 100.0)
         rng = self.rng("player", player_id)
         size = self.params.size
+        if position is not None and (not isinstance(position, tuple | list) or len(position) != 2):
+            raise InvalidInput(f"position must be an (x, y) pair, got {position!r}")
         x, y = position if position is not None else tuple(rng.uniform(0, size, 2))
         return Player(
             player_id=player_id,
@@ -434,7 +439,10 @@ class Engine:
         amp = _finite(amplification, "amplification", 0.0, 1e6)
         now = self.clock.now()
         if isinstance(funding_deadline, timedelta):
-            deadline = now + funding_deadline
+            try:
+                deadline = now + funding_deadline
+            except OverflowError as exc:
+                raise InvalidInput(f"funding_deadline {funding_deadline} is out of range") from exc
         elif isinstance(funding_deadline, datetime) and funding_deadline.tzinfo is not None:
             deadline = funding_deadline
         else:
@@ -600,7 +608,10 @@ class Engine:
         return [await self.get_pto(pto_id) for pto_id in self.pto_ids()]
 
     async def get_token(self, token_id: str) -> TokenInfo:
-        pto_id = self._token_pto.get(token_id)
+        try:
+            pto_id = self._token_pto.get(token_id)
+        except TypeError:  # an unhashable "id": no such token, like any other lookup
+            pto_id = None
         if pto_id is None:
             raise UnknownToken(f"no PTS token {token_id!r}")
         tokens: list[PTSToken] = await self._ask(self._pto(pto_id), GetTokens())

@@ -15,12 +15,17 @@ from .errors import InvalidAmount
 CENTS_PER_UNIT = 100
 # SQLite INTEGER is signed 64-bit; keep a wide margin so sums of many amounts still fit.
 MAX_CENTS = 10**15
+_MAX_DIGITS = 13  # the largest acceptable amount (10**13 major units) has this exponent
 
 Amount = Decimal | int | float | str
 
 
 def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -> int:
-    """Major units (Decimal, int, float or numeric string) → exact non-negative cents."""
+    """Major units (Decimal, int, float or numeric string) → exact non-negative cents.
+
+    Computed from the number's digits with integers only: Decimal arithmetic would
+    round past 28 digits (so 1.000…001 would pass as whole cents) or overflow.
+    """
     if isinstance(amount, bool):
         raise InvalidAmount(f"{what} must be a number, not a bool")
     try:
@@ -29,19 +34,27 @@ def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -
                 raise InvalidAmount(f"{what} must be finite, got {amount!r}")
             value = Decimal(repr(amount))
         elif isinstance(amount, Decimal | int | str):
-            value = Decimal(amount)
+            value = Decimal(amount.strip() if isinstance(amount, str) else amount)
         else:
             raise InvalidAmount(f"{what} must be a number, got {type(amount).__name__}")
-    except InvalidOperation as exc:
+    except (InvalidOperation, ValueError) as exc:
         raise InvalidAmount(f"{what} is not a number: {amount!r}") from exc
     if not value.is_finite():
         raise InvalidAmount(f"{what} must be finite, got {amount!r}")
-    cents = value * CENTS_PER_UNIT
-    if cents != cents.to_integral_value():
-        raise InvalidAmount(f"{what} {amount!r} has a fraction of a cent")
-    result = int(cents)
-    if result < 0:
+    if value.is_signed() and value != 0:
         raise InvalidAmount(f"{what} must not be negative, got {amount!r}")
+    if value != 0 and value.adjusted() > _MAX_DIGITS:
+        raise InvalidAmount(f"{what} {amount!r} exceeds the limit of {MAX_CENTS // 100}")
+    _sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    shift = exponent + 2  # cents = digits × 10**shift
+    if shift >= 0:
+        result = int("".join(map(str, digits)) or "0") * int(10**shift)
+    else:
+        whole, dropped = digits[:shift], digits[shift:]
+        if any(dropped):
+            raise InvalidAmount(f"{what} {amount!r} has a fraction of a cent")
+        result = int("".join(map(str, whole)) or "0")
     if result == 0 and not allow_zero:
         raise InvalidAmount(f"{what} must be positive, got {amount!r}")
     if result > MAX_CENTS:

@@ -515,16 +515,20 @@ class PersistenceActor:
         try:
             rowids = await self._execute_batch(conn, batch)
         except sqlite3.Error as exc:
-            self._note_if_held_work_lost(conn)
+            self._note_if_held_work_lost(conn, exc)
             if len(batch) > 1 and self._lost is None:
                 log.debug("persistence.batch_failed_retrying", units=len(batch), error=str(exc))
                 for pending in batch:
                     await self._commit([pending])
                 return
-            error = translate(exc, "unit of work")
-            error.__cause__ = exc
-            batch[0].finish(error=error)
-            log.warning("persistence.unit_failed", error=str(exc))
+            # One unit, or a held transaction that is gone: every caller in the batch
+            # hears why, none is left waiting.
+            error: PersistenceError | UnitRejected = self._lost or translate(exc, "unit of work")
+            if error.__cause__ is None:
+                error.__cause__ = exc
+            for pending in batch:
+                pending.finish(error=error)
+            log.warning("persistence.unit_failed", units=len(batch), error=str(exc))
             return
         self.commits += 1
         self.units_committed += len(batch)
@@ -547,15 +551,17 @@ class PersistenceActor:
             conn, lambda raw: _run_batch(raw, units, self.hold_commits, restart_wal=restart)
         )
 
-    def _note_if_held_work_lost(self, conn: aiosqlite.Connection) -> None:
+    def _note_if_held_work_lost(self, conn: aiosqlite.Connection, exc: sqlite3.Error) -> None:
         if self.hold_commits and not conn.in_transaction and self._held_units:
             # SQLite rolled the whole held transaction back (it may on FULL or IOERR):
             # everything since the last checkpoint is gone, so memory is now ahead of
             # disk. Refuse all further work rather than go on from a false state.
-            self._lost = PersistenceError(
+            kind = StoreFull if isinstance(translate(exc, ""), StoreFull) else PersistenceError
+            self._lost = kind(
                 f"the database dropped {self._held_units} uncommitted units since the last "
-                "checkpoint (disk full or I/O error); stop and resume from the checkpoint"
+                f"checkpoint ({exc}); stop and resume from the checkpoint"
             )
+            self._lost.__cause__ = exc
 
     async def _checkpointer(self) -> None:
         while not self._stopped.is_set() and not self._closed:

@@ -744,6 +744,14 @@ def check_backup(source: Path, *, force: bool = False) -> None:
     if not db.is_file() or db.is_symlink():
         raise BackupError(f"backup {source.name!r} has no ublox.db")
     try:
+        manifest = json.loads((source / "backup.json").read_text(encoding="utf-8"))
+        int(manifest["schema_version"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # Every backup is sealed with its manifest last: without it, it is incomplete.
+        raise BackupError(
+            f"backup {source.name!r} is incomplete or damaged (backup.json: {exc})"
+        ) from exc
+    try:
         conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
             findings = database_findings(conn)

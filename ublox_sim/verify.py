@@ -236,9 +236,11 @@ def verify_store(home: Path) -> list[Finding]:
     if not db_path.is_file():
         return [Finding("store", str(db_path), "no database here")]
     # Read-write mode only so that closing tidies the -wal/-shm files; nothing is written.
-    mode = "rw" if os.access(home, os.W_OK) and os.access(db_path, os.W_OK) else "ro"
+    # A read-only home cannot hold SQLite's shared-memory file, so read it as immutable.
+    writable = os.access(home, os.W_OK) and os.access(db_path, os.W_OK)
+    query = "mode=rw" if writable else "mode=ro&immutable=1"
     try:
-        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode={mode}", uri=True)
+        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?{query}", uri=True)
     except sqlite3.Error as exc:
         return [Finding("store", str(db_path), f"cannot open: {exc}")]
     try:
