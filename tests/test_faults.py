@@ -648,3 +648,44 @@ def list_backups_of(home: Path) -> list[dict[str, Any]]:
     from ublox_sim.store import Home
 
     return list_backups(Home.resolve(home))
+
+
+def test_an_emptied_database_beside_worlds_is_refused_not_opened_as_new(tmp_path: Path) -> None:
+    """A truncated-to-zero ublox.db next to world files would look like a new, empty store."""
+
+    async def launch() -> None:
+        async with Engine.open(tmp_path, seed=1, clock=SimClock()) as engine:
+            await engine.register_player("alice", usd_obbba=100)
+            await engine.launch_pto(
+                pto_id="p1",
+                game_name="G",
+                creator_id="alice",
+                atu_required=1,
+                pts_offered=1,
+                price_per_pts=1,
+                funding_deadline=timedelta(days=1),
+            )
+
+    anyio.run(launch)
+    (tmp_path / "ublox.db").write_bytes(b"")
+
+    async def reopen() -> None:
+        async with Engine.open(tmp_path, seed=1, clock=SimClock()):
+            pass
+
+    with pytest.raises(SchemaError, match="restore a backup"):
+        anyio.run(reopen)
+    assert (tmp_path / "ublox.db").read_bytes() == b""
+
+
+def test_half_written_world_files_of_a_killed_writer_are_removed_at_open(tmp_path: Path) -> None:
+    async def touch() -> None:
+        async with Engine.open(tmp_path, seed=1, clock=SimClock()):
+            pass
+
+    anyio.run(touch)
+    leftover = tmp_path / "cdt_states" / ".w.v3.npz.1234.tmp"
+    leftover.write_bytes(b"partial")
+    anyio.run(touch)
+    assert not leftover.exists()
+    assert verify_store(tmp_path) == []

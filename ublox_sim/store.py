@@ -39,6 +39,7 @@ from .errors import (
     InvalidBackupName,
     InvalidId,
     InvalidInput,
+    SchemaError,
     StoreError,
     StoreLocked,
 )
@@ -188,6 +189,11 @@ class LocalStore:
                 self.cdt.prepare()
                 if self.home.restore_marker.exists():
                     await anyio.to_thread.run_sync(_finish_restore, self.home)
+                _refuse_lost_database(self.home)
+                # Half-written world files of a killed writer; we hold the lock, so
+                # nobody is writing one now.
+                for leftover in self.home.cdt_dir.glob(".*.tmp"):
+                    leftover.unlink(missing_ok=True)
             except OSError as exc:
                 raise StoreError(
                     f"cannot use {self.home.root} as a store: {exc.strerror or exc} "
@@ -564,6 +570,18 @@ class LocalStore:
             assert self._tg is not None
             await self.db.start(self._tg)
         log.info("store.restored", name=name)
+
+
+def _refuse_lost_database(home: Home) -> None:
+    """An empty or missing ublox.db beside world files is a lost database, not a new store:
+    opening it would make every balance look gone without a word."""
+    if home.db.exists() and home.db.stat().st_size > 0:
+        return
+    if any(home.cdt_dir.glob("*.npz")):
+        raise SchemaError(
+            f"{home.db} is missing or empty but {home.cdt_dir} holds worlds: the database "
+            "was lost; restore a backup (`ublox-sim backup restore NAME`) or move the folder away"
+        )
 
 
 # -- one writer per home --------------------------------------------------------------
