@@ -14,11 +14,13 @@ def print_report(report: RunReport, home: Home, console: Console) -> None:
     if report.resumed_from is not None:
         head += f", resumed at tick {report.resumed_from}"
     console.print(head)
-    ptos = Table("PTO", "game", "status", "funding", "PTS", "ATU", "aci", "xUSD pool", title="PTOs")
+    # The game's name goes under its id: one column fewer keeps ids whole at 80 columns.
+    ptos = Table(title="PTOs")
+    for name in ("PTO", "status", "funding", "PTS", "ATU", "aci", "xUSD pool"):
+        ptos.add_column(name, overflow="fold")  # wrap, never cut an id with "…"
     for p in report.ptos:
         ptos.add_row(
-            p["pto_id"],
-            p["game_name"],
+            f"{p['pto_id']}\n[dim]{p['game_name']}[/dim]",
             p["status"],
             f"{p['funding_raised']} / {p['funding_goal']}",
             f"{p['pts_sold']}/{p['pts_offered']}",
