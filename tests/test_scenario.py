@@ -790,3 +790,11 @@ def test_fuzz_mutated_scenario(data: st.DataObject) -> None:
             value = json.dumps(data.draw(JSONISH, label="override value"))
             overrides.append(f"{key}={value}")
     _check("\n".join(lines) + "\n", overrides)
+
+
+@pytest.mark.parametrize("tag", ["!!float", "!!int"])
+def test_an_empty_tagged_scalar_is_a_scenario_error(tag: str) -> None:
+    # Found by the mutation fuzz: PyYAML indexes the empty string and raises IndexError.
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(f'name: x\nseed: {tag} ""\n', "s.yaml")
+    assert info.value.problems[0].startswith("s.yaml:2: seed:")

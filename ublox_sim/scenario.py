@@ -119,11 +119,12 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
             yaml.YAMLError,
             ValueError,
             KeyError,
+            IndexError,  # !!float "" indexes an empty string
             AttributeError,
             TypeError,
             OverflowError,
         ) as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [repr(exc)])[0]
             raise ScenarioError(
                 [
                     f"{source}:{node.start_mark.line + 1}: {_dotted(path)}: cannot read "
@@ -511,8 +512,8 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         raise ScenarioError([f"--set {item!r}: the value is not valid YAML: {first}"]) from exc
-    except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as exc:
-        raise ScenarioError([f"--set {item!r}: the value cannot be read: {exc}"]) from exc
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError, OverflowError) as exc:
+        raise ScenarioError([f"--set {item!r}: the value cannot be read: {exc!r}"]) from exc
     target: Any = data
     for part in parts[:-1]:
         try:
