@@ -8,7 +8,6 @@ for that subscriber alone, and the next event it does receive is preceded by an
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,6 +17,8 @@ from typing import Any, ClassVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .views import as_json
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
@@ -25,11 +26,7 @@ class Event:
     at: str
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"kind": self.kind}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            data[f.name] = str(value) if isinstance(value, Decimal) else value
-        return data
+        return {"kind": self.kind, **as_json(self)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -60,7 +60,6 @@ class GetPhysics:
 class ApplySession:
     """A session's outcome for this player, with the PTO's rows for the same unit."""
 
-    version: int
     pto_id: str
     hours: float
     quality: float

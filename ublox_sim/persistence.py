@@ -22,11 +22,10 @@ short stall per several MB written instead of one per twenty commits.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -44,7 +43,7 @@ from .errors import (
     StoreFull,
     UnitRejected,
 )
-from .runtime import owned_task_group
+from .runtime import Reply, owned_task_group
 from .schema import PRAGMAS, migrate
 
 log = get_logger(__name__)
@@ -72,27 +71,12 @@ Row = tuple[Any, ...]
 
 
 @dataclass(eq=False, slots=True)
-class _Pending:
-    """A queued request and the caller's way back (ask pattern).
-
-    The way back is a bare asyncio future: aiosqlite ties us to asyncio anyway, and at
-    tens of thousands of acks a second the cheapest primitive shows in the figures.
-    """
+class _Pending(Reply):
+    """A queued request and the caller's way back (ask pattern)."""
 
     unit: Unit | None = None
     # For requests other than writes: a function run against the connection proxy.
     control: Callable[[aiosqlite.Connection], Awaitable[object]] | None = None
-    done: asyncio.Future[object] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-    def finish(self, result: object = None, error: BaseException | None = None) -> None:
-        if self.done.done():
-            return
-        if error is not None:
-            self.done.set_exception(error)
-        else:
-            self.done.set_result(result)
 
 
 def translate(exc: sqlite3.Error, what: str) -> PersistenceError | UnitRejected:

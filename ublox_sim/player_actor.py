@@ -33,10 +33,9 @@ XUSD = "xUSD"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Physics:
-    """A consistent copy of the player's physics; ``version`` detects a change since."""
+    """A consistent copy of the player's physics, taken before a session."""
 
     player: Player
-    version: int
 
 
 class PlayerActor(Actor[PlayerMessage]):
@@ -44,7 +43,6 @@ class PlayerActor(Actor[PlayerMessage]):
         super().__init__(f"player:{player.player_id}", mailbox_size=mailbox_size)
         self.state = player
         self.db = db
-        self.version = 0
         # Credits told to this actor and not yet applied (see Engine.settle).
         self.unsettled = 0
 
@@ -94,7 +92,7 @@ class PlayerActor(Actor[PlayerMessage]):
                 self.state.usd_obbba_balance -= amount
                 return dataclasses.replace(self.state)
             case GetPhysics():
-                return Physics(dataclasses.replace(self.state), self.version)
+                return Physics(dataclasses.replace(self.state))
             case ApplySession() as s:
                 return await self._apply_session(s)
             case _:
@@ -141,5 +139,4 @@ class PlayerActor(Actor[PlayerMessage]):
         after.phase_locks_count += s.locks
         after.memory_depth += s.locked_hours
         self.state = after
-        self.version += 1
         return session_id

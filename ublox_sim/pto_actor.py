@@ -332,7 +332,6 @@ class PTOActor(Actor[PTOMessage]):
             try:
                 session_id = await actor.ask(
                     ApplySession(
-                        version=physics[k].version,
                         pto_id=pto_id,
                         hours=request.hours,
                         quality=quality,

@@ -50,9 +50,10 @@ M = TypeVar("M")
 
 
 @dataclass(eq=False, slots=True)
-class _Reply:
-    """The way back of an ask: a bare asyncio future (the engine runs on asyncio, as
-    aiosqlite requires), several times cheaper than an Event plus a cancel scope."""
+class Reply:
+    """The way back of a request: a bare asyncio future (the engine runs on asyncio, as
+    aiosqlite requires), several times cheaper than an Event plus a cancel scope.
+    Actors' asks and the persistence actor's units both answer through it."""
 
     done: asyncio.Future[object] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -70,7 +71,7 @@ class _Reply:
 @dataclass(eq=False, slots=True)
 class _Envelope(Generic[M]):
     message: M
-    reply: _Reply | None
+    reply: Reply | None
 
 
 class Actor(Generic[M]):
@@ -96,7 +97,7 @@ class Actor(Generic[M]):
 
     async def ask(self, message: M, *, timeout: float = 60.0) -> object:  # noqa: ASYNC109 (the ask pattern's own deadline)
         """Send and wait for the answer (or the error ``handle`` raised)."""
-        reply = _Reply()
+        reply = Reply()
         await self._post(_Envelope(message, reply))
         expired = False
 

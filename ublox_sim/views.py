@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -134,13 +135,12 @@ class SessionResult:
     tau_k_after: float
 
 
-def as_json(view: PlayerInfo | PTOInfo | TokenInfo | SessionResult) -> dict[str, Any]:
-    """A JSON-ready dict: Decimals as strings so no cent is lost."""
+def as_json(view: Any) -> dict[str, Any]:
+    """A dataclass (a view or an event) as a JSON-ready dict: Decimals as strings, so no
+    cent is lost."""
     return {
-        name: str(getattr(view, name))
-        if isinstance(getattr(view, name), Decimal)
-        else getattr(view, name)
-        for name in view.__dataclass_fields__
+        f.name: str(value) if isinstance(value := getattr(view, f.name), Decimal) else value
+        for f in dataclasses.fields(view)
     }
 
 
