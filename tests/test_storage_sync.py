@@ -251,3 +251,49 @@ def test_verify_cli_passes_on_the_demo_and_fails_on_a_doctored_balance(
     report = json.loads(as_json.stdout)
     assert report["ok"] is False
     assert [f["check"] for f in report["findings"]] == ["ledger"]
+
+
+# -- a script that never closes ------------------------------------------------------
+
+SEED_SCRIPT = """
+import sys
+import numpy as np
+from ublox_sim.storage import UbloxLocalStorage
+
+storage = UbloxLocalStorage(sys.argv[1])
+storage.save_player({"player_id": "alice", "tau_k": 8.5, "usd_obbba_balance": 5000.0})
+storage.save_pto({
+    "pto_id": "pto_harmonic_001", "game_name": "Harmonic Caverns", "creator_id": "alice",
+    "atu_required": 500, "pts_offered": 2000,
+    "cdt": {"theta": np.linspace(0.0, 1.0, 256).reshape(16, 16)},
+})
+print("saved", flush=True)
+"""
+
+
+def test_a_script_that_never_closes_its_storage_exits_with_everything_committed(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    script = tmp_path / "seed_style.py"
+    script.write_text(SEED_SCRIPT)
+    # The timeout only turns a hang (the bug: the portal's cleanup waited forever at
+    # interpreter exit) into a failure instead of a stuck test run.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script), str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "saved\n"
+    assert result.stderr == ""
+    # Closed, not abandoned: the WAL was checkpointed away and the lock released.
+    assert not (home / "ublox.db-wal").exists()
+    with UbloxLocalStorage(home) as storage:
+        alice = storage.load_player("alice")
+        pto = storage.load_pto(PTO_ID)
+    assert alice is not None and alice["usd_obbba_balance"] == 5000.0
+    assert pto is not None
+    np.testing.assert_array_equal(pto["cdt"]["theta"], np.linspace(0.0, 1.0, 256).reshape(16, 16))
+    assert verify_store(home) != []  # the raw API wrote a balance without its deposit
