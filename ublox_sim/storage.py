@@ -130,8 +130,12 @@ class UbloxLocalStorage:
     def list_backups(self) -> list[dict[str, Any]]:
         return self._store.list_backups()
 
-    def restore_backup(self, name: str, *, force: bool = False) -> None:
-        self._portal.call(lambda: self._store.restore_backup(name, force=force))
+    def restore_backup(self, name: str, *, force: bool = False) -> list[str]:
+        """Restore backup ``name``; returns warnings (see ``LocalStore.restore_backup``)."""
+        warnings: list[str] = self._portal.call(
+            lambda: self._store.restore_backup(name, force=force)
+        )
+        return warnings
 
     def get_global_stats(self) -> dict[str, dict[str, Any]]:
         return self._portal.call(self._store.get_global_stats)
@@ -139,8 +143,12 @@ class UbloxLocalStorage:
     def export_to_json(self, path: Path | str | None = None) -> Path:
         return self._portal.call(self._store.export_to_json, path)
 
-    def import_from_json(self, path: Path | str) -> None:
-        self._portal.call(self._store.import_from_json, path)
+    def import_from_json(self, path: Path | str, *, force: bool = False) -> list[str]:
+        """Import an export; returns warnings (see ``LocalStore.import_from_json``)."""
+        warnings: list[str] = self._portal.call(
+            lambda: self._store.import_from_json(path, force=force)
+        )
+        return warnings
 
     def flush(self) -> None:
         self._portal.call(self._store.flush)
