@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import sqlite3
@@ -650,3 +651,10 @@ async def test_a_corrupt_world_file_fails_only_its_own_pto(tmp_path: Path) -> No
 
     findings = verify_store(tmp_path)
     assert [(f.check, f.subject) for f in findings] == [("cdt", str(bad))]
+
+
+def test_exported_float64_arrays_are_shuffled_and_deflated_below_plain_base64() -> None:
+    rng = np.random.default_rng(5)
+    for array in (rng.uniform(0, 2 * np.pi, (64, 64)), rng.normal(1.0, 0.1, (64, 64))):
+        plain = base64.b64encode(array.tobytes())
+        assert len(encode_array(array)["data"]) < 0.9 * len(plain)
