@@ -185,6 +185,11 @@ def test_the_seeds_story_round_trips_with_default_settings(
     assert stats["transactions"]["volume"]["investment/USD-OBBBA"] == 1000.0
     assert stats["play_sessions"]["xUSD_earned_total"] == 425.0
     assert export == home / "export.json"
+    # The seed's size claim holds for the seed's story (du -b, backups aside).
+    size = home.stat().st_size + sum(
+        p.lstat().st_size for p in home.rglob("*") if "backups" not in p.relative_to(home).parts
+    )
+    assert size < 100_000
 
     # The export is the portable copy: it imports into a new home as it was.
     with UbloxLocalStorage(tmp_path / "elsewhere") as other:

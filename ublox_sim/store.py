@@ -526,8 +526,7 @@ class LocalStore:
             for r in records[cls.TABLE]
         ]
         await self.db.submit(unit)
-        for warning in warnings:
-            log.warning("store.import_warning", path=str(path), warning=warning)
+        log.info("store.imported", path=str(path), warnings=len(warnings))
         return warnings
 
     # -- backups -----------------------------------------------------------------
@@ -583,9 +582,8 @@ class LocalStore:
             )
             assert self._tg is not None
             await self.db.start(self._tg)
-        for warning in warnings:
-            log.warning("store.restore_warning", name=name, warning=warning)
-        log.info("store.restored", name=name)
+        # The warnings go back to the caller (the CLI prints them), not into the log twice.
+        log.info("store.restored", name=name, warnings=len(warnings))
         return warnings
 
 
