@@ -706,7 +706,7 @@ def check_export_digest(data: object, where: str, *, force: bool) -> list[str]:
     recorded = data.get("digest")
     if recorded is None:
         return [
-            f"export {where} records no content digest (written before release 0.2): "
+            f"export {where} records no content digest (written by release 0.1.0): "
             "it could not be checked for edits since it was written"
         ]
     if recorded == export_digest(data):
@@ -726,8 +726,8 @@ def check_export_digest(data: object, where: str, *, force: bool) -> list[str]:
 def export_text(data: Mapping[str, Any]) -> str:
     """The export as JSON text: its digest, then one key per line and one record per line.
 
-    A record per line keeps it readable (and ``grep``-able, and diffable) at a third
-    less than an indented tree."""
+    A record per line keeps it readable (and ``grep``-able, and diffable) at about
+    30% less than an indented tree."""
     content = {**data, "digest": export_digest(data)}
     lines = []
     for key in sorted(content):
@@ -913,7 +913,7 @@ def check_backup(source: Path, *, force: bool = False) -> list[str]:
     warnings: list[str] = []
     if recorded is None:
         warnings.append(
-            f"backup {source.name!r} records no sha256 digests (made before release 0.2): "
+            f"backup {source.name!r} records no sha256 digests (made by release 0.1.0): "
             "its files could not be checked for edits since it was made"
         )
     else:
@@ -942,7 +942,7 @@ def _world_files(conn: sqlite3.Connection) -> list[str]:
         try:
             check_file_name(str(world_id), "world_cdt_id")
         except InvalidId as exc:
-            raise BackupError(f"a world id in the backup's database: {exc}") from exc
+            raise BackupError(f"a world id in the backup's database is unusable: {exc}") from exc
         version = versions.get(world_id)
         names.append(f"{world_id}.npz" if version is None else f"{world_id}.v{version}.npz")
     return names
