@@ -456,7 +456,8 @@ class LocalStore:
     # -- export / import -------------------------------------------------------
 
     async def export_data(self) -> dict[str, Any]:
-        """The whole store as a JSON-ready dict (money in major units, arrays base64)."""
+        """The whole store as a JSON-ready dict (money in major units, arrays base64), with
+        its content digest."""
         await self.cdt.flush()
         data: dict[str, Any] = {
             "format": EXPORT_FORMAT,
@@ -483,6 +484,8 @@ class LocalStore:
                 "total_ticks": total,
                 "finished": bool(finished),
             }
+        # Recorded in every export, the file's and the HTTP API's: import checks it.
+        data["digest"] = export_digest(data)
         return data
 
     async def export_to_json(self, path: Path | str | None = None) -> Path:
@@ -724,14 +727,13 @@ def check_export_digest(data: object, where: str, *, force: bool) -> list[str]:
 
 
 def export_text(data: Mapping[str, Any]) -> str:
-    """The export as JSON text: its digest, then one key per line and one record per line.
+    """The export as JSON text: one key per line, and one record per line.
 
     A record per line keeps it readable (and ``grep``-able, and diffable) at about
     30% less than an indented tree."""
-    content = {**data, "digest": export_digest(data)}
     lines = []
-    for key in sorted(content):
-        value = content[key]
+    for key in sorted(data):
+        value = data[key]
         if isinstance(value, list) and value:
             items = ",\n".join("  " + _compact(item) for item in value)
             lines.append(f"{json.dumps(key)}: [\n{items}\n ]")
