@@ -658,3 +658,17 @@ def test_exported_float64_arrays_are_shuffled_and_deflated_below_plain_base64() 
     for array in (rng.uniform(0, 2 * np.pi, (64, 64)), rng.normal(1.0, 0.1, (64, 64))):
         plain = base64.b64encode(array.tobytes())
         assert len(encode_array(array)["data"]) < 0.9 * len(plain)
+
+
+@pytest.mark.asyncio
+async def test_the_api_export_carries_its_digest_and_imports_without_warnings(
+    tmp_path: Path,
+) -> None:
+    await _populated_home(tmp_path / "source")
+    async with LocalStore.open(tmp_path / "source") as store:
+        data = await store.export_data()  # what GET /api/export answers
+    assert data["digest"].startswith("sha256:")
+    saved = tmp_path / "from_api.json"
+    saved.write_text(json.dumps(data))
+    async with LocalStore.open(tmp_path / "target") as store:
+        assert await store.import_from_json(saved) == []

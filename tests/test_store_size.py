@@ -65,11 +65,12 @@ def test_the_export_of_a_run_is_a_fifth_smaller_than_release_0_1_0s_and_round_tr
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "cannot fit losslessly: theta (4096 float64 with noise mantissas, ≥27 KB "
-        "whatever the compressor) is in the world file and again, base64, in the "
-        "self-contained export (≥64 KB together); the database with 22 tables and "
-        "indexes is ≥50 KB even at SQLite's smallest page; folders 8 KB. Measured: "
-        "db 77,824 + world 61,988 + export 114,765 + folders 8,198 = 262,775 B"
+        "cannot fit losslessly at 64x64: theta (4096 float64 with noise mantissas: 27.3 KB "
+        "under xz -9, 27.6 KB shuffled+deflate) is in the world file and again, base64, "
+        "in the self-contained export (>=63 KB together); the database (22 tables and "
+        "indexes, 96 ledger rows, 83 sessions) is >=46.6 KB even vacuumed at SQLite's "
+        "smallest page; folders 8 KB: >=117 KB before the export's rows. Measured: "
+        "db 77,824 + world 61,988 + export 114,765 + folders and lock 8,198 = 262,775 B"
     ),
 )
 def test_harmonic_caverns_home_is_under_100_kb(harmonic_home: Path) -> None:
