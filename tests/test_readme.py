@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import pytest
 
+import ublox_sim
 from ublox_sim.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +142,51 @@ def test_every_python_block_runs_as_written(block: Block, tmp_path: Path) -> Non
     else:
         assert proc.stderr == ""
     assert not (tmp_path / "user-home" / ".ublox").exists()
+
+
+# -- the public API -------------------------------------------------------------------
+
+# Backticked class-like names (`Engine`, `SimClock(start)`, `Engine.open`) in the docs that
+# are not ublox_sim's.
+NOT_OURS = {"Decimal"}
+
+
+def test_every_class_the_docs_name_is_exported_from_the_package() -> None:
+    named = {
+        name
+        for doc in DOCS
+        for name in re.findall(
+            r"`([A-Z][A-Za-z]*[a-z][A-Za-z]*)(?:[.(][^`]*)?`", doc.read_text(encoding="utf-8")
+        )
+    }
+    assert named - NOT_OURS - set(ublox_sim.__all__) == set()
+    assert {"Engine", "SimClock", "InsufficientFunds", "UbloxLocalStorage"} <= named
+
+
+def test_every_name_in_all_resolves_and_is_listed_by_dir() -> None:
+    for name in ublox_sim.__all__:
+        assert getattr(ublox_sim, name) is not None, name
+    assert set(ublox_sim.__all__) <= set(dir(ublox_sim))
+    with pytest.raises(AttributeError):
+        _ = ublox_sim.NoSuchName  # type: ignore[attr-defined]
+
+
+def test_importing_the_package_is_light_and_changes_no_global_state() -> None:
+    probe = (
+        "import logging, sys\n"
+        "import ublox_sim\n"
+        "heavy = [m for m in ('numpy', 'aiosqlite', 'pydantic', 'yaml', 'structlog', 'anyio')"
+        " if m in sys.modules]\n"
+        "print(heavy, logging.getLogger().handlers, logging.getLogger('ublox_sim').handlers)\n"
+        "from ublox_sim import *\n"
+        "import structlog\n"
+        "print(Engine.__name__, SimClock.__name__, structlog.is_configured())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.splitlines() == ["[] [] []", "Engine SimClock False"]
 
 
 # -- command lines ---------------------------------------------------------------------
