@@ -138,11 +138,10 @@ async def test_capture_logs_sees_the_library_events(tmp_path: Path) -> None:
             world.write_bytes(b"not a zip file")
         async with Engine.open(tmp_path / "h", clock=SimClock()):
             pass
-    by_event = {e["event"]: e for e in events}
-    assert by_event["store.backup_created"]["name"] == "nightly"
-    assert by_event["store.backup_created"]["log_level"] == "info"
-    unavailable = by_event["engine.world_unavailable"]
-    assert (unavailable["pto_id"], unavailable["log_level"]) == ("pto_001", "error")
+    backups = [e for e in events if e["event"].endswith("backup_created")]
+    assert [(e["name"], e["log_level"]) for e in backups] == [("nightly", "info")]
+    unavailable = [e for e in events if e["event"].endswith("world_unavailable")]
+    assert [(e["pto_id"], e["log_level"]) for e in unavailable] == [("pto_001", "error")]
 
 
 @pytest.mark.anyio
@@ -153,9 +152,10 @@ async def test_a_host_using_stdlib_logging_gets_the_events_at_its_level(
     caplog.set_level(logging.INFO, logger="ublox_sim")
     async with Engine.open(tmp_path / "h", clock=SimClock()) as engine:
         await engine.backup("nightly")
-    records = [r for r in caplog.records if r.name.startswith("ublox_sim")]
-    assert [(r.name, r.levelno) for r in records] == [("ublox_sim.store", logging.INFO)]
-    assert records[0].getMessage().startswith("store.backup_created name='nightly' path=")
+    records = [r for r in caplog.records if r.name.startswith("ublox_sim.")]
+    backups = [r for r in records if "backup_created" in r.getMessage()]
+    assert [r.levelno for r in backups] == [logging.INFO]
+    assert re.match(r"[\w.]*backup_created name='nightly' path=", backups[0].getMessage())
 
     caplog.clear()
     caplog.set_level(logging.WARNING, logger="ublox_sim")
@@ -183,7 +183,7 @@ def test_the_cli_is_quiet_below_warning_by_default(tmp_path: Path) -> None:
     assert "run.checkpoint" not in proc.stderr + proc.stdout
     backup = cli("backup", "create", "nightly", "--home", str(tmp_path / "h"))
     assert backup.returncode == 0, backup.stderr
-    assert "store.backup_created" not in backup.stderr + backup.stdout
+    assert "backup_created" not in backup.stderr + backup.stdout
 
 
 def test_cli_verbose_shows_the_runner_progress_as_console_lines_on_stderr(tmp_path: Path) -> None:
@@ -213,4 +213,5 @@ def test_cli_json_log_format_writes_one_json_object_per_event(tmp_path: Path) ->
     backup = cli("-v", "--log-format", "json", "backup", "create", "nightly", "--home", home)
     assert backup.returncode == 0, backup.stderr
     logged = [json.loads(line) for line in backup.stderr.splitlines() if line.startswith("{")]
-    assert [(e["event"], e["name"]) for e in logged] == [("store.backup_created", "nightly")]
+    backups = [e for e in logged if e["event"].endswith("backup_created")]
+    assert [(e["name"], e["level"]) for e in backups] == [("nightly", "info")]

@@ -73,7 +73,7 @@ EXPECTED: dict[str, tuple[list[str], list[str]]] = {
     ),
     "logging.basicConfig(level=logging.INFO": (
         [],
-        [r"^ublox_sim\.store INFO store\.backup_created name='nightly' path="],
+        [r"^ublox_sim\.[\w.]+ INFO [\w.]*backup_created name='nightly' path="],
     ),
     "report = anyio.run(run_scenario, loaded, home)": (
         [r"^completed \{.*'buy': 2", r"two-friends-.*/export\.json$"],
