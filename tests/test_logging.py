@@ -22,6 +22,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from ublox_sim import Engine, SimClock
+from ublox_sim.logsetup import get_logger
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ublox_sim"
@@ -162,6 +163,21 @@ async def test_a_host_using_stdlib_logging_gets_the_events_at_its_level(
     async with Engine.open(tmp_path / "h", clock=SimClock()) as engine:
         await engine.backup("weekly")
     assert [r for r in caplog.records if r.name.startswith("ublox_sim")] == []
+
+
+@pytest.mark.usefixtures("pristine_structlog")
+def test_bound_values_reach_structlog_and_stdlib_hosts_alike(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = get_logger("ublox_sim.example").bind(run="r1")
+    caplog.set_level(logging.DEBUG, logger="ublox_sim")
+    log.debug("example.step", tick=3)
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("ublox_sim.example", logging.DEBUG, "example.step run='r1' tick=3")
+    ]
+    with capture_logs() as events:
+        log.warning("example.step", tick=4)
+    assert events == [{"run": "r1", "tick": 4, "event": "example.step", "log_level": "warning"}]
 
 
 def test_no_module_but_logsetup_touches_structlog_configuration_or_its_default_logger() -> None:

@@ -46,10 +46,6 @@ class LibraryLogger:
         # A lazy proxy: it reads the structlog configuration current at each call.
         self._proxy: Any = structlog.get_logger(name, **self._context)
 
-    @property
-    def name(self) -> str:
-        return self._name
-
     def bind(self, **values: Any) -> LibraryLogger:
         return LibraryLogger(self._name, {**self._context, **values})
 
