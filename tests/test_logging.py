@@ -172,9 +172,15 @@ def test_bound_values_reach_structlog_and_stdlib_hosts_alike(
     log = get_logger("ublox_sim.example").bind(run="r1")
     caplog.set_level(logging.DEBUG, logger="ublox_sim")
     log.debug("example.step", tick=3)
+    try:
+        raise OSError("disk on fire")
+    except OSError:
+        log.error("example.failed", exc_info=True)  # the traceback, not "exc_info=True"
     assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
-        ("ublox_sim.example", logging.DEBUG, "example.step run='r1' tick=3")
+        ("ublox_sim.example", logging.DEBUG, "example.step run='r1' tick=3"),
+        ("ublox_sim.example", logging.ERROR, "example.failed run='r1'"),
     ]
+    assert "disk on fire" in caplog.text
     with capture_logs() as events:
         log.warning("example.step", tick=4)
     assert events == [{"run": "r1", "tick": 4, "event": "example.step", "log_level": "warning"}]
