@@ -196,6 +196,7 @@ def test_importing_the_package_is_light_and_changes_no_global_state() -> None:
 class CommandLine:
     block: Block
     words: tuple[str, ...]  # after "ublox-sim", comment removed
+    exit_code: int  # 0, or what the line's comment documents ("# exit 2")
 
     @property
     def where(self) -> str:
@@ -208,9 +209,14 @@ def command_lines() -> list[CommandLine]:
         if block.lang == "python":
             continue
         for line in block.text.splitlines():
-            words = line.split("  #", 1)[0].split()
-            if words and words[0] == "ublox-sim":
-                found.append(CommandLine(block, tuple(words[1:])))
+            command, _, comment = line.partition(" #")
+            words = command.split()
+            if words[:1] == ["$"]:  # a shell prompt
+                words = words[1:]
+            if words and (words[0] == "ublox-sim" or words[0].endswith("/ublox-sim")):
+                documented = re.search(r"\bexit(?: code)? (\d)\b", comment)
+                code = int(documented.group(1)) if documented else 0
+                found.append(CommandLine(block, tuple(words[1:]), code))
     return found
 
 
@@ -301,22 +307,21 @@ def test_the_concrete_documented_commands_run_and_their_stores_verify(tmp_path: 
             check=False,
         )
 
-    homes: set[Path] = set()
+    scratch = tmp_path / "scratch"  # documented /tmp paths (homes, exports) land here
+    scratch.mkdir()
     for line in lines:
-        args = []
-        for word in line.words:
-            if word.startswith("/tmp/"):  # documented homes land in this test's folder
-                home = tmp_path / "homes" / word.removeprefix("/tmp/")
-                homes.add(home)
-                word = str(home)
-            args.append(word)
+        args = [
+            str(scratch / word.removeprefix("/tmp/")) if word.startswith("/tmp/") else word
+            for word in line.words
+        ]
         for scenario, cut in CUTS.items():
             if scenario in args:
                 args.extend(cut)
         proc = ublox_sim(*args)
-        assert proc.returncode == 0, f"{line.where}:\n{proc.stdout}\n{proc.stderr}"
-    assert homes, "no documented command used a home"
-    for home in sorted(homes):
+        assert proc.returncode == line.exit_code, f"{line.where}:\n{proc.stdout}\n{proc.stderr}"
+    homes = sorted(db.parent for db in scratch.glob("*/ublox.db"))
+    assert homes, "no documented command made a store"
+    for home in homes:
         proc = ublox_sim("verify", "--home", str(home))
         assert proc.returncode == 0, f"{home}:\n{proc.stdout}\n{proc.stderr}"
 
