@@ -32,7 +32,6 @@ import anyio
 import numpy as np
 from anyio.abc import TaskGroup
 from numpy.typing import NDArray
-from structlog import get_logger
 
 from .cdt_store import CdtStore, fsync_dir, load_npz
 from .errors import (
@@ -47,6 +46,7 @@ from .errors import (
     StoreLocked,
 )
 from .ids import check_file_name, check_id
+from .logsetup import get_logger
 from .model import (
     PTO,
     RECORD_TYPES,
