@@ -6,7 +6,9 @@ A ``Limit`` is a closed or half-open interval with a few flags::
     TAU_K = Limit("tau_k", 0, 100)                       # 0 ≤ tau_k ≤ 100
     PLAY_HOURS = Limit("hours", 0, 10**6, min_exclusive=True)   # 0 < hours ≤ 1e6
     PTS_OFFERED = Limit("pts_offered", 1, 10**9, integer=True)  # a whole number
-    PRICE_PER_PTS = Limit("price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True)
+    PRICE_PER_PTS = Limit(
+    "price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA"
+)
 
 Three ways to use one:
 
@@ -138,8 +140,10 @@ class Limit:
 def _show(value: Number) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)
-    if isinstance(value, int) and value >= 10**6 and str(value).rstrip("0") == "1":
-        return f"1e{len(str(value)) - 1}"
+    if value == 2**63 - 1:
+        return "2**63 - 1"
+    if isinstance(value, int) and abs(value) >= 10**5 and str(abs(value)).rstrip("0") == "1":
+        return f"{'-' if value < 0 else ''}1e{len(str(abs(value))) - 1}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -152,7 +156,9 @@ CENTS_DIGITS = 13  # the largest amount, 10**13 major units, has this decimal ex
 
 BALANCE = Limit("usd_obbba", 0, MAX_MONEY, money=True, unit="USD-OBBBA")
 AMOUNT = Limit("amount", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA")
-PRICE_PER_PTS = Limit("price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True)
+PRICE_PER_PTS = Limit(
+    "price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA"
+)
 
 # -- hours ---------------------------------------------------------------------------------
 
@@ -217,6 +223,10 @@ WORLD: dict[str, Limit] = {
 
 PROBABILITY = Limit("probability", 0, 1)
 MAX_SHARE = Limit("max_share", 0, 1, min_exclusive=True)
+
+# -- reads ---------------------------------------------------------------------------------
+
+LEADERBOARD_TOP = Limit("top", 0, 1000, integer=True)  # players in one leaderboard page
 
 # -- ids and text (limits on the length) ---------------------------------------------------
 
