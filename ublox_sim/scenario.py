@@ -2,9 +2,12 @@
 
 The YAML is composed with PyYAML's safe loader (no arbitrary tags, no code), its
 node tree is turned into plain data while remembering each key's line, and the
-data is validated by pydantic models that forbid unknown keys. Cross-references
-(a PTO's creator, a scripted event's player) are checked after. The reference is
-``scenarios/README.md``.
+data is validated by pydantic models that forbid unknown keys (suggesting the closest
+known one). Every number is held to its limit in ``limits`` (the table the engine uses
+too); a key that takes a distribution is checked with ``within(limit)`` so that every
+value it can draw, once ``settle``d, is inside the limit: the runner never clamps.
+Cross-references (a PTO's creator, a scripted event's player) are checked after. The
+reference is ``scenarios/README.md``.
 """
 
 from __future__ import annotations
@@ -242,10 +245,6 @@ def settle(limit: Limit, value: float) -> Any:
     return float(value)
 
 
-def _outside(limit: Limit, settled: Any) -> bool:
-    return not limit.contains(settled)
-
-
 def _exact(limit: Limit, value: float, what: str = "") -> None:
     """A constant (or a choice's value) is taken as written: it must be inside the limit
     and already whole (a whole number, or whole cents for money)."""
@@ -286,7 +285,7 @@ def within(limit: Limit) -> AfterValidator:
         elif isinstance(value, Uniform):
             for end in ("low", "high"):
                 raw = getattr(value, end)
-                if _outside(limit, settle(limit, raw)):
+                if not limit.contains(settle(limit, raw)):
                     raise ValueError(
                         f"uniform {end} {raw!r} draws values outside the limit: "
                         f"{limit.name} must be {limit.describe()}" + _settled_note(limit, raw)
@@ -307,7 +306,7 @@ def within(limit: Limit) -> AfterValidator:
                             f"normal needs an explicit {end}: its draws are unbounded and "
                             f"{limit.name} must be {limit.describe()}"
                         )
-                elif _outside(limit, settle(limit, given)):
+                elif not limit.contains(settle(limit, given)):
                     raise ValueError(
                         f"normal {end} {given!r} is outside the limit: "
                         f"{limit.name} must be {limit.describe()}" + _settled_note(limit, given)
