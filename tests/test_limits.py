@@ -631,3 +631,25 @@ def test_the_readme_limits_table_is_the_table() -> None:
     shown = readme.split(marker, 1)[1].strip().split("\n\n", 1)[0].splitlines()
     assert shown[:2] == ["| key | limits |", "|---|---|"]
     assert shown[2:] == rows, "\n".join(rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([L.BALANCE, L.AMOUNT, L.PRICE_PER_PTS]),
+    st.decimals(allow_nan=True, allow_infinity=True, places=None)
+    | st.integers(-(10**16), 10**16).map(lambda c: Decimal(c).scaleb(-2))
+    | st.integers(-(10**17), 10**17).map(lambda c: Decimal(c).scaleb(-3)),
+)
+def test_a_money_field_from_a_limit_accepts_what_the_engine_accepts(
+    limit: Limit, amount: Decimal
+) -> None:
+    """The request-model form the module doc gives for money agrees with ``to_cents``."""
+    from ublox_sim.money import to_cents
+
+    model = create_model("M", v=(Decimal, limit.field(decimal_places=2)))
+    try:
+        to_cents(amount, allow_zero=not limit.min_exclusive)
+        by_engine = True
+    except InvalidInput:
+        by_engine = False
+    assert _accepts(model, amount) == by_engine, amount

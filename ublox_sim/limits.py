@@ -3,31 +3,33 @@ runner and the server all validate against.
 
 A ``Limit`` is a closed or half-open interval with a few flags::
 
-    TAU_K = Limit("tau_k", 0, 100)                       # 0 ≤ tau_k ≤ 100
-    PLAY_HOURS = Limit("hours", 0, 10**6, min_exclusive=True)   # 0 < hours ≤ 1e6
-    PTS_OFFERED = Limit("pts_offered", 1, 10**9, integer=True)  # a whole number
-    PRICE_PER_PTS = Limit(
-    "price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA"
-)
+    TAU_K = Limit("tau_k", 0, 100)                               # 0 ≤ tau_k ≤ 100
+    PLAY_HOURS = Limit("hours", 0, 10**6, min_exclusive=True)    # 0 < hours ≤ 1e6
+    PTS_OFFERED = Limit("pts_offered", 1, 10**9, integer=True)   # a whole number
+    AMOUNT = Limit("amount", 0, MAX_MONEY, min_exclusive=True, money=True)  # cents
 
 Three ways to use one:
 
 * **In code** (the engine): ``TAU_K.check(value)`` returns the value as a float (an int
   for ``integer`` limits) or raises ``InvalidInput`` saying ``tau_k must be between 0
-  and 100, got -5``. ``TAU_K.contains(x)`` is the plain test. ``LENGTH`` limits
-  (``integer=True`` over a text's length) are checked with ``check_length``.
+  and 100, got -5``. ``TAU_K.contains(x)`` is the plain test. Limits on a text's
+  length (``GAME_NAME``, ``DESCRIPTION``) are checked with ``check_length``.
 * **In a pydantic model, statically typed**: ``tau_k: Annotated[float, TAU_K.field()] = 1.0``
   (``field()`` gives ``Field(ge=…, le=…)``, ``gt``/``lt`` for exclusive ends, and
-  ``allow_inf_nan=False`` for floats; keyword arguments such as ``default`` or
-  ``description`` pass through). For text: ``Annotated[str, GAME_NAME.length_field()]``.
+  ``allow_inf_nan=False`` for floats; a default and keyword arguments such as
+  ``description`` pass through: ``tau_k: float = TAU_K.field(1.0)`` works too). For
+  text: ``Annotated[str, GAME_NAME.length_field()]``. pydantic is imported only here,
+  on use, so the engine's checks do not need it.
 * **In a pydantic model built at run time**: ``TAU_K.annotated()`` is
   ``Annotated[float, Field(...)]`` (``int`` for integer limits) ready for
   ``create_model`` or as an alias whose value mypy need not see.
 
 Money limits (``money=True``) are in major units (``5000`` means 5000.00 USD-OBBBA)
-and also require whole cents; the engine reads money with ``money.to_cents``, which
-takes its bounds from here, so ``check`` is not used for money. ``by_name`` maps a key
-as it appears in scenarios and request bodies to its limit.
+and also require whole cents. The engine reads money with ``money.to_cents``, which
+takes ``MAX_CENTS`` from here (``allow_zero=False`` where the limit excludes 0), so
+``check`` is not used for money; a request model can take ``Annotated[Decimal,
+AMOUNT.field(decimal_places=2)]``. ``by_name`` maps a key as it appears in scenarios
+and request bodies to its limit, where the key has one meaning.
 
 World-dependent bounds (a position on a world of size N) use ``limit.up_to(N)``.
 """
@@ -39,10 +41,6 @@ import re
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Annotated, Any
-
-from pydantic import Field
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from .errors import InvalidInput
 
@@ -117,24 +115,29 @@ class Limit:
 
     # -- pydantic ------------------------------------------------------------------------
 
-    def field(self, default: Any = PydanticUndefined, **kwargs: Any) -> Any:
-        """``Field(ge=…, le=…)`` for this limit; extra keyword arguments pass through."""
+    # pydantic is imported on use: the engine validates with this table without it.
+
+    def field(self, *default: Any, **kwargs: Any) -> Any:
+        """``Field(ge=…, le=…)`` for this limit; a default and keyword arguments pass through."""
+        from pydantic import Field
+
         bounds: dict[str, Any] = {
             ("gt" if self.min_exclusive else "ge"): self.min,
             ("lt" if self.max_exclusive else "le"): self.max,
         }
         if not self.integer:
             bounds["allow_inf_nan"] = False
-        return Field(default, **bounds, **kwargs)
+        return Field(*default, **bounds, **kwargs)
 
-    def length_field(self, default: Any = PydanticUndefined, **kwargs: Any) -> Any:
+    def length_field(self, *default: Any, **kwargs: Any) -> Any:
         """``Field(min_length=…, max_length=…)`` for a text whose length this limit bounds."""
-        return Field(default, min_length=int(self.min), max_length=int(self.max), **kwargs)
+        from pydantic import Field
+
+        return Field(*default, min_length=int(self.min), max_length=int(self.max), **kwargs)
 
     def annotated(self) -> Any:
         """``Annotated[int | float, Field(...)]`` for models built at run time."""
-        info: FieldInfo = self.field()
-        return Annotated[int if self.integer else float, info]
+        return Annotated[int if self.integer else float, self.field()]
 
 
 def _show(value: Number) -> str:
