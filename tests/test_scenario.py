@@ -798,3 +798,141 @@ def test_an_empty_tagged_scalar_is_a_scenario_error(tag: str) -> None:
     with pytest.raises(ScenarioError) as info:
         parse_scenario(f'name: x\nseed: {tag} ""\n', "s.yaml")
     assert info.value.problems[0].startswith("s.yaml:2: seed:")
+
+
+# -- values the runner used to clamp silently are refused at load (issue 10, item 6) -------
+
+FULL = BASE + "\n".join(
+    [
+        "pto_cohorts:",  # 31
+        "  - prefix: pc",  # 32
+        "    count: 2",  # 33
+        "    creators: fan",  # 34
+        "    atu_required: 10",  # 35
+        "    pts_offered: 5",  # 36
+        "    price_per_pts: 2",  # 37
+        "    funding_deadline_hours: 3",  # 38
+        "    launch_at: 0",  # 39
+        "behaviours:",  # 40
+        "  investors:",  # 41
+        "    - {probability: 0.5, hours: 2}",  # 42
+        "  players:",  # 43
+        "    - {probability: 0.5, hours: 1}",  # 44
+        "  creators: {atu_per_tick: 5}",  # 45
+        "",
+    ]
+)
+FULL_LINES = FULL.splitlines()
+
+
+def full_with(line: int, new: str) -> str:
+    lines = list(FULL_LINES)
+    lines[line - 1] = new
+    return "\n".join(lines) + "\n"
+
+
+def test_the_full_base_is_valid() -> None:
+    assert parse_scenario(FULL, "full.yaml").scenario.pto_cohorts[0].count == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        # The issue's three: -100 became 0, -5 became 0.01, -10 left a PTO in progress forever.
+        pytest.param(
+            full_with(17, "    usd_obbba: -100"), 17, "cohorts[0].usd_obbba", id="usd_obbba"
+        ),
+        pytest.param(
+            full_with(37, "    price_per_pts: -5"),
+            37,
+            "pto_cohorts[0].price_per_pts",
+            id="price_per_pts",
+        ),
+        pytest.param(
+            full_with(45, "  creators: {atu_per_tick: -10}"),
+            45,
+            "behaviours.creators.atu_per_tick",
+            id="atu_per_tick",
+        ),
+        # The runner's other clamps: np.clip, max(0, …), max(1, …), skipped draws.
+        pytest.param(
+            full_with(17, "    usd_obbba: {dist: uniform, low: -50, high: 20}"),
+            17,
+            "cohorts[0].usd_obbba",
+            id="usd_obbba-distribution",
+        ),
+        pytest.param(
+            full_with(17, "    usd_obbba: 10\n    tau_k: 150"), 18, "cohorts[0].tau_k", id="tau_k"
+        ),
+        pytest.param(
+            full_with(17, "    usd_obbba: 10\n    tau_k: {dist: normal, mean: 4, sd: 2, min: -1}"),
+            18,
+            "cohorts[0].tau_k",
+            id="tau_k-normal-min",
+        ),
+        pytest.param(
+            full_with(17, "    usd_obbba: 10\n    resonance_freq: -5"),
+            18,
+            "cohorts[0].resonance_freq",
+            id="resonance_freq",
+        ),
+        pytest.param(
+            full_with(35, "    atu_required: -5"),
+            35,
+            "pto_cohorts[0].atu_required",
+            id="atu_required",
+        ),
+        pytest.param(
+            full_with(36, "    pts_offered: 0"), 36, "pto_cohorts[0].pts_offered", id="pts_offered"
+        ),
+        pytest.param(
+            full_with(36, "    pts_offered: {dist: uniform, low: 0.2, high: 5}"),
+            36,
+            "pto_cohorts[0].pts_offered",
+            id="pts_offered-rounds-down-to-zero",
+        ),
+        pytest.param(
+            full_with(38, "    funding_deadline_hours: -3"),
+            38,
+            "pto_cohorts[0].funding_deadline_hours",
+            id="funding_deadline_hours",
+        ),
+        pytest.param(
+            full_with(39, "    launch_at: -2"), 39, "pto_cohorts[0].launch_at", id="launch_at"
+        ),
+        pytest.param(
+            full_with(42, "    - {probability: 0.5, hours: -3}"),
+            42,
+            "behaviours.investors[0].hours",
+            id="investors-hours",
+        ),
+        pytest.param(
+            full_with(44, "    - {probability: 0.5, hours: -1}"),
+            44,
+            "behaviours.players[0].hours",
+            id="players-hours",
+        ),
+        pytest.param(
+            full_with(11, "    usd_obbba: 10.005"),
+            11,
+            "players[0].usd_obbba",
+            id="fraction-of-a-cent",
+        ),
+    ],
+)
+def test_a_value_the_runner_used_to_clamp_is_refused_naming_file_line_and_key(
+    tmp_path: Path, request: pytest.FixtureRequest, text: str, line: int, key: str
+) -> None:
+    problem, _ = expect_refused(
+        tmp_path, text, line=line, key=key, fragment="", via_cli=first_variant(request)
+    )
+    assert "must" in problem or "outside" in problem, problem
+
+
+def test_a_drawn_deadline_is_not_raised_to_an_hour() -> None:
+    """The runner turned every pto_cohorts deadline under 1 h into 1 h; it is kept as drawn."""
+    from ublox_sim.runner import plan
+
+    loaded = parse_scenario(full_with(38, "    funding_deadline_hours: 0.5"), "full.yaml")
+    _players, ptos, _groups = plan(loaded.scenario)
+    assert [p.deadline_hours for p in ptos if p.pto_id.startswith("pc-")] == [0.5, 0.5]

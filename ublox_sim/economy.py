@@ -13,8 +13,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from .errors import InsufficientFunds, InvalidInput, InvalidState, SharesUnavailable
+from .limits import MAX_CENTS, PLAY_HOURS, PTS_HOURS
 from .model import PTO, PTSToken, parse_iso
-from .money import MAX_CENTS
 
 FUNDING, IN_PROGRESS, COMPLETED, FAILED = "funding", "in_progress", "completed", "failed"
 PLAYABLE = (IN_PROGRESS, COMPLETED)
@@ -24,31 +24,26 @@ def check_hours(hours: object, what: str = "hours") -> int:
     """PTS are whole hours: a positive int (or a float/Decimal with no fraction)."""
     if isinstance(hours, bool) or not isinstance(hours, int | float | Decimal):
         raise InvalidInput(f"{what} must be a whole number of hours, got {hours!r}")
-    if isinstance(hours, Decimal) and hours.is_finite() and hours.adjusted() > 12:
-        raise InvalidInput(f"{what} {hours!r} is beyond any PTO's size")  # before int(): 1E+200000
+    # Before int(): int(Decimal("1E+200000")) would build a huge number first.
+    too_many = len(str(PTS_HOURS.max))  # digits of the largest: 1E+10 is beyond it
+    if isinstance(hours, Decimal) and hours.is_finite() and hours.adjusted() >= too_many:
+        raise InvalidInput(f"{what} {hours!r} is beyond any PTO's size")
     try:
         whole = int(hours)
     except (ValueError, OverflowError) as exc:
         raise InvalidInput(f"{what} must be a whole number of hours, got {hours!r}") from exc
     if whole != hours:
         raise InvalidInput(f"{what} must be a whole number of hours, got {hours!r}")
-    if whole <= 0:
+    if whole < PTS_HOURS.min:
         raise InvalidInput(f"{what} must be positive, got {hours!r}")
-    if whole > 10**9:
+    if whole > PTS_HOURS.max:
         raise InvalidInput(f"{what} {hours!r} is beyond any PTO's size")
     return whole
 
 
 def check_play_hours(hours: object) -> float:
-    """Play time may be fractional, but positive and finite."""
-    if isinstance(hours, bool) or not isinstance(hours, int | float | Decimal):
-        raise InvalidInput(f"hours must be a number, got {hours!r}")
-    try:
-        value = float(hours)
-    except (OverflowError, ValueError) as exc:
-        raise InvalidInput(f"hours must be positive and finite, got {hours!r}") from exc
-    if not (0 < value <= 10**6):
-        raise InvalidInput(f"hours must be positive and finite, got {hours!r}")
+    """Play time may be fractional, but positive and finite (``limits.PLAY_HOURS``)."""
+    value: float = PLAY_HOURS.check(hours)
     return value
 
 

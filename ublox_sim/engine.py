@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +28,7 @@ import numpy as np
 from anyio.abc import TaskGroup
 
 from . import events as ev
-from . import ledger
+from . import ledger, limits
 from .clock import Clock, WallClock
 from .economy import FUNDING, Failure, check_hours, check_play_hours, funding_goal
 from .errors import (
@@ -75,24 +73,13 @@ log = get_logger(__name__)
 USD = "USD-OBBBA"
 
 
-def _finite(value: object, what: str, low: float = 0.0, high: float = 1e6) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise InvalidInput(f"{what} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (OverflowError, ValueError) as exc:  # 10**400, Decimal("sNaN")
-        raise InvalidInput(f"{what} must be between {low:g} and {high:g}, got {value!r}") from exc
-    if not math.isfinite(number) or not low <= number <= high:
-        raise InvalidInput(f"{what} must be between {low:g} and {high:g}, got {value!r}")
-    return number
-
-
-def _whole(value: object, what: str, low: int = 0, high: int = 10**12) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be a whole number, got {value!r}")
-    if not low <= value <= high:
-        raise InvalidInput(f"{what} must be between {low} and {high}, got {value!r}")
-    return value
+def check_world(params: WorldParams) -> WorldParams:
+    """Every physics constant within its limit (``limits.WORLD``), or ``InvalidInput``."""
+    if not isinstance(params, WorldParams):
+        raise InvalidInput(f"world must be WorldParams, got {type(params).__name__}")
+    for name, limit in limits.WORLD.items():
+        limit.check(getattr(params, name), f"world.{name}")
+    return params
 
 
 class Engine:
@@ -148,6 +135,7 @@ class Engine:
         ``checkpointed=True`` (scenario runs) holds every write in one open transaction
         until ``checkpoint()`` commits it with the worlds' versioned files: a crash then
         always reopens at the last checkpoint, never between two."""
+        params = check_world(world or WorldParams())  # before anything is opened
         resolved = home if isinstance(home, Home) else Home.resolve(home)
         clock = clock or WallClock()
 
@@ -173,7 +161,7 @@ class Engine:
                 ActorSystem(tg),
                 seed=seed,
                 clock=clock,
-                params=world or WorldParams(),
+                params=params,
                 request_timeout=request_timeout,
             )
             try:
@@ -346,7 +334,7 @@ class Engine:
     ) -> Player:
         check_id(player_id, "player_id")
         cents = to_cents(usd_obbba, what="usd_obbba")
-        tau = _finite(tau_k, "tau_k", 0.0, 100.0)
+        tau = limits.TAU_K.check(tau_k)
         rng = self.rng("player", player_id)
         size = self.params.size
         if position is not None and (not isinstance(position, tuple | list) or len(position) != 2):
@@ -354,13 +342,13 @@ class Engine:
         x, y = position if position is not None else tuple(rng.uniform(0, size, 2))
         return Player(
             player_id=player_id,
-            position_x=_finite(x, "position x", 0.0, size),
-            position_y=_finite(y, "position y", 0.0, size),
-            phase=_finite(phase, "phase", 0, 2 * math.pi)
+            position_x=limits.POSITION.up_to(size).check(x, "position x"),
+            position_y=limits.POSITION.up_to(size).check(y, "position y"),
+            phase=limits.PHASE.check(phase)
             if phase is not None
-            else float(rng.uniform(0, 2 * math.pi)),
+            else float(rng.uniform(limits.PHASE.min, limits.PHASE.max)),
             tau_k=tau,
-            resonance_freq=_finite(resonance_freq, "resonance_freq", 0.0, 100.0)
+            resonance_freq=limits.RESONANCE_FREQ.check(resonance_freq)
             if resonance_freq is not None
             else float(rng.normal(self.params.omega_mean, self.params.omega_spread)),
             usd_obbba_balance=cents,
@@ -428,15 +416,13 @@ class Engine:
         self._check_open()
         check_file_name(pto_id, "pto_id")
         self._player(creator_id)
-        if not isinstance(game_name, str) or not game_name or len(game_name) > 200:
-            raise InvalidInput("game_name must be 1 to 200 characters")
-        if not isinstance(description, str) or len(description) > 10_000:
-            raise InvalidInput("description must be text of at most 10,000 characters")
-        atu = _whole(atu_required, "atu_required", 0)
-        offered = _whole(pts_offered, "pts_offered", 1, 10**9)
+        limits.GAME_NAME.check_length(game_name)
+        limits.DESCRIPTION.check_length(description)
+        atu: int = limits.ATU_REQUIRED.check(atu_required)
+        offered: int = limits.PTS_OFFERED.check(pts_offered)
         price = to_cents(price_per_pts, what="price_per_pts", allow_zero=False)
         goal = funding_goal(offered, price)
-        amp = _finite(amplification, "amplification", 0.0, 1e6)
+        amp: float = limits.AMPLIFICATION.check(amplification)
         now = self.clock.now()
         if isinstance(funding_deadline, timedelta):
             try:
@@ -518,7 +504,7 @@ class Engine:
     async def spend_atu(self, pto_id: str, units: int) -> PTOInfo:
         """The creator spends Agential Time Units; reaching ``atu_required`` completes the PTO
         and pays its escrow to the creator."""
-        whole = _whole(units, "units", 1, 10**12)
+        whole: int = limits.ATU_UNITS.check(units)
         at = self._now()
         outcome: AtuOutcome = await self._ask(self._pto(pto_id), SpendAtu(units=whole, at=at))
         self._bus.publish(
@@ -638,7 +624,7 @@ class Engine:
         Returns the PTOs that failed at their deadline (their holders refunded).
         """
         self._check_open()
-        span = _finite(hours, "hours", 0.0, 1e6)
+        span: float = limits.ADVANCE_HOURS.check(hours)
         self.clock.advance(span)
         steps = round(span * self.params.steps_per_hour)
         if steps:

@@ -7,20 +7,18 @@ held to a strict alphabet: no separators, no ``..``, no way out of their folder.
 
 from __future__ import annotations
 
-import re
-
 from .errors import InvalidId
-
-MAX_ID_LENGTH = 128
-_FILE_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+from .limits import FILE_SAFE_ID, ID_LENGTH
 
 
 def check_id(value: object, what: str = "id") -> str:
-    """A player or token id: 1..128 printable characters, no control characters."""
+    """A player or token id: ``ID_LENGTH`` (1..128) printable characters, no control characters."""
     if not isinstance(value, str):
         raise InvalidId(f"{what} must be a string, got {type(value).__name__}")
-    if not value or len(value) > MAX_ID_LENGTH:
-        raise InvalidId(f"{what} must be 1 to {MAX_ID_LENGTH} characters, got {len(value)}")
+    if not ID_LENGTH.contains(len(value)):
+        raise InvalidId(
+            f"{what} must be {ID_LENGTH.min} to {ID_LENGTH.max} characters, got {len(value)}"
+        )
     if not value.isprintable():
         raise InvalidId(f"{what} {value!r} contains control characters")
     if value != value.strip():
@@ -32,7 +30,7 @@ def check_file_name(value: object, what: str = "name") -> str:
     """An id that becomes a file or folder name: letters, digits, ``_ . -``; no ``..``."""
     check_id(value, what)
     assert isinstance(value, str)
-    if not _FILE_SAFE.fullmatch(value) or ".." in value:
+    if not FILE_SAFE_ID.fullmatch(value) or ".." in value:
         raise InvalidId(
             f"{what} {value!r} is not allowed: use letters, digits, '_', '.', '-' "
             "(starting with a letter or digit, no '..')"

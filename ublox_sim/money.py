@@ -11,11 +11,10 @@ import math
 from decimal import Decimal, InvalidOperation
 
 from .errors import InvalidAmount
+from .limits import CENTS_DIGITS as _MAX_DIGITS
+from .limits import MAX_CENTS as MAX_CENTS  # re-exported: money's bound lives in limits
 
 CENTS_PER_UNIT = 100
-# SQLite INTEGER is signed 64-bit; keep a wide margin so sums of many amounts still fit.
-MAX_CENTS = 10**15
-_MAX_DIGITS = 13  # the largest acceptable amount (10**13 major units) has this exponent
 
 Amount = Decimal | int | float | str
 

@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from . import limits as L
 from .clock import SimClock
 from .economy import FUNDING, IN_PROGRESS, PLAYABLE
 from .engine import Engine
 from .errors import InvalidInput, Refusal, UbloxError
 from .logsetup import get_logger
 from .persistence import Statement
-from .scenario import Cohort, Loaded, Scenario, cohort_id, draw
+from .scenario import Cohort, Loaded, Scenario, cohort_id, draw_settled, settle
 from .store import Home
 from .views import leaderboard
 from .world import WorldParams
@@ -98,8 +99,9 @@ class RunReport:
 
 
 def _money(value: float) -> Decimal:
-    """A drawn amount as whole cents (draws are floats; money is not)."""
-    return Decimal(str(round(max(0.0, float(value)), 2)))
+    """An amount the loader has checked to be whole cents, as the engine takes it."""
+    cents: Decimal = settle(L.BALANCE, value)
+    return cents
 
 
 def _cohort_members(cohort: Cohort) -> list[str]:
@@ -118,16 +120,17 @@ def plan(scenario: Scenario) -> tuple[list[PlannedPlayer], list[PlannedPTO], dic
     for cohort in scenario.cohorts:
         ids = _cohort_members(cohort)
         groups[cohort.prefix] = ids
-        money = draw(cohort.usd_obbba, setup, cohort.count)
-        tau = np.clip(draw(cohort.tau_k, setup, cohort.count), 0.0, 100.0)
+        # The loader checked every distribution against its limit (scenario.within):
+        # these draws are in range by construction, nothing is clipped here.
+        money = draw_settled(cohort.usd_obbba, setup, cohort.count, L.BALANCE)
+        tau = draw_settled(cohort.tau_k, setup, cohort.count, L.TAU_K)
         freq = (
-            np.clip(draw(cohort.resonance_freq, setup, cohort.count), 0.0, 100.0)
+            draw_settled(cohort.resonance_freq, setup, cohort.count, L.RESONANCE_FREQ)
             if cohort.resonance_freq is not None
             else [None] * cohort.count
         )
         players.extend(
-            PlannedPlayer(pid, _money(m), float(t), None if f is None else float(f))
-            for pid, m, t, f in zip(ids, money, tau, freq, strict=True)
+            PlannedPlayer(pid, m, t, f) for pid, m, t, f in zip(ids, money, tau, freq, strict=True)
         )
     ticks_per_hour = 1.0 / scenario.clock.tick_hours
     ptos = [
@@ -152,11 +155,11 @@ def plan(scenario: Scenario) -> tuple[list[PlannedPlayer], list[PlannedPTO], dic
         for name in creators_spec:
             pool.extend(groups.get(name, [name]))
         creators = setup.choice(np.asarray(pool, dtype=object), n)
-        atu = draw(pc.atu_required, setup, n)
-        offered = draw(pc.pts_offered, setup, n)
-        price = draw(pc.price_per_pts, setup, n)
-        deadline = draw(pc.funding_deadline_hours, setup, n)
-        launch = draw(pc.launch_at, setup, n)
+        atu = draw_settled(pc.atu_required, setup, n, L.ATU_REQUIRED)
+        offered = draw_settled(pc.pts_offered, setup, n, L.PTS_OFFERED)
+        price = draw_settled(pc.price_per_pts, setup, n, L.PRICE_PER_PTS)
+        deadline = draw_settled(pc.funding_deadline_hours, setup, n, L.FUNDING_DEADLINE_HOURS)
+        launch = draw_settled(pc.launch_at, setup, n, L.HOUR_OFFSET)
         for k in range(n):
             pto_id = cohort_id(pc.prefix, k + 1, n)
             ptos.append(
@@ -164,11 +167,11 @@ def plan(scenario: Scenario) -> tuple[list[PlannedPlayer], list[PlannedPTO], dic
                     pto_id,
                     f"{pc.prefix.replace('_', ' ').title()} {k + 1}",
                     str(creators[k]),
-                    max(0, int(atu[k])),
-                    max(1, int(offered[k])),
-                    max(Decimal("0.01"), _money(price[k])),
-                    max(1.0, float(deadline[k])),
-                    int(max(0.0, float(launch[k])) * ticks_per_hour),
+                    atu[k],
+                    offered[k],
+                    price[k],
+                    deadline[k],
+                    int(launch[k] * ticks_per_hour),
                     None,
                 )
             )
@@ -339,7 +342,7 @@ class Runner:
             if not len(chosen):
                 continue
             picks = self.rng.integers(0, len(funding), len(chosen))
-            hours = draw(rule.hours, self.rng, len(chosen))
+            hours = draw_settled(rule.hours, self.rng, len(chosen), L.PTS_HOURS)
             for index, pick, want in zip(chosen, picks, hours, strict=True):
                 player_id = candidates[int(index)]
                 pto = e.peek_pto(funding[int(pick)])
@@ -348,7 +351,7 @@ class Runner:
                 cap = max(1, int(pto.pts_offered * rule.max_share))
                 left = pto.pts_offered - pto.pts_sold
                 affordable = e.peek_player(player_id).usd_obbba_balance // pto.price_per_pts
-                n = min(int(want), cap, left, affordable)
+                n = min(want, cap, left, affordable)
                 if n >= 1:
                     await self._attempt("buy", e.buy_pts(player_id, pto.pto_id, n))
 
@@ -368,13 +371,13 @@ class Runner:
             if not holders:
                 continue
             chosen = np.flatnonzero(self.rng.random(len(holders)) < rule.probability)
-            wants = draw(rule.hours, self.rng, len(chosen))
+            wants = draw_settled(rule.hours, self.rng, len(chosen), L.PLAY_HOURS)
             batches: dict[str, list[tuple[str, float]]] = {}
             for index, want in zip(chosen, wants, strict=True):
                 player_id = holders[int(index)]
                 options = sorted(left[player_id])
                 pto_id = options[int(self.rng.integers(0, len(options)))]
-                hours = round(min(float(want), left[player_id][pto_id]), 2)
+                hours = round(min(want, left[player_id][pto_id]), 2)
                 if hours > 0:
                     batches.setdefault(pto_id, []).append((player_id, hours))
             for pto_id in sorted(batches):
@@ -393,10 +396,10 @@ class Runner:
         if not building:
             return
         go = self.rng.random(len(building)) < rule.probability
-        units = draw(rule.atu_per_tick, self.rng, len(building))
+        units = draw_settled(rule.atu_per_tick, self.rng, len(building), L.ATU_UNITS)
         for pto_id, yes, n in zip(building, go, units, strict=True):
-            if yes and int(n) >= 1:
-                await self._attempt("spend_atu", e.spend_atu(pto_id, int(n)))
+            if yes:
+                await self._attempt("spend_atu", e.spend_atu(pto_id, n))
 
     async def tick(self, tick: int) -> None:
         if tick:

@@ -2,23 +2,31 @@
 
 The YAML is composed with PyYAML's safe loader (no arbitrary tags, no code), its
 node tree is turned into plain data while remembering each key's line, and the
-data is validated by pydantic models that forbid unknown keys. Cross-references
-(a PTO's creator, a scripted event's player) are checked after. The reference is
-``scenarios/README.md``.
+data is validated by pydantic models that forbid unknown keys (suggesting the closest
+known one). Every number is held to its limit in ``limits`` (the table the engine uses
+too); a key that takes a distribution is checked with ``within(limit)`` so that every
+value it can draw, once ``settle``d, is inside the limit: the runner never clamps.
+Cross-references (a PTO's creator, a scripted event's player) are checked after. The
+reference is ``scenarios/README.md``.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,7 +35,11 @@ from pydantic import (
     model_validator,
 )
 
+from . import limits as L
 from .errors import InvalidInput
+from .ids import check_file_name, check_id
+from .limits import Limit
+from .money import to_cents
 
 MAX_NODES = 200_000  # after alias expansion: a "billion laughs" file stops here
 MAX_DEPTH = 40
@@ -168,8 +180,22 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# Plain values: one pydantic constraint per limit (``limits.Limit.field``).
 Number = Annotated[float, Field(allow_inf_nan=False)]
 NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def _whole_cents(value: float) -> float:
+    """Money is exact: a constant with a fraction of a cent is refused, as the engine does."""
+    try:
+        to_cents(value)
+    except InvalidInput:
+        raise ValueError("must be whole cents (at most two decimals)") from None
+    return value
+
+
+PlayerId = Annotated[str, AfterValidator(partial(check_id, what="player id"))]
+PtoId = Annotated[str, AfterValidator(partial(check_file_name, what="PTO id"))]
 
 
 class Uniform(_Model):
@@ -185,11 +211,19 @@ class Uniform(_Model):
 
 
 class Normal(_Model):
+    """A normal draw clipped to [min, max]; an omitted end is the field's own limit."""
+
     dist: Literal["normal"]
     mean: Number
     sd: NonNeg
     min: Number | None = None
     max: Number | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Normal:
+        if self.min is not None and self.max is not None and self.max < self.min:
+            raise ValueError("max must be ≥ min")
+        return self
 
 
 class Choice(_Model):
@@ -201,25 +235,133 @@ Distribution = Annotated[Uniform | Normal | Choice, Field(discriminator="dist")]
 Value = Number | Distribution
 
 
-def draw(value: Value, rng: np.random.Generator, size: int | None = None) -> Any:
-    """Draw from a constant or a distribution."""
+def settle(limit: Limit, value: float) -> Any:
+    """A drawn float as the field's value: money rounded to the cent (a ``Decimal``), whole
+    numbers rounded down (an ``int``), anything else as it is (a ``float``)."""
+    if limit.money:
+        return Decimal(str(round(float(value), 2)))
+    if limit.integer:
+        return math.floor(value)
+    return float(value)
+
+
+def _exact(limit: Limit, value: float, what: str = "") -> None:
+    """A constant (or a choice's value) is taken as written: it must be inside the limit
+    and already whole (a whole number, or whole cents for money)."""
+    if not limit.contains(value):
+        raise ValueError(f"{what}must be {limit.describe()}")
+    if limit.integer and not float(value).is_integer():
+        raise ValueError(f"{what}must be a whole number")
+    if limit.money:
+        _whole_cents(value)
+
+
+def support(value: Value, limit: Limit) -> tuple[Any, Any]:
+    """The smallest and largest value a field can take once drawn and settled."""
+    if isinstance(value, int | float):
+        return settle(limit, value), settle(limit, value)
+    if isinstance(value, Uniform):
+        return settle(limit, value.low), settle(limit, value.high)
+    if isinstance(value, Normal):
+        low = limit.min if value.min is None else value.min
+        high = limit.max if value.max is None else value.max
+        return settle(limit, low), settle(limit, high)
+    settled = [settle(limit, v) for v in value.values]
+    return min(settled), max(settled)
+
+
+def within(limit: Limit) -> AfterValidator:
+    """A validator for ``Value`` fields: every value the field can draw lies in ``limit``.
+
+    This is what makes an out-of-range draw impossible by construction: a uniform's
+    ``low`` and ``high`` (as settled: rounded to the cent or down to a whole number), a
+    normal's ``mean`` and its clip ends ``min``/``max``, and every ``choice`` value must
+    lie inside the limit. A normal is clipped to [min, max] by definition; an end left
+    out is the limit's own, which is refused where the limit excludes it (``> 0``)."""
+
+    def check(value: Value) -> Value:
+        if isinstance(value, int | float):
+            _exact(limit, value)
+        elif isinstance(value, Uniform):
+            for end in ("low", "high"):
+                raw = getattr(value, end)
+                if not limit.contains(settle(limit, raw)):
+                    raise ValueError(
+                        f"uniform {end} {raw!r} draws values outside the limit: "
+                        f"{limit.name} must be {limit.describe()}" + _settled_note(limit, raw)
+                    )
+        elif isinstance(value, Normal):
+            if not limit.contains(value.mean):
+                raise ValueError(
+                    f"normal mean {value.mean!r} is outside the limit: "
+                    f"{limit.name} must be {limit.describe()}"
+                )
+            for end, given, exclusive in (
+                ("min", value.min, limit.min_exclusive),
+                ("max", value.max, limit.max_exclusive),
+            ):
+                if given is None:
+                    if exclusive:
+                        raise ValueError(
+                            f"normal needs an explicit {end}: its draws are unbounded and "
+                            f"{limit.name} must be {limit.describe()}"
+                        )
+                elif not limit.contains(settle(limit, given)):
+                    raise ValueError(
+                        f"normal {end} {given!r} is outside the limit: "
+                        f"{limit.name} must be {limit.describe()}" + _settled_note(limit, given)
+                    )
+        else:
+            for i, item in enumerate(value.values):
+                _exact(limit, item, f"choice value {item!r} ({i + 1} of {len(value.values)}) ")
+        return value
+
+    return AfterValidator(check)
+
+
+def _settled_note(limit: Limit, raw: float) -> str:
+    settled = settle(limit, raw)
+    if settled != raw:
+        return f" (a draw of {raw!r} becomes {settled}: rounded {_ROUNDING[limit.money]})"
+    return ""
+
+
+_ROUNDING = {True: "to the cent", False: "down to a whole number"}
+
+
+def draw(value: Value, rng: np.random.Generator, size: int | None, limit: Limit) -> Any:
+    """Raw draws (floats) from a constant or a distribution validated ``within(limit)``.
+
+    A normal is clipped to its [min, max], the limit's ends where not given: that clip is
+    part of the distribution's definition, and ``within`` has made sure it lies inside
+    the limit. ``settle`` turns a draw into the field's value."""
     if isinstance(value, int | float):
         return np.full(size, float(value)) if size is not None else float(value)
     if isinstance(value, Uniform):
         return rng.uniform(value.low, value.high, size)
     if isinstance(value, Normal):
         out = rng.normal(value.mean, value.sd, size)
-        low = -np.inf if value.min is None else value.min
-        high = np.inf if value.max is None else value.max
+        low = limit.min if value.min is None else value.min
+        high = limit.max if value.max is None else value.max
         return np.clip(out, low, high)
     return rng.choice(np.asarray(value.values, dtype=float), size)
 
 
+def draw_settled(value: Value, rng: np.random.Generator, size: int, limit: Limit) -> list[Any]:
+    """``size`` draws settled into field values, each checked against ``limit`` (a draw
+    outside it would be a bug in ``within``, never the scenario's fault)."""
+    out = [settle(limit, x) for x in draw(value, rng, size, limit)]
+    for item in out:
+        if not limit.contains(item):
+            raise AssertionError(f"{limit.name}: drew {item!r}, outside {limit.describe()}")
+    return out
+
+
 class Clock(_Model):
     start: datetime = datetime(2025, 12, 12, tzinfo=UTC)
-    tick_hours: Annotated[float, Field(gt=0, le=24 * 365, allow_inf_nan=False)] = 1.0
-    ticks: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    duration_hours: Annotated[float, Field(gt=0, le=1e7, allow_inf_nan=False)] | None = None
+    tick_hours: Annotated[float, L.TICK_HOURS.field()] = 1.0
+    ticks: Annotated[int, L.TICKS.field()] | None = None
+    duration_hours: Annotated[float, L.DURATION_HOURS.field()] | None = None
 
     @field_validator("start", mode="before")
     @classmethod
@@ -237,6 +379,11 @@ class Clock(_Model):
     def _length(self) -> Clock:
         if (self.ticks is None) == (self.duration_hours is None):
             raise ValueError("give exactly one of ticks or duration_hours")
+        if not L.TICKS.contains(self.total_ticks):
+            raise ValueError(
+                f"duration_hours / tick_hours makes {self.total_ticks} ticks; "
+                f"ticks must be {L.TICKS.describe()}"
+            )
         return self
 
     @property
@@ -248,79 +395,113 @@ class Clock(_Model):
 
 
 class World(_Model):
-    size: Annotated[int, Field(ge=2, le=1024)] = 64
-    coupling: NonNeg = 1.0
-    dt: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 0.1
-    steps_per_hour: Annotated[int, Field(ge=1, le=1000)] = 4
-    omega_mean: Number = 1.0
-    omega_spread: NonNeg = 0.1
-    player_coupling: NonNeg = 0.2
-    feedback: NonNeg = 0.02
-    amplification: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] = 100.0
-
-
-Id = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
-Money = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
+    size: Annotated[int, L.WORLD_SIZE.field()] = 64
+    coupling: Annotated[float, L.COUPLING.field()] = 1.0
+    dt: Annotated[float, L.DT.field()] = 0.1
+    steps_per_hour: Annotated[int, L.STEPS_PER_HOUR.field()] = 4
+    omega_mean: Annotated[float, L.OMEGA_MEAN.field()] = 1.0
+    omega_spread: Annotated[float, L.OMEGA_SPREAD.field()] = 0.1
+    player_coupling: Annotated[float, L.PLAYER_COUPLING.field()] = 0.2
+    feedback: Annotated[float, L.FEEDBACK.field()] = 0.02
+    amplification: Annotated[float, L.AMPLIFICATION.field()] = 100.0
 
 
 class PlayerSpec(_Model):
-    id: Id
-    usd_obbba: Money = 0.0
-    tau_k: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 1.0
-    resonance_freq: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] | None = None
+    id: PlayerId
+    usd_obbba: Annotated[float, L.BALANCE.field(), AfterValidator(_whole_cents)] = 0.0
+    tau_k: Annotated[float, L.TAU_K.field()] = 1.0
+    resonance_freq: Annotated[float, L.RESONANCE_FREQ.field()] | None = None
+
+
+def _fits(prefix: str, count: int) -> None:
+    longest = cohort_id(prefix, count, count)
+    if not L.ID_LENGTH.contains(len(longest)):
+        raise ValueError(
+            f"generated ids like {longest!r} are {len(longest)} characters; "
+            f"ids are at most {L.ID_LENGTH.max}: shorten the prefix"
+        )
 
 
 class Cohort(_Model):
-    prefix: Id
-    count: Annotated[int, Field(ge=1, le=1_000_000)]
-    usd_obbba: Value = 1000.0
-    tau_k: Value = 1.0
-    resonance_freq: Value | None = None
+    prefix: PlayerId
+    count: Annotated[int, L.PLAYER_COHORT_COUNT.field()]
+    usd_obbba: Annotated[Value, within(L.BALANCE)] = 1000.0
+    tau_k: Annotated[Value, within(L.TAU_K)] = 1.0
+    resonance_freq: Annotated[Value, within(L.RESONANCE_FREQ)] | None = None
+
+    @model_validator(mode="after")
+    def _ids_fit(self) -> Cohort:
+        _fits(self.prefix, self.count)
+        return self
+
+
+def _goal_fits(offered: int, price: Any) -> None:
+    if offered * to_cents(price) > L.MAX_CENTS:
+        raise ValueError(
+            f"pts_offered × price_per_pts can reach {offered} × {price}, beyond the money "
+            f"limit of {L.MAX_MONEY}"
+        )
 
 
 class PTOSpec(_Model):
-    id: Id
-    game_name: Annotated[str, Field(min_length=1, max_length=200)]
-    creator: Id
-    atu_required: Annotated[int, Field(ge=0, le=10**12)]
-    pts_offered: Annotated[int, Field(ge=1, le=10**9)]
-    price_per_pts: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)]
-    funding_deadline_hours: Annotated[float, Field(gt=0, le=1e7, allow_inf_nan=False)]
-    launch_at: NonNeg = 0.0
-    amplification: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
-    description: Annotated[str, Field(max_length=10_000)] = ""
+    id: PtoId
+    game_name: Annotated[str, L.GAME_NAME.length_field()]
+    creator: PlayerId
+    atu_required: Annotated[int, L.ATU_REQUIRED.field()]
+    pts_offered: Annotated[int, L.PTS_OFFERED.field()]
+    price_per_pts: Annotated[float, L.PRICE_PER_PTS.field(), AfterValidator(_whole_cents)]
+    funding_deadline_hours: Annotated[float, L.FUNDING_DEADLINE_HOURS.field()]
+    launch_at: Annotated[float, L.HOUR_OFFSET.field()] = 0.0
+    amplification: Annotated[float, L.AMPLIFICATION.field()] | None = None
+    description: Annotated[str, L.DESCRIPTION.length_field()] = ""
+
+    @model_validator(mode="after")
+    def _goal(self) -> PTOSpec:
+        _goal_fits(self.pts_offered, self.price_per_pts)
+        return self
 
 
 class PTOCohort(_Model):
-    prefix: Id
-    count: Annotated[int, Field(ge=1, le=100_000)]
-    creators: Id | list[Id] = Field(description="a player cohort prefix, or a list of player ids")
-    atu_required: Value
-    pts_offered: Value
-    price_per_pts: Value
-    funding_deadline_hours: Value
-    launch_at: Value = 0.0
+    prefix: PtoId
+    count: Annotated[int, L.PTO_COHORT_COUNT.field()]
+    creators: PlayerId | list[PlayerId] = Field(
+        description="a player cohort prefix, or a list of player ids"
+    )
+    atu_required: Annotated[Value, within(L.ATU_REQUIRED)]
+    pts_offered: Annotated[Value, within(L.PTS_OFFERED)]
+    price_per_pts: Annotated[Value, within(L.PRICE_PER_PTS)]
+    funding_deadline_hours: Annotated[Value, within(L.FUNDING_DEADLINE_HOURS)]
+    launch_at: Annotated[Value, within(L.HOUR_OFFSET)] = 0.0
+
+    @model_validator(mode="after")
+    def _fit(self) -> PTOCohort:
+        _fits(self.prefix, self.count)
+        _goal_fits(
+            support(self.pts_offered, L.PTS_OFFERED)[1],
+            support(self.price_per_pts, L.PRICE_PER_PTS)[1],
+        )
+        return self
 
 
-Who = Literal["all"] | Id | list[Id]
+Who = Literal["all"] | PlayerId | list[PlayerId]
 
 
 class Investors(_Model):
     who: Who = "all"
-    probability: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-    hours: Value
-    max_share: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    probability: Annotated[float, L.PROBABILITY.field()]
+    hours: Annotated[Value, within(L.PTS_HOURS)]
+    max_share: Annotated[float, L.MAX_SHARE.field()] = 0.5
 
 
 class Players(_Model):
     who: Who = "all"
-    probability: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-    hours: Value
+    probability: Annotated[float, L.PROBABILITY.field()]
+    hours: Annotated[Value, within(L.PLAY_HOURS)]
 
 
 class Creators(_Model):
-    atu_per_tick: Value
-    probability: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 1.0
+    atu_per_tick: Annotated[Value, within(L.ATU_UNITS)]
+    probability: Annotated[float, L.PROBABILITY.field()] = 1.0
 
 
 class Behaviours(_Model):
@@ -330,35 +511,35 @@ class Behaviours(_Model):
 
 
 class BuyEvent(_Model):
-    player: Id
-    pto: Id
-    hours: Annotated[int, Field(ge=1, le=10**9)]
+    player: PlayerId
+    pto: PtoId
+    hours: Annotated[int, L.PTS_HOURS.field()]
 
 
 class PlayEvent(_Model):
-    player: Id
-    pto: Id
-    hours: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+    player: PlayerId
+    pto: PtoId
+    hours: Annotated[float, L.PLAY_HOURS.field()]
 
 
 class TransferEvent(_Model):
-    from_: Id = Field(alias="from")
-    to: Id
-    amount: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
+    from_: PlayerId = Field(alias="from")
+    to: PlayerId
+    amount: Annotated[float, L.AMOUNT.field(), AfterValidator(_whole_cents)]
 
 
 class SpendAtuEvent(_Model):
-    pto: Id
-    units: Annotated[int, Field(ge=1, le=10**12)]
+    pto: PtoId
+    units: Annotated[int, L.ATU_UNITS.field()]
 
 
 class DepositEvent(_Model):
-    player: Id
-    amount: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False)]
+    player: PlayerId
+    amount: Annotated[float, L.AMOUNT.field(), AfterValidator(_whole_cents)]
 
 
 class ScriptedEvent(_Model):
-    at: NonNeg = Field(description="hours after the start")
+    at: Annotated[float, L.HOUR_OFFSET.field(description="hours after the start")]
     buy: BuyEvent | None = None
     play: PlayEvent | None = None
     transfer: TransferEvent | None = None
@@ -385,11 +566,11 @@ class ScriptedEvent(_Model):
 
 
 class Scenario(_Model):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    seed: Annotated[int, Field(ge=0, le=2**63 - 1)]
-    description: str = ""
+    name: Annotated[str, L.SCENARIO_NAME.length_field()]
+    seed: Annotated[int, L.SEED.field()]
+    description: Annotated[str, L.DESCRIPTION.length_field()] = ""
     clock: Clock
-    checkpoint_every: Annotated[int, Field(ge=1, le=1_000_000)] = 10
+    checkpoint_every: Annotated[int, L.CHECKPOINT_EVERY.field()] = 10
     world: World = World()
     players: list[PlayerSpec] = []
     cohorts: list[Cohort] = []
@@ -486,7 +667,9 @@ def _explain(exc: ValidationError, source: str, lines: Mapping[Path_, int]) -> l
         branch = next((p for p in loc if isinstance(p, str) and p.startswith(_BRANCHES)), None)
         path = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(_BRANCHES)))
         path = tuple("from" if p == "from_" else p for p in path)
-        message = _HINTS.get(error["type"], error["msg"])
+        message = _HINTS.get(error["type"], error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden" and path and isinstance(path[-1], str):
+            message = _did_you_mean(loc, path[-1]) or message
         if error["type"] not in _HINTS and not isinstance(error.get("input"), dict | list):
             message += f" (got {error.get('input')!r})"
         # Prefer a distribution's own complaint over "should be a number".
@@ -495,7 +678,47 @@ def _explain(exc: ValidationError, source: str, lines: Mapping[Path_, int]) -> l
             order.append(path)
         if path not in best or rank < best[path][0]:
             best[path] = (rank, message)
+    # A mapping where a number or a distribution goes: the distribution's complaints
+    # about its own keys say more than "should be a number" about the whole.
+    order = [
+        path
+        for path in order
+        if best[path][0] < 2
+        or not any(len(other) > len(path) and other[: len(path)] == path for other in order)
+    ]
     return [_where(source, lines, path) + f": {best[path][1]}" for path in order]
+
+
+def _did_you_mean(loc: Sequence[str | int], key: str) -> str | None:
+    """``unknown key; did you mean `price_per_pts`?`` when a known key is close enough."""
+    close = difflib.get_close_matches(key, sorted(_known_keys(loc[:-1])), n=1, cutoff=0.7)
+    return f"unknown key; did you mean `{close[0]}`?" if close else None
+
+
+def _known_keys(loc: Sequence[str | int]) -> set[str]:
+    """The keys the mapping at ``loc`` takes: follow the models' fields down the path (a
+    tagged union's branch appears in ``loc`` by its tag, which names its model)."""
+    models: list[type[BaseModel]] = [Scenario]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = [
+            info
+            for m in models
+            for name, info in m.model_fields.items()
+            if part in (name, info.alias)
+        ]
+        if fields:
+            models = [m for info in fields for m in _models_in(info.annotation)]
+        else:  # a union's branch: keep the model it names, if any
+            models = [m for m in models if m.__name__.lower() == part.lower()] or models
+    return {info.alias or name for m in models for name, info in m.model_fields.items()}
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
 def _split_key(key: str) -> list[str | int]:

@@ -1,0 +1,655 @@
+"""One table of limits: the scenario loader, the runner's draws and the engine all keep to it.
+
+Each limited scenario key has one line in ``TEMPLATE`` (marked with its key); the tests
+put values inside and outside its limit on that line and expect the loader to accept or
+to refuse naming the file, line and key. The engine is probed with the same values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError, create_model
+
+from ublox_sim import limits as L
+from ublox_sim.clock import SimClock
+from ublox_sim.engine import Engine
+from ublox_sim.errors import InvalidInput, UbloxError
+from ublox_sim.limits import Limit
+from ublox_sim.scenario import (
+    ScenarioError,
+    draw_settled,
+    parse_scenario,
+    settle,
+)
+from ublox_sim.world import WorldParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A valid scenario in which every limited key sits on a line of its own, marked
+# "#= key" so the tests can find it. Values are chosen so that changing one key alone
+# cannot break a cross-check (pts_offered 1 and price 0.01 keep any funding goal small;
+# the cohort count is not referred to anywhere).
+TEMPLATE = """\
+name: limits
+seed: 1  #= seed
+clock:
+  ticks: 4  #= clock.ticks
+  tick_hours: 1  #= clock.tick_hours
+checkpoint_every: 2  #= checkpoint_every
+world:
+  size: 8  #= world.size
+  coupling: 1.0  #= world.coupling
+  dt: 0.1  #= world.dt
+  steps_per_hour: 4  #= world.steps_per_hour
+  omega_mean: 1.0  #= world.omega_mean
+  omega_spread: 0.1  #= world.omega_spread
+  player_coupling: 0.2  #= world.player_coupling
+  feedback: 0.02  #= world.feedback
+  amplification: 100  #= world.amplification
+players:
+  - id: alice
+    usd_obbba: 100  #= players[0].usd_obbba
+    tau_k: 1.0  #= players[0].tau_k
+    resonance_freq: 1.0  #= players[0].resonance_freq
+  - id: bob
+cohorts:
+  - prefix: fan
+    count: 3  #= cohorts[0].count
+    usd_obbba: 10  #= cohorts[0].usd_obbba
+    tau_k: 1.0  #= cohorts[0].tau_k
+    resonance_freq: 1.0  #= cohorts[0].resonance_freq
+ptos:
+  - id: g1
+    game_name: Game One
+    creator: alice
+    atu_required: 10  #= ptos[0].atu_required
+    pts_offered: 1  #= ptos[0].pts_offered
+    price_per_pts: 0.01  #= ptos[0].price_per_pts
+    funding_deadline_hours: 3  #= ptos[0].funding_deadline_hours
+    launch_at: 0  #= ptos[0].launch_at
+    amplification: 100  #= ptos[0].amplification
+pto_cohorts:
+  - prefix: pc
+    creators: fan
+    count: 2  #= pto_cohorts[0].count
+    atu_required: 10  #= pto_cohorts[0].atu_required
+    pts_offered: 1  #= pto_cohorts[0].pts_offered
+    price_per_pts: 0.01  #= pto_cohorts[0].price_per_pts
+    funding_deadline_hours: 3  #= pto_cohorts[0].funding_deadline_hours
+    launch_at: 0  #= pto_cohorts[0].launch_at
+behaviours:
+  investors:
+    - who: all
+      probability: 0.5  #= behaviours.investors[0].probability
+      hours: 2  #= behaviours.investors[0].hours
+      max_share: 0.5  #= behaviours.investors[0].max_share
+  players:
+    - who: all
+      probability: 0.5  #= behaviours.players[0].probability
+      hours: 1  #= behaviours.players[0].hours
+  creators:
+    atu_per_tick: 5  #= behaviours.creators.atu_per_tick
+    probability: 1.0  #= behaviours.creators.probability
+events:
+  - at: 0
+    buy:
+      player: bob
+      pto: g1
+      hours: 1  #= events[0].buy.hours
+  - at: 0
+    play:
+      player: bob
+      pto: g1
+      hours: 1  #= events[1].play.hours
+  - at: 0
+    deposit:
+      player: bob
+      amount: 10  #= events[2].deposit.amount
+  - at: 0
+    transfer:
+      from: bob
+      to: alice
+      amount: 1  #= events[3].transfer.amount
+  - at: 0
+    spend_atu:
+      pto: g1
+      units: 1  #= events[4].spend_atu.units
+"""
+LINES = TEMPLATE.splitlines()
+LINE_OF = {
+    line.split("#= ")[1]: number for number, line in enumerate(LINES, start=1) if "#= " in line
+}
+
+# Each limited key and its limit: what the loader must enforce there.
+FIELDS: dict[str, Limit] = {
+    "seed": L.SEED,
+    "clock.ticks": L.TICKS,
+    "clock.tick_hours": L.TICK_HOURS,
+    "checkpoint_every": L.CHECKPOINT_EVERY,
+    **{
+        f"world.{name}": L.WORLD[name]
+        for name in (
+            "size",
+            "coupling",
+            "dt",
+            "steps_per_hour",
+            "omega_mean",
+            "omega_spread",
+            "player_coupling",
+            "feedback",
+            "amplification",
+        )
+    },
+    "players[0].usd_obbba": L.BALANCE,
+    "players[0].tau_k": L.TAU_K,
+    "players[0].resonance_freq": L.RESONANCE_FREQ,
+    "cohorts[0].count": L.PLAYER_COHORT_COUNT,
+    "cohorts[0].usd_obbba": L.BALANCE,
+    "cohorts[0].tau_k": L.TAU_K,
+    "cohorts[0].resonance_freq": L.RESONANCE_FREQ,
+    "ptos[0].atu_required": L.ATU_REQUIRED,
+    "ptos[0].pts_offered": L.PTS_OFFERED,
+    "ptos[0].price_per_pts": L.PRICE_PER_PTS,
+    "ptos[0].funding_deadline_hours": L.FUNDING_DEADLINE_HOURS,
+    "ptos[0].launch_at": L.HOUR_OFFSET,
+    "ptos[0].amplification": L.AMPLIFICATION,
+    "pto_cohorts[0].count": L.PTO_COHORT_COUNT,
+    "pto_cohorts[0].atu_required": L.ATU_REQUIRED,
+    "pto_cohorts[0].pts_offered": L.PTS_OFFERED,
+    "pto_cohorts[0].price_per_pts": L.PRICE_PER_PTS,
+    "pto_cohorts[0].funding_deadline_hours": L.FUNDING_DEADLINE_HOURS,
+    "pto_cohorts[0].launch_at": L.HOUR_OFFSET,
+    "behaviours.investors[0].probability": L.PROBABILITY,
+    "behaviours.investors[0].hours": L.PTS_HOURS,
+    "behaviours.investors[0].max_share": L.MAX_SHARE,
+    "behaviours.players[0].probability": L.PROBABILITY,
+    "behaviours.players[0].hours": L.PLAY_HOURS,
+    "behaviours.creators.atu_per_tick": L.ATU_UNITS,
+    "behaviours.creators.probability": L.PROBABILITY,
+    "events[0].buy.hours": L.PTS_HOURS,
+    "events[1].play.hours": L.PLAY_HOURS,
+    "events[2].deposit.amount": L.AMOUNT,
+    "events[3].transfer.amount": L.AMOUNT,
+    "events[4].spend_atu.units": L.ATU_UNITS,
+}
+# Keys that take a number or a distribution.
+DISTRIBUTED = [
+    key
+    for key in FIELDS
+    if key.startswith(("cohorts[0].", "pto_cohorts[0].", "behaviours."))
+    and not key.endswith((".count", ".probability", ".max_share"))
+]
+
+
+def yaml_number(value: float | int | Decimal) -> str:
+    """A YAML 1.1 number PyYAML reads back exactly (it needs a dot before an exponent)."""
+    if isinstance(value, int | Decimal):
+        return str(value)
+    if math.isnan(value):
+        return ".nan"
+    if math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
+    text = repr(value)
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
+def with_value(key: str, value: str) -> str:
+    lines = list(LINES)
+    number = LINE_OF[key]
+    head = lines[number - 1].split(":")[0]
+    lines[number - 1] = f"{head}: {value}"
+    return "\n".join(lines) + "\n"
+
+
+def problems_of(text: str) -> list[str] | None:
+    try:
+        parse_scenario(text, "s.yaml")
+    except ScenarioError as exc:
+        return exc.problems
+    return None
+
+
+def assert_refused_at(key: str, text: str) -> str:
+    problems = problems_of(text)
+    assert problems is not None, f"{key}: accepted {text.splitlines()[LINE_OF[key] - 1]!r}"
+    prefix = f"s.yaml:{LINE_OF[key]}: {key}:"
+    assert len(problems) == 1 and problems[0].startswith(prefix), problems
+    return problems[0]
+
+
+def inside(limit: Limit) -> st.SearchStrategy[Any]:
+    """Values a scenario may write for a key with this limit (as written: whole numbers
+    for integer limits, whole cents for money)."""
+    if limit.integer:
+        return st.integers(int(limit.min), int(limit.max))
+    if limit.money:
+        low = int(limit.min * 100) + (1 if limit.min_exclusive else 0)
+        return st.integers(low, int(limit.max * 100)).map(lambda c: float(Decimal(c).scaleb(-2)))
+    return st.floats(
+        limit.min,
+        limit.max,
+        exclude_min=limit.min_exclusive,
+        exclude_max=limit.max_exclusive,
+        allow_nan=False,
+    )
+
+
+def outside(limit: Limit) -> st.SearchStrategy[Any]:
+    """Values beyond either end (or at an excluded end), and the non-finite ones."""
+    if limit.integer:
+        return st.integers(max_value=int(limit.min) - 1) | st.integers(min_value=int(limit.max) + 1)
+    below = st.floats(max_value=limit.min, exclude_max=not limit.min_exclusive, allow_nan=False)
+    above = st.floats(min_value=limit.max, exclude_min=not limit.max_exclusive, allow_nan=False)
+    return below | above | st.just(math.nan)
+
+
+def test_the_template_is_valid_and_marks_every_field() -> None:
+    assert problems_of(TEMPLATE) is None
+    assert sorted(FIELDS) == sorted(LINE_OF)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_value_inside_the_limits_loads(data: st.DataObject) -> None:
+    key = data.draw(st.sampled_from(sorted(FIELDS)), label="key")
+    value = data.draw(inside(FIELDS[key]), label="value")
+    text = with_value(key, yaml_number(value))
+    assert problems_of(text) is None, (key, value, problems_of(text))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_value_outside_the_limits_is_refused_naming_the_key(data: st.DataObject) -> None:
+    key = data.draw(st.sampled_from(sorted(FIELDS)), label="key")
+    value = data.draw(outside(FIELDS[key]), label="value")
+    assert_refused_at(key, with_value(key, yaml_number(value)))
+
+
+def distribution(limit: Limit, ends: st.SearchStrategy[Any]) -> st.SearchStrategy[str]:
+    """A distribution (as YAML flow text) whose parameters come from ``ends``."""
+
+    def uniform(pair: tuple[Any, Any]) -> str:
+        low, high = sorted(pair)
+        return f"{{dist: uniform, low: {yaml_number(low)}, high: {yaml_number(high)}}}"
+
+    def normal(triple: tuple[Any, Any, Any]) -> str:
+        low, mean, high = sorted(triple)
+        return (
+            f"{{dist: normal, mean: {yaml_number(mean)}, sd: 1.0,"
+            f" min: {yaml_number(low)}, max: {yaml_number(high)}}}"
+        )
+
+    def choice(values: list[Any]) -> str:
+        return "{dist: choice, values: [" + ", ".join(map(yaml_number, values)) + "]}"
+
+    return st.one_of(
+        st.tuples(ends, ends).map(uniform),
+        st.tuples(ends, ends, ends).map(normal),
+        st.lists(ends, min_size=1, max_size=4).map(choice),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_distribution_that_loads_only_draws_values_inside_the_limits(
+    data: st.DataObject,
+) -> None:
+    """Any distribution the loader accepts draws (and settles) inside the limit, so the
+    runner never needs to clip; one with a parameter outside is refused naming the key."""
+    key = data.draw(st.sampled_from(DISTRIBUTED), label="key")
+    limit = FIELDS[key]
+    text = data.draw(distribution(limit, inside(limit)), label="distribution")
+    loaded = parse_scenario(with_value(key, text), "s.yaml").scenario
+    value: Any = loaded
+    for part in re.findall(r"[a-z_]+|\d+", key):
+        value = value[int(part)] if part.isdigit() else getattr(value, part)
+    seed = data.draw(st.integers(0, 2**32), label="seed")
+    draws = draw_settled(value, np.random.default_rng(seed), 200, limit)
+    assert all(limit.contains(d) for d in draws)
+
+    bad = data.draw(distribution(limit, inside(limit) | outside(limit)), label="mixed")
+    problems = problems_of(with_value(key, bad))
+    if problems is not None:
+        assert problems[0].startswith(f"s.yaml:{LINE_OF[key]}: {key}"), problems
+
+
+@pytest.mark.parametrize("key", DISTRIBUTED)
+def test_a_distribution_reaching_outside_the_limits_is_refused(key: str) -> None:
+    limit = FIELDS[key]
+    low = yaml_number(limit.min - 1)
+    mid = yaml_number(limit.min + 1 if limit.integer else (limit.min + limit.max) / 2)
+    high = yaml_number(limit.max * 2)
+    for text in (
+        f"{{dist: uniform, low: {low}, high: {mid}}}",
+        f"{{dist: uniform, low: {mid}, high: {high}}}",
+        f"{{dist: normal, mean: {mid}, sd: 1.0, min: {low}}}",
+        f"{{dist: normal, mean: {high}, sd: 1.0}}",
+        f"{{dist: choice, values: [{mid}, {high}]}}",
+    ):
+        assert_refused_at(key, with_value(key, text))
+
+
+def test_a_normal_without_min_needs_one_where_the_limit_excludes_its_end() -> None:
+    key = "pto_cohorts[0].funding_deadline_hours"
+    problem = assert_refused_at(key, with_value(key, "{dist: normal, mean: 5.0, sd: 1.0}"))
+    assert "explicit min" in problem
+    assert problems_of(with_value(key, "{dist: normal, mean: 5.0, sd: 1.0, min: 1.0}")) is None
+
+
+def test_a_normal_without_ends_is_clipped_to_the_limits() -> None:
+    """Documented: an omitted min/max is the limit's own end (here 0 and 100)."""
+    key = "cohorts[0].tau_k"
+    loaded = parse_scenario(with_value(key, "{dist: normal, mean: 1.0, sd: 500.0}"), "s.yaml")
+    tau = loaded.scenario.cohorts[0].tau_k
+    draws = draw_settled(tau, np.random.default_rng(7), 1000, L.TAU_K)
+    assert min(draws) == 0.0 and max(draws) == 100.0
+
+
+def test_draws_are_settled_as_documented() -> None:
+    assert settle(L.PRICE_PER_PTS, 0.126) == Decimal("0.13")
+    assert settle(L.PTS_OFFERED, 7.99) == 7
+    assert settle(L.TAU_K, 7.99) == 7.99
+
+
+def test_the_funding_goal_must_fit_the_money_limit() -> None:
+    text = with_value("ptos[0].pts_offered", str(L.PTS_OFFERED.max))
+    lines = text.splitlines()
+    lines[LINE_OF["ptos[0].price_per_pts"] - 1] = f"    price_per_pts: {L.MAX_MONEY}"
+    problems = problems_of("\n".join(lines) + "\n")
+    assert problems is not None
+    assert problems == [
+        f"s.yaml:{LINES.index('  - id: g1') + 1}: ptos[0]: pts_offered × price_per_pts can reach"
+        f" 1000000000 × {float(L.MAX_MONEY)}, beyond the money limit of {L.MAX_MONEY}"
+    ]
+
+
+def test_generated_ids_must_fit_the_id_length() -> None:
+    prefix = "p" * (int(L.ID_LENGTH.max) - len("-0001"))
+    ok = TEMPLATE.replace("prefix: fan", f"prefix: {prefix}").replace(
+        "creators: fan", "creators: alice"
+    )
+    assert problems_of(ok) is None
+    too_long = ok.replace(f"prefix: {prefix}", f"prefix: {prefix}x")
+    problems = problems_of(too_long)
+    assert problems is not None and "shorten the prefix" in problems[0]
+
+
+# -- did you mean ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wrong", "right", "line"),
+    [
+        ("    price_per_pt: 0.01  #= ptos[0].price_per_pts", "price_per_pts", "ptos[0].price_per_pt"),
+        ("  sise: 8  #= world.size", "size", "world.sise"),
+        ("    atu_per_tik: 5  #= behaviours.creators.atu_per_tick", "atu_per_tick", "behaviours.creators.atu_per_tik"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_suggests_the_closest_known_one(wrong: str, right: str, line: str) -> None:
+    key = wrong.split("#= ")[1]
+    lines = list(LINES)
+    lines[LINE_OF[key] - 1] = wrong
+    problems = problems_of("\n".join(lines) + "\n")
+    assert problems is not None
+    assert f"s.yaml:{LINE_OF[key]}: {line}: unknown key; did you mean `{right}`?" in problems
+
+
+def test_an_unknown_key_inside_a_distribution_suggests_its_parameter() -> None:
+    key = "cohorts[0].tau_k"
+    problems = problems_of(with_value(key, "{dist: uniform, low: 1.0, hihg: 2.0}"))
+    assert problems is not None
+    assert any(
+        p.endswith("cohorts[0].tau_k.hihg: unknown key; did you mean `high`?") for p in problems
+    )
+    assert not any("valid number" in p for p in problems)  # the number branch is noise here
+
+
+def test_an_unknown_key_with_nothing_close_gets_no_guess() -> None:
+    problems = problems_of(TEMPLATE + "colour: blue\n")
+    assert problems is not None
+    assert problems[0].endswith(
+        "colour: unknown key; see scenarios/README.md for the keys this section takes"
+    )
+
+
+# -- the engine keeps to the same table ----------------------------------------------------
+
+
+def probes(limit: Limit) -> list[Any]:
+    """Values at and around both ends, and the non-finite ones."""
+    low, high = limit.min, limit.max
+    if limit.integer:
+        return [int(low) - 1, int(low), int(low) + 1, int(high) - 1, int(high), int(high) + 1, 2.5]
+    values = [
+        low,
+        high,
+        math.nextafter(low, -math.inf),
+        math.nextafter(high, math.inf),
+        (low + high) / 2,
+        -1.0,
+        math.nan,
+        math.inf,
+    ]
+    if limit.money:
+        values += [low + 0.01, high - 0.01, 0.005, high + 0.01]
+    return values
+
+
+def loader_refuses(key: str, value: Any) -> bool:
+    return problems_of(with_value(key, yaml_number(value))) is not None
+
+
+async def engine_refuses(engine: Engine, call: Any) -> bool:
+    try:
+        await call
+    except InvalidInput:
+        return True
+    return False
+
+
+# (scenario key, how the engine is handed the same value)
+ENGINE_CALLS: list[tuple[str, str]] = [
+    ("players[0].usd_obbba", "register usd_obbba"),
+    ("players[0].tau_k", "register tau_k"),
+    ("players[0].resonance_freq", "register resonance_freq"),
+    ("ptos[0].atu_required", "launch atu_required"),
+    ("ptos[0].pts_offered", "launch pts_offered"),
+    ("ptos[0].price_per_pts", "launch price_per_pts"),
+    ("ptos[0].amplification", "launch amplification"),
+    ("events[0].buy.hours", "buy"),
+    ("events[1].play.hours", "play"),
+    ("events[2].deposit.amount", "deposit"),
+    ("events[3].transfer.amount", "transfer"),
+    ("events[4].spend_atu.units", "spend_atu"),
+]
+
+
+@pytest.mark.asyncio
+async def test_the_engine_and_the_loader_refuse_the_same_values(tmp_path: Path) -> None:
+    start = datetime(2025, 12, 12, tzinfo=UTC)
+    disagreements: list[tuple[str, Any, bool, bool]] = []
+    async with Engine.open(tmp_path / "home", seed=1, clock=SimClock(start)) as engine:
+        await engine.register_player("rich", usd_obbba=L.MAX_MONEY)
+        await engine.register_player("poor")
+        n = 0
+
+        def fresh() -> str:
+            nonlocal n
+            n += 1
+            return f"x{n}"
+
+        async def launch(**changes: Any) -> Any:
+            args: dict[str, Any] = {
+                "pto_id": fresh(),
+                "game_name": "G",
+                "creator_id": "rich",
+                "atu_required": 1,
+                "pts_offered": 1,
+                "price_per_pts": Decimal("0.01"),
+                "funding_deadline": timedelta(hours=3),
+                **changes,
+            }
+            return await engine.launch_pto(**args)
+
+        for key, how in ENGINE_CALLS:
+            for value in probes(FIELDS[key]):
+                verb, _, name = how.partition(" ")
+                if verb == "register":
+                    call = engine.register_player(fresh(), **{name: value})
+                elif verb == "launch":
+                    call = launch(**{name: value})
+                elif verb == "buy":
+                    call = engine.buy_pts("rich", "nope", value)
+                elif verb == "play":
+                    call = engine.play("rich", "nope", value)
+                elif verb == "deposit":
+                    call = engine.deposit("poor", value)
+                elif verb == "transfer":
+                    call = engine.transfer("poor", "rich", value)
+                else:
+                    call = engine.spend_atu("nope", value)
+                try:
+                    refused = await engine_refuses(engine, call)
+                except UbloxError:  # a refusal (no such PTO) once the value passed
+                    refused = False
+                if refused != loader_refuses(key, value):
+                    disagreements.append((key, value, refused, not refused))
+    assert not disagreements, disagreements
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", sorted(set(L.WORLD) - {"lock_threshold", "lock_steps"}))
+async def test_the_engine_refuses_the_world_params_the_loader_refuses(
+    tmp_path: Path, name: str
+) -> None:
+    limit = L.WORLD[name]
+    for value in probes(limit):
+        if isinstance(value, float) and limit.integer:
+            continue  # WorldParams are typed; a float size is a type error, not a limit
+        by_loader = loader_refuses(f"world.{name}", value)
+        try:
+            async with Engine.open(
+                tmp_path / f"{name}-{value}", world=replace(WorldParams(), **{name: value})
+            ):
+                by_engine = False
+        except InvalidInput:
+            by_engine = True
+        assert by_engine == by_loader, (name, value, by_engine, by_loader)
+
+
+def test_ids_have_one_length_and_alphabet_everywhere() -> None:
+    from ublox_sim.ids import check_file_name, check_id
+
+    longest = "a" * int(L.ID_LENGTH.max)
+    check_id(longest)
+    check_file_name(longest)
+    with pytest.raises(InvalidInput):
+        check_id(longest + "a")
+    text = TEMPLATE.replace("id: bob", f"id: {longest}").replace(
+        "player: bob", f"player: {longest}"
+    )
+    text = text.replace("from: bob", f"from: {longest}")
+    assert problems_of(text) is None
+    problems = problems_of(text.replace(longest, longest + "a"))
+    assert problems is not None and "1 to 128 characters" in problems[0]
+    # A PTO id becomes a file name: the engine's alphabet, "..", in the loader too.
+    problems = problems_of(TEMPLATE.replace("id: g1", "id: g..1").replace("pto: g1", "pto: g..1"))
+    assert problems is not None and "is not allowed" in problems[0]
+
+
+# -- the table itself ------------------------------------------------------------------------
+
+
+def test_limit_check_takes_numbers_and_says_the_bounds() -> None:
+    assert L.TAU_K.check(5) == 5.0
+    assert L.TAU_K.check(Decimal("2.5")) == 2.5
+    for bad in (-0.1, 100.1, math.nan, math.inf, True, "5", None, 10**400, Decimal("sNaN")):
+        with pytest.raises(InvalidInput, match="tau_k must be"):
+            L.TAU_K.check(bad)
+    with pytest.raises(InvalidInput, match="units must be between 1 and 1e12, got 0"):
+        L.ATU_UNITS.check(0)
+    with pytest.raises(InvalidInput, match="whole number"):
+        L.ATU_UNITS.check(3.0)
+    with pytest.raises(InvalidInput, match="hours must be greater than 0 and at most 1e6"):
+        L.PLAY_HOURS.check(0)
+    assert L.POSITION.up_to(8).max == 8
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(L.by_name)), st.data())
+def test_a_pydantic_field_from_a_limit_accepts_exactly_what_check_accepts(
+    name: str, data: st.DataObject
+) -> None:
+    limit = L.by_name[name]
+    if limit is L.GAME_NAME or limit is L.DESCRIPTION:
+        model: type[BaseModel] = create_model("M", v=(str, limit.length_field()))
+        text = data.draw(st.text(max_size=int(limit.max) + 2))
+        assert _accepts(model, text) == limit.contains(len(text))
+        return
+    model = create_model("M", v=(limit.annotated(), ...))
+    value = data.draw(inside(limit) | outside(limit))
+    if isinstance(value, Decimal):
+        value = float(value)
+    try:
+        L.by_name[name].check(value)
+        checked = True
+    except InvalidInput:
+        checked = False
+    assert _accepts(model, value) == checked, value
+
+
+def _accepts(model: type[BaseModel], value: Any) -> bool:
+    try:
+        model(v=value)
+    except ValidationError:
+        return False
+    return True
+
+
+INDEX = re.compile(r"\[\d+\]")
+
+
+def test_the_readme_limits_table_is_the_table() -> None:
+    rows = [f"| `{INDEX.sub('[]', key)}` | {limit.describe()} |" for key, limit in FIELDS.items()]
+    readme = (ROOT / "scenarios" / "README.md").read_text(encoding="utf-8")
+    marker = "<!-- limits-table: kept equal to ublox_sim/limits.py by tests/test_limits.py -->"
+    assert marker in readme
+    shown = readme.split(marker, 1)[1].strip().split("\n\n", 1)[0].splitlines()
+    assert shown[:2] == ["| key | limits |", "|---|---|"]
+    assert shown[2:] == rows, "\n".join(rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([L.BALANCE, L.AMOUNT, L.PRICE_PER_PTS]),
+    st.decimals(allow_nan=True, allow_infinity=True, places=None)
+    | st.integers(-(10**16), 10**16).map(lambda c: Decimal(c).scaleb(-2))
+    | st.integers(-(10**17), 10**17).map(lambda c: Decimal(c).scaleb(-3)),
+)
+def test_a_money_field_from_a_limit_accepts_what_the_engine_accepts(
+    limit: Limit, amount: Decimal
+) -> None:
+    """The request-model form the module doc gives for money agrees with ``to_cents``."""
+    from ublox_sim.money import to_cents
+
+    model = create_model("M", v=(Decimal, limit.field(decimal_places=2)))
+    try:
+        to_cents(amount, allow_zero=not limit.min_exclusive)
+        by_engine = True
+    except InvalidInput:
+        by_engine = False
+    assert _accepts(model, amount) == by_engine, amount

@@ -1,0 +1,270 @@
+"""Every bound on every input value, once: the table the engine, the scenario loader, the
+runner and the server all validate against.
+
+A ``Limit`` is a closed or half-open interval with a few flags::
+
+    TAU_K = Limit("tau_k", 0, 100)                               # 0 ≤ tau_k ≤ 100
+    PLAY_HOURS = Limit("hours", 0, 10**6, min_exclusive=True)    # 0 < hours ≤ 1e6
+    PTS_OFFERED = Limit("pts_offered", 1, 10**9, integer=True)   # a whole number
+    AMOUNT = Limit("amount", 0, MAX_MONEY, min_exclusive=True, money=True)  # cents
+
+Three ways to use one:
+
+* **In code** (the engine): ``TAU_K.check(value)`` returns the value as a float (an int
+  for ``integer`` limits) or raises ``InvalidInput`` saying ``tau_k must be between 0
+  and 100, got -5``. ``TAU_K.contains(x)`` is the plain test. Limits on a text's
+  length (``GAME_NAME``, ``DESCRIPTION``) are checked with ``check_length``.
+* **In a pydantic model, statically typed**: ``tau_k: Annotated[float, TAU_K.field()] = 1.0``
+  (``field()`` gives ``Field(ge=…, le=…)``, ``gt``/``lt`` for exclusive ends, and
+  ``allow_inf_nan=False`` for floats; a default and keyword arguments such as
+  ``description`` pass through: ``tau_k: float = TAU_K.field(1.0)`` works too). For
+  text: ``Annotated[str, GAME_NAME.length_field()]``. pydantic is imported only here,
+  on use, so the engine's checks do not need it.
+* **In a pydantic model built at run time**: ``TAU_K.annotated()`` is
+  ``Annotated[float, Field(...)]`` (``int`` for integer limits) ready for
+  ``create_model`` or as an alias whose value mypy need not see.
+
+Money limits (``money=True``) are in major units (``5000`` means 5000.00 USD-OBBBA)
+and also require whole cents. The engine reads money with ``money.to_cents``, which
+takes ``MAX_CENTS`` from here (``allow_zero=False`` where the limit excludes 0), so
+``check`` is not used for money; a request model can take ``Annotated[Decimal,
+AMOUNT.field(decimal_places=2)]``. ``by_name`` maps a key as it appears in scenarios
+and request bodies to its limit, where the key has one meaning.
+
+World-dependent bounds (a position on a world of size N) use ``limit.up_to(N)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Annotated, Any
+
+from .errors import InvalidInput
+
+Number = int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """``min ≤ value ≤ max`` (``<`` with the exclusive flags). See the module doc."""
+
+    name: str
+    min: Number
+    max: Number
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    integer: bool = False  # a whole number (an int in Python)
+    money: bool = False  # major units, whole cents
+    unit: str = ""
+
+    def contains(self, value: float | Decimal) -> bool:
+        """Inside the bounds (a NaN never is)."""
+        try:
+            low_ok = value > self.min if self.min_exclusive else value >= self.min
+            high_ok = value < self.max if self.max_exclusive else value <= self.max
+        except (TypeError, ArithmeticError):  # Decimal("sNaN") compares by raising
+            return False
+        return bool(low_ok and high_ok)
+
+    def describe(self) -> str:
+        """``between 0 and 100``, ``greater than 0 and at most 1e+06``…"""
+        low, high = _show(self.min), _show(self.max)
+        if not self.min_exclusive and not self.max_exclusive:
+            text = f"between {low} and {high}"
+        else:
+            first = f"greater than {low}" if self.min_exclusive else f"at least {low}"
+            second = f"less than {high}" if self.max_exclusive else f"at most {high}"
+            text = f"{first} and {second}"
+        return f"{text} {self.unit}".rstrip()
+
+    def check(self, value: object, what: str | None = None) -> Any:
+        """The value (a float, or an int for integer limits) or ``InvalidInput``.
+
+        Integer limits take only ints (not bools, not 3.0); others take ints, floats and
+        Decimals that are finite, read as a float."""
+        what = what or self.name
+        if self.integer:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidInput(f"{what} must be a whole number, got {value!r}")
+            if not self.contains(value):
+                raise InvalidInput(f"{what} must be {self.describe()}, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise InvalidInput(f"{what} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (OverflowError, ValueError) as exc:  # 10**400, Decimal("sNaN")
+            raise InvalidInput(f"{what} must be {self.describe()}, got {value!r}") from exc
+        if not math.isfinite(number) or not self.contains(number):
+            raise InvalidInput(f"{what} must be {self.describe()}, got {value!r}")
+        return number
+
+    def check_length(self, value: object, what: str | None = None) -> str:
+        """Text whose length is within this (integer) limit."""
+        what = what or self.name
+        if not isinstance(value, str) or not self.contains(len(value)):
+            raise InvalidInput(f"{what} must be text of {self.describe()} characters")
+        return value
+
+    def up_to(self, high: Number) -> Limit:
+        """The same limit with a smaller maximum (a position on a smaller world)."""
+        return replace(self, max=min(self.max, high))
+
+    # -- pydantic ------------------------------------------------------------------------
+
+    # pydantic is imported on use: the engine validates with this table without it.
+
+    def field(self, *default: Any, **kwargs: Any) -> Any:
+        """``Field(ge=…, le=…)`` for this limit; a default and keyword arguments pass through."""
+        from pydantic import Field
+
+        bounds: dict[str, Any] = {
+            ("gt" if self.min_exclusive else "ge"): self.min,
+            ("lt" if self.max_exclusive else "le"): self.max,
+        }
+        if not self.integer:
+            bounds["allow_inf_nan"] = False
+        return Field(*default, **bounds, **kwargs)
+
+    def length_field(self, *default: Any, **kwargs: Any) -> Any:
+        """``Field(min_length=…, max_length=…)`` for a text whose length this limit bounds."""
+        from pydantic import Field
+
+        return Field(*default, min_length=int(self.min), max_length=int(self.max), **kwargs)
+
+    def annotated(self) -> Any:
+        """``Annotated[int | float, Field(...)]`` for models built at run time."""
+        return Annotated[int if self.integer else float, self.field()]
+
+
+def _show(value: Number) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    if value == 2**63 - 1:
+        return "2**63 - 1"
+    if isinstance(value, int) and abs(value) >= 10**5 and str(abs(value)).rstrip("0") == "1":
+        return f"{'-' if value < 0 else ''}1e{len(str(abs(value))) - 1}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# -- money (major units, whole cents) ------------------------------------------------------
+
+# SQLite INTEGER is signed 64-bit; keep a wide margin so sums of many amounts still fit.
+MAX_CENTS = 10**15
+MAX_MONEY = MAX_CENTS // 100
+CENTS_DIGITS = 13  # the largest amount, 10**13 major units, has this decimal exponent
+
+BALANCE = Limit("usd_obbba", 0, MAX_MONEY, money=True, unit="USD-OBBBA")
+AMOUNT = Limit("amount", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA")
+PRICE_PER_PTS = Limit(
+    "price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA"
+)
+
+# -- hours ---------------------------------------------------------------------------------
+
+PTS_HOURS = Limit("hours", 1, 10**9, integer=True)  # PTS bought: whole hours
+PLAY_HOURS = Limit("hours", 0, 10**6, min_exclusive=True)
+ADVANCE_HOURS = Limit("hours", 0, 10**6)  # moving a simulated clock
+FUNDING_DEADLINE_HOURS = Limit("funding_deadline_hours", 0, 10**7, min_exclusive=True)
+HOUR_OFFSET = Limit("at", 0, 10**7)  # hours after a run's start (events, launches)
+TICK_HOURS = Limit("tick_hours", 0, 24 * 365, min_exclusive=True)
+DURATION_HOURS = Limit("duration_hours", 0, 10**7, min_exclusive=True)
+
+# -- counts --------------------------------------------------------------------------------
+
+TICKS = Limit("ticks", 1, 10**6, integer=True)
+CHECKPOINT_EVERY = Limit("checkpoint_every", 1, 10**6, integer=True)
+PLAYER_COHORT_COUNT = Limit("count", 1, 10**6, integer=True)
+PTO_COHORT_COUNT = Limit("count", 1, 10**5, integer=True)
+SEED = Limit("seed", 0, 2**63 - 1, integer=True)
+ATU_REQUIRED = Limit("atu_required", 0, 10**12, integer=True)
+ATU_UNITS = Limit("units", 1, 10**12, integer=True)  # ATU spent at once
+PTS_OFFERED = Limit("pts_offered", 1, 10**9, integer=True)
+
+# -- a player's physics --------------------------------------------------------------------
+
+TAU_K = Limit("tau_k", 0, 100)
+RESONANCE_FREQ = Limit("resonance_freq", 0, 100)
+PHASE = Limit("phase", 0, 2 * math.pi)
+WORLD_SIZE = Limit("size", 2, 1024, integer=True)
+POSITION = Limit("position", 0, WORLD_SIZE.max)  # at most the world's size: ``up_to(size)``
+
+# -- world physics (``WorldParams``) -------------------------------------------------------
+
+COUPLING = Limit("coupling", 0, 10**6)
+DT = Limit("dt", 0, 10, min_exclusive=True)
+STEPS_PER_HOUR = Limit("steps_per_hour", 1, 1000, integer=True)
+OMEGA_MEAN = Limit("omega_mean", -(10**6), 10**6)
+OMEGA_SPREAD = Limit("omega_spread", 0, 10**6)
+PLAYER_COUPLING = Limit("player_coupling", 0, 10**6)
+FEEDBACK = Limit("feedback", 0, 10**6)
+LOCK_THRESHOLD = Limit("lock_threshold", 0, 1)
+LOCK_STEPS = Limit("lock_steps", 1, 1000, integer=True)
+AMPLIFICATION = Limit("amplification", 0, 10**6)
+
+WORLD: dict[str, Limit] = {
+    limit.name: limit
+    for limit in (
+        WORLD_SIZE,
+        COUPLING,
+        DT,
+        STEPS_PER_HOUR,
+        OMEGA_MEAN,
+        OMEGA_SPREAD,
+        PLAYER_COUPLING,
+        FEEDBACK,
+        LOCK_THRESHOLD,
+        LOCK_STEPS,
+        AMPLIFICATION,
+    )
+}
+
+# -- behaviours ----------------------------------------------------------------------------
+
+PROBABILITY = Limit("probability", 0, 1)
+MAX_SHARE = Limit("max_share", 0, 1, min_exclusive=True)
+
+# -- reads ---------------------------------------------------------------------------------
+
+LEADERBOARD_TOP = Limit("top", 0, 1000, integer=True)  # players in one leaderboard page
+
+# -- ids and text (limits on the length) ---------------------------------------------------
+
+ID_LENGTH = Limit("id", 1, 128, integer=True)
+# Ids that become file or folder names (PTO ids, world ids, backup names); no ".." either.
+FILE_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+GAME_NAME = Limit("game_name", 1, 200, integer=True)
+DESCRIPTION = Limit("description", 0, 10_000, integer=True)
+SCENARIO_NAME = Limit("name", 1, 200, integer=True)
+
+# The keys of scenarios and request bodies, each with its one limit. Where a key means
+# different things in different places (``hours`` of PTS bought or of play, ``count`` of
+# players or PTOs) the loader picks the specific limit; this maps the unambiguous ones.
+by_name: dict[str, Limit] = {
+    limit.name: limit
+    for limit in (
+        BALANCE,
+        AMOUNT,
+        PRICE_PER_PTS,
+        FUNDING_DEADLINE_HOURS,
+        TICK_HOURS,
+        DURATION_HOURS,
+        TICKS,
+        CHECKPOINT_EVERY,
+        SEED,
+        ATU_REQUIRED,
+        ATU_UNITS,
+        PTS_OFFERED,
+        TAU_K,
+        RESONANCE_FREQ,
+        PHASE,
+        *WORLD.values(),
+        PROBABILITY,
+        MAX_SHARE,
+        GAME_NAME,
+        DESCRIPTION,
+    )
+}
