@@ -466,3 +466,40 @@ def test_make_run_says_where_its_store_is_and_reuses_that_home(tmp_path: Path) -
     assert result.returncode != 0
     assert "not a ublox store" in result.stderr
     assert tree(other) == {"notes.txt": b"keep"}
+
+
+# -- item 5: a refused import leaves no store behind -------------------------------------------
+
+
+def test_a_refused_import_into_a_new_home_leaves_nothing_there(
+    small_store: Path, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.json"
+    assert cli("export", "--home", str(small_store), "-o", str(good)).returncode == 0
+    data = json.loads(good.read_text())
+    data["players"][0]["usd_obbba_balance"] = 99999.0  # no longer what its ledger says
+    doctored = tmp_path / "doctored.json"
+    doctored.write_text(json.dumps(data))
+    not_an_export = tmp_path / "notes.json"
+    not_an_export.write_text('{"hello": 1}')
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for source in (doctored, not_an_export):
+        fresh = tmp_path / "fresh"
+        result = cli("import", str(source), "--home", str(fresh))
+        assert result.returncode in (1, 2), (result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert not fresh.exists()
+
+        result = cli("import", str(source), "--home", str(kept))
+        assert result.returncode in (1, 2), result.stderr
+        assert tree(kept) == {"notes.txt": b"mine"}
+
+    # A good export still makes its new home.
+    fresh = tmp_path / "fresh"
+    result = cli("import", str(good), "--home", str(fresh))
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(cli("stats", "--home", str(fresh), "--json").stdout)
+    assert stats["players"]["count"] == 1

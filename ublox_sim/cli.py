@@ -452,9 +452,41 @@ def import_cmd(home: Path | None, path: Path) -> None:
     from .storage import UbloxLocalStorage
     from .store import Home
 
-    with UbloxLocalStorage(home) as storage:
-        storage.import_from_json(path)
-    click.echo(f"imported {path} into {Home.resolve(home).root}")
+    target = Home.resolve(home)
+    # A refused import into a new home leaves no store behind: nothing of a store that
+    # holds nothing, and no world files without their database (a "lost database").
+    new_home = not _holds_store(target)
+    before = _entries(target.root) if new_home else None
+    try:
+        with UbloxLocalStorage(home) as storage:
+            storage.import_from_json(path)
+    except BaseException:
+        if new_home:
+            _remove_new_entries(target.root, before)
+        raise
+    click.echo(f"imported {path} into {target.root}")
+
+
+def _entries(root: Path) -> set[str] | None:
+    """The names in ``root``, or None if there is no such folder."""
+    try:
+        return {entry.name for entry in os.scandir(root)}
+    except FileNotFoundError:
+        return None
+
+
+def _remove_new_entries(root: Path, before: set[str] | None) -> None:
+    import shutil
+
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for name in (_entries(root) or set()) - before:
+        entry = root / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 @main.group()
