@@ -217,10 +217,16 @@ def test_export_to_stdout_prints_the_export_and_writes_no_file(
     assert [p["player_id"] for p in data["players"]] == ["alice"]
     assert not (ROOT / "-").exists()
 
-    # The same bytes as the file export.
+    # The same bytes as the file export, and as its own stdout named as a path (a pipe
+    # here). /proc/self/fd/1, not /dev/stdout: a regression that replaced the target
+    # could not create a file in /proc, but it could replace /dev/stdout for everyone.
     target = tmp_path / "export.json"
     assert cli("export", "--home", str(small_store), "-o", str(target)).returncode == 0
     assert target.read_text() == result.stdout
+    if Path("/proc/self/fd/1").exists():
+        by_name = cli("export", "--home", str(small_store), "-o", "/proc/self/fd/1")
+        assert by_name.returncode == 0, by_name.stderr
+        assert by_name.stdout == result.stdout
 
 
 def test_export_replaces_a_regular_file_atomically_and_keeps_a_symlink(

@@ -370,8 +370,9 @@ def export_cmd(home: Path | None, output: str | None) -> None:
                     storage.export_to_json(staged)
                 with open(staged, "rb") as source, open(destination, "wb") as sink:
                     _pump(source, sink)
-        else:
-            _replace_with_export(target, destination)
+            # No "wrote PATH" line: the pipe or terminal may well be our own stdout.
+            return
+        _replace_with_export(target, destination)
     except OSError as exc:
         click.echo(f"error: cannot write the export to {destination}: {exc.strerror}", err=True)
         sys.exit(EXIT_FAILED)
