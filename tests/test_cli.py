@@ -94,6 +94,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_help_of_every_command_loads_neither_numpy_nor_aiosqlite() -> None:
     probe = """
+import json
 import sys
 import click
 from ublox_sim.cli import main
@@ -112,13 +113,13 @@ for args in [[], *commands(main, [])]:
         assert exc.code == 0, (args, exc.code)
     seen.append(" ".join(args))
 heavy = sorted(m for m in ("numpy", "aiosqlite") if m in sys.modules)
-print(repr((seen, heavy)), file=sys.stderr)
+print(json.dumps([seen, heavy]), file=sys.stderr)
 """
     result = subprocess.run(
         [sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    seen, heavy = eval(result.stderr.strip().splitlines()[-1])
+    seen, heavy = json.loads(result.stderr.strip().splitlines()[-1])
     assert {"", "run", "stats", "export", "verify", "backup", "backup list"} <= set(seen)
     assert heavy == []
 
