@@ -123,7 +123,7 @@ print(json.dumps([seen, heavy]), file=sys.stderr)
     assert {"", "run", "stats", "export", "verify", "backup", "backup list"} <= set(seen)
     assert heavy == []
 
-    # And the installed way in, `python -m ublox_sim --help`, in a fresh interpreter.
+    # And `python -m ublox_sim --help` in a fresh interpreter, as -X importtime lists it.
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "ublox_sim", "--help"],
         env=ENV,
