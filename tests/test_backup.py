@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -16,8 +17,11 @@ import numpy as np
 import pytest
 
 from ublox_sim.errors import BackupError
-from ublox_sim.store import Home, LocalStore, world_id_for
+from ublox_sim.storage import UbloxLocalStorage
+from ublox_sim.store import Home, LocalStore, list_backups, world_id_for
+from ublox_sim.verify import verify_store
 
+FIXTURES = Path(__file__).parent / "fixtures" / "stores"
 PTO_ID = "pto_harmonic_001"
 WORLD_FILE = f"{world_id_for(PTO_ID)}.npz"
 TABLES = ("players", "ptos", "pts_tokens", "transactions", "play_sessions", "cdt_files")
@@ -219,6 +223,11 @@ def _doctor_ledger(backup: Path) -> None:
         conn.commit()
 
 
+def _doctor_world(backup: Path) -> None:
+    """A valid world file, but not the one the backup was made with."""
+    np.savez_compressed(backup / "cdt_states" / WORLD_FILE, **_world(7))
+
+
 REFUSALS: list[tuple[str, Any, str]] = [
     ("../x", None, "not allowed"),
     ("a/b", None, "not allowed"),
@@ -228,7 +237,9 @@ REFUSALS: list[tuple[str, Any, str]] = [
     ("snap", _truncate_cdt, re.escape(WORLD_FILE)),
     ("snap", _delete_cdt, re.escape(WORLD_FILE)),
     ("snap", _delete_db, "no ublox.db"),
-    ("snap", _doctor_ledger, "alice"),
+    # An edit by hand is not damage any check can see: the digest recorded at backup time is.
+    ("snap", _doctor_ledger, r"ublox\.db differs from the sha256 recorded .*--force"),
+    ("snap", _doctor_world, re.escape(f"cdt_states/{WORLD_FILE} differs from the sha256")),
 ]
 
 
@@ -346,3 +357,78 @@ async def test_an_interrupted_restore_is_completed_on_the_next_open(
     leftovers = {"ublox.db.restore-tmp", "cdt_states.restore-tmp", "cdt_states.old"}
     assert not leftovers & {p.name for p in tmp_path.iterdir()}
     assert (tmp_path / "backups" / "snap" / "ublox.db").is_file()  # the backup is untouched
+
+
+# -- restore: faithful, with digests ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_backup_records_the_sha256_of_every_file_it_holds(tmp_path: Path) -> None:
+    async with LocalStore.open(tmp_path) as store:
+        await _populate(store, _world(1))
+        snap = await store.create_backup("snap")
+    manifest = json.loads((snap / "backup.json").read_text())
+    files = sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file())
+    assert sorted(manifest["sha256"]) == [f for f in files if f != "backup.json"]
+    for name, digest in manifest["sha256"].items():
+        assert hashlib.sha256((snap / name).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("doctor", [_doctor_ledger, _doctor_world])
+async def test_a_doctored_backup_is_restored_as_it_is_with_force_and_warns(
+    doctor: Any, tmp_path: Path
+) -> None:
+    async with LocalStore.open(tmp_path) as store:
+        await _populate(store, _world(1))
+        snap = await store.create_backup("snap")
+        doctor(snap)
+        warnings = await store.restore_backup("snap", force=True)
+        alice = await store.load_player("alice")
+        pto = await store.load_pto(PTO_ID)
+    assert "restored anyway (force)" in warnings[0]
+    assert alice is not None and pto is not None
+    if doctor is _doctor_ledger:
+        assert alice["usd_obbba_balance"] == 99999.0  # the edit, faithfully
+        assert any("[ledger] player alice" in w for w in warnings)
+    else:
+        _assert_world(pto["cdt"], _world(7))
+
+
+@pytest.mark.asyncio
+async def test_a_backup_whose_ledger_disagrees_restores_with_warnings(tmp_path: Path) -> None:
+    """The raw API writes what it is given; the backup keeps it, and restore says so."""
+    async with LocalStore.open(tmp_path) as store:
+        await store.save_player({"player_id": "alice", "usd_obbba_balance": 5000.0})
+        await store.create_backup("snap")
+        await store.save_player({"player_id": "bob"})
+        warnings = await store.restore_backup("snap")
+        assert await store.load_player("bob") is None
+    assert len(warnings) == 1 and "[ledger] player alice" in warnings[0]
+
+
+@pytest.mark.asyncio
+async def test_damage_is_refused_even_with_force(tmp_path: Path) -> None:
+    async with LocalStore.open(tmp_path) as store:
+        await _populate(store, _world(1))
+        snap = await store.create_backup("snap")
+        _truncate_cdt(snap)
+        with pytest.raises(BackupError, match=re.escape(WORLD_FILE)):
+            await store.restore_backup("snap", force=True)
+        _corrupt_db(snap)
+        with pytest.raises(BackupError, match="not a usable database"):
+            await store.restore_backup("snap", force=True)
+    assert [b["name"] for b in list_backups(Home(tmp_path))] == ["snap"]
+
+
+def test_a_backup_made_by_release_0_1_0_restores_with_a_warning_that_it_has_no_digests(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(FIXTURES / "v0.1.0-seed", home)
+    with UbloxLocalStorage(home) as storage:
+        warnings = storage.restore_backup("demo_backup")
+        stats = storage.get_global_stats()
+    assert len(warnings) == 1 and "records no sha256 digests" in warnings[0]
+    assert stats["players"]["count"] == 1
+    assert verify_store(home) == []

@@ -128,6 +128,83 @@ def test_seed_flow_through_the_sync_facade(tmp_path: Path) -> None:
     np.testing.assert_array_equal(reopened["cdt"]["theta"], theta)
 
 
+def test_the_seeds_story_round_trips_with_default_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed notes' script, call for call, default arguments only: every step succeeds.
+
+    Like the seed's, it writes a 5000 balance with no deposit behind it, so the ledger
+    disagrees: restore and import keep the store as it is and say so in warnings."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))  # the default home: ~/.ublox
+    monkeypatch.delenv("UBLOX_HOME", raising=False)
+    theta = np.random.default_rng(7).uniform(0, 2 * np.pi, (16, 16))  # the seed's world size
+    pto = {
+        "pto_id": "pto_harmonic_001",
+        "game_name": "Harmonic Caverns",
+        "creator_id": "alice",
+        "atu_required": 500,
+        "pts_offered": 2000,
+        "funding_raised": 0.0,
+        "status": "funding",
+        "aci_coherence_score": 0.0,
+        "xUSD_pool": 0.0,
+        "world_cdt_id": "pto_harmonic_001_world_cdt",
+        "cdt": {"theta": theta},
+    }
+
+    storage = UbloxLocalStorage()
+    storage.save_player(ALICE)
+    storage.save_pto(pto)
+    storage.log_transaction(
+        tx_type="investment",
+        from_player="alice",
+        to_player="pto_harmonic_001",
+        amount=1000.0,
+        currency="USD-OBBBA",
+    )
+    storage.log_play_session(
+        pto_id="pto_harmonic_001", player_id="alice", duration=5.0, quality=0.85, xUSD_earned=425.0
+    )
+    backup_path = storage.create_backup("before_pto_completion")
+    backups = storage.list_backups()
+    storage.save_player({**ALICE, "usd_obbba_balance": 1.0})  # changed after the backup
+    warnings = storage.restore_backup("before_pto_completion")
+    stats = storage.get_global_stats()
+    export = storage.export_to_json()
+    player = storage.load_player("alice")
+    storage.close()
+
+    home = tmp_path / "user" / ".ublox"
+    assert backup_path == home / "backups" / "before_pto_completion"
+    assert [b["name"] for b in backups] == ["before_pto_completion"]
+    assert player is not None and player["usd_obbba_balance"] == 5000.0  # restored
+    # The warnings are verify's findings about the restored store, word for word.
+    assert warnings == [str(f) for f in verify_store(home)]
+    assert {w.split("]")[0] for w in warnings} == {"[ledger", "[escrow", "[session"}
+    assert stats["players"]["count"] == 1 and stats["ptos"]["count"] == 1
+    assert stats["transactions"]["volume"]["investment/USD-OBBBA"] == 1000.0
+    assert stats["play_sessions"]["xUSD_earned_total"] == 425.0
+    assert export == home / "export.json"
+    # The seed's size claim holds for the seed's story (du -b, backups aside).
+    size = home.stat().st_size + sum(
+        p.lstat().st_size for p in home.rglob("*") if "backups" not in p.relative_to(home).parts
+    )
+    assert size < 100_000
+
+    # The export is the portable copy: it imports into a new home as it was.
+    with UbloxLocalStorage(tmp_path / "elsewhere") as other:
+        imported = other.import_from_json(export)
+        assert other.load_player("alice") == player
+        copy = other.load_pto("pto_harmonic_001")
+        assert other.get_global_stats() == stats
+    assert imported and all("[ledger]" in w or "[escrow]" in w for w in imported), imported
+    assert copy is not None
+    assert copy["cdt"]["theta"].tobytes() == theta.tobytes()
+    assert [f.check for f in verify_store(tmp_path / "elsewhere")] == [
+        f.check for f in verify_store(home)
+    ]
+
+
 def test_errors_cross_the_portal_with_their_type(tmp_path: Path) -> None:
     with UbloxLocalStorage(tmp_path) as storage:
         with pytest.raises(InvalidAmount):
@@ -251,3 +328,83 @@ def test_verify_cli_passes_on_the_demo_and_fails_on_a_doctored_balance(
     report = json.loads(as_json.stdout)
     assert report["ok"] is False
     assert [f["check"] for f in report["findings"]] == ["ledger"]
+
+
+# -- a script that never closes ------------------------------------------------------
+
+SEED_SCRIPT = """
+import sys
+import numpy as np
+from ublox_sim.storage import UbloxLocalStorage
+
+storage = UbloxLocalStorage(sys.argv[1])
+storage.save_player({"player_id": "alice", "tau_k": 8.5, "usd_obbba_balance": 5000.0})
+storage.save_pto({
+    "pto_id": "pto_harmonic_001", "game_name": "Harmonic Caverns", "creator_id": "alice",
+    "atu_required": 500, "pts_offered": 2000,
+    "cdt": {"theta": np.linspace(0.0, 1.0, 256).reshape(16, 16)},
+})
+print("saved", flush=True)
+"""
+
+
+def test_a_script_that_never_closes_its_storage_exits_with_everything_committed(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    script = tmp_path / "seed_style.py"
+    script.write_text(SEED_SCRIPT)
+    # The timeout only turns a hang (the bug: the portal's cleanup waited forever at
+    # interpreter exit) into a failure instead of a stuck test run.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script), str(home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "saved\n"
+    assert result.stderr == ""
+    # Closed, not abandoned: the WAL was checkpointed away and the lock released.
+    assert not (home / "ublox.db-wal").exists()
+    with UbloxLocalStorage(home) as storage:
+        alice = storage.load_player("alice")
+        pto = storage.load_pto(PTO_ID)
+    assert alice is not None and alice["usd_obbba_balance"] == 5000.0
+    assert pto is not None
+    np.testing.assert_array_equal(pto["cdt"]["theta"], np.linspace(0.0, 1.0, 256).reshape(16, 16))
+    assert verify_store(home) != []  # the raw API wrote a balance without its deposit
+
+
+def test_cli_refuses_a_doctored_backup_and_export_naming_the_file_and_force_accepts_them(
+    demo_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    source, result = demo_run
+    assert result.returncode == 0, result.stderr
+    home = tmp_path / "home"
+    shutil.copytree(source, home)
+    with closing(sqlite3.connect(home / "backups" / "demo_backup" / "ublox.db")) as conn:
+        conn.execute("UPDATE players SET usd_obbba_balance = usd_obbba_balance + 100000")
+        conn.commit()
+
+    refused = _cli("backup", "restore", "demo_backup", "--home", str(home))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "ublox.db differs from the sha256" in refused.stderr
+    assert "--force" in refused.stderr
+    forced = _cli("backup", "restore", "demo_backup", "--force", "--home", str(home))
+    assert forced.returncode == 0, forced.stderr
+    assert "warning: backup 'demo_backup': ublox.db differs" in forced.stderr
+    assert "warning: [ledger] player alice" in forced.stderr
+
+    export = json.loads((source / "export.json").read_text(encoding="utf-8"))
+    export["players"][0]["xUSD_balance"] = 1.0
+    doctored = tmp_path / "doctored.json"
+    doctored.write_text(json.dumps(export), encoding="utf-8")
+    target = tmp_path / "target"
+    refused = _cli("import", str(doctored), "--home", str(target))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"export {doctored} differs from the content digest" in refused.stderr
+    assert "--force" in refused.stderr
+    forced = _cli("import", str(doctored), "--force", "--home", str(target))
+    assert forced.returncode == 0, forced.stderr
+    assert f"warning: export {doctored}: [ledger] player alice: xUSD balance 100" in forced.stderr

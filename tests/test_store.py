@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import sqlite3
@@ -19,7 +20,8 @@ from ublox_sim.errors import (
     InvalidInput,
     StoreError,
 )
-from ublox_sim.store import LocalStore, world_id_for
+from ublox_sim.storage import UbloxLocalStorage
+from ublox_sim.store import LocalStore, decode_array, encode_array, world_id_for
 from ublox_sim.verify import verify_store
 
 ALICE: dict[str, Any] = {
@@ -492,7 +494,7 @@ def _doctor_deleted_deposit(data: dict[str, Any]) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("doctor", [_doctor_balance, _doctor_escrow, _doctor_deleted_deposit])
-async def test_a_doctored_export_is_refused_and_the_home_stays_empty(
+async def test_a_doctored_export_is_refused_naming_the_file_and_the_home_stays_empty(
     doctor: Any, tmp_path: Path
 ) -> None:
     source, target = tmp_path / "source", tmp_path / "target"
@@ -505,13 +507,110 @@ async def test_a_doctored_export_is_refused_and_the_home_stays_empty(
     doctored.write_text(json.dumps(data))
 
     async with LocalStore.open(target) as store:
-        with pytest.raises(InvalidInput, match="does not balance"):
+        with pytest.raises(InvalidInput) as refused:
             await store.import_from_json(doctored)
         assert await store.is_empty()
+    message = str(refused.value)
+    assert str(doctored) in message
+    assert "digest" in message and "force=True" in message and "--force" in message
     db = target / "ublox.db"
     for table in ("players", "ptos", "pts_tokens", "transactions", "play_sessions"):
         assert _count(db, table) == 0, table
     assert not list((target / "cdt_states").iterdir())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("doctor", [_doctor_balance, _doctor_escrow, _doctor_deleted_deposit])
+async def test_a_doctored_export_is_imported_as_it_is_with_force_and_its_ledger_is_a_warning(
+    doctor: Any, tmp_path: Path
+) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    await _populated_home(source)
+    async with LocalStore.open(source) as store:
+        export = await store.export_to_json()
+    data = json.loads(export.read_text())
+    doctor(data)
+    doctored = tmp_path / "doctored.json"
+    doctored.write_text(json.dumps(data))
+
+    async with LocalStore.open(target) as store:
+        warnings = await store.import_from_json(doctored, force=True)
+        again = await store.export_data()
+    assert "imported anyway (force)" in warnings[0]
+    assert any("[ledger]" in w or "[escrow]" in w for w in warnings[1:]), warnings
+    # Faithful: what was in the file is what is in the store, doctoring included.
+    for table in ("players", "ptos", "transactions"):
+        assert again[table] == data[table], table
+    assert {f.check for f in verify_store(target)} & {"ledger", "escrow"}
+
+
+@pytest.mark.asyncio
+async def test_an_export_that_disagrees_with_its_ledger_imports_with_warnings(
+    tmp_path: Path,
+) -> None:
+    """Exported as it was (the raw API wrote a balance without its deposit): no force needed."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    async with LocalStore.open(source) as store:
+        await store.save_player(ALICE)
+        export = await store.export_to_json()
+    async with LocalStore.open(target) as store:
+        warnings = await store.import_from_json(export)
+        alice = await store.load_player("alice")
+    assert alice is not None and alice["usd_obbba_balance"] == 5000.0
+    assert len(warnings) == 1 and "[ledger] player alice" in warnings[0]
+
+
+@pytest.mark.asyncio
+async def test_damage_in_an_export_is_refused_even_with_force(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    await _populated_home(source)
+    async with LocalStore.open(source) as store:
+        export = await store.export_to_json()
+    data = json.loads(export.read_text())
+    data["ptos"][0]["cdt"]["theta"]["data"] = data["ptos"][0]["cdt"]["theta"]["data"][:40]
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps(data))
+    async with LocalStore.open(tmp_path / "target") as store:
+        with pytest.raises(InvalidInput, match="bad array"):
+            await store.import_from_json(damaged, force=True)
+        assert await store.is_empty()
+
+
+def test_an_export_of_release_0_1_0_imports_with_a_warning_that_it_has_no_digest(
+    tmp_path: Path,
+) -> None:
+    fixture = Path(__file__).parent / "fixtures" / "stores" / "v0.1.0" / "export.json"
+    with UbloxLocalStorage(tmp_path) as storage:
+        warnings = storage.import_from_json(fixture)
+        stats = storage.get_global_stats()
+    assert len(warnings) == 1 and "no content digest" in warnings[0]
+    assert stats["players"]["count"] == 5
+    assert verify_store(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.linspace(0.0, 2 * np.pi, 4096).reshape(64, 64),
+        np.arange(10, dtype=">i4"),
+        np.array(3.5),
+        np.zeros((0, 3)),
+        np.array([1 + 2j, -0.0, np.inf]),
+        np.array([True, False]),
+    ],
+    ids=["float64", "big-endian-int", "0-d", "empty", "complex", "bool"],
+)
+def test_exported_arrays_decode_to_the_same_bytes(array: np.ndarray) -> None:
+    encoded = encode_array(array)
+    decoded = decode_array(json.loads(json.dumps(encoded)), "here")
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    assert decoded.tobytes() == array.tobytes()
+
+
+def test_an_exported_array_that_inflates_past_its_shape_is_refused() -> None:
+    encoded = encode_array(np.zeros(1000))
+    with pytest.raises(InvalidInput, match="does not hold"):
+        decode_array({**encoded, "shape": [10]}, "here")
 
 
 @pytest.mark.asyncio
@@ -552,3 +651,24 @@ async def test_a_corrupt_world_file_fails_only_its_own_pto(tmp_path: Path) -> No
 
     findings = verify_store(tmp_path)
     assert [(f.check, f.subject) for f in findings] == [("cdt", str(bad))]
+
+
+def test_exported_float64_arrays_are_shuffled_and_deflated_below_plain_base64() -> None:
+    rng = np.random.default_rng(5)
+    for array in (rng.uniform(0, 2 * np.pi, (64, 64)), rng.normal(1.0, 0.1, (64, 64))):
+        plain = base64.b64encode(array.tobytes())
+        assert len(encode_array(array)["data"]) < 0.9 * len(plain)
+
+
+@pytest.mark.asyncio
+async def test_the_api_export_carries_its_digest_and_imports_without_warnings(
+    tmp_path: Path,
+) -> None:
+    await _populated_home(tmp_path / "source")
+    async with LocalStore.open(tmp_path / "source") as store:
+        data = await store.export_data()  # what GET /api/export answers
+    assert data["digest"].startswith("sha256:")
+    saved = tmp_path / "from_api.json"
+    saved.write_text(json.dumps(data))
+    async with LocalStore.open(tmp_path / "target") as store:
+        assert await store.import_from_json(saved) == []

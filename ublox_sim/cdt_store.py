@@ -21,10 +21,10 @@ from pathlib import Path
 import anyio
 import numpy as np
 from numpy.typing import NDArray
-from structlog import get_logger
 
 from .errors import CorruptCdtFile, PersistenceError
 from .ids import check_file_name
+from .logsetup import get_logger
 
 log = get_logger(__name__)
 

@@ -447,9 +447,10 @@ def _copy_to_stdout(staged: Path) -> None:
 @main.command("import")
 @home_option
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Accept an export edited since it was written.")
 @_errors_to_exit_codes
-def import_cmd(home: Path | None, path: Path) -> None:
-    """Load an export into an empty home (refused if its ledger does not balance)."""
+def import_cmd(home: Path | None, path: Path, force: bool) -> None:
+    """Load an export into an empty home as it is (refused if damaged or edited)."""
     from .storage import UbloxLocalStorage
     from .store import Home
 
@@ -460,11 +461,13 @@ def import_cmd(home: Path | None, path: Path) -> None:
     before = _entries(target.root) if new_home else None
     try:
         with UbloxLocalStorage(home) as storage:
-            storage.import_from_json(path)
+            warnings = storage.import_from_json(path, force=force)
     except BaseException:
         if new_home:
             _remove_new_entries(target.root, before)
         raise
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"imported {path} into {target.root}")
 
 
@@ -536,9 +539,7 @@ def backup_list(home: Path | None, as_json: bool) -> None:
 @backup.command("restore")
 @home_option
 @click.argument("name")
-@click.option(
-    "--force", is_flag=True, help="Accept a backup whose ledger disagrees with its balances."
-)
+@click.option("--force", is_flag=True, help="Accept a backup edited since it was made.")
 @_errors_to_exit_codes
 def backup_restore(home: Path | None, name: str, force: bool) -> None:
     """Replace the store with backup NAME (checked first; the old state is kept)."""
@@ -546,7 +547,9 @@ def backup_restore(home: Path | None, name: str, force: bool) -> None:
 
     target = _existing_store(home)
     with UbloxLocalStorage(target.root) as storage:
-        storage.restore_backup(name, force=force)
+        warnings = storage.restore_backup(name, force=force)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"restored {name}; the previous state is kept as a pre_restore_* backup")
 
 

@@ -28,7 +28,6 @@ from typing import Any, Literal
 import anyio
 import numpy as np
 from anyio.abc import TaskGroup
-from structlog import get_logger
 
 from . import events as ev
 from . import ledger
@@ -46,6 +45,7 @@ from .errors import (
 )
 from .events import EventBus, Subscription
 from .ids import check_file_name, check_id
+from .logsetup import get_logger
 from .messages import (
     Buy,
     CheckDeadline,

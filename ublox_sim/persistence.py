@@ -34,7 +34,6 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from structlog import get_logger
 
 from .errors import (
     ActorBroken,
@@ -44,6 +43,7 @@ from .errors import (
     StoreFull,
     UnitRejected,
 )
+from .logsetup import get_logger
 from .runtime import Reply, owned_task_group
 from .schema import PRAGMAS, migrate
 

@@ -27,11 +27,14 @@ from .clock import SimClock
 from .economy import FUNDING, IN_PROGRESS, PLAYABLE
 from .engine import Engine
 from .errors import InvalidInput, Refusal, UbloxError
+from .logsetup import get_logger
 from .persistence import Statement
 from .scenario import Cohort, Loaded, Scenario, cohort_id, draw
 from .store import Home
 from .views import leaderboard
 from .world import WorldParams
+
+log = get_logger(__name__)
 
 Progress = Callable[[int, int], None]
 
@@ -460,6 +463,9 @@ async def run_scenario(
             tick = 0
         setup_seconds = time.perf_counter() - started
         first = tick
+        log.info(
+            "run.started", name=scenario.name, seed=scenario.seed, tick=tick, ticks=runner.total
+        )
         every = scenario.checkpoint_every
         while tick < runner.total:
             if stop_after_ticks is not None and tick - first >= stop_after_ticks:
@@ -471,10 +477,12 @@ async def run_scenario(
                 await engine.checkpoint(
                     tick, [runner.run_row(tick, finished, insert=False, resolved=resolved)]
                 )
+                log.info("run.checkpoint", tick=tick, ticks=runner.total)
             if progress is not None:
                 progress(tick, runner.total)
         if tick == runner.total:
             await engine.export_json()
+        log.info("run.finished" if tick == runner.total else "run.stopped", tick=tick)
         report = RunReport(
             name=scenario.name,
             seed=scenario.seed,

@@ -10,9 +10,9 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from structlog import get_logger
 
 from .errors import ActorBroken, ActorClosed, RequestTimeout, UbloxError
+from .logsetup import get_logger
 
 log = get_logger(__name__)
 

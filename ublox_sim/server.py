@@ -38,7 +38,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from structlog import get_logger
 
 from .clock import SimClock, WallClock
 from .engine import Engine
@@ -52,6 +51,7 @@ from .errors import (
     UnknownPTO,
     UnknownToken,
 )
+from .logsetup import get_logger
 from .views import as_json, leaderboard
 
 log = get_logger(__name__)

@@ -1,7 +1,9 @@
 """``UbloxLocalStorage``: the seed's synchronous storage API, for scripts.
 
 It runs a ``LocalStore`` on an anyio blocking portal (an event loop in a worker
-thread), so plain code can call it without async:
+thread), so plain code can call it without async. Closing is optional, as with the
+seed's: a storage still open when the interpreter exits is closed (flushed and
+committed) by an exit hook.
 
     with UbloxLocalStorage() as storage:          # ~/.ublox, or $UBLOX_HOME
         storage.save_player({"player_id": "alice", "usd_obbba_balance": 5000.0})
@@ -10,6 +12,7 @@ thread), so plain code can call it without async:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -30,18 +33,24 @@ class UbloxLocalStorage:
         self, home: Path | str | None = None, *, synchronous: Synchronous = "NORMAL"
     ) -> None:
         self.home = Home.resolve(home)
-        self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio")
-        self._portal = self._portal_cm.__enter__()
+        portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio")
+        self._portal = portal_cm.__enter__()
         # One portal task enters and exits the store's task group, as anyio requires.
-        self._store_cm = self._portal.wrap_async_context_manager(
+        store_cm = self._portal.wrap_async_context_manager(
             LocalStore.open(self.home, synchronous=synchronous)
         )
         try:
-            self._store: LocalStore = self._store_cm.__enter__()
+            self._store: LocalStore = store_cm.__enter__()
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            portal_cm.__exit__(None, None, None)
             raise
-        self._closed = False
+        # Why a finalizer: the portal's event loop runs in a daemon thread. Left to the
+        # garbage collector at interpreter exit, the portal's cleanup would ask that
+        # thread to stop after Python had already frozen it, and wait forever. A
+        # finalizer runs at exit (atexit, while the thread still runs) or when the
+        # storage is collected, whichever comes first, and never twice; it holds the
+        # context managers, not ``self``, so it does not keep the storage alive.
+        self._finalizer = weakref.finalize(self, _close, store_cm, portal_cm)
 
     @property
     def home_path(self) -> Path:
@@ -49,13 +58,7 @@ class UbloxLocalStorage:
 
     def close(self) -> None:
         """Flush, commit and close. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._store_cm.__exit__(None, None, None)
-        finally:
-            self._portal_cm.__exit__(None, None, None)
+        self._finalizer()
 
     def __enter__(self) -> UbloxLocalStorage:
         return self
@@ -127,8 +130,12 @@ class UbloxLocalStorage:
     def list_backups(self) -> list[dict[str, Any]]:
         return self._store.list_backups()
 
-    def restore_backup(self, name: str, *, force: bool = False) -> None:
-        self._portal.call(lambda: self._store.restore_backup(name, force=force))
+    def restore_backup(self, name: str, *, force: bool = False) -> list[str]:
+        """Restore backup ``name``; returns warnings (see ``LocalStore.restore_backup``)."""
+        warnings: list[str] = self._portal.call(
+            lambda: self._store.restore_backup(name, force=force)
+        )
+        return warnings
 
     def get_global_stats(self) -> dict[str, dict[str, Any]]:
         return self._portal.call(self._store.get_global_stats)
@@ -136,8 +143,22 @@ class UbloxLocalStorage:
     def export_to_json(self, path: Path | str | None = None) -> Path:
         return self._portal.call(self._store.export_to_json, path)
 
-    def import_from_json(self, path: Path | str) -> None:
-        self._portal.call(self._store.import_from_json, path)
+    def import_from_json(self, path: Path | str, *, force: bool = False) -> list[str]:
+        """Import an export; returns warnings (see ``LocalStore.import_from_json``)."""
+        warnings: list[str] = self._portal.call(
+            lambda: self._store.import_from_json(path, force=force)
+        )
+        return warnings
 
     def flush(self) -> None:
         self._portal.call(self._store.flush)
+
+
+def _close(
+    store_cm: AbstractContextManager[LocalStore],
+    portal_cm: AbstractContextManager[BlockingPortal],
+) -> None:
+    try:
+        store_cm.__exit__(None, None, None)
+    finally:
+        portal_cm.__exit__(None, None, None)

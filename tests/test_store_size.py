@@ -1,0 +1,77 @@
+"""What the seed's story costs on disk: harmonic_caverns' home, measured as ``du -b`` does.
+
+The seed notes claim a PTO with 3–5 players takes under 100 KB (db + CDT files +
+export). For harmonic_caverns (5 players, 48 hours, 83 sessions, 96 ledger rows, a
+64×64 float64 world) that cannot hold losslessly; the strict xfail below says why
+with the figures, and turns into a failure the day it does hold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ublox_sim.runner import run_scenario
+from ublox_sim.scenario import load_scenario
+from ublox_sim.storage import UbloxLocalStorage
+from ublox_sim.store import Home
+
+ROOT = Path(__file__).resolve().parents[1]
+RELEASE_0_1_0 = ROOT / "tests" / "fixtures" / "stores" / "v0.1.0"  # the same run, by 0.1.0
+
+
+def du_b(home: Path) -> int:
+    """``du -sb --exclude=backups HOME``: every file and folder's apparent size, backups aside."""
+    total = home.stat().st_size
+    for path in home.rglob("*"):
+        if "backups" not in path.relative_to(home).parts:
+            total += path.lstat().st_size
+    return total
+
+
+@pytest.fixture(scope="module")
+def harmonic_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("size") / "home"
+    loaded = load_scenario(ROOT / "scenarios" / "harmonic_caverns.yaml")
+    anyio.run(lambda: run_scenario(loaded, Home(home)))
+    return home
+
+
+def test_the_export_of_a_run_is_a_fifth_smaller_than_release_0_1_0s_and_round_trips(
+    harmonic_home: Path, tmp_path: Path
+) -> None:
+    """Same run, same content: arrays byte-shuffled and deflated, one record per line."""
+    export = harmonic_home / "export.json"
+    old = RELEASE_0_1_0 / "export.json"
+    assert export.stat().st_size < 0.8 * old.stat().st_size
+    new_data, old_data = json.loads(export.read_text()), json.loads(old.read_text())
+    for table in ("players", "ptos", "pts_tokens", "transactions", "play_sessions"):
+        rows = [{k: v for k, v in r.items() if k != "cdt"} for r in new_data[table]]
+        assert rows == [{k: v for k, v in r.items() if k != "cdt"} for r in old_data[table]]
+    # Lossless: imported into a new home, it exports the very same content (the run's
+    # record, name and seed, stays with the home that ran it: import takes the store).
+    with UbloxLocalStorage(tmp_path / "copy") as storage:
+        assert storage.import_from_json(export) == []
+        again = json.loads(storage.export_to_json(tmp_path / "again.json").read_text())
+    skip = {"run", "digest"}
+    assert {k: v for k, v in again.items() if k not in skip} == {
+        k: v for k, v in new_data.items() if k not in skip
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "cannot fit losslessly at 64x64: theta (4096 float64 with noise mantissas: 27.3 KB "
+        "under xz -9, 27.6 KB shuffled+deflate) is in the world file and again, base64, "
+        "in the self-contained export (>=63 KB together); the database (22 tables and "
+        "indexes, 96 ledger rows, 83 sessions) is >=46.6 KB even vacuumed at SQLite's "
+        "smallest page; folders 8 KB: >=117 KB before the export's rows. Measured: "
+        "db 77,824 + world 61,988 + export 114,765 + folders and lock 8,198 = 262,775 B"
+    ),
+)
+def test_harmonic_caverns_home_is_under_100_kb(harmonic_home: Path) -> None:
+    assert du_b(harmonic_home) < 100_000
