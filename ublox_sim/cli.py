@@ -1,25 +1,32 @@
-"""The ``ublox-sim`` command line. Exit codes: 0 ok, 1 a run or check failed, 2 usage or input error."""
+"""The ``ublox-sim`` command line. Exit codes: 0 ok, 1 a run or check failed, 2 usage or input error.
+
+Commands import the heavy parts (numpy, aiosqlite, the store) inside their bodies, so
+``ublox-sim --help`` and every ``COMMAND --help`` answer without loading them.
+Only ``run``, ``demo`` and ``import`` may create a store; every other command on a
+folder without one exits 2 with "no store at PATH" and leaves the folder as it was.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from . import __version__
 from .errors import InvalidInput, UbloxError
-from .logsetup import configure_logging
-from .storage import UbloxLocalStorage
-from .store import Home
-from .verify import verify_store
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .store import Home
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -29,6 +36,8 @@ EXIT_USAGE = 2
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False)
 
 
@@ -45,8 +54,36 @@ def _errors_to_exit_codes(fn: Callable[P, T]) -> Callable[P, T]:
         except UbloxError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_FAILED)
+        except OSError as exc:
+            # A full disk or a refused write is the machine's answer, not a bug: one line.
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(EXIT_FAILED)
 
     return wrapper
+
+
+def _holds_store(home: Home) -> bool:
+    try:
+        if home.db.stat().st_size > 0:
+            return True
+    except OSError:
+        pass
+    # A restore half done, or worlds without their database (a lost database): the
+    # commands open it so that the store itself finishes the restore or says what is lost.
+    return home.restore_marker.exists() or any(home.cdt_dir.glob("*.npz"))
+
+
+def _existing_store(home: Path | None) -> Home:
+    """The store at ``home``, or exit 2 without creating anything (a mistyped path)."""
+    from .store import Home
+
+    target = Home.resolve(home)
+    if not _holds_store(target):
+        raise InvalidInput(
+            f"no store at {target.root} (`ublox-sim run`, `demo --home` or `import` make one)"
+        )
+    return target
 
 
 home_option = click.option(
@@ -69,6 +106,8 @@ home_option = click.option(
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(log_format: str, verbose: int) -> None:
     """ublox-sim: an async actor-based game-simulation backend."""
+    from .logsetup import configure_logging
+
     level = {0: 30, 1: 20}.get(verbose, 10)
     configure_logging("json" if log_format == "json" else "console", level)
 
@@ -78,6 +117,7 @@ def main(log_format: str, verbose: int) -> None:
 def demo(home: Path | None) -> None:
     """Run the seed's storage demo (in a temporary home unless --home is given)."""
     from .demo import DemoCheckFailed, run_demo
+    from .store import Home
 
     try:
         if home is not None:
@@ -121,9 +161,10 @@ def run(
     """Run a scenario (deterministic, checkpointed; --resume continues a killed run)."""
     import anyio
 
-    from .report import print_report
+    from .report import already_finished, print_report
     from .runner import recorded_scenario, run_scenario
     from .scenario import load_scenario
+    from .store import Home
 
     target = Home.resolve(home)
     if scenario is None:
@@ -160,6 +201,8 @@ def run(
             lambda: run_scenario(loaded, target, resume=resume, synchronous=synchronous)
         )
     if as_json:
+        if already_finished(report):
+            click.echo(f"{report.name}: the run in {target.root} had already finished", err=True)
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         print_report(report, target, console)
@@ -211,6 +254,8 @@ def serve(
         raise click.UsageError(
             f"the server needs its extra: pip install 'ublox-sim[server]' ({exc})"
         ) from exc
+    from .store import Home
+
     click.echo(f"ublox-sim serving {Home.resolve(home).root} on http://{host}:{port}/")
     run_server(home, host, port, scenario, speed, seed)
 
@@ -221,27 +266,182 @@ def serve(
 @_errors_to_exit_codes
 def stats(home: Path | None, as_json: bool) -> None:
     """Counts and totals of the store."""
-    with UbloxLocalStorage(home) as storage:
+    from rich.table import Table
+
+    from .storage import UbloxLocalStorage
+
+    target = _existing_store(home)
+    with UbloxLocalStorage(target.root) as storage:
         data = storage.get_global_stats()
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
-    table = Table("table", "figure", "value", title=f"ublox store {Home.resolve(home).root}")
+    table = Table("table", "figure", "value", title=f"ublox store {target.root}")
+    table.columns[2].justify = "right"
     for name, figures in data.items():
-        for key, value in figures.items():
-            table.add_row(name, key, str(value))
+        for figure, value in stat_rows(figures):
+            table.add_row(name, figure, value)
     _console().print(table)
+
+
+# How each figure of `stats` reads: money in major units with two decimals, sums of
+# hours and means of scores rounded (they are sums of REAL columns, so float noise
+# like 144.75000000000003 is not information).
+MONEY_FIGURES = frozenset(
+    {
+        "usd_obbba_total",
+        "xUSD_total",
+        "funding_raised_total",
+        "xUSD_pool_total",
+        "purchase_price_total",
+        "xUSD_earned_total",
+        "volume",
+    }
+)
+HOUR_FIGURES = frozenset(
+    {"total_play_time", "hours_committed_total", "hours_played_total", "duration_total"}
+)
+SCORE_FIGURES = frozenset({"quality_mean"})
+
+
+def stat_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
+    """One (figure, value) row per number; a breakdown (by status, by type) is a row per item."""
+    rows: list[tuple[str, str]] = []
+    for figure, value in figures.items():
+        if isinstance(value, dict):
+            if not value:
+                rows.append((figure, "none"))
+            for key, item in sorted(value.items()):
+                rows.append((f"{figure} {key}", _figure(figure, item)))
+        else:
+            rows.append((figure, _figure(figure, value)))
+    return rows
+
+
+def _figure(figure: str, value: Any) -> str:
+    from decimal import Decimal
+
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return str(value)
+    if figure in MONEY_FIGURES:
+        return f"{Decimal(str(value)):.2f}"
+    if figure in HOUR_FIGURES:
+        return f"{value:.2f}"
+    if figure in SCORE_FIGURES:
+        return f"{value:.3f}"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.2f}"
 
 
 @main.command("export")
 @home_option
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    metavar="PATH",
+    help="Where to write (default <home>/export.json); - for standard output. A regular "
+    "file is replaced atomically; a pipe or a character device is written through.",
+)
 @_errors_to_exit_codes
-def export_cmd(home: Path | None, output: Path | None) -> None:
+def export_cmd(home: Path | None, output: str | None) -> None:
     """Write the full JSON export (default <home>/export.json)."""
-    with UbloxLocalStorage(home) as storage:
-        path = storage.export_to_json(output)
-    click.echo(str(path))
+    from .storage import UbloxLocalStorage
+
+    target = _existing_store(home)
+    if output is None:
+        with UbloxLocalStorage(target.root) as storage:
+            click.echo(str(storage.export_to_json()))
+        return
+    if output == "-":
+        with tempfile.TemporaryDirectory(prefix="ublox-export-") as tmp:
+            staged = Path(tmp) / "export.json"
+            with UbloxLocalStorage(target.root) as storage:
+                storage.export_to_json(staged)
+            _copy_to_stdout(staged)
+        return
+    destination = Path(output)
+    try:
+        if _streams_into(destination):
+            with tempfile.TemporaryDirectory(prefix="ublox-export-") as tmp:
+                staged = Path(tmp) / "export.json"
+                with UbloxLocalStorage(target.root) as storage:
+                    storage.export_to_json(staged)
+                with open(staged, "rb") as source, open(destination, "wb") as sink:
+                    _pump(source, sink)
+            # No "wrote PATH" line: the pipe or terminal may well be our own stdout.
+            return
+        _replace_with_export(target, destination)
+    except OSError as exc:
+        click.echo(f"error: cannot write the export to {destination}: {exc.strerror}", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(str(destination))
+
+
+def _streams_into(path: Path) -> bool:
+    """True for a pipe or a character device (written through), False for a regular file
+    or a new name (replaced atomically). Anything else is refused: replacing it would
+    destroy what the name stands for (a directory's contents, a disk)."""
+    try:
+        mode = path.stat().st_mode  # follows symlinks: /dev/stdout says what it points at
+    except FileNotFoundError:
+        if not path.absolute().parent.is_dir():
+            raise InvalidInput(
+                f"cannot write the export to {path}: there is no folder {path.absolute().parent}"
+            ) from None
+        return False
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the export to {path}: {exc.strerror}") from exc
+    if stat.S_ISREG(mode):
+        return False
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return True
+    kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file, a pipe or a terminal"
+    raise InvalidInput(f"cannot write the export to {path}: it is {kind}; give a file path")
+
+
+def _replace_with_export(home: Home, destination: Path) -> None:
+    from .storage import UbloxLocalStorage
+
+    # Replace the file a symlink points at, never the symlink. The store writes the export
+    # atomically beside it first, so the swap is one rename: a reader sees the old export
+    # or the new one, and a failed write leaves the old one in place.
+    final = Path(os.path.realpath(destination))
+    staged = final.with_name(f".{final.name}.{os.getpid()}.export")
+    try:
+        with UbloxLocalStorage(home.root) as storage:
+            storage.export_to_json(staged)
+        os.replace(staged, final)
+    finally:
+        staged.unlink(missing_ok=True)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _pump(source: BinaryIO, sink: BinaryIO) -> None:
+    while chunk := source.read(1 << 16):
+        sink.write(chunk)
+
+
+def _copy_to_stdout(staged: Path) -> None:
+    out = sys.stdout.buffer
+    try:
+        with open(staged, "rb") as source:
+            _pump(source, out)
+        out.flush()
+    except OSError as exc:
+        # Whatever did not go out must not be flushed again at exit (a second error,
+        # or "Exception ignored" noise): what is left goes to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if not isinstance(exc, BrokenPipeError):  # a reader that left (`| head`) is no error
+            click.echo(
+                f"error: cannot write the export to standard output: {exc.strerror}", err=True
+            )
+        sys.exit(EXIT_FAILED)
 
 
 @main.command("import")
@@ -251,11 +451,46 @@ def export_cmd(home: Path | None, output: Path | None) -> None:
 @_errors_to_exit_codes
 def import_cmd(home: Path | None, path: Path, force: bool) -> None:
     """Load an export into an empty home as it is (refused if damaged or edited)."""
-    with UbloxLocalStorage(home) as storage:
-        warnings = storage.import_from_json(path, force=force)
+    from .storage import UbloxLocalStorage
+    from .store import Home
+
+    target = Home.resolve(home)
+    # A refused import into a new home leaves no store behind: nothing of a store that
+    # holds nothing, and no world files without their database (a "lost database").
+    new_home = not _holds_store(target)
+    before = _entries(target.root) if new_home else None
+    try:
+        with UbloxLocalStorage(home) as storage:
+            warnings = storage.import_from_json(path, force=force)
+    except BaseException:
+        if new_home:
+            _remove_new_entries(target.root, before)
+        raise
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"imported {path} into {Home.resolve(home).root}")
+    click.echo(f"imported {path} into {target.root}")
+
+
+def _entries(root: Path) -> set[str] | None:
+    """The names in ``root``, or None if there is no such folder."""
+    try:
+        return {entry.name for entry in os.scandir(root)}
+    except FileNotFoundError:
+        return None
+
+
+def _remove_new_entries(root: Path, before: set[str] | None) -> None:
+    import shutil
+
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for name in (_entries(root) or set()) - before:
+        entry = root / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 @main.group()
@@ -268,19 +503,36 @@ def backup() -> None:
 @click.argument("name", required=False)
 @_errors_to_exit_codes
 def backup_create(home: Path | None, name: str | None) -> None:
-    with UbloxLocalStorage(home) as storage:
+    """Snapshot the store as backups/NAME (default backup_<UTC time>)."""
+    from .storage import UbloxLocalStorage
+
+    target = _existing_store(home)
+    with UbloxLocalStorage(target.root) as storage:
         click.echo(str(storage.create_backup(name)))
 
 
 @backup.command("list")
 @home_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (sizes in bytes).")
 @_errors_to_exit_codes
-def backup_list(home: Path | None) -> None:
+def backup_list(home: Path | None, as_json: bool) -> None:
+    """The backups of the store, oldest first."""
     from .store import list_backups
 
-    table = Table("name", "created", "size")
-    for item in list_backups(Home.resolve(home)):
-        table.add_row(item["name"], item["created"], f"{item['size'] / 1024:.1f} KB")
+    target = _existing_store(home)
+    items = list_backups(target)
+    if as_json:
+        click.echo(json.dumps(items, indent=2, sort_keys=True))
+        return
+    if not items:
+        click.echo(f"no backups in {target.backups} (`ublox-sim backup create` makes one)")
+        return
+    from rich.table import Table
+
+    table = Table("name", "created", "size", title=f"backups in {target.backups}")
+    table.columns[2].justify = "right"
+    for item in items:
+        table.add_row(item["name"], item["created"], f"{item['size'] / 1024:,.1f} KB")
     _console().print(table)
 
 
@@ -291,7 +543,10 @@ def backup_list(home: Path | None) -> None:
 @_errors_to_exit_codes
 def backup_restore(home: Path | None, name: str, force: bool) -> None:
     """Replace the store with backup NAME (checked first; the old state is kept)."""
-    with UbloxLocalStorage(home) as storage:
+    from .storage import UbloxLocalStorage
+
+    target = _existing_store(home)
+    with UbloxLocalStorage(target.root) as storage:
         warnings = storage.restore_backup(name, force=force)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -301,9 +556,12 @@ def backup_restore(home: Path | None, name: str, force: bool) -> None:
 @main.command()
 @home_option
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
+@_errors_to_exit_codes
 def verify(home: Path | None, as_json: bool) -> None:
     """Check schema, integrity, ledger vs balances, escrow, tokens, sessions and CDT files."""
-    root = Home.resolve(home).root
+    from .verify import verify_store
+
+    root = _existing_store(home).root
     findings = verify_store(root)
     if as_json:
         items: list[dict[str, Any]] = [

@@ -1,0 +1,512 @@
+"""The command line as a user meets it: help that loads nothing heavy, commands that never
+create a store at a mistyped path, an export that never replaces what is not a regular
+file, tables that read as tables, and `make run` that says where its store is."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ublox_sim.storage import UbloxLocalStorage
+from ublox_sim.verify import verify_store
+
+ROOT = Path(__file__).resolve().parents[1]
+HARMONIC = str(ROOT / "scenarios" / "harmonic_caverns.yaml")
+# Wide and colourless, so a table row is one line of plain text.
+ENV = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+ENV.pop("UBLOX_HOME", None)
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, stdout: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ublox_sim", *args],
+        env=env or ENV,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in sorted(path.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store made through the seed's API, with sums that are float noise in SQLite
+    (0.1 h + 0.2 h of play is 0.30000000000000004 h) and a PTO in `funding`."""
+    home = tmp_path_factory.mktemp("small") / "ublox"
+    with UbloxLocalStorage(home) as storage:
+        storage.save_player({"player_id": "alice", "usd_obbba_balance": 1234.5})
+        storage.log_transaction("deposit", None, "alice", 1234.5, "USD-OBBBA")
+        storage.save_pto(
+            {
+                "pto_id": "pto_1",
+                "game_name": "Caverns",
+                "creator_id": "alice",
+                "atu_required": 10,
+                "pts_offered": 4,
+                "price_per_pts": 25.0,
+                "funding_goal": 100.0,
+                "status": "funding",
+            }
+        )
+        storage.log_play_session("pto_1", "alice", 0.1, 0.123456, 1.0)
+        storage.log_play_session("pto_1", "alice", 0.2, 0.654321, 2.0)
+    return home
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The seed's story run to its end, with an ATU requirement the creator's 50-a-tick
+    spending overshoots (480: the tenth spend reaches 500). Returns (home, report)."""
+    home = tmp_path_factory.mktemp("run") / "ublox"
+    result = cli("run", HARMONIC, "--home", str(home), "--set", "ptos.0.atu_required=480")
+    assert result.returncode == 0, result.stderr
+    return home, result.stdout
+
+
+# -- item 1: help without the heavy imports ---------------------------------------------------
+
+
+def test_help_of_every_command_loads_neither_numpy_nor_aiosqlite() -> None:
+    probe = """
+import json
+import sys
+import click
+from ublox_sim.cli import main
+
+def commands(group, path):
+    for name, command in sorted(group.commands.items()):
+        yield [*path, name]
+        if isinstance(command, click.Group):
+            yield from commands(command, [*path, name])
+
+seen = []
+for args in [[], *commands(main, [])]:
+    try:
+        main([*args, "--help"], prog_name="ublox-sim")
+    except SystemExit as exc:
+        assert exc.code == 0, (args, exc.code)
+    seen.append(" ".join(args))
+heavy = sorted(m for m in ("numpy", "aiosqlite") if m in sys.modules)
+print(json.dumps([seen, heavy]), file=sys.stderr)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    seen, heavy = json.loads(result.stderr.strip().splitlines()[-1])
+    assert {"", "run", "stats", "export", "verify", "backup", "backup list"} <= set(seen)
+    assert heavy == []
+
+    # And `python -m ublox_sim --help` in a fresh interpreter, as -X importtime lists it.
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ublox_sim", "--help"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage: ublox-sim" in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert not {"numpy", "aiosqlite"} & imported
+
+
+def test_every_public_name_still_resolves_from_the_lazy_package() -> None:
+    import ublox_sim
+
+    for name in ublox_sim.__all__:
+        assert getattr(ublox_sim, name) is not None, name
+    assert set(ublox_sim.__all__) <= set(dir(ublox_sim))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        ublox_sim.Nope  # noqa: B018
+
+
+# -- item 5: no store, no store created ---------------------------------------------------------
+
+NEEDS_A_STORE = [
+    ("verify",),
+    ("verify", "--json"),
+    ("stats",),
+    ("stats", "--json"),
+    ("export",),
+    ("export", "-o", "-"),
+    ("backup", "list"),
+    ("backup", "list", "--json"),
+    ("backup", "create"),
+    ("backup", "restore", "some_backup"),
+]
+
+
+@pytest.mark.parametrize("args", NEEDS_A_STORE, ids=" ".join)
+def test_a_command_on_a_mistyped_home_exits_2_and_creates_nothing(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    typo = tmp_path / "ublx"
+    result = cli(*args, "--home", str(typo))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert one_error_line(result).startswith(f"error: no store at {typo}")
+    assert result.stdout == ""
+    assert not typo.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_folder_or_the_default_home_without_a_store_is_no_store_either(
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (("verify",), ("stats",), ("backup", "list")):
+        result = cli(*args, "--home", str(empty))
+        assert result.returncode == 2, result.stderr
+        assert f"no store at {empty}" in one_error_line(result)
+    assert list(empty.iterdir()) == []
+
+    # Through $UBLOX_HOME, as `ublox-sim verify` with no --home finds it.
+    result = cli("verify", env={**ENV, "UBLOX_HOME": str(tmp_path / "unset")})
+    assert result.returncode == 2, result.stderr
+    assert f"no store at {tmp_path / 'unset'}" in one_error_line(result)
+    assert not (tmp_path / "unset").exists()
+
+
+def test_worlds_without_their_database_are_reported_as_a_lost_store_not_as_no_store(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "ublox"
+    (home / "cdt_states").mkdir(parents=True)
+    (home / "cdt_states" / "pto_1_world_cdt.v3.npz").write_bytes(b"PK")
+    result = cli("verify", "--home", str(home))
+    assert result.returncode == 1, result.stderr
+    assert "no database here" in result.stdout
+
+
+# -- item 5: export writes a file, a pipe or stdout, and never replaces anything else ------------
+
+
+def test_export_to_stdout_prints_the_export_and_writes_no_file(
+    small_store: Path, tmp_path: Path
+) -> None:
+    result = cli("export", "--home", str(small_store), "-o", "-")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["format"] == "ublox-export"
+    assert [p["player_id"] for p in data["players"]] == ["alice"]
+    assert not (ROOT / "-").exists()
+
+    # The same bytes as the file export, and as its own stdout named as a path (a pipe
+    # here). /proc/self/fd/1, not /dev/stdout: a regression that replaced the target
+    # could not create a file in /proc, but it could replace /dev/stdout for everyone.
+    target = tmp_path / "export.json"
+    assert cli("export", "--home", str(small_store), "-o", str(target)).returncode == 0
+    assert target.read_text() == result.stdout
+    if Path("/proc/self/fd/1").exists():
+        by_name = cli("export", "--home", str(small_store), "-o", "/proc/self/fd/1")
+        assert by_name.returncode == 0, by_name.stderr
+        assert by_name.stdout == result.stdout
+
+
+def test_export_replaces_a_regular_file_atomically_and_keeps_a_symlink(
+    small_store: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    link = tmp_path / "latest.json"
+    link.symlink_to(target.name)
+    result = cli("export", "--home", str(small_store), "-o", str(link))
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and os.readlink(link) == target.name
+    assert json.loads(target.read_text())["format"] == "ublox-export"
+    # Nothing half-written is left beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "out.json"]
+
+
+def test_export_into_a_fifo_writes_through_it(small_store: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    # A daemon: if the FIFO were replaced, this reader would wait on it forever.
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = cli("export", "--home", str(small_store), "-o", str(fifo))
+    replaced = not stat.S_ISFIFO(fifo.lstat().st_mode)
+    if reader.is_alive() and not replaced and result.returncode != 0:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # release a reader nobody fed
+    reader.join(timeout=60)
+    assert not replaced, "the FIFO was replaced"
+    assert result.returncode == 0, result.stderr
+    assert json.loads(received[0])["format"] == "ublox-export"
+
+
+def test_export_into_a_folder_is_refused_and_the_folder_kept(
+    small_store: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    result = cli("export", "--home", str(small_store), "-o", str(folder))
+    assert result.returncode == 2, result.stderr
+    assert "is a folder" in one_error_line(result)
+    assert tree(folder) == {"keep.txt": b"mine"}
+
+    result = cli("export", "--home", str(small_store), "-o", str(tmp_path / "no" / "x.json"))
+    assert result.returncode == 2, result.stderr
+    assert "no folder" in one_error_line(result)
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.fixture
+def device_nodes(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """Private copies of /dev/full (1, 7) and /dev/null (1, 3): if export ever replaced a
+    device node again, it would replace these, never the machine's own."""
+    if os.geteuid() != 0:
+        pytest.skip("making device nodes needs root")
+    nodes = {"full": tmp_path / "full", "null": tmp_path / "null"}
+    try:
+        os.mknod(nodes["full"], 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+        os.mknod(nodes["null"], 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        with open(nodes["null"], "wb") as probe:
+            probe.write(b"x")
+    except OSError as exc:  # no CAP_MKNOD, or a nodev mount
+        pytest.skip(f"cannot make or open a device node in {tmp_path}: {exc}")
+    yield nodes
+
+
+def is_device(path: Path, minor: int) -> bool:
+    info = path.lstat()
+    return (
+        stat.S_ISCHR(info.st_mode)
+        and os.major(info.st_rdev) == 1
+        and os.minor(info.st_rdev) == minor
+    )
+
+
+def test_export_into_a_full_device_is_one_error_line_and_the_device_stays(
+    small_store: Path, device_nodes: dict[str, Path]
+) -> None:
+    full = device_nodes["full"]
+    result = cli("export", "--home", str(small_store), "-o", str(full))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "No space left on device" in one_error_line(result)
+    assert str(full) in result.stderr
+    assert is_device(full, 7), "the device node was replaced"
+
+    result = cli("export", "--home", str(small_store), "-o", str(device_nodes["null"]))
+    assert result.returncode == 0, result.stderr
+    assert is_device(device_nodes["null"], 3)
+
+
+def test_export_to_a_full_stdout_is_one_error_line(
+    small_store: Path, device_nodes: dict[str, Path]
+) -> None:
+    with open(device_nodes["full"], "wb") as full:
+        result = cli("export", "--home", str(small_store), "-o", "-", stdout=full.fileno())
+    assert result.returncode == 1, result.stderr
+    assert "standard output: No space left on device" in one_error_line(result)
+
+
+# -- item 8: tables, money, counts ------------------------------------------------------------
+
+
+def table_row(output: str, *cells: str) -> list[str]:
+    """The cells of the first table row whose leading cells are ``cells``."""
+    for line in output.splitlines():
+        parts = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if parts[: len(cells)] == list(cells):
+            return parts
+    raise AssertionError(f"no row {cells} in:\n{output}")
+
+
+def test_stats_shows_counts_as_rows_money_with_two_decimals_and_rounded_sums(
+    small_store: Path,
+) -> None:
+    result = cli("stats", "--home", str(small_store))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "{" not in out and "}" not in out, out
+    assert table_row(out, "ptos", "by_status funding")[-1] == "1"
+    assert table_row(out, "players", "usd_obbba_total")[-1] == "1234.50"
+    assert table_row(out, "transactions", "volume deposit/USD-OBBBA")[-1] == "1234.50"
+    assert table_row(out, "play_sessions", "duration_total")[-1] == "0.30"
+    assert table_row(out, "play_sessions", "xUSD_earned_total")[-1] == "3.00"
+    assert table_row(out, "play_sessions", "quality_mean")[-1] == "0.389"
+    # --json stays the data itself.
+    data = json.loads(cli("stats", "--home", str(small_store), "--json").stdout)
+    assert data["ptos"]["by_status"] == {"funding": 1}
+
+
+def test_run_summary_shows_counts_as_words_and_explains_an_atu_overshoot(
+    finished_run: tuple[Path, str],
+) -> None:
+    _, out = finished_run
+    assert "{" not in out, out
+    assert "PTOs 1 (completed 1)" in out
+    assert table_row(out, "pto_harmonic_001")[4] == "500/480 (+20)"
+    assert "(+N): the creator's last spend went N past atu_required" in " ".join(out.split())
+
+
+def test_run_summary_shows_money_with_two_decimals_and_no_note_when_atu_meets_the_requirement() -> (
+    None
+):
+    from rich.console import Console
+
+    from ublox_sim.report import print_report
+    from ublox_sim.runner import RunReport
+    from ublox_sim.store import Home
+
+    pto = {
+        "pto_id": "p",
+        "game_name": "G",
+        "status": "completed",
+        "funding_raised": "10",
+        "funding_goal": "10.5",
+        "pts_sold": 1,
+        "pts_offered": 1,
+        "atu_spent": 500,
+        "atu_required": 500,
+        "aci_coherence_score": 0.5,
+        "xUSD_pool": "0",
+    }
+    totals = {
+        "players": {"count": 0},
+        "ptos": {"count": 1, "by_status": {"completed": 1}},
+        "transactions": {"count": 0},
+        "play_sessions": {"count": 0, "xUSD_earned_total": 0.0},
+    }
+    report = RunReport("r", 1, 1, 1, None, 1.0, ptos=[pto], totals=totals)
+    console = Console(record=True, width=200, color_system=None)
+    print_report(report, Home(Path("/nowhere")), console)
+    out = console.export_text()
+    assert table_row(out, "p")[2:5] == ["10.00 / 10.50", "1/1", "500/500"]
+    assert "past atu_required" not in out
+
+
+def test_resume_of_a_finished_run_says_it_is_finished(finished_run: tuple[Path, str]) -> None:
+    home, _ = finished_run
+    result = cli("run", "--resume", "--home", str(home))
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert "had already finished (tick 48); nothing to resume" in first
+    assert "resumed at" not in result.stdout
+    assert "ticks/s" not in result.stdout
+
+    result = cli("run", "--resume", "--home", str(home), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ticks_run"] == 0
+    assert "had already finished" in result.stderr
+    assert verify_store(home) == []
+
+
+def test_backup_list_says_when_there_are_none_and_speaks_json(tmp_path: Path) -> None:
+    home = tmp_path / "ublox"
+    with UbloxLocalStorage(home) as storage:
+        storage.save_player({"player_id": "alice"})
+    result = cli("backup", "list", "--home", str(home))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"no backups in {home / 'backups'}")
+    result = cli("backup", "list", "--home", str(home), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+    assert cli("backup", "create", "--home", str(home), "first").returncode == 0
+    result = cli("backup", "list", "--home", str(home), "--json")
+    (item,) = json.loads(result.stdout)
+    assert item["name"] == "first"
+    assert item["size"] > 0 and item["created"]
+    assert table_row(cli("backup", "list", "--home", str(home)).stdout, "first")
+
+
+# -- item 8: make run -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_run_says_where_its_store_is_and_reuses_that_home(tmp_path: Path) -> None:
+    run_home = tmp_path / "run-home"
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in ENV.items() if not k.startswith("MAKE")}
+    # STAMP= skips the venv set-up: this interpreter already has the package.
+    command = ["make", "--no-print-directory", "run", "STAMP=", f"BIN={bin_dir}"]
+    for attempt in (1, 2):  # the second run reuses (empties) the first one's home
+        result = subprocess.run(
+            [*command, f"RUN_HOME={run_home}"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, (attempt, result.stdout, result.stderr)
+        assert f"the store is in {run_home}" in result.stdout
+        assert verify_store(run_home) == []
+
+    # A RUN_HOME that holds something else is never emptied.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    result = subprocess.run(
+        [*command, f"RUN_HOME={other}"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "not a ublox store" in result.stderr
+    assert tree(other) == {"notes.txt": b"keep"}
+
+
+# -- item 5: a refused import leaves no store behind -------------------------------------------
+
+
+def test_a_refused_import_into_a_new_home_leaves_nothing_there(
+    small_store: Path, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.json"
+    assert cli("export", "--home", str(small_store), "-o", str(good)).returncode == 0
+    data = json.loads(good.read_text())
+    data["players"][0]["usd_obbba_balance"] = 99999.0  # no longer what its ledger says
+    doctored = tmp_path / "doctored.json"
+    doctored.write_text(json.dumps(data))
+    not_an_export = tmp_path / "notes.json"
+    not_an_export.write_text('{"hello": 1}')
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for source in (doctored, not_an_export):
+        fresh = tmp_path / "fresh"
+        result = cli("import", str(source), "--home", str(fresh))
+        assert result.returncode in (1, 2), (result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert not fresh.exists()
+
+        result = cli("import", str(source), "--home", str(kept))
+        assert result.returncode in (1, 2), result.stderr
+        assert tree(kept) == {"notes.txt": b"mine"}
+
+    # A good export still makes its new home.
+    fresh = tmp_path / "fresh"
+    result = cli("import", str(good), "--home", str(fresh))
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(cli("stats", "--home", str(fresh), "--json").stdout)
+    assert stats["players"]["count"] == 1
