@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ublox_sim.storage import UbloxLocalStorage
@@ -203,6 +204,34 @@ def test_worlds_without_their_database_are_reported_as_a_lost_store_not_as_no_st
     result = cli("verify", "--home", str(home))
     assert result.returncode == 1, result.stderr
     assert "no database here" in result.stdout
+
+
+def test_a_lost_database_is_restored_from_a_backup_as_its_error_advises(tmp_path: Path) -> None:
+    home = tmp_path / "ublox"
+    theta = np.linspace(0.0, 6.0, 256).reshape(16, 16)
+    with UbloxLocalStorage(home) as storage:
+        storage.save_player({"player_id": "alice", "usd_obbba_balance": 10.0})
+        storage.log_transaction("deposit", None, "alice", 10.0, "USD-OBBBA")
+        storage.save_pto(
+            {"pto_id": "pto_1", "game_name": "G", "creator_id": "alice", "cdt": {"theta": theta}}
+        )
+        storage.create_backup("good")
+    (home / "ublox.db").unlink()
+    refused = cli("verify", "--home", str(home))
+    assert refused.returncode == 1
+    advised = cli("stats", "--home", str(home))
+    assert "ublox-sim backup restore NAME" in advised.stderr
+
+    restored = cli("backup", "restore", "good", "--home", str(home))
+    assert restored.returncode == 0, restored.stderr
+    assert cli("verify", "--home", str(home)).returncode == 0
+    with UbloxLocalStorage(home) as storage:
+        player, pto = storage.load_player("alice"), storage.load_pto("pto_1")
+        assert player is not None and player["usd_obbba_balance"] == 10.0
+        assert pto is not None and pto["cdt"]["theta"].tobytes() == theta.tobytes()
+    # The worlds that sat beside the lost database are kept, not thrown away.
+    (kept,) = home.glob("lost_worlds_*")
+    assert any(kept.glob("*.npz"))
 
 
 # -- item 5: export writes a file, a pipe or stdout, and never replaces anything else ------------

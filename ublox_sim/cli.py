@@ -544,10 +544,15 @@ def backup_list(home: Path | None, as_json: bool) -> None:
 def backup_restore(home: Path | None, name: str, force: bool) -> None:
     """Replace the store with backup NAME (checked first; the old state is kept)."""
     from .storage import UbloxLocalStorage
+    from .store import database_lost, restore_lost_store
 
     target = _existing_store(home)
-    with UbloxLocalStorage(target.root) as storage:
-        warnings = storage.restore_backup(name, force=force)
+    if database_lost(target):
+        # No store can open over a lost database, so the restore happens offline.
+        warnings = restore_lost_store(target, name, force=force)
+    else:
+        with UbloxLocalStorage(target.root) as storage:
+            warnings = storage.restore_backup(name, force=force)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"restored {name}; the previous state is kept as a pre_restore_* backup")

@@ -41,6 +41,7 @@ from .errors import (
     InvalidBackupName,
     InvalidId,
     InvalidInput,
+    InvalidState,
     SchemaError,
     StoreError,
     StoreLocked,
@@ -590,12 +591,17 @@ class LocalStore:
         return warnings
 
 
+def database_lost(home: Home) -> bool:
+    """True when ublox.db is missing or empty but world files remain beside it."""
+    if home.db.exists() and home.db.stat().st_size > 0:
+        return False
+    return home.cdt_dir.is_dir() and any(home.cdt_dir.glob("*.npz"))
+
+
 def _refuse_lost_database(home: Home) -> None:
     """An empty or missing ublox.db beside world files is a lost database, not a new store:
     opening it would make every balance look gone without a word."""
-    if home.db.exists() and home.db.stat().st_size > 0:
-        return
-    if any(home.cdt_dir.glob("*.npz")):
+    if database_lost(home):
         raise SchemaError(
             f"{home.db} is missing or empty but {home.cdt_dir} holds worlds: the database "
             "was lost; restore a backup (`ublox-sim backup restore NAME`) or move the folder away"
@@ -997,11 +1003,34 @@ def _finish_restore(home: Home) -> None:
     fsync_dir(home.root)
 
 
+def restore_lost_store(home: Home, name: str, *, force: bool = False) -> list[str]:
+    """Restore backup NAME into a home whose database was lost, where no store can open.
+
+    The same checks as ``LocalStore.restore_backup``; the world files found beside
+    the lost database are kept in ``lost_worlds_<time>/`` rather than thrown away.
+    """
+    fd = lock_home(home)
+    try:
+        if not database_lost(home):
+            raise InvalidState(f"{home.db} is not lost; restore through an open store")
+        warnings = check_backup(home.backup_dir(name), force=force)
+        kept = home.root / f"lost_worlds_{wall_clock():%Y%m%d_%H%M%S_%f}"
+        shutil.copytree(home.cdt_dir, kept)
+        fsync_dir(home.root)
+        _start_restore(home, name)
+    finally:
+        unlock_home(fd)
+    log.info("store.restored_lost", name=name, kept=str(kept), warnings=len(warnings))
+    return warnings
+
+
 __all__ = [
     "Home",
     "LocalStore",
     "check_backup",
     "columns",
+    "database_lost",
     "list_backups",
+    "restore_lost_store",
     "world_id_for",
 ]
