@@ -184,6 +184,7 @@ class Engine:
 
     async def _restore(self) -> None:
         """Rebuild every actor from the store (a reopened engine sees the same state)."""
+        _, self._bus.last_seq = await self.store.event_log_span()
         for player in await self.store.load_all(Player):
             self._spawn_player(player)
         tokens: dict[str, list[PTSToken]] = {}
@@ -652,6 +653,11 @@ class Engine:
         engine) and then receives an ``EventsDropped`` with the count."""
         self._check_open()
         return self._bus.subscribe(buffer)
+
+    @property
+    def last_event_seq(self) -> int:
+        """The sequence number of the newest event committed (0 before the first)."""
+        return self._bus.last_seq
 
     async def checkpoint(self, version: int, extra: Sequence[Statement] = ()) -> None:
         """Make everything so far durable as checkpoint ``version``.
