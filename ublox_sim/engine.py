@@ -655,6 +655,11 @@ class Engine:
         return self._bus.subscribe(buffer)
 
     @property
+    def events_dropped(self) -> int:
+        """Events that slow subscribers lost so far (each subscriber counted apart)."""
+        return self._bus.dropped_total
+
+    @property
     def last_event_seq(self) -> int:
         """The sequence number of the newest event committed (0 before the first)."""
         return self._bus.last_seq

@@ -40,6 +40,7 @@ SEND_TIMEOUT = 10.0
 # How long a stalled client may take to read the news that it fell behind before
 # the server gives up on it and drops the connection.
 NOTICE_TIMEOUT = 60.0
+NOTICE_RETRY = 0.2
 REPLAY_PAGE = 500
 CLOSE_BEHIND = 1013  # "try again later": reconnect with ?since=
 CLOSE_POLICY = 1008
@@ -72,10 +73,9 @@ def parse_since(raw: str | None) -> int | None:
     """The ``since`` query parameter: absent, or a whole number ≥ 0."""
     if raw is None:
         return None
-    text = raw.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise InvalidInput(f"since must be a whole number ≥ 0, got {raw!r}")
-    return int(text)
+    return int(raw)
 
 
 async def serve_events(
@@ -150,7 +150,13 @@ class _Stream:
             await self.replay(since)
         while True:
             try:
-                event = await self.subscription.receive()
+                try:
+                    event = self.subscription.receive_nowait()
+                except anyio.WouldBlock:
+                    if self.subscription.lost:
+                        # Drained, with a gap behind: no later event may come to say so.
+                        raise _Behind from None
+                    event = await self.subscription.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return  # the engine closed
             self.stats.peak = max(self.stats.peak, self.subscription.peak)
@@ -199,13 +205,21 @@ class _Stream:
         self.stats.sent += 1
 
     async def tell_behind(self) -> tuple[int, str]:
-        count = max(0, self.engine.last_event_seq - self.last)
-        self.stats.behind_since, self.stats.dropped = self.last, count
-        at = iso(self.engine.clock.now())
-        notice = {"kind": "events_dropped", "at": at, "count": count, "since": self.last}
+        """Send ``events_dropped`` as soon as the client reads again, then close.
+
+        The count is composed afresh every ``NOTICE_RETRY`` seconds (a send still
+        waiting for room is cancelled before it wrote anything, then retried), so
+        it is exact as of at most that long before the client got it."""
         with anyio.move_on_after(NOTICE_TIMEOUT):
-            await self.ws.send_text(json.dumps(notice, separators=(",", ":")))
-            return CLOSE_BEHIND, f"fell behind: reconnect with ?since={self.last}"
+            while True:
+                count = max(0, self.engine.last_event_seq - self.last)
+                self.stats.behind_since, self.stats.dropped = self.last, count
+                at = iso(self.engine.clock.now())
+                notice = {"kind": "events_dropped", "at": at, "count": count, "since": self.last}
+                with anyio.move_on_after(NOTICE_RETRY) as scope:
+                    await self.ws.send_text(json.dumps(notice, separators=(",", ":")))
+                if not scope.cancelled_caught:
+                    return CLOSE_BEHIND, f"fell behind: reconnect with ?since={self.last}"
         return CLOSE_BEHIND, "fell behind and stopped reading"
 
 

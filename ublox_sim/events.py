@@ -303,6 +303,16 @@ class Subscription:
         return int(self._receive.statistics().max_buffer_size)
 
     @property
+    def lost(self) -> int:
+        """Events lost since this subscriber last received one (its ``EventsDropped`` is
+        queued only with the next event that fits)."""
+        return self._sub.dropped
+
+    def receive_nowait(self) -> Event:
+        """The next event if one is waiting; raises ``anyio.WouldBlock`` if none is."""
+        return self._receive.receive_nowait()
+
+    @property
     def peak(self) -> int:
         """The most events that ever waited for this subscriber at once (at most ``bound``)."""
         return self._sub.peak
