@@ -208,8 +208,10 @@ async def test_a_stalled_client_gets_a_bounded_queue_then_the_count_and_the_sinc
                 assert stats.peak <= stats.bound == bound
                 # The server has the news ready, counted up to the last event.
                 await until(
-                    lambda: stats.behind_since is not None
-                    and stats.dropped == last - stats.behind_since,
+                    lambda: (
+                        stats.behind_since is not None
+                        and stats.dropped == last - stats.behind_since
+                    ),
                     "the notice composed",
                 )
 
@@ -222,7 +224,9 @@ async def test_a_stalled_client_gets_a_bounded_queue_then_the_count_and_the_sinc
             delivered = got[:-1]
             assert code == 1013
             assert notice["kind"] == "events_dropped"
-            assert [e["seq"] for e in delivered] == list(range(start + 1, start + 1 + len(delivered)))
+            assert [e["seq"] for e in delivered] == list(
+                range(start + 1, start + 1 + len(delivered))
+            )
             assert notice["since"] == (delivered[-1]["seq"] if delivered else start)
             assert notice["count"] == last - notice["since"] > 0
             assert all(e["kind"] == "deposited" and "amount" not in e for e in delivered)

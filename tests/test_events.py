@@ -114,7 +114,11 @@ async def test_each_event_is_stored_with_its_operation(tmp_path: Path) -> None:
     tx = Counter(t for (t,) in rows(tmp_path, "SELECT tx_type FROM transactions"))
     assert count["player_registered"] == len(rows(tmp_path, "SELECT 1 FROM players"))
     assert count["pto_launched"] == len(rows(tmp_path, "SELECT 1 FROM ptos"))
-    assert count["shares_bought"] == tx["investment"] == len(rows(tmp_path, "SELECT 1 FROM pts_tokens"))
+    assert (
+        count["shares_bought"]
+        == tx["investment"]
+        == len(rows(tmp_path, "SELECT 1 FROM pts_tokens"))
+    )
     assert count["session_played"] == len(rows(tmp_path, "SELECT 1 FROM play_sessions"))
     assert count["transferred"] == tx["transfer"]
     assert count["pto_completed"] == tx["pto_completion"]
