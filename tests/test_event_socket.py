@@ -69,7 +69,8 @@ async def served(engine: Engine, **options: Any) -> AsyncIterator[Served]:
         await serve_events(websocket, engine, since=since, stats=stats, **options)
 
     app = Starlette(routes=[WebSocketRoute("/ws/events", endpoint)])
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws_ping_interval=None)
+    # log_config=None: uvicorn leaves logging alone, so its errors reach caplog.
+    config = uvicorn.Config(app, log_config=None, lifespan="off", ws_ping_interval=None)
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server._serve, [sock])  # _serve: no signal handlers in a test
@@ -319,3 +320,25 @@ async def test_binary_and_text_frames_from_the_client_are_ignored(tmp_path: Path
         assert event["kind"] == "deposited"
         await until(lambda: server.streams[0].client_left, "the close seen")
         assert server.streams[0].close_code is None  # the client closed, not the server
+
+
+@pytest.mark.anyio
+async def test_a_client_that_vanishes_while_behind_is_not_a_server_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_engine(tmp_path) as engine:
+        players = [f"{n}{LONG}" for n in range(4)]
+        for pid in players:
+            await engine.register_player(pid)
+        async with served(engine, buffer=8, send_timeout=0.2) as server:
+            client = await anyio.to_thread.run_sync(StalledClient, server.port)
+            await until(lambda: server.streams and server.streams[0].bound, "subscribed")
+            stats = server.streams[0]
+            while stats.behind_since is None:
+                await deposits(engine, players, 200)
+            # Gone without a close frame (a reset), while the server waits to tell it.
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+            await until(lambda: stats.client_left or stats.close_code is not None, "noticed")
+            assert await deposits(engine, players, 50) == 50  # the engine goes on
+    assert "Exception in ASGI application" not in caplog.text

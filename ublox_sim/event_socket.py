@@ -105,18 +105,23 @@ async def serve_events(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_ignore_incoming, websocket, stats, tg.cancel_scope)
+            # Every exception is handled here, in the task group's body: one escaping
+            # it would reach the server wrapped in an ExceptionGroup, as a crash.
             try:
                 await stream.run(since)
             except _Behind:
                 await subscription.aclose()  # nothing more waits in memory for it
-                code, reason = await stream.tell_behind()
+                try:
+                    code, reason = await stream.tell_behind()
+                except _GONE:
+                    stats.client_left = True
             except _Refused as refusal:
                 code, reason = CLOSE_POLICY, str(refusal)
             except UbloxError:
                 pass  # the store closed under the replay: the engine is going away
+            except _GONE:
+                stats.client_left = True
             tg.cancel_scope.cancel()
-    except _GONE:
-        stats.client_left = True
     finally:
         stats.peak = max(stats.peak, subscription.peak)
         await subscription.aclose()
