@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from live_server import LiveServer, deadline_in
 
+from ublox_sim import events as ev
 from ublox_sim.heatmap import hue_spread
 from ublox_sim.verify import verify_store
 
@@ -91,6 +93,52 @@ def seed(client: httpx.Client) -> None:
     post(client, "/api/ptos/pto_aurora/atu", {"units": 5}, status=200)
     post(client, "/api/ptos/pto_aurora/play", {"player_id": "bo", "hours": 2})
     post(client, "/api/ptos/pto_basalt/shares", {"player_id": "ada", "hours": 6})
+
+
+AT = "2026-01-01 00:00:00+00:00"
+# One public event of every kind, as /ws/events sends them, and the stream's notices.
+EXAMPLES = [
+    e.public_dict()
+    for e in (
+        ev.PlayerRegistered(at=AT, seq=1, player_id="ada", usd_obbba=Decimal(5)),
+        ev.Deposited(at=AT, seq=2, player_id="ada", amount=Decimal(5)),
+        ev.Transferred(at=AT, seq=3, from_id="ada", to_id="bo", amount=Decimal(1)),
+        ev.PTOLaunched(
+            at=AT, seq=4, pto_id="w", game_name="W", creator_id="ada", funding_goal=Decimal(500)
+        ),
+        ev.SharesBought(
+            at=AT,
+            seq=5,
+            pto_id="w",
+            player_id="bo",
+            token_id="w-pts-000001",
+            hours=2,
+            price=Decimal(10),
+            pts_sold=2,
+            pts_offered=100,
+        ),
+        ev.PTOFunded(at=AT, seq=6, pto_id="w", funding_raised=Decimal(500)),
+        ev.PTOFailed(at=AT, seq=7, pto_id="w", refunded=Decimal(10), holders=1),
+        ev.AtuSpent(at=AT, seq=8, pto_id="w", units=5, atu_spent=5, atu_required=10),
+        ev.PTOCompleted(at=AT, seq=9, pto_id="w", creator_id="ada", payout=Decimal("1234567.89")),
+        ev.SessionPlayed(
+            at=AT,
+            seq=10,
+            pto_id="w",
+            player_id="bo",
+            session_id=1,
+            hours=1.5,
+            quality=0.8,
+            xusd_earned=Decimal(120),
+            phase_locks=1,
+        ),
+        ev.PhaseLock(at=AT, seq=11, pto_id="w", player_id="bo", locks=1),
+    )
+] + [
+    {"kind": "events_dropped", "at": AT, "count": 3, "since": 11},
+    {"kind": "events_expired", "at": AT, "count": 3, "since": 0, "retention": 100_000},
+]
+assert {e["kind"] for e in EXAMPLES} >= set(ev.KINDS)
 
 
 @pytest.fixture
@@ -182,6 +230,14 @@ def test_dashboard_shows_ptos_worlds_and_live_events_in_words(
         pto = client.get(f"/api/ptos/{selected}").json()
         aci = page.locator("#world-aci").inner_text().split()[0]
         assert aci == f"{pto['aci_coherence_score']:.3f}"
+
+        # Every kind of event, and the stream's own notices, in words.
+        words = page.evaluate("(events) => events.map(describe)", EXAMPLES)
+        for event, said in zip(EXAMPLES, words, strict=True):
+            assert not {"undefined", "NaN", "null", "{"} & set(said.replace("(", " ").split())
+            # A sentence, not the fallback that only spells out the kind.
+            assert said != event["kind"].replace("_", " ") and len(said.split()) >= 3, said
+        assert "1,234,567.89" in words[[e["kind"] for e in EXAMPLES].index("pto_completed")]
 
         # A purchase through the API shows up in the open page's live feed, in words.
         post(client, "/api/ptos/pto_basalt/shares", {"player_id": "bo", "hours": 3})

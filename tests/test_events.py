@@ -213,3 +213,27 @@ async def test_a_scenario_run_logs_the_same_events_every_time(tmp_path: Path) ->
         logs.append(rows(home.root, "SELECT seq, kind, at, payload FROM event_log ORDER BY seq"))
     assert logs[0] == logs[1]
     assert len(logs[0]) > 10
+
+
+@pytest.mark.anyio
+async def test_the_servers_stats_say_when_its_scenario_has_finished(tmp_path: Path) -> None:
+    """The dashboard shows "finished" from this field, not "live" forever."""
+    import httpx
+
+    from ublox_sim.server import create_app
+
+    app = create_app(
+        tmp_path, scenario=SCENARIOS / "harmonic_caverns.yaml", ticks_per_second=float("inf")
+    )
+    seen: list[dict[str, Any]] = []
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for _ in range(100_000):  # a bound, not a time limit: the scenario is 48 ticks
+                run = (await client.get("/api/stats")).json()["run"]
+                seen.append(run)
+                if run["finished"]:
+                    break
+                await anyio.sleep(0.01)
+    assert seen[-1] == {"name": "harmonic_caverns", "tick": 48, "total_ticks": 48, "finished": True}
+    assert not seen[0]["finished"]

@@ -649,8 +649,10 @@ class Engine:
     def events(self, buffer: int = 1000) -> Subscription:
         """Domain events as they commit: ``async with engine.events() as events: async for e in events``.
 
-        A subscriber that falls ``buffer`` events behind loses events (never slowing the
-        engine) and then receives an ``EventsDropped`` with the count."""
+        Each carries its ``seq`` in the event log, in commit order. A subscriber that
+        falls ``buffer`` events behind loses events (never slowing the engine) and then
+        receives an ``EventsDropped`` with the count and the ``since`` to read them back
+        with ``store.events_after``."""
         self._check_open()
         return self._bus.subscribe(buffer)
 
