@@ -16,8 +16,15 @@ player's USD-OBBBA amounts (``events.public``).
   takes it (C events after N did not reach it) and closes with 1013: reconnect
   with ``?since=N`` to get exactly what was missed.
 - Clients only listen: anything they send, text or binary, is ignored. A
-  ``since`` that is not a whole number ≥ 0, or is ahead of the log (a store
-  restored from an older backup), is refused with 1008.
+  ``since`` that is not a whole number ≥ 0 is refused at the handshake (the
+  route closes before accepting: HTTP 403); one ahead of the log (a store
+  restored from an older backup) is closed with 1008.
+
+The kernel's socket buffers still hold what was sent before a client stalled;
+bind the server's listening socket with a small ``SO_SNDBUF`` (accepted sockets
+inherit it) so that is kilobytes, not megabytes. A send is cancelled only while
+it waits for room (uvicorn writes a frame whole once there is), so a timed-out
+send never leaves half a frame behind.
 """
 
 from __future__ import annotations
