@@ -2,10 +2,10 @@
 
 Each cell's **hue is its phase** θ on a cyclic colour wheel (θ and θ + 2π get the
 same colour, so phase waves show as colour bands and a vortex as a point all
-colours wind around), and its **brightness is its local coherence**: the length
-of the mean of ``exp(iθ)`` over the cell and its four neighbours, 1 where they
-agree, near 0 where they point every way. A locked patch is one bright, even
-colour; turbulence is dark speckle. The dashboard's legend draws the same wheel
+colours wind around), and its **brightness is its local coherence**: its mean
+``(1 + cos(θ_nb − θ)) / 2`` with its four neighbours, 1 where they agree, 0 where
+they are opposite (½ on average for random phases). A locked patch is one bright,
+even colour; turbulence is dim speckle, and a vortex core a dark point. The dashboard's legend draws the same wheel
 (``PALETTE_JS`` in dashboard.html uses the same formula as ``phase_rgb``).
 """
 
@@ -24,10 +24,12 @@ MIN_BRIGHTNESS = 0.25
 
 
 def local_coherence(theta: NDArray[np.floating]) -> F64:
-    """Per cell, 0..1: |mean of exp(iθ)| over the cell and its four neighbours (wrapping)."""
+    """Per cell, 0..1: its mean coherence ``(1 + cos(θ_nb − θ)) / 2`` with its four
+    neighbours (wrapping), the design's coherence formula: 1 in phase, 0 opposite."""
     z = np.exp(1j * np.asarray(theta, dtype=np.float64))
-    around = z + np.roll(z, 1, 0) + np.roll(z, -1, 0) + np.roll(z, 1, 1) + np.roll(z, -1, 1)
-    return np.asarray(np.clip(np.abs(around) / 5.0, 0.0, 1.0), dtype=np.float64)
+    around = np.roll(z, 1, 0) + np.roll(z, -1, 0) + np.roll(z, 1, 1) + np.roll(z, -1, 1)
+    mean_cos = np.real(around * np.conj(z)) / 4.0
+    return np.asarray(np.clip((1.0 + mean_cos) / 2.0, 0.0, 1.0), dtype=np.float64)
 
 
 def phase_rgb(theta: NDArray[np.floating]) -> F64:
