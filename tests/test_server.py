@@ -790,30 +790,27 @@ async def test_a_client_that_never_reads_does_not_slow_the_engine(server: LiveSe
                 await live.until(lambda: len(live.messages) >= produced)
                 assert Counter(live.kinds()) == {"deposited": produced}
 
-                # Now the stuck client reads what was buffered for it; the next event
-                # then comes right after the news of how many it lost.
+                # Now the stuck client reads what was buffered for it, then the news of
+                # how many it lost and where to resume; the server then closes (1013).
                 late = EventReader(stuck)
                 reading = asyncio.create_task(late.run())
                 try:
-                    await late.wait_quiet()
-                    r = await client.post(
-                        f"/api/players/{players[0]}/deposit", json={"amount": "0.02"}
-                    )
-                    assert r.status_code == 200
-                    await late.wait_for(lambda e: e.get("amount") == "0.02")
+                    await late.wait_closed()
                 finally:
                     await stuck.close()
                     async with asyncio.timeout(10):
                         await reading
                 seen = late.messages
                 kinds = late.kinds()
-                assert "events_dropped" in kinds, f"{len(seen)} events, none dropped"
-                at = kinds.index("events_dropped")
-                assert kinds[at + 1 :] == ["deposited"], kinds[at:]
-                dropped = seen[at]["count"]
-                assert dropped > 0
-                assert at + dropped == produced  # every event delivered or counted as lost
+                assert kinds[-1] == "events_dropped", f"{len(seen)} events, none dropped"
+                assert stuck.close_code == 1013
+                at = len(seen) - 1
+                notice = seen[at]
+                assert notice["count"] > 0
+                assert at + notice["count"] == produced  # every event delivered or counted
                 assert all(e["kind"] == "deposited" for e in seen[:at])
+                if at:
+                    assert notice["since"] == seen[at - 1]["seq"]
 
         assert await stop(server) == 0
     assert verify_store(server.home) == []

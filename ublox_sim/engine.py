@@ -172,6 +172,7 @@ class Engine:
 
     async def _restore(self) -> None:
         """Rebuild every actor from the store (a reopened engine sees the same state)."""
+        _, self._bus.last_seq = await self.store.event_log_span()
         for player in await self.store.load_all(Player):
             self._spawn_player(player)
         tokens: dict[str, list[PTSToken]] = {}
@@ -210,7 +211,7 @@ class Engine:
             raise ActorClosed("the engine is closed")
 
     def _spawn_player(self, player: Player) -> PlayerActor:
-        actor = PlayerActor(player, self.store.db)
+        actor = PlayerActor(player, self.store.db, publish=self._bus.publish)
         self.system.spawn(actor)
         self._players[player.player_id] = actor
         return actor
@@ -232,6 +233,7 @@ class Engine:
             players=self._player,
             world_error=error,
             autosave_world=not self.store.hold_commits,
+            publish=self._bus.publish,
         )
         self.system.spawn(actor)
         self._ptos[pto.pto_id] = actor
@@ -362,19 +364,17 @@ class Engine:
             unit.append(
                 ledger.ledger_row("deposit", None, player.player_id, cents, USD, player.created_at)
             )
+        registered = ev.PlayerRegistered(
+            at=player.created_at, player_id=player.player_id, usd_obbba=to_decimal(cents)
+        )
+        unit.append(ev.record(registered, self._bus.publish))
         await self.store.db.submit(unit)
         self._spawn_player(player)
-        self._bus.publish(
-            ev.PlayerRegistered(
-                at=player.created_at, player_id=player.player_id, usd_obbba=to_decimal(cents)
-            )
-        )
 
     async def deposit(self, player_id: str, amount: Amount) -> PlayerInfo:
         cents = to_cents(amount, allow_zero=False)
         at = self._now()
         await self._ask(self._player(player_id), Deposit(amount=cents, at=at))
-        self._bus.publish(ev.Deposited(at=at, player_id=player_id, amount=to_decimal(cents)))
         return await self.get_player(player_id)
 
     async def transfer(self, from_id: str, to_id: str, amount: Amount) -> PlayerInfo:
@@ -385,9 +385,6 @@ class Engine:
             raise InvalidInput("transfer to oneself")
         at = self._now()
         await self._ask(source, SendTransfer(to=target, amount=cents, at=at))
-        self._bus.publish(
-            ev.Transferred(at=at, from_id=from_id, to_id=to_id, amount=to_decimal(cents))
-        )
         return await self.get_player(from_id)
 
     async def get_player(self, player_id: str) -> PlayerInfo:
@@ -458,19 +455,19 @@ class Engine:
                 # (Checkpointed runs write every world, versioned, before each commit.)
                 self.store.cdt.mark_dirty(world_id, world)
                 await self.store.cdt.flush()
-            await self.store.db.submit([ledger.insert_pto(pto)])
-            self._spawn_pto(pto, [], world)
-        finally:
-            self._reserved.discard(pto_id)
-        self._bus.publish(
-            ev.PTOLaunched(
+            launched = ev.PTOLaunched(
                 at=pto.launch_time,
                 pto_id=pto_id,
                 game_name=game_name,
                 creator_id=creator_id,
                 funding_goal=to_decimal(goal),
             )
-        )
+            await self.store.db.submit(
+                [ledger.insert_pto(pto), ev.record(launched, self._bus.publish)]
+            )
+            self._spawn_pto(pto, [], world)
+        finally:
+            self._reserved.discard(pto_id)
         return PTOInfo.of(pto)
 
     async def buy_pts(self, player_id: str, pto_id: str, hours: int) -> TokenInfo:
@@ -481,24 +478,6 @@ class Engine:
         at = self._now()
         sale: Sale = await self._ask(actor, Buy(player_id=player_id, hours=whole, at=at))
         self._token_pto[sale.token.token_id] = pto_id
-        self._bus.publish(
-            ev.SharesBought(
-                at=at,
-                pto_id=pto_id,
-                player_id=player_id,
-                token_id=sale.token.token_id,
-                hours=whole,
-                price=to_decimal(sale.token.purchase_price),
-                pts_sold=sale.pto.pts_sold,
-                pts_offered=sale.pto.pts_offered,
-            )
-        )
-        if sale.pto.status != FUNDING:
-            self._bus.publish(
-                ev.PTOFunded(
-                    at=at, pto_id=pto_id, funding_raised=to_decimal(sale.pto.funding_raised)
-                )
-            )
         return TokenInfo.of(sale.token)
 
     async def spend_atu(self, pto_id: str, units: int) -> PTOInfo:
@@ -507,24 +486,6 @@ class Engine:
         whole: int = limits.ATU_UNITS.check(units)
         at = self._now()
         outcome: AtuOutcome = await self._ask(self._pto(pto_id), SpendAtu(units=whole, at=at))
-        self._bus.publish(
-            ev.AtuSpent(
-                at=at,
-                pto_id=pto_id,
-                units=whole,
-                atu_spent=outcome.pto.atu_spent,
-                atu_required=outcome.pto.atu_required,
-            )
-        )
-        if outcome.completed:
-            self._bus.publish(
-                ev.PTOCompleted(
-                    at=at,
-                    pto_id=pto_id,
-                    creator_id=outcome.pto.creator_id,
-                    payout=to_decimal(outcome.payout),
-                )
-            )
         return PTOInfo.of(outcome.pto)
 
     async def play(self, player_id: str, pto_id: str, hours: float) -> SessionResult:
@@ -563,24 +524,6 @@ class Engine:
                 tau_k_after=outcome.tau_k_after,
             )
             results.append(result)
-            self._bus.publish(
-                ev.SessionPlayed(
-                    at=at,
-                    pto_id=pto_id,
-                    player_id=outcome.player_id,
-                    session_id=outcome.session_id,
-                    hours=outcome.hours,
-                    quality=outcome.quality,
-                    xusd_earned=result.xusd_earned,
-                    phase_locks=outcome.locks,
-                )
-            )
-            if outcome.locks:
-                self._bus.publish(
-                    ev.PhaseLock(
-                        at=at, pto_id=pto_id, player_id=outcome.player_id, locks=outcome.locks
-                    )
-                )
         return results
 
     async def get_pto(self, pto_id: str) -> PTOInfo:
@@ -645,14 +588,6 @@ class Engine:
             failure: Failure | None = await self._ask(actor, CheckDeadline(at=at))
             if failure is not None:
                 failed.append(pto_id)
-                self._bus.publish(
-                    ev.PTOFailed(
-                        at=at,
-                        pto_id=pto_id,
-                        refunded=to_decimal(failure.total),
-                        holders=len(failure.refunds),
-                    )
-                )
         return failed
 
     # -- synchronous reads for runners ----------------------------------------
@@ -700,10 +635,22 @@ class Engine:
     def events(self, buffer: int = 1000) -> Subscription:
         """Domain events as they commit: ``async with engine.events() as events: async for e in events``.
 
-        A subscriber that falls ``buffer`` events behind loses events (never slowing the
-        engine) and then receives an ``EventsDropped`` with the count."""
+        Each carries its ``seq`` in the event log, in commit order. A subscriber that
+        falls ``buffer`` events behind loses events (never slowing the engine) and then
+        receives an ``EventsDropped`` with the count and the ``since`` to read them back
+        with ``store.events_after``."""
         self._check_open()
         return self._bus.subscribe(buffer)
+
+    @property
+    def events_dropped(self) -> int:
+        """Events that slow subscribers lost so far (each subscriber counted apart)."""
+        return self._bus.dropped_total
+
+    @property
+    def last_event_seq(self) -> int:
+        """The sequence number of the newest event committed (0 before the first)."""
+        return self._bus.last_seq
 
     async def checkpoint(self, version: int, extra: Sequence[Statement] = ()) -> None:
         """Make everything so far durable as checkpoint ``version``.

@@ -1,14 +1,27 @@
-"""Domain events, published after the change they describe has committed.
+"""Domain events: logged with their operation, then published in commit order.
+
+Every event is written to the ``event_log`` table in the same transaction as the
+operation it describes (``record()`` gives the statement to add to the unit); the
+table's AUTOINCREMENT key is its sequence number ``seq``, so numbers follow commit
+order, have no gaps and survive restarts. Once the unit committed, the persistence
+actor publishes the event, with its ``seq``, on the ``EventBus``.
 
 ``EventBus`` fans each event out to subscribers through bounded buffers. A slow
 subscriber never slows the engine: when its buffer is full the event is dropped
 for that subscriber alone, and the next event it does receive is preceded by an
-``EventsDropped`` telling how many it missed.
+``EventsDropped`` telling how many it missed and the ``since`` to replay them with
+(``LocalStore.events_after``).
+
+What is public: ``public_dict()`` leaves out a player's USD-OBBBA amounts
+(starting balance, deposits, transfers), which reveal private balances; PTO
+figures (prices, funding, payouts) are public on ``GET /api/ptos`` anyway.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
@@ -17,20 +30,30 @@ from typing import Any, ClassVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import ledger
+from .persistence import Statement
 from .views import as_json
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     kind: ClassVar[str] = "event"
+    # Fields left out of the public stream (see the module docstring).
+    private: ClassVar[tuple[str, ...]] = ()
     at: str
+    # The event's number in the log; 0 until its unit committed.
+    seq: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **as_json(self)}
 
+    def public_dict(self) -> dict[str, Any]:
+        return public(self.to_dict())
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlayerRegistered(Event):
+    private: ClassVar[tuple[str, ...]] = ("usd_obbba",)
     kind: ClassVar[str] = "player_registered"
     player_id: str
     usd_obbba: Decimal
@@ -38,6 +61,7 @@ class PlayerRegistered(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Deposited(Event):
+    private: ClassVar[tuple[str, ...]] = ("amount",)
     kind: ClassVar[str] = "deposited"
     player_id: str
     amount: Decimal
@@ -45,6 +69,7 @@ class Deposited(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Transferred(Event):
+    private: ClassVar[tuple[str, ...]] = ("amount",)
     kind: ClassVar[str] = "transferred"
     from_id: str
     to_id: str
@@ -126,14 +151,78 @@ class PhaseLock(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventsDropped(Event):
+    """Not logged: ``count`` events after ``since`` did not reach this subscriber."""
+
     kind: ClassVar[str] = "events_dropped"
     count: int
+    since: int
+
+
+KINDS: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        PlayerRegistered,
+        Deposited,
+        Transferred,
+        PTOLaunched,
+        SharesBought,
+        PTOFunded,
+        PTOFailed,
+        AtuSpent,
+        PTOCompleted,
+        SessionPlayed,
+        PhaseLock,
+    )
+}
+
+
+def public(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as a JSON dict (live or read back from the log) without private fields."""
+    cls = KINDS.get(event.get("kind", ""))
+    if cls is None or not cls.private:
+        return event
+    return {k: v for k, v in event.items() if k not in cls.private}
+
+
+def payload(event: Event) -> str:
+    """The JSON stored in ``event_log.payload``: every field but ``seq`` (the row's key)."""
+    fields = event.to_dict()
+    del fields["seq"]
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def from_log(seq: int, stored: str) -> dict[str, Any]:
+    """A logged event as the same dict ``Event.to_dict()`` gave when it was published."""
+    fields: dict[str, Any] = json.loads(stored)
+    kind = fields.pop("kind")
+    at = fields.pop("at")
+    return {"kind": kind, "at": at, "seq": seq, **fields}
+
+
+def record(event: Event, publish: Callable[[Event], None]) -> Statement:
+    """The statement logging ``event`` in its operation's unit; ``publish`` gets the event,
+    numbered, once that unit committed.
+
+    A ``SessionPlayed`` must follow its session's insert in the unit: its
+    ``session_id`` is taken from there (the first rowid of the unit)."""
+    session = isinstance(event, SessionPlayed) and event.session_id == 0
+
+    def committed(ids: Sequence[int]) -> None:
+        if isinstance(event, SessionPlayed) and session:
+            publish(dataclasses.replace(event, seq=ids[-1], session_id=ids[0]))
+        else:
+            publish(dataclasses.replace(event, seq=ids[-1]))
+
+    return ledger.log_event(event.kind, event.at, payload(event), committed, last_session=session)
 
 
 @dataclass(eq=False)
 class _Subscriber:
     send: MemoryObjectSendStream[Event]
     dropped: int = 0
+    # The last event this subscriber was given, and the most it ever had waiting.
+    last_seq: int = 0
+    peak: int = 0
 
 
 @dataclass(eq=False)
@@ -142,24 +231,34 @@ class EventBus:
 
     _subscribers: list[_Subscriber] = field(default_factory=list)
     published: int = 0
+    # The sequence number of the newest event published, and events lost by slow
+    # subscribers (all of them, ever: a metric).
+    last_seq: int = 0
+    dropped_total: int = 0
 
     def publish(self, event: Event) -> None:
         self.published += 1
+        self.last_seq = max(self.last_seq, event.seq)
         for sub in list(self._subscribers):
             try:
                 if sub.dropped:
-                    sub.send.send_nowait(EventsDropped(at=event.at, count=sub.dropped))
+                    sub.send.send_nowait(
+                        EventsDropped(at=event.at, count=sub.dropped, since=sub.last_seq)
+                    )
                     sub.dropped = 0
                 sub.send.send_nowait(event)
+                sub.last_seq = event.seq
+                sub.peak = max(sub.peak, sub.send.statistics().current_buffer_used)
             except anyio.WouldBlock:
                 sub.dropped += 1
+                self.dropped_total += 1
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._subscribers.remove(sub)
                 sub.send.close()
 
     def subscribe(self, buffer: int = 1000) -> Subscription:
         send, receive = anyio.create_memory_object_stream[Event](max(1, buffer))
-        sub = _Subscriber(send)
+        sub = _Subscriber(send, last_seq=self.last_seq)
         self._subscribers.append(sub)
         return Subscription(self, sub, receive)
 
@@ -197,6 +296,26 @@ class Subscription:
     async def receive(self) -> Event:
         """The next event; raises ``anyio.EndOfStream`` once the engine closed."""
         return await self._receive.receive()
+
+    @property
+    def bound(self) -> int:
+        """How many events may wait for this subscriber before it loses some."""
+        return int(self._receive.statistics().max_buffer_size)
+
+    @property
+    def lost(self) -> int:
+        """Events lost since this subscriber last received one (its ``EventsDropped`` is
+        queued only with the next event that fits)."""
+        return self._sub.dropped
+
+    def receive_nowait(self) -> Event:
+        """The next event if one is waiting; raises ``anyio.WouldBlock`` if none is."""
+        return self._receive.receive_nowait()
+
+    @property
+    def peak(self) -> int:
+        """The most events that ever waited for this subscriber at once (at most ``bound``)."""
+        return self._sub.peak
 
     async def aclose(self) -> None:
         self._bus.unsubscribe(self._sub)

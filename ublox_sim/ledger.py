@@ -7,6 +7,8 @@ different actors commute inside a group commit, and always together with their
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from .model import PTO, Player, PlaySession, PTSToken, Transaction, insert_sql, to_row
 from .persistence import Statement
 
@@ -116,3 +118,27 @@ def set_world_version(world_id: str, version: int) -> Statement:
         " ON CONFLICT(world_cdt_id) DO UPDATE SET version = excluded.version",
         (world_id, version),
     )
+
+
+# -- the event log (see events.py) ------------------------------------------------------
+
+_INSERT_EVENT = "INSERT INTO event_log (kind, at, payload) VALUES (?, ?, ?)"
+# A session's event names the session inserted just before it in the same unit: the
+# unit runs in order on the one writer, so play_sessions' counter is that session's id.
+_INSERT_SESSION_EVENT = (
+    "INSERT INTO event_log (kind, at, payload) VALUES (?, ?, json_set(?, '$.session_id',"
+    " (SELECT seq FROM sqlite_sequence WHERE name = 'play_sessions')))"
+)
+
+
+def log_event(
+    kind: str,
+    at: str,
+    payload: str,
+    on_commit: Callable[[Sequence[int]], None],
+    *,
+    last_session: bool = False,
+) -> Statement:
+    """One row of ``event_log``; its rowid is the event's sequence number."""
+    sql = _INSERT_SESSION_EVENT if last_session else _INSERT_EVENT
+    return Statement(sql, (kind, at, payload), want_rowid=True, on_commit=on_commit)

@@ -26,7 +26,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -59,11 +59,17 @@ _SQLITE_CONSTRAINT = 19
 
 @dataclass(frozen=True, slots=True)
 class Statement:
-    """One SQL statement with its parameters. ``want_rowid`` returns its lastrowid."""
+    """One SQL statement with its parameters. ``want_rowid`` returns its lastrowid.
+
+    ``on_commit`` (with ``want_rowid``) is called once the unit committed, in commit
+    order, with the unit's rowids up to and including this statement's: that is how
+    an event learns its sequence number and is published in exactly the order of
+    the log (see events.py)."""
 
     sql: str
     params: Sequence[object] = ()
     want_rowid: bool = False
+    on_commit: Callable[[Sequence[int]], None] | None = field(default=None, compare=False)
 
 
 Unit = Sequence[Statement]
@@ -110,15 +116,20 @@ async def in_writer_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Con
     return result
 
 
+# A statement's commit hook, the unit it belongs to and how many rowids it may see.
+Hook = tuple[Callable[[Sequence[int]], None], int, int]
+
+
 def _run_batch(
     raw: sqlite3.Connection, units: Sequence[Unit | None], hold: bool, *, restart_wal: bool = False
-) -> list[list[int]]:
+) -> tuple[list[list[int]], list[Hook]]:
     """The batch's statements in order; runs of one SQL text go through executemany.
 
     On error the transaction (or in hold mode the batch's savepoint) is rolled back
     here, in the same trip, and the error re-raised for the actor to sort out.
     """
     rowids: list[list[int]] = [[] for _ in units]
+    hooks: list[Hook] = []
     if restart_wal and not raw.in_transaction:
         # On the writer's own thread, so no write can slip in between: once every frame
         # is copied, this batch's first write starts the WAL from its beginning.
@@ -141,6 +152,8 @@ def _run_batch(
                         run_sql, run_rows = None, []
                     cursor = raw.execute(stmt.sql, stmt.params)
                     rowids[index].append(int(cursor.lastrowid or 0))
+                    if stmt.on_commit is not None:
+                        hooks.append((stmt.on_commit, index, len(rowids[index])))
                     continue
                 if stmt.sql != run_sql:
                     if run_sql is not None:
@@ -153,7 +166,7 @@ def _run_batch(
     except sqlite3.Error:
         _undo(raw, hold)
         raise
-    return rowids
+    return rowids, hooks
 
 
 def _undo(raw: sqlite3.Connection, hold: bool) -> None:
@@ -500,7 +513,7 @@ class PersistenceActor:
                 pending.finish(error=self._lost)
             return
         try:
-            rowids = await self._execute_batch(conn, batch)
+            rowids, hooks = await self._execute_batch(conn, batch)
         except sqlite3.Error as exc:
             self._note_if_held_work_lost(conn, exc)
             if len(batch) > 1 and self._lost is None:
@@ -523,6 +536,10 @@ class PersistenceActor:
             self._held_units += len(batch)
         for pending, ids in zip(batch, rowids, strict=True):
             pending.finish(ids)
+        # After the replies, so each actor resumes (and applies its state) before any
+        # subscriber hears of the change; in execution order, which is commit order.
+        for hook, index, seen in hooks:
+            hook(rowids[index][:seen])
         self._commits_since_ckpt += 1
         if self._commits_since_ckpt >= self.checkpoint_every:
             self._commits_since_ckpt = 0
@@ -540,7 +557,7 @@ class PersistenceActor:
 
     async def _execute_batch(
         self, conn: aiosqlite.Connection, batch: list[_Pending]
-    ) -> list[list[int]]:
+    ) -> tuple[list[list[int]], list[Hook]]:
         """Run the batch as one transaction in one trip to the connection's thread."""
         units = [pending.unit for pending in batch]
         restart, self._restart_wal = self._restart_wal, False

@@ -9,8 +9,10 @@ the reverse), so actor requests cannot form a cycle.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import assert_never
 
+from . import events as ev
 from . import ledger
 from .economy import check_funds, tau_k_after
 from .messages import (
@@ -24,6 +26,7 @@ from .messages import (
     SendTransfer,
 )
 from .model import Player
+from .money import to_decimal
 from .persistence import PersistenceActor
 from .runtime import Actor
 
@@ -39,10 +42,18 @@ class Physics:
 
 
 class PlayerActor(Actor[PlayerMessage]):
-    def __init__(self, player: Player, db: PersistenceActor, *, mailbox_size: int = 64) -> None:
+    def __init__(
+        self,
+        player: Player,
+        db: PersistenceActor,
+        *,
+        mailbox_size: int = 64,
+        publish: Callable[[ev.Event], None] = lambda event: None,
+    ) -> None:
         super().__init__(f"player:{player.player_id}", mailbox_size=mailbox_size)
         self.state = player
         self.db = db
+        self.publish = publish
         # Credits told to this actor and not yet applied (see Engine.settle).
         self.unsettled = 0
 
@@ -55,6 +66,12 @@ class PlayerActor(Actor[PlayerMessage]):
                     [
                         ledger.usd_delta(self.state.player_id, amount),
                         ledger.ledger_row("deposit", None, self.state.player_id, amount, USD, at),
+                        ev.record(
+                            ev.Deposited(
+                                at=at, player_id=self.state.player_id, amount=to_decimal(amount)
+                            ),
+                            self.publish,
+                        ),
                     ]
                 )
                 self.state.usd_obbba_balance += amount
@@ -68,6 +85,15 @@ class PlayerActor(Actor[PlayerMessage]):
                         ledger.usd_delta(target_id, amount),
                         ledger.ledger_row(
                             "transfer", self.state.player_id, target_id, amount, USD, at
+                        ),
+                        ev.record(
+                            ev.Transferred(
+                                at=at,
+                                from_id=self.state.player_id,
+                                to_id=target_id,
+                                amount=to_decimal(amount),
+                            ),
+                            self.publish,
                         ),
                     ]
                 )
@@ -133,7 +159,32 @@ class PlayerActor(Actor[PlayerMessage]):
                     s.pto_id,
                 )
             )
-        (session_id,) = await self.db.submit(unit)
+        # The session's events follow its insert (SessionPlayed takes its id from it).
+        at = s.session.timestamp
+        player_id = self.state.player_id
+        unit.append(
+            ev.record(
+                ev.SessionPlayed(
+                    at=at,
+                    pto_id=s.pto_id,
+                    player_id=player_id,
+                    session_id=0,
+                    hours=s.hours,
+                    quality=s.quality,
+                    xusd_earned=to_decimal(s.xusd),
+                    phase_locks=s.locks,
+                ),
+                self.publish,
+            )
+        )
+        if s.locks:
+            unit.append(
+                ev.record(
+                    ev.PhaseLock(at=at, pto_id=s.pto_id, player_id=player_id, locks=s.locks),
+                    self.publish,
+                )
+            )
+        session_id, *_ = await self.db.submit(unit)
         after.xUSD_balance += s.xusd
         after.total_play_time += s.hours
         after.phase_locks_count += s.locks

@@ -17,6 +17,7 @@ from typing import assert_never
 import anyio
 import numpy as np
 
+from . import events as ev
 from . import ledger
 from .cdt_store import CdtStore
 from .economy import (
@@ -50,6 +51,7 @@ from .messages import (
     StepWorld,
 )
 from .model import PTO, PlaySession, PTSToken, parse_iso
+from .money import to_decimal
 from .persistence import PersistenceActor
 from .player_actor import Physics, PlayerActor
 from .runtime import Actor
@@ -99,6 +101,7 @@ class PTOActor(Actor[PTOMessage]):
         players: Callable[[str], PlayerActor],
         world_error: str | None = None,
         autosave_world: bool = True,
+        publish: Callable[[ev.Event], None] = lambda event: None,
     ) -> None:
         super().__init__(f"pto:{pto.pto_id}", mailbox_size=256)
         self.state = pto
@@ -112,6 +115,7 @@ class PTOActor(Actor[PTOMessage]):
         self._next_token = len(tokens) + 1
         # Off in scenario runs: worlds are written, versioned, at each checkpoint instead.
         self.autosave_world = autosave_world
+        self.publish = publish
 
     async def handle(self, message: PTOMessage) -> object:
         match message:
@@ -157,6 +161,26 @@ class PTOActor(Actor[PTOMessage]):
             tau_k_at_purchase=payer.state.tau_k,
             purchase_time=at,
         )
+        events: list[ev.Event] = [
+            ev.SharesBought(
+                at=at,
+                pto_id=pto_id,
+                player_id=player_id,
+                token_id=token.token_id,
+                hours=hours,
+                price=to_decimal(decision.price),
+                pts_sold=decision.pts_sold_after,
+                pts_offered=self.state.pts_offered,
+            )
+        ]
+        if decision.funded:
+            events.append(
+                ev.PTOFunded(
+                    at=at,
+                    pto_id=pto_id,
+                    funding_raised=to_decimal(self.state.funding_raised + decision.price),
+                )
+            )
         await payer.ask(
             Pay(
                 amount=decision.price,
@@ -165,6 +189,7 @@ class PTOActor(Actor[PTOMessage]):
                 extra=(
                     ledger.pto_sale(pto_id, hours, decision.price, status),
                     ledger.insert_token(token),
+                    *(ev.record(e, self.publish) for e in events),
                 ),
                 at=at,
             )
@@ -185,6 +210,13 @@ class PTOActor(Actor[PTOMessage]):
         for holder, amount in failure.refunds:
             unit.append(ledger.usd_delta(holder, amount))
             unit.append(ledger.ledger_row("refund", pto_id, holder, amount, USD, at, pto_id))
+        failed = ev.PTOFailed(
+            at=at,
+            pto_id=pto_id,
+            refunded=to_decimal(failure.total),
+            holders=len(failure.refunds),
+        )
+        unit.append(ev.record(failed, self.publish))
         await self.db.submit(unit)
         self.state.status = FAILED
         for holder, amount in failure.refunds:
@@ -194,14 +226,24 @@ class PTOActor(Actor[PTOMessage]):
     async def _spend_atu(self, units: int, at: str) -> AtuOutcome:
         decision = spend_atu(self.state, units, escrow=self.state.funding_raised)
         pto_id = self.state.pto_id
+        spent = ev.record(
+            ev.AtuSpent(
+                at=at,
+                pto_id=pto_id,
+                units=units,
+                atu_spent=decision.atu_spent_after,
+                atu_required=self.state.atu_required,
+            ),
+            self.publish,
+        )
         if not decision.completes:
             await self.db.submit(
-                [ledger.pto_atu(pto_id, decision.atu_spent_after, IN_PROGRESS, None)]
+                [ledger.pto_atu(pto_id, decision.atu_spent_after, IN_PROGRESS, None), spent]
             )
             self.state.atu_spent = decision.atu_spent_after
             return AtuOutcome(dataclasses.replace(self.state), False, 0)
         creator = self.state.creator_id
-        unit = [ledger.pto_atu(pto_id, decision.atu_spent_after, COMPLETED, at)]
+        unit = [ledger.pto_atu(pto_id, decision.atu_spent_after, COMPLETED, at), spent]
         if decision.payout:
             unit.append(ledger.usd_delta(creator, decision.payout))
             unit.append(
@@ -209,6 +251,10 @@ class PTOActor(Actor[PTOMessage]):
                     "pto_completion", pto_id, creator, decision.payout, USD, at, pto_id
                 )
             )
+        completed = ev.PTOCompleted(
+            at=at, pto_id=pto_id, creator_id=creator, payout=to_decimal(decision.payout)
+        )
+        unit.append(ev.record(completed, self.publish))
         await self.db.submit(unit)
         self.state.atu_spent = decision.atu_spent_after
         self.state.status = COMPLETED

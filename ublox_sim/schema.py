@@ -124,7 +124,27 @@ CREATE TABLE cdt_files (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# The event log: every domain event, numbered in commit order (``seq``), written in
+# the same transaction as the operation it describes, so ``/ws/events?since=N`` can
+# replay exactly what a client missed. Retention is the last EVENT_RETENTION events,
+# pruned by the trigger in that same transaction: which rows remain depends only on
+# the sequence numbers, never on time or on when a background job ran.
+EVENT_RETENTION = 100_000
+
+_V3 = f"""
+CREATE TABLE event_log (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind     TEXT NOT NULL,
+    at       TEXT NOT NULL,
+    payload  TEXT NOT NULL CHECK (json_valid(payload))
+) STRICT;
+CREATE TRIGGER event_log_retention AFTER INSERT ON event_log
+BEGIN
+    DELETE FROM event_log WHERE seq <= NEW.seq - {EVENT_RETENTION};
+END;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("players", "ptos", "pts_tokens", "transactions", "play_sessions")
 

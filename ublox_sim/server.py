@@ -10,18 +10,17 @@ Errors are JSON ``{"error": {"code": ..., "message": ...}}``: 422 for invalid in
 refusal (insufficient funds, no shares left, wrong PTO state, id taken), 503 when
 the engine is closing or its store failed. Never a 500 for a user's mistake.
 
-``/ws/events`` streams domain events as JSON objects, one per message. Each client
-has a bounded buffer (256 events); a client that falls behind never slows the
-engine: events are dropped for that client alone, and the next message it gets is
-``{"kind": "events_dropped", "count": N}``.
+``/ws/events`` streams public domain events as JSON objects, one per message, each
+with its sequence number ``seq``; ``?since=N`` replays what was missed first. A
+client that falls behind never slows the engine: it gets ``{"kind":
+"events_dropped", "count": C, "since": N}`` and reconnects with ``?since=N``
+(see event_socket.py).
 """
 
 from __future__ import annotations
 
 import math
 import signal
-import struct
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -31,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from .clock import SimClock, WallClock
 from .engine import Engine
@@ -51,12 +49,12 @@ from .errors import (
     UnknownPTO,
     UnknownToken,
 )
+from .event_socket import parse_since, serve_events
+from .heatmap import world_png as draw_world
 from .logsetup import get_logger
 from .views import as_json, leaderboard
 
 log = get_logger(__name__)
-
-EVENT_BUFFER = 256
 
 
 # -- request bodies (the Engine's parameter names) --------------------------------------
@@ -180,49 +178,6 @@ def endpoint(fn: Handler, status: int = 200) -> Callable[[Request], Awaitable[Re
     return wrapped
 
 
-# -- the world heatmap -------------------------------------------------------------------
-
-
-def coherence_field(theta: np.ndarray) -> np.ndarray:
-    """Local coherence per cell, 0..1: how in phase a cell is with its four neighbours."""
-    return np.clip((1.0 + _local_order(theta)) / 2, 0, 1)
-
-
-def _local_order(theta: np.ndarray) -> np.ndarray:
-    z = np.exp(1j * theta)
-    around = np.roll(z, 1, 0) + np.roll(z, -1, 0) + np.roll(z, 1, 1) + np.roll(z, -1, 1)
-    return np.asarray(np.real(around * np.conj(z)) / 4.0)  # mean cos(θ_nb − θ), −1..1
-
-
-def png(rgb: np.ndarray) -> bytes:
-    """A minimal PNG encoder (8-bit RGB, no filters): no image library needed."""
-    height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[row].astype(np.uint8).tobytes() for row in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 6))
-        + chunk(b"IEND", b"")
-    )
-
-
-def heatmap(values: np.ndarray, scale: int = 4) -> bytes:
-    """0..1 values → a dark-blue → teal → yellow PNG, each cell ``scale`` pixels wide."""
-    stops = np.array([[13, 8, 135], [33, 145, 140], [253, 231, 37]], dtype=float)
-    v = np.clip(values, 0, 1) * 2
-    low = np.floor(v).clip(0, 1).astype(int)
-    frac = (v - low)[..., None]
-    rgb = stops[low] * (1 - frac) + stops[low + 1] * frac
-    return png(np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1))
-
-
 # -- the app -----------------------------------------------------------------------------
 
 
@@ -250,11 +205,12 @@ def create_app(
             from .runner import world_params
 
             params = world_params(loaded.scenario)
+        app.state.run = None
         async with Engine.open(home, clock=clock, seed=seed, world=params) as engine:
             app.state.engine = engine
             async with anyio.create_task_group() as tg:
                 if loaded is not None and isinstance(clock, SimClock):
-                    tg.start_soon(_live_scenario, engine, loaded, clock, ticks_per_second)
+                    tg.start_soon(_live_scenario, app, engine, loaded, clock, ticks_per_second)
                 yield
                 tg.cancel_scope.cancel()
         log.info("server.engine_closed")
@@ -265,8 +221,11 @@ def create_app(
 
     async def stats(request: Request) -> Any:
         engine = engine_of(request)
-        data = await engine.stats()
+        data: dict[str, Any] = dict(await engine.stats())
         data["clock"] = {"now": engine.clock.now().isoformat()}
+        # The scenario this server plays (or the run recorded in its store), so a
+        # dashboard can say "finished" rather than "live".
+        data["run"] = request.app.state.run or await engine.store.run_status()
         return data
 
     async def create_player(request: Request) -> Any:
@@ -343,7 +302,7 @@ def create_app(
 
     async def world_png(request: Request) -> Any:
         arrays = await engine_of(request).world(request.path_params["pto_id"])
-        image = await anyio.to_thread.run_sync(lambda: heatmap(coherence_field(arrays["theta"])))
+        image = await anyio.to_thread.run_sync(lambda: draw_world(arrays["theta"]))
         return Response(image, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     async def create_backup(request: Request) -> Any:
@@ -366,32 +325,12 @@ def create_app(
         return HTMLResponse(page)
 
     async def events(websocket: WebSocket) -> None:
-        await websocket.accept()
-        engine: Engine = websocket.app.state.engine
         try:
-            async with engine.events(EVENT_BUFFER) as stream:
-                async with anyio.create_task_group() as tg:
-
-                    async def watch_close() -> None:
-                        # The client only listens; any message or a close ends the stream.
-                        try:
-                            while True:
-                                await websocket.receive_text()
-                        except (WebSocketDisconnect, RuntimeError):
-                            pass
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(watch_close)
-                    async for event in stream:
-                        await websocket.send_json(event.to_dict())
-                    tg.cancel_scope.cancel()
-        except (WebSocketDisconnect, RuntimeError, anyio.ClosedResourceError):
+            since = parse_since(websocket.query_params.get("since"))
+        except InvalidInput:
+            await websocket.close(code=1008, reason="since must be a whole number ≥ 0")
             return
-        with anyio.CancelScope(shield=True):
-            try:
-                await websocket.close(code=1001, reason="the engine is shutting down")
-            except (RuntimeError, WebSocketDisconnect):
-                pass  # the client is already gone
+        await serve_events(websocket, websocket.app.state.engine, since=since)
 
     routes = [
         Route("/", dashboard),
@@ -417,17 +356,21 @@ def create_app(
 
 
 async def _live_scenario(
-    engine: Engine, loaded: Any, clock: SimClock, ticks_per_second: float
+    app: Starlette, engine: Engine, loaded: Any, clock: SimClock, ticks_per_second: float
 ) -> None:
     """Play a scenario in the server in simulated time, ``ticks_per_second`` ticks a second."""
     from .runner import Runner
 
     runner = Runner(engine, loaded.scenario, clock)
+    run = {"name": loaded.scenario.name, "tick": 0, "total_ticks": runner.total, "finished": False}
+    app.state.run = run
     if await engine.store.is_empty():
         await runner.setup()
     for tick in range(runner.total):
         await runner.tick(tick)
+        run["tick"] = tick + 1
         await anyio.sleep(1.0 / ticks_per_second if math.isfinite(ticks_per_second) else 0)
+    run["finished"] = True
     log.info("server.scenario_finished", ticks=runner.total)
 
 
@@ -529,4 +472,4 @@ def serve(
         signal.signal(signal.SIGTERM, previous)
 
 
-__all__ = ["create_app", "heatmap", "openapi_document", "serve"]
+__all__ = ["create_app", "openapi_document", "serve"]

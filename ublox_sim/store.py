@@ -456,6 +456,33 @@ class LocalStore:
 
     # -- export / import -------------------------------------------------------
 
+    # -- the event log (see events.py; retention in schema.EVENT_RETENTION) ----------
+
+    async def events_after(self, since: int, limit: int = 500) -> list[tuple[int, str, str]]:
+        """Up to ``limit`` logged events with ``seq > since``, oldest first: (seq, kind, payload)."""
+        rows = await self.db.fetchall(
+            "SELECT seq, kind, payload FROM event_log WHERE seq > ? ORDER BY seq LIMIT ?",
+            (since, limit),
+        )
+        return [(int(seq), str(kind), str(payload)) for seq, kind, payload in rows]
+
+    async def event_log_span(self) -> tuple[int, int]:
+        """(oldest retained seq, newest seq ever numbered); (0, n) when none is retained."""
+        row = await self.db.fetchone(
+            "SELECT (SELECT COALESCE(MIN(seq), 0) FROM event_log),"
+            " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'event_log'), 0)"
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def run_status(self) -> dict[str, Any] | None:
+        """The scenario run recorded in this store (name, tick, total_ticks, finished), if any."""
+        row = await self.db.fetchone("SELECT name, tick, total_ticks, finished FROM runs")
+        if row is None:
+            return None
+        name, tick, total, finished = row
+        return {"name": name, "tick": tick, "total_ticks": total, "finished": bool(finished)}
+
     async def export_data(self) -> dict[str, Any]:
         """The whole store as a JSON-ready dict (money in major units, arrays base64), with
         its content digest."""

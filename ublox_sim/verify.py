@@ -21,6 +21,8 @@ from .errors import CorruptCdtFile, InvalidId
 from .ids import check_file_name
 from .schema import SCHEMA_VERSION
 
+MIGRATED_FROM = 2
+
 USD = "USD-OBBBA"
 XUSD = "xUSD"
 ESCROW_HELD = ("funding", "in_progress")
@@ -116,7 +118,8 @@ def database_findings(conn: sqlite3.Connection) -> list[Finding]:
     """Every relational check on an open database connection."""
     findings: list[Finding] = []
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version != SCHEMA_VERSION:
+    # An older schema is not damage: the next open migrates it (release 0.1.0 wrote 2).
+    if not MIGRATED_FROM <= version <= SCHEMA_VERSION:
         findings.append(
             Finding("schema", "ublox.db", f"schema version {version}, expected {SCHEMA_VERSION}")
         )
