@@ -273,6 +273,7 @@ class PersistenceActor:
         # The -wal size at which the next checkpoint is due: wal_limit_bytes after a
         # completed one (the file is then empty), further on after one a reader blocked.
         self._checkpoint_due_at = wal_limit_bytes
+        self._checkpointing = False  # two batches in flight may both find one due
         self._send: MemoryObjectSendStream[_Pending]
         self._receive: MemoryObjectReceiveStream[_Pending]
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](mailbox_size)
@@ -575,11 +576,12 @@ class PersistenceActor:
         """
         conn = self._conn
         due_at = self._checkpoint_due_at
-        if conn is None or self._lost is not None or conn.in_transaction:
+        if conn is None or self._lost is not None or conn.in_transaction or self._checkpointing:
             return  # in hold mode nothing is committed until commit_held
         if _file_size(self._wal_path) <= due_at:
             return
         wal, busy_ms = self._wal_path, self.checkpoint_busy_ms
+        self._checkpointing = True
         try:
             done = await in_writer_thread(conn, lambda raw: _checkpoint(raw, wal, due_at, busy_ms))
         except sqlite3.Error as exc:
@@ -587,6 +589,8 @@ class PersistenceActor:
             # another wal_limit_bytes rather than after every batch.
             log.warning("persistence.checkpoint_failed", error=str(exc))
             done = False
+        finally:
+            self._checkpointing = False
         if done is None:
             return
         if done:
