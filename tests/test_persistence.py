@@ -305,3 +305,32 @@ def test_no_acknowledged_unit_is_lost_when_the_writer_is_killed(tmp_path: Path) 
         conn.close()
         missing = [a for a in acked if a not in stored]
         assert not missing, f"acknowledged but lost: {missing[:5]}"
+
+
+@pytest.mark.anyio
+async def test_batches_in_flight_together_make_one_checkpoint_attempt_not_two(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ublox.db"
+    # One unit per batch, with many queued: the actor keeps two batches in flight, and
+    # both may find a checkpoint due when the first of them is answered.
+    async with PersistenceActor.open(db, wal_limit_bytes=LIMIT, max_batch=1) as actor:
+        await actor.submit([tx("first", 1)])
+        reader = sqlite3.connect(db, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT COUNT(*) FROM transactions").fetchall()
+
+            async def producer(p: int) -> None:
+                for i in range(20):
+                    await actor.submit([tx(f"p{p}-{i}", 1) for _ in range(10)])
+
+            async with anyio.create_task_group() as tg:
+                for p in range(20):
+                    tg.start_soon(producer, p)
+            await actor.fetchone("SELECT 1")
+            assert actor.checkpoints == 0
+            assert 1 <= actor.checkpoints_blocked <= wal_size(db) // LIMIT
+        finally:
+            reader.close()
+    assert count(db, "to_player LIKE 'p%'") == 20 * 20 * 10
