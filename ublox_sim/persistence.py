@@ -10,15 +10,15 @@ Use it as ``async with PersistenceActor.open(path) as db: await db.submit(unit)`
 
 WAL checkpoints never stand between a commit and its acknowledgement. SQLite's
 auto-checkpoint runs inside the committing call (it stalls one commit in twenty), so
-it is off. Instead the writer counts what it appends (``WalCount``): after a batch's
-callers have been answered, if it has appended ``wal_limit_bytes`` since the log last
-restarted, the writer runs ``PRAGMA wal_checkpoint(RESTART)`` on its own connection
-and thread before it takes the next batch. No other write can slip in, so the
-checkpoint copies every frame and the next write starts the log again from the
-beginning of the file. The bound follows from what the writer does, not from how
-fast anything else runs: the file never exceeds ``wal_limit_bytes`` plus the batches
-in flight (``PIPELINE_DEPTH``). Units that arrive during a checkpoint wait for it;
-units already acknowledged never do.
+it is off. Instead the writer counts what it appends: after a batch's callers have
+been answered, if the ``-wal`` file has grown past ``wal_limit_bytes`` since the last
+completed checkpoint, the writer runs ``PRAGMA wal_checkpoint(TRUNCATE)`` on its own
+connection and thread before it takes the next batch. No other write can slip in, so
+the checkpoint copies every frame, the file is cut to zero and the next write starts
+it afresh. The bound follows from what the writer does, not from how fast anything
+else runs: the file never exceeds ``wal_limit_bytes`` plus the batches in flight
+(``PIPELINE_DEPTH``). Units that arrive during a checkpoint wait for it; units
+already acknowledged never do.
 
 Readers of other connections (the ``sqlite3`` shell, Datasette, another process's
 ``verify``) can hold a snapshot that the checkpoint must not overwrite. SQLite then
@@ -28,14 +28,12 @@ it is, and reports busy. The writer then goes on and tries again once it has app
 another ``wal_limit_bytes``, so a reader that keeps a snapshot open for an hour costs
 one short wait per ``wal_limit_bytes`` written, never a stalled writer; but while it
 holds that snapshot the WAL grows (SQLite cannot reuse frames a reader may still
-need). The first attempt after the reader lets go restarts the log, and SQLite cuts
-the file back to twice ``wal_limit_bytes`` (``journal_size_limit``).
+need). The first attempt after the reader lets go truncates the file.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -170,82 +168,23 @@ def _run_batch(
     return rowids
 
 
-def _checkpoint(raw: sqlite3.Connection, count: WalCount, due_at: int, busy_ms: int) -> bool | None:
-    """Copy the WAL and restart it if it holds more than ``due_at`` bytes (blocking, on
-    the writer's thread).
+def _checkpoint(raw: sqlite3.Connection, wal: Path, due_at: int, busy_ms: int) -> bool | None:
+    """Empty the WAL if it has passed ``due_at`` bytes (blocking, on the writer's thread).
 
-    Returns None when not due (an earlier request already did it), True when every
-    frame was copied and the next write starts the WAL from its beginning, False when
-    a reader's snapshot kept it (the frames that could be copied were). The reader gets
-    ``busy_ms`` to let go, not the connection's whole busy timeout.
+    Returns None when not due (an earlier request already emptied it), True when the
+    WAL was copied and truncated, False when a reader's snapshot kept it (the frames
+    that could be copied were). The reader gets ``busy_ms`` to let go, not the
+    connection's whole busy timeout.
     """
-    if raw.in_transaction or count.bytes() <= due_at:
+    if raw.in_transaction or _file_size(wal) <= due_at:
         return None
     ((saved,),) = raw.execute("PRAGMA busy_timeout").fetchall()
     raw.execute(f"PRAGMA busy_timeout={int(busy_ms)}").fetchall()
     try:
-        mode = count.mode
-        ((busy, _, _),) = raw.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        ((busy, _, _),) = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:
         raw.execute(f"PRAGMA busy_timeout={int(saved)}").fetchall()
-    if not busy:
-        count.restarted()
     return not busy
-
-
-class WalCount:
-    """What the writer has appended to the WAL since it last restarted, in bytes.
-
-    Read from the wal-index header in the ``-shm`` file (``mxFrame``, the frames in the
-    log; a documented format, sqlite.org/walformat.html), so a checkpoint can RESTART
-    the log and the next writes overwrite the file in place: measured, ~20% more
-    throughput and half the longest pause of TRUNCATE, whose file must grow again
-    block by block. Where the header cannot be read (no ``-shm``: exclusive locking),
-    the count is the ``-wal`` file's size and checkpoints TRUNCATE it, which keeps the
-    two equal.
-    """
-
-    # iVersion, unused, iChange, isInit, bigEndCksum, szPage, mxFrame, nPage,
-    # aFrameCksum[2], aSalt[2]: the start of the header, in the machine's byte order.
-    HEADER = struct.Struct("=IIIBBHII2I2I")
-    VERSION = 3007000
-
-    def __init__(self, db: Path) -> None:
-        self.wal = Path(f"{db}-wal")
-        self.shm = Path(f"{db}-shm")
-        # A RESTART leaves the header's count as it was until the next write starts the
-        # log afresh with new salts: until then, nothing has been appended.
-        self._restarted_salts: tuple[int, int] | None = None
-
-    @property
-    def mode(self) -> Literal["RESTART", "TRUNCATE"]:
-        return "RESTART" if self._header() is not None else "TRUNCATE"
-
-    def bytes(self) -> int:
-        header = self._header()
-        if header is None:
-            return _file_size(self.wal)
-        frames, page, salts = header
-        if salts == self._restarted_salts:
-            return 0
-        return frames * (page + 24)  # a frame is a 24-byte header and one page
-
-    def restarted(self) -> None:
-        header = self._header()
-        self._restarted_salts = header[2] if header is not None else None
-
-    def _header(self) -> tuple[int, int, tuple[int, int]] | None:
-        try:
-            with open(self.shm, "rb") as handle:
-                raw = handle.read(self.HEADER.size)
-        except OSError:
-            return None
-        if len(raw) < self.HEADER.size:
-            return None
-        version, _, _, _, _, page, frames, _, _, _, salt1, salt2 = self.HEADER.unpack(raw)
-        if version != self.VERSION or page == 0:
-            return None
-        return frames, 65536 if page == 1 else page, (salt1, salt2)  # 1 spells 64 KiB
 
 
 def _file_size(path: Path) -> int:
@@ -330,7 +269,7 @@ class PersistenceActor:
         self.hold_commits = hold_commits
         self._held_units = 0
         self._lost: PersistenceError | None = None
-        self._wal: WalCount | None = None  # once the database is open
+        self._wal_path = Path(f"{path}-wal")
         # The -wal size at which the next checkpoint is due: wal_limit_bytes after a
         # completed one (the file is then empty), further on after one a reader blocked.
         self._checkpoint_due_at = wal_limit_bytes
@@ -376,7 +315,6 @@ class PersistenceActor:
         try:
             await anyio.to_thread.run_sync(prepare_database, self.path)
             self._conn = await self._connect()
-            self._wal = WalCount(self.path)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._close_connections()
@@ -389,11 +327,8 @@ class PersistenceActor:
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        # A WAL a reader made grow is cut back when the log next restarts; not to the limit
-        # itself, or every restart would cut the file and it would grow again.
-        limit = f"PRAGMA journal_size_limit={2 * int(self.wal_limit_bytes)}"
         try:
-            for pragma in (*PRAGMAS, f"PRAGMA synchronous={self.synchronous}", limit):
+            for pragma in (*PRAGMAS, f"PRAGMA synchronous={self.synchronous}"):
                 await run(conn, pragma)
         except BaseException:
             await conn.close()
@@ -419,11 +354,6 @@ class PersistenceActor:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    @property
-    def wal_bytes(self) -> int:
-        """What the writer has appended to the WAL since the log last restarted."""
-        return self._wal.bytes() if self._wal is not None else 0
 
     # -- requests --------------------------------------------------------------------
 
@@ -636,20 +566,21 @@ class PersistenceActor:
             pending.finish(ids)
 
     async def _checkpoint_if_due(self) -> None:
-        """Checkpoint and restart the WAL once the writer has appended ``wal_limit_bytes``.
+        """Empty the WAL once the writer has appended ``wal_limit_bytes`` to it.
 
         Called after a commit's callers were answered and before the next batch is
-        taken (it runs on the writer's thread, in queue order). The count is read
-        here without a trip to the thread, and again on the thread before acting.
+        taken (it runs on the writer's thread, in queue order). The -wal file holds
+        exactly what the writer appended since the last completed checkpoint, which
+        truncated it; so its size is the writer's own count, read without a trip to
+        the thread while nothing is due.
         """
         conn = self._conn
         due_at = self._checkpoint_due_at
         if conn is None or self._lost is not None or conn.in_transaction or self._checkpointing:
             return  # in hold mode nothing is committed until commit_held
-        wal = self._wal
-        if wal is None or wal.bytes() <= due_at:
+        if _file_size(self._wal_path) <= due_at:
             return
-        busy_ms = self.checkpoint_busy_ms
+        wal, busy_ms = self._wal_path, self.checkpoint_busy_ms
         self._checkpointing = True
         try:
             done = await in_writer_thread(conn, lambda raw: _checkpoint(raw, wal, due_at, busy_ms))
@@ -667,7 +598,7 @@ class PersistenceActor:
             self._checkpoint_due_at = self.wal_limit_bytes
         else:
             self.checkpoints_blocked += 1
-            self._checkpoint_due_at = wal.bytes() + self.wal_limit_bytes
+            self._checkpoint_due_at = _file_size(self._wal_path) + self.wal_limit_bytes
             log.warning(
                 "persistence.checkpoint_blocked_by_reader",
                 wal_bytes=self._checkpoint_due_at - self.wal_limit_bytes,
