@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import anyio
@@ -135,18 +133,107 @@ async def test_shutdown_drains_queued_units_and_later_submits_are_refused(tmp_pa
     assert count(db) == 300
 
 
+LIMIT = 256 * 1024
+
+
+def wal_size(db: Path) -> int:
+    wal = Path(f"{db}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def idle_wal_size(actor: PersistenceActor, db: Path) -> int:
+    """The WAL's size once the writer is idle: a read waits for every batch in flight and
+    for the checkpoint that may follow it, so what we see depends on no timing."""
+    await actor.fetchone("SELECT 1")
+    return wal_size(db)
+
+
 @pytest.mark.anyio
-async def test_passive_checkpoints_keep_the_wal_bounded(tmp_path: Path) -> None:
+async def test_the_writer_empties_the_wal_each_time_it_has_appended_the_limit(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "ublox.db"
-    async with PersistenceActor.open(db, checkpoint_every=8, wal_restart_frames=256) as actor:
+    emptied = 0
+    appended = 0  # what the batches wrote to the WAL, by the test's own count
+    async with PersistenceActor.open(db, wal_limit_bytes=LIMIT) as actor:
+        before = await idle_wal_size(actor, db)
         for round_ in range(200):
             await actor.submit([tx(f"r{round_}-{i}", 1) for i in range(20)])
-        await anyio.sleep(0.05)
-        wal = Path(f"{db}-wal").stat().st_size
-        # 200 commits of 20 rows without restarts leave ~5 MB of WAL (2 KiB pages).
-        assert wal < 2_000_000, wal  # unbounded, this run leaves ~5 MB
+            after = await idle_wal_size(actor, db)
+            # Idle, the WAL never holds more than the limit: past it, the writer empties
+            # it before it takes another batch.
+            assert after <= LIMIT, (round_, after)
+            if after > before:
+                appended += after - before
+            else:
+                emptied += 1
+            before = after
+        assert actor.checkpoints == emptied and actor.checkpoints_blocked == 0
+        # Without the checkpoints these 200 commits would leave ~5 MB of WAL.
+        assert appended > 8 * LIMIT and actor.checkpoints >= appended // (2 * LIMIT)
     assert count(db) == 4000
-    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+    assert wal_size(db) == 0
+
+
+@pytest.mark.anyio
+async def test_a_checkpoint_comes_after_the_acknowledgement_of_the_batch_that_filled_the_wal(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ublox.db"
+    async with PersistenceActor.open(db, wal_limit_bytes=LIMIT) as actor:
+        for _ in range(LIMIT // 1000):  # a batch appends more than 1000 bytes
+            await actor.submit([tx("filler", 1) for _ in range(20)])
+            # Acknowledged, and not yet checkpointed: the writer answers first.
+            assert actor.checkpoints == 0
+            if await idle_wal_size(actor, db) == 0:
+                break  # then checkpointed, before anything else was taken
+        assert actor.checkpoints == 1
+
+
+@pytest.mark.anyio
+async def test_a_reader_holding_a_snapshot_delays_the_checkpoint_not_the_writer(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ublox.db"
+    async with PersistenceActor.open(db, wal_limit_bytes=LIMIT) as actor:
+        await actor.submit([tx("first", 1)])
+        reader = sqlite3.connect(db, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT COUNT(*) FROM transactions").fetchone() == (1,)
+            rounds = 0
+            while wal_size(db) <= 4 * LIMIT:
+                await actor.submit([tx(f"r{rounds}-{i}", 1) for i in range(20)])
+                rounds += 1
+            await actor.fetchone("SELECT 1")
+            # Every write was acknowledged while the snapshot was held. The checkpoint
+            # gave way each time, and was tried once per LIMIT appended, not per batch.
+            assert actor.checkpoints == 0
+            assert 1 <= actor.checkpoints_blocked <= wal_size(db) // LIMIT < rounds // 4
+            # The reader's wait is short and its own: the connection keeps its timeout.
+            assert await actor.fetchone("PRAGMA busy_timeout") == (5000,)
+            assert reader.execute("SELECT COUNT(*) FROM transactions").fetchone() == (1,)
+        finally:
+            reader.close()  # ends the snapshot
+        # The first attempt after the reader let go empties the WAL.
+        blocked = actor.checkpoints_blocked
+        while await idle_wal_size(actor, db) > 0:
+            await actor.submit([tx("after", 1) for _ in range(20)])
+        assert (actor.checkpoints, actor.checkpoints_blocked) == (1, blocked)
+    assert count(db, "to_player LIKE 'r%'") == rounds * 20
+
+
+@pytest.mark.anyio
+async def test_in_hold_mode_the_wal_is_emptied_after_the_held_commits(tmp_path: Path) -> None:
+    db = tmp_path / "ublox.db"
+    async with PersistenceActor.open(db, wal_limit_bytes=LIMIT, hold_commits=True) as actor:
+        for round_ in range(60):
+            for i in range(5):
+                await actor.submit([tx(f"r{round_}-{i}-{j}", 1) for j in range(20)])
+            await actor.commit_held([tx(f"checkpoint{round_}", 1)])
+            assert await idle_wal_size(actor, db) <= LIMIT
+        assert actor.checkpoints >= 2
+    assert count(db) == 60 * 101
 
 
 @pytest.mark.anyio
@@ -193,16 +280,23 @@ def test_no_acknowledged_unit_is_lost_when_the_writer_is_killed(tmp_path: Path) 
         )
         assert proc.stdout is not None
         acked: list[str] = []
-        deadline = time.monotonic() + 30
+        # The kill comes after a count of acknowledgements, not after a time.
         target = 300 + attempt * 700
-        while len(acked) < target and time.monotonic() < deadline:
+        while len(acked) < target:
             line = proc.stdout.readline()
             if not line:
-                break
+                break  # the writer died on its own: its stderr says why
             if line.startswith("w"):
                 acked.append(line.strip())
-        os.kill(proc.pid, signal.SIGKILL)
-        rest, err = proc.communicate()
+        proc.send_signal(signal.SIGKILL)
+        # Through the same reader as readline(): communicate() would read the pipe under
+        # it and miss the acknowledgements already buffered.
+        rest = proc.stdout.read()
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
         acked.extend(line for line in rest.splitlines() if line.startswith("w"))
         assert len(acked) >= target, err
         conn = sqlite3.connect(db)
@@ -211,3 +305,32 @@ def test_no_acknowledged_unit_is_lost_when_the_writer_is_killed(tmp_path: Path) 
         conn.close()
         missing = [a for a in acked if a not in stored]
         assert not missing, f"acknowledged but lost: {missing[:5]}"
+
+
+@pytest.mark.anyio
+async def test_batches_in_flight_together_make_one_checkpoint_attempt_not_two(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ublox.db"
+    # One unit per batch, with many queued: the actor keeps two batches in flight, and
+    # both may find a checkpoint due when the first of them is answered.
+    async with PersistenceActor.open(db, wal_limit_bytes=LIMIT, max_batch=1) as actor:
+        await actor.submit([tx("first", 1)])
+        reader = sqlite3.connect(db, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT COUNT(*) FROM transactions").fetchall()
+
+            async def producer(p: int) -> None:
+                for i in range(20):
+                    await actor.submit([tx(f"p{p}-{i}", 1) for _ in range(10)])
+
+            async with anyio.create_task_group() as tg:
+                for p in range(20):
+                    tg.start_soon(producer, p)
+            await actor.fetchone("SELECT 1")
+            assert actor.checkpoints == 0
+            assert 1 <= actor.checkpoints_blocked <= wal_size(db) // LIMIT
+        finally:
+            reader.close()
+    assert count(db, "to_player LIKE 'p%'") == 20 * 20 * 10
