@@ -105,12 +105,17 @@ async def snapshot(engine: Engine) -> Snapshot:
 
 
 async def drain(subscription: Subscription) -> list[ev.Event]:
-    """Every event already delivered to a subscription (none is being published meanwhile)."""
+    """Every event already delivered to a subscription.
+
+    Events are published by the writer right after it acknowledges their unit, before
+    the awaiting caller resumes, so what a finished operation produced is already
+    waiting: no need to wait for stragglers (and no clock to guess with).
+    """
     received: list[ev.Event] = []
     while True:
-        with anyio.move_on_after(0.05) as scope:
-            received.append(await subscription.receive())
-        if scope.cancelled_caught:
+        try:
+            received.append(subscription.receive_nowait())
+        except anyio.WouldBlock:
             return received
 
 
@@ -203,7 +208,7 @@ async def test_the_seed_story(tmp_path: Path) -> None:
             assert pto.pts_sold == pto.pts_offered == 2000
             assert pto.funding_raised == Decimal("50000.00")
             assert (await engine.get_player("bob")).usd_obbba_balance == 0
-            with anyio.fail_after(5):
+            with anyio.fail_after(60):
                 seen = [await events.receive() for _ in range(3)]
             assert [e.kind for e in seen] == ["shares_bought", "shares_bought", "pto_funded"]
             funded = seen[2]
@@ -292,7 +297,7 @@ async def test_a_pto_not_sold_out_fails_at_its_deadline_and_refunds_exactly(
             assert await engine.advance(9) == []
             assert (await engine.get_pto("pto_late")).status == "funding"
             assert await engine.advance(1) == ["pto_late"]  # exactly at the deadline
-            with anyio.fail_after(5):
+            with anyio.fail_after(60):
                 failed = await events.receive()
             assert isinstance(failed, ev.PTOFailed)
             assert failed.refunded == Decimal("185.25")
@@ -1203,7 +1208,7 @@ async def test_events_arrive_in_commit_order(tmp_path: Path) -> None:
                 "atu_spent",
                 "pto_completed",
             ]
-            with anyio.fail_after(5):
+            with anyio.fail_after(60):
                 got = [await events.receive() for _ in expected]
             assert [e.kind for e in got] == expected
             assert await drain(events) == []
@@ -1233,14 +1238,14 @@ async def test_a_subscriber_that_never_reads_does_not_block_and_learns_what_it_m
     async with open_engine(tmp_path, params=TINY) as engine:
         await engine.register_player("alice")
         async with engine.events(buffer=2) as slow, engine.events() as fast:
-            with anyio.fail_after(10):
+            with anyio.fail_after(60):
                 for _ in range(20):
                     await engine.deposit("alice", 1)
             assert [e.kind for e in await drain(fast)] == ["deposited"] * 20
             first = await drain(slow)
             assert [e.kind for e in first] == ["deposited", "deposited"]
             await engine.deposit("alice", 2)
-            with anyio.fail_after(5):
+            with anyio.fail_after(60):
                 dropped = await slow.receive()
                 latest = await slow.receive()
             assert isinstance(dropped, ev.EventsDropped)
@@ -1256,7 +1261,7 @@ async def test_subscriptions_end_when_the_engine_closes(tmp_path: Path) -> None:
         subscription = engine.events()
         await engine.register_player("alice")
     received = []
-    with anyio.fail_after(5):
+    with anyio.fail_after(60):
         async for event in subscription:
             received.append(event.kind)
     assert received == ["player_registered"]
