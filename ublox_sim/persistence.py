@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -247,6 +248,8 @@ class PersistenceActor:
         self._batches: TaskGroup
         self.commits = 0
         self.units_committed = 0
+        # Called after each committed batch with (seconds, units): a server's metrics.
+        self.on_commit: Callable[[float, int], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -499,6 +502,7 @@ class PersistenceActor:
             for pending in batch:
                 pending.finish(error=self._lost)
             return
+        started = time.perf_counter()
         try:
             rowids = await self._execute_batch(conn, batch)
         except sqlite3.Error as exc:
@@ -519,6 +523,8 @@ class PersistenceActor:
             return
         self.commits += 1
         self.units_committed += len(batch)
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, len(batch))
         if self.hold_commits:
             self._held_units += len(batch)
         for pending, ids in zip(batch, rowids, strict=True):

@@ -50,16 +50,17 @@ class PlayerActor(Actor[PlayerMessage]):
         match message:
             case GetPlayer():
                 return dataclasses.replace(self.state)
-            case Deposit(amount=amount, at=at):
+            case Deposit(amount=amount, at=at, receipt=receipt):
                 await self.db.submit(
                     [
                         ledger.usd_delta(self.state.player_id, amount),
                         ledger.ledger_row("deposit", None, self.state.player_id, amount, USD, at),
+                        *receipt,
                     ]
                 )
                 self.state.usd_obbba_balance += amount
                 return self.state.usd_obbba_balance
-            case SendTransfer(to=target, amount=amount, at=at):
+            case SendTransfer(to=target, amount=amount, at=at, receipt=receipt):
                 check_funds(self.state.usd_obbba_balance, amount, "transfer")
                 target_id = target.state.player_id
                 await self.db.submit(
@@ -69,6 +70,7 @@ class PlayerActor(Actor[PlayerMessage]):
                         ledger.ledger_row(
                             "transfer", self.state.player_id, target_id, amount, USD, at
                         ),
+                        *receipt,
                     ]
                 )
                 self.state.usd_obbba_balance -= amount
@@ -133,6 +135,7 @@ class PlayerActor(Actor[PlayerMessage]):
                     s.pto_id,
                 )
             )
+        unit.extend(s.receipt)
         (session_id,) = await self.db.submit(unit)
         after.xUSD_balance += s.xusd
         after.total_play_time += s.hours

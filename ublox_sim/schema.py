@@ -124,7 +124,27 @@ CREATE TABLE cdt_files (
 ) STRICT;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# The game server's bookkeeping. A player token carries its player's token version;
+# bumping the version revokes every token issued before. An idempotency key is
+# stored with its request's fingerprint and the response, in the same transaction
+# as the money it moved, so a retry (even after a crash) replays instead of paying twice.
+_V3 = """
+CREATE TABLE player_token_versions (
+    player_id  TEXT PRIMARY KEY NOT NULL REFERENCES players(player_id),
+    version    INTEGER NOT NULL CHECK (version >= 0)
+) STRICT;
+CREATE TABLE idempotency_keys (
+    principal    TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    status       INTEGER NOT NULL,
+    response     TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (principal, key)
+) STRICT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("players", "ptos", "pts_tokens", "transactions", "play_sessions")
 

@@ -1,0 +1,40 @@
+"""Time in a served game: the wall clock's ticks, or a scenario played in simulated time."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anyio
+from structlog import get_logger
+
+from ..clock import SimClock
+from ..engine import Engine
+
+log = get_logger(__name__)
+
+
+async def wall_ticks(engine: Engine, tick_seconds: float) -> None:
+    """Every ``tick_seconds`` of wall time: each world steps once and deadlines fire.
+
+    With a wall clock ``advance`` moves no clock; it steps the worlds by the hours
+    given and fails the PTOs whose funding deadline has passed (refunding holders)."""
+    hours = 1.0 / engine.params.steps_per_hour
+    while True:
+        await anyio.sleep(tick_seconds)
+        await engine.advance(hours)
+
+
+async def play_scenario(
+    engine: Engine, loaded: Any, clock: SimClock, ticks_per_second: float, resume: bool
+) -> None:
+    """Play a scenario in simulated time, ``ticks_per_second`` ticks a second."""
+    from ..runner import Runner
+
+    runner = Runner(engine, loaded.scenario, clock)
+    if not resume:
+        await runner.setup()
+    for tick in range(runner.total):
+        await runner.tick(tick)
+        await anyio.sleep(1.0 / ticks_per_second if math.isfinite(ticks_per_second) else 0)
+    log.info("server.scenario_finished", ticks=runner.total)
