@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live_server import LiveServer, deadline_in
+from live_server import OPERATOR, LiveServer, deadline_in
 
 from ublox_sim.verify import verify_store
 
@@ -85,7 +85,9 @@ def seed(client: httpx.Client) -> None:
 
 
 def test_dashboard_shows_ptos_heatmaps_and_live_events(server: LiveServer) -> None:
-    with httpx.Client(base_url=server.url, timeout=15, trust_env=False) as client:
+    with httpx.Client(
+        base_url=server.url, timeout=15, trust_env=False, headers=OPERATOR
+    ) as client:
         seed(client)
 
         errors: list[str] = []

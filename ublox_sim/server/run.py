@@ -62,5 +62,7 @@ def serve(
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # SIGINT re-raised by uvicorn after its graceful shutdown (as uvicorn.run does)
     finally:
         signal.signal(signal.SIGTERM, previous)
