@@ -85,9 +85,7 @@ def seed(client: httpx.Client) -> None:
 
 
 def test_dashboard_shows_ptos_heatmaps_and_live_events(server: LiveServer) -> None:
-    with httpx.Client(
-        base_url=server.url, timeout=15, trust_env=False, headers=OPERATOR
-    ) as client:
+    with httpx.Client(base_url=server.url, timeout=15, trust_env=False, headers=OPERATOR) as client:
         seed(client)
 
         errors: list[str] = []
