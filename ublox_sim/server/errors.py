@@ -115,6 +115,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's "error parsing the body" (not JSON, not UTF-8): the body does not
+            # match the document, like any other invalid body.
+            message = exc.detail if isinstance(exc.detail, str) else "invalid body"
+            return error_json(422, "invalid_input", message)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code
         return error_json(exc.status_code, code, message, dict(exc.headers or {}))

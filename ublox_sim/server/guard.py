@@ -110,11 +110,7 @@ class BodyGuard:
                 send, 413, "body_too_large", f"the body exceeds {self.max_body} bytes", close
             )
             return
-        if (length or chunked) and not self._is_json(scope):
-            await send_error(
-                send, 415, "unsupported_media_type", "the body must be application/json", close
-            )
-            return
+        refuse_media = bool(length or chunked) and not self._is_json(scope)
         chunks: list[bytes] = []
         size = 0
         more = bool(length or chunked)
@@ -138,6 +134,13 @@ class BodyGuard:
                 more = bool(message.get("more_body", False))
         if scope_timer.cancelled_caught:
             await send_error(send, 408, "request_timeout", "the body did not arrive in time", close)
+            return
+        if refuse_media:
+            # Read (within the limits) before answering, so the client sees the 415
+            # rather than a connection reset in the middle of its upload.
+            await send_error(
+                send, 415, "unsupported_media_type", "the body must be application/json"
+            )
             return
         body = b"".join(chunks)
         if body and json_depth(body) > self.max_depth:

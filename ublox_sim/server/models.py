@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from ..model import parse_iso
 from ..views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
@@ -43,22 +43,33 @@ MAX_TOP = 1000
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
 BACKUP_NAME_PATTERN = ID_PATTERN
 
+
+def _number_not_bool_or_text(value: object) -> object:
+    # JSON Schema's integer includes 5.0; a boolean or a numeric string is not a number.
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number, not a boolean or a string")
+    return value
+
+
+# After the Field in an Annotated, so the range stays in the JSON schema.
+_NUMBER = BeforeValidator(_number_not_bool_or_text)
+
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN), Field(description=ID_HELP)]
 Amount = Annotated[
     Annotated[str, StringConstraints(pattern=AMOUNT_PATTERN)]
-    | Annotated[StrictInt, Field(ge=0, le=MAX_WHOLE_AMOUNT)],
+    | Annotated[int, Field(ge=0, le=MAX_WHOLE_AMOUNT), _NUMBER],
     Field(description="USD-OBBBA in major units: an exact decimal string or a whole number"),
 ]
 PositiveAmount = Annotated[
     Annotated[str, StringConstraints(pattern=POSITIVE_AMOUNT_PATTERN)]
-    | Annotated[StrictInt, Field(ge=1, le=MAX_WHOLE_AMOUNT)],
+    | Annotated[int, Field(ge=1, le=MAX_WHOLE_AMOUNT), _NUMBER],
     Field(
         description="a positive amount in major units: an exact decimal string or a whole number"
     ),
 ]
 Price = Annotated[
     Annotated[str, StringConstraints(pattern=PRICE_PATTERN)]
-    | Annotated[StrictInt, Field(ge=1, le=MAX_PRICE)],
+    | Annotated[int, Field(ge=1, le=MAX_PRICE), _NUMBER],
     Field(description="price of one PTS (one hour) in major units"),
 ]
 Money = Annotated[
@@ -121,7 +132,7 @@ class TransferBody(Body):
 
 
 class NewToken(Body):
-    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 3600)] | None = Field(
+    ttl_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600), _NUMBER] | None = Field(
         default=None, description="lifetime; the server's default (1 h) when absent"
     )
 
@@ -130,8 +141,8 @@ class NewPTO(Body):
     pto_id: Id
     game_name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_GAME_NAME)]
     creator_id: Id
-    atu_required: Annotated[StrictInt, Field(ge=0, le=MAX_ATU)]
-    pts_offered: Annotated[StrictInt, Field(ge=1, le=MAX_PTS_OFFERED)]
+    atu_required: Annotated[int, Field(ge=0, le=MAX_ATU), _NUMBER]
+    pts_offered: Annotated[int, Field(ge=1, le=MAX_PTS_OFFERED), _NUMBER]
     price_per_pts: Price
     funding_deadline: Annotated[
         str,
@@ -146,11 +157,13 @@ class NewPTO(Body):
 
 class BuyBody(Body):
     player_id: Id
-    hours: Annotated[StrictInt, Field(ge=1, le=MAX_PTS_OFFERED, description="whole hours of PTS")]
+    hours: Annotated[
+        int, Field(ge=1, le=MAX_PTS_OFFERED, description="whole hours of PTS"), _NUMBER
+    ]
 
 
 class AtuBody(Body):
-    units: Annotated[StrictInt, Field(ge=1, le=MAX_ATU)]
+    units: Annotated[int, Field(ge=1, le=MAX_ATU), _NUMBER]
 
 
 class PlayBody(Body):

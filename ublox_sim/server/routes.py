@@ -157,6 +157,14 @@ def _player_links() -> dict[str, Any]:
         "Deposit": {"operationId": "deposit", "parameters": by_id},
         "IssueToken": {"operationId": "issue_token", "parameters": by_id},
         "ListTransactions": {"operationId": "list_transactions", "parameters": by_id},
+        "LaunchPTO": {
+            "operationId": "launch_pto",
+            # A launch that can succeed: the new player as creator, a far deadline.
+            "requestBody": {
+                "creator_id": "$response.body#/player_id",
+                "funding_deadline": "2999-01-01T00:00:00Z",
+            },
+        },
     }
 
 
@@ -164,7 +172,16 @@ def _pto_links() -> dict[str, Any]:
     by_id = {"pto_id": "$response.body#/pto_id"}
     return {
         "GetPTO": {"operationId": "get_pto", "parameters": by_id},
-        "BuyShares": {"operationId": "buy_shares", "parameters": by_id},
+        "BuyShares": {
+            "operationId": "buy_shares",
+            "parameters": by_id,
+            "requestBody": {"player_id": "$request.body#/creator_id"},
+        },
+        "Play": {
+            "operationId": "play",
+            "parameters": by_id,
+            "requestBody": {"player_id": "$request.body#/creator_id"},
+        },
         "SpendAtu": {"operationId": "spend_atu", "parameters": by_id},
         "WorldImage": {"operationId": "world_image", "parameters": by_id},
     }
