@@ -120,7 +120,11 @@ class Authority:
                 credential,
                 self._secret,
                 algorithms=["HS256"],
-                options={"require": ["sub", "ver", "exp", "typ"], "verify_exp": False},
+                options={
+                    "require": ["sub", "ver", "exp", "typ"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.PyJWTError:
             return None
