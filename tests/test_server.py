@@ -863,3 +863,74 @@ async def test_sigterm_is_a_clean_shutdown_with_exit_code_0(server: LiveServer) 
     assert verify_store(server.home) == []
     assert read_balances(server.home)["fan"] == (700, 0)
     assert code == 0, f"exit code {code} after SIGTERM:\n{server.output()}"
+
+
+# -- money moves once: Idempotency-Key ----------------------------------------------------
+
+
+async def story_for_keys(client: httpx.AsyncClient) -> None:
+    await post(client, "/api/players", {"player_id": "maker", "usd_obbba": "0"})
+    await post(client, "/api/players", {"player_id": "buyer", "usd_obbba": "100"})
+    await post(client, "/api/ptos", new_pto("keys", "maker", pts_offered=50, price_per_pts="1"))
+
+
+@pytest.mark.asyncio
+async def test_ten_concurrent_purchases_with_one_key_move_money_once(server: LiveServer) -> None:
+    async with asyncio.timeout(30):
+        async with http(server) as client:
+            await story_for_keys(client)
+            headers = {"Idempotency-Key": "buy-once-1"}
+            body = {"player_id": "buyer", "hours": 3}
+            responses = await asyncio.gather(
+                *(
+                    client.post("/api/ptos/keys/shares", json=body, headers=headers)
+                    for _ in range(10)
+                )
+            )
+            assert {r.status_code for r in responses} == {201}
+            assert len({r.text for r in responses}) == 1  # every caller saw the same purchase
+            assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 9
+            buyer = await get(client, "/api/players/buyer")
+            assert buyer["usd_obbba_balance"] == "97.00"
+            assert (await get(client, "/api/ptos/keys"))["pts_sold"] == 3
+            # The same key with another body is the client's mistake, and moves nothing.
+            r = await client.post(
+                "/api/ptos/keys/shares", json={"player_id": "buyer", "hours": 4}, headers=headers
+            )
+            assert r.status_code == 422 and error_code(r) == "idempotency_key_reused"
+            # Every money-moving POST takes a key: a repeated deposit, transfer, play.
+            for path, payload in (
+                ("/api/players/buyer/deposit", {"amount": "5"}),
+                ("/api/players/buyer/transfer", {"to_player": "maker", "amount": "2"}),
+            ):
+                first = await client.post(path, json=payload, headers={"Idempotency-Key": path})
+                again = await client.post(path, json=payload, headers={"Idempotency-Key": path})
+                assert first.status_code == again.status_code == 200, first.text
+                assert first.json() == again.json()
+            assert (await get(client, "/api/players/buyer"))["usd_obbba_balance"] == "100.00"
+        assert await stop(server) == 0
+    assert verify_store(server.home) == []
+
+
+@pytest.mark.asyncio
+async def test_a_retry_after_kill_9_and_restart_returns_the_first_result(
+    server: LiveServer,
+) -> None:
+    headers = {"Idempotency-Key": "purchase-before-the-crash"}
+    body = {"player_id": "buyer", "hours": 7}
+    async with asyncio.timeout(60):
+        async with http(server) as client:
+            await story_for_keys(client)
+            first = await client.post("/api/ptos/keys/shares", json=body, headers=headers)
+            assert first.status_code == 201, first.text
+        await asyncio.to_thread(server.kill)  # SIGKILL: no shutdown, no flush
+        await asyncio.to_thread(server.start)
+        async with http(server) as client:
+            again = await client.post("/api/ptos/keys/shares", json=body, headers=headers)
+            assert again.status_code == 201, again.text
+            assert again.json() == first.json()
+            assert again.headers["idempotent-replayed"] == "true"
+            assert (await get(client, "/api/players/buyer"))["usd_obbba_balance"] == "93.00"
+            assert (await get(client, "/api/ptos/keys"))["pts_sold"] == 7
+        assert await stop(server) == 0
+    assert verify_store(server.home) == []

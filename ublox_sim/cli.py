@@ -213,6 +213,13 @@ EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
 )
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Origins allowed by CORS.")
 @click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request body it announced (then 408).",
+)
+@click.option(
     "--token-ttl",
     type=click.IntRange(min=1),
     default=3600,
@@ -230,6 +237,7 @@ def serve(
     tick: float,
     allowed_hosts: tuple[str, ...],
     cors_origins: tuple[str, ...],
+    read_timeout: float,
     token_ttl: int,
 ) -> None:
     """Serve the JSON API, live events and the dashboard (needs the [server] extra).
@@ -275,6 +283,7 @@ def serve(
         allowed_hosts=allowed_hosts or ("localhost", "127.0.0.1"),
         cors_origins=cors_origins,
         token_ttl=token_ttl,
+        read_timeout=read_timeout,
         tick_seconds=tick,
         admin_key=key,
     )
