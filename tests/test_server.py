@@ -388,17 +388,17 @@ REFUSED: list[tuple[int, str | None, str, str, Any]] = [
     (409, "already_exists", "POST", "/api/players", {"player_id": "rich", "usd_obbba": "5"}),
     (409, "already_exists", "POST", "/api/ptos", new_pto("open", "maker")),
     (409, "already_exists", "POST", "/api/ptos", new_pto("rich", "maker")),
-    # 404: unknown players and PTOs.
+    # 404: unknown players and PTOs in the path; 409: an unknown player named in the body.
     (404, "unknown_player", "GET", "/api/players/nobody", None),
     (404, "unknown_player", "POST", "/api/players/nobody/deposit", {"amount": "5"}),
     (404, "unknown_pto", "GET", "/api/ptos/nothing", None),
     (404, "unknown_pto", "GET", "/api/ptos/nothing/world.png", None),
     (404, "unknown_pto", "POST", "/api/ptos/nothing/shares", {"player_id": "rich", "hours": 1}),
-    (404, "unknown_player", "POST", BUY, {"player_id": "nobody", "hours": 1}),
+    (409, "unknown_player", "POST", BUY, {"player_id": "nobody", "hours": 1}),
     (404, "unknown_pto", "POST", "/api/ptos/nothing/atu", {"units": 1}),
     (404, "unknown_pto", "POST", "/api/ptos/nothing/play", {"player_id": "rich", "hours": 1}),
-    (404, "unknown_player", "POST", "/api/ptos/sold/play", {"player_id": "nobody", "hours": 1}),
-    (404, "unknown_player", "POST", "/api/ptos", new_pto("orphan", "nobody")),
+    (409, "unknown_player", "POST", "/api/ptos/sold/play", {"player_id": "nobody", "hours": 1}),
+    (409, "unknown_player", "POST", "/api/ptos", new_pto("orphan", "nobody")),
     # 422: bad JSON, missing or unknown fields, bad amounts and hours.
     (422, "invalid_input", "POST", BUY, Raw(b'{"player_id": "rich", "hours": ')),
     (422, "invalid_input", "POST", BUY, Raw(b"")),

@@ -9,6 +9,8 @@ leaderboard (public fields only) need no credentials.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Annotated, Any
@@ -22,7 +24,7 @@ from starlette.websockets import WebSocket
 
 from .. import ledger
 from ..engine import Engine
-from ..errors import InvalidInput
+from ..errors import InvalidInput, UnknownPlayer
 from ..model import Player, PTSToken, iso
 from ..persistence import Statement
 from ..views import PlayerInfo, TokenInfo
@@ -139,6 +141,16 @@ IdempotencyKey = Annotated[
 def require_self(principal: Principal, player_id: str) -> None:
     if principal.kind != "operator" and principal.player_id != player_id:
         raise ApiError(403, "forbidden", "a player may only act as itself")
+
+
+@asynccontextmanager
+async def body_names_players() -> AsyncIterator[None]:
+    """A player named in the body (not the path) that does not exist is a refusal (409):
+    404 is kept for the resource the path names."""
+    try:
+        yield
+    except UnknownPlayer as exc:
+        raise ApiError(409, exc.code, str(exc)) from None
 
 
 def require_creator(principal: Principal, creator_id: str) -> None:
@@ -360,10 +372,12 @@ async def transfer(
     engine = server.engine
     key_print = fingerprint("transfer", {"player_id": player_id}, body.model_dump(mode="json"))
 
+    await engine.get_player(player_id)  # 404: the path's player
+
     async def execute(receipt: tuple[Statement, ...]) -> PlayerOut:
-        return PlayerOut.of(
-            await engine.transfer(player_id, body.to_player, body.amount, receipt=receipt)
-        )
+        async with body_names_players():
+            info = await engine.transfer(player_id, body.to_player, body.amount, receipt=receipt)
+        return PlayerOut.of(info)
 
     result, replayed = await server.keys.run(
         who,
@@ -468,17 +482,18 @@ async def launch_pto(request: Request, body: NewPTO, who: Caller) -> PTOOut:
         raise ApiError(422, "invalid_input", "funding_deadline must be RFC 3339 with a time zone")
     engine = state(request).engine
     try:
-        info = await engine.launch_pto(
-            pto_id=body.pto_id,
-            game_name=body.game_name,
-            creator_id=body.creator_id,
-            atu_required=body.atu_required,
-            pts_offered=body.pts_offered,
-            price_per_pts=body.price_per_pts,
-            funding_deadline=deadline,
-            description=body.description,
-            amplification=body.amplification,
-        )
+        async with body_names_players():
+            info = await engine.launch_pto(
+                pto_id=body.pto_id,
+                game_name=body.game_name,
+                creator_id=body.creator_id,
+                atu_required=body.atu_required,
+                pts_offered=body.pts_offered,
+                price_per_pts=body.price_per_pts,
+                funding_deadline=deadline,
+                description=body.description,
+                amplification=body.amplification,
+            )
     except (InvalidInput, OverflowError) as exc:
         # The document cannot say "in the future" or "within the store's years":
         # a deadline the clock refuses is a refusal of this request, not malformed input.
@@ -519,9 +534,9 @@ async def buy_shares(
     key_print = fingerprint("buy_shares", {"pto_id": pto_id}, body.model_dump(mode="json"))
 
     async def execute(receipt: tuple[Statement, ...]) -> TokenOut:
-        return TokenOut.of(
-            await engine.buy_pts(body.player_id, pto_id, body.hours, receipt=receipt)
-        )
+        async with body_names_players():
+            token = await engine.buy_pts(body.player_id, pto_id, body.hours, receipt=receipt)
+        return TokenOut.of(token)
 
     result, replayed = await server.keys.run(
         who,
@@ -569,7 +584,9 @@ async def play(
     key_print = fingerprint("play", {"pto_id": pto_id}, body.model_dump(mode="json"))
 
     async def execute(receipt: tuple[Statement, ...]) -> SessionOut:
-        return SessionOut.of(await engine.play(body.player_id, pto_id, body.hours, receipt=receipt))
+        async with body_names_players():
+            session = await engine.play(body.player_id, pto_id, body.hours, receipt=receipt)
+        return SessionOut.of(session)
 
     result, replayed = await server.keys.run(
         who,
