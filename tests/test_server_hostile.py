@@ -304,3 +304,38 @@ def test_serve_reports_a_scenario_error_with_file_and_line(tmp_path: Path) -> No
     assert run.returncode == 2, run
     assert f"{bad}:" in run.stderr and run.stderr.startswith("error:"), run.stderr
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.asyncio
+async def test_cors_is_closed_unless_configured(tmp_path: Path) -> None:
+    from ublox_sim.server import ServerConfig, create_app
+
+    preflight = {
+        "origin": "http://game.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+    }
+    for origins, allowed in (((), False), (("http://game.example",), True)):
+        config = ServerConfig(
+            admin_key="k" * 32,
+            allowed_hosts=("testserver",),
+            cors_origins=origins,
+            tick_seconds=None,
+        )
+        app = create_app(tmp_path / f"home{len(origins)}", config=config)
+        async with app.api.router.lifespan_context(app.api):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+                r = await http.options("/api/players", headers=preflight)
+                assert (
+                    r.headers.get("access-control-allow-origin") == "http://game.example"
+                ) is allowed
+                r = await http.post(
+                    "/api/players",
+                    json={"player_id": "x"},
+                    headers={
+                        "origin": "http://game.example",
+                        "authorization": "Bearer " + "k" * 32,
+                    },
+                )
+                assert r.status_code == (201 if allowed else 403), r.text
