@@ -525,7 +525,7 @@ PTOS = {  # pto_id: (pts_offered, price per PTS)
     "huge": (100_000, "0.25"),  # never sells out: its world never opens
 }
 REFUSALS = {
-    409: {"insufficient_funds", "shares_unavailable", "invalid_state"},
+    409: {"insufficient_funds", "shares_unavailable", "invalid_state", "unknown_player"},
     404: {"unknown_pto", "unknown_player"},
     422: {"invalid_input", "invalid_amount"},
 }

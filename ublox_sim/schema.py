@@ -128,11 +128,12 @@ CREATE TABLE cdt_files (
 # bumping the version revokes every token issued before. An idempotency key is
 # stored with its request's fingerprint and the response, in the same transaction
 # as the money it moved, so a retry (even after a crash) replays instead of paying twice.
+# WITHOUT ROWID: the key is the table, no second b-tree (the seed's store stays small).
 _V3 = """
 CREATE TABLE player_token_versions (
     player_id  TEXT PRIMARY KEY NOT NULL REFERENCES players(player_id),
     version    INTEGER NOT NULL CHECK (version >= 0)
-) STRICT;
+) STRICT, WITHOUT ROWID;
 CREATE TABLE idempotency_keys (
     principal    TEXT NOT NULL,
     key          TEXT NOT NULL,
@@ -141,7 +142,7 @@ CREATE TABLE idempotency_keys (
     response     TEXT NOT NULL,
     created_at   TEXT NOT NULL,
     PRIMARY KEY (principal, key)
-) STRICT;
+) STRICT, WITHOUT ROWID;
 """
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)

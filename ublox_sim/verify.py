@@ -116,7 +116,9 @@ def database_findings(conn: sqlite3.Connection) -> list[Finding]:
     """Every relational check on an open database connection."""
     findings: list[Finding] = []
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version != SCHEMA_VERSION:
+    # A store of an earlier release (0.1.0 wrote version 2) is not damaged: opening it
+    # migrates it. Only an unknown or a newer version is a finding.
+    if not 2 <= version <= SCHEMA_VERSION:
         findings.append(
             Finding("schema", "ublox.db", f"schema version {version}, expected {SCHEMA_VERSION}")
         )

@@ -10,6 +10,7 @@ from structlog import get_logger
 
 from ..clock import SimClock
 from ..engine import Engine
+from ..errors import UbloxError
 
 log = get_logger(__name__)
 
@@ -22,7 +23,12 @@ async def wall_ticks(engine: Engine, tick_seconds: float) -> None:
     hours = 1.0 / engine.params.steps_per_hour
     while True:
         await anyio.sleep(tick_seconds)
-        await engine.advance(hours)
+        try:
+            await engine.advance(hours)
+        except UbloxError as exc:
+            # A failed tick (a full disk, one world that cannot step) must not take the
+            # server down; requests report the store's state themselves (503).
+            log.warning("server.tick_failed", error=str(exc))
 
 
 async def play_scenario(
