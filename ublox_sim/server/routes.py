@@ -671,7 +671,11 @@ async def dashboard() -> HTMLResponse:
 @router.websocket("/ws/events")
 async def events(websocket: WebSocket) -> None:
     server: ServerState = websocket.app.state.server
-    await serve_events(websocket, server.engine, on_dropped=server.metrics.events_dropped.inc)
+    raw = websocket.query_params.get("since")
+    since = int(raw) if raw is not None and raw.isdigit() else None
+    await serve_events(
+        websocket, server.engine, since=since, on_dropped=server.metrics.events_dropped.inc
+    )
 
 
 __all__ = ["ErrorOut", "ServerState", "json", "router"]
