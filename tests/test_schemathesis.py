@@ -78,7 +78,7 @@ def test_schemathesis_finds_nothing_with_all_checks_and_follows_links(tmp_path: 
     assert counts is not None and counts.group(1) == counts.group(2), out[-3000:]
     links = re.search(r"API Links:\s+(\d+) covered / (\d+) selected", out)
     assert links is not None, out[-3000:]
-    assert int(links.group(1)) >= 20, links.group(0)  # links were followed, not only listed
+    assert int(links.group(1)) >= 10, links.group(0)  # links were followed, not only listed
     assert re.search(r"✅ Stateful", out), out[-3000:]
     assert code == 0
     assert "Traceback" not in server.output()
