@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -339,3 +342,40 @@ async def test_cors_is_closed_unless_configured(tmp_path: Path) -> None:
                     },
                 )
                 assert r.status_code == (201 if allowed else 403), r.text
+
+
+def serve_until_ready(home: Path) -> str:
+    """Start `serve` without UBLOX_ADMIN_KEY, wait for "serving on", stop it; its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "UBLOX_ADMIN_KEY"}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ublox_sim", "serve", "--home", str(home), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "serving" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, "".join(lines) + rest
+    return "".join(lines) + rest
+
+
+def test_the_admin_key_is_generated_once_and_its_location_printed_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = serve_until_ready(home)
+    key_file = home / "admin.key"
+    assert f"admin key written to {key_file}" in first
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    assert key not in first  # the location, never the key itself
+    second = serve_until_ready(home)
+    assert "admin key" not in second and "serving" in second
+    assert key_file.read_text().strip() == key
