@@ -379,3 +379,23 @@ def test_the_admin_key_is_generated_once_and_its_location_printed_once(tmp_path:
     second = serve_until_ready(home)
     assert "admin key" not in second and "serving" in second
     assert key_file.read_text().strip() == key
+
+
+@pytest.mark.asyncio
+async def test_an_unexpected_failure_is_a_json_500_without_details(tmp_path: Path) -> None:
+    from ublox_sim.server import ServerConfig, create_app
+
+    config = ServerConfig(admin_key="k" * 32, allowed_hosts=("testserver",), tick_seconds=None)
+    app = create_app(tmp_path / "home", config=config)
+    async with app.api.router.lifespan_context(app.api):
+        engine = app.state.server.engine
+
+        async def broken() -> None:
+            raise RuntimeError("a bug with a secret inside: /etc/passwd")
+
+        engine.stats = broken  # a real bug in a handler, not a UbloxError
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            r = await http.get("/api/stats")
+    assert r.status_code == 500
+    assert r.json() == {"error": {"code": "internal_error", "message": "internal error"}}
