@@ -907,6 +907,8 @@ async def test_ten_concurrent_purchases_with_one_key_move_money_once(server: Liv
                 again = await client.post(path, json=payload, headers={"Idempotency-Key": path})
                 assert first.status_code == again.status_code == 200, first.text
                 assert first.json() == again.json()
+                # The stored answer is the record itself, to the last bit of every float.
+                assert first.json() == await get(client, "/api/players/buyer")
             assert (await get(client, "/api/players/buyer"))["usd_obbba_balance"] == "100.00"
         assert await stop(server) == 0
     assert verify_store(server.home) == []

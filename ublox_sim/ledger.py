@@ -133,8 +133,13 @@ def set_token_version(player_id: str, version: int) -> Statement:
 
 
 def _json_of(cls: type, alias: str = "") -> str:
-    names = [f.name for f in dataclasses.fields(cls)]
-    return ", ".join(f"'{n}', {alias}{n}" for n in names)
+    # SQLite's JSON writes a REAL with 15 digits; 17 (as text) give back the exact double.
+    return ", ".join(
+        f"'{f.name}', printf('%!.17g', {alias}{f.name})"
+        if f.type == "float"
+        else f"'{f.name}', {alias}{f.name}"
+        for f in dataclasses.fields(cls)
+    )
 
 
 _RECEIPT = (
@@ -175,7 +180,8 @@ def receipt_session(
     player's tau_k after it."""
     return Statement(
         _RECEIPT + "SELECT ?, ?, ?, ?, json_object("
-        f"'session', json_object({_json_of(PlaySession, 's.')}), 'tau_k_after', p.tau_k), ?"
+        f"'session', json_object({_json_of(PlaySession, 's.')}),"
+        " 'tau_k_after', printf('%!.17g', p.tau_k)), ?"
         " FROM play_sessions AS s JOIN players AS p ON p.player_id = s.player_id"
         " WHERE s.player_id = ? AND s.pto_id = ? ORDER BY s.session_id DESC LIMIT 1",
         (*key, fingerprint, status, at, player_id, pto_id),

@@ -8,6 +8,7 @@ leaderboard (public fields only) need no credentials.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from starlette.websockets import WebSocket
 from .. import ledger
 from ..engine import Engine
 from ..errors import InvalidInput, UnknownPlayer
-from ..model import Player, PTSToken, iso
+from ..model import Player, PlaySession, PTSToken, iso
 from ..persistence import Statement
 from ..views import PlayerInfo, TokenInfo
 from . import heatmap
@@ -202,16 +203,22 @@ def _pto_links() -> dict[str, Any]:
 # -- decoding stored idempotent responses ------------------------------------------------
 
 
+def _row(cls: type, row: dict[str, Any]) -> dict[str, Any]:
+    """A stored record's fields, REALs back from their exact 17-digit text."""
+    floats = {f.name for f in dataclasses.fields(cls) if f.type == "float"}
+    return {k: float(v) if k in floats else v for k, v in row.items()}
+
+
 def _player_out(data: dict[str, Any]) -> PlayerOut:
-    return PlayerOut.of(PlayerInfo.of(Player(**data["player"])))
+    return PlayerOut.of(PlayerInfo.of(Player(**_row(Player, data["player"]))))
 
 
 def _token_out(data: dict[str, Any]) -> TokenOut:
-    return TokenOut.of(TokenInfo.of(PTSToken(**data["token"])))
+    return TokenOut.of(TokenInfo.of(PTSToken(**_row(PTSToken, data["token"]))))
 
 
 def _session_out(data: dict[str, Any]) -> SessionOut:
-    s = data["session"]
+    s = _row(PlaySession, data["session"])
     return SessionOut(
         session_id=s["session_id"],
         pto_id=s["pto_id"],
@@ -220,7 +227,7 @@ def _session_out(data: dict[str, Any]) -> SessionOut:
         quality=s["quality"],
         xUSD_earned=money(int(s["xUSD_earned"])),
         phase_locks=s["phase_locks"],
-        tau_k_after=data["tau_k_after"],
+        tau_k_after=float(data["tau_k_after"]),
     )
 
 
