@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 
 START_TIMEOUT = 20.0
+ADMIN_KEY = "test-operator-key-0123456789abcdef"
+OPERATOR = {"Authorization": f"Bearer {ADMIN_KEY}"}
 STOP_TIMEOUT = 20.0
 
 
@@ -44,6 +46,9 @@ class LiveServer:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
+        # Worlds stepping on the wall clock would change state between two reads of a
+        # test; the tests that need ticks ask for them.
+        self.extra_args: list[str] = ["--tick", "86400"]
 
     @property
     def url(self) -> str:
@@ -64,6 +69,7 @@ class LiveServer:
     def _try_start(self) -> bool:
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env["PYTHONUNBUFFERED"] = "1"
+        env["UBLOX_ADMIN_KEY"] = ADMIN_KEY
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -77,6 +83,7 @@ class LiveServer:
                     "127.0.0.1",
                     "--port",
                     str(self.port),
+                    *self.extra_args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from live_server import LiveServer, deadline_in
+from live_server import OPERATOR, LiveServer, deadline_in
 
 from ublox_sim import events as ev
-from ublox_sim.heatmap import hue_spread
+from ublox_sim.server.heatmap import hue_spread
 from ublox_sim.verify import verify_store
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -199,7 +199,7 @@ def test_dashboard_shows_ptos_worlds_and_live_events_in_words(
     server: LiveServer, browser_page: tuple[Any, list[str]]
 ) -> None:
     page, errors = browser_page
-    with httpx.Client(base_url=server.url, timeout=15, trust_env=False) as client:
+    with httpx.Client(base_url=server.url, timeout=15, trust_env=False, headers=OPERATOR) as client:
         seed(client)
         response = page.goto(server.url + "/", wait_until="load")
         assert response is not None and response.status == 200
@@ -239,8 +239,14 @@ def test_dashboard_shows_ptos_worlds_and_live_events_in_words(
             assert said != event["kind"].replace("_", " ") and len(said.split()) >= 3, said
         assert "1,234,567.89" in words[[e["kind"] for e in EXAMPLES].index("pto_completed")]
 
-        # A purchase through the API shows up in the open page's live feed, in words.
-        post(client, "/api/ptos/pto_basalt/shares", {"player_id": "bo", "hours": 3})
+        # A player's purchase shows up in the open page's live feed, in words: the
+        # operator issues bo a token, and bo buys with it, as itself.
+        issued = post(client, "/api/players/bo/tokens", {})
+        as_bo = {"Authorization": f"Bearer {issued['token']}"}
+        bought = client.post(
+            "/api/ptos/pto_basalt/shares", json={"player_id": "bo", "hours": 3}, headers=as_bo
+        )
+        assert bought.status_code == 201, bought.text
         entry = page.wait_for_selector('#feed li[data-kind="shares_bought"]')
         assert entry is not None
         assert "bo bought 3 PTS of pto_basalt for 15.00 USD-OBBBA" in entry.inner_text()

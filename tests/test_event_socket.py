@@ -31,8 +31,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from ublox_sim.clock import SimClock
 from ublox_sim.engine import Engine
 from ublox_sim.errors import InvalidInput
-from ublox_sim.event_socket import StreamStats, parse_since, serve_events
 from ublox_sim.persistence import Statement
+from ublox_sim.server.event_socket import StreamStats, parse_since, serve_events
 from ublox_sim.world import WorldParams
 
 PARAMS = WorldParams(size=8)

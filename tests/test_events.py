@@ -226,9 +226,9 @@ async def test_the_servers_stats_say_when_its_scenario_has_finished(tmp_path: Pa
         tmp_path, scenario=SCENARIOS / "harmonic_caverns.yaml", ticks_per_second=float("inf")
     )
     seen: list[dict[str, Any]] = []
-    async with app.router.lifespan_context(app):
+    async with app.api.router.lifespan_context(app.api):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             for _ in range(100_000):  # a bound, not a time limit: the scenario is 48 ticks
                 run = (await client.get("/api/stats")).json()["run"]
                 seen.append(run)

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from ublox_sim.heatmap import (
+from ublox_sim.server.heatmap import (
     MIN_BRIGHTNESS,
     hue_spread,
     local_coherence,

@@ -226,6 +226,9 @@ def bench(which: str, quick: bool, size: str | None, json_path: Path | None) -> 
     run_benchmarks(which, size or ("quick" if quick else "full"), json_path)
 
 
+EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
+
+
 @main.command()
 @home_option
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -234,10 +237,38 @@ def bench(which: str, quick: bool, size: str | None, json_path: Path | None) -> 
     "--scenario",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Play this scenario live, in simulated time.",
+    help="Play this scenario live, in simulated time (refused on a home that holds a store).",
 )
 @click.option("--speed", default=2.0, show_default=True, help="Scenario ticks per second.")
 @click.option("--seed", type=int, default=None)
+@click.option(
+    "--tick",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Without a scenario: seconds of wall time between world steps and deadline checks.",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Host names the server answers to (default: localhost, 127.0.0.1).",
+)
+@click.option("--cors-origin", "cors_origins", multiple=True, help="Origins allowed by CORS.")
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request body it announced (then 408).",
+)
+@click.option(
+    "--token-ttl",
+    type=click.IntRange(min=1),
+    default=3600,
+    show_default=True,
+    help="Lifetime of player tokens in seconds.",
+)
 @_errors_to_exit_codes
 def serve(
     home: Path | None,
@@ -246,18 +277,71 @@ def serve(
     scenario: Path | None,
     speed: float,
     seed: int | None,
+    tick: float,
+    allowed_hosts: tuple[str, ...],
+    cors_origins: tuple[str, ...],
+    read_timeout: float,
+    token_ttl: int,
 ) -> None:
-    """Serve the JSON API, live events and the dashboard (needs the [server] extra)."""
+    """Serve the JSON API, live events and the dashboard (needs the [server] extra).
+
+    Exit codes: 2 bad usage or scenario, 4 the port is busy. The operator's key is
+    UBLOX_ADMIN_KEY or <home>/admin.key (created on first start)."""
     try:
+        from .server import PortBusy, ServerConfig, bind
         from .server import serve as run_server
+        from .server.auth import AuthSetupError, load_admin_key
     except ImportError as exc:
         raise click.UsageError(
             f"the server needs its extra: pip install 'ublox-sim[server]' ({exc})"
         ) from exc
+    from .storage import UbloxLocalStorage
     from .store import Home
 
-    click.echo(f"ublox-sim serving {Home.resolve(home).root} on http://{host}:{port}/")
-    run_server(home, host, port, scenario, speed, seed)
+    root = Home.resolve(home)
+    if scenario is not None:
+        from .scenario import load_scenario
+
+        load_scenario(scenario, seed=seed)  # a ScenarioError is file:line: key: message, exit 2
+        if root.db.is_file():
+            with UbloxLocalStorage(home) as storage:
+                counts = storage.get_global_stats()
+                if any(counts[t]["count"] for t in ("players", "ptos", "transactions")):
+                    raise InvalidInput(
+                        f"{root.root} already holds a store: a scenario is served into a new "
+                        "--home (it would replay from tick 0 over this one)"
+                    )
+    try:
+        sock = bind(host, port)
+    except PortBusy as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_PORT_BUSY)
+    try:
+        key, key_file, created = load_admin_key(root.root)
+    except AuthSetupError as exc:
+        sock.close()
+        raise click.UsageError(str(exc)) from exc
+    if created:
+        click.echo(f"operator admin key written to {key_file} (mode 0600); keep it secret")
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{sock.getsockname()[1]}/"
+    config = ServerConfig(
+        allowed_hosts=allowed_hosts or ("localhost", "127.0.0.1"),
+        cors_origins=cors_origins,
+        token_ttl=token_ttl,
+        read_timeout=read_timeout,
+        tick_seconds=tick,
+        admin_key=key,
+    )
+    run_server(
+        home,
+        sock,
+        scenario=scenario,
+        ticks_per_second=speed,
+        seed=seed,
+        config=config,
+        on_ready=lambda: click.echo(f"ublox-sim serving {root.root} on {url}"),
+    )
 
 
 @main.command()

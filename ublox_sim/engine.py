@@ -371,20 +371,30 @@ class Engine:
         await self.store.db.submit(unit)
         self._spawn_player(player)
 
-    async def deposit(self, player_id: str, amount: Amount) -> PlayerInfo:
+    async def deposit(
+        self, player_id: str, amount: Amount, *, receipt: Sequence[Statement] = ()
+    ) -> PlayerInfo:
+        """Add USD-OBBBA. ``receipt`` statements (every money-moving call takes them) commit
+        last in the operation's own unit: a server stores its idempotency key there."""
         cents = to_cents(amount, allow_zero=False)
         at = self._now()
-        await self._ask(self._player(player_id), Deposit(amount=cents, at=at))
+        await self._ask(
+            self._player(player_id), Deposit(amount=cents, at=at, receipt=tuple(receipt))
+        )
         return await self.get_player(player_id)
 
-    async def transfer(self, from_id: str, to_id: str, amount: Amount) -> PlayerInfo:
+    async def transfer(
+        self, from_id: str, to_id: str, amount: Amount, *, receipt: Sequence[Statement] = ()
+    ) -> PlayerInfo:
         """Move USD-OBBBA between two players; returns the sender."""
         cents = to_cents(amount, allow_zero=False)
         source, target = self._player(from_id), self._player(to_id)
         if from_id == to_id:
             raise InvalidInput("transfer to oneself")
         at = self._now()
-        await self._ask(source, SendTransfer(to=target, amount=cents, at=at))
+        await self._ask(
+            source, SendTransfer(to=target, amount=cents, at=at, receipt=tuple(receipt))
+        )
         return await self.get_player(from_id)
 
     async def get_player(self, player_id: str) -> PlayerInfo:
@@ -470,13 +480,17 @@ class Engine:
             self._reserved.discard(pto_id)
         return PTOInfo.of(pto)
 
-    async def buy_pts(self, player_id: str, pto_id: str, hours: int) -> TokenInfo:
+    async def buy_pts(
+        self, player_id: str, pto_id: str, hours: int, *, receipt: Sequence[Statement] = ()
+    ) -> TokenInfo:
         """Buy ``hours`` PTS; the purchase price moves into the PTO's escrow."""
         whole = check_hours(hours)
         actor = self._pto(pto_id)
         self._player(player_id)
         at = self._now()
-        sale: Sale = await self._ask(actor, Buy(player_id=player_id, hours=whole, at=at))
+        sale: Sale = await self._ask(
+            actor, Buy(player_id=player_id, hours=whole, at=at, receipt=tuple(receipt))
+        )
         self._token_pto[sale.token.token_id] = pto_id
         return TokenInfo.of(sale.token)
 
@@ -488,9 +502,11 @@ class Engine:
         outcome: AtuOutcome = await self._ask(self._pto(pto_id), SpendAtu(units=whole, at=at))
         return PTOInfo.of(outcome.pto)
 
-    async def play(self, player_id: str, pto_id: str, hours: float) -> SessionResult:
+    async def play(
+        self, player_id: str, pto_id: str, hours: float, *, receipt: Sequence[Statement] = ()
+    ) -> SessionResult:
         """Play ``hours`` in the PTO's world on the player's PTS; returns the session."""
-        (result,) = await self.play_many(pto_id, [(player_id, hours)])
+        (result,) = await self._play(pto_id, [(player_id, hours)], tuple(receipt))
         if isinstance(result, UbloxError):
             raise result
         return result
@@ -499,8 +515,16 @@ class Engine:
         self, pto_id: str, sessions: Iterable[tuple[str, float]]
     ) -> list[SessionResult | UbloxError]:
         """Several players' sessions in one world, stepped together; one result or error each."""
+        return await self._play(pto_id, sessions, ())
+
+    async def _play(
+        self,
+        pto_id: str,
+        sessions: Iterable[tuple[str, float]],
+        receipt: tuple[Statement, ...],
+    ) -> list[SessionResult | UbloxError]:
         requests = tuple(
-            PlayRequest(player_id=player_id, hours=check_play_hours(hours))
+            PlayRequest(player_id=player_id, hours=check_play_hours(hours), receipt=receipt)
             for player_id, hours in sessions
         )
         at = self._now()
@@ -589,6 +613,13 @@ class Engine:
             if failure is not None:
                 failed.append(pto_id)
         return failed
+
+    def mailbox_depths(self) -> dict[str, list[int]]:
+        """Each actor's mailbox depth by kind (players, ptos), for a server's metrics."""
+        return {
+            "player": [a.mailbox_depth() for a in self._players.values()],
+            "pto": [a.mailbox_depth() for a in self._ptos.values()],
+        }
 
     # -- synchronous reads for runners ----------------------------------------
 

@@ -7,6 +7,7 @@ different actors commute inside a group commit, and always together with their
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from .model import PTO, Player, PlaySession, PTSToken, Transaction, insert_sql, to_row
@@ -142,3 +143,71 @@ def log_event(
     """One row of ``event_log``; its rowid is the event's sequence number."""
     sql = _INSERT_SESSION_EVENT if last_session else _INSERT_EVENT
     return Statement(sql, (kind, at, payload), want_rowid=True, on_commit=on_commit)
+
+
+# -- the game server's bookkeeping (tokens, idempotency keys) ---------------------------
+
+
+def set_token_version(player_id: str, version: int) -> Statement:
+    """Record a player's token version; tokens that carry an older one are revoked."""
+    return Statement(
+        "INSERT INTO player_token_versions (player_id, version) VALUES (?, ?)"
+        " ON CONFLICT (player_id) DO UPDATE SET version = excluded.version",
+        (player_id, version),
+    )
+
+
+def _json_of(cls: type, alias: str = "") -> str:
+    # SQLite's JSON writes a REAL with 15 digits; 17 (as text) give back the exact double.
+    return ", ".join(
+        f"'{f.name}', printf('%!.17g', {alias}{f.name})"
+        if f.type == "float"
+        else f"'{f.name}', {alias}{f.name}"
+        for f in dataclasses.fields(cls)
+    )
+
+
+_RECEIPT = (
+    "INSERT INTO idempotency_keys (principal, key, fingerprint, status, response, created_at) "
+)
+
+
+def receipt_player(
+    key: tuple[str, str], fingerprint: str, status: int, player_id: str, at: str
+) -> Statement:
+    """Store an idempotency key with the player's record as it is at this point of the unit.
+
+    Appended to the operation's own unit, so the key, the money and the response
+    commit together or not at all; the response is read from the rows just written."""
+    return Statement(
+        _RECEIPT + f"SELECT ?, ?, ?, ?, json_object('player', json_object({_json_of(Player)})), ?"
+        " FROM players WHERE player_id = ?",
+        (*key, fingerprint, status, at, player_id),
+    )
+
+
+def receipt_token(
+    key: tuple[str, str], fingerprint: str, status: int, holder: str, pto_id: str, at: str
+) -> Statement:
+    """Store an idempotency key with the PTS token this unit just inserted (the holder's
+    newest in the PTO: the unit runs alone in the writer, after the token's INSERT)."""
+    return Statement(
+        _RECEIPT + f"SELECT ?, ?, ?, ?, json_object('token', json_object({_json_of(PTSToken)})), ?"
+        " FROM pts_tokens WHERE holder = ? AND game_id = ? ORDER BY rowid DESC LIMIT 1",
+        (*key, fingerprint, status, at, holder, pto_id),
+    )
+
+
+def receipt_session(
+    key: tuple[str, str], fingerprint: str, status: int, player_id: str, pto_id: str, at: str
+) -> Statement:
+    """Store an idempotency key with the play session this unit just inserted and the
+    player's tau_k after it."""
+    return Statement(
+        _RECEIPT + "SELECT ?, ?, ?, ?, json_object("
+        f"'session', json_object({_json_of(PlaySession, 's.')}),"
+        " 'tau_k_after', printf('%!.17g', p.tau_k)), ?"
+        " FROM play_sessions AS s JOIN players AS p ON p.player_id = s.player_id"
+        " WHERE s.player_id = ? AND s.pto_id = ? ORDER BY s.session_id DESC LIMIT 1",
+        (*key, fingerprint, status, at, player_id, pto_id),
+    )

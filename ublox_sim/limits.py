@@ -231,11 +231,26 @@ MAX_SHARE = Limit("max_share", 0, 1, min_exclusive=True)
 
 LEADERBOARD_TOP = Limit("top", 0, 1000, integer=True)  # players in one leaderboard page
 
+TRANSACTIONS_PAGE = Limit("limit", 1, 500, integer=True)  # ledger rows in one page
+
+# -- the HTTP API's tighter caps -----------------------------------------------------------
+# A JSON schema cannot say "pts_offered × price_per_pts fits the money limit", so the API
+# caps each factor so that every product fits (10**6 × (10**7 − 0.01) < MAX_MONEY): a
+# request its document calls valid is never refused for its size. Whole-number amounts
+# in JSON stay below 10**12, well inside the exact range of a double.
+HTTP_PTS_OFFERED = Limit("pts_offered", 1, 10**6, integer=True)
+HTTP_PRICE_PER_PTS = Limit("price_per_pts", 0, 10**7 - 1, min_exclusive=True, unit="USD-OBBBA")
+HTTP_AMOUNT = Limit("amount", 0, 10**12 - 1, unit="USD-OBBBA")
+HTTP_PLAY_HOURS = Limit("hours", 0, 24, min_exclusive=True)  # one request plays ≤ a day
+# Ids in URL paths: no characters that need escaping, so every id made through the API
+# can be addressed by it (``a/b`` cannot); the length is ID_LENGTH's.
+
 # -- ids and text (limits on the length) ---------------------------------------------------
 
 ID_LENGTH = Limit("id", 1, 128, integer=True)
 # Ids that become file or folder names (PTO ids, world ids, backup names); no ".." either.
 FILE_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+URL_SAFE_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{ID_LENGTH.max - 1}}}$"
 GAME_NAME = Limit("game_name", 1, 200, integer=True)
 DESCRIPTION = Limit("description", 0, 10_000, integer=True)
 SCENARIO_NAME = Limit("name", 1, 200, integer=True)

@@ -24,6 +24,8 @@ class GetPlayer:
 class Deposit:
     amount: int
     at: str
+    # Statements that must commit in the same unit (a server's idempotency receipt).
+    receipt: tuple[Statement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +33,7 @@ class SendTransfer:
     to: PlayerActor
     amount: int
     at: str
+    receipt: tuple[Statement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +73,8 @@ class ApplySession:
     xusd: int
     session: PlaySession
     extra: tuple[Statement, ...]
+    # Last in the unit: it may read the rows the unit wrote before it.
+    receipt: tuple[Statement, ...] = ()
 
 
 PlayerMessage = GetPlayer | Deposit | SendTransfer | Credit | Pay | GetPhysics | ApplySession
@@ -93,6 +98,7 @@ class Buy:
     player_id: str
     hours: int
     at: str
+    receipt: tuple[Statement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +111,7 @@ class SpendAtu:
 class PlayRequest:
     player_id: str
     hours: float
+    receipt: tuple[Statement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,6 +34,7 @@ need). The first attempt after the reader lets go truncates the file.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -300,6 +301,8 @@ class PersistenceActor:
         self.units_committed = 0
         self.checkpoints = 0  # completed: the WAL was emptied
         self.checkpoints_blocked = 0  # a reader's snapshot kept the WAL from being emptied
+        # Called after each committed batch with (seconds, units): a server's metrics.
+        self.on_batch_committed: Callable[[float, int], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -553,6 +556,7 @@ class PersistenceActor:
             for pending in batch:
                 pending.finish(error=self._lost)
             return
+        started = time.perf_counter()
         try:
             rowids, hooks = await self._execute_batch(conn, batch)
         except sqlite3.Error as exc:
@@ -573,6 +577,8 @@ class PersistenceActor:
             return
         self.commits += 1
         self.units_committed += len(batch)
+        if self.on_batch_committed is not None:
+            self.on_batch_committed(time.perf_counter() - started, len(batch))
         if self.hold_commits:
             self._held_units += len(batch)
         for pending, ids in zip(batch, rowids, strict=True):

@@ -61,7 +61,7 @@ class PlayerActor(Actor[PlayerMessage]):
         match message:
             case GetPlayer():
                 return dataclasses.replace(self.state)
-            case Deposit(amount=amount, at=at):
+            case Deposit(amount=amount, at=at, receipt=receipt):
                 await self.db.submit(
                     [
                         ledger.usd_delta(self.state.player_id, amount),
@@ -72,11 +72,12 @@ class PlayerActor(Actor[PlayerMessage]):
                             ),
                             self.publish,
                         ),
+                        *receipt,
                     ]
                 )
                 self.state.usd_obbba_balance += amount
                 return self.state.usd_obbba_balance
-            case SendTransfer(to=target, amount=amount, at=at):
+            case SendTransfer(to=target, amount=amount, at=at, receipt=receipt):
                 check_funds(self.state.usd_obbba_balance, amount, "transfer")
                 target_id = target.state.player_id
                 await self.db.submit(
@@ -95,6 +96,7 @@ class PlayerActor(Actor[PlayerMessage]):
                             ),
                             self.publish,
                         ),
+                        *receipt,
                     ]
                 )
                 self.state.usd_obbba_balance -= amount
@@ -184,6 +186,7 @@ class PlayerActor(Actor[PlayerMessage]):
                     self.publish,
                 )
             )
+        unit.extend(s.receipt)  # last: it reads back the rows this unit wrote
         session_id, *_ = await self.db.submit(unit)
         after.xUSD_balance += s.xusd
         after.total_play_time += s.hours

@@ -52,7 +52,7 @@ from .messages import (
 )
 from .model import PTO, PlaySession, PTSToken, parse_iso
 from .money import to_decimal
-from .persistence import PersistenceActor
+from .persistence import PersistenceActor, Statement
 from .player_actor import Physics, PlayerActor
 from .runtime import Actor
 from .world import F64, WorldParams, cell_of, order_parameter, play_steps, step_world
@@ -127,8 +127,8 @@ class PTOActor(Actor[PTOMessage]):
                     for t in self.tokens.values()
                     if player_id is None or t.holder == player_id
                 ]
-            case Buy(player_id=player_id, hours=hours, at=at):
-                return await self._buy(player_id, hours, at)
+            case Buy(player_id=player_id, hours=hours, at=at, receipt=receipt):
+                return await self._buy(player_id, hours, at, receipt)
             case SpendAtu(units=units, at=at):
                 return await self._spend_atu(units, at)
             case Play(requests=requests, at=at):
@@ -146,7 +146,9 @@ class PTOActor(Actor[PTOMessage]):
 
     # -- funding ---------------------------------------------------------------
 
-    async def _buy(self, player_id: str, hours: int, at: str) -> Sale:
+    async def _buy(
+        self, player_id: str, hours: int, at: str, receipt: tuple[Statement, ...] = ()
+    ) -> Sale:
         decision = purchase(self.state, hours)
         payer = self.players(player_id)
         pto_id = self.state.pto_id
@@ -190,6 +192,7 @@ class PTOActor(Actor[PTOMessage]):
                     ledger.pto_sale(pto_id, hours, decision.price, status),
                     ledger.insert_token(token),
                     *(ev.record(e, self.publish) for e in events),
+                    *receipt,
                 ),
                 at=at,
             )
@@ -388,6 +391,7 @@ class PTOActor(Actor[PTOMessage]):
                         xusd=xusd,
                         session=session,
                         extra=extra,
+                        receipt=request.receipt,
                     )
                 )
             except UbloxError as exc:

@@ -93,6 +93,10 @@ class Actor(Generic[M]):
     async def handle(self, message: M) -> object:
         raise NotImplementedError
 
+    def mailbox_depth(self) -> int:
+        """Messages waiting in the mailbox now (anyio's stream statistics, for metrics)."""
+        return self._send.statistics().current_buffer_used
+
     # -- sending ---------------------------------------------------------------
 
     async def ask(self, message: M, *, timeout: float = 60.0) -> object:  # noqa: ASYNC109 (the ask pattern's own deadline)

@@ -124,6 +124,27 @@ CREATE TABLE cdt_files (
 ) STRICT;
 """
 
+# The game server's bookkeeping. A player token carries its player's token version;
+# bumping the version revokes every token issued before. An idempotency key is
+# stored with its request's fingerprint and the response, in the same transaction
+# as the money it moved, so a retry (even after a crash) replays instead of paying twice.
+# WITHOUT ROWID: the key is the table, no second b-tree (the seed's store stays small).
+_V3 = """
+CREATE TABLE player_token_versions (
+    player_id  TEXT PRIMARY KEY NOT NULL REFERENCES players(player_id),
+    version    INTEGER NOT NULL CHECK (version >= 0)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE idempotency_keys (
+    principal    TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    status       INTEGER NOT NULL,
+    response     TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (principal, key)
+) STRICT, WITHOUT ROWID;
+"""
+
 # The event log: every domain event, numbered in commit order (``seq``), written in
 # the same transaction as the operation it describes, so ``/ws/events?since=N`` can
 # replay exactly what a client missed. Retention is the last EVENT_RETENTION events,
@@ -131,7 +152,7 @@ CREATE TABLE cdt_files (
 # the sequence numbers, never on time or on when a background job ran.
 EVENT_RETENTION = 100_000
 
-_V3 = f"""
+_V4 = f"""
 CREATE TABLE event_log (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     kind     TEXT NOT NULL,
@@ -144,7 +165,7 @@ BEGIN
 END;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("players", "ptos", "pts_tokens", "transactions", "play_sessions")
 

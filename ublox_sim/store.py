@@ -523,6 +523,35 @@ class LocalStore:
         await anyio.to_thread.run_sync(_write_text_atomic, target, text)
         return target
 
+    # -- the game server's bookkeeping ------------------------------------------
+
+    async def token_versions(self) -> dict[str, int]:
+        """Every player's token version (players never issued a token are absent: 0)."""
+        rows = await self.db.fetchall("SELECT player_id, version FROM player_token_versions")
+        return {str(pid): int(version) for pid, version in rows}
+
+    async def find_receipt(self, principal: str, key: str) -> tuple[str, int, str] | None:
+        """An idempotency key's (fingerprint, status, response JSON), if it was stored."""
+        row = await self.db.fetchone(
+            "SELECT fingerprint, status, response FROM idempotency_keys"
+            " WHERE principal = ? AND key = ?",
+            (principal, key),
+        )
+        return None if row is None else (str(row[0]), int(row[1]), str(row[2]))
+
+    async def transactions_of(
+        self, player_id: str, *, after: int = 0, limit: int = 50
+    ) -> list[Transaction]:
+        """A player's ledger rows (either side), oldest first, ``tx_id > after``: one page."""
+        rows = await self.db.fetchall(
+            "SELECT tx_id, tx_type, from_player, to_player, amount, currency, pto_id,"
+            " timestamp, metadata FROM transactions"
+            " WHERE tx_id > ? AND (from_player = ? OR to_player = ?)"
+            " ORDER BY tx_id LIMIT ?",
+            (after, player_id, player_id, limit),
+        )
+        return [Transaction(*row) for row in rows]
+
     async def is_empty(self) -> bool:
         for table in ("players", "ptos", "transactions"):
             if await self.db.fetchone(f"SELECT 1 FROM {table} LIMIT 1") is not None:

@@ -36,11 +36,11 @@ from typing import Any
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from . import events as ev
-from .engine import Engine
-from .errors import ActorClosed, InvalidInput, UbloxError
-from .model import iso
-from .schema import EVENT_RETENTION
+from .. import events as ev
+from ..engine import Engine
+from ..errors import ActorClosed, InvalidInput, UbloxError
+from ..model import iso
+from ..schema import EVENT_RETENTION
 
 EVENT_BUFFER = 256
 SEND_TIMEOUT = 10.0

@@ -1,0 +1,16 @@
+"""The game server: FastAPI on the Engine (``pip install 'ublox-sim[server]'``).
+
+``create_app(home, config=ServerConfig(...))`` gives an ASGI app to run under any
+ASGI server; ``serve(...)`` runs it under uvicorn on a socket it binds first.
+The layout: ``models`` (bodies and responses: the OpenAPI document's source),
+``routes`` (one decorated handler per operation), ``auth``, ``idempotency``,
+``guard`` (body, method and origin limits), ``errors``, ``metrics``, ``live``
+(wall-clock ticks, scenarios), ``heatmap`` and ``event_socket`` (world images, events).
+"""
+
+from __future__ import annotations
+
+from .app import ServerConfig, create_app
+from .run import PortBusy, bind, serve
+
+__all__ = ["PortBusy", "ServerConfig", "bind", "create_app", "serve"]

@@ -1,0 +1,187 @@
+"""The FastAPI app on the Engine: nothing is opened until the server starts its lifespan.
+
+``create_app`` builds the app from ``ServerConfig``; the Engine is opened in the
+lifespan and closed on shutdown (uvicorn turns SIGINT/SIGTERM into a lifespan
+shutdown, which drains the actors, commits and flushes). Without a scenario the game
+lives in wall time: worlds step and deadlines fire every ``tick_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..clock import SimClock, WallClock
+from ..engine import Engine
+from ..logsetup import get_logger
+from ..store import Home
+from . import errors
+from .auth import DEFAULT_TOKEN_TTL, Authority, load_admin_key
+from .guard import BodyGuard, MethodGuard
+from .idempotency import IdempotencyKeys
+from .live import play_scenario, wall_ticks
+from .metrics import Metrics
+from .routes import ServerState, router
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """What an operator may set. Defaults are safe for a server on this machine only."""
+
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+    cors_origins: tuple[str, ...] = ()
+    max_body: int = 1 << 20
+    read_timeout: float = 10.0
+    max_depth: int = 32
+    token_ttl: int = DEFAULT_TOKEN_TTL
+    tick_seconds: float | None = 1.0  # None: worlds do not step on the wall clock
+    admin_key: str | None = None  # None: UBLOX_ADMIN_KEY or <home>/admin.key
+    wall_time: Callable[[], float] = field(default=time.time)
+    on_ready: Callable[[], None] | None = None  # called once the engine is open
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def create_app(
+    home: Path | str | None = None,
+    *,
+    scenario: Path | str | None = None,
+    ticks_per_second: float = 2.0,
+    seed: int | None = None,
+    resume: bool = False,
+    config: ServerConfig | None = None,
+) -> Any:
+    """The ASGI app (FastAPI behind the body, method and host guards)."""
+    cfg = config or ServerConfig()
+    root = Home.resolve(home)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = None
+        if scenario is not None:
+            from ..scenario import load_scenario
+
+            loaded = load_scenario(scenario, seed=seed)
+        clock: SimClock | WallClock = (
+            SimClock(loaded.scenario.clock.start) if loaded else WallClock()
+        )
+        params = None
+        if loaded is not None:
+            from ..runner import world_params
+
+            params = world_params(loaded.scenario)
+        key = cfg.admin_key or load_admin_key(root.root)[0]
+        async with Engine.open(home, clock=clock, seed=seed, world=params) as engine:
+            metrics: Metrics = app.state.metrics
+            metrics.attach(engine)
+            authority = Authority(
+                key,
+                token_ttl=cfg.token_ttl,
+                wall_time=cfg.wall_time,
+                versions=await engine.store.token_versions(),
+            )
+            app.state.server = ServerState(
+                engine, authority, IdempotencyKeys(engine.store), metrics
+            )
+            async with anyio.create_task_group() as tg:
+                if loaded is not None and isinstance(clock, SimClock):
+                    server = app.state.server
+                    server.run = {}
+                    tg.start_soon(
+                        play_scenario, engine, loaded, clock, ticks_per_second, resume, server.run
+                    )
+                elif cfg.tick_seconds is not None:
+                    tg.start_soon(wall_ticks, engine, cfg.tick_seconds)
+                if cfg.on_ready is not None:
+                    cfg.on_ready()
+                yield
+                tg.cancel_scope.cancel()
+        log.info("server.engine_closed")
+
+    api = FastAPI(
+        title="ublox-sim",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        generate_unique_id_function=_operation_id,
+        openapi_tags=[
+            {"name": "players", "description": "players, their money and ledger"},
+            {"name": "tokens", "description": "player tokens (issue, revoke)"},
+            {"name": "ptos", "description": "PTOs, shares, ATU, play and world images"},
+            {"name": "backups", "description": "backups and the export (operator)"},
+            {"name": "stats", "description": "public totals"},
+            {"name": "operations", "description": "health and metrics"},
+        ],
+    )
+    api.state.metrics = Metrics()
+    errors.install(api)
+    api.include_router(router)
+
+    @api.middleware("http")
+    async def timing(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        api.state.metrics.http_latency.labels(request.method, path).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    # The router's own routes: FastAPI wraps an included router into one entry.
+    app: Any = MethodGuard(api, lambda: [*router.routes, *api.router.routes[:1]])
+    app = BodyGuard(
+        app,
+        max_body=cfg.max_body,
+        read_timeout=cfg.read_timeout,
+        max_depth=cfg.max_depth,
+        allowed_origins=frozenset(cfg.cors_origins),
+    )
+    if cfg.cors_origins:
+        app = CORSMiddleware(
+            app,
+            allow_origins=list(cfg.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
+    app = TrustedHostMiddleware(app, allowed_hosts=list(cfg.allowed_hosts))
+    return _Outer(app, api)
+
+
+class _Outer:
+    """The guarded ASGI app; ``.api`` is the FastAPI app inside (state, openapi())."""
+
+    def __init__(self, app: Any, api: FastAPI) -> None:
+        self.app = app
+        self.api = api
+
+    @property
+    def state(self) -> Any:
+        return self.api.state
+
+    def openapi(self) -> dict[str, Any]:
+        return self.api.openapi()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.api(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,489 @@
+"""The HTTP API's request and response models: the OpenAPI document is generated from them.
+
+Every limit a request must meet is written here once, as a JSON-schema constraint, so
+a request the document calls valid is one the engine accepts (refusals that depend on
+the store's state, such as an overdraft or a deadline already past, are 409s). Money
+goes in as an exact decimal string (``"12.50"``) or a whole number, never a float or a
+boolean, and comes out as an exact major-unit string with two decimals. Timestamps
+come out as RFC 3339 UTC (``2026-01-01T00:00:00Z``). Field names follow the seed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from .. import limits as L
+from ..model import parse_iso
+from ..views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
+
+# -- limits: from the one table (ublox_sim/limits.py) ------------------------------------
+
+ID_PATTERN = L.URL_SAFE_ID_PATTERN
+ID_HELP = f"1 to {L.ID_LENGTH.max} letters, digits, '_' or '-', starting with a letter or digit"
+# An amount with at most 12 whole digits and two decimals; positive ones exclude zero.
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,2})?$"
+POSITIVE_AMOUNT_PATTERN = r"^([1-9][0-9]{0,11}(\.[0-9]{1,2})?|0\.(0[1-9]|[1-9][0-9]?))$"
+PRICE_PATTERN = r"^([1-9][0-9]{0,6}(\.[0-9]{1,2})?|0\.(0[1-9]|[1-9][0-9]?))$"
+MAX_WHOLE_AMOUNT = int(L.HTTP_AMOUNT.max)
+MAX_PRICE = int(L.HTTP_PRICE_PER_PTS.max)
+MAX_PTS_OFFERED = int(L.HTTP_PTS_OFFERED.max)
+MAX_ATU = int(L.ATU_UNITS.max)
+MAX_PLAY_HOURS = float(L.HTTP_PLAY_HOURS.max)
+MAX_TAU_K = float(L.TAU_K.max)
+MAX_FREQ = float(L.RESONANCE_FREQ.max)
+MAX_AMPLIFICATION = float(L.AMPLIFICATION.max)
+MAX_GAME_NAME = int(L.GAME_NAME.max)
+MAX_DESCRIPTION = int(L.DESCRIPTION.max)
+MAX_PAGE = int(L.TRANSACTIONS_PAGE.max)
+MAX_TOP = int(L.LEADERBOARD_TOP.max)
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
+BACKUP_NAME_PATTERN = ID_PATTERN
+
+
+def _number_not_bool_or_text(value: object) -> object:
+    # JSON Schema's integer includes 5.0; a boolean or a numeric string is not a number.
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number, not a boolean or a string")
+    return value
+
+
+# After the Field in an Annotated, so the range stays in the JSON schema.
+_NUMBER = BeforeValidator(_number_not_bool_or_text)
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN), Field(description=ID_HELP)]
+Amount = Annotated[
+    Annotated[str, StringConstraints(pattern=AMOUNT_PATTERN)]
+    | Annotated[int, Field(ge=0, le=MAX_WHOLE_AMOUNT), _NUMBER],
+    Field(description="USD-OBBBA in major units: an exact decimal string or a whole number"),
+]
+PositiveAmount = Annotated[
+    Annotated[str, StringConstraints(pattern=POSITIVE_AMOUNT_PATTERN)]
+    | Annotated[int, Field(ge=1, le=MAX_WHOLE_AMOUNT), _NUMBER],
+    Field(
+        description="a positive amount in major units: an exact decimal string or a whole number"
+    ),
+]
+Price = Annotated[
+    Annotated[str, StringConstraints(pattern=PRICE_PATTERN)]
+    | Annotated[int, Field(ge=1, le=MAX_PRICE), _NUMBER],
+    Field(description="price of one PTS (one hour) in major units"),
+]
+Money = Annotated[
+    str,
+    Field(
+        pattern=r"^-?[0-9]+\.[0-9]{2}$",
+        description="exact major units with two decimals",
+        examples=["5000.00"],
+    ),
+]
+Timestamp = Annotated[
+    str, Field(description="RFC 3339, UTC", json_schema_extra={"format": "date-time"})
+]
+
+
+def money(value: Decimal | int) -> str:
+    """An exact major-unit amount as a string with two decimals (cents given as int)."""
+    amount = Decimal(value).scaleb(-2) if isinstance(value, int) else value
+    return f"{amount.quantize(Decimal('0.01')):f}"
+
+
+def money_float(value: float) -> str:
+    """A major-unit float from the store's aggregates (exact below 2**53 cents)."""
+    return money(Decimal(repr(value)))
+
+
+def rfc3339(text: str) -> str:
+    """The store's ``YYYY-mm-dd HH:MM:SS+00:00`` as RFC 3339 UTC with a ``Z``."""
+    moment = parse_iso(text).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (
+        f".{moment.microsecond:06d}Z" if moment.microsecond else "Z"
+    )
+
+
+def rfc3339_opt(text: str | None) -> str | None:
+    return None if text is None else rfc3339(text)
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NewPlayer(Body):
+    player_id: Id
+    usd_obbba: Amount = "0"
+    tau_k: Annotated[float, Field(strict=True, ge=0, le=MAX_TAU_K)] = 1.0
+    resonance_freq: Annotated[float, Field(strict=True, ge=0, le=MAX_FREQ)] | None = None
+
+
+class DepositBody(Body):
+    amount: PositiveAmount
+
+
+class TransferBody(Body):
+    to_player: Id
+    amount: PositiveAmount
+
+
+class NewToken(Body):
+    ttl_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600), _NUMBER] | None = Field(
+        default=None, description="lifetime; the server's default (1 h) when absent"
+    )
+
+
+class NewPTO(Body):
+    pto_id: Id
+    game_name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_GAME_NAME)]
+    creator_id: Id
+    atu_required: Annotated[int, Field(ge=0, le=MAX_ATU), _NUMBER]
+    pts_offered: Annotated[int, Field(ge=1, le=MAX_PTS_OFFERED), _NUMBER]
+    price_per_pts: Price
+    funding_deadline: Annotated[
+        str,
+        Field(
+            description="RFC 3339 with a time zone; must be in the future",
+            json_schema_extra={"format": "date-time"},
+        ),
+    ]
+    description: Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)] = ""
+    amplification: Annotated[float, Field(strict=True, ge=0, le=MAX_AMPLIFICATION)] = 100.0
+
+
+class BuyBody(Body):
+    player_id: Id
+    hours: Annotated[
+        int, Field(ge=1, le=MAX_PTS_OFFERED, description="whole hours of PTS"), _NUMBER
+    ]
+
+
+class AtuBody(Body):
+    units: Annotated[int, Field(ge=1, le=MAX_ATU), _NUMBER]
+
+
+class PlayBody(Body):
+    player_id: Id
+    hours: Annotated[float, Field(strict=True, gt=0, le=MAX_PLAY_HOURS)]
+
+
+class BackupBody(Body):
+    name: Annotated[str, StringConstraints(pattern=BACKUP_NAME_PATTERN)] | None = None
+
+
+def parse_deadline(text: str) -> datetime | None:
+    """An aware datetime, or None when the text is not RFC 3339 with a zone."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+# -- responses -----------------------------------------------------------------------------
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlayerOut(Out):
+    player_id: str
+    usd_obbba_balance: Money
+    xUSD_balance: Money
+    tau_k: float
+    resonance_freq: float
+    phase: float
+    coherence: float
+    position_x: float
+    position_y: float
+    total_play_time: float
+    quality_score: float
+    phase_locks_count: int
+    memory_depth: float
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, p: PlayerInfo) -> PlayerOut:
+        return cls(
+            player_id=p.player_id,
+            usd_obbba_balance=money(p.usd_obbba_balance),
+            xUSD_balance=money(p.xUSD_balance),
+            tau_k=p.tau_k,
+            resonance_freq=p.resonance_freq,
+            phase=p.phase,
+            coherence=p.coherence,
+            position_x=p.position_x,
+            position_y=p.position_y,
+            total_play_time=p.total_play_time,
+            quality_score=p.quality_score,
+            phase_locks_count=p.phase_locks_count,
+            memory_depth=p.memory_depth,
+            created_at=rfc3339(p.created_at),
+        )
+
+
+class LeaderOut(Out):
+    """Public fields only: never a USD-OBBBA balance."""
+
+    player_id: str
+    xUSD_balance: Money
+    total_play_time: float
+    phase_locks_count: int
+
+
+PTOStatus = Literal["funding", "in_progress", "completed", "failed"]
+
+
+class PTOOut(Out):
+    pto_id: str
+    game_name: str
+    creator_id: str
+    description: str
+    status: PTOStatus
+    atu_required: int
+    atu_spent: int
+    pts_offered: int
+    pts_sold: int
+    price_per_pts: Money
+    funding_goal: Money
+    funding_raised: Money
+    launch_time: Timestamp
+    funding_deadline: Timestamp | None
+    completion_time: Timestamp | None
+    aci_coherence_score: float
+    xUSD_pool: Money
+    world_cdt_id: str | None
+    amplification: float
+
+    @classmethod
+    def of(cls, p: PTOInfo) -> PTOOut:
+        return cls(
+            pto_id=p.pto_id,
+            game_name=p.game_name,
+            creator_id=p.creator_id,
+            description=p.description,
+            status=p.status,  # type: ignore[arg-type]  # the schema's CHECK holds it to these
+            atu_required=p.atu_required,
+            atu_spent=p.atu_spent,
+            pts_offered=p.pts_offered,
+            pts_sold=p.pts_sold,
+            price_per_pts=money(p.price_per_pts),
+            funding_goal=money(p.funding_goal),
+            funding_raised=money(p.funding_raised),
+            launch_time=rfc3339(p.launch_time),
+            funding_deadline=rfc3339_opt(p.funding_deadline),
+            completion_time=rfc3339_opt(p.completion_time),
+            aci_coherence_score=p.aci_coherence_score,
+            xUSD_pool=money(p.xUSD_pool),
+            world_cdt_id=p.world_cdt_id,
+            amplification=p.amplification,
+        )
+
+
+class TokenOut(Out):
+    token_id: str
+    pto_id: str
+    holder: str
+    hours_committed: float
+    hours_played: float
+    purchase_price: Money
+    xUSD_accumulated: Money
+    tau_k_at_purchase: float
+    purchase_time: Timestamp
+
+    @classmethod
+    def of(cls, t: TokenInfo) -> TokenOut:
+        return cls(
+            token_id=t.token_id,
+            pto_id=t.pto_id,
+            holder=t.holder,
+            hours_committed=t.hours_committed,
+            hours_played=t.hours_played,
+            purchase_price=money(t.purchase_price),
+            xUSD_accumulated=money(t.xUSD_accumulated),
+            tau_k_at_purchase=t.tau_k_at_purchase,
+            purchase_time=rfc3339(t.purchase_time),
+        )
+
+
+class SessionOut(Out):
+    session_id: int
+    pto_id: str
+    player_id: str
+    hours: float
+    quality: float
+    xUSD_earned: Money
+    phase_locks: int
+    tau_k_after: float
+
+    @classmethod
+    def of(cls, s: SessionResult) -> SessionOut:
+        return cls(
+            session_id=s.session_id,
+            pto_id=s.pto_id,
+            player_id=s.player_id,
+            hours=s.hours,
+            quality=s.quality,
+            xUSD_earned=money(s.xusd_earned),
+            phase_locks=s.phase_locks,
+            tau_k_after=s.tau_k_after,
+        )
+
+
+class IssuedToken(Out):
+    player_id: str
+    token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_at: Timestamp
+
+
+class TransactionOut(Out):
+    tx_id: int
+    tx_type: str
+    from_player: str | None
+    to_player: str | None
+    amount: Money
+    currency: Literal["USD-OBBBA", "xUSD"]
+    pto_id: str | None
+    timestamp: Timestamp
+
+
+class TransactionPage(Out):
+    items: list[TransactionOut]
+    next_after: int | None = Field(description="pass as ?after= for the next page; null at the end")
+
+
+class PlayerStats(Out):
+    count: int
+    usd_obbba_total: Money
+    xUSD_total: Money
+    total_play_time: float
+    phase_locks_total: int
+
+
+class PTOStats(Out):
+    count: int
+    by_status: dict[str, int]
+    funding_raised_total: Money
+    xUSD_pool_total: Money
+    atu_spent_total: int
+
+
+class TokenStats(Out):
+    count: int
+    hours_committed_total: float
+    hours_played_total: float
+    purchase_price_total: Money
+
+
+class TransactionStats(Out):
+    count: int
+    volume: dict[str, Money]
+
+
+class SessionStats(Out):
+    count: int
+    duration_total: float
+    xUSD_earned_total: Money
+    quality_mean: float
+
+
+class ClockOut(Out):
+    now: Timestamp
+
+
+class RunOut(Out):
+    """The scenario run this server plays, or the one recorded in its store."""
+
+    name: str
+    tick: int
+    total_ticks: int
+    finished: bool
+
+
+class StatsOut(Out):
+    players: PlayerStats
+    ptos: PTOStats
+    pts_tokens: TokenStats
+    transactions: TransactionStats
+    play_sessions: SessionStats
+    clock: ClockOut
+    run: RunOut | None = None
+
+    @classmethod
+    def of(
+        cls, data: dict[str, dict[str, Any]], now: datetime, run: dict[str, Any] | None = None
+    ) -> StatsOut:
+        p, t, k, x, s = (
+            data["players"],
+            data["ptos"],
+            data["pts_tokens"],
+            data["transactions"],
+            data["play_sessions"],
+        )
+        return cls(
+            players=PlayerStats(
+                count=p["count"],
+                usd_obbba_total=money_float(p["usd_obbba_total"]),
+                xUSD_total=money_float(p["xUSD_total"]),
+                total_play_time=p["total_play_time"],
+                phase_locks_total=p["phase_locks_total"],
+            ),
+            ptos=PTOStats(
+                count=t["count"],
+                by_status=t["by_status"],
+                funding_raised_total=money_float(t["funding_raised_total"]),
+                xUSD_pool_total=money_float(t["xUSD_pool_total"]),
+                atu_spent_total=t["atu_spent_total"],
+            ),
+            pts_tokens=TokenStats(
+                count=k["count"],
+                hours_committed_total=k["hours_committed_total"],
+                hours_played_total=k["hours_played_total"],
+                purchase_price_total=money_float(k["purchase_price_total"]),
+            ),
+            transactions=TransactionStats(
+                count=x["count"], volume={n: money_float(v) for n, v in x["volume"].items()}
+            ),
+            play_sessions=SessionStats(
+                count=s["count"],
+                duration_total=s["duration_total"],
+                xUSD_earned_total=money_float(s["xUSD_earned_total"]),
+                quality_mean=s["quality_mean"],
+            ),
+            clock=ClockOut(now=rfc3339(now.isoformat())),
+            run=None if run is None else RunOut(**run),
+        )
+
+
+class BackupOut(Out):
+    name: str
+    created: Timestamp
+    size: int
+
+
+class ExportOut(BaseModel):
+    """The store's full export (the seed's portable format, as ``ublox-sim export`` writes)."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_version: int
+
+
+class HealthOut(Out):
+    status: Literal["ok"]
+    store_open: bool
+    accepting_writes: bool
+
+
+class ErrorDetail(Out):
+    code: str
+    message: str
+
+
+class ErrorOut(Out):
+    error: ErrorDetail

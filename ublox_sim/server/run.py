@@ -1,0 +1,68 @@
+"""Run the app under uvicorn on a socket bound before anything else happens.
+
+Binding first means a busy port is found before a home or an admin key is created,
+and "serving on ..." can be said only once the port is really ours.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from .app import ServerConfig, create_app
+
+
+class PortBusy(OSError):
+    """The address is in use or cannot be bound."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise PortBusy(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    home: Path | None,
+    sock: socket.socket,
+    *,
+    scenario: Path | None = None,
+    ticks_per_second: float = 2.0,
+    seed: int | None = None,
+    resume: bool = False,
+    config: ServerConfig | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve on ``sock`` until SIGINT/SIGTERM (then the lifespan drains and commits)."""
+    import uvicorn
+
+    cfg = replace(config or ServerConfig(), on_ready=on_ready)
+    app = create_app(
+        home,
+        scenario=scenario,
+        ticks_per_second=ticks_per_second,
+        seed=seed,
+        resume=resume,
+        config=cfg,
+    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    # uvicorn re-raises the signal once its graceful shutdown is done; for SIGTERM
+    # that default action would turn a clean, committed shutdown into exit -15.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # SIGINT re-raised by uvicorn after its graceful shutdown (as uvicorn.run does)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
