@@ -129,7 +129,7 @@ EXAMPLES = [
             session_id=1,
             hours=1.5,
             quality=0.8,
-            xusd_earned=Decimal(120),
+            xUSD_earned=Decimal(120),
             phase_locks=1,
         ),
         ev.PhaseLock(at=AT, seq=11, pto_id="w", player_id="bo", locks=1),

@@ -220,8 +220,8 @@ async def test_the_seed_story(tmp_path: Path) -> None:
         assert 0.0 <= result.quality <= 1.0
         assert result.hours == 5
         expected = to_decimal(compose_xusd(5, result.quality, 100))
-        assert result.xusd_earned == expected
-        assert result.xusd_earned == (Decimal(5) * Decimal(repr(result.quality)) * 100).quantize(
+        assert result.xUSD_earned == expected
+        assert result.xUSD_earned == (Decimal(5) * Decimal(repr(result.quality)) * 100).quantize(
             Decimal("0.01")
         )
         assert result.tau_k_after == pytest.approx(0.9 * 1.0 + result.quality)
@@ -253,7 +253,7 @@ async def test_the_seed_story(tmp_path: Path) -> None:
             await engine.buy_pts("alice", HARMONIC, 1)
         # A completed world stays playable on the hours left.
         again = await engine.play("alice", HARMONIC, 1)
-        assert (await engine.get_pto(HARMONIC)).xUSD_pool == expected + again.xusd_earned
+        assert (await engine.get_pto(HARMONIC)).xUSD_pool == expected + again.xUSD_earned
         stats = await engine.stats()
         assert stats["ptos"]["by_status"] == {"completed": 1}
 
@@ -925,7 +925,7 @@ async def apply(engine: Engine, model: Model, op: tuple[Any, ...]) -> None:
         result = await engine.play(pid, gid, hours)
         assert 0.0 <= result.quality <= 1.0
         earned = compose_xusd(hours, result.quality, 100.0)
-        assert result.xusd_earned == to_decimal(earned)
+        assert result.xUSD_earned == to_decimal(earned)
         model.xusd[pid] += earned
         model.ptos[gid].hours_left[pid] -= hours
     elif kind == "advance":
@@ -1139,7 +1139,7 @@ async def test_a_player_actor_that_raises_mid_session_writes_nothing(
             assert reopened["theta"].tobytes() == world["theta"].tobytes()
             result = await engine.play("alice", "pto_crash", 2)
             assert (await engine.get_player("alice")).xUSD_balance == (
-                before.players["alice"].xUSD_balance + result.xusd_earned
+                before.players["alice"].xUSD_balance + result.xUSD_earned
             )
     assert verify_store(tmp_path) == []
 
@@ -1224,7 +1224,7 @@ async def test_events_arrive_in_commit_order(tmp_path: Path) -> None:
         assert funded.funding_raised == Decimal("30.00")
         assert isinstance(played, ev.SessionPlayed)
         assert played.session_id == result.session_id
-        assert played.xusd_earned == result.xusd_earned
+        assert played.xUSD_earned == result.xUSD_earned
         completed = got[-1]
         assert isinstance(completed, ev.PTOCompleted)
         assert completed.payout == Decimal("30.00")

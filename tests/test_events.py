@@ -196,7 +196,7 @@ def test_public_events_never_carry_a_players_usd_obbba_amounts() -> None:
         session_id=1,
         hours=1.0,
         quality=0.5,
-        xusd_earned=Decimal("50"),
+        xUSD_earned=Decimal("50"),
         phase_locks=1,
     )
     assert session.public_dict() == session.to_dict()  # xUSD and locks are public

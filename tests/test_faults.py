@@ -535,7 +535,7 @@ async def test_a_damaged_cdt_file_fails_its_pto_only(tmp_path: Path, kind: str) 
                 await engine.world("pto-a")
             # Everything else works: the other world plays, money moves, time passes.
             session = await engine.play("bob", "pto-b", 1.0)
-            assert session.xusd_earned > 0
+            assert session.xUSD_earned > 0
             assert (await engine.get_pto("pto-a")).status == "in_progress"
             await engine.deposit("alice", Decimal("1"))
             await engine.advance(1.0)

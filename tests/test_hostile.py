@@ -680,7 +680,7 @@ class Checker:
         if session is not None:
             assert pto is not None
             pto.hours_left[player_id] = pto.hours_left.get(player_id, 0.0) - session.hours
-            model.xusd[player_id] += cents(session.xusd_earned)
+            model.xusd[player_id] += cents(session.xUSD_earned)
 
     async def spend_atu(self, pto_id: Any, units: Any) -> None:
         model = self.model

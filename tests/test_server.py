@@ -277,7 +277,7 @@ async def test_full_story_over_http_with_live_events(server: LiveServer) -> None
             assert by_kind["pto_funded"]["funding_raised"] == "25.00"
             assert by_kind["pto_completed"]["payout"] == "25.00"
             assert by_kind["pto_completed"]["creator_id"] == "creator"
-            assert by_kind["session_played"]["xusd_earned"] == session["xUSD_earned"]
+            assert by_kind["session_played"]["xUSD_earned"] == session["xUSD_earned"]
 
             # The read side.
             players = {

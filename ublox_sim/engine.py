@@ -542,7 +542,7 @@ class Engine:
                 player_id=outcome.player_id,
                 hours=outcome.hours,
                 quality=outcome.quality,
-                xusd_earned=to_decimal(outcome.xusd),
+                xUSD_earned=to_decimal(outcome.xusd),
                 phase_locks=outcome.locks,
                 memory_depth_added=outcome.locked_hours,
                 tau_k_after=outcome.tau_k_after,

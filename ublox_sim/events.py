@@ -137,7 +137,7 @@ class SessionPlayed(Event):
     session_id: int
     hours: float
     quality: float
-    xusd_earned: Decimal
+    xUSD_earned: Decimal
     phase_locks: int
 
 

@@ -173,7 +173,7 @@ class PlayerActor(Actor[PlayerMessage]):
                     session_id=0,
                     hours=s.hours,
                     quality=s.quality,
-                    xusd_earned=to_decimal(s.xusd),
+                    xUSD_earned=to_decimal(s.xusd),
                     phase_locks=s.locks,
                 ),
                 self.publish,

@@ -129,7 +129,7 @@ class SessionResult:
     player_id: str
     hours: float
     quality: float
-    xusd_earned: Decimal
+    xUSD_earned: Decimal
     phase_locks: int
     memory_depth_added: float
     tau_k_after: float

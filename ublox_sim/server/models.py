@@ -329,7 +329,7 @@ class SessionOut(Out):
             player_id=s.player_id,
             hours=s.hours,
             quality=s.quality,
-            xUSD_earned=money(s.xusd_earned),
+            xUSD_earned=money(s.xUSD_earned),
             phase_locks=s.phase_locks,
             tau_k_after=s.tau_k_after,
         )
