@@ -198,14 +198,14 @@ def test_wrong_type(
             edit(13, "    usd_obbba: -5"),
             13,
             "players[1].usd_obbba",
-            "greater than or equal to 0",
+            "must be between 0 and 1e13 USD-OBBBA (got -5)",
             id="balance",
         ),
         pytest.param(
             edit(30, "    deposit: {player: fan-0002, amount: -10}"),
             30,
             "events[1].deposit.amount",
-            "greater than 0",
+            "must be greater than 0 and at most 1e13 USD-OBBBA (got -10)",
             id="deposit",
         ),
     ],
@@ -599,7 +599,7 @@ def test_set_value_is_validated_and_blamed_on_set() -> None:
     with pytest.raises(ScenarioError) as info:
         load_scenario(SCENARIOS / "festival.yaml", overrides=["clock.ticks=-1"])
     assert info.value.problems == [
-        "--set: clock.ticks: Input should be greater than or equal to 1 (got -1)"
+        "--set: clock.ticks: must be between 1 and 1e6 (got -1)"
     ]
 
 
