@@ -249,7 +249,9 @@ class Choice(_Model):
 
 
 Distribution = Annotated[Uniform | Normal | Choice, Field(discriminator="dist")]
-Value = Number | Distribution
+# A constant is a plain float here (non-finite ones included) so that ``within`` refuses
+# .inf in the limit's own words rather than pydantic's union saying "a valid dictionary".
+Value = float | Distribution
 
 
 def settle(limit: Limit, value: float) -> Any:
