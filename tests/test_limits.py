@@ -324,7 +324,10 @@ OTHER_LIMITED = {
     "events[0].at": ("-1", f"must be {L.HOUR_OFFSET.describe()} (got -1)"),
     "clock.duration_hours": ("0", f"must be {L.DURATION_HOURS.describe()} (got 0)"),
     **{
-        key: ("x" * 10_001, f"must be text of between 0 and 10000 characters (got '{'x' * 10_001}')")
+        key: (
+            "x" * 10_001,
+            f"must be text of between 0 and 10000 characters (got '{'x' * 10_001}')",
+        )
         for key in ("description", "ptos[0].description")
     },
 }

@@ -598,9 +598,7 @@ def test_set_reads_yaml_values_and_list_indexes() -> None:
 def test_set_value_is_validated_and_blamed_on_set() -> None:
     with pytest.raises(ScenarioError) as info:
         load_scenario(SCENARIOS / "festival.yaml", overrides=["clock.ticks=-1"])
-    assert info.value.problems == [
-        "--set: clock.ticks: must be between 1 and 1e6 (got -1)"
-    ]
+    assert info.value.problems == ["--set: clock.ticks: must be between 1 and 1e6 (got -1)"]
 
 
 @pytest.mark.parametrize(
