@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,7 +28,10 @@ from ublox_sim.engine import Engine
 from ublox_sim.errors import InvalidInput, UbloxError
 from ublox_sim.limits import Limit
 from ublox_sim.scenario import (
+    Scenario,
     ScenarioError,
+    Within,
+    _models_in,
     draw_settled,
     parse_scenario,
     settle,
@@ -193,18 +197,15 @@ DISTRIBUTED = [
 
 
 def yaml_number(value: float | int | Decimal) -> str:
-    """A YAML 1.1 number PyYAML reads back exactly (it needs a dot before an exponent)."""
+    """A number as Python writes it (``1e-05``, ``1e+16``): the loader reads YAML 1.2
+    floats, so the property tests below also exercise exponents without a dot."""
     if isinstance(value, int | Decimal):
         return str(value)
     if math.isnan(value):
         return ".nan"
     if math.isinf(value):
         return ".inf" if value > 0 else "-.inf"
-    text = repr(value)
-    mantissa, e, exponent = text.partition("e")
-    if e and "." not in mantissa:
-        text = f"{mantissa}.0e{exponent}"
-    return text
+    return repr(value)
 
 
 def with_value(key: str, value: str) -> str:
@@ -277,6 +278,112 @@ def test_any_value_outside_the_limits_is_refused_naming_the_key(data: st.DataObj
     key = data.draw(st.sampled_from(sorted(FIELDS)), label="key")
     value = data.draw(outside(FIELDS[key]), label="value")
     assert_refused_at(key, with_value(key, yaml_number(value)))
+
+
+def beyond(limit: Limit) -> list[int]:
+    """A whole number below the limit and one above it (every limit has whole ends)."""
+    return [math.floor(limit.min) - 1, math.ceil(limit.max) * 2 + 1]
+
+
+def as_set(key: str) -> str:
+    """``ptos[0].price_per_pts`` as a ``--set`` path: ``ptos.0.price_per_pts``."""
+    return re.sub(r"\[(\d+)\]", r".\1", key)
+
+
+@pytest.mark.parametrize("key", sorted(FIELDS))
+def test_every_limited_key_refuses_out_of_range_values_in_the_tables_words(key: str) -> None:
+    """One wording per limit: the README table's ``describe()``, in a file and in --set,
+    for plain fields (pydantic used to say "Input should be greater than 0") and for
+    the keys that also take a distribution alike."""
+    limit = FIELDS[key]
+    for value in beyond(limit):
+        expected = f"must be {limit.describe()} (got {value!r})"
+        assert problems_of(with_value(key, str(value))) == [
+            f"s.yaml:{LINE_OF[key]}: {key}: {expected}"
+        ]
+        assert problems_of_set(f"{as_set(key)}={value}") == [f"--set: {key}: {expected}"]
+    if not limit.integer:  # a non-finite value: the same words, and why
+        assert problems_of(with_value(key, ".inf")) == [
+            f"s.yaml:{LINE_OF[key]}: {key}: must be {limit.describe()}, a finite number (got inf)"
+        ]
+
+
+def problems_of_set(override: str) -> list[str] | None:
+    try:
+        parse_scenario(TEMPLATE, "s.yaml", overrides=[override])
+    except ScenarioError as exc:
+        return exc.problems
+    return None
+
+
+# Limited keys that are not numbers with a table row: an hour offset, and texts whose
+# length is limited (said as ``Limit.check_length`` says it).
+OTHER_LIMITED = {
+    "name": ("''", "must be text of between 1 and 200 characters (got '')"),
+    "ptos[0].game_name": ("''", "must be text of between 1 and 200 characters (got '')"),
+    "events[0].at": ("-1", f"must be {L.HOUR_OFFSET.describe()} (got -1)"),
+    "clock.duration_hours": ("0", f"must be {L.DURATION_HOURS.describe()} (got 0)"),
+    **{
+        key: (
+            "x" * 10_001,
+            f"must be text of between 0 and 10000 characters (got '{'x' * 10_001}')",
+        )
+        for key in ("description", "ptos[0].description")
+    },
+}
+
+
+@pytest.mark.parametrize("key", sorted(OTHER_LIMITED))
+def test_other_limited_keys_use_their_limits_words_too(key: str) -> None:
+    value, expected = OTHER_LIMITED[key]
+    assert problems_of_set(f"{as_set(key)}={value}") == [f"--set: {key}: {expected}"]
+
+
+def metadata_of(info: Any) -> list[Any]:
+    """A field's metadata: ``Annotated[float, within(...)]`` or, where optional, that ``| None``."""
+    annotated = [info.annotation, *typing.get_args(info.annotation)]
+    return [*info.metadata, *(m for a in annotated for m in getattr(a, "__metadata__", ()))]
+
+
+def limited_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Limit]:
+    """Every field of the scenario models that carries a limit, by its key
+    (``ptos[].price_per_pts``), found through the ``Within`` validator it keeps."""
+    found: dict[str, Limit] = {}
+    for name, info in model.model_fields.items():
+        key = prefix + (info.alias or name)
+        for item in metadata_of(info):
+            if isinstance(item, Within):
+                found[key] = item.limit
+        for sub in _models_in(info.annotation):
+            is_list = typing.get_origin(info.annotation) is list or any(
+                typing.get_origin(arg) is list for arg in typing.get_args(info.annotation)
+            )
+            found.update(limited_fields(sub, key + ("[]." if is_list else ".")))
+    return found
+
+
+def test_every_limited_field_of_the_loader_is_in_the_table() -> None:
+    """The models carry exactly the table's limits (so the test above covers every
+    field), and no pydantic range constraint with its own wording is left beside them."""
+    found = limited_fields(Scenario)
+    table = {INDEX.sub("[]", key): limit for key, limit in FIELDS.items()}
+    others = {INDEX.sub("[]", key) for key in OTHER_LIMITED}
+    assert {k: v for k, v in found.items() if k not in others} == table
+    assert set(found) >= others
+
+    def range_constraints(model: type[BaseModel]) -> list[str]:
+        out = [
+            f"{model.__name__}.{name}"
+            for name, info in model.model_fields.items()
+            if any(type(m).__name__ in {"Gt", "Ge", "Lt", "Le"} for m in metadata_of(info))
+        ]
+        for info in model.model_fields.values():
+            for sub in _models_in(info.annotation):
+                out += range_constraints(sub)
+        return out
+
+    # A normal's sd (>= 0) has no limit in the table: it is a distribution's own rule.
+    assert sorted(set(range_constraints(Scenario))) == ["Normal.sd"]
 
 
 def distribution(limit: Limit, ends: st.SearchStrategy[Any]) -> st.SearchStrategy[str]:

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
-from ublox_sim.scenario import Loaded, ScenarioError, load_scenario, parse_scenario
+from ublox_sim.scenario import Loaded, ScenarioError, Uniform, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
@@ -198,14 +198,14 @@ def test_wrong_type(
             edit(13, "    usd_obbba: -5"),
             13,
             "players[1].usd_obbba",
-            "greater than or equal to 0",
+            "must be between 0 and 1e13 USD-OBBBA (got -5)",
             id="balance",
         ),
         pytest.param(
             edit(30, "    deposit: {player: fan-0002, amount: -10}"),
             30,
             "events[1].deposit.amount",
-            "greater than 0",
+            "must be greater than 0 and at most 1e13 USD-OBBBA (got -10)",
             id="deposit",
         ),
     ],
@@ -598,9 +598,7 @@ def test_set_reads_yaml_values_and_list_indexes() -> None:
 def test_set_value_is_validated_and_blamed_on_set() -> None:
     with pytest.raises(ScenarioError) as info:
         load_scenario(SCENARIOS / "festival.yaml", overrides=["clock.ticks=-1"])
-    assert info.value.problems == [
-        "--set: clock.ticks: Input should be greater than or equal to 1 (got -1)"
-    ]
+    assert info.value.problems == ["--set: clock.ticks: must be between 1 and 1e6 (got -1)"]
 
 
 @pytest.mark.parametrize(
@@ -646,6 +644,75 @@ def test_set_that_breaks_a_reference_names_the_file_lines() -> None:
         f"{harmonic}:{at_3[0]}: events[{index}].at: at 3 h is after the run ends (3 h)"
         in info.value.problems
     )
+
+
+# -- numbers as YAML 1.2 writes them -------------------------------------------------------------
+
+# (written, read): exponents without a dot or a sign, and a signed leading dot, which YAML 1.1
+# (PyYAML) reads as strings; the README writes limits this way (1e13).
+SCIENTIFIC = [
+    ("5e3", 5000.0),
+    ("1e-3", 0.001),
+    ("-2E+5", -200000.0),
+    ("2.5E1", 25.0),
+    ("-.5", -0.5),
+    (".5e1", 5.0),
+    ("1.e2", 100.0),
+]
+
+
+@pytest.mark.parametrize(("written", "read"), SCIENTIFIC, ids=[w for w, _ in SCIENTIFIC])
+def test_scientific_notation_is_a_number_in_a_file_and_in_set(written: str, read: float) -> None:
+    """world.omega_mean takes any of these (its limits are ±1e6); in the file and in --set."""
+    text = edit(8, f"  size: 8\n  omega_mean: {written}")
+    assert parse_scenario(text, "s.yaml").scenario.world.omega_mean == read
+    by_set = parse_scenario(BASE, "s.yaml", overrides=[f"world.omega_mean={written}"])
+    assert by_set.scenario.world.omega_mean == read
+    assert by_set.data["world"]["omega_mean"] == read
+
+
+def test_money_in_scientific_notation_is_exact_and_held_to_its_limits() -> None:
+    """The tester's ``usd_obbba: 5e3`` (it said "Input should be a valid number (got '5e3')"),
+    whole cents and the money limit alike, with the file's line kept."""
+    loaded = parse_scenario(edit(11, "    usd_obbba: 5e3"), "s.yaml")
+    assert loaded.scenario.players[0].usd_obbba == 5000.0
+    loaded = parse_scenario(edit(24, "    price_per_pts: 1e-2"), "s.yaml")
+    assert loaded.scenario.ptos[0].price_per_pts == 0.01
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(edit(11, "    usd_obbba: 1e-3"), "s.yaml")
+    assert info.value.problems == [
+        "s.yaml:11: players[0].usd_obbba: must be whole cents (at most two decimals) (got 0.001)"
+    ]
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(edit(11, "    usd_obbba: 2e13"), "s.yaml")
+    assert info.value.problems == [
+        "s.yaml:11: players[0].usd_obbba: must be between 0 and 1e13 USD-OBBBA"
+        " (got 20000000000000.0)"
+    ]
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(BASE, "s.yaml", overrides=["ptos.0.price_per_pts=1e14"])
+    assert info.value.problems == [
+        "--set: ptos[0].price_per_pts: must be greater than 0 and at most 1e13 USD-OBBBA"
+        " (got 100000000000000.0)"
+    ]
+    # A cohort's distribution takes them too.
+    loaded = parse_scenario(
+        edit(17, "    usd_obbba: {dist: uniform, low: 1e1, high: 2e1}"), "s.yaml"
+    )
+    assert loaded.scenario.cohorts[0].usd_obbba == Uniform(dist="uniform", low=10.0, high=20.0)
+
+
+def test_text_that_only_looks_numeric_stays_text_and_yaml_itself_is_unchanged() -> None:
+    """Ids like ``e3``/``1e`` are text; whole numbers stay ints; PyYAML's own SafeLoader
+    (other code in the process) still reads YAML 1.1."""
+    loaded = parse_scenario(
+        edit(13, "    usd_obbba: 50\n  - id: 1e").replace("id: alice", "id: e3"),
+        "s.yaml",
+        overrides=["ptos.0.creator=e3"],
+    )
+    assert [p.id for p in loaded.scenario.players] == ["e3", "bob", "1e"]
+    assert loaded.data["clock"]["ticks"] == 4 and isinstance(loaded.data["clock"]["ticks"], int)
+    assert yaml.safe_load("5e3") == "5e3"
 
 
 # -- shipped scenarios ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,11 +60,27 @@ class ScenarioError(InvalidInput):
 # -- YAML with line numbers --------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading numbers as YAML 1.2 does: PyYAML follows YAML 1.1, where a
+    float needs a dot and a signed exponent (``5.0e+3``), so ``5e3``, ``1e-3`` and ``-.5``
+    were strings and a limit written as in the README (``1e13``) was "not a number"."""
+
+
+# YAML 1.2 core-schema floats that YAML 1.1 reads as strings: an exponent without a dot or
+# without a sign, and a signed leading dot. Whole numbers stay ints (the int resolver comes
+# first, and this pattern needs a dot or an exponent). Added to this class only
+# (``add_implicit_resolver`` copies the table into the subclass), not to ``SafeLoader``.
+_YAML12_FLOAT = re.compile(
+    r"^[-+]?(?:(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)$"
+)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+.0123456789"))
+
+
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     """Parse safely; return the data and the 1-based line of every key/item path."""
     _check_depth(text, source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -154,7 +171,7 @@ def _check_depth(text: str, source: str) -> None:
     """Refuse absurd nesting from the event stream, before the (recursive) composer."""
     depth = 0
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=_Loader):
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > 4 * MAX_DEPTH:
@@ -232,7 +249,9 @@ class Choice(_Model):
 
 
 Distribution = Annotated[Uniform | Normal | Choice, Field(discriminator="dist")]
-Value = Number | Distribution
+# A constant is a plain float here (non-finite ones included) so that ``within`` refuses
+# .inf in the limit's own words rather than pydantic's union saying "a valid dictionary".
+Value = float | Distribution
 
 
 def settle(limit: Limit, value: float) -> Any:
@@ -248,6 +267,8 @@ def settle(limit: Limit, value: float) -> Any:
 def _exact(limit: Limit, value: float, what: str = "") -> None:
     """A constant (or a choice's value) is taken as written: it must be inside the limit
     and already whole (a whole number, or whole cents for money)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{what}must be {limit.describe()}, a finite number")
     if not limit.contains(value):
         raise ValueError(f"{what}must be {limit.describe()}")
     if limit.integer and not float(value).is_integer():
@@ -270,7 +291,30 @@ def support(value: Value, limit: Limit) -> tuple[Any, Any]:
     return min(settled), max(settled)
 
 
-def within(limit: Limit) -> AfterValidator:
+@dataclass(frozen=True, slots=True)
+class Within(AfterValidator):
+    """The one validator of a field that has a limit: ``within(limit)`` for numbers and
+    distributions, ``text_within(limit)`` for a text's length. Its message is the limit's
+    own (``must be greater than 0 and at most 1e13 USD-OBBBA``), the wording of the README's
+    table and of the engine, wherever the key appears; pydantic's range constraints
+    (``ge``/``le``, "Input should be greater than 0") are not used in scenario models. It
+    keeps the limit, so the models can be searched for their limited fields."""
+
+    limit: Limit
+
+
+def text_within(limit: Limit) -> Within:
+    """A text whose length is inside ``limit``, said as ``Limit.check_length`` says it."""
+
+    def check(value: str) -> str:
+        if not limit.contains(len(value)):
+            raise ValueError(f"must be text of {limit.describe()} characters")
+        return value
+
+    return Within(check, limit)
+
+
+def within(limit: Limit) -> Within:
     """A validator for ``Value`` fields: every value the field can draw lies in ``limit``.
 
     This is what makes an out-of-range draw impossible by construction: a uniform's
@@ -316,7 +360,7 @@ def within(limit: Limit) -> AfterValidator:
                 _exact(limit, item, f"choice value {item!r} ({i + 1} of {len(value.values)}) ")
         return value
 
-    return AfterValidator(check)
+    return Within(check, limit)
 
 
 def _settled_note(limit: Limit, raw: float) -> str:
@@ -359,9 +403,9 @@ def draw_settled(value: Value, rng: np.random.Generator, size: int, limit: Limit
 
 class Clock(_Model):
     start: datetime = datetime(2025, 12, 12, tzinfo=UTC)
-    tick_hours: Annotated[float, L.TICK_HOURS.field()] = 1.0
-    ticks: Annotated[int, L.TICKS.field()] | None = None
-    duration_hours: Annotated[float, L.DURATION_HOURS.field()] | None = None
+    tick_hours: Annotated[float, within(L.TICK_HOURS)] = 1.0
+    ticks: Annotated[int, within(L.TICKS)] | None = None
+    duration_hours: Annotated[float, within(L.DURATION_HOURS)] | None = None
 
     @field_validator("start", mode="before")
     @classmethod
@@ -395,22 +439,22 @@ class Clock(_Model):
 
 
 class World(_Model):
-    size: Annotated[int, L.WORLD_SIZE.field()] = 64
-    coupling: Annotated[float, L.COUPLING.field()] = 1.0
-    dt: Annotated[float, L.DT.field()] = 0.1
-    steps_per_hour: Annotated[int, L.STEPS_PER_HOUR.field()] = 4
-    omega_mean: Annotated[float, L.OMEGA_MEAN.field()] = 1.0
-    omega_spread: Annotated[float, L.OMEGA_SPREAD.field()] = 0.1
-    player_coupling: Annotated[float, L.PLAYER_COUPLING.field()] = 0.2
-    feedback: Annotated[float, L.FEEDBACK.field()] = 0.02
-    amplification: Annotated[float, L.AMPLIFICATION.field()] = 100.0
+    size: Annotated[int, within(L.WORLD_SIZE)] = 64
+    coupling: Annotated[float, within(L.COUPLING)] = 1.0
+    dt: Annotated[float, within(L.DT)] = 0.1
+    steps_per_hour: Annotated[int, within(L.STEPS_PER_HOUR)] = 4
+    omega_mean: Annotated[float, within(L.OMEGA_MEAN)] = 1.0
+    omega_spread: Annotated[float, within(L.OMEGA_SPREAD)] = 0.1
+    player_coupling: Annotated[float, within(L.PLAYER_COUPLING)] = 0.2
+    feedback: Annotated[float, within(L.FEEDBACK)] = 0.02
+    amplification: Annotated[float, within(L.AMPLIFICATION)] = 100.0
 
 
 class PlayerSpec(_Model):
     id: PlayerId
-    usd_obbba: Annotated[float, L.BALANCE.field(), AfterValidator(_whole_cents)] = 0.0
-    tau_k: Annotated[float, L.TAU_K.field()] = 1.0
-    resonance_freq: Annotated[float, L.RESONANCE_FREQ.field()] | None = None
+    usd_obbba: Annotated[float, within(L.BALANCE)] = 0.0
+    tau_k: Annotated[float, within(L.TAU_K)] = 1.0
+    resonance_freq: Annotated[float, within(L.RESONANCE_FREQ)] | None = None
 
 
 def _fits(prefix: str, count: int) -> None:
@@ -424,7 +468,7 @@ def _fits(prefix: str, count: int) -> None:
 
 class Cohort(_Model):
     prefix: PlayerId
-    count: Annotated[int, L.PLAYER_COHORT_COUNT.field()]
+    count: Annotated[int, within(L.PLAYER_COHORT_COUNT)]
     usd_obbba: Annotated[Value, within(L.BALANCE)] = 1000.0
     tau_k: Annotated[Value, within(L.TAU_K)] = 1.0
     resonance_freq: Annotated[Value, within(L.RESONANCE_FREQ)] | None = None
@@ -445,15 +489,15 @@ def _goal_fits(offered: int, price: Any) -> None:
 
 class PTOSpec(_Model):
     id: PtoId
-    game_name: Annotated[str, L.GAME_NAME.length_field()]
+    game_name: Annotated[str, text_within(L.GAME_NAME)]
     creator: PlayerId
-    atu_required: Annotated[int, L.ATU_REQUIRED.field()]
-    pts_offered: Annotated[int, L.PTS_OFFERED.field()]
-    price_per_pts: Annotated[float, L.PRICE_PER_PTS.field(), AfterValidator(_whole_cents)]
-    funding_deadline_hours: Annotated[float, L.FUNDING_DEADLINE_HOURS.field()]
-    launch_at: Annotated[float, L.HOUR_OFFSET.field()] = 0.0
-    amplification: Annotated[float, L.AMPLIFICATION.field()] | None = None
-    description: Annotated[str, L.DESCRIPTION.length_field()] = ""
+    atu_required: Annotated[int, within(L.ATU_REQUIRED)]
+    pts_offered: Annotated[int, within(L.PTS_OFFERED)]
+    price_per_pts: Annotated[float, within(L.PRICE_PER_PTS)]
+    funding_deadline_hours: Annotated[float, within(L.FUNDING_DEADLINE_HOURS)]
+    launch_at: Annotated[float, within(L.HOUR_OFFSET)] = 0.0
+    amplification: Annotated[float, within(L.AMPLIFICATION)] | None = None
+    description: Annotated[str, text_within(L.DESCRIPTION)] = ""
 
     @model_validator(mode="after")
     def _goal(self) -> PTOSpec:
@@ -463,7 +507,7 @@ class PTOSpec(_Model):
 
 class PTOCohort(_Model):
     prefix: PtoId
-    count: Annotated[int, L.PTO_COHORT_COUNT.field()]
+    count: Annotated[int, within(L.PTO_COHORT_COUNT)]
     creators: PlayerId | list[PlayerId] = Field(
         description="a player cohort prefix, or a list of player ids"
     )
@@ -488,20 +532,20 @@ Who = Literal["all"] | PlayerId | list[PlayerId]
 
 class Investors(_Model):
     who: Who = "all"
-    probability: Annotated[float, L.PROBABILITY.field()]
+    probability: Annotated[float, within(L.PROBABILITY)]
     hours: Annotated[Value, within(L.PTS_HOURS)]
-    max_share: Annotated[float, L.MAX_SHARE.field()] = 0.5
+    max_share: Annotated[float, within(L.MAX_SHARE)] = 0.5
 
 
 class Players(_Model):
     who: Who = "all"
-    probability: Annotated[float, L.PROBABILITY.field()]
+    probability: Annotated[float, within(L.PROBABILITY)]
     hours: Annotated[Value, within(L.PLAY_HOURS)]
 
 
 class Creators(_Model):
     atu_per_tick: Annotated[Value, within(L.ATU_UNITS)]
-    probability: Annotated[float, L.PROBABILITY.field()] = 1.0
+    probability: Annotated[float, within(L.PROBABILITY)] = 1.0
 
 
 class Behaviours(_Model):
@@ -513,33 +557,33 @@ class Behaviours(_Model):
 class BuyEvent(_Model):
     player: PlayerId
     pto: PtoId
-    hours: Annotated[int, L.PTS_HOURS.field()]
+    hours: Annotated[int, within(L.PTS_HOURS)]
 
 
 class PlayEvent(_Model):
     player: PlayerId
     pto: PtoId
-    hours: Annotated[float, L.PLAY_HOURS.field()]
+    hours: Annotated[float, within(L.PLAY_HOURS)]
 
 
 class TransferEvent(_Model):
     from_: PlayerId = Field(alias="from")
     to: PlayerId
-    amount: Annotated[float, L.AMOUNT.field(), AfterValidator(_whole_cents)]
+    amount: Annotated[float, within(L.AMOUNT)]
 
 
 class SpendAtuEvent(_Model):
     pto: PtoId
-    units: Annotated[int, L.ATU_UNITS.field()]
+    units: Annotated[int, within(L.ATU_UNITS)]
 
 
 class DepositEvent(_Model):
     player: PlayerId
-    amount: Annotated[float, L.AMOUNT.field(), AfterValidator(_whole_cents)]
+    amount: Annotated[float, within(L.AMOUNT)]
 
 
 class ScriptedEvent(_Model):
-    at: Annotated[float, L.HOUR_OFFSET.field(description="hours after the start")]
+    at: Annotated[float, within(L.HOUR_OFFSET), Field(description="hours after the start")]
     buy: BuyEvent | None = None
     play: PlayEvent | None = None
     transfer: TransferEvent | None = None
@@ -566,11 +610,11 @@ class ScriptedEvent(_Model):
 
 
 class Scenario(_Model):
-    name: Annotated[str, L.SCENARIO_NAME.length_field()]
-    seed: Annotated[int, L.SEED.field()]
-    description: Annotated[str, L.DESCRIPTION.length_field()] = ""
+    name: Annotated[str, text_within(L.SCENARIO_NAME)]
+    seed: Annotated[int, within(L.SEED)]
+    description: Annotated[str, text_within(L.DESCRIPTION)] = ""
     clock: Clock
-    checkpoint_every: Annotated[int, L.CHECKPOINT_EVERY.field()] = 10
+    checkpoint_every: Annotated[int, within(L.CHECKPOINT_EVERY)] = 10
     world: World = World()
     players: list[PlayerSpec] = []
     cohorts: list[Cohort] = []
@@ -731,7 +775,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     if not sep or not parts:
         raise ScenarioError([f"--set {item!r}: expected key.path=value"])
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_Loader)  # a SafeLoader: read as the file is
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         raise ScenarioError([f"--set {item!r}: the value is not valid YAML: {first}"]) from exc
