@@ -492,8 +492,29 @@ def _doctor_deleted_deposit(data: dict[str, Any]) -> None:
     data["transactions"] = [t for t in data["transactions"] if t["to_player"] != "bob"]
 
 
+def _doctor_balance_and_drop_the_digest(data: dict[str, Any]) -> None:
+    """Deleting the digest with the edit is still an edit: version 2 always records one."""
+    _doctor_balance(data)
+    del data["digest"]
+
+
+def _doctor_balance_and_pass_as_version_1(data: dict[str, Any]) -> None:
+    """Relabelled as a pre-digest export, but its schema and arrays are version 2's."""
+    _doctor_balance_and_drop_the_digest(data)
+    data["version"] = 1
+
+
+DOCTORS = [
+    _doctor_balance,
+    _doctor_escrow,
+    _doctor_deleted_deposit,
+    _doctor_balance_and_drop_the_digest,
+    _doctor_balance_and_pass_as_version_1,
+]
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("doctor", [_doctor_balance, _doctor_escrow, _doctor_deleted_deposit])
+@pytest.mark.parametrize("doctor", DOCTORS)
 async def test_a_doctored_export_is_refused_naming_the_file_and_the_home_stays_empty(
     doctor: Any, tmp_path: Path
 ) -> None:
@@ -520,7 +541,7 @@ async def test_a_doctored_export_is_refused_naming_the_file_and_the_home_stays_e
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("doctor", [_doctor_balance, _doctor_escrow, _doctor_deleted_deposit])
+@pytest.mark.parametrize("doctor", DOCTORS)
 async def test_a_doctored_export_is_imported_as_it_is_with_force_and_its_ledger_is_a_warning(
     doctor: Any, tmp_path: Path
 ) -> None:
@@ -584,8 +605,28 @@ def test_an_export_of_release_0_1_0_imports_with_a_warning_that_it_has_no_digest
         warnings = storage.import_from_json(fixture)
         stats = storage.get_global_stats()
     assert len(warnings) == 1 and "no content digest" in warnings[0]
+    # Not "release 0.1.0": the release that wrote it and the one reading it share a number.
+    assert "written before digests were recorded (export version 1)" in warnings[0]
     assert stats["players"]["count"] == 5
     assert verify_store(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_an_import_warns_of_everything_verify_finds_in_the_imported_store(
+    tmp_path: Path,
+) -> None:
+    """The export's ledger agrees, but a session earned xUSD no balance holds: import
+    says so as verify does, not only what the ledger rule sees."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    await _populated_home(source)
+    async with LocalStore.open(source) as store:
+        await store.log_play_session(PTO_ID, "bob", 1.0, 0.5, 12.5)
+        export = await store.export_to_json()
+    async with LocalStore.open(target) as store:
+        warnings = await store.import_from_json(export)
+    findings = verify_store(target)
+    assert {f.check for f in findings} == {"session"}
+    assert warnings == [str(f) for f in findings]
 
 
 @pytest.mark.parametrize(
