@@ -419,6 +419,18 @@ async def test_a_store_written_consistently_verifies_clean(tmp_path: Path) -> No
     assert verify_store(tmp_path) == []
 
 
+def test_verify_passes_a_database_killed_before_its_first_migration(tmp_path: Path) -> None:
+    """A run killed between creating ublox.db and committing its schema leaves an empty
+    database (user_version 0) that the next open migrates: nothing in it is wrong."""
+    with closing(sqlite3.connect(tmp_path / "ublox.db")) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    assert verify_store(tmp_path) == []
+    with closing(sqlite3.connect(tmp_path / "ublox.db")) as conn:
+        conn.execute("CREATE TABLE stray (x)")
+    # A version-0 database that holds something is not one that was never migrated.
+    assert [f.check for f in verify_store(tmp_path)] == ["schema"]
+
+
 @pytest.mark.asyncio
 async def test_verify_reports_a_balance_without_its_deposit(tmp_path: Path) -> None:
     async with LocalStore.open(tmp_path) as store:

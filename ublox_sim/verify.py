@@ -233,9 +233,18 @@ def cdt_findings(conn: sqlite3.Connection, cdt_dir: Path) -> list[Finding]:
     return findings
 
 
+def _never_migrated(conn: sqlite3.Connection) -> bool:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
+
+
 def store_findings(conn: sqlite3.Connection, cdt_dir: Path) -> list[Finding]:
     """Every check, in verify's order: the database's, then (if it is sound) its worlds'.
     Shared by ``verify_store`` and an import, so an import says what verify will."""
+    if _never_migrated(conn):
+        # Created, then killed before its first migration committed: it holds nothing,
+        # and the next open creates the schema in it. Not damage, and nothing to check.
+        return []
     findings = database_findings(conn)
     if not any(f.check in ("schema", "integrity") for f in findings):
         findings.extend(cdt_findings(conn, cdt_dir))
