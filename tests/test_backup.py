@@ -228,6 +228,20 @@ def _doctor_world(backup: Path) -> None:
     np.savez_compressed(backup / "cdt_states" / WORLD_FILE, **_world(7))
 
 
+def _doctor_ledger_and_drop_the_digests(backup: Path) -> None:
+    """Deleting the digests with the edit is still an edit: schema 3 on records them."""
+    _doctor_ledger(backup)
+    manifest = json.loads((backup / "backup.json").read_text())
+    del manifest["sha256"]
+    (backup / "backup.json").write_text(json.dumps(manifest))
+
+
+def _doctor_ledger_and_pass_as_release_0_1_0(backup: Path) -> None:
+    """backup.json relabelled as 0.1.0's (schema 2), but the database it holds is newer."""
+    _doctor_ledger_and_drop_the_digests(backup)
+    (backup / "backup.json").write_text(json.dumps({"created": "2026-11-26", "schema_version": 2}))
+
+
 REFUSALS: list[tuple[str, Any, str]] = [
     ("../x", None, "not allowed"),
     ("a/b", None, "not allowed"),
@@ -240,6 +254,8 @@ REFUSALS: list[tuple[str, Any, str]] = [
     # An edit by hand is not damage any check can see: the digest recorded at backup time is.
     ("snap", _doctor_ledger, r"ublox\.db differs from the sha256 recorded .*--force"),
     ("snap", _doctor_world, re.escape(f"cdt_states/{WORLD_FILE} differs from the sha256")),
+    ("snap", _doctor_ledger_and_drop_the_digests, r"backup\.json has lost the sha256.*--force"),
+    ("snap", _doctor_ledger_and_pass_as_release_0_1_0, r"backup\.json has lost the sha256"),
 ]
 
 
@@ -375,7 +391,15 @@ async def test_a_backup_records_the_sha256_of_every_file_it_holds(tmp_path: Path
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("doctor", [_doctor_ledger, _doctor_world])
+@pytest.mark.parametrize(
+    "doctor",
+    [
+        _doctor_ledger,
+        _doctor_world,
+        _doctor_ledger_and_drop_the_digests,
+        _doctor_ledger_and_pass_as_release_0_1_0,
+    ],
+)
 async def test_a_doctored_backup_is_restored_as_it_is_with_force_and_warns(
     doctor: Any, tmp_path: Path
 ) -> None:
@@ -388,7 +412,7 @@ async def test_a_doctored_backup_is_restored_as_it_is_with_force_and_warns(
         pto = await store.load_pto(PTO_ID)
     assert "restored anyway (force)" in warnings[0]
     assert alice is not None and pto is not None
-    if doctor is _doctor_ledger:
+    if doctor is not _doctor_world:
         assert alice["usd_obbba_balance"] == 99999.0  # the edit, faithfully
         assert any("[ledger] player alice" in w for w in warnings)
     else:
@@ -430,5 +454,7 @@ def test_a_backup_made_by_release_0_1_0_restores_with_a_warning_that_it_has_no_d
         warnings = storage.restore_backup("demo_backup")
         stats = storage.get_global_stats()
     assert len(warnings) == 1 and "records no sha256 digests" in warnings[0]
+    # Not "release 0.1.0": the release that made it and the one reading it share a number.
+    assert "made before digests were recorded (schema version 2)" in warnings[0]
     assert stats["players"]["count"] == 1
     assert verify_store(home) == []

@@ -419,6 +419,18 @@ async def test_a_store_written_consistently_verifies_clean(tmp_path: Path) -> No
     assert verify_store(tmp_path) == []
 
 
+def test_verify_passes_a_database_killed_before_its_first_migration(tmp_path: Path) -> None:
+    """A run killed between creating ublox.db and committing its schema leaves an empty
+    database (user_version 0) that the next open migrates: nothing in it is wrong."""
+    with closing(sqlite3.connect(tmp_path / "ublox.db")) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    assert verify_store(tmp_path) == []
+    with closing(sqlite3.connect(tmp_path / "ublox.db")) as conn:
+        conn.execute("CREATE TABLE stray (x)")
+    # A version-0 database that holds something is not one that was never migrated.
+    assert [f.check for f in verify_store(tmp_path)] == ["schema"]
+
+
 @pytest.mark.asyncio
 async def test_verify_reports_a_balance_without_its_deposit(tmp_path: Path) -> None:
     async with LocalStore.open(tmp_path) as store:
@@ -492,8 +504,29 @@ def _doctor_deleted_deposit(data: dict[str, Any]) -> None:
     data["transactions"] = [t for t in data["transactions"] if t["to_player"] != "bob"]
 
 
+def _doctor_balance_and_drop_the_digest(data: dict[str, Any]) -> None:
+    """Deleting the digest with the edit is still an edit: version 2 always records one."""
+    _doctor_balance(data)
+    del data["digest"]
+
+
+def _doctor_balance_and_pass_as_version_1(data: dict[str, Any]) -> None:
+    """Relabelled as a pre-digest export, but its schema and arrays are version 2's."""
+    _doctor_balance_and_drop_the_digest(data)
+    data["version"] = 1
+
+
+DOCTORS = [
+    _doctor_balance,
+    _doctor_escrow,
+    _doctor_deleted_deposit,
+    _doctor_balance_and_drop_the_digest,
+    _doctor_balance_and_pass_as_version_1,
+]
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("doctor", [_doctor_balance, _doctor_escrow, _doctor_deleted_deposit])
+@pytest.mark.parametrize("doctor", DOCTORS)
 async def test_a_doctored_export_is_refused_naming_the_file_and_the_home_stays_empty(
     doctor: Any, tmp_path: Path
 ) -> None:
@@ -520,7 +553,7 @@ async def test_a_doctored_export_is_refused_naming_the_file_and_the_home_stays_e
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("doctor", [_doctor_balance, _doctor_escrow, _doctor_deleted_deposit])
+@pytest.mark.parametrize("doctor", DOCTORS)
 async def test_a_doctored_export_is_imported_as_it_is_with_force_and_its_ledger_is_a_warning(
     doctor: Any, tmp_path: Path
 ) -> None:
@@ -584,8 +617,28 @@ def test_an_export_of_release_0_1_0_imports_with_a_warning_that_it_has_no_digest
         warnings = storage.import_from_json(fixture)
         stats = storage.get_global_stats()
     assert len(warnings) == 1 and "no content digest" in warnings[0]
+    # Not "release 0.1.0": the release that wrote it and the one reading it share a number.
+    assert "written before digests were recorded (export version 1)" in warnings[0]
     assert stats["players"]["count"] == 5
     assert verify_store(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_an_import_warns_of_everything_verify_finds_in_the_imported_store(
+    tmp_path: Path,
+) -> None:
+    """The export's ledger agrees, but a session earned xUSD no balance holds: import
+    says so as verify does, not only what the ledger rule sees."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    await _populated_home(source)
+    async with LocalStore.open(source) as store:
+        await store.log_play_session(PTO_ID, "bob", 1.0, 0.5, 12.5)
+        export = await store.export_to_json()
+    async with LocalStore.open(target) as store:
+        warnings = await store.import_from_json(export)
+    findings = verify_store(target)
+    assert {f.check for f in findings} == {"session"}
+    assert warnings == [str(f) for f in findings]
 
 
 @pytest.mark.parametrize(

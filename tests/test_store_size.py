@@ -9,6 +9,8 @@ with the figures, and turns into a failure the day it does hold.
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -17,7 +19,7 @@ import pytest
 from ublox_sim.runner import run_scenario
 from ublox_sim.scenario import load_scenario
 from ublox_sim.storage import UbloxLocalStorage
-from ublox_sim.store import Home
+from ublox_sim.store import Home, LocalStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_0_1_0 = ROOT / "tests" / "fixtures" / "stores" / "v0.1.0"  # the same run, by 0.1.0
@@ -67,11 +69,35 @@ def test_the_export_of_a_run_is_a_fifth_smaller_than_release_0_1_0s_and_round_tr
     reason=(
         "cannot fit losslessly at 64x64: theta (4096 float64 with noise mantissas: 27.3 KB "
         "under xz -9, 27.6 KB shuffled+deflate) is in the world file and again, base64, "
-        "in the self-contained export (>=63 KB together); the database (22 tables and "
-        "indexes, 96 ledger rows, 83 sessions) is >=46.6 KB even vacuumed at SQLite's "
-        "smallest page; folders 8 KB: >=117 KB before the export's rows. Measured: "
-        "db 77,824 + world 61,988 + export 114,765 + folders and lock 8,198 = 262,775 B"
+        "in the self-contained export (>=63 KB together); the database (24 tables and "
+        "indexes, 96 ledger rows, 83 sessions, 134 events in event_log, the replay buffer "
+        "of /ws/events, which the export leaves out) is 87.5 KB vacuumed at SQLite's "
+        "smallest page (49.2 KB without the events); folders 8 KB: >=158 KB before the "
+        "export's rows. Measured after `ublox-sim run scenarios/harmonic_caverns.yaml "
+        "--home H`, `du -b -s --exclude=backups H`: db 118,784 (58 pages of 2 KB, "
+        "event_log 34,816 of them) + world 61,988 + export 114,765 + folders and lock "
+        "8,197 = 303,734 B"
     ),
 )
 def test_harmonic_caverns_home_is_under_100_kb(harmonic_home: Path) -> None:
     assert du_b(harmonic_home) < 100_000
+
+
+def test_the_event_log_is_kept_in_the_database_but_left_out_of_the_export(
+    harmonic_home: Path, tmp_path: Path
+) -> None:
+    """The event log is the replay buffer of /ws/events, not content: it counts in the
+    database's size (and rides along in backups), but the export does not carry it and an
+    imported home starts a new event sequence."""
+    with closing(sqlite3.connect(harmonic_home / "ublox.db")) as conn:
+        (events,) = conn.execute("SELECT COUNT(*) FROM event_log").fetchone()
+    assert events > 0
+    export = harmonic_home / "export.json"
+    assert not {k for k in json.loads(export.read_text()) if "event" in k}
+
+    async def imported_span() -> tuple[int, int]:
+        async with LocalStore.open(tmp_path / "copy") as store:
+            await store.import_from_json(export)
+            return await store.event_log_span()
+
+    assert anyio.run(imported_span) == (0, 0)

@@ -21,7 +21,7 @@ import os
 import shutil
 import sqlite3
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,10 +69,10 @@ from .model import (
     upsert_sql,
 )
 from .money import to_cents
-from .persistence import PersistenceActor, Row, Statement, Synchronous
+from .persistence import PersistenceActor, Row, Statement, Synchronous, in_writer_thread
 from .runtime import owned_task_group
 from .schema import CURRENCIES, SCHEMA_VERSION, TX_TYPES
-from .verify import Finding, database_findings, ledger_findings, ledger_sums
+from .verify import Finding, database_findings, store_findings
 
 log = get_logger(__name__)
 
@@ -552,6 +552,14 @@ class LocalStore:
         )
         return [Transaction(*row) for row in rows]
 
+    async def verify(self) -> list[Finding]:
+        """Every check ``verify_store`` runs, on this open store, after the writes queued."""
+        await self.cdt.flush()
+        cdt_dir = self.home.cdt_dir
+        return await self.db.call(
+            lambda conn: in_writer_thread(conn, lambda c: store_findings(c, cdt_dir))
+        )
+
     async def is_empty(self) -> bool:
         for table in ("players", "ptos", "transactions"):
             if await self.db.fetchone(f"SELECT 1 FROM {table} LIMIT 1") is not None:
@@ -575,7 +583,6 @@ class LocalStore:
             raise InvalidInput(f"{self.home.root} is not empty: import only into a new home")
         warnings = check_export_digest(data, str(path), force=force)
         records, worlds = parse_export(data, str(path))
-        warnings.extend(f"export {path}: {f}" for f in export_findings(records))
         # Arrays first: the database must never point at a file that is not there.
         for world_id, arrays in worlds.items():
             self.cdt.mark_dirty(world_id, arrays)
@@ -586,6 +593,9 @@ class LocalStore:
             for r in records[cls.TABLE]
         ]
         await self.db.submit(unit)
+        # What verify says about the imported store, word for word and every check of it
+        # (the export's own ledger rule alone would miss sessions, tokens and worlds).
+        warnings.extend(str(f) for f in await self.verify())
         log.info("store.imported", path=str(path), warnings=len(warnings))
         return warnings
 
@@ -769,23 +779,55 @@ def check_export_digest(data: object, where: str, *, force: bool) -> list[str]:
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise InvalidInput(f"{where} is not a ublox export (missing format: {EXPORT_FORMAT})")
     recorded = data.get("digest")
-    if recorded is None:
+    if recorded is None and _export_predates_digests(data):
         return [
-            f"export {where} records no content digest (written by release 0.1.0): "
-            "it could not be checked for edits since it was written"
+            f"export {where} records no content digest: it was written before digests "
+            f"were recorded (export version {data.get('version')}), so it could not be "
+            "checked for edits since"
         ]
-    if recorded == export_digest(data):
+    if recorded is None:
+        # Every export of a format that records a digest has one: deleting it is an
+        # edit, not an old file (else deleting it would be how to slip an edit past).
+        message = (
+            f"export {where} (export version {data.get('version')!r}) has lost the content "
+            "digest that every export of its format records (edited by hand?)"
+        )
+    elif recorded == export_digest(data):
         return []
-    message = (
-        f"export {where} differs from the content digest recorded in it when it was "
-        "written (edited by hand?)"
-    )
+    else:
+        message = (
+            f"export {where} differs from the content digest recorded in it when it was "
+            "written (edited by hand?)"
+        )
     if not force:
         raise InvalidInput(
             f"{message}; if the edit was intended, import it with force=True "
             f"(`ublox-sim import {where} --force`)"
         )
     return [f"{message}; imported anyway (force)"]
+
+
+# What the last release before digests (0.1.0) wrote: export version 1 of a schema-2 store.
+PRE_DIGEST_EXPORT_VERSION = 1
+PRE_DIGEST_SCHEMA_VERSION = 2
+
+
+def _export_predates_digests(data: Mapping[str, Any]) -> bool:
+    """True only for an export whose format says it was written before digests existed:
+    version 1, of a schema no newer than 0.1.0's, with none of version 2's encoded arrays
+    (a file relabelled "version": 1 to shed its digest is not one)."""
+    if data.get("version") != PRE_DIGEST_EXPORT_VERSION:
+        return False
+    schema = data.get("schema_version")
+    if not isinstance(schema, int) or schema > PRE_DIGEST_SCHEMA_VERSION:
+        return False
+    ptos = data.get("ptos")
+    for pto in ptos if isinstance(ptos, list) else []:
+        cdt = pto.get("cdt") if isinstance(pto, dict) else None
+        for spec in cdt.values() if isinstance(cdt, dict) else []:
+            if isinstance(spec, dict) and "encoding" in spec:
+                return False
+    return True
 
 
 def export_text(data: Mapping[str, Any]) -> str:
@@ -843,19 +885,6 @@ def parse_export(
             parsed.append(record)
         records[cls.TABLE] = parsed
     return records, worlds
-
-
-def export_findings(records: Mapping[str, Sequence[Record]]) -> list[Finding]:
-    """The ledger rule applied to an export's own rows."""
-    txs = [r for r in records["transactions"] if isinstance(r, Transaction)]
-    sums = ledger_sums((t.from_player, t.to_player, t.amount, t.currency) for t in txs)
-    players = [
-        (p.player_id, p.usd_obbba_balance, p.xUSD_balance)
-        for p in records["players"]
-        if isinstance(p, Player)
-    ]
-    ptos = [(p.pto_id, p.status, p.funding_raised) for p in records["ptos"] if isinstance(p, PTO)]
-    return ledger_findings(players, ptos, sums)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -932,6 +961,13 @@ def list_backups(home: Home) -> list[dict[str, Any]]:
 DAMAGE_CHECKS = ("schema", "integrity")
 
 
+def backup_predates_digests(manifest_schema: int, db_schema: int) -> bool:
+    """A backup without sha256 digests is an old one only if both its manifest and its
+    database say it was made by a schema no newer than release 0.1.0's (2), the last
+    that recorded none: a manifest relabelled to shed its digests is not one."""
+    return max(manifest_schema, db_schema) <= PRE_DIGEST_SCHEMA_VERSION
+
+
 def check_backup(source: Path, *, force: bool = False) -> list[str]:
     """Refuse a backup that is missing, damaged or edited since it was made; return warnings.
 
@@ -946,7 +982,7 @@ def check_backup(source: Path, *, force: bool = False) -> list[str]:
         raise BackupError(f"backup {source.name!r} has no ublox.db")
     try:
         manifest = json.loads((source / "backup.json").read_text(encoding="utf-8"))
-        int(manifest["schema_version"])
+        schema = int(manifest["schema_version"])
         recorded = manifest.get("sha256")
         if recorded is not None and not (
             isinstance(recorded, dict) and all(isinstance(v, str) for v in recorded.values())
@@ -960,6 +996,7 @@ def check_backup(source: Path, *, force: bool = False) -> list[str]:
     try:
         conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
+            db_schema = int(conn.execute("PRAGMA user_version").fetchone()[0])
             findings = database_findings(conn)
             damaged = [f for f in findings if f.check in DAMAGE_CHECKS]
             world_ids = [] if damaged else _world_files(conn)
@@ -975,11 +1012,26 @@ def check_backup(source: Path, *, force: bool = False) -> list[str]:
         except CorruptCdtFile as exc:
             raise BackupError(f"backup {source.name!r}: {exc}") from exc
     warnings: list[str] = []
-    if recorded is None:
+    if recorded is None and backup_predates_digests(schema, db_schema):
         warnings.append(
-            f"backup {source.name!r} records no sha256 digests (made by release 0.1.0): "
-            "its files could not be checked for edits since it was made"
+            f"backup {source.name!r} records no sha256 digests: it was made before digests "
+            f"were recorded (schema version {schema}), so its files could not be checked "
+            "for edits since"
         )
+    elif recorded is None:
+        # Every backup made since digests exist records them: one without is an edit
+        # (deleting the digests would otherwise be how to slip an edited file past).
+        message = (
+            f"backup {source.name!r}: {source / 'backup.json'} has lost the sha256 digests "
+            f"that every backup of schema version {max(schema, db_schema)} records "
+            "(edited by hand?)"
+        )
+        if not force:
+            raise BackupError(
+                f"{message}; if the edit was intended, restore it with force=True "
+                f"(`ublox-sim backup restore {source.name} --force`)"
+            )
+        warnings.append(f"{message}; restored anyway (force)")
     else:
         for edited in _edited_files(source, recorded, ["ublox.db", *world_ids]):
             message = (

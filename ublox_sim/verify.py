@@ -233,6 +233,24 @@ def cdt_findings(conn: sqlite3.Connection, cdt_dir: Path) -> list[Finding]:
     return findings
 
 
+def _never_migrated(conn: sqlite3.Connection) -> bool:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None
+
+
+def store_findings(conn: sqlite3.Connection, cdt_dir: Path) -> list[Finding]:
+    """Every check, in verify's order: the database's, then (if it is sound) its worlds'.
+    Shared by ``verify_store`` and an import, so an import says what verify will."""
+    if _never_migrated(conn):
+        # Created, then killed before its first migration committed: it holds nothing,
+        # and the next open creates the schema in it. Not damage, and nothing to check.
+        return []
+    findings = database_findings(conn)
+    if not any(f.check in ("schema", "integrity") for f in findings):
+        findings.extend(cdt_findings(conn, cdt_dir))
+    return findings
+
+
 def verify_store(home: Path) -> list[Finding]:
     """Open ``home/ublox.db`` read-only and run every check, CDT files included."""
     db_path = home / "ublox.db"
@@ -247,10 +265,7 @@ def verify_store(home: Path) -> list[Finding]:
     except sqlite3.Error as exc:
         return [Finding("store", str(db_path), f"cannot open: {exc}")]
     try:
-        findings = database_findings(conn)
-        if not any(f.check in ("schema", "integrity") for f in findings):
-            findings.extend(cdt_findings(conn, home / "cdt_states"))
-        return findings
+        return store_findings(conn, home / "cdt_states")
     except sqlite3.DatabaseError as exc:
         return [Finding("integrity", str(db_path), f"not a usable database: {exc}")]
     finally:
