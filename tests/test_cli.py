@@ -597,6 +597,16 @@ def test_run_refuses_a_folder_that_holds_other_files_and_creates_nothing(tmp_pat
         one_error_line(result)
     )
     assert tree(mine) == {"notes.txt": b"keep"}
+    # `import` makes a store too, and refuses the same folder the same way.
+    good = tmp_path / "good.json"
+    small = tmp_path / "small"
+    with UbloxLocalStorage(small) as storage:
+        storage.save_player({"player_id": "alice"})
+        storage.export_to_json(good)
+    result = cli("import", str(good), "--home", str(mine))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "is not empty and holds no store (notes.txt)" in one_error_line(result)
+    assert tree(mine) == {"notes.txt": b"keep"}
     # An empty folder is a new home.
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -281,10 +281,11 @@ def _say_interrupted(
     file, --set and --seed: a resume checks that the scenario is the recorded one)."""
     import shlex
     import sqlite3
+    from contextlib import closing
 
     checkpoint: int | None = None
     try:
-        with sqlite3.connect(f"{home.db.as_uri()}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"{home.db.as_uri()}?mode=ro", uri=True)) as db:
             row = db.execute("SELECT tick FROM runs").fetchone()
             checkpoint = None if row is None else int(row[0])
     except sqlite3.Error:
@@ -297,9 +298,19 @@ def _say_interrupted(
     if seed is not None:
         words += ["--seed", str(seed)]
     words += ["--resume", "--home", str(home.root)]
-    saved = "" if checkpoint is None else f" (checkpointed at tick {checkpoint})"
+    if checkpoint is None:
+        # Stopped during the set-up: the store kept nothing of the run, so it starts over.
+        words.remove("--resume")
+        click.echo(
+            f"interrupted at tick {reached}, before the first checkpoint; "
+            f"start it again with `{shlex.join(words)}`",
+            err=True,
+        )
+        return
     click.echo(
-        f"interrupted at tick {reached}{saved}; continue with `{shlex.join(words)}`", err=True
+        f"interrupted at tick {reached} (it resumes from its checkpoint at tick {checkpoint}); "
+        f"continue with `{shlex.join(words)}`",
+        err=True,
     )
 
 
@@ -676,6 +687,8 @@ def import_cmd(home: Path | None, path: Path, force: bool) -> None:
     # A refused import into a new home leaves no store behind: nothing of a store that
     # holds nothing, and no world files without their database (a "lost database").
     new_home = not _holds_store(target)
+    if new_home:
+        _require_new_home(target)  # an export never lands beside the user's own files
     before = _entries(target.root) if new_home else None
     try:
         with UbloxLocalStorage(home) as storage:
