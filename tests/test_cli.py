@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -539,3 +540,204 @@ def test_a_refused_import_into_a_new_home_leaves_nothing_there(
     assert result.returncode == 0, result.stderr
     stats = json.loads(cli("stats", "--home", str(fresh), "--json").stdout)
     assert stats["players"]["count"] == 1
+
+
+# -- issue 10 items 5 and 8, second pass: an outside tester's findings ------------------------
+
+
+def test_demo_refuses_a_home_that_holds_a_store_and_leaves_it_as_it_was(
+    small_store: Path, tmp_path: Path
+) -> None:
+    before = tree(small_store)
+    result = cli("demo", "--home", str(small_store))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert one_error_line(result).endswith("already holds a store; use a new --home")
+    assert tree(small_store) == before
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    result = cli("demo", "--home", str(mine))
+    assert result.returncode == 2, result.stderr
+    assert "is not empty and holds no store (notes.txt)" in one_error_line(result)
+    assert tree(mine) == {"notes.txt": b"keep"}
+
+
+def test_demo_says_its_temporary_home_is_deleted_and_counts_in_words(tmp_path: Path) -> None:
+    result = cli("demo")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("(temporary: deleted when the demo ends)")
+    assert "is deleted now" in lines[-1]
+    temporary = Path(lines[0].split()[1])
+    assert not temporary.exists()
+    assert "✓ stats: 1 player, 1 PTO, 3 transactions, 1 session" in lines
+
+    home = tmp_path / "kept"
+    result = cli("demo", "--home", str(home))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"home: {home}"
+    assert "deleted" not in result.stdout
+    assert verify_store(home) == []
+
+
+def test_demo_help_says_the_default_home_is_temporary() -> None:
+    result = cli("demo", "--help")
+    assert "UBLOX_HOME" not in result.stdout
+    assert "temporary home" in " ".join(result.stdout.split())
+
+
+def test_run_refuses_a_folder_that_holds_other_files_and_creates_nothing(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    result = cli("run", HARMONIC, "--home", str(mine))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "is not empty and holds no store (notes.txt); use a new or empty --home" in (
+        one_error_line(result)
+    )
+    assert tree(mine) == {"notes.txt": b"keep"}
+    # `import` makes a store too, and refuses the same folder the same way.
+    good = tmp_path / "good.json"
+    small = tmp_path / "small"
+    with UbloxLocalStorage(small) as storage:
+        storage.save_player({"player_id": "alice"})
+        storage.export_to_json(good)
+    result = cli("import", str(good), "--home", str(mine))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "is not empty and holds no store (notes.txt)" in one_error_line(result)
+    assert tree(mine) == {"notes.txt": b"keep"}
+    # An empty folder is a new home.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli("run", HARMONIC, "--home", str(empty)).returncode == 0
+
+
+def test_run_on_a_finished_run_says_it_is_finished(finished_run: tuple[Path, str]) -> None:
+    home, _ = finished_run
+    result = cli("run", HARMONIC, "--home", str(home))
+    assert result.returncode == 2, result.stderr
+    assert one_error_line(result) == (
+        f"error: {home} holds a finished run of harmonic_caverns; use a new --home"
+    )
+
+
+# A run long enough that a SIGINT sent at its first checkpoint lands thousands of ticks
+# before its end, on a small world so that finishing it after the resume stays quick.
+LONG_RUN = ("--set", "clock.ticks=4000", "--set", "world.size=8")
+
+
+def test_ctrl_c_during_run_exits_130_with_the_resume_command_and_resumes_identically(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    whole = tmp_path / "whole"
+    assert cli("run", HARMONIC, "--home", str(whole), *LONG_RUN).returncode == 0
+
+    home = tmp_path / "cut"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ublox_sim", "-v", "run", HARMONIC, "--home", str(home), *LONG_RUN],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    # -v logs each checkpoint: the signal goes out once one is durable.
+    for line in proc.stderr:
+        if "run.checkpoint" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Aborted!" not in err and "Traceback" not in err
+    (message,) = [line for line in err.splitlines() if line.startswith("interrupted at tick ")]
+    resume_command = message.split("continue with `")[1].rstrip("`")
+    assert resume_command == (
+        f"ublox-sim run {HARMONIC} --set clock.ticks=4000 --set world.size=8 --resume --home {home}"
+    )
+    assert verify_store(home) == []
+
+    import shlex
+
+    result = cli(*shlex.split(resume_command)[1:])
+    assert result.returncode == 0, result.stderr
+    assert "resumed at tick" in result.stdout
+    assert (home / "export.json").read_bytes() == (whole / "export.json").read_bytes()
+
+
+def test_output_that_is_not_a_terminal_keeps_ids_and_money_whole(
+    finished_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    narrow = {k: v for k, v in ENV.items() if k != "COLUMNS"}  # rich would assume 80
+    home = tmp_path / "ublox"
+    result = cli("run", HARMONIC, "--home", str(home), env=narrow)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    row = table_row(out, "pto_harmonic_001")
+    assert row[2] == "5000.00 / 5000.00"
+    assert " xUSD composed " in next(line for line in out.splitlines() if "sessions" in line)
+    assert "ticks/s); store: " + str(home) in out
+    stats = cli("stats", "--home", str(home), env=narrow).stdout
+    assert table_row(stats, "transactions", "volume xusd_composition/xUSD")[-1].count(".") == 1
+
+
+def test_stats_json_and_run_json_write_money_as_exact_strings_and_round_hours(
+    small_store: Path, tmp_path: Path
+) -> None:
+    data = json.loads(cli("stats", "--home", str(small_store), "--json").stdout)
+    assert data["players"]["usd_obbba_total"] == "1234.50"
+    assert data["transactions"]["volume"] == {"deposit/USD-OBBBA": "1234.50"}
+    assert data["play_sessions"]["xUSD_earned_total"] == "3.00"
+    assert data["play_sessions"]["duration_total"] == 0.3  # not 0.30000000000000004
+    assert data["players"]["count"] == 1 and data["ptos"]["by_status"] == {"funding": 1}
+
+    result = cli("run", HARMONIC, "--home", str(tmp_path / "run"), "--json")
+    report = json.loads(result.stdout)
+    assert report["ptos"][0]["funding_raised"] == "5000.00"
+    assert report["totals"]["players"]["usd_obbba_total"] == "10550.00"
+    assert report["totals"]["transactions"]["volume"]["investment/USD-OBBBA"] == "5000.00"
+    hours = report["totals"]["play_sessions"]["duration_total"]
+    assert hours == round(hours, 2)
+
+
+def test_export_into_a_fifo_killed_by_sigterm_leaves_no_temporary_copy(
+    small_store: Path, tmp_path: Path
+) -> None:
+    import signal
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ublox_sim", "export", "--home", str(small_store), "-o", str(fifo)],
+        env={**ENV, "TMPDIR": str(scratch)},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # The writer blocks opening a FIFO nobody reads, with the staged export open and the
+    # store closed: its open files say when it got there, so no sleep guesses it.
+    fds = Path(f"/proc/{proc.pid}/fd")
+
+    def open_files() -> set[str]:
+        names = set()
+        for fd in fds.iterdir():
+            try:
+                names.add(os.path.basename(os.readlink(fd)))
+            except FileNotFoundError:  # closed meanwhile
+                pass
+        return names
+
+    hang_guard = time.monotonic() + 120  # a hang detector, not a timing assertion
+    while not ("export.json" in (names := open_files()) and "ublox.db" not in names):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < hang_guard, names
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert list(scratch.iterdir()) == []

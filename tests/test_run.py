@@ -411,8 +411,8 @@ def test_new_run_into_a_home_with_a_run_exits_2_and_changes_nothing(runs: Runs) 
     harmonic = str(scenario_path("harmonic_caverns"))
     result = cli("run", harmonic, "--home", str(used.home), "--seed", "43")
     assert result.returncode == 2, result.stderr
-    assert "already holds a store with a run" in result.stderr
-    assert "--resume" in result.stderr
+    # The run is finished: nothing to resume, so the message does not offer --resume.
+    assert "holds a finished run of harmonic_caverns; use a new --home" in result.stderr
     assert snapshot(used.home) == before
 
     # Resuming it with another scenario (here: another seed) is refused too.

@@ -38,7 +38,16 @@ EXIT_USAGE = 2
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False)
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped, in CI or under `make run` nobody resizes a window: rich's 80-column
+        # default would break ids and amounts mid-value (`pto_harmon|ic_001`). Tables do
+        # not expand, so a wide console just lets each row be as long as it is.
+        console = Console(highlight=False, width=WIDE)
+    return console
+
+
+WIDE = 1000  # columns for output that is not a terminal (see _console)
 
 
 def _errors_to_exit_codes(fn: Callable[P, T]) -> Callable[P, T]:
@@ -72,6 +81,33 @@ def _holds_store(home: Home) -> bool:
     # A restore half done, or worlds without their database (a lost database): the
     # commands open it so that the store itself finishes the restore or says what is lost.
     return home.restore_marker.exists() or any(home.cdt_dir.glob("*.npz"))
+
+
+# What a store folder may hold before it holds a store (a failed first open leaves these).
+STORE_ENTRIES = frozenset(
+    {
+        ".lock",
+        "ublox.db",
+        "ublox.db-wal",
+        "ublox.db-shm",
+        "ublox.db-journal",
+        "cdt_states",
+        "backups",
+    }
+)
+
+
+def _require_new_home(home: Home) -> None:
+    """Refuse (exit 2, nothing created) a home that holds a store or anything else: a
+    command that makes a store never writes over the user's data or beside their files."""
+    if _holds_store(home):
+        raise InvalidInput(f"{home.root} already holds a store; use a new --home")
+    others = sorted((_entries(home.root) or set()) - STORE_ENTRIES)
+    if others:
+        shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+        raise InvalidInput(
+            f"{home.root} is not empty and holds no store ({shown}); use a new or empty --home"
+        )
 
 
 def _existing_store(home: Path | None) -> Home:
@@ -113,7 +149,14 @@ def main(log_format: str, verbose: int) -> None:
 
 
 @main.command()
-@home_option
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the demo's store in this new (or empty) folder "
+    "(default: a temporary home, deleted when the demo ends).",
+)
+@_errors_to_exit_codes
 def demo(home: Path | None) -> None:
     """Run the seed's storage demo (in a temporary home unless --home is given)."""
     from .demo import DemoCheckFailed, run_demo
@@ -121,10 +164,16 @@ def demo(home: Path | None) -> None:
 
     try:
         if home is not None:
-            run_demo(Home.resolve(home).root)
+            target = Home.resolve(home)
+            _require_new_home(target)  # the demo writes alice over whatever is there
+            run_demo(target.root)
             return
         with tempfile.TemporaryDirectory(prefix="ublox-demo-") as tmp:
-            run_demo(Path(tmp) / "ublox")
+            run_demo(Path(tmp) / "ublox", temporary=True)
+            click.echo(
+                f"the temporary home {tmp} is deleted now; "
+                "`ublox-sim demo --home DIR` keeps the store"
+            )
     except DemoCheckFailed as exc:
         click.echo(f"demo check failed: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -158,7 +207,9 @@ def run(
     as_json: bool,
     synchronous: str,
 ) -> None:
-    """Run a scenario (deterministic, checkpointed; --resume continues a killed run)."""
+    """Run a scenario (deterministic, checkpointed; --resume continues a killed run).
+
+    Ctrl-C stops at the next tick and exits 130; the run resumes from its last checkpoint."""
     import anyio
 
     from .report import already_finished, print_report
@@ -173,39 +224,94 @@ def run(
         loaded = recorded_scenario(target)
     else:
         loaded = load_scenario(scenario, overrides=overrides, seed=seed)
+    if not resume and not _holds_store(target):
+        # A store is refused by the runner, which knows whether its run is finished.
+        _require_new_home(target)
     console = _console()
     show_progress = console.is_terminal and not as_json
-    if show_progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    reached = [0]  # the last tick done, for the message if Ctrl-C stops the run
 
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task(loaded.scenario.name, total=loaded.scenario.clock.total_ticks)
+    def work(progress: Callable[[int, int], None]) -> Any:
+        def track(done: int, total: int) -> None:
+            reached[0] = done
+            progress(done, total)
 
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done)
-
-            report = anyio.run(
-                lambda: run_scenario(
-                    loaded, target, resume=resume, progress=progress, synchronous=synchronous
-                )
+        return anyio.run(
+            lambda: run_scenario(
+                loaded, target, resume=resume, progress=track, synchronous=synchronous
             )
-    else:
-        report = anyio.run(
-            lambda: run_scenario(loaded, target, resume=resume, synchronous=synchronous)
         )
+
+    try:
+        if show_progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task(loaded.scenario.name, total=loaded.scenario.clock.total_ticks)
+                report = work(lambda done, total: bar.update(task, completed=done))
+        else:
+            report = work(lambda done, total: None)
+    except KeyboardInterrupt:
+        _say_interrupted(target, reached[0], scenario, seed, overrides)
+        sys.exit(EXIT_INTERRUPTED)
     if as_json:
         if already_finished(report):
             click.echo(f"{report.name}: the run in {target.root} had already finished", err=True)
-        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        data = report.to_dict()
+        data["totals"] = json_figures(data["totals"])
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         print_report(report, target, console)
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+
+def _say_interrupted(
+    home: Home, reached: int, scenario: Path | None, seed: int | None, overrides: tuple[str, ...]
+) -> None:
+    """Where a Ctrl-C left the run, and the exact command that continues it (the same
+    file, --set and --seed: a resume checks that the scenario is the recorded one)."""
+    import shlex
+    import sqlite3
+    from contextlib import closing
+
+    checkpoint: int | None = None
+    try:
+        with closing(sqlite3.connect(f"{home.db.as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT tick FROM runs").fetchone()
+            checkpoint = None if row is None else int(row[0])
+    except sqlite3.Error:
+        pass
+    words = ["ublox-sim", "run"]
+    if scenario is not None:
+        words.append(str(scenario))
+    for override in overrides:
+        words += ["--set", override]
+    if seed is not None:
+        words += ["--seed", str(seed)]
+    words += ["--resume", "--home", str(home.root)]
+    if checkpoint is None:
+        # Stopped during the set-up: the store kept nothing of the run, so it starts over.
+        words.remove("--resume")
+        click.echo(
+            f"interrupted at tick {reached}, before the first checkpoint; "
+            f"start it again with `{shlex.join(words)}`",
+            err=True,
+        )
+        return
+    click.echo(
+        f"interrupted at tick {reached} (it resumes from its checkpoint at tick {checkpoint}); "
+        f"continue with `{shlex.join(words)}`",
+        err=True,
+    )
 
 
 @main.command()
@@ -358,7 +464,7 @@ def stats(home: Path | None, as_json: bool) -> None:
     with UbloxLocalStorage(target.root) as storage:
         data = storage.get_global_stats()
     if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        click.echo(json.dumps(json_figures(data), indent=2, sort_keys=True))
         return
     table = Table("table", "figure", "value", title=f"ublox store {target.root}")
     table.columns[2].justify = "right"
@@ -402,6 +508,32 @@ def stat_rows(figures: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def json_figures(tables: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` as JSON with the conventions of ``run --json``: money as exact strings
+    with two decimals, sums of hours rounded to 2 decimals and means of scores to 4
+    (float noise like 144.75000000000003 is not information); counts stay integers."""
+
+    def one(figure: str, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: one(figure, item) for key, item in value.items()}
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        if figure in MONEY_FIGURES:
+            return _figure(figure, value)
+        if figure in HOUR_FIGURES:
+            return round(float(value), 2)
+        if figure in SCORE_FIGURES:
+            return round(float(value), 4)
+        return value
+
+    return {
+        name: {figure: one(figure, value) for figure, value in figures.items()}
+        if isinstance(figures, dict)
+        else figures
+        for name, figures in tables.items()
+    }
+
+
 def _figure(figure: str, value: Any) -> str:
     from decimal import Decimal
 
@@ -433,6 +565,7 @@ def export_cmd(home: Path | None, output: str | None) -> None:
     """Write the full JSON export (default <home>/export.json)."""
     from .storage import UbloxLocalStorage
 
+    _exit_on_sigterm()
     target = _existing_store(home)
     if output is None:
         with UbloxLocalStorage(target.root) as storage:
@@ -461,6 +594,18 @@ def export_cmd(home: Path | None, output: str | None) -> None:
         click.echo(f"error: cannot write the export to {destination}: {exc.strerror}", err=True)
         sys.exit(EXIT_FAILED)
     click.echo(str(destination))
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C: the staged copy of the export (a full copy of the
+    store's data, in a temporary folder) is removed by the finally-blocks instead of being
+    left behind when, say, a writer blocked on a FIFO nobody reads is killed."""
+    import signal
+
+    def unwind(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
 
 
 def _streams_into(path: Path) -> bool:
@@ -542,6 +687,8 @@ def import_cmd(home: Path | None, path: Path, force: bool) -> None:
     # A refused import into a new home leaves no store behind: nothing of a store that
     # holds nothing, and no world files without their database (a "lost database").
     new_home = not _holds_store(target)
+    if new_home:
+        _require_new_home(target)  # an export never lands beside the user's own files
     before = _entries(target.root) if new_home else None
     try:
         with UbloxLocalStorage(home) as storage:

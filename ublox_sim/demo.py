@@ -33,20 +33,29 @@ class DemoCheckFailed(AssertionError):
     pass
 
 
+def plural(count: int, word: str) -> str:
+    """``1 player``, ``2 players``, ``0 sessions``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def _check(condition: bool, what: str) -> None:
     if not condition:
         raise DemoCheckFailed(what)
 
 
-def run_demo(home: Path, say: Say = print) -> Path:
-    """Run the seed's flow in ``home``; return the export's path."""
+def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
+    """Run the seed's flow in ``home``; return the export's path. ``temporary``: the
+    caller deletes ``home`` afterwards, and the first line says so."""
     rng = np.random.default_rng(12)
     # A 32×32 world, like the seed's small CDT files: random phases do not compress,
     # so a 64×64 float64 world alone is ~64 KB on disk.
     theta = rng.uniform(0, 2 * np.pi, (32, 32))
     omega = rng.normal(1.0, 0.1, (32, 32))
     with UbloxLocalStorage(home) as storage:
-        say(f"home: {storage.home_path}")
+        say(
+            f"home: {storage.home_path}"
+            + (" (temporary: deleted when the demo ends)" if temporary else "")
+        )
         storage.save_player(ALICE)
         storage.log_transaction("deposit", None, "alice", 5000.0, "USD-OBBBA")
         say("✓ player alice saved to SQLite (5000.00 USD-OBBBA, deposit logged)")
@@ -142,8 +151,16 @@ def run_demo(home: Path, say: Say = print) -> Path:
         say(f"✓ JSON export written: {export}")
         stats = storage.get_global_stats()
         say(
-            f"✓ stats: {stats['players']['count']} player, {stats['ptos']['count']} PTO, "
-            f"{stats['transactions']['count']} transactions, {stats['play_sessions']['count']} session"
+            "✓ stats: "
+            + ", ".join(
+                plural(stats[table]["count"], word)
+                for table, word in (
+                    ("players", "player"),
+                    ("ptos", "PTO"),
+                    ("transactions", "transaction"),
+                    ("play_sessions", "session"),
+                )
+            )
         )
     findings = verify_store(home)
     _check(not findings, "verify: " + "; ".join(map(str, findings)))

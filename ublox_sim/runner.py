@@ -455,6 +455,11 @@ async def run_scenario(
             resumed_from = tick
             setup_seconds = time.perf_counter() - started
         else:
+            if row is not None and row[3]:
+                recorded = json.loads(row[0]).get("name", "a scenario")
+                raise InvalidInput(
+                    f"{home.root} holds a finished run of {recorded}; use a new --home"
+                )
             if row is not None or not await engine.store.is_empty():
                 raise InvalidInput(
                     f"{home.root} already holds a store"
