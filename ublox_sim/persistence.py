@@ -653,7 +653,7 @@ class PersistenceActor:
             if conn.in_transaction:
                 # Hold mode: work after the last checkpoint is dropped, by design; the
                 # run resumes from that checkpoint.
-                log.warning("persistence.dropping_uncheckpointed_work", units=self._held_units)
+                log.info("persistence.dropping_uncheckpointed_work", units=self._held_units)
                 try:
                     await conn.execute("ROLLBACK")
                 except sqlite3.Error as exc:
