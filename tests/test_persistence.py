@@ -334,3 +334,24 @@ async def test_batches_in_flight_together_make_one_checkpoint_attempt_not_two(
         finally:
             reader.close()
     assert count(db, "to_player LIKE 'p%'") == 20 * 20 * 10
+
+
+def test_a_batch_after_the_database_dropped_held_work_does_not_begin_anew(tmp_path: Path) -> None:
+    """With two batches in flight, the second runs on the writer's thread right after the
+    first failed. If SQLite rolled the held transaction back there (FULL, IOERR), the
+    second must fail too: beginning a fresh transaction would later commit its work on
+    top of the gap, and the lost units would look acknowledged."""
+    from ublox_sim.persistence import HeldWorkLost, Statement, _Held, _run_batch
+
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    held = _Held()
+    insert = [Statement("INSERT INTO t VALUES (?)", (1,))]
+    _run_batch(conn, [insert], held)
+    assert held.work and conn.in_transaction
+    conn.execute("ROLLBACK")  # what SQLite does on its own after SQLITE_FULL
+    with pytest.raises(HeldWorkLost):
+        _run_batch(conn, [insert], held)
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    conn.close()

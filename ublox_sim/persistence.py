@@ -137,8 +137,21 @@ async def in_writer_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Con
 Hook = tuple[Callable[[Sequence[int]], None], int, int]
 
 
+@dataclass(eq=False)
+class _Held:
+    """Hold mode: whether the open transaction holds acknowledged work. Read and written
+    on the writer's thread only, in the order its trips run."""
+
+    work: bool = False
+
+
+class HeldWorkLost(sqlite3.OperationalError):
+    """SQLite rolled back the held transaction (as it may on FULL or IOERR) before this
+    batch ran: starting a fresh one would commit later work on top of a gap."""
+
+
 def _run_batch(
-    raw: sqlite3.Connection, units: Sequence[Unit | None], hold: bool
+    raw: sqlite3.Connection, units: Sequence[Unit | None], held: _Held | None
 ) -> tuple[list[list[int]], list[Hook]]:
     """The batch's statements in order; runs of one SQL text go through executemany.
 
@@ -147,8 +160,13 @@ def _run_batch(
     """
     rowids: list[list[int]] = [[] for _ in units]
     hooks: list[Hook] = []
-    if hold:
+    hold = held is not None
+    if held is not None:
         if not raw.in_transaction:
+            # With two batches in flight, the second runs right after the first failed:
+            # if SQLite dropped the held transaction there, this one must not begin anew.
+            if held.work:
+                raise HeldWorkLost("the held transaction was rolled back by the database")
             raw.execute("BEGIN IMMEDIATE")
         raw.execute("SAVEPOINT batch")
     else:
@@ -179,6 +197,8 @@ def _run_batch(
     except sqlite3.Error:
         _undo(raw, hold)
         raise
+    if held is not None:
+        held.work = True
     return rowids, hooks
 
 
@@ -282,6 +302,7 @@ class PersistenceActor:
         # acknowledged at once; only commit_held() makes them durable, all together.
         self.hold_commits = hold_commits
         self._held_units = 0
+        self._held = _Held()
         self._lost: PersistenceError | None = None
         self._wal_path = Path(f"{path}-wal")
         # The -wal size at which the next checkpoint is due: wal_limit_bytes after a
@@ -412,11 +433,18 @@ class PersistenceActor:
             if self._lost is not None:
                 raise self._lost
             if not conn.in_transaction:
+                if self._held.work:
+                    self._lost = PersistenceError(
+                        "the database dropped the work held since the last checkpoint; "
+                        "resume from it"
+                    )
+                    raise self._lost
                 await conn.execute("BEGIN IMMEDIATE")
             try:
                 for stmt in unit:
                     await run_with(conn, stmt)
                 await conn.execute("COMMIT")
+                self._held.work = False
             except sqlite3.Error:
                 if conn.in_transaction:
                     await conn.execute("ROLLBACK")
@@ -633,7 +661,8 @@ class PersistenceActor:
     ) -> tuple[list[list[int]], list[Hook]]:
         """Run the batch as one transaction in one trip to the connection's thread."""
         units = [pending.unit for pending in batch]
-        return await in_writer_thread(conn, lambda raw: _run_batch(raw, units, self.hold_commits))
+        held = self._held if self.hold_commits else None
+        return await in_writer_thread(conn, lambda raw: _run_batch(raw, units, held))
 
     def _note_if_held_work_lost(self, conn: aiosqlite.Connection, exc: sqlite3.Error) -> None:
         if self.hold_commits and not conn.in_transaction and self._held_units:
