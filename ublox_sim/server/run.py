@@ -15,6 +15,14 @@ from pathlib import Path
 from .app import ServerConfig, create_app
 
 
+# The send buffer of every connection (accepted sockets inherit the listening socket's).
+# Linux otherwise autotunes it up to megabytes (net.ipv4.tcp_wmem), so a WebSocket client
+# that stopped reading would swallow thousands of events into the kernel before the
+# per-client bound in event_socket ever saw it fall behind. 64 KiB (the kernel doubles
+# it for bookkeeping) still holds any REST response or world image in a few writes.
+SEND_BUFFER = 64 * 1024
+
+
 class PortBusy(OSError):
     """The address is in use or cannot be bound."""
 
@@ -23,6 +31,7 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
     try:
         sock.bind((host, port))
         sock.listen(2048)
