@@ -25,6 +25,7 @@ import httpx
 import pytest
 from live_server import OPERATOR, LiveServer, deadline_in, error_code
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from ublox_sim.verify import verify_store
 
@@ -252,6 +253,25 @@ async def test_a_binary_websocket_frame_is_ignored_and_the_stream_goes_on(
             event = json.loads(await ws.recv())
             assert (event["kind"], event["player_id"]) == ("player_registered", "after")
     assert server.stop() == 0
+    no_tracebacks(server)
+
+
+@pytest.mark.asyncio
+async def test_an_invalid_utf8_text_frame_closes_1007_with_one_log_line(
+    server: LiveServer,
+) -> None:
+    async with asyncio.timeout(30):
+        for _ in range(3):
+            async with connect(server.ws_url, proxy=None) as ws:
+                # A text frame whose bytes are not UTF-8, below the client library's checks.
+                ws.protocol.send_text(b"\xff\xfe")
+                ws.send_data()
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 1007
+    assert server.stop() == 0
+    log = server.output()
+    assert log.count("Invalid UTF-8 sequence received from client.") == 3, log
     no_tracebacks(server)
 
 

@@ -6,6 +6,7 @@ and "serving on ..." can be said only once the port is really ours.
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 from collections.abc import Callable
@@ -42,6 +43,18 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _OneLineDecodeErrors(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 text frame with ``logger.exception`` (a
+    traceback per frame, from its own protocol code, before our app sees anything)
+    although it handles it correctly (close 1007): keep its line, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UnicodeDecodeError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def serve(
     home: Path | None,
     sock: socket.socket,
@@ -66,6 +79,8 @@ def serve(
         config=cfg,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    # After Config: it (re)configures uvicorn's loggers; the filter is for this process only.
+    logging.getLogger("uvicorn.error").addFilter(_OneLineDecodeErrors())
     # uvicorn re-raises the signal once its graceful shutdown is done; for SIGTERM
     # that default action would turn a clean, committed shutdown into exit -15.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
