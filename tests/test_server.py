@@ -960,3 +960,16 @@ async def test_a_retry_after_kill_9_and_restart_returns_the_first_result(
             assert (await get(client, "/api/ptos/keys"))["pts_sold"] == 7
         assert await stop(server) == 0
     assert verify_store(server.home) == []
+
+
+def test_the_dashboard_explains_an_empty_feed_and_atu_overshoot_and_shows_one_decimal_hours() -> (
+    None
+):
+    """A static check of the served page (the browser test drives it): after a finished
+    run the empty feed must not read as if nothing ever happened, a PTO with 75 / 60 ATU
+    says why, and play time has one decimal everywhere."""
+    page = (Path(__file__).parents[1] / "ublox_sim" / "static" / "dashboard.html").read_text()
+    assert "No events yet since this page opened" in page
+    assert "the last spend overshot" in page
+    assert 'minimumFractionDigits: 1, maximumFractionDigits: 1' in page
+    assert "toFixed(2) / 100" not in page and "* 100) / 100" not in page
