@@ -13,6 +13,7 @@ from typing import Any
 
 import schemathesis
 
+
 @schemathesis.hook
 def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
     if case.headers and "Idempotency-Key" in case.headers:

@@ -388,9 +388,7 @@ async def test_a_refused_request_is_not_stored_so_a_retry_with_its_key_runs_agai
         }
         r = await client.post("/api/players/bo/transfer", **send)
         assert r.status_code == 409 and error(r) == "insufficient_funds", r.text
-        await ok(
-            await client.post("/api/players/bo/deposit", json={"amount": "100"}, headers=OP)
-        )
+        await ok(await client.post("/api/players/bo/deposit", json={"amount": "100"}, headers=OP))
         sent = await ok(await client.post("/api/players/bo/transfer", **send))
         assert sent["usd_obbba_balance"] == "50.00"
         # Now it is stored: a further retry replays the success and moves nothing.

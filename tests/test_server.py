@@ -971,5 +971,5 @@ def test_the_dashboard_explains_an_empty_feed_and_atu_overshoot_and_shows_one_de
     page = (Path(__file__).parents[1] / "ublox_sim" / "static" / "dashboard.html").read_text()
     assert "No events yet since this page opened" in page
     assert "the last spend overshot" in page
-    assert 'minimumFractionDigits: 1, maximumFractionDigits: 1' in page
+    assert "minimumFractionDigits: 1, maximumFractionDigits: 1" in page
     assert "toFixed(2) / 100" not in page and "* 100) / 100" not in page

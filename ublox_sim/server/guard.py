@@ -177,9 +177,7 @@ class BodyGuard:
         if duplicate is not None:
             # Python's json keeps the last of repeated keys, other parsers the first:
             # {"amount":"1","amount":"99999"} must not mean 99,999 here and 1 in a log.
-            await send_error(
-                send, 422, "invalid_input", f"the JSON repeats the key {duplicate!r}"
-            )
+            await send_error(send, 422, "invalid_input", f"the JSON repeats the key {duplicate!r}")
             return
         replayed = False
 

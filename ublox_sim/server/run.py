@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .app import ServerConfig, create_app
 
-
 # The send buffer of every connection (accepted sockets inherit the listening socket's).
 # Linux otherwise autotunes it up to megabytes (net.ipv4.tcp_wmem), so a WebSocket client
 # that stopped reading would swallow thousands of events into the kernel before the
