@@ -307,3 +307,91 @@ def test_the_admin_key_file_is_created_once_private_and_reused(
     assert (again, created_again) == (key, False)
     monkeypatch.setenv(ADMIN_KEY_ENV, "from-the-environment-123456")
     assert load_admin_key(tmp_path / "home")[0] == "from-the-environment-123456"
+
+
+async def funded_cave(client: httpx.AsyncClient, tokens: dict[str, str]) -> None:
+    """bo owns all of cave's PTS and ada spent its ATU: cave is playable."""
+    await ok(
+        await client.post(
+            "/api/ptos/cave/shares",
+            json={"player_id": "bo", "hours": 10},
+            headers=bearer(tokens["bo"]),
+        ),
+        201,
+    )
+    await ok(
+        await client.post("/api/ptos/cave/atu", json={"units": 1}, headers=bearer(tokens["ada"]))
+    )
+
+
+@pytest.mark.anyio
+async def test_a_play_shorter_than_a_hundredth_of_an_hour_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    async with api(tmp_path / "home") as client:
+        tokens = await world(client)
+        await funded_cave(client, tokens)
+        as_bo = bearer(tokens["bo"])
+        before = await ok(await client.get("/api/players/bo", headers=OP))
+        for hours in (5e-324, 1e-10, 0.0099):
+            r = await client.post(
+                "/api/ptos/cave/play", json={"player_id": "bo", "hours": hours}, headers=as_bo
+            )
+            assert r.status_code == 422 and error(r) == "invalid_input", (hours, r.text)
+        assert await ok(await client.get("/api/players/bo", headers=OP)) == before
+        stats = await ok(await client.get("/api/stats"))
+        assert stats["play_sessions"]["count"] == 0
+        # 0.01 h itself is the shortest play.
+        await ok(
+            await client.post(
+                "/api/ptos/cave/play", json={"player_id": "bo", "hours": 0.01}, headers=as_bo
+            ),
+            201,
+        )
+
+
+@pytest.mark.anyio
+async def test_stats_give_sums_of_hours_to_two_decimals_without_float_noise(
+    tmp_path: Path,
+) -> None:
+    async with api(tmp_path / "home") as client:
+        tokens = await world(client)
+        await funded_cave(client, tokens)
+        for _ in range(3):  # 0.1 + 0.1 + 0.1 == 0.30000000000000004 in floats
+            await ok(
+                await client.post(
+                    "/api/ptos/cave/play",
+                    json={"player_id": "bo", "hours": 0.1},
+                    headers=bearer(tokens["bo"]),
+                ),
+                201,
+            )
+        r = await client.get("/api/stats")
+        stats = r.json()
+        assert stats["players"]["total_play_time"] == 0.3
+        assert stats["play_sessions"]["duration_total"] == 0.3
+        assert stats["pts_tokens"]["hours_played_total"] == 0.3
+        assert "0000000" not in r.text
+
+
+@pytest.mark.anyio
+async def test_a_refused_request_is_not_stored_so_a_retry_with_its_key_runs_again(
+    tmp_path: Path,
+) -> None:
+    """Only successes are stored under an Idempotency-Key: a refusal moved nothing, and
+    the retry after the cause is fixed (here a deposit) must succeed, not replay it."""
+    async with api(tmp_path / "home") as client:
+        tokens = await world(client)
+        send = {
+            "headers": {**bearer(tokens["bo"]), "Idempotency-Key": "transfer-1"},
+            "json": {"to_player": "ada", "amount": "150"},
+        }
+        r = await client.post("/api/players/bo/transfer", **send)
+        assert r.status_code == 409 and error(r) == "insufficient_funds", r.text
+        await ok(await client.post("/api/players/bo/deposit", json={"amount": "100"}, headers=OP))
+        sent = await ok(await client.post("/api/players/bo/transfer", **send))
+        assert sent["usd_obbba_balance"] == "50.00"
+        # Now it is stored: a further retry replays the success and moves nothing.
+        again = await ok(await client.post("/api/players/bo/transfer", **send))
+        assert again == sent
+        assert await balances(client) == {"ada": "250.00", "bo": "50.00"}

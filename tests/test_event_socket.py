@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -269,6 +270,9 @@ async def test_since_replays_what_was_missed_then_goes_live_without_gaps_or_repe
             everything = await messages(ws, 7)
         assert everything[0]["kind"] == "player_registered"
         assert "usd_obbba" not in everything[0]
+    # Replayed and live events alike carry RFC 3339 UTC times, as REST does.
+    rfc3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
+    assert all(rfc3339.fullmatch(e["at"]) for e in [*replayed, live, only, *everything])
 
 
 @pytest.mark.anyio

@@ -654,7 +654,7 @@ class Checker:
     async def play(self, player_id: Any, pto_id: Any, hours: Any) -> None:
         model = self.model
         pto = model.ptos.get(pto_id) if model.known_pto(pto_id) else None
-        valid_hours = oracle_number(hours, 0.0, 1e6, open_low=True)
+        valid_hours = oracle_number(hours, 0.01, 1e6)  # plays of at least 0.01 h
         expect: Expect
         left = 0.0
         if not valid_hours:

@@ -691,7 +691,7 @@ def test_limit_check_takes_numbers_and_says_the_bounds() -> None:
         L.ATU_UNITS.check(0)
     with pytest.raises(InvalidInput, match="whole number"):
         L.ATU_UNITS.check(3.0)
-    with pytest.raises(InvalidInput, match="hours must be greater than 0 and at most 1e6"):
+    with pytest.raises(InvalidInput, match=r"hours must be between 0\.01 and 1e6"):
         L.PLAY_HOURS.check(0)
     assert L.POSITION.up_to(8).max == 8
 

@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import ssl
 import struct
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -818,8 +819,34 @@ async def test_a_client_that_never_reads_does_not_slow_the_engine(server: LiveSe
                 if at:
                     assert notice["since"] == seen[at - 1]["seq"]
 
+                # Reconnecting with that since gives exactly what it missed, in order.
+                since, count = notice["since"], notice["count"]
+                async with connect(
+                    f"{server.ws_url}?since={since}", proxy=None, open_timeout=10
+                ) as again:
+                    missed = [json.loads(await again.recv()) for _ in range(count)]
+                assert [e["seq"] for e in missed] == list(range(since + 1, since + count + 1))
+                assert {e["kind"] for e in missed} == {"deposited"}
+                delivered = [e["seq"] for e in [*seen[:at], *missed]]
+                assert delivered == [e["seq"] for e in live.messages]  # no gap, no repeat
+
         assert await stop(server) == 0
     assert verify_store(server.home) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux reports SO_SNDBUF doubled")
+def test_serve_binds_a_small_send_buffer_that_accepted_sockets_inherit() -> None:
+    """Without it Linux autotunes each connection's send buffer up to megabytes, which a
+    stalled WebSocket client would fill with thousands of stale events."""
+    from ublox_sim.server.run import SEND_BUFFER, bind
+
+    listener = bind("127.0.0.1", 0)
+    with listener, socket.create_connection(listener.getsockname()[:2]) as peer:
+        accepted, _ = listener.accept()
+        with accepted:
+            # The kernel doubles the value for its bookkeeping; set means locked (no tuning).
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * SEND_BUFFER
+        peer.close()
 
 
 # -- shutdown and WebSocket hygiene -------------------------------------------------------
@@ -933,3 +960,16 @@ async def test_a_retry_after_kill_9_and_restart_returns_the_first_result(
             assert (await get(client, "/api/ptos/keys"))["pts_sold"] == 7
         assert await stop(server) == 0
     assert verify_store(server.home) == []
+
+
+def test_the_dashboard_explains_an_empty_feed_and_atu_overshoot_and_shows_one_decimal_hours() -> (
+    None
+):
+    """A static check of the served page (the browser test drives it): after a finished
+    run the empty feed must not read as if nothing ever happened, a PTO with 75 / 60 ATU
+    says why, and play time has one decimal everywhere."""
+    page = (Path(__file__).parents[1] / "ublox_sim" / "static" / "dashboard.html").read_text()
+    assert "No events yet since this page opened" in page
+    assert "the last spend overshot" in page
+    assert "minimumFractionDigits: 1, maximumFractionDigits: 1" in page
+    assert "toFixed(2) / 100" not in page and "* 100) / 100" not in page

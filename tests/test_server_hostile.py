@@ -25,6 +25,7 @@ import httpx
 import pytest
 from live_server import OPERATOR, LiveServer, deadline_in, error_code
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from ublox_sim.verify import verify_store
 
@@ -98,7 +99,7 @@ def test_each_reported_crash_is_a_4xx_json_error_and_changes_nothing(server: Liv
             assert r.status_code == 415 and error_code(r) == "unsupported_media_type", kind
         # DNS rebinding: a Host this server was not configured for.
         r = http.get("/api/stats", headers={"host": "evil.example"})
-        assert r.status_code == 400
+        assert r.status_code == 400 and error_code(r) == "invalid_host", r.text
         # Ids that could not be addressed are refused at creation.
         for bad in ("a/b", "a b", "../x", "é", ""):
             r = http.post("/api/players", json={"player_id": bad})
@@ -109,12 +110,58 @@ def test_each_reported_crash_is_a_4xx_json_error_and_changes_nothing(server: Liv
         assert r.status_code == 404 and error_code(r) == "not_found"
         r = http.put("/api/players")
         assert r.status_code == 405 and error_code(r) == "method_not_allowed"
-        assert r.headers["allow"] == "GET, OPTIONS, POST"
+        assert r.headers["allow"] == "GET, HEAD, OPTIONS, POST"
         r = http.options("/api/players")
-        assert r.status_code == 204 and r.headers["allow"] == "GET, OPTIONS, POST"
+        assert r.status_code == 204 and r.headers["allow"] == "GET, HEAD, OPTIONS, POST"
     assert server.stop() == 0
     no_tracebacks(server)
     assert verify_store(server.home) == []
+
+
+def test_repeated_json_keys_are_refused_and_move_nothing(server: LiveServer) -> None:
+    with client(server) as http:
+        r = http.post("/api/players", json={"player_id": "maker", "usd_obbba": "10"})
+        assert r.status_code == 201
+        for body in (
+            b'{"amount":"1","amount":"99999"}',
+            b'{"amount":"1","x":{"a":1,"a":2}}',  # nested objects too
+        ):
+            r = http.post(
+                "/api/players/maker/deposit",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            assert r.status_code == 422 and error_code(r) == "invalid_input", r.text
+            assert "repeats the key" in r.json()["error"]["message"]
+        assert http.get("/api/players/maker").json()["usd_obbba_balance"] == "10.00"
+    assert server.stop() == 0
+    no_tracebacks(server)
+
+
+def test_a_422_lists_ten_problems_and_counts_the_rest(server: LiveServer) -> None:
+    unknown = {f"k{i:05d}": 0 for i in range(20_000)}
+    with client(server) as http:
+        r = http.post("/api/players", json={"player_id": "p", **unknown})
+        assert r.status_code == 422 and error_code(r) == "invalid_input", r.text[:500]
+        message = r.json()["error"]["message"]
+        assert message.count("; ") == 10 and message.endswith("; and 19990 more"), message
+        assert len(r.content) < 2000
+    assert server.stop() == 0
+
+
+def test_head_answers_wherever_get_does_without_a_body(server: LiveServer) -> None:
+    with client(server) as http:
+        for path in ("/healthz", "/api/ptos", "/api/players", "/"):
+            got, head = http.get(path), http.head(path)
+            assert head.status_code == got.status_code == 200, path
+            assert head.content == b"", path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+        # HEAD where only POST exists is a 405 whose Allow names no HEAD, and no body.
+        r = http.head("/api/players/nobody/deposit")
+        assert r.status_code == 405 and r.content == b""
+        assert r.headers["allow"] == "OPTIONS, POST"
+    assert server.stop() == 0
+    no_tracebacks(server)
 
 
 def raw_request(port: int, head: bytes) -> socket.socket:
@@ -209,6 +256,25 @@ async def test_a_binary_websocket_frame_is_ignored_and_the_stream_goes_on(
     no_tracebacks(server)
 
 
+@pytest.mark.asyncio
+async def test_an_invalid_utf8_text_frame_closes_1007_with_one_log_line(
+    server: LiveServer,
+) -> None:
+    async with asyncio.timeout(30):
+        for _ in range(3):
+            async with connect(server.ws_url, proxy=None) as ws:
+                # A text frame whose bytes are not UTF-8, below the client library's checks.
+                ws.protocol.send_text(b"\xff\xfe")
+                ws.send_data()
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 1007
+    assert server.stop() == 0
+    log = server.output()
+    assert log.count("Invalid UTF-8 sequence received from client.") == 3, log
+    no_tracebacks(server)
+
+
 def test_metrics_speak_prometheus_and_count_the_work(server: LiveServer) -> None:
     with client(server) as http:
         for k in range(3):
@@ -286,6 +352,33 @@ def test_a_busy_port_is_one_line_exit_4_and_creates_no_home(tmp_path: Path) -> N
     assert not (tmp_path / "new").exists()
 
 
+def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    for port in ("99999", "-1"):
+        run = serve_cli("--home", str(tmp_path / "new"), "--port", port)
+        assert run.returncode == 2, run
+        assert "Traceback" not in run.stderr and "0<=x<=65535" in run.stderr, run.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_allowed_host_adds_to_the_local_names_so_the_printed_url_answers(
+    tmp_path: Path,
+) -> None:
+    live = LiveServer(tmp_path / "home", tmp_path / "server.log")
+    live.extra_args += ["--allowed-host", "game.example"]
+    live.start()
+    try:
+        with client(live) as http:
+            assert http.get("/healthz").status_code == 200  # http://127.0.0.1:P/
+            for host in ("game.example", "localhost", f"[::1]:{live.port}"):
+                r = http.get("/healthz", headers={"host": host})
+                assert r.status_code == 200, (host, r.text)
+            r = http.get("/healthz", headers={"host": "evil.example"})
+            assert r.status_code == 400 and error_code(r) == "invalid_host"
+        assert live.stop() == 0
+    finally:
+        live.kill()
+
+
 def test_serve_refuses_a_scenario_over_a_home_that_holds_a_store(tmp_path: Path) -> None:
     home = tmp_path / "home"
     live = LiveServer(home, tmp_path / "server.log")
@@ -333,6 +426,13 @@ async def test_cors_is_closed_unless_configured(tmp_path: Path) -> None:
                 assert (
                     r.headers.get("access-control-allow-origin") == "http://game.example"
                 ) is allowed
+                if allowed:
+                    # A preflight from an origin not configured: the JSON error shape.
+                    r = await http.options(
+                        "/api/players", headers={**preflight, "origin": "http://evil.example"}
+                    )
+                    assert r.status_code == 400, r.text
+                    assert r.json()["error"]["code"] == "cors_refused", r.text
                 r = await http.post(
                     "/api/players",
                     json={"player_id": "x"},

@@ -338,7 +338,7 @@ EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
 @main.command()
 @home_option
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--scenario",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -358,7 +358,8 @@ EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
     "--allowed-host",
     "allowed_hosts",
     multiple=True,
-    help="Host names the server answers to (default: localhost, 127.0.0.1).",
+    help="Another host name the server answers to (repeatable); localhost, 127.0.0.1 "
+    "and ::1 are always answered, so the printed local URL works.",
 )
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Origins allowed by CORS.")
 @click.option(
@@ -394,7 +395,7 @@ def serve(
     Exit codes: 2 bad usage or scenario, 4 the port is busy. The operator's key is
     UBLOX_ADMIN_KEY or <home>/admin.key (created on first start)."""
     try:
-        from .server import PortBusy, ServerConfig, bind
+        from .server import LOCAL_HOSTS, PortBusy, ServerConfig, bind
         from .server import serve as run_server
         from .server.auth import AuthSetupError, load_admin_key
     except ImportError as exc:
@@ -432,7 +433,7 @@ def serve(
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{sock.getsockname()[1]}/"
     config = ServerConfig(
-        allowed_hosts=allowed_hosts or ("localhost", "127.0.0.1"),
+        allowed_hosts=(*LOCAL_HOSTS, *allowed_hosts),
         cors_origins=cors_origins,
         token_ttl=token_ttl,
         read_timeout=read_timeout,

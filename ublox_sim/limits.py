@@ -166,7 +166,9 @@ PRICE_PER_PTS = Limit(
 # -- hours ---------------------------------------------------------------------------------
 
 PTS_HOURS = Limit("hours", 1, 10**9, integer=True)  # PTS bought: whole hours
-PLAY_HOURS = Limit("hours", 0, 10**6, min_exclusive=True)
+# Play is at least 0.01 h (36 s), the grain scenario runs round play to: a play of
+# 5e-324 h would store a session and move tau_k for no time played.
+PLAY_HOURS = Limit("hours", 0.01, 10**6)
 ADVANCE_HOURS = Limit("hours", 0, 10**6)  # moving a simulated clock
 FUNDING_DEADLINE_HOURS = Limit("funding_deadline_hours", 0, 10**7, min_exclusive=True)
 HOUR_OFFSET = Limit("at", 0, 10**7)  # hours after a run's start (events, launches)
@@ -241,7 +243,7 @@ TRANSACTIONS_PAGE = Limit("limit", 1, 500, integer=True)  # ledger rows in one p
 HTTP_PTS_OFFERED = Limit("pts_offered", 1, 10**6, integer=True)
 HTTP_PRICE_PER_PTS = Limit("price_per_pts", 0, 10**7 - 1, min_exclusive=True, unit="USD-OBBBA")
 HTTP_AMOUNT = Limit("amount", 0, 10**12 - 1, unit="USD-OBBBA")
-HTTP_PLAY_HOURS = Limit("hours", 0, 24, min_exclusive=True)  # one request plays ≤ a day
+HTTP_PLAY_HOURS = Limit("hours", 0.01, 24)  # one request plays 0.01 h to a day
 # Ids in URL paths: no characters that need escaping, so every id made through the API
 # can be addressed by it (``a/b`` cannot); the length is ID_LENGTH's.
 

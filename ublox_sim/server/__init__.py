@@ -10,7 +10,7 @@ The layout: ``models`` (bodies and responses: the OpenAPI document's source),
 
 from __future__ import annotations
 
-from .app import ServerConfig, create_app
+from .app import LOCAL_HOSTS, ServerConfig, create_app
 from .run import PortBusy, bind, serve
 
-__all__ = ["PortBusy", "ServerConfig", "bind", "create_app", "serve"]
+__all__ = ["LOCAL_HOSTS", "PortBusy", "ServerConfig", "bind", "create_app", "serve"]

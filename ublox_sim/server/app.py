@@ -19,7 +19,6 @@ import anyio
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,7 +28,7 @@ from ..logsetup import get_logger
 from ..store import Home
 from . import errors
 from .auth import DEFAULT_TOKEN_TTL, Authority, load_admin_key
-from .guard import BodyGuard, MethodGuard
+from .guard import BodyGuard, HostGuard, MethodGuard, PlainErrors
 from .idempotency import IdempotencyKeys
 from .live import play_scenario, wall_ticks
 from .metrics import Metrics
@@ -38,11 +37,16 @@ from .routes import ServerState, router
 log = get_logger(__name__)
 
 
+# The names of this machine: `serve` always answers to them (beside --allowed-host), so
+# the http://127.0.0.1:PORT/ it prints works whatever public names are configured.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     """What an operator may set. Defaults are safe for a server on this machine only."""
 
-    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+    allowed_hosts: tuple[str, ...] = LOCAL_HOSTS
     cors_origins: tuple[str, ...] = ()
     max_body: int = 1 << 20
     read_timeout: float = 10.0
@@ -162,7 +166,8 @@ def create_app(
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
-    app = TrustedHostMiddleware(app, allowed_hosts=list(cfg.allowed_hosts))
+        app = PlainErrors(app)
+    app = HostGuard(app, cfg.allowed_hosts)
     return _Outer(app, api)
 
 

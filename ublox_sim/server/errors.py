@@ -92,6 +92,9 @@ _HTTP_CODES = {
 }
 
 
+MAX_LISTED_PROBLEMS = 10  # a 422 names at most this many problems, then counts the rest
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(UbloxError)
     async def ublox_error(request: Request, exc: UbloxError) -> JSONResponse:
@@ -107,10 +110,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        found = exc.errors()
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ())) or 'request'}: {e.get('msg', 'invalid')}"
-            for e in exc.errors()
+            for e in found[:MAX_LISTED_PROBLEMS]
         )
+        if len(found) > MAX_LISTED_PROBLEMS:
+            # 80,000 unknown keys would otherwise make a 3.6 MB answer to a 1 MB body.
+            problems += f"; and {len(found) - MAX_LISTED_PROBLEMS} more"
         return error_json(422, "invalid_input", problems or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)

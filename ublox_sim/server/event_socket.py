@@ -41,6 +41,7 @@ from ..engine import Engine
 from ..errors import ActorClosed, InvalidInput, UbloxError
 from ..model import iso
 from ..schema import EVENT_RETENTION
+from .models import rfc3339
 
 EVENT_BUFFER = 256
 SEND_TIMEOUT = 10.0
@@ -189,7 +190,7 @@ class _Stream:
             await self.send(
                 {
                     "kind": "events_expired",
-                    "at": iso(self.engine.clock.now()),
+                    "at": self.now(),
                     "count": expired,
                     "since": since,
                     "retention": EVENT_RETENTION,
@@ -205,7 +206,14 @@ class _Stream:
             if len(rows) < REPLAY_PAGE:
                 return
 
+    def now(self) -> str:
+        return rfc3339(iso(self.engine.clock.now()))
+
     async def send(self, message: dict[str, Any]) -> None:
+        if isinstance(message.get("at"), str):
+            # The log keeps the store's ``YYYY-mm-dd HH:MM:SS+00:00`` (old logs replay
+            # unchanged); the wire speaks RFC 3339 UTC like every REST timestamp.
+            message = {**message, "at": rfc3339(message["at"])}
         text = json.dumps(message, separators=(",", ":"))
         with anyio.move_on_after(self.send_timeout) as scope:
             await self.ws.send_text(text)
@@ -226,7 +234,7 @@ class _Stream:
             while True:
                 count = max(0, self.engine.last_event_seq - self.last)
                 self.stats.behind_since, self.stats.dropped = self.last, count
-                at = iso(self.engine.clock.now())
+                at = self.now()
                 notice = {"kind": "events_dropped", "at": at, "count": count, "since": self.last}
                 with anyio.move_on_after(NOTICE_RETRY) as scope:
                     await self.ws.send_text(json.dumps(notice, separators=(",", ":")))

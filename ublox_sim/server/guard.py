@@ -66,6 +66,31 @@ def json_depth(body: bytes) -> int:
     return deepest
 
 
+class _Duplicate(Exception):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Duplicate(key)
+        seen[key] = value
+    return seen
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The first key an object of this JSON repeats, or None (also when it is not JSON:
+    the handler's parser then says what is wrong with it)."""
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    except _Duplicate as exc:
+        return str(exc.args[0])
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
@@ -148,6 +173,12 @@ class BodyGuard:
                 send, 422, "invalid_input", f"the JSON nests deeper than {self.max_depth} levels"
             )
             return
+        duplicate = duplicate_key(body) if body else None
+        if duplicate is not None:
+            # Python's json keeps the last of repeated keys, other parsers the first:
+            # {"amount":"1","amount":"99999"} must not mean 99,999 here and 1 in a log.
+            await send_error(send, 422, "invalid_input", f"the JSON repeats the key {duplicate!r}")
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -175,6 +206,96 @@ class BodyGuard:
         return bool(host) and urlsplit(text).netloc == host
 
 
+def _without_body(send: Send) -> Send:
+    """``send`` for a HEAD request: the status and headers (Content-Length included)
+    of the GET response, no body bytes."""
+
+    async def head_send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                return
+            message = {"type": "http.response.body", "body": b""}
+        await send(message)
+
+    return head_send
+
+
+class HostGuard:
+    """The ``Host`` header must name one of ``allowed`` (``*`` any, ``*.example.org`` a
+    subdomain), so DNS rebinding fails; refused with a JSON 400 like every error.
+
+    Starlette's ``TrustedHostMiddleware`` answers in plain text and cuts an IPv6 Host
+    (``[::1]:8000``) at its first colon, so ``::1`` could never be allowed."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.any = "*" in allowed
+        self.exact = frozenset(h.lower() for h in allowed if not h.startswith("*"))
+        self.suffixes = tuple(h[1:].lower() for h in allowed if h.startswith("*."))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        name = host_name((_header(scope, b"host") or b"").decode("latin-1"))
+        if name in self.exact or (name and name.endswith(self.suffixes)):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "invalid host"})
+            return
+        await send_error(send, 400, "invalid_host", "the Host header names no host served here")
+
+
+def host_name(header: str) -> str:
+    """``example.org:80`` → ``example.org``; ``[::1]:8000`` → ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else ""
+    return header.partition(":")[0]
+
+
+class PlainErrors:
+    """Turns a plain-text error of the middleware outside the app (CORS refusing a
+    preflight) into the JSON error shape, keeping its status and other headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        text = bytearray()
+
+        async def json_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", ()))
+                if message["status"] >= 400 and headers.get(b"content-type", b"").startswith(
+                    b"text/plain"
+                ):
+                    start = message
+                    return
+            elif start is not None and message["type"] == "http.response.body":
+                text.extend(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                message_text = text.decode("utf-8", "replace")
+                kept = [
+                    (k, v)
+                    for k, v in start.get("headers", ())
+                    if k.lower() not in (b"content-type", b"content-length")
+                ]
+                code = "cors_refused" if "CORS" in message_text else "bad_request"
+                await send_error(send, start["status"], code, message_text, kept)
+                return
+            await send(message)
+
+        await self.app(scope, receive, json_send)
+
+
 class MethodGuard:
     """``OPTIONS`` and 405 answered with every method any route on the path accepts."""
 
@@ -186,6 +307,13 @@ class MethodGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "HEAD":
+            # RFC 9110: HEAD is GET without the body, wherever GET exists.
+            send = _without_body(send)
+            as_get = {**scope, "method": "GET"}
+            if any(route.matches(as_get)[0] == Match.FULL for route in self.routes()):
+                await self.app(as_get, receive, send)
+                return
         allowed: set[str] = set()
         full = False
         for route in self.routes():
@@ -198,6 +326,8 @@ class MethodGuard:
         if full or not allowed:
             await self.app(scope, receive, send)
             return
+        if "GET" in allowed:
+            allowed.add("HEAD")
         allow = ", ".join(sorted(allowed | {"OPTIONS"}))
         if scope["method"] == "OPTIONS":
             await send(

@@ -32,6 +32,7 @@ MAX_WHOLE_AMOUNT = int(L.HTTP_AMOUNT.max)
 MAX_PRICE = int(L.HTTP_PRICE_PER_PTS.max)
 MAX_PTS_OFFERED = int(L.HTTP_PTS_OFFERED.max)
 MAX_ATU = int(L.ATU_UNITS.max)
+MIN_PLAY_HOURS = float(L.HTTP_PLAY_HOURS.min)
 MAX_PLAY_HOURS = float(L.HTTP_PLAY_HOURS.max)
 MAX_TAU_K = float(L.TAU_K.max)
 MAX_FREQ = float(L.RESONANCE_FREQ.max)
@@ -104,6 +105,12 @@ def rfc3339(text: str) -> str:
     )
 
 
+def hours_sum(value: float) -> float:
+    """A sum of hours from a REAL column, to 2 decimals: ``52087.48999999996`` is float
+    noise of adding many fractional plays, not information (as the CLI's ``stats``)."""
+    return round(float(value), 2)
+
+
 def rfc3339_opt(text: str | None) -> str | None:
     return None if text is None else rfc3339(text)
 
@@ -168,7 +175,7 @@ class AtuBody(Body):
 
 class PlayBody(Body):
     player_id: Id
-    hours: Annotated[float, Field(strict=True, gt=0, le=MAX_PLAY_HOURS)]
+    hours: Annotated[float, Field(strict=True, ge=MIN_PLAY_HOURS, le=MAX_PLAY_HOURS)]
 
 
 class BackupBody(Body):
@@ -431,7 +438,7 @@ class StatsOut(Out):
                 count=p["count"],
                 usd_obbba_total=money_float(p["usd_obbba_total"]),
                 xUSD_total=money_float(p["xUSD_total"]),
-                total_play_time=p["total_play_time"],
+                total_play_time=hours_sum(p["total_play_time"]),
                 phase_locks_total=p["phase_locks_total"],
             ),
             ptos=PTOStats(
@@ -443,8 +450,8 @@ class StatsOut(Out):
             ),
             pts_tokens=TokenStats(
                 count=k["count"],
-                hours_committed_total=k["hours_committed_total"],
-                hours_played_total=k["hours_played_total"],
+                hours_committed_total=hours_sum(k["hours_committed_total"]),
+                hours_played_total=hours_sum(k["hours_played_total"]),
                 purchase_price_total=money_float(k["purchase_price_total"]),
             ),
             transactions=TransactionStats(
@@ -452,7 +459,7 @@ class StatsOut(Out):
             ),
             play_sessions=SessionStats(
                 count=s["count"],
-                duration_total=s["duration_total"],
+                duration_total=hours_sum(s["duration_total"]),
                 xUSD_earned_total=money_float(s["xUSD_earned_total"]),
                 quality_mean=s["quality_mean"],
             ),

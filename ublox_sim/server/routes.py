@@ -137,7 +137,13 @@ IdempotencyKey = Annotated[
     Header(
         alias="Idempotency-Key",
         pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="retrying with the same key returns the first response and moves nothing again",
+        description=(
+            "retrying with the same key returns the first response and moves nothing again;"
+            " the same key with another request is a 422. A key must be unique per caller"
+            " and request (e.g. a UUID4). Keys are scoped per caller: the operator's and"
+            " each player's keys are separate spaces. Only successes are stored: a refused"
+            " request (4xx) moved nothing, so a retry with its key runs again"
+        ),
     ),
 ]
 

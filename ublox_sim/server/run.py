@@ -6,6 +6,7 @@ and "serving on ..." can be said only once the port is really ours.
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 from collections.abc import Callable
@@ -13,6 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from .app import ServerConfig, create_app
+
+# The send buffer of every connection (accepted sockets inherit the listening socket's).
+# Linux otherwise autotunes it up to megabytes (net.ipv4.tcp_wmem), so a WebSocket client
+# that stopped reading would swallow thousands of events into the kernel before the
+# per-client bound in event_socket ever saw it fall behind. 64 KiB (the kernel doubles
+# it for bookkeeping) still holds any REST response or world image in a few writes.
+SEND_BUFFER = 64 * 1024
 
 
 class PortBusy(OSError):
@@ -23,6 +31,7 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
     try:
         sock.bind((host, port))
         sock.listen(2048)
@@ -31,6 +40,18 @@ def bind(host: str, port: int) -> socket.socket:
         raise PortBusy(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     sock.set_inheritable(True)
     return sock
+
+
+class _OneLineDecodeErrors(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 text frame with ``logger.exception`` (a
+    traceback per frame, from its own protocol code, before our app sees anything)
+    although it handles it correctly (close 1007): keep its line, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UnicodeDecodeError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def serve(
@@ -57,6 +78,8 @@ def serve(
         config=cfg,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    # After Config: it (re)configures uvicorn's loggers; the filter is for this process only.
+    logging.getLogger("uvicorn.error").addFilter(_OneLineDecodeErrors())
     # uvicorn re-raises the signal once its graceful shutdown is done; for SIGTERM
     # that default action would turn a clean, committed shutdown into exit -15.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
