@@ -160,7 +160,7 @@ class ServerThread:
 
     async def start(self) -> None:
         self.thread.start()
-        with anyio.fail_after(15):
+        with anyio.fail_after(120):
             while not self.server.started:
                 if not self.thread.is_alive():
                     raise RuntimeError(f"the server stopped while starting: {self.error!r}")
@@ -181,7 +181,7 @@ async def test_engine_embedded_in_a_starlette_app_served_by_uvicorn(tmp_path: Pa
     await server.start()
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-            with anyio.fail_after(30):
+            with anyio.fail_after(120):
                 r = await client.post("/players", json={"player_id": "creator"})
                 assert r.status_code == 201, r.text
                 r = await client.post(
@@ -288,7 +288,7 @@ async def test_engine_runs_inside_a_hosts_own_task_group(tmp_path: Path) -> None
             await anyio.sleep(0.001)
 
     stop = anyio.Event()
-    with anyio.fail_after(20):
+    with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
             tg.start_soon(host_task, stop)
             async with Engine.open(

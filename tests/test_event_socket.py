@@ -75,7 +75,7 @@ async def served(engine: Engine, **options: Any) -> AsyncIterator[Served]:
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server._serve, [sock])  # _serve: no signal handlers in a test
-        with anyio.fail_after(20):
+        with anyio.fail_after(120):
             while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
                 await anyio.sleep(0.01)
         try:
@@ -95,7 +95,7 @@ async def until(condition: Any, what: str) -> None:
 
 
 async def messages(ws: ClientConnection, count: int) -> list[dict[str, Any]]:
-    with anyio.fail_after(30):
+    with anyio.fail_after(120):
         return [json.loads(await ws.recv()) for _ in range(count)]
 
 

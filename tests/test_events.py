@@ -78,7 +78,7 @@ async def story(engine: Engine) -> None:
 
 async def collect(subscription: ev.Subscription, until_seq: int) -> list[ev.Event]:
     received: list[ev.Event] = []
-    with anyio.fail_after(10):
+    with anyio.fail_after(120):
         while not received or received[-1].seq < until_seq:
             received.append(await subscription.receive())
     return received

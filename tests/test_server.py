@@ -147,7 +147,7 @@ async def events(server: LiveServer) -> AsyncIterator[EventReader]:
             yield reader
         finally:
             await ws.close()
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(120):
                 await task
 
 
@@ -198,7 +198,7 @@ def read_balances(home: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.mark.asyncio
 async def test_full_story_over_http_with_live_events(server: LiveServer) -> None:
-    async with asyncio.timeout(45):
+    async with asyncio.timeout(120):
         async with http(server) as client, events(server) as feed:
             creator = await post(
                 client, "/api/players", {"player_id": "creator", "usd_obbba": "100"}
@@ -348,7 +348,7 @@ async def test_full_story_over_http_with_live_events(server: LiveServer) -> None
 
             # A clean shutdown while a WebSocket client is still connected.
             assert await stop(server, signal.SIGINT) == 0
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(120):
                 await feed.wait_closed()
 
     assert http_tracebacks(server.output()) == []
@@ -442,7 +442,7 @@ REFUSED: list[tuple[int, str | None, str, str, Any]] = [
 
 @pytest.mark.asyncio
 async def test_refusals_have_status_codes_and_change_nothing(server: LiveServer) -> None:
-    async with asyncio.timeout(45):
+    async with asyncio.timeout(120):
         async with http(server) as client:
             await post(client, "/api/players", {"player_id": "maker", "usd_obbba": "0"})
             await post(client, "/api/players", {"player_id": "rich", "usd_obbba": "100"})
@@ -497,7 +497,7 @@ async def test_refusals_have_status_codes_and_change_nothing(server: LiveServer)
 @pytest.mark.asyncio
 async def test_backup_name_mistakes_are_client_errors(server: LiveServer) -> None:
     """A taken or unsafe backup name is the client's mistake (409/422), not a 503 outage."""
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(120):
         async with http(server) as client:
             await post(client, "/api/players", {"player_id": "p", "usd_obbba": "1"})
             await post(client, "/api/backups", {"name": "nightly"})
@@ -800,7 +800,7 @@ async def test_a_client_that_never_reads_does_not_slow_the_engine(server: LiveSe
                     await late.wait_closed()
                 finally:
                     await stuck.close()
-                    async with asyncio.timeout(10):
+                    async with asyncio.timeout(120):
                         await reading
                 seen = late.messages
                 kinds = late.kinds()
@@ -850,7 +850,7 @@ def test_serve_binds_a_small_send_buffer_that_accepted_sockets_inherit() -> None
 @pytest.mark.asyncio
 async def test_websocket_clients_leaving_is_not_a_server_error(server: LiveServer) -> None:
     """Clients come and go (a closed browser tab); the server must not log a crash for it."""
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(120):
         async with http(server) as client:
             for n in range(3):
                 async with events(server) as feed:
@@ -861,7 +861,7 @@ async def test_websocket_clients_leaving_is_not_a_server_error(server: LiveServe
                 await post(client, "/api/players", {"player_id": "last"})
                 await feed.wait_for(lambda e: e.get("player_id") == "last")
                 assert await stop(server, signal.SIGINT) == 0
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(120):
                     await feed.wait_closed()
     assert verify_store(server.home) == []
     assert asgi_tracebacks(server.output()) == []
@@ -869,7 +869,7 @@ async def test_websocket_clients_leaving_is_not_a_server_error(server: LiveServe
 
 @pytest.mark.asyncio
 async def test_sigterm_is_a_clean_shutdown_with_exit_code_0(server: LiveServer) -> None:
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(120):
         async with http(server) as client:
             await post(client, "/api/players", {"player_id": "maker", "usd_obbba": "10"})
             await post(client, "/api/players", {"player_id": "fan", "usd_obbba": "10"})
@@ -895,7 +895,7 @@ async def story_for_keys(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.asyncio
 async def test_ten_concurrent_purchases_with_one_key_move_money_once(server: LiveServer) -> None:
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(120):
         async with http(server) as client:
             await story_for_keys(client)
             headers = {"Idempotency-Key": "buy-once-1"}

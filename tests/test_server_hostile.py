@@ -241,7 +241,7 @@ def test_a_body_announced_and_never_sent_gets_408_not_a_hang(server: LiveServer)
 async def test_a_binary_websocket_frame_is_ignored_and_the_stream_goes_on(
     server: LiveServer,
 ) -> None:
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(120):
         async with connect(server.ws_url) as ws:
             await ws.send(b"\x00\x01binary")
             await ws.send("text is ignored too")
@@ -260,7 +260,7 @@ async def test_a_binary_websocket_frame_is_ignored_and_the_stream_goes_on(
 async def test_an_invalid_utf8_text_frame_closes_1007_with_one_log_line(
     server: LiveServer,
 ) -> None:
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(120):
         for _ in range(3):
             async with connect(server.ws_url, proxy=None) as ws:
                 # A text frame whose bytes are not UTF-8, below the client library's checks.
