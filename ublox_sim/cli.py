@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -236,11 +238,29 @@ def run(
             reached[0] = done
             progress(done, total)
 
-        return anyio.run(
-            lambda: run_scenario(
-                loaded, target, resume=resume, progress=track, synchronous=synchronous
+        # The first Ctrl-C asks the run to stop between two ticks (an asyncio
+        # cancellation could be absorbed by a shielded commit and lost); a second one
+        # interrupts at once, as usual.
+        pressed = threading.Event()
+
+        def on_sigint(signum: int, frame: object) -> None:
+            pressed.set()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            return anyio.run(
+                lambda: run_scenario(
+                    loaded,
+                    target,
+                    resume=resume,
+                    progress=track,
+                    synchronous=synchronous,
+                    interrupted=pressed.is_set,
+                )
             )
-        )
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     try:
         if show_progress:

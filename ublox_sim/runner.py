@@ -421,8 +421,14 @@ async def run_scenario(
     progress: Progress | None = None,
     stop_after_ticks: int | None = None,
     synchronous: str = "NORMAL",
+    interrupted: Callable[[], bool] | None = None,
 ) -> RunReport:
-    """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc."""
+    """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc.
+
+    ``interrupted`` is asked between ticks; when it says yes the run stops there with
+    ``KeyboardInterrupt`` (the engine closes as usual; the run resumes from its last
+    checkpoint). A CLI sets it from its SIGINT handler, so a Ctrl-C is never lost in a
+    section that must not be cancelled half way (a commit, a world flush)."""
     started = time.perf_counter()
     scenario = loaded.scenario
     if resume and not home.db.is_file():
@@ -478,6 +484,8 @@ async def run_scenario(
         while tick < runner.total:
             if stop_after_ticks is not None and tick - first >= stop_after_ticks:
                 break
+            if interrupted is not None and interrupted():
+                raise KeyboardInterrupt
             await runner.tick(tick)
             tick += 1
             if tick % every == 0 or tick == runner.total:
