@@ -100,8 +100,15 @@ def kill_at(proc: subprocess.Popen[bytes], started: float, instant: float) -> bo
 def checkpoint_tick(home: Path) -> int | None:
     """The tick of the last committed checkpoint, or None if none was committed."""
     with closing(sqlite3.connect(f"{(home / 'ublox.db').as_uri()}?mode=ro", uri=True)) as conn:
+        if not has_schema(conn):
+            return None
         row = conn.execute("SELECT tick FROM runs WHERE run_id = 1").fetchone()
     return None if row is None else int(row[0])
+
+
+def has_schema(conn: sqlite3.Connection) -> bool:
+    """False for a database killed before its first migration committed (empty, version 0)."""
+    return conn.execute("PRAGMA user_version").fetchone() != (0,)
 
 
 def check_consistent(home: Path) -> int | None:
@@ -118,7 +125,8 @@ def check_consistent(home: Path) -> int | None:
     if tick is None:
         # Killed before checkpoint 0 committed: its held work was rolled back, nothing else.
         with closing(sqlite3.connect(db)) as conn:
-            for table in ("players", "ptos", "transactions", "pts_tokens", "cdt_files"):
+            tables = ("players", "ptos", "transactions", "pts_tokens", "cdt_files")
+            for table in tables if has_schema(conn) else ():
                 assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone() == (0,), table
     else:
         assert 0 <= tick <= TOTAL_TICKS and tick % 3 in (0, TOTAL_TICKS % 3)
