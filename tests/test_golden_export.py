@@ -1,0 +1,43 @@
+"""The same scenario and seed give the same export bytes as before the redesign.
+
+The golden files were taken from main before issue 12 (see fixtures/golden/README.md):
+restructuring the code must not change a single result."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+SCENARIOS = Path(__file__).parent.parent / "scenarios"
+
+
+def run(tmp_path: Path, name: str, *overrides: str) -> bytes:
+    home = tmp_path / name
+    args = [sys.executable, "-m", "ublox_sim", "run", str(SCENARIOS / f"{name}.yaml")]
+    args += ["--home", str(home)]
+    for override in overrides:
+        args += ["--set", override]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    return (home / "export.json").read_bytes()
+
+
+def test_harmonic_caverns_exports_the_golden_bytes(tmp_path: Path) -> None:
+    expected = (GOLDEN / "harmonic_caverns.export.json").read_bytes()
+    assert run(tmp_path, "harmonic_caverns") == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "digest"),
+    [
+        ("festival", "9db4a7fdfd4f300d05be0dea50baa774db0b1743d96a5b78e4b29dc3a56ab356"),
+        ("stress", "b4bc359591f452b07aed718323cb6d80cc09ca4fc36045c0667bce349dce19b3"),
+    ],
+)
+def test_larger_scenarios_export_the_golden_digest(tmp_path: Path, name: str, digest: str) -> None:
+    assert hashlib.sha256(run(tmp_path, name, "clock.ticks=6")).hexdigest() == digest
