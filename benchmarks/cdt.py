@@ -21,8 +21,8 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 
-from ublox_sim.cdt_store import CdtStore, write_npz_atomic
-from ublox_sim.world import WorldParams, new_world, step_world
+from ublox_sim.core.world import WorldParams, new_world, step_world
+from ublox_sim.store.cdt import CdtStore, write_npz_atomic
 
 from .harness import pairwise, percentile, run_rounds, summarise, table
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from ublox_sim.persistence import PersistenceActor, Statement, prepare_database
+from ublox_sim.store.sqlite.writer import PersistenceActor, Statement, prepare_database
 
 from .harness import pairwise, percentile, run_rounds, summarise, table
 

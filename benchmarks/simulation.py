@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ublox_sim.world import WorldParams, lattice_coupling
+from ublox_sim.core.world import WorldParams, lattice_coupling
 
 from .harness import pairwise, run_rounds, summarise, table
 

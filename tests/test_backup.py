@@ -16,10 +16,10 @@ import anyio
 import numpy as np
 import pytest
 
-from ublox_sim.errors import BackupError
-from ublox_sim.storage import UbloxLocalStorage
-from ublox_sim.store import Home, LocalStore, list_backups, world_id_for
-from ublox_sim.verify import verify_store
+from ublox_sim.core.errors import BackupError
+from ublox_sim.store.local import Home, LocalStore, list_backups, world_id_for
+from ublox_sim.store.sync import UbloxLocalStorage
+from ublox_sim.store.verify import verify_store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stores"
 PTO_ID = "pto_harmonic_001"

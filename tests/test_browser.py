@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from live_server import OPERATOR, LiveServer, deadline_in
 
-from ublox_sim import events as ev
+from ublox_sim.core import events as ev
 from ublox_sim.server.heatmap import hue_spread
-from ublox_sim.verify import verify_store
+from ublox_sim.store.verify import verify_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ublox_sim import cdt_store
-from ublox_sim.cdt_store import CdtStore, load_npz, write_npz_atomic
-from ublox_sim.errors import CorruptCdtFile, InvalidId
+from ublox_sim.core.errors import CorruptCdtFile, InvalidId
+from ublox_sim.store import cdt as cdt_store
+from ublox_sim.store.cdt import CdtStore, load_npz, write_npz_atomic
 
 WORLD = "pto_test_world_cdt"
 
@@ -165,7 +165,7 @@ _CHILD_SRC = (
     + """
 import sys
 from pathlib import Path
-from ublox_sim.cdt_store import write_npz_atomic
+from ublox_sim.store.cdt import write_npz_atomic
 
 target, iteration = Path(sys.argv[1]), int(sys.argv[2])
 print("ready", flush=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ublox_sim.storage import UbloxLocalStorage
-from ublox_sim.verify import verify_store
+from ublox_sim.store.sync import UbloxLocalStorage
+from ublox_sim.store.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
 HARMONIC = str(ROOT / "scenarios" / "harmonic_caverns.yaml")
@@ -404,9 +404,9 @@ def test_run_summary_shows_money_with_two_decimals_and_no_note_when_atu_meets_th
 ):
     from rich.console import Console
 
-    from ublox_sim.report import print_report
-    from ublox_sim.runner import RunReport
-    from ublox_sim.store import Home
+    from ublox_sim.sim.report import print_report
+    from ublox_sim.sim.runner import RunReport
+    from ublox_sim.store.local import Home
 
     pto = {
         "pto_id": "p",

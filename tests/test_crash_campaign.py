@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ublox_sim.verify import verify_store
+from ublox_sim.store.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NO_COLOR": "1"}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ublox_sim.economy import (
+from ublox_sim.core.economy import (
     COMPLETED,
     FAILED,
     FUNDING,
@@ -27,15 +27,15 @@ from ublox_sim.economy import (
     split_by_hours,
     tau_k_after,
 )
-from ublox_sim.errors import (
+from ublox_sim.core.errors import (
     InsufficientFunds,
     InvalidInput,
     InvalidState,
     Refusal,
     SharesUnavailable,
 )
-from ublox_sim.model import PTO, PTSToken, iso
-from ublox_sim.money import MAX_CENTS
+from ublox_sim.core.money import MAX_CENTS
+from ublox_sim.core.records import PTO, PTSToken, iso
 
 LAUNCH = datetime(2025, 12, 12, tzinfo=UTC)
 DEADLINE = LAUNCH + timedelta(days=30)

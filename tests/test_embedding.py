@@ -24,9 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ublox_sim.clock import SimClock
-from ublox_sim.engine import Engine
-from ublox_sim.errors import (
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import (
     InvalidInput,
     Refusal,
     SharesUnavailable,
@@ -34,9 +33,10 @@ from ublox_sim.errors import (
     UnknownPlayer,
     UnknownPTO,
 )
-from ublox_sim.verify import verify_store
-from ublox_sim.views import as_json
-from ublox_sim.world import WorldParams
+from ublox_sim.core.views import as_json
+from ublox_sim.core.world import WorldParams
+from ublox_sim.engine import Engine
+from ublox_sim.store.verify import verify_store
 
 PARAMS = WorldParams(size=8)
 

@@ -20,11 +20,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ublox_sim import events as ev
-from ublox_sim.clock import SimClock
-from ublox_sim.economy import compose_xusd
-from ublox_sim.engine import Engine
-from ublox_sim.errors import (
+from ublox_sim.actors.player import PlayerActor
+from ublox_sim.actors.pto import PTOActor
+from ublox_sim.core import events as ev
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.economy import compose_xusd
+from ublox_sim.core.errors import (
     ActorBroken,
     ActorClosed,
     AlreadyExists,
@@ -40,13 +41,12 @@ from ublox_sim.errors import (
     UnknownPTO,
     UnknownToken,
 )
-from ublox_sim.events import Subscription
-from ublox_sim.money import to_decimal
-from ublox_sim.player_actor import PlayerActor
-from ublox_sim.pto_actor import PTOActor
-from ublox_sim.verify import verify_store
-from ublox_sim.views import PlayerInfo, PTOInfo, TokenInfo
-from ublox_sim.world import WorldParams
+from ublox_sim.core.events import Subscription
+from ublox_sim.core.money import to_decimal
+from ublox_sim.core.views import PlayerInfo, PTOInfo, TokenInfo
+from ublox_sim.core.world import WorldParams
+from ublox_sim.engine import Engine
+from ublox_sim.store.verify import verify_store
 
 SEED = 2025
 PARAMS = WorldParams(size=16)

@@ -29,12 +29,12 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from ublox_sim.clock import SimClock
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import InvalidInput
+from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import Engine
-from ublox_sim.errors import InvalidInput
-from ublox_sim.persistence import Statement
 from ublox_sim.server.event_socket import StreamStats, parse_since, serve_events
-from ublox_sim.world import WorldParams
+from ublox_sim.store.sqlite.writer import Statement
 
 PARAMS = WorldParams(size=8)
 LONG = "\U0001f3b5" * 60  # long player ids: big events fill socket buffers sooner

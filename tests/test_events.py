@@ -15,16 +15,16 @@ from typing import Any
 import anyio
 import pytest
 
-from ublox_sim import events as ev
-from ublox_sim.clock import SimClock
+from ublox_sim.core import events as ev
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import InsufficientFunds, InvalidState
+from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import Engine
-from ublox_sim.errors import InsufficientFunds, InvalidState
-from ublox_sim.persistence import prepare_database
-from ublox_sim.runner import run_scenario
-from ublox_sim.scenario import load_scenario
-from ublox_sim.schema import EVENT_RETENTION
-from ublox_sim.store import Home
-from ublox_sim.world import WorldParams
+from ublox_sim.sim.runner import run_scenario
+from ublox_sim.sim.scenario import load_scenario
+from ublox_sim.store.local import Home
+from ublox_sim.store.sqlite.schema import EVENT_RETENTION
+from ublox_sim.store.sqlite.writer import prepare_database
 
 PARAMS = WorldParams(size=16, steps_per_hour=4)
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"

@@ -25,9 +25,8 @@ import anyio
 import numpy as np
 import pytest
 
-from ublox_sim.clock import SimClock
-from ublox_sim.engine import Engine
-from ublox_sim.errors import (
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import (
     BackupError,
     PersistenceError,
     SchemaError,
@@ -36,10 +35,11 @@ from ublox_sim.errors import (
     UbloxError,
     UnknownPlayer,
 )
-from ublox_sim.persistence import run
-from ublox_sim.store import LocalStore, list_backups, world_id_for
-from ublox_sim.verify import verify_store
-from ublox_sim.world import WorldParams
+from ublox_sim.core.world import WorldParams
+from ublox_sim.engine import Engine
+from ublox_sim.store.local import LocalStore, list_backups, world_id_for
+from ublox_sim.store.sqlite.writer import run
+from ublox_sim.store.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = WorldParams(size=8)
@@ -649,7 +649,7 @@ async def test_a_damaged_backup_is_refused_and_the_home_is_untouched(
 
 
 def list_backups_of(home: Path) -> list[dict[str, Any]]:
-    from ublox_sim.store import Home
+    from ublox_sim.store.local import Home
 
     return list_backups(Home.resolve(home))
 

@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
+from ublox_sim.core.world import WorldParams, new_world, order_parameter, step_world
 from ublox_sim.server.heatmap import (
     MIN_BRIGHTNESS,
     hue_spread,
@@ -16,7 +17,6 @@ from ublox_sim.server.heatmap import (
     world_png,
     world_rgb,
 )
-from ublox_sim.world import WorldParams, new_world, order_parameter, step_world
 
 
 def decode(png: bytes) -> np.ndarray:

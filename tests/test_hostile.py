@@ -30,9 +30,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ublox_sim.clock import SimClock
-from ublox_sim.engine import Engine
-from ublox_sim.errors import (
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import (
     AlreadyExists,
     BackupError,
     InsufficientFunds,
@@ -45,9 +44,10 @@ from ublox_sim.errors import (
     UnknownPTO,
     UnknownToken,
 )
-from ublox_sim.store import LocalStore
-from ublox_sim.verify import verify_store
-from ublox_sim.world import WorldParams
+from ublox_sim.core.world import WorldParams
+from ublox_sim.engine import Engine
+from ublox_sim.store.local import LocalStore
+from ublox_sim.store.verify import verify_store
 
 SIZE = 8
 PARAMS = WorldParams(size=SIZE)

@@ -22,12 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError, create_model
 
-from ublox_sim import limits as L
-from ublox_sim.clock import SimClock
+from ublox_sim.core import limits as L
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import InvalidInput, UbloxError
+from ublox_sim.core.limits import Limit
+from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import Engine
-from ublox_sim.errors import InvalidInput, UbloxError
-from ublox_sim.limits import Limit
-from ublox_sim.scenario import (
+from ublox_sim.sim.scenario import (
     Scenario,
     ScenarioError,
     Within,
@@ -36,7 +37,6 @@ from ublox_sim.scenario import (
     parse_scenario,
     settle,
 )
-from ublox_sim.world import WorldParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -659,7 +659,7 @@ async def test_the_engine_refuses_the_world_params_the_loader_refuses(
 
 
 def test_ids_have_one_length_and_alphabet_everywhere() -> None:
-    from ublox_sim.ids import check_file_name, check_id
+    from ublox_sim.core.ids import check_file_name, check_id
 
     longest = "a" * int(L.ID_LENGTH.max)
     check_id(longest)
@@ -751,7 +751,7 @@ def test_a_money_field_from_a_limit_accepts_what_the_engine_accepts(
     limit: Limit, amount: Decimal
 ) -> None:
     """The request-model form the module doc gives for money agrees with ``to_cents``."""
-    from ublox_sim.money import to_cents
+    from ublox_sim.core.money import to_cents
 
     model = create_model("M", v=(Decimal, limit.field(decimal_places=2)))
     try:

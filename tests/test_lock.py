@@ -23,11 +23,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ublox_sim.clock import SimClock
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import StoreError, StoreLocked, UbloxError
+from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import Engine
-from ublox_sim.errors import StoreError, StoreLocked, UbloxError
-from ublox_sim.verify import verify_store
-from ublox_sim.world import WorldParams
+from ublox_sim.store.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NO_COLOR": "1"}
@@ -38,9 +38,9 @@ HOLDER = textwrap.dedent(
     import sys, time
     import anyio
     from decimal import Decimal
-    from ublox_sim.clock import SimClock
+    from ublox_sim.core.clock import SimClock
     from ublox_sim.engine import Engine
-    from ublox_sim.world import WorldParams
+    from ublox_sim.core.world import WorldParams
 
     async def main() -> None:
         async with Engine.open(sys.argv[1], seed=1, clock=SimClock(),

@@ -22,7 +22,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from ublox_sim import Engine, SimClock
-from ublox_sim.logsetup import get_logger
+from ublox_sim.core.logsetup import get_logger
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ublox_sim"
@@ -43,7 +43,12 @@ QUIET_HOST = textwrap.dedent(
     import numpy as np
     import structlog
 
-    from ublox_sim import Engine, Home, SimClock, UbloxLocalStorage, parse_scenario, run_scenario
+    from ublox_sim import Engine
+    from ublox_sim import Home
+    from ublox_sim import SimClock
+    from ublox_sim import UbloxLocalStorage
+    from ublox_sim import parse_scenario
+    from ublox_sim import run_scenario
 
     root = Path(sys.argv[1])
     theta = np.zeros((16, 16))

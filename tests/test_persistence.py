@@ -12,8 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ublox_sim.errors import ActorClosed, SchemaError, StoreFull, UnitRejected
-from ublox_sim.persistence import PersistenceActor, Statement
+from ublox_sim.core.errors import ActorClosed, SchemaError, StoreFull, UnitRejected
+from ublox_sim.store.sqlite.writer import PersistenceActor, Statement
 
 TX = (
     "INSERT INTO transactions (tx_type, from_player, to_player, amount, currency, timestamp)"
@@ -249,7 +249,7 @@ async def test_a_file_that_is_not_a_database_is_refused_with_advice(tmp_path: Pa
 WRITER = textwrap.dedent(
     """
     import sys, anyio
-    from ublox_sim.persistence import PersistenceActor, Statement
+    from ublox_sim.store.sqlite.writer import PersistenceActor, Statement
     TX = {tx!r}
 
     async def main():
@@ -341,7 +341,7 @@ def test_a_batch_after_the_database_dropped_held_work_does_not_begin_anew(tmp_pa
     first failed. If SQLite rolled the held transaction back there (FULL, IOERR), the
     second must fail too: beginning a fresh transaction would later commit its work on
     top of the gap, and the lost units would look acknowledged."""
-    from ublox_sim.persistence import HeldWorkLost, Statement, _Held, _run_batch
+    from ublox_sim.store.sqlite.writer import HeldWorkLost, Statement, _Held, _run_batch
 
     conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
     conn.execute("CREATE TABLE t (x INTEGER)")

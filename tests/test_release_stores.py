@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ublox_sim.engine import Engine
-from ublox_sim.verify import verify_store
+from ublox_sim.store.verify import verify_store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stores"
 RELEASE_STORES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())

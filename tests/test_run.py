@@ -23,10 +23,10 @@ from typing import Any
 import anyio
 import pytest
 
-from ublox_sim.runner import run_scenario
-from ublox_sim.scenario import load_scenario
-from ublox_sim.store import Home
-from ublox_sim.verify import verify_store
+from ublox_sim.sim.runner import run_scenario
+from ublox_sim.sim.scenario import load_scenario
+from ublox_sim.store.local import Home
+from ublox_sim.store.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
-from ublox_sim.scenario import Loaded, ScenarioError, Uniform, load_scenario, parse_scenario
+from ublox_sim.sim.scenario import Loaded, ScenarioError, Uniform, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
@@ -995,7 +995,7 @@ def test_a_value_the_runner_used_to_clamp_is_refused_naming_file_line_and_key(
 
 def test_a_drawn_deadline_is_not_raised_to_an_hour() -> None:
     """The runner turned every pto_cohorts deadline under 1 h into 1 h; it is kept as drawn."""
-    from ublox_sim.runner import plan
+    from ublox_sim.sim.runner import plan
 
     loaded = parse_scenario(full_with(38, "    funding_deadline_hours: 0.5"), "full.yaml")
     _players, ptos, _groups = plan(loaded.scenario)

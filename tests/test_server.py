@@ -32,7 +32,7 @@ from live_server import OPERATOR, LiveServer, deadline_in, error_code
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from ublox_sim.verify import verify_store
+from ublox_sim.store.verify import verify_store
 
 # One SSL context for every client: httpx would otherwise load the CA bundle per client.
 SSL = ssl.create_default_context()

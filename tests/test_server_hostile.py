@@ -27,7 +27,7 @@ from live_server import OPERATOR, LiveServer, deadline_in, error_code
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from ublox_sim.verify import verify_store
+from ublox_sim.store.verify import verify_store
 
 
 @pytest.fixture

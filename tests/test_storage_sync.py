@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ublox_sim.errors import InvalidAmount, InvalidInput
-from ublox_sim.storage import UbloxLocalStorage
-from ublox_sim.verify import verify_store
+from ublox_sim.core.errors import InvalidAmount, InvalidInput
+from ublox_sim.store.sync import UbloxLocalStorage
+from ublox_sim.store.verify import verify_store
 
 PTO_ID = "pto_harmonic_001"
 WORLD_ID = f"{PTO_ID}_world_cdt"
@@ -337,7 +337,7 @@ def test_verify_cli_passes_on_the_demo_and_fails_on_a_doctored_balance(
 SEED_SCRIPT = """
 import sys
 import numpy as np
-from ublox_sim.storage import UbloxLocalStorage
+from ublox_sim.store.sync import UbloxLocalStorage
 
 storage = UbloxLocalStorage(sys.argv[1])
 storage.save_player({"player_id": "alice", "tau_k": 8.5, "usd_obbba_balance": 5000.0})

@@ -13,16 +13,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ublox_sim.errors import (
+from ublox_sim.core.errors import (
     CorruptCdtFile,
     InvalidAmount,
     InvalidId,
     InvalidInput,
     StoreError,
 )
-from ublox_sim.storage import UbloxLocalStorage
-from ublox_sim.store import LocalStore, decode_array, encode_array, world_id_for
-from ublox_sim.verify import verify_store
+from ublox_sim.store.local import LocalStore, decode_array, encode_array, world_id_for
+from ublox_sim.store.sync import UbloxLocalStorage
+from ublox_sim.store.verify import verify_store
 
 ALICE: dict[str, Any] = {
     "player_id": "alice",

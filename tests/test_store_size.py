@@ -16,10 +16,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ublox_sim.runner import run_scenario
-from ublox_sim.scenario import load_scenario
-from ublox_sim.storage import UbloxLocalStorage
-from ublox_sim.store import Home, LocalStore
+from ublox_sim.sim.runner import run_scenario
+from ublox_sim.sim.scenario import load_scenario
+from ublox_sim.store.local import Home, LocalStore
+from ublox_sim.store.sync import UbloxLocalStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_0_1_0 = ROOT / "tests" / "fixtures" / "stores" / "v0.1.0"  # the same run, by 0.1.0

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ublox_sim.clock import SimClock
-from ublox_sim.engine import Engine
-from ublox_sim.verify import verify_store
-from ublox_sim.world import (
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.world import (
     TWO_PI,
     SessionPhysics,
     WorldParams,
@@ -22,6 +20,8 @@ from ublox_sim.world import (
     play_steps,
     step_world,
 )
+from ublox_sim.engine import Engine
+from ublox_sim.store.verify import verify_store
 
 SMALL = WorldParams(size=16)
 

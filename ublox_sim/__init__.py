@@ -14,8 +14,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .clock import Clock, SimClock, WallClock
-from .errors import (
+from .core.clock import Clock, SimClock, WallClock
+from .core.errors import (
     ActorBroken,
     ActorClosed,
     AlreadyExists,
@@ -43,12 +43,10 @@ from .errors import (
     UnknownPTO,
     UnknownToken,
 )
-from .model import PTO, Player, PlaySession, PTSToken, Transaction
+from .core.records import PTO, Player, PlaySession, PTSToken, Transaction
 
 if TYPE_CHECKING:  # the names below are imported lazily at run time (see __getattr__)
-    from .cdt_store import CdtStore
-    from .engine import Engine
-    from .events import (
+    from .core.events import (
         AtuSpent,
         Deposited,
         Event,
@@ -64,20 +62,22 @@ if TYPE_CHECKING:  # the names below are imported lazily at run time (see __geta
         Subscription,
         Transferred,
     )
-    from .persistence import PersistenceActor, Statement
-    from .runner import RunReport, run_scenario
-    from .scenario import Loaded, Scenario, ScenarioError, load_scenario, parse_scenario
-    from .storage import UbloxLocalStorage
-    from .store import Home, LocalStore
-    from .verify import Finding, verify_store
-    from .views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
-    from .world import WorldParams
+    from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
+    from .core.world import WorldParams
+    from .engine import Engine
+    from .sim.runner import RunReport, run_scenario
+    from .sim.scenario import Loaded, Scenario, ScenarioError, load_scenario, parse_scenario
+    from .store.cdt import CdtStore
+    from .store.local import Home, LocalStore
+    from .store.sqlite.writer import PersistenceActor, Statement
+    from .store.sync import UbloxLocalStorage
+    from .store.verify import Finding, verify_store
 
     __version__: str
 
 # Public name -> the submodule that defines it, imported on first access.
 _LAZY: dict[str, str] = {
-    "CdtStore": "cdt_store",
+    "CdtStore": "store.cdt",
     "Engine": "engine",
     **dict.fromkeys(
         [
@@ -96,27 +96,27 @@ _LAZY: dict[str, str] = {
             "Subscription",
             "Transferred",
         ],
-        "events",
+        "core.events",
     ),
-    "PersistenceActor": "persistence",
-    "Statement": "persistence",
-    "RunReport": "runner",
-    "run_scenario": "runner",
-    "Loaded": "scenario",
-    "Scenario": "scenario",
-    "ScenarioError": "scenario",
-    "load_scenario": "scenario",
-    "parse_scenario": "scenario",
-    "UbloxLocalStorage": "storage",
-    "Home": "store",
-    "LocalStore": "store",
-    "Finding": "verify",
-    "verify_store": "verify",
-    "PTOInfo": "views",
-    "PlayerInfo": "views",
-    "SessionResult": "views",
-    "TokenInfo": "views",
-    "WorldParams": "world",
+    "PersistenceActor": "store.sqlite.writer",
+    "Statement": "store.sqlite.writer",
+    "RunReport": "sim.runner",
+    "run_scenario": "sim.runner",
+    "Loaded": "sim.scenario",
+    "Scenario": "sim.scenario",
+    "ScenarioError": "sim.scenario",
+    "load_scenario": "sim.scenario",
+    "parse_scenario": "sim.scenario",
+    "UbloxLocalStorage": "store.sync",
+    "Home": "store.local",
+    "LocalStore": "store.local",
+    "Finding": "store.verify",
+    "verify_store": "store.verify",
+    "PTOInfo": "core.views",
+    "PlayerInfo": "core.views",
+    "SessionResult": "core.views",
+    "TokenInfo": "core.views",
+    "WorldParams": "core.world",
 }
 
 

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar
 import click
 
 from . import __version__
-from .errors import InvalidInput, UbloxError
+from .core.errors import InvalidInput, UbloxError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .store import Home
+    from .store.local import Home
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -114,7 +114,7 @@ def _require_new_home(home: Home) -> None:
 
 def _existing_store(home: Path | None) -> Home:
     """The store at ``home``, or exit 2 without creating anything (a mistyped path)."""
-    from .store import Home
+    from .store.local import Home
 
     target = Home.resolve(home)
     if not _holds_store(target):
@@ -144,7 +144,7 @@ home_option = click.option(
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(log_format: str, verbose: int) -> None:
     """ublox-sim: an async actor-based game-simulation backend."""
-    from .logsetup import configure_logging
+    from .core.logsetup import configure_logging
 
     level = {0: 30, 1: 20}.get(verbose, 10)
     configure_logging("json" if log_format == "json" else "console", level)
@@ -161,8 +161,8 @@ def main(log_format: str, verbose: int) -> None:
 @_errors_to_exit_codes
 def demo(home: Path | None) -> None:
     """Run the seed's storage demo (in a temporary home unless --home is given)."""
-    from .demo import DemoCheckFailed, run_demo
-    from .store import Home
+    from .sim.demo import DemoCheckFailed, run_demo
+    from .store.local import Home
 
     try:
         if home is not None:
@@ -214,10 +214,10 @@ def run(
     Ctrl-C stops at the next tick and exits 130; the run resumes from its last checkpoint."""
     import anyio
 
-    from .report import already_finished, print_report
-    from .runner import recorded_scenario, run_scenario
-    from .scenario import load_scenario
-    from .store import Home
+    from .sim.report import already_finished, print_report
+    from .sim.runner import recorded_scenario, run_scenario
+    from .sim.scenario import load_scenario
+    from .store.local import Home
 
     target = Home.resolve(home)
     if scenario is None:
@@ -422,12 +422,12 @@ def serve(
         raise click.UsageError(
             f"the server needs its extra: pip install 'ublox-sim[server]' ({exc})"
         ) from exc
-    from .storage import UbloxLocalStorage
-    from .store import Home
+    from .store.local import Home
+    from .store.sync import UbloxLocalStorage
 
     root = Home.resolve(home)
     if scenario is not None:
-        from .scenario import load_scenario
+        from .sim.scenario import load_scenario
 
         load_scenario(scenario, seed=seed)  # a ScenarioError is file:line: key: message, exit 2
         if root.db.is_file():
@@ -479,7 +479,7 @@ def stats(home: Path | None, as_json: bool) -> None:
     """Counts and totals of the store."""
     from rich.table import Table
 
-    from .storage import UbloxLocalStorage
+    from .store.sync import UbloxLocalStorage
 
     target = _existing_store(home)
     with UbloxLocalStorage(target.root) as storage:
@@ -584,7 +584,7 @@ def _figure(figure: str, value: Any) -> str:
 @_errors_to_exit_codes
 def export_cmd(home: Path | None, output: str | None) -> None:
     """Write the full JSON export (default <home>/export.json)."""
-    from .storage import UbloxLocalStorage
+    from .store.sync import UbloxLocalStorage
 
     _exit_on_sigterm()
     target = _existing_store(home)
@@ -652,7 +652,7 @@ def _streams_into(path: Path) -> bool:
 
 
 def _replace_with_export(home: Home, destination: Path) -> None:
-    from .storage import UbloxLocalStorage
+    from .store.sync import UbloxLocalStorage
 
     # Replace the file a symlink points at, never the symlink. The store writes the export
     # atomically beside it first, so the swap is one rename: a reader sees the old export
@@ -701,8 +701,8 @@ def _copy_to_stdout(staged: Path) -> None:
 @_errors_to_exit_codes
 def import_cmd(home: Path | None, path: Path, force: bool) -> None:
     """Load an export into an empty home as it is (refused if damaged or edited)."""
-    from .storage import UbloxLocalStorage
-    from .store import Home
+    from .store.local import Home
+    from .store.sync import UbloxLocalStorage
 
     target = Home.resolve(home)
     # A refused import into a new home leaves no store behind: nothing of a store that
@@ -756,7 +756,7 @@ def backup() -> None:
 @_errors_to_exit_codes
 def backup_create(home: Path | None, name: str | None) -> None:
     """Snapshot the store as backups/NAME (default backup_<UTC time>)."""
-    from .storage import UbloxLocalStorage
+    from .store.sync import UbloxLocalStorage
 
     target = _existing_store(home)
     with UbloxLocalStorage(target.root) as storage:
@@ -769,7 +769,7 @@ def backup_create(home: Path | None, name: str | None) -> None:
 @_errors_to_exit_codes
 def backup_list(home: Path | None, as_json: bool) -> None:
     """The backups of the store, oldest first."""
-    from .store import list_backups
+    from .store.local import list_backups
 
     target = _existing_store(home)
     items = list_backups(target)
@@ -795,8 +795,8 @@ def backup_list(home: Path | None, as_json: bool) -> None:
 @_errors_to_exit_codes
 def backup_restore(home: Path | None, name: str, force: bool) -> None:
     """Replace the store with backup NAME (checked first; the old state is kept)."""
-    from .storage import UbloxLocalStorage
-    from .store import database_lost, restore_lost_store
+    from .store.local import database_lost, restore_lost_store
+    from .store.sync import UbloxLocalStorage
 
     target = _existing_store(home)
     if database_lost(target):
@@ -816,7 +816,7 @@ def backup_restore(home: Path | None, name: str, force: bool) -> None:
 @_errors_to_exit_codes
 def verify(home: Path | None, as_json: bool) -> None:
     """Check schema, integrity, ledger vs balances, escrow, tokens, sessions and CDT files."""
-    from .verify import verify_store
+    from .store.verify import verify_store
 
     root = _existing_store(home).root
     findings = verify_store(root)

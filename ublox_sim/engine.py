@@ -27,24 +27,7 @@ import anyio
 import numpy as np
 from anyio.abc import TaskGroup
 
-from . import events as ev
-from . import ledger, limits
-from .clock import Clock, WallClock
-from .economy import FUNDING, Failure, check_hours, check_play_hours, funding_goal
-from .errors import (
-    ActorClosed,
-    AlreadyExists,
-    CorruptCdtFile,
-    InvalidInput,
-    UbloxError,
-    UnknownPlayer,
-    UnknownPTO,
-    UnknownToken,
-)
-from .events import EventBus, Subscription
-from .ids import check_file_name, check_id
-from .logsetup import get_logger
-from .messages import (
+from .actors.messages import (
     Buy,
     CheckDeadline,
     Deposit,
@@ -58,15 +41,33 @@ from .messages import (
     SpendAtu,
     StepWorld,
 )
-from .model import PTO, Player, PTSToken, iso
-from .money import Amount, to_cents, to_decimal
-from .persistence import Statement, Synchronous
-from .player_actor import PlayerActor
-from .pto_actor import AtuOutcome, PTOActor, Sale, SessionOutcome
-from .runtime import ActorSystem, owned_task_group
-from .store import Home, LocalStore, world_id_for
-from .views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
-from .world import F64, WorldParams, new_world
+from .actors.player import PlayerActor
+from .actors.pto import AtuOutcome, PTOActor, Sale, SessionOutcome
+from .actors.runtime import ActorSystem, owned_task_group
+from .core import events as ev
+from .core import limits
+from .core.clock import Clock, WallClock
+from .core.economy import FUNDING, Failure, check_hours, check_play_hours, funding_goal
+from .core.errors import (
+    ActorClosed,
+    AlreadyExists,
+    CorruptCdtFile,
+    InvalidInput,
+    UbloxError,
+    UnknownPlayer,
+    UnknownPTO,
+    UnknownToken,
+)
+from .core.events import EventBus, Subscription
+from .core.ids import check_file_name, check_id
+from .core.logsetup import get_logger
+from .core.money import Amount, to_cents, to_decimal
+from .core.records import PTO, Player, PTSToken, iso
+from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
+from .core.world import F64, WorldParams, new_world
+from .store.local import Home, LocalStore, world_id_for
+from .store.sqlite import rows as ledger
+from .store.sqlite.writer import Statement, Synchronous
 
 log = get_logger(__name__)
 

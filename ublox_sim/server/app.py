@@ -22,10 +22,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..clock import SimClock, WallClock
+from ..core.clock import SimClock, WallClock
+from ..core.logsetup import get_logger
 from ..engine import Engine
-from ..logsetup import get_logger
-from ..store import Home
+from ..store.local import Home
 from . import errors
 from .auth import DEFAULT_TOKEN_TTL, Authority, load_admin_key
 from .guard import BodyGuard, HostGuard, MethodGuard, PlainErrors
@@ -79,7 +79,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = None
         if scenario is not None:
-            from ..scenario import load_scenario
+            from ..sim.scenario import load_scenario
 
             loaded = load_scenario(scenario, seed=seed)
         clock: SimClock | WallClock = (
@@ -87,7 +87,7 @@ def create_app(
         )
         params = None
         if loaded is not None:
-            from ..runner import world_params
+            from ..sim.runner import world_params
 
             params = world_params(loaded.scenario)
         key = cfg.admin_key or load_admin_key(root.root)[0]

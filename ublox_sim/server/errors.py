@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import (
+from ..core.errors import (
     InvalidInput,
     Refusal,
     RuntimeFailure,
@@ -26,7 +26,7 @@ from ..errors import (
     UnknownPTO,
     UnknownToken,
 )
-from ..logsetup import get_logger
+from ..core.logsetup import get_logger
 from .models import ErrorOut
 
 log = get_logger(__name__)

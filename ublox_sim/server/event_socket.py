@@ -36,11 +36,11 @@ from typing import Any
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .. import events as ev
+from ..core import events as ev
+from ..core.errors import ActorClosed, InvalidInput, UbloxError
+from ..core.records import iso
 from ..engine import Engine
-from ..errors import ActorClosed, InvalidInput, UbloxError
-from ..model import iso
-from ..schema import EVENT_RETENTION
+from ..store.sqlite.schema import EVENT_RETENTION
 from .models import rfc3339
 
 EVENT_BUFFER = 256

@@ -18,8 +18,8 @@ from typing import Any
 
 import anyio
 
-from ..persistence import Statement
-from ..store import LocalStore
+from ..store.local import LocalStore
+from ..store.sqlite.writer import Statement
 from .auth import Principal
 from .errors import ApiError
 

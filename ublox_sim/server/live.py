@@ -7,10 +7,10 @@ from typing import Any
 
 import anyio
 
-from ..clock import SimClock
+from ..core.clock import SimClock
+from ..core.errors import UbloxError
+from ..core.logsetup import get_logger
 from ..engine import Engine
-from ..errors import UbloxError
-from ..logsetup import get_logger
 
 log = get_logger(__name__)
 
@@ -42,7 +42,7 @@ async def play_scenario(
     """Play a scenario in simulated time, ``ticks_per_second`` ticks a second.
 
     ``progress`` (name, tick, total_ticks, finished) is updated as it goes."""
-    from ..runner import Runner
+    from ..sim.runner import Runner
 
     runner = Runner(engine, loaded.scenario, clock)
     progress.update(name=loaded.scenario.name, tick=0, total_ticks=runner.total, finished=False)

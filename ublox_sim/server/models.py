@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from .. import limits as L
-from ..model import parse_iso
-from ..views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
+from ..core import limits as L
+from ..core.records import parse_iso
+from ..core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 
 # -- limits: from the one table (ublox_sim/limits.py) ------------------------------------
 

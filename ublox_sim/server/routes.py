@@ -23,12 +23,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocket
 
-from .. import ledger
+from ..core.errors import InvalidInput, UnknownPlayer
+from ..core.records import Player, PlaySession, PTSToken, iso
+from ..core.views import PlayerInfo, TokenInfo
 from ..engine import Engine
-from ..errors import InvalidInput, UnknownPlayer
-from ..model import Player, PlaySession, PTSToken, iso
-from ..persistence import Statement
-from ..views import PlayerInfo, TokenInfo
+from ..store.sqlite import rows as ledger
+from ..store.sqlite.writer import Statement
 from . import heatmap
 from .auth import Authority, Principal
 from .errors import ApiError, responses

@@ -36,11 +36,11 @@ from pydantic import (
     model_validator,
 )
 
-from . import limits as L
-from .errors import InvalidInput
-from .ids import check_file_name, check_id
-from .limits import Limit
-from .money import to_cents
+from ..core import limits as L
+from ..core.errors import InvalidInput
+from ..core.ids import check_file_name, check_id
+from ..core.limits import Limit
+from ..core.money import to_cents
 
 MAX_NODES = 200_000  # after alias expansion: a "billion laughs" file stops here
 MAX_DEPTH = 40

@@ -33,8 +33,8 @@ import numpy as np
 from anyio.abc import TaskGroup
 from numpy.typing import NDArray
 
-from .cdt_store import CdtStore, fsync_dir, load_npz
-from .errors import (
+from ..actors.runtime import owned_task_group
+from ..core.errors import (
     BackupError,
     BackupExists,
     CorruptCdtFile,
@@ -46,9 +46,10 @@ from .errors import (
     StoreError,
     StoreLocked,
 )
-from .ids import check_file_name, check_id
-from .logsetup import get_logger
-from .model import (
+from ..core.ids import check_file_name, check_id
+from ..core.logsetup import get_logger
+from ..core.money import to_cents
+from ..core.records import (
     PTO,
     RECORD_TYPES,
     Player,
@@ -68,10 +69,9 @@ from .model import (
     to_seed,
     upsert_sql,
 )
-from .money import to_cents
-from .persistence import PersistenceActor, Row, Statement, Synchronous, in_writer_thread
-from .runtime import owned_task_group
-from .schema import CURRENCIES, SCHEMA_VERSION, TX_TYPES
+from .cdt import CdtStore, fsync_dir, load_npz
+from .sqlite.schema import CURRENCIES, SCHEMA_VERSION, TX_TYPES
+from .sqlite.writer import PersistenceActor, Row, Statement, Synchronous, in_writer_thread
 from .verify import Finding, database_findings, store_findings
 
 log = get_logger(__name__)

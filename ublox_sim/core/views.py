@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .model import PTO, Player, PTSToken
 from .money import to_decimal
+from .records import PTO, Player, PTSToken
 
 
 @dataclass(frozen=True, slots=True)

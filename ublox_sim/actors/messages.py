@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .model import PlaySession
-from .persistence import Statement
+from ..core.records import PlaySession
+from ..store.sqlite.writer import Statement
 
 if TYPE_CHECKING:
-    from .player_actor import PlayerActor
+    from .player import PlayerActor
 
 
 # -- to a player actor -----------------------------------------------------------------

@@ -22,9 +22,9 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import CorruptCdtFile, PersistenceError
-from .ids import check_file_name
-from .logsetup import get_logger
+from ..core.errors import CorruptCdtFile, PersistenceError
+from ..core.ids import check_file_name
+from ..core.logsetup import get_logger
 
 log = get_logger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .model import PTO, Player, PTSToken
-from .persistence import Synchronous
-from .store import Home, LocalStore
+from ..core.records import PTO, Player, PTSToken
+from .local import Home, LocalStore
+from .sqlite.writer import Synchronous
 
 
 class UbloxLocalStorage:

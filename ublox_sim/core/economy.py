@@ -14,7 +14,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from .errors import InsufficientFunds, InvalidInput, InvalidState, SharesUnavailable
 from .limits import MAX_CENTS, PLAY_HOURS, PTS_HOURS
-from .model import PTO, PTSToken, parse_iso
+from .records import PTO, PTSToken, parse_iso
 
 FUNDING, IN_PROGRESS, COMPLETED, FAILED = "funding", "in_progress", "completed", "failed"
 PLAYABLE = (IN_PROGRESS, COMPLETED)

@@ -23,17 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from . import limits as L
-from .clock import SimClock
-from .economy import FUNDING, IN_PROGRESS, PLAYABLE
-from .engine import Engine
-from .errors import InvalidInput, Refusal, UbloxError
-from .logsetup import get_logger
-from .persistence import Statement
+from ..core import limits as L
+from ..core.clock import SimClock
+from ..core.economy import FUNDING, IN_PROGRESS, PLAYABLE
+from ..core.errors import InvalidInput, Refusal, UbloxError
+from ..core.logsetup import get_logger
+from ..core.views import leaderboard
+from ..core.world import WorldParams
+from ..engine import Engine
+from ..store.local import Home
+from ..store.sqlite.writer import Statement
 from .scenario import Cohort, Loaded, Scenario, cohort_id, draw_settled, settle
-from .store import Home
-from .views import leaderboard
-from .world import WorldParams
 
 log = get_logger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from .model import PTO, Player, PlaySession, PTSToken, Transaction, insert_sql, to_row
-from .persistence import Statement
+from ...core.records import PTO, Player, PlaySession, PTSToken, Transaction, insert_sql, to_row
+from .writer import Statement
 
 _INSERT_TX = insert_sql(Transaction)
 _INSERT_SESSION = insert_sql(PlaySession)

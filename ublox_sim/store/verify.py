@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cdt_store import load_npz
-from .errors import CorruptCdtFile, InvalidId
-from .ids import check_file_name
-from .schema import SCHEMA_VERSION
+from ..core.errors import CorruptCdtFile, InvalidId
+from ..core.ids import check_file_name
+from .cdt import load_npz
+from .sqlite.schema import SCHEMA_VERSION
 
 MIGRATED_FROM = 2
 

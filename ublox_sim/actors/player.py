@@ -12,9 +12,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import assert_never
 
-from . import events as ev
-from . import ledger
-from .economy import check_funds, tau_k_after
+from ..core import events as ev
+from ..core.economy import check_funds, tau_k_after
+from ..core.money import to_decimal
+from ..core.records import Player
+from ..store.sqlite import rows as ledger
+from ..store.sqlite.writer import PersistenceActor
 from .messages import (
     ApplySession,
     Credit,
@@ -25,9 +28,6 @@ from .messages import (
     PlayerMessage,
     SendTransfer,
 )
-from .model import Player
-from .money import to_decimal
-from .persistence import PersistenceActor
 from .runtime import Actor
 
 USD = "USD-OBBBA"

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..store.local import Home
 from .runner import RunReport
-from .store import Home
 
 # Said under the PTO table when a creator's last spend went past the requirement.
 ATU_OVERSHOOT_NOTE = (

@@ -30,8 +30,8 @@ from typing import Any, ClassVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import ledger
-from .persistence import Statement
+from ..store.sqlite import rows as ledger
+from ..store.sqlite.writer import Statement
 from .views import as_json
 
 

@@ -11,8 +11,8 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from .errors import ActorBroken, ActorClosed, RequestTimeout, UbloxError
-from .logsetup import get_logger
+from ..core.errors import ActorBroken, ActorClosed, RequestTimeout, UbloxError
+from ..core.logsetup import get_logger
 
 log = get_logger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .storage import UbloxLocalStorage
-from .verify import verify_store
+from ..store.sync import UbloxLocalStorage
+from ..store.verify import verify_store
 
 Say = Callable[[str], None]
 

@@ -17,10 +17,8 @@ from typing import assert_never
 import anyio
 import numpy as np
 
-from . import events as ev
-from . import ledger
-from .cdt_store import CdtStore
-from .economy import (
+from ..core import events as ev
+from ..core.economy import (
     COMPLETED,
     FAILED,
     FUNDING,
@@ -34,7 +32,13 @@ from .economy import (
     split_by_hours,
     tau_k_after,
 )
-from .errors import StoreError, UbloxError
+from ..core.errors import StoreError, UbloxError
+from ..core.money import to_decimal
+from ..core.records import PTO, PlaySession, PTSToken, parse_iso
+from ..core.world import F64, WorldParams, cell_of, order_parameter, play_steps, step_world
+from ..store.cdt import CdtStore
+from ..store.sqlite import rows as ledger
+from ..store.sqlite.writer import PersistenceActor, Statement
 from .messages import (
     ApplySession,
     Buy,
@@ -50,12 +54,8 @@ from .messages import (
     SpendAtu,
     StepWorld,
 )
-from .model import PTO, PlaySession, PTSToken, parse_iso
-from .money import to_decimal
-from .persistence import PersistenceActor, Statement
-from .player_actor import Physics, PlayerActor
+from .player import Physics, PlayerActor
 from .runtime import Actor
-from .world import F64, WorldParams, cell_of, order_parameter, play_steps, step_world
 
 USD = "USD-OBBBA"
 

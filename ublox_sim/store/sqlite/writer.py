@@ -46,7 +46,8 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .errors import (
+from ...actors.runtime import Reply, owned_task_group
+from ...core.errors import (
     ActorBroken,
     ActorClosed,
     PersistenceError,
@@ -54,8 +55,7 @@ from .errors import (
     StoreFull,
     UnitRejected,
 )
-from .logsetup import get_logger
-from .runtime import Reply, owned_task_group
+from ...core.logsetup import get_logger
 from .schema import PRAGMAS, migrate
 
 log = get_logger(__name__)
