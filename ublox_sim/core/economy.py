@@ -227,7 +227,7 @@ def apply_to_pto(pto: PTO, tokens: dict[str, PTSToken], event: Event) -> None:
     if getattr(event, "pto_id", None) != pto.pto_id:
         return
     match event:
-        case SharesBought(token=token, hours=hours):
+        case SharesBought(token=token, hours=hours) if token is not None:
             pto.pts_sold += hours
             pto.funding_raised += token.purchase_price
             tokens[token.token_id] = dataclasses.replace(token)

@@ -44,6 +44,8 @@ class Event:
     # Fields left out of the public stream (see the module docstring).
     private: ClassVar[tuple[str, ...]] = ()
     # Fields for the store and the actors only: never in the JSON (see the module docstring).
+    # They default to empty so an event read back from the log (or built by a test) needs
+    # only its public fields; the store refuses a unit whose events lack them.
     internal: ClassVar[tuple[str, ...]] = ()
     # Whether the fact goes to the event log and the stream (a world's step does not).
     logged: ClassVar[bool] = True
@@ -68,7 +70,7 @@ class PlayerRegistered(Event):
     internal: ClassVar[tuple[str, ...]] = ("record",)
     player_id: str
     usd_obbba: Decimal
-    record: Player
+    record: Player | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,7 +98,7 @@ class PTOLaunched(Event):
     game_name: str
     creator_id: str
     funding_goal: Decimal
-    record: PTO
+    record: PTO | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,7 +112,7 @@ class SharesBought(Event):
     price: Decimal
     pts_sold: int
     pts_offered: int
-    token: PTSToken
+    token: PTSToken | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,7 +130,7 @@ class PTOFailed(Event):
     refunded: Decimal
     holders: int
     # (holder, cents) in holder order: one refund each, in the ledger in this order.
-    refunds: tuple[tuple[str, int], ...]
+    refunds: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,13 +169,13 @@ class SessionPlayed(Event):
     xUSD_earned: Decimal
     phase_locks: int
     # The player's physics after the session, and the world's coherence after its steps.
-    tau_k: float
-    phase: float
-    coherence: float
-    memory_depth_added: float
-    aci: float
+    tau_k: float = 0.0
+    phase: float = 0.0
+    coherence: float = 0.0
+    memory_depth_added: float = 0.0
+    aci: float = 0.0
     # (token_id, hours, xUSD cents) the session was played on.
-    shares: tuple[tuple[str, float, int], ...]
+    shares: tuple[tuple[str, float, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -259,6 +259,7 @@ def unit_statements(
 def _rows(event: ev.Event) -> list[Statement]:
     match event:
         case ev.PlayerRegistered(record=player):
+            assert player is not None, "a PlayerRegistered to store carries its record"
             rows = [insert_player(player)]
             if player.usd_obbba_balance:
                 rows.append(
@@ -286,8 +287,10 @@ def _rows(event: ev.Event) -> list[Statement]:
                 ledger_row("transfer", source, target, cents, USD, at),
             ]
         case ev.PTOLaunched(record=pto):
+            assert pto is not None, "a PTOLaunched to store carries its record"
             return [insert_pto(pto)]
         case ev.SharesBought(token=token, pto_id=pto_id, hours=hours, at=at):
+            assert token is not None, "a SharesBought to store carries its token"
             price = token.purchase_price
             return [
                 usd_delta(token.holder, -price),
