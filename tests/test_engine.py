@@ -1115,7 +1115,7 @@ async def test_a_player_actor_that_raises_mid_session_writes_nothing(
                 world = await engine.world("pto_crash")
                 rows = (await engine.stats())["transactions"]["count"]
                 sessions = (await engine.stats())["play_sessions"]["count"]
-                monkeypatch.setattr(PlayerActor, "_apply_session", boom)
+                monkeypatch.setattr(PlayerActor, "_session_events", lambda self, s: boom_now())
                 try:
                     await engine.play("alice", "pto_crash", 2)
                 except ActorBroken as exc:
@@ -1155,7 +1155,7 @@ async def test_a_crash_after_the_commit_keeps_the_committed_unit_whole(
             async with open_engine(tmp_path, params=TINY) as engine:
                 await crash_fixture(engine)
                 before = await snapshot(engine)
-                monkeypatch.setattr(PTOActor, "_mark_world_dirty", lambda self: boom_now())
+                monkeypatch.setattr(PTOActor, "_world_changed", lambda self: boom_now())
                 try:
                     await engine.play("alice", "pto_crash", 2)
                 except ActorBroken as exc:

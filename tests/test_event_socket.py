@@ -168,17 +168,20 @@ class StalledClient:
 
 
 async def deposits(engine: Engine, players: list[str], count: int) -> int:
-    """``count`` deposits spread over the players, concurrently; returns how many completed."""
+    """``count`` deposits spread over the players, the players concurrently, each player's
+    one after another (so a group commit holds at most one event per player: fewer than
+    the stream's bound, and it is the socket that stalls); returns how many completed."""
     done = 0
 
-    async def one(player_id: str) -> None:
+    async def each(player_id: str, times: int) -> None:
         nonlocal done
-        await engine.deposit(player_id, Decimal("0.01"))
-        done += 1
+        for _ in range(times):
+            await engine.deposit(player_id, Decimal("0.01"))
+            done += 1
 
     async with anyio.create_task_group() as tg:
-        for n in range(count):
-            tg.start_soon(one, players[n % len(players)])
+        for k, player_id in enumerate(players):
+            tg.start_soon(each, player_id, len(range(k, count, len(players))))
     return done
 
 
@@ -282,7 +285,7 @@ async def test_a_since_older_than_the_log_says_how_many_events_expired(tmp_path:
         for _ in range(5):
             await engine.deposit("ada", 1)  # seqs 2..6
         # As retention would have done: the oldest four are gone.
-        await engine.submit([Statement("DELETE FROM event_log WHERE seq <= 4")])
+        await engine.store.db.submit([Statement("DELETE FROM event_log WHERE seq <= 4")])
         async with connect(server.url("?since=1"), proxy=None) as ws:
             expired, *rest = await messages(ws, 3)
         assert (expired["kind"], expired["count"], expired["since"]) == ("events_expired", 3, 1)

@@ -28,6 +28,7 @@ import numpy as np
 from anyio.abc import TaskGroup
 
 from .actors.messages import (
+    AtuOutcome,
     Buy,
     CheckDeadline,
     Deposit,
@@ -37,17 +38,19 @@ from .actors.messages import (
     GetWorld,
     Play,
     PlayRequest,
+    Sale,
     SendTransfer,
+    SessionOutcome,
     SpendAtu,
     StepWorld,
 )
 from .actors.player import PlayerActor
-from .actors.pto import AtuOutcome, PTOActor, Sale, SessionOutcome
+from .actors.pto import PTOActor
 from .actors.runtime import ActorSystem, owned_task_group
 from .core import events as ev
 from .core import limits
 from .core.clock import Clock, WallClock
-from .core.economy import FUNDING, Failure, check_hours, check_play_hours, funding_goal
+from .core.economy import FUNDING, check_hours, check_play_hours, funding_goal
 from .core.errors import (
     ActorClosed,
     AlreadyExists,
@@ -65,13 +68,12 @@ from .core.money import Amount, to_cents, to_decimal
 from .core.records import PTO, Player, PTSToken, iso
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 from .core.world import F64, WorldParams, new_world
-from .store.local import Home, LocalStore, world_id_for
-from .store.sqlite import rows as ledger
-from .store.sqlite.writer import Statement, Synchronous
+from .store.backend import Backend, Checkpoint, Receipt, RunRecord, Unit, WorldWrite
+from .store.local import Home, world_id_for
+from .store.sqlite.backend import SqliteBackend
+from .store.sqlite.writer import Synchronous
 
 log = get_logger(__name__)
-
-USD = "USD-OBBBA"
 
 
 def check_world(params: WorldParams) -> WorldParams:
@@ -88,7 +90,7 @@ class Engine:
 
     def __init__(
         self,
-        store: LocalStore,
+        store: Backend,
         system: ActorSystem,
         *,
         seed: int | None,
@@ -109,7 +111,7 @@ class Engine:
         self._ptos: dict[str, PTOActor] = {}
         self._token_pto: dict[str, str] = {}
         self._reserved: set[str] = set()
-        self._bus = EventBus()
+        self._bus: EventBus = store.bus
         self._state: Literal["opened", "closing", "closed"] = "opened"
 
     # -- lifecycle -------------------------------------------------------------
@@ -149,11 +151,11 @@ class Engine:
                     yield tg
 
         async with group() as tg:
-            store = LocalStore(
+            store = SqliteBackend(
                 resolved,
                 synchronous=synchronous,
                 flush_interval=flush_interval,
-                clock=clock.now,
+                clock=clock,
                 hold_commits=checkpointed,
             )
             await store.start(tg)
@@ -212,7 +214,7 @@ class Engine:
             raise ActorClosed("the engine is closed")
 
     def _spawn_player(self, player: Player) -> PlayerActor:
-        actor = PlayerActor(player, self.store.db, publish=self._bus.publish)
+        actor = PlayerActor(player, self.store, players=self._player)
         self.system.spawn(actor)
         self._players[player.player_id] = actor
         return actor
@@ -229,12 +231,9 @@ class Engine:
             tokens,
             world,
             params=self.params,
-            db=self.store.db,
-            cdt=self.store.cdt,
+            backend=self.store,
             players=self._player,
             world_error=error,
-            autosave_world=not self.store.hold_commits,
-            publish=self._bus.publish,
         )
         self.system.spawn(actor)
         self._ptos[pto.pto_id] = actor
@@ -261,7 +260,7 @@ class Engine:
     def _now(self) -> str:
         return iso(self.clock.now())
 
-    async def _ask(self, actor: PlayerActor | PTOActor, message: Any) -> Any:
+    async def _ask(self, actor: PlayerActor | PTOActor, message: Any) -> Any:  # typed by callers
         self._check_open()
         return await actor.ask(message, timeout=self.request_timeout)
 
@@ -359,43 +358,36 @@ class Engine:
         )
 
     async def _commit_player(self, player: Player) -> None:
-        unit = [ledger.insert_player(player)]
-        cents = player.usd_obbba_balance
-        if cents:
-            unit.append(
-                ledger.ledger_row("deposit", None, player.player_id, cents, USD, player.created_at)
-            )
         registered = ev.PlayerRegistered(
-            at=player.created_at, player_id=player.player_id, usd_obbba=to_decimal(cents)
+            at=player.created_at,
+            player_id=player.player_id,
+            usd_obbba=to_decimal(player.usd_obbba_balance),
+            record=dataclasses.replace(player),
         )
-        unit.append(ev.record(registered, self._bus.publish))
-        await self.store.db.submit(unit)
+        await self.store.commit(Unit((registered,)))
         self._spawn_player(player)
 
     async def deposit(
-        self, player_id: str, amount: Amount, *, receipt: Sequence[Statement] = ()
+        self, player_id: str, amount: Amount, *, receipt: Receipt | None = None
     ) -> PlayerInfo:
-        """Add USD-OBBBA. ``receipt`` statements (every money-moving call takes them) commit
-        last in the operation's own unit: a server stores its idempotency key there."""
+        """Add USD-OBBBA. A ``receipt`` (every money-moving call takes one) commits in the
+        operation's own unit: a server stores its idempotency key there."""
         cents = to_cents(amount, allow_zero=False)
         at = self._now()
-        await self._ask(
-            self._player(player_id), Deposit(amount=cents, at=at, receipt=tuple(receipt))
-        )
+        await self._ask(self._player(player_id), Deposit(amount=cents, at=at, receipt=receipt))
         return await self.get_player(player_id)
 
     async def transfer(
-        self, from_id: str, to_id: str, amount: Amount, *, receipt: Sequence[Statement] = ()
+        self, from_id: str, to_id: str, amount: Amount, *, receipt: Receipt | None = None
     ) -> PlayerInfo:
         """Move USD-OBBBA between two players; returns the sender."""
         cents = to_cents(amount, allow_zero=False)
-        source, target = self._player(from_id), self._player(to_id)
+        source = self._player(from_id)
+        self._player(to_id)
         if from_id == to_id:
             raise InvalidInput("transfer to oneself")
         at = self._now()
-        await self._ask(
-            source, SendTransfer(to=target, amount=cents, at=at, receipt=tuple(receipt))
-        )
+        await self._ask(source, SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt))
         return await self.get_player(from_id)
 
     async def get_player(self, player_id: str) -> PlayerInfo:
@@ -461,28 +453,22 @@ class Engine:
         self._reserve(pto_id)
         try:
             world = new_world(self.params, self.rng("world", pto_id))
-            if not self.store.hold_commits:
-                # The file first: the database must never point at a world not on disk.
-                # (Checkpointed runs write every world, versioned, before each commit.)
-                self.store.cdt.mark_dirty(world_id, world)
-                await self.store.cdt.flush()
             launched = ev.PTOLaunched(
                 at=pto.launch_time,
                 pto_id=pto_id,
                 game_name=game_name,
                 creator_id=creator_id,
                 funding_goal=to_decimal(goal),
+                record=dataclasses.replace(pto),
             )
-            await self.store.db.submit(
-                [ledger.insert_pto(pto), ev.record(launched, self._bus.publish)]
-            )
+            await self.store.commit(Unit((launched,), worlds=(WorldWrite(world_id, world),)))
             self._spawn_pto(pto, [], world)
         finally:
             self._reserved.discard(pto_id)
         return PTOInfo.of(pto)
 
     async def buy_pts(
-        self, player_id: str, pto_id: str, hours: int, *, receipt: Sequence[Statement] = ()
+        self, player_id: str, pto_id: str, hours: int, *, receipt: Receipt | None = None
     ) -> TokenInfo:
         """Buy ``hours`` PTS; the purchase price moves into the PTO's escrow."""
         whole = check_hours(hours)
@@ -490,7 +476,7 @@ class Engine:
         self._player(player_id)
         at = self._now()
         sale: Sale = await self._ask(
-            actor, Buy(player_id=player_id, hours=whole, at=at, receipt=tuple(receipt))
+            actor, Buy(player_id=player_id, hours=whole, at=at, receipt=receipt)
         )
         self._token_pto[sale.token.token_id] = pto_id
         return TokenInfo.of(sale.token)
@@ -504,10 +490,10 @@ class Engine:
         return PTOInfo.of(outcome.pto)
 
     async def play(
-        self, player_id: str, pto_id: str, hours: float, *, receipt: Sequence[Statement] = ()
+        self, player_id: str, pto_id: str, hours: float, *, receipt: Receipt | None = None
     ) -> SessionResult:
         """Play ``hours`` in the PTO's world on the player's PTS; returns the session."""
-        (result,) = await self._play(pto_id, [(player_id, hours)], tuple(receipt))
+        (result,) = await self._play(pto_id, [(player_id, hours)], receipt)
         if isinstance(result, UbloxError):
             raise result
         return result
@@ -516,13 +502,13 @@ class Engine:
         self, pto_id: str, sessions: Iterable[tuple[str, float]]
     ) -> list[SessionResult | UbloxError]:
         """Several players' sessions in one world, stepped together; one result or error each."""
-        return await self._play(pto_id, sessions, ())
+        return await self._play(pto_id, sessions, None)
 
     async def _play(
         self,
         pto_id: str,
         sessions: Iterable[tuple[str, float]],
-        receipt: tuple[Statement, ...],
+        receipt: Receipt | None,
     ) -> list[SessionResult | UbloxError]:
         requests = tuple(
             PlayRequest(player_id=player_id, hours=check_play_hours(hours), receipt=receipt)
@@ -535,6 +521,7 @@ class Engine:
         results: list[SessionResult | UbloxError] = []
         for outcome in outcomes:
             if outcome.error is not None:
+                assert isinstance(outcome.error, UbloxError)
                 results.append(outcome.error)
                 continue
             result = SessionResult(
@@ -597,9 +584,10 @@ class Engine:
         steps = round(span * self.params.steps_per_hour)
         if steps:
             # Worlds are independent; each writes only its own aci score.
+            at = self._now()
             async with anyio.create_task_group() as tg:
                 for pto_id in self.pto_ids():
-                    tg.start_soon(self._ask, self._ptos[pto_id], StepWorld(steps=steps))
+                    tg.start_soon(self._ask, self._ptos[pto_id], StepWorld(steps=steps, at=at))
         return await self.fire_deadlines()
 
     async def fire_deadlines(self) -> list[str]:
@@ -610,8 +598,7 @@ class Engine:
             actor = self._ptos[pto_id]
             if actor.state.status != FUNDING:
                 continue
-            failure: Failure | None = await self._ask(actor, CheckDeadline(at=at))
-            if failure is not None:
+            if await self._ask(actor, CheckDeadline(at=at)):
                 failed.append(pto_id)
         return failed
 
@@ -654,7 +641,7 @@ class Engine:
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         self._check_open()
-        return await self.store.get_global_stats()
+        return await self.store.stats()
 
     async def backup(self, name: str | None = None) -> Path:
         self._check_open()
@@ -684,29 +671,22 @@ class Engine:
         """The sequence number of the newest event committed (0 before the first)."""
         return self._bus.last_seq
 
-    async def checkpoint(self, version: int, extra: Sequence[Statement] = ()) -> None:
-        """Make everything so far durable as checkpoint ``version``.
-
-        Each world is written to ``<world>.v<version>.npz`` and fsynced first; then one
-        transaction commits ``extra`` (the runner's state), the ``cdt_files`` rows naming
-        those files, and, in checkpointed mode, all held work. Older files go after."""
+    async def checkpoint(self, version: int, run: RunRecord | None = None) -> None:
+        """Make everything so far durable as checkpoint ``version``, with the scenario
+        ``run``'s progress: the worlds' arrays first (versioned), then one transaction
+        with the run record and, in checkpointed mode, all held work."""
         self._check_open()
-        worlds: dict[str, str] = {}
+        worlds: list[WorldWrite] = []
         for pto_id in self.pto_ids():
             actor = self._ptos[pto_id]
             world_id = actor.state.world_cdt_id
             if actor.world is None or world_id is None:
                 continue
             arrays: dict[str, F64] = await self._ask(actor, GetWorld())
-            self.store.cdt.mark_dirty(world_id, arrays, version=version)
-            worlds[pto_id] = world_id
-        await self.store.cdt.flush()
-        unit = [*extra, *(ledger.set_world_version(w, version) for w in worlds.values())]
-        await self.store.db.commit_held(unit)
-        for world_id in worlds.values():
-            self.store.cdt.prune(world_id, version)
+            worlds.append(WorldWrite(world_id, arrays))
+        await self.store.checkpoint(Checkpoint(version, tuple(worlds), run))
 
-    async def submit(self, unit: Sequence[Statement]) -> list[int]:
-        """Commit raw statements through the persistence actor (for extensions and runners)."""
+    async def sync(self) -> None:
+        """Wait until every write queued so far is durable (a round trip to the store)."""
         self._check_open()
-        return await self.store.db.submit(unit)
+        await self.store.commit(Unit(()))

@@ -1,69 +1,97 @@
-"""Messages between actors: one union per actor, frozen, handled with ``match``."""
+"""Messages between actors: one union per actor, frozen, handled with ``match``.
+
+They carry ids and numbers only: never SQL, never another actor. A message that is
+asked subclasses ``Ask[R]``, ``R`` being the type of its answer.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ..core.records import PlaySession
-from ..store.sqlite.writer import Statement
-
-if TYPE_CHECKING:
-    from .player import PlayerActor
-
+from ..core import events as ev
+from ..core.records import PTO, Player, PTSToken
+from ..store.backend import Receipt
+from .runtime import Ask
 
 # -- to a player actor -----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetPlayer:
+class GetPlayer(Ask[Player]):
     pass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Deposit:
+class Deposit(Ask[int]):
     amount: int
     at: str
-    # Statements that must commit in the same unit (a server's idempotency receipt).
-    receipt: tuple[Statement, ...] = ()
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SendTransfer:
-    to: PlayerActor
+class SendTransfer(Ask[int]):
+    to_id: str
     amount: int
     at: str
-    receipt: tuple[Statement, ...] = ()
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Credit:
-    """Apply a credit another actor already committed (a transfer, refund or payout)."""
+class Credit(Ask[None]):
+    """Apply a credit another actor's unit already committed (a transfer, refund or payout)."""
 
     usd: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Funds set aside for a purchase another actor is committing (see ``Reserve``)."""
+
+    ticket: int
+    tau_k: float
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Pay:
-    """Pay ``amount`` to a PTO, committing the PTO's own rows (``extra``) in the same unit."""
+class Reserve(Ask[Reservation]):
+    """Set ``amount`` aside for a purchase, or refuse (``InsufficientFunds``). The buyer's
+    balance changes when the purchase's unit commits (``Settle``)."""
 
     amount: int
     pto_id: str
-    tx_type: str
-    extra: tuple[Statement, ...]
-    at: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetPhysics:
+class Settle(Ask[None]):
+    """The unit that spends reservation ``ticket`` committed (the debit is real) or failed
+    (the funds are free again)."""
+
+    ticket: int
+    committed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Physics:
+    """The player's figures a session needs, as acknowledged."""
+
+    position_x: float
+    position_y: float
+    phase: float
+    resonance_freq: float
+    tau_k: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetPhysics(Ask[Physics]):
     pass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ApplySession:
-    """A session's outcome for this player, with the PTO's rows for the same unit."""
+class ApplySession(Ask[ev.SessionPlayed]):
+    """A session's outcome in a world: the player decides its own part (tau_k moves from
+    its current value) and commits the whole session as one unit."""
 
     pto_id: str
+    at: str
     hours: float
     quality: float
     coherence: float
@@ -71,38 +99,67 @@ class ApplySession:
     locks: int
     locked_hours: float
     xusd: int
-    session: PlaySession
-    extra: tuple[Statement, ...]
-    # Last in the unit: it may read the rows the unit wrote before it.
-    receipt: tuple[Statement, ...] = ()
+    aci: float
+    shares: tuple[tuple[str, float, int], ...]
+    receipt: Receipt | None = None
 
 
-PlayerMessage = GetPlayer | Deposit | SendTransfer | Credit | Pay | GetPhysics | ApplySession
+PlayerMessage = (
+    GetPlayer | Deposit | SendTransfer | Credit | Reserve | Settle | GetPhysics | ApplySession
+)
 
 
 # -- to a PTO actor --------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Sale:
+    token: PTSToken
+    pto: PTO
+
+
+@dataclass(frozen=True, slots=True)
+class AtuOutcome:
+    pto: PTO
+    completed: bool
+    payout: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOutcome:
+    """One player's session, or the error that refused or failed it."""
+
+    player_id: str
+    session_id: int = 0
+    hours: float = 0.0
+    quality: float = 0.0
+    xusd: int = 0
+    locks: int = 0
+    locked_hours: float = 0.0
+    tau_k_after: float = 0.0
+    error: Exception | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetPTO:
+class GetPTO(Ask[PTO]):
     pass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetTokens:
+class GetTokens(Ask[list[PTSToken]]):
     player_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Buy:
+class Buy(Ask[Sale]):
     player_id: str
     hours: int
     at: str
-    receipt: tuple[Statement, ...] = ()
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SpendAtu:
+class SpendAtu(Ask[AtuOutcome]):
     units: int
     at: str
 
@@ -111,27 +168,30 @@ class SpendAtu:
 class PlayRequest:
     player_id: str
     hours: float
-    receipt: tuple[Statement, ...] = ()
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Play:
+class Play(Ask[list[SessionOutcome]]):
     requests: tuple[PlayRequest, ...]
     at: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StepWorld:
+class StepWorld(Ask[float]):
     steps: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CheckDeadline:
     at: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GetWorld:
+class CheckDeadline(Ask[bool]):
+    """Fail the PTO if it is still funding at ``at`` past its deadline; answers whether it did."""
+
+    at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetWorld(Ask[dict[str, object]]):
     pass
 
 

@@ -1,9 +1,16 @@
 """The player actor: owns one player's balances and physics state.
 
-Every change is persisted as one unit of work and applied to memory only after
-the persistence actor acknowledged it, so memory never runs ahead of disk. A
-player actor asks nobody but the persistence actor (PTO actors ask players, never
-the reverse), so actor requests cannot form a cycle.
+A command is decided with the pure rules against the *pending* state (what is
+acknowledged plus what this actor decided and the store has not acknowledged yet),
+returned as events, and queued to the store as one unit; the actor takes its next
+message at once. When the store acknowledges the unit, its events are applied to
+the acknowledged state and the caller gets its answer; if the unit fails, the
+pending state is rebuilt from the acknowledged one and the units still in flight.
+Reads answer the acknowledged state, so memory never runs ahead of disk.
+
+A purchase is decided by the PTO: the player only sets the price aside
+(``Reserve``) and learns the outcome (``Settle``). A player actor asks nobody (PTO
+actors ask players, never the reverse), so actor requests cannot form a cycle.
 """
 
 from __future__ import annotations
@@ -13,47 +20,43 @@ from collections.abc import Callable
 from typing import assert_never
 
 from ..core import events as ev
-from ..core.economy import check_funds, tau_k_after
-from ..core.money import to_decimal
+from ..core.economy import apply_to_player, check_funds, tau_k_after
+from ..core.money import to_cents, to_decimal
 from ..core.records import Player
-from ..store.sqlite import rows as ledger
-from ..store.sqlite.writer import PersistenceActor
+from ..store.backend import Backend, Committed, Receipt, Unit
 from .messages import (
     ApplySession,
     Credit,
     Deposit,
     GetPhysics,
     GetPlayer,
-    Pay,
+    Physics,
     PlayerMessage,
+    Reservation,
+    Reserve,
     SendTransfer,
+    Settle,
 )
-from .runtime import Actor
-
-USD = "USD-OBBBA"
-XUSD = "xUSD"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Physics:
-    """A consistent copy of the player's physics, taken before a session."""
-
-    player: Player
+from .runtime import Actor, Later, settled
 
 
 class PlayerActor(Actor[PlayerMessage]):
     def __init__(
         self,
         player: Player,
-        db: PersistenceActor,
+        backend: Backend,
         *,
+        players: Callable[[str], PlayerActor],
         mailbox_size: int = 64,
-        publish: Callable[[ev.Event], None] = lambda event: None,
     ) -> None:
         super().__init__(f"player:{player.player_id}", mailbox_size=mailbox_size)
-        self.state = player
-        self.db = db
-        self.publish = publish
+        self.state = player  # acknowledged
+        self._pending = dataclasses.replace(player)  # acknowledged + decided
+        self._inflight: dict[int, tuple[ev.Event, ...]] = {}
+        self._reserved: dict[int, int] = {}
+        self._tickets = 0
+        self.backend = backend
+        self.players = players
         # Credits told to this actor and not yet applied (see Engine.settle).
         self.unsettled = 0
 
@@ -62,67 +65,43 @@ class PlayerActor(Actor[PlayerMessage]):
             case GetPlayer():
                 return dataclasses.replace(self.state)
             case Deposit(amount=amount, at=at, receipt=receipt):
-                await self.db.submit(
-                    [
-                        ledger.usd_delta(self.state.player_id, amount),
-                        ledger.ledger_row("deposit", None, self.state.player_id, amount, USD, at),
-                        ev.record(
-                            ev.Deposited(
-                                at=at, player_id=self.state.player_id, amount=to_decimal(amount)
-                            ),
-                            self.publish,
-                        ),
-                        *receipt,
-                    ]
+                deposited = ev.Deposited(
+                    at=at, player_id=self.state.player_id, amount=to_decimal(amount)
                 )
-                self.state.usd_obbba_balance += amount
-                return self.state.usd_obbba_balance
-            case SendTransfer(to=target, amount=amount, at=at, receipt=receipt):
-                check_funds(self.state.usd_obbba_balance, amount, "transfer")
-                target_id = target.state.player_id
-                await self.db.submit(
-                    [
-                        ledger.usd_delta(self.state.player_id, -amount),
-                        ledger.usd_delta(target_id, amount),
-                        ledger.ledger_row(
-                            "transfer", self.state.player_id, target_id, amount, USD, at
-                        ),
-                        ev.record(
-                            ev.Transferred(
-                                at=at,
-                                from_id=self.state.player_id,
-                                to_id=target_id,
-                                amount=to_decimal(amount),
-                            ),
-                            self.publish,
-                        ),
-                        *receipt,
-                    ]
+                return await self._decide((deposited,), receipt)
+            case SendTransfer(to_id=target, amount=amount, at=at, receipt=receipt):
+                check_funds(self._pending.usd_obbba_balance, amount, "transfer")
+                sent = ev.Transferred(
+                    at=at,
+                    from_id=self.state.player_id,
+                    to_id=target,
+                    amount=to_decimal(amount),
                 )
-                self.state.usd_obbba_balance -= amount
-                target.credit_soon(amount)
-                return self.state.usd_obbba_balance
+                return await self._decide((sent,), receipt)
             case Credit(usd=usd):
                 self.state.usd_obbba_balance += usd
+                self._pending.usd_obbba_balance += usd
                 self.unsettled -= 1
                 return None
-            case Pay(amount=amount, pto_id=pto_id, tx_type=tx_type, extra=extra, at=at):
-                check_funds(self.state.usd_obbba_balance, amount, f"pay {pto_id}")
-                await self.db.submit(
-                    [
-                        ledger.usd_delta(self.state.player_id, -amount),
-                        *extra,
-                        ledger.ledger_row(
-                            tx_type, self.state.player_id, pto_id, amount, USD, at, pto_id
-                        ),
-                    ]
-                )
-                self.state.usd_obbba_balance -= amount
-                return dataclasses.replace(self.state)
+            case Reserve(amount=amount, pto_id=pto_id):
+                check_funds(self._pending.usd_obbba_balance, amount, f"pay {pto_id}")
+                self._tickets += 1
+                self._reserved[self._tickets] = amount
+                self._pending.usd_obbba_balance -= amount
+                # tau_k at purchase is a record of the acknowledged value.
+                return Reservation(self._tickets, self.state.tau_k)
+            case Settle(ticket=ticket, committed=committed):
+                amount = self._reserved.pop(ticket)
+                if committed:
+                    self.state.usd_obbba_balance -= amount
+                else:
+                    self._pending.usd_obbba_balance += amount
+                return None
             case GetPhysics():
-                return Physics(dataclasses.replace(self.state))
+                s = self.state
+                return Physics(s.position_x, s.position_y, s.phase, s.resonance_freq, s.tau_k)
             case ApplySession() as s:
-                return await self._apply_session(s)
+                return await self._decide((*self._session_events(s),), s.receipt)
             case _:
                 assert_never(message)
 
@@ -131,66 +110,74 @@ class PlayerActor(Actor[PlayerMessage]):
         self.unsettled += 1
         self.tell_soon(Credit(usd=usd))
 
-    async def _apply_session(self, s: ApplySession) -> int:
+    def _session_events(self, s: ApplySession) -> list[ev.Event]:
         # Two sessions of one player in two worlds may overlap: both count, counters
-        # add up, and the later commit sets phase and quality (tau_k moves from the
-        # current value, so neither update is lost). No refusal needed.
-        after = dataclasses.replace(
-            self.state,
-            quality_score=s.quality,
-            tau_k=tau_k_after(self.state.tau_k, s.quality),
-            phase=s.phase,
-            coherence=s.coherence,
-        )
-        unit = [
-            ledger.player_session(
-                after, xusd=s.xusd, hours=s.hours, locks=s.locks, locked_hours=s.locked_hours
-            ),
-            *s.extra,
-            ledger.insert_session(s.session),
-        ]
-        if s.xusd > 0:
-            unit.append(
-                ledger.ledger_row(
-                    "xusd_composition",
-                    None,
-                    self.state.player_id,
-                    s.xusd,
-                    XUSD,
-                    s.session.timestamp,
-                    s.pto_id,
-                )
-            )
-        # The session's events follow its insert (SessionPlayed takes its id from it).
-        at = s.session.timestamp
+        # add up, and the later one sets phase and quality (tau_k moves from the pending
+        # value, so neither update is lost). No refusal needed.
         player_id = self.state.player_id
-        unit.append(
-            ev.record(
-                ev.SessionPlayed(
-                    at=at,
-                    pto_id=s.pto_id,
-                    player_id=player_id,
-                    session_id=0,
-                    hours=s.hours,
-                    quality=s.quality,
-                    xUSD_earned=to_decimal(s.xusd),
-                    phase_locks=s.locks,
-                ),
-                self.publish,
+        played: list[ev.Event] = [
+            ev.SessionPlayed(
+                at=s.at,
+                pto_id=s.pto_id,
+                player_id=player_id,
+                session_id=0,
+                hours=s.hours,
+                quality=s.quality,
+                xUSD_earned=to_decimal(s.xusd),
+                phase_locks=s.locks,
+                tau_k=tau_k_after(self._pending.tau_k, s.quality),
+                phase=s.phase,
+                coherence=s.coherence,
+                memory_depth_added=s.locked_hours,
+                aci=s.aci,
+                shares=s.shares,
+            )
+        ]
+        if s.locks:
+            played.append(
+                ev.PhaseLock(at=s.at, pto_id=s.pto_id, player_id=player_id, locks=s.locks)
+            )
+        return played
+
+    # -- decide, queue, apply on acknowledgement -------------------------------------
+
+    async def _decide(self, events: tuple[ev.Event, ...], receipt: Receipt | None) -> Later:
+        for event in events:
+            apply_to_player(self._pending, event)
+        self._tickets += 1
+        ticket = self._tickets
+        self._inflight[ticket] = events
+        try:
+            committed = await self.backend.submit(Unit(events, receipt=receipt))
+        except BaseException:
+            self._failed(ticket)
+            raise
+        answer = committed.get_loop().create_future()
+
+        committed.add_done_callback(
+            settled(
+                answer, lambda done: self._acknowledged(ticket, done), lambda: self._failed(ticket)
             )
         )
-        if s.locks:
-            unit.append(
-                ev.record(
-                    ev.PhaseLock(at=at, pto_id=s.pto_id, player_id=player_id, locks=s.locks),
-                    self.publish,
-                )
-            )
-        unit.extend(s.receipt)  # last: it reads back the rows this unit wrote
-        session_id, *_ = await self.db.submit(unit)
-        after.xUSD_balance += s.xusd
-        after.total_play_time += s.hours
-        after.phase_locks_count += s.locks
-        after.memory_depth += s.locked_hours
-        self.state = after
-        return session_id
+        return Later(answer)
+
+    def _acknowledged(self, ticket: int, committed: Committed) -> object:
+        del self._inflight[ticket]
+        for event in committed.events:
+            apply_to_player(self.state, event)
+            if isinstance(event, ev.Transferred) and event.from_id == self.state.player_id:
+                self.players(event.to_id).credit_soon(to_cents(event.amount))
+        first = committed.events[0]
+        if isinstance(first, ev.SessionPlayed):
+            return first
+        return self.state.usd_obbba_balance
+
+    def _failed(self, ticket: int) -> None:
+        """Forget a unit that did not commit: rebuild the pending state without it."""
+        self._inflight.pop(ticket, None)
+        pending = dataclasses.replace(self.state)
+        pending.usd_obbba_balance -= sum(self._reserved.values())
+        for events in self._inflight.values():
+            for event in events:
+                apply_to_player(pending, event)
+        self._pending = pending

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -68,6 +68,70 @@ class Reply:
             self.done.set_result(result)
 
 
+R = TypeVar("R")
+
+
+class Ask(Generic[R]):
+    """Base of a message that is asked: ``R`` is the type of its answer, so
+    ``await actor.ask(Buy(...))`` is typed as the handler's result for ``Buy``."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """A handler's answer that arrives when ``future`` resolves (a unit's commit).
+
+    The actor takes its next message meanwhile: it decides against its pending state
+    and applies the outcome when the store acknowledges (see ``actors.player``)."""
+
+    future: asyncio.Future[Any]
+
+
+def settled(
+    answer: asyncio.Future[Any],
+    acknowledged: Callable[[Any], object],
+    failed: Callable[[], None],
+) -> Callable[[asyncio.Future[Any]], None]:
+    """A done-callback for a unit's commit: on success ``answer`` gets
+    ``acknowledged(result)``; on failure ``failed()`` runs and ``answer`` gets the error."""
+
+    def done(committed: asyncio.Future[Any]) -> None:
+        if committed.cancelled():
+            failed()
+            answer.set_exception(ActorClosed("the store stopped before the commit"))
+        elif (error := committed.exception()) is not None:
+            failed()
+            answer.set_exception(error)
+        else:
+            try:
+                answer.set_result(acknowledged(committed.result()))
+            except Exception as exc:  # a bug applying the events: the caller hears it
+                answer.set_exception(exc)
+
+    return done
+
+
+def _forward(reply: Reply) -> Callable[[asyncio.Future[Any]], None]:
+    def done(future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            reply.finish(error=ActorClosed("the answer was cancelled"))
+        elif (error := future.exception()) is not None:
+            reply.finish(error=error)
+        else:
+            reply.finish(future.result())
+
+    return done
+
+
+def _log_failure(name: str) -> Callable[[asyncio.Future[Any]], None]:
+    def done(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and (error := future.exception()) is not None:
+            log.warning("actor.told_message_failed", actor=name, error=str(error))
+
+    return done
+
+
 @dataclass(eq=False, slots=True)
 class _Envelope(Generic[M]):
     message: M
@@ -99,10 +163,10 @@ class Actor(Generic[M]):
 
     # -- sending ---------------------------------------------------------------
 
-    async def ask(self, message: M, *, timeout: float = 60.0) -> object:  # noqa: ASYNC109 (the ask pattern's own deadline)
+    async def ask(self, message: Ask[R], *, timeout: float = 60.0) -> R:  # noqa: ASYNC109 (the ask pattern's own deadline)
         """Send and wait for the answer (or the error ``handle`` raised)."""
         reply = Reply()
-        await self._post(_Envelope(message, reply))
+        await self._post(_Envelope(message, reply))  # type: ignore[arg-type]  # M's members are Asks
         expired = False
 
         def expire() -> None:
@@ -112,7 +176,7 @@ class Actor(Generic[M]):
 
         timer = asyncio.get_running_loop().call_later(timeout, expire)
         try:
-            return await reply.done
+            return await reply.done  # type: ignore[return-value]  # the handler answers R
         except asyncio.CancelledError:
             if not expired:
                 raise  # our caller was cancelled: let it through
@@ -172,7 +236,13 @@ class Actor(Generic[M]):
                         else:
                             current.reply.finish(error=exc)
                     else:
-                        if current.reply is not None:
+                        if isinstance(result, Later):
+                            result.future.add_done_callback(
+                                _log_failure(self.name)
+                                if current.reply is None
+                                else _forward(current.reply)
+                            )
+                        elif current.reply is not None:
                             current.reply.finish(result)
                     current = None
         except BaseException as exc:

@@ -7,14 +7,28 @@ All money is integer cents.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from .errors import InsufficientFunds, InvalidInput, InvalidState, SharesUnavailable
+from .events import (
+    AtuSpent,
+    Deposited,
+    Event,
+    PTOCompleted,
+    PTOFailed,
+    PTOFunded,
+    SessionPlayed,
+    SharesBought,
+    Transferred,
+    WorldStepped,
+)
 from .limits import MAX_CENTS, PLAY_HOURS, PTS_HOURS
-from .records import PTO, PTSToken, parse_iso
+from .money import to_cents
+from .records import PTO, Player, PTSToken, parse_iso
 
 FUNDING, IN_PROGRESS, COMPLETED, FAILED = "funding", "in_progress", "completed", "failed"
 PLAYABLE = (IN_PROGRESS, COMPLETED)
@@ -177,3 +191,63 @@ def split_by_hours(total: int, allocation: Sequence[tuple[str, float]]) -> list[
 
 def tau_k_after(tau_k: float, quality: float) -> float:
     return 0.9 * tau_k + 0.1 * (10.0 * quality)
+
+
+# -- applying events to state ----------------------------------------------------------
+# The one place a committed fact changes an actor's memory: the same events the store
+# turned into rows, so memory and rows cannot disagree.
+
+
+def apply_to_player(player: Player, event: Event) -> None:
+    """Apply ``event`` to ``player`` (in place) as far as it concerns that player."""
+    me = player.player_id
+    match event:
+        case Deposited(player_id=pid, amount=amount) if pid == me:
+            player.usd_obbba_balance += to_cents(amount)
+        case Transferred(from_id=source, to_id=target, amount=amount):
+            if source == me:
+                player.usd_obbba_balance -= to_cents(amount)
+            if target == me:
+                player.usd_obbba_balance += to_cents(amount)
+        case SessionPlayed(player_id=pid) as s if pid == me:
+            player.quality_score = s.quality
+            player.tau_k = s.tau_k
+            player.phase = s.phase
+            player.coherence = s.coherence
+            player.xUSD_balance += to_cents(s.xUSD_earned)
+            player.total_play_time += s.hours
+            player.phase_locks_count += s.phase_locks
+            player.memory_depth += s.memory_depth_added
+        case _:
+            pass
+
+
+def apply_to_pto(pto: PTO, tokens: dict[str, PTSToken], event: Event) -> None:
+    """Apply ``event`` to a PTO's record and its tokens (in place)."""
+    if getattr(event, "pto_id", None) != pto.pto_id:
+        return
+    match event:
+        case SharesBought(token=token, hours=hours) if token is not None:
+            pto.pts_sold += hours
+            pto.funding_raised += token.purchase_price
+            tokens[token.token_id] = dataclasses.replace(token)
+        case PTOFunded():
+            pto.status = IN_PROGRESS
+        case PTOFailed():
+            pto.status = FAILED
+        case AtuSpent(atu_spent=atu_spent):
+            pto.atu_spent = atu_spent
+        case PTOCompleted(at=at):
+            pto.status = COMPLETED
+            pto.completion_time = at
+        case SessionPlayed() as s:
+            for token_id, played_hours, share in s.shares:
+                played = tokens[token_id]
+                played.hours_played += played_hours
+                played.xUSD_accumulated += share
+            pto.xUSD_pool += to_cents(s.xUSD_earned)
+            pto.aci_coherence_score = s.aci
+        case WorldStepped(aci=aci):
+            pto.aci_coherence_score = aci
+        case _:
+            pass

@@ -1,10 +1,15 @@
-"""Domain events: logged with their operation, then published in commit order.
+"""Domain events: one type per fact, used for persistence, state and the event stream.
 
-Every event is written to the ``event_log`` table in the same transaction as the
-operation it describes (``record()`` gives the statement to add to the unit); the
-table's AUTOINCREMENT key is its sequence number ``seq``, so numbers follow commit
-order, have no gaps and survive restarts. Once the unit committed, the persistence
-actor publishes the event, with its ``seq``, on the ``EventBus``.
+An actor decides a command with the pure rules (``economy``) and returns events; the
+store turns a unit of events into rows (``store.sqlite.rows``) and commits them in
+one transaction; on the acknowledgement the actor applies them to its state and the
+events are published, in commit order, on the ``EventBus``. An event carries every
+figure its rows need: fields named in ``internal`` (a full record, the physics of a
+session) are for the store and the actors, and stay out of the event's JSON.
+
+Every logged event is written to the ``event_log`` table in the same transaction as
+the operation it describes; the table's AUTOINCREMENT key is its sequence number
+``seq``, so numbers follow commit order, have no gaps and survive restarts.
 
 ``EventBus`` fans each event out to subscribers through bounded buffers. A slow
 subscriber never slows the engine: when its buffer is full the event is dropped
@@ -19,9 +24,8 @@ figures (prices, funding, payouts) are public on ``GET /api/ptos`` anyway.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
@@ -30,8 +34,7 @@ from typing import Any, ClassVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..store.sqlite import rows as ledger
-from ..store.sqlite.writer import Statement
+from .records import PTO, Player, PTSToken
 from .views import as_json
 
 
@@ -40,12 +43,21 @@ class Event:
     kind: ClassVar[str] = "event"
     # Fields left out of the public stream (see the module docstring).
     private: ClassVar[tuple[str, ...]] = ()
+    # Fields for the store and the actors only: never in the JSON (see the module docstring).
+    # They default to empty so an event read back from the log (or built by a test) needs
+    # only its public fields; the store refuses a unit whose events lack them.
+    internal: ClassVar[tuple[str, ...]] = ()
+    # Whether the fact goes to the event log and the stream (a world's step does not).
+    logged: ClassVar[bool] = True
     at: str
     # The event's number in the log; 0 until its unit committed.
     seq: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **as_json(self)}
+        fields = as_json(self)
+        for name in self.internal:
+            del fields[name]
+        return {"kind": self.kind, **fields}
 
     def public_dict(self) -> dict[str, Any]:
         return public(self.to_dict())
@@ -55,8 +67,10 @@ class Event:
 class PlayerRegistered(Event):
     private: ClassVar[tuple[str, ...]] = ("usd_obbba",)
     kind: ClassVar[str] = "player_registered"
+    internal: ClassVar[tuple[str, ...]] = ("record",)
     player_id: str
     usd_obbba: Decimal
+    record: Player | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,15 +93,18 @@ class Transferred(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PTOLaunched(Event):
     kind: ClassVar[str] = "pto_launched"
+    internal: ClassVar[tuple[str, ...]] = ("record",)
     pto_id: str
     game_name: str
     creator_id: str
     funding_goal: Decimal
+    record: PTO | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SharesBought(Event):
     kind: ClassVar[str] = "shares_bought"
+    internal: ClassVar[tuple[str, ...]] = ("token",)
     pto_id: str
     player_id: str
     token_id: str
@@ -95,6 +112,7 @@ class SharesBought(Event):
     price: Decimal
     pts_sold: int
     pts_offered: int
+    token: PTSToken | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,9 +125,12 @@ class PTOFunded(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PTOFailed(Event):
     kind: ClassVar[str] = "pto_failed"
+    internal: ClassVar[tuple[str, ...]] = ("refunds",)
     pto_id: str
     refunded: Decimal
     holders: int
+    # (holder, cents) in holder order: one refund each, in the ledger in this order.
+    refunds: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +153,14 @@ class PTOCompleted(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionPlayed(Event):
     kind: ClassVar[str] = "session_played"
+    internal: ClassVar[tuple[str, ...]] = (
+        "tau_k",
+        "phase",
+        "coherence",
+        "memory_depth_added",
+        "aci",
+        "shares",
+    )
     pto_id: str
     player_id: str
     session_id: int
@@ -139,6 +168,14 @@ class SessionPlayed(Event):
     quality: float
     xUSD_earned: Decimal
     phase_locks: int
+    # The player's physics after the session, and the world's coherence after its steps.
+    tau_k: float = 0.0
+    phase: float = 0.0
+    coherence: float = 0.0
+    memory_depth_added: float = 0.0
+    aci: float = 0.0
+    # (token_id, hours, xUSD cents) the session was played on.
+    shares: tuple[tuple[str, float, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,6 +184,16 @@ class PhaseLock(Event):
     pto_id: str
     player_id: str
     locks: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorldStepped(Event):
+    """A world moved on ``steps`` lattice steps; its coherence is now ``aci``. Not logged."""
+
+    kind: ClassVar[str] = "world_stepped"
+    logged: ClassVar[bool] = False
+    pto_id: str
+    aci: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,23 +244,6 @@ def from_log(seq: int, stored: str) -> dict[str, Any]:
     kind = fields.pop("kind")
     at = fields.pop("at")
     return {"kind": kind, "at": at, "seq": seq, **fields}
-
-
-def record(event: Event, publish: Callable[[Event], None]) -> Statement:
-    """The statement logging ``event`` in its operation's unit; ``publish`` gets the event,
-    numbered, once that unit committed.
-
-    A ``SessionPlayed`` must follow its session's insert in the unit: its
-    ``session_id`` is taken from there (the first rowid of the unit)."""
-    session = isinstance(event, SessionPlayed) and event.session_id == 0
-
-    def committed(ids: Sequence[int]) -> None:
-        if isinstance(event, SessionPlayed) and session:
-            publish(dataclasses.replace(event, seq=ids[-1], session_id=ids[0]))
-        else:
-            publish(dataclasses.replace(event, seq=ids[-1]))
-
-    return ledger.log_event(event.kind, event.at, payload(event), committed, last_session=session)
 
 
 @dataclass(eq=False)

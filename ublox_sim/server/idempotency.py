@@ -18,13 +18,12 @@ from typing import Any
 
 import anyio
 
-from ..store.local import LocalStore
-from ..store.sqlite.writer import Statement
+from ..store.backend import Backend, Receipt
 from .auth import Principal
 from .errors import ApiError
 
 Key = tuple[str, str]
-ReceiptFor = Callable[[Key, str], Statement]
+ReceiptFor = Callable[[Key, str], Receipt]
 
 
 def fingerprint(operation: str, path: dict[str, str], body: Any) -> str:
@@ -34,7 +33,7 @@ def fingerprint(operation: str, path: dict[str, str], body: Any) -> str:
 
 @dataclass(eq=False)
 class IdempotencyKeys:
-    store: LocalStore
+    store: Backend
     _locks: dict[Key, tuple[anyio.Lock, int]] = field(default_factory=dict)
 
     async def run(
@@ -43,12 +42,12 @@ class IdempotencyKeys:
         key: str | None,
         print_: str,
         receipt: ReceiptFor,
-        execute: Callable[[tuple[Statement, ...]], Awaitable[Any]],
+        execute: Callable[[Receipt | None], Awaitable[Any]],
     ) -> tuple[Any, bool]:
-        """(result, replayed). Without a key, ``execute(())`` and its result. With one, the
+        """(result, replayed). Without a key, ``execute(None)`` and its result. With one, the
         stored response (a dict decoded from the store), first time and on every retry."""
         if key is None:
-            return await execute(()), False
+            return await execute(None), False
         scoped = (principal.name, key)
         lock, users = self._locks.get(scoped, (anyio.Lock(), 0))
         self._locks[scoped] = (lock, users + 1)
@@ -57,7 +56,7 @@ class IdempotencyKeys:
                 found = await self._find(scoped, print_)
                 if found is not None:
                     return found, True
-                await execute((receipt(scoped, print_),))
+                await execute(receipt(scoped, print_))
                 stored = await self._find(scoped, print_)
                 assert stored is not None, "the receipt commits with the operation"
                 return stored, False

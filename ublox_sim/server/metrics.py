@@ -52,7 +52,7 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily(
             "ublox_acked_units",
             "units of work committed and acknowledged since the store opened",
-            value=engine.store.db.units_committed,
+            value=engine.store.units_committed,
         )
 
 
@@ -76,6 +76,4 @@ class Metrics:
 
     def attach(self, engine: Engine) -> None:
         self.engine = engine
-        engine.store.db.on_batch_committed = lambda seconds, units: self.commit_latency.observe(
-            seconds
-        )
+        engine.store.on_batch_committed(lambda seconds, units: self.commit_latency.observe(seconds))

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, Security
@@ -27,13 +27,12 @@ from ..core.errors import InvalidInput, UnknownPlayer
 from ..core.records import Player, PlaySession, PTSToken, iso
 from ..core.views import PlayerInfo, TokenInfo
 from ..engine import Engine
-from ..store.sqlite import rows as ledger
-from ..store.sqlite.writer import Statement
+from ..store.backend import Receipt
 from . import heatmap
 from .auth import Authority, Principal
 from .errors import ApiError, responses
 from .event_socket import parse_since, serve_events
-from .idempotency import IdempotencyKeys, fingerprint
+from .idempotency import IdempotencyKeys, Key, fingerprint
 from .metrics import Metrics
 from .models import (
     ID_HELP,
@@ -67,6 +66,18 @@ from .models import (
     parse_deadline,
     rfc3339,
 )
+
+
+def receipt_for(
+    key: Key,
+    print_: str,
+    status: int,
+    response: Literal["player", "token", "session"],
+    engine: Engine,
+) -> Receipt:
+    """The idempotency receipt an operation commits in its own unit (see idempotency.py)."""
+    principal, name = key
+    return Receipt(principal, name, print_, status, iso(engine.clock.now()), response)
 
 
 @dataclass(eq=False)
@@ -252,9 +263,9 @@ def _replayed(model: Any, status: int, replayed: bool) -> JSONResponse:
 async def healthz(request: Request) -> HealthOut:
     """Alive, the store open and accepting writes (one empty write round trip)."""
     engine = state(request).engine
-    if engine.store.db.closed:
+    if engine.store.closed:
         raise ApiError(503, "store_closed", "the store is closed")
-    await engine.submit([])
+    await engine.sync()
     return HealthOut(status="ok", store_open=True, accepting_writes=True)
 
 
@@ -355,14 +366,14 @@ async def deposit(
     engine = server.engine
     key_print = fingerprint("deposit", {"player_id": player_id}, body.model_dump(mode="json"))
 
-    async def execute(receipt: tuple[Statement, ...]) -> PlayerOut:
+    async def execute(receipt: Receipt | None) -> PlayerOut:
         return PlayerOut.of(await engine.deposit(player_id, body.amount, receipt=receipt))
 
     result, replayed = await server.keys.run(
         who,
         idempotency_key,
         key_print,
-        lambda key, fp: ledger.receipt_player(key, fp, 200, player_id, iso(engine.clock.now())),
+        lambda key, fp: receipt_for(key, fp, 200, "player", engine),
         execute,
     )
     out = _player_out(result) if isinstance(result, dict) else result
@@ -392,7 +403,7 @@ async def transfer(
 
     await engine.get_player(player_id)  # 404: the path's player
 
-    async def execute(receipt: tuple[Statement, ...]) -> PlayerOut:
+    async def execute(receipt: Receipt | None) -> PlayerOut:
         async with body_names_players():
             info = await engine.transfer(player_id, body.to_player, body.amount, receipt=receipt)
         return PlayerOut.of(info)
@@ -401,7 +412,7 @@ async def transfer(
         who,
         idempotency_key,
         key_print,
-        lambda key, fp: ledger.receipt_player(key, fp, 200, player_id, iso(engine.clock.now())),
+        lambda key, fp: receipt_for(key, fp, 200, "player", engine),
         execute,
     )
     out = _player_out(result) if isinstance(result, dict) else result
@@ -442,7 +453,7 @@ async def revoke_tokens(request: Request, player_id: PlayerId, who: Caller) -> R
     server = state(request)
     await server.engine.get_player(player_id)
     version = server.authority.versions.get(player_id, 0) + 1
-    await server.engine.submit([ledger.set_token_version(player_id, version)])
+    await server.engine.store.set_token_version(player_id, version)
     server.authority.versions[player_id] = version
     return Response(status_code=204)
 
@@ -551,7 +562,7 @@ async def buy_shares(
     engine = server.engine
     key_print = fingerprint("buy_shares", {"pto_id": pto_id}, body.model_dump(mode="json"))
 
-    async def execute(receipt: tuple[Statement, ...]) -> TokenOut:
+    async def execute(receipt: Receipt | None) -> TokenOut:
         async with body_names_players():
             token = await engine.buy_pts(body.player_id, pto_id, body.hours, receipt=receipt)
         return TokenOut.of(token)
@@ -560,9 +571,7 @@ async def buy_shares(
         who,
         idempotency_key,
         key_print,
-        lambda key, fp: ledger.receipt_token(
-            key, fp, 201, body.player_id, pto_id, iso(engine.clock.now())
-        ),
+        lambda key, fp: receipt_for(key, fp, 201, "token", engine),
         execute,
     )
     out = _token_out(result) if isinstance(result, dict) else result
@@ -601,7 +610,7 @@ async def play(
     engine = server.engine
     key_print = fingerprint("play", {"pto_id": pto_id}, body.model_dump(mode="json"))
 
-    async def execute(receipt: tuple[Statement, ...]) -> SessionOut:
+    async def execute(receipt: Receipt | None) -> SessionOut:
         async with body_names_players():
             session = await engine.play(body.player_id, pto_id, body.hours, receipt=receipt)
         return SessionOut.of(session)
@@ -610,9 +619,7 @@ async def play(
         who,
         idempotency_key,
         key_print,
-        lambda key, fp: ledger.receipt_session(
-            key, fp, 201, body.player_id, pto_id, iso(engine.clock.now())
-        ),
+        lambda key, fp: receipt_for(key, fp, 201, "session", engine),
         execute,
     )
     out = _session_out(result) if isinstance(result, dict) else result

@@ -31,8 +31,9 @@ from ..core.logsetup import get_logger
 from ..core.views import leaderboard
 from ..core.world import WorldParams
 from ..engine import Engine
+from ..store.backend import RunRecord
 from ..store.local import Home
-from ..store.sqlite.writer import Statement
+from ..store.sqlite.backend import read_run_record
 from .scenario import Cohort, Loaded, Scenario, cohort_id, draw_settled, settle
 
 log = get_logger(__name__)
@@ -180,22 +181,12 @@ def plan(scenario: Scenario) -> tuple[list[PlannedPlayer], list[PlannedPTO], dic
 
 def recorded_scenario(home: Home) -> Loaded:
     """The resolved scenario a run in ``home`` recorded (to resume without the file)."""
-    import sqlite3
-
     from .scenario import Scenario as Model
 
-    if not home.db.is_file():
-        raise InvalidInput(f"nothing to resume in {home.root}: no store there")
-    conn = sqlite3.connect(f"{home.db.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT scenario FROM runs WHERE run_id = 1").fetchone()
-    except sqlite3.Error as exc:
-        raise InvalidInput(f"nothing to resume in {home.root}: {exc}") from exc
-    finally:
-        conn.close()
+    row = read_run_record(home)
     if row is None:
         raise InvalidInput(f"nothing to resume in {home.root}: no run was checkpointed there")
-    data = json.loads(row[0])
+    data = json.loads(row.scenario)
     return Loaded(Model.model_validate(data), f"{home.db} (recorded run)", data)
 
 
@@ -240,25 +231,17 @@ class Runner:
         self.rng.bit_generator.state = state["rng"]
         self.outcomes = Counter(state.get("outcomes", {}))
 
-    def run_row(self, tick: int, finished: bool, *, insert: bool, resolved: str) -> Statement:
-        if insert:
-            return Statement(
-                "INSERT INTO runs (run_id, name, seed, scenario, started_at, tick, total_ticks,"
-                " state, finished) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    self.scenario.name,
-                    self.scenario.seed,
-                    resolved,
-                    self.scenario.clock.start.isoformat(),
-                    tick,
-                    self.total,
-                    self.state_json(tick),
-                    int(finished),
-                ),
-            )
-        return Statement(
-            "UPDATE runs SET tick = ?, state = ?, finished = ? WHERE run_id = 1",
-            (tick, self.state_json(tick), int(finished)),
+    def run_record(self, tick: int, finished: bool, resolved: str) -> RunRecord:
+        """The run's progress for the checkpoint of ``tick``."""
+        return RunRecord(
+            name=self.scenario.name,
+            seed=self.scenario.seed,
+            scenario=resolved,
+            started_at=self.scenario.clock.start.isoformat(),
+            tick=tick,
+            total_ticks=self.total,
+            state=self.state_json(tick),
+            finished=finished,
         )
 
     # -- the steps of a tick ---------------------------------------------------
@@ -443,26 +426,26 @@ async def run_scenario(
         synchronous=synchronous,  # type: ignore[arg-type]
     ) as engine:
         runner = Runner(engine, scenario, clock)
-        row = await engine.store.db.fetchone("SELECT scenario, tick, state, finished FROM runs")
+        row = await engine.store.run_record()
         resumed_from: int | None = None
         if resume:
             if row is None:
                 raise InvalidInput(
                     f"nothing to resume in {home.root}: no run was checkpointed there"
                 )
-            if row[0] != resolved:
+            if row.scenario != resolved:
                 raise InvalidInput(
                     f"{loaded.source} is not the scenario of the run in {home.root} "
                     "(same file, --set and --seed are needed to resume)"
                 )
-            tick = int(row[1])
-            runner.load_state(str(row[2]))
+            tick = row.tick
+            runner.load_state(row.state)
             clock.advance(tick * scenario.clock.tick_hours)
             resumed_from = tick
             setup_seconds = time.perf_counter() - started
         else:
-            if row is not None and row[3]:
-                recorded = json.loads(row[0]).get("name", "a scenario")
+            if row is not None and row.finished:
+                recorded = json.loads(row.scenario).get("name", "a scenario")
                 raise InvalidInput(
                     f"{home.root} holds a finished run of {recorded}; use a new --home"
                 )
@@ -473,7 +456,7 @@ async def run_scenario(
                     + "; use a new --home"
                 )
             await runner.setup()
-            await engine.checkpoint(0, [runner.run_row(0, False, insert=True, resolved=resolved)])
+            await engine.checkpoint(0, runner.run_record(0, False, resolved))
             tick = 0
         setup_seconds = time.perf_counter() - started
         first = tick
@@ -490,9 +473,7 @@ async def run_scenario(
             tick += 1
             if tick % every == 0 or tick == runner.total:
                 finished = tick == runner.total
-                await engine.checkpoint(
-                    tick, [runner.run_row(tick, finished, insert=False, resolved=resolved)]
-                )
+                await engine.checkpoint(tick, runner.run_record(tick, finished, resolved))
                 log.info("run.checkpoint", tick=tick, ticks=runner.total)
             if progress is not None:
                 progress(tick, runner.total)

@@ -1,4 +1,7 @@
-"""The engine's SQL: every statement an economic operation writes, in one place.
+"""Events -> rows: every statement an economic operation writes, in one place.
+
+``unit_statements`` turns a unit of domain events (``store.backend.Unit``) into the
+SQL that persists it: the only translation from decisions to rows.
 
 Balances change by relative updates (``balance = balance + ?``), so units from
 different actors commute inside a group commit, and always together with their
@@ -10,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from ...core import events as ev
+from ...core.money import USD, XUSD, to_cents
 from ...core.records import PTO, Player, PlaySession, PTSToken, Transaction, insert_sql, to_row
+from ..backend import Receipt, RunRecord, Unit
 from .writer import Statement
 
 _INSERT_TX = insert_sql(Transaction)
@@ -210,4 +216,206 @@ def receipt_session(
         " FROM play_sessions AS s JOIN players AS p ON p.player_id = s.player_id"
         " WHERE s.player_id = ? AND s.pto_id = ? ORDER BY s.session_id DESC LIMIT 1",
         (*key, fingerprint, status, at, player_id, pto_id),
+    )
+
+
+def pto_funded(pto_id: str) -> Statement:
+    return Statement("UPDATE ptos SET status = 'in_progress' WHERE pto_id = ?", (pto_id,))
+
+
+def pto_atu_spent(pto_id: str, atu_spent: int) -> Statement:
+    return Statement("UPDATE ptos SET atu_spent = ? WHERE pto_id = ?", (atu_spent, pto_id))
+
+
+def pto_completed(pto_id: str, at: str) -> Statement:
+    return Statement(
+        "UPDATE ptos SET status = 'completed', completion_time = ? WHERE pto_id = ?",
+        (at, pto_id),
+    )
+
+
+# -- a unit of events -> its statements -------------------------------------------------
+
+
+def unit_statements(
+    unit: Unit, publish: Callable[[ev.Event], None]
+) -> tuple[list[Statement], list[ev.Event]]:
+    """The rows of ``unit``'s events, in the unit's order, then its receipt.
+
+    Returns the statements and the list of the unit's events that the commit hooks
+    fill in: once the unit committed, each logged event is replaced by itself numbered
+    (``seq``; a session's ``session_id``) and published, in commit order."""
+    landed: list[ev.Event] = list(unit.events)
+    out: list[Statement] = []
+    for index, event in enumerate(unit.events):
+        out.extend(_rows(event))
+        if event.logged:
+            out.append(_log(index, event, landed, publish))
+    if unit.receipt is not None:
+        out.append(_receipt(unit.receipt, unit.events))
+    return out, landed
+
+
+def _rows(event: ev.Event) -> list[Statement]:
+    match event:
+        case ev.PlayerRegistered(record=player):
+            assert player is not None, "a PlayerRegistered to store carries its record"
+            rows = [insert_player(player)]
+            if player.usd_obbba_balance:
+                rows.append(
+                    ledger_row(
+                        "deposit",
+                        None,
+                        player.player_id,
+                        player.usd_obbba_balance,
+                        USD,
+                        player.created_at,
+                    )
+                )
+            return rows
+        case ev.Deposited(player_id=player_id, amount=amount, at=at):
+            cents = to_cents(amount)
+            return [
+                usd_delta(player_id, cents),
+                ledger_row("deposit", None, player_id, cents, USD, at),
+            ]
+        case ev.Transferred(from_id=source, to_id=target, amount=amount, at=at):
+            cents = to_cents(amount)
+            return [
+                usd_delta(source, -cents),
+                usd_delta(target, cents),
+                ledger_row("transfer", source, target, cents, USD, at),
+            ]
+        case ev.PTOLaunched(record=pto):
+            assert pto is not None, "a PTOLaunched to store carries its record"
+            return [insert_pto(pto)]
+        case ev.SharesBought(token=token, pto_id=pto_id, hours=hours, at=at):
+            assert token is not None, "a SharesBought to store carries its token"
+            price = token.purchase_price
+            return [
+                usd_delta(token.holder, -price),
+                Statement(
+                    "UPDATE ptos SET pts_sold = pts_sold + ?, funding_raised = funding_raised + ?"
+                    " WHERE pto_id = ?",
+                    (hours, price, pto_id),
+                ),
+                insert_token(token),
+                ledger_row("investment", token.holder, pto_id, price, USD, at, pto_id),
+            ]
+        case ev.PTOFunded(pto_id=pto_id):
+            return [pto_funded(pto_id)]
+        case ev.PTOFailed(pto_id=pto_id, refunds=refunds, at=at):
+            rows = [pto_failed(pto_id)]
+            for holder, cents in refunds:
+                rows.append(usd_delta(holder, cents))
+                rows.append(ledger_row("refund", pto_id, holder, cents, USD, at, pto_id))
+            return rows
+        case ev.AtuSpent(pto_id=pto_id, atu_spent=atu_spent):
+            return [pto_atu_spent(pto_id, atu_spent)]
+        case ev.PTOCompleted(pto_id=pto_id, creator_id=creator, payout=payout, at=at):
+            rows = [pto_completed(pto_id, at)]
+            cents = to_cents(payout)
+            if cents:
+                rows.append(usd_delta(creator, cents))
+                rows.append(ledger_row("pto_completion", pto_id, creator, cents, USD, at, pto_id))
+            return rows
+        case ev.SessionPlayed() as s:
+            return _session_rows(s)
+        case ev.WorldStepped(pto_id=pto_id, aci=aci):
+            return [pto_aci(pto_id, aci)]
+        case _:
+            return []  # a fact with no rows of its own (PhaseLock): logged only
+
+
+def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
+    xusd = to_cents(s.xUSD_earned)
+    rows = [
+        Statement(
+            "UPDATE players SET xUSD_balance = xUSD_balance + ?,"
+            " total_play_time = total_play_time + ?, phase_locks_count = phase_locks_count + ?,"
+            " memory_depth = memory_depth + ?, quality_score = ?, tau_k = ?, phase = ?,"
+            " coherence = ? WHERE player_id = ?",
+            (
+                xusd,
+                s.hours,
+                s.phase_locks,
+                s.memory_depth_added,
+                s.quality,
+                s.tau_k,
+                s.phase,
+                s.coherence,
+                s.player_id,
+            ),
+        ),
+        *(token_played(token_id, hours, share) for token_id, hours, share in s.shares),
+        pto_session(s.pto_id, xusd, s.aci),
+        insert_session(
+            PlaySession(
+                session_id=None,
+                pto_id=s.pto_id,
+                player_id=s.player_id,
+                duration=s.hours,
+                quality=s.quality,
+                xUSD_earned=xusd,
+                timestamp=s.at,
+                phase_locks=s.phase_locks,
+            )
+        ),
+    ]
+    if xusd > 0:
+        rows.append(ledger_row("xusd_composition", None, s.player_id, xusd, XUSD, s.at, s.pto_id))
+    return rows
+
+
+def _log(
+    index: int, event: ev.Event, landed: list[ev.Event], publish: Callable[[ev.Event], None]
+) -> Statement:
+    # A session's event follows its session's insert: its id is the unit's first rowid.
+    session = isinstance(event, ev.SessionPlayed) and event.session_id == 0
+
+    def committed(ids: Sequence[int]) -> None:
+        numbered: ev.Event
+        if session and isinstance(event, ev.SessionPlayed):
+            numbered = dataclasses.replace(event, seq=ids[-1], session_id=ids[0])
+        else:
+            numbered = dataclasses.replace(event, seq=ids[-1])
+        landed[index] = numbered
+        publish(numbered)
+
+    return log_event(event.kind, event.at, ev.payload(event), committed, last_session=session)
+
+
+def _receipt(receipt: Receipt, events: Sequence[ev.Event]) -> Statement:
+    """The receipt's statement, answering for the unit's first event's subject."""
+    key = (receipt.principal, receipt.key)
+    args = (receipt.fingerprint, receipt.status)
+    first = events[0]
+    match receipt.response, first:
+        case "token", ev.SharesBought(player_id=holder, pto_id=pto_id):
+            return receipt_token(key, *args, holder, pto_id, receipt.at)
+        case "session", ev.SessionPlayed(player_id=player_id, pto_id=pto_id):
+            return receipt_session(key, *args, player_id, pto_id, receipt.at)
+        case "player", ev.Deposited(player_id=player_id) | ev.PlayerRegistered(player_id=player_id):
+            return receipt_player(key, *args, player_id, receipt.at)
+        case "player", ev.Transferred(from_id=player_id):
+            return receipt_player(key, *args, player_id, receipt.at)
+    raise AssertionError(f"a {receipt.response} receipt cannot answer {first.kind}")
+
+
+def save_run(run: RunRecord) -> Statement:
+    """The scenario run's row: created at the first checkpoint, its progress updated after."""
+    return Statement(
+        "INSERT INTO runs (run_id, name, seed, scenario, started_at, tick, total_ticks, state,"
+        " finished) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
+        " tick = excluded.tick, state = excluded.state, finished = excluded.finished",
+        (
+            run.name,
+            run.seed,
+            run.scenario,
+            run.started_at,
+            run.tick,
+            run.total_ticks,
+            run.state,
+            int(run.finished),
+        ),
     )

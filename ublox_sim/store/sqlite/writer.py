@@ -33,6 +33,7 @@ need). The first attempt after the reader lets go truncates the file.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -401,11 +402,16 @@ class PersistenceActor:
         UnitRejected (this unit broke a constraint; others went on), StoreFull or
         PersistenceError (nothing of the unit was written), ActorClosed/ActorBroken.
         """
-        pending = _Pending(unit=unit)
-        await self._enqueue(pending)
-        result = await pending.done
+        result = await (await self.enqueue(unit))
         assert isinstance(result, list)
         return result
+
+    async def enqueue(self, unit: Unit) -> asyncio.Future[object]:
+        """Queue one unit (waiting only for mailbox room) and return the future ``submit``
+        awaits: units are committed, and their futures resolved, in the order queued."""
+        pending = _Pending(unit=unit)
+        await self._enqueue(pending)
+        return pending.done
 
     async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         """Read through the writer's connection, after every write queued before it."""

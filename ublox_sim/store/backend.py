@@ -1,0 +1,208 @@
+"""The storage backend interface: what the engine, the runner, the seed's facade, backups,
+export and verify need from a store, as named, typed methods. None takes SQL.
+
+A backend persists *units*: the domain events one decision produced (see
+``core.events``), the world arrays that must become durable with them, and an optional
+idempotency receipt, all in one transaction or not at all. How events become rows is
+the backend's business (SQLite: ``store.sqlite.rows``); a second backend (PostgreSQL)
+joins by implementing this protocol and passing ``tests/conformance``.
+
+Writes are acknowledged in the order they were submitted. ``submit`` returns as soon as
+the unit is queued, with a future the backend resolves once it is durable (or failed):
+an actor may go on deciding against its pending state meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from anyio.abc import TaskGroup
+from numpy.typing import NDArray
+
+from ..core.events import Event, EventBus
+from ..core.records import PTO, Player, PTSToken, Record, Transaction
+
+Arrays = Mapping[str, NDArray[np.generic]]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """An idempotency key stored with the operation it answers, in the same unit.
+
+    ``response`` names what the stored answer holds, read from the rows the unit
+    wrote: the player after it, the PTS token it bought, or the session it played."""
+
+    principal: str
+    key: str
+    fingerprint: str
+    status: int
+    at: str
+    response: Literal["player", "token", "session"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorldWrite:
+    """World arrays that become durable with the unit that carries them."""
+
+    world_id: str
+    arrays: Arrays
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One decision's events, committed together or not at all."""
+
+    events: tuple[Event, ...]
+    worlds: tuple[WorldWrite, ...] = ()
+    receipt: Receipt | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A unit as it landed: its events numbered (``seq``; a session's ``session_id``)."""
+
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A scenario run checkpointed in the store (one per store)."""
+
+    name: str
+    seed: int
+    scenario: str  # the resolved scenario as canonical JSON
+    started_at: str
+    tick: int
+    total_ticks: int
+    state: str  # the runner's own state (rng, counters) as JSON
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Everything a checkpoint makes durable at once (see ``Backend.checkpoint``)."""
+
+    version: int
+    worlds: tuple[WorldWrite, ...] = ()
+    run: RunRecord | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A store for one game: the single writer of its data while it is open."""
+
+    bus: EventBus
+    """Committed events are published here, in commit order, after their unit is durable."""
+
+    hold_commits: bool
+    """Scenario mode: writes are held in one transaction until ``checkpoint``."""
+
+    # -- lifecycle: open takes the single-writer lock (a lease elsewhere) ------
+
+    async def start(self, tg: TaskGroup) -> None: ...
+
+    async def aclose(self) -> None:
+        """Drain queued units, make worlds durable, release the lock. Idempotent."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    # -- what a server's metrics read ------------------------------------------
+
+    @property
+    def units_committed(self) -> int:
+        """Units committed and acknowledged since the store opened."""
+
+    def on_batch_committed(self, hook: Callable[[float, int], None] | None) -> None:
+        """Call ``hook(seconds, units)`` after each group commit."""
+
+    # -- writes ----------------------------------------------------------------
+
+    async def submit(self, unit: Unit) -> asyncio.Future[Committed]:
+        """Queue ``unit`` (waiting only for queue room); the future resolves once it is
+        durable, or fails with the ``UbloxError`` that refused it (nothing of it kept)."""
+
+    async def commit(self, unit: Unit) -> Committed:
+        """``submit`` and wait for the acknowledgement."""
+
+    async def save_world(self, world_id: str, arrays: Arrays) -> None:
+        """Make a world's arrays durable now (a world file, or a row elsewhere)."""
+
+    def world_changed(self, world_id: str, arrays: Arrays) -> None:
+        """A world moved on: write it back in the background, soon."""
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Worlds first (versioned), then one transaction with the run record and, in
+        held mode, every write since the last checkpoint; older world versions go after."""
+
+    # -- point reads (consistent with acknowledged writes) ---------------------
+
+    async def load_player(self, player_id: str) -> Player | None: ...
+
+    async def load_pto(self, pto_id: str) -> PTO | None: ...
+
+    async def load_token(self, token_id: str) -> PTSToken | None: ...
+
+    async def load_tokens(self, pto_id: str) -> list[PTSToken]: ...
+
+    async def load_world(self, world_id: str) -> dict[str, NDArray[np.generic]]: ...
+
+    async def exists(self, ident: str) -> bool:
+        """Whether a player or a PTO holds ``ident`` (ids are one namespace)."""
+
+    async def load_all(self, cls: type[Record]) -> list[Any]:
+        """Every record of one kind, in key order (opening, export)."""
+
+    async def ptos_past_deadline(self, at: str) -> list[str]:
+        """The PTOs still funding whose deadline is at or before ``at``, in id order."""
+
+    # -- aggregates and pages --------------------------------------------------
+
+    async def stats(self) -> dict[str, dict[str, Any]]: ...
+
+    async def leaderboard(self, top: int) -> list[Player]:
+        """The ``top`` players by xUSD balance (ties by id)."""
+
+    async def transactions_of(
+        self, player_id: str, *, after: int = 0, limit: int = 50
+    ) -> list[Transaction]: ...
+
+    async def events_after(self, since: int, limit: int = 500) -> list[tuple[int, str, str]]: ...
+
+    async def event_log_span(self) -> tuple[int, int]: ...
+
+    # -- the game server's bookkeeping -----------------------------------------
+
+    async def find_receipt(self, principal: str, key: str) -> tuple[str, int, str] | None: ...
+
+    async def token_versions(self) -> dict[str, int]: ...
+
+    async def set_token_version(self, player_id: str, version: int) -> None: ...
+
+    # -- scenario runs ---------------------------------------------------------
+
+    async def run_record(self) -> RunRecord | None: ...
+
+    async def run_status(self) -> dict[str, Any] | None:
+        """The run's name, tick, total_ticks and finished flag, if a run is recorded."""
+
+    async def is_empty(self) -> bool: ...
+
+    # -- maintenance -----------------------------------------------------------
+
+    async def create_backup(self, name: str | None = None) -> Path: ...
+
+    def list_backups(self) -> list[dict[str, Any]]: ...
+
+    async def export_data(self) -> dict[str, Any]:
+        """The whole store as the export's JSON-ready dict (see ``store.export``)."""
+
+    async def export_to_json(self, path: Path | str | None = None) -> Path: ...
+
+    async def verify(self) -> list[Any]:
+        """The ledger, balances, tokens and worlds checked against each other."""

@@ -1,0 +1,281 @@
+"""The SQLite backend: ``store.backend.Backend`` over one local home.
+
+Rows go through the persistence actor (``writer``: one aiosqlite connection, group
+commit); world arrays go to ``.npz`` files in the home (``store.cdt``), always written
+before the row that names them. The home's lock makes this process the single writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from anyio.abc import TaskGroup
+
+from ...core.clock import Clock
+from ...core.errors import InvalidInput
+from ...core.events import EventBus
+from ...core.records import (  # moves to .tables
+    PTO,
+    Player,
+    PTSToken,
+    Record,
+    Transaction,
+    from_row,
+    select_sql,
+)
+from ..backend import Arrays, Checkpoint, Committed, RunRecord, Unit
+from ..local import Home, LocalStore, wall_clock
+from . import rows
+from .writer import PersistenceActor, Statement, Synchronous
+
+_SELECT_RUN = (
+    "SELECT name, seed, scenario, started_at, tick, total_ticks, state, finished"
+    " FROM runs WHERE run_id = 1"
+)
+
+
+class SqliteBackend:
+    """One SQLite home, opened by one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        home: Home,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        flush_interval: float = 0.5,
+        clock: Clock | None = None,
+        hold_commits: bool = False,
+        bus: EventBus | None = None,
+    ) -> None:
+        self.local = LocalStore(
+            home,
+            synchronous=synchronous,
+            flush_interval=flush_interval,
+            clock=clock.now if clock is not None else wall_clock,
+            hold_commits=hold_commits,
+        )
+        self.bus = bus if bus is not None else EventBus()
+        self.hold_commits = hold_commits
+
+    # -- what is SQLite's own (the server's metrics, the seed's facade) --------------
+
+    @property
+    def home(self) -> Home:
+        return self.local.home
+
+    @property
+    def db(self) -> PersistenceActor:
+        return self.local.db
+
+    @property
+    def closed(self) -> bool:
+        return self.local.db.closed
+
+    @property
+    def units_committed(self) -> int:
+        return self.local.db.units_committed
+
+    def on_batch_committed(self, hook: Callable[[float, int], None] | None) -> None:
+        self.local.db.on_batch_committed = hook
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self, tg: TaskGroup) -> None:
+        await self.local.start(tg)
+
+    async def aclose(self) -> None:
+        await self.local.aclose()
+
+    # -- writes ------------------------------------------------------------------
+
+    async def submit(self, unit: Unit) -> asyncio.Future[Committed]:
+        if unit.worlds and not self.hold_commits:
+            # The file first: the database must never point at a world not on disk.
+            # (Held runs write every world, versioned, at each checkpoint instead.)
+            for world in unit.worlds:
+                self.local.cdt.mark_dirty(world.world_id, world.arrays)
+            await self.local.cdt.flush()
+        statements, landed = rows.unit_statements(unit, self.bus.publish)
+        acked = await self.local.db.enqueue(statements)
+        committed: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+
+        def done(future: asyncio.Future[object]) -> None:
+            if committed.done():
+                return
+            if future.cancelled():
+                committed.cancel()
+            elif (error := future.exception()) is not None:
+                committed.set_exception(error)
+            else:
+                # The commit hooks ran before this callback: ``landed`` is numbered.
+                committed.set_result(Committed(tuple(landed)))
+
+        acked.add_done_callback(done)
+        return committed
+
+    async def commit(self, unit: Unit) -> Committed:
+        return await (await self.submit(unit))
+
+    async def save_world(self, world_id: str, arrays: Arrays) -> None:
+        self.local.cdt.mark_dirty(world_id, arrays)
+        await self.local.cdt.flush()
+
+    def world_changed(self, world_id: str, arrays: Arrays) -> None:
+        if not self.hold_commits:
+            self.local.cdt.mark_dirty(world_id, arrays)
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        version = checkpoint.version
+        cdt = self.local.cdt
+        for world in checkpoint.worlds:
+            cdt.mark_dirty(world.world_id, world.arrays, version=version)
+        await cdt.flush()
+        unit: list[Statement] = []
+        if checkpoint.run is not None:
+            unit.append(rows.save_run(checkpoint.run))
+        unit.extend(rows.set_world_version(w.world_id, version) for w in checkpoint.worlds)
+        await self.local.db.commit_held(unit)
+        for world in checkpoint.worlds:
+            cdt.prune(world.world_id, version)
+
+    # -- point reads ---------------------------------------------------------------
+
+    async def _one(self, cls: type[Any], key: str) -> Any:
+        row = await self.local.db.fetchone(f"{select_sql(cls)} WHERE {cls.KEY} = ?", (key,))
+        return None if row is None else from_row(cls, row)
+
+    async def load_player(self, player_id: str) -> Player | None:
+        player: Player | None = await self._one(Player, player_id)
+        return player
+
+    async def load_pto(self, pto_id: str) -> PTO | None:
+        pto: PTO | None = await self._one(PTO, pto_id)
+        return pto
+
+    async def load_token(self, token_id: str) -> PTSToken | None:
+        token: PTSToken | None = await self._one(PTSToken, token_id)
+        return token
+
+    async def load_tokens(self, pto_id: str) -> list[PTSToken]:
+        found = await self.local.db.fetchall(
+            f"{select_sql(PTSToken)} WHERE game_id = ? ORDER BY token_id", (pto_id,)
+        )
+        return [from_row(PTSToken, row) for row in found]
+
+    async def load_world(self, world_id: str) -> dict[str, Any]:
+        return await self.local.load_world(world_id)
+
+    async def exists(self, ident: str) -> bool:
+        row = await self.local.db.fetchone(
+            "SELECT EXISTS (SELECT 1 FROM players WHERE player_id = ?)"
+            " OR EXISTS (SELECT 1 FROM ptos WHERE pto_id = ?)",
+            (ident, ident),
+        )
+        return bool(row and row[0])
+
+    async def load_all(self, cls: type[Record]) -> list[Any]:
+        return await self.local.load_all(cls)
+
+    async def ptos_past_deadline(self, at: str) -> list[str]:
+        found = await self.local.db.fetchall(
+            "SELECT pto_id FROM ptos WHERE status = 'funding' AND funding_deadline IS NOT NULL"
+            " AND funding_deadline <= ? ORDER BY pto_id",
+            (at,),
+        )
+        return [str(pto_id) for (pto_id,) in found]
+
+    # -- aggregates and pages ----------------------------------------------------
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        return await self.local.get_global_stats()
+
+    async def leaderboard(self, top: int) -> list[Player]:
+        found = await self.local.db.fetchall(
+            f"{select_sql(Player)} ORDER BY xUSD_balance DESC, player_id LIMIT ?",
+            (max(0, top),),
+        )
+        return [from_row(Player, row) for row in found]
+
+    async def transactions_of(
+        self, player_id: str, *, after: int = 0, limit: int = 50
+    ) -> list[Transaction]:
+        return await self.local.transactions_of(player_id, after=after, limit=limit)
+
+    async def events_after(self, since: int, limit: int = 500) -> list[tuple[int, str, str]]:
+        return await self.local.events_after(since, limit)
+
+    async def event_log_span(self) -> tuple[int, int]:
+        return await self.local.event_log_span()
+
+    # -- the game server's bookkeeping -------------------------------------------
+
+    async def find_receipt(self, principal: str, key: str) -> tuple[str, int, str] | None:
+        return await self.local.find_receipt(principal, key)
+
+    async def token_versions(self) -> dict[str, int]:
+        return await self.local.token_versions()
+
+    async def set_token_version(self, player_id: str, version: int) -> None:
+        await self.local.db.submit([rows.set_token_version(player_id, version)])
+
+    # -- scenario runs -------------------------------------------------------------
+
+    async def run_record(self) -> RunRecord | None:
+        row = await self.local.db.fetchone(_SELECT_RUN)
+        return None if row is None else _run_record(row)
+
+    async def run_status(self) -> dict[str, Any] | None:
+        return await self.local.run_status()
+
+    async def is_empty(self) -> bool:
+        return await self.local.is_empty()
+
+    # -- maintenance ---------------------------------------------------------------
+
+    async def create_backup(self, name: str | None = None) -> Path:
+        return await self.local.create_backup(name)
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        return self.local.list_backups()
+
+    async def export_data(self) -> dict[str, Any]:
+        return await self.local.export_data()
+
+    async def export_to_json(self, path: Path | str | None = None) -> Path:
+        return await self.local.export_to_json(path)
+
+    async def verify(self) -> list[Any]:
+        return await self.local.verify()
+
+
+def read_run_record(home: Home) -> RunRecord | None:
+    """The run recorded in ``home``, read without opening the store (to resume a run
+    without its scenario file). ``InvalidInput`` if there is no readable store."""
+    if not home.db.is_file():
+        raise InvalidInput(f"nothing to resume in {home.root}: no store there")
+    conn = sqlite3.connect(f"{home.db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = conn.execute(_SELECT_RUN).fetchone()
+    except sqlite3.Error as exc:
+        raise InvalidInput(f"nothing to resume in {home.root}: {exc}") from exc
+    finally:
+        conn.close()
+    return None if row is None else _run_record(row)
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    name, seed, scenario, started_at, tick, total, state, finished = row
+    return RunRecord(
+        name=str(name),
+        seed=int(seed),
+        scenario=str(scenario),
+        started_at=str(started_at),
+        tick=int(tick),
+        total_ticks=int(total),
+        state=str(state),
+        finished=bool(finished),
+    )
