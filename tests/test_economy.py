@@ -11,10 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ublox_sim.core.economy import (
-    COMPLETED,
-    FAILED,
-    FUNDING,
-    IN_PROGRESS,
     allocate_play,
     check_hours,
     check_play_hours,
@@ -35,7 +31,7 @@ from ublox_sim.core.errors import (
     SharesUnavailable,
 )
 from ublox_sim.core.money import MAX_CENTS
-from ublox_sim.core.records import PTO, PTSToken, iso
+from ublox_sim.core.records import COMPLETED, FAILED, FUNDING, IN_PROGRESS, PTO, PTSToken, iso
 
 LAUNCH = datetime(2025, 12, 12, tzinfo=UTC)
 DEADLINE = LAUNCH + timedelta(days=30)
