@@ -167,15 +167,19 @@ def _show(value: Number) -> str:
 
 # -- money (major units, whole cents) ------------------------------------------------------
 
+# The unit money limits are said in: ``money.USD``. Written out here because money takes
+# its bound from this module (no import cycle); tests/test_limits.py keeps the two equal.
+CURRENCY_UNIT = "USD-OBBBA"
+
 # SQLite INTEGER is signed 64-bit; keep a wide margin so sums of many amounts still fit.
 MAX_CENTS = 10**15
 MAX_MONEY = MAX_CENTS // 100
 CENTS_DIGITS = 13  # the largest amount, 10**13 major units, has this decimal exponent
 
-BALANCE = Limit("usd_obbba", 0, MAX_MONEY, money=True, unit="USD-OBBBA")
-AMOUNT = Limit("amount", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA")
+BALANCE = Limit("usd_obbba", 0, MAX_MONEY, money=True, unit=CURRENCY_UNIT)
+AMOUNT = Limit("amount", 0, MAX_MONEY, min_exclusive=True, money=True, unit=CURRENCY_UNIT)
 PRICE_PER_PTS = Limit(
-    "price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA"
+    "price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True, unit=CURRENCY_UNIT
 )
 
 # -- hours ---------------------------------------------------------------------------------
@@ -256,8 +260,8 @@ TRANSACTIONS_PAGE = Limit("limit", 1, 500, integer=True)  # ledger rows in one p
 # request its document calls valid is never refused for its size. Whole-number amounts
 # in JSON stay below 10**12, well inside the exact range of a double.
 HTTP_PTS_OFFERED = Limit("pts_offered", 1, 10**6, integer=True)
-HTTP_PRICE_PER_PTS = Limit("price_per_pts", 0, 10**7 - 1, min_exclusive=True, unit="USD-OBBBA")
-HTTP_AMOUNT = Limit("amount", 0, 10**12 - 1, unit="USD-OBBBA")
+HTTP_PRICE_PER_PTS = Limit("price_per_pts", 0, 10**7 - 1, min_exclusive=True, unit=CURRENCY_UNIT)
+HTTP_AMOUNT = Limit("amount", 0, 10**12 - 1, unit=CURRENCY_UNIT)
 HTTP_POSITIVE_AMOUNT = replace(HTTP_AMOUNT, min_exclusive=True)  # deposits, transfers
 HTTP_PLAY_HOURS = Limit("hours", 0.01, 24)  # one request plays 0.01 h to a day
 # Amounts in JSON as exact decimal text, a pattern per cap (``Limit.decimal_pattern``).
