@@ -991,3 +991,14 @@ def f(cents: int) -> object:
         ("sim/planted.py", "datetime.now"): 1,
         ("sim/planted.py", "'in_progress'"): 1,
     }
+
+
+def test_the_command_line_server_bounds_keep_the_ranges_it_had() -> None:
+    """``serve``'s click ranges, in the table: ports 0..65535, a tick of at least 0.01 s,
+    a read timeout of at least 0.1 s, none of them capped above."""
+    assert (L.PORT.min, L.PORT.max, L.PORT.integer) == (0, 65535, True)
+    assert L.SERVE_TICK_SECONDS.min == 0.01 and L.SERVE_TICK_SECONDS.max == math.inf
+    assert L.READ_TIMEOUT_SECONDS.min == 0.1 and L.READ_TIMEOUT_SECONDS.max == math.inf
+    assert L.READ_TIMEOUT_SECONDS.contains(10.0) and not L.READ_TIMEOUT_SECONDS.contains(0.05)
+    with pytest.raises(InvalidInput, match="port must be between 0 and 65535"):
+        L.PORT.check(65536)

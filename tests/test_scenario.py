@@ -1019,3 +1019,14 @@ def test_the_clock_section_makes_a_sim_clock_starting_where_it_says() -> None:
     text = BASE.replace("clock:\n", "clock:\n  start: 2030-01-02T03:00:00+01:00\n")
     given_start = parse_scenario(text).scenario.clock
     assert given_start.sim_clock().now() == datetime(2030, 1, 2, 2, tzinfo=UTC)
+
+
+def test_the_loader_guards_are_the_limits_tables() -> None:
+    from ublox_sim.core import limits as L
+    from ublox_sim.sim import scenario
+
+    assert scenario.MAX_NODES == L.SCENARIO_MAX_VALUES
+    assert scenario.MAX_DEPTH == L.SCENARIO_MAX_DEPTH
+    deep = "a: " + "[" * (4 * L.SCENARIO_MAX_DEPTH + 1) + "]" * (4 * L.SCENARIO_MAX_DEPTH + 1)
+    with pytest.raises(ScenarioError, match=f"nested deeper than {L.SCENARIO_MAX_DEPTH}"):
+        parse_scenario(deep + "\n")

@@ -329,3 +329,13 @@ def test_the_runner_builds_the_world_the_scenario_section_describes() -> None:
     for path in sorted(root.glob("*.yaml")):
         scenario = load_scenario(path).scenario
         assert world_params(scenario) == scenario.world.params(), path.name
+
+
+def test_the_amplification_default_is_the_seeds_in_one_place() -> None:
+    from ublox_sim.core.records import DEFAULT_AMPLIFICATION, PTO
+    from ublox_sim.sim.scenario import World
+
+    assert DEFAULT_AMPLIFICATION == 100.0  # 5 h × 0.85 × 100 = 425 xUSD, as the seed says
+    assert WorldParams().amplification == DEFAULT_AMPLIFICATION
+    assert PTO("p", "g", "c").amplification == DEFAULT_AMPLIFICATION
+    assert World().amplification == DEFAULT_AMPLIFICATION

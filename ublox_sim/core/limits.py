@@ -273,6 +273,17 @@ TX_CURSOR = Limit("after", 0, 2**62, integer=True)  # the last tx_id a ledger pa
 # Ids in URL paths: no characters that need escaping, so every id made through the API
 # can be addressed by it (``a/b`` cannot); the length is ID_LENGTH's.
 
+# -- the command line's server options (click ranges: ``click.IntRange(PORT.min, PORT.max)``)
+
+PORT = Limit("port", 0, 65535, integer=True)
+SERVE_TICK_SECONDS = Limit("tick", 0.01, math.inf)  # wall seconds between live world steps
+READ_TIMEOUT_SECONDS = Limit("read_timeout", 0.1, math.inf)  # to send an announced body
+
+# -- scenario files: the YAML loader's guards ----------------------------------------------
+
+SCENARIO_MAX_VALUES = 200_000  # after alias expansion: a "billion laughs" file stops here
+SCENARIO_MAX_DEPTH = 40
+
 # -- ids and text (limits on the length) ---------------------------------------------------
 
 ID_LENGTH = Limit("id", 1, 128, integer=True)

@@ -69,6 +69,11 @@ PLAYABLE: Final = (IN_PROGRESS, COMPLETED)  # a holder may play in the world
 ESCROW_HELD: Final = (FUNDING, IN_PROGRESS)  # the PTO holds its buyers' USD-OBBBA
 
 
+# xUSD composed per fully coherent hour of play (the seed's "daThiccNOW" factor), unless a
+# PTO or a scenario's world says otherwise.
+DEFAULT_AMPLIFICATION: Final = 100.0
+
+
 @dataclass(slots=True)
 class PTO:
     TABLE: ClassVar[str] = "ptos"
@@ -98,7 +103,7 @@ class PTO:
     aci_coherence_score: float = 0.0
     xUSD_pool: int = 0
     world_cdt_id: str | None = None
-    amplification: float = 100.0
+    amplification: float = DEFAULT_AMPLIFICATION
 
 
 @dataclass(slots=True)
@@ -248,6 +253,7 @@ def metadata_json(metadata: Mapping[str, Any] | None) -> str | None:
 
 __all__ = [
     "COMPLETED",
+    "DEFAULT_AMPLIFICATION",
     "ESCROW_HELD",
     "FAILED",
     "FUNDING",

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from .errors import InvalidInput
 from .limits import WORLD
+from .records import DEFAULT_AMPLIFICATION
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -43,7 +44,7 @@ class WorldParams:
     feedback: float = 0.02  # × tau_k, player → cell
     lock_threshold: float = 0.95
     lock_steps: int = 3
-    amplification: float = 100.0
+    amplification: float = DEFAULT_AMPLIFICATION
 
     def steps_for(self, hours: float) -> int:
         return max(1, round(hours * self.steps_per_hour))

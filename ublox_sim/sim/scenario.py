@@ -43,8 +43,8 @@ from ..core.limits import Limit
 from ..core.money import round_to_cent, to_cents
 from ..core.world import WorldParams
 
-MAX_NODES = 200_000  # after alias expansion: a "billion laughs" file stops here
-MAX_DEPTH = 40
+MAX_NODES = L.SCENARIO_MAX_VALUES
+MAX_DEPTH = L.SCENARIO_MAX_DEPTH
 Path_ = tuple[str | int, ...]
 
 
