@@ -384,11 +384,14 @@ def test_the_pto_statuses_are_the_schemas_and_the_economys() -> None:
 
 
 def test_the_currencies_are_the_schemas() -> None:
+    import typing
+
     from ublox_sim.core import money
     from ublox_sim.store.sqlite import schema
 
     assert (money.USD, money.XUSD) == ("USD-OBBBA", "xUSD")
     assert money.CURRENCIES == (money.USD, money.XUSD) == tuple(schema.CURRENCIES)
+    assert money.CURRENCIES == typing.get_args(money.Currency)
 
 
 # -- one money format, one rounding of draws ---------------------------------------------

@@ -6,7 +6,8 @@ does not land on a whole cent is refused rather than rounded.
 
 The one home of money's names and shapes:
 
-* the currencies: ``USD`` (``"USD-OBBBA"``) and ``XUSD`` (``"xUSD"``), ``CURRENCIES``;
+* the currencies: ``USD`` (``"USD-OBBBA"``) and ``XUSD`` (``"xUSD"``), ``CURRENCIES``, and
+  the type ``Currency``;
 * one parse: ``to_cents`` (exact; refuses fractions of a cent) and, for values drawn at
   random by a scenario, ``round_to_cent`` (rounds to the nearest cent);
 * the shapes out: ``to_decimal`` (exact ``Decimal`` major units, the Engine's API),
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal, InvalidOperation
+from typing import Final, Literal, get_args
 
 from .errors import InvalidAmount
 from .limits import CENTS_DIGITS as _MAX_DIGITS
@@ -25,9 +27,12 @@ from .limits import MAX_CENTS as MAX_CENTS  # re-exported: money's bound lives i
 
 CENTS_PER_UNIT = 100
 
-USD = "USD-OBBBA"  # the seed's currency of deposits, investments, refunds and payouts
-XUSD = "xUSD"  # composed by play
-CURRENCIES = (USD, XUSD)
+# ``Currency`` types a field that holds one (a pydantic model's ``Literal``); the names
+# below are the values to use in code.
+Currency = Literal["USD-OBBBA", "xUSD"]
+USD: Final = "USD-OBBBA"  # the seed's currency of deposits, investments, refunds and payouts
+XUSD: Final = "xUSD"  # composed by play
+CURRENCIES: Final[tuple[Currency, ...]] = get_args(Currency)
 
 Amount = Decimal | int | float | str
 
