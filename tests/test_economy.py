@@ -11,10 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ublox_sim.core.economy import (
-    COMPLETED,
-    FAILED,
-    FUNDING,
-    IN_PROGRESS,
     allocate_play,
     check_hours,
     check_play_hours,
@@ -35,7 +31,7 @@ from ublox_sim.core.errors import (
     SharesUnavailable,
 )
 from ublox_sim.core.money import MAX_CENTS
-from ublox_sim.core.records import PTO, PTSToken, iso
+from ublox_sim.core.records import COMPLETED, FAILED, FUNDING, IN_PROGRESS, PTO, PTSToken, iso
 
 LAUNCH = datetime(2025, 12, 12, tzinfo=UTC)
 DEADLINE = LAUNCH + timedelta(days=30)
@@ -362,3 +358,82 @@ def test_allocate_play_covers_exactly_the_hours_asked_within_each_token(
     room = {t.token_id: t.hours_committed - t.hours_played for t in tokens}
     for token_id, hours in allocation:
         assert 0 < hours <= room[token_id] + 1e-9
+
+
+# -- one home for the names: PTO statuses and currencies --------------------------------
+
+
+def test_the_pto_statuses_are_the_schemas_and_the_economys() -> None:
+    import typing
+
+    from ublox_sim.core import economy, records
+    from ublox_sim.store.sqlite import schema
+
+    assert records.PTO_STATUSES == ("funding", "in_progress", "completed", "failed")
+    assert records.PTO_STATUSES == typing.get_args(records.PTOStatus)
+    assert (FUNDING, IN_PROGRESS, COMPLETED, FAILED) == records.PTO_STATUSES
+    assert records.PLAYABLE == (IN_PROGRESS, COMPLETED)
+    assert records.ESCROW_HELD == (FUNDING, IN_PROGRESS)
+    assert PTO("p", "g", "c").status == FUNDING
+    # Until they import them from records, the copies must agree (see issue 12, item 5).
+    assert tuple(schema.PTO_STATUSES) == records.PTO_STATUSES
+    assert (economy.FUNDING, economy.IN_PROGRESS, economy.COMPLETED, economy.FAILED) == (
+        records.PTO_STATUSES
+    )
+    assert tuple(economy.PLAYABLE) == records.PLAYABLE
+
+
+def test_the_currencies_are_the_schemas() -> None:
+    import typing
+
+    from ublox_sim.core import money
+    from ublox_sim.store.sqlite import schema
+
+    assert (money.USD, money.XUSD) == ("USD-OBBBA", "xUSD")
+    assert money.CURRENCIES == (money.USD, money.XUSD) == tuple(schema.CURRENCIES)
+    assert money.CURRENCIES == typing.get_args(money.Currency)
+
+
+# -- one money format, one rounding of draws ---------------------------------------------
+
+CENTS = st.integers(min_value=0, max_value=MAX_CENTS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(CENTS)
+def test_one_money_format_says_what_the_old_three_said(cents: int) -> None:
+    """``format_cents`` replaces the API's ``money()``, the reports' ``money()`` and the
+    refusal message's ``cents / 100:.2f``: byte for byte the same text."""
+    from ublox_sim.core.money import format_amount, format_cents, to_cents, to_decimal
+
+    text = format_cents(cents)
+    assert text == f"{to_decimal(cents).quantize(Decimal('0.01')):f}"  # server.models.money
+    assert text == f"{Decimal(str(to_decimal(cents))):.2f}"  # sim.report.money, cli
+    assert text == f"{cents / 100:.2f}"  # economy.check_funds (exact below 2**53 cents)
+    assert text == str(to_decimal(cents))  # the leaderboard's str(Decimal)
+    assert format_amount(to_decimal(cents)) == text
+    assert format_amount(cents / 100) == text  # a major-unit float from an aggregate
+    assert to_cents(text) == cents  # and it reads back exactly
+
+
+def test_format_amount_takes_major_units_in_any_form() -> None:
+    from ublox_sim.core.money import format_amount, format_cents
+
+    assert format_cents(500_000) == "5000.00"
+    assert format_cents(1) == "0.01"
+    assert format_amount(5000) == "5000.00"
+    assert format_amount(0.1) == "0.10"
+    assert format_amount("25") == "25.00"
+    assert format_amount(Decimal("1E+3")) == "1000.00"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0, max_value=1e13, allow_nan=False))
+def test_a_drawn_amount_rounds_to_the_cent_as_scenario_runs_always_did(value: float) -> None:
+    from ublox_sim.core.money import round_to_cent, to_cents
+
+    rounded = round_to_cent(value)
+    assert rounded == Decimal(str(round(value, 2)))
+    assert abs(rounded - Decimal(repr(value))) <= Decimal("0.005")
+    if rounded <= MAX_CENTS // 100:
+        to_cents(rounded)  # whole cents, so the exact parse takes it

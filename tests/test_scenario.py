@@ -1000,3 +1000,33 @@ def test_a_drawn_deadline_is_not_raised_to_an_hour() -> None:
     loaded = parse_scenario(full_with(38, "    funding_deadline_hours: 0.5"), "full.yaml")
     _players, ptos, _groups = plan(loaded.scenario)
     assert [p.deadline_hours for p in ptos if p.pto_id.startswith("pc-")] == [0.5, 0.5]
+
+
+# -- the clock section makes the one clock ------------------------------------------------
+
+
+def test_the_clock_section_makes_a_sim_clock_starting_where_it_says() -> None:
+    from datetime import UTC, datetime
+
+    from ublox_sim.core.clock import DEFAULT_START, SimClock
+
+    unset = parse_scenario(BASE).scenario.clock
+    assert unset.start == DEFAULT_START == SimClock().now()
+    clock = unset.sim_clock()
+    assert isinstance(clock, SimClock) and clock.now() == DEFAULT_START
+    clock.advance(unset.tick_hours)
+    assert unset.sim_clock().now() == DEFAULT_START  # a fresh clock each time
+    text = BASE.replace("clock:\n", "clock:\n  start: 2030-01-02T03:00:00+01:00\n")
+    given_start = parse_scenario(text).scenario.clock
+    assert given_start.sim_clock().now() == datetime(2030, 1, 2, 2, tzinfo=UTC)
+
+
+def test_the_loader_guards_are_the_limits_tables() -> None:
+    from ublox_sim.core import limits as L
+    from ublox_sim.sim import scenario
+
+    assert scenario.MAX_NODES == L.SCENARIO_MAX_VALUES
+    assert scenario.MAX_DEPTH == L.SCENARIO_MAX_DEPTH
+    deep = "a: " + "[" * (4 * L.SCENARIO_MAX_DEPTH + 1) + "]" * (4 * L.SCENARIO_MAX_DEPTH + 1)
+    with pytest.raises(ScenarioError, match=f"nested deeper than {L.SCENARIO_MAX_DEPTH}"):
+        parse_scenario(deep + "\n")

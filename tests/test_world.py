@@ -9,12 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ublox_sim.core import limits as L
 from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import InvalidInput
 from ublox_sim.core.world import (
     TWO_PI,
+    WORLD_PARAM_NAMES,
     SessionPhysics,
     WorldParams,
     cell_of,
+    check_world,
     new_world,
     order_parameter,
     play_steps,
@@ -277,3 +281,61 @@ async def test_same_seed_same_pto_id_gives_the_same_world(tmp_path: Path) -> Non
             worlds.append(await engine.world("pto_same"))
     assert worlds[0]["theta"].tobytes() == worlds[1]["theta"].tobytes()
     assert worlds[0]["omega"].tobytes() == worlds[1]["omega"].tobytes()
+
+
+# -- the parameters: one definition, one table of bounds ------------------------------
+
+
+def test_every_world_parameter_has_its_one_bound_and_a_default_inside_it() -> None:
+    assert set(WORLD_PARAM_NAMES) == set(L.WORLD)
+    defaults = WorldParams()
+    assert check_world(defaults) is defaults
+    for name in WORLD_PARAM_NAMES:
+        assert L.WORLD[name].contains(getattr(defaults, name)), name
+
+
+@pytest.mark.parametrize("name", WORLD_PARAM_NAMES)
+def test_check_world_refuses_a_parameter_past_its_bound_naming_it(name: str) -> None:
+    limit = L.WORLD[name]
+    past = limit.max + 1 if not limit.integer else int(limit.max) + 1
+    with pytest.raises(InvalidInput, match=rf"world\.{name} must be"):
+        check_world(dataclasses.replace(WorldParams(), **{name: past}))
+
+
+def test_check_world_refuses_what_is_not_world_params() -> None:
+    with pytest.raises(InvalidInput, match="world must be WorldParams, got dict"):
+        check_world({"size": 8})
+
+
+def test_a_scenario_world_section_is_world_params_with_the_same_defaults_and_bounds() -> None:
+    from ublox_sim.sim.scenario import Within, World
+
+    assert World().params() == WorldParams()
+    for name, info in World.model_fields.items():
+        assert info.default == getattr(WorldParams(), name), name
+        (within,) = [m for m in info.metadata if isinstance(m, Within)]
+        assert within.limit is L.WORLD[name], name
+    # The lock rule's constants are not a scenario's to set: they keep their defaults.
+    assert set(WORLD_PARAM_NAMES) - set(World.model_fields) == {"lock_threshold", "lock_steps"}
+    changed = World(size=8, dt=0.05, amplification=250.0).params()
+    assert changed == dataclasses.replace(WorldParams(), size=8, dt=0.05, amplification=250.0)
+
+
+def test_the_runner_builds_the_world_the_scenario_section_describes() -> None:
+    from ublox_sim.sim.runner import world_params
+    from ublox_sim.sim.scenario import load_scenario
+
+    root = Path(__file__).resolve().parents[1] / "scenarios"
+    for path in sorted(root.glob("*.yaml")):
+        scenario = load_scenario(path).scenario
+        assert world_params(scenario) == scenario.world.params(), path.name
+
+
+def test_the_amplification_default_is_the_seeds_in_one_place() -> None:
+    from ublox_sim.core.records import DEFAULT_AMPLIFICATION, PTO
+    from ublox_sim.sim.scenario import World
+
+    assert DEFAULT_AMPLIFICATION == 100.0  # 5 h × 0.85 × 100 = 425 xUSD, as the seed says
+    assert WorldParams().amplification == DEFAULT_AMPLIFICATION
+    assert PTO("p", "g", "c").amplification == DEFAULT_AMPLIFICATION
+    assert World().amplification == DEFAULT_AMPLIFICATION

@@ -12,7 +12,7 @@ from .limits import FILE_SAFE_ID, ID_LENGTH
 
 
 def check_id(value: object, what: str = "id") -> str:
-    """A player or token id: ``ID_LENGTH`` (1..128) printable characters, no control characters."""
+    """A player or token id: ``limits.ID_LENGTH`` printable characters, no control characters."""
     if not isinstance(value, str):
         raise InvalidId(f"{what} must be a string, got {type(value).__name__}")
     if not ID_LENGTH.contains(len(value)):

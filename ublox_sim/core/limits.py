@@ -139,6 +139,21 @@ class Limit:
         """``Annotated[int | float, Field(...)]`` for models built at run time."""
         return Annotated[int if self.integer else float, self.field()]
 
+    def decimal_pattern(self) -> str:
+        """A JSON-schema ``pattern`` for money written as exact decimal text under this
+        limit: a whole part of at most as many digits as ``max`` has, at most two decimals
+        (whole cents), no leading zeros, and no zero where the limit excludes it.
+
+        Only for limits from 0: ``HTTP_AMOUNT.decimal_pattern()`` is
+        ``^(0|[1-9][0-9]{0,11})(\\.[0-9]{1,2})?$``."""
+        if self.min != 0 or self.max_exclusive:
+            raise ValueError(f"{self.name}: a decimal pattern needs a limit from 0 to a maximum")
+        whole = f"[1-9][0-9]{{0,{len(str(int(self.max))) - 1}}}"
+        cents = r"(\.[0-9]{1,2})?"
+        if self.min_exclusive:
+            return rf"^({whole}{cents}|0\.(0[1-9]|[1-9][0-9]?))$"
+        return rf"^(0|{whole}){cents}$"
+
 
 def _show(value: Number) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
@@ -152,15 +167,19 @@ def _show(value: Number) -> str:
 
 # -- money (major units, whole cents) ------------------------------------------------------
 
+# The unit money limits are said in: ``money.USD``. Written out here because money takes
+# its bound from this module (no import cycle); tests/test_limits.py keeps the two equal.
+CURRENCY_UNIT = "USD-OBBBA"
+
 # SQLite INTEGER is signed 64-bit; keep a wide margin so sums of many amounts still fit.
 MAX_CENTS = 10**15
 MAX_MONEY = MAX_CENTS // 100
 CENTS_DIGITS = 13  # the largest amount, 10**13 major units, has this decimal exponent
 
-BALANCE = Limit("usd_obbba", 0, MAX_MONEY, money=True, unit="USD-OBBBA")
-AMOUNT = Limit("amount", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA")
+BALANCE = Limit("usd_obbba", 0, MAX_MONEY, money=True, unit=CURRENCY_UNIT)
+AMOUNT = Limit("amount", 0, MAX_MONEY, min_exclusive=True, money=True, unit=CURRENCY_UNIT)
 PRICE_PER_PTS = Limit(
-    "price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True, unit="USD-OBBBA"
+    "price_per_pts", 0, MAX_MONEY, min_exclusive=True, money=True, unit=CURRENCY_UNIT
 )
 
 # -- hours ---------------------------------------------------------------------------------
@@ -241,11 +260,29 @@ TRANSACTIONS_PAGE = Limit("limit", 1, 500, integer=True)  # ledger rows in one p
 # request its document calls valid is never refused for its size. Whole-number amounts
 # in JSON stay below 10**12, well inside the exact range of a double.
 HTTP_PTS_OFFERED = Limit("pts_offered", 1, 10**6, integer=True)
-HTTP_PRICE_PER_PTS = Limit("price_per_pts", 0, 10**7 - 1, min_exclusive=True, unit="USD-OBBBA")
-HTTP_AMOUNT = Limit("amount", 0, 10**12 - 1, unit="USD-OBBBA")
+HTTP_PRICE_PER_PTS = Limit("price_per_pts", 0, 10**7 - 1, min_exclusive=True, unit=CURRENCY_UNIT)
+HTTP_AMOUNT = Limit("amount", 0, 10**12 - 1, unit=CURRENCY_UNIT)
+HTTP_POSITIVE_AMOUNT = replace(HTTP_AMOUNT, min_exclusive=True)  # deposits, transfers
 HTTP_PLAY_HOURS = Limit("hours", 0.01, 24)  # one request plays 0.01 h to a day
+# Amounts in JSON as exact decimal text, a pattern per cap (``Limit.decimal_pattern``).
+HTTP_AMOUNT_PATTERN = HTTP_AMOUNT.decimal_pattern()
+HTTP_POSITIVE_AMOUNT_PATTERN = HTTP_POSITIVE_AMOUNT.decimal_pattern()
+HTTP_PRICE_PATTERN = HTTP_PRICE_PER_PTS.decimal_pattern()
+TOKEN_TTL_SECONDS = Limit("ttl_seconds", 1, 7 * 24 * 3600, integer=True)  # a player token
+TX_CURSOR = Limit("after", 0, 2**62, integer=True)  # the last tx_id a ledger page saw
 # Ids in URL paths: no characters that need escaping, so every id made through the API
 # can be addressed by it (``a/b`` cannot); the length is ID_LENGTH's.
+
+# -- the command line's server options (click ranges: ``click.IntRange(PORT.min, PORT.max)``)
+
+PORT = Limit("port", 0, 65535, integer=True)
+SERVE_TICK_SECONDS = Limit("tick", 0.01, math.inf)  # wall seconds between live world steps
+READ_TIMEOUT_SECONDS = Limit("read_timeout", 0.1, math.inf)  # to send an announced body
+
+# -- scenario files: the YAML loader's guards ----------------------------------------------
+
+SCENARIO_MAX_VALUES = 200_000  # after alias expansion: a "billion laughs" file stops here
+SCENARIO_MAX_DEPTH = 40
 
 # -- ids and text (limits on the length) ---------------------------------------------------
 

@@ -3,12 +3,23 @@
 Floats never take part in arithmetic. A float given at the API is read through its
 shortest repr (``Decimal(repr(x))``), so ``0.1`` means ten cents, and anything that
 does not land on a whole cent is refused rather than rounded.
+
+The one home of money's names and shapes:
+
+* the currencies: ``USD`` (``"USD-OBBBA"``) and ``XUSD`` (``"xUSD"``), ``CURRENCIES``, and
+  the type ``Currency``;
+* one parse: ``to_cents`` (exact; refuses fractions of a cent) and, for values drawn at
+  random by a scenario, ``round_to_cent`` (rounds to the nearest cent);
+* the shapes out: ``to_decimal`` (exact ``Decimal`` major units, the Engine's API),
+  ``from_cents`` (a float, the seed's and the export's shape) and one text format,
+  ``format_cents`` / ``format_amount`` (``"5000.00"``: reports, the HTTP API, messages).
 """
 
 from __future__ import annotations
 
 import math
 from decimal import Decimal, InvalidOperation
+from typing import Final, Literal, get_args
 
 from .errors import InvalidAmount
 from .limits import CENTS_DIGITS as _MAX_DIGITS
@@ -18,6 +29,13 @@ CENTS_PER_UNIT = 100
 # The two currencies: players pay in USD-OBBBA; play composes xUSD.
 USD = "USD-OBBBA"
 XUSD = "xUSD"
+
+# ``Currency`` types a field that holds one (a pydantic model's ``Literal``); the names
+# below are the values to use in code.
+Currency = Literal["USD-OBBBA", "xUSD"]
+USD: Final = "USD-OBBBA"  # the seed's currency of deposits, investments, refunds and payouts
+XUSD: Final = "xUSD"  # composed by play
+CURRENCIES: Final[tuple[Currency, ...]] = get_args(Currency)
 
 Amount = Decimal | int | float | str
 
@@ -72,3 +90,25 @@ def from_cents(cents: int) -> float:
 def to_decimal(cents: int) -> Decimal:
     """Cents → an exact Decimal in major units (for the Engine API)."""
     return Decimal(cents).scaleb(-2)
+
+
+def round_to_cent(value: float) -> Decimal:
+    """A drawn float (a scenario's random amount) as major units rounded to the cent.
+
+    Drawing is the one place money is rounded rather than refused: a uniform draw of
+    12.3456 means 12.35. Python's ``round`` is correctly rounded, half to even."""
+    return Decimal(str(round(float(value), 2)))
+
+
+def format_amount(amount: Decimal | int | float | str) -> str:
+    """Major units as text with exactly two decimals: ``"5000.00"``, the one text format.
+
+    A float is read through its shortest repr (``0.1`` is ``"0.10"``), an int as whole
+    major units; a third decimal is rounded half to even, as ``Decimal`` formats."""
+    value = amount if isinstance(amount, Decimal) else Decimal(str(amount))
+    return f"{value:.2f}"
+
+
+def format_cents(cents: int) -> str:
+    """Cents as major-unit text: ``500000`` → ``"5000.00"`` (exact at any size)."""
+    return format_amount(to_decimal(cents))

@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar, get_args
 
 from .errors import InvalidInput
 from .money import from_cents, to_cents
@@ -56,6 +56,24 @@ class Player:
     created_at: str = ""
 
 
+# A PTO's status, as stored in ``ptos.status`` and shown in exports and the API. The one
+# home of these names: the schema's CHECK, the economy, the actors, verify and the
+# server's models take them from here.
+PTOStatus = Literal["funding", "in_progress", "completed", "failed"]
+FUNDING: Final = "funding"  # selling PTS until every share is sold or the deadline passes
+IN_PROGRESS: Final = "in_progress"  # fully funded: being built, playable
+COMPLETED: Final = "completed"  # every ATU spent; the escrow went to the creator
+FAILED: Final = "failed"  # the deadline passed unsold; every holder was refunded
+PTO_STATUSES: Final[tuple[PTOStatus, ...]] = get_args(PTOStatus)
+PLAYABLE: Final = (IN_PROGRESS, COMPLETED)  # a holder may play in the world
+ESCROW_HELD: Final = (FUNDING, IN_PROGRESS)  # the PTO holds its buyers' USD-OBBBA
+
+
+# xUSD composed per fully coherent hour of play (the seed's "daThiccNOW" factor), unless a
+# PTO or a scenario's world says otherwise.
+DEFAULT_AMPLIFICATION: Final = 100.0
+
+
 @dataclass(slots=True)
 class PTO:
     TABLE: ClassVar[str] = "ptos"
@@ -78,14 +96,14 @@ class PTO:
     price_per_pts: int = 0
     funding_goal: int = 0
     funding_raised: int = 0
-    status: str = "funding"
+    status: str = FUNDING
     launch_time: str = ""
     funding_deadline: str | None = None
     completion_time: str | None = None
     aci_coherence_score: float = 0.0
     xUSD_pool: int = 0
     world_cdt_id: str | None = None
-    amplification: float = 100.0
+    amplification: float = DEFAULT_AMPLIFICATION
 
 
 @dataclass(slots=True)
@@ -234,8 +252,17 @@ def metadata_json(metadata: Mapping[str, Any] | None) -> str | None:
 
 
 __all__ = [
+    "COMPLETED",
+    "DEFAULT_AMPLIFICATION",
+    "ESCROW_HELD",
+    "FAILED",
+    "FUNDING",
+    "IN_PROGRESS",
+    "PLAYABLE",
     "PTO",
+    "PTO_STATUSES",
     "RECORD_TYPES",
+    "PTOStatus",
     "PTSToken",
     "PlaySession",
     "Player",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .money import to_decimal
+from .money import format_cents, to_decimal
 from .records import PTO, Player, PTSToken
 
 
@@ -150,8 +150,8 @@ def leaderboard(players: list[Player], top: int = 10) -> list[dict[str, Any]]:
     return [
         {
             "player_id": p.player_id,
-            "xUSD_balance": str(to_decimal(p.xUSD_balance)),
-            "usd_obbba_balance": str(to_decimal(p.usd_obbba_balance)),
+            "xUSD_balance": format_cents(p.xUSD_balance),
+            "usd_obbba_balance": format_cents(p.usd_obbba_balance),
             "phase_locks_count": p.phase_locks_count,
             "tau_k": round(p.tau_k, 3),
         }

@@ -7,14 +7,23 @@ and nudges the cell back with ``feedback·tau_k``. A player's coherence on a ste
 is ``(1 + cos(theta_cell − phase)) / 2``; a *phase lock* is coherence ≥ 0.95 held
 for ``lock_steps`` steps in a row. Everything here is a pure function of its
 inputs: the same arrays and parameters give bit-identical results.
+
+``WorldParams`` is the one home of the physics constants and their defaults; each
+field's bound is ``limits.WORLD[name]`` (``check_world`` holds a ``WorldParams`` to
+them). A scenario's ``world:`` section (``sim.scenario.World``) takes its defaults from
+here and turns into one with ``World.params()``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import NDArray
+
+from .errors import InvalidInput
+from .limits import WORLD
+from .records import DEFAULT_AMPLIFICATION
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -35,10 +44,22 @@ class WorldParams:
     feedback: float = 0.02  # × tau_k, player → cell
     lock_threshold: float = 0.95
     lock_steps: int = 3
-    amplification: float = 100.0
+    amplification: float = DEFAULT_AMPLIFICATION
 
     def steps_for(self, hours: float) -> int:
         return max(1, round(hours * self.steps_per_hour))
+
+
+WORLD_PARAM_NAMES = tuple(f.name for f in fields(WorldParams))
+
+
+def check_world(params: object) -> WorldParams:
+    """Every physics constant within its limit (``limits.WORLD``), or ``InvalidInput``."""
+    if not isinstance(params, WorldParams):
+        raise InvalidInput(f"world must be WorldParams, got {type(params).__name__}")
+    for name, limit in WORLD.items():
+        limit.check(getattr(params, name), f"world.{name}")
+    return params
 
 
 def new_world(params: WorldParams, rng: np.random.Generator) -> dict[str, F64]:

@@ -19,7 +19,6 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,13 +36,15 @@ from pydantic import (
 )
 
 from ..core import limits as L
+from ..core.clock import DEFAULT_START, SimClock
 from ..core.errors import InvalidInput
 from ..core.ids import check_file_name, check_id
 from ..core.limits import Limit
-from ..core.money import to_cents
+from ..core.money import round_to_cent, to_cents
+from ..core.world import WorldParams
 
-MAX_NODES = 200_000  # after alias expansion: a "billion laughs" file stops here
-MAX_DEPTH = 40
+MAX_NODES = L.SCENARIO_MAX_VALUES
+MAX_DEPTH = L.SCENARIO_MAX_DEPTH
 Path_ = tuple[str | int, ...]
 
 
@@ -258,7 +259,7 @@ def settle(limit: Limit, value: float) -> Any:
     """A drawn float as the field's value: money rounded to the cent (a ``Decimal``), whole
     numbers rounded down (an ``int``), anything else as it is (a ``float``)."""
     if limit.money:
-        return Decimal(str(round(float(value), 2)))
+        return round_to_cent(value)
     if limit.integer:
         return math.floor(value)
     return float(value)
@@ -401,8 +402,11 @@ def draw_settled(value: Value, rng: np.random.Generator, size: int, limit: Limit
     return out
 
 
-class Clock(_Model):
-    start: datetime = datetime(2025, 12, 12, tzinfo=UTC)
+class ClockSpec(_Model):
+    """The ``clock:`` section: when simulated time starts and how a run is cut into ticks.
+    Its ``sim_clock()`` is the run's ``core.clock.SimClock``."""
+
+    start: datetime = DEFAULT_START
     tick_hours: Annotated[float, within(L.TICK_HOURS)] = 1.0
     ticks: Annotated[int, within(L.TICKS)] | None = None
     duration_hours: Annotated[float, within(L.DURATION_HOURS)] | None = None
@@ -420,7 +424,7 @@ class Clock(_Model):
         return value
 
     @model_validator(mode="after")
-    def _length(self) -> Clock:
+    def _length(self) -> ClockSpec:
         if (self.ticks is None) == (self.duration_hours is None):
             raise ValueError("give exactly one of ticks or duration_hours")
         if not L.TICKS.contains(self.total_ticks):
@@ -437,17 +441,31 @@ class Clock(_Model):
         assert self.duration_hours is not None
         return max(1, math.ceil(self.duration_hours / self.tick_hours))
 
+    def sim_clock(self) -> SimClock:
+        """A fresh simulated clock at ``start``."""
+        return SimClock(self.start)
+
+
+_WORLD = WorldParams()  # the defaults live there, the bounds in ``limits.WORLD``
+
 
 class World(_Model):
-    size: Annotated[int, within(L.WORLD_SIZE)] = 64
-    coupling: Annotated[float, within(L.COUPLING)] = 1.0
-    dt: Annotated[float, within(L.DT)] = 0.1
-    steps_per_hour: Annotated[int, within(L.STEPS_PER_HOUR)] = 4
-    omega_mean: Annotated[float, within(L.OMEGA_MEAN)] = 1.0
-    omega_spread: Annotated[float, within(L.OMEGA_SPREAD)] = 0.1
-    player_coupling: Annotated[float, within(L.PLAYER_COUPLING)] = 0.2
-    feedback: Annotated[float, within(L.FEEDBACK)] = 0.02
-    amplification: Annotated[float, within(L.AMPLIFICATION)] = 100.0
+    """The ``world:`` section: ``WorldParams`` a scenario may set (the lock rule's two
+    constants keep their defaults), each held to its ``limits.WORLD`` bound."""
+
+    size: Annotated[int, within(L.WORLD_SIZE)] = _WORLD.size
+    coupling: Annotated[float, within(L.COUPLING)] = _WORLD.coupling
+    dt: Annotated[float, within(L.DT)] = _WORLD.dt
+    steps_per_hour: Annotated[int, within(L.STEPS_PER_HOUR)] = _WORLD.steps_per_hour
+    omega_mean: Annotated[float, within(L.OMEGA_MEAN)] = _WORLD.omega_mean
+    omega_spread: Annotated[float, within(L.OMEGA_SPREAD)] = _WORLD.omega_spread
+    player_coupling: Annotated[float, within(L.PLAYER_COUPLING)] = _WORLD.player_coupling
+    feedback: Annotated[float, within(L.FEEDBACK)] = _WORLD.feedback
+    amplification: Annotated[float, within(L.AMPLIFICATION)] = _WORLD.amplification
+
+    def params(self) -> WorldParams:
+        """The ``WorldParams`` this section sets (defaults for what it does not)."""
+        return WorldParams(**self.model_dump())
 
 
 class PlayerSpec(_Model):
@@ -613,7 +631,7 @@ class Scenario(_Model):
     name: Annotated[str, text_within(L.SCENARIO_NAME)]
     seed: Annotated[int, within(L.SEED)]
     description: Annotated[str, text_within(L.DESCRIPTION)] = ""
-    clock: Clock
+    clock: ClockSpec
     checkpoint_every: Annotated[int, within(L.CHECKPOINT_EVERY)] = 10
     world: World = World()
     players: list[PlayerSpec] = []
