@@ -321,16 +321,6 @@ def test_a_scenario_world_section_is_world_params_with_the_same_defaults_and_bou
     assert changed == dataclasses.replace(WorldParams(), size=8, dt=0.05, amplification=250.0)
 
 
-def test_the_runner_builds_the_world_the_scenario_section_describes() -> None:
-    from ublox_sim.sim.runner import world_params
-    from ublox_sim.sim.scenario import load_scenario
-
-    root = Path(__file__).resolve().parents[1] / "scenarios"
-    for path in sorted(root.glob("*.yaml")):
-        scenario = load_scenario(path).scenario
-        assert world_params(scenario) == scenario.world.params(), path.name
-
-
 def test_the_amplification_default_is_the_seeds_in_one_place() -> None:
     from ublox_sim.core.records import DEFAULT_AMPLIFICATION, PTO
     from ublox_sim.sim.scenario import World

@@ -50,7 +50,7 @@ from .actors.runtime import ActorSystem, owned_task_group
 from .core import events as ev
 from .core import limits
 from .core.clock import Clock, WallClock
-from .core.economy import FUNDING, check_hours, check_play_hours, funding_goal
+from .core.economy import check_hours, check_play_hours, funding_goal
 from .core.errors import (
     ActorClosed,
     AlreadyExists,
@@ -65,24 +65,15 @@ from .core.events import EventBus, Subscription
 from .core.ids import check_file_name, check_id
 from .core.logsetup import get_logger
 from .core.money import Amount, to_cents, to_decimal
-from .core.records import PTO, Player, PTSToken, iso
+from .core.records import FUNDING, PTO, Player, PTSToken, iso
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
-from .core.world import F64, WorldParams, new_world
+from .core.world import F64, WorldParams, check_world, new_world
 from .store.backend import Backend, Checkpoint, Receipt, RunRecord, Unit, WorldWrite
 from .store.local import Home, world_id_for
 from .store.sqlite.backend import SqliteBackend
 from .store.sqlite.writer import Synchronous
 
 log = get_logger(__name__)
-
-
-def check_world(params: WorldParams) -> WorldParams:
-    """Every physics constant within its limit (``limits.WORLD``), or ``InvalidInput``."""
-    if not isinstance(params, WorldParams):
-        raise InvalidInput(f"world must be WorldParams, got {type(params).__name__}")
-    for name, limit in limits.WORLD.items():
-        limit.check(getattr(params, name), f"world.{name}")
-    return params
 
 
 class Engine:

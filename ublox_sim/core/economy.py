@@ -27,11 +27,18 @@ from .events import (
     WorldStepped,
 )
 from .limits import MAX_CENTS, PLAY_HOURS, PTS_HOURS
-from .money import to_cents
-from .records import PTO, Player, PTSToken, parse_iso
-
-FUNDING, IN_PROGRESS, COMPLETED, FAILED = "funding", "in_progress", "completed", "failed"
-PLAYABLE = (IN_PROGRESS, COMPLETED)
+from .money import CENTS_PER_UNIT, USD, format_cents, to_cents
+from .records import (
+    COMPLETED,
+    FAILED,
+    FUNDING,
+    IN_PROGRESS,
+    PLAYABLE,
+    PTO,
+    Player,
+    PTSToken,
+    parse_iso,
+)
 
 
 def check_hours(hours: object, what: str = "hours") -> int:
@@ -99,7 +106,7 @@ def purchase(pto: PTO, hours: int, balance: int | None = None) -> Purchase:
 def check_funds(balance: int, amount: int, what: str) -> None:
     if amount > balance:
         raise InsufficientFunds(
-            f"cannot {what}: needs {amount / 100:.2f}, balance is {balance / 100:.2f} USD-OBBBA"
+            f"cannot {what}: needs {format_cents(amount)}, balance is {format_cents(balance)} {USD}"
         )
 
 
@@ -176,7 +183,7 @@ def allocate_play(
 def compose_xusd(hours: float, quality: float, amplification: float) -> int:
     """xUSD composed = hours × quality × amplification, in cents, rounded half-even once."""
     exact = Decimal(repr(float(hours))) * Decimal(repr(float(quality)))
-    exact *= Decimal(repr(float(amplification))) * 100
+    exact *= Decimal(repr(float(amplification))) * CENTS_PER_UNIT
     return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 

@@ -26,9 +26,6 @@ from .limits import CENTS_DIGITS as _MAX_DIGITS
 from .limits import MAX_CENTS as MAX_CENTS  # re-exported: money's bound lives in limits
 
 CENTS_PER_UNIT = 100
-# The two currencies: players pay in USD-OBBBA; play composes xUSD.
-USD = "USD-OBBBA"
-XUSD = "xUSD"
 
 # ``Currency`` types a field that holds one (a pydantic model's ``Literal``); the names
 # below are the values to use in code.

@@ -82,14 +82,8 @@ def create_app(
             from ..sim.scenario import load_scenario
 
             loaded = load_scenario(scenario, seed=seed)
-        clock: SimClock | WallClock = (
-            SimClock(loaded.scenario.clock.start) if loaded else WallClock()
-        )
-        params = None
-        if loaded is not None:
-            from ..sim.runner import world_params
-
-            params = world_params(loaded.scenario)
+        clock: SimClock | WallClock = loaded.scenario.clock.sim_clock() if loaded else WallClock()
+        params = loaded.scenario.world.params() if loaded is not None else None
         key = cfg.admin_key or load_admin_key(root.root)[0]
         async with Engine.open(home, clock=clock, seed=seed, world=params) as engine:
             metrics: Metrics = app.state.metrics

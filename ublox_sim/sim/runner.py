@@ -25,11 +25,11 @@ import numpy as np
 
 from ..core import limits as L
 from ..core.clock import SimClock
-from ..core.economy import FUNDING, IN_PROGRESS, PLAYABLE
 from ..core.errors import InvalidInput, Refusal, UbloxError
 from ..core.logsetup import get_logger
+from ..core.money import format_cents
+from ..core.records import FUNDING, IN_PROGRESS, PLAYABLE
 from ..core.views import leaderboard
-from ..core.world import WorldParams
 from ..engine import Engine
 from ..store.backend import RunRecord
 from ..store.local import Home
@@ -188,21 +188,6 @@ def recorded_scenario(home: Home) -> Loaded:
         raise InvalidInput(f"nothing to resume in {home.root}: no run was checkpointed there")
     data = json.loads(row.scenario)
     return Loaded(Model.model_validate(data), f"{home.db} (recorded run)", data)
-
-
-def world_params(scenario: Scenario) -> WorldParams:
-    w = scenario.world
-    return WorldParams(
-        size=w.size,
-        coupling=w.coupling,
-        dt=w.dt,
-        steps_per_hour=w.steps_per_hour,
-        omega_mean=w.omega_mean,
-        omega_spread=w.omega_spread,
-        player_coupling=w.player_coupling,
-        feedback=w.feedback,
-        amplification=w.amplification,
-    )
 
 
 class Runner:
@@ -420,8 +405,8 @@ async def run_scenario(
     async with Engine.open(
         home,
         seed=scenario.seed,
-        clock=(clock := SimClock(scenario.clock.start)),
-        world=world_params(scenario),
+        clock=(clock := scenario.clock.sim_clock()),
+        world=scenario.world.params(),
         checkpointed=True,
         synchronous=synchronous,  # type: ignore[arg-type]
     ) as engine:
@@ -502,14 +487,14 @@ async def _summarise(engine: Engine, report: RunReport) -> None:
                 "pto_id": pto_id,
                 "game_name": p.game_name,
                 "status": p.status,
-                "funding_raised": str(Decimal(p.funding_raised).scaleb(-2)),
-                "funding_goal": str(Decimal(p.funding_goal).scaleb(-2)),
+                "funding_raised": format_cents(p.funding_raised),
+                "funding_goal": format_cents(p.funding_goal),
                 "pts_sold": p.pts_sold,
                 "pts_offered": p.pts_offered,
                 "atu_spent": p.atu_spent,
                 "atu_required": p.atu_required,
                 "aci_coherence_score": round(p.aci_coherence_score, 4),
-                "xUSD_pool": str(Decimal(p.xUSD_pool).scaleb(-2)),
+                "xUSD_pool": format_cents(p.xUSD_pool),
             }
         )
     report.top_players = leaderboard([engine.peek_player(pid) for pid in engine.player_ids()])
