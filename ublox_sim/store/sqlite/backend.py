@@ -182,9 +182,9 @@ class SqliteBackend:
 
     async def ptos_past_deadline(self, at: str) -> list[str]:
         found = await self.local.db.fetchall(
-            "SELECT pto_id FROM ptos WHERE status = 'funding' AND funding_deadline IS NOT NULL"
+            "SELECT pto_id FROM ptos WHERE status = ? AND funding_deadline IS NOT NULL"
             " AND funding_deadline <= ? ORDER BY pto_id",
-            (at,),
+            (FUNDING, at),
         )
         return [str(pto_id) for (pto_id,) in found]
 

@@ -15,7 +15,18 @@ from collections.abc import Callable, Sequence
 
 from ...core import events as ev
 from ...core.money import USD, XUSD, to_cents
-from ...core.records import PTO, Player, PlaySession, PTSToken, Transaction, insert_sql, to_row
+from ...core.records import (
+    COMPLETED,
+    FAILED,
+    IN_PROGRESS,
+    PTO,
+    Player,
+    PlaySession,
+    PTSToken,
+    Transaction,
+    insert_sql,
+    to_row,
+)
 from ..backend import Receipt, RunRecord, Unit
 from .writer import Statement
 
@@ -55,23 +66,8 @@ def usd_delta(player_id: str, delta: int) -> Statement:
     )
 
 
-def pto_sale(pto_id: str, hours: int, price: int, status: str) -> Statement:
-    return Statement(
-        "UPDATE ptos SET pts_sold = pts_sold + ?, funding_raised = funding_raised + ?, status = ?"
-        " WHERE pto_id = ?",
-        (hours, price, status, pto_id),
-    )
-
-
-def pto_atu(pto_id: str, atu_spent: int, status: str, completion_time: str | None) -> Statement:
-    return Statement(
-        "UPDATE ptos SET atu_spent = ?, status = ?, completion_time = ? WHERE pto_id = ?",
-        (atu_spent, status, completion_time, pto_id),
-    )
-
-
 def pto_failed(pto_id: str) -> Statement:
-    return Statement("UPDATE ptos SET status = 'failed' WHERE pto_id = ?", (pto_id,))
+    return Statement("UPDATE ptos SET status = ? WHERE pto_id = ?", (FAILED, pto_id))
 
 
 def pto_session(pto_id: str, xusd: int, aci: float) -> Statement:
@@ -90,28 +86,6 @@ def token_played(token_id: str, hours: float, xusd: int) -> Statement:
         "UPDATE pts_tokens SET hours_played = hours_played + ?,"
         " xUSD_accumulated = xUSD_accumulated + ? WHERE token_id = ?",
         (hours, xusd, token_id),
-    )
-
-
-def player_session(
-    player: Player, *, xusd: int, hours: float, locks: int, locked_hours: float
-) -> Statement:
-    """The player's row after a session: xUSD and counters relative, physics absolute."""
-    return Statement(
-        "UPDATE players SET xUSD_balance = xUSD_balance + ?, total_play_time = total_play_time + ?,"
-        " phase_locks_count = phase_locks_count + ?, memory_depth = memory_depth + ?,"
-        " quality_score = ?, tau_k = ?, phase = ?, coherence = ? WHERE player_id = ?",
-        (
-            xusd,
-            hours,
-            locks,
-            locked_hours,
-            player.quality_score,
-            player.tau_k,
-            player.phase,
-            player.coherence,
-            player.player_id,
-        ),
     )
 
 
@@ -220,7 +194,7 @@ def receipt_session(
 
 
 def pto_funded(pto_id: str) -> Statement:
-    return Statement("UPDATE ptos SET status = 'in_progress' WHERE pto_id = ?", (pto_id,))
+    return Statement("UPDATE ptos SET status = ? WHERE pto_id = ?", (IN_PROGRESS, pto_id))
 
 
 def pto_atu_spent(pto_id: str, atu_spent: int) -> Statement:
@@ -229,8 +203,8 @@ def pto_atu_spent(pto_id: str, atu_spent: int) -> Statement:
 
 def pto_completed(pto_id: str, at: str) -> Statement:
     return Statement(
-        "UPDATE ptos SET status = 'completed', completion_time = ? WHERE pto_id = ?",
-        (at, pto_id),
+        "UPDATE ptos SET status = ?, completion_time = ? WHERE pto_id = ?",
+        (COMPLETED, at, pto_id),
     )
 
 
