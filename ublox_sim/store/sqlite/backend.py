@@ -19,6 +19,7 @@ from ...core.clock import Clock
 from ...core.errors import InvalidInput
 from ...core.events import EventBus
 from ...core.records import (  # moves to .tables
+    FUNDING,
     PTO,
     Player,
     PTSToken,
