@@ -1,7 +1,7 @@
 """``Idempotency-Key`` on money-moving requests, as Stripe's API does it.
 
 The key, a fingerprint of the request and the response are written by the operation's
-own unit (``receipt`` statements, last in it), so they commit with the money or not
+own unit (its ``receipt``, last in it; see ``receipts``), so they commit with the money or not
 at all. A retry with the same key returns the stored response and moves nothing, even
 after a crash and restart; the same key with another request is a 422. Requests with
 one key are serialised in this process, so concurrent duplicates wait for the first.
@@ -14,17 +14,16 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from ..store.local import LocalStore
-from ..store.sqlite.writer import Statement
 from .auth import Principal
 from .errors import ApiError
 
 Key = tuple[str, str]
-ReceiptFor = Callable[[Key, str], Statement]
+R = TypeVar("R")  # the receipt: whatever the operation's unit carries to store the key
 
 
 def fingerprint(operation: str, path: dict[str, str], body: Any) -> str:
@@ -42,8 +41,8 @@ class IdempotencyKeys:
         principal: Principal,
         key: str | None,
         print_: str,
-        receipt: ReceiptFor,
-        execute: Callable[[tuple[Statement, ...]], Awaitable[Any]],
+        receipt: Callable[[Key, str], R],
+        execute: Callable[[tuple[R, ...]], Awaitable[Any]],
     ) -> tuple[Any, bool]:
         """(result, replayed). Without a key, ``execute(())`` and its result. With one, the
         stored response (a dict decoded from the store), first time and on every retry."""
