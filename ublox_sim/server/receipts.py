@@ -16,7 +16,7 @@ from ..core.records import Player, PlaySession, PTSToken
 from ..core.views import PlayerInfo, TokenInfo
 from ..store.sqlite import rows as ledger
 from ..store.sqlite.writer import Statement
-from .models import PlayerOut, SessionOut, TokenOut, money
+from .models import PlayerOut, SessionOut, TokenOut, ViewOut, money
 
 # What a receipt stores as the response: the player's record, the PTS token the unit
 # inserted, or the play session it inserted (with the player's tau_k after it).
@@ -44,7 +44,7 @@ def receipt_for(
             return ledger.receipt_session(key, fingerprint, status, player_id, pto_id, at)
 
 
-def stored_response(kind: ReceiptKind, data: dict[str, Any]) -> PlayerOut | TokenOut | SessionOut:
+def stored_response(kind: ReceiptKind, data: dict[str, Any]) -> ViewOut:
     """The response a receipt of ``kind`` stored, decoded as the first answer gave it."""
     match kind:
         case "player":
@@ -53,15 +53,17 @@ def stored_response(kind: ReceiptKind, data: dict[str, Any]) -> PlayerOut | Toke
             return TokenOut.of(TokenInfo.of(PTSToken(**_row(PTSToken, data["token"]))))
         case "session":
             s = _row(PlaySession, data["session"])
-            return SessionOut(
-                session_id=s["session_id"],
-                pto_id=s["pto_id"],
-                player_id=s["player_id"],
-                hours=s["duration"],
-                quality=s["quality"],
-                xUSD_earned=money(int(s["xUSD_earned"])),
-                phase_locks=s["phase_locks"],
-                tau_k_after=float(data["tau_k_after"]),
+            return SessionOut.model_validate(
+                {
+                    "session_id": s["session_id"],
+                    "pto_id": s["pto_id"],
+                    "player_id": s["player_id"],
+                    "hours": s["duration"],
+                    "quality": s["quality"],
+                    "xUSD_earned": money(int(s["xUSD_earned"])),
+                    "phase_locks": s["phase_locks"],
+                    "tau_k_after": float(data["tau_k_after"]),
+                }
             )
 
 

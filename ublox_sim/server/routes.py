@@ -10,6 +10,7 @@ leaderboard (public fields only) need no credentials.
 from __future__ import annotations
 
 from importlib.resources import files
+from types import GenericAlias
 from typing import Annotated
 
 import anyio
@@ -47,6 +48,7 @@ from .models import (
     TransactionOut,
     TransactionPage,
     TransferBody,
+    ViewOut,
     money,
     parse_deadline,
     rfc3339,
@@ -78,7 +80,7 @@ async def _stats(c: Call[None]) -> StatsOut:
     return StatsOut.of(await c.engine.stats(), c.engine.clock.now(), run)
 
 
-async def _register_player(c: Call[NewPlayer]) -> PlayerOut:
+async def _register_player(c: Call[NewPlayer]) -> ViewOut:
     b = c.body
     info = await c.engine.register_player(
         b.player_id, usd_obbba=b.usd_obbba, tau_k=b.tau_k, resonance_freq=b.resonance_freq
@@ -414,7 +416,9 @@ OPERATIONS = (
         tag="ptos",
         call=lambda c: c.engine.list_ptos(),
         out=lambda ptos: [PTOOut.of(p) for p in ptos],
-        response=list[PTOOut],
+        response=GenericAlias(
+            list, (PTOOut,)
+        ),  # list[PTOOut]: PTOOut is derived, not a class statement
         errors=(503,),
     ),
     Op(
