@@ -1,8 +1,8 @@
 """``Idempotency-Key`` on money-moving requests, as Stripe's API does it.
 
 The key, a fingerprint of the request and the response are written by the operation's
-own unit (its ``receipt``, last in it; see ``receipts``), so they commit with the money or not
-at all. A retry with the same key returns the stored response and moves nothing, even
+own unit (its receipt, last in it; see ``receipts``), so they commit with the money or
+not at all. A retry with the same key returns the stored response and moves nothing, even
 after a crash and restart; the same key with another request is a 422. Requests with
 one key are serialised in this process, so concurrent duplicates wait for the first.
 Keys are scoped per caller: one caller's key never replays another's response.

@@ -193,6 +193,17 @@ class Op(Generic[B, T]):
     success: dict[str, Any] | None = None  # the success response's OpenAPI entry
     response_class: type[Response] | None = None
 
+    def __post_init__(self) -> None:
+        # An entry that cannot run is refused when the table is built, not at its first request.
+        if self.receipt is not None and (self.acts_as is None or self.body is None):
+            raise ValueError(f"{self.name}: an idempotent operation needs acts_as and a body")
+        if self.receipt is not None and self.auth == "public":
+            raise ValueError(f"{self.name}: an idempotent operation scopes keys by caller")
+        if self.auth == "public" and (self.acts_as is not None or self.creator_of is not None):
+            raise ValueError(f"{self.name}: acts_as and creator_of need a caller")
+        if self.body_optional and self.body is None:
+            raise ValueError(f"{self.name}: body_optional without a body model")
+
     @property
     def path_id(self) -> str | None:
         found = re.search(r"\{(\w+)\}", self.path)
@@ -283,7 +294,7 @@ async def _call(op: Op[Any, Any], c: Call[Any]) -> Any:
 
 async def _idempotent(op: Op[Any, Any], c: Call[Any], key: str | None) -> JSONResponse:
     """Run once per key: a retry answers the stored response, marked as replayed."""
-    assert op.receipt is not None and op.acts_as is not None and c.who is not None
+    assert op.receipt is not None and op.acts_as is not None and c.who is not None  # __post_init__
     kind, player_id = op.receipt, op.acts_as(c)
     path = {op.path_id: c.id} if op.path_id is not None else {}
     key_print = fingerprint(op.name, path, c.body.model_dump(mode="json"))
