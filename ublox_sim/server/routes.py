@@ -303,7 +303,7 @@ OPERATIONS = (
         doc="Deposit USD-OBBBA (operator).",
         tag="players",
         auth="operator",
-        acts_as=lambda c: c.id,
+        acts_as=lambda c: c.id,  # the operator may; and the receipt stores this player
         body=DepositBody,
         call=lambda c: c.engine.deposit(c.id, c.body.amount, receipt=c.receipt),
         out=PlayerOut.of,
