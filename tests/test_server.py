@@ -9,6 +9,7 @@ it with SIGINT or SIGTERM and checks what it left behind: exit code 0, a store t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import signal
@@ -968,3 +969,91 @@ def test_the_dashboard_explains_an_empty_feed_and_atu_overshoot_and_shows_one_de
     assert "the last spend overshot" in page
     assert "minimumFractionDigits: 1, maximumFractionDigits: 1" in page
     assert "toFixed(2) / 100" not in page and "* 100) / 100" not in page
+
+
+# -- the operations table ---------------------------------------------------------------------
+
+
+def test_each_operation_of_the_table_is_one_documented_route(tmp_path: Path) -> None:
+    """The OpenAPI document is generated from ``OPERATIONS`` and from nothing else: each
+    entry is one path and method with its operationId, tag, status and error codes."""
+    from ublox_sim.server import ServerConfig, create_app
+    from ublox_sim.server.routes import OPERATIONS
+
+    spec = create_app(tmp_path, config=ServerConfig(admin_key="k" * 32)).openapi()
+    documented = {
+        (path, method.upper()): op
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+    }
+    assert len(documented) == len(OPERATIONS)
+    for entry in OPERATIONS:
+        op = documented[(entry.path, entry.method)]
+        assert op["operationId"] == entry.name and op["tags"] == [entry.tag]
+        assert set(op["responses"]) == {str(entry.status), *map(str, entry.errors)}, entry.name
+        has_key = any(p["name"] == "Idempotency-Key" for p in op.get("parameters", []))
+        assert has_key == (entry.receipt is not None), entry.name
+
+
+def test_an_operation_that_could_not_run_is_refused_when_the_table_is_built() -> None:
+    from ublox_sim.server.models import DepositBody
+    from ublox_sim.server.operation import Op
+
+    async def nothing(c: Any) -> None:
+        return None
+
+    common: dict[str, Any] = {"method": "POST", "path": "/x/{player_id}", "doc": "", "tag": "t"}
+    with pytest.raises(ValueError, match="needs acts_as"):
+        Op(name="keyed", auth="caller", body=DepositBody, receipt="player", call=nothing, **common)
+    with pytest.raises(ValueError, match="scopes keys by caller"):
+        Op(
+            name="anyone",
+            body=DepositBody,
+            acts_as=lambda c: c.id,
+            receipt="player",
+            call=nothing,
+            **common,
+        )
+    with pytest.raises(ValueError, match="need a caller"):
+        Op(name="self", acts_as=lambda c: c.id, call=nothing, **common)
+
+
+def test_a_response_derived_from_a_view_gives_exact_money_and_rfc3339_times() -> None:
+    """PTOOut is derived from PTOInfo: a Decimal becomes a two-decimal string, a store
+    timestamp RFC 3339 UTC, a missing one null, and the status is held to its names."""
+    from pydantic import ValidationError
+
+    from ublox_sim.core.views import PTOInfo
+    from ublox_sim.server.models import PTOOut
+
+    view = PTOInfo(
+        pto_id="p",
+        game_name="G",
+        creator_id="maker",
+        description="",
+        status="funding",
+        atu_required=1,
+        atu_spent=0,
+        pts_offered=5,
+        pts_sold=2,
+        price_per_pts=Decimal("2.5"),
+        funding_goal=Decimal("12.50"),
+        funding_raised=Decimal("5"),
+        launch_time="2026-01-01 10:00:00+01:00",
+        funding_deadline=None,
+        completion_time=None,
+        aci_coherence_score=0.5,
+        xUSD_pool=Decimal("0"),
+        world_cdt_id=None,
+        amplification=100.0,
+    )
+    out = PTOOut.of(view).model_dump(mode="json")
+    assert list(out) == [f for f in PTOInfo.__dataclass_fields__]
+    assert (out["price_per_pts"], out["funding_goal"], out["xUSD_pool"]) == (
+        "2.50",
+        "12.50",
+        "0.00",
+    )
+    assert out["launch_time"] == "2026-01-01T09:00:00Z" and out["funding_deadline"] is None
+    with pytest.raises(ValidationError):
+        PTOOut.of(dataclasses.replace(view, status="bankrupt"))

@@ -2,10 +2,12 @@
 
 ``create_app(home, config=ServerConfig(...))`` gives an ASGI app to run under any
 ASGI server; ``serve(...)`` runs it under uvicorn on a socket it binds first.
-The layout: ``models`` (bodies and responses: the OpenAPI document's source),
-``routes`` (one decorated handler per operation), ``auth``, ``idempotency``,
-``guard`` (body, method and origin limits), ``errors``, ``metrics``, ``live``
-(wall-clock ticks, scenarios), ``heatmap`` and ``event_socket`` (world images, events).
+The layout: ``routes`` (the table of operations, one entry each: the OpenAPI
+document's source), ``operation`` (what an entry is, and the one handler that runs
+any of them, idempotent or not), ``models`` (bodies, and responses derived from the
+Engine's views), ``receipts`` (the only store rows the server builds), ``auth``,
+``idempotency``, ``guard`` (body, method and origin limits), ``errors``, ``metrics``,
+``live`` (wall-clock ticks, scenarios), ``heatmap`` and ``event_socket``.
 """
 
 from __future__ import annotations

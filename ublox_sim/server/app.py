@@ -32,7 +32,8 @@ from .guard import BodyGuard, HostGuard, MethodGuard, PlainErrors
 from .idempotency import IdempotencyKeys
 from .live import play_scenario, wall_ticks
 from .metrics import Metrics
-from .routes import ServerState, router
+from .operation import ServerState
+from .routes import router
 
 log = get_logger(__name__)
 
@@ -58,8 +59,14 @@ class ServerConfig:
     on_ready: Callable[[], None] | None = None  # called once the engine is open
 
 
-def _operation_id(route: APIRoute) -> str:
-    return route.name
+_TAGS = [
+    {"name": "players", "description": "players, their money and ledger"},
+    {"name": "tokens", "description": "player tokens (issue, revoke)"},
+    {"name": "ptos", "description": "PTOs, shares, ATU, play and world images"},
+    {"name": "backups", "description": "backups and the export (operator)"},
+    {"name": "stats", "description": "public totals"},
+    {"name": "operations", "description": "health and metrics"},
+]
 
 
 def create_app(
@@ -73,77 +80,93 @@ def create_app(
 ) -> Any:
     """The ASGI app (FastAPI behind the body, method and host guards)."""
     cfg = config or ServerConfig()
-    root = Home.resolve(home)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = None
-        if scenario is not None:
-            from ..sim.scenario import load_scenario
-
-            loaded = load_scenario(scenario, seed=seed)
-        clock: SimClock | WallClock = loaded.scenario.clock.sim_clock() if loaded else WallClock()
-        params = loaded.scenario.world.params() if loaded is not None else None
-        key = cfg.admin_key or load_admin_key(root.root)[0]
-        async with Engine.open(home, clock=clock, seed=seed, world=params) as engine:
-            metrics: Metrics = app.state.metrics
-            metrics.attach(engine)
-            authority = Authority(
-                key,
-                token_ttl=cfg.token_ttl,
-                wall_time=cfg.wall_time,
-                versions=await engine.store.token_versions(),
-            )
-            app.state.server = ServerState(
-                engine, authority, IdempotencyKeys(engine.store), metrics
-            )
-            async with anyio.create_task_group() as tg:
-                if loaded is not None and isinstance(clock, SimClock):
-                    server = app.state.server
-                    server.run = {}
-                    tg.start_soon(
-                        play_scenario, engine, loaded, clock, ticks_per_second, resume, server.run
-                    )
-                elif cfg.tick_seconds is not None:
-                    tg.start_soon(wall_ticks, engine, cfg.tick_seconds)
-                if cfg.on_ready is not None:
-                    cfg.on_ready()
-                yield
-                tg.cancel_scope.cancel()
-        log.info("server.engine_closed")
-
+    game = _Game(Home.resolve(home), home, scenario, ticks_per_second, seed, resume, cfg)
     api = FastAPI(
         title="ublox-sim",
         version="1",
-        lifespan=lifespan,
+        lifespan=game.lifespan,
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
         generate_unique_id_function=_operation_id,
-        openapi_tags=[
-            {"name": "players", "description": "players, their money and ledger"},
-            {"name": "tokens", "description": "player tokens (issue, revoke)"},
-            {"name": "ptos", "description": "PTOs, shares, ATU, play and world images"},
-            {"name": "backups", "description": "backups and the export (operator)"},
-            {"name": "stats", "description": "public totals"},
-            {"name": "operations", "description": "health and metrics"},
-        ],
+        openapi_tags=_TAGS,
     )
     api.state.metrics = Metrics()
     errors.install(api)
     api.include_router(router)
+    api.middleware("http")(_timing)
+    return _Outer(_guarded(api, cfg), api)
 
-    @api.middleware("http")
-    async def timing(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        api.state.metrics.http_latency.labels(request.method, path).observe(
-            time.perf_counter() - started
-        )
-        return response
 
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+@dataclass(frozen=True, slots=True)
+class _Game:
+    """What the lifespan opens: the Engine on ``home``, then the clock's task."""
+
+    root: Home
+    home: Path | str | None
+    scenario: Path | str | None
+    ticks_per_second: float
+    seed: int | None
+    resume: bool
+    cfg: ServerConfig
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        loaded = None
+        params = None
+        if self.scenario is not None:
+            from ..sim.scenario import load_scenario
+
+            loaded = load_scenario(self.scenario, seed=self.seed)
+            params = loaded.scenario.world.params()
+        clock: SimClock | WallClock = loaded.scenario.clock.sim_clock() if loaded else WallClock()
+        key = self.cfg.admin_key or load_admin_key(self.root.root)[0]
+        async with Engine.open(self.home, clock=clock, seed=self.seed, world=params) as engine:
+            metrics: Metrics = app.state.metrics
+            metrics.attach(engine)
+            versions = await engine.store.token_versions()
+            authority = Authority(
+                key, token_ttl=self.cfg.token_ttl, wall_time=self.cfg.wall_time, versions=versions
+            )
+            server = ServerState(engine, authority, IdempotencyKeys(engine.store), metrics)
+            app.state.server = server
+            async with anyio.create_task_group() as tg:
+                if loaded is not None and isinstance(clock, SimClock):
+                    server.run = {}
+                    tg.start_soon(
+                        play_scenario,
+                        engine,
+                        loaded,
+                        clock,
+                        self.ticks_per_second,
+                        self.resume,
+                        server.run,
+                    )
+                elif self.cfg.tick_seconds is not None:
+                    tg.start_soon(wall_ticks, engine, self.cfg.tick_seconds)
+                if self.cfg.on_ready is not None:
+                    self.cfg.on_ready()
+                yield
+                tg.cancel_scope.cancel()
+        log.info("server.engine_closed")
+
+
+async def _timing(request: Request, call_next: Any) -> Response:
+    started = time.perf_counter()
+    response: Response = await call_next(request)
+    route = request.scope.get("route")
+    path = getattr(route, "path", "unmatched")
+    metrics: Metrics = request.app.state.metrics
+    metrics.http_latency.labels(request.method, path).observe(time.perf_counter() - started)
+    return response
+
+
+def _guarded(api: FastAPI, cfg: ServerConfig) -> Any:
+    """``api`` behind the guards, outermost last: host, (CORS,) body, method."""
     # The router's own routes: FastAPI wraps an included router into one entry.
     app: Any = MethodGuard(api, lambda: [*router.routes, *api.router.routes[:1]])
     app = BodyGuard(
@@ -161,8 +184,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
         app = PlainErrors(app)
-    app = HostGuard(app, cfg.allowed_hosts)
-    return _Outer(app, api)
+    return HostGuard(app, cfg.allowed_hosts)
 
 
 class _Outer:

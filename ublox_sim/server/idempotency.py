@@ -1,8 +1,8 @@
 """``Idempotency-Key`` on money-moving requests, as Stripe's API does it.
 
 The key, a fingerprint of the request and the response are written by the operation's
-own unit (``receipt`` statements, last in it), so they commit with the money or not
-at all. A retry with the same key returns the stored response and moves nothing, even
+own unit (its receipt, last in it; see ``receipts``), so they commit with the money or
+not at all. A retry with the same key returns the stored response and moves nothing, even
 after a crash and restart; the same key with another request is a 422. Requests with
 one key are serialised in this process, so concurrent duplicates wait for the first.
 Keys are scoped per caller: one caller's key never replays another's response.
@@ -14,16 +14,16 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
-from ..store.backend import Backend, Receipt
+from ..store.backend import Backend
 from .auth import Principal
 from .errors import ApiError
 
 Key = tuple[str, str]
-ReceiptFor = Callable[[Key, str], Receipt]
+R = TypeVar("R")  # the receipt: whatever the operation's unit carries to store the key
 
 
 def fingerprint(operation: str, path: dict[str, str], body: Any) -> str:
@@ -41,8 +41,8 @@ class IdempotencyKeys:
         principal: Principal,
         key: str | None,
         print_: str,
-        receipt: ReceiptFor,
-        execute: Callable[[Receipt | None], Awaitable[Any]],
+        receipt: Callable[[Key, str], R],
+        execute: Callable[[R | None], Awaitable[Any]],
     ) -> tuple[Any, bool]:
         """(result, replayed). Without a key, ``execute(None)`` and its result. With one, the
         stored response (a dict decoded from the store), first time and on every retry."""

@@ -10,11 +10,20 @@ come out as RFC 3339 UTC (``2026-01-01T00:00:00Z``). Field names follow the seed
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self, get_type_hints
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    create_model,
+)
 
 from ..core import limits as L
 from ..core.records import parse_iso
@@ -198,40 +207,67 @@ class Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PlayerOut(Out):
-    player_id: str
-    usd_obbba_balance: Money
-    xUSD_balance: Money
-    tau_k: float
-    resonance_freq: float
-    phase: float
-    coherence: float
-    position_x: float
-    position_y: float
-    total_play_time: float
-    quality_score: float
-    phase_locks_count: int
-    memory_depth: float
-    created_at: Timestamp
+class ViewOut(Out):
+    """A response derived from an Engine view (``core.views``): ``of(view)`` converts it."""
+
+    # field -> how the view's value becomes the response's (money, timestamps)
+    converters: ClassVar[dict[str, Callable[[Any], Any]]] = {}
 
     @classmethod
-    def of(cls, p: PlayerInfo) -> PlayerOut:
+    def of(cls, view: object) -> Self:
         return cls(
-            player_id=p.player_id,
-            usd_obbba_balance=money(p.usd_obbba_balance),
-            xUSD_balance=money(p.xUSD_balance),
-            tau_k=p.tau_k,
-            resonance_freq=p.resonance_freq,
-            phase=p.phase,
-            coherence=p.coherence,
-            position_x=p.position_x,
-            position_y=p.position_y,
-            total_play_time=p.total_play_time,
-            quality_score=p.quality_score,
-            phase_locks_count=p.phase_locks_count,
-            memory_depth=p.memory_depth,
-            created_at=rfc3339(p.created_at),
+            **{
+                name: cls.converters.get(name, _same)(getattr(view, name))
+                for name in cls.model_fields
+            }
         )
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def view_model(
+    name: str,
+    view: type,
+    *,
+    timestamps: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    types: dict[str, Any] | None = None,
+) -> type[ViewOut]:
+    """The response model of ``view``: its fields in its order, a ``Decimal`` as ``Money``,
+    the ``timestamps`` as RFC 3339 (``Timestamp``), ``types`` overriding a field's type.
+    Written once in the view, a field cannot disagree between the Engine and the API."""
+    hints = get_type_hints(view)
+    fields: dict[str, Any] = {}
+    converters: dict[str, Callable[[Any], Any]] = {}
+    for f in dataclasses.fields(view):
+        if f.name in exclude:
+            continue
+        kind = hints[f.name]
+        if f.name in timestamps:
+            optional = kind == str | None
+            kind, converters[f.name] = (
+                (Timestamp | None, rfc3339_opt) if optional else (Timestamp, rfc3339)
+            )
+        elif kind is Decimal:
+            kind, converters[f.name] = Money, money
+        fields[f.name] = ((types or {}).get(f.name, kind), ...)
+    model = create_model(name, __base__=ViewOut, __module__=__name__, **fields)
+    model.converters = converters
+    return model
+
+
+PlayerOut = view_model("PlayerOut", PlayerInfo, timestamps=("created_at",))
+PTOStatus = Literal["funding", "in_progress", "completed", "failed"]
+PTOOut = view_model(
+    "PTOOut",
+    PTOInfo,
+    timestamps=("launch_time", "funding_deadline", "completion_time"),
+    types={"status": PTOStatus},  # the schema's CHECK holds the column to these
+)
+TokenOut = view_model("TokenOut", TokenInfo, timestamps=("purchase_time",))
+SessionOut = view_model("SessionOut", SessionResult, exclude=("memory_depth_added",))
 
 
 class LeaderOut(Out):
@@ -241,105 +277,6 @@ class LeaderOut(Out):
     xUSD_balance: Money
     total_play_time: float
     phase_locks_count: int
-
-
-PTOStatus = Literal["funding", "in_progress", "completed", "failed"]
-
-
-class PTOOut(Out):
-    pto_id: str
-    game_name: str
-    creator_id: str
-    description: str
-    status: PTOStatus
-    atu_required: int
-    atu_spent: int
-    pts_offered: int
-    pts_sold: int
-    price_per_pts: Money
-    funding_goal: Money
-    funding_raised: Money
-    launch_time: Timestamp
-    funding_deadline: Timestamp | None
-    completion_time: Timestamp | None
-    aci_coherence_score: float
-    xUSD_pool: Money
-    world_cdt_id: str | None
-    amplification: float
-
-    @classmethod
-    def of(cls, p: PTOInfo) -> PTOOut:
-        return cls(
-            pto_id=p.pto_id,
-            game_name=p.game_name,
-            creator_id=p.creator_id,
-            description=p.description,
-            status=p.status,  # type: ignore[arg-type]  # the schema's CHECK holds it to these
-            atu_required=p.atu_required,
-            atu_spent=p.atu_spent,
-            pts_offered=p.pts_offered,
-            pts_sold=p.pts_sold,
-            price_per_pts=money(p.price_per_pts),
-            funding_goal=money(p.funding_goal),
-            funding_raised=money(p.funding_raised),
-            launch_time=rfc3339(p.launch_time),
-            funding_deadline=rfc3339_opt(p.funding_deadline),
-            completion_time=rfc3339_opt(p.completion_time),
-            aci_coherence_score=p.aci_coherence_score,
-            xUSD_pool=money(p.xUSD_pool),
-            world_cdt_id=p.world_cdt_id,
-            amplification=p.amplification,
-        )
-
-
-class TokenOut(Out):
-    token_id: str
-    pto_id: str
-    holder: str
-    hours_committed: float
-    hours_played: float
-    purchase_price: Money
-    xUSD_accumulated: Money
-    tau_k_at_purchase: float
-    purchase_time: Timestamp
-
-    @classmethod
-    def of(cls, t: TokenInfo) -> TokenOut:
-        return cls(
-            token_id=t.token_id,
-            pto_id=t.pto_id,
-            holder=t.holder,
-            hours_committed=t.hours_committed,
-            hours_played=t.hours_played,
-            purchase_price=money(t.purchase_price),
-            xUSD_accumulated=money(t.xUSD_accumulated),
-            tau_k_at_purchase=t.tau_k_at_purchase,
-            purchase_time=rfc3339(t.purchase_time),
-        )
-
-
-class SessionOut(Out):
-    session_id: int
-    pto_id: str
-    player_id: str
-    hours: float
-    quality: float
-    xUSD_earned: Money
-    phase_locks: int
-    tau_k_after: float
-
-    @classmethod
-    def of(cls, s: SessionResult) -> SessionOut:
-        return cls(
-            session_id=s.session_id,
-            pto_id=s.pto_id,
-            player_id=s.player_id,
-            hours=s.hours,
-            quality=s.quality,
-            xUSD_earned=money(s.xUSD_earned),
-            phase_locks=s.phase_locks,
-            tau_k_after=s.tau_k_after,
-        )
 
 
 class IssuedToken(Out):

@@ -1,4 +1,5 @@
-"""Every route of the API, one decorated handler each: the OpenAPI document comes from here.
+"""Every operation of the API, one entry each in ``OPERATIONS``: the OpenAPI document
+comes from here. Adding an operation is one entry (and the engine method it calls).
 
 Authorization: the operator (admin key) may do everything; a player (token) may read
 its own record and ledger, buy shares, play and transfer only as itself, and launch
@@ -8,36 +9,22 @@ leaderboard (public fields only) need no credentials.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib.resources import files
-from typing import Annotated, Any, Literal
+from types import GenericAlias
+from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, Security
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocket
 
-from ..core.errors import InvalidInput, UnknownPlayer
-from ..core.records import Player, PlaySession, PTSToken, iso
-from ..core.views import PlayerInfo, TokenInfo
-from ..engine import Engine
-from ..store.backend import Receipt
+from ..core.errors import InvalidInput
+from ..core.views import PTOInfo
 from . import heatmap
-from .auth import Authority, Principal
-from .errors import ApiError, responses
+from .errors import ApiError
 from .event_socket import parse_since, serve_events
-from .idempotency import IdempotencyKeys, Key, fingerprint
-from .metrics import Metrics
 from .models import (
-    ID_HELP,
-    ID_PATTERN,
-    IDEMPOTENCY_KEY_PATTERN,
     MAX_PAGE,
     MAX_TOP,
     AtuBody,
@@ -45,7 +32,6 @@ from .models import (
     BackupOut,
     BuyBody,
     DepositBody,
-    ErrorOut,
     ExportOut,
     HealthOut,
     IssuedToken,
@@ -62,268 +48,47 @@ from .models import (
     TransactionOut,
     TransactionPage,
     TransferBody,
+    ViewOut,
     money,
     parse_deadline,
     rfc3339,
 )
-
-
-def receipt_for(
-    key: Key,
-    print_: str,
-    status: int,
-    response: Literal["player", "token", "session"],
-    engine: Engine,
-) -> Receipt:
-    """The idempotency receipt an operation commits in its own unit (see idempotency.py)."""
-    principal, name = key
-    return Receipt(principal, name, print_, status, iso(engine.clock.now()), response)
-
-
-@dataclass(eq=False)
-class ServerState:
-    engine: Engine
-    authority: Authority
-    keys: IdempotencyKeys
-    metrics: Metrics
-    # The scenario this server plays, updated each tick, so a dashboard can say
-    # "finished" rather than "live"; None when it plays none.
-    run: dict[str, Any] | None = None
-
-
-def state(request: Request) -> ServerState:
-    server: ServerState = request.app.state.server
-    return server
-
-
-router = APIRouter()
-
-operator_scheme = HTTPBearer(
-    scheme_name="operatorKey",
-    description="The operator's admin key (UBLOX_ADMIN_KEY or <home>/admin.key)",
-    auto_error=False,
-)
-player_scheme = HTTPBearer(
-    scheme_name="playerToken",
-    description="A player token issued by POST /api/players/{player_id}/tokens",
-    bearerFormat="JWT",
-    auto_error=False,
-)
-
-Credential = HTTPAuthorizationCredentials | None
-
-
-def _identify(request: Request, credential: Credential) -> Principal:
-    if credential is None:
-        raise ApiError(401, "unauthorized", "this needs an Authorization: Bearer credential")
-    principal = state(request).authority.identify(credential.credentials)
-    if principal is None:
-        raise ApiError(401, "unauthorized", "the credential is invalid, expired or revoked")
-    return principal
-
-
-async def operator(
-    request: Request, credential: Annotated[Credential, Security(operator_scheme)]
-) -> Principal:
-    principal = _identify(request, credential)
-    if principal.kind != "operator":
-        raise ApiError(403, "forbidden", "this needs the operator's key")
-    return principal
-
-
-async def caller(
-    request: Request,
-    op: Annotated[Credential, Security(operator_scheme)],
-    player: Annotated[Credential, Security(player_scheme)],
-) -> Principal:
-    return _identify(request, op or player)
-
-
-Operator = Annotated[Principal, Depends(operator)]
-Caller = Annotated[Principal, Depends(caller)]
-PlayerId = Annotated[str, Path(pattern=ID_PATTERN, description=ID_HELP)]
-PtoId = Annotated[str, Path(pattern=ID_PATTERN, description=ID_HELP)]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        pattern=IDEMPOTENCY_KEY_PATTERN,
-        description=(
-            "retrying with the same key returns the first response and moves nothing again;"
-            " the same key with another request is a 422. A key must be unique per caller"
-            " and request (e.g. a UUID4). Keys are scoped per caller: the operator's and"
-            " each player's keys are separate spaces. Only successes are stored: a refused"
-            " request (4xx) moved nothing, so a retry with its key runs again"
-        ),
-    ),
-]
-
-
-def require_self(principal: Principal, player_id: str) -> None:
-    if principal.kind != "operator" and principal.player_id != player_id:
-        raise ApiError(403, "forbidden", "a player may only act as itself")
-
-
-@asynccontextmanager
-async def body_names_players() -> AsyncIterator[None]:
-    """A player named in the body (not the path) that does not exist is a refusal (409):
-    404 is kept for the resource the path names."""
-    try:
-        yield
-    except UnknownPlayer as exc:
-        raise ApiError(409, exc.code, str(exc)) from None
-
-
-def require_creator(principal: Principal, creator_id: str) -> None:
-    if principal.kind != "operator" and principal.player_id != creator_id:
-        raise ApiError(403, "forbidden", "only the PTO's creator may do this")
-
+from .operation import Call, Op, ServerState, add_operations
 
 _AUTHED = (401, 403)
 _BODY = (413, 415, 422)
+_BY_PLAYER = {"player_id": "$response.body#/player_id"}
+_BY_PTO = {"pto_id": "$response.body#/pto_id"}
+
+# -- the calls longer than one line ------------------------------------------------------------
 
 
-def _player_links() -> dict[str, Any]:
-    by_id = {"player_id": "$response.body#/player_id"}
-    return {
-        "GetPlayer": {"operationId": "get_player", "parameters": by_id},
-        "Deposit": {"operationId": "deposit", "parameters": by_id},
-        "IssueToken": {"operationId": "issue_token", "parameters": by_id},
-        "ListTransactions": {"operationId": "list_transactions", "parameters": by_id},
-        "LaunchPTO": {
-            "operationId": "launch_pto",
-            # A launch that can succeed: the new player as creator, a far deadline.
-            "requestBody": {
-                "creator_id": "$response.body#/player_id",
-                "funding_deadline": "2999-01-01T00:00:00Z",
-            },
-        },
-    }
-
-
-def _pto_links() -> dict[str, Any]:
-    by_id = {"pto_id": "$response.body#/pto_id"}
-    return {
-        "GetPTO": {"operationId": "get_pto", "parameters": by_id},
-        "BuyShares": {
-            "operationId": "buy_shares",
-            "parameters": by_id,
-            "requestBody": {"player_id": "$request.body#/creator_id"},
-        },
-        "Play": {
-            "operationId": "play",
-            "parameters": by_id,
-            "requestBody": {"player_id": "$request.body#/creator_id"},
-        },
-        "SpendAtu": {"operationId": "spend_atu", "parameters": by_id},
-        "WorldImage": {"operationId": "world_image", "parameters": by_id},
-    }
-
-
-# -- decoding stored idempotent responses ------------------------------------------------
-
-
-def _row(cls: type, row: dict[str, Any]) -> dict[str, Any]:
-    """A stored record's fields, REALs back from their exact 17-digit text."""
-    floats = {f.name for f in dataclasses.fields(cls) if f.type == "float"}
-    return {k: float(v) if k in floats else v for k, v in row.items()}
-
-
-def _player_out(data: dict[str, Any]) -> PlayerOut:
-    return PlayerOut.of(PlayerInfo.of(Player(**_row(Player, data["player"]))))
-
-
-def _token_out(data: dict[str, Any]) -> TokenOut:
-    return TokenOut.of(TokenInfo.of(PTSToken(**_row(PTSToken, data["token"]))))
-
-
-def _session_out(data: dict[str, Any]) -> SessionOut:
-    s = _row(PlaySession, data["session"])
-    return SessionOut(
-        session_id=s["session_id"],
-        pto_id=s["pto_id"],
-        player_id=s["player_id"],
-        hours=s["duration"],
-        quality=s["quality"],
-        xUSD_earned=money(int(s["xUSD_earned"])),
-        phase_locks=s["phase_locks"],
-        tau_k_after=float(data["tau_k_after"]),
-    )
-
-
-def _replayed(model: Any, status: int, replayed: bool) -> JSONResponse:
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
-
-
-# -- operations ------------------------------------------------------------------------
-
-
-@router.get("/healthz", tags=["operations"], responses=responses(503))
-async def healthz(request: Request) -> HealthOut:
-    """Alive, the store open and accepting writes (one empty write round trip)."""
-    engine = state(request).engine
-    if engine.store.closed:
+async def _healthz(c: Call[None]) -> HealthOut:
+    if c.engine.store.closed:
         raise ApiError(503, "store_closed", "the store is closed")
-    await engine.sync()
+    await c.engine.sync()
     return HealthOut(status="ok", store_open=True, accepting_writes=True)
 
 
-@router.get(
-    "/metrics",
-    tags=["operations"],
-    response_class=Response,
-    responses={
-        200: {
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-            "description": "Prometheus text format",
-        }
-    },
-)
-async def metrics(request: Request) -> Response:
-    return Response(
-        generate_latest(state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+async def _metrics(c: Call[None]) -> Response:
+    return Response(generate_latest(c.server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/api/stats", tags=["stats"], responses=responses(503))
-async def get_stats(request: Request) -> StatsOut:
-    """Counts and totals of the store, money as exact strings."""
-    server = state(request)
-    engine = server.engine
-    run = server.run if server.run is not None else await engine.store.run_status()
-    return StatsOut.of(await engine.stats(), engine.clock.now(), run)
+async def _stats(c: Call[None]) -> StatsOut:
+    run = c.server.run if c.server.run is not None else await c.engine.store.run_status()
+    return StatsOut.of(await c.engine.stats(), c.engine.clock.now(), run)
 
 
-# -- players ---------------------------------------------------------------------------
-
-
-@router.post(
-    "/api/players",
-    status_code=201,
-    tags=["players"],
-    responses={
-        201: {"description": "registered", "links": _player_links()},
-        **responses(*_AUTHED, 409, *_BODY, 503),
-    },
-)
-async def register_player(request: Request, body: NewPlayer, _: Operator) -> PlayerOut:
-    """Register a player (operator); a starting balance is recorded as a deposit."""
-    info = await state(request).engine.register_player(
-        body.player_id,
-        usd_obbba=body.usd_obbba,
-        tau_k=body.tau_k,
-        resonance_freq=body.resonance_freq,
+async def _register_player(c: Call[NewPlayer]) -> ViewOut:
+    b = c.body
+    info = await c.engine.register_player(
+        b.player_id, usd_obbba=b.usd_obbba, tau_k=b.tau_k, resonance_freq=b.resonance_freq
     )
     return PlayerOut.of(info)
 
 
-@router.get("/api/players", tags=["players"], responses=responses(422, 503))
-async def leaderboard(
-    request: Request, top: Annotated[int, Query(ge=0, le=MAX_TOP)] = 10
-) -> list[LeaderOut]:
-    """Top players by xUSD (public fields only)."""
-    engine = state(request).engine
+async def _leaderboard(c: Call[None]) -> list[LeaderOut]:
+    engine = c.engine
     players = sorted(
         (engine.peek_player(pid) for pid in engine.player_ids()),
         key=lambda p: (-p.xUSD_balance, p.player_id),
@@ -335,146 +100,35 @@ async def leaderboard(
             total_play_time=p.total_play_time,
             phase_locks_count=p.phase_locks_count,
         )
-        for p in players[:top]
+        for p in players[: c.query["top"]]
     ]
 
 
-@router.get(
-    "/api/players/{player_id}", tags=["players"], responses=responses(*_AUTHED, 404, 422, 503)
-)
-async def get_player(request: Request, player_id: PlayerId, who: Caller) -> PlayerOut:
-    """One player's record (the player itself or the operator)."""
-    require_self(who, player_id)
-    return PlayerOut.of(await state(request).engine.get_player(player_id))
-
-
-@router.post(
-    "/api/players/{player_id}/deposit",
-    response_model=PlayerOut,
-    tags=["players"],
-    responses=responses(*_AUTHED, 404, 409, *_BODY, 503),
-)
-async def deposit(
-    request: Request,
-    player_id: PlayerId,
-    body: DepositBody,
-    who: Operator,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    """Deposit USD-OBBBA (operator)."""
-    server = state(request)
-    engine = server.engine
-    key_print = fingerprint("deposit", {"player_id": player_id}, body.model_dump(mode="json"))
-
-    async def execute(receipt: Receipt | None) -> PlayerOut:
-        return PlayerOut.of(await engine.deposit(player_id, body.amount, receipt=receipt))
-
-    result, replayed = await server.keys.run(
-        who,
-        idempotency_key,
-        key_print,
-        lambda key, fp: receipt_for(key, fp, 200, "player", engine),
-        execute,
-    )
-    out = _player_out(result) if isinstance(result, dict) else result
-    return _replayed(out, 200, replayed)
-
-
-@router.post(
-    "/api/players/{player_id}/transfer",
-    response_model=PlayerOut,
-    tags=["players"],
-    responses=responses(*_AUTHED, 404, 409, *_BODY, 503),
-)
-async def transfer(
-    request: Request,
-    player_id: PlayerId,
-    body: TransferBody,
-    who: Caller,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    """Move USD-OBBBA from this player to another (the sender itself or the operator)."""
-    require_self(who, player_id)
-    if body.to_player == player_id:
+async def _two_players(c: Call[TransferBody]) -> None:
+    if c.body.to_player == c.id:
         raise ApiError(409, "invalid_transfer", "a transfer needs two different players")
-    server = state(request)
-    engine = server.engine
-    key_print = fingerprint("transfer", {"player_id": player_id}, body.model_dump(mode="json"))
-
-    await engine.get_player(player_id)  # 404: the path's player
-
-    async def execute(receipt: Receipt | None) -> PlayerOut:
-        async with body_names_players():
-            info = await engine.transfer(player_id, body.to_player, body.amount, receipt=receipt)
-        return PlayerOut.of(info)
-
-    result, replayed = await server.keys.run(
-        who,
-        idempotency_key,
-        key_print,
-        lambda key, fp: receipt_for(key, fp, 200, "player", engine),
-        execute,
-    )
-    out = _player_out(result) if isinstance(result, dict) else result
-    return _replayed(out, 200, replayed)
+    await c.engine.get_player(c.id)  # 404: the path's player, before any key is looked up
 
 
-@router.post(
-    "/api/players/{player_id}/tokens",
-    status_code=201,
-    tags=["tokens"],
-    responses=responses(*_AUTHED, 404, *_BODY, 503),
-)
-async def issue_token(
-    request: Request,
-    player_id: PlayerId,
-    _: Operator,
-    body: Annotated[NewToken | None, Body()] = None,
-) -> IssuedToken:
-    """Issue a signed, expiring token for a player (operator)."""
-    server = state(request)
-    await server.engine.get_player(player_id)  # 404 for an unknown player
-    token, expires = server.authority.issue(player_id, body.ttl_seconds if body else None)
-    return IssuedToken(player_id=player_id, token=token, expires_at=rfc3339(expires.isoformat()))
+async def _issue_token(c: Call[NewToken]) -> IssuedToken:
+    await c.engine.get_player(c.id)  # 404 for an unknown player
+    token, expires = c.server.authority.issue(c.id, c.body.ttl_seconds)
+    return IssuedToken(player_id=c.id, token=token, expires_at=rfc3339(expires.isoformat()))
 
 
-@router.delete(
-    "/api/players/{player_id}/tokens",
-    status_code=204,
-    tags=["tokens"],
-    responses={
-        204: {"description": "every token issued so far is revoked"},
-        **responses(*_AUTHED, 404, 422, 503),
-    },
-)
-async def revoke_tokens(request: Request, player_id: PlayerId, who: Caller) -> Response:
-    """Revoke every token of a player (the player itself or the operator)."""
-    require_self(who, player_id)
-    server = state(request)
-    await server.engine.get_player(player_id)
-    version = server.authority.versions.get(player_id, 0) + 1
-    await server.engine.store.set_token_version(player_id, version)
-    server.authority.versions[player_id] = version
+async def _revoke_tokens(c: Call[None]) -> Response:
+    await c.engine.get_player(c.id)
+    versions = c.server.authority.versions
+    version = versions.get(c.id, 0) + 1
+    await c.engine.store.set_token_version(c.id, version)
+    versions[c.id] = version
     return Response(status_code=204)
 
 
-@router.get(
-    "/api/players/{player_id}/transactions",
-    tags=["players"],
-    responses=responses(*_AUTHED, 404, 422, 503),
-)
-async def list_transactions(
-    request: Request,
-    player_id: PlayerId,
-    who: Caller,
-    after: Annotated[int, Query(ge=0, le=2**62, description="the last tx_id seen")] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-) -> TransactionPage:
-    """A player's ledger history, oldest first, one page at a time."""
-    require_self(who, player_id)
-    engine = state(request).engine
-    await engine.get_player(player_id)
-    rows = await engine.store.transactions_of(player_id, after=after, limit=limit)
+async def _transactions(c: Call[None]) -> TransactionPage:
+    await c.engine.get_player(c.id)
+    limit = c.query["limit"]
+    rows = await c.engine.store.transactions_of(c.id, after=c.query["after"], limit=limit)
     items = [
         TransactionOut(
             tx_id=int(t.tx_id or 0),
@@ -491,176 +145,46 @@ async def list_transactions(
     return TransactionPage(items=items, next_after=items[-1].tx_id if len(items) == limit else None)
 
 
-# -- PTOs --------------------------------------------------------------------------------
-
-
-@router.post(
-    "/api/ptos",
-    status_code=201,
-    tags=["ptos"],
-    responses={
-        201: {"description": "launched", "links": _pto_links()},
-        **responses(*_AUTHED, 404, 409, *_BODY, 503),
-    },
-)
-async def launch_pto(request: Request, body: NewPTO, who: Caller) -> PTOOut:
-    """Launch a PTO (its creator or the operator)."""
-    require_creator(who, body.creator_id)
-    deadline = parse_deadline(body.funding_deadline)
+async def _launch_pto(c: Call[NewPTO]) -> PTOInfo:
+    b = c.body
+    deadline = parse_deadline(b.funding_deadline)
     if deadline is None:
         raise ApiError(422, "invalid_input", "funding_deadline must be RFC 3339 with a time zone")
-    engine = state(request).engine
     try:
-        async with body_names_players():
-            info = await engine.launch_pto(
-                pto_id=body.pto_id,
-                game_name=body.game_name,
-                creator_id=body.creator_id,
-                atu_required=body.atu_required,
-                pts_offered=body.pts_offered,
-                price_per_pts=body.price_per_pts,
-                funding_deadline=deadline,
-                description=body.description,
-                amplification=body.amplification,
-            )
+        return await c.engine.launch_pto(
+            pto_id=b.pto_id,
+            game_name=b.game_name,
+            creator_id=b.creator_id,
+            atu_required=b.atu_required,
+            pts_offered=b.pts_offered,
+            price_per_pts=b.price_per_pts,
+            funding_deadline=deadline,
+            description=b.description,
+            amplification=b.amplification,
+        )
     except (InvalidInput, OverflowError) as exc:
         # The document cannot say "in the future" or "within the store's years":
         # a deadline the clock refuses is a refusal of this request, not malformed input.
         raise ApiError(409, "invalid_deadline", f"funding_deadline refused: {exc}") from None
-    return PTOOut.of(info)
 
 
-@router.get("/api/ptos", tags=["ptos"], responses=responses(503))
-async def list_ptos(request: Request) -> list[PTOOut]:
-    """Every PTO."""
-    return [PTOOut.of(p) for p in await state(request).engine.list_ptos()]
+async def _body_creator(c: Call[NewPTO]) -> str:
+    return c.body.creator_id
 
 
-@router.get("/api/ptos/{pto_id}", tags=["ptos"], responses=responses(404, 422, 503))
-async def get_pto(request: Request, pto_id: PtoId) -> PTOOut:
-    """One PTO."""
-    return PTOOut.of(await state(request).engine.get_pto(pto_id))
+async def _pto_creator(c: Call[AtuBody]) -> str:
+    return (await c.engine.get_pto(c.id)).creator_id
 
 
-@router.post(
-    "/api/ptos/{pto_id}/shares",
-    response_model=TokenOut,
-    status_code=201,
-    tags=["ptos"],
-    responses=responses(*_AUTHED, 404, 409, *_BODY, 503),
-)
-async def buy_shares(
-    request: Request,
-    pto_id: PtoId,
-    body: BuyBody,
-    who: Caller,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    """Buy PTS (whole hours) as the player itself (or the operator)."""
-    require_self(who, body.player_id)
-    server = state(request)
-    engine = server.engine
-    key_print = fingerprint("buy_shares", {"pto_id": pto_id}, body.model_dump(mode="json"))
-
-    async def execute(receipt: Receipt | None) -> TokenOut:
-        async with body_names_players():
-            token = await engine.buy_pts(body.player_id, pto_id, body.hours, receipt=receipt)
-        return TokenOut.of(token)
-
-    result, replayed = await server.keys.run(
-        who,
-        idempotency_key,
-        key_print,
-        lambda key, fp: receipt_for(key, fp, 201, "token", engine),
-        execute,
-    )
-    out = _token_out(result) if isinstance(result, dict) else result
-    return _replayed(out, 201, replayed)
-
-
-@router.post(
-    "/api/ptos/{pto_id}/atu",
-    tags=["ptos"],
-    responses=responses(*_AUTHED, 404, 409, *_BODY, 503),
-)
-async def spend_atu(request: Request, pto_id: PtoId, body: AtuBody, who: Caller) -> PTOOut:
-    """Spend Agential Time Units (the PTO's creator or the operator)."""
-    engine = state(request).engine
-    require_creator(who, (await engine.get_pto(pto_id)).creator_id)
-    return PTOOut.of(await engine.spend_atu(pto_id, body.units))
-
-
-@router.post(
-    "/api/ptos/{pto_id}/play",
-    response_model=SessionOut,
-    status_code=201,
-    tags=["ptos"],
-    responses=responses(*_AUTHED, 404, 409, *_BODY, 503),
-)
-async def play(
-    request: Request,
-    pto_id: PtoId,
-    body: PlayBody,
-    who: Caller,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    """Play a session in the PTO's world on the player's PTS."""
-    require_self(who, body.player_id)
-    server = state(request)
-    engine = server.engine
-    key_print = fingerprint("play", {"pto_id": pto_id}, body.model_dump(mode="json"))
-
-    async def execute(receipt: Receipt | None) -> SessionOut:
-        async with body_names_players():
-            session = await engine.play(body.player_id, pto_id, body.hours, receipt=receipt)
-        return SessionOut.of(session)
-
-    result, replayed = await server.keys.run(
-        who,
-        idempotency_key,
-        key_print,
-        lambda key, fp: receipt_for(key, fp, 201, "session", engine),
-        execute,
-    )
-    out = _session_out(result) if isinstance(result, dict) else result
-    return _replayed(out, 201, replayed)
-
-
-@router.get(
-    "/api/ptos/{pto_id}/world.png",
-    tags=["ptos"],
-    response_class=Response,
-    responses={
-        200: {
-            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "the world's coherence field",
-        },
-        **responses(404, 422, 503),
-    },
-)
-async def world_image(request: Request, pto_id: PtoId) -> Response:
-    """A PNG of the world's local coherence."""
-    arrays = await state(request).engine.world(pto_id)
+async def _world_image(c: Call[None]) -> Response:
+    arrays = await c.engine.world(c.id)
     image = await anyio.to_thread.run_sync(heatmap.world_png, arrays["theta"])
     return Response(image, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-# -- the store ---------------------------------------------------------------------------
-
-
-@router.post(
-    "/api/backups",
-    status_code=201,
-    tags=["backups"],
-    responses=responses(*_AUTHED, 409, *_BODY, 503),
-)
-async def create_backup(
-    request: Request, _: Operator, body: Annotated[BackupBody | None, Body()] = None
-) -> BackupOut:
-    """Take a consistent backup (operator)."""
-    engine = state(request).engine
-    path = await engine.backup(body.name if body else None)
-    for entry in engine.store.list_backups():
+async def _create_backup(c: Call[BackupBody]) -> BackupOut:
+    path = await c.engine.backup(c.body.name)
+    for entry in c.engine.store.list_backups():
         if entry["name"] == path.name:
             return BackupOut(
                 name=entry["name"], created=rfc3339(entry["created"]), size=entry["size"]
@@ -668,23 +192,351 @@ async def create_backup(
     raise ApiError(503, "backup_missing", "the backup was written but cannot be listed")
 
 
-@router.get("/api/backups", tags=["backups"], responses=responses(*_AUTHED, 503))
-async def list_backups(request: Request, _: Operator) -> list[BackupOut]:
-    """Every backup, oldest first (operator)."""
+async def _list_backups(c: Call[None]) -> list[BackupOut]:
     return [
         BackupOut(name=b["name"], created=rfc3339(b["created"]), size=b["size"])
-        for b in state(request).engine.store.list_backups()
+        for b in c.engine.store.list_backups()
     ]
 
 
-@router.get("/api/export", tags=["backups"], responses=responses(*_AUTHED, 503))
-async def export(request: Request, _: Operator) -> ExportOut:
-    """The full JSON export (operator)."""
-    data = await state(request).engine.store.export_data()
-    return ExportOut.model_validate(data)
+async def _export(c: Call[None]) -> ExportOut:
+    return ExportOut.model_validate(await c.engine.store.export_data())
 
 
-# -- the dashboard and the event stream ----------------------------------------------------
+# -- the table ---------------------------------------------------------------------------------
+
+OPERATIONS = (
+    # operations
+    Op(
+        method="GET",
+        path="/healthz",
+        name="healthz",
+        doc="Alive, the store open and accepting writes (one empty write round trip).",
+        tag="operations",
+        call=_healthz,
+        response=HealthOut,
+        errors=(503,),
+    ),
+    Op(
+        method="GET",
+        path="/metrics",
+        name="metrics",
+        doc="",
+        tag="operations",
+        call=_metrics,
+        response_class=Response,
+        success={
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus text format",
+        },
+    ),
+    Op(
+        method="GET",
+        path="/api/stats",
+        name="get_stats",
+        doc="Counts and totals of the store, money as exact strings.",
+        tag="stats",
+        call=_stats,
+        response=StatsOut,
+        errors=(503,),
+    ),
+    # players
+    Op(
+        method="POST",
+        path="/api/players",
+        name="register_player",
+        doc="Register a player (operator); a starting balance is recorded as a deposit.",
+        tag="players",
+        auth="operator",
+        body=NewPlayer,
+        call=_register_player,
+        response=PlayerOut,
+        status=201,
+        errors=(*_AUTHED, 409, *_BODY, 503),
+        success={
+            "description": "registered",
+            "links": {
+                "GetPlayer": {"operationId": "get_player", "parameters": _BY_PLAYER},
+                "Deposit": {"operationId": "deposit", "parameters": _BY_PLAYER},
+                "IssueToken": {"operationId": "issue_token", "parameters": _BY_PLAYER},
+                "ListTransactions": {"operationId": "list_transactions", "parameters": _BY_PLAYER},
+                "LaunchPTO": {
+                    "operationId": "launch_pto",
+                    # A launch that can succeed: the new player as creator, a far deadline.
+                    "requestBody": {
+                        "creator_id": "$response.body#/player_id",
+                        "funding_deadline": "2999-01-01T00:00:00Z",
+                    },
+                },
+            },
+        },
+    ),
+    Op(
+        method="GET",
+        path="/api/players",
+        name="leaderboard",
+        doc="Top players by xUSD (public fields only).",
+        tag="players",
+        query=(("top", Annotated[int, Query(ge=0, le=MAX_TOP)], 10),),
+        call=_leaderboard,
+        response=list[LeaderOut],
+        errors=(422, 503),
+    ),
+    Op(
+        method="GET",
+        path="/api/players/{player_id}",
+        name="get_player",
+        doc="One player's record (the player itself or the operator).",
+        tag="players",
+        auth="caller",
+        acts_as=lambda c: c.id,
+        call=lambda c: c.engine.get_player(c.id),
+        out=PlayerOut.of,
+        response=PlayerOut,
+        errors=(*_AUTHED, 404, 422, 503),
+    ),
+    Op(
+        method="POST",
+        path="/api/players/{player_id}/deposit",
+        name="deposit",
+        doc="Deposit USD-OBBBA (operator).",
+        tag="players",
+        auth="operator",
+        acts_as=lambda c: c.id,  # the operator may; and the receipt stores this player
+        body=DepositBody,
+        call=lambda c: c.engine.deposit(c.id, c.body.amount, receipt=c.receipt),
+        out=PlayerOut.of,
+        response=PlayerOut,
+        receipt="player",
+        errors=(*_AUTHED, 404, 409, *_BODY, 503),
+    ),
+    Op(
+        method="POST",
+        path="/api/players/{player_id}/transfer",
+        name="transfer",
+        doc="Move USD-OBBBA from this player to another (the sender itself or the operator).",
+        tag="players",
+        auth="caller",
+        acts_as=lambda c: c.id,
+        check=_two_players,
+        body=TransferBody,
+        body_names_players=True,
+        call=lambda c: c.engine.transfer(c.id, c.body.to_player, c.body.amount, receipt=c.receipt),
+        out=PlayerOut.of,
+        response=PlayerOut,
+        receipt="player",
+        errors=(*_AUTHED, 404, 409, *_BODY, 503),
+    ),
+    # tokens
+    Op(
+        method="POST",
+        path="/api/players/{player_id}/tokens",
+        name="issue_token",
+        doc="Issue a signed, expiring token for a player (operator).",
+        tag="tokens",
+        auth="operator",
+        body=NewToken,
+        body_optional=True,
+        call=_issue_token,
+        response=IssuedToken,
+        status=201,
+        errors=(*_AUTHED, 404, *_BODY, 503),
+    ),
+    Op(
+        method="DELETE",
+        path="/api/players/{player_id}/tokens",
+        name="revoke_tokens",
+        doc="Revoke every token of a player (the player itself or the operator).",
+        tag="tokens",
+        auth="caller",
+        acts_as=lambda c: c.id,
+        call=_revoke_tokens,
+        status=204,
+        success={"description": "every token issued so far is revoked"},
+        errors=(*_AUTHED, 404, 422, 503),
+    ),
+    # players, again: the order of the OpenAPI document
+    Op(
+        method="GET",
+        path="/api/players/{player_id}/transactions",
+        name="list_transactions",
+        doc="A player's ledger history, oldest first, one page at a time.",
+        tag="players",
+        auth="caller",
+        acts_as=lambda c: c.id,
+        query=(
+            ("after", Annotated[int, Query(ge=0, le=2**62, description="the last tx_id seen")], 0),
+            ("limit", Annotated[int, Query(ge=1, le=MAX_PAGE)], 50),
+        ),
+        call=_transactions,
+        response=TransactionPage,
+        errors=(*_AUTHED, 404, 422, 503),
+    ),
+    # PTOs
+    Op(
+        method="POST",
+        path="/api/ptos",
+        name="launch_pto",
+        doc="Launch a PTO (its creator or the operator).",
+        tag="ptos",
+        auth="caller",
+        creator_of=_body_creator,
+        body=NewPTO,
+        body_names_players=True,
+        call=_launch_pto,
+        out=PTOOut.of,
+        response=PTOOut,
+        status=201,
+        errors=(*_AUTHED, 404, 409, *_BODY, 503),
+        success={
+            "description": "launched",
+            "links": {
+                "GetPTO": {"operationId": "get_pto", "parameters": _BY_PTO},
+                "BuyShares": {
+                    "operationId": "buy_shares",
+                    "parameters": _BY_PTO,
+                    "requestBody": {"player_id": "$request.body#/creator_id"},
+                },
+                "Play": {
+                    "operationId": "play",
+                    "parameters": _BY_PTO,
+                    "requestBody": {"player_id": "$request.body#/creator_id"},
+                },
+                "SpendAtu": {"operationId": "spend_atu", "parameters": _BY_PTO},
+                "WorldImage": {"operationId": "world_image", "parameters": _BY_PTO},
+            },
+        },
+    ),
+    Op(
+        method="GET",
+        path="/api/ptos",
+        name="list_ptos",
+        doc="Every PTO.",
+        tag="ptos",
+        call=lambda c: c.engine.list_ptos(),
+        out=lambda ptos: [PTOOut.of(p) for p in ptos],
+        response=GenericAlias(
+            list, (PTOOut,)
+        ),  # list[PTOOut]: PTOOut is derived, not a class statement
+        errors=(503,),
+    ),
+    Op(
+        method="GET",
+        path="/api/ptos/{pto_id}",
+        name="get_pto",
+        doc="One PTO.",
+        tag="ptos",
+        call=lambda c: c.engine.get_pto(c.id),
+        out=PTOOut.of,
+        response=PTOOut,
+        errors=(404, 422, 503),
+    ),
+    Op(
+        method="POST",
+        path="/api/ptos/{pto_id}/shares",
+        name="buy_shares",
+        doc="Buy PTS (whole hours) as the player itself (or the operator).",
+        tag="ptos",
+        auth="caller",
+        acts_as=lambda c: c.body.player_id,
+        body=BuyBody,
+        body_names_players=True,
+        call=lambda c: c.engine.buy_pts(c.body.player_id, c.id, c.body.hours, receipt=c.receipt),
+        out=TokenOut.of,
+        response=TokenOut,
+        status=201,
+        receipt="token",
+        errors=(*_AUTHED, 404, 409, *_BODY, 503),
+    ),
+    Op(
+        method="POST",
+        path="/api/ptos/{pto_id}/atu",
+        name="spend_atu",
+        doc="Spend Agential Time Units (the PTO's creator or the operator).",
+        tag="ptos",
+        auth="caller",
+        creator_of=_pto_creator,
+        body=AtuBody,
+        call=lambda c: c.engine.spend_atu(c.id, c.body.units),
+        out=PTOOut.of,
+        response=PTOOut,
+        errors=(*_AUTHED, 404, 409, *_BODY, 503),
+    ),
+    Op(
+        method="POST",
+        path="/api/ptos/{pto_id}/play",
+        name="play",
+        doc="Play a session in the PTO's world on the player's PTS.",
+        tag="ptos",
+        auth="caller",
+        acts_as=lambda c: c.body.player_id,
+        body=PlayBody,
+        body_names_players=True,
+        call=lambda c: c.engine.play(c.body.player_id, c.id, c.body.hours, receipt=c.receipt),
+        out=SessionOut.of,
+        response=SessionOut,
+        status=201,
+        receipt="session",
+        errors=(*_AUTHED, 404, 409, *_BODY, 503),
+    ),
+    Op(
+        method="GET",
+        path="/api/ptos/{pto_id}/world.png",
+        name="world_image",
+        doc="A PNG of the world's local coherence.",
+        tag="ptos",
+        call=_world_image,
+        response_class=Response,
+        success={
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the world's coherence field",
+        },
+        errors=(404, 422, 503),
+    ),
+    # the store
+    Op(
+        method="POST",
+        path="/api/backups",
+        name="create_backup",
+        doc="Take a consistent backup (operator).",
+        tag="backups",
+        auth="operator",
+        body=BackupBody,
+        body_optional=True,
+        call=_create_backup,
+        response=BackupOut,
+        status=201,
+        errors=(*_AUTHED, 409, *_BODY, 503),
+    ),
+    Op(
+        method="GET",
+        path="/api/backups",
+        name="list_backups",
+        doc="Every backup, oldest first (operator).",
+        tag="backups",
+        auth="operator",
+        call=_list_backups,
+        response=list[BackupOut],
+        errors=(*_AUTHED, 503),
+    ),
+    Op(
+        method="GET",
+        path="/api/export",
+        name="export",
+        doc="The full JSON export (operator).",
+        tag="backups",
+        auth="operator",
+        call=_export,
+        response=ExportOut,
+        errors=(*_AUTHED, 503),
+    ),
+)
+
+router = APIRouter()
+add_operations(router, OPERATIONS)
+
+
+# -- outside the document: the dashboard and the event stream ----------------------------------
 
 
 @router.get("/", include_in_schema=False)
@@ -704,4 +556,4 @@ async def events(websocket: WebSocket) -> None:
     await serve_events(websocket, server.engine, since=since)
 
 
-__all__ = ["ErrorOut", "ServerState", "json", "router"]
+__all__ = ["OPERATIONS", "ServerState", "router"]
