@@ -37,7 +37,7 @@ from .messages import (
     SendTransfer,
     Settle,
 )
-from .runtime import Actor, Later, settled
+from .runtime import Actor, Later, answer_when_done
 
 
 class PlayerActor(Actor[PlayerMessage]):
@@ -147,19 +147,18 @@ class PlayerActor(Actor[PlayerMessage]):
         self._tickets += 1
         ticket = self._tickets
         self._inflight[ticket] = events
+        later = Later()
+        done = answer_when_done(
+            later,
+            lambda committed: self._acknowledged(ticket, committed),
+            lambda: self._failed(ticket),
+        )
         try:
-            committed = await self.backend.submit(Unit(events, receipt=receipt))
+            await self.backend.submit(Unit(events, receipt=receipt), done)
         except BaseException:
             self._failed(ticket)
             raise
-        answer = committed.get_loop().create_future()
-
-        committed.add_done_callback(
-            settled(
-                answer, lambda done: self._acknowledged(ticket, done), lambda: self._failed(ticket)
-            )
-        )
-        return Later(answer)
+        return later
 
     def _acknowledged(self, ticket: int, committed: Committed) -> object:
         del self._inflight[ticket]

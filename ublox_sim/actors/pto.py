@@ -61,7 +61,7 @@ from .messages import (
     StepWorld,
 )
 from .player import PlayerActor
-from .runtime import Actor, Later, settled
+from .runtime import Actor, Later, answer_when_done
 
 Valid = tuple[int, PlayRequest, tuple[tuple[str, float], ...], PlayerActor]
 
@@ -145,14 +145,15 @@ class PTOActor(Actor[PTOMessage]):
             self._forget(unit)
             failed()
 
+        later = Later()
         try:
-            committed = await self.backend.submit(Unit(events, receipt=receipt))
+            await self.backend.submit(
+                Unit(events, receipt=receipt), answer_when_done(later, landed, lost)
+            )
         except BaseException:
             lost()
             raise
-        answer = committed.get_loop().create_future()
-        committed.add_done_callback(settled(answer, landed, lost))
-        return Later(answer)
+        return later
 
     def _forget(self, unit: int) -> None:
         """A unit did not commit: rebuild the pending state without it."""

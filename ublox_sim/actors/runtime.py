@@ -78,56 +78,55 @@ class Ask(Generic[R]):
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
 class Later:
-    """A handler's answer that arrives when ``future`` resolves (a unit's commit).
+    """A handler's answer that comes later, when the store acknowledges a unit.
 
-    The actor takes its next message meanwhile: it decides against its pending state
-    and applies the outcome when the store acknowledges (see ``actors.player``)."""
+    The handler returns it at once and the actor takes its next message; whoever
+    learns the outcome (a commit callback) calls ``finish``, which answers the asker
+    directly, without another trip through the event loop. See ``actors.player``."""
 
-    future: asyncio.Future[Any]
+    __slots__ = ("_error", "_finished", "_name", "_reply", "_result")
+
+    def __init__(self) -> None:
+        self._reply: Reply | None = None
+        self._name = ""
+        self._finished = False
+        self._result: object = None
+        self._error: BaseException | None = None
+
+    def finish(self, result: object = None, error: BaseException | None = None) -> None:
+        if self._finished:
+            return
+        self._finished, self._result, self._error = True, result, error
+        self._deliver()
+
+    def _attach(self, reply: Reply | None, name: str) -> None:
+        self._reply, self._name = reply, name
+        if self._finished:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        if self._reply is not None:
+            self._reply.finish(self._result, self._error)
+        elif self._error is not None and self._name:
+            log.warning("actor.told_message_failed", actor=self._name, error=str(self._error))
 
 
-def settled(
-    answer: asyncio.Future[Any],
-    acknowledged: Callable[[Any], object],
-    failed: Callable[[], None],
-) -> Callable[[asyncio.Future[Any]], None]:
-    """A done-callback for a unit's commit: on success ``answer`` gets
-    ``acknowledged(result)``; on failure ``failed()`` runs and ``answer`` gets the error."""
+def answer_when_done(
+    later: Later, acknowledged: Callable[[Any], object], failed: Callable[[], None]
+) -> Callable[[object], None]:
+    """The ``done`` callback of a unit a handler submitted: on success ``later`` answers
+    ``acknowledged(outcome)``; on failure ``failed()`` runs and ``later`` answers the error."""
 
-    def done(committed: asyncio.Future[Any]) -> None:
-        if committed.cancelled():
+    def done(outcome: object) -> None:
+        if isinstance(outcome, BaseException):
             failed()
-            answer.set_exception(ActorClosed("the store stopped before the commit"))
-        elif (error := committed.exception()) is not None:
-            failed()
-            answer.set_exception(error)
-        else:
-            try:
-                answer.set_result(acknowledged(committed.result()))
-            except Exception as exc:  # a bug applying the events: the caller hears it
-                answer.set_exception(exc)
-
-    return done
-
-
-def _forward(reply: Reply) -> Callable[[asyncio.Future[Any]], None]:
-    def done(future: asyncio.Future[Any]) -> None:
-        if future.cancelled():
-            reply.finish(error=ActorClosed("the answer was cancelled"))
-        elif (error := future.exception()) is not None:
-            reply.finish(error=error)
-        else:
-            reply.finish(future.result())
-
-    return done
-
-
-def _log_failure(name: str) -> Callable[[asyncio.Future[Any]], None]:
-    def done(future: asyncio.Future[Any]) -> None:
-        if not future.cancelled() and (error := future.exception()) is not None:
-            log.warning("actor.told_message_failed", actor=name, error=str(error))
+            later.finish(error=outcome)
+            return
+        try:
+            later.finish(acknowledged(outcome))
+        except Exception as exc:  # a bug applying the events: the caller hears it
+            later.finish(error=exc)
 
     return done
 
@@ -237,11 +236,7 @@ class Actor(Generic[M]):
                             current.reply.finish(error=exc)
                     else:
                         if isinstance(result, Later):
-                            result.future.add_done_callback(
-                                _log_failure(self.name)
-                                if current.reply is None
-                                else _forward(current.reply)
-                            )
+                            result._attach(current.reply, self.name)
                         elif current.reply is not None:
                             current.reply.finish(result)
                     current = None

@@ -8,13 +8,12 @@ the backend's business (SQLite: ``store.sqlite.rows``); a second backend (Postgr
 joins by implementing this protocol and passing ``tests/conformance``.
 
 Writes are acknowledged in the order they were submitted. ``submit`` returns as soon as
-the unit is queued, with a future the backend resolves once it is durable (or failed):
-an actor may go on deciding against its pending state meanwhile.
+the unit is queued and calls ``done`` once it is durable (or failed): an actor may go
+on deciding against its pending state meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +66,9 @@ class Committed:
     """A unit as it landed: its events numbered (``seq``; a session's ``session_id``)."""
 
     events: tuple[Event, ...]
+
+
+Done = Callable[[Committed | BaseException], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +125,10 @@ class Backend(Protocol):
 
     # -- writes ----------------------------------------------------------------
 
-    async def submit(self, unit: Unit) -> asyncio.Future[Committed]:
-        """Queue ``unit`` (waiting only for queue room); the future resolves once it is
-        durable, or fails with the ``UbloxError`` that refused it (nothing of it kept)."""
+    async def submit(self, unit: Unit, done: Done) -> None:
+        """Queue ``unit`` (waiting only for queue room); ``done`` gets the ``Committed``
+        unit once it is durable, or the ``UbloxError`` that refused it (nothing of it
+        kept). ``done`` runs on the event loop, in commit order, and must not block."""
 
     async def commit(self, unit: Unit) -> Committed:
         """``submit`` and wait for the acknowledgement."""

@@ -16,7 +16,7 @@ from typing import Any
 from anyio.abc import TaskGroup
 
 from ...core.clock import Clock
-from ...core.errors import InvalidInput
+from ...core.errors import ActorClosed, InvalidInput
 from ...core.events import EventBus
 from ...core.records import (  # moves to .tables
     FUNDING,
@@ -28,7 +28,7 @@ from ...core.records import (  # moves to .tables
     from_row,
     select_sql,
 )
-from ..backend import Arrays, Checkpoint, Committed, RunRecord, Unit
+from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit
 from ..local import Home, LocalStore, wall_clock
 from . import rows
 from .writer import PersistenceActor, Statement, Synchronous
@@ -93,7 +93,7 @@ class SqliteBackend:
 
     # -- writes ------------------------------------------------------------------
 
-    async def submit(self, unit: Unit) -> asyncio.Future[Committed]:
+    async def submit(self, unit: Unit, done: Done) -> None:
         if unit.worlds and not self.hold_commits:
             # The file first: the database must never point at a world not on disk.
             # (Held runs write every world, versioned, at each checkpoint instead.)
@@ -101,25 +101,29 @@ class SqliteBackend:
                 self.local.cdt.mark_dirty(world.world_id, world.arrays)
             await self.local.cdt.flush()
         statements, landed = rows.unit_statements(unit, self.bus.publish)
-        acked = await self.local.db.enqueue(statements)
-        committed: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
 
-        def done(future: asyncio.Future[object]) -> None:
-            if committed.done():
-                return
+        def acked(future: asyncio.Future[object]) -> None:
             if future.cancelled():
-                committed.cancel()
+                done(ActorClosed("the store stopped before the unit committed"))
             elif (error := future.exception()) is not None:
-                committed.set_exception(error)
+                done(error)
             else:
                 # The commit hooks ran before this callback: ``landed`` is numbered.
-                committed.set_result(Committed(tuple(landed)))
+                done(Committed(tuple(landed)))
 
-        acked.add_done_callback(done)
-        return committed
+        (await self.local.db.enqueue(statements)).add_done_callback(acked)
 
     async def commit(self, unit: Unit) -> Committed:
-        return await (await self.submit(unit))
+        outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+
+        def done(result: Committed | BaseException) -> None:
+            if isinstance(result, BaseException):
+                outcome.set_exception(result)
+            else:
+                outcome.set_result(result)
+
+        await self.submit(unit, done)
+        return await outcome
 
     async def save_world(self, world_id: str, arrays: Arrays) -> None:
         self.local.cdt.mark_dirty(world_id, arrays)
