@@ -46,7 +46,7 @@ from .actors.messages import (
 )
 from .actors.player import PlayerActor
 from .actors.pto import PTOActor
-from .actors.runtime import ActorSystem, owned_task_group
+from .actors.runtime import ActorSystem
 from .core import events as ev
 from .core import limits
 from .core.clock import Clock, WallClock
@@ -66,6 +66,7 @@ from .core.ids import check_file_name, check_id
 from .core.logsetup import get_logger
 from .core.money import Amount, to_cents, to_decimal
 from .core.records import FUNDING, PTO, Player, PTSToken, iso
+from .core.tasks import joined_or_owned
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 from .core.world import F64, WorldParams, check_world, new_world
 from .store.backend import Backend, Checkpoint, Receipt, RunRecord, Unit, WorldWrite
@@ -133,15 +134,7 @@ class Engine:
         resolved = home if isinstance(home, Home) else Home.resolve(home)
         clock = clock or WallClock()
 
-        @asynccontextmanager
-        async def group() -> AsyncIterator[TaskGroup]:
-            if task_group is not None:
-                yield task_group
-            else:
-                async with owned_task_group() as tg:
-                    yield tg
-
-        async with group() as tg:
+        async with joined_or_owned(task_group) as tg:
             store = SqliteBackend(
                 resolved,
                 synchronous=synchronous,

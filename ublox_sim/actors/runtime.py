@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -13,59 +12,16 @@ from anyio.abc import TaskGroup
 
 from ..core.errors import ActorBroken, ActorClosed, RequestTimeout, UbloxError
 from ..core.logsetup import get_logger
+from ..core.tasks import Reply, joined_or_owned, owned_task_group
+
+__all__ = ["Actor", "ActorSystem", "Ask", "Later", "Reply", "joined_or_owned", "owned_task_group"]
 
 log = get_logger(__name__)
-
-
-@asynccontextmanager
-async def owned_task_group() -> AsyncIterator[TaskGroup]:
-    """A task group whose lone failure surfaces as itself, not as an ExceptionGroup.
-
-    anyio wraps every failure in a task group in an ExceptionGroup. A caller of
-    ``async with Engine.open(...)`` expects the SchemaError or InsufficientFunds it
-    caused, so a group holding exactly one exception is unwrapped (its traceback kept).
-    """
-    try:
-        async with anyio.create_task_group() as tg:
-            yield tg
-    except BaseExceptionGroup as group:
-        inner = _sole(group)
-        if inner is None:
-            raise
-        raise inner from inner.__cause__
-
-
-def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    while len(group.exceptions) == 1:
-        inner = group.exceptions[0]
-        if not isinstance(inner, BaseExceptionGroup):
-            return inner
-        group = inner
-    return None
 
 
 # -- actors ----------------------------------------------------------------------------
 
 M = TypeVar("M")
-
-
-@dataclass(eq=False, slots=True)
-class Reply:
-    """The way back of a request: a bare asyncio future (the engine runs on asyncio, as
-    aiosqlite requires), several times cheaper than an Event plus a cancel scope.
-    Actors' asks and the persistence actor's units both answer through it."""
-
-    done: asyncio.Future[object] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-    def finish(self, result: object = None, error: BaseException | None = None) -> None:
-        if self.done.done():
-            return
-        if error is not None:
-            self.done.set_exception(error)
-        else:
-            self.done.set_result(result)
 
 
 R = TypeVar("R")
