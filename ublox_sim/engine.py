@@ -57,6 +57,7 @@ from .core.errors import (
     CorruptCdtFile,
     InvalidInput,
     UbloxError,
+    UnitRejected,
     UnknownPlayer,
     UnknownPTO,
     UnknownToken,
@@ -75,6 +76,15 @@ from .store.sqlite.backend import SqliteBackend
 from .store.sqlite.writer import Synchronous
 
 log = get_logger(__name__)
+
+
+def _registered(player: Player) -> ev.PlayerRegistered:
+    return ev.PlayerRegistered(
+        at=player.created_at,
+        player_id=player.player_id,
+        usd_obbba=to_decimal(player.usd_obbba_balance),
+        record=dataclasses.replace(player),
+    )
 
 
 class Engine:
@@ -280,8 +290,10 @@ class Engine:
     ) -> list[PlayerInfo | UbloxError]:
         """Register many players at once: (player_id, usd_obbba, tau_k, resonance_freq) each.
 
-        Their units go to the persistence actor together (one group commit) and in
-        the order given, so the ledger's order is the list's. One result each."""
+        Valid players are committed in large units, in the order given (so the ledger's
+        order is the list's); each player is refused or registered on its own: one
+        result each, an error for a refused one. A unit the database rejects as a whole
+        is retried one player at a time, so one bad row refuses only its player."""
         self._check_open()
         prepared: list[Player | UbloxError] = []
         for player_id, usd, tau, freq in players:
@@ -294,19 +306,26 @@ class Engine:
         results: list[PlayerInfo | UbloxError] = [
             item if isinstance(item, UbloxError) else PlayerInfo.of(item) for item in prepared
         ]
-
-        async def commit(index: int, player: Player) -> None:
-            try:
-                await self._commit_player(player)
-            except UbloxError as exc:
-                results[index] = exc
-            finally:
+        valid = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Player)]
+        try:
+            for start in range(0, len(valid), limits.REGISTER_UNIT):
+                chunk = valid[start : start + limits.REGISTER_UNIT]
+                try:
+                    await self.store.commit(Unit(tuple(_registered(p) for _, p in chunk)))
+                except UnitRejected:
+                    for index, player in chunk:
+                        try:
+                            await self.store.commit(Unit((_registered(player),)))
+                        except UbloxError as exc:
+                            results[index] = exc
+                        else:
+                            self._spawn_player(player)
+                    continue
+                for _, player in chunk:
+                    self._spawn_player(player)
+        finally:
+            for _, player in valid:
                 self._reserved.discard(player.player_id)
-
-        async with anyio.create_task_group() as tg:
-            for index, item in enumerate(prepared):
-                if isinstance(item, Player):
-                    tg.start_soon(commit, index, item)
         return results
 
     def _new_player(
@@ -342,13 +361,7 @@ class Engine:
         )
 
     async def _commit_player(self, player: Player) -> None:
-        registered = ev.PlayerRegistered(
-            at=player.created_at,
-            player_id=player.player_id,
-            usd_obbba=to_decimal(player.usd_obbba_balance),
-            record=dataclasses.replace(player),
-        )
-        await self.store.commit(Unit((registered,)))
+        await self.store.commit(Unit((_registered(player),)))
         self._spawn_player(player)
 
     async def deposit(

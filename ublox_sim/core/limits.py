@@ -194,6 +194,10 @@ HOUR_OFFSET = Limit("at", 0, 10**7)  # hours after a run's start (events, launch
 TICK_HOURS = Limit("tick_hours", 0, 24 * 365, min_exclusive=True)
 DURATION_HOURS = Limit("duration_hours", 0, 10**7, min_exclusive=True)
 
+# How many players ``Engine.register_players`` commits in one unit (one transaction):
+# large enough for the writer's executemany to run at the database's pace.
+REGISTER_UNIT = 5_000
+
 # -- counts --------------------------------------------------------------------------------
 
 TICKS = Limit("ticks", 1, 10**6, integer=True)

@@ -221,10 +221,18 @@ def unit_statements(
     (``seq``; a session's ``session_id``) and published, in commit order."""
     landed: list[ev.Event] = list(unit.events)
     out: list[Statement] = []
-    for index, event in enumerate(unit.events):
-        out.extend(_rows(event))
-        if event.logged:
-            out.append(_log(index, event, landed, publish))
+    if len(unit.events) > 1 and all(type(e) is ev.PlayerRegistered for e in unit.events):
+        # A bulk registration: the rows grouped by statement, so each group is one
+        # executemany (players first: their deposits and events refer to them).
+        rows = [_rows(event) for event in unit.events]
+        out.extend(r[0] for r in rows)
+        out.extend(stmt for r in rows for stmt in r[1:])
+        out.extend(_log(i, event, landed, publish) for i, event in enumerate(unit.events))
+    else:
+        for index, event in enumerate(unit.events):
+            out.extend(_rows(event))
+            if event.logged:
+                out.append(_log(index, event, landed, publish))
     if unit.receipt is not None:
         out.append(_receipt(unit.receipt, unit.events))
     return out, landed
