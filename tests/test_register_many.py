@@ -1,0 +1,86 @@
+"""register_players: large units, but every refusal is its own player's."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ublox_sim.core import limits
+from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import (
+    AlreadyExists,
+    InvalidAmount,
+    InvalidId,
+    UbloxError,
+    UnitRejected,
+)
+from ublox_sim.core.views import PlayerInfo
+from ublox_sim.engine import Engine
+from ublox_sim.store.sqlite.writer import Statement
+from ublox_sim.store.verify import verify_store
+
+
+def ledger(home: Path) -> list[tuple[str, str, int]]:
+    with closing(sqlite3.connect(home / "ublox.db")) as db:
+        rows = db.execute("SELECT tx_type, to_player, amount FROM transactions ORDER BY tx_id")
+        return [(str(t), str(p), int(a)) for t, p, a in rows]
+
+
+@pytest.mark.asyncio
+async def test_each_refusal_is_its_players_and_the_rest_register_in_order(tmp_path: Path) -> None:
+    async with Engine.open(tmp_path, seed=1, clock=SimClock()) as engine:
+        await engine.register_player("taken", usd_obbba=Decimal(1))
+        results = await engine.register_players(
+            [
+                ("a", Decimal("10.50"), 1.0, None),
+                ("a", Decimal(5), 1.0, None),  # twice in one call
+                (" padded", Decimal(5), 1.0, None),
+                ("taken", Decimal(5), 1.0, None),
+                ("b", Decimal("-1"), 1.0, None),
+                ("c", Decimal(0), 2.0, 1.5),
+            ]
+        )
+        kinds = [type(r) for r in results]
+        assert kinds == [
+            PlayerInfo,
+            AlreadyExists,
+            InvalidId,
+            AlreadyExists,
+            InvalidAmount,
+            PlayerInfo,
+        ]
+        assert (await engine.get_player("a")).usd_obbba_balance == Decimal("10.50")
+        assert (await engine.get_player("c")).tau_k == 2.0
+    # A starting balance is a deposit; none for zero; in the order given.
+    assert ledger(tmp_path) == [("deposit", "taken", 100), ("deposit", "a", 1050)]
+    assert verify_store(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_a_unit_the_database_rejects_is_retried_player_by_player(tmp_path: Path) -> None:
+    """A row the engine does not know of (written behind its back) makes the database
+    reject the whole unit; only its player is refused, every other one registers."""
+    async with Engine.open(tmp_path, seed=1, clock=SimClock()) as engine:
+        await engine.store.db.submit(
+            [
+                Statement(
+                    "INSERT INTO players (player_id, position_x, position_y, phase, tau_k,"
+                    " resonance_freq, created_at) VALUES ('ghost', 0, 0, 0, 1, 1, 'x')"
+                )
+            ]
+        )
+        many = [(f"p{i:05d}", Decimal(1), 1.0, None) for i in range(limits.REGISTER_UNIT + 3)]
+        many.insert(7, ("ghost", Decimal(2), 1.0, None))
+        results = await engine.register_players(many)
+        refused = [(i, r) for i, r in enumerate(results) if isinstance(r, UbloxError)]
+        assert [i for i, _ in refused] == [7]
+        assert isinstance(refused[0][1], UnitRejected)
+        assert len(engine.player_ids()) == len(many) - 1  # every "p...", not the ghost
+        assert (await engine.get_player("p00000")).usd_obbba_balance == Decimal(1)
+    rows = ledger(tmp_path)
+    assert [p for _, p, _ in rows] == [pid for pid, *_ in many if pid != "ghost"]
+    assert verify_store(tmp_path) == []
