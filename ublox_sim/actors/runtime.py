@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -108,6 +108,24 @@ class Actor(Generic[M]):
         self._broken: BaseException | None = None
         self._stopped = anyio.Event()
         self._overflow: TaskGroup | None = None
+        self.passivated = False  # set by the directory before it closes the mailbox
+        self._quiet: anyio.Event | None = None
+
+    # -- passivation (see ``actors.directory``) ----------------------------------
+
+    def quiet(self) -> bool:
+        """Nothing this actor started is unfinished (overridden by stateful actors)."""
+        return True
+
+    async def wait_quiet(self) -> None:
+        """Wait until ``quiet()``; subclasses call ``_maybe_quiet`` when it may have become so."""
+        while not self.quiet():
+            self._quiet = anyio.Event()
+            await self._quiet.wait()
+
+    def _maybe_quiet(self) -> None:
+        if self._quiet is not None and self.quiet():
+            self._quiet.set()
 
     async def handle(self, message: M) -> object:
         raise NotImplementedError
@@ -236,7 +254,7 @@ class ActorSystem:
         actor.start(self.tg)
         return actor
 
-    async def drain(self, actors: list[Actor[Any]]) -> None:
+    async def drain(self, actors: Sequence[Actor[Any]]) -> None:
         """Close the mailboxes and wait until every queued message was handled."""
         for actor in actors:
             actor.close()

@@ -28,7 +28,7 @@ from ..core.clock import SimClock
 from ..core.errors import InvalidInput, Refusal, UbloxError
 from ..core.logsetup import get_logger
 from ..core.money import format_cents
-from ..core.records import FUNDING, IN_PROGRESS, PLAYABLE
+from ..core.records import FUNDING, IN_PROGRESS, PLAYABLE, PTO
 from ..core.views import leaderboard
 from ..engine import Engine
 from ..store.backend import RunRecord
@@ -301,9 +301,10 @@ class Runner:
 
     async def investors(self) -> None:
         e = self.engine
+        store = e.store
         for rule in self.scenario.behaviours.investors:
             candidates = self._who(rule.who)
-            funding = [pid for pid in e.pto_ids() if e.peek_pto(pid).status == FUNDING]
+            funding = [p.pto_id for p in await store.load_all(PTO) if p.status == FUNDING]
             if not funding or not candidates:
                 continue
             chosen = np.flatnonzero(self.rng.random(len(candidates)) < rule.probability)
@@ -313,12 +314,15 @@ class Runner:
             hours = draw_settled(rule.hours, self.rng, len(chosen), L.PTS_HOURS)
             for index, pick, want in zip(chosen, picks, hours, strict=True):
                 player_id = candidates[int(index)]
-                pto = e.peek_pto(funding[int(pick)])
-                if pto.status != FUNDING:
+                pto = await store.load_pto(funding[int(pick)])
+                if pto is None or pto.status != FUNDING:
                     continue
                 cap = max(1, int(pto.pts_offered * rule.max_share))
                 left = pto.pts_offered - pto.pts_sold
-                affordable = e.peek_player(player_id).usd_obbba_balance // pto.price_per_pts
+                player = await store.load_player(player_id)
+                if player is None:
+                    continue
+                affordable = player.usd_obbba_balance // pto.price_per_pts
                 n = min(want, cap, left, affordable)
                 if n >= 1:
                     await self._attempt("buy", e.buy_pts(player_id, pto.pto_id, n))
@@ -329,10 +333,8 @@ class Runner:
             candidates = set(self._who(rule.who))
             # Who can play where: hours left on tokens of playable worlds, in id order.
             left: dict[str, dict[str, float]] = {}
-            for pto_id in e.pto_ids():
-                if e.peek_pto(pto_id).status not in PLAYABLE:
-                    continue
-                for holder, room in e.peek_hours_left(pto_id).items():
+            for pto_id, rooms in (await e.store.open_hours(sorted(PLAYABLE))).items():
+                for holder, room in rooms.items():
                     if holder in candidates:
                         left.setdefault(holder, {})[pto_id] = room
             holders = sorted(left)
@@ -360,7 +362,7 @@ class Runner:
         if rule is None:
             return
         e = self.engine
-        building = [pid for pid in e.pto_ids() if e.peek_pto(pid).status == IN_PROGRESS]
+        building = [p.pto_id for p in await e.store.load_all(PTO) if p.status == IN_PROGRESS]
         if not building:
             return
         go = self.rng.random(len(building)) < rule.probability
@@ -373,12 +375,10 @@ class Runner:
         if tick:
             await self.launch_due(tick)
         await self.scripted(tick)
-        await self.engine.settle()
         await self.investors()
         await self.sessions()
         await self.creators()
         await self.engine.advance(self.scenario.clock.tick_hours)
-        await self.engine.settle()
 
 
 async def run_scenario(
@@ -480,11 +480,11 @@ async def run_scenario(
 
 
 async def _summarise(engine: Engine, report: RunReport) -> None:
-    for pto_id in engine.pto_ids():
-        p = engine.peek_pto(pto_id)
+    ptos: list[PTO] = await engine.store.load_all(PTO)
+    for p in ptos:
         report.ptos.append(
             {
-                "pto_id": pto_id,
+                "pto_id": p.pto_id,
                 "game_name": p.game_name,
                 "status": p.status,
                 "funding_raised": format_cents(p.funding_raised),
@@ -497,5 +497,5 @@ async def _summarise(engine: Engine, report: RunReport) -> None:
                 "xUSD_pool": format_cents(p.xUSD_pool),
             }
         )
-    report.top_players = leaderboard([engine.peek_player(pid) for pid in engine.player_ids()])
+    report.top_players = leaderboard(await engine.leaderboard(10))
     report.totals = await engine.stats()

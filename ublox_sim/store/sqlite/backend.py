@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit
 from ..local import Home, LocalStore, wall_clock
 from . import rows
 from .writer import PersistenceActor, Statement, Synchronous
+
+_IN_CHUNK = 400  # ids per IN (...) list: two lists stay under SQLite's 999 variables
 
 _SELECT_RUN = (
     "SELECT name, seed, scenario, started_at, tick, total_ticks, state, finished"
@@ -61,6 +63,9 @@ class SqliteBackend:
         )
         self.bus = bus if bus is not None else EventBus()
         self.hold_commits = hold_commits
+        # Units submitted so far: every read and write passes through the writer's one
+        # queue in order, so a read stamped with this count saw exactly those units.
+        self._submitted = 0
 
     # -- what is SQLite's own (the server's metrics, the seed's facade) --------------
 
@@ -101,6 +106,8 @@ class SqliteBackend:
                 self.local.cdt.mark_dirty(world.world_id, world.arrays)
             await self.local.cdt.flush()
         statements, landed = rows.unit_statements(unit, self.bus.publish)
+        self._submitted += 1
+        position = self._submitted
 
         def acked(future: asyncio.Future[object]) -> None:
             if future.cancelled():
@@ -109,8 +116,10 @@ class SqliteBackend:
                 done(error)
             else:
                 # The commit hooks ran before this callback: ``landed`` is numbered.
-                done(Committed(tuple(landed)))
+                done(Committed(tuple(landed), position))
 
+        # No await between the count and the queue (the writer's queue is first come,
+        # first served even when full), so positions follow the queue's order.
         (await self.local.db.enqueue(statements)).add_done_callback(acked)
 
     async def commit(self, unit: Unit) -> Committed:
@@ -157,6 +166,10 @@ class SqliteBackend:
         player: Player | None = await self._one(Player, player_id)
         return player
 
+    async def load_player_at(self, player_id: str) -> tuple[Player | None, int]:
+        position = self._submitted
+        return await self.load_player(player_id), position
+
     async def load_pto(self, pto_id: str) -> PTO | None:
         pto: PTO | None = await self._one(PTO, pto_id)
         return pto
@@ -192,6 +205,46 @@ class SqliteBackend:
             (FUNDING, at),
         )
         return [str(pto_id) for (pto_id,) in found]
+
+    async def player_ids(self) -> list[str]:
+        found = await self.local.db.fetchall("SELECT player_id FROM players ORDER BY player_id")
+        return [str(ident) for (ident,) in found]
+
+    async def pto_ids(self) -> list[str]:
+        found = await self.local.db.fetchall("SELECT pto_id FROM ptos ORDER BY pto_id")
+        return [str(ident) for (ident,) in found]
+
+    async def taken(self, idents: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(idents))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows_ = await self.local.db.fetchall(
+                f"SELECT player_id FROM players WHERE player_id IN ({marks})"
+                f" UNION SELECT pto_id FROM ptos WHERE pto_id IN ({marks})",
+                (*chunk, *chunk),
+            )
+            found.update(str(ident) for (ident,) in rows_)
+        return found
+
+    async def open_hours(self, statuses: Sequence[str]) -> dict[str, dict[str, float]]:
+        if not statuses:
+            return {}
+        marks = ", ".join("?" * len(statuses))
+        found = await self.local.db.fetchall(
+            "SELECT t.game_id, t.holder, t.hours_committed, t.hours_played"
+            " FROM pts_tokens t JOIN ptos p ON p.pto_id = t.game_id"
+            f" WHERE p.status IN ({marks}) ORDER BY t.game_id, t.token_id",
+            tuple(statuses),
+        )
+        left: dict[str, dict[str, float]] = {}
+        for game_id, holder, committed, played in found:
+            room = float(committed) - float(played)
+            if room > 1e-9:
+                per = left.setdefault(str(game_id), {})
+                per[str(holder)] = per.get(str(holder), 0.0) + room
+        return left
 
     # -- aggregates and pages ----------------------------------------------------
 
