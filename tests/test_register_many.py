@@ -62,14 +62,15 @@ async def test_each_refusal_is_its_players_and_the_rest_register_in_order(tmp_pa
 
 @pytest.mark.asyncio
 async def test_a_unit_the_database_rejects_is_retried_player_by_player(tmp_path: Path) -> None:
-    """A row the engine does not know of (written behind its back) makes the database
-    reject the whole unit; only its player is refused, every other one registers."""
+    """A row the database refuses (a trigger put there behind the engine's back: the
+    store answers existence, so a taken id is refused before any unit) makes it reject
+    the whole unit; only its player is refused, every other one registers."""
     async with Engine.open(tmp_path, seed=1, clock=SimClock()) as engine:
         await engine.store.db.submit(
             [
                 Statement(
-                    "INSERT INTO players (player_id, position_x, position_y, phase, tau_k,"
-                    " resonance_freq, created_at) VALUES ('ghost', 0, 0, 0, 1, 1, 'x')"
+                    "CREATE TEMP TRIGGER no_ghost BEFORE INSERT ON players"
+                    " WHEN NEW.player_id = 'ghost' BEGIN SELECT RAISE(ABORT, 'no ghost'); END"
                 )
             ]
         )
@@ -79,7 +80,7 @@ async def test_a_unit_the_database_rejects_is_retried_player_by_player(tmp_path:
         refused = [(i, r) for i, r in enumerate(results) if isinstance(r, UbloxError)]
         assert [i for i, _ in refused] == [7]
         assert isinstance(refused[0][1], UnitRejected)
-        assert len(engine.player_ids()) == len(many) - 1  # every "p...", not the ghost
+        assert len((await engine.player_ids())) == len(many) - 1  # every "p...", not the ghost
         assert (await engine.get_player("p00000")).usd_obbba_balance == Decimal(1)
     rows = ledger(tmp_path)
     assert [p for _, p, _ in rows] == [pid for pid, *_ in many if pid != "ghost"]

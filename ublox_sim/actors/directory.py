@@ -78,7 +78,7 @@ class Directory(Generic[A]):
 
     def active(self, ident: str) -> A | None:
         """The active actor for ``ident``, without activating (or touching) it."""
-        return self._active.get(ident)
+        return self._active.get(ident) if isinstance(ident, str) else None
 
     def current(self, ident: str) -> A | None:
         """The active actor, or the one passivating (still finishing its work)."""
@@ -89,6 +89,8 @@ class Directory(Generic[A]):
 
     async def get(self, ident: str) -> A:
         """The single active actor for ``ident``, activated from the store if need be."""
+        if not isinstance(ident, str):  # an id from a hostile caller: no such actor
+            raise self._unknown(ident)
         while True:
             if self._closed:
                 raise ActorClosed("the engine is closed")
