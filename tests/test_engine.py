@@ -603,7 +603,7 @@ async def test_concurrent_claims_on_one_id_give_it_to_exactly_one(tmp_path: Path
                     tg.start_soon(register if i % 2 else claim_as_pto)
         assert len(outcomes) == 60
         assert outcomes.count("refused") == 59
-        winners = set((await engine.player_ids())) & set((await engine.pto_ids()))
+        winners = set(await engine.player_ids()) & set(await engine.pto_ids())
         assert winners == set()
         assert "same" in (await engine.player_ids()) or "same" in (await engine.pto_ids())
     assert verify_store(tmp_path) == []

@@ -80,7 +80,7 @@ async def test_a_unit_the_database_rejects_is_retried_player_by_player(tmp_path:
         refused = [(i, r) for i, r in enumerate(results) if isinstance(r, UbloxError)]
         assert [i for i, _ in refused] == [7]
         assert isinstance(refused[0][1], UnitRejected)
-        assert len((await engine.player_ids())) == len(many) - 1  # every "p...", not the ghost
+        assert len(await engine.player_ids()) == len(many) - 1  # every "p...", not the ghost
         assert (await engine.get_player("p00000")).usd_obbba_balance == Decimal(1)
     rows = ledger(tmp_path)
     assert [p for _, p, _ in rows] == [pid for pid, *_ in many if pid != "ghost"]
