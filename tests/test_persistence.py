@@ -435,7 +435,7 @@ async def test_in_hold_mode_a_transaction_sqlite_rolled_back_fails_everything_af
     assert count(db) == 0
 
 
-UPSERT_THEN_INSERT = (
+CTE_INSERT = (
     "WITH amounts(a) AS (SELECT ?) INSERT INTO transactions"
     " (tx_type, from_player, to_player, amount, currency, timestamp)"
     " SELECT 'deposit', NULL, ?, a, 'USD-OBBBA', '2025-12-12 16:56:32+00:00' FROM amounts"
@@ -451,8 +451,8 @@ async def test_a_statement_that_does_not_start_with_its_verb_stays_inside_its_un
         # The CTE insert is sent alone (no implicit transaction covers it); the bad row
         # after it must still take it back.
         with pytest.raises(UnitRejected):
-            await actor.submit([Statement(UPSERT_THEN_INSERT, (3, "cte")), tx("cte", -1)])
-        await actor.submit([tx("x", 1), Statement(UPSERT_THEN_INSERT, (3, "cte")), tx("y", 1)])
+            await actor.submit([Statement(CTE_INSERT, (3, "cte")), tx("cte", -1)])
+        await actor.submit([tx("x", 1), Statement(CTE_INSERT, (3, "cte")), tx("y", 1)])
     assert count(db, "to_player = 'cte'") == 1
     assert count(db) == 3
 
