@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import subprocess
@@ -502,3 +503,23 @@ async def test_read_sync_sees_every_write_queued_before_it(tmp_path: Path) -> No
         with pytest.raises(PersistenceError, match="readonly"):
             await actor.read_sync(lambda conn: conn.execute("DELETE FROM transactions"))
         assert await actor.read_sync(total) == sum(range(50))
+
+
+@pytest.mark.anyio
+async def test_units_are_answered_in_the_order_queued_even_when_a_batch_is_retried(
+    tmp_path: Path,
+) -> None:
+    answered: list[int] = []
+    futures = []
+    # Small batches, so a second one waits for the connection while the first (holding
+    # the bad unit) is retried unit by unit.
+    async with PersistenceActor.open(tmp_path / "ublox.db", max_batch=16) as actor:
+        for i in range(200):
+            unit = [tx("bad", 5), tx("bad", -1)] if i == 50 else [tx(f"u{i}", 1)]
+            future = await actor.enqueue(unit)
+            future.add_done_callback(lambda _, i=i: answered.append(i))
+            futures.append(future)
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert isinstance(outcomes[50], UnitRejected)
+    assert answered == list(range(200))
+    assert count(tmp_path / "ublox.db") == 199

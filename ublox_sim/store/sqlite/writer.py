@@ -256,6 +256,10 @@ def _rowids(
     return rowids, hooks
 
 
+# What became of (part of) a batch: its units, their rowids and hooks, or the error.
+_Outcome = tuple[list[_Pending], list[list[int]], list[Hook], BaseException | None]
+
+
 @dataclass(eq=False)
 class _Held:
     """Hold mode: whether the open transaction holds acknowledged work."""
@@ -763,39 +767,51 @@ class PersistenceActor:
     async def _commit(self, batch: list[_Pending]) -> None:
         conn = self._conn
         assert conn is not None
-        started = time.perf_counter()
+        outcomes: list[_Outcome] = []
         async with self._writing:
-            # Checked here, not before waiting: the batch ahead may have lost held work.
-            if self._lost is not None:
-                for pending in batch:
-                    pending.finish(error=self._lost)
-                return
-            try:
-                rowids, hooks = await self._execute_batch(conn, batch)
-            except sqlite3.Error as exc:
-                failure: sqlite3.Error | None = exc
-                self._note_if_held_work_lost(conn, exc)
-            else:
-                failure = None
+            # Retries of a failed batch's units run before the next batch takes the
+            # connection: units commit, and are answered, in the order they were queued.
+            await self._attempt(conn, batch, outcomes)
         # Let the batch waiting for the connection queue its statements before this one
         # is answered, so the thread works while the event loop acknowledges.
         await anyio.lowlevel.cancel_shielded_checkpoint()
-        if failure is not None:
+        for units, rowids, hooks, error in outcomes:
+            if error is not None:
+                for pending in units:
+                    pending.finish(error=error)
+                continue
+            for pending, ids in zip(units, rowids, strict=True):
+                pending.finish(ids)
+            # After the replies, so each actor resumes (and applies its state) before any
+            # subscriber hears of the change; in execution order, which is commit order.
+            for hook, index, seen in hooks:
+                hook(rowids[index][:seen])
+
+    async def _attempt(
+        self, conn: aiosqlite.Connection, batch: list[_Pending], outcomes: list[_Outcome]
+    ) -> None:
+        """Commit ``batch``, or on failure each of its units alone; note what became of it."""
+        # Checked here, not before waiting: the batch ahead may have lost held work.
+        if self._lost is not None:
+            outcomes.append((batch, [], [], self._lost))
+            return
+        started = time.perf_counter()
+        try:
+            rowids, hooks = await self._execute_batch(conn, batch)
+        except sqlite3.Error as exc:
+            self._note_if_held_work_lost(conn, exc)
             if len(batch) > 1 and self._lost is None:
-                log.debug("persistence.batch_failed_retrying", units=len(batch), error=str(failure))
+                log.debug("persistence.batch_failed_retrying", units=len(batch), error=str(exc))
                 for pending in batch:
-                    await self._commit([pending])
+                    await self._attempt(conn, [pending], outcomes)
                 return
             # One unit, or a held transaction that is gone: every caller in the batch
             # hears why, none is left waiting.
-            error: PersistenceError | UnitRejected = self._lost or translate(
-                failure, "unit of work"
-            )
+            error: PersistenceError | UnitRejected = self._lost or translate(exc, "unit of work")
             if error.__cause__ is None:
-                error.__cause__ = failure
-            for pending in batch:
-                pending.finish(error=error)
-            log.warning("persistence.unit_failed", units=len(batch), error=str(failure))
+                error.__cause__ = exc
+            log.warning("persistence.unit_failed", units=len(batch), error=str(exc))
+            outcomes.append((batch, [], [], error))
             return
         self.commits += 1
         self.units_committed += len(batch)
@@ -803,12 +819,7 @@ class PersistenceActor:
             self.on_batch_committed(time.perf_counter() - started, len(batch))
         if self.hold_commits:
             self._held_units += len(batch)
-        for pending, ids in zip(batch, rowids, strict=True):
-            pending.finish(ids)
-        # After the replies, so each actor resumes (and applies its state) before any
-        # subscriber hears of the change; in execution order, which is commit order.
-        for hook, index, seen in hooks:
-            hook(rowids[index][:seen])
+        outcomes.append((batch, rowids, hooks, None))
 
     async def _checkpoint_if_due(self) -> None:
         """Empty the WAL once the writer has appended ``wal_limit_bytes`` to it.
