@@ -267,8 +267,23 @@ async def test_events_are_numbered_logged_and_published_in_commit_order(
         seqs = [e.seq for e in landed]
         # Numbered from 1, with no gap, in the order the units and their events came.
         assert seqs == list(range(1, len(landed) + 1))
+        # In each unit, its events in the unit's order.
         assert [e.kind for e in landed] == [
-            e.kind for unit in game.committed for e in unit if e.logged
+            *["player_registered"] * 4,
+            "deposited",
+            "transferred",
+            "pto_launched",
+            "pto_launched",
+            "shares_bought",
+            "shares_bought",
+            "pto_funded",
+            "shares_bought",
+            "pto_failed",
+            "session_played",
+            "phase_lock",
+            "atu_spent",
+            "atu_spent",
+            "pto_completed",
         ]
         assert published == landed
         assert all(e.seq == 0 for unit in game.committed for e in unit if not e.logged)
