@@ -42,7 +42,7 @@ from ublox_sim.core.records import (
     Transaction,
     to_seed,
 )
-from ublox_sim.store.backend import Arrays, Checkpoint, Committed, Receipt, RunRecord, Unit
+from ublox_sim.store.backend import Arrays, Checkpoint, Committed, Done, Receipt, RunRecord, Unit
 from ublox_sim.store.local import EXPORT_FORMAT, EXPORT_VERSION, encode_array, export_digest
 from ublox_sim.store.sqlite.schema import SCHEMA_VERSION
 from ublox_sim.store.verify import Finding, ledger_findings, ledger_sums
@@ -132,7 +132,14 @@ class BrokenFakeBackend:
 
     # -- writes ----------------------------------------------------------------------
 
-    async def submit(self, unit: Unit) -> asyncio.Future[Committed]:
+    async def submit(self, unit: Unit, done: Done) -> None:
+        future = self._apply_unit(unit)
+        # Like the real writer: the outcome arrives from the event loop, not in this call.
+        asyncio.get_running_loop().call_soon(
+            done, future.exception() if future.exception() is not None else future.result()
+        )
+
+    def _apply_unit(self, unit: Unit) -> asyncio.Future[Committed]:
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
         before = None if "partial" in self.defects else copy.deepcopy(self._data)
         try:
@@ -175,7 +182,7 @@ class BrokenFakeBackend:
         return future
 
     async def commit(self, unit: Unit) -> Committed:
-        return await (await self.submit(unit))
+        return await self._apply_unit(unit)
 
     def _player(self, player_id: str) -> Player:
         player = self._data.players.get(player_id)

@@ -87,9 +87,9 @@ async def test_units_queued_with_a_refused_one_still_commit(
     async with backend_factory.open(location) as backend:
         await seeded(backend)
         _, newest = await backend.event_log_span()
-        good1 = await backend.submit(Unit((w.deposit(ALICE, 100),)))
-        bad = await backend.submit(Unit((w.deposit(BOB, 5), w.transfer(BOB, ALICE, 1_000_000))))
-        good2 = await backend.submit(Unit((w.deposit(BOB, 200),)))
+        good1 = await w.queued(backend, Unit((w.deposit(ALICE, 100),)))
+        bad = await w.queued(backend, Unit((w.deposit(BOB, 5), w.transfer(BOB, ALICE, 1_000_000))))
+        good2 = await w.queued(backend, Unit((w.deposit(BOB, 200),)))
         first = await good1
         with pytest.raises(UnitRejected):
             await bad
@@ -116,7 +116,7 @@ async def test_a_refused_unit_in_a_batch_of_many(
                 events: tuple[ev.Event, ...] = (w.register(pid, 100),)
                 if i % 7 == 3:  # refused: the first event would be fine on its own
                     events = (*events, w.transfer(pid, ALICE, 101))
-                futures.append(await backend.submit(Unit(events)))
+                futures.append(await w.queued(backend, Unit(events)))
             outcomes = []
             for future in futures:
                 try:
@@ -238,18 +238,9 @@ async def test_token_versions(backend_factory: BackendFactory, location: Path) -
         assert await backend.token_versions() == {ALICE: 4, BOB: 1}
 
 
-SQLITE_WORLD_OF_A_REFUSED_UNIT = (
-    "SqliteBackend defect: a unit's world file is written before its rows commit and is "
-    "not put back when the unit is refused, so a refused unit still changes the world "
-    "(Unit docs: worlds, events and receipt are committed together or not at all)"
-)
-
-
 async def test_a_refused_unit_leaves_its_world_as_it_was(
     backend_factory: BackendFactory, location: Path, request: pytest.FixtureRequest
 ) -> None:
-    if backend_factory.name == "sqlite":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SQLITE_WORLD_OF_A_REFUSED_UNIT))
     async with backend_factory.open(location) as backend:
         await seeded(backend)  # pto-a with its world, seed 1
         wid = world_id_for("pto-a")

@@ -91,20 +91,11 @@ async def test_held_work_commits_with_the_checkpoint(
         assert await backend.verify() == []
 
 
-SQLITE_HELD_WORLD = (
-    "SqliteBackend gap: in held mode a unit's worlds are dropped (only a checkpoint writes "
-    "worlds), so load_world of a PTO launched since the last checkpoint raises "
-    "CorruptCdtFile (file missing), though its row is readable"
-)
-
-
 async def test_held_mode_reads_a_world_launched_since_the_checkpoint(
     backend_factory: BackendFactory, location: Path, request: pytest.FixtureRequest
 ) -> None:
     if not backend_factory.supports_hold:
         pytest.skip(f"{backend_factory.name} has no held-commit mode")
-    if backend_factory.name == "sqlite":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SQLITE_HELD_WORLD))
     async with backend_factory.open(location, hold_commits=True) as backend:
         await backend.commit(Unit((w.register(DAVE),)))
         await backend.commit(w.launch(w.pto_record("pto-a", DAVE), seed=3))

@@ -51,7 +51,7 @@ async def test_units_committed_and_the_batch_hook(
     async with backend_factory.open(location) as backend:
         start = backend.units_committed
         backend.on_batch_committed(lambda seconds, units: batches.append((seconds, units)))
-        futures = [await backend.submit(Unit((w.register(f"p{i}", 1),))) for i in range(5)]
+        futures = [await w.queued(backend, Unit((w.register(f"p{i}", 1),))) for i in range(5)]
         for future in futures:
             await future
         await backend.commit(Unit((w.register(BOB),)))

@@ -7,6 +7,7 @@ backend, in this process or in a subprocess that is killed (``crash_workload``).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,15 @@ import numpy as np
 from ublox_sim.core import events as ev
 from ublox_sim.core.money import to_decimal
 from ublox_sim.core.records import PTO, Player, PTSToken, iso
-from ublox_sim.store.backend import Backend, Checkpoint, Receipt, RunRecord, Unit, WorldWrite
+from ublox_sim.store.backend import (
+    Backend,
+    Checkpoint,
+    Committed,
+    Receipt,
+    RunRecord,
+    Unit,
+    WorldWrite,
+)
 from ublox_sim.store.local import world_id_for
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -287,6 +296,20 @@ async def full_workload(backend: Backend) -> Game:
 # -- what a killed process runs (see conftest: each backend says how it is killed) ---------
 
 
+async def queued(backend: Backend, unit: Unit) -> asyncio.Future[Committed]:
+    """Submit ``unit`` and return a future of its outcome (the protocol calls back)."""
+    future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+
+    def done(outcome: Committed | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    await backend.submit(unit, done)
+    return future
+
+
 async def crash_workload(backend: Backend, scenario: str, report: Callable[[str], None]) -> None:
     """``acked``: units (a player and its deposit) submitted back to back, each reported
     ``acked <id>`` once its future resolved; runs until killed.
@@ -297,7 +320,7 @@ async def crash_workload(backend: Backend, scenario: str, report: Callable[[str]
         while True:
             pid = f"c{number:06d}"
             unit = Unit((register(pid, 0), deposit(pid, 100)))
-            future = await backend.submit(unit)
+            future = await queued(backend, unit)
 
             def done(f: Any, pid: str = pid) -> None:
                 if not f.cancelled() and f.exception() is None:

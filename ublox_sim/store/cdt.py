@@ -125,6 +125,14 @@ class CdtStore:
     def dirty_count(self) -> int:
         return len(self._dirty)
 
+    def is_dirty(self, world_id: str) -> bool:
+        """Whether arrays of ``world_id`` wait to be written."""
+        return world_id in self._dirty
+
+    def forget(self, world_id: str) -> None:
+        """Drop arrays waiting to be written (their unit was refused)."""
+        self._dirty.pop(world_id, None)
+
     async def flush(self) -> list[Path]:
         """Write every dirty world now; return when the files are durable."""
         async with self._lock:

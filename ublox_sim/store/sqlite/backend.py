@@ -61,6 +61,8 @@ class SqliteBackend:
         )
         self.bus = bus if bus is not None else EventBus()
         self.hold_commits = hold_commits
+        # Held mode: worlds of acknowledged units, until a checkpoint writes them.
+        self._held_worlds: dict[str, Arrays] = {}
 
     # -- what is SQLite's own (the server's metrics, the seed's facade) --------------
 
@@ -94,24 +96,57 @@ class SqliteBackend:
     # -- writes ------------------------------------------------------------------
 
     async def submit(self, unit: Unit, done: Done) -> None:
-        if unit.worlds and not self.hold_commits:
-            # The file first: the database must never point at a world not on disk.
-            # (Held runs write every world, versioned, at each checkpoint instead.)
-            for world in unit.worlds:
-                self.local.cdt.mark_dirty(world.world_id, world.arrays)
-            await self.local.cdt.flush()
+        before = await self._write_worlds(unit)
         statements, landed = rows.unit_statements(unit, self.bus.publish)
 
         def acked(future: asyncio.Future[object]) -> None:
             if future.cancelled():
+                self._restore_worlds(before)
                 done(ActorClosed("the store stopped before the unit committed"))
             elif (error := future.exception()) is not None:
+                self._restore_worlds(before)
                 done(error)
             else:
                 # The commit hooks ran before this callback: ``landed`` is numbered.
                 done(Committed(tuple(landed)))
 
         (await self.local.db.enqueue(statements)).add_done_callback(acked)
+
+    async def _write_worlds(self, unit: Unit) -> dict[str, Arrays | None]:
+        """Make the unit's worlds readable before its rows commit, and return what each
+        was before (None: no world yet), to put back if the unit is refused.
+
+        The file first: the database must never point at a world not on disk. Held runs
+        keep the arrays in memory until the checkpoint writes every world, versioned."""
+        before: dict[str, Arrays | None] = {}
+        cdt = self.local.cdt
+        for world in unit.worlds:
+            world_id = world.world_id
+            if self.hold_commits:
+                before[world_id] = self._held_worlds.get(world_id)
+                self._held_worlds[world_id] = {k: v.copy() for k, v in world.arrays.items()}
+                continue
+            exists = cdt.is_dirty(world_id) or cdt.path_for(world_id).exists()
+            before[world_id] = await cdt.aload(world_id) if exists else None
+            cdt.mark_dirty(world_id, world.arrays)
+        if unit.worlds and not self.hold_commits:
+            await cdt.flush()
+        return before
+
+    def _restore_worlds(self, before: dict[str, Arrays | None]) -> None:
+        """A refused unit leaves its worlds as they were (an unwritten one: no file)."""
+        cdt = self.local.cdt
+        for world_id, arrays in before.items():
+            if self.hold_commits:
+                if arrays is None:
+                    self._held_worlds.pop(world_id, None)
+                else:
+                    self._held_worlds[world_id] = arrays
+            elif arrays is None:
+                cdt.forget(world_id)
+                cdt.remove(world_id)
+            else:
+                cdt.mark_dirty(world_id, arrays)  # written back by the flusher
 
     async def commit(self, unit: Unit) -> Committed:
         outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
@@ -145,6 +180,7 @@ class SqliteBackend:
         unit.extend(rows.set_world_version(w.world_id, version) for w in checkpoint.worlds)
         await self.local.db.commit_held(unit)
         for world in checkpoint.worlds:
+            self._held_worlds.pop(world.world_id, None)
             cdt.prune(world.world_id, version)
 
     # -- point reads ---------------------------------------------------------------
@@ -172,6 +208,9 @@ class SqliteBackend:
         return [from_row(PTSToken, row) for row in found]
 
     async def load_world(self, world_id: str) -> dict[str, Any]:
+        held = self._held_worlds.get(world_id)
+        if held is not None:  # acknowledged, not yet written by a checkpoint
+            return {k: v.copy() for k, v in held.items()}
         return await self.local.load_world(world_id)
 
     async def exists(self, ident: str) -> bool:
