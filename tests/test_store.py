@@ -20,7 +20,9 @@ from ublox_sim.core.errors import (
     InvalidInput,
     StoreError,
 )
-from ublox_sim.store.local import LocalStore, decode_array, encode_array, world_id_for
+from ublox_sim.store.export import decode_array, encode_array
+from ublox_sim.store.home import world_id_for
+from ublox_sim.store.local import LocalStore
 from ublox_sim.store.sync import UbloxLocalStorage
 from ublox_sim.store.verify import verify_store
 

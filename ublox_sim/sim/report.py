@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..store.local import Home
+from ..store.home import Home
 from .runner import RunReport
 
 # Said under the PTO table when a creator's last spend went past the requirement.

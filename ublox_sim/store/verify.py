@@ -18,10 +18,10 @@ from typing import Any
 
 from ..core.errors import CorruptCdtFile, InvalidId
 from ..core.ids import check_file_name
-from .cdt import load_npz
-from .sqlite.schema import SCHEMA_VERSION
+from .cdt import load_npz, world_file_name
+from .sqlite.schema import FIRST_RELEASE_SCHEMA_VERSION, SCHEMA_VERSION
 
-MIGRATED_FROM = 2
+MIGRATED_FROM = FIRST_RELEASE_SCHEMA_VERSION
 
 USD = "USD-OBBBA"
 XUSD = "xUSD"
@@ -223,9 +223,7 @@ def cdt_findings(conn: sqlite3.Connection, cdt_dir: Path) -> list[Finding]:
         except InvalidId as exc:
             findings.append(Finding("cdt", f"pto {pto_id}", str(exc)))
             continue
-        version = versions.get(name)
-        suffix = "" if version is None else f".v{version}"
-        path = cdt_dir / f"{name}{suffix}.npz"
+        path = cdt_dir / world_file_name(name, versions.get(name))
         try:
             load_npz(path)
         except CorruptCdtFile as exc:

@@ -167,6 +167,9 @@ END;
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
+# What release 0.1.0, the first, wrote: the oldest store that opens (by migrating), and
+# the newest whose backups and exports were made before content digests were recorded.
+FIRST_RELEASE_SCHEMA_VERSION = 2
 TABLES = ("players", "ptos", "pts_tokens", "transactions", "play_sessions")
 
 PRAGMAS = (
