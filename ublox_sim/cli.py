@@ -300,16 +300,10 @@ def _say_interrupted(
     """Where a Ctrl-C left the run, and the exact command that continues it (the same
     file, --set and --seed: a resume checks that the scenario is the recorded one)."""
     import shlex
-    import sqlite3
-    from contextlib import closing
 
-    checkpoint: int | None = None
-    try:
-        with closing(sqlite3.connect(f"{home.db.as_uri()}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT tick FROM runs").fetchone()
-            checkpoint = None if row is None else int(row[0])
-    except sqlite3.Error:
-        pass
+    from .store.sqlite.queries import checkpoint_tick
+
+    checkpoint = checkpoint_tick(home.db)
     words = ["ublox-sim", "run"]
     if scenario is not None:
         words.append(str(scenario))
