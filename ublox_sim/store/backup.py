@@ -28,7 +28,7 @@ from ..core.records import iso
 from .cdt import load_npz, world_file_name
 from .home import Home, database_lost, fsync_dir, lock_home, unlock_home, write_text_atomic
 from .sqlite.schema import FIRST_RELEASE_SCHEMA_VERSION, SCHEMA_VERSION
-from .verify import database_findings
+from .verify import database_findings, world_references
 
 log = get_logger(__name__)
 
@@ -198,17 +198,14 @@ def check_backup(source: Path, *, force: bool = False) -> list[str]:
 
 
 def _world_files(conn: sqlite3.Connection) -> list[str]:
-    """The world files (relative to ``cdt_states/``) a database points at."""
-    versions = dict(conn.execute("SELECT world_cdt_id, version FROM cdt_files").fetchall())
+    """The world files (relative to ``cdt_states/``) a database points at, by world id."""
     names: list[str] = []
-    for (world_id,) in conn.execute(
-        "SELECT world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL ORDER BY world_cdt_id"
-    ):
+    for _, world_id, version in sorted(world_references(conn), key=lambda ref: ref[1]):
         try:
             check_file_name(str(world_id), "world_cdt_id")
         except InvalidId as exc:
             raise BackupError(f"a world id in the backup's database is unusable: {exc}") from exc
-        names.append(world_file_name(world_id, versions.get(world_id)))
+        names.append(world_file_name(world_id, version))
     return names
 
 

@@ -211,19 +211,28 @@ def database_findings(conn: sqlite3.Connection) -> list[Finding]:
     return findings
 
 
+def world_references(conn: sqlite3.Connection) -> list[tuple[str, str, int | None]]:
+    """(pto_id, world_cdt_id, version of its file) for every PTO that has a world; the
+    version is None for an unversioned file (see ``cdt.world_file_name``)."""
+    versions: dict[str, int] = dict(_rows(conn, "SELECT world_cdt_id, version FROM cdt_files"))
+    return [
+        (pto_id, world_id, versions.get(world_id))
+        for pto_id, world_id in _rows(
+            conn, "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL"
+        )
+    ]
+
+
 def cdt_findings(conn: sqlite3.Connection, cdt_dir: Path) -> list[Finding]:
     """Every world a PTO references must be present and load safely."""
     findings: list[Finding] = []
-    versions: dict[str, int] = dict(_rows(conn, "SELECT world_cdt_id, version FROM cdt_files"))
-    for pto_id, world_id in _rows(
-        conn, "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL"
-    ):
+    for pto_id, world_id, version in world_references(conn):
         try:
             name = check_file_name(world_id, "world id")
         except InvalidId as exc:
             findings.append(Finding("cdt", f"pto {pto_id}", str(exc)))
             continue
-        path = cdt_dir / world_file_name(name, versions.get(name))
+        path = cdt_dir / world_file_name(name, version)
         try:
             load_npz(path)
         except CorruptCdtFile as exc:
