@@ -95,7 +95,9 @@ class LocalStore:
         self.hold_commits = hold_commits
         self.db = PersistenceActor(home.db, synchronous=synchronous, hold_commits=hold_commits)
         self._tg: TaskGroup | None = None
-        self._flusher_scope: anyio.CancelScope | None = None
+        # Made here, not in the flusher task: a store closed before that task first runs
+        # must still stop it (cancelled before it is entered, it cancels on entry).
+        self._flusher_scope = anyio.CancelScope()
         self._lock_fd: int | None = None
         self._closed = False
 
@@ -159,8 +161,7 @@ class LocalStore:
         tg.start_soon(self._run_flusher, name="cdt-flusher")
 
     async def _run_flusher(self) -> None:
-        with anyio.CancelScope() as scope:
-            self._flusher_scope = scope
+        with self._flusher_scope:
             await self.cdt.run_flusher(self.flush_interval)
 
     async def aclose(self) -> None:
@@ -169,8 +170,7 @@ class LocalStore:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
-            if self._flusher_scope is not None:
-                self._flusher_scope.cancel()
+            self._flusher_scope.cancel()
             try:
                 await self.cdt.flush()
             finally:
