@@ -95,9 +95,7 @@ class LocalStore:
         self.hold_commits = hold_commits
         self.db = PersistenceActor(home.db, synchronous=synchronous, hold_commits=hold_commits)
         self._tg: TaskGroup | None = None
-        # Made here, not in the flusher task: a store closed before that task first runs
-        # must still stop it (cancelled before it is entered, it cancels on entry).
-        self._flusher_scope = anyio.CancelScope()
+        self._flusher_scope: anyio.CancelScope | None = None
         self._lock_fd: int | None = None
         self._closed = False
 
@@ -158,10 +156,13 @@ class LocalStore:
             unlock_home(self._lock_fd)
             self._lock_fd = None
             raise
-        tg.start_soon(self._run_flusher, name="cdt-flusher")
+        # Made here, not in the flusher task: a store closed before that task first runs
+        # must still stop it (cancelled before it is entered, it cancels on entry).
+        self._flusher_scope = anyio.CancelScope()
+        tg.start_soon(self._run_flusher, self._flusher_scope, name="cdt-flusher")
 
-    async def _run_flusher(self) -> None:
-        with self._flusher_scope:
+    async def _run_flusher(self, scope: anyio.CancelScope) -> None:
+        with scope:
             await self.cdt.run_flusher(self.flush_interval)
 
     async def aclose(self) -> None:
@@ -170,7 +171,8 @@ class LocalStore:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
-            self._flusher_scope.cancel()
+            if self._flusher_scope is not None:
+                self._flusher_scope.cancel()
             try:
                 await self.cdt.flush()
             finally:
