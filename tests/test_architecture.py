@@ -8,11 +8,11 @@ Which imports count: every one, wherever it stands: at the top of a module, insi
 function (a deferred import), and under ``if TYPE_CHECKING:``. A dependency is a
 dependency whether it runs at import time, on the first call or only for the type
 checker; deferring an import or hiding it behind ``TYPE_CHECKING`` is exactly how a
-cycle survives unnoticed (the one issue #12 names, actors/messages <-> actors/player,
-is a TYPE_CHECKING import). The lazy ``import_module`` of ``ublox_sim/__init__.py`` is
+cycle survives unnoticed (the one issue #12 named, actors/messages <-> actors/player,
+was a TYPE_CHECKING import). The lazy ``import_module`` of ``ublox_sim/__init__.py`` is
 not seen here, but the same names are imported under its ``TYPE_CHECKING``, so its
 edges are. Importing ``a.b.c`` also runs the packages ``a`` and ``a.b``: those implicit
-edges to a package's ``__init__`` are not counted (every package's are one-liners).
+edges to a package's ``__init__`` are not counted (its own imports are, as a module's).
 """
 
 from __future__ import annotations
@@ -28,40 +28,28 @@ import ublox_sim
 PACKAGE_DIR = Path(ublox_sim.__file__).parent
 
 # ---------------------------------------------------------------------------------------
-# Known violations that other engineers of issue #12 are removing at the same time as this
-# test lands (SQL leaving the actors, the engine, core/events and the runner). The
-# integrator empties each of these; an entry that no longer matches a real violation fails
-# the test below, so a stale one cannot linger. Add nothing here.
+# Known violations, each to be removed, never added to. An entry that no longer matches a
+# real violation fails the test below, so a stale one cannot linger: whoever removes the
+# violation empties its entry.
 # ---------------------------------------------------------------------------------------
 
 # Cycles, as the set of modules in each.
-PENDING_REDESIGN_CYCLES: set[frozenset[str]] = {
-    # messages imports PlayerActor (under TYPE_CHECKING) because a message carries an actor.
-    frozenset({"ublox_sim.actors.messages", "ublox_sim.actors.player"}),
-}
+PENDING_REDESIGN_CYCLES: set[frozenset[str]] = set()
 
 # Layering, as (importer, imported) modules.
 PENDING_REDESIGN_LAYERING: set[tuple[str, str]] = {
-    # core/events.py builds the event-log rows (Statement) itself.
-    ("ublox_sim.core.events", "ublox_sim.store.sqlite.rows"),
-    ("ublox_sim.core.events", "ublox_sim.store.sqlite.writer"),
-    # Actors build statements and hold the persistence actor (SQL inside messages).
-    ("ublox_sim.actors.messages", "ublox_sim.store.sqlite.writer"),
-    ("ublox_sim.actors.player", "ublox_sim.store.sqlite.rows"),
-    ("ublox_sim.actors.player", "ublox_sim.store.sqlite.writer"),
-    ("ublox_sim.actors.pto", "ublox_sim.store.sqlite.rows"),
-    ("ublox_sim.actors.pto", "ublox_sim.store.sqlite.writer"),
-    # The store uses owned_task_group (and the writer Reply) from actors/runtime.py: the
-    # structured-concurrency helpers belong below both layers (in core), not in actors.
+    # The store uses owned_task_group (and the writer its Reply future) from
+    # actors/runtime.py. Neither is about actors: they are structured-concurrency helpers
+    # that belong below both layers (core), and then these two entries go.
     ("ublox_sim.store.local", "ublox_sim.actors.runtime"),
     ("ublox_sim.store.sqlite.writer", "ublox_sim.actors.runtime"),
 }
 
-# Files outside ublox_sim/store/ that still hold SQL (the runner's runs-table rows).
-PENDING_REDESIGN_SQL: set[str] = {"ublox_sim/sim/runner.py"}
+# Files outside ublox_sim/store/ that still hold SQL.
+PENDING_REDESIGN_SQL: set[str] = set()
 
 # Files outside ublox_sim/store/ that still import sqlite3 or aiosqlite.
-PENDING_REDESIGN_DRIVERS: set[str] = {"ublox_sim/sim/runner.py"}
+PENDING_REDESIGN_DRIVERS: set[str] = set()
 
 # ---------------------------------------------------------------------------------------
 # The rules.
