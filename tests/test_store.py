@@ -24,7 +24,6 @@ from ublox_sim.core.errors import (
 from ublox_sim.store.export import decode_array, encode_array
 from ublox_sim.store.home import world_id_for
 from ublox_sim.store.local import LocalStore
-from ublox_sim.store.sqlite.queries import checkpoint_tick
 from ublox_sim.store.sync import UbloxLocalStorage
 from ublox_sim.store.verify import verify_store
 
@@ -738,17 +737,3 @@ async def test_a_store_closed_right_after_opening_stops_its_flusher(tmp_path: Pa
         async with LocalStore.open(tmp_path) as store:
             pass
     assert store.cdt.dirty_count == 0
-
-
-@pytest.mark.asyncio
-async def test_checkpoint_tick_reads_a_closed_store_without_opening_it(tmp_path: Path) -> None:
-    assert checkpoint_tick(tmp_path / "ublox.db") is None  # no database: nothing to resume
-    async with LocalStore.open(tmp_path):
-        pass
-    assert checkpoint_tick(tmp_path / "ublox.db") is None  # a store, but no run in it
-    with closing(sqlite3.connect(tmp_path / "ublox.db")) as conn, conn:
-        conn.execute(
-            "INSERT INTO runs (run_id, name, seed, scenario, started_at, tick, total_ticks)"
-            " VALUES (1, 'r', 7, '{}', '2025-12-12 00:00:00+00:00', 12, 40)"
-        )
-    assert checkpoint_tick(tmp_path / "ublox.db") == 12

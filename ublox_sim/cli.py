@@ -301,9 +301,13 @@ def _say_interrupted(
     file, --set and --seed: a resume checks that the scenario is the recorded one)."""
     import shlex
 
-    from .store.sqlite.queries import checkpoint_tick
+    from .store.sqlite.backend import read_run_record
 
-    checkpoint = checkpoint_tick(home.db)
+    try:
+        run = read_run_record(home)
+    except InvalidInput:  # no store, or no run in it yet
+        run = None
+    checkpoint = None if run is None else run.tick
     words = ["ublox-sim", "run"]
     if scenario is not None:
         words.append(str(scenario))

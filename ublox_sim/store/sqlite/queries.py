@@ -1,15 +1,12 @@
 """The store's reads: every query ``LocalStore`` answers, over the persistence actor.
 
 Each reads through the writer's connection, after every write queued before it
-(read your writes). ``checkpoint_tick`` alone reads a closed store's file directly.
+(read your writes).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 from ...core.records import R, Transaction
@@ -162,17 +159,6 @@ async def run_for_export(db: PersistenceActor) -> dict[str, Any] | None:
         "total_ticks": total,
         "finished": bool(finished),
     }
-
-
-def checkpoint_tick(db_path: Path) -> int | None:
-    """The tick of the last checkpoint a run committed to the (closed) database, read
-    without opening the store: None when no run was recorded or the file is unreadable."""
-    try:
-        with closing(sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True)) as conn:
-            row = conn.execute("SELECT tick FROM runs").fetchone()
-    except sqlite3.Error:
-        return None
-    return None if row is None else int(row[0])
 
 
 # -- the game server's bookkeeping -----------------------------------------------------------
