@@ -11,21 +11,19 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import CorruptCdtFile, InvalidId
 from ..core.ids import check_file_name
+from ..core.money import USD, XUSD
+from ..core.records import ESCROW_HELD
 from .cdt import load_npz, world_file_name
 from .sqlite.schema import FIRST_RELEASE_SCHEMA_VERSION, SCHEMA_VERSION
 
 MIGRATED_FROM = FIRST_RELEASE_SCHEMA_VERSION
-
-USD = "USD-OBBBA"
-XUSD = "xUSD"
-ESCROW_HELD = ("funding", "in_progress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +108,10 @@ def ledger_findings(
     return findings
 
 
-def _rows(conn: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in conn.execute(sql).fetchall()]
+def _rows(
+    conn: sqlite3.Connection, sql: str, params: Sequence[object] = ()
+) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in conn.execute(sql, params).fetchall()]
 
 
 def database_findings(conn: sqlite3.Connection) -> list[Finding]:
@@ -160,11 +160,12 @@ def database_findings(conn: sqlite3.Connection) -> list[Finding]:
         )
     for pto_id, status, sold, raised, hours, paid in _rows(
         conn,
-        """SELECT p.pto_id, p.status, p.pts_sold, p.funding_raised,
+        f"""SELECT p.pto_id, p.status, p.pts_sold, p.funding_raised,
                   COALESCE(SUM(t.hours_committed), 0), COALESCE(SUM(t.purchase_price), 0)
            FROM ptos p LEFT JOIN pts_tokens t ON t.game_id = p.pto_id
-           WHERE p.status IN ('funding', 'in_progress')
+           WHERE p.status IN ({", ".join("?" * len(ESCROW_HELD))})
            GROUP BY p.pto_id""",
+        ESCROW_HELD,
     ):
         if abs(float(hours) - float(sold)) > 1e-9 or int(paid) != int(raised):
             findings.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ...core.money import from_cents
 from ...core.records import R, Transaction
 from .tables import from_row, select_sql
 from .writer import PersistenceActor, Row
@@ -53,8 +54,8 @@ async def global_stats(db: PersistenceActor) -> dict[str, dict[str, Any]]:
     )
     players = {
         "count": n,
-        "usd_obbba_total": usd / 100,
-        "xUSD_total": xusd / 100,
+        "usd_obbba_total": from_cents(usd),
+        "xUSD_total": from_cents(xusd),
         "total_play_time": play,
         "phase_locks_total": locks,
     }
@@ -68,8 +69,8 @@ async def global_stats(db: PersistenceActor) -> dict[str, dict[str, Any]]:
     ptos = {
         "count": n,
         "by_status": by_status,
-        "funding_raised_total": raised / 100,
-        "xUSD_pool_total": pool / 100,
+        "funding_raised_total": from_cents(raised),
+        "xUSD_pool_total": from_cents(pool),
         "atu_spent_total": atu,
     }
     (n, hours, played, paid) = await one(
@@ -80,10 +81,10 @@ async def global_stats(db: PersistenceActor) -> dict[str, dict[str, Any]]:
         "count": n,
         "hours_committed_total": hours,
         "hours_played_total": played,
-        "purchase_price_total": paid / 100,
+        "purchase_price_total": from_cents(paid),
     }
     volume = {
-        f"{t}/{c}": v / 100
+        f"{t}/{c}": from_cents(v)
         for t, c, v in await db.fetchall(
             "SELECT tx_type, currency, SUM(amount) FROM transactions GROUP BY tx_type, currency"
         )
@@ -97,7 +98,7 @@ async def global_stats(db: PersistenceActor) -> dict[str, dict[str, Any]]:
     sessions = {
         "count": n,
         "duration_total": duration,
-        "xUSD_earned_total": earned / 100,
+        "xUSD_earned_total": from_cents(earned),
         "quality_mean": quality,
     }
     return {
