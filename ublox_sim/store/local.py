@@ -34,7 +34,7 @@ from ..core.clock import WallClock
 from ..core.errors import BackupExists, InvalidInput, StoreError
 from ..core.ids import check_file_name, check_id
 from ..core.logsetup import get_logger
-from ..core.money import to_cents
+from ..core.money import CURRENCIES, to_cents
 from ..core.records import (
     PTO,
     RECORD_TYPES,
@@ -62,7 +62,7 @@ from .home import (
     write_text_atomic,
 )
 from .sqlite import queries
-from .sqlite.schema import CURRENCIES, TX_TYPES
+from .sqlite.schema import TX_TYPES
 from .sqlite.tables import insert_sql, to_row, upsert_sql
 from .sqlite.writer import PersistenceActor, Statement, Synchronous, in_writer_thread
 from .verify import Finding, store_findings
