@@ -40,13 +40,7 @@ PACKAGE_DIR = Path(_SPEC.origin).parent
 PENDING_REDESIGN_CYCLES: set[frozenset[str]] = set()
 
 # Layering, as (importer, imported) modules.
-PENDING_REDESIGN_LAYERING: set[tuple[str, str]] = {
-    # The store uses owned_task_group (and the writer its Reply future) from
-    # actors/runtime.py. Neither is about actors: they are structured-concurrency helpers
-    # that belong below both layers (core), and then these two entries go.
-    ("ublox_sim.store.local", "ublox_sim.actors.runtime"),
-    ("ublox_sim.store.sqlite.writer", "ublox_sim.actors.runtime"),
-}
+PENDING_REDESIGN_LAYERING: set[tuple[str, str]] = set()
 
 # Files outside ublox_sim/store/ that still hold SQL.
 PENDING_REDESIGN_SQL: set[str] = set()

@@ -29,7 +29,6 @@ import numpy as np
 from anyio.abc import TaskGroup
 from numpy.typing import NDArray
 
-from ..actors.runtime import owned_task_group
 from ..core.clock import WallClock
 from ..core.errors import BackupExists, InvalidInput, StoreError
 from ..core.ids import check_file_name, check_id
@@ -49,6 +48,7 @@ from ..core.records import (
     metadata_json,
     to_seed,
 )
+from ..core.tasks import joined_or_owned
 from . import backup
 from .cdt import CdtStore
 from .export import check_export_digest, encode_arrays, export_document, export_text, parse_export
@@ -112,15 +112,7 @@ class LocalStore:
     ) -> AsyncIterator[LocalStore]:
         """Open the store at ``home`` and close it (flushed and committed) on exit."""
         resolved = home if isinstance(home, Home) else Home.resolve(home)
-        if task_group is not None:
-            store = cls(resolved, **options)
-            await store.start(task_group)
-            try:
-                yield store
-            finally:
-                await store.aclose()
-            return
-        async with owned_task_group() as tg:
+        async with joined_or_owned(task_group) as tg:
             store = cls(resolved, **options)
             await store.start(tg)
             try:
