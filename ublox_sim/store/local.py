@@ -64,7 +64,7 @@ from .home import (
 from .sqlite import queries
 from .sqlite.schema import TX_TYPES
 from .sqlite.tables import insert_sql, to_row, upsert_sql
-from .sqlite.writer import PersistenceActor, Statement, Synchronous, in_writer_thread
+from .sqlite.writer import PersistenceActor, Statement, Synchronous
 from .verify import Finding, store_findings
 
 log = get_logger(__name__)
@@ -350,9 +350,7 @@ class LocalStore:
         """Every check ``verify_store`` runs, on this open store, after the writes queued."""
         await self.cdt.flush()
         cdt_dir = self.home.cdt_dir
-        return await self.db.call(
-            lambda conn: in_writer_thread(conn, lambda c: store_findings(c, cdt_dir))
-        )
+        return await self.db.read_sync(lambda conn: store_findings(conn, cdt_dir))
 
     # -- export / import ---------------------------------------------------------------
 
