@@ -28,7 +28,7 @@ from .core.errors import InvalidInput, UbloxError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .store.local import Home
+    from .store.home import Home
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -114,7 +114,7 @@ def _require_new_home(home: Home) -> None:
 
 def _existing_store(home: Path | None) -> Home:
     """The store at ``home``, or exit 2 without creating anything (a mistyped path)."""
-    from .store.local import Home
+    from .store.home import Home
 
     target = Home.resolve(home)
     if not _holds_store(target):
@@ -162,7 +162,7 @@ def main(log_format: str, verbose: int) -> None:
 def demo(home: Path | None) -> None:
     """Run the seed's storage demo (in a temporary home unless --home is given)."""
     from .sim.demo import DemoCheckFailed, run_demo
-    from .store.local import Home
+    from .store.home import Home
 
     try:
         if home is not None:
@@ -217,7 +217,7 @@ def run(
     from .sim.report import already_finished, print_report
     from .sim.runner import recorded_scenario, run_scenario
     from .sim.scenario import load_scenario
-    from .store.local import Home
+    from .store.home import Home
 
     target = Home.resolve(home)
     if scenario is None:
@@ -300,16 +300,14 @@ def _say_interrupted(
     """Where a Ctrl-C left the run, and the exact command that continues it (the same
     file, --set and --seed: a resume checks that the scenario is the recorded one)."""
     import shlex
-    import sqlite3
-    from contextlib import closing
 
-    checkpoint: int | None = None
+    from .store.sqlite.backend import read_run_record
+
     try:
-        with closing(sqlite3.connect(f"{home.db.as_uri()}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT tick FROM runs").fetchone()
-            checkpoint = None if row is None else int(row[0])
-    except sqlite3.Error:
-        pass
+        run = read_run_record(home)
+    except InvalidInput:  # no store, or no run in it yet
+        run = None
+    checkpoint = None if run is None else run.tick
     words = ["ublox-sim", "run"]
     if scenario is not None:
         words.append(str(scenario))
@@ -422,7 +420,7 @@ def serve(
         raise click.UsageError(
             f"the server needs its extra: pip install 'ublox-sim[server]' ({exc})"
         ) from exc
-    from .store.local import Home
+    from .store.home import Home
     from .store.sync import UbloxLocalStorage
 
     root = Home.resolve(home)
@@ -701,7 +699,7 @@ def _copy_to_stdout(staged: Path) -> None:
 @_errors_to_exit_codes
 def import_cmd(home: Path | None, path: Path, force: bool) -> None:
     """Load an export into an empty home as it is (refused if damaged or edited)."""
-    from .store.local import Home
+    from .store.home import Home
     from .store.sync import UbloxLocalStorage
 
     target = Home.resolve(home)
@@ -769,7 +767,7 @@ def backup_create(home: Path | None, name: str | None) -> None:
 @_errors_to_exit_codes
 def backup_list(home: Path | None, as_json: bool) -> None:
     """The backups of the store, oldest first."""
-    from .store.local import list_backups
+    from .store.backup import list_backups
 
     target = _existing_store(home)
     items = list_backups(target)
@@ -795,7 +793,8 @@ def backup_list(home: Path | None, as_json: bool) -> None:
 @_errors_to_exit_codes
 def backup_restore(home: Path | None, name: str, force: bool) -> None:
     """Replace the store with backup NAME (checked first; the old state is kept)."""
-    from .store.local import database_lost, restore_lost_store
+    from .store.backup import restore_lost_store
+    from .store.home import database_lost
     from .store.sync import UbloxLocalStorage
 
     target = _existing_store(home)

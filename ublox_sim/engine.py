@@ -71,7 +71,7 @@ from .core.tasks import joined_or_owned
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 from .core.world import F64, WorldParams, check_world, new_world
 from .store.backend import Backend, Checkpoint, Receipt, RunRecord, Unit, WorldWrite
-from .store.local import Home, world_id_for
+from .store.home import Home, world_id_for
 from .store.sqlite.backend import SqliteBackend
 from .store.sqlite.writer import Synchronous
 

@@ -29,7 +29,7 @@ import pytest
 import ublox_sim
 from ublox_sim.actors.runtime import owned_task_group
 from ublox_sim.store.backend import Backend
-from ublox_sim.store.local import Home
+from ublox_sim.store.home import Home
 from ublox_sim.store.sqlite.backend import SqliteBackend
 
 from .fake import DEFECTS, BrokenFakeBackend

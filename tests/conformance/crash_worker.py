@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 
 from ublox_sim.actors.runtime import owned_task_group
-from ublox_sim.store.local import Home
+from ublox_sim.store.home import Home
 from ublox_sim.store.sqlite.backend import SqliteBackend
 
 from .workload import crash_workload

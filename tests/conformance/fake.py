@@ -43,7 +43,7 @@ from ublox_sim.core.records import (
     to_seed,
 )
 from ublox_sim.store.backend import Arrays, Checkpoint, Committed, Done, Receipt, RunRecord, Unit
-from ublox_sim.store.local import EXPORT_FORMAT, EXPORT_VERSION, encode_array, export_digest
+from ublox_sim.store.export import EXPORT_FORMAT, EXPORT_VERSION, encode_array, export_digest
 from ublox_sim.store.sqlite.schema import SCHEMA_VERSION
 from ublox_sim.store.verify import Finding, ledger_findings, ledger_sums
 

@@ -15,7 +15,7 @@ from ublox_sim.core import events as ev
 from ublox_sim.core.errors import UbloxError, UnitRejected
 from ublox_sim.core.records import Player, PlaySession, PTSToken, Transaction
 from ublox_sim.store.backend import Backend, Checkpoint, Unit, WorldWrite
-from ublox_sim.store.local import world_id_for
+from ublox_sim.store.home import world_id_for
 
 from . import workload as w
 from .conftest import BackendFactory

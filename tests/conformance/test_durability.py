@@ -11,7 +11,8 @@ import pytest
 
 from ublox_sim.core.records import PTO, RECORD_TYPES, Player, Transaction, to_seed
 from ublox_sim.store.backend import Checkpoint, Unit, WorldWrite
-from ublox_sim.store.local import export_digest, world_id_for
+from ublox_sim.store.export import export_digest
+from ublox_sim.store.home import world_id_for
 
 from . import workload as w
 from .conftest import BackendFactory

@@ -30,7 +30,7 @@ from ublox_sim.store.backend import (
     Unit,
     WorldWrite,
 )
-from ublox_sim.store.local import world_id_for
+from ublox_sim.store.home import world_id_for
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 

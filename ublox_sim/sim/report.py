@@ -8,7 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..store.local import Home
+from ..core.money import USD, XUSD
+from ..store.home import Home
 from .runner import RunReport
 
 # Said under the PTO table when a creator's last spend went past the requirement.
@@ -64,7 +65,7 @@ def print_report(report: RunReport, home: Home, console: Console) -> None:
     if overshoot:
         ptos.caption = ATU_OVERSHOOT_NOTE
     console.print(ptos)
-    top = Table("player", "xUSD", "USD-OBBBA", "phase locks", "τₖ", title="Top players by xUSD")
+    top = Table("player", XUSD, USD, "phase locks", "τₖ", title=f"Top players by {XUSD}")
     for p in report.top_players:
         top.add_row(
             p["player_id"],

@@ -18,19 +18,12 @@ from anyio.abc import TaskGroup
 from ...core.clock import Clock
 from ...core.errors import ActorClosed, InvalidInput
 from ...core.events import EventBus
-from ...core.records import (  # moves to .tables
-    FUNDING,
-    PTO,
-    Player,
-    PTSToken,
-    Record,
-    Transaction,
-    from_row,
-    select_sql,
-)
+from ...core.records import FUNDING, PTO, Player, PTSToken, Record, Transaction
 from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit
-from ..local import Home, LocalStore, wall_clock
+from ..home import Home
+from ..local import LocalStore, wall_clock
 from . import rows
+from .tables import from_row, select_sql
 from .writer import PersistenceActor, Statement, Synchronous
 
 _SELECT_RUN = (

@@ -24,10 +24,9 @@ from ...core.records import (
     PlaySession,
     PTSToken,
     Transaction,
-    insert_sql,
-    to_row,
 )
 from ..backend import Receipt, RunRecord, Unit
+from .tables import insert_sql, to_row
 from .writer import Statement
 
 _INSERT_TX = insert_sql(Transaction)

@@ -66,7 +66,6 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ...actors.runtime import Reply, owned_task_group
 from ...core.errors import (
     ActorBroken,
     ActorClosed,
@@ -76,6 +75,7 @@ from ...core.errors import (
     UnitRejected,
 )
 from ...core.logsetup import get_logger
+from ...core.tasks import Reply, owned_task_group
 from .schema import PRAGMAS, migrate
 
 log = get_logger(__name__)

@@ -1,0 +1,196 @@
+"""The store's reads: every query ``LocalStore`` answers, over the persistence actor.
+
+Each reads through the writer's connection, after every write queued before it
+(read your writes).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ...core.money import from_cents
+from ...core.records import R, Transaction
+from .tables import from_row, select_sql
+from .writer import PersistenceActor, Row
+
+
+async def load_record(db: PersistenceActor, cls: type[R], key: str) -> R | None:
+    row = await db.fetchone(f"{select_sql(cls)} WHERE {cls.KEY} = ?", (key,))
+    return None if row is None else from_row(cls, row)
+
+
+async def load_records(db: PersistenceActor, cls: type[R]) -> list[R]:
+    """Every record of a table, by key."""
+    rows = await db.fetchall(f"{select_sql(cls)} ORDER BY {cls.KEY}")
+    return [from_row(cls, row) for row in rows]
+
+
+async def world_version(db: PersistenceActor, world_id: str) -> int | None:
+    """The version of the world's file the database points at (None: the unversioned file)."""
+    row = await db.fetchone("SELECT version FROM cdt_files WHERE world_cdt_id = ?", (world_id,))
+    return None if row is None else int(row[0])
+
+
+async def is_empty(db: PersistenceActor) -> bool:
+    """No player, PTO or ledger row."""
+    for table in ("players", "ptos", "transactions"):
+        if await db.fetchone(f"SELECT 1 FROM {table} LIMIT 1") is not None:
+            return False
+    return True
+
+
+async def global_stats(db: PersistenceActor) -> dict[str, dict[str, Any]]:
+    """Counts and sums per table (money in major units)."""
+
+    async def one(sql: str) -> Row:
+        row = await db.fetchone(sql)
+        assert row is not None  # aggregates always give one row
+        return row
+
+    (n, usd, xusd, play, locks) = await one(
+        "SELECT COUNT(*), COALESCE(SUM(usd_obbba_balance),0), COALESCE(SUM(xUSD_balance),0),"
+        " COALESCE(SUM(total_play_time),0), COALESCE(SUM(phase_locks_count),0) FROM players"
+    )
+    players = {
+        "count": n,
+        "usd_obbba_total": from_cents(usd),
+        "xUSD_total": from_cents(xusd),
+        "total_play_time": play,
+        "phase_locks_total": locks,
+    }
+    (n, raised, pool, atu) = await one(
+        "SELECT COUNT(*), COALESCE(SUM(funding_raised),0), COALESCE(SUM(xUSD_pool),0),"
+        " COALESCE(SUM(atu_spent),0) FROM ptos"
+    )
+    by_status = {
+        s: c for s, c in await db.fetchall("SELECT status, COUNT(*) FROM ptos GROUP BY status")
+    }
+    ptos = {
+        "count": n,
+        "by_status": by_status,
+        "funding_raised_total": from_cents(raised),
+        "xUSD_pool_total": from_cents(pool),
+        "atu_spent_total": atu,
+    }
+    (n, hours, played, paid) = await one(
+        "SELECT COUNT(*), COALESCE(SUM(hours_committed),0), COALESCE(SUM(hours_played),0),"
+        " COALESCE(SUM(purchase_price),0) FROM pts_tokens"
+    )
+    tokens = {
+        "count": n,
+        "hours_committed_total": hours,
+        "hours_played_total": played,
+        "purchase_price_total": from_cents(paid),
+    }
+    volume = {
+        f"{t}/{c}": from_cents(v)
+        for t, c, v in await db.fetchall(
+            "SELECT tx_type, currency, SUM(amount) FROM transactions GROUP BY tx_type, currency"
+        )
+    }
+    (n,) = await one("SELECT COUNT(*) FROM transactions")
+    transactions = {"count": n, "volume": volume}
+    (n, duration, earned, quality) = await one(
+        "SELECT COUNT(*), COALESCE(SUM(duration),0), COALESCE(SUM(xUSD_earned),0),"
+        " COALESCE(AVG(quality),0) FROM play_sessions"
+    )
+    sessions = {
+        "count": n,
+        "duration_total": duration,
+        "xUSD_earned_total": from_cents(earned),
+        "quality_mean": quality,
+    }
+    return {
+        "players": players,
+        "ptos": ptos,
+        "pts_tokens": tokens,
+        "transactions": transactions,
+        "play_sessions": sessions,
+    }
+
+
+# -- the event log (retention in schema.EVENT_RETENTION) ---------------------------------
+
+
+async def events_after(db: PersistenceActor, since: int, limit: int) -> list[tuple[int, str, str]]:
+    """Up to ``limit`` logged events with ``seq > since``, oldest first: (seq, kind, payload)."""
+    rows = await db.fetchall(
+        "SELECT seq, kind, payload FROM event_log WHERE seq > ? ORDER BY seq LIMIT ?",
+        (since, limit),
+    )
+    return [(int(seq), str(kind), str(payload)) for seq, kind, payload in rows]
+
+
+async def event_log_span(db: PersistenceActor) -> tuple[int, int]:
+    """(oldest retained seq, newest seq ever numbered); (0, n) when none is retained."""
+    row = await db.fetchone(
+        "SELECT (SELECT COALESCE(MIN(seq), 0) FROM event_log),"
+        " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'event_log'), 0)"
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+# -- the recorded scenario run -------------------------------------------------------------
+
+
+async def run_status(db: PersistenceActor) -> dict[str, Any] | None:
+    """The scenario run recorded in this store (name, tick, total_ticks, finished), if any."""
+    row = await db.fetchone("SELECT name, tick, total_ticks, finished FROM runs")
+    if row is None:
+        return None
+    name, tick, total, finished = row
+    return {"name": name, "tick": tick, "total_ticks": total, "finished": bool(finished)}
+
+
+async def run_for_export(db: PersistenceActor) -> dict[str, Any] | None:
+    """The recorded run as an export holds it (its scenario decoded), if any."""
+    row = await db.fetchone(
+        "SELECT name, seed, scenario, tick, total_ticks, finished FROM runs WHERE run_id = 1"
+    )
+    if row is None:
+        return None
+    name, seed, scenario, tick, total, finished = row
+    return {
+        "name": name,
+        "seed": seed,
+        "scenario": json.loads(str(scenario)),
+        "tick": tick,
+        "total_ticks": total,
+        "finished": bool(finished),
+    }
+
+
+# -- the game server's bookkeeping -----------------------------------------------------------
+
+
+async def token_versions(db: PersistenceActor) -> dict[str, int]:
+    """Every player's token version (players never issued a token are absent: 0)."""
+    rows = await db.fetchall("SELECT player_id, version FROM player_token_versions")
+    return {str(pid): int(version) for pid, version in rows}
+
+
+async def find_receipt(
+    db: PersistenceActor, principal: str, key: str
+) -> tuple[str, int, str] | None:
+    """An idempotency key's (fingerprint, status, response JSON), if it was stored."""
+    row = await db.fetchone(
+        "SELECT fingerprint, status, response FROM idempotency_keys"
+        " WHERE principal = ? AND key = ?",
+        (principal, key),
+    )
+    return None if row is None else (str(row[0]), int(row[1]), str(row[2]))
+
+
+async def transactions_of(
+    db: PersistenceActor, player_id: str, *, after: int, limit: int
+) -> list[Transaction]:
+    """A player's ledger rows (either side), oldest first, ``tx_id > after``: one page."""
+    rows = await db.fetchall(
+        f"{select_sql(Transaction)}"
+        " WHERE tx_id > ? AND (from_player = ? OR to_player = ?)"
+        " ORDER BY tx_id LIMIT ?",
+        (after, player_id, player_id, limit),
+    )
+    return [from_row(Transaction, row) for row in rows]
