@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..core.clock import WallClock
+from ..core.clock import WALL_CLOCK
 from ..core.errors import BackupError, CorruptCdtFile, InvalidId, InvalidState, StoreError
 from ..core.ids import check_file_name
 from ..core.logsetup import get_logger
@@ -37,12 +37,11 @@ DAMAGE_CHECKS = ("schema", "integrity")
 
 
 # Backups are named and stamped in wall time, whatever clock the store's rows use.
-wall_clock = WallClock().now
 
 
 def new_backup_name(home: Home) -> str:
     """``backup_YYYYmmdd_HHMMSS``, numbered ``_1``, ``_2``... if taken."""
-    name = f"backup_{wall_clock():%Y%m%d_%H%M%S}"
+    name = f"backup_{WALL_CLOCK.now():%Y%m%d_%H%M%S}"
     while home.backups.joinpath(name).exists():
         name = f"{name}_1" if name.count("_") == 2 else _bump(name)
     return name
@@ -50,7 +49,7 @@ def new_backup_name(home: Home) -> str:
 
 def safety_backup_name() -> str:
     """The name of the backup a restore makes of what it replaces."""
-    return f"pre_restore_{wall_clock():%Y%m%d_%H%M%S_%f}"
+    return f"pre_restore_{WALL_CLOCK.now():%Y%m%d_%H%M%S_%f}"
 
 
 def _bump(name: str) -> str:
@@ -76,7 +75,7 @@ def copy_cdt_and_seal(cdt_dir: Path, partial: Path, target: Path) -> None:
             shutil.copy2(path, dest / path.name)
     files = [partial / "ublox.db", *sorted(dest.iterdir())]
     manifest = {
-        "created": iso(wall_clock()),
+        "created": iso(WALL_CLOCK.now()),
         "schema_version": SCHEMA_VERSION,
         # What restore checks the copy against: an edit by hand is not damage a
         # check can see, so the content as it was made is recorded here.
@@ -269,7 +268,7 @@ def restore_lost_store(home: Home, name: str, *, force: bool = False) -> list[st
         if not database_lost(home):
             raise InvalidState(f"{home.db} is not lost; restore through an open store")
         warnings = check_backup(home.backup_dir(name), force=force)
-        kept = home.root / f"lost_worlds_{wall_clock():%Y%m%d_%H%M%S_%f}"
+        kept = home.root / f"lost_worlds_{WALL_CLOCK.now():%Y%m%d_%H%M%S_%f}"
         shutil.copytree(home.cdt_dir, kept)
         fsync_dir(home.root)
         start_restore(home, name)
