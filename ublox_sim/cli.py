@@ -334,20 +334,31 @@ def _say_interrupted(
 
 @main.command()
 @click.argument(
-    "which", type=click.Choice(["persistence", "cdt", "simulation", "all"]), default="all"
+    "which",
+    type=click.Choice(["persistence", "cdt", "simulation", "scale", "all"]),
+    default="all",
 )
 @click.option("--quick", is_flag=True, help="Smaller sizes: the whole set in under two minutes.")
 @click.option("--size", type=click.Choice(["tiny", "quick", "full"]), default=None, hidden=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def bench(which: str, quick: bool, size: str | None, json_path: Path | None) -> None:
-    """Measure persistence, CDT flushing and simulation speed against their baselines."""
+@click.option(
+    "--players",
+    type=click.IntRange(min=1_000),
+    default=None,
+    help="scale: players in the large store (default 1,000,000; --quick 100,000).",
+)
+def bench(
+    which: str, quick: bool, size: str | None, json_path: Path | None, players: int | None
+) -> None:
+    """Measure persistence, CDT flushing and simulation speed against their baselines
+    (`all`), or a store of a million players (`scale`, run on its own)."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "run.py").is_file():
         raise click.UsageError("the benchmarks live in the source tree: run from a checkout")
     sys.path.insert(0, str(root))
     from benchmarks.run import main as run_benchmarks
 
-    run_benchmarks(which, size or ("quick" if quick else "full"), json_path)
+    run_benchmarks(which, size or ("quick" if quick else "full"), json_path, players=players)
 
 
 EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
