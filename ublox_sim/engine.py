@@ -309,24 +309,31 @@ class Engine:
         valid = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Player)]
         try:
             for start in range(0, len(valid), limits.REGISTER_UNIT):
-                chunk = valid[start : start + limits.REGISTER_UNIT]
-                try:
-                    await self.store.commit(Unit(tuple(_registered(p) for _, p in chunk)))
-                except UnitRejected:
-                    for index, player in chunk:
-                        try:
-                            await self.store.commit(Unit((_registered(player),)))
-                        except UbloxError as exc:
-                            results[index] = exc
-                        else:
-                            self._spawn_player(player)
-                    continue
-                for _, player in chunk:
-                    self._spawn_player(player)
+                # Shielded: a cancellation lands between units, never between a unit's
+                # commit and its players' actors.
+                with anyio.CancelScope(shield=True):
+                    await self._register_unit(valid[start : start + limits.REGISTER_UNIT], results)
         finally:
             for _, player in valid:
                 self._reserved.discard(player.player_id)
         return results
+
+    async def _register_unit(
+        self, chunk: list[tuple[int, Player]], results: list[PlayerInfo | UbloxError]
+    ) -> None:
+        try:
+            await self.store.commit(Unit(tuple(_registered(p) for _, p in chunk)))
+        except UnitRejected:
+            for index, player in chunk:
+                try:
+                    await self.store.commit(Unit((_registered(player),)))
+                except UbloxError as exc:
+                    results[index] = exc
+                else:
+                    self._spawn_player(player)
+            return
+        for _, player in chunk:
+            self._spawn_player(player)
 
     def _new_player(
         self,
@@ -361,8 +368,10 @@ class Engine:
         )
 
     async def _commit_player(self, player: Player) -> None:
-        await self.store.commit(Unit((_registered(player),)))
-        self._spawn_player(player)
+        # Shielded: a caller cancelled while its row commits must still get its actor.
+        with anyio.CancelScope(shield=True):
+            await self.store.commit(Unit((_registered(player),)))
+            self._spawn_player(player)
 
     async def deposit(
         self, player_id: str, amount: Amount, *, receipt: Receipt | None = None
@@ -458,8 +467,9 @@ class Engine:
                 funding_goal=to_decimal(goal),
                 record=dataclasses.replace(pto),
             )
-            await self.store.commit(Unit((launched,), worlds=(WorldWrite(world_id, world),)))
-            self._spawn_pto(pto, [], world)
+            with anyio.CancelScope(shield=True):  # as in _commit_player
+                await self.store.commit(Unit((launched,), worlds=(WorldWrite(world_id, world),)))
+                self._spawn_pto(pto, [], world)
         finally:
             self._reserved.discard(pto_id)
         return PTOInfo.of(pto)

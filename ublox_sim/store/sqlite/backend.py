@@ -145,6 +145,8 @@ class SqliteBackend:
         outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
 
         def done(result: Committed | BaseException) -> None:
+            if outcome.done():  # the caller was cancelled: the unit's fate is the store's
+                return
             if isinstance(result, BaseException):
                 outcome.set_exception(result)
             else:
