@@ -139,18 +139,9 @@ async def test_a_refused_unit_in_a_batch_of_many(
         assert await backend.verify() == []
 
 
-SQLITE_UNKNOWN_PLAYER = (
-    "SqliteBackend/rows.py defect: a Transferred (or Deposited) naming an unknown player "
-    "is committed: the balance UPDATE matches no row and the ledger row lands, so money "
-    "vanishes into (or appears for) an id that holds nothing; verify() reports it after"
-)
-
-
 async def test_money_for_an_unknown_player_is_refused(
     backend_factory: BackendFactory, location: Path, request: pytest.FixtureRequest
 ) -> None:
-    if backend_factory.name == "sqlite":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SQLITE_UNKNOWN_PLAYER))
     async with backend_factory.open(location) as backend:
         await seeded(backend)
         before = await snapshot(backend)
