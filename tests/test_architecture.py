@@ -71,6 +71,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ("actors", "sim", "server", "engine", "cli", ""),
         "the store persists what it is given; it calls nobody above it",
     ),
+    (
+        "engine",
+        ("sim", "server", "cli", ""),
+        "the engine is embedded by the layers above it, never the reverse",
+    ),
+    (
+        "sim",
+        ("server", "cli", ""),
+        "scenario runs drive the engine; the server and the command line drive them",
+    ),
 )
 
 STORE = "store"  # the one folder (relative to the package) where SQL and drivers live
