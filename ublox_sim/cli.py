@@ -343,7 +343,7 @@ def _say_interrupted(
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option(
     "--players",
-    type=click.IntRange(min=1_000),
+    type=int,
     default=None,
     help="scale: players in the large store (default 1,000,000; --quick 100,000).",
 )
@@ -358,6 +358,8 @@ def bench(
     sys.path.insert(0, str(root))
     from benchmarks.run import main as run_benchmarks
 
+    if players is not None and (which != "scale" or players < 2_000):
+        raise click.BadParameter("takes 2,000 or more, with `scale`", param_hint="--players")
     run_benchmarks(which, size or ("quick" if quick else "full"), json_path, players=players)
 
 
@@ -570,7 +572,9 @@ def _figure(figure: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return str(value)
     if figure in MONEY_FIGURES:
-        return f"{Decimal(str(value)):.2f}"
+        from .core.money import format_amount
+
+        return format_amount(value)
     if figure in HOUR_FIGURES:
         return f"{value:.2f}"
     if figure in SCORE_FIGURES:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..core.money import USD, XUSD
 from ..core.records import FUNDING
+from ..store.home import world_id_for
 from ..store.sync import UbloxLocalStorage
 from ..store.verify import verify_store
 
@@ -72,7 +73,7 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
                 "price_per_pts": 25.0,
                 "funding_goal": 50000.0,
                 "status": FUNDING,
-                "world_cdt_id": f"{PTO_ID}_world_cdt",
+                "world_cdt_id": world_id_for(PTO_ID),
                 "cdt": {"theta": theta, "omega": omega},
             }
         )
@@ -92,7 +93,7 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
                 "price_per_pts": price,
                 "funding_goal": 50000.0,
                 "funding_raised": hours * price,
-                "world_cdt_id": f"{PTO_ID}_world_cdt",
+                "world_cdt_id": world_id_for(PTO_ID),
             }
         )
         storage.save_pts_token(

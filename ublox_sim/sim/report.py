@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from ..core.money import USD, XUSD
+from ..core.money import USD, XUSD, format_amount
 from ..store.home import Home
 from .runner import RunReport
 
@@ -26,7 +25,7 @@ def already_finished(report: RunReport) -> bool:
 
 def money(value: Any) -> str:
     """Major units with exactly two decimals, whatever form the amount came in."""
-    return f"{Decimal(str(value)):.2f}"
+    return format_amount(value)
 
 
 def atu(spent: int, required: int) -> str:
