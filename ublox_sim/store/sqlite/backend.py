@@ -18,18 +18,12 @@ from anyio.abc import TaskGroup
 from ...core.clock import Clock
 from ...core.errors import ActorClosed, InvalidInput
 from ...core.events import EventBus
-from ...core.records import FUNDING, PTO, Player, PTSToken, Record, Transaction
+from ...core.records import PTO, Player, PTSToken, Record, Transaction
 from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit
 from ..home import Home
 from ..local import LocalStore, wall_clock
-from . import rows
-from .tables import from_row, select_sql
+from . import queries, rows
 from .writer import PersistenceActor, Statement, Synchronous
-
-_SELECT_RUN = (
-    "SELECT name, seed, scenario, started_at, tick, total_ticks, state, finished"
-    " FROM runs WHERE run_id = 1"
-)
 
 
 class SqliteBackend:
@@ -180,27 +174,17 @@ class SqliteBackend:
 
     # -- point reads ---------------------------------------------------------------
 
-    async def _one(self, cls: type[Any], key: str) -> Any:
-        row = await self.local.db.fetchone(f"{select_sql(cls)} WHERE {cls.KEY} = ?", (key,))
-        return None if row is None else from_row(cls, row)
-
     async def load_player(self, player_id: str) -> Player | None:
-        player: Player | None = await self._one(Player, player_id)
-        return player
+        return await queries.load_record(self.local.db, Player, player_id)
 
     async def load_pto(self, pto_id: str) -> PTO | None:
-        pto: PTO | None = await self._one(PTO, pto_id)
-        return pto
+        return await queries.load_record(self.local.db, PTO, pto_id)
 
     async def load_token(self, token_id: str) -> PTSToken | None:
-        token: PTSToken | None = await self._one(PTSToken, token_id)
-        return token
+        return await queries.load_record(self.local.db, PTSToken, token_id)
 
     async def load_tokens(self, pto_id: str) -> list[PTSToken]:
-        found = await self.local.db.fetchall(
-            f"{select_sql(PTSToken)} WHERE game_id = ? ORDER BY token_id", (pto_id,)
-        )
-        return [from_row(PTSToken, row) for row in found]
+        return await queries.load_tokens(self.local.db, pto_id)
 
     async def load_world(self, world_id: str) -> dict[str, Any]:
         held = self._held_worlds.get(world_id)
@@ -209,23 +193,13 @@ class SqliteBackend:
         return await self.local.load_world(world_id)
 
     async def exists(self, ident: str) -> bool:
-        row = await self.local.db.fetchone(
-            "SELECT EXISTS (SELECT 1 FROM players WHERE player_id = ?)"
-            " OR EXISTS (SELECT 1 FROM ptos WHERE pto_id = ?)",
-            (ident, ident),
-        )
-        return bool(row and row[0])
+        return await queries.exists(self.local.db, ident)
 
     async def load_all(self, cls: type[Record]) -> list[Any]:
         return await self.local.load_all(cls)
 
     async def ptos_past_deadline(self, at: str) -> list[str]:
-        found = await self.local.db.fetchall(
-            "SELECT pto_id FROM ptos WHERE status = ? AND funding_deadline IS NOT NULL"
-            " AND funding_deadline <= ? ORDER BY pto_id",
-            (FUNDING, at),
-        )
-        return [str(pto_id) for (pto_id,) in found]
+        return await queries.ptos_past_deadline(self.local.db, at)
 
     # -- aggregates and pages ----------------------------------------------------
 
@@ -233,11 +207,7 @@ class SqliteBackend:
         return await self.local.get_global_stats()
 
     async def leaderboard(self, top: int) -> list[Player]:
-        found = await self.local.db.fetchall(
-            f"{select_sql(Player)} ORDER BY xUSD_balance DESC, player_id LIMIT ?",
-            (max(0, top),),
-        )
-        return [from_row(Player, row) for row in found]
+        return await queries.leaderboard(self.local.db, top)
 
     async def transactions_of(
         self, player_id: str, *, after: int = 0, limit: int = 50
@@ -264,8 +234,7 @@ class SqliteBackend:
     # -- scenario runs -------------------------------------------------------------
 
     async def run_record(self) -> RunRecord | None:
-        row = await self.local.db.fetchone(_SELECT_RUN)
-        return None if row is None else _run_record(row)
+        return await queries.run_record(self.local.db)
 
     async def run_status(self) -> dict[str, Any] | None:
         return await self.local.run_status()
@@ -298,23 +267,9 @@ def read_run_record(home: Home) -> RunRecord | None:
         raise InvalidInput(f"nothing to resume in {home.root}: no store there")
     conn = sqlite3.connect(f"{home.db.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        row = conn.execute(_SELECT_RUN).fetchone()
+        row = conn.execute(queries.SELECT_RUN).fetchone()
     except sqlite3.Error as exc:
         raise InvalidInput(f"nothing to resume in {home.root}: {exc}") from exc
     finally:
         conn.close()
-    return None if row is None else _run_record(row)
-
-
-def _run_record(row: tuple[Any, ...]) -> RunRecord:
-    name, seed, scenario, started_at, tick, total, state, finished = row
-    return RunRecord(
-        name=str(name),
-        seed=int(seed),
-        scenario=str(scenario),
-        started_at=str(started_at),
-        tick=int(tick),
-        total_ticks=int(total),
-        state=str(state),
-        finished=bool(finished),
-    )
+    return None if row is None else queries.run_record_of(row)

@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from ...core.money import from_cents
-from ...core.records import R, Transaction
+from ...core.records import FUNDING, Player, PTSToken, R, Transaction
+from ..backend import RunRecord
 from .tables import from_row, select_sql
 from .writer import PersistenceActor, Row
 
@@ -135,31 +136,97 @@ async def event_log_span(db: PersistenceActor) -> tuple[int, int]:
 # -- the recorded scenario run -------------------------------------------------------------
 
 
+# The scenario run's row: one query, every view of it derived from the record.
+SELECT_RUN = (
+    "SELECT name, seed, scenario, started_at, tick, total_ticks, state, finished"
+    " FROM runs WHERE run_id = 1"
+)
+
+
+def run_record_of(row: Row) -> RunRecord:
+    name, seed, scenario, started_at, tick, total, state, finished = row
+    return RunRecord(
+        name=str(name),
+        seed=int(seed),
+        scenario=str(scenario),
+        started_at=str(started_at),
+        tick=int(tick),
+        total_ticks=int(total),
+        state=str(state),
+        finished=bool(finished),
+    )
+
+
+async def run_record(db: PersistenceActor) -> RunRecord | None:
+    row = await db.fetchone(SELECT_RUN)
+    return None if row is None else run_record_of(row)
+
+
 async def run_status(db: PersistenceActor) -> dict[str, Any] | None:
     """The scenario run recorded in this store (name, tick, total_ticks, finished), if any."""
-    row = await db.fetchone("SELECT name, tick, total_ticks, finished FROM runs")
-    if row is None:
+    run = await run_record(db)
+    if run is None:
         return None
-    name, tick, total, finished = row
-    return {"name": name, "tick": tick, "total_ticks": total, "finished": bool(finished)}
+    return {
+        "name": run.name,
+        "tick": run.tick,
+        "total_ticks": run.total_ticks,
+        "finished": run.finished,
+    }
 
 
 async def run_for_export(db: PersistenceActor) -> dict[str, Any] | None:
     """The recorded run as an export holds it (its scenario decoded), if any."""
-    row = await db.fetchone(
-        "SELECT name, seed, scenario, tick, total_ticks, finished FROM runs WHERE run_id = 1"
-    )
-    if row is None:
+    run = await run_record(db)
+    if run is None:
         return None
-    name, seed, scenario, tick, total, finished = row
     return {
-        "name": name,
-        "seed": seed,
-        "scenario": json.loads(str(scenario)),
-        "tick": tick,
-        "total_ticks": total,
-        "finished": bool(finished),
+        "name": run.name,
+        "seed": run.seed,
+        "scenario": json.loads(run.scenario),
+        "tick": run.tick,
+        "total_ticks": run.total_ticks,
+        "finished": run.finished,
     }
+
+
+# -- what the backend interface adds (point and set reads) -------------------------------
+
+
+async def load_tokens(db: PersistenceActor, pto_id: str) -> list[PTSToken]:
+    """A PTO's tokens, by id."""
+    found = await db.fetchall(
+        f"{select_sql(PTSToken)} WHERE game_id = ? ORDER BY token_id", (pto_id,)
+    )
+    return [from_row(PTSToken, row) for row in found]
+
+
+async def exists(db: PersistenceActor, ident: str) -> bool:
+    """Whether a player or a PTO holds ``ident`` (one namespace)."""
+    row = await db.fetchone(
+        "SELECT EXISTS (SELECT 1 FROM players WHERE player_id = ?)"
+        " OR EXISTS (SELECT 1 FROM ptos WHERE pto_id = ?)",
+        (ident, ident),
+    )
+    return bool(row and row[0])
+
+
+async def ptos_past_deadline(db: PersistenceActor, at: str) -> list[str]:
+    """PTOs still funding whose deadline is at or before ``at``, by id."""
+    found = await db.fetchall(
+        "SELECT pto_id FROM ptos WHERE status = ? AND funding_deadline IS NOT NULL"
+        " AND funding_deadline <= ? ORDER BY pto_id",
+        (FUNDING, at),
+    )
+    return [str(pto_id) for (pto_id,) in found]
+
+
+async def leaderboard(db: PersistenceActor, top: int) -> list[Player]:
+    """The ``top`` players by xUSD balance, ties by id."""
+    found = await db.fetchall(
+        f"{select_sql(Player)} ORDER BY xUSD_balance DESC, player_id LIMIT ?", (max(0, top),)
+    )
+    return [from_row(Player, row) for row in found]
 
 
 # -- the game server's bookkeeping -----------------------------------------------------------
