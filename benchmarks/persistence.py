@@ -10,7 +10,12 @@ Every contender writes one-row units: a ``transactions`` row of the real schema
 - ``actor``: N producers (default 100), each submitting a unit through the real
   ``PersistenceActor`` and awaiting its durable acknowledgement before the next;
 - ``actor_full``: the same with synchronous=FULL (durable against power loss);
-- ``actor_p10``, ``actor_p1000``: 10 and 1,000 producers.
+- ``actor_p10``, ``actor_p1000``: 10 and 1,000 producers;
+- ``actor_mixed``: 100 producers whose units look like a purchase (five statements of
+  four SQL texts: two UPDATEs, a token, an event whose rowid is wanted, a ledger row).
+  Its figures count units, not rows. Runs of one SQL text cannot form across such
+  units, so a batch is one call per statement on the connection's queue: this is the
+  writer's cost per statement, where the one-row contenders show its cost per batch.
 
 Each actor row counts the WAL checkpoints the writer ran (``ckpt``): they happen
 after acknowledgements, each time the writer has appended ``WAL_LIMIT_BYTES``, and
@@ -48,6 +53,47 @@ SIZES = {
 
 def row(i: int) -> tuple[str, str, int]:
     return (f"player{i % 997}", f"pto{i % 13}", 100 + i % 1000)
+
+
+MIXED_SQL = (
+    "UPDATE players SET usd_obbba_balance = usd_obbba_balance - ? WHERE player_id = ?",
+    "UPDATE ptos SET pts_sold = pts_sold + 1, funding_raised = funding_raised + ? WHERE pto_id = ?",
+    "INSERT INTO pts_tokens (token_id, game_id, holder, hours_committed, purchase_price,"
+    " purchase_time) VALUES (?, ?, ?, 1.0, ?, '2025-12-12 16:56:32+00:00')",
+    "INSERT INTO event_log (kind, at, payload) VALUES ('pts_bought',"
+    " '2025-12-12 16:56:32+00:00', ?)",
+    TX_SQL,
+)
+
+
+def _seed_mixed(path: Path) -> None:
+    """997 rich players and 13 PTOs that never sell out, for ``mixed_unit``."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    with conn:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO players (player_id, usd_obbba_balance, created_at) VALUES (?, ?, '')",
+            [(f"player{i}", 10**15) for i in range(997)],
+        )
+        conn.executemany(
+            "INSERT INTO ptos (pto_id, game_name, creator_id, atu_required, pts_offered,"
+            " price_per_pts, funding_goal, launch_time) VALUES (?, '', 'player0', 1, ?, 1, ?, '')",
+            [(f"pto{i}", 10**12, 10**12) for i in range(13)],
+        )
+        conn.execute("COMMIT")
+    conn.close()
+
+
+def mixed_unit(i: int) -> list[Statement]:
+    player, pto, amount = row(i)
+    update_player, update_pto, token, event, ledger = MIXED_SQL
+    return [
+        Statement(update_player, (amount, player)),
+        Statement(update_pto, (amount, pto)),
+        Statement(token, (f"t{i}", pto, player, amount)),
+        Statement(event, (f'{{"i": {i}}}',), want_rowid=True, on_commit=lambda ids: None),
+        Statement(ledger, (player, pto, amount)),
+    ]
 
 
 def _fresh(folder: Path, name: str) -> Path:
@@ -91,9 +137,17 @@ def run_ceiling(folder: Path, rows: int, per_tx: int = 1000) -> dict[str, float]
 
 
 def run_actor(
-    folder: Path, rows: int, producers: int = 100, synchronous: str = "NORMAL"
+    folder: Path,
+    rows: int,
+    producers: int = 100,
+    synchronous: str = "NORMAL",
+    unit: Callable[[int], list[Statement]] | None = None,
 ) -> dict[str, float]:
     path = _fresh(folder, f"actor{producers}{synchronous}")
+    if unit is None:
+        unit = one_row
+    else:
+        _seed_mixed(path)
     per_producer = max(1, rows // producers)
     latencies: list[float] = []
 
@@ -105,9 +159,9 @@ def run_actor(
 
             async def producer(p: int) -> None:
                 for k in range(per_producer):
-                    unit = [Statement(TX_SQL, row(p * per_producer + k))]
+                    work = unit(p * per_producer + k)
                     sent = time.perf_counter()
-                    await actor.submit(unit)
+                    await actor.submit(work)
                     latencies.append((time.perf_counter() - sent) * 1000)
 
             start = time.perf_counter()
@@ -122,6 +176,10 @@ def run_actor(
     return _figures(per_producer * producers, elapsed, latencies) | {
         "checkpoints": float(checkpoints)
     }
+
+
+def one_row(i: int) -> list[Statement]:
+    return [Statement(TX_SQL, row(i))]
 
 
 def _figures(rows: int, elapsed: float, latencies: list[float]) -> dict[str, float]:
@@ -149,6 +207,7 @@ def bench(size: str = "full", producers: int = 100) -> dict[str, Any]:
             "actor_full": lambda: run_actor(folder, rows, producers, "FULL"),
             "actor_p10": lambda: run_actor(folder, rows, 10),
             "actor_p1000": lambda: run_actor(folder, rows, 1000),
+            "actor_mixed": lambda: run_actor(folder, rows // 5, producers, unit=mixed_unit),
         }
         extra = run_rounds(variants, max(1, rounds - 2), warmup=False)
     report: dict[str, Any] = {
@@ -200,7 +259,8 @@ def show(report: Mapping[str, Any]) -> str:
             else "-"
         )
         ckpt = f"{d['checkpoints']['median']:.0f}" if "checkpoints" in d else "-"
-        rows.append([name, f"{r['median']:,.0f}", f"{r['min']:,.0f}–{r['max']:,.0f}", lat, ckpt])
+        label = f"{name} (units)" if name == "actor_mixed" else name
+        rows.append([label, f"{r['median']:,.0f}", f"{r['min']:,.0f}–{r['max']:,.0f}", lat, ckpt])
     out = table(rows, ["persistence", "rows/s (median)", "min–max", "ack p50/p99/max ms", "ckpt"])
     vc = report["ratio_vs_ceiling_range"]
     vn = report["ratio_vs_naive_range"]

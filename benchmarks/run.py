@@ -11,13 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from . import cdt, persistence, simulation
+from . import cdt, persistence, scale, simulation
 
 BENCHES: dict[str, tuple[Callable[[str], dict[str, Any]], Callable[[dict[str, Any]], str]]] = {
     "persistence": (persistence.bench, persistence.show),
     "cdt": (cdt.bench, cdt.show),
     "simulation": (simulation.bench, simulation.show),
+    "scale": (scale.bench, scale.show),
 }
+# ``all`` is the quick regular set; ``scale`` (a million players by default) runs alone.
+ALL = ("persistence", "cdt", "simulation")
 
 
 def machine() -> dict[str, Any]:
@@ -33,14 +36,18 @@ def machine() -> dict[str, Any]:
 
 
 def main(
-    which: str, size: str, json_path: Path | None, say: Callable[[str], None] = print
+    which: str,
+    size: str,
+    json_path: Path | None,
+    say: Callable[[str], None] = print,
+    players: int | None = None,
 ) -> dict[str, Any]:
-    names = list(BENCHES) if which == "all" else [which]
+    names = list(ALL) if which == "all" else [which]
     report: dict[str, Any] = {"size": size, "machine": machine()}
     for name in names:
         run, show = BENCHES[name]
         say(f"== {name} ({size}) ==")
-        report[name] = run(size)
+        report[name] = scale.bench(size, players) if name == "scale" else run(size)
         say(show(report[name]))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from ublox_sim.core.errors import BackupError
-from ublox_sim.store.local import Home, LocalStore, list_backups, world_id_for
+from ublox_sim.store.backup import list_backups
+from ublox_sim.store.home import Home, world_id_for
+from ublox_sim.store.local import LocalStore
 from ublox_sim.store.sync import UbloxLocalStorage
 from ublox_sim.store.verify import verify_store
 

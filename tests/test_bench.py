@@ -46,3 +46,25 @@ def test_bench_all_runs_and_reports_every_key(tmp_path: Path) -> None:
     assert report["persistence"]["rounds"] >= 3 and report["simulation"]["rounds"] >= 3
     assert report["simulation"]["peak_rss_mb"] < 24 * 1024
     assert report["cdt"]["flush"]["256"]["array_bytes"] == 2 * 256 * 256 * 8
+
+
+BENCH = [sys.executable, "-m", "ublox_sim", "bench"]
+
+
+def test_bench_scale_runs_at_its_tiniest(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [*BENCH, "scale", "--players", "2000", "--size", "tiny", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "vs raw executemany" in proc.stdout
+    report = json.loads(out.read_text())["scale"]
+    for size in ("big", "small"):
+        r = report[size]
+        assert r["register"]["rate"] > 0 and r["raw"]["rate"] > 0
+        assert r["open_plus_first_seconds"] > 0 and r["rss_after_open_mb"] > 0
+    assert (report["big"]["players"], report["small"]["players"]) == (2000, 1000)

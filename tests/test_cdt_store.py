@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,8 @@ import pytest
 
 from ublox_sim.core.errors import CorruptCdtFile, InvalidId
 from ublox_sim.store import cdt as cdt_store
-from ublox_sim.store.cdt import CdtStore, load_npz, write_npz_atomic
+from ublox_sim.store.cdt import CdtStore, load_npz, world_file_name, write_npz_atomic
+from ublox_sim.store.verify import cdt_findings
 
 WORLD = "pto_test_world_cdt"
 
@@ -409,3 +411,30 @@ async def test_valid_world_ids_with_versions_stay_inside_the_folder(tmp_path: Pa
     assert path == store.directory / "pto-1.world_cdt.v7.npz"
     assert path.exists()
     np.testing.assert_array_equal(store.load("pto-1.world_cdt", 7)["theta"], np.ones(2))
+
+
+def test_prune_removes_only_other_versions_of_that_world(tmp_path: Path) -> None:
+    store = CdtStore(tmp_path)
+    names = ["w.npz", "w.v1.npz", "w.v2.npz", "w.v10.npz", "w2.v1.npz", "w_x.v1.npz", "w.vx.npz"]
+    for name in names:
+        (tmp_path / name).touch()
+    store.prune("w", keep=2)
+    # Another world whose id starts alike, and a name no version gives, are not its files.
+    assert _tree(tmp_path) == {"w.v2.npz", "w2.v1.npz", "w_x.v1.npz", "w.vx.npz"}
+
+
+def test_verify_finds_a_world_under_the_name_the_store_wrote(tmp_path: Path) -> None:
+    store = CdtStore(tmp_path / "cdt_states")
+    store.mark_dirty("w", {"theta": np.ones(2)}, version=4)
+    path = store.path_for("w", 4)
+    assert path.name == world_file_name("w", 4) == "w.v4.npz"
+    assert world_file_name("w") == "w.npz"
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE cdt_files (world_cdt_id TEXT, version INTEGER)")
+    conn.execute("CREATE TABLE ptos (pto_id TEXT, world_cdt_id TEXT)")
+    conn.execute("INSERT INTO cdt_files VALUES ('w', 4)")
+    conn.execute("INSERT INTO ptos VALUES ('p', 'w')")
+    (missing,) = cdt_findings(conn, store.directory)
+    assert missing.subject == str(path)
+    write_npz_atomic(path, {"theta": np.ones(2)})
+    assert cdt_findings(conn, store.directory) == []

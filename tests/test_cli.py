@@ -406,7 +406,7 @@ def test_run_summary_shows_money_with_two_decimals_and_no_note_when_atu_meets_th
 
     from ublox_sim.sim.report import print_report
     from ublox_sim.sim.runner import RunReport
-    from ublox_sim.store.local import Home
+    from ublox_sim.store.home import Home
 
     pto = {
         "pto_id": "p",

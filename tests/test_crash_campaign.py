@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ublox_sim.store.cdt import world_file_name
 from ublox_sim.store.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +159,7 @@ def resume(home: Path, tick: int | None, reference: bytes) -> str:
     assert verify_store(home) == []
     # Every world file left is one the store references (older versions were pruned).
     with closing(sqlite3.connect(home / "ublox.db")) as conn:
-        wanted = {f"{w}.v{v}.npz" for w, v in conn.execute("SELECT * FROM cdt_files")}
+        wanted = {world_file_name(w, v) for w, v in conn.execute("SELECT * FROM cdt_files")}
     files = {p.name for p in (home / "cdt_states").iterdir()}
     assert {f for f in files if not f.startswith(".")} == wanted
     # A write cut short leaves its hidden temporary file; noted, not an inconsistency.

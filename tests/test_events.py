@@ -22,7 +22,7 @@ from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import Engine
 from ublox_sim.sim.runner import run_scenario
 from ublox_sim.sim.scenario import load_scenario
-from ublox_sim.store.local import Home
+from ublox_sim.store.home import Home
 from ublox_sim.store.sqlite.schema import EVENT_RETENTION
 from ublox_sim.store.sqlite.writer import prepare_database
 

@@ -37,7 +37,9 @@ from ublox_sim.core.errors import (
 )
 from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import Engine
-from ublox_sim.store.local import LocalStore, list_backups, world_id_for
+from ublox_sim.store.backup import list_backups
+from ublox_sim.store.home import world_id_for
+from ublox_sim.store.local import LocalStore
 from ublox_sim.store.sqlite.writer import run
 from ublox_sim.store.verify import verify_store
 
@@ -649,7 +651,7 @@ async def test_a_damaged_backup_is_refused_and_the_home_is_untouched(
 
 
 def list_backups_of(home: Path) -> list[dict[str, Any]]:
-    from ublox_sim.store.local import Home
+    from ublox_sim.store.home import Home
 
     return list_backups(Home.resolve(home))
 

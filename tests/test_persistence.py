@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
-from ublox_sim.core.errors import ActorClosed, SchemaError, StoreFull, UnitRejected
-from ublox_sim.store.sqlite.writer import PersistenceActor, Statement
+from ublox_sim.core.errors import (
+    ActorClosed,
+    PersistenceError,
+    SchemaError,
+    StoreFull,
+    UnitRejected,
+)
+from ublox_sim.store.sqlite.writer import PersistenceActor, Statement, in_writer_thread
 
 TX = (
     "INSERT INTO transactions (tx_type, from_player, to_player, amount, currency, timestamp)"
@@ -336,22 +345,181 @@ async def test_batches_in_flight_together_make_one_checkpoint_attempt_not_two(
     assert count(db, "to_player LIKE 'p%'") == 20 * 20 * 10
 
 
-def test_a_batch_after_the_database_dropped_held_work_does_not_begin_anew(tmp_path: Path) -> None:
-    """With two batches in flight, the second runs on the writer's thread right after the
-    first failed. If SQLite rolled the held transaction back there (FULL, IOERR), the
-    second must fail too: beginning a fresh transaction would later commit its work on
-    top of the gap, and the lost units would look acknowledged."""
-    from ublox_sim.store.sqlite.writer import HeldWorkLost, Statement, _Held, _run_batch
+@pytest.mark.anyio
+async def test_a_batch_after_the_database_dropped_held_work_does_not_begin_anew(
+    tmp_path: Path,
+) -> None:
+    """If SQLite rolled the held transaction back (FULL, IOERR), the next batch must fail:
+    beginning a fresh transaction would later commit its work on top of the gap, and the
+    lost units would look acknowledged."""
+    db = tmp_path / "ublox.db"
+    async with PersistenceActor.open(db, hold_commits=True) as actor:
+        await actor.submit([tx("held", 1)])  # acknowledged, held, not yet durable
+        # What SQLite does on its own after SQLITE_FULL, done behind the writer's back.
+        await actor.call(lambda conn: conn.execute_fetchall("ROLLBACK"))
+        with pytest.raises(PersistenceError, match="dropped 1 uncommitted units"):
+            await actor.submit([tx("after", 1)])
+        with pytest.raises(PersistenceError):
+            await actor.commit_held([tx("checkpoint", 1)])
+    assert count(db) == 0
 
-    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
-    conn.execute("CREATE TABLE t (x INTEGER)")
-    held = _Held()
-    insert = [Statement("INSERT INTO t VALUES (?)", (1,))]
-    _run_batch(conn, [insert], held)
-    assert held.work and conn.in_transaction
-    conn.execute("ROLLBACK")  # what SQLite does on its own after SQLITE_FULL
-    with pytest.raises(HeldWorkLost):
-        _run_batch(conn, [insert], held)
-    assert not conn.in_transaction
-    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
-    conn.close()
+
+def or_rollback(to: str) -> Statement:
+    """A row that breaks CHECK (amount >= 0) with ROLLBACK resolution: SQLite then ends the
+    whole transaction itself, as it may on FULL or IOERR, with statements still queued."""
+    return Statement(TX.replace("INSERT INTO", "INSERT OR ROLLBACK INTO"), (to, -1))
+
+
+@pytest.mark.anyio
+async def test_statements_queued_behind_a_transaction_sqlite_rolled_back_never_commit_alone(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ublox.db"
+    outcomes: dict[str, str] = {}
+
+    async def submit(name: str, unit: list[Statement]) -> None:
+        try:
+            await actor.submit(unit)
+            outcomes[name] = "ok"
+        except UnitRejected:
+            outcomes[name] = "rejected"
+
+    with capture_logs() as logs:
+        async with PersistenceActor.open(db) as actor:
+            async with anyio.create_task_group() as tg:
+                for i in range(30):
+                    tg.start_soon(submit, f"good{i}", [tx(f"good{i}", 1), tx(f"good{i}", 2)])
+                tg.start_soon(submit, "bad", [tx("bad", 5), or_rollback("bad")])
+                for i in range(30, 60):
+                    tg.start_soon(submit, f"good{i}", [tx(f"good{i}", 1), tx(f"good{i}", 2)])
+    # The bad unit (31st of 61) failed inside a batch of at least 40: units were queued
+    # behind it, and they ran after SQLite had ended the transaction.
+    failed = [e["units"] for e in logs if e["event"] == "persistence.batch_failed_retrying"]
+    assert len(failed) == 1 and failed[0] >= 40, failed
+    assert outcomes.pop("bad") == "rejected"
+    assert set(outcomes.values()) == {"ok"} and len(outcomes) == 60
+    # Each acknowledged unit exactly once: none committed on its own before the retry.
+    conn = sqlite3.connect(db)
+    try:
+        rows = dict(conn.execute("SELECT to_player, COUNT(*) FROM transactions GROUP BY 1"))
+    finally:
+        conn.close()
+    assert rows == {f"good{i}": 2 for i in range(60)}
+
+
+@pytest.mark.anyio
+async def test_in_hold_mode_a_transaction_sqlite_rolled_back_fails_everything_after_it(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ublox.db"
+    errors: list[BaseException] = []
+
+    async def submit(unit: list[Statement]) -> None:
+        try:
+            await actor.submit(unit)
+        except PersistenceError as exc:
+            errors.append(exc)
+
+    async with PersistenceActor.open(db, hold_commits=True) as actor:
+        await actor.submit([tx("held", 1)])
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(submit, [tx(f"before{i}", 1)])
+            tg.start_soon(submit, [or_rollback("bad")])
+            for i in range(10):
+                tg.start_soon(submit, [tx(f"after{i}", 1)])
+        assert len(errors) == 21, "every unit of the batch shares the lost transaction's fate"
+        with pytest.raises(PersistenceError, match="uncommitted units"):
+            await actor.submit([tx("later", 1)])
+        with pytest.raises(PersistenceError):
+            await actor.commit_held([tx("checkpoint", 1)])
+    assert count(db) == 0
+
+
+CTE_INSERT = (
+    "WITH amounts(a) AS (SELECT ?) INSERT INTO transactions"
+    " (tx_type, from_player, to_player, amount, currency, timestamp)"
+    " SELECT 'deposit', NULL, ?, a, 'USD-OBBBA', '2025-12-12 16:56:32+00:00' FROM amounts"
+)
+
+
+@pytest.mark.anyio
+async def test_a_statement_that_does_not_start_with_its_verb_stays_inside_its_unit(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ublox.db"
+    async with PersistenceActor.open(db) as actor:
+        # The CTE insert is sent alone (no implicit transaction covers it); the bad row
+        # after it must still take it back.
+        with pytest.raises(UnitRejected):
+            await actor.submit([Statement(CTE_INSERT, (3, "cte")), tx("cte", -1)])
+        await actor.submit([tx("x", 1), Statement(CTE_INSERT, (3, "cte")), tx("y", 1)])
+    assert count(db, "to_player = 'cte'") == 1
+    assert count(db) == 3
+
+
+@pytest.mark.anyio
+async def test_commit_hooks_run_in_commit_order_with_their_units_rowids(tmp_path: Path) -> None:
+    seen: list[tuple[str, list[int]]] = []
+    results: dict[str, list[int]] = {}
+
+    def hook(name: str) -> Callable[[Sequence[int]], None]:
+        return lambda ids: seen.append((name, list(ids)))
+
+    async def submit(name: str) -> None:
+        results[name] = await actor.submit(
+            [
+                tx(name, 1),
+                Statement(TX, (name, 2), want_rowid=True),
+                tx(name, 3),
+                Statement(TX, (name, 4), want_rowid=True, on_commit=hook(name)),
+            ]
+        )
+
+    async with PersistenceActor.open(tmp_path / "ublox.db") as actor:
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(submit, f"u{i}")
+    # Each unit's four rows are consecutive; its wanted rowids are its 2nd and 4th.
+    for name, ids in results.items():
+        assert ids[1] == ids[0] + 2, (name, ids)
+    assert [ids for _, ids in seen] == sorted(ids for _, ids in seen)
+    assert {name: ids for name, ids in seen} == results
+
+
+@pytest.mark.anyio
+async def test_read_sync_sees_every_write_queued_before_it(tmp_path: Path) -> None:
+    def total(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COALESCE(SUM(amount), 0) FROM transactions").fetchone()[0])
+
+    async with PersistenceActor.open(tmp_path / "ublox.db") as actor:
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(actor.submit, [tx(f"p{i}", i)])
+            await anyio.wait_all_tasks_blocked()  # all queued before the read
+            assert await actor.read_sync(total) == sum(range(50))
+        # Written for sqlite3 and run inside call(): the older spelling still works.
+        assert await actor.call(lambda conn: in_writer_thread(conn, total)) == sum(range(50))
+        with pytest.raises(PersistenceError, match="readonly"):
+            await actor.read_sync(lambda conn: conn.execute("DELETE FROM transactions"))
+        assert await actor.read_sync(total) == sum(range(50))
+
+
+@pytest.mark.anyio
+async def test_units_are_answered_in_the_order_queued_even_when_a_batch_is_retried(
+    tmp_path: Path,
+) -> None:
+    answered: list[int] = []
+    futures = []
+    # Small batches, so a second one waits for the connection while the first (holding
+    # the bad unit) is retried unit by unit.
+    async with PersistenceActor.open(tmp_path / "ublox.db", max_batch=16) as actor:
+        for i in range(200):
+            unit = [tx("bad", 5), tx("bad", -1)] if i == 50 else [tx(f"u{i}", 1)]
+            future = await actor.enqueue(unit)
+            future.add_done_callback(lambda _, i=i: answered.append(i))
+            futures.append(future)
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert isinstance(outcomes[50], UnitRejected)
+    assert answered == list(range(200))
+    assert count(tmp_path / "ublox.db") == 199

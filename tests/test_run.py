@@ -25,7 +25,7 @@ import pytest
 
 from ublox_sim.sim.runner import run_scenario
 from ublox_sim.sim.scenario import load_scenario
-from ublox_sim.store.local import Home
+from ublox_sim.store.home import Home
 from ublox_sim.store.verify import verify_store
 
 ROOT = Path(__file__).resolve().parents[1]

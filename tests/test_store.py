@@ -10,6 +10,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 
@@ -20,7 +21,9 @@ from ublox_sim.core.errors import (
     InvalidInput,
     StoreError,
 )
-from ublox_sim.store.local import LocalStore, decode_array, encode_array, world_id_for
+from ublox_sim.store.export import decode_array, encode_array
+from ublox_sim.store.home import world_id_for
+from ublox_sim.store.local import LocalStore
 from ublox_sim.store.sync import UbloxLocalStorage
 from ublox_sim.store.verify import verify_store
 
@@ -725,3 +728,12 @@ async def test_the_api_export_carries_its_digest_and_imports_without_warnings(
     saved.write_text(json.dumps(data))
     async with LocalStore.open(tmp_path / "target") as store:
         assert await store.import_from_json(saved) == []
+
+
+@pytest.mark.asyncio
+async def test_a_store_closed_right_after_opening_stops_its_flusher(tmp_path: Path) -> None:
+    # The flusher task had not run yet, so it had no cancel scope to cancel: close hung.
+    with anyio.fail_after(60):  # a hang guard, not a timing assertion
+        async with LocalStore.open(tmp_path) as store:
+            pass
+    assert store.cdt.dirty_count == 0

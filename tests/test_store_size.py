@@ -18,7 +18,8 @@ import pytest
 
 from ublox_sim.sim.runner import run_scenario
 from ublox_sim.sim.scenario import load_scenario
-from ublox_sim.store.local import Home, LocalStore
+from ublox_sim.store.home import Home
+from ublox_sim.store.local import LocalStore
 from ublox_sim.store.sync import UbloxLocalStorage
 
 ROOT = Path(__file__).resolve().parents[1]

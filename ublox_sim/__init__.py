@@ -68,7 +68,8 @@ if TYPE_CHECKING:  # the names below are imported lazily at run time (see __geta
     from .sim.runner import RunReport, run_scenario
     from .sim.scenario import Loaded, Scenario, ScenarioError, load_scenario, parse_scenario
     from .store.cdt import CdtStore
-    from .store.local import Home, LocalStore
+    from .store.home import Home
+    from .store.local import LocalStore
     from .store.sqlite.writer import PersistenceActor, Statement
     from .store.sync import UbloxLocalStorage
     from .store.verify import Finding, verify_store
@@ -108,7 +109,7 @@ _LAZY: dict[str, str] = {
     "load_scenario": "sim.scenario",
     "parse_scenario": "sim.scenario",
     "UbloxLocalStorage": "store.sync",
-    "Home": "store.local",
+    "Home": "store.home",
     "LocalStore": "store.local",
     "Finding": "store.verify",
     "verify_store": "store.verify",

@@ -28,7 +28,7 @@ from .core.errors import InvalidInput, UbloxError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .store.local import Home
+    from .store.home import Home
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -114,7 +114,7 @@ def _require_new_home(home: Home) -> None:
 
 def _existing_store(home: Path | None) -> Home:
     """The store at ``home``, or exit 2 without creating anything (a mistyped path)."""
-    from .store.local import Home
+    from .store.home import Home
 
     target = Home.resolve(home)
     if not _holds_store(target):
@@ -162,7 +162,7 @@ def main(log_format: str, verbose: int) -> None:
 def demo(home: Path | None) -> None:
     """Run the seed's storage demo (in a temporary home unless --home is given)."""
     from .sim.demo import DemoCheckFailed, run_demo
-    from .store.local import Home
+    from .store.home import Home
 
     try:
         if home is not None:
@@ -217,7 +217,7 @@ def run(
     from .sim.report import already_finished, print_report
     from .sim.runner import recorded_scenario, run_scenario
     from .sim.scenario import load_scenario
-    from .store.local import Home
+    from .store.home import Home
 
     target = Home.resolve(home)
     if scenario is None:
@@ -300,16 +300,14 @@ def _say_interrupted(
     """Where a Ctrl-C left the run, and the exact command that continues it (the same
     file, --set and --seed: a resume checks that the scenario is the recorded one)."""
     import shlex
-    import sqlite3
-    from contextlib import closing
 
-    checkpoint: int | None = None
+    from .store.sqlite.backend import read_run_record
+
     try:
-        with closing(sqlite3.connect(f"{home.db.as_uri()}?mode=ro", uri=True)) as db:
-            row = db.execute("SELECT tick FROM runs").fetchone()
-            checkpoint = None if row is None else int(row[0])
-    except sqlite3.Error:
-        pass
+        run = read_run_record(home)
+    except InvalidInput:  # no store, or no run in it yet
+        run = None
+    checkpoint = None if run is None else run.tick
     words = ["ublox-sim", "run"]
     if scenario is not None:
         words.append(str(scenario))
@@ -336,20 +334,33 @@ def _say_interrupted(
 
 @main.command()
 @click.argument(
-    "which", type=click.Choice(["persistence", "cdt", "simulation", "all"]), default="all"
+    "which",
+    type=click.Choice(["persistence", "cdt", "simulation", "scale", "all"]),
+    default="all",
 )
 @click.option("--quick", is_flag=True, help="Smaller sizes: the whole set in under two minutes.")
 @click.option("--size", type=click.Choice(["tiny", "quick", "full"]), default=None, hidden=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def bench(which: str, quick: bool, size: str | None, json_path: Path | None) -> None:
-    """Measure persistence, CDT flushing and simulation speed against their baselines."""
+@click.option(
+    "--players",
+    type=int,
+    default=None,
+    help="scale: players in the large store (default 1,000,000; --quick 100,000).",
+)
+def bench(
+    which: str, quick: bool, size: str | None, json_path: Path | None, players: int | None
+) -> None:
+    """Measure persistence, CDT flushing and simulation speed against their baselines
+    (`all`), or a store of a million players (`scale`, run on its own)."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "run.py").is_file():
         raise click.UsageError("the benchmarks live in the source tree: run from a checkout")
     sys.path.insert(0, str(root))
     from benchmarks.run import main as run_benchmarks
 
-    run_benchmarks(which, size or ("quick" if quick else "full"), json_path)
+    if players is not None and (which != "scale" or players < 2_000):
+        raise click.BadParameter("takes 2,000 or more, with `scale`", param_hint="--players")
+    run_benchmarks(which, size or ("quick" if quick else "full"), json_path, players=players)
 
 
 EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
@@ -422,7 +433,7 @@ def serve(
         raise click.UsageError(
             f"the server needs its extra: pip install 'ublox-sim[server]' ({exc})"
         ) from exc
-    from .store.local import Home
+    from .store.home import Home
     from .store.sync import UbloxLocalStorage
 
     root = Home.resolve(home)
@@ -561,7 +572,9 @@ def _figure(figure: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return str(value)
     if figure in MONEY_FIGURES:
-        return f"{Decimal(str(value)):.2f}"
+        from .core.money import format_amount
+
+        return format_amount(value)
     if figure in HOUR_FIGURES:
         return f"{value:.2f}"
     if figure in SCORE_FIGURES:
@@ -701,7 +714,7 @@ def _copy_to_stdout(staged: Path) -> None:
 @_errors_to_exit_codes
 def import_cmd(home: Path | None, path: Path, force: bool) -> None:
     """Load an export into an empty home as it is (refused if damaged or edited)."""
-    from .store.local import Home
+    from .store.home import Home
     from .store.sync import UbloxLocalStorage
 
     target = Home.resolve(home)
@@ -769,7 +782,7 @@ def backup_create(home: Path | None, name: str | None) -> None:
 @_errors_to_exit_codes
 def backup_list(home: Path | None, as_json: bool) -> None:
     """The backups of the store, oldest first."""
-    from .store.local import list_backups
+    from .store.backup import list_backups
 
     target = _existing_store(home)
     items = list_backups(target)
@@ -795,7 +808,8 @@ def backup_list(home: Path | None, as_json: bool) -> None:
 @_errors_to_exit_codes
 def backup_restore(home: Path | None, name: str, force: bool) -> None:
     """Replace the store with backup NAME (checked first; the old state is kept)."""
-    from .store.local import database_lost, restore_lost_store
+    from .store.backup import restore_lost_store
+    from .store.home import database_lost
     from .store.sync import UbloxLocalStorage
 
     target = _existing_store(home)

@@ -78,7 +78,7 @@ from .core.tasks import joined_or_owned
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 from .core.world import F64, WorldParams, check_world, new_world
 from .store.backend import Backend, Checkpoint, Receipt, RunRecord, Unit, WorldWrite
-from .store.local import Home, world_id_for
+from .store.home import Home, world_id_for
 from .store.sqlite.backend import SqliteBackend
 from .store.sqlite.writer import Synchronous
 
@@ -170,9 +170,6 @@ class Engine:
         # Credits committed while their player was being activated: applied (or not, by
         # position) once the activation's load is known. See ``_credit``.
         self._early_credits: dict[str, list[tuple[int, int]]] = {}
-        # Held (checkpointed) mode: the worlds of passivated PTOs, kept for the next
-        # checkpoint (their files are older) and for a reactivation before it.
-        self._parked: dict[str, dict[str, F64]] = {}
         self._reserved: set[str] = set()
         self._bus: EventBus = store.bus
         self._reaper: anyio.CancelScope | None = None
@@ -312,17 +309,13 @@ class Engine:
         world: dict[str, F64] | None = None
         error: str | None = None
         if pto.world_cdt_id:
-            parked = self._parked.pop(pto.world_cdt_id, None)
-            if parked is not None:
-                world = dict(parked)  # a new mapping: parking it again is told apart
-            else:
-                try:
-                    arrays = await self.store.load_world(pto.world_cdt_id)
-                    world = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
-                except CorruptCdtFile as exc:
-                    # One bad world must not keep the rest of the store from working.
-                    error = str(exc)
-                    log.error("engine.world_unavailable", pto_id=pto.pto_id, error=error)
+            try:
+                arrays = await self.store.load_world(pto.world_cdt_id)
+                world = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+            except CorruptCdtFile as exc:
+                # One bad world must not keep the rest of the store from working.
+                error = str(exc)
+                log.error("engine.world_unavailable", pto_id=pto.pto_id, error=error)
         return PTOActor(
             pto,
             tokens,
@@ -335,14 +328,9 @@ class Engine:
 
     async def _release_pto(self, actor: PTOActor) -> None:
         """A passivating (or closing) PTO's world: written now, or, while the store holds
-        commits for a checkpoint, kept for it (the file stays at the last checkpoint)."""
+        commits for a checkpoint, kept by it for that checkpoint."""
         world_id = actor.state.world_cdt_id
-        if actor.world is None or world_id is None:
-            return
-        if self.store.hold_commits:
-            if self._state == "opened":
-                self._parked[world_id] = actor.world
-        else:
+        if actor.world is not None and world_id is not None:
             await self.store.save_world(world_id, actor.world)
 
     def _credit(self, player_id: str, usd: int, position: int) -> None:
@@ -428,7 +416,8 @@ class Engine:
         player = self._new_player(player_id, usd_obbba, tau_k, resonance_freq, position, phase)
         await self._reserve(player_id)
         try:
-            await self.store.commit(Unit((_registered(player),)))
+            with anyio.CancelScope(shield=True):  # the id stays claimed until it lands
+                await self.store.commit(Unit((_registered(player),)))
         finally:
             self._reserved.discard(player_id)
         return PlayerInfo.of(player)
@@ -474,19 +463,25 @@ class Engine:
         valid = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Player)]
         try:
             for start in range(0, len(valid), limits.REGISTER_UNIT):
-                chunk = valid[start : start + limits.REGISTER_UNIT]
-                try:
-                    await self.store.commit(Unit(tuple(_registered(p) for _, p in chunk)))
-                except UnitRejected:
-                    for index, player in chunk:
-                        try:
-                            await self.store.commit(Unit((_registered(player),)))
-                        except UbloxError as exc:
-                            results[index] = exc
+                # Shielded: the ids stay claimed until the unit has landed.
+                with anyio.CancelScope(shield=True):
+                    await self._register_unit(valid[start : start + limits.REGISTER_UNIT], results)
         finally:
             for _, player in valid:
                 self._reserved.discard(player.player_id)
         return results
+
+    async def _register_unit(
+        self, chunk: list[tuple[int, Player]], results: list[PlayerInfo | UbloxError]
+    ) -> None:
+        try:
+            await self.store.commit(Unit(tuple(_registered(p) for _, p in chunk)))
+        except UnitRejected:
+            for index, player in chunk:
+                try:
+                    await self.store.commit(Unit((_registered(player),)))
+                except UbloxError as exc:
+                    results[index] = exc
 
     def _new_player(
         self,
@@ -623,15 +618,8 @@ class Engine:
                 funding_goal=to_decimal(goal),
                 record=dataclasses.replace(pto),
             )
-            if self.store.hold_commits:
-                # Held worlds reach their files at the next checkpoint: until then the
-                # first activation takes the arrays from here.
-                self._parked[world_id] = world
-            try:
+            with anyio.CancelScope(shield=True):  # the id stays claimed until it lands
                 await self.store.commit(Unit((launched,), worlds=(WorldWrite(world_id, world),)))
-            except BaseException:
-                self._parked.pop(world_id, None)
-                raise
         finally:
             self._reserved.discard(pto_id)
         return PTOInfo.of(pto)
@@ -823,12 +811,11 @@ class Engine:
         ``run``'s progress: the worlds' arrays first (versioned), then one transaction
         with the run record and, in checkpointed mode, all held work.
 
-        The worlds written are those of active PTOs and those parked by passivation
-        since the last checkpoint; every other world's file is already current."""
+        The worlds written are those of active PTOs and those the store holds (launched
+        or passivated since the last checkpoint); every other world's file is current."""
         self._check_open()
         await self._ptos.wait_passivations()
-        parked = dict(self._parked)
-        worlds = {w: {k: v.copy() for k, v in arrays.items()} for w, arrays in parked.items()}
+        worlds: dict[str, dict[str, F64]] = {}
         for actor in self._ptos.actors():
             world_id = actor.state.world_cdt_id
             if actor.world is None or world_id is None:
@@ -836,9 +823,6 @@ class Engine:
             worlds[world_id] = {k: v.copy() for k, v in actor.world.items()}
         writes = tuple(WorldWrite(w, worlds[w]) for w in sorted(worlds))
         await self.store.checkpoint(Checkpoint(version, writes, run))
-        for world_id, arrays in parked.items():  # durable now, unless parked again since
-            if self._parked.get(world_id) is arrays:
-                del self._parked[world_id]
 
     async def sync(self) -> None:
         """Wait until every write queued so far is durable (a round trip to the store)."""

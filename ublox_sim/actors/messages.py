@@ -88,7 +88,9 @@ class ApplySession(Ask[ev.SessionPlayed]):
     receipt: Receipt | None = None
 
 
-PlayerMessage = GetPlayer | Deposit | SendTransfer | Reserve | GetPhysics | ApplySession
+PlayerMessage = (
+    GetPlayer | Deposit | SendTransfer | Credit | Reserve | Settle | GetPhysics | ApplySession
+)
 
 
 # -- to a PTO actor --------------------------------------------------------------------

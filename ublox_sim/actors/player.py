@@ -1,17 +1,21 @@
 """The player actor: owns one player's balances and physics state.
 
-A command is decided with the pure rules against the *pending* state (what is
-acknowledged plus what this actor decided and the store has not acknowledged yet),
-returned as events, and queued to the store as one unit; the actor takes its next
-message at once. When the store acknowledges the unit, its events are applied to
-the acknowledged state and the caller gets its answer; if the unit fails, the
-pending state is rebuilt from the acknowledged one and the units still in flight.
-Reads answer the acknowledged state, so memory never runs ahead of disk.
+A command is decided with the pure rules, returned as events and queued to the store
+as one unit; when the store acknowledges it, the events are applied to the state and
+the caller gets its answer. Reads answer that acknowledged state, so memory never
+runs ahead of disk.
+
+The actor takes its next message before the last unit is acknowledged only where the
+next decision stays right whatever becomes of the units in flight: money leaves
+against the *available* balance (acknowledged, less what is reserved and what
+transfers in flight take; never counting a deposit in flight), so a failed unit can
+only have made the refusal too strict, never an overdraft. A session, whose physics
+move from the current state, first waits until nothing is in flight.
 
 A purchase is decided by the PTO: the player only sets the price aside
 (``Reserve``) and learns the outcome (``settle``, called when the PTO's unit is
-acknowledged). A player actor asks nobody (PTO actors ask players, never the
-reverse), so actor requests cannot form a cycle.
+acknowledged or refused). A player actor asks nobody (PTO actors ask players, never
+the reverse), so actor requests cannot form a cycle.
 
 The actor is virtual (see ``actors.directory``): it was loaded from its row at a
 *position* of the store's unit order (``loaded_at``). A credit another actor's unit
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Protocol, TypeVar, assert_never
+
+import anyio
 
 from ..core import events as ev
 from ..core.economy import apply_to_player, check_funds, tau_k_after
@@ -74,8 +80,9 @@ class PlayerActor(Actor[PlayerMessage]):
     ) -> None:
         super().__init__(f"player:{player.player_id}", mailbox_size=mailbox_size)
         self.state = player  # acknowledged
-        self._pending = dataclasses.replace(player)  # acknowledged + decided
         self._inflight: dict[int, tuple[ev.Event, ...]] = {}
+        self._idle = anyio.Event()
+        self._idle.set()
         self._reserved: dict[int, int] = {}
         self._tickets = 0
         self.backend = backend
@@ -92,7 +99,6 @@ class PlayerActor(Actor[PlayerMessage]):
         if position <= self.loaded_at:
             return
         self.state.usd_obbba_balance += usd
-        self._pending.usd_obbba_balance += usd
 
     def settle(self, ticket: int, committed: bool) -> None:
         """The unit that spends reservation ``ticket`` committed (the debit is real) or
@@ -100,8 +106,6 @@ class PlayerActor(Actor[PlayerMessage]):
         amount = self._reserved.pop(ticket)
         if committed:
             self.state.usd_obbba_balance -= amount
-        else:
-            self._pending.usd_obbba_balance += amount
         self._maybe_quiet()
 
     async def handle(self, message: PlayerMessage) -> object:
@@ -114,7 +118,7 @@ class PlayerActor(Actor[PlayerMessage]):
                 )
                 return await self._decide((deposited,), receipt)
             case SendTransfer(to_id=target, amount=amount, at=at, receipt=receipt):
-                check_funds(self._pending.usd_obbba_balance, amount, "transfer")
+                check_funds(self._available(), amount, "transfer")
                 sent = ev.Transferred(
                     at=at,
                     from_id=self.state.player_id,
@@ -123,24 +127,35 @@ class PlayerActor(Actor[PlayerMessage]):
                 )
                 return await self._decide((sent,), receipt)
             case Reserve(amount=amount, pto_id=pto_id):
-                check_funds(self._pending.usd_obbba_balance, amount, f"pay {pto_id}")
+                check_funds(self._available(), amount, f"pay {pto_id}")
                 self._tickets += 1
                 self._reserved[self._tickets] = amount
-                self._pending.usd_obbba_balance -= amount
                 # tau_k at purchase is a record of the acknowledged value.
                 return Reservation(self._tickets, self.state.tau_k)
             case GetPhysics():
                 s = self.state
                 return Physics(s.position_x, s.position_y, s.phase, s.resonance_freq, s.tau_k)
             case ApplySession() as s:
+                await self._idle.wait()  # tau_k moves from the acknowledged value
                 return await self._decide((*self._session_events(s),), s.receipt)
             case _:
                 assert_never(message)
 
+    def _available(self) -> int:
+        """What money may leave now, whatever becomes of the units in flight."""
+        me = self.state.player_id
+        leaving = sum(
+            to_cents(e.amount)
+            for events in self._inflight.values()
+            for e in events
+            if isinstance(e, ev.Transferred) and e.from_id == me
+        )
+        return self.state.usd_obbba_balance - sum(self._reserved.values()) - leaving
+
     def _session_events(self, s: ApplySession) -> list[ev.Event]:
         # Two sessions of one player in two worlds may overlap: both count, counters
-        # add up, and the later one sets phase and quality (tau_k moves from the pending
-        # value, so neither update is lost). No refusal needed.
+        # add up, and the later one sets phase and quality (tau_k moves from the value
+        # the earlier one left, so neither update is lost). No refusal needed.
         player_id = self.state.player_id
         played: list[ev.Event] = [
             ev.SessionPlayed(
@@ -152,7 +167,7 @@ class PlayerActor(Actor[PlayerMessage]):
                 quality=s.quality,
                 xUSD_earned=to_decimal(s.xusd),
                 phase_locks=s.locks,
-                tau_k=tau_k_after(self._pending.tau_k, s.quality),
+                tau_k=tau_k_after(self.state.tau_k, s.quality),
                 phase=s.phase,
                 coherence=s.coherence,
                 memory_depth_added=s.locked_hours,
@@ -169,43 +184,39 @@ class PlayerActor(Actor[PlayerMessage]):
     # -- decide, queue, apply on acknowledgement -------------------------------------
 
     async def _decide(self, events: tuple[ev.Event, ...], receipt: Receipt | None) -> Later:
-        for event in events:
-            apply_to_player(self._pending, event)
         self._tickets += 1
         ticket = self._tickets
         self._inflight[ticket] = events
+        self._idle = anyio.Event()
         later = Later()
         done = answer_when_done(
             later,
             lambda committed: self._acknowledged(ticket, committed),
-            lambda: self._failed(ticket),
+            lambda: self._landed(ticket),
         )
         try:
             await self.backend.submit(Unit(events, receipt=receipt), done)
         except BaseException:
-            self._failed(ticket)
+            self._landed(ticket)
             raise
         return later
 
     def _acknowledged(self, ticket: int, committed: Committed) -> object:
-        del self._inflight[ticket]
-        self._maybe_quiet()
-        for event in committed.events:
-            apply_to_player(self.state, event)
-            if isinstance(event, ev.Transferred) and event.from_id == self.state.player_id:
-                self.players.credit(event.to_id, to_cents(event.amount), committed.position)
+        try:
+            for event in committed.events:
+                apply_to_player(self.state, event)
+                if isinstance(event, ev.Transferred) and event.from_id == self.state.player_id:
+                    self.players.credit(event.to_id, to_cents(event.amount), committed.position)
+        finally:
+            self._landed(ticket)
         first = committed.events[0]
         if isinstance(first, ev.SessionPlayed):
             return first
         return self.state.usd_obbba_balance
 
-    def _failed(self, ticket: int) -> None:
-        """Forget a unit that did not commit: rebuild the pending state without it."""
+    def _landed(self, ticket: int) -> None:
+        """A unit is no longer in flight (committed or refused)."""
         self._inflight.pop(ticket, None)
-        pending = dataclasses.replace(self.state)
-        pending.usd_obbba_balance -= sum(self._reserved.values())
-        for events in self._inflight.values():
-            for event in events:
-                apply_to_player(pending, event)
-        self._pending = pending
+        if not self._inflight:
+            self._idle.set()
         self._maybe_quiet()

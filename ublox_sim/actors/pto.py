@@ -1,11 +1,15 @@
 """The PTO actor: owns one PTO's funding state, its PTS tokens and its world.
 
-Like the player actor it decides against its pending state, queues the unit of
-events, takes its next message, and applies the events when the store acknowledges
-them (see ``actors.player``). A purchase is decided here (shares left, the token);
-the buyer's actor only sets the price aside (``Reserve``) and hears whether the unit
-committed (``PlayerActor.settle``), so the PTO never waits for a commit to sell the next share,
-and two buyers can never both get the last one.
+Like the player actor it decides, queues the unit of events and applies the events
+when the store acknowledges them (see ``actors.player``). Purchases are pipelined:
+each is decided against the *pending* state (acknowledged plus the purchases in
+flight), which only ever holds fewer shares than are really left, so a purchase that
+fails can only have made a later refusal too strict. The purchase that would sell
+the last share, and every other command (ATU, deadlines, world steps, sessions), first
+waits until nothing is in flight and decides on acknowledged state. A purchase is
+decided here (shares left, the token); the buyer's actor only sets the price aside
+(``Reserve``) and hears whether the unit committed (``PlayerActor.settle``), so two buyers can
+never both get the last share.
 
 Sessions of many players in one world are stepped together (one array operation per
 step); each player commits its own session (its physics move from its own state),
@@ -65,6 +69,12 @@ from .runtime import Actor, Later, answer_when_done
 Valid = tuple[int, PlayRequest, tuple[tuple[str, float], ...]]
 
 
+def _token_number(token_id: str) -> int:
+    """``<pto>-pts-000042`` -> 42 (0 for an id of another shape, from an import)."""
+    number = token_id.rsplit("-", 1)[-1]
+    return int(number) if number.isdigit() else 0
+
+
 class PTOActor(Actor[PTOMessage]):
     def __init__(
         self,
@@ -89,7 +99,10 @@ class PTOActor(Actor[PTOMessage]):
         self.params = params
         self.backend = backend
         self.players = players
-        self._next_token = len(tokens) + 1
+        self._idle = anyio.Event()
+        self._idle.set()
+        # Token numbers only grow: a failed purchase leaves a gap, never a reused id.
+        self._next_token = 1 + max((_token_number(t.token_id) for t in tokens), default=0)
 
     def quiet(self) -> bool:
         """Nothing unacknowledged (it may be passivated)."""
@@ -137,12 +150,14 @@ class PTOActor(Actor[PTOMessage]):
         self._units += 1
         unit = self._units
         self._inflight[unit] = events
+        self._idle = anyio.Event()
 
         def landed(committed: Committed) -> object:
-            del self._inflight[unit]
-            self._maybe_quiet()
-            for event in committed.events:
-                apply_to_pto(self.state, self.tokens, event)
+            try:
+                for event in committed.events:
+                    apply_to_pto(self.state, self.tokens, event)
+            finally:
+                self._forget(unit)
             return acknowledged(committed)
 
         def lost() -> None:
@@ -160,8 +175,11 @@ class PTOActor(Actor[PTOMessage]):
         return later
 
     def _forget(self, unit: int) -> None:
-        """A unit did not commit: rebuild the pending state without it."""
+        """A unit is no longer in flight: rebuild the pending state from the acknowledged
+        one and the units still in flight (purchases only, which commute)."""
         self._inflight.pop(unit, None)
+        if not self._inflight:
+            self._idle.set()
         self._pending = dataclasses.replace(self.state)
         self._pending_tokens = {k: dataclasses.replace(t) for k, t in self.tokens.items()}
         for events in self._inflight.values():
@@ -173,6 +191,11 @@ class PTOActor(Actor[PTOMessage]):
 
     async def _buy(self, player_id: str, hours: int, at: str, receipt: Receipt | None) -> Later:
         decision = purchase(self._pending, hours)
+        if decision.funded and self._inflight:
+            # It would fund the PTO only if every purchase in flight commits: wait for
+            # them, then decide on what is acknowledged.
+            await self._idle.wait()
+            decision = purchase(self._pending, hours)
         pto_id = self.state.pto_id
         reservation = await self.players.ask(
             player_id, Reserve(amount=decision.price, pto_id=pto_id)
@@ -214,6 +237,7 @@ class PTOActor(Actor[PTOMessage]):
         return await self._decide(tuple(events), sold, receipt=receipt, failed=unsold)
 
     async def _check_deadline(self, at: str) -> Later | bool:
+        await self._idle.wait()  # refunds only what is acknowledged
         failure = deadline_failure(
             self._pending, list(self._pending_tokens.values()), parse_iso(at)
         )
@@ -235,6 +259,7 @@ class PTOActor(Actor[PTOMessage]):
         return await self._decide((failed,), refunded)
 
     async def _spend_atu(self, units: int, at: str) -> Later:
+        await self._idle.wait()
         decision = spend_atu(self._pending, units, escrow=self._pending.funding_raised)
         pto_id = self.state.pto_id
         creator = self.state.creator_id
@@ -272,21 +297,24 @@ class PTOActor(Actor[PTOMessage]):
         self.backend.world_changed(self.state.world_cdt_id, self.world)
 
     async def _step(self, steps: int, at: str) -> Later | float:
+        await self._idle.wait()
         if self.world is None or steps <= 0:
             return self.state.aci_coherence_score
         theta = step_world(self.world["theta"], self.world["omega"], self.params, steps)
         aci = order_parameter(theta)
         stepped = ev.WorldStepped(at=at, pto_id=self.state.pto_id, aci=aci)
-        # The arrays are pending state too: the next message (a session) plays on them.
-        self.world["theta"] = theta
+        world = self.world
 
         def durable(committed: Committed) -> float:
+            # Sessions and steps wait until nothing is in flight: they see these arrays.
+            world["theta"] = theta
             self._world_changed()
             return aci
 
         return await self._decide((stepped,), durable)
 
     async def _play(self, requests: tuple[PlayRequest, ...], at: str) -> list[SessionOutcome]:
+        await self._idle.wait()
         outcomes: dict[int, SessionOutcome] = {}
         valid: list[Valid] = []
         claimed: dict[str, float] = {}

@@ -75,13 +75,16 @@ def answer_when_done(
     ``acknowledged(outcome)``; on failure ``failed()`` runs and ``later`` answers the error."""
 
     def done(outcome: object) -> None:
-        if isinstance(outcome, BaseException):
-            failed()
-            later.finish(error=outcome)
-            return
+        # Runs as the store's callback: whatever happens here, the asker gets an answer
+        # (a bug applying the events reaches it as the error, and the log).
         try:
-            later.finish(acknowledged(outcome))
-        except Exception as exc:  # a bug applying the events: the caller hears it
+            if isinstance(outcome, BaseException):
+                failed()
+                later.finish(error=outcome)
+            else:
+                later.finish(acknowledged(outcome))
+        except Exception as exc:
+            log.error("actor.apply_failed", error=repr(exc))
             later.finish(error=exc)
 
     return done

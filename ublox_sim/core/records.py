@@ -1,7 +1,8 @@
 """The domain records, one per table, and their three shapes.
 
 * the dataclass: what actors hold (money in integer cents);
-* the SQL row: the same values in column order;
+* the table row: the same values in column order (``store.sqlite.tables``: the SQL
+  lives in the store, not here);
 * the seed dict: the seed notes' keys, money in major units (5000.0).
 
 Field names are the column names, seed spelling included (``xUSD_balance``), so
@@ -159,40 +160,6 @@ class PlaySession:
 Record = Player | PTO | PTSToken | Transaction | PlaySession
 R = TypeVar("R", Player, PTO, PTSToken, Transaction, PlaySession)
 RECORD_TYPES: tuple[type[Record], ...] = (Player, PTO, PTSToken, Transaction, PlaySession)
-_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in RECORD_TYPES}
-
-
-def columns(cls: type[Record]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def to_row(record: Record) -> tuple[object, ...]:
-    # Not dataclasses.astuple: that deep-copies every field, and rows are built by the
-    # hundred thousand in a run; the fields here are all immutable scalars.
-    return tuple(getattr(record, name) for name in _FIELDS[type(record)])
-
-
-def from_row(cls: type[R], row: tuple[object, ...]) -> R:
-    return cls(*row)  # type: ignore[arg-type]
-
-
-def select_sql(cls: type[Record]) -> str:
-    return f"SELECT {', '.join(columns(cls))} FROM {cls.TABLE}"
-
-
-def upsert_sql(cls: type[Record]) -> str:
-    """INSERT that replaces every column of an existing row (keeps the row's identity)."""
-    cols = columns(cls)
-    updates = ", ".join(f"{c}=excluded.{c}" for c in cols if c != cls.KEY)
-    return (
-        f"INSERT INTO {cls.TABLE} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-        f"ON CONFLICT({cls.KEY}) DO UPDATE SET {updates}"
-    )
-
-
-def insert_sql(cls: type[Record]) -> str:
-    cols = columns(cls)
-    return f"INSERT INTO {cls.TABLE} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
 
 def to_seed(record: Record) -> dict[str, Any]:
@@ -268,15 +235,9 @@ __all__ = [
     "Player",
     "Record",
     "Transaction",
-    "columns",
-    "from_row",
     "from_seed",
-    "insert_sql",
     "iso",
     "metadata_json",
     "parse_iso",
-    "select_sql",
-    "to_row",
     "to_seed",
-    "upsert_sql",
 ]

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from ..core.clock import SimClock, WallClock
 from ..core.logsetup import get_logger
 from ..engine import Engine
-from ..store.local import Home
+from ..store.home import Home
 from . import errors
 from .auth import DEFAULT_TOKEN_TTL, Authority, load_admin_key
 from .guard import BodyGuard, HostGuard, MethodGuard, PlainErrors

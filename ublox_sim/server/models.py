@@ -26,7 +26,8 @@ from pydantic import (
 )
 
 from ..core import limits as L
-from ..core.records import parse_iso
+from ..core.money import Currency, format_amount, format_cents
+from ..core.records import PTOStatus, parse_iso
 from ..core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 
 # -- limits: from the one table (ublox_sim/limits.py) ------------------------------------
@@ -97,8 +98,7 @@ Timestamp = Annotated[
 
 def money(value: Decimal | int) -> str:
     """An exact major-unit amount as a string with two decimals (cents given as int)."""
-    amount = Decimal(value).scaleb(-2) if isinstance(value, int) else value
-    return f"{amount.quantize(Decimal('0.01')):f}"
+    return format_cents(value) if isinstance(value, int) else format_amount(value)
 
 
 def money_float(value: float) -> str:
@@ -259,7 +259,6 @@ def view_model(
 
 
 PlayerOut = view_model("PlayerOut", PlayerInfo, timestamps=("created_at",))
-PTOStatus = Literal["funding", "in_progress", "completed", "failed"]
 PTOOut = view_model(
     "PTOOut",
     PTOInfo,
@@ -292,7 +291,7 @@ class TransactionOut(Out):
     from_player: str | None
     to_player: str | None
     amount: Money
-    currency: Literal["USD-OBBBA", "xUSD"]
+    currency: Currency
     pto_id: str | None
     timestamp: Timestamp
 

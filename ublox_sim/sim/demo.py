@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.money import USD, XUSD
+from ..core.records import FUNDING
+from ..store.home import world_id_for
 from ..store.sync import UbloxLocalStorage
 from ..store.verify import verify_store
 
@@ -57,7 +60,7 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
             + (" (temporary: deleted when the demo ends)" if temporary else "")
         )
         storage.save_player(ALICE)
-        storage.log_transaction("deposit", None, "alice", 5000.0, "USD-OBBBA")
+        storage.log_transaction("deposit", None, "alice", 5000.0, USD)
         say("✓ player alice saved to SQLite (5000.00 USD-OBBBA, deposit logged)")
 
         storage.save_pto(
@@ -69,17 +72,15 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
                 "pts_offered": 2000,
                 "price_per_pts": 25.0,
                 "funding_goal": 50000.0,
-                "status": "funding",
-                "world_cdt_id": f"{PTO_ID}_world_cdt",
+                "status": FUNDING,
+                "world_cdt_id": world_id_for(PTO_ID),
                 "cdt": {"theta": theta, "omega": omega},
             }
         )
         say(f"✓ PTO {PTO_ID} saved to SQLite, its 32×32 world to cdt_states/")
 
         hours, price = 40, 25.0
-        storage.log_transaction(
-            "investment", "alice", PTO_ID, hours * price, "USD-OBBBA", pto_id=PTO_ID
-        )
+        storage.log_transaction("investment", "alice", PTO_ID, hours * price, USD, pto_id=PTO_ID)
         storage.save_player({**ALICE, "usd_obbba_balance": 5000.0 - hours * price})
         storage.save_pto(
             {
@@ -92,7 +93,7 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
                 "price_per_pts": price,
                 "funding_goal": 50000.0,
                 "funding_raised": hours * price,
-                "world_cdt_id": f"{PTO_ID}_world_cdt",
+                "world_cdt_id": world_id_for(PTO_ID),
             }
         )
         storage.save_pts_token(
@@ -111,7 +112,7 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
         duration, quality, amplification = 5.0, 0.85, 100.0
         earned = round(duration * quality * amplification, 2)
         session_id = storage.log_play_session(PTO_ID, "alice", duration, quality, earned)
-        storage.log_transaction("xusd_composition", None, "alice", earned, "xUSD", pto_id=PTO_ID)
+        storage.log_transaction("xusd_composition", None, "alice", earned, XUSD, pto_id=PTO_ID)
         storage.save_player(
             {
                 **ALICE,

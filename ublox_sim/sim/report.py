@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from ..store.local import Home
+from ..core.money import USD, XUSD, format_amount
+from ..store.home import Home
 from .runner import RunReport
 
 # Said under the PTO table when a creator's last spend went past the requirement.
@@ -25,7 +25,7 @@ def already_finished(report: RunReport) -> bool:
 
 def money(value: Any) -> str:
     """Major units with exactly two decimals, whatever form the amount came in."""
-    return f"{Decimal(str(value)):.2f}"
+    return format_amount(value)
 
 
 def atu(spent: int, required: int) -> str:
@@ -64,7 +64,7 @@ def print_report(report: RunReport, home: Home, console: Console) -> None:
     if overshoot:
         ptos.caption = ATU_OVERSHOOT_NOTE
     console.print(ptos)
-    top = Table("player", "xUSD", "USD-OBBBA", "phase locks", "τₖ", title="Top players by xUSD")
+    top = Table("player", XUSD, USD, "phase locks", "τₖ", title=f"Top players by {XUSD}")
     for p in report.top_players:
         top.add_row(
             p["player_id"],

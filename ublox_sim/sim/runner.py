@@ -32,7 +32,7 @@ from ..core.records import FUNDING, IN_PROGRESS, PLAYABLE, PTO
 from ..core.views import leaderboard
 from ..engine import Engine
 from ..store.backend import RunRecord
-from ..store.local import Home
+from ..store.home import Home
 from ..store.sqlite.backend import read_run_record
 from .scenario import Cohort, Loaded, Scenario, cohort_id, draw_settled, settle
 

@@ -137,14 +137,16 @@ class Backend(Protocol):
         """``submit`` and wait for the acknowledgement."""
 
     async def save_world(self, world_id: str, arrays: Arrays) -> None:
-        """Make a world's arrays durable now (a world file, or a row elsewhere)."""
+        """Make a world's arrays durable now (a world file, or a row elsewhere); while
+        commits are held, keep them for the next checkpoint, readable by ``load_world``."""
 
     def world_changed(self, world_id: str, arrays: Arrays) -> None:
         """A world moved on: write it back in the background, soon."""
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Worlds first (versioned), then one transaction with the run record and, in
-        held mode, every write since the last checkpoint; older world versions go after."""
+        """Worlds first (versioned: the given ones and, in held mode, every world launched
+        or saved since the last checkpoint), then one transaction with the run record and,
+        in held mode, every write since the last checkpoint; older world versions go after."""
 
     # -- point reads (consistent with acknowledged writes) ---------------------
 

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from ..core.errors import CorruptCdtFile, PersistenceError
 from ..core.ids import check_file_name
 from ..core.logsetup import get_logger
+from .home import fsync_dir
 
 log = get_logger(__name__)
 
@@ -37,12 +38,17 @@ class _Dirty:
     version: int | None
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def world_file_name(world_id: str, version: int | None = None) -> str:
+    """A world's file name: ``<world>.npz``, or ``<world>.v<N>.npz`` for version N.
+
+    The one place the name is made: the store, verify and backups all find a
+    world's file through it (a run writes each checkpoint's version beside the last)."""
+    return f"{world_id}.npz" if version is None else f"{world_id}.v{version}.npz"
+
+
+def is_world_file(name: str, world_id: str) -> bool:
+    """True for a file name ``world_file_name(world_id, version)`` gives, any version."""
+    return re.fullmatch(re.escape(world_id) + r"(\.v\d+)?\.npz", name) is not None
 
 
 def write_npz_atomic(path: Path, arrays: Arrays) -> int:
@@ -112,8 +118,7 @@ class CdtStore:
 
     def path_for(self, world_id: str, version: int | None = None) -> Path:
         check_file_name(world_id, "world id")
-        name = world_id if version is None else f"{world_id}.v{version}"
-        return self.directory / f"{name}.npz"
+        return self.directory / world_file_name(world_id, version)
 
     def mark_dirty(self, world_id: str, arrays: Arrays, *, version: int | None = None) -> None:
         """Schedule ``arrays`` to be written. They are copied at flush time, so pass live ones."""
@@ -124,6 +129,14 @@ class CdtStore:
     @property
     def dirty_count(self) -> int:
         return len(self._dirty)
+
+    def is_dirty(self, world_id: str) -> bool:
+        """Whether arrays of ``world_id`` wait to be written."""
+        return world_id in self._dirty
+
+    def forget(self, world_id: str) -> None:
+        """Drop arrays waiting to be written (their unit was refused)."""
+        self._dirty.pop(world_id, None)
 
     async def flush(self) -> list[Path]:
         """Write every dirty world now; return when the files are durable."""
@@ -182,9 +195,8 @@ class CdtStore:
     def prune(self, world_id: str, keep: int) -> None:
         """Remove every other version of a world (after the commit that names ``keep``)."""
         self.path_for(world_id)
-        pattern = re.compile(re.escape(world_id) + r"(\.v\d+)?\.npz")
         for path in self.directory.glob(f"{world_id}*.npz"):
-            if pattern.fullmatch(path.name) and path != self.path_for(world_id, keep):
+            if is_world_file(path.name, world_id) and path != self.path_for(world_id, keep):
                 path.unlink(missing_ok=True)
 
     def files(self) -> list[Path]:

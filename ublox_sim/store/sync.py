@@ -22,7 +22,8 @@ from typing import Any
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ..core.records import PTO, Player, PTSToken
-from .local import Home, LocalStore
+from .home import Home
+from .local import LocalStore
 from .sqlite.writer import Synchronous
 
 

@@ -11,21 +11,19 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import CorruptCdtFile, InvalidId
 from ..core.ids import check_file_name
-from .cdt import load_npz
-from .sqlite.schema import SCHEMA_VERSION
+from ..core.money import USD, XUSD
+from ..core.records import ESCROW_HELD
+from .cdt import load_npz, world_file_name
+from .sqlite.schema import FIRST_RELEASE_SCHEMA_VERSION, SCHEMA_VERSION
 
-MIGRATED_FROM = 2
-
-USD = "USD-OBBBA"
-XUSD = "xUSD"
-ESCROW_HELD = ("funding", "in_progress")
+MIGRATED_FROM = FIRST_RELEASE_SCHEMA_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +108,10 @@ def ledger_findings(
     return findings
 
 
-def _rows(conn: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in conn.execute(sql).fetchall()]
+def _rows(
+    conn: sqlite3.Connection, sql: str, params: Sequence[object] = ()
+) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in conn.execute(sql, params).fetchall()]
 
 
 def database_findings(conn: sqlite3.Connection) -> list[Finding]:
@@ -160,11 +160,12 @@ def database_findings(conn: sqlite3.Connection) -> list[Finding]:
         )
     for pto_id, status, sold, raised, hours, paid in _rows(
         conn,
-        """SELECT p.pto_id, p.status, p.pts_sold, p.funding_raised,
+        f"""SELECT p.pto_id, p.status, p.pts_sold, p.funding_raised,
                   COALESCE(SUM(t.hours_committed), 0), COALESCE(SUM(t.purchase_price), 0)
            FROM ptos p LEFT JOIN pts_tokens t ON t.game_id = p.pto_id
-           WHERE p.status IN ('funding', 'in_progress')
+           WHERE p.status IN ({", ".join("?" * len(ESCROW_HELD))})
            GROUP BY p.pto_id""",
+        ESCROW_HELD,
     ):
         if abs(float(hours) - float(sold)) > 1e-9 or int(paid) != int(raised):
             findings.append(
@@ -211,21 +212,28 @@ def database_findings(conn: sqlite3.Connection) -> list[Finding]:
     return findings
 
 
+def world_references(conn: sqlite3.Connection) -> list[tuple[str, str, int | None]]:
+    """(pto_id, world_cdt_id, version of its file) for every PTO that has a world; the
+    version is None for an unversioned file (see ``cdt.world_file_name``)."""
+    versions: dict[str, int] = dict(_rows(conn, "SELECT world_cdt_id, version FROM cdt_files"))
+    return [
+        (pto_id, world_id, versions.get(world_id))
+        for pto_id, world_id in _rows(
+            conn, "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL"
+        )
+    ]
+
+
 def cdt_findings(conn: sqlite3.Connection, cdt_dir: Path) -> list[Finding]:
     """Every world a PTO references must be present and load safely."""
     findings: list[Finding] = []
-    versions: dict[str, int] = dict(_rows(conn, "SELECT world_cdt_id, version FROM cdt_files"))
-    for pto_id, world_id in _rows(
-        conn, "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL"
-    ):
+    for pto_id, world_id, version in world_references(conn):
         try:
             name = check_file_name(world_id, "world id")
         except InvalidId as exc:
             findings.append(Finding("cdt", f"pto {pto_id}", str(exc)))
             continue
-        version = versions.get(name)
-        suffix = "" if version is None else f".v{version}"
-        path = cdt_dir / f"{name}{suffix}.npz"
+        path = cdt_dir / world_file_name(name, version)
         try:
             load_npz(path)
         except CorruptCdtFile as exc:

@@ -18,27 +18,12 @@ from anyio.abc import TaskGroup
 from ...core.clock import Clock
 from ...core.errors import ActorClosed, InvalidInput
 from ...core.events import EventBus
-from ...core.records import (  # moves to .tables
-    FUNDING,
-    PTO,
-    Player,
-    PTSToken,
-    Record,
-    Transaction,
-    from_row,
-    select_sql,
-)
-from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit
-from ..local import Home, LocalStore, wall_clock
-from . import rows
+from ...core.records import PTO, Player, PTSToken, Record, Transaction
+from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
+from ..home import Home
+from ..local import LocalStore, wall_clock
+from . import queries, rows
 from .writer import PersistenceActor, Statement, Synchronous
-
-_IN_CHUNK = 400  # ids per IN (...) list: two lists stay under SQLite's 999 variables
-
-_SELECT_RUN = (
-    "SELECT name, seed, scenario, started_at, tick, total_ticks, state, finished"
-    " FROM runs WHERE run_id = 1"
-)
 
 
 class SqliteBackend:
@@ -63,6 +48,8 @@ class SqliteBackend:
         )
         self.bus = bus if bus is not None else EventBus()
         self.hold_commits = hold_commits
+        # Held mode: worlds of acknowledged units, until a checkpoint writes them.
+        self._held_worlds: dict[str, Arrays] = {}
         # Units submitted so far: every read and write passes through the writer's one
         # queue in order, so a read stamped with this count saw exactly those units.
         self._submitted = 0
@@ -99,20 +86,17 @@ class SqliteBackend:
     # -- writes ------------------------------------------------------------------
 
     async def submit(self, unit: Unit, done: Done) -> None:
-        if unit.worlds and not self.hold_commits:
-            # The file first: the database must never point at a world not on disk.
-            # (Held runs write every world, versioned, at each checkpoint instead.)
-            for world in unit.worlds:
-                self.local.cdt.mark_dirty(world.world_id, world.arrays)
-            await self.local.cdt.flush()
+        before = await self._write_worlds(unit)
         statements, landed = rows.unit_statements(unit, self.bus.publish)
         self._submitted += 1
         position = self._submitted
 
         def acked(future: asyncio.Future[object]) -> None:
             if future.cancelled():
+                self._restore_worlds(before)
                 done(ActorClosed("the store stopped before the unit committed"))
             elif (error := future.exception()) is not None:
+                self._restore_worlds(before)
                 done(error)
             else:
                 # The commit hooks ran before this callback: ``landed`` is numbered.
@@ -122,10 +106,48 @@ class SqliteBackend:
         # first served even when full), so positions follow the queue's order.
         (await self.local.db.enqueue(statements)).add_done_callback(acked)
 
+    async def _write_worlds(self, unit: Unit) -> dict[str, Arrays | None]:
+        """Make the unit's worlds readable before its rows commit, and return what each
+        was before (None: no world yet), to put back if the unit is refused.
+
+        The file first: the database must never point at a world not on disk. Held runs
+        keep the arrays in memory until the checkpoint writes every world, versioned."""
+        before: dict[str, Arrays | None] = {}
+        cdt = self.local.cdt
+        for world in unit.worlds:
+            world_id = world.world_id
+            if self.hold_commits:
+                before[world_id] = self._held_worlds.get(world_id)
+                self._held_worlds[world_id] = {k: v.copy() for k, v in world.arrays.items()}
+                continue
+            exists = cdt.is_dirty(world_id) or cdt.path_for(world_id).exists()
+            before[world_id] = await cdt.aload(world_id) if exists else None
+            cdt.mark_dirty(world_id, world.arrays)
+        if unit.worlds and not self.hold_commits:
+            await cdt.flush()
+        return before
+
+    def _restore_worlds(self, before: dict[str, Arrays | None]) -> None:
+        """A refused unit leaves its worlds as they were (an unwritten one: no file)."""
+        cdt = self.local.cdt
+        for world_id, arrays in before.items():
+            if self.hold_commits:
+                if arrays is None:
+                    self._held_worlds.pop(world_id, None)
+                else:
+                    self._held_worlds[world_id] = arrays
+            elif arrays is None:
+                cdt.forget(world_id)
+                cdt.remove(world_id)
+            else:
+                cdt.mark_dirty(world_id, arrays)  # written back by the flusher
+
     async def commit(self, unit: Unit) -> Committed:
         outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
 
         def done(result: Committed | BaseException) -> None:
+            if outcome.done():  # the caller was cancelled: the unit's fate is the store's
+                return
             if isinstance(result, BaseException):
                 outcome.set_exception(result)
             else:
@@ -135,6 +157,10 @@ class SqliteBackend:
         return await outcome
 
     async def save_world(self, world_id: str, arrays: Arrays) -> None:
+        if self.hold_commits:
+            # Its file stays at the last checkpoint; the next one writes these arrays.
+            self._held_worlds[world_id] = {k: v.copy() for k, v in arrays.items()}
+            return
         self.local.cdt.mark_dirty(world_id, arrays)
         await self.local.cdt.flush()
 
@@ -145,106 +171,69 @@ class SqliteBackend:
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
         version = checkpoint.version
         cdt = self.local.cdt
-        for world in checkpoint.worlds:
+        # Held worlds (launched or saved since the last checkpoint) go with the ones given.
+        given = {w.world_id for w in checkpoint.worlds}
+        held = {w: a for w, a in self._held_worlds.items() if w not in given}
+        worlds = [*checkpoint.worlds, *(WorldWrite(w, held[w]) for w in sorted(held))]
+        for world in worlds:
             cdt.mark_dirty(world.world_id, world.arrays, version=version)
         await cdt.flush()
         unit: list[Statement] = []
         if checkpoint.run is not None:
             unit.append(rows.save_run(checkpoint.run))
-        unit.extend(rows.set_world_version(w.world_id, version) for w in checkpoint.worlds)
+        unit.extend(rows.set_world_version(w.world_id, version) for w in worlds)
         await self.local.db.commit_held(unit)
-        for world in checkpoint.worlds:
+        for world in worlds:
+            if world.world_id in given or self._held_worlds.get(world.world_id) is held.get(
+                world.world_id
+            ):  # durable now, unless saved again meanwhile
+                self._held_worlds.pop(world.world_id, None)
             cdt.prune(world.world_id, version)
 
     # -- point reads ---------------------------------------------------------------
 
-    async def _one(self, cls: type[Any], key: str) -> Any:
-        row = await self.local.db.fetchone(f"{select_sql(cls)} WHERE {cls.KEY} = ?", (key,))
-        return None if row is None else from_row(cls, row)
-
     async def load_player(self, player_id: str) -> Player | None:
-        player: Player | None = await self._one(Player, player_id)
-        return player
+        return await queries.load_record(self.local.db, Player, player_id)
 
     async def load_player_at(self, player_id: str) -> tuple[Player | None, int]:
         position = self._submitted
         return await self.load_player(player_id), position
 
     async def load_pto(self, pto_id: str) -> PTO | None:
-        pto: PTO | None = await self._one(PTO, pto_id)
-        return pto
+        return await queries.load_record(self.local.db, PTO, pto_id)
 
     async def load_token(self, token_id: str) -> PTSToken | None:
-        token: PTSToken | None = await self._one(PTSToken, token_id)
-        return token
+        return await queries.load_record(self.local.db, PTSToken, token_id)
 
     async def load_tokens(self, pto_id: str) -> list[PTSToken]:
-        found = await self.local.db.fetchall(
-            f"{select_sql(PTSToken)} WHERE game_id = ? ORDER BY token_id", (pto_id,)
-        )
-        return [from_row(PTSToken, row) for row in found]
+        return await queries.load_tokens(self.local.db, pto_id)
 
     async def load_world(self, world_id: str) -> dict[str, Any]:
+        held = self._held_worlds.get(world_id)
+        if held is not None:  # acknowledged, not yet written by a checkpoint
+            return {k: v.copy() for k, v in held.items()}
         return await self.local.load_world(world_id)
 
     async def exists(self, ident: str) -> bool:
-        row = await self.local.db.fetchone(
-            "SELECT EXISTS (SELECT 1 FROM players WHERE player_id = ?)"
-            " OR EXISTS (SELECT 1 FROM ptos WHERE pto_id = ?)",
-            (ident, ident),
-        )
-        return bool(row and row[0])
+        return await queries.exists(self.local.db, ident)
 
     async def load_all(self, cls: type[Record]) -> list[Any]:
         return await self.local.load_all(cls)
 
     async def ptos_past_deadline(self, at: str) -> list[str]:
-        found = await self.local.db.fetchall(
-            "SELECT pto_id FROM ptos WHERE status = ? AND funding_deadline IS NOT NULL"
-            " AND funding_deadline <= ? ORDER BY pto_id",
-            (FUNDING, at),
-        )
-        return [str(pto_id) for (pto_id,) in found]
+        return await queries.ptos_past_deadline(self.local.db, at)
 
     async def player_ids(self) -> list[str]:
-        found = await self.local.db.fetchall("SELECT player_id FROM players ORDER BY player_id")
-        return [str(ident) for (ident,) in found]
+        return await queries.ids(self.local.db, "players", "player_id")
 
     async def pto_ids(self) -> list[str]:
-        found = await self.local.db.fetchall("SELECT pto_id FROM ptos ORDER BY pto_id")
-        return [str(ident) for (ident,) in found]
+        return await queries.ids(self.local.db, "ptos", "pto_id")
 
     async def taken(self, idents: Sequence[str]) -> set[str]:
-        wanted = list(dict.fromkeys(idents))
-        found: set[str] = set()
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start : start + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            rows_ = await self.local.db.fetchall(
-                f"SELECT player_id FROM players WHERE player_id IN ({marks})"
-                f" UNION SELECT pto_id FROM ptos WHERE pto_id IN ({marks})",
-                (*chunk, *chunk),
-            )
-            found.update(str(ident) for (ident,) in rows_)
-        return found
+        return await queries.taken(self.local.db, idents)
 
     async def open_hours(self, statuses: Sequence[str]) -> dict[str, dict[str, float]]:
-        if not statuses:
-            return {}
-        marks = ", ".join("?" * len(statuses))
-        found = await self.local.db.fetchall(
-            "SELECT t.game_id, t.holder, t.hours_committed, t.hours_played"
-            " FROM pts_tokens t JOIN ptos p ON p.pto_id = t.game_id"
-            f" WHERE p.status IN ({marks}) ORDER BY t.game_id, t.token_id",
-            tuple(statuses),
-        )
-        left: dict[str, dict[str, float]] = {}
-        for game_id, holder, committed, played in found:
-            room = float(committed) - float(played)
-            if room > 1e-9:
-                per = left.setdefault(str(game_id), {})
-                per[str(holder)] = per.get(str(holder), 0.0) + room
-        return left
+        return await queries.open_hours(self.local.db, statuses)
 
     # -- aggregates and pages ----------------------------------------------------
 
@@ -252,11 +241,7 @@ class SqliteBackend:
         return await self.local.get_global_stats()
 
     async def leaderboard(self, top: int) -> list[Player]:
-        found = await self.local.db.fetchall(
-            f"{select_sql(Player)} ORDER BY xUSD_balance DESC, player_id LIMIT ?",
-            (max(0, top),),
-        )
-        return [from_row(Player, row) for row in found]
+        return await queries.leaderboard(self.local.db, top)
 
     async def transactions_of(
         self, player_id: str, *, after: int = 0, limit: int = 50
@@ -283,8 +268,7 @@ class SqliteBackend:
     # -- scenario runs -------------------------------------------------------------
 
     async def run_record(self) -> RunRecord | None:
-        row = await self.local.db.fetchone(_SELECT_RUN)
-        return None if row is None else _run_record(row)
+        return await queries.run_record(self.local.db)
 
     async def run_status(self) -> dict[str, Any] | None:
         return await self.local.run_status()
@@ -317,23 +301,9 @@ def read_run_record(home: Home) -> RunRecord | None:
         raise InvalidInput(f"nothing to resume in {home.root}: no store there")
     conn = sqlite3.connect(f"{home.db.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        row = conn.execute(_SELECT_RUN).fetchone()
+        row = conn.execute(queries.SELECT_RUN).fetchone()
     except sqlite3.Error as exc:
         raise InvalidInput(f"nothing to resume in {home.root}: {exc}") from exc
     finally:
         conn.close()
-    return None if row is None else _run_record(row)
-
-
-def _run_record(row: tuple[Any, ...]) -> RunRecord:
-    name, seed, scenario, started_at, tick, total, state, finished = row
-    return RunRecord(
-        name=str(name),
-        seed=int(seed),
-        scenario=str(scenario),
-        started_at=str(started_at),
-        tick=int(tick),
-        total_ticks=int(total),
-        state=str(state),
-        finished=bool(finished),
-    )
+    return None if row is None else queries.run_record_of(row)

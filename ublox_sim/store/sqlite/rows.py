@@ -24,10 +24,9 @@ from ...core.records import (
     PlaySession,
     PTSToken,
     Transaction,
-    insert_sql,
-    to_row,
 )
 from ..backend import Receipt, RunRecord, Unit
+from .tables import columns, insert_sql, to_row
 from .writer import Statement
 
 _INSERT_TX = insert_sql(Transaction)
@@ -56,7 +55,43 @@ def ledger_row(
     pto_id: str | None = None,
 ) -> Statement:
     tx = Transaction(None, tx_type, from_id, to_id, amount, currency, pto_id, at, None)
-    return Statement(_INSERT_TX, to_row(tx))
+    sides = _PLAYER_SIDES[tx_type]
+    if not sides:
+        return Statement(_INSERT_TX, to_row(tx))
+    # The row itself refuses a player that does not exist: its amount turns negative,
+    # which the table's CHECK rejects, and the whole unit with it (a balance UPDATE of
+    # an unknown id would match nothing and the money would vanish).
+    players = tuple(from_id if side == "from" else to_id for side in sides)
+    return Statement(_CHECKED_TX[sides], (*to_row(tx), *players))
+
+
+# Which side of each kind of ledger row is a player (the other may be a PTO).
+_PLAYER_SIDES: dict[str, tuple[str, ...]] = {
+    "deposit": ("to",),
+    "transfer": ("from", "to"),
+    "investment": ("from",),
+    "refund": ("to",),
+    "pto_completion": ("to",),
+    "xusd_composition": ("to",),
+}
+
+
+def _checked_insert(sides: tuple[str, ...]) -> str:
+    """The ledger row's INSERT, its amount made -1 unless each named player exists:
+    ``?1``..``?n`` are the row's columns, the players' ids follow."""
+    cols = columns(Transaction)
+    exists = " AND ".join(
+        f"EXISTS (SELECT 1 FROM players WHERE player_id = ?{len(cols) + k + 1})"
+        for k in range(len(sides))
+    )
+    values = [
+        f"CASE WHEN {exists} THEN ?{i + 1} ELSE -1 END" if name == "amount" else f"?{i + 1}"
+        for i, name in enumerate(cols)
+    ]
+    return f"INSERT INTO transactions ({', '.join(cols)}) VALUES ({', '.join(values)})"
+
+
+_CHECKED_TX = {sides: _checked_insert(sides) for sides in set(_PLAYER_SIDES.values())}
 
 
 def usd_delta(player_id: str, delta: int) -> Statement:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-PTO_STATUSES = ("funding", "in_progress", "completed", "failed")
+# The CHECK constraints' values come from their homes (the text of a migration must never
+# change: these are the values it was written with, pinned by the schema tests).
+from ...core.money import CURRENCIES as CURRENCIES
+from ...core.records import PTO_STATUSES as PTO_STATUSES
+
 TX_TYPES = ("deposit", "investment", "refund", "pto_completion", "xusd_composition", "transfer")
-CURRENCIES = ("USD-OBBBA", "xUSD")
 
 
 def _quoted(values: Sequence[str]) -> str:
@@ -167,6 +170,9 @@ END;
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
+# What release 0.1.0, the first, wrote: the oldest store that opens (by migrating), and
+# the newest whose backups and exports were made before content digests were recorded.
+FIRST_RELEASE_SCHEMA_VERSION = 2
 TABLES = ("players", "ptos", "pts_tokens", "transactions", "play_sessions")
 
 PRAGMAS = (

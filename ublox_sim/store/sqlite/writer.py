@@ -29,6 +29,24 @@ another ``wal_limit_bytes``, so a reader that keeps a snapshot open for an hour 
 one short wait per ``wal_limit_bytes`` written, never a stalled writer; but while it
 holds that snapshot the WAL grows (SQLite cannot reuse frames a reader may still
 need). The first attempt after the reader lets go truncates the file.
+
+Only aiosqlite's public API is used. Each call (``executemany``, ``execute_insert``,
+``execute_fetchall``) is one item on the queue of the connection's thread, answered
+through the event loop. A batch does not wait for each answer before sending the next:
+it queues ``BEGIN IMMEDIATE`` and all its statements at once (runs of one SQL text as
+one ``executemany``), waits for the answers, and only then sends ``COMMIT``, or
+``ROLLBACK`` if any failed. So a batch costs two round trips of latency however many
+statements it holds, plus the queueing of each call: about 9 µs here, against ~1 µs
+for a statement run on the thread. Units of one SQL text (the benchmark's) merge into
+one call per batch; units that mix SQL texts (a purchase: five) pay it per statement
+(``benchmarks/persistence.py``, ``actor_mixed``). Statements
+queued behind a failed one still run; they must never run outside the batch's
+transaction, which SQLite may have rolled back on its own (FULL, IOERR). The
+connection therefore keeps sqlite3's legacy transaction control
+(``isolation_level="IMMEDIATE"``): a DML statement found outside a transaction opens
+one, which the writer then rolls back; it never autocommits. A statement that net does
+not cover (it does not start with INSERT, UPDATE, DELETE or REPLACE) is sent alone,
+after everything before it has succeeded.
 """
 
 from __future__ import annotations
@@ -36,7 +54,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +66,6 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ...actors.runtime import Reply, owned_task_group
 from ...core.errors import (
     ActorBroken,
     ActorClosed,
@@ -57,6 +75,7 @@ from ...core.errors import (
     UnitRejected,
 )
 from ...core.logsetup import get_logger
+from ...core.tasks import Reply, owned_task_group
 from .schema import PRAGMAS, migrate
 
 log = get_logger(__name__)
@@ -115,33 +134,135 @@ def translate(exc: sqlite3.Error, what: str) -> PersistenceError | UnitRejected:
 
 
 async def run(conn: aiosqlite.Connection, sql: str) -> list[Row]:
-    """Execute and close at once. A statement left open with unread rows (``PRAGMA
-    journal_mode`` returns one) holds a read snapshot, and the writer can then never
-    restart the WAL: it grows without bound."""
-    async with conn.execute(sql) as cursor:
-        return [tuple(row) for row in await cursor.fetchall()]
+    """Execute and fetch every row in one trip. A statement left open with unread rows
+    (``PRAGMA journal_mode`` returns one) holds a read snapshot, and the writer can then
+    never restart the WAL: ``execute_fetchall`` steps it to the end on the thread."""
+    return [tuple(row) for row in await conn.execute_fetchall(sql)]
 
 
-async def in_writer_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn(sqlite3_connection)`` on aiosqlite's own thread, in its queue order.
-
-    Each public aiosqlite call is one round trip between the event loop and that
-    thread; a batch of BEGIN, a few executemany and COMMIT would be five. aiosqlite's
-    ``_execute`` takes a function, so a whole batch costs one trip: measured, the
-    difference between ~0.5x and ~1x the raw-sqlite3 ceiling.
-    """
-    result: T = await conn._execute(lambda: fn(conn._conn))  # type: ignore[no-untyped-call]
-    return result
+async def run_with(conn: aiosqlite.Connection, stmt: Statement) -> None:
+    await conn.execute_fetchall(stmt.sql, stmt.params)
 
 
 # A statement's commit hook, the unit it belongs to and how many rowids it may see.
 Hook = tuple[Callable[[Sequence[int]], None], int, int]
 
+# The statements before which sqlite3's legacy transaction control opens a transaction
+# when none is open (CPython checks the first keyword; comments before it are not
+# skipped here, so such a statement is merely sent alone).
+_NET_COVERS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def _covered(sql: str) -> bool:
+    return sql.lstrip()[:7].upper().startswith(_NET_COVERS)
+
+
+@dataclass(eq=False, slots=True)
+class _Step:
+    """One call on the connection's queue: a run of one SQL text (``executemany``), a
+    statement whose rowid is wanted, or a statement the net does not cover (alone)."""
+
+    sql: str
+    params: list[Sequence[object]]
+    unit: int
+    want_rowid: bool = False
+    on_commit: Callable[[Sequence[int]], None] | None = None
+    covered: bool = True
+
+    def send(self, conn: aiosqlite.Connection, cursor: aiosqlite.Cursor) -> Awaitable[object]:
+        if self.want_rowid:
+            return conn.execute_insert(self.sql, self.params[0])
+        if not self.covered:
+            return conn.execute_fetchall(self.sql, self.params[0])
+        return cursor.executemany(self.sql, self.params)
+
+
+def _plan(units: Sequence[Unit]) -> list[_Step]:
+    """The units' statements in order; runs of one SQL text become one executemany."""
+    steps: list[_Step] = []
+    run_: _Step | None = None
+    for index, unit in enumerate(units):
+        for stmt in unit:
+            covered = _covered(stmt.sql)
+            if stmt.want_rowid or not covered:
+                run_ = None
+                steps.append(
+                    _Step(
+                        stmt.sql,
+                        [stmt.params],
+                        index,
+                        stmt.want_rowid,
+                        stmt.on_commit if stmt.want_rowid else None,
+                        covered,
+                    )
+                )
+            elif run_ is not None and run_.sql == stmt.sql:
+                run_.params.append(stmt.params)
+            else:
+                run_ = _Step(stmt.sql, [stmt.params], index)
+                steps.append(run_)
+    return steps
+
+
+async def _queued(calls: Iterable[Awaitable[object]]) -> list[object]:
+    """Queue every call on the connection's thread now, in order, then wait for all.
+
+    Tasks take their first step in the order they were created (asyncio runs ready
+    callbacks first in, first out), and that first step puts the call on aiosqlite's
+    queue. Raises the first failure once every call has finished: the ones queued
+    behind it have run too, so the caller rolls back whatever is open.
+    """
+    calls = list(calls)
+    if len(calls) == 1:
+        return [await calls[0]]
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+async def _send_steps(
+    conn: aiosqlite.Connection, cursor: aiosqlite.Cursor, lead: Sequence[str], steps: list[_Step]
+) -> list[object]:
+    """Send ``lead`` (BEGIN or SAVEPOINT) and the steps; return the steps' results."""
+    results: list[object] = []
+    calls: list[Awaitable[object]] = [conn.execute_fetchall(sql) for sql in lead]
+    for step in steps:
+        if step.covered:
+            calls.append(step.send(conn, cursor))
+            continue
+        # Everything before it succeeded, so the batch's transaction is open.
+        results.extend(await _queued(calls))
+        calls = []
+        results.append(await step.send(conn, cursor))
+    results.extend(await _queued(calls))
+    return results[len(lead) :]
+
+
+def _rowids(
+    units: Sequence[Unit], steps: list[_Step], results: list[object]
+) -> tuple[list[list[int]], list[Hook]]:
+    rowids: list[list[int]] = [[] for _ in units]
+    hooks: list[Hook] = []
+    for step, result in zip(steps, results, strict=True):
+        if not step.want_rowid:
+            continue
+        row = result if isinstance(result, tuple | sqlite3.Row) else None
+        rowids[step.unit].append(int(row[0] or 0) if row is not None else 0)
+        if step.on_commit is not None:
+            hooks.append((step.on_commit, step.unit, len(rowids[step.unit])))
+    return rowids, hooks
+
+
+# What became of (part of) a batch: its units, their rowids and hooks, or the error.
+_Outcome = tuple[list[_Pending], list[list[int]], list[Hook], BaseException | None]
+
 
 @dataclass(eq=False)
 class _Held:
-    """Hold mode: whether the open transaction holds acknowledged work. Read and written
-    on the writer's thread only, in the order its trips run."""
+    """Hold mode: whether the open transaction holds acknowledged work."""
 
     work: bool = False
 
@@ -151,74 +272,70 @@ class HeldWorkLost(sqlite3.OperationalError):
     batch ran: starting a fresh one would commit later work on top of a gap."""
 
 
-def _run_batch(
-    raw: sqlite3.Connection, units: Sequence[Unit | None], held: _Held | None
+async def _run_batch(
+    conn: aiosqlite.Connection,
+    cursor: aiosqlite.Cursor,
+    units: Sequence[Unit | None],
+    held: _Held | None,
 ) -> tuple[list[list[int]], list[Hook]]:
-    """The batch's statements in order; runs of one SQL text go through executemany.
+    """Run the batch as one transaction (in hold mode: one savepoint of the held one).
 
-    On error the transaction (or in hold mode the batch's savepoint) is rolled back
-    here, in the same trip, and the error re-raised for the actor to sort out.
+    On error the transaction (or the batch's savepoint) is rolled back here and the
+    error re-raised for the actor to sort out.
     """
-    rowids: list[list[int]] = [[] for _ in units]
-    hooks: list[Hook] = []
-    hold = held is not None
-    if held is not None:
-        if not raw.in_transaction:
-            # With two batches in flight, the second runs right after the first failed:
-            # if SQLite dropped the held transaction there, this one must not begin anew.
+    assert all(unit is not None for unit in units)
+    todo = [unit for unit in units if unit is not None]
+    steps = _plan(todo)
+    if held is None:
+        # A first statement the net covers opens the transaction itself (BEGIN
+        # IMMEDIATE, as the connection's isolation_level says): one call fewer.
+        lead = () if steps and steps[0].covered else ("BEGIN IMMEDIATE",)
+        end = "COMMIT"
+    else:
+        if not conn.in_transaction:
+            # The batch before may have failed there: if SQLite dropped the held
+            # transaction, this one must not begin anew.
             if held.work:
                 raise HeldWorkLost("the held transaction was rolled back by the database")
-            raw.execute("BEGIN IMMEDIATE")
-        raw.execute("SAVEPOINT batch")
-    else:
-        raw.execute("BEGIN IMMEDIATE")
+            await conn.execute_fetchall("BEGIN IMMEDIATE")
+        lead, end = ("SAVEPOINT batch",), "RELEASE batch"
     try:
-        run_sql: str | None = None
-        run_rows: list[Sequence[object]] = []
-        for index, unit in enumerate(units):
-            assert unit is not None
-            for stmt in unit:
-                if stmt.want_rowid:
-                    if run_sql is not None:
-                        raw.executemany(run_sql, run_rows)
-                        run_sql, run_rows = None, []
-                    cursor = raw.execute(stmt.sql, stmt.params)
-                    rowids[index].append(int(cursor.lastrowid or 0))
-                    if stmt.on_commit is not None:
-                        hooks.append((stmt.on_commit, index, len(rowids[index])))
-                    continue
-                if stmt.sql != run_sql:
-                    if run_sql is not None:
-                        raw.executemany(run_sql, run_rows)
-                    run_sql, run_rows = stmt.sql, []
-                run_rows.append(stmt.params)
-        if run_sql is not None:
-            raw.executemany(run_sql, run_rows)
-        raw.execute("RELEASE batch" if hold else "COMMIT")
+        results = await _send_steps(conn, cursor, lead, steps)
+        await conn.execute_fetchall(end)
     except sqlite3.Error:
-        _undo(raw, hold)
+        await _undo(conn, held is not None)
         raise
     if held is not None:
         held.work = True
-    return rowids, hooks
+    return _rowids(todo, steps, results)
 
 
-def _checkpoint(raw: sqlite3.Connection, wal: Path, due_at: int, busy_ms: int) -> bool | None:
-    """Empty the WAL if it has passed ``due_at`` bytes (blocking, on the writer's thread).
+async def _checkpoint(
+    conn: aiosqlite.Connection, wal: Path, due_at: int, busy_ms: int, saved_ms: int
+) -> bool | None:
+    """Empty the WAL if it has passed ``due_at`` bytes (no batch may be in flight).
 
     Returns None when not due (an earlier request already emptied it), True when the
     WAL was copied and truncated, False when a reader's snapshot kept it (the frames
     that could be copied were). The reader gets ``busy_ms`` to let go, not the
-    connection's whole busy timeout.
+    connection's whole busy timeout (``saved_ms``), which is restored in the same
+    queue, whatever becomes of the checkpoint.
     """
-    if raw.in_transaction or _file_size(wal) <= due_at:
+    if conn.in_transaction or _file_size(wal) <= due_at:
         return None
-    ((saved,),) = raw.execute("PRAGMA busy_timeout").fetchall()
-    raw.execute(f"PRAGMA busy_timeout={int(busy_ms)}").fetchall()
-    try:
-        ((busy, _, _),) = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    finally:
-        raw.execute(f"PRAGMA busy_timeout={int(saved)}").fetchall()
+    settle = asyncio.gather(
+        conn.execute_fetchall(f"PRAGMA busy_timeout={int(busy_ms)}"),
+        conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"),
+        conn.execute_fetchall(f"PRAGMA busy_timeout={int(saved_ms)}"),
+        return_exceptions=True,
+    )
+    outcomes = await settle
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    checkpoint = outcomes[1]
+    assert isinstance(checkpoint, list)
+    ((busy, _, _),) = checkpoint
     return not busy
 
 
@@ -229,20 +346,42 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def _undo(raw: sqlite3.Connection, hold: bool) -> None:
+async def _undo(conn: aiosqlite.Connection, hold: bool) -> None:
+    """Roll the failed batch back. In hold mode, to its savepoint; if that is gone, SQLite
+    dropped the held transaction and what is open now is one the net began for the
+    statements queued behind the failure: roll that back too (the actor then sees the
+    held work lost)."""
     try:
-        if hold and raw.in_transaction:
-            raw.execute("ROLLBACK TO batch")
-            raw.execute("RELEASE batch")
-        elif raw.in_transaction:
-            raw.execute("ROLLBACK")
+        if hold and conn.in_transaction:
+            try:
+                await conn.execute_fetchall("ROLLBACK TO batch")
+                await conn.execute_fetchall("RELEASE batch")
+                return
+            except sqlite3.Error as exc:
+                log.debug("persistence.savepoint_gone", error=str(exc))
+        if conn.in_transaction:
+            await conn.execute_fetchall("ROLLBACK")
     except sqlite3.Error as exc:  # SQLite may already have rolled back on its own
         log.debug("persistence.rollback_failed", error=str(exc))
 
 
-async def run_with(conn: aiosqlite.Connection, stmt: Statement) -> None:
-    async with conn.execute(stmt.sql, stmt.params) as cursor:
-        await cursor.fetchall()
+# The actor that owns a connection, for in_writer_thread (kept for callers written
+# before it read through its own connection).
+_OWNERS: weakref.WeakKeyDictionary[aiosqlite.Connection, PersistenceActor] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def in_writer_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Deprecated: use ``PersistenceActor.read_sync(fn)``; inside ``call``, this does the same.
+
+    Runs ``fn`` on a read-only connection of its own in a worker thread (aiosqlite has no
+    public way to run a function on its thread), at this point of the writer's queue.
+    """
+    owner = _OWNERS.get(conn)
+    if owner is None:
+        raise PersistenceError("in_writer_thread takes the connection of a running writer")
+    return await owner._read_now(fn)
 
 
 def prepare_database(path: Path, page_size: int = 2048) -> int:
@@ -314,6 +453,13 @@ class PersistenceActor:
         self._receive: MemoryObjectReceiveStream[_Pending]
         self._send, self._receive = anyio.create_memory_object_stream[_Pending](mailbox_size)
         self._conn: aiosqlite.Connection | None = None
+        # The batches' executemany cursor: one for the connection's life, so no cursor
+        # is ever finalised on the event loop's thread.
+        self._cursor: aiosqlite.Cursor | None = None
+        self._busy_timeout_ms = 0  # the connection's own, restored after a checkpoint
+        # A batch, from BEGIN to COMMIT, and a checkpoint have the connection to
+        # themselves: nothing else may be queued between their calls.
+        self._writing = anyio.Lock()
         self._broken: BaseException | None = None
         self._closed = False
         self._stopped = anyio.Event()
@@ -364,13 +510,18 @@ class PersistenceActor:
         tg.start_soon(self._run, name="persistence-actor")
 
     async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        # Legacy transaction control is the net under queued statements (see the module
+        # docstring); every transaction the writer means to have it begins explicitly.
+        conn = await aiosqlite.connect(self.path, isolation_level="IMMEDIATE")
         try:
             for pragma in (*PRAGMAS, f"PRAGMA synchronous={self.synchronous}"):
                 await run(conn, pragma)
+            ((self._busy_timeout_ms,),) = await run(conn, "PRAGMA busy_timeout")
+            self._cursor = await conn.cursor()
         except BaseException:
             await conn.close()
             raise
+        _OWNERS[conn] = self
         return conn
 
     def discard(self) -> None:
@@ -417,8 +568,7 @@ class PersistenceActor:
         """Read through the writer's connection, after every write queued before it."""
 
         async def read(conn: aiosqlite.Connection) -> list[Row]:
-            async with conn.execute(sql, params) as cursor:
-                return [tuple(row) for row in await cursor.fetchall()]
+            return [tuple(row) for row in await conn.execute_fetchall(sql, params)]
 
         return await self.call(read)
 
@@ -427,10 +577,39 @@ class PersistenceActor:
         return rows[0] if rows else None
 
     async def call(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run ``await fn(conn)`` in the actor, between batches, and return its result."""
+        """Run ``await fn(conn)`` in the actor, between batches, and return its result.
+
+        ``conn`` is the writer's aiosqlite connection (legacy transaction control: a DML
+        statement opens a transaction, which the writer commits once ``fn`` returns,
+        outside hold mode)."""
         pending = _Pending(control=fn)
         await self._enqueue(pending)
         return await pending.done  # type: ignore[return-value]  # fn's own result
+
+    async def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run blocking ``fn(connection)`` between batches, in a worker thread, on a
+        read-only connection of its own; return its result.
+
+        For code written against ``sqlite3`` (``verify``): it sees every write queued
+        before it, as committed (in hold mode: up to the last ``commit_held``), and
+        nothing queued after it runs until it returns."""
+
+        async def read(conn: aiosqlite.Connection) -> T:
+            return await self._read_now(fn)
+
+        return await self.call(read)
+
+    async def _read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+
+        def work() -> T:
+            reader = sqlite3.connect(uri, uri=True)
+            try:
+                return fn(reader)
+            finally:
+                reader.close()
+
+        return await anyio.to_thread.run_sync(work)
 
     async def commit_held(self, unit: Unit) -> None:
         """Hold mode: add ``unit`` to the held transaction and commit it all (a checkpoint)."""
@@ -445,15 +624,15 @@ class PersistenceActor:
                         "resume from it"
                     )
                     raise self._lost
-                await conn.execute("BEGIN IMMEDIATE")
+                await conn.execute_fetchall("BEGIN IMMEDIATE")
+            assert self._cursor is not None
             try:
-                for stmt in unit:
-                    await run_with(conn, stmt)
-                await conn.execute("COMMIT")
+                await _send_steps(conn, self._cursor, (), _plan([unit]))
+                await conn.execute_fetchall("COMMIT")
                 self._held.work = False
             except sqlite3.Error:
                 if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
+                    await conn.execute_fetchall("ROLLBACK")
                 if self._held_units:
                     self._lost = PersistenceError(
                         "the checkpoint could not commit; the run's work since the previous "
@@ -533,9 +712,10 @@ class PersistenceActor:
     async def _dispatch(self, batch: list[_Pending]) -> None:
         """Hand a batch to the writer thread without waiting for its commit.
 
-        Up to ``PIPELINE_DEPTH`` batches are in flight: while SQLite commits one on its
-        thread, the event loop acknowledges the previous one and gathers the next, so
-        the two cores work at once. aiosqlite's queue keeps them in order.
+        Up to ``PIPELINE_DEPTH`` batches are in flight: the next is gathered while one
+        runs, and queues its statements as soon as the one before has its COMMIT
+        answered, before that one acknowledges its callers, so the thread works while the
+        event loop answers. ``_writing`` keeps the two batches' calls apart and in order.
         """
         await self._slots.acquire()
 
@@ -578,6 +758,7 @@ class PersistenceActor:
                 item.finish(error=exc)
             else:
                 item.finish(result)
+            await self._close_open_transaction(self._conn)
             # A control request may have committed (commit_held): same rule as a batch.
             await self._checkpoint_if_due()
         if writes:
@@ -586,9 +767,33 @@ class PersistenceActor:
     async def _commit(self, batch: list[_Pending]) -> None:
         conn = self._conn
         assert conn is not None
+        outcomes: list[_Outcome] = []
+        async with self._writing:
+            # Retries of a failed batch's units run before the next batch takes the
+            # connection: units commit, and are answered, in the order they were queued.
+            await self._attempt(conn, batch, outcomes)
+        # Let the batch waiting for the connection queue its statements before this one
+        # is answered, so the thread works while the event loop acknowledges.
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+        for units, rowids, hooks, error in outcomes:
+            if error is not None:
+                for pending in units:
+                    pending.finish(error=error)
+                continue
+            for pending, ids in zip(units, rowids, strict=True):
+                pending.finish(ids)
+            # After the replies, so each actor resumes (and applies its state) before any
+            # subscriber hears of the change; in execution order, which is commit order.
+            for hook, index, seen in hooks:
+                hook(rowids[index][:seen])
+
+    async def _attempt(
+        self, conn: aiosqlite.Connection, batch: list[_Pending], outcomes: list[_Outcome]
+    ) -> None:
+        """Commit ``batch``, or on failure each of its units alone; note what became of it."""
+        # Checked here, not before waiting: the batch ahead may have lost held work.
         if self._lost is not None:
-            for pending in batch:
-                pending.finish(error=self._lost)
+            outcomes.append((batch, [], [], self._lost))
             return
         started = time.perf_counter()
         try:
@@ -598,16 +803,15 @@ class PersistenceActor:
             if len(batch) > 1 and self._lost is None:
                 log.debug("persistence.batch_failed_retrying", units=len(batch), error=str(exc))
                 for pending in batch:
-                    await self._commit([pending])
+                    await self._attempt(conn, [pending], outcomes)
                 return
             # One unit, or a held transaction that is gone: every caller in the batch
             # hears why, none is left waiting.
             error: PersistenceError | UnitRejected = self._lost or translate(exc, "unit of work")
             if error.__cause__ is None:
                 error.__cause__ = exc
-            for pending in batch:
-                pending.finish(error=error)
             log.warning("persistence.unit_failed", units=len(batch), error=str(exc))
+            outcomes.append((batch, [], [], error))
             return
         self.commits += 1
         self.units_committed += len(batch)
@@ -615,12 +819,7 @@ class PersistenceActor:
             self.on_batch_committed(time.perf_counter() - started, len(batch))
         if self.hold_commits:
             self._held_units += len(batch)
-        for pending, ids in zip(batch, rowids, strict=True):
-            pending.finish(ids)
-        # After the replies, so each actor resumes (and applies its state) before any
-        # subscriber hears of the change; in execution order, which is commit order.
-        for hook, index, seen in hooks:
-            hook(rowids[index][:seen])
+        outcomes.append((batch, rowids, hooks, None))
 
     async def _checkpoint_if_due(self) -> None:
         """Empty the WAL once the writer has appended ``wal_limit_bytes`` to it.
@@ -637,10 +836,16 @@ class PersistenceActor:
             return  # in hold mode nothing is committed until commit_held
         if _file_size(self._wal_path) <= due_at:
             return
-        wal, busy_ms = self._wal_path, self.checkpoint_busy_ms
         self._checkpointing = True
         try:
-            done = await in_writer_thread(conn, lambda raw: _checkpoint(raw, wal, due_at, busy_ms))
+            async with self._writing:
+                done = await _checkpoint(
+                    conn,
+                    self._wal_path,
+                    due_at,
+                    self.checkpoint_busy_ms,
+                    self._busy_timeout_ms,
+                )
         except sqlite3.Error as exc:
             # A failed checkpoint loses nothing: the WAL keeps the data. Try again after
             # another wal_limit_bytes rather than after every batch.
@@ -665,10 +870,24 @@ class PersistenceActor:
     async def _execute_batch(
         self, conn: aiosqlite.Connection, batch: list[_Pending]
     ) -> tuple[list[list[int]], list[Hook]]:
-        """Run the batch as one transaction in one trip to the connection's thread."""
+        """Run the batch as one transaction: two round trips of latency (see the module)."""
+        assert self._cursor is not None
         units = [pending.unit for pending in batch]
         held = self._held if self.hold_commits else None
-        return await in_writer_thread(conn, lambda raw: _run_batch(raw, units, held))
+        return await _run_batch(conn, self._cursor, units, held)
+
+    async def _close_open_transaction(self, conn: aiosqlite.Connection | None) -> None:
+        """Outside hold mode no transaction outlives a request: commit what a control
+        request's own DML opened (the net's, where autocommit used to commit it)."""
+        if conn is None or self.hold_commits or not conn.in_transaction:
+            return
+        log.debug("persistence.control_left_transaction_open")
+        try:
+            await conn.execute_fetchall("COMMIT")
+        except sqlite3.Error as exc:
+            log.warning("persistence.control_commit_failed", error=str(exc))
+            if conn.in_transaction:
+                await conn.execute_fetchall("ROLLBACK")
 
     def _note_if_held_work_lost(self, conn: aiosqlite.Connection, exc: sqlite3.Error) -> None:
         if self.hold_commits and not conn.in_transaction and self._held_units:
@@ -684,13 +903,16 @@ class PersistenceActor:
 
     async def _close_connections(self) -> None:
         conn, self._conn = self._conn, None
+        cursor, self._cursor = self._cursor, None
         if conn is not None:
+            if cursor is not None:
+                await cursor.close()
             if conn.in_transaction:
                 # Hold mode: work after the last checkpoint is dropped, by design; the
                 # run resumes from that checkpoint.
                 log.info("persistence.dropping_uncheckpointed_work", units=self._held_units)
                 try:
-                    await conn.execute("ROLLBACK")
+                    await conn.execute_fetchall("ROLLBACK")
                 except sqlite3.Error as exc:
                     log.warning("persistence.rollback_failed", error=str(exc))
             try:

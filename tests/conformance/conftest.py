@@ -1,0 +1,174 @@
+"""The backends the conformance suite runs against: one fixture, one factory each.
+
+A factory opens a backend at a location (a folder) and can open it again there, which
+is how the suite checks durability. It also says what the backend can do that the
+protocol leaves open: whether it has a held-commit mode, how a backup is restored, and
+how the process that writes to it is killed (``run_killed``): SQLite's writer is a
+subprocess that gets SIGKILL; an in-memory backend is abandoned mid-write, never closed.
+
+A second backend joins by adding a factory to ``FACTORIES``. ``broken-fake``
+(``fake.py``, deliberately wrong) is included only with ``UBLOX_CONFORMANCE_FAKE=1``,
+to show that the suite can fail; ``UBLOX_CONFORMANCE_FAKE_DEFECTS=order,ties`` keeps only
+those defects (``none``: a fake that should pass).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import pytest
+
+import ublox_sim
+from ublox_sim.actors.runtime import owned_task_group
+from ublox_sim.store.backend import Backend
+from ublox_sim.store.home import Home
+from ublox_sim.store.sqlite.backend import SqliteBackend
+
+from .fake import DEFECTS, BrokenFakeBackend
+from .workload import crash_workload
+
+
+class BackendFactory(Protocol):
+    name: str
+    supports_hold: bool
+
+    def open(
+        self, location: Path, *, hold_commits: bool = False
+    ) -> AbstractAsyncContextManager[Backend]:
+        """A started backend over ``location``, closed (cleanly) on exit."""
+
+    async def restore(self, backend: Backend, name: str) -> None:
+        """Replace ``backend``'s content with backup ``name`` (made by ``create_backup``)."""
+
+    async def run_killed(self, location: Path, scenario: str, kill_after: int) -> list[str]:
+        """Run ``workload.crash_workload(scenario)`` against a backend at ``location`` and
+        kill its writer once ``kill_after`` lines were reported; return those lines."""
+
+
+class SqliteFactory:
+    name = "sqlite"
+    supports_hold = True
+
+    @asynccontextmanager
+    async def open(self, location: Path, *, hold_commits: bool = False) -> AsyncIterator[Backend]:
+        async with owned_task_group() as tg:
+            backend = SqliteBackend(Home(location), flush_interval=0.05, hold_commits=hold_commits)
+            await backend.start(tg)
+            try:
+                yield backend
+            finally:
+                await backend.aclose()
+
+    async def restore(self, backend: Backend, name: str) -> None:
+        assert isinstance(backend, SqliteBackend)
+        await backend.local.restore_backup(name)
+
+    async def run_killed(self, location: Path, scenario: str, kill_after: int) -> list[str]:
+        return await anyio.to_thread.run_sync(_run_worker, location, scenario, kill_after)
+
+
+def _run_worker(location: Path, scenario: str, kill_after: int) -> list[str]:
+    """Run ``crash_worker.py`` and SIGKILL it after ``kill_after`` lines (or its death)."""
+    # This very ublox_sim, and tests/ (for ``conformance.workload``).
+    roots = (Path(ublox_sim.__file__).resolve().parents[1], Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, roots))}
+    lines: list[str] = []
+    errors = location.parent / f"{location.name}.worker.err"
+    with errors.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conformance.crash_worker", str(location), scenario],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+        assert proc.stdout is not None
+        try:
+            while len(lines) < kill_after:
+                line = proc.stdout.readline()
+                if not line:
+                    break  # the worker died on its own: the test sees too few lines
+                lines.append(line.strip())
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL, errors.read_text()
+    return lines
+
+
+def fake_defects() -> frozenset[str]:
+    """Every defect, or those named in ``UBLOX_CONFORMANCE_FAKE_DEFECTS`` (``none``: none)."""
+    named = os.environ.get("UBLOX_CONFORMANCE_FAKE_DEFECTS")
+    if named is None:
+        return DEFECTS
+    chosen = frozenset(n.strip() for n in named.split(",") if n.strip() not in ("", "none"))
+    assert chosen <= DEFECTS, f"unknown defects {sorted(chosen - DEFECTS)}"
+    return chosen
+
+
+class FakeFactory:
+    name = "broken-fake"
+    supports_hold = True
+
+    def __init__(self) -> None:
+        self.defects = fake_defects()
+
+    @asynccontextmanager
+    async def open(self, location: Path, *, hold_commits: bool = False) -> AsyncIterator[Backend]:
+        async with owned_task_group() as tg:
+            backend = BrokenFakeBackend(location, hold_commits=hold_commits, defects=self.defects)
+            await backend.start(tg)
+            try:
+                yield backend
+            finally:
+                await backend.aclose()
+
+    async def restore(self, backend: Backend, name: str) -> None:
+        assert isinstance(backend, BrokenFakeBackend)
+        await backend.restore_backup(name)
+
+    async def run_killed(self, location: Path, scenario: str, kill_after: int) -> list[str]:
+        # The process dies: whatever the backend holds only in memory is gone, and it
+        # never gets to close. Abandon it mid-write by cancelling everything it runs.
+        lines: list[str] = []
+        enough = anyio.Event()
+
+        def report(line: str) -> None:
+            lines.append(line)
+            if len(lines) >= kill_after:
+                enough.set()
+
+        async with anyio.create_task_group() as tg:
+            backend = BrokenFakeBackend(
+                location, hold_commits=scenario == "held", defects=self.defects
+            )
+            await backend.start(tg)
+            tg.start_soon(crash_workload, backend, scenario, report)
+            await enough.wait()
+            tg.cancel_scope.cancel()
+        backend.kill()
+        return lines[:kill_after]
+
+
+FACTORIES: dict[str, Callable[[], BackendFactory]] = {"sqlite": SqliteFactory}
+if os.environ.get("UBLOX_CONFORMANCE_FAKE") == "1":
+    FACTORIES["broken-fake"] = FakeFactory
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def backend_factory(request: pytest.FixtureRequest) -> BackendFactory:
+    return FACTORIES[request.param]()
+
+
+@pytest.fixture
+def location(tmp_path: Path) -> Path:
+    return tmp_path / "store"
