@@ -245,11 +245,12 @@ class Engine:
         """Resume the event log's numbering; start the idle reaper. Nothing else is read:
         actors activate on demand."""
         _, self._bus.last_seq = await self.store.event_log_span()
-        self.system.tg.start_soon(self._reap_idle)
+        # The scope exists before the task starts: a close that comes first still stops it.
+        self._reaper = anyio.CancelScope()
+        self.system.tg.start_soon(self._reap_idle, self._reaper)
 
-    async def _reap_idle(self) -> None:
-        with anyio.CancelScope() as scope:
-            self._reaper = scope
+    async def _reap_idle(self, scope: anyio.CancelScope) -> None:
+        with scope:
             timeout = min(self._players.idle_timeout, self._ptos.idle_timeout)
             period = max(0.05, min(timeout / 4, 30.0))
             while True:
@@ -334,9 +335,10 @@ class Engine:
             await self.store.save_world(world_id, actor.world)
 
     def _credit(self, player_id: str, usd: int, position: int) -> None:
-        """A committed credit (unit ``position``): an active player applies it; one being
-        activated gets it once its load is known; any other has it in its row."""
-        actor = self._players.active(player_id)
+        """A committed credit (unit ``position``): an active (or passivating) player applies
+        it; one being activated gets it once its load is known; any other has it in its row."""
+        # A passivating actor still finishes its mailbox: its decisions need the credit.
+        actor = self._players.current(player_id)
         if actor is not None:
             actor.credit(usd, position)
         elif (early := self._early_credits.get(player_id)) is not None:

@@ -88,9 +88,7 @@ class ApplySession(Ask[ev.SessionPlayed]):
     receipt: Receipt | None = None
 
 
-PlayerMessage = (
-    GetPlayer | Deposit | SendTransfer | Credit | Reserve | Settle | GetPhysics | ApplySession
-)
+PlayerMessage = GetPlayer | Deposit | SendTransfer | Reserve | GetPhysics | ApplySession
 
 
 # -- to a PTO actor --------------------------------------------------------------------
