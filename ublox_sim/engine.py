@@ -841,8 +841,10 @@ class _PlayersPort:
     async def check(self, player_id: str) -> None:
         await self._engine._players.get(player_id)
 
-    async def ask(self, player_id: str, message: Ask[R]) -> R:
-        return await self._engine._players.ask(player_id, message)
+    async def ask(
+        self, player_id: str, message: Ask[R], *, handled: anyio.Event | None = None
+    ) -> R:
+        return await self._engine._players.ask(player_id, message, handled=handled)
 
     def settle(self, player_id: str, ticket: int, committed: bool) -> None:
         actor = self._engine._players.current(player_id)

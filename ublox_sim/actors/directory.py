@@ -139,13 +139,20 @@ class Directory(Generic[A]):
         self._evict()
         return actor
 
-    async def ask(self, ident: str, message: Ask[R], *, timeout: float = 60.0) -> R:  # noqa: ASYNC109
+    async def ask(
+        self,
+        ident: str,
+        message: Ask[R],
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109
+        handled: anyio.Event | None = None,
+    ) -> R:
         """Ask ``ident``'s actor, activating it; a message its passivation refused is
         sent again to the next activation (the refused one was never delivered)."""
         while True:
             actor = await self.get(ident)
             try:
-                return await actor.ask(message, timeout=timeout)
+                return await actor.ask(message, timeout=timeout, handled=handled)
             except ActorClosed:
                 if actor.passivated and not self._closed:
                     continue

@@ -57,8 +57,11 @@ class Players(Protocol):
     async def check(self, player_id: str) -> None:
         """Raise ``UnknownPlayer`` unless the player exists (activating it)."""
 
-    async def ask(self, player_id: str, message: Ask[R]) -> R:
-        """Ask the player's actor, activating it (``UnknownPlayer`` if there is none)."""
+    async def ask(
+        self, player_id: str, message: Ask[R], *, handled: anyio.Event | None = None
+    ) -> R:
+        """Ask the player's actor, activating it (``UnknownPlayer`` if there is none);
+        ``handled`` as in ``Actor.ask``."""
 
     def settle(self, player_id: str, ticket: int, committed: bool) -> None:
         """The unit spending reservation ``ticket`` committed or failed (the player is

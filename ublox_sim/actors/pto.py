@@ -372,8 +372,20 @@ class PTOActor(Actor[PTOMessage]):
         aci = order_parameter(result.theta)
         pto_id = self.state.pto_id
         outcomes: list[tuple[int, SessionOutcome]] = []
+        # Each player's unit is submitted in request order (the ledger's order must not
+        # depend on which player needed activating): a player is asked once the one before
+        # has handled its session; the commits still share batches.
+        handled = [anyio.Event() for _ in valid]
 
         async def apply(k: int) -> None:
+            if k:
+                await handled[k - 1].wait()
+            try:
+                await ask_player(k)
+            finally:
+                handled[k].set()  # also when the ask never reached a handler
+
+        async def ask_player(k: int) -> None:
             index, request, allocation = valid[k]
             quality = float(result.quality[k])
             xusd = compose_xusd(request.hours, quality, self.state.amplification)
@@ -398,6 +410,7 @@ class PTOActor(Actor[PTOMessage]):
                         ),
                         receipt=request.receipt,
                     ),
+                    handled=handled[k],
                 )
             except UbloxError as exc:
                 outcomes.append((index, SessionOutcome(request.player_id, error=exc)))
@@ -420,8 +433,6 @@ class PTOActor(Actor[PTOMessage]):
                 )
             )
 
-        # Each player's unit goes to the store at once (one group commit); they are sent
-        # in request order, so the ledger's order does not depend on timing.
         async with anyio.create_task_group() as tg:
             for k in range(len(valid)):
                 tg.start_soon(apply, k)
