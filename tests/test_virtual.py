@@ -198,6 +198,108 @@ async def test_passivation_racing_with_money_loses_nothing_and_doubles_nothing(
         assert await balances(again, ids) == expected
 
 
+@pytest.mark.parametrize("checkpointed", [False, True])
+async def test_two_hundred_senders_pay_one_player_pushed_out_all_the_time(
+    tmp_path: Path, checkpointed: bool
+) -> None:
+    """With one player active at a time, every sender's activation evicts the target,
+    whose credits arrive while it is passivating, inactive or being activated again."""
+    senders = [f"s{i:03d}" for i in range(200)]
+    with anyio.fail_after(120):
+        async with open_engine(tmp_path, max_active=1, checkpointed=checkpointed) as engine:
+            await engine.register_player("target", usd_obbba=1)
+            registered = await engine.register_players([(s, 5, 1.0, None) for s in senders])
+            assert not [r for r in registered if isinstance(r, UbloxError)]
+            seen: list[Decimal] = []
+
+            async def pay(i: int, sender: str) -> None:
+                await engine.transfer(sender, "target", Decimal(i + 1) / 100)
+
+            async def look() -> None:
+                seen.append((await engine.get_player("target")).usd_obbba_balance)
+
+            async with anyio.create_task_group() as tg:
+                for i, sender in enumerate(senders):
+                    tg.start_soon(pay, i, sender)
+                    if i % 10 == 0:
+                        tg.start_soon(look)
+            total = sum(Decimal(i + 1) for i in range(200)) / 100
+            assert (await engine.get_player("target")).usd_obbba_balance == Decimal(1) + total
+            assert all(Decimal(1) <= b <= Decimal(1) + total for b in seen)
+            assert engine._players.passivations >= 200
+            for i, sender in enumerate(senders[:20]):
+                expected = Decimal(5) - Decimal(i + 1) / 100
+                assert (await engine.get_player(sender)).usd_obbba_balance == expected
+            if checkpointed:
+                await engine.checkpoint(1)
+    async with open_engine(tmp_path, max_active=1) as again:
+        assert (await again.get_player("target")).usd_obbba_balance == Decimal(1) + total
+    assert verify_store(tmp_path) == []
+    assert_money_conserved(tmp_path)
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+async def test_ptos_pushed_out_while_sold_built_played_and_failed(
+    tmp_path: Path, checkpointed: bool
+) -> None:
+    """Six PTOs, one active at a time: concurrent purchases sell some out, ATU completes
+    them (the payout reaches a creator who is not active), holders play, the rest fail
+    at their deadline and refund; memory equals disk, and the store verifies."""
+    buyers = [f"b{i:02d}" for i in range(12)]
+    ptos = [f"g{i}" for i in range(6)]
+    with anyio.fail_after(120):
+        async with open_engine(tmp_path, max_active=1, checkpointed=checkpointed) as engine:
+            await engine.register_player("creator")
+            for b in buyers:
+                await engine.register_player(b, usd_obbba=100)
+            for i, pto_id in enumerate(ptos):
+                offered = 12 if i % 2 == 0 else 500  # the even ones sell out
+                await launch(
+                    engine, pto_id, offered=offered, price=1, atu=20, deadline=timedelta(hours=5)
+                )
+
+            async with anyio.create_task_group() as tg:
+                for pto_id in ptos:
+                    for b in buyers:
+                        tg.start_soon(engine.buy_pts, b, pto_id, 1)
+            assert [(await engine.get_pto(p)).status for p in ptos] == [
+                "in_progress",
+                "funding",
+            ] * 3
+            await engine.passivate_all()
+            async with anyio.create_task_group() as tg:
+                for pto_id in ptos[::2]:
+                    tg.start_soon(engine.spend_atu, pto_id, 20)
+            assert (await engine.get_player("creator")).usd_obbba_balance == Decimal(36)
+            # Completed PTOs still play out their hours (sessions in batches, one world each).
+            results: list[object] = []
+
+            async def play(pto_id: str) -> None:
+                results.extend(await engine.play_many(pto_id, [(b, 0.5) for b in buyers]))
+
+            async with anyio.create_task_group() as tg:
+                for pto_id in ptos[::2]:
+                    tg.start_soon(play, pto_id)
+            assert len(results) == 36
+            assert not [r for r in results if isinstance(r, UbloxError)], results
+            await engine.passivate_all()
+            assert await engine.advance(6) == ptos[1::2]
+            assert await engine.fire_deadlines() == []
+            for b in buyers:
+                info = await engine.get_player(b)
+                assert info.usd_obbba_balance == Decimal(100 - 3), b
+            everyone = ["creator", *buyers]
+            before = await views(engine, everyone, ptos)
+            await engine.passivate_all()
+            assert await views(engine, everyone, ptos) == before
+            if checkpointed:
+                await engine.checkpoint(1)
+    async with open_engine(tmp_path, max_active=1) as again:
+        assert await views(again, everyone, ptos) == before
+    assert verify_store(tmp_path) == []
+    assert_money_conserved(tmp_path)
+
+
 # -- 3. a world survives passivation -------------------------------------------------------
 
 
@@ -319,6 +421,16 @@ async def test_deadline_refunds_reach_active_and_passive_holders_once(
 # -- 5. a random workload with few actors active ------------------------------------------
 
 
+async def views(engine: Engine, players: list[str], ptos: list[str]) -> list[object]:
+    """Every player's and PTO's view, and every token, as the engine answers them."""
+    seen: list[object] = [await engine.get_player(p) for p in players]
+    for pto_id in ptos:
+        seen.append(await engine.get_pto(pto_id))
+        for p in players:
+            seen.extend(await engine.tokens_of(p, pto_id))
+    return seen
+
+
 async def test_a_random_workload_with_ten_active_actors_verifies(tmp_path: Path) -> None:
     rng = np.random.default_rng(13)
     players = [f"p{i:02d}" for i in range(40)]
@@ -378,7 +490,13 @@ async def test_a_random_workload_with_ten_active_actors_verifies(tmp_path: Path)
                 if batch % 3 == 2:
                     await engine.advance(1)
                 if batch % 4 == 3:
+                    # What the actors hold in memory is what a fresh activation reads.
+                    before = await views(engine, registered, ptos)
                     await engine.passivate_all()
+                    assert await views(engine, registered, ptos) == before
+            before = await views(engine, registered, ptos)
+            await engine.passivate_all()
+            assert await views(engine, registered, ptos) == before
             assert engine.active_actors()["player"] <= 10
             assert engine._players.passivations > 0
             assert await engine.store.verify() == []
