@@ -608,7 +608,7 @@ async def wait_until(condition: Callable[[], bool], *, turns: int = 3000) -> Non
 
 async def test_an_idle_actor_is_passivated_and_comes_back_the_same(tmp_path: Path) -> None:
     with anyio.fail_after(60):
-        async with open_engine(tmp_path, idle_timeout=0.2) as engine:
+        async with open_engine(tmp_path, idle_timeout=1.0) as engine:
             await engine.register_player("creator", usd_obbba=40)
             await launch(engine, "pto_i", offered=10, price=2)
             token = await engine.buy_pts("creator", "pto_i", 3)
