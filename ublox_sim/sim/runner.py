@@ -580,6 +580,10 @@ async def run_scenario(
             tick += 1
             if tick % every == 0 or tick == runner.total:
                 finished = tick == runner.total
+                if finished:
+                    # Nobody acts after the last tick: release every actor before the
+                    # export, which needs the memory (results do not depend on activation).
+                    await engine.passivate_all()
                 await engine.checkpoint(tick, runner.run_record(tick, finished, resolved))
                 log.info("run.checkpoint", tick=tick, ticks=runner.total)
             if progress is not None:
