@@ -112,12 +112,14 @@ def _default_max_active() -> int:
     return value
 
 
-def _registered(player: Player) -> ev.PlayerRegistered:
+def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
+    """The player's registration event; ``fresh``: nothing else holds ``player`` (a bulk
+    registration's), so the event may carry it without a copy."""
     return ev.PlayerRegistered(
         at=player.created_at,
         player_id=player.player_id,
         usd_obbba=to_decimal(player.usd_obbba_balance),
-        record=dataclasses.replace(player),
+        record=player if fresh else dataclasses.replace(player),
     )
 
 
@@ -480,7 +482,7 @@ class Engine:
         self, chunk: list[tuple[int, Player]], results: list[PlayerInfo | UbloxError]
     ) -> None:
         try:
-            await self.store.commit(Unit(tuple(_registered(p) for _, p in chunk)))
+            await self.store.commit(Unit(tuple(_registered(p, fresh=True) for _, p in chunk)))
         except UnitRejected:
             for index, player in chunk:
                 try:

@@ -65,6 +65,17 @@ def ledger_row(
     return Statement(_CHECKED_TX[sides], (*to_row(tx), *players))
 
 
+_INSERT_PLAYER = insert_sql(Player)
+
+
+def _deposit(player: Player) -> Statement:
+    """A registering player's opening deposit: ``ledger_row("deposit", ...)``'s statement,
+    built without the intermediate Transaction (a bulk registration makes thousands)."""
+    pid, cents = player.player_id, player.usd_obbba_balance
+    tx = (None, "deposit", None, pid, cents, USD, None, player.created_at, None, pid)
+    return Statement(_CHECKED_TX[("to",)], tx)
+
+
 # Which side of each kind of ledger row is a player (the other may be a PTO).
 _PLAYER_SIDES: dict[str, tuple[str, ...]] = {
     "deposit": ("to",),
@@ -259,9 +270,12 @@ def unit_statements(
     if len(unit.events) > 1 and all(type(e) is ev.PlayerRegistered for e in unit.events):
         # A bulk registration: the rows grouped by statement, so each group is one
         # executemany (players first: their deposits and events refer to them).
-        rows = [_rows(event) for event in unit.events]
-        out.extend(r[0] for r in rows)
-        out.extend(stmt for r in rows for stmt in r[1:])
+        players: list[Player] = []
+        for event in unit.events:
+            assert isinstance(event, ev.PlayerRegistered) and event.record is not None
+            players.append(event.record)
+        out.extend(Statement(_INSERT_PLAYER, to_row(p)) for p in players)
+        out.extend(_deposit(p) for p in players if p.usd_obbba_balance)
         events = unit.events
         for start in range(0, len(events), _LOG_ROWS_PER_INSERT):
             out.append(
