@@ -22,6 +22,7 @@ span many (``stats``, ``leaderboard``, ``list_ptos``, ``tokens_of``, ``get_token
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -110,6 +111,12 @@ def _default_max_active() -> int:
     if value < 1:
         raise InvalidInput(f"{MAX_ACTIVE_ENV} must be at least 1, got {value}")
     return value
+
+
+@functools.lru_cache(maxsize=8)
+def _position_limit(size: float) -> limits.Limit:
+    """``POSITION.up_to(size)``, made once per world size rather than once per player."""
+    return limits.POSITION.up_to(size)
 
 
 def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
@@ -510,7 +517,7 @@ class Engine:
         if position is not None and (not isinstance(position, tuple | list) or len(position) != 2):
             raise InvalidInput(f"position must be an (x, y) pair, got {position!r}")
         x, y = position if position is not None else (ux * size, uy * size)
-        where = limits.POSITION.up_to(size)
+        where = _position_limit(size)
         return Player(
             player_id=player_id,
             position_x=where.check(x, "position x"),
