@@ -46,6 +46,7 @@ CUTS: dict[str, tuple[tuple[str, ...], int]] = {
     "harmonic_caverns": ((), 48),
     "festival": (FESTIVAL_CUT, 30),
     "stress": (STRESS_CUT, 2),
+    "crowd": (STRESS_CUT, 2),  # the same cut: a crowd of 500 and 5 PTOs
 }
 REPORT_KEYS = {"name", "seed", "ticks_run", "ptos", "top_players", "totals", "outcomes"}
 
