@@ -269,7 +269,7 @@ async def test_engine_embedded_in_a_starlette_app_served_by_uvicorn(tmp_path: Pa
     # The lifespan closed the engine: the store is complete, consistent and released.
     assert verify_store(tmp_path) == []
     async with Engine.open(tmp_path, seed=3, clock=SimClock(), world=PARAMS) as engine:
-        assert len(engine.player_ids()) == 51
+        assert len(await engine.player_ids()) == 51
         pto = await engine.get_pto("pto_web")
         assert pto.pts_sold == 20 and pto.status == "in_progress"
         winners = [p for p in players if bought[p] == 201]

@@ -92,8 +92,8 @@ class Snapshot:
 
 
 async def snapshot(engine: Engine) -> Snapshot:
-    players = {pid: await engine.get_player(pid) for pid in engine.player_ids()}
-    ptos = {pid: await engine.get_pto(pid) for pid in engine.pto_ids()}
+    players = {pid: await engine.get_player(pid) for pid in (await engine.player_ids())}
+    ptos = {pid: await engine.get_pto(pid) for pid in (await engine.pto_ids())}
     tokens: dict[str, TokenInfo] = {}
     for pto_id in ptos:
         for player_id in players:
@@ -465,8 +465,8 @@ async def test_refusals_change_nothing(tmp_path: Path, call: Call, error: type[U
             await call(engine)
         assert await snapshot(engine) == before
         assert await engine.stats() == stats
-        assert engine.player_ids() == ["alice", "bob", "creator"]
-        assert engine.pto_ids() == ["g_fund", "g_prog"]
+        assert (await engine.player_ids()) == ["alice", "bob", "creator"]
+        assert (await engine.pto_ids()) == ["g_fund", "g_prog"]
         # The engine goes on working after a refusal.
         assert (await engine.deposit("bob", 1)).usd_obbba_balance == Decimal("51.00")
     assert verify_store(tmp_path) == []
@@ -603,9 +603,9 @@ async def test_concurrent_claims_on_one_id_give_it_to_exactly_one(tmp_path: Path
                     tg.start_soon(register if i % 2 else claim_as_pto)
         assert len(outcomes) == 60
         assert outcomes.count("refused") == 59
-        winners = set(engine.player_ids()) & set(engine.pto_ids())
+        winners = set(await engine.player_ids()) & set(await engine.pto_ids())
         assert winners == set()
-        assert "same" in engine.player_ids() or "same" in engine.pto_ids()
+        assert "same" in (await engine.player_ids()) or "same" in (await engine.pto_ids())
     assert verify_store(tmp_path) == []
     assert (
         scalar(tmp_path, "SELECT COUNT(*) FROM players WHERE player_id = 'same'")
@@ -943,8 +943,8 @@ async def apply(engine: Engine, model: Model, op: tuple[Any, ...]) -> None:
 
 
 async def check_model(engine: Engine, model: Model) -> None:
-    assert engine.player_ids() == sorted(model.usd)
-    assert engine.pto_ids() == sorted(model.ptos)
+    assert (await engine.player_ids()) == sorted(model.usd)
+    assert (await engine.pto_ids()) == sorted(model.ptos)
     for pid, cents in model.usd.items():
         info = await engine.get_player(pid)
         assert info.usd_obbba_balance == to_decimal(cents), pid
@@ -1298,7 +1298,7 @@ async def test_state_survives_close_and_reopen_exactly(tmp_path: Path) -> None:
         await engine.transfer("alice", "carol", Decimal("0.99"))
         assert await engine.advance(3) == ["pto_dead"]
         before = await snapshot(engine)
-        worlds = {pid: await engine.world(pid) for pid in engine.pto_ids()}
+        worlds = {pid: await engine.world(pid) for pid in (await engine.pto_ids())}
         stats = await engine.stats()
     assert {p.pto_id: p.status for p in before.ptos.values()} == {
         "pto_dead": "failed",

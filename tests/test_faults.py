@@ -198,7 +198,7 @@ async def test_a_full_database_fails_the_writes_that_do_not_fit_and_loses_nothin
             info = await engine.get_player(player)
             assert cents(info.usd_obbba_balance) == balance, player
         for player in book.refused:
-            assert player not in engine.player_ids()
+            assert player not in (await engine.player_ids())
             with pytest.raises(UnknownPlayer):
                 await engine.get_player(player)
         assert disk_balances(tmp_path) == book.balances
@@ -336,7 +336,7 @@ def test_a_full_disk_in_a_checkpointed_run_stops_it_and_reopens_at_the_checkpoin
         async with open_engine(home) as engine:
             return {
                 p: cents((await engine.get_player(p)).usd_obbba_balance)
-                for p in engine.player_ids()
+                for p in (await engine.player_ids())
             }
 
     assert anyio.run(reopen) == committed

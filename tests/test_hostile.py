@@ -781,7 +781,6 @@ class Checker:
     async def resync(self, *players: str) -> None:
         """After an unexpected success: take the engine's word, so one violation is
         reported once rather than cascading."""
-        await self.engine.settle()
         for player_id in players:
             info = await self.engine.get_player(player_id)
             self.model.usd[player_id] = cents(info.usd_obbba_balance)
@@ -791,7 +790,6 @@ class Checker:
 
     async def check_memory(self) -> None:
         """Every player's balances in memory are what the callers were told."""
-        await self.engine.settle()
         for player_id, usd in self.model.usd.items():
             info = await self.engine.get_player(player_id)
             if (cents(info.usd_obbba_balance), cents(info.xUSD_balance)) != (
@@ -807,8 +805,8 @@ class Checker:
                 )
                 self.model.usd[player_id] = cents(info.usd_obbba_balance)
                 self.model.xusd[player_id] = cents(info.xUSD_balance)
-        assert sorted(self.model.usd) == self.engine.player_ids()
-        assert sorted(self.model.ptos) == self.engine.pto_ids()
+        assert sorted(self.model.usd) == (await self.engine.player_ids())
+        assert sorted(self.model.ptos) == (await self.engine.pto_ids())
 
 
 def valid_position(position: object) -> bool:

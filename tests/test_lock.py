@@ -45,7 +45,7 @@ HOLDER = textwrap.dedent(
     async def main() -> None:
         async with Engine.open(sys.argv[1], seed=1, clock=SimClock(),
                                world=WorldParams(size=8)) as engine:
-            if "alice" not in engine.player_ids():
+            if "alice" not in (await engine.player_ids()):
                 await engine.register_player("alice", usd_obbba=Decimal("10"))
             print("ready", flush=True)
             await anyio.sleep(120)
@@ -140,7 +140,7 @@ async def test_a_refused_opener_can_retry_and_many_refusals_leak_nothing(tmp_pat
                     async with Engine.open(tmp_path, seed=1, clock=SimClock(), world=PARAMS):
                         pass
         async with Engine.open(tmp_path, seed=1, clock=SimClock(), world=PARAMS) as again:
-            assert again.player_ids() == []
+            assert (await again.player_ids()) == []
         assert len(os.listdir("/proc/self/fd")) <= before + 2
 
 
@@ -185,7 +185,7 @@ def test_a_holder_killed_with_sigkill_does_not_block_the_next_open(tmp_path: Pat
         async with Engine.open(home, seed=1, clock=SimClock(), world=PARAMS) as engine:
             balance = (await engine.get_player("alice")).usd_obbba_balance
             assert balance == Decimal("10.00")
-            return engine.player_ids()
+            return await engine.player_ids()
 
     assert anyio.run(reopen) == ["alice"]
     result = cli("stats", "--home", str(home), "--json")

@@ -142,8 +142,8 @@ async def test_capture_logs_sees_the_library_events(tmp_path: Path) -> None:
             await engine.backup("nightly")
         for world in (tmp_path / "h" / "cdt_states").glob("*.npz"):
             world.write_bytes(b"not a zip file")
-        async with Engine.open(tmp_path / "h", clock=SimClock()):
-            pass
+        async with Engine.open(tmp_path / "h", clock=SimClock()) as engine:
+            await engine.get_pto("pto_001")  # activation reads the world
     backups = [e for e in events if e["event"].endswith("backup_created")]
     assert [(e["name"], e["log_level"]) for e in backups] == [("nightly", "info")]
     unavailable = [e for e in events if e["event"].endswith("world_unavailable")]

@@ -4,29 +4,38 @@
         await engine.register_player("alice", usd_obbba=Decimal("5000"))
         token = await engine.buy_pts("alice", "pto_harmonic_001", 40)
 
-It owns an actor system (one task group: a persistence actor, one actor per
-player and per PTO, the CDT flusher) and keeps the ledger true: every balance
+It owns an actor system (one task group: a persistence actor, the CDT flusher and
+the *active* player and PTO actors) and keeps the ledger true: every balance
 change is committed with its ``transactions`` row before the call returns, and a
 refusal (``InsufficientFunds``, ``SharesUnavailable`` ...) changes nothing.
 Amounts go in as major units (``Decimal``, ``int``, ``str`` or ``float``; a float
 is read by its shortest repr) and come back as exact ``Decimal``.
 ``Engine.open`` can also run inside a host's task group (``task_group=tg``).
+
+Actors are virtual (see ``actors.directory``): one is activated from the store when a
+message for it arrives and passivated when idle or pushed out by ``max_active``, so
+opening reads no player, PTO or world, and memory follows who is playing. Reads that
+span many (``stats``, ``leaderboard``, ``list_ptos``, ``tokens_of``, ``get_token``,
+``player_ids``, ``pto_ids``) are store queries, consistent with acknowledged writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import numpy as np
 from anyio.abc import TaskGroup
 
+from .actors.directory import Directory
 from .actors.messages import (
     AtuOutcome,
     Buy,
@@ -34,7 +43,6 @@ from .actors.messages import (
     Deposit,
     GetPlayer,
     GetPTO,
-    GetTokens,
     GetWorld,
     Play,
     PlayRequest,
@@ -46,10 +54,11 @@ from .actors.messages import (
 )
 from .actors.player import PlayerActor
 from .actors.pto import PTOActor
-from .actors.runtime import ActorSystem
+from .actors.runtime import ActorSystem, Ask
 from .core import events as ev
 from .core import limits
 from .core.clock import Clock, WallClock
+from .core.draws import Draws, normal
 from .core.economy import check_hours, check_play_hours, funding_goal
 from .core.errors import (
     ActorClosed,
@@ -66,7 +75,7 @@ from .core.events import EventBus, Subscription
 from .core.ids import check_file_name, check_id
 from .core.logsetup import get_logger
 from .core.money import Amount, to_cents, to_decimal
-from .core.records import FUNDING, PTO, Player, PTSToken, iso
+from .core.records import PTO, Player, iso
 from .core.tasks import joined_or_owned
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 from .core.world import F64, WorldParams, check_world, new_world
@@ -77,13 +86,47 @@ from .store.sqlite.writer import Synchronous
 
 log = get_logger(__name__)
 
+R = TypeVar("R")
 
-def _registered(player: Player) -> ev.PlayerRegistered:
+DEFAULT_MAX_ACTIVE = 100_000
+"""Active actors per kind (players, PTOs) before the least recently used passivate."""
+
+DEFAULT_IDLE_TIMEOUT = 300.0
+"""Seconds of the event loop's monotonic clock an actor may stay unused while active."""
+
+_STEP_CONCURRENCY = 64  # PTOs stepping their worlds at once in ``advance``
+
+MAX_ACTIVE_ENV = "UBLOX_MAX_ACTIVE"
+"""Overrides the default ``max_active`` (tests run scenarios with a tiny one)."""
+
+
+def _default_max_active() -> int:
+    text = os.environ.get(MAX_ACTIVE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_ACTIVE
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidInput(f"{MAX_ACTIVE_ENV} must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise InvalidInput(f"{MAX_ACTIVE_ENV} must be at least 1, got {value}")
+    return value
+
+
+@functools.lru_cache(maxsize=8)
+def _position_limit(size: float) -> limits.Limit:
+    """``POSITION.up_to(size)``, made once per world size rather than once per player."""
+    return limits.POSITION.up_to(size)
+
+
+def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
+    """The player's registration event; ``fresh``: nothing else holds ``player`` (a bulk
+    registration's), so the event may carry it without a copy."""
     return ev.PlayerRegistered(
         at=player.created_at,
         player_id=player.player_id,
         usd_obbba=to_decimal(player.usd_obbba_balance),
-        record=dataclasses.replace(player),
+        record=player if fresh else dataclasses.replace(player),
     )
 
 
@@ -99,6 +142,8 @@ class Engine:
         clock: Clock,
         params: WorldParams,
         request_timeout: float,
+        max_active: int = DEFAULT_MAX_ACTIVE,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self.store = store
         self.system = system
@@ -109,11 +154,36 @@ class Engine:
         entropy = np.random.SeedSequence(seed).entropy
         assert isinstance(entropy, int)
         self._entropy = entropy
-        self._players: dict[str, PlayerActor] = {}
-        self._ptos: dict[str, PTOActor] = {}
-        self._token_pto: dict[str, str] = {}
+        self._draws = Draws(entropy)
+        if max_active < 1:
+            raise InvalidInput(f"max_active must be at least 1, got {max_active}")
+        if not idle_timeout > 0:
+            raise InvalidInput(f"idle_timeout must be positive, got {idle_timeout}")
+        self._players: Directory[PlayerActor] = Directory(
+            "player",
+            load=self._load_player,
+            unknown=lambda ident: UnknownPlayer(f"no player {ident!r}"),
+            release=self._release_player,
+            tg=system.tg,
+            max_active=max_active,
+            idle_timeout=idle_timeout,
+        )
+        self._ptos: Directory[PTOActor] = Directory(
+            "pto",
+            load=self._load_pto,
+            unknown=lambda ident: UnknownPTO(f"no PTO {ident!r}"),
+            release=self._release_pto,
+            tg=system.tg,
+            max_active=max_active,
+            idle_timeout=idle_timeout,
+        )
+        self._port = _PlayersPort(self)
+        # Credits committed while their player was being activated: applied (or not, by
+        # position) once the activation's load is known. See ``_credit``.
+        self._early_credits: dict[str, list[tuple[int, int]]] = {}
         self._reserved: set[str] = set()
         self._bus: EventBus = store.bus
+        self._reaper: anyio.CancelScope | None = None
         self._state: Literal["opened", "closing", "closed"] = "opened"
 
     # -- lifecycle -------------------------------------------------------------
@@ -132,10 +202,17 @@ class Engine:
         request_timeout: float = 60.0,
         task_group: TaskGroup | None = None,
         checkpointed: bool = False,
+        max_active: int | None = None,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> AsyncIterator[Engine]:
-        """Open the store at ``home`` (default ``$UBLOX_HOME`` or ``~/.ublox``), restore
-        every actor from it, and close everything cleanly (drained, committed, flushed)
-        on exit. Pass ``task_group`` to run the actors in a host's own task group.
+        """Open the store at ``home`` (default ``$UBLOX_HOME`` or ``~/.ublox``) and close
+        everything cleanly (drained, committed, flushed) on exit. Opening reads no player
+        or PTO: actors are activated by their first message. Pass ``task_group`` to run
+        the actors in a host's own task group.
+
+        ``max_active`` (default ``$UBLOX_MAX_ACTIVE`` or 100,000) caps the active actors
+        *of each kind* (players, PTOs): beyond it the least recently used are passivated;
+        so is any actor unused for ``idle_timeout`` seconds (default 300).
 
         ``checkpointed=True`` (scenario runs) holds every write in one open transaction
         until ``checkpoint()`` commits it with the worlds' versioned files: a crash then
@@ -143,6 +220,7 @@ class Engine:
         params = check_world(world or WorldParams())  # before anything is opened
         resolved = home if isinstance(home, Home) else Home.resolve(home)
         clock = clock or WallClock()
+        cap = _default_max_active() if max_active is None else max_active
 
         async with joined_or_owned(task_group) as tg:
             store = SqliteBackend(
@@ -153,14 +231,21 @@ class Engine:
                 hold_commits=checkpointed,
             )
             await store.start(tg)
-            engine = cls(
-                store,
-                ActorSystem(tg),
-                seed=seed,
-                clock=clock,
-                params=params,
-                request_timeout=request_timeout,
-            )
+            try:
+                engine = cls(
+                    store,
+                    ActorSystem(tg),
+                    seed=seed,
+                    clock=clock,
+                    params=params,
+                    request_timeout=request_timeout,
+                    max_active=cap,
+                    idle_timeout=idle_timeout,
+                )
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await store.aclose()
+                raise
             try:
                 await engine._restore()
                 yield engine
@@ -168,26 +253,21 @@ class Engine:
                 await engine.aclose()
 
     async def _restore(self) -> None:
-        """Rebuild every actor from the store (a reopened engine sees the same state)."""
+        """Resume the event log's numbering; start the idle reaper. Nothing else is read:
+        actors activate on demand."""
         _, self._bus.last_seq = await self.store.event_log_span()
-        for player in await self.store.load_all(Player):
-            self._spawn_player(player)
-        tokens: dict[str, list[PTSToken]] = {}
-        for token in await self.store.load_all(PTSToken):
-            tokens.setdefault(token.game_id, []).append(token)
-            self._token_pto[token.token_id] = token.game_id
-        for pto in await self.store.load_all(PTO):
-            world: dict[str, F64] | None = None
-            error: str | None = None
-            if pto.world_cdt_id:
-                try:
-                    arrays = await self.store.load_world(pto.world_cdt_id)
-                    world = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
-                except CorruptCdtFile as exc:
-                    # One bad world must not keep the rest of the store from opening.
-                    error = str(exc)
-                    log.error("engine.world_unavailable", pto_id=pto.pto_id, error=error)
-            self._spawn_pto(pto, tokens.get(pto.pto_id, []), world, error)
+        # The scope exists before the task starts: a close that comes first still stops it.
+        self._reaper = anyio.CancelScope()
+        self.system.tg.start_soon(self._reap_idle, self._reaper)
+
+    async def _reap_idle(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            timeout = min(self._players.idle_timeout, self._ptos.idle_timeout)
+            period = max(0.05, min(timeout / 4, 30.0))
+            while True:
+                await anyio.sleep(period)
+                self._ptos.reap_idle()
+                self._players.reap_idle()
 
     async def aclose(self) -> None:
         """Drain PTO actors, then player actors, then commit and close the store. Idempotent."""
@@ -196,8 +276,11 @@ class Engine:
         self._state = "closing"
         with anyio.CancelScope(shield=True):
             try:
-                await self.system.drain(list(self._ptos.values()))
-                await self.system.drain(list(self._players.values()))
+                if self._reaper is not None:
+                    self._reaper.cancel()
+                # Worlds changed since their last write are flushed by the store's close.
+                await self.system.drain(await self._ptos.close())
+                await self.system.drain(await self._players.close())
             finally:
                 self._bus.close()
                 await self.store.aclose()
@@ -207,43 +290,80 @@ class Engine:
         if self._state != "opened":
             raise ActorClosed("the engine is closed")
 
-    def _spawn_player(self, player: Player) -> PlayerActor:
-        actor = PlayerActor(player, self.store, players=self._player)
-        self.system.spawn(actor)
-        self._players[player.player_id] = actor
+    # -- activation and passivation ---------------------------------------------
+
+    async def _load_player(self, player_id: str) -> PlayerActor | None:
+        if not isinstance(player_id, str):
+            return None
+        self._early_credits[player_id] = []
+        try:
+            player, position = await self.store.load_player_at(player_id)
+            early = self._early_credits[player_id]
+        finally:
+            del self._early_credits[player_id]
+        if player is None:
+            return None
+        actor = PlayerActor(player, self.store, players=self._port, loaded_at=position)
+        for usd, at in early:
+            actor.credit(usd, at)
         return actor
 
-    def _spawn_pto(
-        self,
-        pto: PTO,
-        tokens: list[PTSToken],
-        world: dict[str, F64] | None,
-        error: str | None = None,
-    ) -> PTOActor:
-        actor = PTOActor(
+    async def _release_player(self, actor: PlayerActor) -> None:
+        """Nothing to write: every change of a player is in its units."""
+
+    async def _load_pto(self, pto_id: str) -> PTOActor | None:
+        if not isinstance(pto_id, str):
+            return None
+        pto = await self.store.load_pto(pto_id)
+        if pto is None:
+            return None
+        tokens = await self.store.load_tokens(pto_id)
+        world: dict[str, F64] | None = None
+        error: str | None = None
+        if pto.world_cdt_id:
+            try:
+                arrays = await self.store.load_world(pto.world_cdt_id)
+                world = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+            except CorruptCdtFile as exc:
+                # One bad world must not keep the rest of the store from working.
+                error = str(exc)
+                log.error("engine.world_unavailable", pto_id=pto.pto_id, error=error)
+        return PTOActor(
             pto,
             tokens,
             world,
             params=self.params,
             backend=self.store,
-            players=self._player,
+            players=self._port,
             world_error=error,
         )
-        self.system.spawn(actor)
-        self._ptos[pto.pto_id] = actor
-        return actor
 
-    def _player(self, player_id: str) -> PlayerActor:
-        try:
-            return self._players[player_id]
-        except (KeyError, TypeError):
-            raise UnknownPlayer(f"no player {player_id!r}") from None
+    async def _release_pto(self, actor: PTOActor) -> None:
+        """A passivating (or closing) PTO's world: written now, or, while the store holds
+        commits for a checkpoint, kept by it for that checkpoint."""
+        world_id = actor.state.world_cdt_id
+        if actor.world is not None and world_id is not None:
+            await self.store.save_world(world_id, actor.world)
 
-    def _pto(self, pto_id: str) -> PTOActor:
-        try:
-            return self._ptos[pto_id]
-        except (KeyError, TypeError):
-            raise UnknownPTO(f"no PTO {pto_id!r}") from None
+    def _credit(self, player_id: str, usd: int, position: int) -> None:
+        """A committed credit (unit ``position``): an active (or passivating) player applies
+        it; one being activated gets it once its load is known; any other has it in its row."""
+        # A passivating actor still finishes its mailbox: its decisions need the credit.
+        actor = self._players.current(player_id)
+        if actor is not None:
+            actor.credit(usd, position)
+        elif (early := self._early_credits.get(player_id)) is not None:
+            early.append((usd, position))
+
+    def active_actors(self) -> dict[str, int]:
+        """How many actors are active, by kind."""
+        return {"player": len(self._players), "pto": len(self._ptos)}
+
+    async def passivate_all(self) -> None:
+        """Passivate every active actor now (tests; a host under memory pressure)."""
+        self._check_open()
+        await self._ptos.passivate_all()
+        await self._players.passivate_all()
 
     def rng(self, kind: str, ident: str) -> np.random.Generator:
         """A generator for one entity, derived from the engine's seed and the entity's id,
@@ -254,14 +374,43 @@ class Engine:
     def _now(self) -> str:
         return iso(self.clock.now())
 
-    async def _ask(self, actor: PlayerActor | PTOActor, message: Any) -> Any:  # typed by callers
+    async def _ask_player(self, player_id: str, message: Ask[R]) -> R:
         self._check_open()
-        return await actor.ask(message, timeout=self.request_timeout)
+        return await self._players.ask(player_id, message, timeout=self.request_timeout)
 
-    def _reserve(self, ident: str) -> None:
-        if ident in self._players or ident in self._ptos or ident in self._reserved:
+    async def _ask_pto(self, pto_id: str, message: Ask[R]) -> R:
+        self._check_open()
+        return await self._ptos.ask(pto_id, message, timeout=self.request_timeout)
+
+    async def _require_player(self, player_id: str) -> None:
+        """``UnknownPlayer`` unless the player exists (a point read; nothing activated)."""
+        if not isinstance(player_id, str):
+            raise UnknownPlayer(f"no player {player_id!r}")
+        if self._players.active(player_id) is not None:
+            return
+        if await self.store.load_player(player_id) is None:
+            raise UnknownPlayer(f"no player {player_id!r}")
+
+    async def _require_pto(self, pto_id: str) -> PTO:
+        pto = await self.store.load_pto(pto_id) if isinstance(pto_id, str) else None
+        if pto is None:
+            raise UnknownPTO(f"no PTO {pto_id!r}")
+        return pto
+
+    async def _reserve(self, ident: str) -> None:
+        """Claim ``ident`` for a registration or launch in flight: refused if a player or
+        PTO holds it, in the store or in flight (ids are one namespace)."""
+        if ident in self._reserved:
             raise AlreadyExists(f"{ident!r} is already taken by a player or PTO")
         self._reserved.add(ident)
+        try:
+            taken = await self.store.exists(ident)
+        except BaseException:
+            self._reserved.discard(ident)
+            raise
+        if taken:
+            self._reserved.discard(ident)
+            raise AlreadyExists(f"{ident!r} is already taken by a player or PTO")
 
     # -- players ---------------------------------------------------------------
 
@@ -278,9 +427,10 @@ class Engine:
         """Create a player; a starting balance is recorded as a ``deposit``."""
         self._check_open()
         player = self._new_player(player_id, usd_obbba, tau_k, resonance_freq, position, phase)
-        self._reserve(player_id)
+        await self._reserve(player_id)
         try:
-            await self._commit_player(player)
+            with anyio.CancelScope(shield=True):  # the id stays claimed until it lands
+                await self.store.commit(Unit((_registered(player),)))
         finally:
             self._reserved.discard(player_id)
         return PlayerInfo.of(player)
@@ -293,24 +443,41 @@ class Engine:
         Valid players are committed in large units, in the order given (so the ledger's
         order is the list's); each player is refused or registered on its own: one
         result each, an error for a refused one. A unit the database rejects as a whole
-        is retried one player at a time, so one bad row refuses only its player."""
+        is retried one player at a time, so one bad row refuses only its player.
+        Registered players are not activated: their first message does that."""
         self._check_open()
         prepared: list[Player | UbloxError] = []
-        for player_id, usd, tau, freq in players:
-            try:
-                player = self._new_player(player_id, usd, tau, freq, None, None)
-                self._reserve(player_id)
-                prepared.append(player)
-            except UbloxError as exc:
-                prepared.append(exc)
+        claimed: list[str] = []
+        now = self._now()
+        try:
+            for player_id, usd, tau, freq in players:
+                try:
+                    player = self._new_player(player_id, usd, tau, freq, None, None, now)
+                    if player_id in self._reserved:
+                        raise AlreadyExists(f"{player_id!r} is already taken by a player or PTO")
+                    self._reserved.add(player_id)
+                    claimed.append(player_id)
+                    prepared.append(player)
+                except UbloxError as exc:
+                    prepared.append(exc)
+            taken = await self.store.taken(claimed)
+        except BaseException:
+            self._reserved.difference_update(claimed)
+            raise
+        if taken:
+            for i, item in enumerate(prepared):
+                if isinstance(item, Player) and item.player_id in taken:
+                    self._reserved.discard(item.player_id)
+                    prepared[i] = AlreadyExists(
+                        f"{item.player_id!r} is already taken by a player or PTO"
+                    )
         results: list[PlayerInfo | UbloxError] = [
             item if isinstance(item, UbloxError) else PlayerInfo.of(item) for item in prepared
         ]
         valid = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Player)]
         try:
             for start in range(0, len(valid), limits.REGISTER_UNIT):
-                # Shielded: a cancellation lands between units, never between a unit's
-                # commit and its players' actors.
+                # Shielded: the ids stay claimed until the unit has landed.
                 with anyio.CancelScope(shield=True):
                     await self._register_unit(valid[start : start + limits.REGISTER_UNIT], results)
         finally:
@@ -322,18 +489,13 @@ class Engine:
         self, chunk: list[tuple[int, Player]], results: list[PlayerInfo | UbloxError]
     ) -> None:
         try:
-            await self.store.commit(Unit(tuple(_registered(p) for _, p in chunk)))
+            await self.store.commit(Unit(tuple(_registered(p, fresh=True) for _, p in chunk)))
         except UnitRejected:
             for index, player in chunk:
                 try:
                     await self.store.commit(Unit((_registered(player),)))
                 except UbloxError as exc:
                     results[index] = exc
-                else:
-                    self._spawn_player(player)
-            return
-        for _, player in chunk:
-            self._spawn_player(player)
 
     def _new_player(
         self,
@@ -343,35 +505,33 @@ class Engine:
         resonance_freq: float | None,
         position: tuple[float, float] | None,
         phase: float | None,
+        now: str | None = None,
     ) -> Player:
         check_id(player_id, "player_id")
         cents = to_cents(usd_obbba, what="usd_obbba")
         tau = limits.TAU_K.check(tau_k)
-        rng = self.rng("player", player_id)
+        # One keyed hash per id (core/draws.py): the same player on every path and in
+        # any batch; far cheaper than a numpy generator per player.
+        ux, uy, uphase, u1, u2 = self._draws.uniforms("player", player_id)
         size = self.params.size
         if position is not None and (not isinstance(position, tuple | list) or len(position) != 2):
             raise InvalidInput(f"position must be an (x, y) pair, got {position!r}")
-        x, y = position if position is not None else tuple(rng.uniform(0, size, 2))
+        x, y = position if position is not None else (ux * size, uy * size)
+        where = _position_limit(size)
         return Player(
             player_id=player_id,
-            position_x=limits.POSITION.up_to(size).check(x, "position x"),
-            position_y=limits.POSITION.up_to(size).check(y, "position y"),
+            position_x=where.check(x, "position x"),
+            position_y=where.check(y, "position y"),
             phase=limits.PHASE.check(phase)
             if phase is not None
-            else float(rng.uniform(limits.PHASE.min, limits.PHASE.max)),
+            else limits.PHASE.min + (limits.PHASE.max - limits.PHASE.min) * uphase,
             tau_k=tau,
             resonance_freq=limits.RESONANCE_FREQ.check(resonance_freq)
             if resonance_freq is not None
-            else float(rng.normal(self.params.omega_mean, self.params.omega_spread)),
+            else normal(u1, u2, self.params.omega_mean, self.params.omega_spread),
             usd_obbba_balance=cents,
-            created_at=self._now(),
+            created_at=now if now is not None else self._now(),
         )
-
-    async def _commit_player(self, player: Player) -> None:
-        # Shielded: a caller cancelled while its row commits must still get its actor.
-        with anyio.CancelScope(shield=True):
-            await self.store.commit(Unit((_registered(player),)))
-            self._spawn_player(player)
 
     async def deposit(
         self, player_id: str, amount: Amount, *, receipt: Receipt | None = None
@@ -380,7 +540,7 @@ class Engine:
         operation's own unit: a server stores its idempotency key there."""
         cents = to_cents(amount, allow_zero=False)
         at = self._now()
-        await self._ask(self._player(player_id), Deposit(amount=cents, at=at, receipt=receipt))
+        await self._ask_player(player_id, Deposit(amount=cents, at=at, receipt=receipt))
         return await self.get_player(player_id)
 
     async def transfer(
@@ -388,20 +548,29 @@ class Engine:
     ) -> PlayerInfo:
         """Move USD-OBBBA between two players; returns the sender."""
         cents = to_cents(amount, allow_zero=False)
-        source = self._player(from_id)
-        self._player(to_id)
+        await self._require_player(from_id)
+        await self._require_player(to_id)
         if from_id == to_id:
             raise InvalidInput("transfer to oneself")
         at = self._now()
-        await self._ask(source, SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt))
+        await self._ask_player(
+            from_id, SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt)
+        )
         return await self.get_player(from_id)
 
     async def get_player(self, player_id: str) -> PlayerInfo:
-        player = await self._ask(self._player(player_id), GetPlayer())
+        player = await self._ask_player(player_id, GetPlayer())
         return PlayerInfo.of(player)
 
-    def player_ids(self) -> list[str]:
-        return sorted(self._players)
+    async def player_ids(self) -> list[str]:
+        """Every player's id, in order (a store query)."""
+        self._check_open()
+        return await self.store.player_ids()
+
+    async def leaderboard(self, top: int = 10) -> list[Player]:
+        """The ``top`` players by xUSD balance, ties by id (a store query)."""
+        self._check_open()
+        return await self.store.leaderboard(top)
 
     # -- PTOs ------------------------------------------------------------------
 
@@ -421,7 +590,7 @@ class Engine:
         """Offer ``pts_offered`` PTS at ``price_per_pts``; fails at ``funding_deadline`` if unsold."""
         self._check_open()
         check_file_name(pto_id, "pto_id")
-        self._player(creator_id)
+        await self._require_player(creator_id)
         limits.GAME_NAME.check_length(game_name)
         limits.DESCRIPTION.check_length(description)
         atu: int = limits.ATU_REQUIRED.check(atu_required)
@@ -456,7 +625,7 @@ class Engine:
             world_cdt_id=world_id,
             amplification=amp,
         )
-        self._reserve(pto_id)
+        await self._reserve(pto_id)
         try:
             world = new_world(self.params, self.rng("world", pto_id))
             launched = ev.PTOLaunched(
@@ -467,9 +636,8 @@ class Engine:
                 funding_goal=to_decimal(goal),
                 record=dataclasses.replace(pto),
             )
-            with anyio.CancelScope(shield=True):  # as in _commit_player
+            with anyio.CancelScope(shield=True):  # the id stays claimed until it lands
                 await self.store.commit(Unit((launched,), worlds=(WorldWrite(world_id, world),)))
-                self._spawn_pto(pto, [], world)
         finally:
             self._reserved.discard(pto_id)
         return PTOInfo.of(pto)
@@ -479,13 +647,13 @@ class Engine:
     ) -> TokenInfo:
         """Buy ``hours`` PTS; the purchase price moves into the PTO's escrow."""
         whole = check_hours(hours)
-        actor = self._pto(pto_id)
-        self._player(player_id)
+        self._check_open()
+        await self._ptos.get(pto_id)  # UnknownPTO first, then UnknownPlayer
+        await self._require_player(player_id)
         at = self._now()
-        sale: Sale = await self._ask(
-            actor, Buy(player_id=player_id, hours=whole, at=at, receipt=receipt)
+        sale: Sale = await self._ask_pto(
+            pto_id, Buy(player_id=player_id, hours=whole, at=at, receipt=receipt)
         )
-        self._token_pto[sale.token.token_id] = pto_id
         return TokenInfo.of(sale.token)
 
     async def spend_atu(self, pto_id: str, units: int) -> PTOInfo:
@@ -493,7 +661,7 @@ class Engine:
         and pays its escrow to the creator."""
         whole: int = limits.ATU_UNITS.check(units)
         at = self._now()
-        outcome: AtuOutcome = await self._ask(self._pto(pto_id), SpendAtu(units=whole, at=at))
+        outcome: AtuOutcome = await self._ask_pto(pto_id, SpendAtu(units=whole, at=at))
         return PTOInfo.of(outcome.pto)
 
     async def play(
@@ -522,9 +690,7 @@ class Engine:
             for player_id, hours in sessions
         )
         at = self._now()
-        outcomes: list[SessionOutcome] = await self._ask(
-            self._pto(pto_id), Play(requests=requests, at=at)
-        )
+        outcomes: list[SessionOutcome] = await self._ask_pto(pto_id, Play(requests=requests, at=at))
         results: list[SessionResult | UbloxError] = []
         for outcome in outcomes:
             if outcome.error is not None:
@@ -546,44 +712,46 @@ class Engine:
         return results
 
     async def get_pto(self, pto_id: str) -> PTOInfo:
-        pto = await self._ask(self._pto(pto_id), GetPTO())
+        pto = await self._ask_pto(pto_id, GetPTO())
         return PTOInfo.of(pto)
 
-    def pto_ids(self) -> list[str]:
-        return sorted(self._ptos)
+    async def pto_ids(self) -> list[str]:
+        """Every PTO's id, in order (a store query)."""
+        self._check_open()
+        return await self.store.pto_ids()
 
     async def list_ptos(self) -> list[PTOInfo]:
-        return [await self.get_pto(pto_id) for pto_id in self.pto_ids()]
+        """Every PTO, in id order (a store query: no actor is woken)."""
+        self._check_open()
+        return [PTOInfo.of(p) for p in await self.store.load_all(PTO)]
 
     async def get_token(self, token_id: str) -> TokenInfo:
-        try:
-            pto_id = self._token_pto.get(token_id)
-        except TypeError:  # an unhashable "id": no such token, like any other lookup
-            pto_id = None
-        if pto_id is None:
+        self._check_open()
+        token = await self.store.load_token(token_id) if isinstance(token_id, str) else None
+        if token is None:
             raise UnknownToken(f"no PTS token {token_id!r}")
-        tokens: list[PTSToken] = await self._ask(self._pto(pto_id), GetTokens())
-        for token in tokens:
-            if token.token_id == token_id:
-                return TokenInfo.of(token)
-        raise UnknownToken(f"no PTS token {token_id!r}")
+        return TokenInfo.of(token)
 
     async def tokens_of(self, player_id: str, pto_id: str) -> list[TokenInfo]:
-        self._player(player_id)
-        tokens: list[PTSToken] = await self._ask(self._pto(pto_id), GetTokens(player_id=player_id))
-        return [TokenInfo.of(t) for t in tokens]
+        """The player's tokens of one PTO, in token order (store queries)."""
+        self._check_open()
+        await self._require_player(player_id)
+        await self._require_pto(pto_id)
+        tokens = await self.store.load_tokens(pto_id)
+        return [TokenInfo.of(t) for t in tokens if t.holder == player_id]
 
     async def world(self, pto_id: str) -> dict[str, F64]:
         """A copy of the PTO's world arrays (``theta``, ``omega``)."""
-        arrays: dict[str, F64] = await self._ask(self._pto(pto_id), GetWorld())
-        return arrays
+        arrays = await self._ask_pto(pto_id, GetWorld())
+        return {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
 
     # -- time ------------------------------------------------------------------
 
     async def advance(self, hours: float) -> list[str]:
         """Move the clock ``hours`` (simulated clocks), step every world, fire deadlines.
 
-        Returns the PTOs that failed at their deadline (their holders refunded).
+        Every PTO is activated in turn (at most ``max_active`` at once) to step its
+        world. Returns the PTOs that failed at their deadline (their holders refunded).
         """
         self._check_open()
         span: float = limits.ADVANCE_HOURS.check(hours)
@@ -592,57 +760,35 @@ class Engine:
         if steps:
             # Worlds are independent; each writes only its own aci score.
             at = self._now()
+            limiter = anyio.Semaphore(min(self._ptos.max_active, _STEP_CONCURRENCY))
+
+            async def step(pto_id: str) -> None:
+                async with limiter:
+                    await self._ask_pto(pto_id, StepWorld(steps=steps, at=at))
+
             async with anyio.create_task_group() as tg:
-                for pto_id in self.pto_ids():
-                    tg.start_soon(self._ask, self._ptos[pto_id], StepWorld(steps=steps, at=at))
+                for pto_id in await self.store.pto_ids():
+                    tg.start_soon(step, pto_id)
         return await self.fire_deadlines()
 
     async def fire_deadlines(self) -> list[str]:
-        """Fail every PTO past its deadline (in id order, so the ledger's order is stable)."""
+        """Fail every PTO past its deadline (in id order, so the ledger's order is stable).
+
+        The store finds them; only those are activated."""
+        self._check_open()
         at = self._now()
         failed: list[str] = []
-        for pto_id in self.pto_ids():
-            actor = self._ptos[pto_id]
-            if actor.state.status != FUNDING:
-                continue
-            if await self._ask(actor, CheckDeadline(at=at)):
+        for pto_id in await self.store.ptos_past_deadline(at):
+            if await self._ask_pto(pto_id, CheckDeadline(at=at)):
                 failed.append(pto_id)
         return failed
 
     def mailbox_depths(self) -> dict[str, list[int]]:
-        """Each actor's mailbox depth by kind (players, ptos), for a server's metrics."""
+        """Each active actor's mailbox depth by kind (players, ptos), for a server's metrics."""
         return {
-            "player": [a.mailbox_depth() for a in self._players.values()],
-            "pto": [a.mailbox_depth() for a in self._ptos.values()],
+            "player": [a.mailbox_depth() for a in self._players.actors()],
+            "pto": [a.mailbox_depth() for a in self._ptos.actors()],
         }
-
-    # -- synchronous reads for runners ----------------------------------------
-
-    def peek_player(self, player_id: str) -> Player:
-        """A copy of the player's state without a round trip. Call ``settle()`` first if
-        credits told by other actors must be included."""
-        return dataclasses.replace(self._player(player_id).state)
-
-    def peek_pto(self, pto_id: str) -> PTO:
-        return dataclasses.replace(self._pto(pto_id).state)
-
-    def peek_tokens(self, pto_id: str) -> list[PTSToken]:
-        return [dataclasses.replace(t) for t in self._pto(pto_id).tokens.values()]
-
-    def peek_hours_left(self, pto_id: str) -> dict[str, float]:
-        """Hours left to play per holder of the PTO's tokens (no copies: for runners)."""
-        left: dict[str, float] = {}
-        for token in self._pto(pto_id).tokens.values():
-            room = token.hours_committed - token.hours_played
-            if room > 1e-9:
-                left[token.holder] = left.get(token.holder, 0.0) + room
-        return left
-
-    async def settle(self) -> None:
-        """Wait until every notification between actors (credits) has been applied."""
-        for actor in self._players.values():
-            if actor.unsettled:
-                await self._ask(actor, GetPlayer())
 
     # -- the store -------------------------------------------------------------
 
@@ -681,19 +827,45 @@ class Engine:
     async def checkpoint(self, version: int, run: RunRecord | None = None) -> None:
         """Make everything so far durable as checkpoint ``version``, with the scenario
         ``run``'s progress: the worlds' arrays first (versioned), then one transaction
-        with the run record and, in checkpointed mode, all held work."""
+        with the run record and, in checkpointed mode, all held work.
+
+        The worlds written are those of active PTOs and those the store holds (launched
+        or passivated since the last checkpoint); every other world's file is current."""
         self._check_open()
-        worlds: list[WorldWrite] = []
-        for pto_id in self.pto_ids():
-            actor = self._ptos[pto_id]
+        await self._ptos.wait_passivations()
+        worlds: dict[str, dict[str, F64]] = {}
+        for actor in self._ptos.actors():
             world_id = actor.state.world_cdt_id
             if actor.world is None or world_id is None:
                 continue
-            arrays: dict[str, F64] = await self._ask(actor, GetWorld())
-            worlds.append(WorldWrite(world_id, arrays))
-        await self.store.checkpoint(Checkpoint(version, tuple(worlds), run))
+            worlds[world_id] = {k: v.copy() for k, v in actor.world.items()}
+        writes = tuple(WorldWrite(w, worlds[w]) for w in sorted(worlds))
+        await self.store.checkpoint(Checkpoint(version, writes, run))
 
     async def sync(self) -> None:
         """Wait until every write queued so far is durable (a round trip to the store)."""
         self._check_open()
         await self.store.commit(Unit(()))
+
+
+class _PlayersPort:
+    """How actors reach players: the engine's player directory (``actors.player.Players``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def check(self, player_id: str) -> None:
+        await self._engine._players.get(player_id)
+
+    async def ask(
+        self, player_id: str, message: Ask[R], *, handled: anyio.Event | None = None
+    ) -> R:
+        return await self._engine._players.ask(player_id, message, handled=handled)
+
+    def settle(self, player_id: str, ticket: int, committed: bool) -> None:
+        actor = self._engine._players.current(player_id)
+        assert actor is not None, "a player with an open reservation is not dropped"
+        actor.settle(ticket, committed)
+
+    def credit(self, player_id: str, usd: int, position: int) -> None:
+        self._engine._credit(player_id, usd, position)

@@ -36,13 +36,6 @@ class SendTransfer(Ask[int]):
     receipt: Receipt | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Credit(Ask[None]):
-    """Apply a credit another actor's unit already committed (a transfer, refund or payout)."""
-
-    usd: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """Funds set aside for a purchase another actor is committing (see ``Reserve``)."""
@@ -54,19 +47,10 @@ class Reservation:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reserve(Ask[Reservation]):
     """Set ``amount`` aside for a purchase, or refuse (``InsufficientFunds``). The buyer's
-    balance changes when the purchase's unit commits (``Settle``)."""
+    balance changes when the purchase's unit commits (``PlayerActor.settle``)."""
 
     amount: int
     pto_id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settle(Ask[None]):
-    """The unit that spends reservation ``ticket`` committed (the debit is real) or failed
-    (the funds are free again)."""
-
-    ticket: int
-    committed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +88,7 @@ class ApplySession(Ask[ev.SessionPlayed]):
     receipt: Receipt | None = None
 
 
-PlayerMessage = (
-    GetPlayer | Deposit | SendTransfer | Credit | Reserve | Settle | GetPhysics | ApplySession
-)
+PlayerMessage = GetPlayer | Deposit | SendTransfer | Reserve | GetPhysics | ApplySession
 
 
 # -- to a PTO actor --------------------------------------------------------------------

@@ -13,15 +13,20 @@ only have made the refusal too strict, never an overdraft. A session, whose phys
 move from the current state, first waits until nothing is in flight.
 
 A purchase is decided by the PTO: the player only sets the price aside
-(``Reserve``) and learns the outcome (``Settle``). A player actor asks nobody (PTO
-actors ask players, never the reverse), so actor requests cannot form a cycle.
+(``Reserve``) and learns the outcome (``settle``, called when the PTO's unit is
+acknowledged or refused). A player actor asks nobody (PTO actors ask players, never
+the reverse), so actor requests cannot form a cycle.
+
+The actor is virtual (see ``actors.directory``): it was loaded from its row at a
+*position* of the store's unit order (``loaded_at``). A credit another actor's unit
+``U`` committed (a transfer, refund or payout) is applied only if ``U`` was queued
+after that load; an older one is already in the row it was loaded from.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import assert_never
+from typing import Protocol, TypeVar, assert_never
 
 import anyio
 
@@ -32,7 +37,6 @@ from ..core.records import Player
 from ..store.backend import Backend, Committed, Receipt, Unit
 from .messages import (
     ApplySession,
-    Credit,
     Deposit,
     GetPhysics,
     GetPlayer,
@@ -41,9 +45,30 @@ from .messages import (
     Reservation,
     Reserve,
     SendTransfer,
-    Settle,
 )
-from .runtime import Actor, Later, answer_when_done
+from .runtime import Actor, Ask, Later, answer_when_done
+
+R = TypeVar("R")
+
+
+class Players(Protocol):
+    """How other actors reach players (the engine's directory of player actors)."""
+
+    async def check(self, player_id: str) -> None:
+        """Raise ``UnknownPlayer`` unless the player exists (activating it)."""
+
+    async def ask(
+        self, player_id: str, message: Ask[R], *, handled: anyio.Event | None = None
+    ) -> R:
+        """Ask the player's actor, activating it (``UnknownPlayer`` if there is none);
+        ``handled`` as in ``Actor.ask``."""
+
+    def settle(self, player_id: str, ticket: int, committed: bool) -> None:
+        """The unit spending reservation ``ticket`` committed or failed (the player is
+        active: an open reservation keeps it from passivating)."""
+
+    def credit(self, player_id: str, usd: int, position: int) -> None:
+        """Apply a credit unit ``position`` committed, if the player is active."""
 
 
 class PlayerActor(Actor[PlayerMessage]):
@@ -52,7 +77,8 @@ class PlayerActor(Actor[PlayerMessage]):
         player: Player,
         backend: Backend,
         *,
-        players: Callable[[str], PlayerActor],
+        players: Players,
+        loaded_at: int = 0,
         mailbox_size: int = 64,
     ) -> None:
         super().__init__(f"player:{player.player_id}", mailbox_size=mailbox_size)
@@ -64,8 +90,26 @@ class PlayerActor(Actor[PlayerMessage]):
         self._tickets = 0
         self.backend = backend
         self.players = players
-        # Credits told to this actor and not yet applied (see Engine.settle).
-        self.unsettled = 0
+        self.loaded_at = loaded_at
+
+    def quiet(self) -> bool:
+        """Nothing unacknowledged and no reservation open (it may be passivated)."""
+        return not self._inflight and not self._reserved
+
+    def credit(self, usd: int, position: int) -> None:
+        """Apply a credit that unit ``position`` committed, unless the row this actor was
+        loaded from already holds it. Called on the event loop, between handlers."""
+        if position <= self.loaded_at:
+            return
+        self.state.usd_obbba_balance += usd
+
+    def settle(self, ticket: int, committed: bool) -> None:
+        """The unit that spends reservation ``ticket`` committed (the debit is real) or
+        failed (the funds are free again)."""
+        amount = self._reserved.pop(ticket)
+        if committed:
+            self.state.usd_obbba_balance -= amount
+        self._maybe_quiet()
 
     async def handle(self, message: PlayerMessage) -> object:
         match message:
@@ -85,21 +129,12 @@ class PlayerActor(Actor[PlayerMessage]):
                     amount=to_decimal(amount),
                 )
                 return await self._decide((sent,), receipt)
-            case Credit(usd=usd):
-                self.state.usd_obbba_balance += usd
-                self.unsettled -= 1
-                return None
             case Reserve(amount=amount, pto_id=pto_id):
                 check_funds(self._available(), amount, f"pay {pto_id}")
                 self._tickets += 1
                 self._reserved[self._tickets] = amount
                 # tau_k at purchase is a record of the acknowledged value.
                 return Reservation(self._tickets, self.state.tau_k)
-            case Settle(ticket=ticket, committed=committed):
-                amount = self._reserved.pop(ticket)
-                if committed:
-                    self.state.usd_obbba_balance -= amount
-                return None
             case GetPhysics():
                 s = self.state
                 return Physics(s.position_x, s.position_y, s.phase, s.resonance_freq, s.tau_k)
@@ -108,11 +143,6 @@ class PlayerActor(Actor[PlayerMessage]):
                 return await self._decide((*self._session_events(s),), s.receipt)
             case _:
                 assert_never(message)
-
-    def credit_soon(self, usd: int) -> None:
-        """Tell this player to apply a credit already committed by someone else."""
-        self.unsettled += 1
-        self.tell_soon(Credit(usd=usd))
 
     def _available(self) -> int:
         """What money may leave now, whatever becomes of the units in flight."""
@@ -179,7 +209,7 @@ class PlayerActor(Actor[PlayerMessage]):
             for event in committed.events:
                 apply_to_player(self.state, event)
                 if isinstance(event, ev.Transferred) and event.from_id == self.state.player_id:
-                    self.players(event.to_id).credit_soon(to_cents(event.amount))
+                    self.players.credit(event.to_id, to_cents(event.amount), committed.position)
         finally:
             self._landed(ticket)
         first = committed.events[0]
@@ -192,3 +222,4 @@ class PlayerActor(Actor[PlayerMessage]):
         self._inflight.pop(ticket, None)
         if not self._inflight:
             self._idle.set()
+        self._maybe_quiet()

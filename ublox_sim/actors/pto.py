@@ -8,7 +8,7 @@ fails can only have made a later refusal too strict. The purchase that would sel
 the last share, and every other command (ATU, deadlines, world steps, sessions), first
 waits until nothing is in flight and decides on acknowledged state. A purchase is
 decided here (shares left, the token); the buyer's actor only sets the price aside
-(``Reserve``) and hears whether the unit committed (``Settle``), so two buyers can
+(``Reserve``) and hears whether the unit committed (``PlayerActor.settle``), so two buyers can
 never both get the last share.
 
 Sessions of many players in one world are stepped together (one array operation per
@@ -60,14 +60,13 @@ from .messages import (
     Reserve,
     Sale,
     SessionOutcome,
-    Settle,
     SpendAtu,
     StepWorld,
 )
-from .player import PlayerActor
+from .player import Players
 from .runtime import Actor, Later, answer_when_done
 
-Valid = tuple[int, PlayRequest, tuple[tuple[str, float], ...], PlayerActor]
+Valid = tuple[int, PlayRequest, tuple[tuple[str, float], ...]]
 
 
 def _token_number(token_id: str) -> int:
@@ -85,7 +84,7 @@ class PTOActor(Actor[PTOMessage]):
         *,
         params: WorldParams,
         backend: Backend,
-        players: Callable[[str], PlayerActor],
+        players: Players,
         world_error: str | None = None,
     ) -> None:
         super().__init__(f"pto:{pto.pto_id}", mailbox_size=256)
@@ -104,6 +103,10 @@ class PTOActor(Actor[PTOMessage]):
         self._idle.set()
         # Token numbers only grow: a failed purchase leaves a gap, never a reused id.
         self._next_token = 1 + max((_token_number(t.token_id) for t in tokens), default=0)
+
+    def quiet(self) -> bool:
+        """Nothing unacknowledged (it may be passivated)."""
+        return not self._inflight
 
     async def handle(self, message: PTOMessage) -> object:
         match message:
@@ -182,6 +185,7 @@ class PTOActor(Actor[PTOMessage]):
         for events in self._inflight.values():
             for event in events:
                 apply_to_pto(self._pending, self._pending_tokens, event)
+        self._maybe_quiet()
 
     # -- funding ---------------------------------------------------------------
 
@@ -192,9 +196,10 @@ class PTOActor(Actor[PTOMessage]):
             # them, then decide on what is acknowledged.
             await self._idle.wait()
             decision = purchase(self._pending, hours)
-        payer = self.players(player_id)
         pto_id = self.state.pto_id
-        reservation = await payer.ask(Reserve(amount=decision.price, pto_id=pto_id))
+        reservation = await self.players.ask(
+            player_id, Reserve(amount=decision.price, pto_id=pto_id)
+        )
         token = PTSToken(
             token_id=f"{pto_id}-pts-{self._next_token:06d}",
             game_id=pto_id,
@@ -223,11 +228,11 @@ class PTOActor(Actor[PTOMessage]):
             events.append(ev.PTOFunded(at=at, pto_id=pto_id, funding_raised=to_decimal(raised)))
 
         def sold(committed: Committed) -> Sale:
-            payer.tell_soon(Settle(ticket=reservation.ticket, committed=True))
+            self.players.settle(player_id, reservation.ticket, True)
             return Sale(dataclasses.replace(token), dataclasses.replace(self.state))
 
         def unsold() -> None:
-            payer.tell_soon(Settle(ticket=reservation.ticket, committed=False))
+            self.players.settle(player_id, reservation.ticket, False)
 
         return await self._decide(tuple(events), sold, receipt=receipt, failed=unsold)
 
@@ -248,7 +253,7 @@ class PTOActor(Actor[PTOMessage]):
 
         def refunded(committed: Committed) -> bool:
             for holder, amount in failure.refunds:
-                self.players(holder).credit_soon(amount)
+                self.players.credit(holder, amount, committed.position)
             return True
 
         return await self._decide((failed,), refunded)
@@ -273,7 +278,7 @@ class PTOActor(Actor[PTOMessage]):
 
         def spent(committed: Committed) -> AtuOutcome:
             if decision.completes and decision.payout:
-                self.players(creator).credit_soon(decision.payout)
+                self.players.credit(creator, decision.payout, committed.position)
             return AtuOutcome(dataclasses.replace(self.state), decision.completes, decision.payout)
 
         return await self._decide(tuple(events), spent)
@@ -316,7 +321,7 @@ class PTOActor(Actor[PTOMessage]):
         for index, request in enumerate(requests):
             try:
                 self._require_world()
-                actor = self.players(request.player_id)
+                await self.players.check(request.player_id)
                 tokens = self._held_tokens(request.player_id, claimed)
                 allocation = allocate_play(self.state, tokens, request.hours)
             except UbloxError as exc:
@@ -324,7 +329,7 @@ class PTOActor(Actor[PTOMessage]):
                 continue
             for token_id, hours in allocation:
                 claimed[token_id] = claimed.get(token_id, 0.0) + hours
-            valid.append((index, request, allocation, actor))
+            valid.append((index, request, allocation))
         if valid:
             for index, outcome in await self._run_sessions(valid, at):
                 outcomes[index] = outcome
@@ -342,13 +347,13 @@ class PTOActor(Actor[PTOMessage]):
         assert self.world is not None
         snapshots: list[Physics | None] = [None] * len(valid)
 
-        async def snapshot(k: int, actor: PlayerActor) -> None:
-            physics: Physics = await actor.ask(GetPhysics())
+        async def snapshot(k: int, player_id: str) -> None:
+            physics: Physics = await self.players.ask(player_id, GetPhysics())
             snapshots[k] = physics
 
         async with anyio.create_task_group() as tg:  # reads only: order does not matter
-            for k, (_, _, _, actor) in enumerate(valid):
-                tg.start_soon(snapshot, k, actor)
+            for k, (_, request, _) in enumerate(valid):
+                tg.start_soon(snapshot, k, request.player_id)
         physics = [p for p in snapshots if p is not None]
         assert len(physics) == len(valid)
         size = self.params.size
@@ -362,22 +367,33 @@ class PTOActor(Actor[PTOMessage]):
             phase=np.array([p.phase for p in physics]),
             freq=np.array([p.resonance_freq for p in physics]),
             tau_k=np.array([p.tau_k for p in physics]),
-            steps=np.array(
-                [self.params.steps_for(r.hours) for _, r, _, _ in valid], dtype=np.int64
-            ),
+            steps=np.array([self.params.steps_for(r.hours) for _, r, _ in valid], dtype=np.int64),
         )
         aci = order_parameter(result.theta)
         pto_id = self.state.pto_id
         outcomes: list[tuple[int, SessionOutcome]] = []
+        # Each player's unit is submitted in request order (the ledger's order must not
+        # depend on which player needed activating): a player is asked once the one before
+        # has handled its session; the commits still share batches.
+        handled = [anyio.Event() for _ in valid]
 
         async def apply(k: int) -> None:
-            index, request, allocation, actor = valid[k]
+            if k:
+                await handled[k - 1].wait()
+            try:
+                await ask_player(k)
+            finally:
+                handled[k].set()  # also when the ask never reached a handler
+
+        async def ask_player(k: int) -> None:
+            index, request, allocation = valid[k]
             quality = float(result.quality[k])
             xusd = compose_xusd(request.hours, quality, self.state.amplification)
             shares = split_by_hours(xusd, allocation)
             locked_hours = float(result.locked_steps[k]) / self.params.steps_per_hour
             try:
-                played = await actor.ask(
+                played = await self.players.ask(
+                    request.player_id,
                     ApplySession(
                         pto_id=pto_id,
                         at=at,
@@ -393,7 +409,8 @@ class PTOActor(Actor[PTOMessage]):
                             (t, h, x) for (t, h), x in zip(allocation, shares, strict=True)
                         ),
                         receipt=request.receipt,
-                    )
+                    ),
+                    handled=handled[k],
                 )
             except UbloxError as exc:
                 outcomes.append((index, SessionOutcome(request.player_id, error=exc)))
@@ -416,8 +433,6 @@ class PTOActor(Actor[PTOMessage]):
                 )
             )
 
-        # Each player's unit goes to the store at once (one group commit); they are sent
-        # in request order, so the ledger's order does not depend on timing.
         async with anyio.create_task_group() as tg:
             for k in range(len(valid)):
                 tg.start_soon(apply, k)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -94,6 +94,12 @@ def answer_when_done(
 class _Envelope(Generic[M]):
     message: M
     reply: Reply | None
+    handled: anyio.Event | None = None  # set once ``handle`` has returned or raised
+
+
+def _handled(envelope: _Envelope[Any]) -> None:
+    if envelope.handled is not None:
+        envelope.handled.set()
 
 
 class Actor(Generic[M]):
@@ -111,6 +117,24 @@ class Actor(Generic[M]):
         self._broken: BaseException | None = None
         self._stopped = anyio.Event()
         self._overflow: TaskGroup | None = None
+        self.passivated = False  # set by the directory before it closes the mailbox
+        self._quiet: anyio.Event | None = None
+
+    # -- passivation (see ``actors.directory``) ----------------------------------
+
+    def quiet(self) -> bool:
+        """Nothing this actor started is unfinished (overridden by stateful actors)."""
+        return True
+
+    async def wait_quiet(self) -> None:
+        """Wait until ``quiet()``; subclasses call ``_maybe_quiet`` when it may have become so."""
+        while not self.quiet():
+            self._quiet = anyio.Event()
+            await self._quiet.wait()
+
+    def _maybe_quiet(self) -> None:
+        if self._quiet is not None and self.quiet():
+            self._quiet.set()
 
     async def handle(self, message: M) -> object:
         raise NotImplementedError
@@ -121,10 +145,18 @@ class Actor(Generic[M]):
 
     # -- sending ---------------------------------------------------------------
 
-    async def ask(self, message: Ask[R], *, timeout: float = 60.0) -> R:  # noqa: ASYNC109 (the ask pattern's own deadline)
-        """Send and wait for the answer (or the error ``handle`` raised)."""
+    async def ask(
+        self,
+        message: Ask[R],
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 (the ask pattern's own deadline)
+        handled: anyio.Event | None = None,
+    ) -> R:
+        """Send and wait for the answer (or the error ``handle`` raised). ``handled`` is
+        set as soon as the handler returns, before a ``Later`` answer comes: a caller
+        that must order several actors' units waits for it before asking the next."""
         reply = Reply()
-        await self._post(_Envelope(message, reply))  # type: ignore[arg-type]  # M's members are Asks
+        await self._post(_Envelope(message, reply, handled))  # type: ignore[arg-type]  # M's members are Asks
         expired = False
 
         def expire() -> None:
@@ -187,6 +219,7 @@ class Actor(Generic[M]):
                     try:
                         result = await self.handle(current.message)
                     except UbloxError as exc:
+                        _handled(current)
                         if current.reply is None:
                             log.warning(
                                 "actor.told_message_failed", actor=self.name, error=str(exc)
@@ -194,6 +227,7 @@ class Actor(Generic[M]):
                         else:
                             current.reply.finish(error=exc)
                     else:
+                        _handled(current)
                         if isinstance(result, Later):
                             result._attach(current.reply, self.name)
                         elif current.reply is not None:
@@ -203,13 +237,16 @@ class Actor(Generic[M]):
             self._broken = exc
             broken = ActorBroken(f"{self.name} crashed while handling a message")
             broken.__cause__ = exc
-            if current is not None and current.reply is not None:
-                current.reply.finish(error=broken)
+            if current is not None:
+                _handled(current)
+                if current.reply is not None:
+                    current.reply.finish(error=broken)
             while True:
                 try:
                     queued = self._receive.receive_nowait()
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     break
+                _handled(queued)
                 if queued.reply is not None:
                     queued.reply.finish(error=broken)
             raise
@@ -239,7 +276,7 @@ class ActorSystem:
         actor.start(self.tg)
         return actor
 
-    async def drain(self, actors: list[Actor[Any]]) -> None:
+    async def drain(self, actors: Sequence[Actor[Any]]) -> None:
         """Close the mailboxes and wait until every queued message was handled."""
         for actor in actors:
             actor.close()

@@ -88,11 +88,7 @@ async def _register_player(c: Call[NewPlayer]) -> ViewOut:
 
 
 async def _leaderboard(c: Call[None]) -> list[LeaderOut]:
-    engine = c.engine
-    players = sorted(
-        (engine.peek_player(pid) for pid in engine.player_ids()),
-        key=lambda p: (-p.xUSD_balance, p.player_id),
-    )
+    players = await c.engine.leaderboard(c.query["top"])  # a store query: nobody woken
     return [
         LeaderOut(
             player_id=p.player_id,
@@ -100,7 +96,7 @@ async def _leaderboard(c: Call[None]) -> list[LeaderOut]:
             total_play_time=p.total_play_time,
             phase_locks_count=p.phase_locks_count,
         )
-        for p in players[: c.query["top"]]
+        for p in players
     ]
 
 

@@ -14,7 +14,7 @@ on deciding against its pending state meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -63,9 +63,12 @@ class Unit:
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    """A unit as it landed: its events numbered (``seq``; a session's ``session_id``)."""
+    """A unit as it landed: its events numbered (``seq``; a session's ``session_id``),
+    and its ``position`` in the order units were submitted (1, 2, ...; see
+    ``Backend.load_player_at``)."""
 
     events: tuple[Event, ...]
+    position: int = 0
 
 
 Done = Callable[[Committed | BaseException], None]
@@ -134,18 +137,25 @@ class Backend(Protocol):
         """``submit`` and wait for the acknowledgement."""
 
     async def save_world(self, world_id: str, arrays: Arrays) -> None:
-        """Make a world's arrays durable now (a world file, or a row elsewhere)."""
+        """Make a world's arrays durable now (a world file, or a row elsewhere); while
+        commits are held, keep them for the next checkpoint, readable by ``load_world``."""
 
     def world_changed(self, world_id: str, arrays: Arrays) -> None:
         """A world moved on: write it back in the background, soon."""
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Worlds first (versioned), then one transaction with the run record and, in
-        held mode, every write since the last checkpoint; older world versions go after."""
+        """Worlds first (versioned: the given ones and, in held mode, every world launched
+        or saved since the last checkpoint), then one transaction with the run record and,
+        in held mode, every write since the last checkpoint; older world versions go after."""
 
     # -- point reads (consistent with acknowledged writes) ---------------------
 
     async def load_player(self, player_id: str) -> Player | None: ...
+
+    async def load_player_at(self, player_id: str) -> tuple[Player | None, int]:
+        """The player's row and the position of the last unit submitted before the read:
+        the row holds every committed unit up to that position and none after it (a
+        virtual actor loaded from it applies only credits of later units)."""
 
     async def load_pto(self, pto_id: str) -> PTO | None: ...
 
@@ -163,6 +173,20 @@ class Backend(Protocol):
 
     async def ptos_past_deadline(self, at: str) -> list[str]:
         """The PTOs still funding whose deadline is at or before ``at``, in id order."""
+
+    async def player_ids(self) -> list[str]:
+        """Every player's id, in order."""
+
+    async def pto_ids(self) -> list[str]:
+        """Every PTO's id, in order."""
+
+    async def taken(self, idents: Sequence[str]) -> set[str]:
+        """Those of ``idents`` a player or a PTO already holds (bulk ``exists``)."""
+
+    async def open_hours(self, statuses: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Hours left to play per PTO (in id order, among PTOs in ``statuses``) and per
+        holder, summed over the holder's tokens in token order; rooms of 1e-9 or less
+        are left out."""
 
     # -- aggregates and pages --------------------------------------------------
 

@@ -7,7 +7,10 @@ Each reads through the writer's connection, after every write queued before it
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
+
+import aiosqlite
 
 from ...core.money import from_cents
 from ...core.records import FUNDING, Player, PTSToken, R, Transaction
@@ -19,6 +22,31 @@ from .writer import PersistenceActor, Row
 async def load_record(db: PersistenceActor, cls: type[R], key: str) -> R | None:
     row = await db.fetchone(f"{select_sql(cls)} WHERE {cls.KEY} = ?", (key,))
     return None if row is None else from_row(cls, row)
+
+
+# Keys per ``IN (...)`` query: well under SQLite's 32,766 variables, and the plans of
+# the few lengths used are cached by the connection (a batch is padded to one of them).
+_IN_SIZES = (1, 4, 16, 64, 256)
+
+
+async def records_by_key(
+    conn: aiosqlite.Connection, cls: type[R], keys: Sequence[str]
+) -> dict[str, R]:
+    """The records of ``keys`` that exist, by key: one ``IN (...)`` query per up to 256
+    keys, run on ``conn`` (inside a writer request: ``PersistenceActor.call_soon``)."""
+    found: dict[str, R] = {}
+    head = f"{select_sql(cls)} WHERE {cls.KEY} IN "
+    index = 0
+    while index < len(keys):
+        chunk = list(keys[index : index + _IN_SIZES[-1]])
+        index += len(chunk)
+        size = next(n for n in _IN_SIZES if n >= len(chunk))
+        chunk += [chunk[-1]] * (size - len(chunk))  # a repeated key matches once
+        sql = head + "(" + ",".join("?" * size) + ")"
+        for row in await conn.execute_fetchall(sql, chunk):
+            record = from_row(cls, tuple(row))
+            found[getattr(record, cls.KEY)] = record
+    return found
 
 
 async def load_records(db: PersistenceActor, cls: type[R]) -> list[R]:
@@ -219,6 +247,51 @@ async def ptos_past_deadline(db: PersistenceActor, at: str) -> list[str]:
         (FUNDING, at),
     )
     return [str(pto_id) for (pto_id,) in found]
+
+
+_IN_CHUNK = 400  # ids per IN (...) list: two lists stay under SQLite's 999 variables
+
+
+async def ids(db: PersistenceActor, table: str, key: str) -> list[str]:
+    """Every key of ``table``, in order."""
+    found = await db.fetchall(f"SELECT {key} FROM {table} ORDER BY {key}")
+    return [str(ident) for (ident,) in found]
+
+
+async def taken(db: PersistenceActor, idents: Sequence[str]) -> set[str]:
+    """Those of ``idents`` a player or a PTO already holds (bulk ``exists``)."""
+    wanted = list(dict.fromkeys(idents))
+    found: set[str] = set()
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start : start + _IN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows = await db.fetchall(
+            f"SELECT player_id FROM players WHERE player_id IN ({marks})"
+            f" UNION SELECT pto_id FROM ptos WHERE pto_id IN ({marks})",
+            (*chunk, *chunk),
+        )
+        found.update(str(ident) for (ident,) in rows)
+    return found
+
+
+async def open_hours(db: PersistenceActor, statuses: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Hours left to play per PTO among ``statuses`` and per holder (see the backend)."""
+    if not statuses:
+        return {}
+    marks = ", ".join("?" * len(statuses))
+    found = await db.fetchall(
+        "SELECT t.game_id, t.holder, t.hours_committed, t.hours_played"
+        " FROM pts_tokens t JOIN ptos p ON p.pto_id = t.game_id"
+        f" WHERE p.status IN ({marks}) ORDER BY t.game_id, t.token_id",
+        tuple(statuses),
+    )
+    left: dict[str, dict[str, float]] = {}
+    for game_id, holder, committed, played in found:
+        room = float(committed) - float(played)
+        if room > 1e-9:
+            per = left.setdefault(str(game_id), {})
+            per[str(holder)] = per.get(str(holder), 0.0) + room
+    return left
 
 
 async def leaderboard(db: PersistenceActor, top: int) -> list[Player]:

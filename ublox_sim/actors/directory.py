@@ -1,0 +1,218 @@
+"""The actors directory: virtual actors, active only while they are used.
+
+Every player and PTO exists in the store; an actor for it exists only while it is
+*active*. ``get(id)`` returns the active actor or activates one from the store, exactly
+once however many first messages race for it (a dict of activations in progress).
+Actors beyond ``max_active`` (least recently used first) and actors idle for
+``idle_timeout`` seconds of the event loop's monotonic clock (never the simulated
+clock) are *passivated* in the background: the actor stops taking messages, finishes
+its mailbox, waits until nothing it submitted is unacknowledged (and, for a player,
+no reservation is open), lets the owner release it (a PTO writes or parks its world),
+and is dropped. A message that arrives meanwhile waits for the passivation to end and
+then reactivates the actor (``ask`` retries a message the closed mailbox refused, which
+it never delivered).
+
+``max_active`` counts one kind: the engine has one directory per kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..core.errors import ActorClosed, UbloxError
+from ..core.logsetup import get_logger
+from .runtime import Actor, Ask
+
+log = get_logger(__name__)
+
+R = TypeVar("R")
+
+
+A = TypeVar("A", bound=Actor[Any])
+
+
+class Directory(Generic[A]):
+    """The active actors of one kind (see the module docstring)."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        load: Callable[[str], Awaitable[A | None]],
+        unknown: Callable[[str], UbloxError],
+        release: Callable[[A], Awaitable[None]],
+        tg: TaskGroup,
+        max_active: int,
+        idle_timeout: float,
+    ) -> None:
+        if max_active < 1:
+            raise ValueError("max_active must be at least 1")
+        self.kind = kind
+        self._load = load
+        self._unknown = unknown
+        self._release = release
+        self._tg = tg
+        self.max_active = max_active
+        self.idle_timeout = idle_timeout
+        self._active: OrderedDict[str, A] = OrderedDict()  # least recently used first
+        self._used: dict[str, float] = {}
+        self._activating: dict[str, asyncio.Future[A]] = {}
+        self._passivating: dict[str, tuple[anyio.Event, A]] = {}
+        self._closed = False
+        self.activations = 0
+        self.passivations = 0
+
+    # -- lookups -----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    def actors(self) -> Iterator[A]:
+        return iter(list(self._active.values()))
+
+    def active(self, ident: str) -> A | None:
+        """The active actor for ``ident``, without activating (or touching) it."""
+        return self._active.get(ident) if isinstance(ident, str) else None
+
+    def current(self, ident: str) -> A | None:
+        """The active actor, or the one passivating (still finishing its work)."""
+        actor = self._active.get(ident)
+        if actor is None and (passivating := self._passivating.get(ident)) is not None:
+            actor = passivating[1]
+        return actor
+
+    async def get(self, ident: str) -> A:
+        """The single active actor for ``ident``, activated from the store if need be."""
+        if not isinstance(ident, str):  # an id from a hostile caller: no such actor
+            raise self._unknown(ident)
+        while True:
+            if self._closed:
+                raise ActorClosed("the engine is closed")
+            actor = self._active.get(ident)
+            if actor is not None:
+                self._active.move_to_end(ident)
+                self._used[ident] = anyio.current_time()
+                return actor
+            passivating = self._passivating.get(ident)
+            if passivating is not None:
+                await passivating[0].wait()
+                continue
+            pending = self._activating.get(ident)
+            if pending is not None:
+                try:
+                    return await asyncio.shield(pending)
+                except asyncio.CancelledError:
+                    if pending.cancelled():
+                        continue  # the activating caller was cancelled: try again
+                    raise
+            return await self._activate(ident)
+
+    async def _activate(self, ident: str) -> A:
+        future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
+        self._activating[ident] = future
+        try:
+            actor = await self._load(ident)
+            if actor is None:
+                raise self._unknown(ident)
+            if self._closed:
+                raise ActorClosed("the engine is closed")
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._activating[ident]
+        actor.start(self._tg)
+        self._active[ident] = actor
+        self._used[ident] = anyio.current_time()
+        self.activations += 1
+        future.set_result(actor)
+        self._evict()
+        return actor
+
+    async def ask(
+        self,
+        ident: str,
+        message: Ask[R],
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109
+        handled: anyio.Event | None = None,
+    ) -> R:
+        """Ask ``ident``'s actor, activating it; a message its passivation refused is
+        sent again to the next activation (the refused one was never delivered)."""
+        while True:
+            actor = await self.get(ident)
+            try:
+                return await actor.ask(message, timeout=timeout, handled=handled)
+            except ActorClosed:
+                if actor.passivated and not self._closed:
+                    continue
+                raise
+
+    # -- passivation ---------------------------------------------------------------
+
+    def _evict(self) -> None:
+        while len(self._active) > self.max_active:
+            ident = next(iter(self._active))
+            self._start_passivation(ident)
+
+    def reap_idle(self) -> int:
+        """Passivate every actor idle for ``idle_timeout``; returns how many."""
+        horizon = anyio.current_time() - self.idle_timeout
+        idle = [ident for ident in self._active if self._used[ident] <= horizon]
+        for ident in idle:
+            self._start_passivation(ident)
+        return len(idle)
+
+    def _start_passivation(self, ident: str) -> None:
+        actor = self._active.pop(ident)
+        del self._used[ident]
+        finished = anyio.Event()
+        self._passivating[ident] = (finished, actor)
+        actor.passivated = True
+        self._tg.start_soon(self._passivate, ident, actor, finished)
+
+    async def _passivate(self, ident: str, actor: A, finished: anyio.Event) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                actor.close()
+                await actor.wait_stopped()
+                if actor.broken is None:
+                    await actor.wait_quiet()
+                    await self._release(actor)
+                self.passivations += 1
+        except Exception as exc:  # a store failure: the actor is dropped all the same
+            log.error("directory.passivation_failed", kind=self.kind, id=ident, error=str(exc))
+        finally:
+            del self._passivating[ident]
+            finished.set()
+
+    async def passivate_all(self) -> None:
+        """Passivate every active actor and wait until none is left (tests, shutdown)."""
+        for ident in list(self._active):
+            self._start_passivation(ident)
+        await self.wait_passivations()
+
+    async def wait_passivations(self) -> None:
+        """Wait until no passivation is in progress."""
+        while self._passivating:
+            await next(iter(self._passivating.values()))[0].wait()
+
+    async def close(self) -> list[A]:
+        """Refuse new activations, let passivations end; returns the actors still active
+        (the engine drains them in its own order)."""
+        self._closed = True
+        await self.wait_passivations()
+        actors = list(self._active.values())
+        self._active.clear()
+        self._used.clear()
+        return actors
