@@ -290,6 +290,17 @@ def plan(scenario: Scenario) -> Plan:
     return Plan(listed, cohorts, ptos, groups)
 
 
+def resolved_scenario(scenario: Scenario) -> str:
+    """The run's identity, recorded and exported: everything but ``engine``, whose memory
+    knobs never change a result (so they cannot change the export either, and a run
+    killed for memory may resume with a smaller ``max_active``), and ``metrics``, which
+    only chooses what is observed."""
+    return json.dumps(
+        scenario.model_dump(mode="json", by_alias=True, exclude={"engine", "metrics"}),
+        sort_keys=True,
+    )
+
+
 def recorded_scenario(home: Home) -> Loaded:
     """The resolved scenario a run in ``home`` recorded (to resume without the file)."""
     from .scenario import Scenario as Model
@@ -538,14 +549,7 @@ async def run_scenario(
     scenario = loaded.scenario
     if resume and not home.db.is_file():
         raise InvalidInput(f"nothing to resume in {home.root}: no store there")
-    # The run's identity, recorded and exported: everything but ``engine``, whose memory
-    # knobs never change a result (so they cannot change the export either, and a run
-    # killed for memory may resume with a smaller ``max_active``), and ``metrics``, which
-    # only chooses what is observed.
-    resolved = json.dumps(
-        scenario.model_dump(mode="json", by_alias=True, exclude={"engine", "metrics"}),
-        sort_keys=True,
-    )
+    resolved = resolved_scenario(scenario)
     async with Engine.open(
         home,
         seed=scenario.seed,

@@ -99,7 +99,7 @@ def run_cell(cell: Cell, home: Path) -> CellResult:
 
     from ..store.home import Home
     from ..store.sqlite.backend import read_run_record
-    from .runner import run_scenario
+    from .runner import resolved_scenario, run_scenario
     from .scenario import load_scenario
 
     started = time.perf_counter()
@@ -111,6 +111,11 @@ def run_cell(cell: Cell, home: Path) -> CellResult:
     try:
         loaded = load_scenario(cell.scenario, overrides=cell.set_args, seed=cell.seed)
         row = read_run_record(where) if where.db.is_file() else None
+        if row is not None and row.scenario != resolved_scenario(loaded.scenario):
+            return failed(
+                f"{home} holds a run of another scenario (the file, or --set, changed since): "
+                "remove the folder to run the cell again"
+            )
         if row is not None and row.finished:
             how: Literal["ran", "resumed", "skipped"] = "skipped"
         else:
@@ -299,15 +304,20 @@ def run_sweep(
     return SweepResult(out_dir, ordered, time.perf_counter() - started)
 
 
+def swept_keys(cells: Sequence[Cell]) -> list[str]:
+    """The ``--set`` keys that take more than one value over ``cells`` (first-seen order):
+    a key set to one value is part of every cell's scenario, not a parameter."""
+    values: dict[str, set[str]] = {}
+    for cell in cells:
+        for k, v in cell.overrides:
+            values.setdefault(k, set()).add(v)
+    return [k for k, seen in values.items() if len(seen) > 1]
+
+
 def _record_sweep(out_dir: Path, cells: Sequence[Cell]) -> None:
     """``sweep.json``: the cells and the swept keys, for ``plot`` and for a reader."""
-    keys: list[str] = []
-    for cell in cells:
-        for k, _ in cell.overrides:
-            if k not in keys:
-                keys.append(k)
     spec = {
-        "parameters": keys,
+        "parameters": swept_keys(cells),
         "cells": [
             {"cell_id": c.cell_id, "scenario": c.scenario, "set": dict(c.overrides), "seed": c.seed}
             for c in cells
@@ -320,11 +330,7 @@ def write_tables(out_dir: Path, results: Sequence[CellResult]) -> None:
     """``series.csv`` (every tick of every cell), ``final.csv`` (one row per cell: the
     global metrics at the last tick and the worlds' means), ``summary.csv`` (each
     metric per parameter value: mean and 95% interval over seeds), ``failed.json``."""
-    keys: list[str] = []
-    for r in results:
-        for k, _ in r.cell.overrides:
-            if k not in keys:
-                keys.append(k)
+    keys = swept_keys([r.cell for r in results])
 
     def ident(cell: Cell) -> Row:
         given = dict(cell.overrides)
