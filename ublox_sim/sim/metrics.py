@@ -299,10 +299,14 @@ TABLE_SUFFIXES: Final = (".csv", ".parquet")
 
 
 def check_table_path(path: Path) -> None:
+    """Refuse a path ``write_table`` could not write (another suffix, Parquet without
+    pyarrow) before anything runs."""
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise InvalidInput(
             f"{path}: a metrics table is .csv or .parquet (by its suffix), not {path.suffix!r}"
         )
+    if path.suffix.lower() == ".parquet":
+        _require("pyarrow.parquet")
 
 
 def write_table(rows: Sequence[Row], path: Path) -> None:
