@@ -116,9 +116,10 @@ def run_cell(cell: Cell, home: Path) -> CellResult:
                 f"{home} holds a run of another scenario (the file, or --set, changed since): "
                 "remove the folder to run the cell again"
             )
-        if row is not None and row.finished:
+        if row is not None and row.finished and where.export_path.is_file():
             how: Literal["ran", "resumed", "skipped"] = "skipped"
         else:
+            # A finished run killed before its export resumes to write it (no tick runs).
             how = "resumed" if row is not None else "ran"
             if row is None and home.exists():
                 # Killed before its first checkpoint: nothing to resume, start again.
