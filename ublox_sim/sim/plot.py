@@ -268,7 +268,11 @@ def plot_sweep(sweep_dir: Path, out: Path, metrics: Sequence[str] | None = None)
                 ax.set_xticks(pos, [str(x) for x in xs])
         n = max((int(r["n"]) for r in summary if r["metric"] == metric), default=0)
         ax.set(
-            title=f"{metric} against {x_key} (mean of {n} seeds, 95% interval; dots: seeds)",
+            # The column's name without its unit (the axis says it: cents are shown whole).
+            title=(
+                f"{metric.replace('_cents', '')} by {x_key}: mean of {n} seeds "
+                "with its 95% interval, a dot per seed"
+            ),
             xlabel=x_key,
             ylabel=LABELS.get(metric, metric),
         )
