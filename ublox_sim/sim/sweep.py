@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..core.errors import UbloxError
+from ..core.errors import InvalidInput, UbloxError
 from . import metrics as M
 
 Row = dict[str, Any]
@@ -103,14 +103,17 @@ def run_cell(cell: Cell, home: Path) -> CellResult:
     from .scenario import load_scenario
 
     started = time.perf_counter()
-    where = Home(home)
+    where = Home.resolve(home)
 
     def failed(message: str) -> CellResult:
         return CellResult(cell, error=message, how="failed", seconds=time.perf_counter() - started)
 
     try:
         loaded = load_scenario(cell.scenario, overrides=cell.set_args, seed=cell.seed)
-        row = read_run_record(where) if where.db.is_file() else None
+        try:
+            row = read_run_record(where)
+        except InvalidInput:  # no store, or killed before it had its tables: start again
+            row = None
         if row is not None and row.scenario != resolved_scenario(loaded.scenario):
             return failed(
                 f"{home} holds a run of another scenario (the file, or --set, changed since): "
