@@ -228,11 +228,32 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_set(text: str) -> tuple[str, list[str]]:
-    """``world.coupling=0.5,1,2`` → (``world.coupling``, [``0.5``, ``1``, ``2``])."""
+    """``world.coupling=0.5,1,2`` → (``world.coupling``, [``0.5``, ``1``, ``2``]).
+
+    Commas inside brackets, braces or quotes belong to one YAML value:
+    ``metrics.world=[aci,sessions]`` is one value, ``x={dist: choice, values: [1, 2]},3`` two.
+    """
     key, eq, values = text.partition("=")
     if not eq or not key.strip() or not values:
         raise ValueError(f"--set {text!r}: expected key.path=value[,value...]")
-    return key.strip(), [v.strip() for v in values.split(",")]
+    parts: list[str] = []
+    depth, quote, start = 0, "", 0
+    for i, ch in enumerate(values):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(values[start:i])
+            start = i + 1
+    parts.append(values[start:])
+    if any(not part.strip() for part in parts):
+        raise ValueError(f"--set {text!r}: an empty value in the list")
+    return key.strip(), [part.strip() for part in parts]
 
 
 def grid(
