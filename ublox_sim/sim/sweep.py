@@ -149,7 +149,9 @@ CellFn = Callable[[Cell], CellResult]
 
 class Executor(Protocol):
     """Runs cells somewhere; yields each ``(cell, result)`` as it finishes, in any order.
-    ``fn`` is picklable (a ``functools.partial`` of a module-level function)."""
+    ``fn`` is picklable (a ``functools.partial`` of a module-level function). An executor
+    may have an int ``jobs``, how many cells it runs at once: progress shows it as the
+    cells running (1 when absent)."""
 
     def map(self, fn: CellFn, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellResult]]: ...
 
