@@ -23,10 +23,11 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 import pytest
+from engine_helpers import launch
 
 from ublox_sim.core.clock import SimClock
 from ublox_sim.core.errors import InvalidState, Refusal, SharesUnavailable, UbloxError
-from ublox_sim.core.views import PTOInfo, TokenInfo
+from ublox_sim.core.views import TokenInfo
 from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import MAX_ACTIVE_ENV, Engine
 from ublox_sim.sim.runner import run_scenario
@@ -68,27 +69,6 @@ def assert_money_conserved(home: Path) -> None:
     )
     assert balances + held == deposits
     assert scalar(home, "SELECT COUNT(*) FROM players WHERE usd_obbba_balance < 0") == 0
-
-
-async def launch(
-    engine: Engine,
-    pto_id: str,
-    *,
-    creator: str = "creator",
-    offered: int = 10,
-    price: Decimal | int = 25,
-    atu: int = 100,
-    deadline: timedelta = timedelta(days=30),
-) -> PTOInfo:
-    return await engine.launch_pto(
-        pto_id=pto_id,
-        game_name=f"Game {pto_id}",
-        creator_id=creator,
-        atu_required=atu,
-        pts_offered=offered,
-        price_per_pts=price,
-        funding_deadline=deadline,
-    )
 
 
 async def balances(engine: Engine, ids: list[str]) -> dict[str, Decimal]:
