@@ -270,7 +270,8 @@ class Engine:
                 self._players.reap_idle()
 
     async def aclose(self) -> None:
-        """Drain PTO actors, then player actors, then commit and close the store. Idempotent."""
+        """Drain PTO actors and wait until their units are acknowledged, then drain player
+        actors, then commit and close the store. Idempotent."""
         if self._state != "opened":
             return
         self._state = "closing"
@@ -279,7 +280,12 @@ class Engine:
                 if self._reaper is not None:
                     self._reaper.cancel()
                 # Worlds changed since their last write are flushed by the store's close.
-                await self.system.drain(await self._ptos.close())
+                ptos = await self._ptos.close()
+                await self.system.drain(ptos)
+                # Their units in flight settle buyers' reservations when acknowledged:
+                # the players stay until every PTO is quiet.
+                for pto in ptos:
+                    await pto.wait_quiet()
                 await self.system.drain(await self._players.close())
             finally:
                 self._bus.close()
