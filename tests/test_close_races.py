@@ -17,6 +17,7 @@ from engine_helpers import launch
 
 from ublox_sim.actors.pto import PTOActor
 from ublox_sim.core.clock import SimClock
+from ublox_sim.core.errors import ActorClosed
 from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import Engine
 from ublox_sim.store.backend import Unit
@@ -101,3 +102,41 @@ async def test_buyers_in_flight_at_close_hear_their_committed_purchase(
     async with Engine.open(tmp_path, seed=7, clock=SimClock(), world=WorldParams(size=8)) as again:
         assert (await again.get_pto("pto_a")).pts_sold == heard["sold"]
     assert verify_store(tmp_path) == []
+
+
+async def test_an_advance_the_close_interrupts_raises_a_plain_actor_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first PTO's step is paused, the engine closes, the step goes on: every step
+    left meets the closed engine, and ``advance`` says so once, not as a group."""
+    outcome: list[BaseException] = []
+    with anyio.fail_after(60):
+        async with Engine.open(
+            tmp_path, seed=7, clock=SimClock(), world=WorldParams(size=8), max_active=1
+        ) as engine:
+            await engine.register_player("creator", usd_obbba=10)
+            for pto_id in ("pto_a", "pto_b", "pto_c"):
+                await launch(engine, pto_id, offered=4, price=1)
+            stepping, resume = anyio.Event(), anyio.Event()
+            ask = engine._ptos.ask
+
+            async def paused(ident: str, message: Any, **kwargs: Any) -> Any:
+                stepping.set()
+                await resume.wait()
+                return await ask(ident, message, **kwargs)
+
+            monkeypatch.setattr(engine._ptos, "ask", paused)
+
+            async def advance() -> None:
+                try:
+                    await engine.advance(1)
+                except BaseException as exc:  # its type is what is under test
+                    outcome.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(advance)
+                await stepping.wait()
+                await engine.aclose()
+                resume.set()
+    assert len(outcome) == 1
+    assert type(outcome[0]) is ActorClosed, repr(outcome[0])

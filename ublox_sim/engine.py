@@ -772,9 +772,12 @@ class Engine:
                 async with limiter:
                     await self._ask_pto(pto_id, StepWorld(steps=steps, at=at))
 
-            async with anyio.create_task_group() as tg:
-                for pto_id in await self.store.pto_ids():
-                    tg.start_soon(step, pto_id)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for pto_id in await self.store.pto_ids():
+                        tg.start_soon(step, pto_id)
+            except* ActorClosed as group:  # the engine closed mid-way: say so once
+                raise ActorClosed("the engine is closed") from group
         return await self.fire_deadlines()
 
     async def fire_deadlines(self) -> list[str]:
