@@ -256,7 +256,7 @@ MAX_SHARE = Limit("max_share", 0, 1, min_exclusive=True)
 # Far above any run, but finite: a typo of 1e99 is a mistake to report, not a setting.
 
 MAX_ACTIVE = Limit("max_active", 1, 10**7, integer=True)  # active actors per kind
-IDLE_TIMEOUT = Limit("idle_timeout", 0, 10**6, min_exclusive=True, unit="seconds")
+IDLE_TIMEOUT = Limit("idle_timeout", 0, 10**6, min_exclusive=True)  # seconds
 
 # -- reads ---------------------------------------------------------------------------------
 
