@@ -46,7 +46,7 @@ def test_without_the_section_the_engine_keeps_its_defaults() -> None:
         (
             6,
             BASE.replace("30", "-1"),
-            "engine.idle_timeout: must be greater than 0 and at most 1e6 seconds (got -1)",
+            "engine.idle_timeout: must be greater than 0 and at most 1e6 (got -1)",
         ),
         (6, BASE.replace("30", ".inf"), "engine.idle_timeout: must be greater than 0"),
         (
