@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -54,7 +54,7 @@ from .actors.messages import (
 )
 from .actors.player import PlayerActor
 from .actors.pto import PTOActor
-from .actors.runtime import ActorSystem, Ask
+from .actors.runtime import Actor, ActorSystem, Ask
 from .core import events as ev
 from .core import limits
 from .core.clock import Clock, WallClock
@@ -87,6 +87,7 @@ from .store.sqlite.writer import Synchronous
 log = get_logger(__name__)
 
 R = TypeVar("R")
+A = TypeVar("A", bound=Actor[Any])
 
 DEFAULT_MAX_ACTIVE = 100_000
 """Active actors per kind (players, PTOs) before the least recently used passivate."""
@@ -108,9 +109,8 @@ def _default_max_active() -> int:
         value = int(text)
     except ValueError:
         raise InvalidInput(f"{MAX_ACTIVE_ENV} must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise InvalidInput(f"{MAX_ACTIVE_ENV} must be at least 1, got {value}")
-    return value
+    checked: int = limits.MAX_ACTIVE.check(value, MAX_ACTIVE_ENV)
+    return checked
 
 
 @functools.lru_cache(maxsize=8)
@@ -155,27 +155,36 @@ class Engine:
         assert isinstance(entropy, int)
         self._entropy = entropy
         self._draws = Draws(entropy)
-        if max_active < 1:
-            raise InvalidInput(f"max_active must be at least 1, got {max_active}")
-        if not idle_timeout > 0:
-            raise InvalidInput(f"idle_timeout must be positive, got {idle_timeout}")
-        self._players: Directory[PlayerActor] = Directory(
+        cap: int = limits.MAX_ACTIVE.check(max_active)
+        idle: float = limits.IDLE_TIMEOUT.check(idle_timeout)
+
+        def directory(
+            kind: str,
+            load: Callable[[str], Awaitable[A | None]],
+            unknown: Callable[[str], UbloxError],
+            release: Callable[[A], Awaitable[None]],
+        ) -> Directory[A]:
+            return Directory(
+                kind,
+                load=load,
+                unknown=unknown,
+                release=release,
+                tg=system.tg,
+                max_active=cap,
+                idle_timeout=idle,
+            )
+
+        self._players: Directory[PlayerActor] = directory(
             "player",
-            load=self._load_player,
-            unknown=lambda ident: UnknownPlayer(f"no player {ident!r}"),
-            release=self._release_player,
-            tg=system.tg,
-            max_active=max_active,
-            idle_timeout=idle_timeout,
+            self._load_player,
+            lambda ident: UnknownPlayer(f"no player {ident!r}"),
+            self._release_player,
         )
-        self._ptos: Directory[PTOActor] = Directory(
+        self._ptos: Directory[PTOActor] = directory(
             "pto",
-            load=self._load_pto,
-            unknown=lambda ident: UnknownPTO(f"no PTO {ident!r}"),
-            release=self._release_pto,
-            tg=system.tg,
-            max_active=max_active,
-            idle_timeout=idle_timeout,
+            self._load_pto,
+            lambda ident: UnknownPTO(f"no PTO {ident!r}"),
+            self._release_pto,
         )
         self._port = _PlayersPort(self)
         # Credits committed while their player was being activated: applied (or not, by
@@ -220,7 +229,9 @@ class Engine:
         params = check_world(world or WorldParams())  # before anything is opened
         resolved = home if isinstance(home, Home) else Home.resolve(home)
         clock = clock or WallClock()
-        cap = _default_max_active() if max_active is None else max_active
+        # The engine's own checks, before anything is opened.
+        cap = _default_max_active() if max_active is None else limits.MAX_ACTIVE.check(max_active)
+        limits.IDLE_TIMEOUT.check(idle_timeout)
 
         async with joined_or_owned(task_group) as tg:
             store = SqliteBackend(
@@ -270,7 +281,8 @@ class Engine:
                 self._players.reap_idle()
 
     async def aclose(self) -> None:
-        """Drain PTO actors, then player actors, then commit and close the store. Idempotent."""
+        """Drain PTO actors and wait until their units are acknowledged, then drain player
+        actors, then commit and close the store. Idempotent."""
         if self._state != "opened":
             return
         self._state = "closing"
@@ -279,7 +291,12 @@ class Engine:
                 if self._reaper is not None:
                     self._reaper.cancel()
                 # Worlds changed since their last write are flushed by the store's close.
-                await self.system.drain(await self._ptos.close())
+                ptos = await self._ptos.close()
+                await self.system.drain(ptos)
+                # Their units in flight settle buyers' reservations when acknowledged:
+                # the players stay until every PTO is quiet.
+                for pto in ptos:
+                    await pto.wait_quiet()
                 await self.system.drain(await self._players.close())
             finally:
                 self._bus.close()
@@ -766,9 +783,12 @@ class Engine:
                 async with limiter:
                     await self._ask_pto(pto_id, StepWorld(steps=steps, at=at))
 
-            async with anyio.create_task_group() as tg:
-                for pto_id in await self.store.pto_ids():
-                    tg.start_soon(step, pto_id)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for pto_id in await self.store.pto_ids():
+                        tg.start_soon(step, pto_id)
+            except* ActorClosed as group:  # the engine closed mid-way: say so once
+                raise ActorClosed("the engine is closed") from group
         return await self.fire_deadlines()
 
     async def fire_deadlines(self) -> list[str]:

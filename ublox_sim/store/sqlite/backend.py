@@ -253,9 +253,14 @@ class SqliteBackend:
         version = checkpoint.version
         cdt = self.local.cdt
         # Held worlds (launched or saved since the last checkpoint) go with the ones given.
+        # Taken at once, with the caller's snapshot of the given ones: each held copy seen
+        # now is superseded by (or is) what this checkpoint writes.
+        seen = dict(self._held_worlds)
         given = {w.world_id for w in checkpoint.worlds}
-        held = {w: a for w, a in self._held_worlds.items() if w not in given}
-        worlds = [*checkpoint.worlds, *(WorldWrite(w, held[w]) for w in sorted(held))]
+        worlds = [
+            *checkpoint.worlds,
+            *(WorldWrite(w, seen[w]) for w in sorted(seen) if w not in given),
+        ]
         for world in worlds:
             cdt.mark_dirty(world.world_id, world.arrays, version=version)
         await cdt.flush()
@@ -265,9 +270,10 @@ class SqliteBackend:
         unit.extend(rows.set_world_version(w.world_id, version) for w in worlds)
         await self.local.db.commit_held(unit)
         for world in worlds:
-            if world.world_id in given or self._held_worlds.get(world.world_id) is held.get(
-                world.world_id
-            ):  # durable now, unless saved again meanwhile
+            # One rule for every world: a held copy is dropped only if it is the very one
+            # seen above. One saved meanwhile (a PTO passivated during the write, a unit
+            # acknowledged) is newer than what was written: the next checkpoint writes it.
+            if self._held_worlds.get(world.world_id) is seen.get(world.world_id):
                 self._held_worlds.pop(world.world_id, None)
             cdt.prune(world.world_id, version)
 
