@@ -11,7 +11,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from pg_harness import PgCluster, cluster, missing_reason
 
 

@@ -1,0 +1,335 @@
+"""The PostgreSQL backend: ``store.backend.Backend`` over one database, through asyncpg.
+
+Rows are SQLite's (``store.sqlite.rows``, translated by ``dialect``) written by the
+group-commit ``writer``; reads are SQLite's queries (``store.sqlite.queries``) through the
+same writer, in queue order. World arrays are rows (``worlds.npz``: the same ``.npz``
+bytes SQLite keeps in files), written in the transaction of the unit that carries them,
+so a refused unit leaves its worlds as they were. One process writes a database at a time
+(a session advisory lock, held by the writer's connection: the lease of issue #14 replaces
+it when several processes share one database).
+
+Not yet: held commits (scenario mode), backups, ``verify``'s database checks beyond the
+ledger. See the module's TODOs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import numpy as np
+from anyio.abc import TaskGroup
+from numpy.typing import NDArray
+
+from ...core.errors import ActorClosed, StoreLocked
+from ...core.events import EventBus
+from ...core.records import PTO, RECORD_TYPES, Player, PTSToken, Record, Transaction
+from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
+from ..export import encode_arrays, export_document, export_text
+from ..home import write_text_atomic
+from ..sqlite import queries, rows
+from ..sqlite.writer import Statement
+from ..verify import Finding, ledger_findings, ledger_sums
+from .schema import migrate
+from .writer import PgWriter
+
+# pg_try_advisory_lock key of the single writer (until the lease of issue #14).
+WRITER_LOCK = 0x75B10C6
+
+_SAVE_WORLD = (
+    "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
+    " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
+)
+
+
+def npz_bytes(arrays: Arrays) -> bytes:
+    """The arrays as SQLite's world files hold them (``np.savez_compressed``)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def npz_arrays(data: bytes) -> dict[str, NDArray[np.generic]]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def save_world(world_id: str, arrays: Arrays) -> Statement:
+    return Statement(_SAVE_WORLD, (world_id, npz_bytes(arrays)))
+
+
+class PostgresBackend:
+    """One PostgreSQL database, written by this process (see the module docstring)."""
+
+    def __init__(self, dsn: str, *, hold_commits: bool = False, bus: EventBus | None = None):
+        if hold_commits:
+            raise NotImplementedError("held commits (scenario mode) on PostgreSQL: not yet")
+        self.dsn = dsn
+        self.bus = bus if bus is not None else EventBus()
+        self.hold_commits = False
+        self.db = PgWriter(dsn)
+        self._submitted = 0
+        self._dirty_worlds: dict[str, Arrays] = {}
+        self._flushing: asyncio.Task[None] | None = None
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self, tg: TaskGroup) -> None:
+        conn = await self.db.connect()
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+                raise StoreLocked(f"another process writes to {_safe(self.dsn)}")
+            await migrate(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        tg.start_soon(self.db.run)
+        self._started = True
+
+    async def aclose(self) -> None:
+        if self.db.closed:
+            return
+        if self._started:
+            await self._flush_worlds()
+        await self.db.aclose()  # closing the connection releases the advisory lock
+
+    @property
+    def closed(self) -> bool:
+        return self.db.closed
+
+    @property
+    def units_committed(self) -> int:
+        return self.db.units_committed
+
+    def on_batch_committed(self, hook: Callable[[float, int], None] | None) -> None:
+        self.db.on_batch_committed = hook
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def submit(self, unit: Unit, done: Done) -> None:
+        statements, landed = rows.unit_statements(unit, self.bus.publish)
+        # The worlds in the unit's own transaction (a savepoint): all or nothing.
+        statements.extend(save_world(w.world_id, w.arrays) for w in unit.worlds)
+        for world in unit.worlds:
+            self._dirty_worlds.pop(world.world_id, None)
+        self._submitted += 1
+        position = self._submitted
+
+        def acked(future: asyncio.Future[object]) -> None:
+            if future.cancelled():
+                done(ActorClosed("the store stopped before the unit committed"))
+            elif (error := future.exception()) is not None:
+                done(error)
+            else:
+                done(Committed(tuple(landed), position))
+
+        # No await between the count and the queue: positions follow the queue's order.
+        (await self.db.enqueue(statements)).add_done_callback(acked)
+
+    async def commit(self, unit: Unit) -> Committed:
+        outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+
+        def done(result: Committed | BaseException) -> None:
+            if outcome.done():
+                return
+            if isinstance(result, BaseException):
+                outcome.set_exception(result)
+            else:
+                outcome.set_result(result)
+
+        await self.submit(unit, done)
+        return await outcome
+
+    async def save_world(self, world_id: str, arrays: Arrays) -> None:
+        self._dirty_worlds.pop(world_id, None)
+        await self.db.submit([save_world(world_id, arrays)])
+
+    def world_changed(self, world_id: str, arrays: Arrays) -> None:
+        self._dirty_worlds[world_id] = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_worlds())
+
+    async def _flush_worlds(self) -> None:
+        while self._dirty_worlds:
+            world_id, arrays = next(iter(self._dirty_worlds.items()))
+            del self._dirty_worlds[world_id]
+            await self.db.submit([save_world(world_id, arrays)])
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        unit: list[Statement] = [save_world(w.world_id, w.arrays) for w in checkpoint.worlds]
+        for world in checkpoint.worlds:
+            self._dirty_worlds.pop(world.world_id, None)
+        if checkpoint.run is not None:
+            unit.append(rows.save_run(checkpoint.run))
+        unit.extend(
+            rows.set_world_version(w.world_id, checkpoint.version) for w in checkpoint.worlds
+        )
+        await self.db.submit(unit)
+
+    # -- point reads -------------------------------------------------------------------
+
+    @property
+    def _reader(self) -> Any:
+        # queries.* are typed for SQLite's PersistenceActor; the writer answers the same
+        # fetchone/fetchall (SQLite's SQL, translated). See the report: a Reader protocol.
+        return cast(Any, self.db)
+
+    async def load_player(self, player_id: str) -> Player | None:
+        return await queries.load_record(self._reader, Player, player_id)
+
+    async def load_player_at(self, player_id: str) -> tuple[Player | None, int]:
+        # The read is queued behind every unit submitted so far and before any later one.
+        position = self._submitted
+        return await self.load_player(player_id), position
+
+    async def load_pto(self, pto_id: str) -> PTO | None:
+        return await queries.load_record(self._reader, PTO, pto_id)
+
+    async def load_token(self, token_id: str) -> PTSToken | None:
+        return await queries.load_record(self._reader, PTSToken, token_id)
+
+    async def load_tokens(self, pto_id: str) -> list[PTSToken]:
+        return await queries.load_tokens(self._reader, pto_id)
+
+    async def load_world(self, world_id: str) -> dict[str, NDArray[np.generic]]:
+        pending = self._dirty_worlds.get(world_id)
+        if pending is not None:
+            return {k: np.array(v, copy=True) for k, v in pending.items()}
+        row = await self.db.fetchone("SELECT npz FROM worlds WHERE world_cdt_id = ?", (world_id,))
+        if row is None:
+            raise FileNotFoundError(f"no world {world_id!r} in the database")
+        return npz_arrays(bytes(row[0]))
+
+    async def exists(self, ident: str) -> bool:
+        return await queries.exists(self._reader, ident)
+
+    async def load_all(self, cls: type[Record]) -> list[Any]:
+        return await queries.load_records(self._reader, cls)
+
+    async def ptos_past_deadline(self, at: str) -> list[str]:
+        return await queries.ptos_past_deadline(self._reader, at)
+
+    async def player_ids(self) -> list[str]:
+        return await queries.ids(self._reader, "players", "player_id")
+
+    async def pto_ids(self) -> list[str]:
+        return await queries.ids(self._reader, "ptos", "pto_id")
+
+    async def taken(self, idents: Sequence[str]) -> set[str]:
+        return await queries.taken(self._reader, idents)
+
+    async def open_hours(self, statuses: Sequence[str]) -> dict[str, dict[str, float]]:
+        return await queries.open_hours(self._reader, statuses)
+
+    # -- aggregates and pages --------------------------------------------------------
+
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        return await queries.global_stats(self._reader)
+
+    async def leaderboard(self, top: int) -> list[Player]:
+        return await queries.leaderboard(self._reader, top)
+
+    async def transactions_of(
+        self, player_id: str, *, after: int = 0, limit: int = 50
+    ) -> list[Transaction]:
+        return await queries.transactions_of(self._reader, player_id, after=after, limit=limit)
+
+    async def events_after(self, since: int, limit: int = 500) -> list[tuple[int, str, str]]:
+        return await queries.events_after(self._reader, since, limit)
+
+    async def event_log_span(self) -> tuple[int, int]:
+        # SQLite reads its AUTOINCREMENT counter from sqlite_sequence; here, the counter.
+        row = await self.db.fetchone(
+            "SELECT (SELECT COALESCE(MIN(seq), 0) FROM event_log),"
+            " (SELECT value FROM counters WHERE name = 'event_log')"
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    # -- the game server's bookkeeping ---------------------------------------------
+
+    async def find_receipt(self, principal: str, key: str) -> tuple[str, int, str] | None:
+        return await queries.find_receipt(self._reader, principal, key)
+
+    async def token_versions(self) -> dict[str, int]:
+        return await queries.token_versions(self._reader)
+
+    async def set_token_version(self, player_id: str, version: int) -> None:
+        await self.db.submit([rows.set_token_version(player_id, version)])
+
+    # -- scenario runs ---------------------------------------------------------------
+
+    async def run_record(self) -> RunRecord | None:
+        return await queries.run_record(self._reader)
+
+    async def run_status(self) -> dict[str, Any] | None:
+        return await queries.run_status(self._reader)
+
+    async def is_empty(self) -> bool:
+        return await queries.is_empty(self._reader)
+
+    # -- maintenance -----------------------------------------------------------------
+
+    async def create_backup(self, name: str | None = None) -> Path:
+        raise NotImplementedError("PostgreSQL backups (pg_dump or a REPEATABLE READ snapshot)")
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        return []
+
+    async def export_data(self) -> dict[str, Any]:
+        await self._flush_worlds()
+        records: dict[str, list[Record]] = {}
+        for cls in RECORD_TYPES:
+            records[cls.TABLE] = await self.load_all(cls)
+        worlds: dict[str, dict[str, Any]] = {}
+        for pto in records[PTO.TABLE]:
+            assert isinstance(pto, PTO)
+            if pto.world_cdt_id and pto.world_cdt_id not in worlds:
+                worlds[pto.world_cdt_id] = encode_arrays(await self.load_world(pto.world_cdt_id))
+        return export_document(records, worlds, await queries.run_for_export(self._reader))
+
+    async def export_to_json(self, path: Path | str | None = None) -> Path:
+        if path is None:
+            raise ValueError("a PostgreSQL store has no home folder: name the export's path")
+        target = Path(path)
+        text = export_text(await self.export_data())
+        await anyio.to_thread.run_sync(write_text_atomic, target, text)
+        return target
+
+    async def verify(self) -> list[Any]:
+        """The ledger against balances and escrow, and every PTO's world present."""
+        db = self.db
+        tx = await db.fetchall("SELECT from_player, to_player, amount, currency FROM transactions")
+        players = await db.fetchall(
+            "SELECT player_id, usd_obbba_balance, xUSD_balance FROM players"
+        )
+        ptos = await db.fetchall("SELECT pto_id, status, funding_raised FROM ptos ORDER BY pto_id")
+        findings: list[Finding] = ledger_findings(
+            ((str(p), int(u), int(x)) for p, u, x in players),
+            ((str(p), str(s), int(r)) for p, s, r in ptos),
+            ledger_sums((f, t, int(a), str(c)) for f, t, a, c in tx),
+        )
+        missing = await db.fetchall(
+            "SELECT p.pto_id FROM ptos p LEFT JOIN worlds w ON w.world_cdt_id = p.world_cdt_id"
+            " WHERE p.world_cdt_id IS NOT NULL AND p.world_cdt_id <> '' AND w.world_cdt_id IS NULL"
+            " ORDER BY p.pto_id"
+        )
+        findings.extend(Finding("cdt", f"pto {pto_id}", "world missing") for (pto_id,) in missing)
+        return findings
+
+
+def _safe(dsn: str) -> str:
+    """The DSN without a password, for messages."""
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return dsn
+
+
+__all__ = ["PostgresBackend", "WorldWrite"]
