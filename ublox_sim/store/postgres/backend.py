@@ -8,15 +8,20 @@ so a refused unit leaves its worlds as they were. One process writes a database 
 (a session advisory lock, held by the writer's connection: the lease of issue #14 replaces
 it when several processes share one database).
 
-Not yet: held commits (scenario mode), backups, ``verify``'s database checks beyond the
-ledger. See the module's TODOs.
+Backups are in-process snapshots (binary COPY of every table in one REPEATABLE READ
+transaction) into ``backup_root``. Not yet: held commits (scenario mode), ``verify``'s
+database checks beyond the ledger and the worlds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
+import re
+import shutil
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,7 +30,7 @@ import numpy as np
 from anyio.abc import TaskGroup
 from numpy.typing import NDArray
 
-from ...core.errors import ActorClosed, StoreLocked
+from ...core.errors import ActorClosed, BackupExists, InvalidInput, StoreLocked
 from ...core.events import EventBus
 from ...core.records import PTO, RECORD_TYPES, Player, PTSToken, Record, Transaction
 from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
@@ -65,10 +70,18 @@ def save_world(world_id: str, arrays: Arrays) -> Statement:
 class PostgresBackend:
     """One PostgreSQL database, written by this process (see the module docstring)."""
 
-    def __init__(self, dsn: str, *, hold_commits: bool = False, bus: EventBus | None = None):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        hold_commits: bool = False,
+        bus: EventBus | None = None,
+        backup_root: Path | None = None,
+    ) -> None:
         if hold_commits:
             raise NotImplementedError("held commits (scenario mode) on PostgreSQL: not yet")
         self.dsn = dsn
+        self.backup_root = backup_root
         self.bus = bus if bus is not None else EventBus()
         self.hold_commits = False
         self.db = PgWriter(dsn)
@@ -276,10 +289,84 @@ class PostgresBackend:
     # -- maintenance -----------------------------------------------------------------
 
     async def create_backup(self, name: str | None = None) -> Path:
-        raise NotImplementedError("PostgreSQL backups (pg_dump or a REPEATABLE READ snapshot)")
+        """A consistent snapshot of every table in ``backup_root/NAME/``: one binary COPY
+        per table, all inside one REPEATABLE READ transaction, queued behind every write
+        submitted before (pg_dump is the operator's tool; this is the API's)."""
+        root = self._backup_root()
+        if name is None:
+            name = "backup_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S_%f")
+        if not _BACKUP_NAME.fullmatch(name):
+            raise InvalidInput(f"invalid backup name {name!r}")
+        target = root / name
+        if target.exists():
+            raise BackupExists(f"backup {name!r} already exists")
+        partial = root / f".{name}.partial"
+        await anyio.to_thread.run_sync(_fresh_dir, partial)
+
+        async def snapshot(conn: Any) -> int:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                version = int(await conn.fetchval("SELECT MAX(version) FROM schema_migrations"))
+                for table in BACKUP_TABLES:
+                    await conn.copy_from_table(table, output=str(partial / table), format="binary")
+            return version
+
+        try:
+            version = await self.db.run_read(snapshot)
+            manifest = {
+                "name": name,
+                "created_at": datetime.now(UTC).isoformat(),
+                "schema_version": version,
+                "tables": list(BACKUP_TABLES),
+            }
+            await anyio.to_thread.run_sync(_seal, partial, target, manifest)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, partial, True)
+            raise
+        return target
 
     def list_backups(self) -> list[dict[str, Any]]:
-        return []
+        """Each backup's name, creation time (UTC ISO) and size in bytes, oldest first."""
+        if self.backup_root is None or not self.backup_root.is_dir():
+            return []
+        found = []
+        for folder in self.backup_root.iterdir():
+            manifest = folder / "backup.json"
+            if folder.name.startswith(".") or not manifest.is_file():
+                continue
+            meta = json.loads(manifest.read_text())
+            size = sum(f.stat().st_size for f in folder.iterdir())
+            found.append({"name": meta["name"], "created_at": meta["created_at"], "size": size})
+        return sorted(found, key=lambda b: (b["created_at"], b["name"]))
+
+    async def restore_backup(self, name: str) -> None:
+        """Replace every table's rows with the backup's, in one transaction."""
+        source = self._backup_root() / name
+        manifest_path = source / "backup.json"
+        if not manifest_path.is_file():
+            raise InvalidInput(f"no backup {name!r}")
+        manifest = json.loads(manifest_path.read_text())
+        await self._flush_worlds()
+
+        async def restore(conn: Any) -> None:
+            async with conn.transaction():
+                version = int(await conn.fetchval("SELECT MAX(version) FROM schema_migrations"))
+                if manifest["schema_version"] != version:
+                    raise InvalidInput(
+                        f"backup {name!r} has schema version {manifest['schema_version']},"
+                        f" the database {version}"
+                    )
+                await conn.execute(f"TRUNCATE {', '.join(BACKUP_TABLES)}")
+                for table in BACKUP_TABLES:
+                    await conn.copy_to_table(table, source=str(source / table), format="binary")
+
+        await self.db.run_read(restore)
+
+    def _backup_root(self) -> Path:
+        if self.backup_root is None:
+            raise InvalidInput("this PostgreSQL store has no backup folder (backup_root)")
+        self.backup_root.mkdir(parents=True, exist_ok=True)
+        return self.backup_root
 
     async def export_data(self) -> dict[str, Any]:
         await self._flush_worlds()
@@ -321,6 +408,35 @@ class PostgresBackend:
         )
         findings.extend(Finding("cdt", f"pto {pto_id}", "world missing") for (pto_id,) in missing)
         return findings
+
+
+# Every table, parents before children (COPY checks foreign keys row by row).
+BACKUP_TABLES = (
+    "players",
+    "ptos",
+    "pts_tokens",
+    "transactions",
+    "play_sessions",
+    "runs",
+    "cdt_files",
+    "worlds",
+    "player_token_versions",
+    "idempotency_keys",
+    "event_log",
+    "counters",
+)
+_BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def _fresh_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _seal(partial: Path, target: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest last, then move the folder into place (a backup is whole or absent)."""
+    (partial / "backup.json").write_text(json.dumps(manifest, indent=2))
+    partial.rename(target)
 
 
 def _safe(dsn: str) -> str:
