@@ -70,6 +70,8 @@ class PgCluster:
     port: int = 0
     host: str = "127.0.0.1"
     user: str = SUPERUSER
+    # Tests need no durability (fsync off, faster); a benchmark of durable acks does.
+    durable: bool = False
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _running: bool = False
 
@@ -164,7 +166,7 @@ class PgCluster:
             "--auth=trust",
             "--encoding=UTF8",
             "--locale=C.UTF-8",
-            "--no-sync",  # a test cluster: its files need not survive a power cut
+            *(() if self.durable else ("--no-sync",)),  # test files need not survive a power cut
         )
         for attempt in range(START_ATTEMPTS):
             self.port = free_port()
@@ -177,7 +179,8 @@ class PgCluster:
                 "-w",
                 "-o",
                 f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                f"-c unix_socket_directories={self.socket_dir} -c fsync=off "
+                f"-c unix_socket_directories={self.socket_dir} "
+                f"-c fsync={'on' if self.durable else 'off'} "
                 "-c max_connections=200",
                 "start",
             )
@@ -213,12 +216,12 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def cluster() -> Iterator[PgCluster]:
-    """A started cluster, stopped and removed on exit."""
+def cluster(*, durable: bool = False) -> Iterator[PgCluster]:
+    """A started cluster, stopped and removed on exit (``durable``: fsync on)."""
     bin_dir = find_bin()
     if bin_dir is None:
         raise RuntimeError(missing_reason())
-    pg = PgCluster(bin_dir)
+    pg = PgCluster(bin_dir, durable=durable)
     try:
         yield pg.start()
     finally:
