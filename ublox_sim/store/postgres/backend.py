@@ -21,7 +21,6 @@ import json
 import re
 import shutil
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +29,7 @@ import numpy as np
 from anyio.abc import TaskGroup
 from numpy.typing import NDArray
 
+from ...core.clock import WALL_CLOCK, Clock
 from ...core.errors import ActorClosed, BackupExists, InvalidInput, StoreLocked
 from ...core.events import EventBus
 from ...core.records import PTO, RECORD_TYPES, Player, PTSToken, Record, Transaction
@@ -77,11 +77,13 @@ class PostgresBackend:
         hold_commits: bool = False,
         bus: EventBus | None = None,
         backup_root: Path | None = None,
+        clock: Clock = WALL_CLOCK,
     ) -> None:
         if hold_commits:
             raise NotImplementedError("held commits (scenario mode) on PostgreSQL: not yet")
         self.dsn = dsn
         self.backup_root = backup_root
+        self.clock = clock  # stamps backups only
         self.bus = bus if bus is not None else EventBus()
         self.hold_commits = False
         self.db = PgWriter(dsn)
@@ -294,7 +296,7 @@ class PostgresBackend:
         submitted before (pg_dump is the operator's tool; this is the API's)."""
         root = self._backup_root()
         if name is None:
-            name = "backup_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S_%f")
+            name = "backup_" + self.clock.now().strftime("%Y%m%d_%H%M%S_%f")
         if not _BACKUP_NAME.fullmatch(name):
             raise InvalidInput(f"invalid backup name {name!r}")
         target = root / name
@@ -314,7 +316,7 @@ class PostgresBackend:
             version = await self.db.run_read(snapshot)
             manifest = {
                 "name": name,
-                "created_at": datetime.now(UTC).isoformat(),
+                "created_at": self.clock.now().isoformat(),
                 "schema_version": version,
                 "tables": list(BACKUP_TABLES),
             }
