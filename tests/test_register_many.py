@@ -85,3 +85,69 @@ async def test_a_unit_the_database_rejects_is_retried_player_by_player(tmp_path:
     rows = ledger(tmp_path)
     assert [p for _, p, _ in rows] == [pid for pid, *_ in many if pid != "ghost"]
     assert verify_store(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_one_by_one_and_in_bulk_give_the_same_players_whatever_the_batch(
+    tmp_path: Path,
+) -> None:
+    ids = [f"p{n}" for n in range(5)]
+    async with Engine.open(tmp_path / "one", seed=9, clock=SimClock()) as engine:
+        one = [await engine.register_player(p, usd_obbba=Decimal(1)) for p in ids]
+    async with Engine.open(tmp_path / "bulk", seed=9, clock=SimClock()) as engine:
+        bulk = await engine.register_players([(p, Decimal(1), 1.0, None) for p in reversed(ids)])
+    async with Engine.open(tmp_path / "other", seed=10, clock=SimClock()) as engine:
+        other = await engine.register_player("p0", usd_obbba=Decimal(1))
+
+    def drawn(info: PlayerInfo | UbloxError) -> tuple[str, float, float, float, float]:
+        assert isinstance(info, PlayerInfo)
+        return (info.player_id, info.position_x, info.position_y, info.phase, info.resonance_freq)
+
+    assert [drawn(i) for i in one] == [drawn(i) for i in reversed(bulk)]
+    assert drawn(other) != drawn(one[0])
+
+
+@pytest.mark.asyncio
+async def test_a_bulk_registration_logs_and_publishes_every_player_in_order(
+    tmp_path: Path,
+) -> None:
+    count = 1000  # more than one multi-row log insert
+    async with Engine.open(tmp_path, seed=1, clock=SimClock()) as engine:
+        await engine.register_player("first")
+        async with engine.events(buffer=2 * count) as events:
+            results = await engine.register_players(
+                [(f"p{n}", Decimal(n % 3), 1.0, None) for n in range(count)]
+            )
+            assert all(isinstance(r, PlayerInfo) for r in results)
+            heard = [events.receive_nowait() for _ in range(count)]
+        assert engine.last_event_seq == heard[-1].seq
+    assert [(e.kind, getattr(e, "player_id", None)) for e in heard] == [
+        ("player_registered", f"p{n}") for n in range(count)
+    ]
+    with closing(sqlite3.connect(tmp_path / "ublox.db")) as db:
+        logged = db.execute(
+            "SELECT seq, json_extract(payload, '$.player_id') FROM event_log"
+            " WHERE kind = 'player_registered' ORDER BY seq"
+        ).fetchall()
+    assert logged[1:] == [(e.seq, f"p{n}") for n, e in enumerate(heard)]
+    assert logged[0][1] == "first"
+    assert ledger(tmp_path) == [("deposit", f"p{n}", (n % 3) * 100) for n in range(count) if n % 3]
+    assert verify_store(tmp_path) == []
+
+
+def test_a_bulk_deposit_row_is_the_ledger_rows_statement() -> None:
+    from ublox_sim.core.records import Player
+    from ublox_sim.store.sqlite import rows
+
+    player = Player(
+        player_id="p",
+        position_x=1.0,
+        position_y=1.0,
+        phase=0.5,
+        tau_k=1.0,
+        resonance_freq=1.0,
+        usd_obbba_balance=1234,
+        created_at="2026-01-01T00:00:00Z",
+    )
+    expected = rows.ledger_row("deposit", None, "p", 1234, rows.USD, "2026-01-01T00:00:00Z")
+    assert rows._deposit(player) == expected

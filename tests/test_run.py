@@ -41,11 +41,17 @@ STRESS_CUT = (
     "--set",
     "pto_cohorts.0.count=5",
 )
+CROWD_CUT = tuple(
+    arg
+    for item in ("clock.ticks=6", "cohorts.0.count=400", "pto_cohorts.0.count=8")
+    for arg in ("--set", item)
+)
 # How each shipped scenario is run here (festival and stress cut short) and its ticks.
 CUTS: dict[str, tuple[tuple[str, ...], int]] = {
     "harmonic_caverns": ((), 48),
     "festival": (FESTIVAL_CUT, 30),
     "stress": (STRESS_CUT, 2),
+    "crowd": (CROWD_CUT, 6),
 }
 REPORT_KEYS = {"name", "seed", "ticks_run", "ptos", "top_players", "totals", "outcomes"}
 

@@ -998,7 +998,7 @@ def test_a_drawn_deadline_is_not_raised_to_an_hour() -> None:
     from ublox_sim.sim.runner import plan
 
     loaded = parse_scenario(full_with(38, "    funding_deadline_hours: 0.5"), "full.yaml")
-    _players, ptos, _groups = plan(loaded.scenario)
+    ptos = plan(loaded.scenario).ptos
     assert [p.deadline_hours for p in ptos if p.pto_id.startswith("pc-")] == [0.5, 0.5]
 
 

@@ -24,6 +24,7 @@ from ublox_sim.store.sync import UbloxLocalStorage
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_0_1_0 = ROOT / "tests" / "fixtures" / "stores" / "v0.1.0"  # the same run, by 0.1.0
+GOLDEN_EXPORT = ROOT / "tests" / "fixtures" / "golden" / "harmonic_caverns.export.json"
 
 
 def du_b(home: Path) -> int:
@@ -46,14 +47,21 @@ def harmonic_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_export_of_a_run_is_a_fifth_smaller_than_release_0_1_0s_and_round_trips(
     harmonic_home: Path, tmp_path: Path
 ) -> None:
-    """Same run, same content: arrays byte-shuffled and deflated, one record per line."""
+    """Same run, as many rows: arrays byte-shuffled and deflated, one record per line.
+
+    The players' draws changed since 0.1.0 (issue 13: a keyed hash per id, not a numpy
+    generator per player), so the content is compared with the current golden export
+    and only the shape and size with 0.1.0's."""
     export = harmonic_home / "export.json"
     old = RELEASE_0_1_0 / "export.json"
     assert export.stat().st_size < 0.8 * old.stat().st_size
     new_data, old_data = json.loads(export.read_text()), json.loads(old.read_text())
+    golden = json.loads(GOLDEN_EXPORT.read_text())
     for table in ("players", "ptos", "pts_tokens", "transactions", "play_sessions"):
         rows = [{k: v for k, v in r.items() if k != "cdt"} for r in new_data[table]]
-        assert rows == [{k: v for k, v in r.items() if k != "cdt"} for r in old_data[table]]
+        assert rows == [{k: v for k, v in r.items() if k != "cdt"} for r in golden[table]]
+        assert len(rows) == len(old_data[table]), table
+        assert [sorted(r) for r in new_data[table]] == [sorted(r) for r in old_data[table]]
     # Lossless: imported into a new home, it exports the very same content (the run's
     # record, name and seed, stays with the home that ran it: import takes the store).
     with UbloxLocalStorage(tmp_path / "copy") as storage:

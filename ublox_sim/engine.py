@@ -22,6 +22,7 @@ span many (``stats``, ``leaderboard``, ``list_ptos``, ``tokens_of``, ``get_token
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -57,6 +58,7 @@ from .actors.runtime import ActorSystem, Ask
 from .core import events as ev
 from .core import limits
 from .core.clock import Clock, WallClock
+from .core.draws import Draws, normal
 from .core.economy import check_hours, check_play_hours, funding_goal
 from .core.errors import (
     ActorClosed,
@@ -111,12 +113,20 @@ def _default_max_active() -> int:
     return value
 
 
-def _registered(player: Player) -> ev.PlayerRegistered:
+@functools.lru_cache(maxsize=8)
+def _position_limit(size: float) -> limits.Limit:
+    """``POSITION.up_to(size)``, made once per world size rather than once per player."""
+    return limits.POSITION.up_to(size)
+
+
+def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
+    """The player's registration event; ``fresh``: nothing else holds ``player`` (a bulk
+    registration's), so the event may carry it without a copy."""
     return ev.PlayerRegistered(
         at=player.created_at,
         player_id=player.player_id,
         usd_obbba=to_decimal(player.usd_obbba_balance),
-        record=dataclasses.replace(player),
+        record=player if fresh else dataclasses.replace(player),
     )
 
 
@@ -144,6 +154,7 @@ class Engine:
         entropy = np.random.SeedSequence(seed).entropy
         assert isinstance(entropy, int)
         self._entropy = entropy
+        self._draws = Draws(entropy)
         if max_active < 1:
             raise InvalidInput(f"max_active must be at least 1, got {max_active}")
         if not idle_timeout > 0:
@@ -437,10 +448,11 @@ class Engine:
         self._check_open()
         prepared: list[Player | UbloxError] = []
         claimed: list[str] = []
+        now = self._now()
         try:
             for player_id, usd, tau, freq in players:
                 try:
-                    player = self._new_player(player_id, usd, tau, freq, None, None)
+                    player = self._new_player(player_id, usd, tau, freq, None, None, now)
                     if player_id in self._reserved:
                         raise AlreadyExists(f"{player_id!r} is already taken by a player or PTO")
                     self._reserved.add(player_id)
@@ -477,7 +489,7 @@ class Engine:
         self, chunk: list[tuple[int, Player]], results: list[PlayerInfo | UbloxError]
     ) -> None:
         try:
-            await self.store.commit(Unit(tuple(_registered(p) for _, p in chunk)))
+            await self.store.commit(Unit(tuple(_registered(p, fresh=True) for _, p in chunk)))
         except UnitRejected:
             for index, player in chunk:
                 try:
@@ -493,28 +505,32 @@ class Engine:
         resonance_freq: float | None,
         position: tuple[float, float] | None,
         phase: float | None,
+        now: str | None = None,
     ) -> Player:
         check_id(player_id, "player_id")
         cents = to_cents(usd_obbba, what="usd_obbba")
         tau = limits.TAU_K.check(tau_k)
-        rng = self.rng("player", player_id)
+        # One keyed hash per id (core/draws.py): the same player on every path and in
+        # any batch; far cheaper than a numpy generator per player.
+        ux, uy, uphase, u1, u2 = self._draws.uniforms("player", player_id)
         size = self.params.size
         if position is not None and (not isinstance(position, tuple | list) or len(position) != 2):
             raise InvalidInput(f"position must be an (x, y) pair, got {position!r}")
-        x, y = position if position is not None else tuple(rng.uniform(0, size, 2))
+        x, y = position if position is not None else (ux * size, uy * size)
+        where = _position_limit(size)
         return Player(
             player_id=player_id,
-            position_x=limits.POSITION.up_to(size).check(x, "position x"),
-            position_y=limits.POSITION.up_to(size).check(y, "position y"),
+            position_x=where.check(x, "position x"),
+            position_y=where.check(y, "position y"),
             phase=limits.PHASE.check(phase)
             if phase is not None
-            else float(rng.uniform(limits.PHASE.min, limits.PHASE.max)),
+            else limits.PHASE.min + (limits.PHASE.max - limits.PHASE.min) * uphase,
             tau_k=tau,
             resonance_freq=limits.RESONANCE_FREQ.check(resonance_freq)
             if resonance_freq is not None
-            else float(rng.normal(self.params.omega_mean, self.params.omega_spread)),
+            else normal(u1, u2, self.params.omega_mean, self.params.omega_spread),
             usd_obbba_balance=cents,
-            created_at=self._now(),
+            created_at=now if now is not None else self._now(),
         )
 
     async def deposit(

@@ -12,6 +12,9 @@ kind of mistake a real second backend could make:
    every ``SPILL_EVERY`` units); a killed process loses them.
 4. LEADERBOARD TIES UNORDERED (``ties``): ties stay in registration order, not by id.
 5. OFF BY ONE AT THE DEADLINE (``deadline``): a PTO whose deadline is exactly ``at`` is not past it.
+6. POSITIONS OFF BY ONE (``position``): ``load_player_at`` answers the position the *next*
+   unit will get, so a credit of a unit submitted after the read looks already loaded.
+7. IDS ARE NOT ONE NAMESPACE IN BULK (``taken``): ``taken`` looks at players only.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,7 @@ from ublox_sim.store.verify import Finding, ledger_findings, ledger_sums
 SPILL_EVERY = 1000
 # Each defect can be left out (``UBLOX_CONFORMANCE_FAKE_DEFECTS``, see conftest), to
 # show which tests catch which, and that the fake without them passes the suite.
-DEFECTS = frozenset({"partial", "order", "volatile", "ties", "deadline"})
+DEFECTS = frozenset({"partial", "order", "volatile", "ties", "deadline", "position", "taken"})
 
 
 @dataclass
@@ -91,6 +94,7 @@ class BrokenFakeBackend:
         self._durable = copy.deepcopy(self._data)  # held mode: the last checkpoint
         self._closed = False
         self._units = 0
+        self._submitted = 0  # positions: every unit submitted, committed or refused
         self._hook: Callable[[float, int], None] | None = None
         self._started = False
 
@@ -141,6 +145,8 @@ class BrokenFakeBackend:
 
     def _apply_unit(self, unit: Unit) -> asyncio.Future[Committed]:
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        self._submitted += 1
+        position = self._submitted
         before = None if "partial" in self.defects else copy.deepcopy(self._data)
         try:
             for world in unit.worlds:
@@ -178,7 +184,7 @@ class BrokenFakeBackend:
         every = SPILL_EVERY if "volatile" in self.defects else 1
         if not self.hold_commits and self._units % every == 0:
             self._spill()  # DEFECT 3: only now, not before the ack
-        future.set_result(Committed(tuple(landed)))
+        future.set_result(Committed(tuple(landed), position))
         return future
 
     async def commit(self, unit: Unit) -> Committed:
@@ -358,6 +364,11 @@ class BrokenFakeBackend:
         found = self._data.players.get(player_id)
         return None if found is None else dataclasses.replace(found)
 
+    async def load_player_at(self, player_id: str) -> tuple[Player | None, int]:
+        # Units apply as they are submitted: the row holds every one submitted so far.
+        position = self._submitted + 1 if "position" in self.defects else self._submitted
+        return await self.load_player(player_id), position  # DEFECT 6: one too far
+
     async def load_pto(self, pto_id: str) -> PTO | None:
         found = self._data.ptos.get(pto_id)
         return None if found is None else dataclasses.replace(found)
@@ -401,6 +412,31 @@ class BrokenFakeBackend:
             for p in self._data.ptos.values()
             if p.status == "funding" and p.funding_deadline is not None and past(p.funding_deadline)
         )
+
+    async def player_ids(self) -> list[str]:
+        return sorted(self._data.players)
+
+    async def pto_ids(self) -> list[str]:
+        return sorted(self._data.ptos)
+
+    async def taken(self, idents: Sequence[str]) -> set[str]:
+        held = set(self._data.players)
+        if "taken" not in self.defects:  # DEFECT 7: PTO ids are forgotten
+            held |= set(self._data.ptos)
+        return {i for i in idents if i in held}
+
+    async def open_hours(self, statuses: Sequence[str]) -> dict[str, dict[str, float]]:
+        wanted = set(statuses)
+        left: dict[str, dict[str, float]] = {}
+        for t in sorted(self._data.tokens.values(), key=lambda t: (t.game_id, t.token_id)):
+            pto = self._data.ptos.get(t.game_id)
+            if pto is None or pto.status not in wanted:
+                continue
+            room = float(t.hours_committed) - float(t.hours_played)
+            if room > 1e-9:
+                per = left.setdefault(t.game_id, {})
+                per[t.holder] = per.get(t.holder, 0.0) + room
+        return left
 
     async def stats(self) -> dict[str, dict[str, Any]]:
         d = self._data

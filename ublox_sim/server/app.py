@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from ..core.clock import SimClock, WallClock
 from ..core.logsetup import get_logger
-from ..engine import Engine
+from ..engine import DEFAULT_IDLE_TIMEOUT, Engine
 from ..store.home import Home
 from . import errors
 from .auth import DEFAULT_TOKEN_TTL, Authority, load_admin_key
@@ -125,7 +125,15 @@ class _Game:
             params = loaded.scenario.world.params()
         clock: SimClock | WallClock = loaded.scenario.clock.sim_clock() if loaded else WallClock()
         key = self.cfg.admin_key or load_admin_key(self.root.root)[0]
-        async with Engine.open(self.home, clock=clock, seed=self.seed, world=params) as engine:
+        caps = loaded.scenario.engine if loaded else None  # a scenario's memory knobs
+        async with Engine.open(
+            self.home,
+            clock=clock,
+            seed=self.seed,
+            world=params,
+            max_active=caps.max_active if caps else None,
+            idle_timeout=caps.idle_timeout if caps else DEFAULT_IDLE_TIMEOUT,
+        ) as engine:
             metrics: Metrics = app.state.metrics
             metrics.attach(engine)
             versions = await engine.store.token_versions()

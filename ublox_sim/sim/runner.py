@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -34,11 +34,15 @@ from ..engine import Engine
 from ..store.backend import RunRecord
 from ..store.home import Home
 from ..store.sqlite.backend import read_run_record
-from .scenario import Cohort, Loaded, Scenario, cohort_id, draw_settled, settle
+from .scenario import Loaded, Scenario, cohort_id, draw, draw_settled, settle
 
 log = get_logger(__name__)
 
 Progress = Callable[[int, int], None]
+
+SETUP_CHUNK = 20_000
+"""Players settled and registered at once by ``Runner.setup`` (the engine commits them
+in its own units): enough to keep the store busy, few enough to bound memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,109 @@ class PlannedPlayer:
     usd_obbba: Decimal
     tau_k: float
     resonance_freq: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """A cohort's ids, ``PREFIX-0001`` …, formed when asked for: a crowd of 100,000 is
+    two numbers, not 100,000 strings held for the whole run."""
+
+    prefix: str
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> str:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return cohort_id(self.prefix, index + 1, self.count)
+
+    def __contains__(self, ident: object) -> bool:
+        if not isinstance(ident, str):
+            return False
+        prefix, _, number = ident.rpartition("-")
+        return (
+            prefix == self.prefix
+            and number.isdigit()
+            and 1 <= int(number) <= self.count
+            and ident == cohort_id(prefix, int(number), self.count)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """Players in a fixed order (listed ones, then cohorts in file order): indexed by the
+    runner's draws, tested for membership, never spelled out in full."""
+
+    parts: tuple[Members | tuple[str, ...], ...]
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def __getitem__(self, index: int) -> str:
+        for part in self.parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError(index)
+
+    def __contains__(self, ident: object) -> bool:
+        return any(ident in part for part in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCohort:
+    """A cohort's raw draws (numpy arrays); settled into players a chunk at a time."""
+
+    members: Members
+    usd_obbba: Any
+    tau_k: Any
+    resonance_freq: Any | None
+
+    def players(self, start: int, stop: int) -> list[PlannedPlayer]:
+        money = _settled(self.usd_obbba[start:stop], L.BALANCE)
+        tau = _settled(self.tau_k[start:stop], L.TAU_K)
+        freq = (
+            _settled(self.resonance_freq[start:stop], L.RESONANCE_FREQ)
+            if self.resonance_freq is not None
+            else [None] * (stop - start)
+        )
+        return [
+            PlannedPlayer(self.members[start + k], m, t, f)
+            for k, (m, t, f) in enumerate(zip(money, tau, freq, strict=True))
+        ]
+
+
+def _settled(raw: Any, limit: L.Limit) -> list[Any]:
+    out = [settle(limit, x) for x in raw]
+    for item in out:
+        if not limit.contains(item):
+            raise AssertionError(f"{limit.name}: drew {item!r}, outside {limit.describe()}")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything drawn before the first tick. Players come in chunks (``chunks``) so
+    that setup never holds one Python object per player of a large crowd."""
+
+    listed: list[PlannedPlayer]
+    cohorts: list[PlannedCohort]
+    ptos: list[PlannedPTO]
+    groups: dict[str, Roster]
+
+    @property
+    def everyone(self) -> Roster:
+        return Roster((tuple(p.player_id for p in self.listed), *(c.members for c in self.cohorts)))
+
+    def chunks(self, size: int) -> Iterator[list[PlannedPlayer]]:
+        """Every player, listed ones first, then cohorts in file order, ``size`` at a time."""
+        for start in range(0, len(self.listed), size):
+            yield self.listed[start : start + size]
+        for cohort in self.cohorts:
+            for start in range(0, cohort.members.count, size):
+                yield cohort.players(start, min(start + size, cohort.members.count))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,33 +212,31 @@ def _money(value: float) -> Decimal:
     return cents
 
 
-def _cohort_members(cohort: Cohort) -> list[str]:
-    return [cohort_id(cohort.prefix, n, cohort.count) for n in range(1, cohort.count + 1)]
-
-
-def plan(scenario: Scenario) -> tuple[list[PlannedPlayer], list[PlannedPTO], dict[str, list[str]]]:
+def plan(scenario: Scenario) -> Plan:
     """Everything drawn before the first tick, from its own generator: a pure function of
     the scenario, so a resumed run plans exactly the same players and PTOs."""
     setup = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(2)[0])
-    players = [
+    listed = [
         PlannedPlayer(p.id, _money(p.usd_obbba), p.tau_k, p.resonance_freq)
         for p in scenario.players
     ]
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, Roster] = {}
+    cohorts: list[PlannedCohort] = []
     for cohort in scenario.cohorts:
-        ids = _cohort_members(cohort)
-        groups[cohort.prefix] = ids
+        members = Members(cohort.prefix, cohort.count)
+        groups[cohort.prefix] = Roster((members,))
         # The loader checked every distribution against its limit (scenario.within):
-        # these draws are in range by construction, nothing is clipped here.
-        money = draw_settled(cohort.usd_obbba, setup, cohort.count, L.BALANCE)
-        tau = draw_settled(cohort.tau_k, setup, cohort.count, L.TAU_K)
-        freq = (
-            draw_settled(cohort.resonance_freq, setup, cohort.count, L.RESONANCE_FREQ)
-            if cohort.resonance_freq is not None
-            else [None] * cohort.count
-        )
-        players.extend(
-            PlannedPlayer(pid, m, t, f) for pid, m, t, f in zip(ids, money, tau, freq, strict=True)
+        # these draws are in range by construction, nothing is clipped here. Raw draws
+        # stay numpy arrays (8 bytes a player) until setup settles them chunk by chunk.
+        cohorts.append(
+            PlannedCohort(
+                members,
+                draw(cohort.usd_obbba, setup, cohort.count, L.BALANCE),
+                draw(cohort.tau_k, setup, cohort.count, L.TAU_K),
+                draw(cohort.resonance_freq, setup, cohort.count, L.RESONANCE_FREQ)
+                if cohort.resonance_freq is not None
+                else None,
+            )
         )
     ticks_per_hour = 1.0 / scenario.clock.tick_hours
     ptos = [
@@ -152,10 +257,15 @@ def plan(scenario: Scenario) -> tuple[list[PlannedPlayer], list[PlannedPTO], dic
     for pc in scenario.pto_cohorts:
         n = pc.count
         creators_spec = [pc.creators] if isinstance(pc.creators, str) else pc.creators
-        pool: list[str] = []
-        for name in creators_spec:
-            pool.extend(groups.get(name, [name]))
-        creators = setup.choice(np.asarray(pool, dtype=object), n)
+        pool = Roster(
+            tuple(
+                part
+                for name in creators_spec
+                for part in (groups[name].parts if name in groups else ((name,),))
+            )
+        )
+        # The same draw as ``choice`` over the pool's ids, without spelling them out.
+        creators = [pool[int(k)] for k in setup.choice(len(pool), n)]
         atu = draw_settled(pc.atu_required, setup, n, L.ATU_REQUIRED)
         offered = draw_settled(pc.pts_offered, setup, n, L.PTS_OFFERED)
         price = draw_settled(pc.price_per_pts, setup, n, L.PRICE_PER_PTS)
@@ -176,7 +286,7 @@ def plan(scenario: Scenario) -> tuple[list[PlannedPlayer], list[PlannedPTO], dic
                     None,
                 )
             )
-    return players, ptos, groups
+    return Plan(listed, cohorts, ptos, groups)
 
 
 def recorded_scenario(home: Home) -> Loaded:
@@ -197,8 +307,10 @@ class Runner:
         self.engine = engine
         self.scenario = scenario
         self.clock = clock
-        self.players, self.ptos, self.groups = plan(scenario)
-        self.player_ids = [p.player_id for p in self.players]
+        planned = plan(scenario)
+        self.plan = planned
+        self.ptos = planned.ptos
+        self.groups = planned.groups
         self.rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(2)[1])
         self.outcomes: Counter[str] = Counter()
         self.total = scenario.clock.total_ticks
@@ -245,12 +357,15 @@ class Runner:
         return True
 
     async def setup(self) -> None:
-        results = await self.engine.register_players(
-            [(p.player_id, p.usd_obbba, p.tau_k, p.resonance_freq) for p in self.players]
-        )
-        for result in results:
-            if isinstance(result, UbloxError):
-                raise result
+        # In chunks: the engine commits each in large units, and the runner never holds
+        # more than one chunk of planned players.
+        for chunk in self.plan.chunks(SETUP_CHUNK):
+            results = await self.engine.register_players(
+                [(p.player_id, p.usd_obbba, p.tau_k, p.resonance_freq) for p in chunk]
+            )
+            for result in results:
+                if isinstance(result, UbloxError):
+                    raise result
         await self.launch_due(0)
 
     async def launch_due(self, tick: int) -> None:
@@ -290,14 +405,14 @@ class Runner:
                 case "deposit":
                     await self._attempt("deposit", e.deposit(a.player, _money(a.amount)))
 
-    def _who(self, who: Any) -> list[str]:
+    def _who(self, who: Any) -> Roster:
         if who == "all":
-            return self.player_ids
+            return self.plan.everyone
         names = [who] if isinstance(who, str) else who
-        out: list[str] = []
+        parts: list[Members | tuple[str, ...]] = []
         for name in names:
-            out.extend(self.groups.get(name, [name]))
-        return out
+            parts.extend(self.groups[name].parts if name in self.groups else [(name,)])
+        return Roster(tuple(parts))
 
     async def investors(self) -> None:
         e = self.engine
@@ -330,7 +445,7 @@ class Runner:
     async def sessions(self) -> None:
         e = self.engine
         for rule in self.scenario.behaviours.players:
-            candidates = set(self._who(rule.who))
+            candidates = self._who(rule.who)
             # Who can play where: hours left on tokens of playable worlds, in id order.
             left: dict[str, dict[str, float]] = {}
             for pto_id, rooms in (await e.store.open_hours(sorted(PLAYABLE))).items():
@@ -401,7 +516,12 @@ async def run_scenario(
     scenario = loaded.scenario
     if resume and not home.db.is_file():
         raise InvalidInput(f"nothing to resume in {home.root}: no store there")
-    resolved = json.dumps(scenario.model_dump(mode="json", by_alias=True), sort_keys=True)
+    # The run's identity, recorded and exported: everything but ``engine``, whose memory
+    # knobs never change a result (so they cannot change the export either, and a run
+    # killed for memory may resume with a smaller ``max_active``).
+    resolved = json.dumps(
+        scenario.model_dump(mode="json", by_alias=True, exclude={"engine"}), sort_keys=True
+    )
     async with Engine.open(
         home,
         seed=scenario.seed,
@@ -409,6 +529,8 @@ async def run_scenario(
         world=scenario.world.params(),
         checkpointed=True,
         synchronous=synchronous,  # type: ignore[arg-type]
+        max_active=scenario.engine.max_active,
+        idle_timeout=scenario.engine.idle_timeout,
     ) as engine:
         runner = Runner(engine, scenario, clock)
         row = await engine.store.run_record()
@@ -458,6 +580,10 @@ async def run_scenario(
             tick += 1
             if tick % every == 0 or tick == runner.total:
                 finished = tick == runner.total
+                if finished:
+                    # Nobody acts after the last tick: release every actor before the
+                    # export, which needs the memory (results do not depend on activation).
+                    await engine.passivate_all()
                 await engine.checkpoint(tick, runner.run_record(tick, finished, resolved))
                 log.info("run.checkpoint", tick=tick, ticks=runner.total)
             if progress is not None:

@@ -627,6 +627,39 @@ class ScriptedEvent(_Model):
         raise AssertionError("validated to have one action")
 
 
+# Caps on the engine's memory knobs: far above any run, but finite (a typo of 1e99 is a
+# mistake to report, not a setting).
+MAX_ACTIVE_CAP = 10**7
+IDLE_TIMEOUT_CAP = 10**6
+
+
+class EngineSpec(_Model):
+    """The ``engine:`` section: how many actors the engine keeps active. These bound
+    memory and never change a result (same seed, same export whatever they are), so a
+    run may be resumed with other values."""
+
+    max_active: int | None = Field(
+        default=None, description="active actors per kind; default $UBLOX_MAX_ACTIVE or 100,000"
+    )
+    idle_timeout: float = Field(
+        default=300.0, description="wall-clock seconds an unused actor stays active"
+    )
+
+    @field_validator("max_active")
+    @classmethod
+    def _max_active(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= MAX_ACTIVE_CAP:
+            raise ValueError("must be a whole number between 1 and 1e7")
+        return value
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _idle_timeout(cls, value: float) -> float:
+        if not (math.isfinite(value) and 0 < value <= IDLE_TIMEOUT_CAP):
+            raise ValueError("must be greater than 0 and at most 1e6 seconds")
+        return value
+
+
 class Scenario(_Model):
     name: Annotated[str, text_within(L.SCENARIO_NAME)]
     seed: Annotated[int, within(L.SEED)]
@@ -640,6 +673,7 @@ class Scenario(_Model):
     pto_cohorts: list[PTOCohort] = []
     behaviours: Behaviours = Behaviours()
     events: list[ScriptedEvent] = []
+    engine: EngineSpec = EngineSpec()
 
 
 # -- loading -----------------------------------------------------------------------------

@@ -9,21 +9,100 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
+import aiosqlite
 from anyio.abc import TaskGroup
 
 from ...core.clock import Clock
 from ...core.errors import ActorClosed, InvalidInput
 from ...core.events import EventBus
-from ...core.records import PTO, Player, PTSToken, Record, Transaction
+from ...core.records import PTO, Player, PTSToken, R, Record, Transaction
 from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
 from ..home import Home
 from ..local import LocalStore, wall_clock
 from . import queries, rows
 from .writer import PersistenceActor, Statement, Synchronous
+
+
+class _Batch(Generic[R]):
+    """The keys of one coalesced point read, and their callers' futures."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position  # units submitted before the read's place in the queue
+        self.waiting: dict[str, asyncio.Future[R | None]] = {}
+        self.taken = False  # the read has started: later keys go to the next batch
+
+
+class PointLoader(Generic[R]):
+    """Point reads of one record type, coalesced: every key asked for while a read is
+    queued in the writer joins that read, one ``IN (...)`` query.
+
+    An activation is a point read through the writer's queue; one read per key would
+    stop the write pipeline once per activation. The read is queued when its first key
+    comes, so the position it answers with is the count of units submitted before *that*
+    moment: a key that joins later reads the same rows, so those units, and only them,
+    are in what it loads (units submitted after the read is queued run after it). Its
+    credits of later units are applied by position, as for any load.
+    """
+
+    def __init__(self, db: PersistenceActor, cls: type[R], position: Callable[[], int]) -> None:
+        self.db = db
+        self.cls: type[R] = cls
+        self._position = position
+        self._batch: _Batch[R] | None = None
+        self.reads = 0  # queries queued (one per batch), for tests and benchmarks
+
+    async def load(self, key: str) -> tuple[R | None, int]:
+        batch = self._batch
+        if batch is None or batch.taken:
+            batch = _Batch[R](self._position())
+            self._batch = batch
+            future = batch.waiting[key] = asyncio.get_running_loop().create_future()
+            try:
+                done = await self.db.call_soon(self._reader(batch))
+            except BaseException as exc:  # closed or broken: the read will never run
+                self._fail(batch, exc)
+                raise
+            done.add_done_callback(lambda outcome: self._settled(batch, outcome))
+            self.reads += 1
+        else:
+            future = batch.waiting.get(key) or batch.waiting.setdefault(
+                key, asyncio.get_running_loop().create_future()
+            )
+        # Shielded: one caller giving up must not cancel the answer of the others.
+        return await asyncio.shield(future), batch.position
+
+    def _reader(self, batch: _Batch[R]) -> Callable[[aiosqlite.Connection], Awaitable[None]]:
+        async def read(conn: aiosqlite.Connection) -> None:
+            batch.taken = True
+            if self._batch is batch:
+                self._batch = None
+            found = await queries.records_by_key(conn, self.cls, list(batch.waiting))
+            for key, future in batch.waiting.items():
+                if not future.done():
+                    future.set_result(found.get(key))
+
+        return read
+
+    def _settled(self, batch: _Batch[R], outcome: asyncio.Future[object]) -> None:
+        """The writer answered the read: pass a failure (or the actor's closing before it
+        ran) on to every caller still waiting."""
+        if outcome.cancelled():
+            self._fail(batch, ActorClosed("the store stopped before the read ran"))
+        elif (error := outcome.exception()) is not None:
+            self._fail(batch, error)
+
+    def _fail(self, batch: _Batch[R], error: BaseException) -> None:
+        batch.taken = True
+        if self._batch is batch:
+            self._batch = None
+        for future in batch.waiting.values():
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: its caller may have been cancelled
 
 
 class SqliteBackend:
@@ -53,6 +132,8 @@ class SqliteBackend:
         # Units submitted so far: every read and write passes through the writer's one
         # queue in order, so a read stamped with this count saw exactly those units.
         self._submitted = 0
+        self._players: PointLoader[Player] | None = None
+        self._ptos: PointLoader[PTO] | None = None
 
     # -- what is SQLite's own (the server's metrics, the seed's facade) --------------
 
@@ -192,15 +273,24 @@ class SqliteBackend:
 
     # -- point reads ---------------------------------------------------------------
 
+    def _player_loader(self) -> PointLoader[Player]:
+        if self._players is None:
+            self._players = PointLoader(self.local.db, Player, lambda: self._submitted)
+        return self._players
+
+    def _pto_loader(self) -> PointLoader[PTO]:
+        if self._ptos is None:
+            self._ptos = PointLoader(self.local.db, PTO, lambda: self._submitted)
+        return self._ptos
+
     async def load_player(self, player_id: str) -> Player | None:
-        return await queries.load_record(self.local.db, Player, player_id)
+        return (await self._player_loader().load(player_id))[0]
 
     async def load_player_at(self, player_id: str) -> tuple[Player | None, int]:
-        position = self._submitted
-        return await self.load_player(player_id), position
+        return await self._player_loader().load(player_id)
 
     async def load_pto(self, pto_id: str) -> PTO | None:
-        return await queries.load_record(self.local.db, PTO, pto_id)
+        return (await self._pto_loader().load(pto_id))[0]
 
     async def load_token(self, token_id: str) -> PTSToken | None:
         return await queries.load_record(self.local.db, PTSToken, token_id)

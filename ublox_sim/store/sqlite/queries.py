@@ -10,6 +10,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import aiosqlite
+
 from ...core.money import from_cents
 from ...core.records import FUNDING, Player, PTSToken, R, Transaction
 from ..backend import RunRecord
@@ -20,6 +22,31 @@ from .writer import PersistenceActor, Row
 async def load_record(db: PersistenceActor, cls: type[R], key: str) -> R | None:
     row = await db.fetchone(f"{select_sql(cls)} WHERE {cls.KEY} = ?", (key,))
     return None if row is None else from_row(cls, row)
+
+
+# Keys per ``IN (...)`` query: well under SQLite's 32,766 variables, and the plans of
+# the few lengths used are cached by the connection (a batch is padded to one of them).
+_IN_SIZES = (1, 4, 16, 64, 256)
+
+
+async def records_by_key(
+    conn: aiosqlite.Connection, cls: type[R], keys: Sequence[str]
+) -> dict[str, R]:
+    """The records of ``keys`` that exist, by key: one ``IN (...)`` query per up to 256
+    keys, run on ``conn`` (inside a writer request: ``PersistenceActor.call_soon``)."""
+    found: dict[str, R] = {}
+    head = f"{select_sql(cls)} WHERE {cls.KEY} IN "
+    index = 0
+    while index < len(keys):
+        chunk = list(keys[index : index + _IN_SIZES[-1]])
+        index += len(chunk)
+        size = next(n for n in _IN_SIZES if n >= len(chunk))
+        chunk += [chunk[-1]] * (size - len(chunk))  # a repeated key matches once
+        sql = head + "(" + ",".join("?" * size) + ")"
+        for row in await conn.execute_fetchall(sql, chunk):
+            record = from_row(cls, tuple(row))
+            found[getattr(record, cls.KEY)] = record
+    return found
 
 
 async def load_records(db: PersistenceActor, cls: type[R]) -> list[R]:

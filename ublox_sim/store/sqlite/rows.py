@@ -65,6 +65,17 @@ def ledger_row(
     return Statement(_CHECKED_TX[sides], (*to_row(tx), *players))
 
 
+_INSERT_PLAYER = insert_sql(Player)
+
+
+def _deposit(player: Player) -> Statement:
+    """A registering player's opening deposit: ``ledger_row("deposit", ...)``'s statement,
+    built without the intermediate Transaction (a bulk registration makes thousands)."""
+    pid, cents = player.player_id, player.usd_obbba_balance
+    tx = (None, "deposit", None, pid, cents, USD, None, player.created_at, None, pid)
+    return Statement(_CHECKED_TX[("to",)], tx)
+
+
 # Which side of each kind of ledger row is a player (the other may be a PTO).
 _PLAYER_SIDES: dict[str, tuple[str, ...]] = {
     "deposit": ("to",),
@@ -259,10 +270,17 @@ def unit_statements(
     if len(unit.events) > 1 and all(type(e) is ev.PlayerRegistered for e in unit.events):
         # A bulk registration: the rows grouped by statement, so each group is one
         # executemany (players first: their deposits and events refer to them).
-        rows = [_rows(event) for event in unit.events]
-        out.extend(r[0] for r in rows)
-        out.extend(stmt for r in rows for stmt in r[1:])
-        out.extend(_log(i, event, landed, publish) for i, event in enumerate(unit.events))
+        players: list[Player] = []
+        for event in unit.events:
+            assert isinstance(event, ev.PlayerRegistered) and event.record is not None
+            players.append(event.record)
+        out.extend(Statement(_INSERT_PLAYER, to_row(p)) for p in players)
+        out.extend(_deposit(p) for p in players if p.usd_obbba_balance)
+        events = unit.events
+        for start in range(0, len(events), _LOG_ROWS_PER_INSERT):
+            out.append(
+                _log_many(start, events[start : start + _LOG_ROWS_PER_INSERT], landed, publish)
+            )
     else:
         for index, event in enumerate(unit.events):
             out.extend(_rows(event))
@@ -400,6 +418,35 @@ def _log(
         publish(numbered)
 
     return log_event(event.kind, event.at, ev.payload(event), committed, last_session=session)
+
+
+# Rows per multi-row event_log insert: 3 parameters each stays within SQLite's oldest
+# default limit of 999 host parameters.
+_LOG_ROWS_PER_INSERT = 333
+
+
+def _log_many(
+    start: int,
+    events: Sequence[ev.Event],
+    landed: list[ev.Event],
+    publish: Callable[[ev.Event], None],
+) -> Statement:
+    """Several events' log rows as one multi-row INSERT: one round trip instead of one
+    each. One INSERT on the one writer numbers its rows consecutively (AUTOINCREMENT
+    takes the next value per row), so the rowid returned, the last, gives them all."""
+    params: list[object] = []
+    for event in events:
+        params += (event.kind, event.at, ev.payload(event))
+    sql = _INSERT_EVENT + ", (?, ?, ?)" * (len(events) - 1)
+
+    def committed(ids: Sequence[int]) -> None:
+        first = ids[-1] - len(events) + 1
+        for offset, event in enumerate(events):
+            numbered = dataclasses.replace(event, seq=first + offset)
+            landed[start + offset] = numbered
+            publish(numbered)
+
+    return Statement(sql, tuple(params), want_rowid=True, on_commit=committed)
 
 
 def _receipt(receipt: Receipt, events: Sequence[ev.Event]) -> Statement:

@@ -464,6 +464,7 @@ class PersistenceActor:
         self._closed = False
         self._stopped = anyio.Event()
         self._slots = anyio.Semaphore(PIPELINE_DEPTH)
+        self._dispatched = False  # a batch was dispatched since the last _wait_idle
         self._batches: TaskGroup
         self.commits = 0
         self.units_committed = 0
@@ -582,9 +583,18 @@ class PersistenceActor:
         ``conn`` is the writer's aiosqlite connection (legacy transaction control: a DML
         statement opens a transaction, which the writer commits once ``fn`` returns,
         outside hold mode)."""
+        return await (await self.call_soon(fn))  # type: ignore[return-value]  # fn's own result
+
+    async def call_soon(
+        self, fn: Callable[[aiosqlite.Connection], Awaitable[object]]
+    ) -> asyncio.Future[object]:
+        """Queue ``call(fn)`` (waiting only for mailbox room) and return the future that
+        resolves with ``fn``'s result: it runs at this point of the queue whatever
+        becomes of the caller, and the future fails with ``ActorClosed`` if the actor
+        stops first."""
         pending = _Pending(control=fn)
         await self._enqueue(pending)
-        return await pending.done  # type: ignore[return-value]  # fn's own result
+        return pending.done
 
     async def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run blocking ``fn(connection)`` between batches, in a worker thread, on a
@@ -718,6 +728,7 @@ class PersistenceActor:
         event loop answers. ``_writing`` keeps the two batches' calls apart and in order.
         """
         await self._slots.acquire()
+        self._dispatched = True
 
         async def commit() -> None:
             try:
@@ -746,7 +757,11 @@ class PersistenceActor:
             if writes:
                 await self._dispatch(writes)
                 writes = []
-            await self._wait_idle()
+            if self._dispatched:
+                # Consecutive control requests wait once: a request runs inline, so
+                # after the first nothing is in flight until the next batch.
+                await self._wait_idle()
+                self._dispatched = False
             assert item.control is not None and self._conn is not None
             try:
                 result = await item.control(self._conn)
