@@ -33,7 +33,9 @@ from numpy.typing import NDArray
 from ...core.clock import WALL_CLOCK, Clock
 from ...core.errors import (
     ActorClosed,
+    BackupError,
     BackupExists,
+    InvalidBackupName,
     InvalidInput,
     PersistenceError,
     StoreLocked,
@@ -179,6 +181,10 @@ class PostgresBackend:
         self._dirty_worlds[world_id] = {k: np.array(v, copy=True) for k, v in arrays.items()}
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(self._flush_worlds())
+
+    async def flush_worlds(self) -> None:
+        """Write every world changed in the background now."""
+        await self._flush_worlds()
 
     async def _flush_worlds(self) -> None:
         while self._dirty_worlds:
@@ -352,13 +358,20 @@ class PostgresBackend:
             found.append({"name": meta["name"], "created_at": meta["created_at"], "size": size})
         return sorted(found, key=lambda b: (b["created_at"], b["name"]))
 
+    def check_backup(self, name: str) -> dict[str, Any]:
+        """Backup ``name``'s manifest; ``BackupError`` if there is no such backup."""
+        if not _BACKUP_NAME.fullmatch(name):
+            raise InvalidBackupName(f"invalid backup name {name!r}")
+        manifest_path = self._backup_root() / name / "backup.json"
+        if not manifest_path.is_file():
+            raise BackupError(f"no backup at {self._backup_root() / name}")
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        return manifest
+
     async def restore_backup(self, name: str) -> None:
         """Replace every table's rows with the backup's, in one transaction."""
+        manifest = self.check_backup(name)
         source = self._backup_root() / name
-        manifest_path = source / "backup.json"
-        if not manifest_path.is_file():
-            raise InvalidInput(f"no backup {name!r}")
-        manifest = json.loads(manifest_path.read_text())
         await self._flush_worlds()
 
         async def restore(conn: Any) -> None:

@@ -29,6 +29,8 @@ from .dialect import to_postgres
 
 Row = tuple[Any, ...]
 MAX_BATCH = 512  # units per transaction at most
+# A committed unit: its rowids, and each hooked statement with the rowids made up to it.
+_Outcome = tuple[list[int], list[tuple[Statement, list[int]]]]
 
 
 @dataclass(eq=False)
@@ -71,8 +73,11 @@ class PgWriter:
         await self._queue.put(item)
         return item.future
 
-    async def submit(self, statements: Sequence[Statement]) -> None:
-        await (await self.enqueue(statements))
+    async def submit(self, statements: Sequence[Statement]) -> list[int]:
+        """Commit one unit; return the ids its ``want_rowid`` statements made (as SQLite's
+        ``PersistenceActor.submit``)."""
+        ids: list[int] = await (await self.enqueue(statements))
+        return ids
 
     async def run_read(self, read: Callable[[Any], Awaitable[object]]) -> Any:
         if self._closed:
@@ -181,23 +186,24 @@ class PgWriter:
             if isinstance(outcome, BaseException):
                 item.future.set_exception(outcome)
                 continue
-            for statement, ids in outcome:
+            ids, hooked = outcome
+            for statement, so_far in hooked:
                 if statement.on_commit is not None:
-                    statement.on_commit(ids)
+                    statement.on_commit(so_far)
             committed += 1
-            item.future.set_result(None)
+            item.future.set_result(ids)
         self.units_committed += committed
         if self.on_batch_committed is not None:
             self.on_batch_committed(time.perf_counter() - started, len(units))
 
     async def _transaction(
         self, units: list[_Item], *, savepoints: bool
-    ) -> list[list[tuple[Statement, list[int]]] | BaseException]:
+    ) -> list[_Outcome | BaseException]:
         """Run ``units`` in one transaction and commit it; return each unit's outcome.
 
         Without savepoints, the first refused unit raises ``_Refused`` (all rolled back)."""
         conn = self._conn
-        outcomes: list[list[tuple[Statement, list[int]]] | BaseException] = []
+        outcomes: list[_Outcome | BaseException] = []
         async with conn.transaction():
             for item in units:
                 assert item.statements is not None
@@ -213,10 +219,9 @@ class PgWriter:
                     outcomes.append(UnitRejected(f"unit of work rejected by the database: {exc}"))
         return outcomes
 
-    async def _run_unit(
-        self, conn: Any, statements: Sequence[Statement]
-    ) -> list[tuple[Statement, list[int]]]:
-        """Run one unit's statements; return each hooked statement with its rowids."""
+    async def _run_unit(self, conn: Any, statements: Sequence[Statement]) -> _Outcome:
+        """Run one unit's statements; return its rowids, and each hooked statement with the
+        rowids made up to it."""
         ids: list[int] = []
         hooked: list[tuple[Statement, list[int]]] = []
         last_session = 0
@@ -240,4 +245,4 @@ class PgWriter:
                 await conn.execute(sql, *params)
             if statement.on_commit is not None:
                 hooked.append((statement, list(ids)))
-        return hooked
+        return ids, hooked
