@@ -9,8 +9,7 @@ so a refused unit leaves its worlds as they were. One process writes a database 
 it when several processes share one database).
 
 Backups are in-process snapshots (binary COPY of every table in one REPEATABLE READ
-transaction) into ``backup_root``. Not yet: held commits (scenario mode), ``verify``'s
-database checks beyond the ledger and the worlds.
+transaction) into ``backup_root``. Held commits (scenario mode): see ``writer``.
 """
 
 from __future__ import annotations
@@ -89,14 +88,12 @@ class PostgresBackend:
         backup_root: Path | None = None,
         clock: Clock = WALL_CLOCK,
     ) -> None:
-        if hold_commits:
-            raise NotImplementedError("held commits (scenario mode) on PostgreSQL: not yet")
         self.dsn = dsn
         self.backup_root = backup_root
         self.clock = clock  # stamps backups only
         self.bus = bus if bus is not None else EventBus()
-        self.hold_commits = False
-        self.db = PgWriter(dsn)
+        self.hold_commits = hold_commits
+        self.db = PgWriter(dsn, hold=hold_commits)
         self._submitted = 0
         self._dirty_worlds: dict[str, Arrays] = {}
         self._flushing: asyncio.Task[None] | None = None
@@ -178,6 +175,8 @@ class PostgresBackend:
         await self.db.submit([save_world(world_id, arrays)])
 
     def world_changed(self, world_id: str, arrays: Arrays) -> None:
+        if self.hold_commits:
+            return  # as SQLite's: a held run's worlds become durable with its checkpoints
         self._dirty_worlds[world_id] = {k: np.array(v, copy=True) for k, v in arrays.items()}
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(self._flush_worlds())
@@ -193,6 +192,9 @@ class PostgresBackend:
             await self.db.submit([save_world(world_id, arrays)])
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """The given worlds, the run record and the worlds' versions in one unit; in held
+        mode it also commits everything held (worlds launched or saved since the last
+        checkpoint are rows of the held transaction already)."""
         unit: list[Statement] = [save_world(w.world_id, w.arrays) for w in checkpoint.worlds]
         for world in checkpoint.worlds:
             self._dirty_worlds.pop(world.world_id, None)
@@ -201,7 +203,7 @@ class PostgresBackend:
         unit.extend(
             rows.set_world_version(w.world_id, checkpoint.version) for w in checkpoint.worlds
         )
-        await self.db.submit(unit)
+        await self.db.commit_held(unit)
 
     # -- point reads -------------------------------------------------------------------
 
@@ -323,11 +325,15 @@ class PostgresBackend:
         await anyio.to_thread.run_sync(_fresh_dir, partial)
 
         async def snapshot(conn: Any) -> int:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                version = int(await conn.fetchval("SELECT MAX(version) FROM schema_migrations"))
-                for table in BACKUP_TABLES:
-                    await conn.copy_from_table(table, output=str(partial / table), format="binary")
-            return version
+            if self.hold_commits:
+                # The writer's connection is inside the held transaction: a connection of
+                # its own snapshots what is durable, the last checkpoint.
+                other = await asyncpg.connect(self.dsn)
+                try:
+                    return await _snapshot(other, partial)
+                finally:
+                    await other.close()
+            return await _snapshot(conn, partial)
 
         try:
             version = await self.db.run_read(snapshot)
@@ -371,6 +377,8 @@ class PostgresBackend:
     async def restore_backup(self, name: str) -> None:
         """Replace every table's rows with the backup's, in one transaction."""
         manifest = self.check_backup(name)
+        if self.hold_commits:
+            raise InvalidInput("a checkpointed run's store is restored while no run holds it")
         source = self._backup_root() / name
         await self._flush_worlds()
 
@@ -452,6 +460,16 @@ BACKUP_TABLES = (
     "counters",
 )
 _BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+async def _snapshot(conn: Any, into: Path) -> int:
+    """Every table, one binary COPY each, in one REPEATABLE READ transaction; returns the
+    schema version."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        version = int(await conn.fetchval("SELECT MAX(version) FROM schema_migrations"))
+        for table in BACKUP_TABLES:
+            await conn.copy_from_table(table, output=str(into / table), format="binary")
+    return version
 
 
 def _fresh_dir(path: Path) -> None:

@@ -9,6 +9,12 @@ common case, two round trips fewer per unit) and, if a unit is refused, runs aga
 SAVEPOINT around each unit. Futures
 resolve, and commit hooks run, in queue order, only once the transaction is durable
 (``synchronous_commit`` stays on). A failed commit fails every unit of its batch.
+
+Held mode (``hold=True``, checkpointed scenario runs): one transaction stays open from
+start to ``commit_held``; each batch is a savepoint of it (asyncpg nests
+``conn.transaction()`` as a SAVEPOINT), acknowledged once it ran, durable only when a
+checkpoint commits everything held. A crash or a close without a checkpoint rolls the
+held work back: the database reopens at the last checkpoint, never between two.
 """
 
 from __future__ import annotations
@@ -47,8 +53,11 @@ class _Refused(Exception):
 
 
 class PgWriter:
-    def __init__(self, dsn: str, *, queue_size: int = 10_000) -> None:
+    def __init__(self, dsn: str, *, queue_size: int = 10_000, hold: bool = False) -> None:
         self.dsn = dsn
+        self.hold = hold
+        self._held: Any = None  # the open held transaction (hold mode)
+        self._lost: PersistenceError | None = None  # held work the database dropped
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
         self._conn: Any = None
         self._closed = False
@@ -72,6 +81,36 @@ class PgWriter:
         item = _Item(statements=statements)
         await self._queue.put(item)
         return item.future
+
+    async def commit_held(self, statements: Sequence[Statement]) -> None:
+        """Hold mode: run ``statements`` in the held transaction and commit it all (a
+        checkpoint); a new held transaction begins. Outside hold mode, one unit."""
+        if not self.hold:
+            await self.submit(statements)
+            return
+
+        async def commit(conn: Any) -> None:
+            if self._lost is not None:
+                raise self._lost
+            try:
+                async with conn.transaction():  # a savepoint: refused, the held work stays
+                    await self._run_unit(conn, statements)
+                await self._held.commit()
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                if not conn.is_in_transaction():
+                    self._lost = PersistenceError(
+                        "the checkpoint could not commit; the run's work since the previous"
+                        f" checkpoint is lost: resume from it ({exc})"
+                    )
+                    raise self._lost from exc
+                raise PersistenceError(f"the checkpoint was refused: {exc}") from exc
+            await self._begin_held(conn)
+
+        await self.run_read(commit)
+
+    async def _begin_held(self, conn: Any) -> None:
+        self._held = conn.transaction()
+        await self._held.start()
 
     async def submit(self, statements: Sequence[Statement]) -> list[int]:
         """Commit one unit; return the ids its ``want_rowid`` statements made (as SQLite's
@@ -121,6 +160,8 @@ class PgWriter:
     async def run(self) -> None:
         self._stopped = asyncio.Event()
         try:
+            if self.hold:
+                await self._begin_held(self._conn)
             stop = False
             while not stop:
                 first = await self._queue.get()
@@ -177,6 +218,10 @@ class PgWriter:
                 # refused ones are left out. Nothing was acknowledged or published yet.
                 outcomes = await self._transaction(units, savepoints=True)
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            if self.hold and self._lost is None:
+                self._lost = PersistenceError(
+                    f"the work held since the last checkpoint is lost: resume from it ({exc})"
+                )
             for item in units:
                 if not item.future.done():
                     item.future.set_exception(PersistenceError(f"group commit failed: {exc}"))
