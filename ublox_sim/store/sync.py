@@ -30,6 +30,7 @@ from .home import Home
 from .local import LocalStore, SeedOperations
 from .open import PgStore, StoreSpec, default_backup_root, resolve_store
 from .sqlite.writer import Synchronous
+from .verify import Finding
 
 
 class UbloxLocalStorage:
@@ -172,6 +173,11 @@ class UbloxLocalStorage:
             lambda: self._store.import_from_json(path, force=force)
         )
         return warnings
+
+    def verify(self) -> list[Finding]:
+        """What ``verify`` finds in the store (empty: all consistent)."""
+        findings: list[Finding] = self._portal.call(self._store.verify)
+        return findings
 
     def flush(self) -> None:
         self._portal.call(self._store.flush)

@@ -462,6 +462,28 @@ BACKUP_TABLES = (
 _BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
+def read_run_record(dsn: str) -> RunRecord | None:
+    """The run recorded in the database, read without opening the store (to resume a run
+    without its scenario file; not from inside an event loop). ``InvalidInput`` if the
+    database cannot be read."""
+    from .dialect import to_postgres
+
+    async def read() -> RunRecord | None:
+        try:
+            conn = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise InvalidInput(f"nothing to resume in {masked(dsn)}: {exc}") from exc
+        try:
+            row = await conn.fetchrow(to_postgres(queries.SELECT_RUN))
+        except asyncpg.UndefinedTableError:
+            return None  # no store was ever opened there
+        finally:
+            await conn.close()
+        return None if row is None else queries.run_record_of(tuple(row))
+
+    return anyio.run(read)
+
+
 async def _snapshot(conn: Any, into: Path) -> int:
     """Every table, one binary COPY each, in one REPEATABLE READ transaction; returns the
     schema version."""

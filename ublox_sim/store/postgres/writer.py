@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -45,6 +46,15 @@ class _Item:
     read: Callable[[Any], Awaitable[object]] | None = None
     future: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def _plain(row: Any) -> Row:
+    """A row as SQLite gives it: PostgreSQL's SUM of BIGINT cents is NUMERIC (a Decimal),
+    SQLite's an INTEGER; an integral Decimal becomes an int, any other a float."""
+    return tuple(
+        (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, Decimal) else v
+        for v in row
     )
 
 
@@ -130,7 +140,7 @@ class PgWriter:
 
         async def read(conn: Any) -> Row | None:
             row = await conn.fetchrow(query, *params)
-            return None if row is None else tuple(row)
+            return None if row is None else _plain(row)
 
         result: Row | None = await self.run_read(read)
         return result
@@ -139,7 +149,7 @@ class PgWriter:
         query = to_postgres(sql)
 
         async def read(conn: Any) -> list[Row]:
-            return [tuple(r) for r in await conn.fetch(query, *params)]
+            return [_plain(r) for r in await conn.fetch(query, *params)]
 
         result: list[Row] = await self.run_read(read)
         return result
