@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ublox_sim.core.errors import BackupError, InvalidInput, StoreLocked
+from ublox_sim.core.errors import BackupError, CorruptCdtFile, InvalidInput, StoreLocked
 from ublox_sim.store.sync import UbloxLocalStorage
 
 PTO_ID = "pto_harmonic_001"
@@ -158,3 +158,35 @@ def test_a_database_has_no_home_folder(pg_url: str) -> None:
 def test_one_writer_at_a_time_on_a_database(pg_url: str) -> None:
     with UbloxLocalStorage(store=pg_url), pytest.raises(StoreLocked, match="another process"):
         UbloxLocalStorage(store=pg_url)
+
+
+def test_verify_finds_the_same_problems_on_both_backends(spec: str, tmp_path: Path) -> None:
+    with UbloxLocalStorage(store=spec, backup_root=tmp_path / "snaps") as storage:
+        _fill(storage)
+        storage.save_player({"player_id": "bob", "usd_obbba_balance": 12.5})  # no deposit
+        storage.log_play_session(PTO_ID, "alice", 1.0, 0.5, 3.0)  # pool and balance not moved
+        found = [str(f) for f in storage.verify()]
+    assert found == [
+        "[ledger] player bob: USD-OBBBA balance 1250 cents but the ledger sums to 0",
+        f"[session] pto {PTO_ID}: xUSD_pool 0 but its sessions earned 300",
+        "[session] player alice: sessions earned 300 xUSD cents but the balance is 0",
+    ]
+
+
+@pytest.mark.asyncio
+async def test_verify_names_a_damaged_world_row(pg_url: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    with UbloxLocalStorage(store=pg_url) as storage:
+        _fill(storage)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("UPDATE worlds SET npz = $1", b"not a zip file")
+    finally:
+        await conn.close()
+    with UbloxLocalStorage(store=pg_url) as storage:
+        found = [str(f) for f in storage.verify()]
+        with pytest.raises(CorruptCdtFile, match="cannot be loaded"):
+            storage.load_pto(PTO_ID)
+    assert len(found) == 1
+    assert found[0].startswith(f"[cdt] pto {PTO_ID}: ValueError")

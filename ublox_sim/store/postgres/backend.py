@@ -19,6 +19,8 @@ import io
 import json
 import re
 import shutil
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -34,6 +36,7 @@ from ...core.errors import (
     ActorClosed,
     BackupError,
     BackupExists,
+    CorruptCdtFile,
     InvalidBackupName,
     InvalidInput,
     PersistenceError,
@@ -46,8 +49,8 @@ from ..export import encode_arrays, export_document, export_text
 from ..home import write_text_atomic
 from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
-from ..verify import Finding, ledger_findings, ledger_sums
-from .schema import migrate
+from ..verify import CHECKS, Finding, relational_findings
+from .schema import MIGRATIONS, migrate
 from .url import masked
 from .writer import PgWriter
 
@@ -67,9 +70,19 @@ def npz_bytes(arrays: Arrays) -> bytes:
     return buffer.getvalue()
 
 
-def npz_arrays(data: bytes) -> dict[str, NDArray[np.generic]]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
+def npz_arrays(data: bytes, world_id: str = "") -> dict[str, NDArray[np.generic]]:
+    """A world row's arrays, refusing pickles and damage as SQLite's files are
+    (``CorruptCdtFile``, named ``worlds/WORLD_ID``)."""
+    where = Path("worlds") / world_id
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise CorruptCdtFile(where, f"{type(exc).__name__}: {exc}") from exc
+    for name, array in arrays.items():
+        if array.dtype.hasobject:
+            raise CorruptCdtFile(where, f"array {name!r} holds objects")
+    return arrays
 
 
 def save_world(world_id: str, arrays: Arrays) -> Statement:
@@ -236,8 +249,8 @@ class PostgresBackend:
             return {k: np.array(v, copy=True) for k, v in pending.items()}
         row = await self.db.fetchone("SELECT npz FROM worlds WHERE world_cdt_id = ?", (world_id,))
         if row is None:
-            raise FileNotFoundError(f"no world {world_id!r} in the database")
-        return npz_arrays(bytes(row[0]))
+            raise CorruptCdtFile(Path("worlds") / world_id, "no such row")
+        return npz_arrays(bytes(row[0]), world_id)
 
     async def exists(self, ident: str) -> bool:
         return await queries.exists(self._reader, ident)
@@ -422,25 +435,32 @@ class PostgresBackend:
         await anyio.to_thread.run_sync(write_text_atomic, target, text)
         return target
 
-    async def verify(self) -> list[Any]:
-        """The ledger against balances and escrow, and every PTO's world present."""
+    async def verify(self) -> list[Finding]:
+        """SQLite's checks (``store.verify``): the schema version, then the same relational
+        queries (ledger, escrow, tokens, sessions), then every PTO's world present and
+        loadable. Foreign keys and page integrity are PostgreSQL's own to enforce."""
+        await self._flush_worlds()
         db = self.db
-        tx = await db.fetchall("SELECT from_player, to_player, amount, currency FROM transactions")
-        players = await db.fetchall(
-            "SELECT player_id, usd_obbba_balance, xUSD_balance FROM players"
+        row = await db.fetchone("SELECT MAX(version) FROM schema_migrations")
+        version = None if row is None else row[0]
+        if version != len(MIGRATIONS):  # PostgreSQL's own numbered migrations
+            return [
+                Finding(
+                    "schema", "schema_migrations", f"version {version}, expected {len(MIGRATIONS)}"
+                )
+            ]
+        results = {name: await db.fetchall(sql, params) for name, (sql, params) in CHECKS.items()}
+        findings = relational_findings(results)
+        references = await db.fetchall(
+            "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL ORDER BY pto_id"
         )
-        ptos = await db.fetchall("SELECT pto_id, status, funding_raised FROM ptos ORDER BY pto_id")
-        findings: list[Finding] = ledger_findings(
-            ((str(p), int(u), int(x)) for p, u, x in players),
-            ((str(p), str(s), int(r)) for p, s, r in ptos),
-            ledger_sums((f, t, int(a), str(c)) for f, t, a, c in tx),
-        )
-        missing = await db.fetchall(
-            "SELECT p.pto_id FROM ptos p LEFT JOIN worlds w ON w.world_cdt_id = p.world_cdt_id"
-            " WHERE p.world_cdt_id IS NOT NULL AND p.world_cdt_id <> '' AND w.world_cdt_id IS NULL"
-            " ORDER BY p.pto_id"
-        )
-        findings.extend(Finding("cdt", f"pto {pto_id}", "world missing") for (pto_id,) in missing)
+        for pto_id, world_id in references:
+            try:
+                await self.load_world(str(world_id))
+            except CorruptCdtFile as exc:
+                findings.append(
+                    Finding("cdt", f"pto {pto_id}", exc.reason + f" (world {world_id})")
+                )
         return findings
 
 
