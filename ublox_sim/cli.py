@@ -893,6 +893,35 @@ def backup_restore(home: Path | None, store: str | None, name: str, force: bool)
 
 
 @main.command()
+@click.option(
+    "--from", "source", required=True, metavar="URL|PATH", help="The store to copy (kept as it is)."
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="URL|PATH",
+    help="A new store: an empty database or home.",
+)
+@_errors_to_exit_codes
+def migrate(source: str, target: str) -> None:
+    """Copy a store to another backend (a home to a postgresql:// database, or back), then
+    check that both export the same bytes and hold the same worlds. Exit 2 if the target
+    is not new (nothing written), 1 if the copy does not compare equal."""
+    import anyio
+
+    from .store.home import Home
+    from .store.migrate import migrate_store
+
+    to = _target(None, target)
+    if isinstance(to, Home):
+        _require_new_home(to)
+    done = anyio.run(lambda: migrate_store(source, to))
+    for line in done.lines():
+        click.echo(line)
+
+
+@main.command()
 @home_option
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")

@@ -57,7 +57,7 @@ from .writer import PgWriter
 # pg_try_advisory_lock key of the single writer (until the lease of issue #14).
 WRITER_LOCK = 0x75B10C6
 
-_SAVE_WORLD = (
+SAVE_WORLD = (
     "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
@@ -86,7 +86,7 @@ def npz_arrays(data: bytes, world_id: str = "") -> dict[str, NDArray[np.generic]
 
 
 def save_world(world_id: str, arrays: Arrays) -> Statement:
-    return Statement(_SAVE_WORLD, (world_id, npz_bytes(arrays)))
+    return Statement(SAVE_WORLD, (world_id, npz_bytes(arrays)))
 
 
 class PostgresBackend:
