@@ -8,7 +8,9 @@ transaction (group commit). A unit that breaks a constraint is rolled back alone
 common case, two round trips fewer per unit) and, if a unit is refused, runs again with a
 SAVEPOINT around each unit. Futures
 resolve, and commit hooks run, in queue order, only once the transaction is durable
-(``synchronous_commit`` stays on). A failed commit fails every unit of its batch.
+(``synchronous_commit`` stays on). A batch that deadlocks with another process's (rows
+locked in another order) was rolled back whole by PostgreSQL and runs again as two halves
+(a single unit: again, up to CONFLICT_RETRIES times); any other failed commit fails every unit of its batch.
 
 Held mode (``hold=True``, checkpointed scenario runs): one transaction stays open from
 start to ``commit_held``; each batch is a savepoint of it (asyncpg nests
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,9 @@ from .dialect import to_postgres
 
 Row = tuple[Any, ...]
 MAX_BATCH = 512  # units per transaction at most
+# The transaction-scoped advisory lock every batch takes first (any constant of ours).
+BATCH_LOCK_SQL = "SELECT pg_advisory_xact_lock(123343047)"
+CONFLICT_RETRIES = 20  # runs of a batch that deadlocks with other writers, at most
 # A committed unit: its rowids, and each hooked statement with the rowids made up to it.
 _Outcome = tuple[list[int], list[tuple[Statement, list[int]]]]
 
@@ -73,6 +79,7 @@ class PgWriter:
         self._closed = False
         self._stopped: asyncio.Event | None = None
         self.units_committed = 0
+        self.conflicts_retried = 0  # batches run again after a deadlock with another writer
         self.on_batch_committed: Callable[[float, int], None] | None = None
 
     @property
@@ -218,24 +225,32 @@ class PgWriter:
 
     async def _commit(self, units: list[_Item]) -> None:
         started = time.perf_counter()
-        try:
+        attempt = 0
+        while True:
             try:
-                # Optimistic: the whole batch in one transaction, no savepoint per unit
-                # (each costs two round trips). A refused unit rolls it all back...
-                outcomes = await self._transaction(units, savepoints=False)
-            except _Refused:
-                # ...and the batch runs again with a savepoint per unit, so that only the
-                # refused ones are left out. Nothing was acknowledged or published yet.
-                outcomes = await self._transaction(units, savepoints=True)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            if self.hold and self._lost is None:
-                self._lost = PersistenceError(
-                    f"the work held since the last checkpoint is lost: resume from it ({exc})"
-                )
-            for item in units:
-                if not item.future.done():
-                    item.future.set_exception(PersistenceError(f"group commit failed: {exc}"))
-            return
+                outcomes = await self._attempt(units)
+                break
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                # Another process's transaction locked the same rows in another order:
+                # PostgreSQL rolled this one back whole (in hold mode, to the batch's
+                # savepoint). Nothing was acknowledged: run the batch again.
+                attempt += 1
+                if attempt < CONFLICT_RETRIES and self._conn.is_in_transaction() == self.hold:
+                    self.conflicts_retried += 1
+                    if len(units) > 1:
+                        # Fewer rows locked at once: two halves, one after the other (acks
+                        # stay in queue order).
+                        half = len(units) // 2
+                        await self._commit(units[:half])
+                        await self._commit(units[half:])
+                        return
+                    await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+                    continue
+                self._fail(units, exc)
+                return
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                self._fail(units, exc)
+                return
         committed = 0
         for item, outcome in zip(units, outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -251,6 +266,25 @@ class PgWriter:
         if self.on_batch_committed is not None:
             self.on_batch_committed(time.perf_counter() - started, len(units))
 
+    async def _attempt(self, units: list[_Item]) -> list[_Outcome | BaseException]:
+        try:
+            # Optimistic: the whole batch in one transaction, no savepoint per unit (each
+            # costs two round trips). A refused unit rolls it all back...
+            return await self._transaction(units, savepoints=False)
+        except _Refused:
+            # ...and the batch runs again with a savepoint per unit, so that only the
+            # refused ones are left out. Nothing was acknowledged or published yet.
+            return await self._transaction(units, savepoints=True)
+
+    def _fail(self, units: list[_Item], exc: BaseException) -> None:
+        if self.hold and self._lost is None and not self._conn.is_in_transaction():
+            self._lost = PersistenceError(
+                f"the work held since the last checkpoint is lost: resume from it ({exc})"
+            )
+        for item in units:
+            if not item.future.done():
+                item.future.set_exception(PersistenceError(f"group commit failed: {exc}"))
+
     async def _transaction(
         self, units: list[_Item], *, savepoints: bool
     ) -> list[_Outcome | BaseException]:
@@ -260,6 +294,12 @@ class PgWriter:
         conn = self._conn
         outcomes: list[_Outcome | BaseException] = []
         async with conn.transaction():
+            if not self.hold:
+                # Batches of every process sharing the database, one at a time: a batch
+                # locks many rows (players, PTOs, the counters) and two batches locking
+                # them in other orders would deadlock. Nothing is lost to this order:
+                # every unit that numbers an event waits for the counter row anyway.
+                await conn.execute(BATCH_LOCK_SQL)
             for item in units:
                 assert item.statements is not None
                 try:
