@@ -383,8 +383,21 @@ def _say_interrupted(
     default=None,
     help="scale: players in the large store (default 1,000,000; --quick 100,000).",
 )
+@click.option(
+    "--store",
+    default=None,
+    metavar="URL",
+    help="persistence: also measure PostgreSQL at this postgresql:// URL (1, 2 and 4 "
+    "processes; in a schema of its own, dropped after) next to SQLite.",
+)
+@_errors_to_exit_codes
 def bench(
-    which: str, quick: bool, size: str | None, json_path: Path | None, players: int | None
+    which: str,
+    quick: bool,
+    size: str | None,
+    json_path: Path | None,
+    players: int | None,
+    store: str | None,
 ) -> None:
     """Measure persistence, CDT flushing and simulation speed against their baselines
     (`all`), or a store of a million players (`scale`, run on its own)."""
@@ -396,7 +409,27 @@ def bench(
 
     if players is not None and (which != "scale" or players < 2_000):
         raise click.BadParameter("takes 2,000 or more, with `scale`", param_hint="--players")
-    run_benchmarks(which, size or ("quick" if quick else "full"), json_path, players=players)
+    chosen = size or ("quick" if quick else "full")
+    url = None
+    if store is not None:
+        from .store.open import PgStore, resolve_store
+
+        if which not in ("persistence", "all"):
+            raise click.BadParameter("goes with `persistence`", param_hint="--store")
+        target = resolve_store(store) if "://" in store else None
+        if not isinstance(target, PgStore):
+            raise click.BadParameter("takes a postgresql:// URL", param_hint="--store")
+        url = target.url
+    report = run_benchmarks(which, chosen, None if url else json_path, players=players)
+    if url is not None:
+        from benchmarks import persistence_pg
+
+        click.echo(f"== persistence on PostgreSQL ({chosen}) ==")
+        report["persistence_pg"] = persistence_pg.bench(chosen, url)
+        click.echo(persistence_pg.show(report["persistence_pg"]))
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+            click.echo(f"wrote {json_path}")
 
 
 EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
