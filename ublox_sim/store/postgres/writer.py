@@ -111,7 +111,9 @@ class PgWriter:
                 raise self._lost
             try:
                 async with conn.transaction():  # a savepoint: refused, the held work stays
-                    await self._run_unit(conn, statements)
+                    unit = _UnitRun()
+                    for statement in statements:
+                        await unit.run(conn, statement)
                 await self._held.commit()
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
                 if not conn.is_in_transaction():
@@ -300,44 +302,96 @@ class PgWriter:
                 # them in other orders would deadlock. Nothing is lost to this order:
                 # every unit that numbers an event waits for the counter row anyway.
                 await conn.execute(BATCH_LOCK_SQL)
+            if not savepoints:
+                try:
+                    return await self._run_batch(conn, units)
+                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+                    raise _Refused(str(exc)) from exc
             for item in units:
                 assert item.statements is not None
                 try:
-                    if savepoints:
-                        async with conn.transaction():  # a SAVEPOINT
-                            outcomes.append(await self._run_unit(conn, item.statements))
-                    else:
-                        outcomes.append(await self._run_unit(conn, item.statements))
+                    async with conn.transaction():  # a SAVEPOINT
+                        unit = _UnitRun()
+                        for statement in item.statements:
+                            await unit.run(conn, statement)
+                        outcomes.append(unit.outcome)
                 except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-                    if not savepoints:
-                        raise _Refused(str(exc)) from exc
                     outcomes.append(UnitRejected(f"unit of work rejected by the database: {exc}"))
         return outcomes
 
-    async def _run_unit(self, conn: Any, statements: Sequence[Statement]) -> _Outcome:
-        """Run one unit's statements; return its rowids, and each hooked statement with the
-        rowids made up to it."""
-        ids: list[int] = []
-        hooked: list[tuple[Statement, list[int]]] = []
-        last_session = 0
-        for statement in statements:
-            params = list(statement.params)
-            if statement.sql == rows._INSERT_SESSION_EVENT:
-                # SQLite fills the session id in with json_set from sqlite_sequence; the
-                # session was inserted just before, in this unit: its id is known here.
-                payload = json.loads(str(params[2]))
-                payload["session_id"] = last_session
-                params[2] = json.dumps(payload, separators=(",", ":"))
-                sql = to_postgres(rows._INSERT_EVENT, want_rowid=True)
-            else:
-                sql = to_postgres(statement.sql, want_rowid=statement.want_rowid)
-            if statement.want_rowid:
-                rowid = await conn.fetchval(sql, *params)
-                ids.append(int(rowid))
-                if sql.startswith("INSERT INTO play_sessions"):
-                    last_session = int(rowid)
-            else:
-                await conn.execute(sql, *params)
-            if statement.on_commit is not None:
-                hooked.append((statement, list(ids)))
-        return ids, hooked
+    async def _run_batch(self, conn: Any, units: list[_Item]) -> list[_Outcome | BaseException]:
+        """Every unit's statements in order, a run of consecutive identical statements
+        (no rowid wanted, no hook: one-row units, bulk registration) sent as one
+        ``executemany``: measured against per-row execution and against COPY into a
+        staging table, see benchmarks/persistence_pg.py. A refused row fails the call,
+        and the batch then runs unit by unit under savepoints."""
+        outcomes: list[_Outcome | BaseException] = []
+        run_sql: str | None = None
+        run: list[Sequence[object]] = []
+
+        async def send() -> None:
+            if len(run) == 1:
+                await conn.execute(run_sql, *run[0])
+            elif run:
+                await conn.executemany(run_sql, run)
+            run.clear()
+
+        for item in units:
+            assert item.statements is not None
+            unit = _UnitRun()
+            for statement in item.statements:
+                if _plain_statement(statement):
+                    sql = to_postgres(statement.sql)
+                    if sql != run_sql:
+                        await send()
+                        run_sql = sql
+                    run.append(statement.params)
+                    continue
+                await send()
+                await unit.run(conn, statement)
+            outcomes.append(unit.outcome)
+        await send()
+        return outcomes
+
+
+def _plain_statement(statement: Statement) -> bool:
+    return (
+        not statement.want_rowid
+        and statement.on_commit is None
+        and statement.sql != rows._INSERT_SESSION_EVENT
+    )
+
+
+class _UnitRun:
+    """One unit's statements as they run: its rowids, and each hooked statement with the
+    rowids made up to it."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.hooked: list[tuple[Statement, list[int]]] = []
+        self.last_session = 0
+
+    @property
+    def outcome(self) -> _Outcome:
+        return self.ids, self.hooked
+
+    async def run(self, conn: Any, statement: Statement) -> None:
+        params = list(statement.params)
+        if statement.sql == rows._INSERT_SESSION_EVENT:
+            # SQLite fills the session id in with json_set from sqlite_sequence; the
+            # session was inserted just before, in this unit: its id is known here.
+            payload = json.loads(str(params[2]))
+            payload["session_id"] = self.last_session
+            params[2] = json.dumps(payload, separators=(",", ":"))
+            sql = to_postgres(rows._INSERT_EVENT, want_rowid=True)
+        else:
+            sql = to_postgres(statement.sql, want_rowid=statement.want_rowid)
+        if statement.want_rowid:
+            rowid = await conn.fetchval(sql, *params)
+            self.ids.append(int(rowid))
+            if sql.startswith("INSERT INTO play_sessions"):
+                self.last_session = int(rowid)
+        else:
+            await conn.execute(sql, *params)
+        if statement.on_commit is not None:
+            self.hooked.append((statement, list(self.ids)))
