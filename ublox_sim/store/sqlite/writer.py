@@ -341,40 +341,85 @@ class HeldWorkLost(sqlite3.OperationalError):
 
 async def _run_batch(
     conn: aiosqlite.Connection,
-    cursor: aiosqlite.Cursor,
-    units: Sequence[Unit | None],
+    units: Sequence[Unit],
     held: _Held | None,
 ) -> tuple[list[list[int]], list[Hook]]:
-    """Run the batch as one transaction (in hold mode: one savepoint of the held one).
+    """Run the batch as one transaction (in hold mode: one savepoint of the held one), in
+    one trip to the connection's thread: BEGIN, one call per step, COMMIT.
 
-    On error the transaction (or the batch's savepoint) is rolled back here and the
+    On error the transaction (or the batch's savepoint) is rolled back there and the
     error re-raised for the actor to sort out.
     """
-    assert all(unit is not None for unit in units)
-    todo = [unit for unit in units if unit is not None]
-    steps = _plan(todo)
-    if held is None:
-        # A first statement the net covers opens the transaction itself (BEGIN
-        # IMMEDIATE, as the connection's isolation_level says): one call fewer.
-        lead = () if steps and steps[0].covered else ("BEGIN IMMEDIATE",)
-        end = "COMMIT"
-    else:
-        if not conn.in_transaction:
-            # The batch before may have failed there: if SQLite dropped the held
-            # transaction, this one must not begin anew.
-            if held.work:
-                raise HeldWorkLost("the held transaction was rolled back by the database")
-            await conn.execute_fetchall("BEGIN IMMEDIATE")
-        lead, end = ("SAVEPOINT batch",), "RELEASE batch"
-    try:
-        results = await _send_steps(conn, cursor, lead, steps)
-        await conn.execute_fetchall(end)
-    except sqlite3.Error:
-        await _undo(conn, held is not None)
-        raise
+    steps = _plan(units)
+    db = conn._conn  # the sqlite3 connection, used only on its thread (below)
+    # aiosqlite's one way to run a function on its thread (no public one): a batch is
+    # then one trip through the event loop, not one per statement.
+    results: list[object] = await conn._execute(  # type: ignore[no-untyped-call]
+        _batch_on_thread, db, steps, None if held is None else held.work
+    )
     if held is not None:
         held.work = True
-    return _rowids(todo, steps, results)
+    return _rowids(units, steps, results)
+
+
+def _batch_on_thread(
+    db: sqlite3.Connection, steps: list[_Step], held_work: bool | None
+) -> list[object]:
+    """The batch, on the connection's thread. ``held_work`` is None outside hold mode,
+    else whether the held transaction already holds acknowledged work."""
+    if held_work is None:
+        # A first statement the net covers opens the transaction itself (BEGIN
+        # IMMEDIATE, as the connection's isolation_level says).
+        lead: tuple[str, ...] = () if steps and steps[0].covered else ("BEGIN IMMEDIATE",)
+        end = "COMMIT"
+    else:
+        lead, end = ("SAVEPOINT batch",), "RELEASE batch"
+        if not db.in_transaction:
+            # The batch before may have failed there: if SQLite dropped the held
+            # transaction, this one must not begin anew.
+            if held_work:
+                raise HeldWorkLost("the held transaction was rolled back by the database")
+            lead = ("BEGIN IMMEDIATE", *lead)
+    results: list[object] = []
+    try:
+        for sql in lead:
+            db.execute(sql)
+        cursor = db.cursor()
+        try:
+            for step in steps:
+                if step.want_rowid:
+                    cursor.execute(step.sql, step.params[0])
+                    results.append((cursor.lastrowid,))
+                elif not step.covered:
+                    results.append(cursor.execute(step.sql, step.params[0]).fetchall())
+                else:
+                    cursor.executemany(step.sql, step.params)
+                    results.append(None)
+        finally:
+            cursor.close()
+        db.execute(end)
+    except sqlite3.Error:
+        _undo_on_thread(db, held_work is not None)
+        raise
+    return results
+
+
+def _undo_on_thread(db: sqlite3.Connection, hold: bool) -> None:
+    """Roll the failed batch back. In hold mode, to its savepoint; if that is gone, SQLite
+    dropped the held transaction: roll back whatever is open (the actor then sees the
+    held work lost)."""
+    try:
+        if hold and db.in_transaction:
+            try:
+                db.execute("ROLLBACK TO batch")
+                db.execute("RELEASE batch")
+                return
+            except sqlite3.Error as exc:
+                log.debug("persistence.savepoint_gone", error=str(exc))
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error as exc:  # SQLite may already have rolled back on its own
+        log.debug("persistence.rollback_failed", error=str(exc))
 
 
 class _Checkpointer:
@@ -404,25 +449,6 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-async def _undo(conn: aiosqlite.Connection, hold: bool) -> None:
-    """Roll the failed batch back. In hold mode, to its savepoint; if that is gone, SQLite
-    dropped the held transaction and what is open now is one the net began for the
-    statements queued behind the failure: roll that back too (the actor then sees the
-    held work lost)."""
-    try:
-        if hold and conn.in_transaction:
-            try:
-                await conn.execute_fetchall("ROLLBACK TO batch")
-                await conn.execute_fetchall("RELEASE batch")
-                return
-            except sqlite3.Error as exc:
-                log.debug("persistence.savepoint_gone", error=str(exc))
-        if conn.in_transaction:
-            await conn.execute_fetchall("ROLLBACK")
-    except sqlite3.Error as exc:  # SQLite may already have rolled back on its own
-        log.debug("persistence.rollback_failed", error=str(exc))
 
 
 # The actor that owns a connection, for in_writer_thread (kept for callers written
@@ -996,11 +1022,8 @@ class PersistenceActor:
             return
         started = time.perf_counter()
         held = self._held if self.hold_commits else None
-        assert self._cursor is not None
         try:
-            rowids, found = await _run_batch(
-                conn, self._cursor, [units[index] for index in which], held
-            )
+            rowids, found = await _run_batch(conn, [units[index] for index in which], held)
         except sqlite3.Error as exc:
             self._note_if_held_work_lost(conn, exc)
             if len(which) > 1 and self._lost is None:
