@@ -28,6 +28,7 @@ import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -128,6 +129,111 @@ def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
         usd_obbba=to_decimal(player.usd_obbba_balance),
         record=player if fresh else dataclasses.replace(player),
     )
+
+
+class _BulkPlayers:
+    """A bulk registration's players, built column by column at the cost of what each
+    needs: an amount or a tau_k seen before is not parsed again, the drawn values need
+    no bounds check (a uniform in [0, 1) scaled into its range cannot leave it), and
+    the result is made straight from the values. Anything unusual goes through
+    ``Engine._new_player``, which gives the exact error (or the same player)."""
+
+    def __init__(self, engine: Engine, now: str) -> None:
+        self.engine = engine
+        self.now = now
+        self.results: list[PlayerInfo | UbloxError] = []
+        self.valid: list[tuple[int, Player]] = []  # (index in results, player)
+        self.events: dict[int, ev.PlayerRegistered] = {}
+        self._cents: dict[tuple[type, object], int] = {}
+        self._decimals: dict[int, Decimal] = {}
+        self._uniforms = engine._draws.uniforms
+        self._size = engine.params.size
+        self._omega = (engine.params.omega_mean, engine.params.omega_spread)
+        self._phase = (limits.PHASE.min, limits.PHASE.max - limits.PHASE.min)
+        self._zero = to_decimal(0)
+
+    def new(self, player_id: str, usd: Amount, tau: float, freq: float | None) -> Player:
+        if type(tau) is not float or not 0.0 <= tau <= 100.0 or freq is not None:
+            return self.engine._new_player(player_id, usd, tau, freq, None, None, self.now)
+        check_id(player_id, "player_id")
+        cents = self._amount(usd)
+        ux, uy, uphase, u1, u2 = self._uniforms("player", player_id)
+        size = self._size
+        low, span = self._phase
+        return Player(
+            player_id=player_id,
+            position_x=ux * size,
+            position_y=uy * size,
+            phase=low + span * uphase,
+            tau_k=tau,
+            resonance_freq=normal(u1, u2, *self._omega),
+            usd_obbba_balance=cents,
+            created_at=self.now,
+        )
+
+    def _amount(self, usd: Amount) -> int:
+        key = (type(usd), usd)
+        try:
+            known = self._cents.get(key)
+        except TypeError:  # unhashable (a signalling NaN): to_cents says why
+            known = None
+        if known is None:
+            known = to_cents(usd, what="usd_obbba")
+            if len(self._cents) < 1024:
+                self._cents[key] = known
+        return known
+
+    def _decimal(self, cents: int) -> Decimal:
+        known = self._decimals.get(cents)
+        if known is None:
+            known = to_decimal(cents)
+            if len(self._decimals) < 1024:
+                self._decimals[cents] = known
+        return known
+
+    def add(self, player: Player) -> None:
+        index = len(self.results)
+        usd = self._decimal(player.usd_obbba_balance)
+        self.valid.append((index, player))
+        self.events[index] = ev.PlayerRegistered(
+            at=player.created_at, player_id=player.player_id, usd_obbba=usd, record=player
+        )
+        self.results.append(
+            PlayerInfo(
+                player_id=player.player_id,
+                usd_obbba_balance=usd,
+                xUSD_balance=self._zero,
+                tau_k=player.tau_k,
+                resonance_freq=player.resonance_freq,
+                phase=player.phase,
+                coherence=player.coherence,
+                position_x=player.position_x,
+                position_y=player.position_y,
+                total_play_time=player.total_play_time,
+                quality_score=player.quality_score,
+                phase_locks_count=player.phase_locks_count,
+                memory_depth=player.memory_depth,
+                created_at=player.created_at,
+            )
+        )
+
+    def refuse(self, error: UbloxError) -> None:
+        self.results.append(error)
+
+    def drop_taken(self, taken: set[str]) -> None:
+        """Refuse the players whose ids the store already holds."""
+        if not taken:
+            return
+        kept: list[tuple[int, Player]] = []
+        for index, player in self.valid:
+            if player.player_id in taken:
+                self.results[index] = AlreadyExists(
+                    f"{player.player_id!r} is already taken by a player or PTO"
+                )
+                del self.events[index]
+            else:
+                kept.append((index, player))
+        self.valid = kept
 
 
 class Engine:
@@ -446,56 +552,48 @@ class Engine:
         is retried one player at a time, so one bad row refuses only its player.
         Registered players are not activated: their first message does that."""
         self._check_open()
-        prepared: list[Player | UbloxError] = []
+        bulk = _BulkPlayers(self, self._now())
         claimed: list[str] = []
-        now = self._now()
         try:
             for player_id, usd, tau, freq in players:
                 try:
-                    player = self._new_player(player_id, usd, tau, freq, None, None, now)
+                    player = bulk.new(player_id, usd, tau, freq)
                     if player_id in self._reserved:
                         raise AlreadyExists(f"{player_id!r} is already taken by a player or PTO")
                     self._reserved.add(player_id)
                     claimed.append(player_id)
-                    prepared.append(player)
+                    bulk.add(player)
                 except UbloxError as exc:
-                    prepared.append(exc)
-            taken = await self.store.taken(claimed)
+                    bulk.refuse(exc)
+            taken = await self.store.taken(claimed) if claimed else set()
         except BaseException:
             self._reserved.difference_update(claimed)
             raise
-        if taken:
-            for i, item in enumerate(prepared):
-                if isinstance(item, Player) and item.player_id in taken:
-                    self._reserved.discard(item.player_id)
-                    prepared[i] = AlreadyExists(
-                        f"{item.player_id!r} is already taken by a player or PTO"
-                    )
-        results: list[PlayerInfo | UbloxError] = [
-            item if isinstance(item, UbloxError) else PlayerInfo.of(item) for item in prepared
-        ]
-        valid = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Player)]
+        for player_id in taken:
+            self._reserved.discard(player_id)
+        bulk.drop_taken(taken)
         try:
-            for start in range(0, len(valid), limits.REGISTER_UNIT):
-                # Shielded: the ids stay claimed until the unit has landed.
-                with anyio.CancelScope(shield=True):
-                    await self._register_unit(valid[start : start + limits.REGISTER_UNIT], results)
+            # Shielded: the ids stay claimed until their units have landed.
+            with anyio.CancelScope(shield=True):
+                await self._register_units(bulk)
         finally:
-            for _, player in valid:
-                self._reserved.discard(player.player_id)
-        return results
+            self._reserved.difference_update(p.player_id for _, p in bulk.valid)
+        return bulk.results
 
-    async def _register_unit(
-        self, chunk: list[tuple[int, Player]], results: list[PlayerInfo | UbloxError]
-    ) -> None:
-        try:
-            await self.store.commit(Unit(tuple(_registered(p, fresh=True) for _, p in chunk)))
-        except UnitRejected:
-            for index, player in chunk:
-                try:
-                    await self.store.commit(Unit((_registered(player),)))
-                except UbloxError as exc:
-                    results[index] = exc
+    async def _register_units(self, bulk: _BulkPlayers) -> None:
+        """Commit units of ``limits.REGISTER_UNIT`` players, one after the other (a unit
+        the database rejects is retried player by player before the next, so the ledger
+        keeps the list's order)."""
+        for start in range(0, len(bulk.valid), limits.REGISTER_UNIT):
+            chunk = bulk.valid[start : start + limits.REGISTER_UNIT]
+            try:
+                await self.store.commit(Unit(tuple(bulk.events[index] for index, _ in chunk)))
+            except UnitRejected:
+                for index, player in chunk:
+                    try:
+                        await self.store.commit(Unit((_registered(player),)))
+                    except UbloxError as exc:
+                        bulk.results[index] = exc
 
     def _new_player(
         self,

@@ -52,6 +52,7 @@ after everything before it has succeeded.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 import weakref
@@ -220,6 +221,59 @@ def _covered(sql: str) -> bool:
     return known
 
 
+# A plain ``INSERT INTO t (cols) VALUES (...)`` whose one VALUES group holds bare ``?``
+# parameters and literals: a run of it can be sent as multi-row INSERTs.
+_ONE_ROW_INSERT = re.compile(
+    r"(?is)^\s*INSERT\s+INTO\s+[\w.\"]+\s*\([^()]*\)\s*VALUES\s*"
+    r"(\((?:[^()'?:@$]|'[^']*'|\?(?![\d:@$\w]))*\))\s*$"
+)
+_MULTI: dict[str, tuple[str, str, int] | None] = {}
+# Rows per multi-row INSERT: enough to make the per-statement cost vanish, few enough
+# that a statement's text stays short (and within any host-parameter limit below).
+MULTI_ROWS = 256
+
+
+def _multi_row(sql: str) -> tuple[str, str, int] | None:
+    """(head, VALUES group, parameters per row) if ``sql`` can repeat its VALUES group."""
+    if sql in _MULTI:
+        return _MULTI[sql]
+    match = _ONE_ROW_INSERT.match(sql)
+    found = None
+    if match is not None:
+        group = match.group(1)
+        width = re.sub(r"'[^']*'", "", group).count("?")
+        found = (sql[: match.start(1)], group, width) if width else None
+    if len(_MULTI) < 4096:
+        _MULTI[sql] = found
+    return found
+
+
+def _insert_rows(
+    cursor: sqlite3.Cursor, sql: str, rows: list[Sequence[object]], limit: int
+) -> None:
+    """Run ``sql`` once per row, as multi-row INSERTs where it can (see ``_multi_row``).
+
+    The same rows in the same order, in one statement per ``MULTI_ROWS``: SQLite numbers
+    and checks them (AUTOINCREMENT, constraints, triggers) row by row exactly as it
+    would for one statement each, and a failure fails the batch either way. It is what
+    makes a bulk insert cheap from Python: ``executemany`` binds, steps and resets one
+    row at a time and takes the GIL back after each row, which a busy event loop
+    delays; a multi-row INSERT does so once per statement."""
+    shape = _multi_row(sql) if len(rows) > 1 else None
+    if shape is None:
+        cursor.executemany(sql, rows)
+        return
+    head, group, width = shape
+    per = max(1, min(MULTI_ROWS, limit // max(1, width)))
+    texts: dict[int, str] = {}
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        text = texts.get(len(chunk))
+        if text is None:
+            text = texts[len(chunk)] = head + ", ".join([group] * len(chunk))
+        cursor.execute(text, [value for row in chunk for value in row])
+
+
 @dataclass(eq=False, slots=True)
 class _Step:
     """One call on the connection's queue: a run of one SQL text (``executemany``), a
@@ -385,6 +439,7 @@ def _batch_on_thread(
         for sql in lead:
             db.execute(sql)
         cursor = db.cursor()
+        limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         try:
             for step in steps:
                 if step.want_rowid:
@@ -393,7 +448,7 @@ def _batch_on_thread(
                 elif not step.covered:
                     results.append(cursor.execute(step.sql, step.params[0]).fetchall())
                 else:
-                    cursor.executemany(step.sql, step.params)
+                    _insert_rows(cursor, step.sql, step.params, limit)
                     results.append(None)
         finally:
             cursor.close()
