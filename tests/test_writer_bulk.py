@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
@@ -169,3 +170,47 @@ async def test_a_bulk_registration_writes_and_publishes_what_one_by_one_does(
         dataclasses.astuple(e) for e in heard["bulk"]
     ]
     assert all(isinstance(e, ev.PlayerRegistered) and e.seq > 0 for e in heard["bulk"])
+
+
+@pytest.mark.asyncio
+async def test_the_bulk_player_builder_gives_the_same_player_or_error_as_one_by_one(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from ublox_sim.core.errors import UbloxError
+    from ublox_sim.core.records import Player
+    from ublox_sim.engine import _BulkPlayers
+
+    cases: list[tuple[object, object, object, object]] = [
+        ("ok", Decimal(5), 1.0, None),
+        ("int-tau", 5, 3, None),
+        ("np", "7.25", np.float64(2.5), np.float64(1.5)),
+        ("given-freq", 0, 99.5, 42.0),
+        ("float-money", 0.5, 0.0, 100.0),
+        ("", Decimal(1), 1.0, None),
+        ("neg", Decimal(-1), 1.0, None),
+        ("frac", Decimal("0.001"), 1.0, None),
+        ("nan-tau", Decimal(1), float("nan"), None),
+        ("big-tau", Decimal(1), 101.0, None),
+        ("bool-tau", Decimal(1), True, None),
+        ("bad-freq", Decimal(1), 1.0, -0.5),
+        ("snan", Decimal("sNaN"), 1.0, None),
+        ("list", [1], 1.0, None),
+        (7, Decimal(1), 1.0, None),
+        (" pad", Decimal(1), 1.0, None),
+    ]
+    async with Engine.open(tmp_path, seed=5, clock=SimClock()) as engine:
+        now = engine._now()
+        bulk = _BulkPlayers(engine, now)
+
+        def outcome(make: Callable[..., Player], *args: object) -> object:
+            try:
+                return make(*args)
+            except UbloxError as exc:
+                return (type(exc), str(exc))
+
+        for pid, usd, tau, freq in cases * 2:  # twice: the second time from the caches
+            one = outcome(engine._new_player, pid, usd, tau, freq, None, None, now)
+            fast = outcome(bulk.new, pid, usd, tau, freq)
+            assert one == fast, (pid, usd, tau, freq)

@@ -153,11 +153,16 @@ class _BulkPlayers:
         self._zero = to_decimal(0)
 
     def new(self, player_id: str, usd: Amount, tau: float, freq: float | None) -> Player:
-        if type(tau) is not float or not 0.0 <= tau <= 100.0 or freq is not None:
-            return self.engine._new_player(player_id, usd, tau, freq, None, None, self.now)
+        """``Engine._new_player(player_id, usd, tau, freq)``: the same player or error."""
         check_id(player_id, "player_id")
         cents = self._amount(usd)
+        if type(tau) is not float or not limits.TAU_K.contains(tau):
+            tau = limits.TAU_K.check(tau)
         ux, uy, uphase, u1, u2 = self._uniforms("player", player_id)
+        if freq is None:
+            freq = normal(u1, u2, *self._omega)
+        elif type(freq) is not float or not limits.RESONANCE_FREQ.contains(freq):
+            freq = limits.RESONANCE_FREQ.check(freq)
         size = self._size
         low, span = self._phase
         return Player(
@@ -166,7 +171,7 @@ class _BulkPlayers:
             position_y=uy * size,
             phase=low + span * uphase,
             tau_k=tau,
-            resonance_freq=normal(u1, u2, *self._omega),
+            resonance_freq=freq,
             usd_obbba_balance=cents,
             created_at=self.now,
         )
