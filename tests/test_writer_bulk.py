@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
@@ -70,7 +70,9 @@ def test_only_a_plain_one_row_insert_is_sent_as_multi_row_inserts(sql: str, repe
 
 def test_a_statement_of_many_rows_is_refused_with_a_rowid_or_outside_dml() -> None:
     with pytest.raises(ValueError, match="rowid"):
-        Statement(TX, rows=[("a", 1)], want_rowid=True)
+        Statement("UPDATE transactions SET amount = ?", rows=[(1,)], want_rowid=True)
+    with pytest.raises(ValueError, match="rowid"):
+        Statement(TX, rows=[], want_rowid=True)
     with pytest.raises(ValueError, match="DML"):
         Statement.many("SELECT ?", [(1,)])
 
@@ -89,6 +91,20 @@ async def test_many_rows_land_in_order_numbered_consecutively_like_one_statement
     many, one = ledger(tmp_path / "many.db"), ledger(tmp_path / "one.db")
     assert len(many) == count and many == one
     assert [row[0] for row in many] == list(range(1, count + 1))
+
+
+@pytest.mark.anyio
+async def test_a_statement_of_many_rows_returns_its_last_rowid(tmp_path: Path) -> None:
+    seen: list[Sequence[int]] = []
+    async with PersistenceActor.open(tmp_path / "ublox.db") as actor:
+        first = await actor.submit([Statement(TX, ("a", 1), want_rowid=True)])
+        ids = await actor.submit(
+            [
+                Statement(TX, rows=[(f"p{i}", 1) for i in range(5000)], want_rowid=True),
+                Statement(TX, rows=[("one", 1)], want_rowid=True, on_commit=seen.append),
+            ]
+        )
+    assert first == [1] and ids == [5001, 5002] and seen == [[5001, 5002]]
 
 
 @pytest.mark.anyio

@@ -21,6 +21,7 @@ span many (``stats``, ``leaderboard``, ``list_ptos``, ``tokens_of``, ``get_token
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -131,6 +132,10 @@ def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
     )
 
 
+# Players checked and built while the unit before them commits (register_players).
+_REGISTER_STEP = 1_000
+
+
 class _BulkPlayers:
     """A bulk registration's players, built column by column at the cost of what each
     needs: an amount or a tau_k seen before is not parsed again, the drawn values need
@@ -225,12 +230,12 @@ class _BulkPlayers:
     def refuse(self, error: UbloxError) -> None:
         self.results.append(error)
 
-    def drop_taken(self, taken: set[str]) -> None:
-        """Refuse the players whose ids the store already holds."""
+    def drop_taken(self, taken: set[str], begin: int) -> None:
+        """Refuse the players from ``valid[begin]`` on whose ids the store already holds."""
         if not taken:
             return
-        kept: list[tuple[int, Player]] = []
-        for index, player in self.valid:
+        kept = self.valid[:begin]
+        for index, player in self.valid[begin:]:
             if player.player_id in taken:
                 self.results[index] = AlreadyExists(
                     f"{player.player_id!r} is already taken by a player or PTO"
@@ -555,50 +560,75 @@ class Engine:
         order is the list's); each player is refused or registered on its own: one
         result each, an error for a refused one. A unit the database rejects as a whole
         is retried one player at a time, so one bad row refuses only its player.
-        Registered players are not activated: their first message does that."""
+        Registered players are not activated: their first message does that.
+
+        Pipelined: the next ``_REGISTER_STEP`` players are checked and built while the
+        unit before is committed on the writer's thread; a unit is queued only once the
+        one before has landed (and its refusals were retried), which keeps the order."""
         self._check_open()
         bulk = _BulkPlayers(self, self._now())
-        claimed: list[str] = []
-        try:
-            for player_id, usd, tau, freq in players:
-                try:
-                    player = bulk.new(player_id, usd, tau, freq)
-                    if player_id in self._reserved:
-                        raise AlreadyExists(f"{player_id!r} is already taken by a player or PTO")
-                    self._reserved.add(player_id)
-                    claimed.append(player_id)
-                    bulk.add(player)
-                except UbloxError as exc:
-                    bulk.refuse(exc)
-            taken = await self.store.taken(claimed) if claimed else set()
-        except BaseException:
-            self._reserved.difference_update(claimed)
-            raise
-        for player_id in taken:
-            self._reserved.discard(player_id)
-        bulk.drop_taken(taken)
+        ours: set[str] = set()  # ids claimed here and not yet released
+        landing: tuple[list[tuple[int, Player]], asyncio.Future[object]] | None = None
         try:
             # Shielded: the ids stay claimed until their units have landed.
             with anyio.CancelScope(shield=True):
-                await self._register_units(bulk)
+                for start in range(0, len(players), _REGISTER_STEP):
+                    begin = len(bulk.valid)
+                    for player_id, usd, tau, freq in players[start : start + _REGISTER_STEP]:
+                        try:
+                            player = bulk.new(player_id, usd, tau, freq)
+                            if player_id in self._reserved:
+                                raise AlreadyExists(
+                                    f"{player_id!r} is already taken by a player or PTO"
+                                )
+                            self._reserved.add(player_id)
+                            ours.add(player_id)
+                            bulk.add(player)
+                        except UbloxError as exc:
+                            bulk.refuse(exc)
+                    if landing is not None:
+                        await self._landed(bulk, *landing)
+                        landing = None
+                    fresh = [p.player_id for _, p in bulk.valid[begin:]]
+                    taken = await self.store.taken(fresh) if fresh else set()
+                    self._reserved.difference_update(taken)
+                    ours.difference_update(taken)
+                    bulk.drop_taken(taken, begin)
+                    chunk = bulk.valid[begin:]
+                    if chunk:
+                        unit = Unit(tuple(bulk.events[index] for index, _ in chunk))
+                        landing = (chunk, await self._submitted(unit))
+                if landing is not None:
+                    await self._landed(bulk, *landing)
         finally:
-            self._reserved.difference_update(p.player_id for _, p in bulk.valid)
+            self._reserved.difference_update(ours)
         return bulk.results
 
-    async def _register_units(self, bulk: _BulkPlayers) -> None:
-        """Commit units of ``limits.REGISTER_UNIT`` players, one after the other (a unit
-        the database rejects is retried player by player before the next, so the ledger
-        keeps the list's order)."""
-        for start in range(0, len(bulk.valid), limits.REGISTER_UNIT):
-            chunk = bulk.valid[start : start + limits.REGISTER_UNIT]
-            try:
-                await self.store.commit(Unit(tuple(bulk.events[index] for index, _ in chunk)))
-            except UnitRejected:
-                for index, player in chunk:
-                    try:
-                        await self.store.commit(Unit((_registered(player),)))
-                    except UbloxError as exc:
-                        bulk.results[index] = exc
+    async def _submitted(self, unit: Unit) -> asyncio.Future[object]:
+        """Queue ``unit``; the future resolves with its ``Committed`` or its error."""
+        outcome: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        def done(result: object) -> None:
+            if not outcome.done():
+                outcome.set_result(result)
+
+        await self.store.submit(unit, done)
+        return outcome
+
+    async def _landed(
+        self, bulk: _BulkPlayers, chunk: list[tuple[int, Player]], outcome: asyncio.Future[object]
+    ) -> None:
+        """Wait for a unit of registrations; one the database rejected whole is retried
+        player by player, so only the player it cannot take is refused."""
+        result = await outcome
+        if isinstance(result, UnitRejected):
+            for index, player in chunk:
+                try:
+                    await self.store.commit(Unit((_registered(player),)))
+                except UbloxError as exc:
+                    bulk.results[index] = exc
+        elif isinstance(result, BaseException):
+            raise result
 
     def _new_player(
         self,

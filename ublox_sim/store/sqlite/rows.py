@@ -403,10 +403,6 @@ def _log(
     return log_event(event.kind, event.at, ev.payload(event), committed, last_session=session)
 
 
-# Rows per multi-row event_log insert: 3 parameters each stays within SQLite's oldest
-# default limit of 999 host parameters.
-_LOG_ROWS_PER_INSERT = 333
-
 # A registering player's opening deposit when its player row is inserted by the same
 # unit just before: it exists, so the ledger row needs no check (the raw INSERT).
 _INSERT_DEPOSIT = (
@@ -459,29 +455,23 @@ def _bulk_registration(
     ]
     if deposits:
         out.append(Statement.many(_INSERT_DEPOSIT, deposits))
-    payload = _registered_payload if _TEMPLATE_FITS else ev.payload
-    for start in range(0, len(registered), _LOG_ROWS_PER_INSERT):
-        chunk = registered[start : start + _LOG_ROWS_PER_INSERT]
-        out.append(_log_registered(start, chunk, [payload(e) for e in chunk], landed, publish))
+    out.append(_log_registered(registered, landed, publish))
     return out
 
 
 def _log_registered(
-    start: int,
     events: Sequence[ev.PlayerRegistered],
-    payloads: Sequence[str],
     landed: list[ev.Event],
     publish: Callable[[ev.Event], None],
 ) -> Statement:
-    """Registrations' log rows as one multi-row INSERT: one round trip instead of one
-    each. One INSERT on the one writer numbers its rows consecutively (AUTOINCREMENT
-    takes the next value per row), so the rowid returned, the last, gives them all.
-    They are numbered on commit without ``dataclasses.replace`` (the fields are known)."""
-    params: list[object] = []
-    for event, text in zip(events, payloads, strict=True):
-        params += (event.kind, event.at, text)
-    sql = _INSERT_EVENT + ", (?, ?, ?)" * (len(events) - 1)
+    """Registrations' log rows as one statement of many rows. On the one writer they are
+    numbered consecutively (AUTOINCREMENT takes the next value per row), so the rowid
+    returned, the last, gives them all. They are numbered on commit without
+    ``dataclasses.replace`` (the fields are known)."""
+    payload = _registered_payload if _TEMPLATE_FITS else ev.payload
+    log_rows = [(e.kind, e.at, payload(e)) for e in events]
     direct = _TEMPLATE_FITS
+    start = 0
     registered = ev.PlayerRegistered
 
     def committed(ids: Sequence[int]) -> None:
@@ -501,7 +491,7 @@ def _log_registered(
             landed[start + offset] = numbered
             publish(numbered)
 
-    return Statement(sql, tuple(params), want_rowid=True, on_commit=committed)
+    return Statement(_INSERT_EVENT, rows=log_rows, want_rowid=True, on_commit=committed)
 
 
 def _receipt(receipt: Receipt, events: Sequence[ev.Event]) -> Statement:

@@ -108,15 +108,16 @@ class Statement:
     params: Sequence[object] = ()
     want_rowid: bool = False
     on_commit: Callable[[Sequence[int]], None] | None = field(default=None, compare=False)
-    # Many parameter rows: the statement runs once per row, all in one ``executemany``
-    # (``params`` is then unused). A bulk producer hands over thousands of rows as one
-    # statement instead of thousands of statements.
+    # Many parameter rows: the statement runs once per row, all in one run (``params``
+    # is then unused). A bulk producer hands over thousands of rows as one statement
+    # instead of thousands of statements. With ``want_rowid`` (an INSERT), the rowid is
+    # the last row's: on the one writer the rows are numbered consecutively.
     rows: Sequence[Sequence[object]] | None = None
 
     def __post_init__(self) -> None:
         if self.rows is not None:
-            if self.want_rowid:
-                raise ValueError("a statement of many rows cannot return a rowid")
+            if self.want_rowid and not (self.rows and self.sql.lstrip()[:6].upper() == "INSERT"):
+                raise ValueError("only an INSERT of one row or more returns a rowid (its last)")
             if not _covered(self.sql):
                 raise ValueError(f"a statement of many rows must be DML: {self.sql[:40]!r}")
 
@@ -230,7 +231,7 @@ _ONE_ROW_INSERT = re.compile(
 _MULTI: dict[str, tuple[str, str, int] | None] = {}
 # Rows per multi-row INSERT: enough to make the per-statement cost vanish, few enough
 # that a statement's text stays short (and within any host-parameter limit below).
-MULTI_ROWS = 256
+MULTI_ROWS = 4096
 
 
 def _multi_row(sql: str) -> tuple[str, str, int] | None:
@@ -285,6 +286,7 @@ class _Step:
     want_rowid: bool = False
     on_commit: Callable[[Sequence[int]], None] | None = None
     covered: bool = True
+    many: bool = False  # a statement of many rows whose (last) rowid is wanted
 
     def send(self, conn: aiosqlite.Connection, cursor: aiosqlite.Cursor) -> Awaitable[object]:
         if self.want_rowid:
@@ -301,7 +303,12 @@ def _plan(units: Sequence[Unit]) -> list[_Step]:
     for index, unit in enumerate(units):
         for stmt in unit:
             covered = _covered(stmt.sql)
-            if stmt.rows is not None:
+            if stmt.rows is not None and stmt.want_rowid:
+                run_ = None
+                steps.append(
+                    _Step(stmt.sql, list(stmt.rows), index, True, stmt.on_commit, many=True)
+                )
+            elif stmt.rows is not None:
                 if not stmt.rows:
                     continue
                 if run_ is not None and run_.sql == stmt.sql:
@@ -442,7 +449,10 @@ def _batch_on_thread(
         limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         try:
             for step in steps:
-                if step.want_rowid:
+                if step.many:
+                    _insert_rows(cursor, step.sql, step.params, limit)
+                    results.append(db.execute("SELECT last_insert_rowid()").fetchone())
+                elif step.want_rowid:
                     cursor.execute(step.sql, step.params[0])
                     results.append((cursor.lastrowid,))
                 elif not step.covered:
