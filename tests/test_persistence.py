@@ -230,7 +230,7 @@ async def test_a_reader_holding_a_snapshot_delays_the_checkpoint_not_the_writer(
             reader.execute("BEGIN")
             assert reader.execute("SELECT COUNT(*) FROM transactions").fetchone() == (1,)
             rounds = 0
-            while wal_size(db) <= 4 * LIMIT:
+            while wal_size(db) <= 3 * LIMIT:  # below the writer's own catch-up (4x)
                 await actor.submit([tx(f"r{rounds}-{i}", 1) for i in range(20)])
                 await actor.checkpoints_settled()
                 rounds += 1

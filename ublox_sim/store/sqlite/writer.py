@@ -1090,6 +1090,9 @@ class PersistenceActor:
         self._catch_up_due = False
         if self._lost is not None:
             return
+        # Until this one is done, the next attempt is a limit further on (a batch in
+        # flight behind this one must not start another).
+        self._checkpoint_due_at = _file_size(self._wal_path) + self.wal_limit_bytes
         async with self._writing:
             if conn.in_transaction or self._conn is None:
                 return
@@ -1099,8 +1102,11 @@ class PersistenceActor:
                 log.warning("persistence.checkpoint_failed", error=str(exc))
                 return
         self.checkpoints_inline += 1
-        if busy or copied < frames:
+        if busy or copied < frames:  # a reader's snapshot: try again a limit further on
             self.checkpoints_blocked += 1
+            self._checkpoint_due_at = _file_size(self._wal_path) + self.wal_limit_bytes
+        else:
+            self._checkpoint_due_at = self.wal_limit_bytes
 
     async def _attempt(
         self,
