@@ -157,10 +157,10 @@ def run_actor(
     per_producer = max(1, rows // producers)
     latencies: list[float] = []
 
-    checkpoints = 0
+    checkpoints = inline = 0
 
     async def main() -> float:
-        nonlocal checkpoints
+        nonlocal checkpoints, inline
         async with PersistenceActor.open(path, synchronous=synchronous) as actor:
 
             async def producer(p: int) -> None:
@@ -183,12 +183,13 @@ def run_actor(
                     tg.start_soon(producer, p)
             elapsed = time.perf_counter() - start
             await actor.checkpoints_settled()
-            checkpoints = actor.checkpoints
+            checkpoints, inline = actor.checkpoints, actor.checkpoints_inline
             return elapsed
 
     elapsed = anyio.run(main, backend="asyncio")
     return _figures(per_producer * producers, elapsed, latencies) | {
-        "checkpoints": float(checkpoints)
+        "checkpoints": float(checkpoints),
+        "checkpoints_inline": float(inline),
     }
 
 
@@ -254,7 +255,7 @@ def bench(size: str = "full", producers: int = 100) -> dict[str, Any]:
         "ranges": {name: ratio.to_dict() for name, ratio in ratios.items()},
         "detail": {},
     }
-    acks = ("ack_p50_ms", "ack_p99_ms", "ack_max_ms", "checkpoints")
+    acks = ("ack_p50_ms", "ack_p99_ms", "ack_max_ms", "checkpoints", "checkpoints_inline")
     for source, names in ((results, contenders), (naive, ("naive",)), (extra, variants)):
         for name in names:
             report["detail"][name] = {
@@ -275,10 +276,16 @@ def show(report: Mapping[str, Any]) -> str:
             if "ack_p50_ms" in d
             else "-"
         )
-        ckpt = f"{d['checkpoints']['median']:.0f}" if "checkpoints" in d else "-"
+        ckpt = (
+            f"{d['checkpoints']['median']:.0f} / {d['checkpoints_inline']['median']:.0f}"
+            if "checkpoints" in d
+            else "-"
+        )
         label = {"actor_mixed": "actor_mixed (units)", "naive": "naive (context)"}.get(name, name)
         rows.append([label, f"{r['median']:,.0f}", f"{r['min']:,.0f}–{r['max']:,.0f}", lat, ckpt])
-    out = table(rows, ["persistence", "rows/s (median)", "min–max", "ack p50/p99/max ms", "ckpt"])
+    out = table(
+        rows, ["persistence", "rows/s (median)", "min–max", "ack p50/p99/max ms", "ckpt bg/inline"]
+    )
 
     def ratio(key: str) -> str:
         r = report["ranges"][key]
