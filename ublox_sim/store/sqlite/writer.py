@@ -1,52 +1,48 @@
 """The persistence actor: the one writer of ``ublox.db``.
 
 Callers hand it *units of work* (every row of one economic operation). It batches
-whatever is queued into one SQLite transaction (group commit, ``executemany`` for
-runs of the same statement), and acknowledges each unit only after that
-transaction committed. A unit is all-or-nothing: when a batch fails, its units are
-retried one by one, so one bad unit fails only its own caller.
+whatever is queued into one SQLite transaction (group commit; runs of one SQL text as
+one step, a plain INSERT as multi-row INSERTs), and acknowledges each unit only after
+that transaction committed. A unit is all-or-nothing: when a batch fails, its units
+are retried one by one, so one bad unit fails only its own caller.
 
-Use it as ``async with PersistenceActor.open(path) as db: await db.submit(unit)``.
+Use it as ``async with PersistenceActor.open(path) as db: await db.submit(unit)``;
+``submit_many`` queues several units at once, ``enqueue_with`` takes a callback
+instead of awaiting (the backend's path: no future per unit).
+
+The mailbox is a plain deque of batches and requests. A unit joins the batch forming
+at its end; the batch is taken when a pipeline slot is free (``PIPELINE_DEPTH``), after
+one more turn of the event loop, so the producers the last acknowledgement woke have
+joined it. A batch has one future, shared by its producers (``_Shared``: one waiter
+giving up does not cancel it for the others), and is one trip to the connection's
+thread: BEGIN, its steps and COMMIT run in one function there (``_batch_on_thread``,
+through aiosqlite's ``_execute``, its only way to run a function on its thread), and
+a failure is rolled back there before anything else runs on the connection.
 
 WAL checkpoints never stand between a commit and its acknowledgement. SQLite's
-auto-checkpoint runs inside the committing call (it stalls one commit in twenty), so
-it is off. Instead the writer counts what it appends: after a batch's callers have
-been answered, if the ``-wal`` file has grown past ``wal_limit_bytes`` since the last
-completed checkpoint, the writer runs ``PRAGMA wal_checkpoint(TRUNCATE)`` on its own
-connection and thread before it takes the next batch. No other write can slip in, so
-the checkpoint copies every frame, the file is cut to zero and the next write starts
-it afresh. The bound follows from what the writer does, not from how fast anything
-else runs: the file never exceeds ``wal_limit_bytes`` plus the batches in flight
-(``PIPELINE_DEPTH``). Units that arrive during a checkpoint wait for it; units
-already acknowledged never do.
+auto-checkpoint runs inside the committing call, so it is off. Once the ``-wal`` file
+has grown past ``wal_limit_bytes``, the writer starts a PASSIVE checkpoint on a
+connection and a worker thread of its own (``_Checkpointer``): it copies committed
+frames into the database while the writer goes on committing, and waits for nobody.
+When it has copied every frame, the next commit starts the WAL afresh and cuts the
+file back to the limit (``journal_size_limit``), so the file's length tells what was
+appended since. A writer that never pauses may never begin a transaction with every
+frame copied; past ``WAL_HARD_FACTOR`` times the limit it copies the last frames
+itself, between two batches and after the acknowledgements of the one before
+(``checkpoints_inline``: the one case where queued units wait for a checkpoint, and
+only for the frames written since the last background pass).
 
 Readers of other connections (the ``sqlite3`` shell, Datasette, another process's
-``verify``) can hold a snapshot that the checkpoint must not overwrite. SQLite then
-waits for them through the busy handler; we give it ``checkpoint_busy_ms`` (not the
-connection's 5 s), after which the checkpoint copies what it can, leaves the file as
-it is, and reports busy. The writer then goes on and tries again once it has appended
-another ``wal_limit_bytes``, so a reader that keeps a snapshot open for an hour costs
-one short wait per ``wal_limit_bytes`` written, never a stalled writer; but while it
-holds that snapshot the WAL grows (SQLite cannot reuse frames a reader may still
-need). The first attempt after the reader lets go truncates the file.
+``verify``) can hold a snapshot that the checkpoint must not overwrite: a PASSIVE
+checkpoint copies what it can and reports the rest (``checkpoints_blocked``); the next
+attempt comes once another ``wal_limit_bytes`` was appended. While a reader holds
+that snapshot the WAL grows (SQLite cannot reuse frames a reader may still need); the
+first attempt after it lets go copies everything.
 
-Only aiosqlite's public API is used. Each call (``executemany``, ``execute_insert``,
-``execute_fetchall``) is one item on the queue of the connection's thread, answered
-through the event loop. A batch does not wait for each answer before sending the next:
-it queues ``BEGIN IMMEDIATE`` and all its statements at once (runs of one SQL text as
-one ``executemany``), waits for the answers, and only then sends ``COMMIT``, or
-``ROLLBACK`` if any failed. So a batch costs two round trips of latency however many
-statements it holds, plus the queueing of each call: about 9 µs here, against ~1 µs
-for a statement run on the thread. Units of one SQL text (the benchmark's) merge into
-one call per batch; units that mix SQL texts (a purchase: five) pay it per statement
-(``benchmarks/persistence.py``, ``actor_mixed``). Statements
-queued behind a failed one still run; they must never run outside the batch's
-transaction, which SQLite may have rolled back on its own (FULL, IOERR). The
-connection therefore keeps sqlite3's legacy transaction control
-(``isolation_level="IMMEDIATE"``): a DML statement found outside a transaction opens
-one, which the writer then rolls back; it never autocommits. A statement that net does
-not cover (it does not start with INSERT, UPDATE, DELETE or REPLACE) is sent alone,
-after everything before it has succeeded.
+The connection keeps sqlite3's legacy transaction control (``isolation_level=
+"IMMEDIATE"``): a DML statement found outside a transaction opens one, so nothing
+ever autocommits behind the writer's back (a control request's DML is committed when
+the request returns, outside hold mode).
 """
 
 from __future__ import annotations
@@ -592,6 +588,7 @@ class PersistenceActor:
         self.synchronous: Synchronous = synchronous
         self.max_batch = max_batch
         self.wal_limit_bytes = wal_limit_bytes
+        # Kept for callers of earlier releases: PASSIVE checkpoints never wait for readers.
         self.checkpoint_busy_ms = checkpoint_busy_ms
         # Hold mode (scenario runs): units are applied inside one open transaction and
         # acknowledged at once; only commit_held() makes them durable, all together.
@@ -620,7 +617,7 @@ class PersistenceActor:
         # The batches' executemany cursor: one for the connection's life, so no cursor
         # is ever finalised on the event loop's thread.
         self._cursor: aiosqlite.Cursor | None = None
-        self._busy_timeout_ms = 0  # the connection's own, restored after a checkpoint
+        self._busy_timeout_ms = 0  # the connection's own (reported, never changed)
         # A batch, from BEGIN to COMMIT, and a checkpoint have the connection to
         # themselves: nothing else may be queued between their calls.
         self._writing = anyio.Lock()
