@@ -230,3 +230,32 @@ async def test_the_bulk_player_builder_gives_the_same_player_or_error_as_one_by_
             one = outcome(engine._new_player, pid, usd, tau, freq, None, None, now)
             fast = outcome(bulk.new, pid, usd, tau, freq)
             assert one == fast, (pid, usd, tau, freq)
+
+
+@pytest.mark.anyio
+async def test_a_writer_cancelled_mid_batch_answers_every_waiting_producer(
+    tmp_path: Path,
+) -> None:
+    """No producer is left awaiting a batch's shared future when the writer stops."""
+    from ublox_sim.core.errors import ActorBroken, ActorClosed
+
+    outcomes: list[str] = []
+    actor = PersistenceActor(tmp_path / "ublox.db")
+
+    async def producer(i: int) -> None:
+        try:
+            await actor.submit([Statement(TX, (f"p{i}", 1))])
+            outcomes.append("committed")
+        except (ActorClosed, ActorBroken):
+            outcomes.append("stopped")
+
+    with anyio.fail_after(30):  # a hang guard, not a timing assertion
+        async with anyio.create_task_group() as producers:
+            async with anyio.create_task_group() as writer:
+                await actor.start(writer)
+                for i in range(300):
+                    producers.start_soon(producer, i)
+                await anyio.wait_all_tasks_blocked()  # every producer is waiting
+                writer.cancel_scope.cancel()
+    assert len(outcomes) == 300
+    assert len(ledger(tmp_path / "ublox.db")) == outcomes.count("committed")

@@ -1018,6 +1018,15 @@ class PersistenceActor:
         async def commit() -> None:
             try:
                 await self._commit(batch)
+            except BaseException as exc:
+                # Cancelled (the actor is stopping) or crashed before answering: nobody
+                # may be left waiting on the batch's future.
+                failure: ActorBroken | ActorClosed = ActorBroken("the persistence actor crashed")
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    failure = ActorClosed("the persistence actor stopped")
+                failure.__cause__ = exc
+                batch.fail(failure)
+                raise
             finally:
                 self._inflight.discard(batch)
                 self._slots.release()
@@ -1122,7 +1131,10 @@ class PersistenceActor:
         started = time.perf_counter()
         held = self._held if self.hold_commits else None
         try:
-            rowids, found = await _run_batch(conn, [units[index] for index in which], held)
+            # Shielded: the thread runs the batch to its end whatever becomes of this task,
+            # so its producers hear what it did, not that the actor stopped.
+            with anyio.CancelScope(shield=True):
+                rowids, found = await _run_batch(conn, [units[index] for index in which], held)
         except sqlite3.Error as exc:
             self._note_if_held_work_lost(conn, exc)
             if len(which) > 1 and self._lost is None:
