@@ -171,7 +171,11 @@ async def test_a_bulk_registration_writes_and_publishes_what_one_by_one_does(
                     for pid, usd in players:
                         await engine.register_player(pid, usd_obbba=usd)
                 else:
-                    await engine.register_players([(p, usd, 1.0, None) for p, usd in players])
+                    results = await engine.register_players(
+                        [(p, usd, 1.0, None) for p, usd in players]
+                    )
+                    # Each result is the player as the store holds it.
+                    assert results == [await engine.get_player(p) for p, _ in players]
                 heard[how] = [events.receive_nowait() for _ in players]
     one, bulk = (tmp_path / "one" / "ublox.db", tmp_path / "bulk" / "ublox.db")
     with closing(sqlite3.connect(one)) as a, closing(sqlite3.connect(bulk)) as b:
