@@ -21,6 +21,7 @@ span many (``stats``, ``leaderboard``, ``list_ptos``, ``tokens_of``, ``get_token
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -28,6 +29,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -128,6 +130,120 @@ def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
         usd_obbba=to_decimal(player.usd_obbba_balance),
         record=player if fresh else dataclasses.replace(player),
     )
+
+
+# Players checked and built while the unit before them commits (register_players).
+_REGISTER_STEP = 1_000
+
+
+class _BulkPlayers:
+    """A bulk registration's players, built column by column at the cost of what each
+    needs: an amount or a tau_k seen before is not parsed again, the drawn values need
+    no bounds check (a uniform in [0, 1) scaled into its range cannot leave it), and
+    the result is made straight from the values. Anything unusual goes through
+    ``Engine._new_player``, which gives the exact error (or the same player)."""
+
+    def __init__(self, engine: Engine, now: str) -> None:
+        self.engine = engine
+        self.now = now
+        self.results: list[PlayerInfo | UbloxError] = []
+        self.valid: list[tuple[int, Player]] = []  # (index in results, player)
+        self.events: dict[int, ev.PlayerRegistered] = {}
+        self._cents: dict[tuple[type, object], int] = {}
+        self._decimals: dict[int, Decimal] = {}
+        self._uniforms = engine._draws.uniforms
+        self._size = engine.params.size
+        self._omega = (engine.params.omega_mean, engine.params.omega_spread)
+        self._phase = (limits.PHASE.min, limits.PHASE.max - limits.PHASE.min)
+        self._zero = to_decimal(0)
+
+    def new(self, player_id: str, usd: Amount, tau: float, freq: float | None) -> Player:
+        """``Engine._new_player(player_id, usd, tau, freq)``: the same player or error."""
+        check_id(player_id, "player_id")
+        cents = self._amount(usd)
+        if type(tau) is not float or not limits.TAU_K.contains(tau):
+            tau = limits.TAU_K.check(tau)
+        ux, uy, uphase, u1, u2 = self._uniforms("player", player_id)
+        if freq is None:
+            freq = normal(u1, u2, *self._omega)
+        elif type(freq) is not float or not limits.RESONANCE_FREQ.contains(freq):
+            freq = limits.RESONANCE_FREQ.check(freq)
+        size = self._size
+        low, span = self._phase
+        return Player(
+            player_id=player_id,
+            position_x=ux * size,
+            position_y=uy * size,
+            phase=low + span * uphase,
+            tau_k=tau,
+            resonance_freq=freq,
+            usd_obbba_balance=cents,
+            created_at=self.now,
+        )
+
+    def _amount(self, usd: Amount) -> int:
+        key = (type(usd), usd)
+        try:
+            known = self._cents.get(key)
+        except TypeError:  # unhashable (a signalling NaN): to_cents says why
+            known = None
+        if known is None:
+            known = to_cents(usd, what="usd_obbba")
+            if len(self._cents) < 1024:
+                self._cents[key] = known
+        return known
+
+    def _decimal(self, cents: int) -> Decimal:
+        known = self._decimals.get(cents)
+        if known is None:
+            known = to_decimal(cents)
+            if len(self._decimals) < 1024:
+                self._decimals[cents] = known
+        return known
+
+    def add(self, player: Player) -> None:
+        index = len(self.results)
+        usd = self._decimal(player.usd_obbba_balance)
+        self.valid.append((index, player))
+        self.events[index] = ev.PlayerRegistered(
+            at=player.created_at, player_id=player.player_id, usd_obbba=usd, record=player
+        )
+        self.results.append(
+            PlayerInfo(
+                player_id=player.player_id,
+                usd_obbba_balance=usd,
+                xUSD_balance=self._zero,
+                tau_k=player.tau_k,
+                resonance_freq=player.resonance_freq,
+                phase=player.phase,
+                coherence=player.coherence,
+                position_x=player.position_x,
+                position_y=player.position_y,
+                total_play_time=player.total_play_time,
+                quality_score=player.quality_score,
+                phase_locks_count=player.phase_locks_count,
+                memory_depth=player.memory_depth,
+                created_at=player.created_at,
+            )
+        )
+
+    def refuse(self, error: UbloxError) -> None:
+        self.results.append(error)
+
+    def drop_taken(self, taken: set[str], begin: int) -> None:
+        """Refuse the players from ``valid[begin]`` on whose ids the store already holds."""
+        if not taken:
+            return
+        kept = self.valid[:begin]
+        for index, player in self.valid[begin:]:
+            if player.player_id in taken:
+                self.results[index] = AlreadyExists(
+                    f"{player.player_id!r} is already taken by a player or PTO"
+                )
+                del self.events[index]
+            else:
+                kept.append((index, player))
+        self.valid = kept
 
 
 class Engine:
@@ -463,58 +579,75 @@ class Engine:
         order is the list's); each player is refused or registered on its own: one
         result each, an error for a refused one. A unit the database rejects as a whole
         is retried one player at a time, so one bad row refuses only its player.
-        Registered players are not activated: their first message does that."""
-        self._check_open()
-        prepared: list[Player | UbloxError] = []
-        claimed: list[str] = []
-        now = self._now()
-        try:
-            for player_id, usd, tau, freq in players:
-                try:
-                    player = self._new_player(player_id, usd, tau, freq, None, None, now)
-                    if player_id in self._reserved:
-                        raise AlreadyExists(f"{player_id!r} is already taken by a player or PTO")
-                    self._reserved.add(player_id)
-                    claimed.append(player_id)
-                    prepared.append(player)
-                except UbloxError as exc:
-                    prepared.append(exc)
-            taken = await self.store.taken(claimed)
-        except BaseException:
-            self._reserved.difference_update(claimed)
-            raise
-        if taken:
-            for i, item in enumerate(prepared):
-                if isinstance(item, Player) and item.player_id in taken:
-                    self._reserved.discard(item.player_id)
-                    prepared[i] = AlreadyExists(
-                        f"{item.player_id!r} is already taken by a player or PTO"
-                    )
-        results: list[PlayerInfo | UbloxError] = [
-            item if isinstance(item, UbloxError) else PlayerInfo.of(item) for item in prepared
-        ]
-        valid = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Player)]
-        try:
-            for start in range(0, len(valid), limits.REGISTER_UNIT):
-                # Shielded: the ids stay claimed until the unit has landed.
-                with anyio.CancelScope(shield=True):
-                    await self._register_unit(valid[start : start + limits.REGISTER_UNIT], results)
-        finally:
-            for _, player in valid:
-                self._reserved.discard(player.player_id)
-        return results
+        Registered players are not activated: their first message does that.
 
-    async def _register_unit(
-        self, chunk: list[tuple[int, Player]], results: list[PlayerInfo | UbloxError]
-    ) -> None:
+        Pipelined: the next ``_REGISTER_STEP`` players are checked and built while the
+        unit before is committed on the writer's thread; a unit is queued only once the
+        one before has landed (and its refusals were retried), which keeps the order."""
+        self._check_open()
+        bulk = _BulkPlayers(self, self._now())
+        ours: set[str] = set()  # ids claimed here and not yet released
+        landing: tuple[list[tuple[int, Player]], asyncio.Future[object]] | None = None
         try:
-            await self.store.commit(Unit(tuple(_registered(p, fresh=True) for _, p in chunk)))
-        except UnitRejected:
+            # Shielded: the ids stay claimed until their units have landed.
+            with anyio.CancelScope(shield=True):
+                for start in range(0, len(players), _REGISTER_STEP):
+                    begin = len(bulk.valid)
+                    for player_id, usd, tau, freq in players[start : start + _REGISTER_STEP]:
+                        try:
+                            player = bulk.new(player_id, usd, tau, freq)
+                            if player_id in self._reserved:
+                                raise AlreadyExists(
+                                    f"{player_id!r} is already taken by a player or PTO"
+                                )
+                            self._reserved.add(player_id)
+                            ours.add(player_id)
+                            bulk.add(player)
+                        except UbloxError as exc:
+                            bulk.refuse(exc)
+                    if landing is not None:
+                        await self._landed(bulk, *landing)
+                        landing = None
+                    fresh = [p.player_id for _, p in bulk.valid[begin:]]
+                    taken = await self.store.taken(fresh) if fresh else set()
+                    self._reserved.difference_update(taken)
+                    ours.difference_update(taken)
+                    bulk.drop_taken(taken, begin)
+                    chunk = bulk.valid[begin:]
+                    if chunk:
+                        unit = Unit(tuple(bulk.events[index] for index, _ in chunk))
+                        landing = (chunk, await self._submitted(unit))
+                if landing is not None:
+                    await self._landed(bulk, *landing)
+        finally:
+            self._reserved.difference_update(ours)
+        return bulk.results
+
+    async def _submitted(self, unit: Unit) -> asyncio.Future[object]:
+        """Queue ``unit``; the future resolves with its ``Committed`` or its error."""
+        outcome: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        def done(result: object) -> None:
+            if not outcome.done():
+                outcome.set_result(result)
+
+        await self.store.submit(unit, done)
+        return outcome
+
+    async def _landed(
+        self, bulk: _BulkPlayers, chunk: list[tuple[int, Player]], outcome: asyncio.Future[object]
+    ) -> None:
+        """Wait for a unit of registrations; one the database rejected whole is retried
+        player by player, so only the player it cannot take is refused."""
+        result = await outcome
+        if isinstance(result, UnitRejected):
             for index, player in chunk:
                 try:
                     await self.store.commit(Unit((_registered(player),)))
                 except UbloxError as exc:
-                    results[index] = exc
+                    bulk.results[index] = exc
+        elif isinstance(result, BaseException):
+            raise result
 
     def _new_player(
         self,

@@ -167,25 +167,33 @@ class SqliteBackend:
     # -- writes ------------------------------------------------------------------
 
     async def submit(self, unit: Unit, done: Done) -> None:
-        before = await self._write_worlds(unit)
-        statements, landed = rows.unit_statements(unit, self.bus.publish)
-        self._submitted += 1
-        position = self._submitted
+        await self.submit_many((unit,), done)
 
-        def acked(future: asyncio.Future[object]) -> None:
-            if future.cancelled():
+    async def submit_many(self, units: Sequence[Unit], done: Done) -> None:
+        befores = [await self._write_worlds(unit) for unit in units]
+        statements: list[list[Statement]] = []
+        callbacks: list[Callable[[list[int] | BaseException], None]] = []
+        for unit, before in zip(units, befores, strict=True):
+            stmts, landed = rows.unit_statements(unit, self.bus.publish)
+            self._submitted += 1
+            statements.append(stmts)
+            callbacks.append(self._acked(landed, self._submitted, before, done))
+        # No await between the count and the queue (the writer's queue is first come,
+        # first served even when full), so positions follow the queue's order.
+        await self.local.db.enqueue_many_with(statements, callbacks)
+
+    def _acked(
+        self, landed: list[Any], position: int, before: dict[str, Arrays | None], done: Done
+    ) -> Callable[[list[int] | BaseException], None]:
+        def acked(outcome: list[int] | BaseException) -> None:
+            if isinstance(outcome, BaseException):
                 self._restore_worlds(before)
-                done(ActorClosed("the store stopped before the unit committed"))
-            elif (error := future.exception()) is not None:
-                self._restore_worlds(before)
-                done(error)
+                done(outcome)
             else:
                 # The commit hooks ran before this callback: ``landed`` is numbered.
                 done(Committed(tuple(landed), position))
 
-        # No await between the count and the queue (the writer's queue is first come,
-        # first served even when full), so positions follow the queue's order.
-        (await self.local.db.enqueue(statements)).add_done_callback(acked)
+        return acked
 
     async def _write_worlds(self, unit: Unit) -> dict[str, Arrays | None]:
         """Make the unit's worlds readable before its rows commit, and return what each

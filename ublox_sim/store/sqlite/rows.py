@@ -11,7 +11,10 @@ different actors commute inside a group commit, and always together with their
 from __future__ import annotations
 
 import dataclasses
+import json
+import operator
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 from ...core import events as ev
 from ...core.money import USD, XUSD, to_cents
@@ -66,14 +69,6 @@ def ledger_row(
 
 
 _INSERT_PLAYER = insert_sql(Player)
-
-
-def _deposit(player: Player) -> Statement:
-    """A registering player's opening deposit: ``ledger_row("deposit", ...)``'s statement,
-    built without the intermediate Transaction (a bulk registration makes thousands)."""
-    pid, cents = player.player_id, player.usd_obbba_balance
-    tx = (None, "deposit", None, pid, cents, USD, None, player.created_at, None, pid)
-    return Statement(_CHECKED_TX[("to",)], tx)
 
 
 # Which side of each kind of ledger row is a player (the other may be a PTO).
@@ -268,19 +263,7 @@ def unit_statements(
     landed: list[ev.Event] = list(unit.events)
     out: list[Statement] = []
     if len(unit.events) > 1 and all(type(e) is ev.PlayerRegistered for e in unit.events):
-        # A bulk registration: the rows grouped by statement, so each group is one
-        # executemany (players first: their deposits and events refer to them).
-        players: list[Player] = []
-        for event in unit.events:
-            assert isinstance(event, ev.PlayerRegistered) and event.record is not None
-            players.append(event.record)
-        out.extend(Statement(_INSERT_PLAYER, to_row(p)) for p in players)
-        out.extend(_deposit(p) for p in players if p.usd_obbba_balance)
-        events = unit.events
-        for start in range(0, len(events), _LOG_ROWS_PER_INSERT):
-            out.append(
-                _log_many(start, events[start : start + _LOG_ROWS_PER_INSERT], landed, publish)
-            )
+        out.extend(_bulk_registration(unit.events, landed, publish))
     else:
         for index, event in enumerate(unit.events):
             out.extend(_rows(event))
@@ -420,33 +403,95 @@ def _log(
     return log_event(event.kind, event.at, ev.payload(event), committed, last_session=session)
 
 
-# Rows per multi-row event_log insert: 3 parameters each stays within SQLite's oldest
-# default limit of 999 host parameters.
-_LOG_ROWS_PER_INSERT = 333
+# A registering player's opening deposit when its player row is inserted by the same
+# unit just before: it exists, so the ledger row needs no check (the raw INSERT).
+_INSERT_DEPOSIT = (
+    "INSERT INTO transactions (tx_type, from_player, to_player, amount, currency, timestamp)"
+    f" VALUES ('deposit', NULL, ?, ?, '{USD}', ?)"
+)
+_player_row = operator.attrgetter(*columns(Player))
+_encode = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
+# The fields a registration's log payload holds, in order, and those of the event: the
+# template below is used only while they match (else ev.payload, the reference).
+_REGISTERED_PAYLOAD = ("kind", "at", "player_id", "usd_obbba")
+_REGISTERED_FIELDS = ("at", "seq", "player_id", "usd_obbba", "record")
 
 
-def _log_many(
-    start: int,
-    events: Sequence[ev.Event],
+def _registered_payload(event: ev.PlayerRegistered) -> str:
+    """``ev.payload(event)``, byte for byte, without building the dict (a bulk
+    registration logs thousands; tests/test_writer_bulk.py holds them equal)."""
+    return (
+        f'{{"kind":"{event.kind}","at":{_encode(event.at)},'
+        f'"player_id":{_encode(event.player_id)},"usd_obbba":{_encode(str(event.usd_obbba))}}}'
+    )
+
+
+def _template_fits() -> bool:
+    fields = tuple(f.name for f in dataclasses.fields(ev.PlayerRegistered))
+    sample = ev.PlayerRegistered(at="t", player_id="p", usd_obbba=Decimal("1.00"))
+    return (
+        fields == _REGISTERED_FIELDS
+        and tuple(json.loads(ev.payload(sample))) == _REGISTERED_PAYLOAD
+        and ev.PlayerRegistered.internal == ("record",)
+    )
+
+
+_TEMPLATE_FITS = _template_fits()
+
+
+def _bulk_registration(
+    events: Sequence[ev.Event], landed: list[ev.Event], publish: Callable[[ev.Event], None]
+) -> list[Statement]:
+    """A bulk registration's rows: the players, their deposits and their log rows, each
+    kind as one statement of many rows (players first: the others refer to them)."""
+    registered: list[ev.PlayerRegistered] = []
+    for event in events:
+        assert isinstance(event, ev.PlayerRegistered) and event.record is not None
+        registered.append(event)
+    players = [e.record for e in registered if e.record is not None]
+    out = [Statement.many(_INSERT_PLAYER, [_player_row(p) for p in players])]
+    deposits = [
+        (p.player_id, p.usd_obbba_balance, p.created_at) for p in players if p.usd_obbba_balance
+    ]
+    if deposits:
+        out.append(Statement.many(_INSERT_DEPOSIT, deposits))
+    out.append(_log_registered(registered, landed, publish))
+    return out
+
+
+def _log_registered(
+    events: Sequence[ev.PlayerRegistered],
     landed: list[ev.Event],
     publish: Callable[[ev.Event], None],
 ) -> Statement:
-    """Several events' log rows as one multi-row INSERT: one round trip instead of one
-    each. One INSERT on the one writer numbers its rows consecutively (AUTOINCREMENT
-    takes the next value per row), so the rowid returned, the last, gives them all."""
-    params: list[object] = []
-    for event in events:
-        params += (event.kind, event.at, ev.payload(event))
-    sql = _INSERT_EVENT + ", (?, ?, ?)" * (len(events) - 1)
+    """Registrations' log rows as one statement of many rows. On the one writer they are
+    numbered consecutively (AUTOINCREMENT takes the next value per row), so the rowid
+    returned, the last, gives them all. They are numbered on commit without
+    ``dataclasses.replace`` (the fields are known)."""
+    payload = _registered_payload if _TEMPLATE_FITS else ev.payload
+    log_rows = [(e.kind, e.at, payload(e)) for e in events]
+    direct = _TEMPLATE_FITS
+    start = 0
+    registered = ev.PlayerRegistered
 
     def committed(ids: Sequence[int]) -> None:
-        first = ids[-1] - len(events) + 1
+        seq = ids[-1] - len(events) + 1
         for offset, event in enumerate(events):
-            numbered = dataclasses.replace(event, seq=first + offset)
+            numbered = (
+                registered(
+                    at=event.at,
+                    seq=seq + offset,
+                    player_id=event.player_id,
+                    usd_obbba=event.usd_obbba,
+                    record=event.record,
+                )
+                if direct
+                else dataclasses.replace(event, seq=seq + offset)
+            )
             landed[start + offset] = numbered
             publish(numbered)
 
-    return Statement(sql, tuple(params), want_rowid=True, on_commit=committed)
+    return Statement(_INSERT_EVENT, rows=log_rows, want_rowid=True, on_commit=committed)
 
 
 def _receipt(receipt: Receipt, events: Sequence[ev.Event]) -> Statement:
