@@ -266,9 +266,9 @@ def receipt_session(
 
 
 def pto_funded(pto_id: str) -> Statement:
-    """Funding -> in progress, only once every share is sold (after the unit's sale)."""
+    """Funding -> in progress, only from funding (the sale before it checked the shares)."""
     return Statement(
-        "UPDATE ptos SET status = CASE WHEN status = ? AND pts_sold = pts_offered THEN ? END"
+        "UPDATE ptos SET status = CASE WHEN status = ? THEN ? END"
         " WHERE pto_id = ?",
         (FUNDING, IN_PROGRESS, pto_id),
     )
