@@ -61,8 +61,10 @@ from .core.clock import Clock, WallClock
 from .core.draws import Draws, normal
 from .core.economy import check_hours, check_play_hours, funding_goal
 from .core.errors import (
+    CONFLICT_RETRIES,
     ActorClosed,
     AlreadyExists,
+    Conflict,
     CorruptCdtFile,
     InvalidInput,
     UbloxError,
@@ -380,7 +382,18 @@ class Engine:
 
     async def _ask_pto(self, pto_id: str, message: Ask[R]) -> R:
         self._check_open()
-        return await self._ptos.ask(pto_id, message, timeout=self.request_timeout)
+        return await self._retried(self._ptos, pto_id, message)
+
+    async def _retried(self, actors: Directory[Any], ident: str, message: Ask[R]) -> R:
+        """Ask; a unit refused as a ``Conflict`` (another process sharing the database
+        wrote first) left its actor stale: it reloads and decides the message again."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return await actors.ask(ident, message, timeout=self.request_timeout)
+            except Conflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _require_player(self, player_id: str) -> None:
         """``UnknownPlayer`` unless the player exists (a point read; nothing activated)."""
@@ -553,9 +566,9 @@ class Engine:
         if from_id == to_id:
             raise InvalidInput("transfer to oneself")
         at = self._now()
-        await self._ask_player(
-            from_id, SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt)
-        )
+        self._check_open()
+        message = SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt)
+        await self._retried(self._players, from_id, message)
         return await self.get_player(from_id)
 
     async def get_player(self, player_id: str) -> PlayerInfo:

@@ -137,6 +137,9 @@ class Conflict(UnitRejected):
     code = "conflict"
 
 
+# How many times a caller decides again after a Conflict before giving up (raising it).
+CONFLICT_RETRIES = 32
+
 # How a unit's guard fails (see ``store.sqlite.rows``): it writes NULL into a NOT NULL
 # column, which no business rule ever does; a debit beyond the balance (whose CHECK an
 # actor checks first against its copy) can only come from a stale copy too.

@@ -268,8 +268,7 @@ def receipt_session(
 def pto_funded(pto_id: str) -> Statement:
     """Funding -> in progress, only from funding (the sale before it checked the shares)."""
     return Statement(
-        "UPDATE ptos SET status = CASE WHEN status = ? THEN ? END"
-        " WHERE pto_id = ?",
+        "UPDATE ptos SET status = CASE WHEN status = ? THEN ? END WHERE pto_id = ?",
         (FUNDING, IN_PROGRESS, pto_id),
     )
 
