@@ -83,7 +83,7 @@ from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 from .core.world import F64, WorldParams, check_world, new_world
 from .store.backend import Backend, Checkpoint, Receipt, RunRecord, Unit, WorldWrite
 from .store.home import Home, world_id_for
-from .store.sqlite.backend import SqliteBackend
+from .store.open import StoreSpec, open_backend, resolve_store
 from .store.sqlite.writer import Synchronous
 
 log = get_logger(__name__)
@@ -196,6 +196,7 @@ class Engine:
         cls,
         home: Path | str | Home | None = None,
         *,
+        store: StoreSpec = None,
         seed: int | None = None,
         clock: Clock | None = None,
         world: WorldParams | None = None,
@@ -207,8 +208,9 @@ class Engine:
         max_active: int | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> AsyncIterator[Engine]:
-        """Open the store at ``home`` (default ``$UBLOX_HOME`` or ``~/.ublox``) and close
-        everything cleanly (drained, committed, flushed) on exit. Opening reads no player
+        """Open the store at ``home`` or ``store`` (a ``postgresql://`` URL or a path; by
+        default ``$UBLOX_STORE``, else ``$UBLOX_HOME`` or ``~/.ublox``: see
+        ``store.open``) and close everything cleanly (drained, committed, flushed) on exit. Opening reads no player
         or PTO: actors are activated by their first message. Pass ``task_group`` to run
         the actors in a host's own task group.
 
@@ -220,22 +222,22 @@ class Engine:
         until ``checkpoint()`` commits it with the worlds' versioned files: a crash then
         always reopens at the last checkpoint, never between two."""
         params = check_world(world or WorldParams())  # before anything is opened
-        resolved = home if isinstance(home, Home) else Home.resolve(home)
+        resolved = resolve_store(store, home=home)
         clock = clock or WallClock()
         cap = _default_max_active() if max_active is None else max_active
 
         async with joined_or_owned(task_group) as tg:
-            store = SqliteBackend(
+            backend = open_backend(
                 resolved,
                 synchronous=synchronous,
                 flush_interval=flush_interval,
                 clock=clock,
                 hold_commits=checkpointed,
             )
-            await store.start(tg)
+            await backend.start(tg)
             try:
                 engine = cls(
-                    store,
+                    backend,
                     ActorSystem(tg),
                     seed=seed,
                     clock=clock,
@@ -246,7 +248,7 @@ class Engine:
                 )
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await store.aclose()
+                    await backend.aclose()
                 raise
             try:
                 await engine._restore()

@@ -25,12 +25,19 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import asyncpg  # type: ignore[import-untyped]
 import numpy as np
 from anyio.abc import TaskGroup
 from numpy.typing import NDArray
 
 from ...core.clock import WALL_CLOCK, Clock
-from ...core.errors import ActorClosed, BackupExists, InvalidInput, StoreLocked
+from ...core.errors import (
+    ActorClosed,
+    BackupExists,
+    InvalidInput,
+    PersistenceError,
+    StoreLocked,
+)
 from ...core.events import EventBus
 from ...core.records import PTO, RECORD_TYPES, Player, PTSToken, Record, Transaction
 from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
@@ -40,6 +47,7 @@ from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
 from ..verify import Finding, ledger_findings, ledger_sums
 from .schema import migrate
+from .url import masked
 from .writer import PgWriter
 
 # pg_try_advisory_lock key of the single writer (until the lease of issue #14).
@@ -95,10 +103,13 @@ class PostgresBackend:
     # -- lifecycle -----------------------------------------------------------------
 
     async def start(self, tg: TaskGroup) -> None:
-        conn = await self.db.connect()
+        try:
+            conn = await self.db.connect()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise PersistenceError(f"cannot open the store {masked(self.dsn)}: {exc}") from exc
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
-                raise StoreLocked(f"another process writes to {_safe(self.dsn)}")
+                raise StoreLocked(f"another process writes to {masked(self.dsn)}")
             await migrate(conn)
         except BaseException:
             await conn.close()
@@ -439,15 +450,6 @@ def _seal(partial: Path, target: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest last, then move the folder into place (a backup is whole or absent)."""
     (partial / "backup.json").write_text(json.dumps(manifest, indent=2))
     partial.rename(target)
-
-
-def _safe(dsn: str) -> str:
-    """The DSN without a password, for messages."""
-    if "@" in dsn and "://" in dsn:
-        scheme, rest = dsn.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
-    return dsn
 
 
 __all__ = ["PostgresBackend", "WorldWrite"]
