@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ from .schema import migrate
 from .url import masked
 from .writer import PgWriter
 
+CLUSTER_ENV = "UBLOX_CLUSTER"
 # pg_try_advisory_lock key of the single writer (until the lease of issue #14).
 WRITER_LOCK = 0x75B10C6
 
@@ -86,12 +88,16 @@ class PostgresBackend:
         bus: EventBus | None = None,
         backup_root: Path | None = None,
         clock: Clock = WALL_CLOCK,
+        shared: bool | None = None,
     ) -> None:
         if hold_commits:
             raise NotImplementedError("held commits (scenario mode) on PostgreSQL: not yet")
         self.dsn = dsn
         self.backup_root = backup_root
         self.clock = clock  # stamps backups only
+        # Several processes write this database (no single-writer lock; the actors are
+        # caches and the rows' guards decide races): ``shared`` or $UBLOX_CLUSTER=1.
+        self.shared = os.environ.get(CLUSTER_ENV) == "1" if shared is None else shared
         self.bus = bus if bus is not None else EventBus()
         self.hold_commits = False
         self.db = PgWriter(dsn)
@@ -108,7 +114,9 @@ class PostgresBackend:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise PersistenceError(f"cannot open the store {masked(self.dsn)}: {exc}") from exc
         try:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+            if not self.shared and not await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1)", WRITER_LOCK
+            ):
                 raise StoreLocked(f"another process writes to {masked(self.dsn)}")
             await migrate(conn)
         except BaseException:

@@ -29,6 +29,7 @@ from .dialect import to_postgres
 
 Row = tuple[Any, ...]
 MAX_BATCH = 512  # units per transaction at most
+DEADLOCK_RETRIES = 20  # a batch the database rolled back (deadlock) runs again
 
 
 @dataclass(eq=False)
@@ -163,14 +164,16 @@ class PgWriter:
     async def _commit(self, units: list[_Item]) -> None:
         started = time.perf_counter()
         try:
-            try:
-                # Optimistic: the whole batch in one transaction, no savepoint per unit
-                # (each costs two round trips). A refused unit rolls it all back...
-                outcomes = await self._transaction(units, savepoints=False)
-            except _Refused:
-                # ...and the batch runs again with a savepoint per unit, so that only the
-                # refused ones are left out. Nothing was acknowledged or published yet.
-                outcomes = await self._transaction(units, savepoints=True)
+            for attempt in range(DEADLOCK_RETRIES):
+                try:
+                    outcomes = await self._attempt(units)
+                    break
+                except asyncpg.TransactionRollbackError:
+                    # Several processes: another one's batch locked rows in another order
+                    # (deadlock) and the database rolled this one back whole. Nothing was
+                    # acknowledged or published yet: run it again.
+                    if attempt == DEADLOCK_RETRIES - 1:
+                        raise
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             for item in units:
                 if not item.future.done():
@@ -189,6 +192,18 @@ class PgWriter:
         self.units_committed += committed
         if self.on_batch_committed is not None:
             self.on_batch_committed(time.perf_counter() - started, len(units))
+
+    async def _attempt(
+        self, units: list[_Item]
+    ) -> list[list[tuple[Statement, list[int]]] | BaseException]:
+        try:
+            # Optimistic: the whole batch in one transaction, no savepoint per unit
+            # (each costs two round trips). A refused unit rolls it all back...
+            return await self._transaction(units, savepoints=False)
+        except _Refused:
+            # ...and the batch runs again with a savepoint per unit, so that only the
+            # refused ones are left out. Nothing was acknowledged or published yet.
+            return await self._transaction(units, savepoints=True)
 
     async def _transaction(
         self, units: list[_Item], *, savepoints: bool
