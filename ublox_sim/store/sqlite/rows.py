@@ -276,9 +276,9 @@ def pto_funded(pto_id: str) -> Statement:
 def pto_atu_spent(pto_id: str, atu_spent: int, units: int) -> Statement:
     """ATU spent, only in progress and from what the actor saw spent."""
     return Statement(
-        "UPDATE ptos SET atu_spent = CASE WHEN atu_spent = ? AND status = ? THEN ? END"
+        "UPDATE ptos SET atu_spent = CASE WHEN atu_spent = ? AND status = ? THEN atu_spent + ? END"
         " WHERE pto_id = ?",
-        (atu_spent - units, IN_PROGRESS, atu_spent, pto_id),
+        (atu_spent - units, IN_PROGRESS, units, pto_id),
     )
 
 
@@ -404,7 +404,8 @@ def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
             " memory_depth = memory_depth + ?, quality_score = ?,"
             # tau_k moves from its value (economy.tau_k_after): only from the one the
             # player's actor saw, i.e. if the same step from the row's gives the same value.
-            " tau_k = CASE WHEN ? * tau_k + ? * (? * ?) = ? THEN ? END, phase = ?,"
+            " tau_k = CASE WHEN ? * tau_k + ? * (CAST(? AS DOUBLE PRECISION) * ?) = ?"
+            " THEN CAST(? AS DOUBLE PRECISION) END, phase = ?,"
             " coherence = ? WHERE player_id = ?",
             (
                 xusd,
