@@ -47,6 +47,7 @@ from ..home import write_text_atomic
 from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
 from ..verify import Finding, ledger_findings, ledger_sums
+from .lease import WorldLeases
 from .schema import migrate
 from .url import masked
 from .writer import PgWriter
@@ -98,6 +99,7 @@ class PostgresBackend:
         # Several processes write this database (no single-writer lock; the actors are
         # caches and the rows' guards decide races): ``shared`` or $UBLOX_CLUSTER=1.
         self.shared = os.environ.get(CLUSTER_ENV) == "1" if shared is None else shared
+        self.leases = WorldLeases(dsn) if self.shared else None  # who steps which world
         self.bus = bus if bus is not None else EventBus()
         self.hold_commits = False
         self.db = PgWriter(dsn)
@@ -119,6 +121,8 @@ class PostgresBackend:
             ):
                 raise StoreLocked(f"another process writes to {masked(self.dsn)}")
             await migrate(conn)
+            if self.leases is not None:
+                await self.leases.start()
         except BaseException:
             await conn.close()
             raise
@@ -130,6 +134,8 @@ class PostgresBackend:
             return
         if self._started:
             await self._flush_worlds()
+        if self.leases is not None:
+            await self.leases.aclose()  # survivors take this process's worlds at once
         await self.db.aclose()  # closing the connection releases the advisory lock
 
     @property
