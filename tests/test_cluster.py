@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ublox_sim.core import events as ev
@@ -26,6 +27,7 @@ from ublox_sim.core.errors import (
     conflict_of,
 )
 from ublox_sim.core.records import Transaction
+from ublox_sim.core.world import step_world
 from ublox_sim.engine import Engine
 from ublox_sim.store.backend import Unit
 from ublox_sim.store.open import open_backend, resolve_store
@@ -208,3 +210,39 @@ async def test_a_completion_seen_by_two_processes_pays_once_and_sessions_play(
         assert [(t.to_player, t.amount) for t in payouts] == [("creator", 400)]
         assert (await two.get_player("creator")).usd_obbba_balance == 4
         assert await one.store.verify() == []
+
+
+async def test_a_world_is_stepped_by_its_lease_holder_and_taken_over_after_the_ttl(
+    pg_url: str, shared: None
+) -> None:
+    lease_clock = SimClock(START)  # the processes' wall clocks, moved by the test
+    async with _two(pg_url) as (one, two):
+        for engine in (one, two):
+            assert engine.store.leases is not None  # type: ignore[attr-defined]
+            engine.store.leases.clock = lease_clock  # type: ignore[attr-defined]
+        await one.register_player("creator")
+        await _launch(one, "pto-w")
+        world_id = (await one.get_pto("pto-w")).world_cdt_id
+        await two.get_pto("pto-w")  # two's copy of the world: as launched
+        await one.advance(1)
+        await two.advance(1)  # one holds the lease: two steps nothing
+        assert one.store.leases.held == {"pto-w"}  # type: ignore[attr-defined]
+        assert two.store.leases.held == frozenset()  # type: ignore[attr-defined]
+
+        # one stops ticking (as if killed): its lease runs out after the TTL, not before.
+        one_world = await one.world("pto-w")
+        await one.store._flush_worlds()  # type: ignore[attr-defined]
+        lease_clock.advance(4.9 / 3600)
+        await two.advance(1)
+        assert two.store.leases.held == frozenset()  # type: ignore[attr-defined]
+        lease_clock.advance(0.2 / 3600)
+        committed = await two.store.load_world(world_id)
+        np.testing.assert_array_equal(committed["theta"], one_world["theta"])
+        await two.advance(1)
+        assert two.store.leases.held == {"pto-w"}  # type: ignore[attr-defined]
+        # Stepped from the last committed state, not from two's stale copy.
+        steps = round(1 * two.params.steps_per_hour)
+        expected = step_world(committed["theta"], committed["omega"], two.params, steps)
+        np.testing.assert_array_equal((await two.world("pto-w"))["theta"], expected)
+        await one.advance(1)  # back again: two holds it now
+        assert one.store.leases.held == frozenset()  # type: ignore[attr-defined]

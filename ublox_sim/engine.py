@@ -782,9 +782,21 @@ class Engine:
                     await self._ask_pto(pto_id, StepWorld(steps=steps, at=at))
 
             async with anyio.create_task_group() as tg:
-                for pto_id in await self.store.pto_ids():
+                for pto_id in await self._leased(await self.store.pto_ids()):
                     tg.start_soon(step, pto_id)
         return await self.fire_deadlines()
+
+    async def _leased(self, pto_ids: list[str]) -> list[str]:
+        """The worlds this process steps: all, unless several processes share the store
+        (then those whose lease it holds; a world just taken over is reloaded first)."""
+        leases = getattr(self.store, "leases", None)
+        if leases is None:
+            return pto_ids
+        held, taken = await leases.acquire(pto_ids)
+        for pto_id in taken:
+            if (actor := self._ptos.current(pto_id)) is not None:
+                actor.mark_stale()
+        return [p for p in pto_ids if p in held]
 
     async def fire_deadlines(self) -> list[str]:
         """Fail every PTO past its deadline (in id order, so the ledger's order is stable).

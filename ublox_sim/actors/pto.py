@@ -193,6 +193,11 @@ class PTOActor(Actor[PTOMessage]):
             raise
         return later
 
+    def mark_stale(self) -> None:
+        """Reload (the world too) before the next command: this process just took the
+        world's lease over from another, which stepped it since this copy was loaded."""
+        self._stale = True
+
     async def _reload(self) -> None:
         """Replace the cache with the store's rows, once nothing is in flight (a stale
         actor's; a shared one's before a read). The PTO may not vanish (never deleted)."""
