@@ -48,6 +48,7 @@ from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
 from ..verify import Finding, ledger_findings, ledger_sums
 from .lease import WorldLeases
+from .notify import EventFeed
 from .schema import migrate
 from .url import masked
 from .writer import PgWriter
@@ -60,6 +61,10 @@ _SAVE_WORLD = (
     "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
+
+
+def _published_by_the_feed(event: object) -> None:
+    """A shared store's own events reach its bus through its ``EventFeed``."""
 
 
 def npz_bytes(arrays: Arrays) -> bytes:
@@ -100,7 +105,9 @@ class PostgresBackend:
         # caches and the rows' guards decide races): ``shared`` or $UBLOX_CLUSTER=1.
         self.shared = os.environ.get(CLUSTER_ENV) == "1" if shared is None else shared
         self.leases = WorldLeases(dsn) if self.shared else None  # who steps which world
+        # Shared: every process's events reach the bus through the log, in commit order.
         self.bus = bus if bus is not None else EventBus()
+        self.feed = EventFeed(dsn, self.bus) if self.shared else None
         self.hold_commits = False
         self.db = PgWriter(dsn)
         self._submitted = 0
@@ -123,10 +130,14 @@ class PostgresBackend:
             await migrate(conn)
             if self.leases is not None:
                 await self.leases.start()
+            if self.feed is not None:
+                await self.feed.start()
         except BaseException:
             await conn.close()
             raise
         tg.start_soon(self.db.run)
+        if self.feed is not None:
+            tg.start_soon(self.feed.run)
         self._started = True
 
     async def aclose(self) -> None:
@@ -134,6 +145,8 @@ class PostgresBackend:
             return
         if self._started:
             await self._flush_worlds()
+        if self.feed is not None:
+            await self.feed.aclose()
         if self.leases is not None:
             await self.leases.aclose()  # survivors take this process's worlds at once
         await self.db.aclose()  # closing the connection releases the advisory lock
@@ -152,7 +165,8 @@ class PostgresBackend:
     # -- writes ----------------------------------------------------------------------
 
     async def submit(self, unit: Unit, done: Done) -> None:
-        statements, landed = rows.unit_statements(unit, self.bus.publish)
+        publish = _published_by_the_feed if self.feed is not None else self.bus.publish
+        statements, landed = rows.unit_statements(unit, publish)
         # The worlds in the unit's own transaction (a savepoint): all or nothing.
         statements.extend(save_world(w.world_id, w.arrays) for w in unit.worlds)
         for world in unit.worlds:
