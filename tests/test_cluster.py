@@ -246,3 +246,34 @@ async def test_a_world_is_stepped_by_its_lease_holder_and_taken_over_after_the_t
         np.testing.assert_array_equal((await two.world("pto-w"))["theta"], expected)
         await one.advance(1)  # back again: two holds it now
         assert one.store.leases.held == frozenset()  # type: ignore[attr-defined]
+
+
+async def test_every_process_sees_every_process_events_in_commit_order(
+    pg_url: str, shared: None
+) -> None:
+    async with _two(pg_url) as (one, two):
+        async with one.events() as seen_by_one, two.events() as seen_by_two:
+            await one.register_player("creator")
+            await two.register_player("x", usd_obbba=20)
+            await _launch(one, "pto-f", shares=2)
+            await two.buy_pts("x", "pto-f", 1)
+            await one.buy_pts("x", "pto-f", 1)  # funds it
+            last = (await one.store.event_log_span())[1]
+            streams = []
+            for seen in (seen_by_one, seen_by_two):
+                events = []
+                async for event in seen:
+                    events.append(event)
+                    if event.seq == last:
+                        break
+                streams.append([(e.seq, e.to_dict()["kind"]) for e in events])
+        assert streams[0] == streams[1]
+        assert [kind for _, kind in streams[0]] == [
+            "player_registered",
+            "player_registered",
+            "pto_launched",
+            "shares_bought",
+            "shares_bought",
+            "pto_funded",
+        ]
+        assert [seq for seq, _ in streams[0]] == list(range(1, last + 1))

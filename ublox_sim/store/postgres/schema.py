@@ -221,12 +221,21 @@ CREATE TRIGGER event_log_retention AFTER INSERT ON event_log
 # PostgreSQL only (several processes share the database; SQLite's flock keeps one):
 # which process steps which world, until when (``store.postgres.lease``). Expiries are
 # seconds of the processes' lease clock (injectable), never the database's now().
+# And every event logged notifies the processes' feeds (``store.postgres.notify``); the
+# notification carries nothing: the log is read after the last seq each feed published.
 _V5 = """
 CREATE TABLE world_leases (
     pto_id   TEXT COLLATE "C" PRIMARY KEY NOT NULL,
     holder   TEXT COLLATE "C" NOT NULL,
     expires  DOUBLE PRECISION NOT NULL
 );
+CREATE FUNCTION ublox_notify_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('ublox_events', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER event_log_notify AFTER INSERT ON event_log
+    FOR EACH STATEMENT EXECUTE FUNCTION ublox_notify_event();
 """
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
