@@ -48,6 +48,7 @@ class EventFeed:
         self.last = 0
         self._conn: Any = None
         self._wake = asyncio.Event()
+        self._reading = asyncio.Lock()  # one query at a time on the connection
         self._closed = False
 
     async def start(self) -> None:
@@ -70,6 +71,11 @@ class EventFeed:
             await self._drain()
 
     async def _drain(self) -> None:
+        async with self._reading:
+            if self._conn is not None:
+                await self._read_all()
+
+    async def _read_all(self) -> None:
         while True:
             rows = await self._conn.fetch(
                 "SELECT seq, payload FROM event_log WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -92,5 +98,6 @@ class EventFeed:
             await self._drain()
         finally:
             self._wake.set()
-            conn, self._conn = self._conn, None
-            await conn.close()
+            async with self._reading:
+                conn, self._conn = self._conn, None
+                await conn.close()
