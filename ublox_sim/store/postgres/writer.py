@@ -155,9 +155,11 @@ class PgWriter:
                 run = []
             assert item.read is not None
             try:
-                item.future.set_result(await item.read(self._conn))
+                result = await item.read(self._conn)
             except asyncpg.PostgresError as exc:
-                item.future.set_exception(PersistenceError(f"read failed: {exc}"))
+                _settle(item.future, error=PersistenceError(f"read failed: {exc}"))
+            else:
+                _settle(item.future, result)  # its caller may have been cancelled
         if run:
             await self._commit(run)
 
@@ -182,13 +184,13 @@ class PgWriter:
         committed = 0
         for item, outcome in zip(units, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                item.future.set_exception(outcome)
+                _settle(item.future, error=outcome)
                 continue
             for statement, ids in outcome:
                 if statement.on_commit is not None:
                     statement.on_commit(ids)
             committed += 1
-            item.future.set_result(None)
+            _settle(item.future, None)
         self.units_committed += committed
         if self.on_batch_committed is not None:
             self.on_batch_committed(time.perf_counter() - started, len(units))
@@ -256,3 +258,16 @@ class PgWriter:
             if statement.on_commit is not None:
                 hooked.append((statement, list(ids)))
         return hooked
+
+
+def _settle(
+    future: asyncio.Future[Any], result: object = None, error: BaseException | None = None
+) -> None:
+    """Answer ``future`` unless its waiter was cancelled (a cancelled caller, e.g. a
+    client that went away, must not stop the writer)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
