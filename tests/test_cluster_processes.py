@@ -5,22 +5,28 @@ the rows afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from ublox_sim.core.clock import SimClock
-from ublox_sim.core.records import Transaction
+from ublox_sim.core.records import PlaySession, Transaction
 from ublox_sim.engine import Engine
 from ublox_sim.store.postgres.backend import CLUSTER_ENV
+from ublox_sim.store.postgres.lease import TTL_ENV
 
 pytestmark = pytest.mark.anyio
 
@@ -28,18 +34,22 @@ WORKER = Path(__file__).with_name("cluster_worker.py")
 PRICE = 10_00  # cents per PTS
 
 
-def _spawn(url: str, *args: str) -> subprocess.Popen[str]:
+def _spawn(url: str, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
+    """A worker; its stderr goes to ``log`` if given (read when a test fails)."""
     env = dict(os.environ, **{CLUSTER_ENV: "1"})
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).parent.parent), env.get("PYTHONPATH", "")]
     )
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), url, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    with contextlib.ExitStack() as stack:
+        err = None if log is None else stack.enter_context(log.open("w"))
+        return subprocess.Popen(  # the child has its own copy of ``err``
+            [sys.executable, str(WORKER), url, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
 
 
 def _run_together(workers: Sequence[subprocess.Popen[str]]) -> list[dict[str, object]]:
@@ -154,4 +164,155 @@ async def test_a_deadline_fired_by_three_processes_refunds_once(pg_url: str) -> 
         assert (await engine.get_player("y")).usd_obbba_balance == 50
         refunds = [t for t in await engine.store.load_all(Transaction) if t.tx_type == "refund"]
         assert sorted((t.to_player, t.amount) for t in refunds) == [("x", 2000), ("y", 1000)]
+        assert await engine.store.verify() == []
+
+
+class _Lines:
+    """Every worker's stdout lines, as they come: (worker, parsed line) on one queue."""
+
+    def __init__(self, workers: Sequence[subprocess.Popen[str]]) -> None:
+        self.queue: queue.Queue[tuple[int, Any]] = queue.Queue()
+        self.seen: list[tuple[int, str]] = []
+        self.threads = [
+            threading.Thread(target=self._read, args=(k, w), daemon=True)
+            for k, w in enumerate(workers)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _read(self, k: int, worker: subprocess.Popen[str]) -> None:
+        assert worker.stdout is not None
+        for line in worker.stdout:
+            text = line.strip()
+            self.seen.append((k, text))
+            self.queue.put((k, text if text in ("ready", "done") else json.loads(text)))
+        self.queue.put((k, None))  # end of output
+
+    def next(self) -> tuple[int, Any]:
+        try:
+            return self.queue.get(timeout=60)
+        except queue.Empty:
+            print("last lines:", self.seen[-30:])
+            raise
+
+
+def _kill_one_under_load(
+    url: str, players: list[str], acks_before: int, logs: Path
+) -> dict[str, Any]:
+    """3 workers under load; kill -9 the one holding the worlds once ``acks_before``
+    writes were acknowledged; wait until a survivor holds them; stop the survivors."""
+    workers = [_spawn(url, "load", *players[k::3], log=logs / f"w{k}.log") for k in range(3)]
+    try:
+        return _under_load(workers, acks_before)
+    except BaseException:
+        print("exit codes:", [w.poll() for w in workers])
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGUSR2)  # where it hangs, to its log
+                worker.send_signal(signal.SIGUSR1)
+        for worker in workers:
+            try:
+                worker.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        for k in range(3):
+            print(f"--- worker {k} stderr ---\n" + (logs / f"w{k}.log").read_text()[-3000:])
+        raise
+
+
+def _under_load(workers: list[subprocess.Popen[str]], acks_before: int) -> dict[str, Any]:
+    lines = _Lines(workers)
+    ready = 0
+    while ready < 3:
+        assert lines.next()[1] == "ready"
+        ready += 1
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    acked: list[dict[str, Any]] = []
+    held: dict[int, list[str]] = {}
+    victim: int | None = None
+    taken_over_by: int | None = None
+    ended = 0
+    while taken_over_by is None:
+        k, line = lines.next()
+        if line is None:
+            assert k == victim, f"worker {k} ended early"
+            ended += 1
+            continue
+        if line["op"] == "held":
+            held[k] = line["ptos"]
+            if victim is not None and k != victim and "arena" in line["ptos"]:
+                taken_over_by = k
+            continue
+        acked.append(line)
+        if victim is None and len(acked) >= acks_before and any(held.values()):
+            victim = next(w for w, ptos in held.items() if "arena" in ptos)
+            workers[victim].send_signal(signal.SIGKILL)
+    survivors = [w for k, w in enumerate(workers) if k != victim]
+    for worker in survivors:
+        assert worker.stdin is not None
+        worker.stdin.write("stop\n")
+        worker.stdin.flush()
+    while ended < 3:  # the victim's and both survivors' outputs end
+        k, line = lines.next()
+        if line is None:
+            ended += 1
+        elif isinstance(line, dict) and line["op"] not in ("held",):
+            acked.append(line)
+    for worker in workers:
+        worker.wait(timeout=60)
+        if worker.stdin is not None:
+            worker.stdin.close()
+        if worker.stdout is not None:
+            worker.stdout.close()
+    assert workers[victim].returncode == -signal.SIGKILL
+    assert all(w.returncode == 0 for w in survivors)
+    return {"acked": acked, "victim": victim, "taken_over_by": taken_over_by}
+
+
+@pytest.mark.parametrize("acks_before", [5, 60, 200])
+async def test_kill_9_of_one_of_three_processes_loses_no_acknowledged_write(
+    pg_url: str, acks_before: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(TTL_ENV, "0.5")  # the survivors take over within half a second
+    players = [f"p{i:02d}" for i in range(12)]
+    past = SimClock(datetime(2020, 1, 1, tzinfo=UTC))
+    async with Engine.open(store=pg_url, seed=7, clock=past) as engine:
+        await engine.register_player("creator")
+        await engine.register_players([(p, 1000, 1.0, None) for p in players])
+        for pto_id, shares, days in (("big", 1_000_000, 36500), ("arena", 12, 1), ("late", 5, 1)):
+            await engine.launch_pto(
+                pto_id=pto_id,
+                game_name=pto_id,
+                creator_id="creator",
+                atu_required=10,
+                pts_offered=shares,
+                price_per_pts="1",
+                funding_deadline=timedelta(days=days),
+            )
+        for player in players:
+            await engine.buy_pts(player, "arena", 1)  # funded: its world is played
+        await engine.buy_pts(players[0], "late", 2)  # its deadline (2020) is long past
+        await engine.buy_pts(players[1], "late", 1)
+
+    run = await anyio.to_thread.run_sync(
+        _kill_one_under_load, pg_url, players, acks_before, tmp_path
+    )
+
+    acked = run["acked"]
+    async with Engine.open(store=pg_url, seed=7) as engine:
+        tokens = {t.token_id for t in await engine.store.load_tokens("big")}
+        assert {a["token"] for a in acked if a["op"] == "buy"} <= tokens
+        sessions = {s.session_id for s in await engine.store.load_all(PlaySession)}
+        assert {a["session"] for a in acked if a["op"] == "play"} <= sessions
+        ledger = await engine.store.load_all(Transaction)
+        deposits = Counter(t.to_player for t in ledger if t.tx_type == "deposit")
+        for player, count in Counter(a["player"] for a in acked if a["op"] == "deposit").items():
+            assert deposits[player] >= count + 1, player  # + the opening deposit
+        refunds = sorted((t.to_player, t.amount) for t in ledger if t.tx_type == "refund")
+        assert refunds == [(players[0], 200), (players[1], 100)]  # once, whoever fired it
+        assert (await engine.get_pto("late")).status == "failed"
         assert await engine.store.verify() == []

@@ -141,12 +141,15 @@ class Conflict(UnitRejected):
 CONFLICT_RETRIES = 32
 
 # How a unit's guard fails (see ``store.sqlite.rows``): it writes NULL into a NOT NULL
-# column, which no business rule ever does; a debit beyond the balance (whose CHECK an
-# actor checks first against its copy) can only come from a stale copy too.
+# column, which no business rule ever does. A debit beyond the balance (whose CHECK an
+# actor checks first against its copy) can only come from a stale copy too, and so can a
+# PTS token number another process's actor gave first (numbers are the PTO actor's).
 _CONFLICT_MARKS = (
     "NOT NULL constraint failed",  # SQLite
     "violates not-null constraint",  # PostgreSQL
     "usd_obbba_balance",  # the balance's CHECK, both
+    "pts_tokens.token_id",  # SQLite's UNIQUE
+    "pts_tokens_pkey",  # PostgreSQL's
 )
 
 
