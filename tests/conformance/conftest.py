@@ -168,7 +168,7 @@ class PostgresFactory:
     """One database of the session's PostgreSQL cluster per location."""
 
     name = "postgres"
-    supports_hold = False
+    supports_hold = True
 
     def __init__(self, cluster: PgCluster) -> None:
         self.cluster = cluster

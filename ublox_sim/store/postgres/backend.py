@@ -9,8 +9,7 @@ so a refused unit leaves its worlds as they were. One process writes a database 
 it when several processes share one database).
 
 Backups are in-process snapshots (binary COPY of every table in one REPEATABLE READ
-transaction) into ``backup_root``. Not yet: held commits (scenario mode), ``verify``'s
-database checks beyond the ledger and the worlds.
+transaction) into ``backup_root``. Held commits (scenario mode): see ``writer``.
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ import json
 import os
 import re
 import shutil
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -34,7 +35,10 @@ from numpy.typing import NDArray
 from ...core.clock import WALL_CLOCK, Clock
 from ...core.errors import (
     ActorClosed,
+    BackupError,
     BackupExists,
+    CorruptCdtFile,
+    InvalidBackupName,
     InvalidInput,
     PersistenceError,
     StoreLocked,
@@ -46,10 +50,10 @@ from ..export import encode_arrays, export_document, export_text
 from ..home import write_text_atomic
 from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
-from ..verify import Finding, ledger_findings, ledger_sums
+from ..verify import CHECKS, Finding, relational_findings
 from .lease import WorldLeases
 from .notify import EventFeed
-from .schema import migrate
+from .schema import MIGRATIONS, migrate
 from .url import masked
 from .writer import PgWriter
 
@@ -57,7 +61,7 @@ CLUSTER_ENV = "UBLOX_CLUSTER"
 # pg_try_advisory_lock key of the single writer (until the lease of issue #14).
 WRITER_LOCK = 0x75B10C6
 
-_SAVE_WORLD = (
+SAVE_WORLD = (
     "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
@@ -74,13 +78,23 @@ def npz_bytes(arrays: Arrays) -> bytes:
     return buffer.getvalue()
 
 
-def npz_arrays(data: bytes) -> dict[str, NDArray[np.generic]]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
+def npz_arrays(data: bytes, world_id: str = "") -> dict[str, NDArray[np.generic]]:
+    """A world row's arrays, refusing pickles and damage as SQLite's files are
+    (``CorruptCdtFile``, named ``worlds/WORLD_ID``)."""
+    where = Path("worlds") / world_id
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise CorruptCdtFile(where, f"{type(exc).__name__}: {exc}") from exc
+    for name, array in arrays.items():
+        if array.dtype.hasobject:
+            raise CorruptCdtFile(where, f"array {name!r} holds objects")
+    return arrays
 
 
 def save_world(world_id: str, arrays: Arrays) -> Statement:
-    return Statement(_SAVE_WORLD, (world_id, npz_bytes(arrays)))
+    return Statement(SAVE_WORLD, (world_id, npz_bytes(arrays)))
 
 
 class PostgresBackend:
@@ -96,8 +110,6 @@ class PostgresBackend:
         clock: Clock = WALL_CLOCK,
         shared: bool | None = None,
     ) -> None:
-        if hold_commits:
-            raise NotImplementedError("held commits (scenario mode) on PostgreSQL: not yet")
         self.dsn = dsn
         self.backup_root = backup_root
         self.clock = clock  # stamps backups only
@@ -108,8 +120,8 @@ class PostgresBackend:
         # Shared: every process's events reach the bus through the log, in commit order.
         self.bus = bus if bus is not None else EventBus()
         self.feed = EventFeed(dsn, self.bus) if self.shared else None
-        self.hold_commits = False
-        self.db = PgWriter(dsn)
+        self.hold_commits = hold_commits
+        self.db = PgWriter(dsn, hold=hold_commits)
         self._submitted = 0
         self._dirty_worlds: dict[str, Arrays] = {}
         self._flushing: asyncio.Task[None] | None = None
@@ -204,9 +216,15 @@ class PostgresBackend:
         await self.db.submit([save_world(world_id, arrays)])
 
     def world_changed(self, world_id: str, arrays: Arrays) -> None:
+        if self.hold_commits:
+            return  # as SQLite's: a held run's worlds become durable with its checkpoints
         self._dirty_worlds[world_id] = {k: np.array(v, copy=True) for k, v in arrays.items()}
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(self._flush_worlds())
+
+    async def flush_worlds(self) -> None:
+        """Write every world changed in the background now."""
+        await self._flush_worlds()
 
     async def _flush_worlds(self) -> None:
         while self._dirty_worlds:
@@ -215,6 +233,9 @@ class PostgresBackend:
             await self.db.submit([save_world(world_id, arrays)])
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """The given worlds, the run record and the worlds' versions in one unit; in held
+        mode it also commits everything held (worlds launched or saved since the last
+        checkpoint are rows of the held transaction already)."""
         unit: list[Statement] = [save_world(w.world_id, w.arrays) for w in checkpoint.worlds]
         for world in checkpoint.worlds:
             self._dirty_worlds.pop(world.world_id, None)
@@ -223,7 +244,7 @@ class PostgresBackend:
         unit.extend(
             rows.set_world_version(w.world_id, checkpoint.version) for w in checkpoint.worlds
         )
-        await self.db.submit(unit)
+        await self.db.commit_held(unit)
 
     # -- point reads -------------------------------------------------------------------
 
@@ -256,8 +277,8 @@ class PostgresBackend:
             return {k: np.array(v, copy=True) for k, v in pending.items()}
         row = await self.db.fetchone("SELECT npz FROM worlds WHERE world_cdt_id = ?", (world_id,))
         if row is None:
-            raise FileNotFoundError(f"no world {world_id!r} in the database")
-        return npz_arrays(bytes(row[0]))
+            raise CorruptCdtFile(Path("worlds") / world_id, "no such row")
+        return npz_arrays(bytes(row[0]), world_id)
 
     async def exists(self, ident: str) -> bool:
         return await queries.exists(self._reader, ident)
@@ -345,11 +366,15 @@ class PostgresBackend:
         await anyio.to_thread.run_sync(_fresh_dir, partial)
 
         async def snapshot(conn: Any) -> int:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                version = int(await conn.fetchval("SELECT MAX(version) FROM schema_migrations"))
-                for table in BACKUP_TABLES:
-                    await conn.copy_from_table(table, output=str(partial / table), format="binary")
-            return version
+            if self.hold_commits:
+                # The writer's connection is inside the held transaction: a connection of
+                # its own snapshots what is durable, the last checkpoint.
+                other = await asyncpg.connect(self.dsn)
+                try:
+                    return await _snapshot(other, partial)
+                finally:
+                    await other.close()
+            return await _snapshot(conn, partial)
 
         try:
             version = await self.db.run_read(snapshot)
@@ -380,13 +405,22 @@ class PostgresBackend:
             found.append({"name": meta["name"], "created_at": meta["created_at"], "size": size})
         return sorted(found, key=lambda b: (b["created_at"], b["name"]))
 
+    def check_backup(self, name: str) -> dict[str, Any]:
+        """Backup ``name``'s manifest; ``BackupError`` if there is no such backup."""
+        if not _BACKUP_NAME.fullmatch(name):
+            raise InvalidBackupName(f"invalid backup name {name!r}")
+        manifest_path = self._backup_root() / name / "backup.json"
+        if not manifest_path.is_file():
+            raise BackupError(f"no backup at {self._backup_root() / name}")
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        return manifest
+
     async def restore_backup(self, name: str) -> None:
         """Replace every table's rows with the backup's, in one transaction."""
+        manifest = self.check_backup(name)
+        if self.hold_commits:
+            raise InvalidInput("a checkpointed run's store is restored while no run holds it")
         source = self._backup_root() / name
-        manifest_path = source / "backup.json"
-        if not manifest_path.is_file():
-            raise InvalidInput(f"no backup {name!r}")
-        manifest = json.loads(manifest_path.read_text())
         await self._flush_worlds()
 
         async def restore(conn: Any) -> None:
@@ -429,25 +463,32 @@ class PostgresBackend:
         await anyio.to_thread.run_sync(write_text_atomic, target, text)
         return target
 
-    async def verify(self) -> list[Any]:
-        """The ledger against balances and escrow, and every PTO's world present."""
+    async def verify(self) -> list[Finding]:
+        """SQLite's checks (``store.verify``): the schema version, then the same relational
+        queries (ledger, escrow, tokens, sessions), then every PTO's world present and
+        loadable. Foreign keys and page integrity are PostgreSQL's own to enforce."""
+        await self._flush_worlds()
         db = self.db
-        tx = await db.fetchall("SELECT from_player, to_player, amount, currency FROM transactions")
-        players = await db.fetchall(
-            "SELECT player_id, usd_obbba_balance, xUSD_balance FROM players"
+        row = await db.fetchone("SELECT MAX(version) FROM schema_migrations")
+        version = None if row is None else row[0]
+        if version != len(MIGRATIONS):  # PostgreSQL's own numbered migrations
+            return [
+                Finding(
+                    "schema", "schema_migrations", f"version {version}, expected {len(MIGRATIONS)}"
+                )
+            ]
+        results = {name: await db.fetchall(sql, params) for name, (sql, params) in CHECKS.items()}
+        findings = relational_findings(results)
+        references = await db.fetchall(
+            "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL ORDER BY pto_id"
         )
-        ptos = await db.fetchall("SELECT pto_id, status, funding_raised FROM ptos ORDER BY pto_id")
-        findings: list[Finding] = ledger_findings(
-            ((str(p), int(u), int(x)) for p, u, x in players),
-            ((str(p), str(s), int(r)) for p, s, r in ptos),
-            ledger_sums((f, t, int(a), str(c)) for f, t, a, c in tx),
-        )
-        missing = await db.fetchall(
-            "SELECT p.pto_id FROM ptos p LEFT JOIN worlds w ON w.world_cdt_id = p.world_cdt_id"
-            " WHERE p.world_cdt_id IS NOT NULL AND p.world_cdt_id <> '' AND w.world_cdt_id IS NULL"
-            " ORDER BY p.pto_id"
-        )
-        findings.extend(Finding("cdt", f"pto {pto_id}", "world missing") for (pto_id,) in missing)
+        for pto_id, world_id in references:
+            try:
+                await self.load_world(str(world_id))
+            except CorruptCdtFile as exc:
+                findings.append(
+                    Finding("cdt", f"pto {pto_id}", exc.reason + f" (world {world_id})")
+                )
         return findings
 
 
@@ -467,6 +508,38 @@ BACKUP_TABLES = (
     "counters",
 )
 _BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def read_run_record(dsn: str) -> RunRecord | None:
+    """The run recorded in the database, read without opening the store (to resume a run
+    without its scenario file; not from inside an event loop). ``InvalidInput`` if the
+    database cannot be read."""
+    from .dialect import to_postgres
+
+    async def read() -> RunRecord | None:
+        try:
+            conn = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise InvalidInput(f"nothing to resume in {masked(dsn)}: {exc}") from exc
+        try:
+            row = await conn.fetchrow(to_postgres(queries.SELECT_RUN))
+        except asyncpg.UndefinedTableError:
+            return None  # no store was ever opened there
+        finally:
+            await conn.close()
+        return None if row is None else queries.run_record_of(tuple(row))
+
+    return anyio.run(read)
+
+
+async def _snapshot(conn: Any, into: Path) -> int:
+    """Every table, one binary COPY each, in one REPEATABLE READ transaction; returns the
+    schema version."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        version = int(await conn.fetchval("SELECT MAX(version) FROM schema_migrations"))
+        for table in BACKUP_TABLES:
+            await conn.copy_from_table(table, output=str(into / table), format="binary")
+    return version
 
 
 def _fresh_dir(path: Path) -> None:

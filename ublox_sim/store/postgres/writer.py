@@ -8,16 +8,26 @@ transaction (group commit). A unit that breaks a constraint is rolled back alone
 common case, two round trips fewer per unit) and, if a unit is refused, runs again with a
 SAVEPOINT around each unit. Futures
 resolve, and commit hooks run, in queue order, only once the transaction is durable
-(``synchronous_commit`` stays on). A failed commit fails every unit of its batch.
+(``synchronous_commit`` stays on). A batch that deadlocks with another process's (rows
+locked in another order) was rolled back whole by PostgreSQL and runs again as two halves
+(a single unit: again, up to CONFLICT_RETRIES times); any other failed commit fails every unit of its batch.
+
+Held mode (``hold=True``, checkpointed scenario runs): one transaction stays open from
+start to ``commit_held``; each batch is a savepoint of it (asyncpg nests
+``conn.transaction()`` as a SAVEPOINT), acknowledged once it ran, durable only when a
+checkpoint commits everything held. A crash or a close without a checkpoint rolls the
+held work back: the database reopens at the last checkpoint, never between two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -29,7 +39,11 @@ from .dialect import to_postgres
 
 Row = tuple[Any, ...]
 MAX_BATCH = 512  # units per transaction at most
-DEADLOCK_RETRIES = 20  # a batch the database rolled back (deadlock) runs again
+# The transaction-scoped advisory lock every batch takes first (any constant of ours).
+BATCH_LOCK_SQL = "SELECT pg_advisory_xact_lock(123343047)"
+CONFLICT_RETRIES = 20  # runs of a batch that deadlocks with other writers, at most
+# A committed unit: its rowids, and each hooked statement with the rowids made up to it.
+_Outcome = tuple[list[int], list[tuple[Statement, list[int]]]]
 
 
 @dataclass(eq=False)
@@ -41,18 +55,31 @@ class _Item:
     )
 
 
+def _plain(row: Any) -> Row:
+    """A row as SQLite gives it: PostgreSQL's SUM of BIGINT cents is NUMERIC (a Decimal),
+    SQLite's an INTEGER; an integral Decimal becomes an int, any other a float."""
+    return tuple(
+        (int(v) if v == v.to_integral_value() else float(v)) if isinstance(v, Decimal) else v
+        for v in row
+    )
+
+
 class _Refused(Exception):
     """A unit of an optimistic batch broke a constraint: the batch is rolled back."""
 
 
 class PgWriter:
-    def __init__(self, dsn: str, *, queue_size: int = 10_000) -> None:
+    def __init__(self, dsn: str, *, queue_size: int = 10_000, hold: bool = False) -> None:
         self.dsn = dsn
+        self.hold = hold
+        self._held: Any = None  # the open held transaction (hold mode)
+        self._lost: PersistenceError | None = None  # held work the database dropped
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
         self._conn: Any = None
         self._closed = False
         self._stopped: asyncio.Event | None = None
         self.units_committed = 0
+        self.conflicts_retried = 0  # batches run again after a deadlock with another writer
         self.on_batch_committed: Callable[[float, int], None] | None = None
 
     @property
@@ -72,8 +99,43 @@ class PgWriter:
         await self._queue.put(item)
         return item.future
 
-    async def submit(self, statements: Sequence[Statement]) -> None:
-        await (await self.enqueue(statements))
+    async def commit_held(self, statements: Sequence[Statement]) -> None:
+        """Hold mode: run ``statements`` in the held transaction and commit it all (a
+        checkpoint); a new held transaction begins. Outside hold mode, one unit."""
+        if not self.hold:
+            await self.submit(statements)
+            return
+
+        async def commit(conn: Any) -> None:
+            if self._lost is not None:
+                raise self._lost
+            try:
+                async with conn.transaction():  # a savepoint: refused, the held work stays
+                    unit = _UnitRun()
+                    for statement in statements:
+                        await unit.run(conn, statement)
+                await self._held.commit()
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                if not conn.is_in_transaction():
+                    self._lost = PersistenceError(
+                        "the checkpoint could not commit; the run's work since the previous"
+                        f" checkpoint is lost: resume from it ({exc})"
+                    )
+                    raise self._lost from exc
+                raise PersistenceError(f"the checkpoint was refused: {exc}") from exc
+            await self._begin_held(conn)
+
+        await self.run_read(commit)
+
+    async def _begin_held(self, conn: Any) -> None:
+        self._held = conn.transaction()
+        await self._held.start()
+
+    async def submit(self, statements: Sequence[Statement]) -> list[int]:
+        """Commit one unit; return the ids its ``want_rowid`` statements made (as SQLite's
+        ``PersistenceActor.submit``)."""
+        ids: list[int] = await (await self.enqueue(statements))
+        return ids
 
     async def run_read(self, read: Callable[[Any], Awaitable[object]]) -> Any:
         if self._closed:
@@ -87,7 +149,7 @@ class PgWriter:
 
         async def read(conn: Any) -> Row | None:
             row = await conn.fetchrow(query, *params)
-            return None if row is None else tuple(row)
+            return None if row is None else _plain(row)
 
         result: Row | None = await self.run_read(read)
         return result
@@ -96,7 +158,7 @@ class PgWriter:
         query = to_postgres(sql)
 
         async def read(conn: Any) -> list[Row]:
-            return [tuple(r) for r in await conn.fetch(query, *params)]
+            return [_plain(r) for r in await conn.fetch(query, *params)]
 
         result: list[Row] = await self.run_read(read)
         return result
@@ -117,6 +179,8 @@ class PgWriter:
     async def run(self) -> None:
         self._stopped = asyncio.Event()
         try:
+            if self.hold:
+                await self._begin_held(self._conn)
             stop = False
             while not stop:
                 first = await self._queue.get()
@@ -165,99 +229,174 @@ class PgWriter:
 
     async def _commit(self, units: list[_Item]) -> None:
         started = time.perf_counter()
-        try:
-            for attempt in range(DEADLOCK_RETRIES):
-                try:
-                    outcomes = await self._attempt(units)
-                    break
-                except asyncpg.TransactionRollbackError:
-                    # Several processes: another one's batch locked rows in another order
-                    # (deadlock) and the database rolled this one back whole. Nothing was
-                    # acknowledged or published yet: run it again.
-                    if attempt == DEADLOCK_RETRIES - 1:
-                        raise
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            for item in units:
-                if not item.future.done():
-                    item.future.set_exception(PersistenceError(f"group commit failed: {exc}"))
-            return
+        attempt = 0
+        while True:
+            try:
+                outcomes = await self._attempt(units)
+                break
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                # Another process's transaction locked the same rows in another order:
+                # PostgreSQL rolled this one back whole (in hold mode, to the batch's
+                # savepoint). Nothing was acknowledged: run the batch again.
+                attempt += 1
+                if attempt < CONFLICT_RETRIES and self._conn.is_in_transaction() == self.hold:
+                    self.conflicts_retried += 1
+                    if len(units) > 1:
+                        # Fewer rows locked at once: two halves, one after the other (acks
+                        # stay in queue order).
+                        half = len(units) // 2
+                        await self._commit(units[:half])
+                        await self._commit(units[half:])
+                        return
+                    await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+                    continue
+                self._fail(units, exc)
+                return
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                self._fail(units, exc)
+                return
         committed = 0
         for item, outcome in zip(units, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 _settle(item.future, error=outcome)
                 continue
-            for statement, ids in outcome:
+            ids, hooked = outcome
+            for statement, so_far in hooked:
                 if statement.on_commit is not None:
-                    statement.on_commit(ids)
+                    statement.on_commit(so_far)
             committed += 1
-            _settle(item.future, None)
+            _settle(item.future, ids)
         self.units_committed += committed
         if self.on_batch_committed is not None:
             self.on_batch_committed(time.perf_counter() - started, len(units))
 
-    async def _attempt(
-        self, units: list[_Item]
-    ) -> list[list[tuple[Statement, list[int]]] | BaseException]:
+    async def _attempt(self, units: list[_Item]) -> list[_Outcome | BaseException]:
         try:
-            # Optimistic: the whole batch in one transaction, no savepoint per unit
-            # (each costs two round trips). A refused unit rolls it all back...
+            # Optimistic: the whole batch in one transaction, no savepoint per unit (each
+            # costs two round trips). A refused unit rolls it all back...
             return await self._transaction(units, savepoints=False)
         except _Refused:
             # ...and the batch runs again with a savepoint per unit, so that only the
             # refused ones are left out. Nothing was acknowledged or published yet.
             return await self._transaction(units, savepoints=True)
 
+    def _fail(self, units: list[_Item], exc: BaseException) -> None:
+        if self.hold and self._lost is None and not self._conn.is_in_transaction():
+            self._lost = PersistenceError(
+                f"the work held since the last checkpoint is lost: resume from it ({exc})"
+            )
+        for item in units:
+            if not item.future.done():
+                item.future.set_exception(PersistenceError(f"group commit failed: {exc}"))
+
     async def _transaction(
         self, units: list[_Item], *, savepoints: bool
-    ) -> list[list[tuple[Statement, list[int]]] | BaseException]:
+    ) -> list[_Outcome | BaseException]:
         """Run ``units`` in one transaction and commit it; return each unit's outcome.
 
         Without savepoints, the first refused unit raises ``_Refused`` (all rolled back)."""
         conn = self._conn
-        outcomes: list[list[tuple[Statement, list[int]]] | BaseException] = []
+        outcomes: list[_Outcome | BaseException] = []
         async with conn.transaction():
+            if not self.hold:
+                # Batches of every process sharing the database, one at a time: a batch
+                # locks many rows (players, PTOs, the counters) and two batches locking
+                # them in other orders would deadlock. Nothing is lost to this order:
+                # every unit that numbers an event waits for the counter row anyway.
+                await conn.execute(BATCH_LOCK_SQL)
+            if not savepoints:
+                try:
+                    return await self._run_batch(conn, units)
+                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+                    raise _Refused(str(exc)) from exc
             for item in units:
                 assert item.statements is not None
                 try:
-                    if savepoints:
-                        async with conn.transaction():  # a SAVEPOINT
-                            outcomes.append(await self._run_unit(conn, item.statements))
-                    else:
-                        outcomes.append(await self._run_unit(conn, item.statements))
+                    async with conn.transaction():  # a SAVEPOINT
+                        unit = _UnitRun()
+                        for statement in item.statements:
+                            await unit.run(conn, statement)
+                        outcomes.append(unit.outcome)
                 except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-                    if not savepoints:
-                        raise _Refused(str(exc)) from exc
                     outcomes.append(UnitRejected(f"unit of work rejected by the database: {exc}"))
         return outcomes
 
-    async def _run_unit(
-        self, conn: Any, statements: Sequence[Statement]
-    ) -> list[tuple[Statement, list[int]]]:
-        """Run one unit's statements; return each hooked statement with its rowids."""
-        ids: list[int] = []
-        hooked: list[tuple[Statement, list[int]]] = []
-        last_session = 0
-        for statement in statements:
-            params = list(statement.params)
-            if statement.sql == rows._INSERT_SESSION_EVENT:
-                # SQLite fills the session id in with json_set from sqlite_sequence; the
-                # session was inserted just before, in this unit: its id is known here.
-                payload = json.loads(str(params[2]))
-                payload["session_id"] = last_session
-                params[2] = json.dumps(payload, separators=(",", ":"))
-                sql = to_postgres(rows._INSERT_EVENT, want_rowid=True)
-            else:
-                sql = to_postgres(statement.sql, want_rowid=statement.want_rowid)
-            if statement.want_rowid:
-                rowid = await conn.fetchval(sql, *params)
-                ids.append(int(rowid))
-                if sql.startswith("INSERT INTO play_sessions"):
-                    last_session = int(rowid)
-            else:
-                await conn.execute(sql, *params)
-            if statement.on_commit is not None:
-                hooked.append((statement, list(ids)))
-        return hooked
+    async def _run_batch(self, conn: Any, units: list[_Item]) -> list[_Outcome | BaseException]:
+        """Every unit's statements in order, a run of consecutive identical statements
+        (no rowid wanted, no hook: one-row units, bulk registration) sent as one
+        ``executemany``: measured against per-row execution and against COPY into a
+        staging table, see benchmarks/persistence_pg.py. A refused row fails the call,
+        and the batch then runs unit by unit under savepoints."""
+        outcomes: list[_Outcome | BaseException] = []
+        run_sql: str | None = None
+        run: list[Sequence[object]] = []
+
+        async def send() -> None:
+            if len(run) == 1:
+                await conn.execute(run_sql, *run[0])
+            elif run:
+                await conn.executemany(run_sql, run)
+            run.clear()
+
+        for item in units:
+            assert item.statements is not None
+            unit = _UnitRun()
+            for statement in item.statements:
+                if _plain_statement(statement):
+                    sql = to_postgres(statement.sql)
+                    if sql != run_sql:
+                        await send()
+                        run_sql = sql
+                    run.append(statement.params)
+                    continue
+                await send()
+                await unit.run(conn, statement)
+            outcomes.append(unit.outcome)
+        await send()
+        return outcomes
+
+
+def _plain_statement(statement: Statement) -> bool:
+    return (
+        not statement.want_rowid
+        and statement.on_commit is None
+        and statement.sql != rows._INSERT_SESSION_EVENT
+    )
+
+
+class _UnitRun:
+    """One unit's statements as they run: its rowids, and each hooked statement with the
+    rowids made up to it."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.hooked: list[tuple[Statement, list[int]]] = []
+        self.last_session = 0
+
+    @property
+    def outcome(self) -> _Outcome:
+        return self.ids, self.hooked
+
+    async def run(self, conn: Any, statement: Statement) -> None:
+        params = list(statement.params)
+        if statement.sql == rows._INSERT_SESSION_EVENT:
+            # SQLite fills the session id in with json_set from sqlite_sequence; the
+            # session was inserted just before, in this unit: its id is known here.
+            payload = json.loads(str(params[2]))
+            payload["session_id"] = self.last_session
+            params[2] = json.dumps(payload, separators=(",", ":"))
+            sql = to_postgres(rows._INSERT_EVENT, want_rowid=True)
+        else:
+            sql = to_postgres(statement.sql, want_rowid=statement.want_rowid)
+        if statement.want_rowid:
+            rowid = await conn.fetchval(sql, *params)
+            self.ids.append(int(rowid))
+            if sql.startswith("INSERT INTO play_sessions"):
+                self.last_session = int(rowid)
+        else:
+            await conn.execute(sql, *params)
+        if statement.on_commit is not None:
+            self.hooked.append((statement, list(self.ids)))
 
 
 def _settle(
