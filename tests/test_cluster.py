@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ublox_sim.actors.messages import CheckDeadline
 from ublox_sim.core import events as ev
 from ublox_sim.core.clock import SimClock
 from ublox_sim.core.economy import tau_k_after
@@ -110,8 +111,6 @@ async def test_a_deadline_seen_by_two_processes_refunds_once(pg_url: str, shared
         assert await one.fire_deadlines() == ["pto-c"]
         assert await two.fire_deadlines() == []  # nothing left past its deadline
         # two's stale actor decides the deadline itself: refused, reloaded, nothing to do.
-        from ublox_sim.actors.messages import CheckDeadline
-
         assert await two._ask_pto("pto-c", CheckDeadline(at=two._now())) is False
         refunds = [t for t in await one.store.load_all(Transaction) if t.tx_type == "refund"]
         assert [(t.to_player, t.amount) for t in refunds] == [("x", 300)]
