@@ -1,11 +1,14 @@
 """``ublox-sim serve --store URL`` four times on one PostgreSQL database (#14 item 3): any
 process answers any request. Buyers spread over the four servers race for a PTO's ten
 shares: exactly ten sold, every other buyer refused, balances exact on every server; a
-token issued by one server is valid on the others."""
+token issued by one server is valid on the others; every server's ``/ws/events`` streams
+every server's purchases, in the same (commit) order."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from live_server import ADMIN_KEY, OPERATOR, deadline_in, free_port
+from websockets.asyncio.client import ClientConnection, connect
 
 from ublox_sim.store.postgres.backend import CLUSTER_ENV
 
@@ -115,19 +119,24 @@ async def test_four_servers_sell_exactly_the_ten_shares(servers: list[str]) -> N
         for client in clients:  # a token of the first server, good on every one
             assert (await client.get("/api/players/b000", headers=mine)).status_code == 200
 
-        responses = await asyncio.gather(
-            *(
-                clients[i % SERVERS].post(
-                    "/api/ptos/race/shares", json={"player_id": n, "hours": 1}, headers=OPERATOR
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = [
+                await stack.enter_async_context(
+                    connect(u.replace("http", "ws") + "/ws/events", proxy=None, open_timeout=10)
                 )
-                for i, n in enumerate(names)
-            )
-        )
+                for u in servers
+            ]
+            responses = await _buy_all(clients, names)
+            streams = [await _until_funded(ws) for ws in sockets]
+        # Every server streamed every server's purchases, in one (commit) order.
+        assert all(stream == streams[0] for stream in streams), streams
+        assert Counter(kind for _, kind, _ in streams[0])["shares_bought"] == 10
+        assert [seq for seq, _, _ in streams[0]] == sorted(seq for seq, _, _ in streams[0])
         sold = [n for n, r in zip(names, responses, strict=True) if r.status_code == 201]
+        assert sorted(p for _, kind, p in streams[0] if kind == "shares_bought") == sorted(sold)
         refused = Counter(r.json()["error"]["code"] for r in responses if r.status_code != 201)
         assert len(sold) == 10, refused
         assert set(refused) <= {"shares_unavailable", "invalid_state"}, refused
-        assert all(r.status_code in (201, 409) for r in responses)
         for k, client in enumerate(clients):
             race = (await client.get("/api/ptos/race", headers=OPERATOR)).json()
             assert (race["pts_sold"], race["status"]) == (10, "in_progress")
@@ -137,3 +146,24 @@ async def test_four_servers_sell_exactly_the_ten_shares(servers: list[str]) -> N
     finally:
         for client in clients:
             await client.aclose()
+
+
+async def _buy_all(clients: list[httpx.AsyncClient], names: list[str]) -> list[httpx.Response]:
+    return await asyncio.gather(
+        *(
+            clients[i % SERVERS].post(
+                "/api/ptos/race/shares", json={"player_id": n, "hours": 1}, headers=OPERATOR
+            )
+            for i, n in enumerate(names)
+        )
+    )
+
+
+async def _until_funded(ws: ClientConnection) -> list[tuple[int, str, str]]:
+    """(seq, kind, player) of every event up to the PTO's funding."""
+    seen: list[tuple[int, str, str]] = []
+    async with asyncio.timeout(60):
+        while not seen or seen[-1][1] != "pto_funded":
+            event = json.loads(await ws.recv())
+            seen.append((event["seq"], event["kind"], event.get("player_id", "")))
+    return seen
