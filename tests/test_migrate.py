@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 
 import pytest
+from test_pg_cli import cli, ok
 
 from ublox_sim.core.errors import InvalidInput
 from ublox_sim.engine import Engine
@@ -20,24 +19,6 @@ from ublox_sim.store.migrate import TABLES, migrate_store
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden" / "harmonic_caverns.export.json"
 SCENARIO = Path(__file__).parent.parent / "scenarios" / "harmonic_caverns.yaml"
-
-
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "UBLOX_STORE"}
-    env["UBLOX_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "ublox_sim", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env=env,
-    )
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def _table_rows(home: Path) -> dict[str, list[tuple[object, ...]]]:

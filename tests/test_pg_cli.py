@@ -91,3 +91,21 @@ def test_home_and_store_together_are_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "not both" in done.stderr
+
+
+def test_a_run_stopped_between_checkpoints_resumes_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    import anyio
+
+    from ublox_sim.sim.runner import run_scenario
+    from ublox_sim.sim.scenario import load_scenario
+    from ublox_sim.store.open import resolve_store
+
+    home = tmp_path / "default"
+    loaded = load_scenario(SCENARIO)
+    # 10 ticks: checkpointed at 6; 7 to 10 were held, and are rolled back at the close.
+    stopped = anyio.run(lambda: run_scenario(loaded, resolve_store(pg_url), stop_after_ticks=10))
+    assert stopped.ticks_run == 10
+    out = ok(cli("run", "--resume", "--store", pg_url, home=home))  # the recorded scenario
+    assert "resumed at tick 6" in out
+    ok(cli("export", "--store", pg_url, "-o", str(tmp_path / "pg.json"), home=home))
+    assert (tmp_path / "pg.json").read_bytes() == GOLDEN.read_bytes()

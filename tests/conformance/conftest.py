@@ -58,19 +58,26 @@ class BackendFactory(Protocol):
         kill its writer once ``kill_after`` lines were reported; return those lines."""
 
 
+@asynccontextmanager
+async def _started(backend: Backend) -> AsyncIterator[Backend]:
+    """``backend`` started in a task group of its own, closed (cleanly) on exit."""
+    async with owned_task_group() as tg:
+        await backend.start(tg)
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
+
+
 class SqliteFactory:
     name = "sqlite"
     supports_hold = True
 
-    @asynccontextmanager
-    async def open(self, location: Path, *, hold_commits: bool = False) -> AsyncIterator[Backend]:
-        async with owned_task_group() as tg:
-            backend = SqliteBackend(Home(location), flush_interval=0.05, hold_commits=hold_commits)
-            await backend.start(tg)
-            try:
-                yield backend
-            finally:
-                await backend.aclose()
+    def open(
+        self, location: Path, *, hold_commits: bool = False
+    ) -> AbstractAsyncContextManager[Backend]:
+        home = Home(location)
+        return _started(SqliteBackend(home, flush_interval=0.05, hold_commits=hold_commits))
 
     async def restore(self, backend: Backend, name: str) -> None:
         assert isinstance(backend, SqliteBackend)
@@ -179,17 +186,13 @@ class PostgresFactory:
             self.urls[location] = self.cluster.fresh_database()
         return self.urls[location]
 
-    @asynccontextmanager
-    async def open(self, location: Path, *, hold_commits: bool = False) -> AsyncIterator[Backend]:
-        async with owned_task_group() as tg:
-            backend = PostgresBackend(
-                self.url(location), hold_commits=hold_commits, backup_root=location / "backups"
-            )
-            await backend.start(tg)
-            try:
-                yield backend
-            finally:
-                await backend.aclose()
+    def open(
+        self, location: Path, *, hold_commits: bool = False
+    ) -> AbstractAsyncContextManager[Backend]:
+        url = self.url(location)
+        return _started(
+            PostgresBackend(url, hold_commits=hold_commits, backup_root=location / "backups")
+        )
 
     async def restore(self, backend: Backend, name: str) -> None:
         assert isinstance(backend, PostgresBackend)

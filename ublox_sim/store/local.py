@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -75,6 +75,20 @@ Now = Callable[[], datetime]
 wall_clock: Now = WallClock().now
 
 
+S = TypeVar("S", bound="SeedOperations")
+
+
+@asynccontextmanager
+async def opened(store: S, task_group: TaskGroup | None) -> AsyncIterator[S]:
+    """``store`` started in ``task_group`` (or a task group of its own), closed on exit."""
+    async with joined_or_owned(task_group) as tg:
+        await store.start(tg)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
 class SeedOperations:
     """The seed notes' storage operations over a writer (``db``: ``submit`` a unit of
     statements, ``fetchone``/``fetchall`` SQLite's SQL) and a place for worlds: the SQLite
@@ -113,6 +127,12 @@ class SeedOperations:
         raise NotImplementedError
 
     async def verify(self) -> list[Finding]:
+        raise NotImplementedError
+
+    async def start(self, tg: TaskGroup) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
         raise NotImplementedError
 
     async def create_backup(self, name: str | None = None) -> Path:
@@ -375,13 +395,8 @@ class LocalStore(SeedOperations):
     ) -> AsyncIterator[LocalStore]:
         """Open the store at ``home`` and close it (flushed and committed) on exit."""
         resolved = home if isinstance(home, Home) else Home.resolve(home)
-        async with joined_or_owned(task_group) as tg:
-            store = cls(resolved, **options)
-            await store.start(tg)
-            try:
-                yield store
-            finally:
-                await store.aclose()
+        async with opened(cls(resolved, **options), task_group) as store:
+            yield store
 
     async def start(self, tg: TaskGroup) -> None:
         self._tg = tg
@@ -533,4 +548,4 @@ class LocalStore(SeedOperations):
         return warnings
 
 
-__all__ = ["LocalStore", "SeedOperations"]
+__all__ = ["LocalStore", "SeedOperations", "opened"]

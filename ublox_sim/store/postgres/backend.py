@@ -20,8 +20,6 @@ import json
 import os
 import re
 import shutil
-import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -46,6 +44,7 @@ from ...core.errors import (
 from ...core.events import EventBus
 from ...core.records import PTO, RECORD_TYPES, Player, PTSToken, Record, Transaction
 from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
+from ..cdt import read_npz
 from ..export import encode_arrays, export_document, export_text
 from ..home import write_text_atomic
 from ..sqlite import queries, rows
@@ -81,16 +80,7 @@ def npz_bytes(arrays: Arrays) -> bytes:
 def npz_arrays(data: bytes, world_id: str = "") -> dict[str, NDArray[np.generic]]:
     """A world row's arrays, refusing pickles and damage as SQLite's files are
     (``CorruptCdtFile``, named ``worlds/WORLD_ID``)."""
-    where = Path("worlds") / world_id
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise CorruptCdtFile(where, f"{type(exc).__name__}: {exc}") from exc
-    for name, array in arrays.items():
-        if array.dtype.hasobject:
-            raise CorruptCdtFile(where, f"array {name!r} holds objects")
-    return arrays
+    return read_npz(io.BytesIO(data), Path("worlds") / world_id)
 
 
 def save_world(world_id: str, arrays: Arrays) -> Statement:

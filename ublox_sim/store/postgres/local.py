@@ -19,9 +19,8 @@ from anyio.abc import TaskGroup
 from numpy.typing import NDArray
 
 from ...core.errors import InvalidInput
-from ...core.tasks import joined_or_owned
 from .. import backup
-from ..local import Now, SeedOperations, wall_clock
+from ..local import Now, SeedOperations, opened, wall_clock
 from ..sqlite.writer import Statement
 from ..verify import Finding
 from .backend import PostgresBackend, save_world
@@ -49,13 +48,8 @@ class PgLocalStore(SeedOperations):
     async def open(
         cls, url: str, *, task_group: TaskGroup | None = None, **options: Any
     ) -> AsyncIterator[PgLocalStore]:
-        async with joined_or_owned(task_group) as tg:
-            store = cls(url, **options)
-            await store.start(tg)
-            try:
-                yield store
-            finally:
-                await store.aclose()
+        async with opened(cls(url, **options), task_group) as store:
+            yield store
 
     async def start(self, tg: TaskGroup) -> None:
         await self.backend.start(tg)
