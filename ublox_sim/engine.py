@@ -63,8 +63,10 @@ from .core.clock import Clock, WallClock
 from .core.draws import Draws, normal
 from .core.economy import check_hours, check_play_hours, funding_goal
 from .core.errors import (
+    CONFLICT_RETRIES,
     ActorClosed,
     AlreadyExists,
+    Conflict,
     CorruptCdtFile,
     InvalidInput,
     UbloxError,
@@ -515,7 +517,18 @@ class Engine:
 
     async def _ask_pto(self, pto_id: str, message: Ask[R]) -> R:
         self._check_open()
-        return await self._ptos.ask(pto_id, message, timeout=self.request_timeout)
+        return await self._retried(self._ptos, pto_id, message)
+
+    async def _retried(self, actors: Directory[Any], ident: str, message: Ask[R]) -> R:
+        """Ask; a unit refused as a ``Conflict`` (another process sharing the database
+        wrote first) left its actor stale: it reloads and decides the message again."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return await actors.ask(ident, message, timeout=self.request_timeout)
+            except Conflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _require_player(self, player_id: str) -> None:
         """``UnknownPlayer`` unless the player exists (a point read; nothing activated)."""
@@ -705,9 +718,9 @@ class Engine:
         if from_id == to_id:
             raise InvalidInput("transfer to oneself")
         at = self._now()
-        await self._ask_player(
-            from_id, SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt)
-        )
+        self._check_open()
+        message = SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt)
+        await self._retried(self._players, from_id, message)
         return await self.get_player(from_id)
 
     async def get_player(self, player_id: str) -> PlayerInfo:
@@ -920,11 +933,23 @@ class Engine:
 
             try:
                 async with anyio.create_task_group() as tg:
-                    for pto_id in await self.store.pto_ids():
+                    for pto_id in await self._leased(await self.store.pto_ids()):
                         tg.start_soon(step, pto_id)
             except* ActorClosed as group:  # the engine closed mid-way: say so once
                 raise ActorClosed("the engine is closed") from group
         return await self.fire_deadlines()
+
+    async def _leased(self, pto_ids: list[str]) -> list[str]:
+        """The worlds this process steps: all, unless several processes share the store
+        (then those whose lease it holds; a world just taken over is reloaded first)."""
+        leases = getattr(self.store, "leases", None)
+        if leases is None:
+            return pto_ids
+        held, taken = await leases.acquire(pto_ids)
+        for pto_id in taken:
+            if (actor := self._ptos.current(pto_id)) is not None:
+                actor.mark_stale()
+        return [p for p in pto_ids if p in held]
 
     async def fire_deadlines(self) -> list[str]:
         """Fail every PTO past its deadline (in id order, so the ledger's order is stable).

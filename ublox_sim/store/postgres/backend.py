@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -49,10 +50,13 @@ from ..home import write_text_atomic
 from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
 from ..verify import CHECKS, Finding, relational_findings
+from .lease import WorldLeases
+from .notify import EventFeed
 from .schema import MIGRATIONS, migrate
 from .url import masked
 from .writer import PgWriter
 
+CLUSTER_ENV = "UBLOX_CLUSTER"
 # pg_try_advisory_lock key of the single writer (until the lease of issue #14).
 WRITER_LOCK = 0x75B10C6
 
@@ -60,6 +64,10 @@ SAVE_WORLD = (
     "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
+
+
+def _published_by_the_feed(event: object) -> None:
+    """A shared store's own events reach its bus through its ``EventFeed``."""
 
 
 def npz_bytes(arrays: Arrays) -> bytes:
@@ -90,11 +98,18 @@ class PostgresBackend:
         bus: EventBus | None = None,
         backup_root: Path | None = None,
         clock: Clock = WALL_CLOCK,
+        shared: bool | None = None,
     ) -> None:
         self.dsn = dsn
         self.backup_root = backup_root
         self.clock = clock  # stamps backups only
+        # Several processes write this database (no single-writer lock; the actors are
+        # caches and the rows' guards decide races): ``shared`` or $UBLOX_CLUSTER=1.
+        self.shared = os.environ.get(CLUSTER_ENV) == "1" if shared is None else shared
+        self.leases = WorldLeases(dsn) if self.shared else None  # who steps which world
+        # Shared: every process's events reach the bus through the log, in commit order.
         self.bus = bus if bus is not None else EventBus()
+        self.feed = EventFeed(dsn, self.bus) if self.shared else None
         self.hold_commits = hold_commits
         self.db = PgWriter(dsn, hold=hold_commits)
         self._submitted = 0
@@ -110,13 +125,21 @@ class PostgresBackend:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise PersistenceError(f"cannot open the store {masked(self.dsn)}: {exc}") from exc
         try:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", WRITER_LOCK):
+            if not self.shared and not await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1)", WRITER_LOCK
+            ):
                 raise StoreLocked(f"another process writes to {masked(self.dsn)}")
             await migrate(conn)
+            if self.leases is not None:
+                await self.leases.start()
+            if self.feed is not None:
+                await self.feed.start()
         except BaseException:
             await conn.close()
             raise
         tg.start_soon(self.db.run)
+        if self.feed is not None:
+            tg.start_soon(self.feed.run)
         self._started = True
 
     async def aclose(self) -> None:
@@ -124,6 +147,10 @@ class PostgresBackend:
             return
         if self._started:
             await self._flush_worlds()
+        if self.feed is not None:
+            await self.feed.aclose()
+        if self.leases is not None:
+            await self.leases.aclose()  # survivors take this process's worlds at once
         await self.db.aclose()  # closing the connection releases the advisory lock
 
     @property
@@ -140,7 +167,8 @@ class PostgresBackend:
     # -- writes ----------------------------------------------------------------------
 
     async def submit(self, unit: Unit, done: Done) -> None:
-        statements, landed = rows.unit_statements(unit, self.bus.publish)
+        publish = _published_by_the_feed if self.feed is not None else self.bus.publish
+        statements, landed = rows.unit_statements(unit, publish)
         # The worlds in the unit's own transaction (a savepoint): all or nothing.
         statements.extend(save_world(w.world_id, w.arrays) for w in unit.worlds)
         for world in unit.worlds:

@@ -218,8 +218,30 @@ CREATE TRIGGER event_log_retention AFTER INSERT ON event_log
     FOR EACH ROW EXECUTE FUNCTION ublox_event_retention();
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
-assert len(MIGRATIONS) == SCHEMA_VERSION, "one PostgreSQL migration per SQLite one"
+# PostgreSQL only (several processes share the database; SQLite's flock keeps one):
+# which process steps which world, until when (``store.postgres.lease``). Expiries are
+# seconds of the processes' lease clock (injectable), never the database's now().
+# And every event logged notifies the processes' feeds (``store.postgres.notify``); the
+# notification carries nothing: the log is read after the last seq each feed published.
+_V5 = """
+CREATE TABLE world_leases (
+    pto_id   TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    holder   TEXT COLLATE "C" NOT NULL,
+    expires  DOUBLE PRECISION NOT NULL
+);
+CREATE FUNCTION ublox_notify_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('ublox_events', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER event_log_notify AFTER INSERT ON event_log
+    FOR EACH STATEMENT EXECUTE FUNCTION ublox_notify_event();
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+# The first SCHEMA_VERSION are SQLite's, number for number; the rest are PostgreSQL's own.
+PG_SCHEMA_VERSION = len(MIGRATIONS)
+assert PG_SCHEMA_VERSION == SCHEMA_VERSION + 1, "one PostgreSQL migration per SQLite one, +1"
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -242,7 +264,7 @@ class _Conn(Protocol):
 
 
 async def migrate(conn: _Conn) -> int:
-    """Bring a (possibly empty) database to SCHEMA_VERSION. Returns the old version.
+    """Bring a (possibly empty) database to PG_SCHEMA_VERSION. Returns the old version.
 
     Each migration runs in its own transaction with its ``schema_migrations`` row, under
     a transaction-scoped advisory lock. A version newer than ours raises ``ValueError``."""
@@ -255,12 +277,12 @@ async def migrate(conn: _Conn) -> int:
             assert isinstance(found, int)
             if old is None:
                 old = found
-            if found > SCHEMA_VERSION:
+            if found > PG_SCHEMA_VERSION:
                 raise ValueError(
                     f"database schema version {found} is newer than this ublox-sim"
-                    f" ({SCHEMA_VERSION})"
+                    f" ({PG_SCHEMA_VERSION})"
                 )
-            if found == SCHEMA_VERSION:
+            if found == PG_SCHEMA_VERSION:
                 return old
             await conn.execute(MIGRATIONS[found])
             await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", found + 1)

@@ -219,9 +219,11 @@ class PgWriter:
                 run = []
             assert item.read is not None
             try:
-                item.future.set_result(await item.read(self._conn))
+                result = await item.read(self._conn)
             except asyncpg.PostgresError as exc:
-                item.future.set_exception(PersistenceError(f"read failed: {exc}"))
+                _settle(item.future, error=PersistenceError(f"read failed: {exc}"))
+            else:
+                _settle(item.future, result)  # its caller may have been cancelled
         if run:
             await self._commit(run)
 
@@ -256,14 +258,14 @@ class PgWriter:
         committed = 0
         for item, outcome in zip(units, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                item.future.set_exception(outcome)
+                _settle(item.future, error=outcome)
                 continue
             ids, hooked = outcome
             for statement, so_far in hooked:
                 if statement.on_commit is not None:
                     statement.on_commit(so_far)
             committed += 1
-            item.future.set_result(ids)
+            _settle(item.future, ids)
         self.units_committed += committed
         if self.on_batch_committed is not None:
             self.on_batch_committed(time.perf_counter() - started, len(units))
@@ -395,3 +397,16 @@ class _UnitRun:
             await conn.execute(sql, *params)
         if statement.on_commit is not None:
             self.hooked.append((statement, list(self.ids)))
+
+
+def _settle(
+    future: asyncio.Future[Any], result: object = None, error: BaseException | None = None
+) -> None:
+    """Answer ``future`` unless its waiter was cancelled (a cancelled caller, e.g. a
+    client that went away, must not stop the writer)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

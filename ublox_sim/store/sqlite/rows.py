@@ -6,6 +6,13 @@ SQL that persists it: the only translation from decisions to rows.
 Balances change by relative updates (``balance = balance + ?``), so units from
 different actors commute inside a group commit, and always together with their
 ``transactions`` row in the same unit (hence the same SQLite transaction).
+
+Guards: a write that depends on what its actor believed a row holds checks it, in the
+same statement (so under the row's lock on PostgreSQL): ``CASE WHEN <belief> THEN <new>
+END`` is NULL when the belief is stale, and NULL in a NOT NULL column refuses the unit
+(``core.errors.conflict_of`` makes it a ``Conflict``: the actor reloads and decides
+again). With one process the actors are the only writers and the beliefs always hold.
+See ARCHITECTURE.md, "Several processes", for which field needs what and why.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from ...core.money import USD, XUSD, to_cents
 from ...core.records import (
     COMPLETED,
     FAILED,
+    FUNDING,
     IN_PROGRESS,
     PTO,
     Player,
@@ -33,6 +41,9 @@ from .tables import columns, insert_sql, to_row
 from .writer import Statement
 
 _INSERT_TX = insert_sql(Transaction)
+# economy.tau_k_after(tau_k, q) is a * tau_k + b * (c * q): the session guard computes it
+# in SQL with the same IEEE operations in the same order (tests/test_cluster.py pins it).
+TAU_K_STEP = (0.9, 0.1, 10.0)
 _INSERT_SESSION = insert_sql(PlaySession)
 
 
@@ -107,8 +118,23 @@ def usd_delta(player_id: str, delta: int) -> Statement:
     )
 
 
-def pto_failed(pto_id: str) -> Statement:
-    return Statement("UPDATE ptos SET status = ? WHERE pto_id = ?", (FAILED, pto_id))
+def pto_failed(pto_id: str, refunded: int) -> Statement:
+    """Funding -> failed, only from funding and only if the escrow is what the refunds
+    return: the one unit that moves it refunds, exactly once whichever process races."""
+    return Statement(
+        "UPDATE ptos SET status = CASE WHEN status = ? AND funding_raised = ? THEN ? END"
+        " WHERE pto_id = ?",
+        (FUNDING, refunded, FAILED, pto_id),
+    )
+
+
+def shares_sold(pto_id: str, hours: int, price: int, sold_before: int) -> Statement:
+    """A sale, only if the PTO still funds and has sold exactly what its actor saw."""
+    return Statement(
+        "UPDATE ptos SET pts_sold = CASE WHEN pts_sold = ? AND status = ? THEN pts_sold + ? END,"
+        " funding_raised = funding_raised + ? WHERE pto_id = ?",
+        (sold_before, FUNDING, hours, price, pto_id),
+    )
 
 
 def pto_session(pto_id: str, xusd: int, aci: float) -> Statement:
@@ -235,17 +261,28 @@ def receipt_session(
 
 
 def pto_funded(pto_id: str) -> Statement:
-    return Statement("UPDATE ptos SET status = ? WHERE pto_id = ?", (IN_PROGRESS, pto_id))
+    """Funding -> in progress, only from funding (the sale before it checked the shares)."""
+    return Statement(
+        "UPDATE ptos SET status = CASE WHEN status = ? THEN ? END WHERE pto_id = ?",
+        (FUNDING, IN_PROGRESS, pto_id),
+    )
 
 
-def pto_atu_spent(pto_id: str, atu_spent: int) -> Statement:
-    return Statement("UPDATE ptos SET atu_spent = ? WHERE pto_id = ?", (atu_spent, pto_id))
+def pto_atu_spent(pto_id: str, atu_spent: int, units: int) -> Statement:
+    """ATU spent, only in progress and from what the actor saw spent."""
+    return Statement(
+        "UPDATE ptos SET atu_spent = CASE WHEN atu_spent = ? AND status = ? THEN atu_spent + ? END"
+        " WHERE pto_id = ?",
+        (atu_spent - units, IN_PROGRESS, units, pto_id),
+    )
 
 
 def pto_completed(pto_id: str, at: str) -> Statement:
+    """In progress -> completed: the one unit that moves it pays the creator."""
     return Statement(
-        "UPDATE ptos SET status = ?, completion_time = ? WHERE pto_id = ?",
-        (COMPLETED, at, pto_id),
+        "UPDATE ptos SET status = CASE WHEN status = ? THEN ? END, completion_time = ?"
+        " WHERE pto_id = ?",
+        (IN_PROGRESS, COMPLETED, at, pto_id),
     )
 
 
@@ -307,29 +344,25 @@ def _rows(event: ev.Event) -> list[Statement]:
         case ev.PTOLaunched(record=pto):
             assert pto is not None, "a PTOLaunched to store carries its record"
             return [insert_pto(pto)]
-        case ev.SharesBought(token=token, pto_id=pto_id, hours=hours, at=at):
+        case ev.SharesBought(token=token, pto_id=pto_id, hours=hours, at=at) as event:
             assert token is not None, "a SharesBought to store carries its token"
             price = token.purchase_price
             return [
                 usd_delta(token.holder, -price),
-                Statement(
-                    "UPDATE ptos SET pts_sold = pts_sold + ?, funding_raised = funding_raised + ?"
-                    " WHERE pto_id = ?",
-                    (hours, price, pto_id),
-                ),
+                shares_sold(pto_id, hours, price, sold_before=event.pts_sold - hours),
                 insert_token(token),
                 ledger_row("investment", token.holder, pto_id, price, USD, at, pto_id),
             ]
         case ev.PTOFunded(pto_id=pto_id):
             return [pto_funded(pto_id)]
         case ev.PTOFailed(pto_id=pto_id, refunds=refunds, at=at):
-            rows = [pto_failed(pto_id)]
+            rows = [pto_failed(pto_id, sum(cents for _, cents in refunds))]
             for holder, cents in refunds:
                 rows.append(usd_delta(holder, cents))
                 rows.append(ledger_row("refund", pto_id, holder, cents, USD, at, pto_id))
             return rows
-        case ev.AtuSpent(pto_id=pto_id, atu_spent=atu_spent):
-            return [pto_atu_spent(pto_id, atu_spent)]
+        case ev.AtuSpent(pto_id=pto_id, atu_spent=atu_spent, units=units):
+            return [pto_atu_spent(pto_id, atu_spent, units)]
         case ev.PTOCompleted(pto_id=pto_id, creator_id=creator, payout=payout, at=at):
             rows = [pto_completed(pto_id, at)]
             cents = to_cents(payout)
@@ -351,7 +384,11 @@ def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
         Statement(
             "UPDATE players SET xUSD_balance = xUSD_balance + ?,"
             " total_play_time = total_play_time + ?, phase_locks_count = phase_locks_count + ?,"
-            " memory_depth = memory_depth + ?, quality_score = ?, tau_k = ?, phase = ?,"
+            " memory_depth = memory_depth + ?, quality_score = ?,"
+            # tau_k moves from its value (economy.tau_k_after): only from the one the
+            # player's actor saw, i.e. if the same step from the row's gives the same value.
+            " tau_k = CASE WHEN ? * tau_k + ? * (CAST(? AS DOUBLE PRECISION) * ?) = ?"
+            " THEN CAST(? AS DOUBLE PRECISION) END, phase = ?,"
             " coherence = ? WHERE player_id = ?",
             (
                 xusd,
@@ -359,6 +396,9 @@ def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
                 s.phase_locks,
                 s.memory_depth_added,
                 s.quality,
+                *TAU_K_STEP,
+                s.quality,
+                s.tau_k,
                 s.tau_k,
                 s.phase,
                 s.coherence,
