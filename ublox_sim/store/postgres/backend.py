@@ -187,6 +187,13 @@ class PostgresBackend:
         # No await between the count and the queue: positions follow the queue's order.
         (await self.db.enqueue(statements)).add_done_callback(acked)
 
+    async def submit_many(self, units: Sequence[Unit], done: Done) -> None:
+        """The units in order, each committed or refused on its own. Unlike SQLite's writer,
+        the queue here is an ``asyncio.Queue``: when it is full, another producer's unit
+        may be queued between two of these (positions still follow the queue's order)."""
+        for unit in units:
+            await self.submit(unit, done)
+
     async def commit(self, unit: Unit) -> Committed:
         outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
 

@@ -347,7 +347,10 @@ class PgWriter:
                     if sql != run_sql:
                         await send()
                         run_sql = sql
-                    run.append(statement.params)
+                    if statement.rows is None:
+                        run.append(statement.params)
+                    else:  # a statement of many rows (bulk registration): one run
+                        run.extend(statement.rows)
                     continue
                 await send()
                 await unit.run(conn, statement)
@@ -378,6 +381,9 @@ class _UnitRun:
         return self.ids, self.hooked
 
     async def run(self, conn: Any, statement: Statement) -> None:
+        if statement.rows is not None:
+            await self._run_many(conn, statement)
+            return
         params = list(statement.params)
         if statement.sql == rows._INSERT_SESSION_EVENT:
             # SQLite fills the session id in with json_set from sqlite_sequence; the
@@ -395,6 +401,22 @@ class _UnitRun:
                 self.last_session = int(rowid)
         else:
             await conn.execute(sql, *params)
+        if statement.on_commit is not None:
+            self.hooked.append((statement, list(self.ids)))
+
+    async def _run_many(self, conn: Any, statement: Statement) -> None:
+        """A statement of many rows, as SQLite's writer runs it: one rowid, the last row's,
+        and the hook (if any) with the rowids up to it. The rows are numbered
+        consecutively: one writer per database, or the batch's advisory lock."""
+        assert statement.rows is not None
+        sql = to_postgres(statement.sql, want_rowid=statement.want_rowid)
+        if not statement.want_rowid:
+            await conn.executemany(sql, statement.rows)
+        else:
+            last = 0
+            for row in statement.rows:
+                last = await conn.fetchval(sql, *row)
+            self.ids.append(int(last))
         if statement.on_commit is not None:
             self.hooked.append((statement, list(self.ids)))
 
