@@ -199,6 +199,13 @@ def demo(home: Path | None) -> None:
     show_default=True,
     help="SQLite durability: FULL also survives power loss.",
 )
+@click.option(
+    "--metrics",
+    "metrics_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write per-tick metrics to this .csv or .parquet file.",
+)
 @_errors_to_exit_codes
 def run(
     scenario: Path | None,
@@ -208,6 +215,7 @@ def run(
     resume: bool,
     as_json: bool,
     synchronous: str,
+    metrics_path: Path | None,
 ) -> None:
     """Run a scenario (deterministic, checkpointed; --resume continues a killed run).
 
@@ -220,6 +228,10 @@ def run(
     from .store.home import Home
 
     target = Home.resolve(home)
+    if metrics_path is not None:
+        from .sim.metrics import check_table_path
+
+        check_table_path(metrics_path)  # before running, not after an hour's run
     if scenario is None:
         if not resume:
             raise click.UsageError("give a SCENARIO file (or --resume with --home)")
@@ -257,6 +269,7 @@ def run(
                     progress=track,
                     synchronous=synchronous,
                     interrupted=pressed.is_set,
+                    collect_metrics=metrics_path is not None,
                 )
             )
         finally:
@@ -281,6 +294,10 @@ def run(
     except KeyboardInterrupt:
         _say_interrupted(target, reached[0], scenario, seed, overrides)
         sys.exit(EXIT_INTERRUPTED)
+    if metrics_path is not None:
+        from .sim.metrics import read_metrics, write_table
+
+        write_table(read_metrics(target), metrics_path)
     if as_json:
         if already_finished(report):
             click.echo(f"{report.name}: the run in {target.root} had already finished", err=True)
@@ -292,6 +309,95 @@ def run(
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seeds", default="1", show_default=True, help="Seeds: N, A-B, or a comma list.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY.PATH=V1,V2,...",
+    help="Sweep a scenario value over these values (repeat for a grid).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes (default: the CPU count).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The sweep's folder (cells' homes and tables); rerun to resume.",
+)
+@_errors_to_exit_codes
+def sweep(scenario: Path, seeds: str, sets: tuple[str, ...], jobs: int | None, out: Path) -> None:
+    """Run SCENARIO over the grid of --set values times --seeds, each cell in its own home.
+
+    A failed cell is reported and the others go on (exit 1 at the end); running the same
+    command again skips finished cells and resumes checkpointed ones."""
+    from .sim.sweep import LocalExecutor, SweepProgress, grid, parse_seeds, parse_set, run_sweep
+
+    try:
+        seed_list = parse_seeds(seeds)
+        swept = [parse_set(item) for item in sets]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    cells = grid(str(scenario), swept, seed_list)
+    workers = jobs if jobs is not None else max(1, os.cpu_count() or 1)
+
+    def progress(p: SweepProgress) -> None:
+        last = p.last
+        assert last is not None
+        eta = "" if p.eta_seconds is None else f", ETA {_duration(p.eta_seconds)}"
+        what = f"{last.how} in {last.seconds:.1f} s" if last.ok else "FAILED"
+        click.echo(
+            f"[{p.done + p.failed}/{p.total}] done {p.done}, running {p.running}, "
+            f"failed {p.failed}{eta} · {last.cell.cell_id} {what}",
+            err=True,
+        )
+        if not last.ok:
+            click.echo(f"  {last.cell.cell_id}: {last.error}", err=True)
+
+    click.echo(f"sweep: {len(cells)} cells in {out}, {workers} job(s)", err=True)
+    result = run_sweep(cells, out, LocalExecutor(min(workers, len(cells))), progress)
+    ran = sum(r.seconds for r in result.results if r.how in ("ran", "resumed"))
+    ok = len(result.results) - len(result.failed)
+    click.echo(
+        f"{ok} of {len(cells)} cells done, {len(result.failed)} failed; "
+        f"wall {_duration(result.wall_seconds)}, cells' own time {_duration(ran)}"
+        + (f" ({result.wall_seconds / ran:.2f}x)" if ran > 0 else "")
+        + f"; tables in {out}"
+    )
+    for failed in result.failed:
+        click.echo(f"failed {failed.cell.cell_id}: {failed.error}", err=True)
+    if result.failed:
+        sys.exit(EXIT_FAILED)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the figures go (default: PATH/plots).",
+)
+@_errors_to_exit_codes
+def plot(path: Path, out: Path | None) -> None:
+    """Draw PNG and SVG figures of a run's home (run with --metrics) or a sweep's folder."""
+    from .sim.plot import plot_any
+
+    for written in plot_any(path, out):
+        click.echo(str(written))
 
 
 def _say_interrupted(

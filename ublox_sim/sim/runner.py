@@ -34,6 +34,7 @@ from ..engine import Engine
 from ..store.backend import RunRecord
 from ..store.home import Home
 from ..store.sqlite.backend import read_run_record
+from .metrics import Collector, Tally, has_metrics
 from .scenario import Loaded, Scenario, cohort_id, draw, draw_settled, settle
 
 log = get_logger(__name__)
@@ -289,6 +290,17 @@ def plan(scenario: Scenario) -> Plan:
     return Plan(listed, cohorts, ptos, groups)
 
 
+def resolved_scenario(scenario: Scenario) -> str:
+    """The run's identity, recorded and exported: everything but ``engine``, whose memory
+    knobs never change a result (so they cannot change the export either, and a run
+    killed for memory may resume with a smaller ``max_active``), and ``metrics``, which
+    only chooses what is observed."""
+    return json.dumps(
+        scenario.model_dump(mode="json", by_alias=True, exclude={"engine", "metrics"}),
+        sort_keys=True,
+    )
+
+
 def recorded_scenario(home: Home) -> Loaded:
     """The resolved scenario a run in ``home`` recorded (to resume without the file)."""
     from .scenario import Scenario as Model
@@ -314,6 +326,8 @@ class Runner:
         self.rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(2)[1])
         self.outcomes: Counter[str] = Counter()
         self.total = scenario.clock.total_ticks
+        # What this tick did that the state does not show (for metrics; cheap when unused).
+        self.tally = Tally()
 
     # -- state saved at checkpoints --------------------------------------------
 
@@ -395,15 +409,27 @@ class Runner:
             e = self.engine
             match name:
                 case "buy":
-                    await self._attempt("buy", e.buy_pts(a.player, a.pto, a.hours))
+                    if await self._attempt("buy", e.buy_pts(a.player, a.pto, a.hours)):
+                        self.tally.acted(a.player)
                 case "play":
-                    await self._attempt("play", e.play(a.player, a.pto, a.hours))
+                    await self._scripted_play(a.player, a.pto, a.hours)
                 case "transfer":
                     await self._attempt("transfer", e.transfer(a.from_, a.to, _money(a.amount)))
                 case "spend_atu":
                     await self._attempt("spend_atu", e.spend_atu(a.pto, a.units))
                 case "deposit":
                     await self._attempt("deposit", e.deposit(a.player, _money(a.amount)))
+
+    async def _scripted_play(self, player_id: str, pto_id: str, hours: float) -> None:
+        try:
+            result = await self.engine.play(player_id, pto_id, hours)
+        except Refusal:
+            self.outcomes["play_refused"] += 1
+        except InvalidInput:
+            self.outcomes["play_invalid"] += 1
+        else:
+            self.outcomes["play"] += 1
+            self.tally.played(pto_id, player_id, result.phase_locks)
 
     def _who(self, who: Any) -> Roster:
         if who == "all":
@@ -439,8 +465,8 @@ class Runner:
                     continue
                 affordable = player.usd_obbba_balance // pto.price_per_pts
                 n = min(want, cap, left, affordable)
-                if n >= 1:
-                    await self._attempt("buy", e.buy_pts(player_id, pto.pto_id, n))
+                if n >= 1 and await self._attempt("buy", e.buy_pts(player_id, pto.pto_id, n)):
+                    self.tally.acted(player_id)
 
     async def sessions(self) -> None:
         e = self.engine
@@ -471,6 +497,7 @@ class Runner:
                         self.outcomes["play_refused"] += 1
                     else:
                         self.outcomes["play"] += 1
+                        self.tally.played(pto_id, result.player_id, result.phase_locks)
 
     async def creators(self) -> None:
         rule = self.scenario.behaviours.creators
@@ -487,6 +514,7 @@ class Runner:
                 await self._attempt("spend_atu", e.spend_atu(pto_id, n))
 
     async def tick(self, tick: int) -> None:
+        self.tally.clear()
         if tick:
             await self.launch_due(tick)
         await self.scripted(tick)
@@ -505,23 +533,23 @@ async def run_scenario(
     stop_after_ticks: int | None = None,
     synchronous: str = "NORMAL",
     interrupted: Callable[[], bool] | None = None,
+    collect_metrics: bool = False,
 ) -> RunReport:
     """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc.
 
     ``interrupted`` is asked between ticks; when it says yes the run stops there with
     ``KeyboardInterrupt`` (the engine closes as usual; the run resumes from its last
     checkpoint). A CLI sets it from its SIGINT handler, so a Ctrl-C is never lost in a
-    section that must not be cancelled half way (a commit, a world flush)."""
+    section that must not be cancelled half way (a commit, a world flush).
+
+    ``collect_metrics`` samples the scenario's ``metrics:`` after setup and after every
+    tick, persisted with each checkpoint in the home (``sim.metrics``); a resumed run
+    goes on collecting when the run it resumes did."""
     started = time.perf_counter()
     scenario = loaded.scenario
     if resume and not home.db.is_file():
         raise InvalidInput(f"nothing to resume in {home.root}: no store there")
-    # The run's identity, recorded and exported: everything but ``engine``, whose memory
-    # knobs never change a result (so they cannot change the export either, and a run
-    # killed for memory may resume with a smaller ``max_active``).
-    resolved = json.dumps(
-        scenario.model_dump(mode="json", by_alias=True, exclude={"engine"}), sort_keys=True
-    )
+    resolved = resolved_scenario(scenario)
     async with Engine.open(
         home,
         seed=scenario.seed,
@@ -533,6 +561,18 @@ async def run_scenario(
         idle_timeout=scenario.engine.idle_timeout,
     ) as engine:
         runner = Runner(engine, scenario, clock)
+        collector = (
+            Collector(
+                home,
+                runner.tally,
+                start=scenario.clock.start,
+                tick_hours=scenario.clock.tick_hours,
+                world=scenario.metrics.world,
+                global_=scenario.metrics.global_,
+            )
+            if collect_metrics or (resume and has_metrics(home))
+            else None
+        )
         row = await engine.store.run_record()
         resumed_from: int | None = None
         if resume:
@@ -547,6 +587,8 @@ async def run_scenario(
                 )
             tick = row.tick
             runner.load_state(row.state)
+            if collector is not None:
+                collector.resume_at(tick)
             clock.advance(tick * scenario.clock.tick_hours)
             resumed_from = tick
             setup_seconds = time.perf_counter() - started
@@ -563,6 +605,9 @@ async def run_scenario(
                     + "; use a new --home"
                 )
             await runner.setup()
+            if collector is not None:
+                await collector.sample(engine, 0)
+                collector.persist(0)
             await engine.checkpoint(0, runner.run_record(0, False, resolved))
             tick = 0
         setup_seconds = time.perf_counter() - started
@@ -578,8 +623,14 @@ async def run_scenario(
                 raise KeyboardInterrupt
             await runner.tick(tick)
             tick += 1
+            if collector is not None:
+                await collector.sample(engine, tick)
             if tick % every == 0 or tick == runner.total:
                 finished = tick == runner.total
+                if collector is not None:
+                    # Before the store's checkpoint: a segment past the last committed
+                    # checkpoint is dropped on resume, a missing one would be lost.
+                    collector.persist(tick)
                 if finished:
                     # Nobody acts after the last tick: release every actor before the
                     # export, which needs the memory (results do not depend on activation).

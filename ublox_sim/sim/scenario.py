@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import yaml
@@ -660,6 +660,44 @@ class EngineSpec(_Model):
         return value
 
 
+WorldMetric = Literal[
+    "aci",
+    "local_coherence",
+    "funding_raised_cents",
+    "pts_sold",
+    "xusd_pool_cents",
+    "sessions",
+    "phase_locks",
+]
+GlobalMetric = Literal[
+    "players_active",
+    "usd_obbba_total_cents",
+    "xusd_total_cents",
+    "xusd_gini",
+    "transactions",
+    "refunded_cents",
+]
+
+
+class MetricsSpec(_Model):
+    """The ``metrics:`` section: which per-tick reporters a run with metrics samples
+    (``sim.metrics``; every one when absent). Observing never changes a result, so the
+    section is not part of the recorded scenario."""
+
+    world: tuple[WorldMetric, ...] = get_args(WorldMetric)
+    global_: tuple[GlobalMetric, ...] = Field(default=get_args(GlobalMetric), alias="global")
+
+    @field_validator("world", "global_", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        # YAML gives lists; strict mode takes a tuple only, so convert (and refuse repeats).
+        if isinstance(value, list):
+            if len(set(value)) != len(value):
+                raise ValueError("names a metric twice")
+            return tuple(value)
+        return value
+
+
 class Scenario(_Model):
     name: Annotated[str, text_within(L.SCENARIO_NAME)]
     seed: Annotated[int, within(L.SEED)]
@@ -674,6 +712,7 @@ class Scenario(_Model):
     behaviours: Behaviours = Behaviours()
     events: list[ScriptedEvent] = []
     engine: EngineSpec = EngineSpec()
+    metrics: MetricsSpec = MetricsSpec()
 
 
 # -- loading -----------------------------------------------------------------------------

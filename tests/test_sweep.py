@@ -1,0 +1,256 @@
+"""Sweeps (issue 16): a grid of cells, each deterministic in its own home; the same tables
+whatever the number of jobs, the executor or the order cells finish in; a killed sweep
+rerun skips finished cells and ends with the same tables; a bad --set fails its cell only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from ublox_sim.sim import sweep as S
+from ublox_sim.sim.scenario import ScenarioError, load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+FESTIVAL = str(ROOT / "scenarios" / "festival.yaml")
+ENV = {**os.environ, "NO_COLOR": "1"}
+ENV.pop("UBLOX_HOME", None)
+TABLES = ("series.csv", "final.csv", "summary.csv", "failed.json")
+
+# Small cells: a second or less each.
+FIXED = (
+    "clock.ticks=10",
+    "checkpoint_every=5",
+    "cohorts.0.count=60",
+    "pto_cohorts.0.count=3",
+    "world.size=16",
+    "pto_cohorts.0.price_per_pts=5",
+    "pto_cohorts.0.launch_at=0",
+)
+GRID = (
+    "--seeds",
+    "1-2",
+    "--set",
+    "world.coupling=0.5,2",
+    *(a for f in FIXED for a in ("--set", f)),
+)
+
+
+def sweep(out: Path, *args: str, jobs: int = 1) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ublox_sim", "sweep", FESTIVAL, *args, "--jobs", str(jobs),
+         "--out", str(out)],
+        env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+
+
+def tables(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in TABLES}
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("serial") / "sweep"
+    result = sweep(out, *GRID, jobs=1)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_a_sweep_writes_the_grid_times_the_seeds(serial: Path) -> None:
+    spec = json.loads((serial / "sweep.json").read_text(encoding="utf-8"))
+    assert spec["parameters"] == ["world.coupling"]  # one-valued --set are not parameters
+    ids = [c["cell_id"] for c in spec["cells"]]
+    assert [(c["set"]["world.coupling"], c["seed"]) for c in spec["cells"]] == [
+        ("0.5", 1), ("0.5", 2), ("2", 1), ("2", 2)
+    ]  # fmt: skip
+    for ident, cell in zip(ids, spec["cells"], strict=True):
+        # Readable, cut to 100 characters with a hash when the --set list is long.
+        assert ident.startswith(f"s{cell['seed']}_world.coupling={cell['set']['world.coupling']}_")
+        assert len(ident) <= 100
+    assert len(set(ids)) == 4
+    final = (serial / "final.csv").read_text(encoding="utf-8").splitlines()
+    assert final[0].startswith("cell_id,seed,world.coupling,tick,players_active,")
+    assert len(final) == 1 + 4
+    summary = (serial / "summary.csv").read_text(encoding="utf-8").splitlines()
+    assert summary[0] == "world.coupling,metric,n,mean,low,high"
+    assert any(line.startswith("2,aci_mean,2,") for line in summary)
+    for cell in spec["cells"]:
+        assert (serial / "cells" / cell["cell_id"] / "export.json").is_file()
+    assert json.loads((serial / "failed.json").read_text(encoding="utf-8")) == []
+
+
+def test_jobs_1_and_jobs_2_give_identical_tables(serial: Path, tmp_path: Path) -> None:
+    result = sweep(tmp_path / "sweep", *GRID, jobs=2)
+    assert result.returncode == 0, result.stderr
+    assert tables(tmp_path / "sweep") == tables(serial)
+    for cell in (serial / "cells").iterdir():
+        twin = tmp_path / "sweep" / "cells" / cell.name / "export.json"
+        assert twin.read_bytes() == (cell / "export.json").read_bytes()
+
+
+class Reversed:
+    """An executor that runs cells in this process, last first: the tables cannot
+    depend on the order results arrive in."""
+
+    jobs = 1
+
+    def map(self, fn: S.CellFn, cells: Sequence[S.Cell]) -> Iterator[tuple[S.Cell, S.CellResult]]:
+        for cell in reversed(cells):
+            yield cell, fn(cell)
+
+
+def test_another_executor_finishing_in_another_order_gives_the_same_tables(
+    serial: Path, tmp_path: Path
+) -> None:
+    cells = S.grid(
+        FESTIVAL,
+        [S.parse_set("world.coupling=0.5,2"), *(S.parse_set(f) for f in FIXED)],
+        S.parse_seeds("1-2"),
+    )
+    seen: list[S.SweepProgress] = []
+    result = S.run_sweep(list(reversed(cells)), tmp_path / "sweep", Reversed(), seen.append)
+    assert [r.cell for r in result.results] == cells
+    assert [(p.done, p.failed, p.running) for p in seen] == [
+        (1, 0, 1),
+        (2, 0, 1),
+        (3, 0, 1),
+        (4, 0, 0),
+    ]
+    assert seen[-1].eta_seconds == 0.0
+    assert tables(tmp_path / "sweep") == tables(serial)
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="utf-8")
+    return [int(p) for p in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_sweep_rerun_skips_finished_cells_and_ends_identical(tmp_path: Path) -> None:
+    grid = ("--seeds", "1-3", "--set", "world.coupling=0.5,2",
+            *(a for f in ("clock.ticks=40", *FIXED[1:]) for a in ("--set", f)))  # fmt: skip
+    reference = sweep(tmp_path / "reference", *grid, jobs=2)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ublox_sim", "sweep", FESTIVAL, *grid, "--jobs", "2",
+         "--out", str(out)],
+        env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        # Wait (on the files, not a clock) for the first finished cell, then kill the
+        # sweep's process: the workers die with it (PR_SET_PDEATHSIG).
+        deadline = time.monotonic() + 120
+        while not list(out.glob("cells/*/export.json")):
+            assert proc.poll() is None, "the sweep ended before any cell was seen to finish"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert workers
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() < deadline, "workers outlived the killed sweep"
+        time.sleep(0.01)
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("cells/*/export.json")}
+    assert 1 <= len(finished) < 6
+
+    rerun = sweep(out, *grid, jobs=2)
+    assert rerun.returncode == 0, rerun.stderr
+    assert tables(out) == tables(tmp_path / "reference")
+    for cell_id, mtime in finished.items():
+        assert (out / "cells" / cell_id / "export.json").stat().st_mtime_ns == mtime
+        assert f"{cell_id} skipped" in rerun.stderr
+    assert rerun.stderr.count(" skipped in ") == len(finished)
+
+
+def test_a_bad_set_value_fails_its_cell_with_the_scenarios_error_and_the_others_finish(
+    tmp_path: Path,
+) -> None:
+    args = ("--seeds", "1", "--set", "world.coupling=0.5,-3,2",
+            *(a for f in FIXED for a in ("--set", f)))  # fmt: skip
+    result = sweep(tmp_path / "sweep", *args, jobs=2)
+    assert result.returncode == 1
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(FESTIVAL, overrides=["world.coupling=-3", *FIXED], seed=1)
+    expected = str(caught.value)
+    assert expected == "--set: world.coupling: must be between 0 and 1e6 (got -3)"
+    failed = json.loads((tmp_path / "sweep" / "failed.json").read_text(encoding="utf-8"))
+    assert [(f["set"]["world.coupling"], f["error"]) for f in failed] == [("-3", expected)]
+    assert expected in result.stderr
+    final = (tmp_path / "sweep" / "final.csv").read_text(encoding="utf-8").splitlines()
+    assert [line.split(",")[2] for line in final[1:]] == ["0.5", "2"]
+    assert "2 of 3 cells done, 1 failed" in result.stdout
+
+
+def test_an_unknown_set_key_fails_every_cell_with_the_key_named(tmp_path: Path) -> None:
+    result = sweep(tmp_path / "sweep", "--seeds", "1-2", "--set", "world.nope=1,2", jobs=1)
+    assert result.returncode == 1
+    failed = json.loads((tmp_path / "sweep" / "failed.json").read_text(encoding="utf-8"))
+    assert len(failed) == 4
+    assert {f["error"] for f in failed} == {
+        "--set: world.nope: unknown key; see scenarios/README.md for the keys this section takes"
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"),
+    [("1-3", [1, 2, 3]), ("7", [7]), ("1,5,9", [1, 5, 9]), ("1-3,2,10", [1, 2, 3, 10])],
+)
+def test_seeds_are_ranges_and_lists(text: str, seeds: list[int]) -> None:
+    assert S.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "1-", "-2"])
+def test_bad_seeds_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="--seeds"):
+        S.parse_seeds(text)
+
+
+def test_bad_seeds_or_set_exit_2_before_anything_runs(tmp_path: Path) -> None:
+    for args in (("--seeds", "x"), ("--set", "world.coupling")):
+        result = sweep(tmp_path / "sweep", *args)
+        assert result.returncode == 2, result.stderr
+        assert not (tmp_path / "sweep").exists()
+
+
+def test_cell_ids_are_filesystem_safe_and_distinct() -> None:
+    cells = [
+        S.Cell("x.yaml", (("ptos.0.description", "a/b"),), 1),
+        S.Cell("x.yaml", (("ptos.0.description", "a b"),), 1),
+        S.Cell("x.yaml", (("world.size", "16"),), 1),
+        S.Cell("x.yaml", (("k", "v" * 200),), 1),
+    ]
+    ids = [c.cell_id for c in cells]
+    assert len(set(ids)) == len(ids)
+    assert ids[2] == "s1_world.size=16"
+    for ident in ids:
+        assert len(ident) <= 100
+        assert all(ch.isalnum() or ch in ".=+_-~" for ch in ident), ident
+
+
+def test_the_interval_is_students_t() -> None:
+    assert S.interval95([3.0]) == (3.0, 3.0, 3.0)
+    mean, low, high = S.interval95([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert (low, high) == pytest.approx((2.0 - 4.303 / 3**0.5, 2.0 + 4.303 / 3**0.5))

@@ -1,0 +1,422 @@
+"""Parameter sweeps: a grid of cells (scenario × ``--set`` values × seeds), each run
+deterministically, checkpointed and resumable in its own home.
+
+The parts, so that another executor (a Ray cluster) can run the same cells:
+
+* ``Cell``: what one run is (the scenario path, its ``--set`` pairs, its seed) and a
+  stable, filesystem-safe ``cell_id``;
+* ``run_cell(cell, home)``: a plain picklable function that runs the cell in ``home``
+  (or resumes it from its last checkpoint, or, finished, only reads it back) and
+  returns a ``CellResult``: its per-tick metrics rows, or its error. Never raises for
+  a cell's own fault (a bad ``--set``, a refused scenario);
+* ``Executor``: ``map(fn, cells)`` yields ``(cell, result)`` as cells finish;
+  ``LocalExecutor(jobs)`` uses worker processes (spawn);
+* ``run_sweep(cells, out_dir, executor, progress)``: runs every cell under
+  ``out_dir/cells/<cell_id>/`` and writes the tables (``series.csv``, ``final.csv``,
+  ``summary.csv``, ``failed.json``), always sorted by cell, so the folder's tables are
+  the same whatever the executor, the number of jobs or the order cells finished in.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import re
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ..core.errors import UbloxError
+from . import metrics as M
+
+Row = dict[str, Any]
+
+CELLS = "cells"
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a sweep: ``scenario`` with the ``--set`` pairs in the order given, and
+    ``seed``. Ordered by (scenario, overrides, seed), the tables' order."""
+
+    scenario: str
+    overrides: tuple[tuple[str, str], ...]
+    seed: int
+
+    @property
+    def cell_id(self) -> str:
+        """``s7_world.coupling=0.5``: readable, filesystem-safe, stable across runs and
+        machines; a short hash of the exact cell is added when the slug had to be cleaned
+        (or cut), so two cells never share a folder."""
+        slug = f"s{self.seed}" + "".join(f"_{k}={v}" for k, v in self.overrides)
+        safe = re.sub(r"[^A-Za-z0-9.=+_-]", "~", slug)
+        if safe == slug and len(slug) <= 100:
+            return slug
+        digest = hashlib.sha256(repr((self.overrides, self.seed)).encode()).hexdigest()[:10]
+        return f"{safe[:80]}-{digest}"
+
+    @property
+    def set_args(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.overrides]
+
+    def sort_key(self) -> tuple[str, tuple[tuple[str, str], ...], int]:
+        return (self.scenario, self.overrides, self.seed)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """A cell's outcome: ``rows`` (its per-tick metrics) when ``error`` is None.
+
+    ``how`` says whether it ``ran`` from the start, ``resumed`` a checkpoint or was
+    ``skipped`` (finished before); ``seconds`` its wall time here. Neither is part of the
+    sweep's tables."""
+
+    cell: Cell
+    rows: list[Row] = field(default_factory=list)
+    error: str | None = None
+    how: Literal["ran", "resumed", "skipped", "failed"] = "ran"
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def run_cell(cell: Cell, home: Path) -> CellResult:
+    """Run ``cell`` in ``home`` (resume its checkpoint, or read back a finished run)."""
+    import anyio
+
+    from ..store.home import Home
+    from ..store.sqlite.backend import read_run_record
+    from .runner import resolved_scenario, run_scenario
+    from .scenario import load_scenario
+
+    started = time.perf_counter()
+    where = Home(home)
+
+    def failed(message: str) -> CellResult:
+        return CellResult(cell, error=message, how="failed", seconds=time.perf_counter() - started)
+
+    try:
+        loaded = load_scenario(cell.scenario, overrides=cell.set_args, seed=cell.seed)
+        row = read_run_record(where) if where.db.is_file() else None
+        if row is not None and row.scenario != resolved_scenario(loaded.scenario):
+            return failed(
+                f"{home} holds a run of another scenario (the file, or --set, changed since): "
+                "remove the folder to run the cell again"
+            )
+        if row is not None and row.finished and where.export_path.is_file():
+            how: Literal["ran", "resumed", "skipped"] = "skipped"
+        else:
+            # A finished run killed before its export resumes to write it (no tick runs).
+            how = "resumed" if row is not None else "ran"
+            if row is None and home.exists():
+                # Killed before its first checkpoint: nothing to resume, start again.
+                shutil.rmtree(home)
+            home.mkdir(parents=True, exist_ok=True)
+            anyio.run(
+                functools.partial(
+                    run_scenario, loaded, where, resume=how == "resumed", collect_metrics=True
+                )
+            )
+        rows = M.read_metrics(where)
+    except UbloxError as exc:
+        return failed(str(exc))
+    return CellResult(cell, rows=rows, how=how, seconds=time.perf_counter() - started)
+
+
+def run_cell_under(out_dir: Path, cell: Cell) -> CellResult:
+    """``run_cell`` in the sweep's folder for the cell: what executors are handed."""
+    return run_cell(cell, out_dir / CELLS / cell.cell_id)
+
+
+CellFn = Callable[[Cell], CellResult]
+
+
+class Executor(Protocol):
+    """Runs cells somewhere; yields each ``(cell, result)`` as it finishes, in any order.
+    ``fn`` is picklable (a ``functools.partial`` of a module-level function)."""
+
+    def map(self, fn: CellFn, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellResult]]: ...
+
+
+def _die_with_parent() -> None:
+    """A worker's initializer: on Linux, the kernel kills the worker when the sweep's
+    process dies, so a killed sweep leaves no worker still writing a cell's home."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class LocalExecutor:
+    """``jobs`` worker processes (spawn: a clean interpreter each, no inherited state);
+    ``jobs=1`` runs cells one after another in this process."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1 (got {jobs})")
+        self.jobs = jobs
+
+    def map(self, fn: CellFn, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellResult]]:
+        if self.jobs == 1:
+            for cell in cells:
+                yield cell, _guarded(fn, cell)
+            return
+        context = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(
+            max_workers=self.jobs, mp_context=context, initializer=_die_with_parent
+        ) as pool:
+            futures = {pool.submit(fn, cell): cell for cell in cells}
+            try:
+                for future in cf.as_completed(futures):
+                    cell = futures[future]
+                    error = future.exception()
+                    if error is None:
+                        yield cell, future.result()
+                    else:
+                        yield cell, CellResult(cell, error=_describe(error), how="failed")
+            finally:
+                for future in futures:
+                    future.cancel()
+
+
+def _guarded(fn: CellFn, cell: Cell) -> CellResult:
+    try:
+        return fn(cell)
+    except Exception as exc:  # a defect, not the cell's fault: report it, go on
+        return CellResult(cell, error=_describe(exc), how="failed")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- the grid ------------------------------------------------------------------------------
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``1-20``, ``3``, ``1,5,9`` or ``1-3,10`` → the seeds, in order, without repeats."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if m is None:
+            raise ValueError(f"--seeds {text!r}: expected N, A-B or a comma list of them")
+        low, high = int(m.group(1)), int(m.group(2) or m.group(1))
+        if high < low:
+            raise ValueError(f"--seeds {text!r}: {part} is an empty range")
+        seeds.extend(s for s in range(low, high + 1) if s not in seeds)
+    return seeds
+
+
+def parse_set(text: str) -> tuple[str, list[str]]:
+    """``world.coupling=0.5,1,2`` → (``world.coupling``, [``0.5``, ``1``, ``2``])."""
+    key, eq, values = text.partition("=")
+    if not eq or not key.strip() or not values:
+        raise ValueError(f"--set {text!r}: expected key.path=value[,value...]")
+    return key.strip(), [v.strip() for v in values.split(",")]
+
+
+def grid(
+    scenario: str, sets: Sequence[tuple[str, Sequence[str]]], seeds: Iterable[int]
+) -> list[Cell]:
+    """The product of the value lists, times the seeds, sorted by cell."""
+    keys = [k for k, _ in sets]
+    cells = [
+        Cell(scenario, tuple(zip(keys, combo, strict=True)), seed)
+        for combo in itertools.product(*(values for _, values in sets))
+        for seed in seeds
+    ]
+    return sorted(cells, key=Cell.sort_key)
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    total: int
+    done: int
+    failed: int
+    running: int
+    eta_seconds: float | None
+    last: CellResult | None = None
+
+
+ProgressFn = Callable[[SweepProgress], None]
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    results: list[CellResult]
+    wall_seconds: float
+
+    @property
+    def failed(self) -> list[CellResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def run_sweep(
+    cells: Sequence[Cell],
+    out_dir: Path,
+    executor: Executor,
+    progress: ProgressFn | None = None,
+) -> SweepResult:
+    """Run ``cells`` (those finished before are read back, checkpointed ones resume) and
+    write the sweep's tables in ``out_dir``. See the module doc."""
+    started = time.perf_counter()
+    cells = sorted(set(cells), key=Cell.sort_key)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CELLS).mkdir(exist_ok=True)
+    _record_sweep(out_dir, cells)
+    jobs = int(getattr(executor, "jobs", 1))
+    results: dict[Cell, CellResult] = {}
+    done = failed = 0
+    fn = functools.partial(run_cell_under, out_dir)
+    for cell, result in executor.map(fn, cells):
+        results[cell] = result
+        if result.ok:
+            done += 1
+        else:
+            failed += 1
+        if progress is not None:
+            left = len(cells) - done - failed
+            elapsed = time.perf_counter() - started
+            eta = elapsed / (done + failed) * left if left else 0.0
+            progress(SweepProgress(len(cells), done, failed, min(jobs, left), eta, result))
+    ordered = [results[c] for c in cells if c in results]
+    write_tables(out_dir, ordered)
+    return SweepResult(out_dir, ordered, time.perf_counter() - started)
+
+
+def swept_keys(cells: Sequence[Cell]) -> list[str]:
+    """The ``--set`` keys that take more than one value over ``cells`` (first-seen order):
+    a key set to one value is part of every cell's scenario, not a parameter."""
+    values: dict[str, set[str]] = {}
+    for cell in cells:
+        for k, v in cell.overrides:
+            values.setdefault(k, set()).add(v)
+    return [k for k, seen in values.items() if len(seen) > 1]
+
+
+def _record_sweep(out_dir: Path, cells: Sequence[Cell]) -> None:
+    """``sweep.json``: the cells and the swept keys, for ``plot`` and for a reader."""
+    spec = {
+        "parameters": swept_keys(cells),
+        "cells": [
+            {"cell_id": c.cell_id, "scenario": c.scenario, "set": dict(c.overrides), "seed": c.seed}
+            for c in cells
+        ],
+    }
+    (out_dir / SWEEP_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+
+
+def write_tables(out_dir: Path, results: Sequence[CellResult]) -> None:
+    """``series.csv`` (every tick of every cell), ``final.csv`` (one row per cell: the
+    global metrics at the last tick and the worlds' means), ``summary.csv`` (each
+    metric per parameter value: mean and 95% interval over seeds), ``failed.json``."""
+    keys = swept_keys([r.cell for r in results])
+
+    def ident(cell: Cell) -> Row:
+        given = dict(cell.overrides)
+        return {"cell_id": cell.cell_id, "seed": cell.seed} | {k: given.get(k) for k in keys}
+
+    series: list[Row] = []
+    finals: list[Row] = []
+    for r in results:
+        if not r.ok:
+            continue
+        series.extend(ident(r.cell) | row for row in r.rows)
+        finals.append(ident(r.cell) | final_metrics(r.rows))
+    (out_dir / "series.csv").write_text(M.to_csv(series), encoding="utf-8")
+    (out_dir / "final.csv").write_text(M.to_csv(finals), encoding="utf-8")
+    (out_dir / "summary.csv").write_text(M.to_csv(summarise(finals, keys)), encoding="utf-8")
+    errors = [
+        {
+            "cell_id": r.cell.cell_id,
+            "seed": r.cell.seed,
+            "set": dict(r.cell.overrides),
+            "error": r.error,
+        }
+        for r in results
+        if not r.ok
+    ]
+    (out_dir / "failed.json").write_text(json.dumps(errors, indent=2) + "\n", encoding="utf-8")
+
+
+def final_metrics(rows: Sequence[Row]) -> Row:
+    """A cell's result: the global metrics at its last tick, and each world metric's
+    mean over the worlds at that tick (``<metric>_mean``)."""
+    last = max(row["tick"] for row in rows)
+    at_end = [row for row in rows if row["tick"] == last]
+    out: Row = {"tick": last}
+    for row in at_end:
+        if row["entity"] == M.GLOBAL:
+            out |= {k: row[k] for k in M.GLOBAL_METRICS if k in row}
+    worlds = [row for row in at_end if row["entity"] != M.GLOBAL]
+    for name in M.WORLD_METRICS:
+        values = [row[name] for row in worlds if row.get(name) is not None]
+        if any(name in row for row in at_end):
+            out[f"{name}_mean"] = statistics.fmean(values) if values else None
+    return out
+
+
+# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; past 30 the
+# normal's 1.96 is within 2%.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def interval95(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean and its 95% t-interval (low = high = mean for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    df = len(values) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96
+    half = t * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def summarise(finals: Sequence[Row], keys: Sequence[str]) -> list[Row]:
+    """Per combination of parameter values (in first-seen order) and metric: n, the mean
+    and its 95% interval over the seeds."""
+    groups: dict[tuple[Any, ...], list[Row]] = {}
+    for row in finals:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    metrics = [
+        name
+        for name in (finals[0] if finals else {})
+        if name not in {"cell_id", "seed", "tick", *keys}
+    ]
+    out: list[Row] = []
+    for combo, rows in groups.items():
+        for name in metrics:
+            values = [float(r[name]) for r in rows if r.get(name) is not None]
+            if not values:
+                continue
+            mean, low, high = interval95(values)
+            out.append(
+                dict(zip(keys, combo, strict=True))
+                | {"metric": name, "n": len(values), "mean": mean, "low": low, "high": high}
+            )
+    return out
