@@ -8,13 +8,14 @@ made for the session (Ray's servers listen on every interface; the token is what
 the cluster to this test run). Its workers import ``ublox_sim`` from this checkout, and
 the test modules (for the functions the tests send them).
 
-Ray tests carry the ``ray`` mark (``pytest -m ray`` runs them alone, ``-m "not ray"``
-leaves them out) and skip, saying why, when the ``[ray]`` extra is not installed.
+A test module takes it as a plugin (``pytest_plugins = ("ray_cluster",)``), so that
+every module shares the one cluster. Ray tests carry the ``ray`` mark (``pytest -m ray``
+runs them alone, ``-m "not ray"`` leaves them out) and skip, saying why, when the
+``[ray]`` extra is not installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import secrets
@@ -32,11 +33,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_RAY = importlib.util.find_spec("ray") is not None
-needs_ray = [
-    pytest.mark.ray,
-    pytest.mark.skipif(not HAVE_RAY, reason="Ray is not installed (pip install '.[ray]')"),
-]
 
 STARTUP_TIMEOUT = 120.0  # seconds: Ray starts in ~4 s here; a loaded machine is slower
 

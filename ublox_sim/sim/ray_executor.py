@@ -22,9 +22,12 @@ retries are exhausted is reported as that cell's error; the other cells go on.
 
 The homes live where the tasks run: on one machine, under the sweep's output folder; on
 a multi-node cluster, at the same path on each worker's own disk (the path must be
-writable there), and they stay on the workers: only the tables travel. Every node needs
-the same ublox-sim version as the driver (checked: a cell on a worker with another
-version fails with an error naming both), the same Python minor and the same Ray.
+writable there), and they stay on the workers: only the tables travel (so a rerun skips
+or resumes a cell only when Ray places it where its home is; elsewhere it runs again,
+to the same result). Tasks run from the driver's working folder when the node has it.
+Every node needs the scenario file at the path the driver was given, the same ublox-sim
+version as the driver (checked: a cell on a worker with another version fails with an
+error naming both), the same Python minor and the same Ray.
 
 Ray is imported when a sweep starts, never by importing this module: the core runs
 without the ``[ray]`` extra.
@@ -35,17 +38,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, TypeVar
 
 from .. import __version__
 from ..core.errors import InvalidInput, RuntimeFailure
-
-C = TypeVar("C")
-R = TypeVar("R")
+from .sweep import Cell, CellFn, CellResult
 
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 """A local instance's object store: cells send back tables of kilobytes, not arrays of
@@ -55,25 +55,10 @@ DEFAULT_MAX_RETRIES = 3
 """Ray retries of a cell whose worker died (an error raised by the cell is never
 retried: the same cell would raise it again)."""
 
-
-def _ray_environment() -> dict[str, str]:
-    """The environment variables ray.init sets in the calling process (token
-    authentication, usage stats, client mode, its debugger hook): put back after a local
-    instance, so the embedding process is left as it was found."""
-    return {k: v for k, v in os.environ.items() if k.startswith("RAY_") or k == "PYTHONBREAKPOINT"}
-
-
 # A Unix socket path is at most 107 bytes, and Ray's sit 83 bytes deep in our folder
 # (/ublox-ray-XXXXXXXX/session_DATE_TIME_USEC_PID/sockets/plasma_store): under a deeper
 # $TMPDIR (a test's) the instance would fail to start.
 _MAX_TEMP_ROOT = 24
-
-
-class CellLost(RuntimeFailure):
-    """A cell's Ray task failed for a reason outside the cell (its worker died more
-    times than ``max_retries``, the cluster went away); the cause is in the message."""
-
-    code = "cell_lost"
 
 
 def _ray() -> ModuleType:
@@ -86,29 +71,30 @@ def _ray() -> ModuleType:
     return ray
 
 
-def run_on_worker(fn: Callable[[C], R], cell: C, driver_version: str) -> R:
-    """The body of every Ray task: refuses a worker whose ublox-sim differs from the
-    driver's (its results could differ), then runs the cell."""
+def run_on_worker(fn: CellFn, cell: Cell, driver_version: str, driver_cwd: str) -> CellResult:
+    """The body of every Ray task. Refuses a worker whose ublox-sim differs from the
+    driver's (its results could differ); runs the cell from the driver's working folder
+    when the worker has it (relative scenario and --out paths mean the same there), else
+    from its own."""
     if __version__ != driver_version:
         raise RuntimeFailure(
             f"the Ray worker on pid {os.getpid()} has ublox-sim {__version__}, the driver "
             f"{driver_version}: install the driver's version on every node"
         )
+    if os.path.isdir(driver_cwd):
+        os.chdir(driver_cwd)
     return fn(cell)
 
 
 @dataclass(frozen=True, slots=True)
 class RayExecutor:
-    """Runs sweep cells as Ray tasks (see the module doc); ``map`` yields each cell with
+    """The sweep's ``Executor`` on Ray (see the module doc): ``map`` yields each cell with
     its result as the tasks finish, in no fixed order (the sweep orders its tables)."""
 
     address: str | None = None
     num_cpus: int | None = None
     """CPUs of a local instance (``address=None``); Ray's default is the machine's."""
     max_retries: int = DEFAULT_MAX_RETRIES
-    lost: Callable[[object, str], object] | None = None
-    """Makes a cell's result from a lost task's reason; without it ``map`` raises
-    ``CellLost``."""
 
     def __post_init__(self) -> None:
         if self.address is not None and not self.address.strip():
@@ -118,32 +104,37 @@ class RayExecutor:
         if self.max_retries < 0:
             raise InvalidInput(f"Ray max_retries: {self.max_retries} is negative")
 
-    def map(self, fn: Callable[[C], R], cells: Iterable[C]) -> Iterator[tuple[C, R]]:
+    @property
+    def jobs(self) -> int:
+        """Cells running at once, for the sweep's progress: a local instance's CPUs (a
+        cluster's are only known once connected: 1 is shown)."""
+        if self.address is None:
+            return self.num_cpus or os.cpu_count() or 1
+        return 1
+
+    def map(self, fn: CellFn, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellResult]]:
         ray = _ray()
         with self._connected(ray):
             task = ray.remote(max_retries=self.max_retries, retry_exceptions=False)(run_on_worker)
             shared_fn = ray.put(fn)  # shipped once, not once per cell
-            pending = {task.remote(shared_fn, cell, __version__): cell for cell in cells}
+            cwd = os.getcwd()
+            pending = {task.remote(shared_fn, cell, __version__, cwd): cell for cell in cells}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     cell = pending.pop(ref)
                     try:
-                        result: R = ray.get(ref)
+                        result: CellResult = ray.get(ref)
                     except ray.exceptions.RayError as exc:
-                        result = self._lose(ray, cell, exc)
+                        result = CellResult(cell, error=self._why(ray, exc), how="failed")
                     yield cell, result
 
-    def _lose(self, ray: ModuleType, cell: object, exc: BaseException) -> Any:
+    def _why(self, ray: ModuleType, exc: BaseException) -> str:
         if isinstance(exc, ray.exceptions.RayTaskError):
-            # An error the cell's own code raised (run_cell reports its expected ones
-            # as results): the worker's traceback is in the message.
-            reason = f"{type(exc.cause).__name__}: {exc.cause}"
-        else:
-            reason = f"its Ray task failed after {self.max_retries} retries: {exc}"
-        if self.lost is None:
-            raise CellLost(f"{cell}: {reason}") from exc
-        return self.lost(cell, reason)
+            # The cell's code raised (run_cell reports a cell's own faults as results,
+            # so this is a defect): its type and message, as LocalExecutor reports it.
+            return f"{type(exc.cause).__name__}: {exc.cause}"
+        return f"its Ray task failed ({self.max_retries} retries): {type(exc).__name__}: {exc}"
 
     @contextmanager
     def _connected(self, ray: ModuleType) -> Iterator[None]:
@@ -180,6 +171,13 @@ class RayExecutor:
             for name in _ray_environment().keys() - saved.keys():
                 del os.environ[name]
             os.environ.update(saved)
+
+
+def _ray_environment() -> dict[str, str]:
+    """The environment variables ray.init sets in the calling process (token
+    authentication, usage stats, its debugger hook): put back after a local instance, so
+    the embedding process is left as it was found."""
+    return {k: v for k, v in os.environ.items() if k.startswith("RAY_") or k == "PYTHONBREAKPOINT"}
 
 
 def _short_temp_root() -> str:
