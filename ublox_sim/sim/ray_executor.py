@@ -41,9 +41,9 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
-from .. import __version__
 from ..core.errors import InvalidInput, RuntimeFailure
 from .sweep import Cell, CellFn, CellResult
 
@@ -71,14 +71,24 @@ def _ray() -> ModuleType:
     return ray
 
 
+def installed_version() -> str:
+    """ublox-sim's installed version, as ``ublox_sim.__version__`` reads it (that face of
+    the package is above this layer)."""
+    try:
+        return version("ublox-sim")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0.0.0+unknown"
+
+
 def run_on_worker(fn: CellFn, cell: Cell, driver_version: str, driver_cwd: str) -> CellResult:
     """The body of every Ray task. Refuses a worker whose ublox-sim differs from the
     driver's (its results could differ); runs the cell from the driver's working folder
     when the worker has it (relative scenario and --out paths mean the same there), else
     from its own."""
-    if __version__ != driver_version:
+    mine = installed_version()
+    if mine != driver_version:
         raise RuntimeFailure(
-            f"the Ray worker on pid {os.getpid()} has ublox-sim {__version__}, the driver "
+            f"the Ray worker on pid {os.getpid()} has ublox-sim {mine}, the driver "
             f"{driver_version}: install the driver's version on every node"
         )
     if os.path.isdir(driver_cwd):
@@ -118,7 +128,8 @@ class RayExecutor:
             task = ray.remote(max_retries=self.max_retries, retry_exceptions=False)(run_on_worker)
             shared_fn = ray.put(fn)  # shipped once, not once per cell
             cwd = os.getcwd()
-            pending = {task.remote(shared_fn, cell, __version__, cwd): cell for cell in cells}
+            ours = installed_version()
+            pending = {task.remote(shared_fn, cell, ours, cwd): cell for cell in cells}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
