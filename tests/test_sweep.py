@@ -221,6 +221,27 @@ def test_seeds_are_ranges_and_lists(text: str, seeds: list[int]) -> None:
     assert S.parse_seeds(text) == seeds
 
 
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("world.coupling=0.5,1,2", ["0.5", "1", "2"]),
+        ("metrics.world=[aci, sessions]", ["[aci, sessions]"]),
+        ("x={dist: choice, values: [1, 2]},3", ["{dist: choice, values: [1, 2]}", "3"]),
+        ("ptos.0.description='a, b',c", ["'a, b'", "c"]),
+    ],
+)
+def test_set_values_split_on_commas_outside_yaml_brackets_and_quotes(
+    text: str, values: list[str]
+) -> None:
+    assert S.parse_set(text) == (text.partition("=")[0], values)
+
+
+@pytest.mark.parametrize("text", ["world.coupling", "=1", "k=", "k=1,,2"])
+def test_bad_set_items_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="--set"):
+        S.parse_set(text)
+
+
 @pytest.mark.parametrize("text", ["", "a", "3-1", "1-", "-2"])
 def test_bad_seeds_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="--seeds"):

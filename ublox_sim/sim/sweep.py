@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..core.errors import UbloxError
+from ..core.errors import InvalidInput, UbloxError
 from . import metrics as M
 
 Row = dict[str, Any]
@@ -103,14 +103,17 @@ def run_cell(cell: Cell, home: Path) -> CellResult:
     from .scenario import load_scenario
 
     started = time.perf_counter()
-    where = Home(home)
+    where = Home.resolve(home)
 
     def failed(message: str) -> CellResult:
         return CellResult(cell, error=message, how="failed", seconds=time.perf_counter() - started)
 
     try:
         loaded = load_scenario(cell.scenario, overrides=cell.set_args, seed=cell.seed)
-        row = read_run_record(where) if where.db.is_file() else None
+        try:
+            row = read_run_record(where)
+        except InvalidInput:  # no store, or killed before it had its tables: start again
+            row = None
         if row is not None and row.scenario != resolved_scenario(loaded.scenario):
             return failed(
                 f"{home} holds a run of another scenario (the file, or --set, changed since): "
@@ -146,7 +149,9 @@ CellFn = Callable[[Cell], CellResult]
 
 class Executor(Protocol):
     """Runs cells somewhere; yields each ``(cell, result)`` as it finishes, in any order.
-    ``fn`` is picklable (a ``functools.partial`` of a module-level function)."""
+    ``fn`` is picklable (a ``functools.partial`` of a module-level function). An executor
+    may have an int ``jobs``, how many cells it runs at once: progress shows it as the
+    cells running (1 when absent)."""
 
     def map(self, fn: CellFn, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellResult]]: ...
 
@@ -225,11 +230,32 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_set(text: str) -> tuple[str, list[str]]:
-    """``world.coupling=0.5,1,2`` → (``world.coupling``, [``0.5``, ``1``, ``2``])."""
+    """``world.coupling=0.5,1,2`` → (``world.coupling``, [``0.5``, ``1``, ``2``]).
+
+    Commas inside brackets, braces or quotes belong to one YAML value:
+    ``metrics.world=[aci,sessions]`` is one value, ``x={dist: choice, values: [1, 2]},3`` two.
+    """
     key, eq, values = text.partition("=")
     if not eq or not key.strip() or not values:
         raise ValueError(f"--set {text!r}: expected key.path=value[,value...]")
-    return key.strip(), [v.strip() for v in values.split(",")]
+    parts: list[str] = []
+    depth, quote, start = 0, "", 0
+    for i, ch in enumerate(values):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(values[start:i])
+            start = i + 1
+    parts.append(values[start:])
+    if any(not part.strip() for part in parts):
+        raise ValueError(f"--set {text!r}: an empty value in the list")
+    return key.strip(), [part.strip() for part in parts]
 
 
 def grid(
