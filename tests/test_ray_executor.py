@@ -1,6 +1,6 @@
 """RayExecutor on a real Ray cluster (tests/ray_cluster.py), with small functions for
-cells: every cell's result comes back once, a cell's error is that cell's, a Ray Client
-address works, a local instance is started and stopped with the run and leaves nothing."""
+cells: every cell's result comes back once, a cell's error is that cell's, a local
+instance is started and stopped with the run and leaves nothing."""
 
 from __future__ import annotations
 
@@ -69,20 +69,6 @@ def probe(code: str, env: dict[str, str]) -> list[str]:
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
-
-
-def test_a_ray_client_address_runs_the_cells_on_that_cluster(ray_cluster: RayCluster) -> None:
-    # In its own process: after a Ray Client session, Ray 2.60 no longer presents the
-    # token to a cluster's GCS address in the same process.
-    code = (
-        "from ublox_sim.sim.ray_executor import RayExecutor\n"
-        "from test_ray_executor import CELLS, square\n"
-        f"results = RayExecutor({ray_cluster.client_address!r}).map(square, CELLS[:2])\n"
-        "print(sorted((c.seed, r.rows) for c, r in results))\n"
-    )
-    assert probe(code, ray_cluster.env) == [
-        "[(0, [{'tick': 0, 'x': 0}]), (1, [{'tick': 0, 'x': 1}])]"
-    ]
 
 
 def test_a_local_instance_is_started_for_the_run_and_stopped_after_it(

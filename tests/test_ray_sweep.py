@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,8 +41,13 @@ STALL_AT = 5  # the checkpoint after which the doomed attempt stops (FIXED: ever
 
 
 def sweep_cli(out: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1", "HOME": str(home)}  # Ray keeps a token in ~/.ray
-    env.pop("UBLOX_HOME", None)
+    # Ray keeps a token in ~/.ray; `--ray auto` looks in $RAY_TMPDIR/ray for a cluster.
+    env = {**os.environ, "NO_COLOR": "1", "HOME": str(home), "RAY_TMPDIR": str(home)}
+    env["RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S"] = env["RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S"] = (
+        "1"
+    )
+    for name in ("UBLOX_HOME", "RAY_ADDRESS"):
+        env.pop(name, None)
     return subprocess.run(
         [sys.executable, "-m", "ublox_sim", "sweep", FESTIVAL, *GRID, *args, "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
@@ -158,4 +164,18 @@ def test_jobs_with_a_cluster_address_is_refused_before_anything_runs(tmp_path: P
     result = sweep_cli(tmp_path / "sweep", tmp_path, "--ray", "auto", "--jobs", "2")
     assert result.returncode == 2
     assert "the cluster's CPUs decide, not --jobs" in result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_an_address_without_a_cluster_exits_2_before_the_sweep_writes_anything(
+    tmp_path: Path,
+) -> None:
+    # A Ray Client address nobody listens on (`auto` would find the session's cluster
+    # among this machine's processes); Ray's 30 s connection timeout cut to 1 s.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))  # a free port, closed again
+        address = f"ray://127.0.0.1:{probe.getsockname()[1]}"
+    result = sweep_cli(tmp_path / "sweep", tmp_path, "--ray", address)
+    assert result.returncode == 2, result.stderr
+    assert f"error: --ray {address}: cannot connect (" in result.stderr
     assert not (tmp_path / "sweep").exists()

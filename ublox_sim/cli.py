@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar
@@ -388,18 +389,29 @@ def sweep(
         if not last.ok:
             click.echo(f"  {last.cell.cell_id}: {last.error}", err=True)
 
-    executor: Executor = LocalExecutor(min(workers, len(cells)))
-    where = f"{workers} job(s)"
-    if ray_address is not None:
-        from .sim.ray_executor import RayExecutor
+    with ExitStack() as session:
+        executor: Executor = LocalExecutor(min(workers, len(cells)))
+        where = f"{workers} job(s)"
+        if ray_address is not None:
+            from .sim.ray_executor import RayExecutor
 
-        if ray_address != RAY_LOCAL and jobs is not None:
-            raise click.BadParameter("the cluster's CPUs decide, not --jobs", param_hint="--ray")
-        local = ray_address == RAY_LOCAL
-        executor = RayExecutor(None if local else ray_address, num_cpus=workers if local else None)
-        where = f"Ray, a local instance of {workers} CPU(s)" if local else f"Ray at {ray_address}"
-    click.echo(f"sweep: {len(cells)} cells in {out}, {where}", err=True)
-    result = run_sweep(cells, out, executor, progress)
+            if ray_address != RAY_LOCAL and jobs is not None:
+                raise click.BadParameter(
+                    "the cluster's CPUs decide, not --jobs", param_hint="--ray"
+                )
+            local = ray_address == RAY_LOCAL
+            # Connected before the sweep writes anything: a wrong address changes nothing.
+            ray = session.enter_context(
+                RayExecutor(None if local else ray_address, num_cpus=workers if local else None)
+            )
+            executor = ray
+            where = (
+                f"Ray, a local instance of {workers} CPU(s)"
+                if local
+                else f"Ray at {ray_address}, {ray.jobs} CPU(s)"
+            )
+        click.echo(f"sweep: {len(cells)} cells in {out}, {where}", err=True)
+        result = run_sweep(cells, out, executor, progress)
     ran = sum(r.seconds for r in result.results if r.how in ("ran", "resumed"))
     ok = len(result.results) - len(result.failed)
     click.echo(

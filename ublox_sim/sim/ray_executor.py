@@ -39,8 +39,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
@@ -96,15 +96,21 @@ def run_on_worker(fn: CellFn, cell: Cell, driver_version: str, driver_cwd: str) 
     return fn(cell)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False)
 class RayExecutor:
     """The sweep's ``Executor`` on Ray (see the module doc): ``map`` yields each cell with
-    its result as the tasks finish, in no fixed order (the sweep orders its tables)."""
+    its result as the tasks finish, in no fixed order (the sweep orders its tables).
+
+    ``with RayExecutor(...) as executor:`` connects (or starts the local instance) on
+    entry, so that a wrong address fails before the sweep writes anything, and holds the
+    connection until the block ends; without it, each ``map`` connects for its run."""
 
     address: str | None = None
     num_cpus: int | None = None
     """CPUs of a local instance (``address=None``); Ray's default is the machine's."""
     max_retries: int = DEFAULT_MAX_RETRIES
+    _session: ExitStack | None = field(default=None, init=False, repr=False)
+    _cluster_cpus: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.address is not None and not self.address.strip():
@@ -116,15 +122,28 @@ class RayExecutor:
 
     @property
     def jobs(self) -> int:
-        """Cells running at once, for the sweep's progress: a local instance's CPUs (a
-        cluster's are only known once connected: 1 is shown)."""
-        if self.address is None:
-            return self.num_cpus or os.cpu_count() or 1
-        return 1
+        """Cells running at once, for the sweep's progress: the cluster's CPUs once
+        connected, else the local instance's."""
+        if self._cluster_cpus is not None:
+            return self._cluster_cpus
+        return (self.num_cpus or os.cpu_count() or 1) if self.address is None else 1
+
+    def __enter__(self) -> RayExecutor:
+        if self._session is not None:
+            raise RuntimeFailure("this RayExecutor is already connected")
+        with ExitStack() as session:
+            session.enter_context(self._connected(_ray()))
+            self._session = session.pop_all()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     def map(self, fn: CellFn, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellResult]]:
         ray = _ray()
-        with self._connected(ray):
+        with nullcontext() if self._session is not None else self._connected(ray):
             task = ray.remote(max_retries=self.max_retries, retry_exceptions=False)(run_on_worker)
             shared_fn = ray.put(fn)  # shipped once, not once per cell
             cwd = os.getcwd()
@@ -158,8 +177,10 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise InvalidInput(f"--ray {self.address}: cannot connect ({exc})") from exc
             try:
+                self._cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
                 yield
             finally:
+                self._cluster_cpus = None
                 ray.shutdown()  # disconnects; the cluster stays up
             return
         saved = _ray_environment()
