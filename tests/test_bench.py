@@ -11,11 +11,17 @@ from pathlib import Path
 REQUIRED = {
     "persistence": [
         "actor_rows_per_s",
-        "ceiling_rows_per_s",
+        "raw_100_rows_per_s",
+        "raw_1000_rows_per_s",
+        "submit_many_rows_per_s",
         "naive_rows_per_s",
-        "ratio_vs_ceiling",
-        "ratio_vs_naive",
+        "actor_vs_raw_100",
+        "actor_vs_raw_1000",
+        "submit_many_vs_raw_1000",
+        "actor_vs_naive_context",
+        "ack_p50_ms",
         "ack_p99_ms",
+        "ack_max_ms",
     ],
     "cdt": ["tick_p99_ratio_flush_on_vs_off"],
     "simulation": ["player_ticks_per_s", "ratio_vs_baseline", "peak_rss_mb"],
@@ -32,7 +38,7 @@ def test_bench_all_runs_and_reports_every_key(tmp_path: Path) -> None:
         env={**os.environ, "NO_COLOR": "1"},
     )
     assert proc.returncode == 0, proc.stderr
-    for section in ("== persistence", "== cdt", "== simulation", "actor/ceiling", "actor/baseline"):
+    for section in ("== persistence", "== cdt", "== simulation", "actor/raw@100", "actor/baseline"):
         assert section in proc.stdout
     report = json.loads(out.read_text())
     for section, keys in REQUIRED.items():
@@ -41,7 +47,7 @@ def test_bench_all_runs_and_reports_every_key(tmp_path: Path) -> None:
             assert isinstance(value, float | int) and value > 0, (section, key, value)
     persistence = report["persistence"]
     # Sanity, not speed: the figures must agree with each other.
-    assert persistence["ratio_vs_ceiling"] > 0
+    assert persistence["ranges"]["actor_vs_raw_100"]["median"] == persistence["actor_vs_raw_100"]
     assert persistence["detail"]["actor"]["rows_per_s"]["min"] <= persistence["actor_rows_per_s"]
     assert report["persistence"]["rounds"] >= 3 and report["simulation"]["rounds"] >= 3
     assert report["simulation"]["peak_rss_mb"] < 24 * 1024

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
+from engine_helpers import launch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -61,27 +62,6 @@ def open_engine(
 ) -> AbstractAsyncContextManager[Engine]:
     kwargs.setdefault("clock", SimClock())
     return Engine.open(home, seed=SEED, world=params, **kwargs)
-
-
-async def launch(
-    engine: Engine,
-    pto_id: str,
-    *,
-    creator: str = "creator",
-    offered: int = 10,
-    price: Decimal | int = 25,
-    atu: int = 100,
-    deadline: timedelta = timedelta(days=30),
-) -> PTOInfo:
-    return await engine.launch_pto(
-        pto_id=pto_id,
-        game_name=f"Game {pto_id}",
-        creator_id=creator,
-        atu_required=atu,
-        pts_offered=offered,
-        price_per_pts=price,
-        funding_deadline=deadline,
-    )
 
 
 @dataclass

@@ -73,7 +73,7 @@ def test_a_runs_figures(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     written = [Path(line) for line in result.stdout.splitlines()]
     assert all(p.parent == home / "plots" for p in written)
-    check_images(written, {"aci_over_time", "funding", "xusd_distribution"})
+    check_images(written, {"aci_over_time", "funding_curves", "xusd_distribution"})
 
 
 def test_a_sweeps_figures_go_where_asked(tmp_path: Path) -> None:

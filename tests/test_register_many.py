@@ -133,21 +133,3 @@ async def test_a_bulk_registration_logs_and_publishes_every_player_in_order(
     assert logged[0][1] == "first"
     assert ledger(tmp_path) == [("deposit", f"p{n}", (n % 3) * 100) for n in range(count) if n % 3]
     assert verify_store(tmp_path) == []
-
-
-def test_a_bulk_deposit_row_is_the_ledger_rows_statement() -> None:
-    from ublox_sim.core.records import Player
-    from ublox_sim.store.sqlite import rows
-
-    player = Player(
-        player_id="p",
-        position_x=1.0,
-        position_y=1.0,
-        phase=0.5,
-        tau_k=1.0,
-        resonance_freq=1.0,
-        usd_obbba_balance=1234,
-        created_at="2026-01-01T00:00:00Z",
-    )
-    expected = rows.ledger_row("deposit", None, "p", 1234, rows.USD, "2026-01-01T00:00:00Z")
-    assert rows._deposit(player) == expected

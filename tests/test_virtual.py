@@ -23,10 +23,11 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 import pytest
+from engine_helpers import launch
 
 from ublox_sim.core.clock import SimClock
 from ublox_sim.core.errors import InvalidState, Refusal, SharesUnavailable, UbloxError
-from ublox_sim.core.views import PTOInfo, TokenInfo
+from ublox_sim.core.views import TokenInfo
 from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import MAX_ACTIVE_ENV, Engine
 from ublox_sim.sim.runner import run_scenario
@@ -68,27 +69,6 @@ def assert_money_conserved(home: Path) -> None:
     )
     assert balances + held == deposits
     assert scalar(home, "SELECT COUNT(*) FROM players WHERE usd_obbba_balance < 0") == 0
-
-
-async def launch(
-    engine: Engine,
-    pto_id: str,
-    *,
-    creator: str = "creator",
-    offered: int = 10,
-    price: Decimal | int = 25,
-    atu: int = 100,
-    deadline: timedelta = timedelta(days=30),
-) -> PTOInfo:
-    return await engine.launch_pto(
-        pto_id=pto_id,
-        game_name=f"Game {pto_id}",
-        creator_id=creator,
-        atu_required=atu,
-        pts_offered=offered,
-        price_per_pts=price,
-        funding_deadline=deadline,
-    )
 
 
 async def balances(engine: Engine, ids: list[str]) -> dict[str, Decimal]:
@@ -371,6 +351,55 @@ async def test_a_passivated_world_in_checkpointed_mode_survives_checkpoint_and_r
     )
     for key in reference:
         assert np.array_equal(reference[key], onwards[key]), key
+    assert verify_store(home) == []
+
+
+async def test_a_pto_passivated_while_a_checkpoint_writes_keeps_its_newer_world(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint snapshots the active PTO's world, then, while it writes, the PTO steps
+    and is pushed out (its newer world parked by ``save_world``): the checkpoint must not
+    drop that newer world when it forgets the held copies it wrote."""
+    home = tmp_path / "home"
+
+    async def setup(engine: Engine) -> None:
+        await engine.register_player("creator", usd_obbba=100)
+        for pto_id in ("pto_a", "pto_b"):
+            await launch(engine, pto_id, offered=4, price=1)
+        await engine.checkpoint(1)
+
+    with anyio.fail_after(60):
+        async with open_engine(home, max_active=1, checkpointed=True) as engine:
+            await setup(engine)
+            launched = await engine.world("pto_a")  # pto_a is the one active PTO
+            db = engine.store.local.db
+            commit_held = db.commit_held
+            writing, resume = anyio.Event(), anyio.Event()
+
+            async def paused(unit: Any) -> None:  # the checkpoint's write, held open
+                writing.set()
+                await resume.wait()
+                await commit_held(unit)
+
+            monkeypatch.setattr(db, "commit_held", paused)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(engine.checkpoint, 2)
+                await writing.wait()  # pto_a's launch world is being written
+                await engine.advance(1)  # steps pto_a; pto_b's activation pushes it out
+                await engine.passivate_all()  # pto_a's stepped world is parked
+                resume.set()
+            live = await engine.world("pto_a")
+            await engine.checkpoint(3)
+        async with open_engine(home, max_active=1, checkpointed=True) as reopened:
+            back = await reopened.world("pto_a")
+        async with open_engine(tmp_path / "ref", max_active=1, checkpointed=True) as ref:
+            await setup(ref)
+            await ref.advance(1)
+            reference = await ref.world("pto_a")
+    assert not np.array_equal(launched["theta"], reference["theta"])
+    for key in reference:
+        assert np.array_equal(live[key], reference[key]), key
+        assert np.array_equal(back[key], reference[key]), key
     assert verify_store(home) == []
 
 

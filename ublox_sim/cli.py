@@ -4,6 +4,8 @@ Commands import the heavy parts (numpy, aiosqlite, the store) inside their bodie
 ``ublox-sim --help`` and every ``COMMAND --help`` answer without loading them.
 Only ``run``, ``demo`` and ``import`` may create a store; every other command on a
 folder without one exits 2 with "no store at PATH" and leaves the folder as it was.
+Every command that opens a store takes ``--store URL|PATH`` (default ``$UBLOX_STORE``):
+a ``postgresql://`` URL names a PostgreSQL database, a path a home like ``--home``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from .store.home import Home
+    from .store.open import PgStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -113,12 +116,28 @@ def _require_new_home(home: Home) -> None:
         )
 
 
-def _existing_store(home: Path | None) -> Home:
-    """The store at ``home``, or exit 2 without creating anything (a mistyped path)."""
+def _target(home: Path | None, store: str | None) -> Home | PgStore:
+    """The store ``--home`` or ``--store`` names (one of them; else ``$UBLOX_STORE``, else
+    the default home). A bad URL exits 2 naming it, password masked."""
+    from .store.open import resolve_store
+
+    return resolve_store(store, home=home)
+
+
+def _where(target: Home | PgStore) -> Path | PgStore:
+    """The store as messages name it: a home's folder, a database's URL (no password)."""
     from .store.home import Home
 
-    target = Home.resolve(home)
-    if not _holds_store(target):
+    return target.root if isinstance(target, Home) else target
+
+
+def _existing_store(home: Path | None, store: str | None = None) -> Home | PgStore:
+    """The store named, or exit 2 without creating anything (a mistyped path). A database
+    is taken as it is: opening an empty one makes an empty store."""
+    from .store.home import Home
+
+    target = _target(home, store)
+    if isinstance(target, Home) and not _holds_store(target):
         raise InvalidInput(
             f"no store at {target.root} (`ublox-sim run`, `demo --home` or `import` make one)"
         )
@@ -130,6 +149,13 @@ home_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Store folder (default: $UBLOX_HOME, else ~/.ublox).",
+)
+store_option = click.option(
+    "--store",
+    default=None,
+    metavar="URL|PATH",
+    help="The store: postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE, or a home folder "
+    "as --home (default: $UBLOX_STORE if set).",
 )
 
 
@@ -187,6 +213,7 @@ def demo(home: Path | None) -> None:
     "scenario", required=False, type=click.Path(dir_okay=False, path_type=Path), default=None
 )
 @home_option
+@store_option
 @click.option("--seed", type=int, default=None, help="Replace the scenario's seed.")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a scenario value."
@@ -211,6 +238,7 @@ def demo(home: Path | None) -> None:
 def run(
     scenario: Path | None,
     home: Path | None,
+    store: str | None,
     seed: int | None,
     overrides: tuple[str, ...],
     resume: bool,
@@ -228,18 +256,20 @@ def run(
     from .sim.scenario import load_scenario
     from .store.home import Home
 
-    target = Home.resolve(home)
+    target = _target(home, store)
     if metrics_path is not None:
         from .sim.metrics import check_table_path
 
         check_table_path(metrics_path)  # before running, not after an hour's run
+        if not isinstance(target, Home):
+            raise InvalidInput("--metrics keeps its rows in a home folder: use --home, not --store")
     if scenario is None:
         if not resume:
             raise click.UsageError("give a SCENARIO file (or --resume with --home)")
         loaded = recorded_scenario(target)
     else:
         loaded = load_scenario(scenario, overrides=overrides, seed=seed)
-    if not resume and not _holds_store(target):
+    if not resume and isinstance(target, Home) and not _holds_store(target):
         # A store is refused by the runner, which knows whether its run is finished.
         _require_new_home(target)
     console = _console()
@@ -298,10 +328,11 @@ def run(
     if metrics_path is not None:
         from .sim.metrics import read_metrics, write_table
 
+        assert isinstance(target, Home)  # checked above
         write_table(read_metrics(target), metrics_path)
     if as_json:
         if already_finished(report):
-            click.echo(f"{report.name}: the run in {target.root} had already finished", err=True)
+            click.echo(f"{report.name}: the run in {_where(target)} had already finished", err=True)
         data = report.to_dict()
         data["totals"] = json_figures(data["totals"])
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -323,12 +354,7 @@ RAY_LOCAL = "local"  # `sweep --ray` given alone: a local Ray instance for the s
     metavar="KEY.PATH=V1,V2,...",
     help="Sweep a scenario value over these values (repeat for a grid).",
 )
-@click.option(
-    "--jobs",
-    type=click.IntRange(1, 256),
-    default=None,
-    help="Worker processes (default: the CPU count).",
-)
+@click.option("--jobs", type=int, default=None, help="Worker processes (default: the CPU count).")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -373,6 +399,8 @@ def sweep(
         swept = [parse_set(item) for item in sets]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    if jobs is not None and jobs < 1:
+        raise click.BadParameter(f"at least 1 worker process (got {jobs})", param_hint="--jobs")
     cells = grid(str(scenario), swept, seed_list)
     workers = jobs if jobs is not None else max(1, os.cpu_count() or 1)
 
@@ -449,16 +477,22 @@ def plot(path: Path, out: Path | None) -> None:
 
 
 def _say_interrupted(
-    home: Home, reached: int, scenario: Path | None, seed: int | None, overrides: tuple[str, ...]
+    home: Home | PgStore,
+    reached: int,
+    scenario: Path | None,
+    seed: int | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Where a Ctrl-C left the run, and the exact command that continues it (the same
     file, --set and --seed: a resume checks that the scenario is the recorded one)."""
     import shlex
 
+    from .store.home import Home
+    from .store.postgres.backend import read_run_record as read_pg_run
     from .store.sqlite.backend import read_run_record
 
     try:
-        run = read_run_record(home)
+        run = read_run_record(home) if isinstance(home, Home) else read_pg_run(home.url)
     except InvalidInput:  # no store, or no run in it yet
         run = None
     checkpoint = None if run is None else run.tick
@@ -469,7 +503,9 @@ def _say_interrupted(
         words += ["--set", override]
     if seed is not None:
         words += ["--seed", str(seed)]
-    words += ["--resume", "--home", str(home.root)]
+    words += ["--resume", *(["--home", str(home.root)] if isinstance(home, Home) else [])]
+    if not isinstance(home, Home):
+        words += ["--store", str(home)]  # the password masked: the user knows it
     if checkpoint is None:
         # Stopped during the set-up: the store kept nothing of the run, so it starts over.
         words.remove("--resume")
@@ -501,8 +537,21 @@ def _say_interrupted(
     default=None,
     help="scale: players in the large store (default 1,000,000; --quick 100,000).",
 )
+@click.option(
+    "--store",
+    default=None,
+    metavar="URL",
+    help="persistence: also measure PostgreSQL at this postgresql:// URL (1, 2 and 4 "
+    "processes; in a schema of its own, dropped after) next to SQLite.",
+)
+@_errors_to_exit_codes
 def bench(
-    which: str, quick: bool, size: str | None, json_path: Path | None, players: int | None
+    which: str,
+    quick: bool,
+    size: str | None,
+    json_path: Path | None,
+    players: int | None,
+    store: str | None,
 ) -> None:
     """Measure persistence, CDT flushing and simulation speed against their baselines
     (`all`), or a store of a million players (`scale`, run on its own)."""
@@ -514,7 +563,27 @@ def bench(
 
     if players is not None and (which != "scale" or players < 2_000):
         raise click.BadParameter("takes 2,000 or more, with `scale`", param_hint="--players")
-    run_benchmarks(which, size or ("quick" if quick else "full"), json_path, players=players)
+    chosen = size or ("quick" if quick else "full")
+    url = None
+    if store is not None:
+        from .store.open import PgStore, resolve_store
+
+        if which not in ("persistence", "all"):
+            raise click.BadParameter("goes with `persistence`", param_hint="--store")
+        target = resolve_store(store) if "://" in store else None
+        if not isinstance(target, PgStore):
+            raise click.BadParameter("takes a postgresql:// URL", param_hint="--store")
+        url = target.url
+    report = run_benchmarks(which, chosen, None if url else json_path, players=players)
+    if url is not None:
+        from benchmarks import persistence_pg
+
+        click.echo(f"== persistence on PostgreSQL ({chosen}) ==")
+        report["persistence_pg"] = persistence_pg.bench(chosen, url)
+        click.echo(persistence_pg.show(report["persistence_pg"]))
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+            click.echo(f"wrote {json_path}")
 
 
 EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
@@ -522,6 +591,7 @@ EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
 
 @main.command()
 @home_option
+@store_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
@@ -564,6 +634,7 @@ EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
 @_errors_to_exit_codes
 def serve(
     home: Path | None,
+    store: str | None,
     host: str,
     port: int,
     scenario: Path | None,
@@ -578,7 +649,8 @@ def serve(
     """Serve the JSON API, live events and the dashboard (needs the [server] extra).
 
     Exit codes: 2 bad usage or scenario, 4 the port is busy. The operator's key is
-    UBLOX_ADMIN_KEY or <home>/admin.key (created on first start)."""
+    UBLOX_ADMIN_KEY or <home>/admin.key (created on first start; with a --store URL, in
+    the default home)."""
     try:
         from .server import LOCAL_HOSTS, PortBusy, ServerConfig, bind
         from .server import serve as run_server
@@ -590,18 +662,20 @@ def serve(
     from .store.home import Home
     from .store.sync import UbloxLocalStorage
 
-    root = Home.resolve(home)
+    target = _target(home, store)
+    # The admin key's folder: the home, or for a database the default home.
+    root = target if isinstance(target, Home) else Home.resolve(None)
     if scenario is not None:
         from .sim.scenario import load_scenario
 
         load_scenario(scenario, seed=seed)  # a ScenarioError is file:line: key: message, exit 2
-        if root.db.is_file():
-            with UbloxLocalStorage(home) as storage:
+        if not isinstance(target, Home) or root.db.is_file():
+            with UbloxLocalStorage(store=target) as storage:
                 counts = storage.get_global_stats()
                 if any(counts[t]["count"] for t in ("players", "ptos", "transactions")):
                     raise InvalidInput(
-                        f"{root.root} already holds a store: a scenario is served into a new "
-                        "--home (it would replay from tick 0 over this one)"
+                        f"{_where(target)} already holds a store: a scenario is served into a "
+                        "new --home (it would replay from tick 0 over this one)"
                     )
     try:
         sock = bind(host, port)
@@ -626,33 +700,35 @@ def serve(
         admin_key=key,
     )
     run_server(
-        home,
+        # Engine.open reads a URL given as the home as the store it names.
+        home if isinstance(target, Home) else target.url,
         sock,
         scenario=scenario,
         ticks_per_second=speed,
         seed=seed,
         config=config,
-        on_ready=lambda: click.echo(f"ublox-sim serving {root.root} on {url}"),
+        on_ready=lambda: click.echo(f"ublox-sim serving {_where(target)} on {url}"),
     )
 
 
 @main.command()
 @home_option
+@store_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_errors_to_exit_codes
-def stats(home: Path | None, as_json: bool) -> None:
+def stats(home: Path | None, store: str | None, as_json: bool) -> None:
     """Counts and totals of the store."""
     from rich.table import Table
 
     from .store.sync import UbloxLocalStorage
 
-    target = _existing_store(home)
-    with UbloxLocalStorage(target.root) as storage:
+    target = _existing_store(home, store)
+    with UbloxLocalStorage(store=target) as storage:
         data = storage.get_global_stats()
     if as_json:
         click.echo(json.dumps(json_figures(data), indent=2, sort_keys=True))
         return
-    table = Table("table", "figure", "value", title=f"ublox store {target.root}")
+    table = Table("table", "figure", "value", title=f"ublox store {_where(target)}")
     table.columns[2].justify = "right"
     for name, figures in data.items():
         for figure, value in stat_rows(figures):
@@ -740,6 +816,7 @@ def _figure(figure: str, value: Any) -> str:
 
 @main.command("export")
 @home_option
+@store_option
 @click.option(
     "-o",
     "--output",
@@ -749,20 +826,20 @@ def _figure(figure: str, value: Any) -> str:
     "file is replaced atomically; a pipe or a character device is written through.",
 )
 @_errors_to_exit_codes
-def export_cmd(home: Path | None, output: str | None) -> None:
-    """Write the full JSON export (default <home>/export.json)."""
+def export_cmd(home: Path | None, store: str | None, output: str | None) -> None:
+    """Write the full JSON export (default <home>/export.json; a database needs -o)."""
     from .store.sync import UbloxLocalStorage
 
     _exit_on_sigterm()
-    target = _existing_store(home)
+    target = _existing_store(home, store)
     if output is None:
-        with UbloxLocalStorage(target.root) as storage:
+        with UbloxLocalStorage(store=target) as storage:
             click.echo(str(storage.export_to_json()))
         return
     if output == "-":
         with tempfile.TemporaryDirectory(prefix="ublox-export-") as tmp:
             staged = Path(tmp) / "export.json"
-            with UbloxLocalStorage(target.root) as storage:
+            with UbloxLocalStorage(store=target) as storage:
                 storage.export_to_json(staged)
             _copy_to_stdout(staged)
         return
@@ -771,7 +848,7 @@ def export_cmd(home: Path | None, output: str | None) -> None:
         if _streams_into(destination):
             with tempfile.TemporaryDirectory(prefix="ublox-export-") as tmp:
                 staged = Path(tmp) / "export.json"
-                with UbloxLocalStorage(target.root) as storage:
+                with UbloxLocalStorage(store=target) as storage:
                     storage.export_to_json(staged)
                 with open(staged, "rb") as source, open(destination, "wb") as sink:
                     _pump(source, sink)
@@ -818,7 +895,7 @@ def _streams_into(path: Path) -> bool:
     raise InvalidInput(f"cannot write the export to {path}: it is {kind}; give a file path")
 
 
-def _replace_with_export(home: Home, destination: Path) -> None:
+def _replace_with_export(home: Home | PgStore, destination: Path) -> None:
     from .store.sync import UbloxLocalStorage
 
     # Replace the file a symlink points at, never the symlink. The store writes the export
@@ -827,7 +904,7 @@ def _replace_with_export(home: Home, destination: Path) -> None:
     final = Path(os.path.realpath(destination))
     staged = final.with_name(f".{final.name}.{os.getpid()}.export")
     try:
-        with UbloxLocalStorage(home.root) as storage:
+        with UbloxLocalStorage(store=home) as storage:
             storage.export_to_json(staged)
         os.replace(staged, final)
     finally:
@@ -863,15 +940,25 @@ def _copy_to_stdout(staged: Path) -> None:
 
 @main.command("import")
 @home_option
+@store_option
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Accept an export edited since it was written.")
 @_errors_to_exit_codes
-def import_cmd(home: Path | None, path: Path, force: bool) -> None:
-    """Load an export into an empty home as it is (refused if damaged or edited)."""
+def import_cmd(home: Path | None, store: str | None, path: Path, force: bool) -> None:
+    """Load an export into an empty home or database as it is (refused if damaged or edited)."""
     from .store.home import Home
     from .store.sync import UbloxLocalStorage
 
-    target = Home.resolve(home)
+    chosen = _target(home, store)
+    if not isinstance(chosen, Home):
+        # One unit, worlds included: a refused import leaves the database as it was.
+        with UbloxLocalStorage(store=chosen) as storage:
+            warnings = storage.import_from_json(path, force=force)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"imported {path} into {chosen}")
+        return
+    target = chosen
     # A refused import into a new home leaves no store behind: nothing of a store that
     # holds nothing, and no world files without their database (a "lost database").
     new_home = not _holds_store(target)
@@ -879,7 +966,7 @@ def import_cmd(home: Path | None, path: Path, force: bool) -> None:
         _require_new_home(target)  # an export never lands beside the user's own files
     before = _entries(target.root) if new_home else None
     try:
-        with UbloxLocalStorage(home) as storage:
+        with UbloxLocalStorage(store=target) as storage:
             warnings = storage.import_from_json(path, force=force)
     except BaseException:
         if new_home:
@@ -919,36 +1006,49 @@ def backup() -> None:
 
 @backup.command("create")
 @home_option
+@store_option
 @click.argument("name", required=False)
 @_errors_to_exit_codes
-def backup_create(home: Path | None, name: str | None) -> None:
-    """Snapshot the store as backups/NAME (default backup_<UTC time>)."""
+def backup_create(home: Path | None, store: str | None, name: str | None) -> None:
+    """Snapshot the store as backups/NAME (default backup_<UTC time>); a database's
+    snapshots go to <default home>/pg_backups/HOST_PORT_DB/."""
     from .store.sync import UbloxLocalStorage
 
-    target = _existing_store(home)
-    with UbloxLocalStorage(target.root) as storage:
+    target = _existing_store(home, store)
+    with UbloxLocalStorage(store=target) as storage:
         click.echo(str(storage.create_backup(name)))
 
 
 @backup.command("list")
 @home_option
+@store_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (sizes in bytes).")
 @_errors_to_exit_codes
-def backup_list(home: Path | None, as_json: bool) -> None:
+def backup_list(home: Path | None, store: str | None, as_json: bool) -> None:
     """The backups of the store, oldest first."""
     from .store.backup import list_backups
+    from .store.home import Home
+    from .store.open import default_backup_root
 
-    target = _existing_store(home)
-    items = list_backups(target)
+    target = _existing_store(home, store)
+    if isinstance(target, Home):
+        items, folder = list_backups(target), target.backups
+    else:
+        from .store.sync import UbloxLocalStorage
+
+        with UbloxLocalStorage(store=target) as storage:
+            items, folder = storage.list_backups(), default_backup_root(target)
+        for item in items:
+            item["created"] = item.pop("created_at")
     if as_json:
         click.echo(json.dumps(items, indent=2, sort_keys=True))
         return
     if not items:
-        click.echo(f"no backups in {target.backups} (`ublox-sim backup create` makes one)")
+        click.echo(f"no backups in {folder} (`ublox-sim backup create` makes one)")
         return
     from rich.table import Table
 
-    table = Table("name", "created", "size", title=f"backups in {target.backups}")
+    table = Table("name", "created", "size", title=f"backups in {folder}")
     table.columns[2].justify = "right"
     for item in items:
         table.add_row(item["name"], item["created"], f"{item['size'] / 1024:,.1f} KB")
@@ -957,21 +1057,22 @@ def backup_list(home: Path | None, as_json: bool) -> None:
 
 @backup.command("restore")
 @home_option
+@store_option
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Accept a backup edited since it was made.")
 @_errors_to_exit_codes
-def backup_restore(home: Path | None, name: str, force: bool) -> None:
+def backup_restore(home: Path | None, store: str | None, name: str, force: bool) -> None:
     """Replace the store with backup NAME (checked first; the old state is kept)."""
     from .store.backup import restore_lost_store
-    from .store.home import database_lost
+    from .store.home import Home, database_lost
     from .store.sync import UbloxLocalStorage
 
-    target = _existing_store(home)
-    if database_lost(target):
+    target = _existing_store(home, store)
+    if isinstance(target, Home) and database_lost(target):
         # No store can open over a lost database, so the restore happens offline.
         warnings = restore_lost_store(target, name, force=force)
     else:
-        with UbloxLocalStorage(target.root) as storage:
+        with UbloxLocalStorage(store=target) as storage:
             warnings = storage.restore_backup(name, force=force)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -979,15 +1080,53 @@ def backup_restore(home: Path | None, name: str, force: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--from", "source", required=True, metavar="URL|PATH", help="The store to copy (kept as it is)."
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="URL|PATH",
+    help="A new store: an empty database or home.",
+)
+@_errors_to_exit_codes
+def migrate(source: str, target: str) -> None:
+    """Copy a store to another backend (a home to a postgresql:// database, or back), then
+    check that both export the same bytes and hold the same worlds. Exit 2 if the target
+    is not new (nothing written), 1 if the copy does not compare equal."""
+    import anyio
+
+    from .store.home import Home
+    from .store.migrate import migrate_store
+
+    to = _target(None, target)
+    if isinstance(to, Home):
+        _require_new_home(to)
+    done = anyio.run(lambda: migrate_store(source, to))
+    for line in done.lines():
+        click.echo(line)
+
+
+@main.command()
 @home_option
+@store_option
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
 @_errors_to_exit_codes
-def verify(home: Path | None, as_json: bool) -> None:
+def verify(home: Path | None, store: str | None, as_json: bool) -> None:
     """Check schema, integrity, ledger vs balances, escrow, tokens, sessions and CDT files."""
+    from .store.home import Home
     from .store.verify import verify_store
 
-    root = _existing_store(home).root
-    findings = verify_store(root)
+    target = _existing_store(home, store)
+    root = _where(target)
+    if isinstance(target, Home):
+        findings = verify_store(target.root)
+    else:
+        from .store.sync import UbloxLocalStorage
+
+        with UbloxLocalStorage(store=target) as storage:
+            findings = storage.verify()
     if as_json:
         items: list[dict[str, Any]] = [
             {"check": f.check, "subject": f.subject, "message": f.message} for f in findings

@@ -21,13 +21,15 @@ span many (``stats``, ``leaderboard``, ``list_ptos``, ``tokens_of``, ``get_token
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -54,15 +56,17 @@ from .actors.messages import (
 )
 from .actors.player import PlayerActor
 from .actors.pto import PTOActor
-from .actors.runtime import ActorSystem, Ask
+from .actors.runtime import Actor, ActorSystem, Ask
 from .core import events as ev
 from .core import limits
 from .core.clock import Clock, WallClock
 from .core.draws import Draws, normal
 from .core.economy import check_hours, check_play_hours, funding_goal
 from .core.errors import (
+    CONFLICT_RETRIES,
     ActorClosed,
     AlreadyExists,
+    Conflict,
     CorruptCdtFile,
     InvalidInput,
     UbloxError,
@@ -81,12 +85,13 @@ from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 from .core.world import F64, WorldParams, check_world, new_world
 from .store.backend import Backend, Checkpoint, Receipt, RunRecord, Unit, WorldWrite
 from .store.home import Home, world_id_for
-from .store.sqlite.backend import SqliteBackend
+from .store.open import StoreSpec, open_backend, resolve_store
 from .store.sqlite.writer import Synchronous
 
 log = get_logger(__name__)
 
 R = TypeVar("R")
+A = TypeVar("A", bound=Actor[Any])
 
 DEFAULT_MAX_ACTIVE = 100_000
 """Active actors per kind (players, PTOs) before the least recently used passivate."""
@@ -108,9 +113,8 @@ def _default_max_active() -> int:
         value = int(text)
     except ValueError:
         raise InvalidInput(f"{MAX_ACTIVE_ENV} must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise InvalidInput(f"{MAX_ACTIVE_ENV} must be at least 1, got {value}")
-    return value
+    checked: int = limits.MAX_ACTIVE.check(value, MAX_ACTIVE_ENV)
+    return checked
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,6 +132,120 @@ def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
         usd_obbba=to_decimal(player.usd_obbba_balance),
         record=player if fresh else dataclasses.replace(player),
     )
+
+
+# Players checked and built while the unit before them commits (register_players).
+_REGISTER_STEP = 1_000
+
+
+class _BulkPlayers:
+    """A bulk registration's players, built column by column at the cost of what each
+    needs: an amount or a tau_k seen before is not parsed again, the drawn values need
+    no bounds check (a uniform in [0, 1) scaled into its range cannot leave it), and
+    the result is made straight from the values. Anything unusual goes through
+    ``Engine._new_player``, which gives the exact error (or the same player)."""
+
+    def __init__(self, engine: Engine, now: str) -> None:
+        self.engine = engine
+        self.now = now
+        self.results: list[PlayerInfo | UbloxError] = []
+        self.valid: list[tuple[int, Player]] = []  # (index in results, player)
+        self.events: dict[int, ev.PlayerRegistered] = {}
+        self._cents: dict[tuple[type, object], int] = {}
+        self._decimals: dict[int, Decimal] = {}
+        self._uniforms = engine._draws.uniforms
+        self._size = engine.params.size
+        self._omega = (engine.params.omega_mean, engine.params.omega_spread)
+        self._phase = (limits.PHASE.min, limits.PHASE.max - limits.PHASE.min)
+        self._zero = to_decimal(0)
+
+    def new(self, player_id: str, usd: Amount, tau: float, freq: float | None) -> Player:
+        """``Engine._new_player(player_id, usd, tau, freq)``: the same player or error."""
+        check_id(player_id, "player_id")
+        cents = self._amount(usd)
+        if type(tau) is not float or not limits.TAU_K.contains(tau):
+            tau = limits.TAU_K.check(tau)
+        ux, uy, uphase, u1, u2 = self._uniforms("player", player_id)
+        if freq is None:
+            freq = normal(u1, u2, *self._omega)
+        elif type(freq) is not float or not limits.RESONANCE_FREQ.contains(freq):
+            freq = limits.RESONANCE_FREQ.check(freq)
+        size = self._size
+        low, span = self._phase
+        return Player(
+            player_id=player_id,
+            position_x=ux * size,
+            position_y=uy * size,
+            phase=low + span * uphase,
+            tau_k=tau,
+            resonance_freq=freq,
+            usd_obbba_balance=cents,
+            created_at=self.now,
+        )
+
+    def _amount(self, usd: Amount) -> int:
+        key = (type(usd), usd)
+        try:
+            known = self._cents.get(key)
+        except TypeError:  # unhashable (a signalling NaN): to_cents says why
+            known = None
+        if known is None:
+            known = to_cents(usd, what="usd_obbba")
+            if len(self._cents) < 1024:
+                self._cents[key] = known
+        return known
+
+    def _decimal(self, cents: int) -> Decimal:
+        known = self._decimals.get(cents)
+        if known is None:
+            known = to_decimal(cents)
+            if len(self._decimals) < 1024:
+                self._decimals[cents] = known
+        return known
+
+    def add(self, player: Player) -> None:
+        index = len(self.results)
+        usd = self._decimal(player.usd_obbba_balance)
+        self.valid.append((index, player))
+        self.events[index] = ev.PlayerRegistered(
+            at=player.created_at, player_id=player.player_id, usd_obbba=usd, record=player
+        )
+        self.results.append(
+            PlayerInfo(
+                player_id=player.player_id,
+                usd_obbba_balance=usd,
+                xUSD_balance=self._zero,
+                tau_k=player.tau_k,
+                resonance_freq=player.resonance_freq,
+                phase=player.phase,
+                coherence=player.coherence,
+                position_x=player.position_x,
+                position_y=player.position_y,
+                total_play_time=player.total_play_time,
+                quality_score=player.quality_score,
+                phase_locks_count=player.phase_locks_count,
+                memory_depth=player.memory_depth,
+                created_at=player.created_at,
+            )
+        )
+
+    def refuse(self, error: UbloxError) -> None:
+        self.results.append(error)
+
+    def drop_taken(self, taken: set[str], begin: int) -> None:
+        """Refuse the players from ``valid[begin]`` on whose ids the store already holds."""
+        if not taken:
+            return
+        kept = self.valid[:begin]
+        for index, player in self.valid[begin:]:
+            if player.player_id in taken:
+                self.results[index] = AlreadyExists(
+                    f"{player.player_id!r} is already taken by a player or PTO"
+                )
+                del self.events[index]
+            else:
+                kept.append((index, player))
+        self.valid = kept
 
 
 class Engine:
@@ -155,27 +273,36 @@ class Engine:
         assert isinstance(entropy, int)
         self._entropy = entropy
         self._draws = Draws(entropy)
-        if max_active < 1:
-            raise InvalidInput(f"max_active must be at least 1, got {max_active}")
-        if not idle_timeout > 0:
-            raise InvalidInput(f"idle_timeout must be positive, got {idle_timeout}")
-        self._players: Directory[PlayerActor] = Directory(
+        cap: int = limits.MAX_ACTIVE.check(max_active)
+        idle: float = limits.IDLE_TIMEOUT.check(idle_timeout)
+
+        def directory(
+            kind: str,
+            load: Callable[[str], Awaitable[A | None]],
+            unknown: Callable[[str], UbloxError],
+            release: Callable[[A], Awaitable[None]],
+        ) -> Directory[A]:
+            return Directory(
+                kind,
+                load=load,
+                unknown=unknown,
+                release=release,
+                tg=system.tg,
+                max_active=cap,
+                idle_timeout=idle,
+            )
+
+        self._players: Directory[PlayerActor] = directory(
             "player",
-            load=self._load_player,
-            unknown=lambda ident: UnknownPlayer(f"no player {ident!r}"),
-            release=self._release_player,
-            tg=system.tg,
-            max_active=max_active,
-            idle_timeout=idle_timeout,
+            self._load_player,
+            lambda ident: UnknownPlayer(f"no player {ident!r}"),
+            self._release_player,
         )
-        self._ptos: Directory[PTOActor] = Directory(
+        self._ptos: Directory[PTOActor] = directory(
             "pto",
-            load=self._load_pto,
-            unknown=lambda ident: UnknownPTO(f"no PTO {ident!r}"),
-            release=self._release_pto,
-            tg=system.tg,
-            max_active=max_active,
-            idle_timeout=idle_timeout,
+            self._load_pto,
+            lambda ident: UnknownPTO(f"no PTO {ident!r}"),
+            self._release_pto,
         )
         self._port = _PlayersPort(self)
         # Credits committed while their player was being activated: applied (or not, by
@@ -194,6 +321,7 @@ class Engine:
         cls,
         home: Path | str | Home | None = None,
         *,
+        store: StoreSpec = None,
         seed: int | None = None,
         clock: Clock | None = None,
         world: WorldParams | None = None,
@@ -205,8 +333,9 @@ class Engine:
         max_active: int | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> AsyncIterator[Engine]:
-        """Open the store at ``home`` (default ``$UBLOX_HOME`` or ``~/.ublox``) and close
-        everything cleanly (drained, committed, flushed) on exit. Opening reads no player
+        """Open the store at ``home`` or ``store`` (a ``postgresql://`` URL or a path; by
+        default ``$UBLOX_STORE``, else ``$UBLOX_HOME`` or ``~/.ublox``: see
+        ``store.open``) and close everything cleanly (drained, committed, flushed) on exit. Opening reads no player
         or PTO: actors are activated by their first message. Pass ``task_group`` to run
         the actors in a host's own task group.
 
@@ -218,22 +347,24 @@ class Engine:
         until ``checkpoint()`` commits it with the worlds' versioned files: a crash then
         always reopens at the last checkpoint, never between two."""
         params = check_world(world or WorldParams())  # before anything is opened
-        resolved = home if isinstance(home, Home) else Home.resolve(home)
+        resolved = resolve_store(store, home=home)
         clock = clock or WallClock()
-        cap = _default_max_active() if max_active is None else max_active
+        # The engine's own checks, before anything is opened.
+        cap = _default_max_active() if max_active is None else limits.MAX_ACTIVE.check(max_active)
+        limits.IDLE_TIMEOUT.check(idle_timeout)
 
         async with joined_or_owned(task_group) as tg:
-            store = SqliteBackend(
+            backend = open_backend(
                 resolved,
                 synchronous=synchronous,
                 flush_interval=flush_interval,
                 clock=clock,
                 hold_commits=checkpointed,
             )
-            await store.start(tg)
+            await backend.start(tg)
             try:
                 engine = cls(
-                    store,
+                    backend,
                     ActorSystem(tg),
                     seed=seed,
                     clock=clock,
@@ -244,7 +375,7 @@ class Engine:
                 )
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await store.aclose()
+                    await backend.aclose()
                 raise
             try:
                 await engine._restore()
@@ -270,7 +401,8 @@ class Engine:
                 self._players.reap_idle()
 
     async def aclose(self) -> None:
-        """Drain PTO actors, then player actors, then commit and close the store. Idempotent."""
+        """Drain PTO actors and wait until their units are acknowledged, then drain player
+        actors, then commit and close the store. Idempotent."""
         if self._state != "opened":
             return
         self._state = "closing"
@@ -279,7 +411,12 @@ class Engine:
                 if self._reaper is not None:
                     self._reaper.cancel()
                 # Worlds changed since their last write are flushed by the store's close.
-                await self.system.drain(await self._ptos.close())
+                ptos = await self._ptos.close()
+                await self.system.drain(ptos)
+                # Their units in flight settle buyers' reservations when acknowledged:
+                # the players stay until every PTO is quiet.
+                for pto in ptos:
+                    await pto.wait_quiet()
                 await self.system.drain(await self._players.close())
             finally:
                 self._bus.close()
@@ -380,7 +517,18 @@ class Engine:
 
     async def _ask_pto(self, pto_id: str, message: Ask[R]) -> R:
         self._check_open()
-        return await self._ptos.ask(pto_id, message, timeout=self.request_timeout)
+        return await self._retried(self._ptos, pto_id, message)
+
+    async def _retried(self, actors: Directory[Any], ident: str, message: Ask[R]) -> R:
+        """Ask; a unit refused as a ``Conflict`` (another process sharing the database
+        wrote first) left its actor stale: it reloads and decides the message again."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return await actors.ask(ident, message, timeout=self.request_timeout)
+            except Conflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _require_player(self, player_id: str) -> None:
         """``UnknownPlayer`` unless the player exists (a point read; nothing activated)."""
@@ -444,58 +592,75 @@ class Engine:
         order is the list's); each player is refused or registered on its own: one
         result each, an error for a refused one. A unit the database rejects as a whole
         is retried one player at a time, so one bad row refuses only its player.
-        Registered players are not activated: their first message does that."""
-        self._check_open()
-        prepared: list[Player | UbloxError] = []
-        claimed: list[str] = []
-        now = self._now()
-        try:
-            for player_id, usd, tau, freq in players:
-                try:
-                    player = self._new_player(player_id, usd, tau, freq, None, None, now)
-                    if player_id in self._reserved:
-                        raise AlreadyExists(f"{player_id!r} is already taken by a player or PTO")
-                    self._reserved.add(player_id)
-                    claimed.append(player_id)
-                    prepared.append(player)
-                except UbloxError as exc:
-                    prepared.append(exc)
-            taken = await self.store.taken(claimed)
-        except BaseException:
-            self._reserved.difference_update(claimed)
-            raise
-        if taken:
-            for i, item in enumerate(prepared):
-                if isinstance(item, Player) and item.player_id in taken:
-                    self._reserved.discard(item.player_id)
-                    prepared[i] = AlreadyExists(
-                        f"{item.player_id!r} is already taken by a player or PTO"
-                    )
-        results: list[PlayerInfo | UbloxError] = [
-            item if isinstance(item, UbloxError) else PlayerInfo.of(item) for item in prepared
-        ]
-        valid = [(i, p) for i, p in enumerate(prepared) if isinstance(p, Player)]
-        try:
-            for start in range(0, len(valid), limits.REGISTER_UNIT):
-                # Shielded: the ids stay claimed until the unit has landed.
-                with anyio.CancelScope(shield=True):
-                    await self._register_unit(valid[start : start + limits.REGISTER_UNIT], results)
-        finally:
-            for _, player in valid:
-                self._reserved.discard(player.player_id)
-        return results
+        Registered players are not activated: their first message does that.
 
-    async def _register_unit(
-        self, chunk: list[tuple[int, Player]], results: list[PlayerInfo | UbloxError]
-    ) -> None:
+        Pipelined: the next ``_REGISTER_STEP`` players are checked and built while the
+        unit before is committed on the writer's thread; a unit is queued only once the
+        one before has landed (and its refusals were retried), which keeps the order."""
+        self._check_open()
+        bulk = _BulkPlayers(self, self._now())
+        ours: set[str] = set()  # ids claimed here and not yet released
+        landing: tuple[list[tuple[int, Player]], asyncio.Future[object]] | None = None
         try:
-            await self.store.commit(Unit(tuple(_registered(p, fresh=True) for _, p in chunk)))
-        except UnitRejected:
+            # Shielded: the ids stay claimed until their units have landed.
+            with anyio.CancelScope(shield=True):
+                for start in range(0, len(players), _REGISTER_STEP):
+                    begin = len(bulk.valid)
+                    for player_id, usd, tau, freq in players[start : start + _REGISTER_STEP]:
+                        try:
+                            player = bulk.new(player_id, usd, tau, freq)
+                            if player_id in self._reserved:
+                                raise AlreadyExists(
+                                    f"{player_id!r} is already taken by a player or PTO"
+                                )
+                            self._reserved.add(player_id)
+                            ours.add(player_id)
+                            bulk.add(player)
+                        except UbloxError as exc:
+                            bulk.refuse(exc)
+                    if landing is not None:
+                        await self._landed(bulk, *landing)
+                        landing = None
+                    fresh = [p.player_id for _, p in bulk.valid[begin:]]
+                    taken = await self.store.taken(fresh) if fresh else set()
+                    self._reserved.difference_update(taken)
+                    ours.difference_update(taken)
+                    bulk.drop_taken(taken, begin)
+                    chunk = bulk.valid[begin:]
+                    if chunk:
+                        unit = Unit(tuple(bulk.events[index] for index, _ in chunk))
+                        landing = (chunk, await self._submitted(unit))
+                if landing is not None:
+                    await self._landed(bulk, *landing)
+        finally:
+            self._reserved.difference_update(ours)
+        return bulk.results
+
+    async def _submitted(self, unit: Unit) -> asyncio.Future[object]:
+        """Queue ``unit``; the future resolves with its ``Committed`` or its error."""
+        outcome: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        def done(result: object) -> None:
+            if not outcome.done():
+                outcome.set_result(result)
+
+        await self.store.submit(unit, done)
+        return outcome
+
+    async def _landed(
+        self, bulk: _BulkPlayers, chunk: list[tuple[int, Player]], outcome: asyncio.Future[object]
+    ) -> None:
+        """Wait for a unit of registrations; one the database rejected whole is retried
+        player by player, so only the player it cannot take is refused."""
+        result = await outcome
+        if isinstance(result, UnitRejected):
             for index, player in chunk:
                 try:
                     await self.store.commit(Unit((_registered(player),)))
                 except UbloxError as exc:
-                    results[index] = exc
+                    bulk.results[index] = exc
+        elif isinstance(result, BaseException):
+            raise result
 
     def _new_player(
         self,
@@ -553,9 +718,9 @@ class Engine:
         if from_id == to_id:
             raise InvalidInput("transfer to oneself")
         at = self._now()
-        await self._ask_player(
-            from_id, SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt)
-        )
+        self._check_open()
+        message = SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt)
+        await self._retried(self._players, from_id, message)
         return await self.get_player(from_id)
 
     async def get_player(self, player_id: str) -> PlayerInfo:
@@ -766,10 +931,25 @@ class Engine:
                 async with limiter:
                     await self._ask_pto(pto_id, StepWorld(steps=steps, at=at))
 
-            async with anyio.create_task_group() as tg:
-                for pto_id in await self.store.pto_ids():
-                    tg.start_soon(step, pto_id)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for pto_id in await self._leased(await self.store.pto_ids()):
+                        tg.start_soon(step, pto_id)
+            except* ActorClosed as group:  # the engine closed mid-way: say so once
+                raise ActorClosed("the engine is closed") from group
         return await self.fire_deadlines()
+
+    async def _leased(self, pto_ids: list[str]) -> list[str]:
+        """The worlds this process steps: all, unless several processes share the store
+        (then those whose lease it holds; a world just taken over is reloaded first)."""
+        leases = getattr(self.store, "leases", None)
+        if leases is None:
+            return pto_ids
+        held, taken = await leases.acquire(pto_ids)
+        for pto_id in taken:
+            if (actor := self._ptos.current(pto_id)) is not None:
+                actor.mark_stale()
+        return [p for p in pto_ids if p in held]
 
     async def fire_deadlines(self) -> list[str]:
         """Fail every PTO past its deadline (in id order, so the ledger's order is stable).

@@ -4,9 +4,12 @@ A factory opens a backend at a location (a folder) and can open it again there, 
 is how the suite checks durability. It also says what the backend can do that the
 protocol leaves open: whether it has a held-commit mode, how a backup is restored, and
 how the process that writes to it is killed (``run_killed``): SQLite's writer is a
-subprocess that gets SIGKILL; an in-memory backend is abandoned mid-write, never closed.
+subprocess that gets SIGKILL, and so is PostgreSQL's (one database of the session's
+throwaway cluster per location, see ``tests/pg_harness.py``); an in-memory backend is
+abandoned mid-write, never closed.
 
-A second backend joins by adding a factory to ``FACTORIES``. ``broken-fake``
+Every suite runs on SQLite and PostgreSQL; a backend joins by adding a factory to
+``FACTORIES``. ``broken-fake``
 (``fake.py``, deliberately wrong) is included only with ``UBLOX_CONFORMANCE_FAKE=1``,
 to show that the suite can fail; ``UBLOX_CONFORMANCE_FAKE_DEFECTS=order,ties`` keeps only
 those defects (``none``: a fake that should pass).
@@ -25,11 +28,13 @@ from typing import Protocol
 
 import anyio
 import pytest
+from pg_harness import PgCluster
 
 import ublox_sim
 from ublox_sim.actors.runtime import owned_task_group
 from ublox_sim.store.backend import Backend
 from ublox_sim.store.home import Home
+from ublox_sim.store.postgres.backend import PostgresBackend
 from ublox_sim.store.sqlite.backend import SqliteBackend
 
 from .fake import DEFECTS, BrokenFakeBackend
@@ -53,19 +58,26 @@ class BackendFactory(Protocol):
         kill its writer once ``kill_after`` lines were reported; return those lines."""
 
 
+@asynccontextmanager
+async def _started(backend: Backend) -> AsyncIterator[Backend]:
+    """``backend`` started in a task group of its own, closed (cleanly) on exit."""
+    async with owned_task_group() as tg:
+        await backend.start(tg)
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
+
+
 class SqliteFactory:
     name = "sqlite"
     supports_hold = True
 
-    @asynccontextmanager
-    async def open(self, location: Path, *, hold_commits: bool = False) -> AsyncIterator[Backend]:
-        async with owned_task_group() as tg:
-            backend = SqliteBackend(Home(location), flush_interval=0.05, hold_commits=hold_commits)
-            await backend.start(tg)
-            try:
-                yield backend
-            finally:
-                await backend.aclose()
+    def open(
+        self, location: Path, *, hold_commits: bool = False
+    ) -> AbstractAsyncContextManager[Backend]:
+        home = Home(location)
+        return _started(SqliteBackend(home, flush_interval=0.05, hold_commits=hold_commits))
 
     async def restore(self, backend: Backend, name: str) -> None:
         assert isinstance(backend, SqliteBackend)
@@ -75,7 +87,7 @@ class SqliteFactory:
         return await anyio.to_thread.run_sync(_run_worker, location, scenario, kill_after)
 
 
-def _run_worker(location: Path, scenario: str, kill_after: int) -> list[str]:
+def _run_worker(location: Path, scenario: str, kill_after: int, store: str = "") -> list[str]:
     """Run ``crash_worker.py`` and SIGKILL it after ``kill_after`` lines (or its death)."""
     # This very ublox_sim, and tests/ (for ``conformance.workload``).
     roots = (Path(ublox_sim.__file__).resolve().parents[1], Path(__file__).resolve().parents[1])
@@ -84,7 +96,7 @@ def _run_worker(location: Path, scenario: str, kill_after: int) -> list[str]:
     errors = location.parent / f"{location.name}.worker.err"
     with errors.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "conformance.crash_worker", str(location), scenario],
+            [sys.executable, "-m", "conformance.crash_worker", store or str(location), scenario],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -159,14 +171,52 @@ class FakeFactory:
         return lines[:kill_after]
 
 
-FACTORIES: dict[str, Callable[[], BackendFactory]] = {"sqlite": SqliteFactory}
+class PostgresFactory:
+    """One database of the session's PostgreSQL cluster per location."""
+
+    name = "postgres"
+    supports_hold = True
+
+    def __init__(self, cluster: PgCluster) -> None:
+        self.cluster = cluster
+        self.urls: dict[Path, str] = {}
+
+    def url(self, location: Path) -> str:
+        if location not in self.urls:
+            self.urls[location] = self.cluster.fresh_database()
+        return self.urls[location]
+
+    def open(
+        self, location: Path, *, hold_commits: bool = False
+    ) -> AbstractAsyncContextManager[Backend]:
+        url = self.url(location)
+        return _started(
+            PostgresBackend(url, hold_commits=hold_commits, backup_root=location / "backups")
+        )
+
+    async def restore(self, backend: Backend, name: str) -> None:
+        assert isinstance(backend, PostgresBackend)
+        await backend.restore_backup(name)
+
+    async def run_killed(self, location: Path, scenario: str, kill_after: int) -> list[str]:
+        location.parent.mkdir(parents=True, exist_ok=True)
+        return await anyio.to_thread.run_sync(
+            _run_worker, location, scenario, kill_after, self.url(location)
+        )
+
+
+# name -> the factory, made for one test (a PostgreSQL one needs the session's cluster).
+FACTORIES: dict[str, Callable[[pytest.FixtureRequest], BackendFactory]] = {
+    "sqlite": lambda request: SqliteFactory(),
+    "postgres": lambda request: PostgresFactory(request.getfixturevalue("pg_cluster")),
+}
 if os.environ.get("UBLOX_CONFORMANCE_FAKE") == "1":
-    FACTORIES["broken-fake"] = FakeFactory
+    FACTORIES["broken-fake"] = lambda request: FakeFactory()
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 def backend_factory(request: pytest.FixtureRequest) -> BackendFactory:
-    return FACTORIES[request.param]()
+    return FACTORIES[request.param](request)
 
 
 @pytest.fixture

@@ -143,6 +143,10 @@ class BrokenFakeBackend:
             done, future.exception() if future.exception() is not None else future.result()
         )
 
+    async def submit_many(self, units: Sequence[Unit], done: Done) -> None:
+        for unit in units:
+            await self.submit(unit, done)
+
     def _apply_unit(self, unit: Unit) -> asyncio.Future[Committed]:
         future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
         self._submitted += 1

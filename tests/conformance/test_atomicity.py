@@ -271,3 +271,35 @@ async def test_a_refused_unit_in_held_mode_keeps_the_held_work(
         assert (alice.usd_obbba_balance, bob.usd_obbba_balance) == (10_007, 300)
         assert await backend.run_record() == w.RUN
         assert await backend.verify() == []
+
+
+async def test_submit_many_answers_each_unit_on_its_own_in_order(
+    backend_factory: BackendFactory, location: Path
+) -> None:
+    async with backend_factory.open(location) as backend:
+        await seeded(backend)
+        _, newest = await backend.event_log_span()
+        outcomes: list[object] = []
+        answered = anyio.Event()
+        units = [
+            Unit((w.deposit(ALICE, 100),)),
+            Unit((w.deposit(BOB, 5), w.transfer(BOB, ALICE, 1_000_000))),  # refused alone
+            Unit((w.deposit(BOB, 200),)),
+        ]
+
+        def done(outcome: object) -> None:
+            outcomes.append(outcome)
+            if len(outcomes) == len(units):
+                answered.set()
+
+        await backend.submit_many(units, done)
+        await answered.wait()
+        first, refused, third = outcomes
+        assert isinstance(refused, UnitRejected)
+        assert not isinstance(first, BaseException) and not isinstance(third, BaseException)
+        assert first.position < third.position  # type: ignore[union-attr]
+        assert [first.events[0].seq, third.events[0].seq] == [newest + 1, newest + 2]  # type: ignore[union-attr]
+        alice, bob = await backend.load_player(ALICE), await backend.load_player(BOB)
+        assert alice is not None and bob is not None
+        assert (alice.usd_obbba_balance, bob.usd_obbba_balance) == (10_100, 200)
+        assert await backend.verify() == []

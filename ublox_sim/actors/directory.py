@@ -51,8 +51,7 @@ class Directory(Generic[A]):
         max_active: int,
         idle_timeout: float,
     ) -> None:
-        if max_active < 1:
-            raise ValueError("max_active must be at least 1")
+        # max_active and idle_timeout are checked by their one entry, ``Engine.open``.
         self.kind = kind
         self._load = load
         self._unknown = unknown

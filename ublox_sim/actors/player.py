@@ -21,6 +21,13 @@ The actor is virtual (see ``actors.directory``): it was loaded from its row at a
 *position* of the store's unit order (``loaded_at``). A credit another actor's unit
 ``U`` committed (a transfer, refund or payout) is applied only if ``U`` was queued
 after that load; an older one is already in the row it was loaded from.
+
+Several processes on one database (``backend.shared``): the row is the truth and the
+state a cache. A debit the database refuses (the balance's CHECK: another process spent
+first) and a session whose tau_k guard fails come back as a ``Conflict``; the actor is
+then stale and reloads its row before its next decision (the caller decides again). A
+shared actor also reloads, when nothing of its own is in flight, before it answers a read
+or decides a debit or a session, so credits other processes committed count.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import anyio
 
 from ..core import events as ev
 from ..core.economy import apply_to_player, check_funds, tau_k_after
+from ..core.errors import Conflict, conflict_of
 from ..core.money import to_cents, to_decimal
 from ..core.records import Player
 from ..store.backend import Backend, Committed, Receipt, Unit
@@ -91,6 +99,10 @@ class PlayerActor(Actor[PlayerMessage]):
         self.backend = backend
         self.players = players
         self.loaded_at = loaded_at
+        self._stale = False  # a unit was refused as a Conflict: reload before deciding
+        self.shared = bool(getattr(backend, "shared", False))
+        # Credits that arrive while a reload's read is out: (usd, position).
+        self._reloading: list[tuple[int, int]] | None = None
 
     def quiet(self) -> bool:
         """Nothing unacknowledged and no reservation open (it may be passivated)."""
@@ -99,6 +111,8 @@ class PlayerActor(Actor[PlayerMessage]):
     def credit(self, usd: int, position: int) -> None:
         """Apply a credit that unit ``position`` committed, unless the row this actor was
         loaded from already holds it. Called on the event loop, between handlers."""
+        if self._reloading is not None:
+            self._reloading.append((usd, position))
         if position <= self.loaded_at:
             return
         self.state.usd_obbba_balance += usd
@@ -109,9 +123,35 @@ class PlayerActor(Actor[PlayerMessage]):
         amount = self._reserved.pop(ticket)
         if committed:
             self.state.usd_obbba_balance -= amount
+        elif self.shared:
+            # Refused: perhaps because this copy of the balance was stale (a Conflict
+            # the PTO saw): read the row again before the next decision.
+            self._stale = True
         self._maybe_quiet()
 
+    async def _reload(self) -> None:
+        """Replace the cache with the row (and the position it was read at). A stale
+        actor waits until nothing of its own is in flight; a shared one reloads only then."""
+        if self._stale:
+            await self.wait_quiet()
+        elif not self.quiet():
+            return
+        self._reloading = []
+        try:
+            player, position = await self.backend.load_player_at(self.state.player_id)
+            assert player is not None, f"player {self.state.player_id} vanished from the store"
+            late = self._reloading
+        finally:
+            self._reloading = None
+        self.state, self.loaded_at, self._stale = player, position, False
+        for usd, at in late:
+            self.credit(usd, at)
+
     async def handle(self, message: PlayerMessage) -> object:
+        if self._stale or (
+            self.shared and isinstance(message, GetPlayer | SendTransfer | Reserve | ApplySession)
+        ):
+            await self._reload()
         match message:
             case GetPlayer():
                 return dataclasses.replace(self.state)
@@ -192,11 +232,19 @@ class PlayerActor(Actor[PlayerMessage]):
         self._inflight[ticket] = events
         self._idle = anyio.Event()
         later = Later()
-        done = answer_when_done(
+        answer = answer_when_done(
             later,
             lambda committed: self._acknowledged(ticket, committed),
             lambda: self._landed(ticket),
         )
+
+        def done(outcome: object) -> None:
+            if isinstance(outcome, BaseException):
+                outcome = conflict_of(outcome)
+                if isinstance(outcome, Conflict):
+                    self._stale = True
+            answer(outcome)
+
         try:
             await self.backend.submit(Unit(events, receipt=receipt), done)
         except BaseException:

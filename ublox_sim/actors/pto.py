@@ -15,6 +15,12 @@ Sessions of many players in one world are stepped together (one array operation 
 step); each player commits its own session (its physics move from its own state),
 and the PTO applies the committed sessions to its tokens and pool.
 
+Several processes on one database (``backend.shared``): the state is a cache. Every
+unit's rows check what the decision assumed (``store.sqlite.rows``' guards); a unit the
+database refuses as a ``Conflict`` marks the actor stale, and its next command first
+reloads the PTO, its tokens and its world from the store (the caller retries: the
+engine). Reads of a shared PTO reload it first when nothing is in flight.
+
 World ownership, decided for the issues that follow: the arrays live here for now,
 but reach the store only through ``Backend.world_changed``, units and checkpoints,
 so they can move to a world-shard actor that holds many worlds stacked.
@@ -39,7 +45,7 @@ from ..core.economy import (
     spend_atu,
     split_by_hours,
 )
-from ..core.errors import StoreError, UbloxError
+from ..core.errors import CONFLICT_RETRIES, Conflict, StoreError, UbloxError, conflict_of
 from ..core.money import to_decimal
 from ..core.records import PTO, PTSToken, parse_iso
 from ..core.world import F64, WorldParams, cell_of, order_parameter, play_steps, step_world
@@ -103,12 +109,18 @@ class PTOActor(Actor[PTOMessage]):
         self._idle.set()
         # Token numbers only grow: a failed purchase leaves a gap, never a reused id.
         self._next_token = 1 + max((_token_number(t.token_id) for t in tokens), default=0)
+        # A unit of this actor was refused as a Conflict: reload before deciding again.
+        self._stale = False
+        self.shared = bool(getattr(backend, "shared", False))
+        self.reloads = 0
 
     def quiet(self) -> bool:
         """Nothing unacknowledged (it may be passivated)."""
         return not self._inflight
 
     async def handle(self, message: PTOMessage) -> object:
+        if self._stale or (self.shared and isinstance(message, GetPTO | GetTokens)):
+            await self._reload()
         match message:
             case GetPTO():
                 return dataclasses.replace(self.state)
@@ -165,14 +177,49 @@ class PTOActor(Actor[PTOMessage]):
             failed()
 
         later = Later()
+        answer = answer_when_done(later, landed, lost)
+
+        def done(outcome: object) -> None:
+            if isinstance(outcome, BaseException):
+                outcome = conflict_of(outcome)
+                if isinstance(outcome, Conflict):
+                    self._stale = True
+            answer(outcome)
+
         try:
-            await self.backend.submit(
-                Unit(events, receipt=receipt), answer_when_done(later, landed, lost)
-            )
+            await self.backend.submit(Unit(events, receipt=receipt), done)
         except BaseException:
             lost()
             raise
         return later
+
+    def mark_stale(self) -> None:
+        """Reload (the world too) before the next command: this process just took the
+        world's lease over from another, which stepped it since this copy was loaded."""
+        self._stale = True
+
+    async def _reload(self) -> None:
+        """Replace the cache with the store's rows, once nothing is in flight (a stale
+        actor's; a shared one's before a read). The PTO may not vanish (never deleted)."""
+        if self._inflight and not self._stale:
+            return  # a read while units are in flight: they keep the cache exact enough
+        await self._idle.wait()
+        pto_id = self.state.pto_id
+        pto = await self.backend.load_pto(pto_id)
+        assert pto is not None, f"PTO {pto_id} vanished from the store"
+        tokens = await self.backend.load_tokens(pto_id)
+        if self._stale and self.world is not None and pto.world_cdt_id:
+            # Another process may have stepped it (under its lease) since this one did.
+            arrays = await self.backend.load_world(pto.world_cdt_id)
+            self.world = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+        self.state = pto
+        self.tokens = {t.token_id: t for t in tokens}
+        self._pending = dataclasses.replace(pto)
+        self._pending_tokens = {t.token_id: dataclasses.replace(t) for t in tokens}
+        top = max((_token_number(t.token_id) for t in tokens), default=0)
+        self._next_token = max(self._next_token, top + 1)
+        self._stale = False
+        self.reloads += 1
 
     def _forget(self, unit: int) -> None:
         """A unit is no longer in flight: rebuild the pending state from the acknowledged
@@ -391,27 +438,31 @@ class PTOActor(Actor[PTOMessage]):
             xusd = compose_xusd(request.hours, quality, self.state.amplification)
             shares = split_by_hours(xusd, allocation)
             locked_hours = float(result.locked_steps[k]) / self.params.steps_per_hour
+            message = ApplySession(
+                pto_id=pto_id,
+                at=at,
+                hours=request.hours,
+                quality=quality,
+                coherence=float(result.coherence[k]),
+                phase=float(result.phase[k]),
+                locks=int(result.locks[k]),
+                locked_hours=locked_hours,
+                xusd=xusd,
+                aci=aci,
+                shares=tuple((t, h, x) for (t, h), x in zip(allocation, shares, strict=True)),
+                receipt=request.receipt,
+            )
             try:
-                played = await self.players.ask(
-                    request.player_id,
-                    ApplySession(
-                        pto_id=pto_id,
-                        at=at,
-                        hours=request.hours,
-                        quality=quality,
-                        coherence=float(result.coherence[k]),
-                        phase=float(result.phase[k]),
-                        locks=int(result.locks[k]),
-                        locked_hours=locked_hours,
-                        xusd=xusd,
-                        aci=aci,
-                        shares=tuple(
-                            (t, h, x) for (t, h), x in zip(allocation, shares, strict=True)
-                        ),
-                        receipt=request.receipt,
-                    ),
-                    handled=handled[k],
-                )
+                for attempt in range(CONFLICT_RETRIES):
+                    try:
+                        played = await self.players.ask(
+                            request.player_id, message, handled=None if attempt else handled[k]
+                        )
+                        break
+                    except Conflict:
+                        # Another process moved the player's tau_k: it reloads, decides again.
+                        if attempt == CONFLICT_RETRIES - 1:
+                            raise
             except UbloxError as exc:
                 outcomes.append((index, SessionOutcome(request.player_id, error=exc)))
                 return

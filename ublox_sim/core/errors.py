@@ -20,6 +20,8 @@
         ├── PersistenceError      a write was not committed (the cause is chained)
         │   └── StoreFull         disk or max_page_count reached
         ├── UnitRejected          one unit of work broke a constraint; others went on
+        │   └── Conflict          ...because it was decided on stale state (another
+        │                         process wrote the row first): reload, decide again
         ├── CorruptCdtFile        a .npz that cannot be loaded safely (names the file)
         ├── BackupError           missing or corrupt backup
         │   ├── BackupExists      (also an AlreadyExists refusal)
@@ -125,6 +127,39 @@ class UnitRejected(StoreError):
     """One unit broke a database constraint; it was rolled back alone."""
 
     code = "unit_rejected"
+
+
+class Conflict(UnitRejected):
+    """The unit was decided on a stale copy of a row (another process sharing the
+    database wrote it first): the database refused it whole, nothing changed. Not a
+    business refusal: the actor reloads the row and decides again (``conflict_of``)."""
+
+    code = "conflict"
+
+
+# How many times a caller decides again after a Conflict before giving up (raising it).
+CONFLICT_RETRIES = 32
+
+# How a unit's guard fails (see ``store.sqlite.rows``): it writes NULL into a NOT NULL
+# column, which no business rule ever does. A debit beyond the balance (whose CHECK an
+# actor checks first against its copy) can only come from a stale copy too, and so can a
+# PTS token number another process's actor gave first (numbers are the PTO actor's).
+_CONFLICT_MARKS = (
+    "NOT NULL constraint failed",  # SQLite
+    "violates not-null constraint",  # PostgreSQL
+    "usd_obbba_balance",  # the balance's CHECK, both
+    "pts_tokens.token_id",  # SQLite's UNIQUE
+    "pts_tokens_pkey",  # PostgreSQL's
+)
+
+
+def conflict_of(error: BaseException) -> BaseException:
+    """``error`` as a ``Conflict`` if it is a unit refused by a guard, else itself."""
+    if type(error) is UnitRejected and any(m in str(error) for m in _CONFLICT_MARKS):
+        conflict = Conflict(str(error))
+        conflict.__cause__ = error
+        return conflict
+    return error
 
 
 class CorruptCdtFile(StoreError):

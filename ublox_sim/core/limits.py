@@ -252,6 +252,12 @@ WORLD: dict[str, Limit] = {
 PROBABILITY = Limit("probability", 0, 1)
 MAX_SHARE = Limit("max_share", 0, 1, min_exclusive=True)
 
+# -- the engine's memory knobs (``Engine.open`` and a scenario's ``engine:`` key) ---------
+# Far above any run, but finite: a typo of 1e99 is a mistake to report, not a setting.
+
+MAX_ACTIVE = Limit("max_active", 1, 10**7, integer=True)  # active actors per kind
+IDLE_TIMEOUT = Limit("idle_timeout", 0, 10**6, min_exclusive=True)  # seconds
+
 # -- reads ---------------------------------------------------------------------------------
 
 LEADERBOARD_TOP = Limit("top", 0, 1000, integer=True)  # players in one leaderboard page

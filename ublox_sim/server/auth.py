@@ -6,6 +6,11 @@ derived from the admin key, carrying the player id, an expiry checked against th
 clock, and the player's token version: bumping the version revokes every token issued
 before it, and rotating the admin key revokes them all. Secrets are compared in
 constant time and never logged or put into an error message.
+
+Several processes on one database (``shared`` stores) share all of it: each is given
+the same key (``UBLOX_ADMIN_KEY``, or the same key file), so a token signed by one is
+valid on all; token versions live in the database and each request reads them again
+(``operation._identify``), so a revocation on one process counts on every other.
 """
 
 from __future__ import annotations

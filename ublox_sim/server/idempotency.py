@@ -6,6 +6,11 @@ not at all. A retry with the same key returns the stored response and moves noth
 after a crash and restart; the same key with another request is a 422. Requests with
 one key are serialised in this process, so concurrent duplicates wait for the first.
 Keys are scoped per caller: one caller's key never replays another's response.
+
+Several processes on one database: a retry may land on another process. The receipt's
+row is keyed by (caller, key), so of two processes running the same key at once only
+one unit commits; the other's is refused whole by the key's uniqueness (its money with
+it) and that process answers with the stored response, as a replay.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ..core.errors import UnitRejected
 from ..store.backend import Backend
 from .auth import Principal
 from .errors import ApiError
@@ -56,7 +62,14 @@ class IdempotencyKeys:
                 found = await self._find(scoped, print_)
                 if found is not None:
                     return found, True
-                await execute(receipt(scoped, print_))
+                try:
+                    await execute(receipt(scoped, print_))
+                except UnitRejected:
+                    # Another process committed this key first: its unit moved the money.
+                    found = await self._find(scoped, print_)
+                    if found is None:
+                        raise
+                    return found, True
                 stored = await self._find(scoped, print_)
                 assert stored is not None, "the receipt commits with the operation"
                 return stored, False

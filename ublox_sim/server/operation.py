@@ -73,10 +73,16 @@ player_scheme = HTTPBearer(
 Credential = HTTPAuthorizationCredentials | None
 
 
-def _identify(request: Request, credential: Credential) -> Principal:
+async def _identify(request: Request, credential: Credential) -> Principal:
     if credential is None:
         raise ApiError(401, "unauthorized", "this needs an Authorization: Bearer credential")
-    principal = state(request).authority.identify(credential.credentials)
+    server = state(request)
+    store = server.engine.store
+    if getattr(store, "shared", False):
+        # Several processes: a revocation another one wrote counts here too (the admin
+        # key, hence the signing secret, is the same in every process: see auth).
+        server.authority.versions = await store.token_versions()
+    principal = server.authority.identify(credential.credentials)
     if principal is None:
         raise ApiError(401, "unauthorized", "the credential is invalid, expired or revoked")
     return principal
@@ -85,7 +91,7 @@ def _identify(request: Request, credential: Credential) -> Principal:
 async def operator(
     request: Request, credential: Annotated[Credential, Security(operator_scheme)]
 ) -> Principal:
-    principal = _identify(request, credential)
+    principal = await _identify(request, credential)
     if principal.kind != "operator":
         raise ApiError(403, "forbidden", "this needs the operator's key")
     return principal
@@ -96,7 +102,7 @@ async def caller(
     op: Annotated[Credential, Security(operator_scheme)],
     player: Annotated[Credential, Security(player_scheme)],
 ) -> Principal:
-    return _identify(request, op or player)
+    return await _identify(request, op or player)
 
 
 # public: no credential; operator: the admin key; caller: the admin key or a player token.

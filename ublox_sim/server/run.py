@@ -55,7 +55,7 @@ class _OneLineDecodeErrors(logging.Filter):
 
 
 def serve(
-    home: Path | None,
+    home: Path | str | None,
     sock: socket.socket,
     *,
     scenario: Path | None = None,
@@ -65,7 +65,8 @@ def serve(
     config: ServerConfig | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve on ``sock`` until SIGINT/SIGTERM (then the lifespan drains and commits)."""
+    """Serve on ``sock`` until SIGINT/SIGTERM (then the lifespan drains and commits).
+    ``home``: a home, or a store URL (``store.open``)."""
     import uvicorn
 
     cfg = replace(config or ServerConfig(), on_ready=on_ready)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..core.errors import InvalidInput
+from ..core.money import CENTS_PER_UNIT, to_cents
 from . import metrics as M
 
 SIZE: Final = (1000, 600)
@@ -75,6 +76,12 @@ def _save(plt: Any, fig: Any, out: Path, name: str) -> list[Path]:
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+def _percent() -> Any:
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(1.0)
 
 
 def _legend(ax: Any, count: int) -> None:
@@ -132,7 +139,7 @@ def plot_run(home: Path, out: Path) -> list[Path]:
             if not goal:
                 continue
             hours = [r["hour"] for r in series]
-            share = [100.0 * r["funding_raised_cents"] / goal for r in series]
+            share = [r["funding_raised_cents"] / goal for r in series]
             (line,) = ax.plot(hours, share, label=world, lw=1.2)
             deadline = series[-1]["deadline_hour"]
             if deadline is not None:
@@ -151,22 +158,23 @@ def plot_run(home: Path, out: Path) -> list[Path]:
         ax.plot(
             [], [], marker="v", color="grey", markeredgecolor="black", ls="none", label="deadline"
         )
-        ax.axhline(100, color="black", lw=1, ls="--", label="goal")
+        ax.axhline(1.0, color="black", lw=1, ls="--", label="goal")
+        ax.yaxis.set_major_formatter(_percent())
         ax.set(
             title=f"{name}: funding raised per world (▼ its funding deadline)",
             xlabel="simulated time (hours since start)",
-            ylabel="funding raised (% of goal)",
+            ylabel="funding raised (share of goal)",
         )
         ax.set_ylim(bottom=0)
         _legend(ax, len(worlds) + 2)
-        written += _save(plt, fig, out, "funding")
+        written += _save(plt, fig, out, "funding_curves")
 
     balances = _final_xusd(home)
     if balances is not None:
         fig, ax = _figure(plt)
         holders = [b for b in balances if b > 0]
         ax.hist(holders or [0.0], bins=40, color="tab:purple", alpha=0.85)
-        gini = M.gini([round(b * 100) for b in balances])
+        gini = M.gini([to_cents(b) for b in balances])
         ax.set(
             title=(
                 f"{name}: xUSD per player at the end ({len(holders)} of {len(balances)} "
@@ -240,7 +248,7 @@ def plot_sweep(sweep_dir: Path, out: Path, metrics: Sequence[str] | None = None)
             numeric = all(isinstance(x, float) for x in xs)
             pos = xs if numeric else list(range(len(xs)))
             label = ", ".join(f"{k}={v}" for k, v in zip(others, combo, strict=True)) or "mean"
-            scale = 0.01 if metric.endswith(("_cents", "_cents_mean")) else 1.0
+            scale = 1 / CENTS_PER_UNIT if metric.endswith(("_cents", "_cents_mean")) else 1.0
             mean = [float(r["mean"]) * scale for r in rows]
             (line,) = ax.plot(pos, mean, marker="o", label=f"{label} (95% band)")
             ax.fill_between(

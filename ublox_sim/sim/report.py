@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..core.money import USD, XUSD, format_amount
 from ..store.home import Home
+from ..store.open import PgStore
 from .runner import RunReport
 
 # Said under the PTO table when a creator's last spend went past the requirement.
@@ -38,7 +39,8 @@ def counts(by_key: dict[str, int]) -> str:
     return ", ".join(f"{key} {value}" for key, value in sorted(by_key.items())) or "none"
 
 
-def print_report(report: RunReport, home: Home, console: Console) -> None:
+def print_report(report: RunReport, home: Home | PgStore, console: Console) -> None:
+    where = home.root if isinstance(home, Home) else home
     head = f"[bold]{report.name}[/bold] (seed {report.seed})"
     if already_finished(report):
         head += f": this run had already finished (tick {report.total_ticks}); nothing to resume"
@@ -83,9 +85,9 @@ def print_report(report: RunReport, home: Home, console: Console) -> None:
     )
     console.print(f"operations: {counts(report.outcomes)}")
     if already_finished(report):
-        console.print(f"store: {home.root}")
+        console.print(f"store: {where}")
         return
     console.print(
         f"{report.ticks_run} ticks in {report.wall_seconds:.2f} s "
-        f"({report.ticks_per_second:.1f} ticks/s); store: {home.root}"
+        f"({report.ticks_per_second:.1f} ticks/s); store: {where}"
     )

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from ..core.views import leaderboard
 from ..engine import Engine
 from ..store.backend import RunRecord
 from ..store.home import Home
+from ..store.open import PgStore
 from ..store.sqlite.backend import read_run_record
 from .metrics import Collector, Tally, has_metrics
 from .scenario import Loaded, Scenario, cohort_id, draw, draw_settled, settle
@@ -301,15 +303,27 @@ def resolved_scenario(scenario: Scenario) -> str:
     )
 
 
-def recorded_scenario(home: Home) -> Loaded:
+def recorded_scenario(home: Home | PgStore) -> Loaded:
     """The resolved scenario a run in ``home`` recorded (to resume without the file)."""
     from .scenario import Scenario as Model
 
-    row = read_run_record(home)
+    if isinstance(home, PgStore):
+        from ..store.postgres.backend import read_run_record as read_pg_run
+
+        row = read_pg_run(home.url)
+        source = f"{home} (recorded run)"
+    else:
+        row = read_run_record(home)
+        source = f"{home.db} (recorded run)"
     if row is None:
-        raise InvalidInput(f"nothing to resume in {home.root}: no run was checkpointed there")
+        raise InvalidInput(f"nothing to resume in {_where(home)}: no run was checkpointed there")
     data = json.loads(row.scenario)
-    return Loaded(Model.model_validate(data), f"{home.db} (recorded run)", data)
+    return Loaded(Model.model_validate(data), source, data)
+
+
+def _where(home: Home | PgStore) -> Path | PgStore:
+    """The store as messages name it: a home's folder, a database's URL (no password)."""
+    return home.root if isinstance(home, Home) else home
 
 
 class Runner:
@@ -526,7 +540,7 @@ class Runner:
 
 async def run_scenario(
     loaded: Loaded,
-    home: Home,
+    home: Home | PgStore,
     *,
     resume: bool = False,
     progress: Progress | None = None,
@@ -534,6 +548,7 @@ async def run_scenario(
     synchronous: str = "NORMAL",
     interrupted: Callable[[], bool] | None = None,
     collect_metrics: bool = False,
+    export_path: Path | None = None,
 ) -> RunReport:
     """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc.
 
@@ -543,15 +558,24 @@ async def run_scenario(
     section that must not be cancelled half way (a commit, a world flush).
 
     ``collect_metrics`` samples the scenario's ``metrics:`` after setup and after every
-    tick, persisted with each checkpoint in the home (``sim.metrics``); a resumed run
-    goes on collecting when the run it resumes did."""
+    tick, persisted with each checkpoint in the home (``sim.metrics``; a home folder only,
+    not a PostgreSQL store); a resumed run goes on collecting when the run it resumes did.
+
+    The finished run is exported to ``export_path`` (default ``<home>/export.json``; a
+    PostgreSQL store, which has no home folder, is exported only when one is given)."""
     started = time.perf_counter()
     scenario = loaded.scenario
-    if resume and not home.db.is_file():
-        raise InvalidInput(f"nothing to resume in {home.root}: no store there")
+    where = _where(home)
+    if resume and isinstance(home, Home) and not home.db.is_file():
+        raise InvalidInput(f"nothing to resume in {where}: no store there")
+    if collect_metrics and not isinstance(home, Home):
+        raise InvalidInput(
+            f"metrics are kept beside a home folder's checkpoints: {where} has none "
+            "(run with --home to collect them)"
+        )
     resolved = resolved_scenario(scenario)
     async with Engine.open(
-        home,
+        store=home,
         seed=scenario.seed,
         clock=(clock := scenario.clock.sim_clock()),
         world=scenario.world.params(),
@@ -570,19 +594,17 @@ async def run_scenario(
                 world=scenario.metrics.world,
                 global_=scenario.metrics.global_,
             )
-            if collect_metrics or (resume and has_metrics(home))
+            if isinstance(home, Home) and (collect_metrics or (resume and has_metrics(home)))
             else None
         )
         row = await engine.store.run_record()
         resumed_from: int | None = None
         if resume:
             if row is None:
-                raise InvalidInput(
-                    f"nothing to resume in {home.root}: no run was checkpointed there"
-                )
+                raise InvalidInput(f"nothing to resume in {where}: no run was checkpointed there")
             if row.scenario != resolved:
                 raise InvalidInput(
-                    f"{loaded.source} is not the scenario of the run in {home.root} "
+                    f"{loaded.source} is not the scenario of the run in {where} "
                     "(same file, --set and --seed are needed to resume)"
                 )
             tick = row.tick
@@ -595,12 +617,10 @@ async def run_scenario(
         else:
             if row is not None and row.finished:
                 recorded = json.loads(row.scenario).get("name", "a scenario")
-                raise InvalidInput(
-                    f"{home.root} holds a finished run of {recorded}; use a new --home"
-                )
+                raise InvalidInput(f"{where} holds a finished run of {recorded}; use a new --home")
             if row is not None or not await engine.store.is_empty():
                 raise InvalidInput(
-                    f"{home.root} already holds a store"
+                    f"{where} already holds a store"
                     + (" with a run: add --resume to continue it" if row is not None else "")
                     + "; use a new --home"
                 )
@@ -639,8 +659,8 @@ async def run_scenario(
                 log.info("run.checkpoint", tick=tick, ticks=runner.total)
             if progress is not None:
                 progress(tick, runner.total)
-        if tick == runner.total:
-            await engine.export_json()
+        if tick == runner.total and (isinstance(home, Home) or export_path is not None):
+            await engine.export_json(export_path)
         log.info("run.finished" if tick == runner.total else "run.stopped", tick=tick)
         report = RunReport(
             name=scenario.name,

@@ -627,16 +627,10 @@ class ScriptedEvent(_Model):
         raise AssertionError("validated to have one action")
 
 
-# Caps on the engine's memory knobs: far above any run, but finite (a typo of 1e99 is a
-# mistake to report, not a setting).
-MAX_ACTIVE_CAP = 10**7
-IDLE_TIMEOUT_CAP = 10**6
-
-
 class EngineSpec(_Model):
     """The ``engine:`` section: how many actors the engine keeps active. These bound
     memory and never change a result (same seed, same export whatever they are), so a
-    run may be resumed with other values."""
+    run may be resumed with other values. Their limits are ``Engine.open``'s own."""
 
     max_active: int | None = Field(
         default=None, description="active actors per kind; default $UBLOX_MAX_ACTIVE or 100,000"
@@ -648,15 +642,14 @@ class EngineSpec(_Model):
     @field_validator("max_active")
     @classmethod
     def _max_active(cls, value: int | None) -> int | None:
-        if value is not None and not 1 <= value <= MAX_ACTIVE_CAP:
-            raise ValueError("must be a whole number between 1 and 1e7")
+        if value is not None:
+            _exact(L.MAX_ACTIVE, value)
         return value
 
     @field_validator("idle_timeout")
     @classmethod
     def _idle_timeout(cls, value: float) -> float:
-        if not (math.isfinite(value) and 0 < value <= IDLE_TIMEOUT_CAP):
-            raise ValueError("must be greater than 0 and at most 1e6 seconds")
+        _exact(L.IDLE_TIMEOUT, value)
         return value
 
 

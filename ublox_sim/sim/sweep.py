@@ -79,13 +79,13 @@ class CellResult:
     """A cell's outcome: ``rows`` (its per-tick metrics) when ``error`` is None.
 
     ``how`` says whether it ``ran`` from the start, ``resumed`` a checkpoint or was
-    ``skipped`` (finished before); ``seconds`` its wall time here. Neither is part of the
+    ``skipped`` (finished before), or ended in an ``error``; ``seconds`` its wall time here. Neither is part of the
     sweep's tables."""
 
     cell: Cell
     rows: list[Row] = field(default_factory=list)
     error: str | None = None
-    how: Literal["ran", "resumed", "skipped", "failed"] = "ran"
+    how: Literal["ran", "resumed", "skipped", "error"] = "ran"
     seconds: float = 0.0
 
     @property
@@ -106,7 +106,7 @@ def run_cell(cell: Cell, home: Path) -> CellResult:
     where = Home.resolve(home)
 
     def failed(message: str) -> CellResult:
-        return CellResult(cell, error=message, how="failed", seconds=time.perf_counter() - started)
+        return CellResult(cell, error=message, how="error", seconds=time.perf_counter() - started)
 
     try:
         loaded = load_scenario(cell.scenario, overrides=cell.set_args, seed=cell.seed)
@@ -194,7 +194,7 @@ class LocalExecutor:
                     if error is None:
                         yield cell, future.result()
                     else:
-                        yield cell, CellResult(cell, error=_describe(error), how="failed")
+                        yield cell, CellResult(cell, error=_describe(error), how="error")
             finally:
                 for future in futures:
                     future.cancel()
@@ -204,7 +204,7 @@ def _guarded(fn: CellFn, cell: Cell) -> CellResult:
     try:
         return fn(cell)
     except Exception as exc:  # a defect, not the cell's fault: report it, go on
-        return CellResult(cell, error=_describe(exc), how="failed")
+        return CellResult(cell, error=_describe(exc), how="error")
 
 
 def _describe(exc: BaseException) -> str:

@@ -133,6 +133,12 @@ class Backend(Protocol):
         unit once it is durable, or the ``UbloxError`` that refused it (nothing of it
         kept). ``done`` runs on the event loop, in commit order, and must not block."""
 
+    async def submit_many(self, units: Sequence[Unit], done: Done) -> None:
+        """``submit`` for several units queued together, in order, with nothing of another
+        producer's between them (one wait for queue room, positions consecutive). Each
+        unit is still committed or refused on its own: ``done`` is called once per unit,
+        in the units' order, exactly as ``submit`` would call it."""
+
     async def commit(self, unit: Unit) -> Committed:
         """``submit`` and wait for the acknowledgement."""
 

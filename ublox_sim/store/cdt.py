@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 import numpy as np
@@ -85,11 +86,17 @@ def load_npz(path: Path) -> dict[str, NDArray[np.generic]]:
         os.close(fd)
         raise CorruptCdtFile(path, "not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        try:
-            with np.load(handle, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-            raise CorruptCdtFile(path, f"{type(exc).__name__}: {exc}") from exc
+        return read_npz(handle, path)
+
+
+def read_npz(handle: BinaryIO, path: Path) -> dict[str, NDArray[np.generic]]:
+    """Every array of the ``.npz`` in ``handle`` (a file, or a database row's bytes),
+    refusing pickles and damage as ``CorruptCdtFile`` naming ``path``."""
+    try:
+        with np.load(handle, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise CorruptCdtFile(path, f"{type(exc).__name__}: {exc}") from exc
     for name, array in arrays.items():
         if array.dtype.hasobject:
             raise CorruptCdtFile(path, f"array {name!r} holds objects")

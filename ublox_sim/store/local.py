@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -75,8 +75,291 @@ Now = Callable[[], datetime]
 wall_clock: Now = WallClock().now
 
 
-class LocalStore:
+S = TypeVar("S", bound="SeedOperations")
+
+
+@asynccontextmanager
+async def opened(store: S, task_group: TaskGroup | None) -> AsyncIterator[S]:
+    """``store`` started in ``task_group`` (or a task group of its own), closed on exit."""
+    async with joined_or_owned(task_group) as tg:
+        await store.start(tg)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+class SeedOperations:
+    """The seed notes' storage operations over a writer (``db``: ``submit`` a unit of
+    statements, ``fetchone``/``fetchall`` SQLite's SQL) and a place for worlds: the SQLite
+    home (``LocalStore``) and a PostgreSQL database (``postgres.local``) fill the hooks."""
+
+    # SQLite's PersistenceActor or PostgreSQL's PgWriter: the same submit/fetch methods.
+    db: Any
+    clock: Now
+
+    # -- what each store does its own way ----------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        """The store, as messages name it."""
+        raise NotImplementedError
+
+    def _default_export_path(self) -> Path:
+        raise NotImplementedError
+
+    async def _store_world(self, world_id: str, arrays: Mapping[str, NDArray[np.generic]]) -> None:
+        """Make a world's arrays durable now (its row is already in)."""
+        raise NotImplementedError
+
+    async def _import(
+        self, unit: list[Statement], worlds: Mapping[str, Mapping[str, NDArray[np.generic]]]
+    ) -> None:
+        """Write an import's rows (one unit) and worlds; the rows never point at a world
+        that is not there."""
+        raise NotImplementedError
+
+    async def load_world(self, world_id: str) -> dict[str, NDArray[np.generic]]:
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        """Make every world written so far durable now."""
+        raise NotImplementedError
+
+    async def verify(self) -> list[Finding]:
+        raise NotImplementedError
+
+    async def start(self, tg: TaskGroup) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def create_backup(self, name: str | None = None) -> Path:
+        raise NotImplementedError
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def restore_backup(self, name: str, *, force: bool = False) -> list[str]:
+        raise NotImplementedError
+
+    # -- players, PTOs, tokens -------------------------------------------------
+
+    async def save_player(self, player: Mapping[str, Any] | Player) -> None:
+        record = from_seed(Player, player)
+        check_id(record.player_id, "player_id")
+        if not record.created_at:
+            record.created_at = iso(self.clock())
+        await self.db.submit([Statement(upsert_sql(Player), to_row(record))])
+
+    async def load_player(self, player_id: str) -> dict[str, Any] | None:
+        record = await queries.load_record(self.db, Player, player_id)
+        return None if record is None else to_seed(record)
+
+    async def save_pto(self, pto: Mapping[str, Any] | PTO) -> None:
+        """Save a PTO; its arrays, passed as ``pto["cdt"]`` (name → ndarray), go to its ``.npz``."""
+        arrays: Mapping[str, NDArray[np.generic]] | None = None
+        if isinstance(pto, Mapping):
+            arrays = pto.get("cdt")
+            pto = {k: v for k, v in pto.items() if k != "cdt"}
+        record = from_seed(PTO, pto)
+        check_file_name(record.pto_id, "pto_id")
+        if not record.launch_time:
+            record.launch_time = iso(self.clock())
+        if arrays is not None:
+            if not isinstance(arrays, Mapping) or not all(
+                isinstance(v, np.ndarray) and not v.dtype.hasobject for v in arrays.values()
+            ):
+                raise InvalidInput("pto['cdt'] must be a dict of name → numeric numpy array")
+            record.world_cdt_id = record.world_cdt_id or world_id_for(record.pto_id)
+            check_file_name(record.world_cdt_id, "world_cdt_id")
+        await self.db.submit([Statement(upsert_sql(PTO), to_row(record))])
+        if arrays is not None:
+            # Only once the row is in: a rejected save must not replace the world.
+            assert record.world_cdt_id is not None
+            await self._store_world(record.world_cdt_id, arrays)
+
+    async def load_pto(self, pto_id: str) -> dict[str, Any] | None:
+        """The PTO as a seed dict, with ``"cdt"`` (its arrays) when it has a world."""
+        record = await queries.load_record(self.db, PTO, pto_id)
+        if record is None:
+            return None
+        data = to_seed(record)
+        if record.world_cdt_id:
+            data["cdt"] = await self.load_world(record.world_cdt_id)
+        return data
+
+    async def save_pts_token(self, token: Mapping[str, Any] | PTSToken) -> None:
+        record = from_seed(PTSToken, token)
+        check_id(record.token_id, "token_id")
+        if not record.purchase_time:
+            record.purchase_time = iso(self.clock())
+        await self.db.submit([Statement(upsert_sql(PTSToken), to_row(record))])
+
+    async def load_pts_token(self, token_id: str) -> dict[str, Any] | None:
+        record = await queries.load_record(self.db, PTSToken, token_id)
+        return None if record is None else to_seed(record)
+
+    async def load_all(self, cls: type[R]) -> list[R]:
+        return await queries.load_records(self.db, cls)
+
+    # -- the ledger and sessions ----------------------------------------------
+
+    async def log_transaction(
+        self,
+        tx_type: str,
+        from_player: str | None,
+        to_player: str | None,
+        amount: float | int | str,
+        currency: str,
+        pto_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append a ledger row (amount in major units). Returns its tx_id."""
+        if tx_type not in TX_TYPES:
+            raise InvalidInput(f"tx_type {tx_type!r} is not one of {', '.join(TX_TYPES)}")
+        if currency not in CURRENCIES:
+            raise InvalidInput(f"currency {currency!r} is not one of {', '.join(CURRENCIES)}")
+        for party in (from_player, to_player):
+            if party is not None:
+                check_id(party, "party id")
+        record = Transaction(
+            tx_id=None,
+            tx_type=tx_type,
+            from_player=from_player,
+            to_player=to_player,
+            amount=to_cents(amount),
+            currency=currency,
+            pto_id=pto_id,
+            timestamp=iso(self.clock()),
+            metadata=metadata_json(metadata),
+        )
+        (tx_id,) = await self.db.submit(
+            [Statement(insert_sql(Transaction), to_row(record), want_rowid=True)]
+        )
+        return int(tx_id)
+
+    async def log_play_session(
+        self,
+        pto_id: str,
+        player_id: str,
+        duration: float,
+        quality: float,
+        xUSD_earned: float | int | str,
+        phase_locks: int = 0,
+    ) -> int:
+        """Record a play session (xUSD in major units). Returns its session_id."""
+        record = from_seed(
+            PlaySession,
+            {
+                "session_id": None,
+                "pto_id": pto_id,
+                "player_id": player_id,
+                "duration": duration,
+                "quality": quality,
+                "xUSD_earned": xUSD_earned,
+                "timestamp": iso(self.clock()),
+                "phase_locks": phase_locks,
+            },
+        )
+        (session_id,) = await self.db.submit(
+            [Statement(insert_sql(PlaySession), to_row(record), want_rowid=True)]
+        )
+        return int(session_id)
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def get_global_stats(self) -> dict[str, dict[str, Any]]:
+        """Counts and sums per table (money in major units)."""
+        return await queries.global_stats(self.db)
+
+    async def events_after(self, since: int, limit: int = 500) -> list[tuple[int, str, str]]:
+        """Up to ``limit`` logged events with ``seq > since``, oldest first: (seq, kind, payload)."""
+        return await queries.events_after(self.db, since, limit)
+
+    async def event_log_span(self) -> tuple[int, int]:
+        """(oldest retained seq, newest seq ever numbered); (0, n) when none is retained."""
+        return await queries.event_log_span(self.db)
+
+    async def run_status(self) -> dict[str, Any] | None:
+        """The scenario run recorded in this store (name, tick, total_ticks, finished), if any."""
+        return await queries.run_status(self.db)
+
+    async def token_versions(self) -> dict[str, int]:
+        """Every player's token version (players never issued a token are absent: 0)."""
+        return await queries.token_versions(self.db)
+
+    async def find_receipt(self, principal: str, key: str) -> tuple[str, int, str] | None:
+        """An idempotency key's (fingerprint, status, response JSON), if it was stored."""
+        return await queries.find_receipt(self.db, principal, key)
+
+    async def transactions_of(
+        self, player_id: str, *, after: int = 0, limit: int = 50
+    ) -> list[Transaction]:
+        """A player's ledger rows (either side), oldest first, ``tx_id > after``: one page."""
+        return await queries.transactions_of(self.db, player_id, after=after, limit=limit)
+
+    async def is_empty(self) -> bool:
+        return await queries.is_empty(self.db)
+
+    # -- export / import ---------------------------------------------------------------
+
+    async def export_data(self) -> dict[str, Any]:
+        """The whole store as a JSON-ready dict (money in major units, arrays encoded), with
+        its content digest."""
+        await self.flush()
+        records: dict[str, list[Record]] = {}
+        for cls in RECORD_TYPES:
+            records[cls.TABLE] = await self.load_all(cls)  # type: ignore[type-var]
+        worlds: dict[str, dict[str, Any]] = {}
+        for pto in records[PTO.TABLE]:
+            assert isinstance(pto, PTO)
+            if pto.world_cdt_id and pto.world_cdt_id not in worlds:
+                worlds[pto.world_cdt_id] = encode_arrays(await self.load_world(pto.world_cdt_id))
+        return export_document(records, worlds, await queries.run_for_export(self.db))
+
+    async def export_to_json(self, path: Path | str | None = None) -> Path:
+        """Write the full export (default ``<home>/export.json``) atomically; return its path."""
+        target = Path(path) if path is not None else self._default_export_path()
+        text = export_text(await self.export_data())
+        await anyio.to_thread.run_sync(write_text_atomic, target, text)
+        return target
+
+    async def import_from_json(self, path: Path | str, *, force: bool = False) -> list[str]:
+        """Load an export into this (empty) home, as it is; return warnings.
+
+        Refused, with nothing changed: a file that is not a ublox export, damage (an
+        array or record that does not decode), and content that no longer matches the
+        digest recorded when the export was written, unless ``force`` (the edit was
+        intended). A ledger that disagrees with its balances is imported as it is and
+        reported in the warnings (``verify`` says the same afterwards)."""
+        try:
+            text = await anyio.Path(path).read_text(encoding="utf-8")
+            data = json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read export {path}: {exc}") from exc
+        if not await self.is_empty():
+            raise InvalidInput(f"{self._where} is not empty: import only into a new store")
+        warnings = check_export_digest(data, str(path), force=force)
+        records, worlds = parse_export(data, str(path))
+        unit = [
+            Statement(insert_sql(type(r)), to_row(r))
+            for cls in RECORD_TYPES
+            for r in records[cls.TABLE]
+        ]
+        await self._import(unit, worlds)
+        # What verify says about the imported store, word for word and every check of it
+        # (the export's own ledger rule alone would miss sessions, tokens and worlds).
+        warnings.extend(str(f) for f in await self.verify())
+        log.info("store.imported", path=str(path), warnings=len(warnings))
+        return warnings
+
+
+class LocalStore(SeedOperations):
     """The seed's storage operations over the persistence actor and the CDT store."""
+
+    db: PersistenceActor
 
     def __init__(
         self,
@@ -112,13 +395,8 @@ class LocalStore:
     ) -> AsyncIterator[LocalStore]:
         """Open the store at ``home`` and close it (flushed and committed) on exit."""
         resolved = home if isinstance(home, Home) else Home.resolve(home)
-        async with joined_or_owned(task_group) as tg:
-            store = cls(resolved, **options)
-            await store.start(tg)
-            try:
-                yield store
-            finally:
-                await store.aclose()
+        async with opened(cls(resolved, **options), task_group) as store:
+            yield store
 
     async def start(self, tg: TaskGroup) -> None:
         self._tg = tg
@@ -178,53 +456,26 @@ class LocalStore:
         """Make every dirty world durable now."""
         await self.cdt.flush()
 
-    # -- players, PTOs, tokens -------------------------------------------------
+    async def _store_world(self, world_id: str, arrays: Mapping[str, NDArray[np.generic]]) -> None:
+        # Flushed at once, so the row points at a missing or old file for as short as possible.
+        self.cdt.mark_dirty(world_id, arrays)
+        await self.cdt.flush()
 
-    async def save_player(self, player: Mapping[str, Any] | Player) -> None:
-        record = from_seed(Player, player)
-        check_id(record.player_id, "player_id")
-        if not record.created_at:
-            record.created_at = iso(self.clock())
-        await self.db.submit([Statement(upsert_sql(Player), to_row(record))])
+    async def _import(
+        self, unit: list[Statement], worlds: Mapping[str, Mapping[str, NDArray[np.generic]]]
+    ) -> None:
+        # Arrays first: the database must never point at a file that is not there.
+        for world_id, arrays in worlds.items():
+            self.cdt.mark_dirty(world_id, arrays)
+        await self.cdt.flush()
+        await self.db.submit(unit)
 
-    async def load_player(self, player_id: str) -> dict[str, Any] | None:
-        record = await queries.load_record(self.db, Player, player_id)
-        return None if record is None else to_seed(record)
+    @property
+    def _where(self) -> str:
+        return str(self.home.root)
 
-    async def save_pto(self, pto: Mapping[str, Any] | PTO) -> None:
-        """Save a PTO; its arrays, passed as ``pto["cdt"]`` (name → ndarray), go to its ``.npz``."""
-        arrays: Mapping[str, NDArray[np.generic]] | None = None
-        if isinstance(pto, Mapping):
-            arrays = pto.get("cdt")
-            pto = {k: v for k, v in pto.items() if k != "cdt"}
-        record = from_seed(PTO, pto)
-        check_file_name(record.pto_id, "pto_id")
-        if not record.launch_time:
-            record.launch_time = iso(self.clock())
-        if arrays is not None:
-            if not isinstance(arrays, Mapping) or not all(
-                isinstance(v, np.ndarray) and not v.dtype.hasobject for v in arrays.values()
-            ):
-                raise InvalidInput("pto['cdt'] must be a dict of name → numeric numpy array")
-            record.world_cdt_id = record.world_cdt_id or world_id_for(record.pto_id)
-            check_file_name(record.world_cdt_id, "world_cdt_id")
-        await self.db.submit([Statement(upsert_sql(PTO), to_row(record))])
-        if arrays is not None:
-            # Only once the row is in: a rejected save must not replace the world. Flushed
-            # at once, so the row points at a missing or old file for as short as possible.
-            assert record.world_cdt_id is not None
-            self.cdt.mark_dirty(record.world_cdt_id, arrays)
-            await self.cdt.flush()
-
-    async def load_pto(self, pto_id: str) -> dict[str, Any] | None:
-        """The PTO as a seed dict, with ``"cdt"`` (its arrays) when it has a world."""
-        record = await queries.load_record(self.db, PTO, pto_id)
-        if record is None:
-            return None
-        data = to_seed(record)
-        if record.world_cdt_id:
-            data["cdt"] = await self.load_world(record.world_cdt_id)
-        return data
+    def _default_export_path(self) -> Path:
+        return self.home.export_path
 
     async def load_world(self, world_id: str) -> dict[str, NDArray[np.generic]]:
         version = await self.world_version(world_id)
@@ -233,180 +484,11 @@ class LocalStore:
     async def world_version(self, world_id: str) -> int | None:
         return await queries.world_version(self.db, world_id)
 
-    async def save_pts_token(self, token: Mapping[str, Any] | PTSToken) -> None:
-        record = from_seed(PTSToken, token)
-        check_id(record.token_id, "token_id")
-        if not record.purchase_time:
-            record.purchase_time = iso(self.clock())
-        await self.db.submit([Statement(upsert_sql(PTSToken), to_row(record))])
-
-    async def load_pts_token(self, token_id: str) -> dict[str, Any] | None:
-        record = await queries.load_record(self.db, PTSToken, token_id)
-        return None if record is None else to_seed(record)
-
-    async def load_all(self, cls: type[R]) -> list[R]:
-        return await queries.load_records(self.db, cls)
-
-    # -- the ledger and sessions ----------------------------------------------
-
-    async def log_transaction(
-        self,
-        tx_type: str,
-        from_player: str | None,
-        to_player: str | None,
-        amount: float | int | str,
-        currency: str,
-        pto_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> int:
-        """Append a ledger row (amount in major units). Returns its tx_id."""
-        if tx_type not in TX_TYPES:
-            raise InvalidInput(f"tx_type {tx_type!r} is not one of {', '.join(TX_TYPES)}")
-        if currency not in CURRENCIES:
-            raise InvalidInput(f"currency {currency!r} is not one of {', '.join(CURRENCIES)}")
-        for party in (from_player, to_player):
-            if party is not None:
-                check_id(party, "party id")
-        record = Transaction(
-            tx_id=None,
-            tx_type=tx_type,
-            from_player=from_player,
-            to_player=to_player,
-            amount=to_cents(amount),
-            currency=currency,
-            pto_id=pto_id,
-            timestamp=iso(self.clock()),
-            metadata=metadata_json(metadata),
-        )
-        (tx_id,) = await self.db.submit(
-            [Statement(insert_sql(Transaction), to_row(record), want_rowid=True)]
-        )
-        return tx_id
-
-    async def log_play_session(
-        self,
-        pto_id: str,
-        player_id: str,
-        duration: float,
-        quality: float,
-        xUSD_earned: float | int | str,
-        phase_locks: int = 0,
-    ) -> int:
-        """Record a play session (xUSD in major units). Returns its session_id."""
-        record = from_seed(
-            PlaySession,
-            {
-                "session_id": None,
-                "pto_id": pto_id,
-                "player_id": player_id,
-                "duration": duration,
-                "quality": quality,
-                "xUSD_earned": xUSD_earned,
-                "timestamp": iso(self.clock()),
-                "phase_locks": phase_locks,
-            },
-        )
-        (session_id,) = await self.db.submit(
-            [Statement(insert_sql(PlaySession), to_row(record), want_rowid=True)]
-        )
-        return session_id
-
-    # -- reads ---------------------------------------------------------------------
-
-    async def get_global_stats(self) -> dict[str, dict[str, Any]]:
-        """Counts and sums per table (money in major units)."""
-        return await queries.global_stats(self.db)
-
-    async def events_after(self, since: int, limit: int = 500) -> list[tuple[int, str, str]]:
-        """Up to ``limit`` logged events with ``seq > since``, oldest first: (seq, kind, payload)."""
-        return await queries.events_after(self.db, since, limit)
-
-    async def event_log_span(self) -> tuple[int, int]:
-        """(oldest retained seq, newest seq ever numbered); (0, n) when none is retained."""
-        return await queries.event_log_span(self.db)
-
-    async def run_status(self) -> dict[str, Any] | None:
-        """The scenario run recorded in this store (name, tick, total_ticks, finished), if any."""
-        return await queries.run_status(self.db)
-
-    async def token_versions(self) -> dict[str, int]:
-        """Every player's token version (players never issued a token are absent: 0)."""
-        return await queries.token_versions(self.db)
-
-    async def find_receipt(self, principal: str, key: str) -> tuple[str, int, str] | None:
-        """An idempotency key's (fingerprint, status, response JSON), if it was stored."""
-        return await queries.find_receipt(self.db, principal, key)
-
-    async def transactions_of(
-        self, player_id: str, *, after: int = 0, limit: int = 50
-    ) -> list[Transaction]:
-        """A player's ledger rows (either side), oldest first, ``tx_id > after``: one page."""
-        return await queries.transactions_of(self.db, player_id, after=after, limit=limit)
-
-    async def is_empty(self) -> bool:
-        return await queries.is_empty(self.db)
-
     async def verify(self) -> list[Finding]:
         """Every check ``verify_store`` runs, on this open store, after the writes queued."""
         await self.cdt.flush()
         cdt_dir = self.home.cdt_dir
         return await self.db.read_sync(lambda conn: store_findings(conn, cdt_dir))
-
-    # -- export / import ---------------------------------------------------------------
-
-    async def export_data(self) -> dict[str, Any]:
-        """The whole store as a JSON-ready dict (money in major units, arrays encoded), with
-        its content digest."""
-        await self.cdt.flush()
-        records: dict[str, list[Record]] = {}
-        for cls in RECORD_TYPES:
-            records[cls.TABLE] = await self.load_all(cls)  # type: ignore[type-var]
-        worlds: dict[str, dict[str, Any]] = {}
-        for pto in records[PTO.TABLE]:
-            assert isinstance(pto, PTO)
-            if pto.world_cdt_id and pto.world_cdt_id not in worlds:
-                worlds[pto.world_cdt_id] = encode_arrays(await self.load_world(pto.world_cdt_id))
-        return export_document(records, worlds, await queries.run_for_export(self.db))
-
-    async def export_to_json(self, path: Path | str | None = None) -> Path:
-        """Write the full export (default ``<home>/export.json``) atomically; return its path."""
-        target = Path(path) if path is not None else self.home.export_path
-        text = export_text(await self.export_data())
-        await anyio.to_thread.run_sync(write_text_atomic, target, text)
-        return target
-
-    async def import_from_json(self, path: Path | str, *, force: bool = False) -> list[str]:
-        """Load an export into this (empty) home, as it is; return warnings.
-
-        Refused, with nothing changed: a file that is not a ublox export, damage (an
-        array or record that does not decode), and content that no longer matches the
-        digest recorded when the export was written, unless ``force`` (the edit was
-        intended). A ledger that disagrees with its balances is imported as it is and
-        reported in the warnings (``verify`` says the same afterwards)."""
-        try:
-            text = await anyio.Path(path).read_text(encoding="utf-8")
-            data = json.loads(text)
-        except (OSError, ValueError) as exc:
-            raise InvalidInput(f"cannot read export {path}: {exc}") from exc
-        if not await self.is_empty():
-            raise InvalidInput(f"{self.home.root} is not empty: import only into a new home")
-        warnings = check_export_digest(data, str(path), force=force)
-        records, worlds = parse_export(data, str(path))
-        # Arrays first: the database must never point at a file that is not there.
-        for world_id, arrays in worlds.items():
-            self.cdt.mark_dirty(world_id, arrays)
-        await self.cdt.flush()
-        unit = [
-            Statement(insert_sql(type(r)), to_row(r))
-            for cls in RECORD_TYPES
-            for r in records[cls.TABLE]
-        ]
-        await self.db.submit(unit)
-        # What verify says about the imported store, word for word and every check of it
-        # (the export's own ledger rule alone would miss sessions, tokens and worlds).
-        warnings.extend(str(f) for f in await self.verify())
-        log.info("store.imported", path=str(path), warnings=len(warnings))
-        return warnings
 
     # -- backups -----------------------------------------------------------------
 
@@ -466,4 +548,4 @@ class LocalStore:
         return warnings
 
 
-__all__ = ["LocalStore"]
+__all__ = ["LocalStore", "SeedOperations", "opened"]

@@ -5,43 +5,64 @@ thread), so plain code can call it without async. Closing is optional, as with t
 seed's: a storage still open when the interpreter exits is closed (flushed and
 committed) by an exit hook.
 
-    with UbloxLocalStorage() as storage:          # ~/.ublox, or $UBLOX_HOME
+    with UbloxLocalStorage() as storage:          # $UBLOX_STORE, or ~/.ublox / $UBLOX_HOME
         storage.save_player({"player_id": "alice", "usd_obbba_balance": 5000.0})
         storage.load_player("alice")
+
+``UbloxLocalStorage(store="postgresql://user@host/db")`` runs the same operations on a
+PostgreSQL database (``store.open`` says which specs name which store).
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ..core.errors import InvalidInput
 from ..core.records import PTO, Player, PTSToken
 from .home import Home
-from .local import LocalStore
+from .local import LocalStore, SeedOperations
+from .open import PgStore, StoreSpec, default_backup_root, resolve_store
 from .sqlite.writer import Synchronous
+from .verify import Finding
 
 
 class UbloxLocalStorage:
-    """Synchronous facade over ``LocalStore`` with the seed notes' method names."""
+    """Synchronous facade over ``LocalStore`` (a home) or ``PgLocalStore`` (a PostgreSQL
+    database) with the seed notes' method names."""
 
     def __init__(
-        self, home: Path | str | None = None, *, synchronous: Synchronous = "NORMAL"
+        self,
+        home: Path | str | None = None,
+        *,
+        store: StoreSpec = None,
+        synchronous: Synchronous = "NORMAL",
+        backup_root: Path | None = None,
     ) -> None:
-        self.home = Home.resolve(home)
+        where = resolve_store(store, home=home)
+        # The home, or None for a database (``store`` names it, password masked).
+        self.home: Home | None = where if isinstance(where, Home) else None
+        self.store = where
         portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio")
         self._portal = portal_cm.__enter__()
         # One portal task enters and exits the store's task group, as anyio requires.
-        store_cm = self._portal.wrap_async_context_manager(
-            LocalStore.open(self.home, synchronous=synchronous)
-        )
+        opened: AbstractAsyncContextManager[SeedOperations]
+        if isinstance(where, PgStore):
+            from .postgres.local import PgLocalStore
+
+            root = backup_root or default_backup_root(where)
+            opened = PgLocalStore.open(where.url, backup_root=root)
+        else:
+            opened = LocalStore.open(where, synchronous=synchronous)
+        store_cm = self._portal.wrap_async_context_manager(opened)
         try:
-            self._store: LocalStore = store_cm.__enter__()
+            self._store: SeedOperations = store_cm.__enter__()
         except BaseException:
             portal_cm.__exit__(None, None, None)
             raise
@@ -55,6 +76,8 @@ class UbloxLocalStorage:
 
     @property
     def home_path(self) -> Path:
+        if self.home is None:
+            raise InvalidInput(f"{self.store} is a database, not a home folder")
         return self.home.root
 
     def close(self) -> None:
@@ -151,12 +174,17 @@ class UbloxLocalStorage:
         )
         return warnings
 
+    def verify(self) -> list[Finding]:
+        """What ``verify`` finds in the store (empty: all consistent)."""
+        findings: list[Finding] = self._portal.call(self._store.verify)
+        return findings
+
     def flush(self) -> None:
         self._portal.call(self._store.flush)
 
 
 def _close(
-    store_cm: AbstractContextManager[LocalStore],
+    store_cm: AbstractContextManager[SeedOperations],
     portal_cm: AbstractContextManager[BlockingPortal],
 ) -> None:
     try:

@@ -133,40 +133,76 @@ def database_findings(conn: sqlite3.Connection) -> list[Finding]:
             Finding("foreign_key", f"{table} rowid {rowid}", f"points at a missing {parent}")
         )
 
-    sums = {
-        (str(party), str(currency)): int(net)
-        for party, currency, net in _rows(
-            conn,
-            """SELECT party, currency, SUM(net) FROM (
-                   SELECT to_player AS party, currency, amount AS net FROM transactions
-                   WHERE to_player IS NOT NULL
-                   UNION ALL
-                   SELECT from_player, currency, -amount FROM transactions
-                   WHERE from_player IS NOT NULL)
-               GROUP BY party, currency""",
-        )
-    }
-    players = conn.execute("SELECT player_id, usd_obbba_balance, xUSD_balance FROM players")
-    ptos = conn.execute("SELECT pto_id, status, funding_raised FROM ptos")
-    findings.extend(ledger_findings(players, ptos, sums))
+    results = {name: _rows(conn, sql, params) for name, (sql, params) in CHECKS.items()}
+    findings.extend(relational_findings(results))
+    return findings
 
-    for token_id, played, committed in _rows(
-        conn,
+
+# The relational checks, as queries any backend runs (SQLite's SQL; PostgreSQL's writer
+# translates the placeholders) and one pure function over their rows, so that both
+# backends check the very same things.
+CHECKS: dict[str, tuple[str, tuple[object, ...]]] = {
+    "ledger": (
+        """SELECT party, currency, SUM(net) FROM (
+               SELECT to_player AS party, currency, amount AS net FROM transactions
+               WHERE to_player IS NOT NULL
+               UNION ALL
+               SELECT from_player, currency, -amount FROM transactions
+               WHERE from_player IS NOT NULL) AS flows
+           GROUP BY party, currency""",
+        (),
+    ),
+    "players": (
+        "SELECT player_id, usd_obbba_balance, xUSD_balance FROM players ORDER BY player_id",
+        (),
+    ),
+    "ptos": ("SELECT pto_id, status, funding_raised FROM ptos ORDER BY pto_id", ()),
+    "overplayed": (
         "SELECT token_id, hours_played, hours_committed FROM pts_tokens "
         "WHERE hours_played > hours_committed + 1e-9",
-    ):
-        findings.append(
-            Finding("token", f"token {token_id}", f"hours played {played} > committed {committed}")
-        )
-    for pto_id, status, sold, raised, hours, paid in _rows(
-        conn,
+        (),
+    ),
+    "escrow_tokens": (
         f"""SELECT p.pto_id, p.status, p.pts_sold, p.funding_raised,
                   COALESCE(SUM(t.hours_committed), 0), COALESCE(SUM(t.purchase_price), 0)
            FROM ptos p LEFT JOIN pts_tokens t ON t.game_id = p.pto_id
            WHERE p.status IN ({", ".join("?" * len(ESCROW_HELD))})
            GROUP BY p.pto_id""",
-        ESCROW_HELD,
-    ):
+        tuple(ESCROW_HELD),
+    ),
+    "pool_sessions": (
+        """SELECT p.pto_id, p.xUSD_pool, COALESCE(SUM(s.xUSD_earned), 0)
+           FROM ptos p LEFT JOIN play_sessions s ON s.pto_id = p.pto_id
+           GROUP BY p.pto_id HAVING p.xUSD_pool != COALESCE(SUM(s.xUSD_earned), 0)""",
+        (),
+    ),
+    "pool_tokens": (
+        """SELECT p.pto_id, p.xUSD_pool, COALESCE(SUM(t.xUSD_accumulated), 0)
+           FROM ptos p LEFT JOIN pts_tokens t ON t.game_id = p.pto_id
+           GROUP BY p.pto_id HAVING p.xUSD_pool != COALESCE(SUM(t.xUSD_accumulated), 0)""",
+        (),
+    ),
+    "earned": (
+        """SELECT p.player_id, COALESCE(SUM(s.xUSD_earned), 0), p.xUSD_balance
+           FROM players p LEFT JOIN play_sessions s ON s.player_id = p.player_id
+           GROUP BY p.player_id HAVING COALESCE(SUM(s.xUSD_earned), 0) != p.xUSD_balance""",
+        (),
+    ),
+}
+
+Rows = Sequence[tuple[Any, ...]]
+
+
+def relational_findings(results: Mapping[str, Rows]) -> list[Finding]:
+    """What the rows of ``CHECKS`` (by name) say: ledger, escrow, tokens, sessions."""
+    findings: list[Finding] = []
+    sums = {(str(party), str(currency)): int(net) for party, currency, net in results["ledger"]}
+    findings.extend(ledger_findings(results["players"], results["ptos"], sums))
+    for token_id, played, committed in results["overplayed"]:
+        findings.append(
+            Finding("token", f"token {token_id}", f"hours played {played} > committed {committed}")
+        )
+    for pto_id, status, sold, raised, hours, paid in results["escrow_tokens"]:
         if abs(float(hours) - float(sold)) > 1e-9 or int(paid) != int(raised):
             findings.append(
                 Finding(
@@ -176,32 +212,17 @@ def database_findings(conn: sqlite3.Connection) -> list[Finding]:
                     f"but pts_sold is {sold} and funding_raised {raised}",
                 )
             )
-    for pto_id, pool, earned in _rows(
-        conn,
-        """SELECT p.pto_id, p.xUSD_pool, COALESCE(SUM(s.xUSD_earned), 0)
-           FROM ptos p LEFT JOIN play_sessions s ON s.pto_id = p.pto_id
-           GROUP BY p.pto_id HAVING p.xUSD_pool != COALESCE(SUM(s.xUSD_earned), 0)""",
-    ):
+    for pto_id, pool, earned in results["pool_sessions"]:
         findings.append(
             Finding(
                 "session", f"pto {pto_id}", f"xUSD_pool {pool} but its sessions earned {earned}"
             )
         )
-    for pto_id, pool, accumulated in _rows(
-        conn,
-        """SELECT p.pto_id, p.xUSD_pool, COALESCE(SUM(t.xUSD_accumulated), 0)
-           FROM ptos p LEFT JOIN pts_tokens t ON t.game_id = p.pto_id
-           GROUP BY p.pto_id HAVING p.xUSD_pool != COALESCE(SUM(t.xUSD_accumulated), 0)""",
-    ):
+    for pto_id, pool, accumulated in results["pool_tokens"]:
         findings.append(
             Finding("token", f"pto {pto_id}", f"xUSD_pool {pool} but its tokens hold {accumulated}")
         )
-    for player_id, earned, balance in _rows(
-        conn,
-        """SELECT p.player_id, COALESCE(SUM(s.xUSD_earned), 0), p.xUSD_balance
-           FROM players p LEFT JOIN play_sessions s ON s.player_id = p.player_id
-           GROUP BY p.player_id HAVING COALESCE(SUM(s.xUSD_earned), 0) != p.xUSD_balance""",
-    ):
+    for player_id, earned, balance in results["earned"]:
         findings.append(
             Finding(
                 "session",

@@ -167,25 +167,33 @@ class SqliteBackend:
     # -- writes ------------------------------------------------------------------
 
     async def submit(self, unit: Unit, done: Done) -> None:
-        before = await self._write_worlds(unit)
-        statements, landed = rows.unit_statements(unit, self.bus.publish)
-        self._submitted += 1
-        position = self._submitted
+        await self.submit_many((unit,), done)
 
-        def acked(future: asyncio.Future[object]) -> None:
-            if future.cancelled():
+    async def submit_many(self, units: Sequence[Unit], done: Done) -> None:
+        befores = [await self._write_worlds(unit) for unit in units]
+        statements: list[list[Statement]] = []
+        callbacks: list[Callable[[list[int] | BaseException], None]] = []
+        for unit, before in zip(units, befores, strict=True):
+            stmts, landed = rows.unit_statements(unit, self.bus.publish)
+            self._submitted += 1
+            statements.append(stmts)
+            callbacks.append(self._acked(landed, self._submitted, before, done))
+        # No await between the count and the queue (the writer's queue is first come,
+        # first served even when full), so positions follow the queue's order.
+        await self.local.db.enqueue_many_with(statements, callbacks)
+
+    def _acked(
+        self, landed: list[Any], position: int, before: dict[str, Arrays | None], done: Done
+    ) -> Callable[[list[int] | BaseException], None]:
+        def acked(outcome: list[int] | BaseException) -> None:
+            if isinstance(outcome, BaseException):
                 self._restore_worlds(before)
-                done(ActorClosed("the store stopped before the unit committed"))
-            elif (error := future.exception()) is not None:
-                self._restore_worlds(before)
-                done(error)
+                done(outcome)
             else:
                 # The commit hooks ran before this callback: ``landed`` is numbered.
                 done(Committed(tuple(landed), position))
 
-        # No await between the count and the queue (the writer's queue is first come,
-        # first served even when full), so positions follow the queue's order.
-        (await self.local.db.enqueue(statements)).add_done_callback(acked)
+        return acked
 
     async def _write_worlds(self, unit: Unit) -> dict[str, Arrays | None]:
         """Make the unit's worlds readable before its rows commit, and return what each
@@ -253,9 +261,14 @@ class SqliteBackend:
         version = checkpoint.version
         cdt = self.local.cdt
         # Held worlds (launched or saved since the last checkpoint) go with the ones given.
+        # Taken at once, with the caller's snapshot of the given ones: each held copy seen
+        # now is superseded by (or is) what this checkpoint writes.
+        seen = dict(self._held_worlds)
         given = {w.world_id for w in checkpoint.worlds}
-        held = {w: a for w, a in self._held_worlds.items() if w not in given}
-        worlds = [*checkpoint.worlds, *(WorldWrite(w, held[w]) for w in sorted(held))]
+        worlds = [
+            *checkpoint.worlds,
+            *(WorldWrite(w, seen[w]) for w in sorted(seen) if w not in given),
+        ]
         for world in worlds:
             cdt.mark_dirty(world.world_id, world.arrays, version=version)
         await cdt.flush()
@@ -265,9 +278,10 @@ class SqliteBackend:
         unit.extend(rows.set_world_version(w.world_id, version) for w in worlds)
         await self.local.db.commit_held(unit)
         for world in worlds:
-            if world.world_id in given or self._held_worlds.get(world.world_id) is held.get(
-                world.world_id
-            ):  # durable now, unless saved again meanwhile
+            # One rule for every world: a held copy is dropped only if it is the very one
+            # seen above. One saved meanwhile (a PTO passivated during the write, a unit
+            # acknowledged) is newer than what was written: the next checkpoint writes it.
+            if self._held_worlds.get(world.world_id) is seen.get(world.world_id):
                 self._held_worlds.pop(world.world_id, None)
             cdt.prune(world.world_id, version)
 

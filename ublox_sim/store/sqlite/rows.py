@@ -6,18 +6,29 @@ SQL that persists it: the only translation from decisions to rows.
 Balances change by relative updates (``balance = balance + ?``), so units from
 different actors commute inside a group commit, and always together with their
 ``transactions`` row in the same unit (hence the same SQLite transaction).
+
+Guards: a write that depends on what its actor believed a row holds checks it, in the
+same statement (so under the row's lock on PostgreSQL): ``CASE WHEN <belief> THEN <new>
+END`` is NULL when the belief is stale, and NULL in a NOT NULL column refuses the unit
+(``core.errors.conflict_of`` makes it a ``Conflict``: the actor reloads and decides
+again). With one process the actors are the only writers and the beliefs always hold.
+See ARCHITECTURE.md, "Several processes", for which field needs what and why.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import operator
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 from ...core import events as ev
 from ...core.money import USD, XUSD, to_cents
 from ...core.records import (
     COMPLETED,
     FAILED,
+    FUNDING,
     IN_PROGRESS,
     PTO,
     Player,
@@ -30,6 +41,9 @@ from .tables import columns, insert_sql, to_row
 from .writer import Statement
 
 _INSERT_TX = insert_sql(Transaction)
+# economy.tau_k_after(tau_k, q) is a * tau_k + b * (c * q): the session guard computes it
+# in SQL with the same IEEE operations in the same order (tests/test_cluster.py pins it).
+TAU_K_STEP = (0.9, 0.1, 10.0)
 _INSERT_SESSION = insert_sql(PlaySession)
 
 
@@ -68,14 +82,6 @@ def ledger_row(
 _INSERT_PLAYER = insert_sql(Player)
 
 
-def _deposit(player: Player) -> Statement:
-    """A registering player's opening deposit: ``ledger_row("deposit", ...)``'s statement,
-    built without the intermediate Transaction (a bulk registration makes thousands)."""
-    pid, cents = player.player_id, player.usd_obbba_balance
-    tx = (None, "deposit", None, pid, cents, USD, None, player.created_at, None, pid)
-    return Statement(_CHECKED_TX[("to",)], tx)
-
-
 # Which side of each kind of ledger row is a player (the other may be a PTO).
 _PLAYER_SIDES: dict[str, tuple[str, ...]] = {
     "deposit": ("to",),
@@ -112,8 +118,23 @@ def usd_delta(player_id: str, delta: int) -> Statement:
     )
 
 
-def pto_failed(pto_id: str) -> Statement:
-    return Statement("UPDATE ptos SET status = ? WHERE pto_id = ?", (FAILED, pto_id))
+def pto_failed(pto_id: str, refunded: int) -> Statement:
+    """Funding -> failed, only from funding and only if the escrow is what the refunds
+    return: the one unit that moves it refunds, exactly once whichever process races."""
+    return Statement(
+        "UPDATE ptos SET status = CASE WHEN status = ? AND funding_raised = ? THEN ? END"
+        " WHERE pto_id = ?",
+        (FUNDING, refunded, FAILED, pto_id),
+    )
+
+
+def shares_sold(pto_id: str, hours: int, price: int, sold_before: int) -> Statement:
+    """A sale, only if the PTO still funds and has sold exactly what its actor saw."""
+    return Statement(
+        "UPDATE ptos SET pts_sold = CASE WHEN pts_sold = ? AND status = ? THEN pts_sold + ? END,"
+        " funding_raised = funding_raised + ? WHERE pto_id = ?",
+        (sold_before, FUNDING, hours, price, pto_id),
+    )
 
 
 def pto_session(pto_id: str, xusd: int, aci: float) -> Statement:
@@ -240,17 +261,28 @@ def receipt_session(
 
 
 def pto_funded(pto_id: str) -> Statement:
-    return Statement("UPDATE ptos SET status = ? WHERE pto_id = ?", (IN_PROGRESS, pto_id))
+    """Funding -> in progress, only from funding (the sale before it checked the shares)."""
+    return Statement(
+        "UPDATE ptos SET status = CASE WHEN status = ? THEN ? END WHERE pto_id = ?",
+        (FUNDING, IN_PROGRESS, pto_id),
+    )
 
 
-def pto_atu_spent(pto_id: str, atu_spent: int) -> Statement:
-    return Statement("UPDATE ptos SET atu_spent = ? WHERE pto_id = ?", (atu_spent, pto_id))
+def pto_atu_spent(pto_id: str, atu_spent: int, units: int) -> Statement:
+    """ATU spent, only in progress and from what the actor saw spent."""
+    return Statement(
+        "UPDATE ptos SET atu_spent = CASE WHEN atu_spent = ? AND status = ? THEN atu_spent + ? END"
+        " WHERE pto_id = ?",
+        (atu_spent - units, IN_PROGRESS, units, pto_id),
+    )
 
 
 def pto_completed(pto_id: str, at: str) -> Statement:
+    """In progress -> completed: the one unit that moves it pays the creator."""
     return Statement(
-        "UPDATE ptos SET status = ?, completion_time = ? WHERE pto_id = ?",
-        (COMPLETED, at, pto_id),
+        "UPDATE ptos SET status = CASE WHEN status = ? THEN ? END, completion_time = ?"
+        " WHERE pto_id = ?",
+        (IN_PROGRESS, COMPLETED, at, pto_id),
     )
 
 
@@ -268,19 +300,7 @@ def unit_statements(
     landed: list[ev.Event] = list(unit.events)
     out: list[Statement] = []
     if len(unit.events) > 1 and all(type(e) is ev.PlayerRegistered for e in unit.events):
-        # A bulk registration: the rows grouped by statement, so each group is one
-        # executemany (players first: their deposits and events refer to them).
-        players: list[Player] = []
-        for event in unit.events:
-            assert isinstance(event, ev.PlayerRegistered) and event.record is not None
-            players.append(event.record)
-        out.extend(Statement(_INSERT_PLAYER, to_row(p)) for p in players)
-        out.extend(_deposit(p) for p in players if p.usd_obbba_balance)
-        events = unit.events
-        for start in range(0, len(events), _LOG_ROWS_PER_INSERT):
-            out.append(
-                _log_many(start, events[start : start + _LOG_ROWS_PER_INSERT], landed, publish)
-            )
+        out.extend(_bulk_registration(unit.events, landed, publish))
     else:
         for index, event in enumerate(unit.events):
             out.extend(_rows(event))
@@ -324,29 +344,25 @@ def _rows(event: ev.Event) -> list[Statement]:
         case ev.PTOLaunched(record=pto):
             assert pto is not None, "a PTOLaunched to store carries its record"
             return [insert_pto(pto)]
-        case ev.SharesBought(token=token, pto_id=pto_id, hours=hours, at=at):
+        case ev.SharesBought(token=token, pto_id=pto_id, hours=hours, at=at) as event:
             assert token is not None, "a SharesBought to store carries its token"
             price = token.purchase_price
             return [
                 usd_delta(token.holder, -price),
-                Statement(
-                    "UPDATE ptos SET pts_sold = pts_sold + ?, funding_raised = funding_raised + ?"
-                    " WHERE pto_id = ?",
-                    (hours, price, pto_id),
-                ),
+                shares_sold(pto_id, hours, price, sold_before=event.pts_sold - hours),
                 insert_token(token),
                 ledger_row("investment", token.holder, pto_id, price, USD, at, pto_id),
             ]
         case ev.PTOFunded(pto_id=pto_id):
             return [pto_funded(pto_id)]
         case ev.PTOFailed(pto_id=pto_id, refunds=refunds, at=at):
-            rows = [pto_failed(pto_id)]
+            rows = [pto_failed(pto_id, sum(cents for _, cents in refunds))]
             for holder, cents in refunds:
                 rows.append(usd_delta(holder, cents))
                 rows.append(ledger_row("refund", pto_id, holder, cents, USD, at, pto_id))
             return rows
-        case ev.AtuSpent(pto_id=pto_id, atu_spent=atu_spent):
-            return [pto_atu_spent(pto_id, atu_spent)]
+        case ev.AtuSpent(pto_id=pto_id, atu_spent=atu_spent, units=units):
+            return [pto_atu_spent(pto_id, atu_spent, units)]
         case ev.PTOCompleted(pto_id=pto_id, creator_id=creator, payout=payout, at=at):
             rows = [pto_completed(pto_id, at)]
             cents = to_cents(payout)
@@ -368,7 +384,11 @@ def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
         Statement(
             "UPDATE players SET xUSD_balance = xUSD_balance + ?,"
             " total_play_time = total_play_time + ?, phase_locks_count = phase_locks_count + ?,"
-            " memory_depth = memory_depth + ?, quality_score = ?, tau_k = ?, phase = ?,"
+            " memory_depth = memory_depth + ?, quality_score = ?,"
+            # tau_k moves from its value (economy.tau_k_after): only from the one the
+            # player's actor saw, i.e. if the same step from the row's gives the same value.
+            " tau_k = CASE WHEN ? * tau_k + ? * (CAST(? AS DOUBLE PRECISION) * ?) = ?"
+            " THEN CAST(? AS DOUBLE PRECISION) END, phase = ?,"
             " coherence = ? WHERE player_id = ?",
             (
                 xusd,
@@ -376,6 +396,9 @@ def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
                 s.phase_locks,
                 s.memory_depth_added,
                 s.quality,
+                *TAU_K_STEP,
+                s.quality,
+                s.tau_k,
                 s.tau_k,
                 s.phase,
                 s.coherence,
@@ -420,33 +443,95 @@ def _log(
     return log_event(event.kind, event.at, ev.payload(event), committed, last_session=session)
 
 
-# Rows per multi-row event_log insert: 3 parameters each stays within SQLite's oldest
-# default limit of 999 host parameters.
-_LOG_ROWS_PER_INSERT = 333
+# A registering player's opening deposit when its player row is inserted by the same
+# unit just before: it exists, so the ledger row needs no check (the raw INSERT).
+_INSERT_DEPOSIT = (
+    "INSERT INTO transactions (tx_type, from_player, to_player, amount, currency, timestamp)"
+    f" VALUES ('deposit', NULL, ?, ?, '{USD}', ?)"
+)
+_player_row = operator.attrgetter(*columns(Player))
+_encode = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
+# The fields a registration's log payload holds, in order, and those of the event: the
+# template below is used only while they match (else ev.payload, the reference).
+_REGISTERED_PAYLOAD = ("kind", "at", "player_id", "usd_obbba")
+_REGISTERED_FIELDS = ("at", "seq", "player_id", "usd_obbba", "record")
 
 
-def _log_many(
-    start: int,
-    events: Sequence[ev.Event],
+def _registered_payload(event: ev.PlayerRegistered) -> str:
+    """``ev.payload(event)``, byte for byte, without building the dict (a bulk
+    registration logs thousands; tests/test_writer_bulk.py holds them equal)."""
+    return (
+        f'{{"kind":"{event.kind}","at":{_encode(event.at)},'
+        f'"player_id":{_encode(event.player_id)},"usd_obbba":{_encode(str(event.usd_obbba))}}}'
+    )
+
+
+def _template_fits() -> bool:
+    fields = tuple(f.name for f in dataclasses.fields(ev.PlayerRegistered))
+    sample = ev.PlayerRegistered(at="t", player_id="p", usd_obbba=Decimal("1.00"))
+    return (
+        fields == _REGISTERED_FIELDS
+        and tuple(json.loads(ev.payload(sample))) == _REGISTERED_PAYLOAD
+        and ev.PlayerRegistered.internal == ("record",)
+    )
+
+
+_TEMPLATE_FITS = _template_fits()
+
+
+def _bulk_registration(
+    events: Sequence[ev.Event], landed: list[ev.Event], publish: Callable[[ev.Event], None]
+) -> list[Statement]:
+    """A bulk registration's rows: the players, their deposits and their log rows, each
+    kind as one statement of many rows (players first: the others refer to them)."""
+    registered: list[ev.PlayerRegistered] = []
+    for event in events:
+        assert isinstance(event, ev.PlayerRegistered) and event.record is not None
+        registered.append(event)
+    players = [e.record for e in registered if e.record is not None]
+    out = [Statement.many(_INSERT_PLAYER, [_player_row(p) for p in players])]
+    deposits = [
+        (p.player_id, p.usd_obbba_balance, p.created_at) for p in players if p.usd_obbba_balance
+    ]
+    if deposits:
+        out.append(Statement.many(_INSERT_DEPOSIT, deposits))
+    out.append(_log_registered(registered, landed, publish))
+    return out
+
+
+def _log_registered(
+    events: Sequence[ev.PlayerRegistered],
     landed: list[ev.Event],
     publish: Callable[[ev.Event], None],
 ) -> Statement:
-    """Several events' log rows as one multi-row INSERT: one round trip instead of one
-    each. One INSERT on the one writer numbers its rows consecutively (AUTOINCREMENT
-    takes the next value per row), so the rowid returned, the last, gives them all."""
-    params: list[object] = []
-    for event in events:
-        params += (event.kind, event.at, ev.payload(event))
-    sql = _INSERT_EVENT + ", (?, ?, ?)" * (len(events) - 1)
+    """Registrations' log rows as one statement of many rows. On the one writer they are
+    numbered consecutively (AUTOINCREMENT takes the next value per row), so the rowid
+    returned, the last, gives them all. They are numbered on commit without
+    ``dataclasses.replace`` (the fields are known)."""
+    payload = _registered_payload if _TEMPLATE_FITS else ev.payload
+    log_rows = [(e.kind, e.at, payload(e)) for e in events]
+    direct = _TEMPLATE_FITS
+    start = 0
+    registered = ev.PlayerRegistered
 
     def committed(ids: Sequence[int]) -> None:
-        first = ids[-1] - len(events) + 1
+        seq = ids[-1] - len(events) + 1
         for offset, event in enumerate(events):
-            numbered = dataclasses.replace(event, seq=first + offset)
+            numbered = (
+                registered(
+                    at=event.at,
+                    seq=seq + offset,
+                    player_id=event.player_id,
+                    usd_obbba=event.usd_obbba,
+                    record=event.record,
+                )
+                if direct
+                else dataclasses.replace(event, seq=seq + offset)
+            )
             landed[start + offset] = numbered
             publish(numbered)
 
-    return Statement(sql, tuple(params), want_rowid=True, on_commit=committed)
+    return Statement(_INSERT_EVENT, rows=log_rows, want_rowid=True, on_commit=committed)
 
 
 def _receipt(receipt: Receipt, events: Sequence[ev.Event]) -> Statement:

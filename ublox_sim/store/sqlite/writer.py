@@ -1,60 +1,58 @@
 """The persistence actor: the one writer of ``ublox.db``.
 
 Callers hand it *units of work* (every row of one economic operation). It batches
-whatever is queued into one SQLite transaction (group commit, ``executemany`` for
-runs of the same statement), and acknowledges each unit only after that
-transaction committed. A unit is all-or-nothing: when a batch fails, its units are
-retried one by one, so one bad unit fails only its own caller.
+whatever is queued into one SQLite transaction (group commit; runs of one SQL text as
+one step, a plain INSERT as multi-row INSERTs), and acknowledges each unit only after
+that transaction committed. A unit is all-or-nothing: when a batch fails, its units
+are retried one by one, so one bad unit fails only its own caller.
 
-Use it as ``async with PersistenceActor.open(path) as db: await db.submit(unit)``.
+Use it as ``async with PersistenceActor.open(path) as db: await db.submit(unit)``;
+``submit_many`` queues several units at once, ``enqueue_with`` takes a callback
+instead of awaiting (the backend's path: no future per unit).
+
+The mailbox is a plain deque of batches and requests. A unit joins the batch forming
+at its end; the batch is taken when a pipeline slot is free (``PIPELINE_DEPTH``), after
+one more turn of the event loop, so the producers the last acknowledgement woke have
+joined it. A batch has one future, shared by its producers (``_Shared``: one waiter
+giving up does not cancel it for the others), and is one trip to the connection's
+thread: BEGIN, its steps and COMMIT run in one function there (``_batch_on_thread``,
+through aiosqlite's ``_execute``, its only way to run a function on its thread), and
+a failure is rolled back there before anything else runs on the connection.
 
 WAL checkpoints never stand between a commit and its acknowledgement. SQLite's
-auto-checkpoint runs inside the committing call (it stalls one commit in twenty), so
-it is off. Instead the writer counts what it appends: after a batch's callers have
-been answered, if the ``-wal`` file has grown past ``wal_limit_bytes`` since the last
-completed checkpoint, the writer runs ``PRAGMA wal_checkpoint(TRUNCATE)`` on its own
-connection and thread before it takes the next batch. No other write can slip in, so
-the checkpoint copies every frame, the file is cut to zero and the next write starts
-it afresh. The bound follows from what the writer does, not from how fast anything
-else runs: the file never exceeds ``wal_limit_bytes`` plus the batches in flight
-(``PIPELINE_DEPTH``). Units that arrive during a checkpoint wait for it; units
-already acknowledged never do.
+auto-checkpoint runs inside the committing call, so it is off. Once the ``-wal`` file
+has grown past ``wal_limit_bytes``, the writer starts a PASSIVE checkpoint on a
+connection and a worker thread of its own (``_Checkpointer``): it copies committed
+frames into the database while the writer goes on committing, and waits for nobody.
+When it has copied every frame, the next commit starts the WAL afresh and cuts the
+file back to the limit (``journal_size_limit``), so the file's length tells what was
+appended since. A writer that never pauses may never begin a transaction with every
+frame copied; past ``WAL_HARD_FACTOR`` times the limit it copies the last frames
+itself, between two batches and after the acknowledgements of the one before
+(``checkpoints_inline``: the one case where queued units wait for a checkpoint, and
+only for the frames written since the last background pass).
 
 Readers of other connections (the ``sqlite3`` shell, Datasette, another process's
-``verify``) can hold a snapshot that the checkpoint must not overwrite. SQLite then
-waits for them through the busy handler; we give it ``checkpoint_busy_ms`` (not the
-connection's 5 s), after which the checkpoint copies what it can, leaves the file as
-it is, and reports busy. The writer then goes on and tries again once it has appended
-another ``wal_limit_bytes``, so a reader that keeps a snapshot open for an hour costs
-one short wait per ``wal_limit_bytes`` written, never a stalled writer; but while it
-holds that snapshot the WAL grows (SQLite cannot reuse frames a reader may still
-need). The first attempt after the reader lets go truncates the file.
+``verify``) can hold a snapshot that the checkpoint must not overwrite: a PASSIVE
+checkpoint copies what it can and reports the rest (``checkpoints_blocked``); the next
+attempt comes once another ``wal_limit_bytes`` was appended. While a reader holds
+that snapshot the WAL grows (SQLite cannot reuse frames a reader may still need); the
+first attempt after it lets go copies everything.
 
-Only aiosqlite's public API is used. Each call (``executemany``, ``execute_insert``,
-``execute_fetchall``) is one item on the queue of the connection's thread, answered
-through the event loop. A batch does not wait for each answer before sending the next:
-it queues ``BEGIN IMMEDIATE`` and all its statements at once (runs of one SQL text as
-one ``executemany``), waits for the answers, and only then sends ``COMMIT``, or
-``ROLLBACK`` if any failed. So a batch costs two round trips of latency however many
-statements it holds, plus the queueing of each call: about 9 µs here, against ~1 µs
-for a statement run on the thread. Units of one SQL text (the benchmark's) merge into
-one call per batch; units that mix SQL texts (a purchase: five) pay it per statement
-(``benchmarks/persistence.py``, ``actor_mixed``). Statements
-queued behind a failed one still run; they must never run outside the batch's
-transaction, which SQLite may have rolled back on its own (FULL, IOERR). The
-connection therefore keeps sqlite3's legacy transaction control
-(``isolation_level="IMMEDIATE"``): a DML statement found outside a transaction opens
-one, which the writer then rolls back; it never autocommits. A statement that net does
-not cover (it does not start with INSERT, UPDATE, DELETE or REPLACE) is sent alone,
-after everything before it has succeeded.
+The connection keeps sqlite3's legacy transaction control (``isolation_level=
+"IMMEDIATE"``): a DML statement found outside a transaction opens one, so nothing
+ever autocommits behind the writer's back (a control request's DML is committed when
+the request returns, outside hold mode).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -64,7 +62,6 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ...core.errors import (
     ActorBroken,
@@ -90,6 +87,8 @@ PIPELINE_DEPTH = 2
 # 1% with 100 producers writing one-row units (~2.5 KB of WAL a row): ack p99 2.7-4.7
 # ms against 16-24 ms with 8 or 16 MiB (benchmarks/persistence.py, actor_ckpt).
 WAL_LIMIT_BYTES = 32 * 1024 * 1024
+# Past this many times the limit, the writer copies the last frames itself (_catch_up).
+WAL_HARD_FACTOR = 4
 _SQLITE_FULL = 13
 _SQLITE_CONSTRAINT = 19
 
@@ -107,6 +106,23 @@ class Statement:
     params: Sequence[object] = ()
     want_rowid: bool = False
     on_commit: Callable[[Sequence[int]], None] | None = field(default=None, compare=False)
+    # Many parameter rows: the statement runs once per row, all in one run (``params``
+    # is then unused). A bulk producer hands over thousands of rows as one statement
+    # instead of thousands of statements. With ``want_rowid`` (an INSERT), the rowid is
+    # the last row's: on the one writer the rows are numbered consecutively.
+    rows: Sequence[Sequence[object]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows is not None:
+            if self.want_rowid and not (self.rows and self.sql.lstrip()[:6].upper() == "INSERT"):
+                raise ValueError("only an INSERT of one row or more returns a rowid (its last)")
+            if not _covered(self.sql):
+                raise ValueError(f"a statement of many rows must be DML: {self.sql[:40]!r}")
+
+    @classmethod
+    def many(cls, sql: str, rows: Sequence[Sequence[object]]) -> Statement:
+        """``sql`` run once for each of ``rows`` (one executemany)."""
+        return cls(sql, rows=rows)
 
 
 Unit = Sequence[Statement]
@@ -114,12 +130,51 @@ Unit = Sequence[Statement]
 Row = tuple[Any, ...]
 
 
+# What a unit's producer hears: its rowids, or why it was not committed.
+Outcome = list[int] | BaseException
+UnitDone = Callable[[Outcome], None]
+
+
+class _Shared(asyncio.Future[None]):
+    """A batch's one future, awaited by every producer in it: one waiter giving up must
+    not cancel it for the others, so ``cancel`` refuses (a cancelled waiter gets its
+    CancelledError once the batch is answered, a commit's time later)."""
+
+    def cancel(self, msg: object = None) -> bool:
+        return False
+
+
+class _Batch:
+    """Units queued together and committed in one transaction, answered through one
+    future (``done``): each unit's outcome is ``outcomes[i]``. A producer that queued a
+    callback instead (``enqueue_with``) has it scheduled on the loop, in order."""
+
+    __slots__ = ("callbacks", "done", "outcomes", "units")
+
+    def __init__(self) -> None:
+        self.units: list[Unit] = []
+        self.callbacks: list[UnitDone | None] = []
+        self.outcomes: list[Outcome] = []
+        self.done = _Shared()
+
+    def answer(self, outcomes: list[Outcome]) -> None:
+        if self.done.done():
+            return
+        self.outcomes = outcomes
+        call_soon = self.done.get_loop().call_soon
+        for callback, outcome in zip(self.callbacks, outcomes, strict=True):
+            if callback is not None:
+                call_soon(callback, outcome)
+        self.done.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        self.answer([error] * len(self.units))
+
+
 @dataclass(eq=False, slots=True)
 class _Pending(Reply):
-    """A queued request and the caller's way back (ask pattern)."""
+    """A queued request other than a write: a function run against the connection."""
 
-    unit: Unit | None = None
-    # For requests other than writes: a function run against the connection proxy.
     control: Callable[[aiosqlite.Connection], Awaitable[object]] | None = None
 
 
@@ -153,8 +208,69 @@ Hook = tuple[Callable[[Sequence[int]], None], int, int]
 _NET_COVERS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
+_COVERED: dict[str, bool] = {}
+
+
 def _covered(sql: str) -> bool:
-    return sql.lstrip()[:7].upper().startswith(_NET_COVERS)
+    known = _COVERED.get(sql)
+    if known is None:
+        known = sql.lstrip()[:7].upper().startswith(_NET_COVERS)
+        if len(_COVERED) < 4096:  # SQL texts are few; a producer of unique texts is not cached
+            _COVERED[sql] = known
+    return known
+
+
+# A plain ``INSERT INTO t (cols) VALUES (...)`` whose one VALUES group holds bare ``?``
+# parameters and literals: a run of it can be sent as multi-row INSERTs.
+_ONE_ROW_INSERT = re.compile(
+    r"(?is)^\s*INSERT\s+INTO\s+[\w.\"]+\s*\([^()]*\)\s*VALUES\s*"
+    r"(\((?:[^()'?:@$]|'[^']*'|\?(?![\d:@$\w]))*\))\s*$"
+)
+_MULTI: dict[str, tuple[str, str, int] | None] = {}
+# Rows per multi-row INSERT: enough to make the per-statement cost vanish, few enough
+# that a statement's text stays short (and within any host-parameter limit below).
+MULTI_ROWS = 4096
+
+
+def _multi_row(sql: str) -> tuple[str, str, int] | None:
+    """(head, VALUES group, parameters per row) if ``sql`` can repeat its VALUES group."""
+    if sql in _MULTI:
+        return _MULTI[sql]
+    match = _ONE_ROW_INSERT.match(sql)
+    found = None
+    if match is not None:
+        group = match.group(1)
+        width = re.sub(r"'[^']*'", "", group).count("?")
+        found = (sql[: match.start(1)], group, width) if width else None
+    if len(_MULTI) < 4096:
+        _MULTI[sql] = found
+    return found
+
+
+def _insert_rows(
+    cursor: sqlite3.Cursor, sql: str, rows: list[Sequence[object]], limit: int
+) -> None:
+    """Run ``sql`` once per row, as multi-row INSERTs where it can (see ``_multi_row``).
+
+    The same rows in the same order, in one statement per ``MULTI_ROWS``: SQLite numbers
+    and checks them (AUTOINCREMENT, constraints, triggers) row by row exactly as it
+    would for one statement each, and a failure fails the batch either way. It is what
+    makes a bulk insert cheap from Python: ``executemany`` binds, steps and resets one
+    row at a time and takes the GIL back after each row, which a busy event loop
+    delays; a multi-row INSERT does so once per statement."""
+    shape = _multi_row(sql) if len(rows) > 1 else None
+    if shape is None:
+        cursor.executemany(sql, rows)
+        return
+    head, group, width = shape
+    per = max(1, min(MULTI_ROWS, limit // max(1, width)))
+    texts: dict[int, str] = {}
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        text = texts.get(len(chunk))
+        if text is None:
+            text = texts[len(chunk)] = head + ", ".join([group] * len(chunk))
+        cursor.execute(text, [value for row in chunk for value in row])
 
 
 @dataclass(eq=False, slots=True)
@@ -168,6 +284,7 @@ class _Step:
     want_rowid: bool = False
     on_commit: Callable[[Sequence[int]], None] | None = None
     covered: bool = True
+    many: bool = False  # a statement of many rows whose (last) rowid is wanted
 
     def send(self, conn: aiosqlite.Connection, cursor: aiosqlite.Cursor) -> Awaitable[object]:
         if self.want_rowid:
@@ -184,7 +301,20 @@ def _plan(units: Sequence[Unit]) -> list[_Step]:
     for index, unit in enumerate(units):
         for stmt in unit:
             covered = _covered(stmt.sql)
-            if stmt.want_rowid or not covered:
+            if stmt.rows is not None and stmt.want_rowid:
+                run_ = None
+                steps.append(
+                    _Step(stmt.sql, list(stmt.rows), index, True, stmt.on_commit, many=True)
+                )
+            elif stmt.rows is not None:
+                if not stmt.rows:
+                    continue
+                if run_ is not None and run_.sql == stmt.sql:
+                    run_.params.extend(stmt.rows)
+                else:
+                    run_ = _Step(stmt.sql, list(stmt.rows), index)
+                    steps.append(run_)
+            elif stmt.want_rowid or not covered:
                 run_ = None
                 steps.append(
                     _Step(
@@ -256,10 +386,6 @@ def _rowids(
     return rowids, hooks
 
 
-# What became of (part of) a batch: its units, their rowids and hooks, or the error.
-_Outcome = tuple[list[_Pending], list[list[int]], list[Hook], BaseException | None]
-
-
 @dataclass(eq=False)
 class _Held:
     """Hold mode: whether the open transaction holds acknowledged work."""
@@ -274,69 +400,113 @@ class HeldWorkLost(sqlite3.OperationalError):
 
 async def _run_batch(
     conn: aiosqlite.Connection,
-    cursor: aiosqlite.Cursor,
-    units: Sequence[Unit | None],
+    units: Sequence[Unit],
     held: _Held | None,
 ) -> tuple[list[list[int]], list[Hook]]:
-    """Run the batch as one transaction (in hold mode: one savepoint of the held one).
+    """Run the batch as one transaction (in hold mode: one savepoint of the held one), in
+    one trip to the connection's thread: BEGIN, one call per step, COMMIT.
 
-    On error the transaction (or the batch's savepoint) is rolled back here and the
+    On error the transaction (or the batch's savepoint) is rolled back there and the
     error re-raised for the actor to sort out.
     """
-    assert all(unit is not None for unit in units)
-    todo = [unit for unit in units if unit is not None]
-    steps = _plan(todo)
-    if held is None:
-        # A first statement the net covers opens the transaction itself (BEGIN
-        # IMMEDIATE, as the connection's isolation_level says): one call fewer.
-        lead = () if steps and steps[0].covered else ("BEGIN IMMEDIATE",)
-        end = "COMMIT"
-    else:
-        if not conn.in_transaction:
-            # The batch before may have failed there: if SQLite dropped the held
-            # transaction, this one must not begin anew.
-            if held.work:
-                raise HeldWorkLost("the held transaction was rolled back by the database")
-            await conn.execute_fetchall("BEGIN IMMEDIATE")
-        lead, end = ("SAVEPOINT batch",), "RELEASE batch"
-    try:
-        results = await _send_steps(conn, cursor, lead, steps)
-        await conn.execute_fetchall(end)
-    except sqlite3.Error:
-        await _undo(conn, held is not None)
-        raise
+    steps = _plan(units)
+    db = conn._conn  # the sqlite3 connection, used only on its thread (below)
+    # aiosqlite's one way to run a function on its thread (no public one): a batch is
+    # then one trip through the event loop, not one per statement.
+    results: list[object] = await conn._execute(  # type: ignore[no-untyped-call]
+        _batch_on_thread, db, steps, None if held is None else held.work
+    )
     if held is not None:
         held.work = True
-    return _rowids(todo, steps, results)
+    return _rowids(units, steps, results)
 
 
-async def _checkpoint(
-    conn: aiosqlite.Connection, wal: Path, due_at: int, busy_ms: int, saved_ms: int
-) -> bool | None:
-    """Empty the WAL if it has passed ``due_at`` bytes (no batch may be in flight).
+def _batch_on_thread(
+    db: sqlite3.Connection, steps: list[_Step], held_work: bool | None
+) -> list[object]:
+    """The batch, on the connection's thread. ``held_work`` is None outside hold mode,
+    else whether the held transaction already holds acknowledged work."""
+    if held_work is None:
+        # A first statement the net covers opens the transaction itself (BEGIN
+        # IMMEDIATE, as the connection's isolation_level says).
+        lead: tuple[str, ...] = () if steps and steps[0].covered else ("BEGIN IMMEDIATE",)
+        end = "COMMIT"
+    else:
+        lead, end = ("SAVEPOINT batch",), "RELEASE batch"
+        if not db.in_transaction:
+            # The batch before may have failed there: if SQLite dropped the held
+            # transaction, this one must not begin anew.
+            if held_work:
+                raise HeldWorkLost("the held transaction was rolled back by the database")
+            lead = ("BEGIN IMMEDIATE", *lead)
+    results: list[object] = []
+    try:
+        for sql in lead:
+            db.execute(sql)
+        cursor = db.cursor()
+        limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        try:
+            for step in steps:
+                if step.many:
+                    _insert_rows(cursor, step.sql, step.params, limit)
+                    results.append(db.execute("SELECT last_insert_rowid()").fetchone())
+                elif step.want_rowid:
+                    cursor.execute(step.sql, step.params[0])
+                    results.append((cursor.lastrowid,))
+                elif not step.covered:
+                    results.append(cursor.execute(step.sql, step.params[0]).fetchall())
+                else:
+                    _insert_rows(cursor, step.sql, step.params, limit)
+                    results.append(None)
+        finally:
+            cursor.close()
+        db.execute(end)
+    except sqlite3.Error:
+        _undo_on_thread(db, held_work is not None)
+        raise
+    return results
 
-    Returns None when not due (an earlier request already emptied it), True when the
-    WAL was copied and truncated, False when a reader's snapshot kept it (the frames
-    that could be copied were). The reader gets ``busy_ms`` to let go, not the
-    connection's whole busy timeout (``saved_ms``), which is restored in the same
-    queue, whatever becomes of the checkpoint.
-    """
-    if conn.in_transaction or _file_size(wal) <= due_at:
-        return None
-    settle = asyncio.gather(
-        conn.execute_fetchall(f"PRAGMA busy_timeout={int(busy_ms)}"),
-        conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"),
-        conn.execute_fetchall(f"PRAGMA busy_timeout={int(saved_ms)}"),
-        return_exceptions=True,
-    )
-    outcomes = await settle
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-    checkpoint = outcomes[1]
-    assert isinstance(checkpoint, list)
-    ((busy, _, _),) = checkpoint
-    return not busy
+
+def _undo_on_thread(db: sqlite3.Connection, hold: bool) -> None:
+    """Roll the failed batch back. In hold mode, to its savepoint; if that is gone, SQLite
+    dropped the held transaction: roll back whatever is open (the actor then sees the
+    held work lost)."""
+    try:
+        if hold and db.in_transaction:
+            try:
+                db.execute("ROLLBACK TO batch")
+                db.execute("RELEASE batch")
+                return
+            except sqlite3.Error as exc:
+                log.debug("persistence.savepoint_gone", error=str(exc))
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error as exc:  # SQLite may already have rolled back on its own
+        log.debug("persistence.rollback_failed", error=str(exc))
+
+
+class _Checkpointer:
+    """A connection of its own for PASSIVE checkpoints, used from a worker thread (one
+    checkpoint at a time): it copies committed WAL frames into the database file while
+    the writer's connection goes on committing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def passive(self) -> tuple[int, int, int]:
+        """(busy, frames in the WAL, frames copied), as ``PRAGMA wal_checkpoint`` says."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Read to the end: a statement left with a row unread would hold a read snapshot,
+        # and the writer could never start the WAL afresh.
+        ((busy, frames, copied),) = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return int(busy), int(frames), int(copied)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 def _file_size(path: Path) -> int:
@@ -344,25 +514,6 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-async def _undo(conn: aiosqlite.Connection, hold: bool) -> None:
-    """Roll the failed batch back. In hold mode, to its savepoint; if that is gone, SQLite
-    dropped the held transaction and what is open now is one the net began for the
-    statements queued behind the failure: roll that back too (the actor then sees the
-    held work lost)."""
-    try:
-        if hold and conn.in_transaction:
-            try:
-                await conn.execute_fetchall("ROLLBACK TO batch")
-                await conn.execute_fetchall("RELEASE batch")
-                return
-            except sqlite3.Error as exc:
-                log.debug("persistence.savepoint_gone", error=str(exc))
-        if conn.in_transaction:
-            await conn.execute_fetchall("ROLLBACK")
-    except sqlite3.Error as exc:  # SQLite may already have rolled back on its own
-        log.debug("persistence.rollback_failed", error=str(exc))
 
 
 # The actor that owns a connection, for in_writer_thread (kept for callers written
@@ -437,6 +588,7 @@ class PersistenceActor:
         self.synchronous: Synchronous = synchronous
         self.max_batch = max_batch
         self.wal_limit_bytes = wal_limit_bytes
+        # Kept for callers of earlier releases: PASSIVE checkpoints never wait for readers.
         self.checkpoint_busy_ms = checkpoint_busy_ms
         # Hold mode (scenario runs): units are applied inside one open transaction and
         # acknowledged at once; only commit_held() makes them durable, all together.
@@ -448,15 +600,24 @@ class PersistenceActor:
         # The -wal size at which the next checkpoint is due: wal_limit_bytes after a
         # completed one (the file is then empty), further on after one a reader blocked.
         self._checkpoint_due_at = wal_limit_bytes
-        self._checkpointing = False  # two batches in flight may both find one due
-        self._send: MemoryObjectSendStream[_Pending]
-        self._receive: MemoryObjectReceiveStream[_Pending]
-        self._send, self._receive = anyio.create_memory_object_stream[_Pending](mailbox_size)
+        # Set while a checkpoint runs (one at a time), and its own connection.
+        self._checkpointing: anyio.Event | None = None
+        self._checkpointer = _Checkpointer(path)
+        # The mailbox: batches forming (units join the last one) and control requests,
+        # in order; ``_queued`` counts what it holds against ``mailbox_size``, and
+        # producers beyond that wait their turn in ``_blocked`` (first come, first served).
+        self.mailbox_size = max(1, mailbox_size)
+        self._mailbox: deque[_Batch | _Pending] = deque()
+        self._queued = 0
+        self._blocked: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._waiter: asyncio.Future[None] | None = None  # the writer, waiting for work
+        self._input_closed = False
+        self._inflight: set[_Batch] = set()
         self._conn: aiosqlite.Connection | None = None
         # The batches' executemany cursor: one for the connection's life, so no cursor
         # is ever finalised on the event loop's thread.
         self._cursor: aiosqlite.Cursor | None = None
-        self._busy_timeout_ms = 0  # the connection's own, restored after a checkpoint
+        self._busy_timeout_ms = 0  # the connection's own (reported, never changed)
         # A batch, from BEGIN to COMMIT, and a checkpoint have the connection to
         # themselves: nothing else may be queued between their calls.
         self._writing = anyio.Lock()
@@ -469,7 +630,9 @@ class PersistenceActor:
         self.commits = 0
         self.units_committed = 0
         self.checkpoints = 0  # completed: the WAL was emptied
-        self.checkpoints_blocked = 0  # a reader's snapshot kept the WAL from being emptied
+        self.checkpoints_blocked = 0  # a checkpoint could not copy every frame (a snapshot)
+        self.checkpoints_inline = 0  # copies the writer made itself, between batches
+        self._catch_up_due = False
         # Called after each committed batch with (seconds, units): a server's metrics.
         self.on_batch_committed: Callable[[float, int], None] | None = None
 
@@ -503,8 +666,7 @@ class PersistenceActor:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._close_connections()
-            self._send.close()
-            self._receive.close()
+            self._close_input()
             self._closed = True
             self._stopped.set()
             raise
@@ -515,7 +677,11 @@ class PersistenceActor:
         # docstring); every transaction the writer means to have it begins explicitly.
         conn = await aiosqlite.connect(self.path, isolation_level="IMMEDIATE")
         try:
-            for pragma in (*PRAGMAS, f"PRAGMA synchronous={self.synchronous}"):
+            # After a checkpoint copied every frame, the next commit starts the WAL
+            # afresh and cuts the file to this size: its length then tells how much was
+            # appended since, past the limit (see _checkpoint_if_due).
+            limit = f"PRAGMA journal_size_limit={int(self.wal_limit_bytes)}"
+            for pragma in (*PRAGMAS, f"PRAGMA synchronous={self.synchronous}", limit):
                 await run(conn, pragma)
             ((self._busy_timeout_ms,),) = await run(conn, "PRAGMA busy_timeout")
             self._cursor = await conn.cursor()
@@ -529,17 +695,25 @@ class PersistenceActor:
         """Release an actor that was never started (its owner failed to open)."""
         if not self._closed:
             self._closed = True
-            self._send.close()
-            self._receive.close()
+            self._close_input()
             self._stopped.set()
 
     async def aclose(self) -> None:
         """Drain the mailbox, commit, checkpoint, close. Safe to call twice."""
         if not self._closed:
             self._closed = True
-            self._send.close()
+            self._close_input()
         with anyio.CancelScope(shield=True):
             await self._stopped.wait()
+
+    def _close_input(self) -> None:
+        """No more requests: the writer drains what is queued, then stops."""
+        self._input_closed = True
+        self._wake()
+        while self._blocked:
+            future, _ = self._blocked.popleft()
+            if not future.done():
+                future.set_exception(ActorClosed("the persistence actor is closed"))
 
     @property
     def closed(self) -> bool:
@@ -554,16 +728,58 @@ class PersistenceActor:
         UnitRejected (this unit broke a constraint; others went on), StoreFull or
         PersistenceError (nothing of the unit was written), ActorClosed/ActorBroken.
         """
-        result = await (await self.enqueue(unit))
-        assert isinstance(result, list)
-        return result
+        await self._admit(1)
+        batch, index = self._put(unit, None)
+        await batch.done  # the batch's one future, shared by its producers
+        outcome = batch.outcomes[index]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def submit_many(self, units: Sequence[Unit]) -> list[Outcome]:
+        """Commit several units queued together (nothing of another producer's between
+        them; a long list spans batches). Each is still all-or-nothing on its own: the
+        result holds each unit's rowids, or the error that refused it (not raised).
+        Raises only ActorClosed/ActorBroken, when none of them was queued."""
+        if not units:
+            return []
+        await self._admit(len(units))
+        placed = [self._put(unit, None) for unit in units]
+        for batch in dict.fromkeys(batch for batch, _ in placed):
+            await batch.done  # batches are answered in order; each is awaited anyway
+        return [batch.outcomes[index] for batch, index in placed]
+
+    async def enqueue_with(self, unit: Unit, done: UnitDone) -> None:
+        """Queue one unit (waiting only for mailbox room); ``done(rowids or error)`` is
+        called on the event loop once its batch committed or failed, in commit order
+        and after the commit hooks of the batch ran. No future per unit."""
+        await self._admit(1)
+        self._put(unit, done)
+
+    async def enqueue_many_with(self, units: Sequence[Unit], done: Sequence[UnitDone]) -> None:
+        """``enqueue_with`` for several units at once, queued together."""
+        if len(units) != len(done):
+            raise ValueError("one callback per unit")
+        if units:
+            await self._admit(len(units))
+            for unit, callback in zip(units, done, strict=True):
+                self._put(unit, callback)
 
     async def enqueue(self, unit: Unit) -> asyncio.Future[object]:
-        """Queue one unit (waiting only for mailbox room) and return the future ``submit``
-        awaits: units are committed, and their futures resolved, in the order queued."""
-        pending = _Pending(unit=unit)
-        await self._enqueue(pending)
-        return pending.done
+        """Queue one unit (waiting only for mailbox room) and return a future of its own
+        that resolves as ``submit`` returns (``enqueue_with`` needs no future)."""
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: Outcome) -> None:
+            if future.done():
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        await self.enqueue_with(unit, done)
+        return future
 
     async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         """Read through the writer's connection, after every write queued before it."""
@@ -593,7 +809,9 @@ class PersistenceActor:
         becomes of the caller, and the future fails with ``ActorClosed`` if the actor
         stops first."""
         pending = _Pending(control=fn)
-        await self._enqueue(pending)
+        await self._admit(1)
+        self._mailbox.append(pending)
+        self._wake()
         return pending.done
 
     async def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -665,78 +883,152 @@ class PersistenceActor:
 
         await self.call(backup)
 
-    async def _enqueue(self, pending: _Pending) -> None:
+    # -- the mailbox ---------------------------------------------------------------
+
+    async def _admit(self, count: int) -> None:
+        """Wait for room for ``count`` units (or one request) in the mailbox, taking turns
+        with producers already waiting, and reserve it. Raises if the actor stopped."""
         if self._broken is not None:
             raise ActorBroken("the persistence actor crashed") from self._broken
+        if self._input_closed:
+            raise ActorClosed("the persistence actor is closed")
+        if not self._blocked and (self._queued + count <= self.mailbox_size or not self._queued):
+            self._queued += count
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._blocked.append((turn, count))
         try:
-            try:
-                # The common case needs no trip through the event loop; a full mailbox
-                # falls back to waiting (backpressure).
-                self._send.send_nowait(pending)
-            except anyio.WouldBlock:
-                await self._send.send(pending)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                self._queued -= count  # admitted, but its producer gave up
+                self._admit_waiting()
+            else:
+                self._blocked = deque(b for b in self._blocked if b[0] is not turn)
             if self._broken is not None:
                 raise ActorBroken("the persistence actor crashed") from self._broken
-            raise ActorClosed("the persistence actor is closed") from exc
+            raise
+
+    def _admit_waiting(self) -> None:
+        while self._blocked:
+            turn, count = self._blocked[0]
+            if turn.done():
+                self._blocked.popleft()
+                continue
+            if self._queued and self._queued + count > self.mailbox_size:
+                return
+            self._blocked.popleft()
+            self._queued += count
+            turn.set_result(None)
+
+    def _put(self, unit: Unit, callback: UnitDone | None) -> tuple[_Batch, int]:
+        """Add an admitted unit to the batch forming at the mailbox's end (or a new one)."""
+        mailbox = self._mailbox
+        tail = mailbox[-1] if mailbox else None
+        if type(tail) is not _Batch or len(tail.units) >= self.max_batch:
+            tail = _Batch()
+            mailbox.append(tail)
+            self._wake()
+        index = len(tail.units)
+        tail.units.append(unit)
+        tail.callbacks.append(callback)
+        return tail, index
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _take(self) -> _Batch | _Pending | None:
+        """The next batch or request; None once the input is closed and all is taken.
+
+        A batch is taken when a pipeline slot is free, and after one more turn of the
+        event loop: producers already woken (by the acknowledgement of the batch before)
+        join it first, so the batch is formed when the loop has nothing else to do."""
+        mailbox = self._mailbox
+        while not mailbox:
+            if self._input_closed:
+                return None
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        head = mailbox[0]
+        if type(head) is _Batch:
+            await self._slots.acquire()
+            if mailbox[-1] is head and len(head.units) < self.max_batch:
+                await asyncio.sleep(0)
+        item = mailbox.popleft()
+        self._queued -= len(item.units) if type(item) is _Batch else 1
+        if self._blocked:
+            self._admit_waiting()
+        return item
 
     # -- the actor loop --------------------------------------------------------------
 
     async def _run(self) -> None:
-        inflight: list[_Pending] = []
         try:
-            async with self._receive, anyio.create_task_group() as self._batches:
+            async with anyio.create_task_group() as self._batches:
                 while True:
-                    try:
-                        first = await self._receive.receive()
-                    except anyio.EndOfStream:
+                    item = await self._take()
+                    if item is None:
                         break
-                    inflight = [first]
-                    while len(inflight) < self.max_batch:
-                        try:
-                            inflight.append(self._receive.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                    await self._process(inflight)
-                    inflight = []
+                    if type(item) is _Batch:
+                        self._dispatch(item)
+                    else:
+                        assert isinstance(item, _Pending)
+                        await self._control(item)
                 await self._wait_idle()
+                await self.checkpoints_settled()
         except BaseException as exc:
             self._broken = exc
             failure = ActorBroken("the persistence actor crashed")
             failure.__cause__ = exc
-            for pending in inflight:
-                pending.finish(error=failure)
+            for batch in list(self._inflight):
+                batch.fail(failure)
             raise
         finally:
             # Anyone still queued (crash or cancellation) hears about it.
-            while True:
-                try:
-                    leftover = self._receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-                leftover.finish(error=ActorClosed("the persistence actor stopped"))
+            self._close_input()
+            while self._mailbox:
+                leftover = self._mailbox.popleft()
+                closed = ActorClosed("the persistence actor stopped")
+                if type(leftover) is _Batch:
+                    leftover.fail(closed)
+                else:
+                    assert isinstance(leftover, _Pending)
+                    leftover.finish(error=closed)
             with anyio.CancelScope(shield=True):
                 await self._close_connections()
             self._stopped.set()
 
-    async def _dispatch(self, batch: list[_Pending]) -> None:
-        """Hand a batch to the writer thread without waiting for its commit.
+    def _dispatch(self, batch: _Batch) -> None:
+        """Hand a batch (its pipeline slot taken by ``_take``) to the writer thread
+        without waiting for its commit.
 
         Up to ``PIPELINE_DEPTH`` batches are in flight: the next is gathered while one
         runs, and queues its statements as soon as the one before has its COMMIT
         answered, before that one acknowledges its callers, so the thread works while the
         event loop answers. ``_writing`` keeps the two batches' calls apart and in order.
         """
-        await self._slots.acquire()
         self._dispatched = True
+        self._inflight.add(batch)
 
         async def commit() -> None:
             try:
                 await self._commit(batch)
-                # After the batch's callers were answered, and holding the slot, so a
-                # read or control request waits for it like for a batch.
-                await self._checkpoint_if_due()
+            except BaseException as exc:
+                # Cancelled (the actor is stopping) or crashed before answering: nobody
+                # may be left waiting on the batch's future.
+                failure: ActorBroken | ActorClosed = ActorBroken("the persistence actor crashed")
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    failure = ActorClosed("the persistence actor stopped")
+                failure.__cause__ = exc
+                batch.fail(failure)
+                raise
             finally:
+                self._inflight.discard(batch)
                 self._slots.release()
 
         self._batches.start_soon(commit)
@@ -748,148 +1040,184 @@ class PersistenceActor:
         for _ in range(PIPELINE_DEPTH):
             self._slots.release()
 
-    async def _process(self, items: list[_Pending]) -> None:
-        writes: list[_Pending] = []
-        for item in items:
-            if item.unit is not None:
-                writes.append(item)
-                continue
-            if writes:
-                await self._dispatch(writes)
-                writes = []
-            if self._dispatched:
-                # Consecutive control requests wait once: a request runs inline, so
-                # after the first nothing is in flight until the next batch.
-                await self._wait_idle()
-                self._dispatched = False
-            assert item.control is not None and self._conn is not None
-            try:
-                result = await item.control(self._conn)
-            except sqlite3.Error as exc:
-                error = translate(exc, "request")
-                error.__cause__ = exc
-                item.finish(error=error)
-            except Exception as exc:
-                item.finish(error=exc)
-            else:
-                item.finish(result)
-            await self._close_open_transaction(self._conn)
-            # A control request may have committed (commit_held): same rule as a batch.
-            await self._checkpoint_if_due()
-        if writes:
-            await self._dispatch(writes)
+    async def _control(self, item: _Pending) -> None:
+        if self._dispatched:
+            # Consecutive control requests wait once: a request runs inline, so
+            # after the first nothing is in flight until the next batch.
+            await self._wait_idle()
+            self._dispatched = False
+        assert item.control is not None and self._conn is not None
+        try:
+            result = await item.control(self._conn)
+        except sqlite3.Error as exc:
+            error = translate(exc, "request")
+            error.__cause__ = exc
+            item.finish(error=error)
+        except Exception as exc:
+            item.finish(error=exc)
+        else:
+            item.finish(result)
+        await self._close_open_transaction(self._conn)
+        # A control request may have committed (commit_held): same rule as a batch.
+        self._checkpoint_if_due()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: _Batch) -> None:
         conn = self._conn
         assert conn is not None
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = [[] for _ in batch.units]
+        hooks: list[Hook] = []
         async with self._writing:
             # Retries of a failed batch's units run before the next batch takes the
             # connection: units commit, and are answered, in the order they were queued.
-            await self._attempt(conn, batch, outcomes)
+            await self._attempt(conn, batch.units, range(len(batch.units)), outcomes, hooks)
         # Let the batch waiting for the connection queue its statements before this one
         # is answered, so the thread works while the event loop acknowledges.
         await anyio.lowlevel.cancel_shielded_checkpoint()
-        for units, rowids, hooks, error in outcomes:
-            if error is not None:
-                for pending in units:
-                    pending.finish(error=error)
-                continue
-            for pending, ids in zip(units, rowids, strict=True):
-                pending.finish(ids)
-            # After the replies, so each actor resumes (and applies its state) before any
-            # subscriber hears of the change; in execution order, which is commit order.
-            for hook, index, seen in hooks:
-                hook(rowids[index][:seen])
+        batch.answer(outcomes)
+        # After the replies (their callbacks are scheduled, so they run after these), so
+        # each actor resumes (and applies its state) before any subscriber hears of the
+        # change; in execution order, which is commit order.
+        for hook, index, seen in hooks:
+            ids = outcomes[index]
+            assert isinstance(ids, list)
+            hook(ids[:seen])
+        self._checkpoint_if_due()
+        if self._catch_up_due and self._checkpointing is None:
+            await self._catch_up(conn)
+
+    async def _catch_up(self, conn: aiosqlite.Connection) -> None:
+        """The safety valve under writes without a pause: the background checkpoints
+        copy frames, but SQLite starts the WAL afresh only when a write transaction
+        begins with every frame copied, which a writer that never pauses rarely sees.
+        Past ``WAL_HARD_FACTOR`` times the limit, the writer copies the few frames
+        appended since the last background pass itself, between two batches (after
+        this one's acknowledgements), so the next commit rewinds the file. Units queued
+        meanwhile wait for that copy: counted in ``checkpoints_inline``."""
+        self._catch_up_due = False
+        if self._lost is not None:
+            return
+        # Until this one is done, the next attempt is a limit further on (a batch in
+        # flight behind this one must not start another).
+        self._checkpoint_due_at = _file_size(self._wal_path) + self.wal_limit_bytes
+        async with self._writing:
+            if conn.in_transaction or self._conn is None:
+                return
+            try:
+                ((busy, frames, copied),) = await run(conn, "PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.warning("persistence.checkpoint_failed", error=str(exc))
+                return
+        self.checkpoints_inline += 1
+        if busy or copied < frames:  # a reader's snapshot: try again a limit further on
+            self.checkpoints_blocked += 1
+            self._checkpoint_due_at = _file_size(self._wal_path) + self.wal_limit_bytes
+        else:
+            self._checkpoint_due_at = self.wal_limit_bytes
 
     async def _attempt(
-        self, conn: aiosqlite.Connection, batch: list[_Pending], outcomes: list[_Outcome]
+        self,
+        conn: aiosqlite.Connection,
+        units: Sequence[Unit],
+        which: Sequence[int],
+        outcomes: list[Outcome],
+        hooks: list[Hook],
     ) -> None:
-        """Commit ``batch``, or on failure each of its units alone; note what became of it."""
+        """Commit the units ``which``, or on failure each alone; note what became of them."""
         # Checked here, not before waiting: the batch ahead may have lost held work.
         if self._lost is not None:
-            outcomes.append((batch, [], [], self._lost))
+            for index in which:
+                outcomes[index] = self._lost
             return
         started = time.perf_counter()
+        held = self._held if self.hold_commits else None
         try:
-            rowids, hooks = await self._execute_batch(conn, batch)
+            # Shielded: the thread runs the batch to its end whatever becomes of this task,
+            # so its producers hear what it did, not that the actor stopped.
+            with anyio.CancelScope(shield=True):
+                rowids, found = await _run_batch(conn, [units[index] for index in which], held)
         except sqlite3.Error as exc:
             self._note_if_held_work_lost(conn, exc)
-            if len(batch) > 1 and self._lost is None:
-                log.debug("persistence.batch_failed_retrying", units=len(batch), error=str(exc))
-                for pending in batch:
-                    await self._attempt(conn, [pending], outcomes)
+            if len(which) > 1 and self._lost is None:
+                log.debug("persistence.batch_failed_retrying", units=len(which), error=str(exc))
+                for index in which:
+                    await self._attempt(conn, units, [index], outcomes, hooks)
                 return
             # One unit, or a held transaction that is gone: every caller in the batch
             # hears why, none is left waiting.
             error: PersistenceError | UnitRejected = self._lost or translate(exc, "unit of work")
             if error.__cause__ is None:
                 error.__cause__ = exc
-            log.warning("persistence.unit_failed", units=len(batch), error=str(exc))
-            outcomes.append((batch, [], [], error))
+            log.warning("persistence.unit_failed", units=len(which), error=str(exc))
+            for index in which:
+                outcomes[index] = error
             return
         self.commits += 1
-        self.units_committed += len(batch)
+        self.units_committed += len(which)
         if self.on_batch_committed is not None:
-            self.on_batch_committed(time.perf_counter() - started, len(batch))
+            self.on_batch_committed(time.perf_counter() - started, len(which))
         if self.hold_commits:
-            self._held_units += len(batch)
-        outcomes.append((batch, rowids, hooks, None))
+            self._held_units += len(which)
+        for index, ids in zip(which, rowids, strict=True):
+            outcomes[index] = ids
+        hooks.extend((hook, which[local], seen) for hook, local, seen in found)
 
-    async def _checkpoint_if_due(self) -> None:
-        """Empty the WAL once the writer has appended ``wal_limit_bytes`` to it.
+    # -- WAL checkpoints, off the acknowledgements' path -------------------------------
 
-        Called after a commit's callers were answered and before the next batch is
-        taken (it runs on the writer's thread, in queue order). The -wal file holds
-        exactly what the writer appended since the last completed checkpoint, which
-        truncated it; so its size is the writer's own count, read without a trip to
-        the thread while nothing is due.
+    def _checkpoint_if_due(self) -> None:
+        """Start a checkpoint in the background once the writer has appended
+        ``wal_limit_bytes`` to the WAL since the last complete one.
+
+        The checkpoint is PASSIVE and runs on a connection and a thread of its own: it
+        copies committed frames into the database while the writer goes on committing,
+        and never waits for (nor makes wait) a writer or a reader. Once it has copied
+        every frame, the writer's next commit starts the WAL afresh and cuts the file
+        down to ``wal_limit_bytes`` (``journal_size_limit``), so past that size the
+        file's length is what was appended since; it is read without a trip to any
+        thread. No acknowledgement ever waits for a checkpoint: a commit's only extra
+        cost is, once per checkpoint, SQLite rewinding the WAL.
         """
-        conn = self._conn
-        due_at = self._checkpoint_due_at
-        if conn is None or self._lost is not None or conn.in_transaction or self._checkpointing:
-            return  # in hold mode nothing is committed until commit_held
-        if _file_size(self._wal_path) <= due_at:
+        if self._checkpointing is not None or self._lost is not None or self._conn is None:
             return
-        self._checkpointing = True
+        size = _file_size(self._wal_path)
+        if size <= self._checkpoint_due_at:
+            return
+        if size > self.wal_limit_bytes * WAL_HARD_FACTOR and not self.hold_commits:
+            self._catch_up_due = True  # see _catch_up
+            return
+        self._checkpointing = anyio.Event()
+        self._batches.start_soon(self._checkpoint_now, self._checkpointing)
+
+    async def _checkpoint_now(self, finished: anyio.Event) -> None:
         try:
-            async with self._writing:
-                done = await _checkpoint(
-                    conn,
-                    self._wal_path,
-                    due_at,
-                    self.checkpoint_busy_ms,
-                    self._busy_timeout_ms,
-                )
+            busy, frames, copied = await anyio.to_thread.run_sync(self._checkpointer.passive)
+            done = busy == 0 and frames >= 0 and copied >= frames
         except sqlite3.Error as exc:
             # A failed checkpoint loses nothing: the WAL keeps the data. Try again after
             # another wal_limit_bytes rather than after every batch.
             log.warning("persistence.checkpoint_failed", error=str(exc))
             done = False
         finally:
-            self._checkpointing = False
-        if done is None:
-            return
+            self._checkpointing = None
+            finished.set()
         if done:
             self.checkpoints += 1
             self._checkpoint_due_at = self.wal_limit_bytes
         else:
             self.checkpoints_blocked += 1
             self._checkpoint_due_at = _file_size(self._wal_path) + self.wal_limit_bytes
-            log.warning(
-                "persistence.checkpoint_blocked_by_reader",
+            # A reader's snapshot, or the writer's own transaction that began before the
+            # copy ended: PASSIVE cannot tell which, and neither is a fault.
+            log.info(
+                "persistence.checkpoint_partial",
                 wal_bytes=self._checkpoint_due_at - self.wal_limit_bytes,
                 retry_at=self._checkpoint_due_at,
             )
 
-    async def _execute_batch(
-        self, conn: aiosqlite.Connection, batch: list[_Pending]
-    ) -> tuple[list[list[int]], list[Hook]]:
-        """Run the batch as one transaction: two round trips of latency (see the module)."""
-        assert self._cursor is not None
-        units = [pending.unit for pending in batch]
-        held = self._held if self.hold_commits else None
-        return await _run_batch(conn, self._cursor, units, held)
+    async def checkpoints_settled(self) -> None:
+        """Wait until no checkpoint is running (for tests, benchmarks and closing)."""
+        running = self._checkpointing
+        if running is not None:
+            await running.wait()
 
     async def _close_open_transaction(self, conn: aiosqlite.Connection | None) -> None:
         """Outside hold mode no transaction outlives a request: commit what a control
@@ -917,6 +1245,10 @@ class PersistenceActor:
             self._lost.__cause__ = exc
 
     async def _close_connections(self) -> None:
+        try:
+            self._checkpointer.close()
+        except sqlite3.Error as exc:
+            log.warning("persistence.checkpointer_close_failed", error=str(exc))
         conn, self._conn = self._conn, None
         cursor, self._cursor = self._cursor, None
         if conn is not None:

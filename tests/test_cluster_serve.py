@@ -1,0 +1,169 @@
+"""``ublox-sim serve --store URL`` four times on one PostgreSQL database (#14 item 3): any
+process answers any request. Buyers spread over the four servers race for a PTO's ten
+shares: exactly ten sold, every other buyer refused, balances exact on every server; a
+token issued by one server is valid on the others; every server's ``/ws/events`` streams
+every server's purchases, in the same (commit) order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from live_server import ADMIN_KEY, OPERATOR, deadline_in, free_port
+from websockets.asyncio.client import ClientConnection, connect
+
+from ublox_sim.store.postgres.backend import CLUSTER_ENV
+
+pytestmark = pytest.mark.anyio
+SERVERS = 4
+BUYERS = 400
+
+
+def _serve(url: str, port: int, home: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update({"UBLOX_ADMIN_KEY": ADMIN_KEY, CLUSTER_ENV: "1", "UBLOX_HOME": str(home)})
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent.parent), env.get("PYTHONPATH", "")]
+    )
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ublox_sim",
+                "serve",
+                "--store",
+                url,
+                "--port",
+                str(port),
+                "--tick",
+                "86400",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+
+
+@pytest.fixture
+def servers(pg_url: str, tmp_path: Path) -> Iterator[list[str]]:
+    ports = [free_port() for _ in range(SERVERS)]
+    procs = [
+        _serve(pg_url, port, tmp_path / f"home{k}", tmp_path / f"serve{k}.log")
+        for k, port in enumerate(ports)
+    ]
+    try:
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        assert [proc.wait(30) for proc in procs] == [0] * SERVERS
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def _answering(client: httpx.AsyncClient) -> None:
+    """Wait until the server answers (it starts in the background)."""
+    for _ in range(400):
+        try:
+            if (await client.get("/api/stats")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{client.base_url} did not start")
+
+
+async def test_four_servers_sell_exactly_the_ten_shares(servers: list[str]) -> None:
+    clients = [httpx.AsyncClient(base_url=u, timeout=60, trust_env=False) for u in servers]
+    try:
+        for client in clients:
+            await _answering(client)
+        first = clients[0]
+        names = [f"b{i:03d}" for i in range(BUYERS)]
+        players = [("maker", "0"), *((n, "50") for n in names)]
+        registered = await asyncio.gather(  # spread over the servers too
+            *(
+                clients[i % SERVERS].post(
+                    "/api/players", json={"player_id": pid, "usd_obbba": usd}, headers=OPERATOR
+                )
+                for i, (pid, usd) in enumerate(players)
+            )
+        )
+        assert {r.status_code for r in registered} == {201}
+        pto = {
+            "pto_id": "race",
+            "game_name": "Race",
+            "creator_id": "maker",
+            "atu_required": 10,
+            "pts_offered": 10,
+            "price_per_pts": "2.50",
+            "funding_deadline": deadline_in(7),
+        }
+        assert (await first.post("/api/ptos", json=pto, headers=OPERATOR)).status_code == 201
+        issued = (await first.post("/api/players/b000/tokens", headers=OPERATOR)).json()
+        mine = {"Authorization": f"Bearer {issued['token']}"}
+        for client in clients:  # a token of the first server, good on every one
+            assert (await client.get("/api/players/b000", headers=mine)).status_code == 200
+
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = [
+                await stack.enter_async_context(
+                    connect(u.replace("http", "ws") + "/ws/events", proxy=None, open_timeout=10)
+                )
+                for u in servers
+            ]
+            responses = await _buy_all(clients, names)
+            streams = [await _until_funded(ws) for ws in sockets]
+        # Every server streamed every server's purchases, in one (commit) order.
+        assert all(stream == streams[0] for stream in streams), streams
+        assert Counter(kind for _, kind, _ in streams[0])["shares_bought"] == 10
+        assert [seq for seq, _, _ in streams[0]] == sorted(seq for seq, _, _ in streams[0])
+        sold = [n for n, r in zip(names, responses, strict=True) if r.status_code == 201]
+        assert sorted(p for _, kind, p in streams[0] if kind == "shares_bought") == sorted(sold)
+        refused = Counter(r.json()["error"]["code"] for r in responses if r.status_code != 201)
+        assert len(sold) == 10, refused
+        assert set(refused) <= {"shares_unavailable", "invalid_state"}, refused
+        for k, client in enumerate(clients):
+            race = (await client.get("/api/ptos/race", headers=OPERATOR)).json()
+            assert (race["pts_sold"], race["status"]) == (10, "in_progress")
+            for n in names[k::37]:  # a sample of balances, read on every server
+                player = (await client.get(f"/api/players/{n}", headers=OPERATOR)).json()
+                assert player["usd_obbba_balance"] == ("47.50" if n in sold else "50.00")
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def _buy_all(clients: list[httpx.AsyncClient], names: list[str]) -> list[httpx.Response]:
+    return await asyncio.gather(
+        *(
+            clients[i % SERVERS].post(
+                "/api/ptos/race/shares", json={"player_id": n, "hours": 1}, headers=OPERATOR
+            )
+            for i, n in enumerate(names)
+        )
+    )
+
+
+async def _until_funded(ws: ClientConnection) -> list[tuple[int, str, str]]:
+    """(seq, kind, player) of every event up to the PTO's funding."""
+    seen: list[tuple[int, str, str]] = []
+    async with asyncio.timeout(60):
+        while not seen or seen[-1][1] != "pto_funded":
+            event = json.loads(await ws.recv())
+            seen.append((event["seq"], event["kind"], event.get("player_id", "")))
+    return seen

@@ -1,0 +1,1 @@
+"""The PostgreSQL backend (issue #14): the same ``Backend`` protocol over asyncpg."""

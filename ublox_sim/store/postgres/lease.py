@@ -1,0 +1,102 @@
+"""World leases: each world is stepped by one process at a time (several processes, one
+PostgreSQL database; SQLite's single-writer flock makes this moot there).
+
+A lease is a row of ``world_leases``: the PTO, the holding process and an expiry, in
+seconds of the lease clock (``core.clock``'s ``Clock``, the wall clock unless a test
+injects one; never the database's ``now()``, so a takeover is tested without waiting).
+``acquire`` takes every lease that is free, expired or already ours, renewing ours, in
+one statement, and answers which it holds; a holder renews on each tick (the engine's
+``advance``), so its leases outlive it by at most ``ttl`` seconds: a process killed
+with ``kill -9`` loses its worlds to the next survivor that ticks after that. A world
+newly taken over is stepped from the last committed state: the engine has its actor
+reload (``PTOActor.mark_stale``). A clean close releases every lease at once.
+
+The leases have their own connection, so a renewal never waits behind the write queue.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from ...core.clock import Clock, WallClock
+
+DEFAULT_TTL = 5.0
+TTL_ENV = "UBLOX_LEASE_TTL"
+
+_ACQUIRE = """
+INSERT INTO world_leases (pto_id, holder, expires)
+SELECT unnest($1::text[]), $2, $3
+ON CONFLICT (pto_id) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+WHERE world_leases.holder = excluded.holder OR world_leases.expires <= $4
+RETURNING pto_id
+"""
+
+
+def default_ttl() -> float:
+    """``$UBLOX_LEASE_TTL`` seconds, else 5."""
+    text = os.environ.get(TTL_ENV)
+    if text is None:
+        return DEFAULT_TTL
+    ttl = float(text)
+    if not ttl > 0:
+        raise ValueError(f"{TTL_ENV} must be a positive number of seconds, got {text!r}")
+    return ttl
+
+
+class WorldLeases:
+    """This process's leases on one database (see the module docstring)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        ttl: float | None = None,
+        clock: Clock | None = None,
+        holder: str | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.ttl = default_ttl() if ttl is None else ttl
+        if not self.ttl > 0:
+            raise ValueError(f"a lease's ttl must be positive, got {self.ttl}")
+        self.clock: Clock = clock or WallClock()
+        self.holder = holder or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.held: frozenset[str] = frozenset()
+        self._conn: Any = None
+
+    async def start(self) -> None:
+        self._conn = await asyncpg.connect(self.dsn)
+
+    async def acquire(self, pto_ids: Sequence[str]) -> tuple[frozenset[str], frozenset[str]]:
+        """Take or renew the leases of ``pto_ids`` that are free, expired or ours.
+
+        Returns (held now, newly taken: held now and not held before)."""
+        assert self._conn is not None, "start() first"
+        now = self.clock.now().timestamp()
+        rows = await self._conn.fetch(_ACQUIRE, list(pto_ids), self.holder, now + self.ttl, now)
+        held = frozenset(str(r[0]) for r in rows)
+        before = self.held
+        lost = frozenset(pto_ids) - held  # asked for, not granted: another process's now
+        self.held = (before - lost) | held
+        return held, held - before
+
+    async def holders(self) -> dict[str, tuple[str, float]]:
+        """Every lease: pto_id -> (holder, expiry)."""
+        assert self._conn is not None, "start() first"
+        rows = await self._conn.fetch("SELECT pto_id, holder, expires FROM world_leases")
+        return {str(p): (str(h), float(e)) for p, h, e in rows}
+
+    async def aclose(self) -> None:
+        """Release this process's leases (others take its worlds at once) and disconnect."""
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        try:
+            await conn.execute("DELETE FROM world_leases WHERE holder = $1", self.holder)
+        finally:
+            self.held = frozenset()
+            await conn.close()
