@@ -51,7 +51,7 @@ def test_every_cell_comes_back_once_a_raising_cell_as_its_failure(
     failed = results[CELLS[3]]
     assert (failed.cell, failed.how, failed.error) == (
         CELLS[3],
-        "failed",
+        "error",
         "ValueError: three is not allowed",
     )
 

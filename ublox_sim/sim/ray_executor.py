@@ -156,7 +156,7 @@ class RayExecutor:
                     try:
                         result: CellResult = ray.get(ref)
                     except ray.exceptions.RayError as exc:
-                        result = CellResult(cell, error=self._why(ray, exc), how="failed")
+                        result = CellResult(cell, error=self._why(ray, exc), how="error")
                     yield cell, result
 
     def _why(self, ray: ModuleType, exc: BaseException) -> str:
