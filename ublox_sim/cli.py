@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar
@@ -340,6 +341,7 @@ def run(
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+RAY_LOCAL = "local"  # `sweep --ray` given alone: a local Ray instance for the sweep
 
 
 @main.command()
@@ -359,13 +361,38 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
     required=True,
     help="The sweep's folder (cells' homes and tables); rerun to resume.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value=RAY_LOCAL,
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run the cells as Ray tasks: on the cluster at ADDRESS (auto, ray://HOST:PORT), "
+    "or, given alone, on a local Ray instance of --jobs CPUs started for the sweep.",
+)
 @_errors_to_exit_codes
-def sweep(scenario: Path, seeds: str, sets: tuple[str, ...], jobs: int | None, out: Path) -> None:
+def sweep(
+    scenario: Path,
+    seeds: str,
+    sets: tuple[str, ...],
+    jobs: int | None,
+    out: Path,
+    ray_address: str | None,
+) -> None:
     """Run SCENARIO over the grid of --set values times --seeds, each cell in its own home.
 
     A failed cell is reported and the others go on (exit 1 at the end); running the same
     command again skips finished cells and resumes checkpointed ones."""
-    from .sim.sweep import LocalExecutor, SweepProgress, grid, parse_seeds, parse_set, run_sweep
+    from .sim.sweep import (
+        Executor,
+        LocalExecutor,
+        SweepProgress,
+        grid,
+        parse_seeds,
+        parse_set,
+        run_sweep,
+    )
 
     try:
         seed_list = parse_seeds(seeds)
@@ -390,8 +417,29 @@ def sweep(scenario: Path, seeds: str, sets: tuple[str, ...], jobs: int | None, o
         if not last.ok:
             click.echo(f"  {last.cell.cell_id}: {last.error}", err=True)
 
-    click.echo(f"sweep: {len(cells)} cells in {out}, {workers} job(s)", err=True)
-    result = run_sweep(cells, out, LocalExecutor(min(workers, len(cells))), progress)
+    with ExitStack() as session:
+        executor: Executor = LocalExecutor(min(workers, len(cells)))
+        where = f"{workers} job(s)"
+        if ray_address is not None:
+            from .sim.ray_executor import RayExecutor
+
+            if ray_address != RAY_LOCAL and jobs is not None:
+                raise click.BadParameter(
+                    "the cluster's CPUs decide, not --jobs", param_hint="--ray"
+                )
+            local = ray_address == RAY_LOCAL
+            # Connected before the sweep writes anything: a wrong address changes nothing.
+            ray = session.enter_context(
+                RayExecutor(None if local else ray_address, num_cpus=workers if local else None)
+            )
+            executor = ray
+            where = (
+                f"Ray, a local instance of {workers} CPU(s)"
+                if local
+                else f"Ray at {ray_address}, {ray.jobs} CPU(s)"
+            )
+        click.echo(f"sweep: {len(cells)} cells in {out}, {where}", err=True)
+        result = run_sweep(cells, out, executor, progress)
     ran = sum(r.seconds for r in result.results if r.how in ("ran", "resumed"))
     ok = len(result.results) - len(result.failed)
     click.echo(
