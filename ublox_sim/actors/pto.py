@@ -165,15 +165,19 @@ class PTOActor(Actor[PTOMessage]):
         self._idle = anyio.Event()
 
         def landed(committed: Committed) -> object:
+            applied = False
             try:
                 for event in committed.events:
                     apply_to_pto(self.state, self.tokens, event)
+                applied = True
             finally:
-                self._forget(unit)
+                # The pending state holds these events already: rebuilt only if applying
+                # them failed half-way (a bug), so memory still follows the acknowledged.
+                self._forget(unit, rebuild=not applied)
             return acknowledged(committed)
 
         def lost() -> None:
-            self._forget(unit)
+            self._forget(unit, rebuild=True)
             failed()
 
         later = Later()
@@ -221,18 +225,26 @@ class PTOActor(Actor[PTOMessage]):
         self._stale = False
         self.reloads += 1
 
-    def _forget(self, unit: int) -> None:
-        """A unit is no longer in flight: rebuild the pending state from the acknowledged
-        one and the units still in flight (purchases only, which commute)."""
+    def _forget(self, unit: int, *, rebuild: bool) -> None:
+        """A unit is no longer in flight. One that committed is in the pending state
+        already (acknowledged + in flight, applied in the same order). One that failed
+        must leave it: rebuild the pending state from the acknowledged one and the units
+        still in flight (purchases only, which commute). Only a failure pays for the
+        copy of every token, so a hot PTO's purchase costs the same with 10 tokens or
+        100,000 (it was a copy of them all per acknowledgement)."""
         self._inflight.pop(unit, None)
         if not self._inflight:
             self._idle.set()
+        if rebuild:
+            self._rebuild_pending()
+        self._maybe_quiet()
+
+    def _rebuild_pending(self) -> None:
         self._pending = dataclasses.replace(self.state)
         self._pending_tokens = {k: dataclasses.replace(t) for k, t in self.tokens.items()}
         for events in self._inflight.values():
             for event in events:
                 apply_to_pto(self._pending, self._pending_tokens, event)
-        self._maybe_quiet()
 
     # -- funding ---------------------------------------------------------------
 
