@@ -256,9 +256,11 @@ class PTOActor(Actor[PTOMessage]):
             await self._idle.wait()
             decision = purchase(self._pending, hours)
         pto_id = self.state.pto_id
-        reservation = await self.players.ask(
-            player_id, Reserve(amount=decision.price, pto_id=pto_id)
-        )
+        reservation = self.players.reserve_now(player_id, decision.price, pto_id)
+        if reservation is None:  # the buyer is not active: the ask activates it
+            reservation = await self.players.ask(
+                player_id, Reserve(amount=decision.price, pto_id=pto_id)
+            )
         token = PTSToken(
             token_id=f"{pto_id}-pts-{self._next_token:06d}",
             game_id=pto_id,
