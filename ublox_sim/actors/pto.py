@@ -379,11 +379,19 @@ class PTOActor(Actor[PTOMessage]):
         outcomes: dict[int, SessionOutcome] = {}
         valid: list[Valid] = []
         claimed: dict[str, float] = {}
+        # One pass over the tokens for the whole batch, not one per request (a hot world's
+        # batch of n players over its t tokens cost n*t). Nothing is in flight and this
+        # handler runs alone, so no token lands meanwhile.
+        players = {r.player_id for r in requests if isinstance(r.player_id, str)}
+        held: dict[str, list[PTSToken]] = {}
+        for token in self.tokens.values():
+            if token.holder in players:
+                held.setdefault(token.holder, []).append(token)
         for index, request in enumerate(requests):
             try:
                 self._require_world()
                 await self.players.check(request.player_id)
-                tokens = self._held_tokens(request.player_id, claimed)
+                tokens = self._held_tokens(held.get(request.player_id, []), claimed)
                 allocation = allocate_play(self.state, tokens, request.hours)
             except UbloxError as exc:
                 outcomes[index] = SessionOutcome(request.player_id, error=exc)
@@ -396,12 +404,12 @@ class PTOActor(Actor[PTOMessage]):
                 outcomes[index] = outcome
         return [outcomes[i] for i in range(len(requests))]
 
-    def _held_tokens(self, player_id: str, claimed: dict[str, float]) -> list[PTSToken]:
-        """The player's tokens, less hours already claimed by earlier requests in this batch."""
+    @staticmethod
+    def _held_tokens(tokens: list[PTSToken], claimed: dict[str, float]) -> list[PTSToken]:
+        """A player's tokens, less hours already claimed by earlier requests in this batch."""
         return [
             dataclasses.replace(t, hours_played=t.hours_played + claimed.get(t.token_id, 0.0))
-            for t in self.tokens.values()
-            if t.holder == player_id
+            for t in tokens
         ]
 
     async def _run_sessions(self, valid: list[Valid], at: str) -> list[tuple[int, SessionOutcome]]:
