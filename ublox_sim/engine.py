@@ -1044,10 +1044,8 @@ class _PlayersPort:
         return await self._engine._players.ask(player_id, message, handled=handled)
 
     def reserve_now(self, player_id: str, amount: int, pto_id: str) -> Reservation | None:
-        actor = self._engine._players.active(player_id)
-        if actor is None or actor.broken is not None:  # the ask says why it cannot
-            return None
-        return actor.reserve(amount, pto_id)
+        actor = self._engine._players.active(player_id)  # not activating or passivating
+        return None if actor is None else actor.reserve_now(amount, pto_id)
 
     def settle(self, player_id: str, ticket: int, committed: bool) -> None:
         actor = self._engine._players.current(player_id)

@@ -165,6 +165,14 @@ class PlayerActor(Actor[PlayerMessage]):
         # tau_k at purchase is a record of the acknowledged value.
         return Reservation(self._tickets, self.state.tau_k)
 
+    def reserve_now(self, amount: int, pto_id: str) -> Reservation | None:
+        """``reserve`` from another actor, or None if the ``Reserve`` must go through the
+        mailbox: a crashed actor (the ask says so). An actor that must first catch up
+        with the store before it decides (a reload) answers None too."""
+        if self.broken is not None:
+            return None
+        return self.reserve(amount, pto_id)
+
     async def handle(self, message: PlayerMessage) -> object:
         if self._stale or (
             self.shared and isinstance(message, GetPlayer | SendTransfer | Reserve | ApplySession)
