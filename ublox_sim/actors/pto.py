@@ -9,7 +9,9 @@ the last share, and every other command (ATU, deadlines, world steps, sessions),
 waits until nothing is in flight and decides on acknowledged state. A purchase is
 decided here (shares left, the token); the buyer's actor only sets the price aside
 (``Reserve``) and hears whether the unit committed (``PlayerActor.settle``), so two buyers can
-never both get the last share.
+never both get the last share. An active buyer sets it aside at once, without a trip
+through its mailbox (``Players.reserve_now``): a hot PTO decides the purchases queued for
+it one after the other without waiting, and their units share the store's batches.
 
 Sessions of many players in one world are stepped together (one array operation per
 step); each player commits its own session (its physics move from its own state),
