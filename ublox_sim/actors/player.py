@@ -167,9 +167,9 @@ class PlayerActor(Actor[PlayerMessage]):
 
     def reserve_now(self, amount: int, pto_id: str) -> Reservation | None:
         """``reserve`` from another actor, or None if the ``Reserve`` must go through the
-        mailbox: a crashed actor (the ask says so). An actor that must first catch up
-        with the store before it decides (a reload) answers None too."""
-        if self.broken is not None:
+        mailbox: a crashed actor (the ask says so), and one that reloads its row before
+        it decides (stale, or shared by several processes: see ``handle``)."""
+        if self.broken is not None or self._stale or self.shared or self._reloading is not None:
             return None
         return self.reserve(amount, pto_id)
 
