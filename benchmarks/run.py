@@ -11,16 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from . import cdt, persistence, scale, simulation
+from . import cdt, hot, persistence, scale, simulation
 
 BENCHES: dict[str, tuple[Callable[[str], dict[str, Any]], Callable[[dict[str, Any]], str]]] = {
     "persistence": (persistence.bench, persistence.show),
     "cdt": (cdt.bench, cdt.show),
     "simulation": (simulation.bench, simulation.show),
     "scale": (scale.bench, scale.show),
+    "hot": (hot.bench, hot.show),
 }
 # ``all`` is the quick regular set; ``scale`` (a million players by default) runs alone.
-ALL = ("persistence", "cdt", "simulation")
+ALL = ("persistence", "cdt", "simulation", "hot")
 
 
 def machine() -> dict[str, Any]:

@@ -525,7 +525,7 @@ def _say_interrupted(
 @main.command()
 @click.argument(
     "which",
-    type=click.Choice(["persistence", "cdt", "simulation", "scale", "all"]),
+    type=click.Choice(["persistence", "cdt", "simulation", "scale", "hot", "all"]),
     default="all",
 )
 @click.option("--quick", is_flag=True, help="Smaller sizes: the whole set in under two minutes.")
@@ -553,8 +553,9 @@ def bench(
     players: int | None,
     store: str | None,
 ) -> None:
-    """Measure persistence, CDT flushing and simulation speed against their baselines
-    (`all`), or a store of a million players (`scale`, run on its own)."""
+    """Measure persistence, CDT flushing, simulation speed and a hot PTO (100 buyers on
+    one PTO, through the Engine and HTTP) against their baselines (`all`), or a store of
+    a million players (`scale`, run on its own)."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "run.py").is_file():
         raise click.UsageError("the benchmarks live in the source tree: run from a checkout")

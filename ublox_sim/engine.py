@@ -48,6 +48,7 @@ from .actors.messages import (
     GetWorld,
     Play,
     PlayRequest,
+    Reservation,
     Sale,
     SendTransfer,
     SessionOutcome,
@@ -1041,6 +1042,10 @@ class _PlayersPort:
         self, player_id: str, message: Ask[R], *, handled: anyio.Event | None = None
     ) -> R:
         return await self._engine._players.ask(player_id, message, handled=handled)
+
+    def reserve_now(self, player_id: str, amount: int, pto_id: str) -> Reservation | None:
+        actor = self._engine._players.active(player_id)  # not activating or passivating
+        return None if actor is None else actor.reserve_now(amount, pto_id)
 
     def settle(self, player_id: str, ticket: int, committed: bool) -> None:
         actor = self._engine._players.current(player_id)

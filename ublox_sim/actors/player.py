@@ -71,6 +71,10 @@ class Players(Protocol):
         """Ask the player's actor, activating it (``UnknownPlayer`` if there is none);
         ``handled`` as in ``Actor.ask``."""
 
+    def reserve_now(self, player_id: str, amount: int, pto_id: str) -> Reservation | None:
+        """``Reserve`` without a trip through the player's mailbox, if its actor is active
+        (not activating, not passivating); None if it is not: ask it ``Reserve`` then."""
+
     def settle(self, player_id: str, ticket: int, committed: bool) -> None:
         """The unit spending reservation ``ticket`` committed or failed (the player is
         active: an open reservation keeps it from passivating)."""
@@ -147,6 +151,28 @@ class PlayerActor(Actor[PlayerMessage]):
         for usd, at in late:
             self.credit(usd, at)
 
+    def reserve(self, amount: int, pto_id: str) -> Reservation:
+        """Set ``amount`` aside for a purchase of ``pto_id``, or refuse (``InsufficientFunds``).
+
+        Synchronous, so a PTO may call it directly on an active actor, between this
+        actor's handlers or while one awaits: every handler has put what it spends in
+        flight before its first await, so ``_available`` holds at any of them. That
+        spares a hot PTO a round trip through this mailbox per purchase, which kept its
+        decisions one at a time and the store's batches at ~2 units."""
+        check_funds(self._available(), amount, f"pay {pto_id}")
+        self._tickets += 1
+        self._reserved[self._tickets] = amount
+        # tau_k at purchase is a record of the acknowledged value.
+        return Reservation(self._tickets, self.state.tau_k)
+
+    def reserve_now(self, amount: int, pto_id: str) -> Reservation | None:
+        """``reserve`` from another actor, or None if the ``Reserve`` must go through the
+        mailbox: a crashed actor (the ask says so), and one that reloads its row before
+        it decides (stale, or shared by several processes: see ``handle``)."""
+        if self.broken is not None or self._stale or self.shared or self._reloading is not None:
+            return None
+        return self.reserve(amount, pto_id)
+
     async def handle(self, message: PlayerMessage) -> object:
         if self._stale or (
             self.shared and isinstance(message, GetPlayer | SendTransfer | Reserve | ApplySession)
@@ -170,11 +196,7 @@ class PlayerActor(Actor[PlayerMessage]):
                 )
                 return await self._decide((sent,), receipt)
             case Reserve(amount=amount, pto_id=pto_id):
-                check_funds(self._available(), amount, f"pay {pto_id}")
-                self._tickets += 1
-                self._reserved[self._tickets] = amount
-                # tau_k at purchase is a record of the acknowledged value.
-                return Reservation(self._tickets, self.state.tau_k)
+                return self.reserve(amount, pto_id)
             case GetPhysics():
                 s = self.state
                 return Physics(s.position_x, s.position_y, s.phase, s.resonance_freq, s.tau_k)

@@ -9,7 +9,9 @@ the last share, and every other command (ATU, deadlines, world steps, sessions),
 waits until nothing is in flight and decides on acknowledged state. A purchase is
 decided here (shares left, the token); the buyer's actor only sets the price aside
 (``Reserve``) and hears whether the unit committed (``PlayerActor.settle``), so two buyers can
-never both get the last share.
+never both get the last share. An active buyer sets it aside at once, without a trip
+through its mailbox (``Players.reserve_now``): a hot PTO decides the purchases queued for
+it one after the other without waiting, and their units share the store's batches.
 
 Sessions of many players in one world are stepped together (one array operation per
 step); each player commits its own session (its physics move from its own state),
@@ -165,15 +167,19 @@ class PTOActor(Actor[PTOMessage]):
         self._idle = anyio.Event()
 
         def landed(committed: Committed) -> object:
+            applied = False
             try:
                 for event in committed.events:
                     apply_to_pto(self.state, self.tokens, event)
+                applied = True
             finally:
-                self._forget(unit)
+                # The pending state holds these events already: rebuilt only if applying
+                # them failed half-way (a bug), so memory still follows the acknowledged.
+                self._forget(unit, rebuild=not applied)
             return acknowledged(committed)
 
         def lost() -> None:
-            self._forget(unit)
+            self._forget(unit, rebuild=True)
             failed()
 
         later = Later()
@@ -221,18 +227,26 @@ class PTOActor(Actor[PTOMessage]):
         self._stale = False
         self.reloads += 1
 
-    def _forget(self, unit: int) -> None:
-        """A unit is no longer in flight: rebuild the pending state from the acknowledged
-        one and the units still in flight (purchases only, which commute)."""
+    def _forget(self, unit: int, *, rebuild: bool) -> None:
+        """A unit is no longer in flight. One that committed is in the pending state
+        already (acknowledged + in flight, applied in the same order). One that failed
+        must leave it: rebuild the pending state from the acknowledged one and the units
+        still in flight (purchases only, which commute). Only a failure pays for the
+        copy of every token, so a hot PTO's purchase costs the same with 10 tokens or
+        100,000 (it was a copy of them all per acknowledgement)."""
         self._inflight.pop(unit, None)
         if not self._inflight:
             self._idle.set()
+        if rebuild:
+            self._rebuild_pending()
+        self._maybe_quiet()
+
+    def _rebuild_pending(self) -> None:
         self._pending = dataclasses.replace(self.state)
         self._pending_tokens = {k: dataclasses.replace(t) for k, t in self.tokens.items()}
         for events in self._inflight.values():
             for event in events:
                 apply_to_pto(self._pending, self._pending_tokens, event)
-        self._maybe_quiet()
 
     # -- funding ---------------------------------------------------------------
 
@@ -244,9 +258,11 @@ class PTOActor(Actor[PTOMessage]):
             await self._idle.wait()
             decision = purchase(self._pending, hours)
         pto_id = self.state.pto_id
-        reservation = await self.players.ask(
-            player_id, Reserve(amount=decision.price, pto_id=pto_id)
-        )
+        reservation = self.players.reserve_now(player_id, decision.price, pto_id)
+        if reservation is None:  # the buyer is not active: the ask activates it
+            reservation = await self.players.ask(
+                player_id, Reserve(amount=decision.price, pto_id=pto_id)
+            )
         token = PTSToken(
             token_id=f"{pto_id}-pts-{self._next_token:06d}",
             game_id=pto_id,
@@ -365,11 +381,19 @@ class PTOActor(Actor[PTOMessage]):
         outcomes: dict[int, SessionOutcome] = {}
         valid: list[Valid] = []
         claimed: dict[str, float] = {}
+        # One pass over the tokens for the whole batch, not one per request (a hot world's
+        # batch of n players over its t tokens cost n*t). Nothing is in flight and this
+        # handler runs alone, so no token lands meanwhile.
+        players = {r.player_id for r in requests if isinstance(r.player_id, str)}
+        held: dict[str, list[PTSToken]] = {}
+        for token in self.tokens.values():
+            if token.holder in players:
+                held.setdefault(token.holder, []).append(token)
         for index, request in enumerate(requests):
             try:
                 self._require_world()
                 await self.players.check(request.player_id)
-                tokens = self._held_tokens(request.player_id, claimed)
+                tokens = self._held_tokens(held.get(request.player_id, []), claimed)
                 allocation = allocate_play(self.state, tokens, request.hours)
             except UbloxError as exc:
                 outcomes[index] = SessionOutcome(request.player_id, error=exc)
@@ -382,12 +406,12 @@ class PTOActor(Actor[PTOMessage]):
                 outcomes[index] = outcome
         return [outcomes[i] for i in range(len(requests))]
 
-    def _held_tokens(self, player_id: str, claimed: dict[str, float]) -> list[PTSToken]:
-        """The player's tokens, less hours already claimed by earlier requests in this batch."""
+    @staticmethod
+    def _held_tokens(tokens: list[PTSToken], claimed: dict[str, float]) -> list[PTSToken]:
+        """A player's tokens, less hours already claimed by earlier requests in this batch."""
         return [
             dataclasses.replace(t, hours_played=t.hours_played + claimed.get(t.token_id, 0.0))
-            for t in self.tokens.values()
-            if t.holder == player_id
+            for t in tokens
         ]
 
     async def _run_sessions(self, valid: list[Valid], at: str) -> list[tuple[int, SessionOutcome]]:

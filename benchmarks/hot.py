@@ -1,0 +1,381 @@
+"""A hot PTO: many buyers on one PTO against the same purchases spread over many PTOs.
+
+Every contender runs ``buyers`` concurrent buyers (100 by default), each buying one
+hour of PTS ``per_buyer`` times, one after the other, awaiting each purchase:
+
+- ``engine_hot``: all buyers buy from one PTO, through ``Engine.buy_pts``;
+- ``engine_spread``: buyer ``i`` buys from PTO ``i`` (as many PTOs as buyers);
+- ``http_hot``: the buyers of ``engine_hot`` as HTTP clients of a real server
+  (uvicorn on 127.0.0.1, in a child process), ``POST /api/ptos/{id}/shares`` with their
+  own player token;
+- ``http_noop``: the same requests to a benchmark-only route that goes through the same
+  layers (guards, routing, the player token's check, body validation, ``acts_as``) and
+  answers without calling the engine: what the HTTP stack costs before any purchase.
+
+The engine contenders each open a fresh store; registration, launches and one purchase
+per buyer (activating every actor) are done before the clock starts. The HTTP contenders
+share one server and one hot PTO, whose tokens accumulate over the rounds. The client is
+a bare keep-alive HTTP/1.1 client (one connection per buyer), so the client's own cost
+stays small beside the server's: both run on this machine's cores.
+
+Ratios are taken within each round (``harness``): hot/spread through the Engine, and
+hot/no-op through HTTP.
+
+    python -m benchmarks.hot serve HOME PORT   # the benchmark's server (used internally)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ublox_sim import Engine, SimClock
+
+from .harness import pairwise, run_rounds, summarise, table
+
+SIZES = {
+    # buyers, purchases per buyer per run, rounds
+    "tiny": (10, 3, 3),
+    "quick": (100, 20, 3),
+    "full": (100, 50, 5),
+}
+ADMIN_KEY = "bench-hot-operator-key-0123456789abcdef"
+NOOP_PATH = "/api/ptos/{pto_id}/bench-noop"
+START_TIMEOUT = 30.0
+BALANCE = Decimal(1_000_000)
+PRICE = Decimal("0.01")
+
+
+# -- through the Engine ------------------------------------------------------------------
+
+
+def run_engine(buyers: int, per_buyer: int, *, spread: bool) -> dict[str, float]:
+    return anyio.run(_engine, buyers, per_buyer, spread)
+
+
+async def _engine(buyers: int, per_buyer: int, spread: bool) -> dict[str, float]:
+    names = [f"b{i}" for i in range(buyers)]
+    ptos = [f"p{i}" for i in range(buyers if spread else 1)]
+
+    def pto_of(i: int) -> str:
+        return ptos[i] if spread else ptos[0]
+
+    with tempfile.TemporaryDirectory() as home:
+        async with Engine.open(home, seed=1, clock=SimClock()) as engine:
+            await engine.register_players([(name, BALANCE, 1.0, None) for name in names])
+            for pto_id in ptos:
+                await engine.launch_pto(
+                    pto_id=pto_id,
+                    game_name="bench",
+                    creator_id=names[0],
+                    atu_required=10,
+                    pts_offered=10**9,
+                    price_per_pts=PRICE,
+                    funding_deadline=timedelta(days=30),
+                )
+            for i, name in enumerate(names):  # activate every actor before timing
+                await engine.buy_pts(name, pto_of(i), 1)
+            db = getattr(engine.store, "db", None)  # the SQLite writer's counters, if any
+            commits, units = getattr(db, "commits", 0), getattr(db, "units_committed", 0)
+
+            async def buyer(i: int) -> None:
+                for _ in range(per_buyer):
+                    await engine.buy_pts(names[i], pto_of(i), 1)
+
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(buyers):
+                    tg.start_soon(buyer, i)
+            elapsed = time.perf_counter() - started
+            commits = getattr(db, "commits", 0) - commits
+            units = getattr(db, "units_committed", 0) - units
+            sold = (await engine.get_pto(ptos[0])).pts_sold
+    expected = per_buyer + 1 if spread else buyers * (per_buyer + 1)
+    assert sold == expected, f"{ptos[0]} sold {sold}, expected {expected}"
+    return {
+        "purchases_per_s": buyers * per_buyer / elapsed,
+        "units_per_commit": units / commits if commits else 0.0,
+    }
+
+
+# -- through HTTP ------------------------------------------------------------------------
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a request, then its whole response."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def request(
+        self, method: str, path: str, body: object = None, token: str = ADMIN_KEY
+    ) -> tuple[int, Any]:
+        data = b"" if body is None else json.dumps(body).encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + data)
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        status = int(status_line.split()[1])
+        return status, json.loads(payload) if payload else None
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+class Server:
+    """The benchmark's server (``python -m benchmarks.hot serve``) in a child process."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        env["UBLOX_ADMIN_KEY"] = ADMIN_KEY
+        log = (self.home / "server.log").open("ab")
+        with log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.hot", "serve", str(self.home / "store")],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "port N" once the engine is open
+        if not line.startswith(b"port "):
+            self.stop()
+            raise RuntimeError(f"the benchmark server did not start: {self.log()}")
+        self.port = int(line.split()[1])
+
+    def log(self) -> str:
+        return (self.home / "server.log").read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+async def _setup_http(port: int, buyers: int) -> dict[str, str]:
+    """Players, their tokens and the hot PTO ``hot``; answers each buyer's token."""
+    conn = await Connection.open(port)
+    tokens: dict[str, str] = {}
+    try:
+        for i in range(buyers):
+            name = f"b{i}"
+            status, _ = await conn.request(
+                "POST", "/api/players", {"player_id": name, "usd_obbba": str(BALANCE)}
+            )
+            assert status == 201, status
+            status, issued = await conn.request(
+                "POST", f"/api/players/{name}/tokens", {"ttl_seconds": 7 * 24 * 3600}
+            )
+            assert status == 201, (status, issued)
+            tokens[name] = issued["token"]
+        deadline = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+        status, launched = await conn.request(
+            "POST",
+            "/api/ptos",
+            {
+                "pto_id": "hot",
+                "game_name": "bench",
+                "creator_id": "b0",
+                "atu_required": 10,
+                "pts_offered": 10**6,
+                "price_per_pts": str(PRICE),
+                "funding_deadline": deadline,
+            },
+        )
+        assert status == 201, (status, launched)
+    finally:
+        await conn.close()
+    return tokens
+
+
+def run_http(port: int, tokens: Mapping[str, str], per_buyer: int, path: str) -> dict[str, float]:
+    return anyio.run(_http, port, tokens, per_buyer, path)
+
+
+async def _http(
+    port: int, tokens: Mapping[str, str], per_buyer: int, path: str
+) -> dict[str, float]:
+    names = list(tokens)
+    conns = [await Connection.open(port) for _ in names]
+    try:
+
+        async def buy(i: int) -> None:
+            status, answer = await conns[i].request(
+                "POST", path, {"player_id": names[i], "hours": 1}, tokens[names[i]]
+            )
+            assert status == 201, (status, answer)
+
+        async def buyer(i: int) -> None:
+            for _ in range(per_buyer):
+                await buy(i)
+
+        for i in range(len(names)):  # warm: one request per connection, untimed
+            await buy(i)
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(len(names)):
+                tg.start_soon(buyer, i)
+        elapsed = time.perf_counter() - started
+    finally:
+        for conn in conns:
+            await conn.close()
+    return {"purchases_per_s": len(names) * per_buyer / elapsed}
+
+
+def serve(home: str) -> None:
+    """The benchmark's server: the real app plus the no-op route, on a free port."""
+    from ublox_sim.server import routes
+    from ublox_sim.server.app import ServerConfig
+    from ublox_sim.server.models import BuyBody
+    from ublox_sim.server.operation import Call, Op, add_operations
+    from ublox_sim.server.run import bind
+    from ublox_sim.server.run import serve as run_server
+
+    async def noop(c: Call[BuyBody]) -> dict[str, object]:
+        return {"pto_id": c.id, "player_id": c.body.player_id, "hours": c.body.hours}
+
+    add_operations(
+        routes.router,
+        (
+            Op(
+                method="POST",
+                path=NOOP_PATH,
+                name="bench_noop",
+                doc="Benchmark only: a purchase's request, answered without the engine.",
+                tag="ptos",
+                auth="caller",
+                acts_as=lambda c: c.body.player_id,
+                body=BuyBody,
+                call=noop,
+                status=201,
+            ),
+        ),
+    )
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+
+    def ready() -> None:
+        print(f"port {port}", flush=True)
+
+    run_server(
+        Path(home),
+        sock,
+        config=ServerConfig(tick_seconds=None, admin_key=ADMIN_KEY),
+        on_ready=ready,
+    )
+
+
+# -- the benchmark -----------------------------------------------------------------------
+
+
+def bench(size: str = "full") -> dict[str, Any]:
+    buyers, per_buyer, rounds = SIZES[size]
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(Path(tmp))
+        server.start()
+        try:
+            tokens = anyio.run(_setup_http, server.port, buyers)
+            hot_path = "/api/ptos/hot/shares"
+            noop_path = NOOP_PATH.format(pto_id="hot")
+            contenders: dict[str, Callable[[], Mapping[str, float]]] = {
+                "engine_hot": lambda: run_engine(buyers, per_buyer, spread=False),
+                "engine_spread": lambda: run_engine(buyers, per_buyer, spread=True),
+                "http_hot": lambda: run_http(server.port, tokens, per_buyer, hot_path),
+                "http_noop": lambda: run_http(server.port, tokens, per_buyer, noop_path),
+            }
+            results = run_rounds(contenders, rounds)
+        finally:
+            server.stop()
+    rates = {name: summarise(results, name, "purchases_per_s").to_dict() for name in contenders}
+    engine_ratio = pairwise(results, "engine_hot", "engine_spread", "purchases_per_s")
+    http_ratio = pairwise(results, "http_hot", "http_noop", "purchases_per_s")
+    return {
+        "buyers": buyers,
+        "purchases_per_buyer": per_buyer,
+        "rounds": rounds,
+        "engine_hot_purchases_per_s": rates["engine_hot"]["median"],
+        "engine_spread_purchases_per_s": rates["engine_spread"]["median"],
+        "http_hot_purchases_per_s": rates["http_hot"]["median"],
+        "http_noop_requests_per_s": rates["http_noop"]["median"],
+        "ratio_engine_hot_vs_spread": engine_ratio.median,
+        "ratio_engine_hot_vs_spread_range": engine_ratio.to_dict(),
+        "ratio_http_hot_vs_noop": http_ratio.median,
+        "ratio_http_hot_vs_noop_range": http_ratio.to_dict(),
+        "units_per_commit": {
+            name: summarise(results, name, "units_per_commit").median
+            for name in ("engine_hot", "engine_spread")
+        },
+        "rates": rates,
+    }
+
+
+def show(report: Mapping[str, Any]) -> str:
+    rates = report["rates"]
+    per_commit = report["units_per_commit"]
+    rows = [
+        [
+            name,
+            f"{rates[name]['median']:,.0f} ({rates[name]['min']:,.0f}–{rates[name]['max']:,.0f})",
+            f"{per_commit[name]:.1f}" if name in per_commit else "-",
+        ]
+        for name in ("engine_hot", "engine_spread", "http_hot", "http_noop")
+    ]
+    out = table(rows, ["hot PTO", "purchases/s (requests/s for no-op)", "units/commit"])
+    engine, http = (
+        report["ratio_engine_hot_vs_spread_range"],
+        report["ratio_http_hot_vs_noop_range"],
+    )
+    out += (
+        f"\n{report['buyers']} concurrent buyers, {report['purchases_per_buyer']} purchases each"
+        f" per run; engine hot/spread {engine['median']:.2f}× ({engine['min']:.2f}–"
+        f"{engine['max']:.2f}); HTTP hot/no-op {http['median']:.2f}× ({http['min']:.2f}–"
+        f"{http['max']:.2f})"
+    )
+    return out
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"] and len(sys.argv) == 3:
+        serve(sys.argv[2])
+    else:
+        print(json.dumps(bench(sys.argv[1] if len(sys.argv) > 1 else "quick"), indent=2))
