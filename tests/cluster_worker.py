@@ -20,7 +20,7 @@ import sys
 
 import anyio
 
-from ublox_sim.core.errors import UbloxError
+from ublox_sim.core.errors import Conflict, UbloxError
 from ublox_sim.engine import Engine
 
 
@@ -92,7 +92,11 @@ async def _load(engine: Engine, players: list[str]) -> None:
         while True:
             await engine.deposit(player, 1)
             _say({"op": "deposit", "player": player})
-            token = await engine.buy_pts(player, "big", 1)
+            try:
+                token = await engine.buy_pts(player, "big", 1)
+            except Conflict:  # lost the race every retry: refused, nothing written
+                _say({"op": "buy_conflict", "player": player})
+                continue
             _say({"op": "buy", "token": token.token_id})
             if "arena" in leases.held:  # plays go to the process stepping the world
                 session = await engine.play(player, "arena", 0.01)

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -529,6 +530,9 @@ class Engine:
             except Conflict:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
+                # Processes racing for one row would otherwise collide again in lockstep
+                # (each decides, all but one lose): a random pause, growing, spreads them.
+                await anyio.sleep(random.random() * min(0.001 * 2**attempt, 0.05))
         raise AssertionError("unreachable")
 
     async def _require_player(self, player_id: str) -> None:
