@@ -65,11 +65,13 @@ SAVE_WORLD = (
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
 # Several processes: a world's row is replaced only by its lease holder (a process whose
-# lease was taken over writes nothing more, even a stale copy on passivation); the lease
-# row is locked until the write commits, so a takeover waits for it and then reloads it.
+# lease was taken over writes nothing more, even a stale copy on passivation). The lease
+# row is not locked (``FOR SHARE`` here would deadlock with a renewal of several leases
+# locking them in another order): a write whose statement began before a takeover
+# committed may still land once, and the new holder's next save replaces it.
 SAVE_LEASED_WORLD = SAVE_WORLD + (
     " WHERE EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
-    " WHERE p.world_cdt_id = excluded.world_cdt_id AND l.holder = ? FOR SHARE OF l)"
+    " WHERE p.world_cdt_id = excluded.world_cdt_id AND l.holder = ?)"
 )
 
 
