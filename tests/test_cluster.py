@@ -25,6 +25,7 @@ from ublox_sim.core.errors import (
     InsufficientFunds,
     InvalidState,
     UnitRejected,
+    WorldLeased,
     conflict_of,
 )
 from ublox_sim.core.records import Transaction
@@ -33,10 +34,12 @@ from ublox_sim.engine import Engine
 from ublox_sim.store.backend import Unit
 from ublox_sim.store.open import open_backend, resolve_store
 from ublox_sim.store.postgres.backend import CLUSTER_ENV, PostgresBackend
+from ublox_sim.store.postgres.lease import DEFAULT_TTL
 from ublox_sim.store.sqlite.rows import TAU_K_STEP
 
 pytestmark = pytest.mark.anyio
 START = datetime(2030, 1, 1, tzinfo=UTC)
+LEASE_TTL = timedelta(seconds=DEFAULT_TTL).total_seconds() / 3600  # in SimClock hours
 
 
 @pytest.fixture
@@ -51,6 +54,15 @@ async def _two(url: str) -> AsyncIterator[tuple[Engine, Engine]]:
         Engine.open(store=url, seed=1, clock=SimClock(START)) as two,
     ):
         yield one, two
+
+
+def _lease_clock(*engines: Engine) -> SimClock:
+    """The processes' lease clock (their wall clocks), moved by the test."""
+    clock = SimClock(START)
+    for engine in engines:
+        assert engine.store.leases is not None  # type: ignore[attr-defined]
+        engine.store.leases.clock = clock  # type: ignore[attr-defined]
+    return clock
 
 
 async def _launch(engine: Engine, pto_id: str, shares: int = 10) -> None:
@@ -197,7 +209,9 @@ async def test_a_completion_seen_by_two_processes_pays_once_and_sessions_play(
         await one.buy_pts("x", "pto-e", 4)  # funded
         for engine in (one, two):  # both copies: in progress, no ATU spent
             assert (await engine.get_pto("pto-e")).atu_spent == 0
+        lease_clock = _lease_clock(one, two)
         session = await two.play("x", "pto-e", 1.0)  # tau_k moves in two's process...
+        lease_clock.advance(LEASE_TTL)  # (two's lease on the world runs out)
         again = await one.play("x", "pto-e", 1.0)  # ...and one's player starts from it
         assert again.session_id == session.session_id + 1
         assert (await one.spend_atu("pto-e", 5)).status == "completed"
@@ -276,3 +290,104 @@ async def test_every_process_sees_every_process_events_in_commit_order(
             "pto_funded",
         ]
         assert [seq for seq, _ in streams[0]] == list(range(1, last + 1))
+
+
+async def _funded(engine: Engine, pto_id: str, *buyers: str) -> None:
+    """A PTO in progress whose shares the buyers hold (2 each)."""
+    await engine.register_player("creator")
+    for name in buyers:
+        await engine.register_player(name, usd_obbba=20)
+    await _launch(engine, pto_id, shares=2 * len(buyers))
+    for name in buyers:
+        await engine.buy_pts(name, pto_id, 2)
+
+
+async def _world_row(engine: Engine, world_id: str) -> np.ndarray:
+    await engine.store.flush_worlds()  # type: ignore[attr-defined]
+    return (await engine.store.load_world(world_id))["theta"]
+
+
+async def test_a_play_on_a_world_another_process_holds_is_refused_and_changes_nothing(
+    pg_url: str, shared: None
+) -> None:
+    async with _two(pg_url) as (one, two):
+        lease_clock = _lease_clock(one, two)
+        await _funded(one, "pto-p", "x", "y")
+        world_id = (await one.get_pto("pto-p")).world_cdt_id
+        assert world_id is not None
+        await one.play("x", "pto-p", 1.0)  # one takes the world's lease
+        before = (await two.get_player("y"), await two.get_pto("pto-p"))
+        theta = await _world_row(one, world_id)
+        lease_clock.advance(LEASE_TTL / 2)
+        with pytest.raises(WorldLeased) as refused:
+            await two.play("y", "pto-p", 1.0)
+        assert refused.value.holder == one.store.leases.holder  # type: ignore[attr-defined]
+        assert refused.value.retry_after == pytest.approx(DEFAULT_TTL / 2)
+        assert "retry in 2.5 s" in str(refused.value)
+        with pytest.raises(WorldLeased):  # a batch too, whole
+            await two.play_many("pto-p", [("y", 1.0), ("x", 1.0)])
+        assert (await two.get_player("y"), await two.get_pto("pto-p")) == before
+        np.testing.assert_array_equal(await _world_row(two, world_id), theta)
+        holders = await one.store.leases.holders()  # type: ignore[attr-defined]
+        assert holders == {"pto-p": (one.store.leases.holder, START.timestamp() + DEFAULT_TTL)}  # type: ignore[attr-defined]
+        assert await one.store.verify() == []
+
+
+async def test_an_expired_lease_is_taken_by_a_play_from_the_last_committed_state(
+    pg_url: str, shared: None, tmp_path: Path
+) -> None:
+    async with Engine.open(store=tmp_path / "alone", seed=1, clock=SimClock(START)) as alone:
+        await _funded(alone, "pto-t", "x")
+        expected = [await alone.play("x", "pto-t", 1.0) for _ in range(2)]
+        expected_world = await alone.world("pto-t")
+    async with _two(pg_url) as (one, two):
+        lease_clock = _lease_clock(one, two)
+        await _funded(one, "pto-t", "x")
+        await two.get_pto("pto-t")  # two's copy of the world: as launched
+        first = await one.play("x", "pto-t", 1.0)
+        lease_clock.advance(LEASE_TTL)  # one stops renewing: its lease runs out
+        second = await two.play("x", "pto-t", 1.0)  # takes it, reloads the world
+        assert [first, second] == expected  # as one process would have played them
+        assert two.store.leases.held == {"pto-t"}  # type: ignore[attr-defined]
+        world_id = (await two.get_pto("pto-t")).world_cdt_id
+        assert world_id is not None
+        np.testing.assert_array_equal(await _world_row(two, world_id), expected_world["theta"])
+        with pytest.raises(WorldLeased):  # and now one is refused
+            await one.play("x", "pto-t", 1.0)
+        assert await one.store.verify() == []
+
+
+async def test_two_processes_never_both_step_one_world(pg_url: str, shared: None) -> None:
+    async with _two(pg_url) as (one, two):
+        lease_clock = _lease_clock(one, two)
+        await _funded(one, "pto-s", "x")
+        world_id = (await one.get_pto("pto-s")).world_cdt_id
+        assert world_id is not None
+        launched = (await two.world("pto-s"))["theta"]  # two's copy, active
+        steps = round(1 * one.params.steps_per_hour)
+
+        await one.advance(1)  # one takes the lease and steps
+        await two.advance(1)  # two steps nothing
+        with pytest.raises(WorldLeased):
+            await two.play("x", "pto-s", 1.0)
+        omega = (await one.world("pto-s"))["omega"]
+        by_one = step_world(launched, omega, one.params, steps)
+        np.testing.assert_array_equal(await _world_row(one, world_id), by_one)
+        np.testing.assert_array_equal((await two.world("pto-s"))["theta"], by_one)  # reread
+
+        lease_clock.advance(LEASE_TTL)  # one stalls past its lease; two takes the world
+        await two.advance(1)
+        by_two = step_world(by_one, omega, two.params, steps)
+        np.testing.assert_array_equal(await _world_row(two, world_id), by_two)
+
+        # one has not noticed yet: its copy (by_one) reaches the row neither directly
+        # nor when it passivates, and it steps nothing more.
+        await one.store.save_world(world_id, {"theta": by_one, "omega": omega})
+        await one.passivate_all()
+        await one.advance(1)
+        assert one.store.leases.held == frozenset()  # type: ignore[attr-defined]
+        with pytest.raises(WorldLeased):
+            await one.play("x", "pto-s", 1.0)
+        np.testing.assert_array_equal(await _world_row(one, world_id), by_two)
+        np.testing.assert_array_equal((await one.world("pto-s"))["theta"], by_two)
+        assert await one.store.verify() == []

@@ -106,3 +106,21 @@ async def test_a_key_retried_on_another_process_moves_money_once(
             buyer = await _ok(await client.get("/api/players/buyer", headers=OP))
             assert buyer["usd_obbba_balance"] == "94.00"
             assert (await _ok(await client.get("/api/ptos/keys", headers=OP)))["pts_sold"] == 6
+
+
+async def test_a_play_on_a_world_another_process_steps_is_a_503_with_retry_after(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _servers(pg_url, tmp_path, monkeypatch) as (one, two):
+        await _setup(one)
+        buy = {"player_id": "buyer", "hours": 50}
+        await _ok(await one.post("/api/ptos/keys/shares", json=buy, headers=OP), 201)  # funded
+        play = {"player_id": "buyer", "hours": 1.0}
+        await _ok(await one.post("/api/ptos/keys/play", json=play, headers=OP), 201)
+        played = (await _ok(await two.get("/api/players/buyer", headers=OP)))["total_play_time"]
+        r = await two.post("/api/ptos/keys/play", json=play, headers={**OP, "Idempotency-Key": "p"})
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "world_leased"
+        assert 1 <= int(r.headers["retry-after"]) <= 5  # the lease's TTL at most
+        buyer = await _ok(await two.get("/api/players/buyer", headers=OP))
+        assert buyer["total_play_time"] == played  # nothing changed

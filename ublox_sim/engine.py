@@ -946,12 +946,16 @@ class Engine:
 
     async def _leased(self, pto_ids: list[str]) -> list[str]:
         """The worlds this process steps: all, unless several processes share the store
-        (then those whose lease it holds; a world just taken over is reloaded first)."""
+        (then those whose lease it holds; a world just taken over, or lost, is reloaded
+        before its next command; plays take the lease themselves, in the PTO actor)."""
         leases = getattr(self.store, "leases", None)
         if leases is None:
             return pto_ids
+        before = leases.held
         held, taken = await leases.acquire(pto_ids)
-        for pto_id in taken:
+        # Taken: another process stepped it since. Lost: another process steps it now,
+        # so this copy is not stepped (nor saved: ``SAVE_LEASED_WORLD``) and reloads.
+        for pto_id in taken | (before - held):
             if (actor := self._ptos.current(pto_id)) is not None:
                 actor.mark_stale()
         return [p for p in pto_ids if p in held]

@@ -21,7 +21,9 @@ Several processes on one database (``backend.shared``): the state is a cache. Ev
 unit's rows check what the decision assumed (``store.sqlite.rows``' guards); a unit the
 database refuses as a ``Conflict`` marks the actor stale, and its next command first
 reloads the PTO, its tokens and its world from the store (the caller retries: the
-engine). Reads of a shared PTO reload it first when nothing is in flight.
+engine). Reads of a shared PTO reload it first when nothing is in flight. A session
+steps the world, so on a shared store it first takes the world's lease (or is refused
+with ``WorldLeased``: another live process steps it), as ``Engine.advance`` does.
 
 World ownership, decided for the issues that follow: the arrays live here for now,
 but reach the store only through ``Backend.world_changed``, units and checkpoints,
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 import anyio
 import numpy as np
@@ -47,7 +49,14 @@ from ..core.economy import (
     spend_atu,
     split_by_hours,
 )
-from ..core.errors import CONFLICT_RETRIES, Conflict, StoreError, UbloxError, conflict_of
+from ..core.errors import (
+    CONFLICT_RETRIES,
+    Conflict,
+    StoreError,
+    UbloxError,
+    WorldLeased,
+    conflict_of,
+)
 from ..core.money import to_decimal
 from ..core.records import PTO, PTSToken, parse_iso
 from ..core.world import F64, WorldParams, cell_of, order_parameter, play_steps, step_world
@@ -73,6 +82,9 @@ from .messages import (
 )
 from .player import Players
 from .runtime import Actor, Later, answer_when_done
+
+if TYPE_CHECKING:  # PostgreSQL's module: imported only when a shared store has leases
+    from ..store.postgres.lease import WorldLeases
 
 Valid = tuple[int, PlayRequest, tuple[tuple[str, float], ...]]
 
@@ -121,6 +133,8 @@ class PTOActor(Actor[PTOMessage]):
         return not self._inflight
 
     async def handle(self, message: PTOMessage) -> object:
+        if isinstance(message, GetWorld) and not self._steps_world():
+            self._stale = True  # the lease holder's arrays, not this copy
         if self._stale or (self.shared and isinstance(message, GetPTO | GetTokens)):
             await self._reload()
         match message:
@@ -198,6 +212,19 @@ class PTOActor(Actor[PTOMessage]):
             lost()
             raise
         return later
+
+    async def _take_lease(self, leases: WorldLeases) -> bool:
+        try:
+            return await leases.take(self.state.pto_id)
+        except WorldLeased:
+            self._stale = True  # the holder's steps: this copy reloads before it is used
+            raise
+
+    def _steps_world(self) -> bool:
+        """Whether this process steps the world: always, unless the database is shared
+        and another process may hold its lease."""
+        leases = getattr(self.backend, "leases", None)
+        return leases is None or self.state.pto_id in leases.held
 
     def mark_stale(self) -> None:
         """Reload (the world too) before the next command: this process just took the
@@ -378,6 +405,13 @@ class PTOActor(Actor[PTOMessage]):
 
     async def _play(self, requests: tuple[PlayRequest, ...], at: str) -> list[SessionOutcome]:
         await self._idle.wait()
+        leases = getattr(self.backend, "leases", None)
+        if leases is not None and await self._take_lease(leases):
+            # Shared: a session steps the world, so it needs the world's lease (another
+            # live process's: ``WorldLeased``, nothing changed). Just taken: another
+            # process may have stepped it since this copy was loaded.
+            self._stale = True
+            await self._reload()
         outcomes: dict[int, SessionOutcome] = {}
         valid: list[Valid] = []
         claimed: dict[str, float] = {}

@@ -15,7 +15,8 @@
     ├── RuntimeFailure            the machinery, not the request
     │   ├── ActorClosed           you (or shutdown) closed it
     │   ├── ActorBroken           it crashed; the cause is chained
-    │   └── RequestTimeout
+    │   ├── RequestTimeout
+    │   └── WorldLeased       another live process steps this world: retry later
     └── StoreError                the local store
         ├── PersistenceError      a write was not committed (the cause is chained)
         │   └── StoreFull         disk or max_page_count reached
@@ -107,6 +108,24 @@ class ActorBroken(RuntimeFailure):
 
 class RequestTimeout(RuntimeFailure, TimeoutError):
     code = "request_timeout"
+
+
+class WorldLeased(RuntimeFailure):
+    """Several processes share the database and another live process holds the world's
+    lease (it steps the world and plays its sessions). Nothing changed: retry after
+    ``retry_after`` seconds (its lease then expires unless it renews it), or send the
+    play to the process that holds it (``holder``)."""
+
+    code = "world_leased"
+
+    def __init__(self, pto_id: str, holder: str, retry_after: float) -> None:
+        super().__init__(
+            f"the world of PTO {pto_id!r} is stepped by another process ({holder}) under "
+            f"its lease: nothing changed, retry in {retry_after:.1f} s or play it there"
+        )
+        self.pto_id = pto_id
+        self.holder = holder
+        self.retry_after = retry_after
 
 
 class StoreError(UbloxError):

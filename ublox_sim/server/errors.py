@@ -4,11 +4,13 @@
 route · 405 method not allowed · 408 the body did not arrive in time · 409 refused by
 the rules or the store's state (nothing changed) · 413 body too large · 415 not JSON ·
 422 the request does not match the document · 503 the engine is closing or its store
-failed. The framework's own errors are translated too, so no plain-text error escapes.
+failed, or another process sharing the database holds the world's lease (``world_leased``,
+with ``Retry-After``). The framework's own errors are translated too, so no plain-text error escapes.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +27,7 @@ from ..core.errors import (
     UnknownPlayer,
     UnknownPTO,
     UnknownToken,
+    WorldLeased,
 )
 from ..core.logsetup import get_logger
 from .models import ErrorOut
@@ -70,7 +73,8 @@ _DESCRIPTIONS = {
     413: "the body is larger than the server's limit",
     415: "the body is not application/json",
     422: "the request does not match this document",
-    503: "the engine is closing or its store failed",
+    503: "the engine is closing or its store failed, or (several processes) another"
+    " process holds the world's lease: retry after Retry-After seconds",
 }
 
 
@@ -101,7 +105,10 @@ def install(app: FastAPI) -> None:
         status = status_of(exc)
         if status == 500:
             log.error("server.unexpected_error", error=repr(exc), path=request.url.path)
-        return error_json(status, exc.code, str(exc) or exc.code)
+        headers = None
+        if isinstance(exc, WorldLeased):  # another process steps the world: retry then
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        return error_json(status, exc.code, str(exc) or exc.code, headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

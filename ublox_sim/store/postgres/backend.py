@@ -64,6 +64,15 @@ SAVE_WORLD = (
     "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
+# Several processes: a world's row is replaced only by its lease holder (a process whose
+# lease was taken over writes nothing more, even a stale copy on passivation). The lease
+# row is not locked (``FOR SHARE`` here would deadlock with a renewal of several leases
+# locking them in another order): a write whose statement began before a takeover
+# committed may still land once, and the new holder's next save replaces it.
+SAVE_LEASED_WORLD = SAVE_WORLD + (
+    " WHERE EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
+    " WHERE p.world_cdt_id = excluded.world_cdt_id AND l.holder = ?)"
+)
 
 
 def _published_by_the_feed(event: object) -> None:
@@ -83,8 +92,11 @@ def npz_arrays(data: bytes, world_id: str = "") -> dict[str, NDArray[np.generic]
     return read_npz(io.BytesIO(data), Path("worlds") / world_id)
 
 
-def save_world(world_id: str, arrays: Arrays) -> Statement:
-    return Statement(SAVE_WORLD, (world_id, npz_bytes(arrays)))
+def save_world(world_id: str, arrays: Arrays, holder: str | None = None) -> Statement:
+    """The world's row; with a ``holder`` (shared), replaced only under its lease."""
+    if holder is None:
+        return Statement(SAVE_WORLD, (world_id, npz_bytes(arrays)))
+    return Statement(SAVE_LEASED_WORLD, (world_id, npz_bytes(arrays), holder))
 
 
 class PostgresBackend:
@@ -170,7 +182,7 @@ class PostgresBackend:
         publish = _published_by_the_feed if self.feed is not None else self.bus.publish
         statements, landed = rows.unit_statements(unit, publish)
         # The worlds in the unit's own transaction (a savepoint): all or nothing.
-        statements.extend(save_world(w.world_id, w.arrays) for w in unit.worlds)
+        statements.extend(self._world_row(w.world_id, w.arrays) for w in unit.worlds)
         for world in unit.worlds:
             self._dirty_worlds.pop(world.world_id, None)
         self._submitted += 1
@@ -208,9 +220,12 @@ class PostgresBackend:
         await self.submit(unit, done)
         return await outcome
 
+    def _world_row(self, world_id: str, arrays: Arrays) -> Statement:
+        return save_world(world_id, arrays, None if self.leases is None else self.leases.holder)
+
     async def save_world(self, world_id: str, arrays: Arrays) -> None:
         self._dirty_worlds.pop(world_id, None)
-        await self.db.submit([save_world(world_id, arrays)])
+        await self.db.submit([self._world_row(world_id, arrays)])
 
     def world_changed(self, world_id: str, arrays: Arrays) -> None:
         if self.hold_commits:
@@ -227,13 +242,13 @@ class PostgresBackend:
         while self._dirty_worlds:
             world_id, arrays = next(iter(self._dirty_worlds.items()))
             del self._dirty_worlds[world_id]
-            await self.db.submit([save_world(world_id, arrays)])
+            await self.db.submit([self._world_row(world_id, arrays)])
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
         """The given worlds, the run record and the worlds' versions in one unit; in held
         mode it also commits everything held (worlds launched or saved since the last
         checkpoint are rows of the held transaction already)."""
-        unit: list[Statement] = [save_world(w.world_id, w.arrays) for w in checkpoint.worlds]
+        unit = [self._world_row(w.world_id, w.arrays) for w in checkpoint.worlds]
         for world in checkpoint.worlds:
             self._dirty_worlds.pop(world.world_id, None)
         if checkpoint.run is not None:
@@ -269,6 +284,10 @@ class PostgresBackend:
         return await queries.load_tokens(self._reader, pto_id)
 
     async def load_world(self, world_id: str) -> dict[str, NDArray[np.generic]]:
+        if self.leases is not None:
+            # Shared: the row is the truth. This process's unwritten copy goes first, and
+            # is kept only if it still holds the lease (``SAVE_LEASED_WORLD``).
+            await self._flush_worlds()
         pending = self._dirty_worlds.get(world_id)
         if pending is not None:
             return {k: np.array(v, copy=True) for k, v in pending.items()}

@@ -11,6 +11,12 @@ with ``kill -9`` loses its worlds to the next survivor that ticks after that. A 
 newly taken over is stepped from the last committed state: the engine has its actor
 reload (``PTOActor.mark_stale``). A clean close releases every lease at once.
 
+A play (a session) steps the world too, so it needs the lease as well (``take``, asked
+by the PTO actor): free, expired or ours, it takes or renews it; held by another live
+process, the play is refused with ``WorldLeased`` (HTTP 503 with ``Retry-After``) and
+changes nothing. A world's row is replaced only by its holder (``SAVE_LEASED_WORLD``),
+so a process whose lease was taken over cannot overwrite the new holder's steps.
+
 The leases have their own connection, so a renewal never waits behind the write queue.
 """
 
@@ -24,6 +30,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from ...core.clock import Clock, WallClock
+from ...core.errors import WorldLeased
 
 DEFAULT_TTL = 5.0
 TTL_ENV = "UBLOX_LEASE_TTL"
@@ -83,6 +90,22 @@ class WorldLeases:
         lost = frozenset(pto_ids) - held  # asked for, not granted: another process's now
         self.held = (before - lost) | held
         return held, held - before
+
+    async def take(self, pto_id: str) -> bool:
+        """A play's lease: take or renew it (True when newly taken: the world must be
+        reloaded from the last committed state), or raise ``WorldLeased`` naming the live
+        process that holds it and when to retry. Nothing is changed then."""
+        held, taken = await self.acquire([pto_id])
+        if pto_id in held:
+            return pto_id in taken
+        assert self._conn is not None
+        row = await self._conn.fetchrow(
+            "SELECT holder, expires FROM world_leases WHERE pto_id = $1", pto_id
+        )
+        if row is None:  # released between the two statements: free now
+            return await self.take(pto_id)
+        wait = float(row[1]) - self.clock.now().timestamp()
+        raise WorldLeased(pto_id, str(row[0]), max(wait, 0.0))
 
     async def holders(self) -> dict[str, tuple[str, float]]:
         """Every lease: pto_id -> (holder, expiry)."""
