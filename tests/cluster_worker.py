@@ -20,7 +20,7 @@ import sys
 
 import anyio
 
-from ublox_sim.core.errors import Conflict, UbloxError
+from ublox_sim.core.errors import Conflict, UbloxError, WorldLeased
 from ublox_sim.engine import Engine
 
 
@@ -99,7 +99,10 @@ async def _load(engine: Engine, players: list[str]) -> None:
                 continue
             _say({"op": "buy", "token": token.token_id})
             if "arena" in leases.held:  # plays go to the process stepping the world
-                session = await engine.play(player, "arena", 0.01)
+                try:
+                    session = await engine.play(player, "arena", 0.01)
+                except WorldLeased:  # the lease moved on since: refused, nothing written
+                    continue
                 _say({"op": "play", "session": session.session_id})
 
     async with anyio.create_task_group() as tg:

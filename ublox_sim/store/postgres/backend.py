@@ -235,7 +235,10 @@ class PostgresBackend:
             self._flushing = asyncio.get_running_loop().create_task(self._flush_worlds())
 
     async def flush_worlds(self) -> None:
-        """Write every world changed in the background now."""
+        """Write every world changed in the background now, including one the background
+        flush has taken but not yet written (so, on return, every change is in the row)."""
+        if self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
         await self._flush_worlds()
 
     async def _flush_worlds(self) -> None:
