@@ -156,7 +156,10 @@ def test_a_database_has_no_home_folder(pg_url: str) -> None:
 
 
 def test_one_writer_at_a_time_on_a_database(pg_url: str) -> None:
-    with UbloxLocalStorage(store=pg_url), pytest.raises(StoreLocked, match="another process"):
+    with (
+        UbloxLocalStorage(store=pg_url),
+        pytest.raises(StoreLocked, match=r"another process.*UBLOX_CLUSTER=1"),
+    ):
         UbloxLocalStorage(store=pg_url)
 
 

@@ -140,7 +140,10 @@ class PostgresBackend:
             if not self.shared and not await conn.fetchval(
                 "SELECT pg_try_advisory_lock($1)", WRITER_LOCK
             ):
-                raise StoreLocked(f"another process writes to {masked(self.dsn)}")
+                raise StoreLocked(
+                    f"another process writes to {masked(self.dsn)}; to share the database,"
+                    f" start every process with {CLUSTER_ENV}=1"
+                )
             await migrate(conn)
             if self.leases is not None:
                 await self.leases.start()
