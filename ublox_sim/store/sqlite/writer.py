@@ -3,8 +3,11 @@
 Callers hand it *units of work* (every row of one economic operation). It batches
 whatever is queued into one SQLite transaction (group commit; runs of one SQL text as
 one step, a plain INSERT as multi-row INSERTs), and acknowledges each unit only after
-that transaction committed. A unit is all-or-nothing: when a batch fails, its units
-are retried one by one, so one bad unit fails only its own caller.
+that transaction committed. A unit is all-or-nothing: when a batch fails, it runs
+again in one transaction with a SAVEPOINT per unit, so a unit the database refuses is
+rolled back alone, fails only its own caller, and the others still share one COMMIT.
+Only when the failure is not a unit's own (SQLite ended the transaction, the COMMIT
+failed) are the units retried one by one, a transaction each.
 
 Use it as ``async with PersistenceActor.open(path) as db: await db.submit(unit)``;
 ``submit_many`` queues several units at once, ``enqueue_with`` takes a callback
@@ -421,15 +424,12 @@ async def _run_batch(
     return _rowids(units, steps, results)
 
 
-def _batch_on_thread(
-    db: sqlite3.Connection, steps: list[_Step], held_work: bool | None
-) -> list[object]:
-    """The batch, on the connection's thread. ``held_work`` is None outside hold mode,
-    else whether the held transaction already holds acknowledged work."""
+def _open_on_thread(db: sqlite3.Connection, held_work: bool | None, lead: tuple[str, ...]) -> str:
+    """Begin a batch's transaction (in hold mode: its savepoint of the held one) and
+    return the statement that ends it. ``held_work`` is None outside hold mode, else
+    whether the held transaction already holds acknowledged work; ``lead`` is what
+    opens a transaction outside hold mode (nothing when its first statement does)."""
     if held_work is None:
-        # A first statement the net covers opens the transaction itself (BEGIN
-        # IMMEDIATE, as the connection's isolation_level says).
-        lead: tuple[str, ...] = () if steps and steps[0].covered else ("BEGIN IMMEDIATE",)
         end = "COMMIT"
     else:
         lead, end = ("SAVEPOINT batch",), "RELEASE batch"
@@ -439,32 +439,104 @@ def _batch_on_thread(
             if held_work:
                 raise HeldWorkLost("the held transaction was rolled back by the database")
             lead = ("BEGIN IMMEDIATE", *lead)
+    for sql in lead:
+        db.execute(sql)
+    return end
+
+
+def _steps_on_thread(db: sqlite3.Connection, steps: list[_Step], results: list[object]) -> None:
+    """Run ``steps`` in the open transaction, appending what each one returns."""
+    cursor = db.cursor()
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    try:
+        for step in steps:
+            if step.many:
+                _insert_rows(cursor, step.sql, step.params, limit)
+                results.append(db.execute("SELECT last_insert_rowid()").fetchone())
+            elif step.want_rowid:
+                cursor.execute(step.sql, step.params[0])
+                results.append((cursor.lastrowid,))
+            elif not step.covered:
+                results.append(cursor.execute(step.sql, step.params[0]).fetchall())
+            else:
+                _insert_rows(cursor, step.sql, step.params, limit)
+                results.append(None)
+    finally:
+        cursor.close()
+
+
+def _batch_on_thread(
+    db: sqlite3.Connection, steps: list[_Step], held_work: bool | None
+) -> list[object]:
+    """The batch, on the connection's thread. ``held_work`` is None outside hold mode,
+    else whether the held transaction already holds acknowledged work."""
+    # A first statement the net covers opens the transaction itself (BEGIN IMMEDIATE,
+    # as the connection's isolation_level says).
+    lead: tuple[str, ...] = () if steps and steps[0].covered else ("BEGIN IMMEDIATE",)
     results: list[object] = []
     try:
-        for sql in lead:
-            db.execute(sql)
-        cursor = db.cursor()
-        limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        try:
-            for step in steps:
-                if step.many:
-                    _insert_rows(cursor, step.sql, step.params, limit)
-                    results.append(db.execute("SELECT last_insert_rowid()").fetchone())
-                elif step.want_rowid:
-                    cursor.execute(step.sql, step.params[0])
-                    results.append((cursor.lastrowid,))
-                elif not step.covered:
-                    results.append(cursor.execute(step.sql, step.params[0]).fetchall())
-                else:
-                    _insert_rows(cursor, step.sql, step.params, limit)
-                    results.append(None)
-        finally:
-            cursor.close()
+        end = _open_on_thread(db, held_work, lead)
+        _steps_on_thread(db, steps, results)
         db.execute(end)
     except sqlite3.Error:
         _undo_on_thread(db, held_work is not None)
         raise
     return results
+
+
+async def _run_each(
+    conn: aiosqlite.Connection, units: Sequence[Unit], held: _Held | None
+) -> list[tuple[list[int], list[Hook]] | sqlite3.Error]:
+    """Run ``units`` again in one transaction (in hold mode: one savepoint of the held
+    one), each planned alone under a savepoint of its own: a unit the database refuses
+    is rolled back to it, alone, and the others commit with one COMMIT. Returns each
+    unit's rowids and hooks, or the error that refused it.
+
+    Raises (everything rolled back) when the failure is not the unit's own: SQLite
+    ended the whole transaction (``OR ROLLBACK``, FULL, IOERR), or the COMMIT failed."""
+    plans = [_plan([unit]) for unit in units]
+    found: list[list[object] | sqlite3.Error] = await conn._execute(  # type: ignore[no-untyped-call]
+        _each_on_thread, conn._conn, plans, None if held is None else held.work
+    )
+    if held is not None:
+        held.work = True
+    outcomes: list[tuple[list[int], list[Hook]] | sqlite3.Error] = []
+    for unit, steps, result in zip(units, plans, found, strict=True):
+        if isinstance(result, sqlite3.Error):
+            outcomes.append(result)
+            continue
+        (ids,), hooks = _rowids([unit], steps, result)
+        outcomes.append((ids, hooks))
+    return outcomes
+
+
+def _each_on_thread(
+    db: sqlite3.Connection, plans: list[list[_Step]], held_work: bool | None
+) -> list[list[object] | sqlite3.Error]:
+    """``_run_each`` on the connection's thread: each unit between ``SAVEPOINT u`` and
+    ``RELEASE u``, a failed one rolled back to it and its error kept."""
+    found: list[list[object] | sqlite3.Error] = []
+    try:
+        end = _open_on_thread(db, held_work, ("BEGIN IMMEDIATE",))
+        for steps in plans:
+            results: list[object] = []
+            db.execute("SAVEPOINT u")
+            try:
+                _steps_on_thread(db, steps, results)
+            except sqlite3.Error as exc:
+                if not db.in_transaction:
+                    raise  # SQLite ended the transaction: every unit's work is gone
+                db.execute("ROLLBACK TO u")
+                db.execute("RELEASE u")
+                found.append(exc)
+                continue
+            db.execute("RELEASE u")
+            found.append(results)
+        db.execute(end)
+    except sqlite3.Error:
+        _undo_on_thread(db, held_work is not None)
+        raise
+    return found
 
 
 def _undo_on_thread(db: sqlite3.Connection, hold: bool) -> None:
@@ -1139,6 +1211,9 @@ class PersistenceActor:
             self._note_if_held_work_lost(conn, exc)
             if len(which) > 1 and self._lost is None:
                 log.debug("persistence.batch_failed_retrying", units=len(which), error=str(exc))
+                if await self._attempt_each(conn, units, which, outcomes, hooks):
+                    return
+                # Not a unit's own failure: each alone, in a transaction of its own.
                 for index in which:
                     await self._attempt(conn, units, [index], outcomes, hooks)
                 return
@@ -1151,15 +1226,53 @@ class PersistenceActor:
             for index in which:
                 outcomes[index] = error
             return
-        self.commits += 1
-        self.units_committed += len(which)
-        if self.on_batch_committed is not None:
-            self.on_batch_committed(time.perf_counter() - started, len(which))
-        if self.hold_commits:
-            self._held_units += len(which)
+        self._committed(started, len(which))
         for index, ids in zip(which, rowids, strict=True):
             outcomes[index] = ids
         hooks.extend((hook, which[local], seen) for hook, local, seen in found)
+
+    def _committed(self, started: float, units: int) -> None:
+        self.commits += 1
+        self.units_committed += units
+        if self.on_batch_committed is not None:
+            self.on_batch_committed(time.perf_counter() - started, units)
+        if self.hold_commits:
+            self._held_units += units
+
+    async def _attempt_each(
+        self,
+        conn: aiosqlite.Connection,
+        units: Sequence[Unit],
+        which: Sequence[int],
+        outcomes: list[Outcome],
+        hooks: list[Hook],
+    ) -> bool:
+        """Run the failed batch ``which`` again in one transaction, a savepoint per unit
+        (``_run_each``): the refused units are rolled back alone, the others commit
+        together. False if the failure was not a unit's own (nothing was written)."""
+        started = time.perf_counter()
+        held = self._held if self.hold_commits else None
+        try:
+            with anyio.CancelScope(shield=True):  # as in _attempt
+                found = await _run_each(conn, [units[index] for index in which], held)
+        except sqlite3.Error as exc:
+            self._note_if_held_work_lost(conn, exc)
+            log.debug("persistence.savepoint_rerun_failed", units=len(which), error=str(exc))
+            return False
+        kept = 0
+        for index, result in zip(which, found, strict=True):
+            if isinstance(result, sqlite3.Error):
+                error = translate(result, "unit of work")
+                error.__cause__ = result
+                log.warning("persistence.unit_failed", units=1, error=str(result))
+                outcomes[index] = error
+                continue
+            ids, unit_hooks = result
+            outcomes[index] = ids
+            hooks.extend((hook, index, seen) for hook, _, seen in unit_hooks)
+            kept += 1
+        self._committed(started, kept)
+        return True
 
     # -- WAL checkpoints, off the acknowledgements' path -------------------------------
 
