@@ -30,8 +30,8 @@ run: $(STAMP)
 	@echo "  look inside: $(BIN)/ublox-sim stats --home '$(RUN_HOME)'"
 
 lint: $(STAMP)
-	$(BIN)/ruff check ublox_sim tests benchmarks
-	$(BIN)/ruff format --check ublox_sim tests benchmarks
+	$(BIN)/ruff check ublox_sim tests
+	$(BIN)/ruff format --check ublox_sim tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -556,11 +556,7 @@ def bench(
     """Measure persistence, CDT flushing, simulation speed and a hot PTO (100 buyers on
     one PTO, through the Engine and HTTP) against their baselines (`all`), or a store of
     a million players (`scale`, run on its own)."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks" / "run.py").is_file():
-        raise click.UsageError("the benchmarks live in the source tree: run from a checkout")
-    sys.path.insert(0, str(root))
-    from benchmarks.run import main as run_benchmarks
+    from .bench.run import main as run_benchmarks
 
     if players is not None and (which != "scale" or players < 2_000):
         raise click.BadParameter("takes 2,000 or more, with `scale`", param_hint="--players")
@@ -577,7 +573,7 @@ def bench(
         url = target.url
     report = run_benchmarks(which, chosen, None if url else json_path, players=players)
     if url is not None:
-        from benchmarks import persistence_pg
+        from .bench import persistence_pg
 
         click.echo(f"== persistence on PostgreSQL ({chosen}) ==")
         report["persistence_pg"] = persistence_pg.bench(chosen, url)

@@ -1,6 +1,6 @@
 """How long the path of one ``buy_pts`` is: event-loop iterations and ``ublox_sim`` frames.
 
-    python -m benchmarks.hops
+    python -m ublox_sim.bench.hops
 
 A warm engine on an idle machine; frames counts every call and coroutine resumption in
 a ``ublox_sim`` module (both threads), so it measures the path, not the machine. Quoted
@@ -60,7 +60,7 @@ async def measure() -> tuple[int, int]:
                 await engine.buy_pts("alice", "p", 1)
             finally:
                 sys.setprofile(None)
-                threading.setprofile(None)  # type: ignore[arg-type]
+                threading.setprofile(None)
                 loop._run_once = run_once
             return iterations, frames
 

@@ -42,7 +42,7 @@ from ublox_sim.store.sqlite.writer import (
     prepare_database,
 )
 
-from .harness import percentile, run_rounds, summarise, table
+from .harness import child_command, child_env, percentile, run_rounds, summarise, table
 
 SIZES = {"tiny": (400, 1), "quick": (5_000, 2), "full": (20_000, 3)}  # units per run, rounds
 PRODUCERS = 100
@@ -148,12 +148,11 @@ async def _worker(dsn: str, units: int, kind: str, tag: str) -> dict[str, Any]:
     return {"start": start, "end": end, "latencies": latencies}
 
 
-WORKER = (sys.executable, "-m", "benchmarks.persistence_pg", "worker")
+WORKER = child_command("ublox_sim.bench.persistence_pg", "worker")
 
 
 def run_pg(dsn: str, units: int, kind: str, processes: int) -> dict[str, float]:
     """``processes`` workers, each with PRODUCERS producers and ``units`` units."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     tag = str(time.monotonic_ns())
     workers = [
         subprocess.Popen(
@@ -161,8 +160,7 @@ def run_pg(dsn: str, units: int, kind: str, processes: int) -> dict[str, float]:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=env,
-            cwd=Path(__file__).resolve().parent.parent,
+            env=child_env(),
         )
         for n in range(processes)
     ]

@@ -21,7 +21,7 @@ stays small beside the server's: both run on this machine's cores.
 Ratios are taken within each round (``harness``): hot/spread through the Engine, and
 hot/no-op through HTTP.
 
-    python -m benchmarks.hot serve HOME PORT   # the benchmark's server (used internally)
+    python -m ublox_sim.bench.hot serve HOME PORT   # the benchmark's server (used internally)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import anyio
 
 from ublox_sim import Engine, SimClock
 
-from .harness import pairwise, run_rounds, summarise, table
+from .harness import child_command, child_env, pairwise, run_rounds, summarise, table
 
 SIZES = {
     # buyers, purchases per buyer per run, rounds
@@ -149,7 +149,7 @@ class Connection:
 
 
 class Server:
-    """The benchmark's server (``python -m benchmarks.hot serve``) in a child process."""
+    """The benchmark's server (``python -m ublox_sim.bench.hot serve``) in a child process."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
@@ -157,14 +157,12 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        env = child_env({k: v for k, v in os.environ.items() if "proxy" not in k.lower()})
         env["UBLOX_ADMIN_KEY"] = ADMIN_KEY
         log = (self.home / "server.log").open("ab")
         with log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.hot", "serve", str(self.home / "store")],
+                child_command("ublox_sim.bench.hot", "serve", str(self.home / "store")),
                 stdout=subprocess.PIPE,
                 stderr=log,
                 stdin=subprocess.DEVNULL,

@@ -29,8 +29,7 @@ from ublox_sim.core.world import WorldParams, lattice_coupling
 
 from .harness import pairwise, run_rounds, summarise, table
 
-ROOT = Path(__file__).resolve().parent.parent
-STRESS = ROOT / "scenarios" / "stress.yaml"
+STRESS = Path(__file__).resolve().parent / "stress.yaml"  # scenarios/stress.yaml, shipped
 
 SIZES = {
     # players, PTOs, ticks, rounds

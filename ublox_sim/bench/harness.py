@@ -8,10 +8,27 @@ round) and then summarised, never from two medians taken at different times.
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+
+def child_command(module: str, *args: str) -> list[str]:
+    """``python -m module args`` for a benchmark's child process (a server, a worker, a step
+    in a fresh process), run with `child_env`: ``-P`` keeps the child's working directory
+    off its ``sys.path``, so a checkout it happens to start in cannot shadow the package
+    this process runs (installed from a wheel, editable, or a checkout on PYTHONPATH)."""
+    return [sys.executable, "-P", "-m", module, *args]
+
+
+def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (this process's environment by default) with PYTHONPATH set to this
+    process's ``sys.path``: the child imports what this process imports, nothing else."""
+    path = [entry or os.getcwd() for entry in sys.path]
+    return {**(os.environ if base is None else base), "PYTHONPATH": os.pathsep.join(path)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .harness import child_command, child_env
+
 SIZES = {"tiny": 20_000, "quick": 100_000, "full": 1_000_000}
 CHUNK = 5_000
 CHOSEN = 10_000
@@ -149,14 +151,12 @@ async def burst(home: Path, players: int) -> dict[str, Any]:
 
 
 def _step(*args: str) -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scale", *args],
+        child_command("ublox_sim.bench.scale", *args),
         capture_output=True,
         text=True,
         check=False,
-        env=env,
+        env=child_env(),
     )
     if done.returncode != 0:
         raise RuntimeError(f"bench scale {args[0]} failed:\n{done.stderr[-2000:]}")
