@@ -167,3 +167,102 @@ async def _until_funded(ws: ClientConnection) -> list[tuple[int, str, str]]:
             event = json.loads(await ws.recv())
             seen.append((event["seq"], event["kind"], event.get("player_id", "")))
     return seen
+
+
+PLAYERS = 12
+
+
+async def test_plays_for_one_world_are_answered_by_every_server(
+    servers: list[str], pg_url: str
+) -> None:
+    """Only the world's lease holder steps it; the other servers forward its plays there
+    and relay the answers, so every play sent to any server is played (none is a 503)."""
+    clients = [httpx.AsyncClient(base_url=u, timeout=60, trust_env=False) for u in servers]
+    try:
+        for client in clients:
+            await _answering(client)
+        first = clients[0]
+        names = [f"p{i:02d}" for i in range(PLAYERS)]
+        for pid, usd in (("maker", "0"), *((n, "20") for n in names)):
+            body = {"player_id": pid, "usd_obbba": usd}
+            assert (
+                await first.post("/api/players", json=body, headers=OPERATOR)
+            ).status_code == 201
+        pto = {
+            "pto_id": "world",
+            "game_name": "World",
+            "creator_id": "maker",
+            "atu_required": 10,
+            "pts_offered": 4 * PLAYERS,
+            "price_per_pts": "1",
+            "funding_deadline": deadline_in(7),
+        }
+        assert (await first.post("/api/ptos", json=pto, headers=OPERATOR)).status_code == 201
+        for n in names:  # every share sold: the PTO is funded, its world is played
+            buy = {"player_id": n, "hours": 4}
+            assert (
+                await first.post("/api/ptos/world/shares", json=buy, headers=OPERATOR)
+            ).status_code == 201
+        issued = (await first.post("/api/players/p00/tokens", headers=OPERATOR)).json()
+        as_p00 = {"Authorization": f"Bearer {issued['token']}"}
+
+        async def play(k: int, n: str) -> httpx.Response:
+            headers = as_p00 if n == "p00" else OPERATOR  # a player's own token too
+            body = {"player_id": n, "hours": 1.0}
+            return await clients[k % SERVERS].post(
+                "/api/ptos/world/play", json=body, headers=headers
+            )
+
+        # Each player plays twice, each time on another server, all at once.
+        plays = [(i + j, n) for i, n in enumerate(names) for j in (0, 1)]
+        answers = await asyncio.gather(*(play(k, n) for k, n in plays))
+        assert [r.status_code for r in answers] == [201] * len(plays), [
+            r.text for r in answers if r.status_code != 201
+        ]
+        # An Idempotency-Key retried on every server: played once, replayed three times.
+        keyed = {**OPERATOR, "Idempotency-Key": "play-once"}
+        body = {"player_id": "p01", "hours": 1.0}
+        once = [await c.post("/api/ptos/world/play", json=body, headers=keyed) for c in clients]
+        assert [r.status_code for r in once] == [201] * SERVERS, [r.text for r in once]
+        assert all(r.json() == once[0].json() for r in once)
+        assert [r.headers.get("idempotent-replayed") for r in once].count("true") == SERVERS - 1
+
+        for client in clients:  # the same state, read on every server
+            for n in names:
+                player = (await client.get(f"/api/players/{n}", headers=OPERATOR)).json()
+                assert player["total_play_time"] == (3.0 if n == "p01" else 2.0), player
+        holders = await _lease_holders(pg_url)
+        assert list(holders) == ["world"]  # stepped by one process
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert _verify(pg_url) == ""
+
+
+async def _lease_holders(url: str) -> dict[str, str]:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT pto_id, address FROM world_leases")
+    finally:
+        await conn.close()
+    return {str(p): str(a) for p, a in rows}
+
+
+def _verify(url: str) -> str:
+    """``ublox-sim verify --store URL``'s complaints ('' when clean), beside the servers."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env[CLUSTER_ENV] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent.parent), env.get("PYTHONPATH", "")]
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ublox_sim", "verify", "--store", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return "" if done.returncode == 0 else done.stdout + done.stderr

@@ -632,6 +632,14 @@ EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
     show_default=True,
     help="Lifetime of player tokens in seconds.",
 )
+@click.option(
+    "--advertise",
+    metavar="URL",
+    default=None,
+    help="Several servers on one database: the URL where the others reach this one, to "
+    "forward it the plays of the worlds it steps (default: http://HOST:PORT; the machine's "
+    "name when --host is a wildcard).",
+)
 @_errors_to_exit_codes
 def serve(
     home: Path | None,
@@ -646,6 +654,7 @@ def serve(
     cors_origins: tuple[str, ...],
     read_timeout: float,
     token_ttl: int,
+    advertise: str | None,
 ) -> None:
     """Serve the JSON API, live events and the dashboard (needs the [server] extra).
 
@@ -664,6 +673,8 @@ def serve(
     from .store.sync import UbloxLocalStorage
 
     target = _target(home, store)
+    if advertise is not None:
+        _check_advertised(advertise)
     # The admin key's folder: the home, or for a database the default home.
     root = target if isinstance(target, Home) else Home.resolve(None)
     if scenario is not None:
@@ -692,8 +703,12 @@ def serve(
         click.echo(f"operator admin key written to {key_file} (mode 0600); keep it secret")
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{sock.getsockname()[1]}/"
+    if advertise is None:
+        advertise = _advertised(host, sock.getsockname()[1])
     config = ServerConfig(
-        allowed_hosts=(*LOCAL_HOSTS, *allowed_hosts),
+        # The others forward plays to the advertised address: its name is answered too.
+        allowed_hosts=(*LOCAL_HOSTS, *allowed_hosts, _host_of(advertise)),
+        advertise=advertise,
         cors_origins=cors_origins,
         token_ttl=token_ttl,
         read_timeout=read_timeout,
@@ -710,6 +725,31 @@ def serve(
         config=config,
         on_ready=lambda: click.echo(f"ublox-sim serving {_where(target)} on {url}"),
     )
+
+
+def _check_advertised(url: str) -> None:
+    """``--advertise`` must be an http(s) URL naming a host (exit 2 otherwise)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise InvalidInput(f"--advertise must be http://HOST[:PORT] or https://..., got {url!r}")
+
+
+def _advertised(host: str, port: int) -> str:
+    """Where the other servers reach this one: --host, or this machine's name when it
+    listens on every interface."""
+    import socket
+
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _host_of(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or ""
 
 
 @main.command()

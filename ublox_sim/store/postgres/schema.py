@@ -238,10 +238,18 @@ CREATE TRIGGER event_log_notify AFTER INSERT ON event_log
     FOR EACH STATEMENT EXECUTE FUNCTION ublox_notify_event();
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+# PostgreSQL only: where each lease holder answers HTTP (``serve --advertise``), so a
+# server that is not the holder forwards a play there instead of refusing it ('': the
+# holder is an embedded engine, or a server that advertises nothing).
+_V6 = """
+ALTER TABLE world_leases ADD COLUMN address TEXT COLLATE "C" NOT NULL DEFAULT '';
+"""
+
+PG_ONLY = (_V5, _V6)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, *PG_ONLY)
 # The first SCHEMA_VERSION are SQLite's, number for number; the rest are PostgreSQL's own.
 PG_SCHEMA_VERSION = len(MIGRATIONS)
-assert PG_SCHEMA_VERSION == SCHEMA_VERSION + 1, "one PostgreSQL migration per SQLite one, +1"
+assert PG_SCHEMA_VERSION == SCHEMA_VERSION + len(PG_ONLY), "SQLite's migrations, then ours"
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
