@@ -42,10 +42,10 @@ from ...core.errors import (
     StoreLocked,
 )
 from ...core.events import EventBus
-from ...core.records import PTO, RECORD_TYPES, Player, PTSToken, Record, Transaction
+from ...core.records import PTO, Player, PTSToken, Record, Transaction
 from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
 from ..cdt import read_npz
-from ..export import encode_arrays, export_document, export_text
+from ..export import export_store, export_text
 from ..home import write_text_atomic
 from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
@@ -467,15 +467,7 @@ class PostgresBackend:
 
     async def export_data(self) -> dict[str, Any]:
         await self._flush_worlds()
-        records: dict[str, list[Record]] = {}
-        for cls in RECORD_TYPES:
-            records[cls.TABLE] = await self.load_all(cls)
-        worlds: dict[str, dict[str, Any]] = {}
-        for pto in records[PTO.TABLE]:
-            assert isinstance(pto, PTO)
-            if pto.world_cdt_id and pto.world_cdt_id not in worlds:
-                worlds[pto.world_cdt_id] = encode_arrays(await self.load_world(pto.world_cdt_id))
-        return export_document(records, worlds, await queries.run_for_export(self._reader))
+        return await export_store(self.load_all, self.load_world, await self.run_record())
 
     async def export_to_json(self, path: Path | str | None = None) -> Path:
         if path is None:
