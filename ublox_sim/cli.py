@@ -185,13 +185,29 @@ def main(log_format: str, verbose: int) -> None:
     help="Keep the demo's store in this new (or empty) folder "
     "(default: a temporary home, deleted when the demo ends).",
 )
+@click.option(
+    "--store",
+    default=None,
+    metavar="URL",
+    help="Run the demo on this PostgreSQL database instead (postgresql://...; one that "
+    "holds no store yet: the demo's rows stay there).",
+)
 @_errors_to_exit_codes
-def demo(home: Path | None) -> None:
-    """Run the seed's storage demo (in a temporary home unless --home is given)."""
+def demo(home: Path | None, store: str | None) -> None:
+    """Run the seed's storage demo (in a temporary home unless --home or --store is given)."""
     from .sim.demo import DemoCheckFailed, run_demo
     from .store.home import Home
+    from .store.open import PgStore, resolve_store
 
     try:
+        if store is not None:
+            if home is not None:
+                raise click.UsageError("give --home or --store, not both")
+            database = resolve_store(store)
+            if not isinstance(database, PgStore):
+                raise click.BadParameter("takes a postgresql:// URL", param_hint="--store")
+            run_demo(database)
+            return
         if home is not None:
             target = Home.resolve(home)
             _require_new_home(target)  # the demo writes alice over whatever is there
