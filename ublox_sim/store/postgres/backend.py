@@ -43,7 +43,16 @@ from ...core.errors import (
 )
 from ...core.events import EventBus
 from ...core.records import PTO, Player, PTSToken, Record, Transaction
-from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
+from ..backend import (
+    Arrays,
+    Checkpoint,
+    Committed,
+    Done,
+    RunRecord,
+    Unit,
+    WorldWrite,
+    commit_through,
+)
 from ..cdt import read_npz
 from ..export import export_store, export_text
 from ..home import write_text_atomic
@@ -210,18 +219,7 @@ class PostgresBackend:
             await self.submit(unit, done)
 
     async def commit(self, unit: Unit) -> Committed:
-        outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
-
-        def done(result: Committed | BaseException) -> None:
-            if outcome.done():
-                return
-            if isinstance(result, BaseException):
-                outcome.set_exception(result)
-            else:
-                outcome.set_result(result)
-
-        await self.submit(unit, done)
-        return await outcome
+        return await commit_through(self.submit, unit)
 
     def _world_row(self, world_id: str, arrays: Arrays) -> Statement:
         return save_world(world_id, arrays, None if self.leases is None else self.leases.holder)
