@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cluster_helpers import launch
 
 from ublox_sim.actors.messages import CheckDeadline
 from ublox_sim.core import events as ev
@@ -65,24 +66,12 @@ def _lease_clock(*engines: Engine) -> SimClock:
     return clock
 
 
-async def _launch(engine: Engine, pto_id: str, shares: int = 10) -> None:
-    await engine.launch_pto(
-        pto_id=pto_id,
-        game_name=pto_id,
-        creator_id="creator",
-        atu_required=5,
-        pts_offered=shares,
-        price_per_pts="1.00",
-        funding_deadline=timedelta(hours=1),
-    )
-
-
 async def test_a_stale_pto_cannot_sell_what_another_process_sold(pg_url: str, shared: None) -> None:
     async with _two(pg_url) as (one, two):
         await one.register_player("creator")
         for name in ("x", "y"):
             await one.register_player(name, usd_obbba=20)
-        await _launch(one, "pto-a")
+        await launch(one, "pto-a")
         assert (await one.get_pto("pto-a")).pts_sold == 0  # one's actor is active now
         await two.buy_pts("x", "pto-a", 10)  # sold out and funded, by the other process
         # one's PTO believes 10 shares are left: its unit is refused as a conflict, the
@@ -101,7 +90,7 @@ async def test_a_stale_pto_sells_on_after_reloading(pg_url: str, shared: None) -
         await one.register_player("creator")
         for name in ("x", "y"):
             await one.register_player(name, usd_obbba=20)
-        await _launch(one, "pto-b")
+        await launch(one, "pto-b")
         await one.get_pto("pto-b")
         token = await two.buy_pts("x", "pto-b", 4)
         bought = await one.buy_pts("y", "pto-b", 6)  # decided again on 4 sold: funds it
@@ -115,7 +104,7 @@ async def test_a_deadline_seen_by_two_processes_refunds_once(pg_url: str, shared
     async with _two(pg_url) as (one, two):
         await one.register_player("creator")
         await one.register_player("x", usd_obbba=20)
-        await _launch(one, "pto-c")
+        await launch(one, "pto-c")
         await one.buy_pts("x", "pto-c", 3)
         await two.get_pto("pto-c")  # two's copy: funding, 3 sold
         for engine in (one, two):
@@ -153,7 +142,7 @@ async def test_a_stale_session_or_debit_is_a_conflict_on_both_backends(
     async with Engine.open(store=spec, seed=1, clock=SimClock(START)) as engine:
         await engine.register_player("creator")
         await engine.register_player("p", usd_obbba=5)
-        await _launch(engine, "pto-d", shares=1)
+        await launch(engine, "pto-d", shares=1)
         await engine.buy_pts("p", "pto-d", 1)
         at = engine._now()
         # A session decided on a tau_k the row does not hold (1.0): its guard refuses it.
@@ -205,7 +194,7 @@ async def test_a_completion_seen_by_two_processes_pays_once_and_sessions_play(
     async with _two(pg_url) as (one, two):
         await one.register_player("creator")
         await one.register_player("x", usd_obbba=20)
-        await _launch(one, "pto-e", shares=4)
+        await launch(one, "pto-e", shares=4)
         await one.buy_pts("x", "pto-e", 4)  # funded
         for engine in (one, two):  # both copies: in progress, no ATU spent
             assert (await engine.get_pto("pto-e")).atu_spent == 0
@@ -234,7 +223,7 @@ async def test_a_world_is_stepped_by_its_lease_holder_and_taken_over_after_the_t
             assert engine.store.leases is not None  # type: ignore[attr-defined]
             engine.store.leases.clock = lease_clock  # type: ignore[attr-defined]
         await one.register_player("creator")
-        await _launch(one, "pto-w")
+        await launch(one, "pto-w")
         world_id = (await one.get_pto("pto-w")).world_cdt_id
         await two.get_pto("pto-w")  # two's copy of the world: as launched
         await one.advance(1)
@@ -268,7 +257,7 @@ async def test_every_process_sees_every_process_events_in_commit_order(
         async with one.events() as seen_by_one, two.events() as seen_by_two:
             await one.register_player("creator")
             await two.register_player("x", usd_obbba=20)
-            await _launch(one, "pto-f", shares=2)
+            await launch(one, "pto-f", shares=2)
             await two.buy_pts("x", "pto-f", 1)
             await one.buy_pts("x", "pto-f", 1)  # funds it
             last = (await one.store.event_log_span())[1]
@@ -297,7 +286,7 @@ async def _funded(engine: Engine, pto_id: str, *buyers: str) -> None:
     await engine.register_player("creator")
     for name in buyers:
         await engine.register_player(name, usd_obbba=20)
-    await _launch(engine, pto_id, shares=2 * len(buyers))
+    await launch(engine, pto_id, shares=2 * len(buyers))
     for name in buyers:
         await engine.buy_pts(name, pto_id, 2)
 

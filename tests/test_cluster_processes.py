@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -21,11 +20,11 @@ from typing import Any
 
 import anyio
 import pytest
+from cluster_helpers import child_env, launch
 
 from ublox_sim.core.clock import SimClock
 from ublox_sim.core.records import PlaySession, Transaction
 from ublox_sim.engine import Engine
-from ublox_sim.store.postgres.backend import CLUSTER_ENV
 from ublox_sim.store.postgres.lease import TTL_ENV
 
 pytestmark = pytest.mark.anyio
@@ -36,10 +35,7 @@ PRICE = 10_00  # cents per PTS
 
 def _spawn(url: str, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
     """A worker; its stderr goes to ``log`` if given (read when a test fails)."""
-    env = dict(os.environ, **{CLUSTER_ENV: "1"})
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).parent.parent), env.get("PYTHONPATH", "")]
-    )
+    env = child_env()
     with contextlib.ExitStack() as stack:
         err = None if log is None else stack.enter_context(log.open("w"))
         return subprocess.Popen(  # the child has its own copy of ``err``
@@ -74,14 +70,13 @@ async def _setup(url: str, buyers: int, shares: int) -> list[str]:
     async with Engine.open(store=url, seed=7) as engine:
         await engine.register_player("creator", usd_obbba=0)
         await engine.register_players([(n, 100, 1.0, None) for n in names])
-        await engine.launch_pto(
-            pto_id="pto-race",
-            game_name="Race",
-            creator_id="creator",
+        await launch(
+            engine,
+            "pto-race",
+            shares=shares,
             atu_required=10,
-            pts_offered=shares,
-            price_per_pts="10.00",
-            funding_deadline=timedelta(days=1),
+            price="10.00",
+            deadline=timedelta(days=1),
         )
     return names
 
@@ -142,15 +137,7 @@ async def test_a_deadline_fired_by_three_processes_refunds_once(pg_url: str) -> 
         await engine.register_player("creator", usd_obbba=0)
         for name in ("x", "y"):
             await engine.register_player(name, usd_obbba=50)
-        await engine.launch_pto(
-            pto_id="pto-late",
-            game_name="Late",
-            creator_id="creator",
-            atu_required=10,
-            pts_offered=10,
-            price_per_pts="10.00",
-            funding_deadline=timedelta(days=1),
-        )
+        await launch(engine, "pto-late", atu_required=10, price="10.00", deadline=timedelta(days=1))
         await engine.buy_pts("x", "pto-late", 2)
         await engine.buy_pts("y", "pto-late", 1)
     # Every worker runs on the wall clock: the deadline (2020) is long past.
@@ -284,14 +271,13 @@ async def test_kill_9_of_one_of_three_processes_loses_no_acknowledged_write(
         await engine.register_player("creator")
         await engine.register_players([(p, 1000, 1.0, None) for p in players])
         for pto_id, shares, days in (("big", 1_000_000, 36500), ("arena", 12, 1), ("late", 5, 1)):
-            await engine.launch_pto(
-                pto_id=pto_id,
-                game_name=pto_id,
-                creator_id="creator",
+            await launch(
+                engine,
+                pto_id,
+                shares=shares,
                 atu_required=10,
-                pts_offered=shares,
-                price_per_pts="1",
-                funding_deadline=timedelta(days=days),
+                price="1",
+                deadline=timedelta(days=days),
             )
         for player in players:
             await engine.buy_pts(player, "arena", 1)  # funded: its world is played

@@ -109,3 +109,22 @@ def test_a_run_stopped_between_checkpoints_resumes_on_postgres(pg_url: str, tmp_
     assert "resumed at tick 6" in out
     ok(cli("export", "--store", pg_url, "-o", str(tmp_path / "pg.json"), home=home))
     assert (tmp_path / "pg.json").read_bytes() == GOLDEN.read_bytes()
+
+
+def test_the_demo_runs_on_a_database_and_only_on_an_empty_one(pg_url: str, tmp_path: Path) -> None:
+    home = tmp_path / "default"
+    out = ok(cli("demo", "--store", pg_url, home=home))
+    lines = out.splitlines()
+    assert lines[0] == f"store: {pg_url}"
+    assert "✓ PTO pto_harmonic_001 saved to PostgreSQL, its 32×32 world to a row of worlds" in out
+    assert lines[-1] == "✓ verify passed"
+    export = home / "pg_backups"
+    assert [p.name for p in export.glob("*/demo_export.json")] == ["demo_export.json"]
+    stats = json.loads(ok(cli("stats", "--json", "--store", pg_url, home=home)))
+    assert (stats["players"]["count"], stats["transactions"]["count"]) == (1, 3)
+    again = cli("demo", "--store", pg_url, home=home)
+    assert again.returncode == 2
+    assert "already holds a store; use a new database" in again.stderr
+    both = cli("demo", "--store", pg_url, "--home", str(tmp_path / "h"), home=home)
+    assert both.returncode == 2 and "not both" in both.stderr
+    assert not (tmp_path / "h").exists()

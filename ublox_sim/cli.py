@@ -185,13 +185,29 @@ def main(log_format: str, verbose: int) -> None:
     help="Keep the demo's store in this new (or empty) folder "
     "(default: a temporary home, deleted when the demo ends).",
 )
+@click.option(
+    "--store",
+    default=None,
+    metavar="URL",
+    help="Run the demo on this PostgreSQL database instead (postgresql://...; one that "
+    "holds no store yet: the demo's rows stay there).",
+)
 @_errors_to_exit_codes
-def demo(home: Path | None) -> None:
-    """Run the seed's storage demo (in a temporary home unless --home is given)."""
+def demo(home: Path | None, store: str | None) -> None:
+    """Run the seed's storage demo (in a temporary home unless --home or --store is given)."""
     from .sim.demo import DemoCheckFailed, run_demo
     from .store.home import Home
+    from .store.open import PgStore, resolve_store
 
     try:
+        if store is not None:
+            if home is not None:
+                raise click.UsageError("give --home or --store, not both")
+            database = resolve_store(store)
+            if not isinstance(database, PgStore):
+                raise click.BadParameter("takes a postgresql:// URL", param_hint="--store")
+            run_demo(database)
+            return
         if home is not None:
             target = Home.resolve(home)
             _require_new_home(target)  # the demo writes alice over whatever is there
@@ -628,6 +644,14 @@ EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
     show_default=True,
     help="Lifetime of player tokens in seconds.",
 )
+@click.option(
+    "--advertise",
+    metavar="URL",
+    default=None,
+    help="Several servers on one database: the URL where the others reach this one, to "
+    "forward it the plays of the worlds it steps (default: http://HOST:PORT; the machine's "
+    "name when --host is a wildcard).",
+)
 @_errors_to_exit_codes
 def serve(
     home: Path | None,
@@ -642,6 +666,7 @@ def serve(
     cors_origins: tuple[str, ...],
     read_timeout: float,
     token_ttl: int,
+    advertise: str | None,
 ) -> None:
     """Serve the JSON API, live events and the dashboard (needs the [server] extra).
 
@@ -660,6 +685,8 @@ def serve(
     from .store.sync import UbloxLocalStorage
 
     target = _target(home, store)
+    if advertise is not None:
+        _check_advertised(advertise)
     # The admin key's folder: the home, or for a database the default home.
     root = target if isinstance(target, Home) else Home.resolve(None)
     if scenario is not None:
@@ -688,8 +715,12 @@ def serve(
         click.echo(f"operator admin key written to {key_file} (mode 0600); keep it secret")
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{sock.getsockname()[1]}/"
+    if advertise is None:
+        advertise = _advertised(host, sock.getsockname()[1])
     config = ServerConfig(
-        allowed_hosts=(*LOCAL_HOSTS, *allowed_hosts),
+        # The others forward plays to the advertised address: its name is answered too.
+        allowed_hosts=(*LOCAL_HOSTS, *allowed_hosts, _host_of(advertise)),
+        advertise=advertise,
         cors_origins=cors_origins,
         token_ttl=token_ttl,
         read_timeout=read_timeout,
@@ -706,6 +737,31 @@ def serve(
         config=config,
         on_ready=lambda: click.echo(f"ublox-sim serving {_where(target)} on {url}"),
     )
+
+
+def _check_advertised(url: str) -> None:
+    """``--advertise`` must be an http(s) URL naming a host (exit 2 otherwise)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise InvalidInput(f"--advertise must be http://HOST[:PORT] or https://..., got {url!r}")
+
+
+def _advertised(host: str, port: int) -> str:
+    """Where the other servers reach this one: --host, or this machine's name when it
+    listens on every interface."""
+    import socket
+
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _host_of(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or ""
 
 
 @main.command()

@@ -7,7 +7,8 @@ document's source), ``operation`` (what an entry is, and the one handler that ru
 any of them, idempotent or not), ``models`` (bodies, and responses derived from the
 Engine's views), ``receipts`` (the only store rows the server builds), ``auth``,
 ``idempotency``, ``guard`` (body, method and origin limits), ``errors``, ``metrics``,
-``live`` (wall-clock ticks, scenarios), ``heatmap`` and ``event_socket``.
+``live`` (wall-clock ticks, scenarios), ``forward`` (several servers: a play goes to
+its world's lease holder), ``heatmap`` and ``event_socket``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from ..engine import DEFAULT_IDLE_TIMEOUT, Engine
 from ..store.home import Home
 from . import errors
 from .auth import DEFAULT_TOKEN_TTL, Authority, load_admin_key
+from .forward import Forwarder
 from .guard import BodyGuard, HostGuard, MethodGuard, PlainErrors
 from .idempotency import IdempotencyKeys
 from .live import play_scenario, wall_ticks
@@ -57,6 +58,9 @@ class ServerConfig:
     admin_key: str | None = None  # None: UBLOX_ADMIN_KEY or <home>/admin.key
     wall_time: Callable[[], float] = field(default=time.time)
     on_ready: Callable[[], None] | None = None  # called once the engine is open
+    # Several processes on one database: where this server answers (``serve --advertise``),
+    # recorded with its world leases so the others forward the plays of its worlds here.
+    advertise: str | None = None
 
 
 _TAGS = [
@@ -141,25 +145,31 @@ class _Game:
                 key, token_ttl=self.cfg.token_ttl, wall_time=self.cfg.wall_time, versions=versions
             )
             server = ServerState(engine, authority, IdempotencyKeys(engine.store), metrics)
-            app.state.server = server
-            async with anyio.create_task_group() as tg:
-                if loaded is not None and isinstance(clock, SimClock):
-                    server.run = {}
-                    tg.start_soon(
-                        play_scenario,
-                        engine,
-                        loaded,
-                        clock,
-                        self.ticks_per_second,
-                        self.resume,
-                        server.run,
-                    )
-                elif self.cfg.tick_seconds is not None:
-                    tg.start_soon(wall_ticks, engine, self.cfg.tick_seconds)
-                if self.cfg.on_ready is not None:
-                    self.cfg.on_ready()
-                yield
-                tg.cancel_scope.cancel()
+            leases = getattr(engine.store, "leases", None)
+            async with AsyncExitStack() as stack:
+                if leases is not None:  # shared: forward plays to their world's holder
+                    leases.address = self.cfg.advertise or ""
+                    server.forwarder = Forwarder(leases)
+                    stack.push_async_callback(server.forwarder.aclose)
+                app.state.server = server
+                async with anyio.create_task_group() as tg:
+                    if loaded is not None and isinstance(clock, SimClock):
+                        server.run = {}
+                        tg.start_soon(
+                            play_scenario,
+                            engine,
+                            loaded,
+                            clock,
+                            self.ticks_per_second,
+                            self.resume,
+                            server.run,
+                        )
+                    elif self.cfg.tick_seconds is not None:
+                        tg.start_soon(wall_ticks, engine, self.cfg.tick_seconds)
+                    if self.cfg.on_ready is not None:
+                        self.cfg.on_ready()
+                    yield
+                    tg.cancel_scope.cancel()
         log.info("server.engine_closed")
 
 

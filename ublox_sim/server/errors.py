@@ -4,8 +4,9 @@
 route · 405 method not allowed · 408 the body did not arrive in time · 409 refused by
 the rules or the store's state (nothing changed) · 413 body too large · 415 not JSON ·
 422 the request does not match the document · 503 the engine is closing or its store
-failed, or another process sharing the database holds the world's lease (``world_leased``,
-with ``Retry-After``). The framework's own errors are translated too, so no plain-text error escapes.
+failed, or another process sharing the database holds the world's lease and cannot be
+asked to play it (``world_leased``, with ``Retry-After``; a reachable holder answers the
+play itself: ``forward``). The framework's own errors are translated too, so no plain-text error escapes.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ entry, so FastAPI still validates the request and writes the OpenAPI document.
 A request runs in this order: the caller's credential (401/403, before anything else),
 then the path, query and body (422), then ``acts_as`` and ``creator_of`` (403),
 ``check`` (a refusal that needs the store, before any key is looked up), then the call
-itself, wrapped in the idempotent-request shape when ``receipt`` is set.
+itself, wrapped in the idempotent-request shape when ``receipt`` is set. A request
+refused because another process holds the world's lease is answered by that process
+(``forward``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from typing_extensions import TypeVar
 
-from ..core.errors import UnknownPlayer
+from ..core.errors import UnknownPlayer, WorldLeased
 from ..core.records import iso
 from ..engine import Engine
 from ..store.backend import Receipt
 from .auth import Authority, Principal
 from .errors import ApiError, responses
+from .forward import Forwarder
 from .idempotency import IdempotencyKeys, fingerprint
 from .metrics import Metrics
 from .models import ID_HELP, ID_PATTERN, IDEMPOTENCY_KEY_PATTERN
@@ -49,6 +52,8 @@ class ServerState:
     # The scenario this server plays, updated each tick, so a dashboard can say
     # "finished" rather than "live"; None when it plays none.
     run: dict[str, Any] | None = None
+    # Several processes on one database: sends a play to the world's lease holder.
+    forwarder: Forwarder | None = None
 
 
 def state(request: Request) -> ServerState:
@@ -240,7 +245,13 @@ def add_operations(router: APIRouter, ops: tuple[Op[Any, Any], ...]) -> None:
 
 def _endpoint(op: Op[Any, Any]) -> Callable[..., Awaitable[Any]]:
     async def endpoint(request: Request, **params: Any) -> Any:
-        return await _run(op, request, params)
+        try:
+            return await _run(op, request, params)
+        except WorldLeased as refused:  # another process steps the world: it answers
+            forwarder = state(request).forwarder
+            if forwarder is None:
+                raise
+            return await forwarder.relay(request, refused)
 
     endpoint.__name__ = endpoint.__qualname__ = op.name
     endpoint.__doc__ = op.doc

@@ -1,7 +1,9 @@
 """The seed's demo flow on the storage API: one line per step, checks that fail loudly.
 
 Unlike the seed, it records alice's 5000.00 as a ``deposit`` and her purchase and
-play as ledger rows, so the demo store also passes ``ublox-sim verify``.
+play as ledger rows, so the demo store also passes ``ublox-sim verify``. It runs on a
+SQLite home or on a PostgreSQL database (``demo --store URL``): the same storage API,
+the same checks; only where the worlds, the backup and the export go differs.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import InvalidInput
 from ..core.money import USD, XUSD
 from ..core.records import FUNDING
 from ..store.home import world_id_for
+from ..store.open import PgStore, default_backup_root
 from ..store.sync import UbloxLocalStorage
-from ..store.verify import verify_store
 
 Say = Callable[[str], None]
 
@@ -46,22 +49,31 @@ def _check(condition: bool, what: str) -> None:
         raise DemoCheckFailed(what)
 
 
-def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
-    """Run the seed's flow in ``home``; return the export's path. ``temporary``: the
-    caller deletes ``home`` afterwards, and the first line says so."""
+def run_demo(home: Path | PgStore, say: Say = print, *, temporary: bool = False) -> Path:
+    """Run the seed's flow in ``home`` (a folder, or a PostgreSQL database that holds no
+    store yet); return the export's path. ``temporary``: the caller deletes ``home``
+    afterwards, and the first line says so."""
+    on_pg = isinstance(home, PgStore)
+    backend = "PostgreSQL" if on_pg else "SQLite"
     rng = np.random.default_rng(12)
     # A 32×32 world, like the seed's small CDT files: random phases do not compress,
     # so a 64×64 float64 world alone is ~64 KB on disk.
     theta = rng.uniform(0, 2 * np.pi, (32, 32))
     omega = rng.normal(1.0, 0.1, (32, 32))
-    with UbloxLocalStorage(home) as storage:
-        say(
-            f"home: {storage.home_path}"
-            + (" (temporary: deleted when the demo ends)" if temporary else "")
-        )
+    with UbloxLocalStorage(store=home) as storage:
+        if isinstance(home, PgStore):
+            stats = storage.get_global_stats()
+            if any(stats[t]["count"] for t in ("players", "ptos", "transactions")):
+                raise InvalidInput(f"{home} already holds a store; use a new database")
+            say(f"store: {home}")
+        else:
+            say(
+                f"home: {storage.home_path}"
+                + (" (temporary: deleted when the demo ends)" if temporary else "")
+            )
         storage.save_player(ALICE)
         storage.log_transaction("deposit", None, "alice", 5000.0, USD)
-        say("✓ player alice saved to SQLite (5000.00 USD-OBBBA, deposit logged)")
+        say(f"✓ player alice saved to {backend} (5000.00 USD-OBBBA, deposit logged)")
 
         storage.save_pto(
             {
@@ -77,7 +89,8 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
                 "cdt": {"theta": theta, "omega": omega},
             }
         )
-        say(f"✓ PTO {PTO_ID} saved to SQLite, its 32×32 world to cdt_states/")
+        where = "a row of worlds" if on_pg else "cdt_states/"
+        say(f"✓ PTO {PTO_ID} saved to {backend}, its 32×32 world to {where}")
 
         hours, price = 40, 25.0
         storage.log_transaction("investment", "alice", PTO_ID, hours * price, USD, pto_id=PTO_ID)
@@ -132,7 +145,7 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
             f"✓ play session {session_id} logged: {duration} h at quality {quality} → {earned:.2f} xUSD"
         )
 
-        storage.flush()  # so the world below is read back from its .npz, not from memory
+        storage.flush()  # so the world below is read back from its .npz (row), not memory
         player = storage.load_player("alice")
         pto = storage.load_pto(PTO_ID)
         token = storage.load_pts_token("pts_001")
@@ -148,7 +161,10 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
 
         backup = storage.create_backup("demo_backup")
         say(f"✓ backup created: {backup}")
-        export = storage.export_to_json()
+        # A database has no home folder: its export goes beside its backups.
+        export = storage.export_to_json(
+            default_backup_root(home) / "demo_export.json" if isinstance(home, PgStore) else None
+        )
         say(f"✓ JSON export written: {export}")
         stats = storage.get_global_stats()
         say(
@@ -163,8 +179,11 @@ def run_demo(home: Path, say: Say = print, *, temporary: bool = False) -> Path:
                 )
             )
         )
-    findings = verify_store(home)
+        findings = storage.verify()
     _check(not findings, "verify: " + "; ".join(map(str, findings)))
+    if isinstance(home, PgStore):
+        say("✓ verify passed")
+        return export
     size = sum(
         p.stat().st_size for p in home.rglob("*") if p.is_file() and "backups" not in p.parts
     )

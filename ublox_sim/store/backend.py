@@ -14,7 +14,8 @@ on deciding against its pending state meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -72,6 +73,23 @@ class Committed:
 
 
 Done = Callable[[Committed | BaseException], None]
+
+
+async def commit_through(submit: Callable[[Unit, Done], Awaitable[None]], unit: Unit) -> Committed:
+    """``Backend.commit`` as every backend does it: ``submit`` the unit and wait for its
+    outcome (a caller cancelled meanwhile leaves the unit's fate to the store)."""
+    outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+
+    def done(result: Committed | BaseException) -> None:
+        if outcome.done():
+            return
+        if isinstance(result, BaseException):
+            outcome.set_exception(result)
+        else:
+            outcome.set_result(result)
+
+    await submit(unit, done)
+    return await outcome
 
 
 @dataclass(frozen=True, slots=True)

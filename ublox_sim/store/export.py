@@ -6,8 +6,12 @@
 
 Records are the seed's dicts (money in major units); arrays are byte-shuffled,
 deflated and base64-encoded; the digest covers the content, so an import can tell
-an edited file from the one that was written. Pure functions: reading the store
-and writing the file are ``LocalStore``'s.
+an edited file from the one that was written. ``run`` is the scenario run recorded in
+the store: a run still going carries its whole record (``started_at`` and the runner's
+``state`` too), so an imported copy can be resumed (``run --resume``); a finished run's
+keeps the shape exports had before (name, seed, scenario, tick, total_ticks, finished:
+there is nothing left to resume, and exports of a seed stay byte-identical). Pure
+functions but ``export_store``: writing the file is the stores'.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 import json
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,7 @@ from numpy.typing import NDArray
 from ..core.errors import InvalidInput
 from ..core.ids import check_file_name
 from ..core.records import PTO, RECORD_TYPES, Record, from_seed, to_seed
+from .backend import RunRecord
 from .sqlite.schema import FIRST_RELEASE_SCHEMA_VERSION, SCHEMA_VERSION
 
 EXPORT_FORMAT = "ublox-export"
@@ -66,6 +71,42 @@ def export_document(
     # Recorded in every export, the file's and the HTTP API's: import checks it.
     data["digest"] = export_digest(data)
     return data
+
+
+async def export_store(
+    load_all: Callable[[type[Record]], Awaitable[Sequence[Any]]],
+    load_world: Callable[[str], Awaitable[Arrays]],
+    run: RunRecord | None,
+) -> dict[str, Any]:
+    """The export of a store read through ``load_all`` (a record type's rows) and
+    ``load_world`` (a world's arrays), its recorded ``run`` with it (both backends)."""
+    records: dict[str, Sequence[Record]] = {}
+    for cls in RECORD_TYPES:
+        records[cls.TABLE] = await load_all(cls)
+    worlds: dict[str, dict[str, Any]] = {}
+    for pto in records[PTO.TABLE]:
+        assert isinstance(pto, PTO)
+        if pto.world_cdt_id and pto.world_cdt_id not in worlds:
+            worlds[pto.world_cdt_id] = encode_arrays(await load_world(pto.world_cdt_id))
+    return export_document(records, worlds, run_document(run))
+
+
+def run_document(run: RunRecord | None) -> dict[str, Any] | None:
+    """The recorded run as an export holds it (see the module docstring)."""
+    if run is None:
+        return None
+    document: dict[str, Any] = {
+        "name": run.name,
+        "seed": run.seed,
+        "scenario": json.loads(run.scenario),
+        "tick": run.tick,
+        "total_ticks": run.total_ticks,
+        "finished": run.finished,
+    }
+    if not run.finished:  # what resuming it needs
+        document["started_at"] = run.started_at
+        document["state"] = json.loads(run.state)
+    return document
 
 
 def export_text(data: Mapping[str, Any]) -> str:
@@ -186,6 +227,50 @@ def parse_export(
     return records, worlds
 
 
+def parse_run(data: Mapping[str, Any], where: str) -> RunRecord | None:
+    """The run record an export carries whole (a run still going), else None: no run, a
+    finished one, or an export written before runs were carried whole (imported without
+    its run, as they always were: there is nothing to resume)."""
+    run = data.get("run")
+    if run is None:
+        return None
+    if not isinstance(run, dict):
+        raise InvalidInput(f"{where}: run must be an object")
+    if "state" not in run and "started_at" not in run:
+        return None
+    kinds: dict[str, type | tuple[type, ...]] = {
+        "name": str,
+        "seed": int,
+        "scenario": dict,
+        "started_at": str,
+        "tick": int,
+        "total_ticks": int,
+        "state": dict,
+        "finished": bool,
+    }
+    for name, kind in kinds.items():
+        value = run.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidInput(f"{where}: run.{name} is missing or not a {_kind_name(kind)}")
+    if not 0 <= run["tick"] <= run["total_ticks"]:
+        raise InvalidInput(f"{where}: run.tick {run['tick']} is not in 0..run.total_ticks")
+    return RunRecord(
+        name=run["name"],
+        seed=run["seed"],
+        # As the runner records them (``resolved_scenario``, ``state_json``): sorted keys.
+        scenario=json.dumps(run["scenario"], sort_keys=True),
+        started_at=run["started_at"],
+        tick=run["tick"],
+        total_ticks=run["total_ticks"],
+        state=json.dumps(run["state"], sort_keys=True),
+        finished=run["finished"],
+    )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    return {str: "string", int: "integer", dict: "object", bool: "boolean"}[kind]  # type: ignore[index]
+
+
 # -- arrays -----------------------------------------------------------------------------
 
 
@@ -259,6 +344,9 @@ __all__ = [
     "encode_arrays",
     "export_digest",
     "export_document",
+    "export_store",
     "export_text",
     "parse_export",
+    "parse_run",
+    "run_document",
 ]

@@ -41,7 +41,6 @@ from ..core.records import (
     PlaySession,
     PTSToken,
     R,
-    Record,
     Transaction,
     from_seed,
     iso,
@@ -51,7 +50,7 @@ from ..core.records import (
 from ..core.tasks import joined_or_owned
 from . import backup
 from .cdt import CdtStore
-from .export import check_export_digest, encode_arrays, export_document, export_text, parse_export
+from .export import check_export_digest, export_store, export_text, parse_export, parse_run
 from .home import (
     Home,
     lock_home,
@@ -61,7 +60,7 @@ from .home import (
     world_id_for,
     write_text_atomic,
 )
-from .sqlite import queries
+from .sqlite import queries, rows
 from .sqlite.schema import TX_TYPES
 from .sqlite.tables import insert_sql, to_row, upsert_sql
 from .sqlite.writer import PersistenceActor, Statement, Synchronous
@@ -309,15 +308,7 @@ class SeedOperations:
         """The whole store as a JSON-ready dict (money in major units, arrays encoded), with
         its content digest."""
         await self.flush()
-        records: dict[str, list[Record]] = {}
-        for cls in RECORD_TYPES:
-            records[cls.TABLE] = await self.load_all(cls)  # type: ignore[type-var]
-        worlds: dict[str, dict[str, Any]] = {}
-        for pto in records[PTO.TABLE]:
-            assert isinstance(pto, PTO)
-            if pto.world_cdt_id and pto.world_cdt_id not in worlds:
-                worlds[pto.world_cdt_id] = encode_arrays(await self.load_world(pto.world_cdt_id))
-        return export_document(records, worlds, await queries.run_for_export(self.db))
+        return await export_store(self.load_all, self.load_world, await queries.run_record(self.db))
 
     async def export_to_json(self, path: Path | str | None = None) -> Path:
         """Write the full export (default ``<home>/export.json``) atomically; return its path."""
@@ -343,11 +334,14 @@ class SeedOperations:
             raise InvalidInput(f"{self._where} is not empty: import only into a new store")
         warnings = check_export_digest(data, str(path), force=force)
         records, worlds = parse_export(data, str(path))
+        run = parse_run(data, str(path))
         unit = [
             Statement(insert_sql(type(r)), to_row(r))
             for cls in RECORD_TYPES
             for r in records[cls.TABLE]
         ]
+        if run is not None:  # a run still going: resumable here as it was there
+            unit.append(rows.save_run(run))
         await self._import(unit, worlds)
         # What verify says about the imported store, word for word and every check of it
         # (the export's own ledger rule alone would miss sessions, tokens and worlds).

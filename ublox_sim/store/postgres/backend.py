@@ -42,10 +42,19 @@ from ...core.errors import (
     StoreLocked,
 )
 from ...core.events import EventBus
-from ...core.records import PTO, RECORD_TYPES, Player, PTSToken, Record, Transaction
-from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
+from ...core.records import PTO, Player, PTSToken, Record, Transaction
+from ..backend import (
+    Arrays,
+    Checkpoint,
+    Committed,
+    Done,
+    RunRecord,
+    Unit,
+    WorldWrite,
+    commit_through,
+)
 from ..cdt import read_npz
-from ..export import encode_arrays, export_document, export_text
+from ..export import export_store, export_text
 from ..home import write_text_atomic
 from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
@@ -210,18 +219,7 @@ class PostgresBackend:
             await self.submit(unit, done)
 
     async def commit(self, unit: Unit) -> Committed:
-        outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
-
-        def done(result: Committed | BaseException) -> None:
-            if outcome.done():
-                return
-            if isinstance(result, BaseException):
-                outcome.set_exception(result)
-            else:
-                outcome.set_result(result)
-
-        await self.submit(unit, done)
-        return await outcome
+        return await commit_through(self.submit, unit)
 
     def _world_row(self, world_id: str, arrays: Arrays) -> Statement:
         return save_world(world_id, arrays, None if self.leases is None else self.leases.holder)
@@ -467,15 +465,7 @@ class PostgresBackend:
 
     async def export_data(self) -> dict[str, Any]:
         await self._flush_worlds()
-        records: dict[str, list[Record]] = {}
-        for cls in RECORD_TYPES:
-            records[cls.TABLE] = await self.load_all(cls)
-        worlds: dict[str, dict[str, Any]] = {}
-        for pto in records[PTO.TABLE]:
-            assert isinstance(pto, PTO)
-            if pto.world_cdt_id and pto.world_cdt_id not in worlds:
-                worlds[pto.world_cdt_id] = encode_arrays(await self.load_world(pto.world_cdt_id))
-        return export_document(records, worlds, await queries.run_for_export(self._reader))
+        return await export_store(self.load_all, self.load_world, await self.run_record())
 
     async def export_to_json(self, path: Path | str | None = None) -> Path:
         if path is None:

@@ -14,7 +14,10 @@ reload (``PTOActor.mark_stale``). A clean close releases every lease at once.
 A play (a session) steps the world too, so it needs the lease as well (``take``, asked
 by the PTO actor): free, expired or ours, it takes or renews it; held by another live
 process, the play is refused with ``WorldLeased`` (HTTP 503 with ``Retry-After``) and
-changes nothing. A world's row is replaced only by its holder (``SAVE_LEASED_WORLD``),
+changes nothing. A server (``serve --advertise URL``) records in its leases where it
+answers HTTP (``address``), so a server that gets ``WorldLeased`` forwards the play to
+the holder instead (``server.forward``); an embedded engine has no address and the
+refusal reaches its caller. A world's row is replaced only by its holder (``SAVE_LEASED_WORLD``),
 so a process whose lease was taken over cannot overwrite the new holder's steps.
 
 The leases have their own connection, so a renewal never waits behind the write queue.
@@ -22,6 +25,7 @@ The leases have their own connection, so a renewal never waits behind the write 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Sequence
@@ -36,9 +40,10 @@ DEFAULT_TTL = 5.0
 TTL_ENV = "UBLOX_LEASE_TTL"
 
 _ACQUIRE = """
-INSERT INTO world_leases (pto_id, holder, expires)
-SELECT unnest($1::text[]), $2, $3
-ON CONFLICT (pto_id) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+INSERT INTO world_leases (pto_id, holder, expires, address)
+SELECT unnest($1::text[]), $2, $3, $5
+ON CONFLICT (pto_id) DO UPDATE
+SET holder = excluded.holder, expires = excluded.expires, address = excluded.address
 WHERE world_leases.holder = excluded.holder OR world_leases.expires <= $4
 RETURNING pto_id
 """
@@ -65,6 +70,7 @@ class WorldLeases:
         ttl: float | None = None,
         clock: Clock | None = None,
         holder: str | None = None,
+        address: str = "",
     ) -> None:
         self.dsn = dsn
         self.ttl = default_ttl() if ttl is None else ttl
@@ -73,18 +79,31 @@ class WorldLeases:
         self.clock: Clock = clock or WallClock()
         self.holder = holder or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.held: frozenset[str] = frozenset()
+        # Where this process answers HTTP ('' for none), recorded with each lease it takes
+        # or renews: another server forwards the plays of its worlds there.
+        self.address = address
         self._conn: Any = None
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._conn = await asyncpg.connect(self.dsn)
+
+    async def _fetch(self, query: str, *args: object) -> list[Any]:
+        """One statement on the leases' connection (one at a time: actors renewing their
+        worlds and servers looking up a holder's address share it)."""
+        async with self._lock:
+            assert self._conn is not None, "start() first"
+            rows: list[Any] = await self._conn.fetch(query, *args)
+            return rows
 
     async def acquire(self, pto_ids: Sequence[str]) -> tuple[frozenset[str], frozenset[str]]:
         """Take or renew the leases of ``pto_ids`` that are free, expired or ours.
 
         Returns (held now, newly taken: held now and not held before)."""
-        assert self._conn is not None, "start() first"
         now = self.clock.now().timestamp()
-        rows = await self._conn.fetch(_ACQUIRE, list(pto_ids), self.holder, now + self.ttl, now)
+        rows = await self._fetch(
+            _ACQUIRE, list(pto_ids), self.holder, now + self.ttl, now, self.address
+        )
         held = frozenset(str(r[0]) for r in rows)
         before = self.held
         lost = frozenset(pto_ids) - held  # asked for, not granted: another process's now
@@ -98,19 +117,29 @@ class WorldLeases:
         held, taken = await self.acquire([pto_id])
         if pto_id in held:
             return pto_id in taken
-        assert self._conn is not None
-        row = await self._conn.fetchrow(
+        rows = await self._fetch(
             "SELECT holder, expires FROM world_leases WHERE pto_id = $1", pto_id
         )
+        row = rows[0] if rows else None
         if row is None:  # released between the two statements: free now
             return await self.take(pto_id)
         wait = float(row[1]) - self.clock.now().timestamp()
         raise WorldLeased(pto_id, str(row[0]), max(wait, 0.0))
 
+    async def address_of(self, pto_id: str) -> str:
+        """Where the world's live holder answers HTTP: '' when nobody holds the lease, it
+        has expired, it is ours, or its holder advertises no address."""
+        rows = await self._fetch(
+            "SELECT address FROM world_leases WHERE pto_id = $1 AND holder <> $2 AND expires > $3",
+            pto_id,
+            self.holder,
+            self.clock.now().timestamp(),
+        )
+        return str(rows[0][0]) if rows else ""
+
     async def holders(self) -> dict[str, tuple[str, float]]:
         """Every lease: pto_id -> (holder, expiry)."""
-        assert self._conn is not None, "start() first"
-        rows = await self._conn.fetch("SELECT pto_id, holder, expires FROM world_leases")
+        rows = await self._fetch("SELECT pto_id, holder, expires FROM world_leases")
         return {str(p): (str(h), float(e)) for p, h, e in rows}
 
     async def aclose(self) -> None:
@@ -119,7 +148,8 @@ class WorldLeases:
             return
         conn, self._conn = self._conn, None
         try:
-            await conn.execute("DELETE FROM world_leases WHERE holder = $1", self.holder)
+            async with self._lock:
+                await conn.execute("DELETE FROM world_leases WHERE holder = $1", self.holder)
         finally:
             self.held = frozenset()
             await conn.close()

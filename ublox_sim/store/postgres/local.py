@@ -26,6 +26,17 @@ from ..verify import Finding
 from .backend import PostgresBackend, save_world
 from .url import masked
 
+# SQLite's AUTOINCREMENT moves past ids inserted as they are; the counters that stand for
+# it here must too, or the next transaction or session numbered after an import would
+# take an imported one's number (and be refused).
+_COUNTERS_PAST_IMPORTED = [
+    Statement(
+        f"UPDATE counters SET value = GREATEST(value, (SELECT COALESCE(MAX({key}), 0) FROM"
+        f" {table})) WHERE name = '{table}'"
+    )
+    for table, key in (("transactions", "tx_id"), ("play_sessions", "session_id"))
+]
+
 
 class PgLocalStore(SeedOperations):
     """One PostgreSQL database, with the seed's operations (see the module docstring)."""
@@ -75,7 +86,8 @@ class PgLocalStore(SeedOperations):
     async def _import(
         self, unit: list[Statement], worlds: Mapping[str, Mapping[str, NDArray[np.generic]]]
     ) -> None:
-        await self.db.submit([*(save_world(w, a) for w, a in worlds.items()), *unit])
+        saves = [save_world(w, a) for w, a in worlds.items()]
+        await self.db.submit([*saves, *unit, *_COUNTERS_PAST_IMPORTED])
 
     async def load_world(self, world_id: str) -> dict[str, NDArray[np.generic]]:
         return await self.backend.load_world(world_id)

@@ -40,6 +40,18 @@ def _quoted(values: Sequence[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
+def _numbered(table: str, key: str, what: str) -> str:
+    """A BEFORE INSERT trigger giving a NULL ``key`` of ``table`` its counter's next value
+    (function ``ublox_number_WHAT``, trigger ``TABLE_number``)."""
+    return f"""CREATE FUNCTION ublox_number_{what}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.{key} IS NULL THEN NEW.{key} := ublox_next('{table}'); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER {table}_number BEFORE INSERT ON {table}
+    FOR EACH ROW EXECUTE FUNCTION ublox_number_{what}();"""
+
+
 _V1 = f"""
 CREATE TABLE players (
     player_id          TEXT COLLATE "C" PRIMARY KEY NOT NULL,
@@ -137,22 +149,8 @@ CREATE INDEX play_sessions_by_pto ON play_sessions(pto_id);
 CREATE INDEX play_sessions_by_player ON play_sessions(player_id);
 
 -- SQLite numbers a NULL INTEGER PRIMARY KEY; here the counter does (BEFORE INSERT).
-CREATE FUNCTION ublox_number_tx() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.tx_id IS NULL THEN NEW.tx_id := ublox_next('transactions'); END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER transactions_number BEFORE INSERT ON transactions
-    FOR EACH ROW EXECUTE FUNCTION ublox_number_tx();
-CREATE FUNCTION ublox_number_session() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.session_id IS NULL THEN
-        NEW.session_id := ublox_next('play_sessions');
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER play_sessions_number BEFORE INSERT ON play_sessions
-    FOR EACH ROW EXECUTE FUNCTION ublox_number_session();
+{_numbered("transactions", "tx_id", "tx")}
+{_numbered("play_sessions", "session_id", "session")}
 """
 
 _V2 = """
@@ -202,13 +200,7 @@ CREATE TABLE event_log (
     at       TEXT COLLATE "C" NOT NULL,
     payload  TEXT COLLATE "C" NOT NULL CHECK (payload::json IS NOT NULL)
 );
-CREATE FUNCTION ublox_number_event() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.seq IS NULL THEN NEW.seq := ublox_next('event_log'); END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER event_log_number BEFORE INSERT ON event_log
-    FOR EACH ROW EXECUTE FUNCTION ublox_number_event();
+{_numbered("event_log", "seq", "event")}
 CREATE FUNCTION ublox_event_retention() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM event_log WHERE seq <= NEW.seq - {EVENT_RETENTION};
@@ -238,10 +230,18 @@ CREATE TRIGGER event_log_notify AFTER INSERT ON event_log
     FOR EACH STATEMENT EXECUTE FUNCTION ublox_notify_event();
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+# PostgreSQL only: where each lease holder answers HTTP (``serve --advertise``), so a
+# server that is not the holder forwards a play there instead of refusing it ('': the
+# holder is an embedded engine, or a server that advertises nothing).
+_V6 = """
+ALTER TABLE world_leases ADD COLUMN address TEXT COLLATE "C" NOT NULL DEFAULT '';
+"""
+
+PG_ONLY = (_V5, _V6)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, *PG_ONLY)
 # The first SCHEMA_VERSION are SQLite's, number for number; the rest are PostgreSQL's own.
 PG_SCHEMA_VERSION = len(MIGRATIONS)
-assert PG_SCHEMA_VERSION == SCHEMA_VERSION + 1, "one PostgreSQL migration per SQLite one, +1"
+assert PG_SCHEMA_VERSION == SCHEMA_VERSION + len(PG_ONLY), "SQLite's migrations, then ours"
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (

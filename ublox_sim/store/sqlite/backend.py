@@ -20,7 +20,16 @@ from ...core.clock import Clock
 from ...core.errors import ActorClosed, InvalidInput
 from ...core.events import EventBus
 from ...core.records import PTO, Player, PTSToken, R, Record, Transaction
-from ..backend import Arrays, Checkpoint, Committed, Done, RunRecord, Unit, WorldWrite
+from ..backend import (
+    Arrays,
+    Checkpoint,
+    Committed,
+    Done,
+    RunRecord,
+    Unit,
+    WorldWrite,
+    commit_through,
+)
 from ..home import Home
 from ..local import LocalStore, wall_clock
 from . import queries, rows
@@ -232,18 +241,7 @@ class SqliteBackend:
                 cdt.mark_dirty(world_id, arrays)  # written back by the flusher
 
     async def commit(self, unit: Unit) -> Committed:
-        outcome: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
-
-        def done(result: Committed | BaseException) -> None:
-            if outcome.done():  # the caller was cancelled: the unit's fate is the store's
-                return
-            if isinstance(result, BaseException):
-                outcome.set_exception(result)
-            else:
-                outcome.set_result(result)
-
-        await self.submit(unit, done)
-        return await outcome
+        return await commit_through(self.submit, unit)
 
     async def save_world(self, world_id: str, arrays: Arrays) -> None:
         if self.hold_commits:

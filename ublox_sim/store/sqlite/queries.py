@@ -6,7 +6,6 @@ Each reads through the writer's connection, after every write queued before it
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -197,21 +196,6 @@ async def run_status(db: PersistenceActor) -> dict[str, Any] | None:
         return None
     return {
         "name": run.name,
-        "tick": run.tick,
-        "total_ticks": run.total_ticks,
-        "finished": run.finished,
-    }
-
-
-async def run_for_export(db: PersistenceActor) -> dict[str, Any] | None:
-    """The recorded run as an export holds it (its scenario decoded), if any."""
-    run = await run_record(db)
-    if run is None:
-        return None
-    return {
-        "name": run.name,
-        "seed": run.seed,
-        "scenario": json.loads(run.scenario),
         "tick": run.tick,
         "total_ticks": run.total_ticks,
         "finished": run.finished,
