@@ -1,0 +1,179 @@
+"""World shards: the theta/omega of many worlds of one size stacked as (n, S, S) arrays.
+
+A scenario's tick steps every world of a shard at once (one array operation per
+lattice step for the whole stack, not one per world) with every session's player
+coupled to its cell on the steps it plays (``Shard.tick``). Elementwise operations
+on a stack are the same operations as on each world alone, the players' nudges are
+summed per cell in the sessions' order (``np.add.at`` on the flattened stack) and
+each world's coherence is the reduction ``world.order_parameter`` of its own slice,
+so a tick is bit-identical to ``world.play_steps(..., world_steps=steps)`` on each
+world by itself (``tests/test_shard.py`` holds it to that).
+
+Pure numpy: no event loop, no store, picklable (a shard can live in another process,
+e.g. a Ray actor: ``__getstate__`` keeps only the used slots).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .world import F64, I64, TWO_PI, WorldParams, lattice_coupling, order_parameter
+
+
+@dataclass(frozen=True, slots=True)
+class Sessions:
+    """The sessions of one tick in a shard, one entry per session (arrays)."""
+
+    slot: I64  # the world's slot in the shard
+    cells_y: I64
+    cells_x: I64
+    phase: F64
+    freq: F64
+    tau_k: F64
+    steps: I64  # lattice steps the player is coupled for (at most the tick's)
+
+    @staticmethod
+    def empty() -> Sessions:
+        i, f = np.zeros(0, dtype=np.int64), np.zeros(0)
+        return Sessions(i, i, i, f, f, f, i)
+
+    def __len__(self) -> int:
+        return len(self.slot)
+
+
+@dataclass(frozen=True, slots=True)
+class TickOutcome:
+    """What a tick did: per session (in the order given) and per world slot."""
+
+    quality: F64  # mean coherence over the steps played
+    coherence: F64  # on the last step played
+    locks: I64
+    locked_steps: I64
+    phase: F64  # the player's phase after the session
+    aci: F64  # per slot: the world's order parameter after the tick
+
+
+class Shard:
+    """Worlds of one size, stacked; slots are dense (``0 .. len - 1``): removing a world
+    moves the last one into its slot. Capacity grows by doubling."""
+
+    def __init__(self, params: WorldParams, capacity: int = 4) -> None:
+        self.params = params
+        side = params.size
+        self.theta: F64 = np.zeros((max(1, capacity), side, side))
+        self.omega: F64 = np.zeros((max(1, capacity), side, side))
+        self.ids: list[str] = []
+        self.slots: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, world_id: object) -> bool:
+        return world_id in self.slots
+
+    def __getstate__(self) -> dict[str, Any]:
+        n = len(self.ids)
+        return {
+            "params": self.params,
+            "theta": self.theta[:n].copy(),
+            "omega": self.omega[:n].copy(),
+            "ids": list(self.ids),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.params = state["params"]
+        self.theta, self.omega = state["theta"], state["omega"]
+        self.ids = state["ids"]
+        self.slots = {w: k for k, w in enumerate(self.ids)}
+        if not len(self.theta):
+            side = self.params.size
+            self.theta, self.omega = np.zeros((1, side, side)), np.zeros((1, side, side))
+
+    def put(self, world_id: str, theta: F64, omega: F64) -> int:
+        """Hold ``world_id``'s arrays (copied in), replacing them if it is here; its slot."""
+        side = self.params.size
+        if theta.shape != (side, side) or omega.shape != (side, side):
+            raise ValueError(
+                f"world {world_id} is {theta.shape}, this shard holds {side}x{side} worlds"
+            )
+        slot = self.slots.get(world_id)
+        if slot is None:
+            slot = len(self.ids)
+            if slot == len(self.theta):
+                grow = ((0, slot), (0, 0), (0, 0))
+                self.theta = np.pad(self.theta, grow)
+                self.omega = np.pad(self.omega, grow)
+            self.ids.append(world_id)
+            self.slots[world_id] = slot
+        self.theta[slot] = theta
+        self.omega[slot] = omega
+        return slot
+
+    def remove(self, world_id: str) -> None:
+        slot = self.slots.pop(world_id)
+        last = len(self.ids) - 1
+        if slot != last:
+            moved = self.ids[last]
+            self.theta[slot] = self.theta[last]
+            self.omega[slot] = self.omega[last]
+            self.ids[slot] = moved
+            self.slots[moved] = slot
+        self.ids.pop()
+
+    def arrays(self, world_id: str) -> dict[str, F64]:
+        """Copies of one world's arrays (slots move: never hand out views)."""
+        slot = self.slots[world_id]
+        return {"theta": self.theta[slot].copy(), "omega": self.omega[slot].copy()}
+
+    def tick(self, steps: int, sessions: Sessions) -> TickOutcome:
+        """``steps`` lattice steps of every world, each session's player coupled to its
+        cell for its own ``steps`` (at most the tick's); see the module doc."""
+        p = self.params
+        n, side = len(self.ids), p.size
+        if len(sessions) and int(sessions.steps.max()) > steps:
+            raise ValueError("a session is coupled for more steps than its tick has")
+        theta = self.theta[:n]
+        omega = self.omega[:n]
+        m = len(sessions)
+        flat = (sessions.slot * side + sessions.cells_y) * side + sessions.cells_x
+        phase = sessions.phase.astype(np.float64, copy=True)
+        total = np.zeros(m)
+        streak = np.zeros(m, dtype=np.int64)
+        locks = np.zeros(m, dtype=np.int64)
+        locked = np.zeros(m, dtype=np.int64)
+        coherence = np.zeros(m)
+        pull = p.player_coupling * sessions.tau_k
+        push = p.feedback * sessions.tau_k
+        for step in range(steps):
+            # The same operations, in the same order, as ``world.play_steps``.
+            active = sessions.steps > step
+            cell = theta.reshape(-1)[flat]
+            diff = cell - phase
+            now = (1.0 + np.cos(diff)) / 2.0
+            coherence = np.where(active, now, coherence)
+            total += np.where(active, now, 0.0)
+            hit = active & (now >= p.lock_threshold)
+            streak = np.where(hit, streak + 1, np.where(active, 0, streak))
+            locked += hit & (streak >= p.lock_steps)
+            locks += hit & (streak == p.lock_steps)
+            nudge = np.zeros(theta.size)
+            np.add.at(nudge, flat, np.where(active, push * np.sin(-diff), 0.0))
+            theta = theta + p.dt * (
+                omega + p.coupling * lattice_coupling(theta) + nudge.reshape(theta.shape)
+            )
+            phase = phase + np.where(active, p.dt * (sessions.freq + pull * np.sin(diff)), 0.0)
+        if steps:
+            self.theta[:n] = np.mod(theta, TWO_PI)
+        quality = np.divide(total, sessions.steps, out=np.zeros(m), where=sessions.steps > 0)
+        aci = np.array([order_parameter(self.theta[k]) for k in range(n)])
+        return TickOutcome(
+            quality=np.clip(quality, 0.0, 1.0),
+            coherence=coherence,
+            locks=locks,
+            locked_steps=locked,
+            phase=np.mod(phase, TWO_PI),
+            aci=aci,
+        )
