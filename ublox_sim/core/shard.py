@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .world import F64, I64, TWO_PI, WorldParams, lattice_coupling, order_parameter
 
@@ -177,3 +178,54 @@ class Shard:
             phase=np.mod(phase, TWO_PI),
             aci=aci,
         )
+
+
+class WorldShards:
+    """Every resident world of an engine, in shards of at most ``per_shard`` worlds (all
+    of one size: the engine's). The one owner of the world arrays: PTO actors and the
+    scenario's ticks read and write them here, checkpoints copy them from here."""
+
+    def __init__(self, params: WorldParams, per_shard: int = 256) -> None:
+        self.params = params
+        self.per_shard = per_shard
+        self.shards: list[Shard] = []
+        self._where: dict[str, Shard] = {}
+
+    def __contains__(self, world_id: object) -> bool:
+        return world_id in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def ids(self) -> list[str]:
+        return sorted(self._where)
+
+    def put(self, world_id: str, theta: NDArray[Any], omega: NDArray[Any]) -> None:
+        """Hold a world's arrays (copied in, as float64), replacing them if it is resident."""
+        shard = self._where.get(world_id)
+        if shard is None:
+            shard = next((s for s in self.shards if len(s) < self.per_shard), None)
+            if shard is None:
+                shard = Shard(self.params)
+                self.shards.append(shard)
+        shard.put(world_id, np.asarray(theta, np.float64), np.asarray(omega, np.float64))
+        self._where[world_id] = shard
+
+    def set_theta(self, world_id: str, theta: F64) -> None:
+        shard = self._where[world_id]
+        shard.theta[shard.slots[world_id]] = theta
+
+    def arrays(self, world_id: str) -> dict[str, F64]:
+        """Copies of a resident world's arrays."""
+        return self._where[world_id].arrays(world_id)
+
+    def remove(self, world_id: str) -> None:
+        shard = self._where.pop(world_id, None)
+        if shard is not None:
+            shard.remove(world_id)
+            if not len(shard):
+                self.shards.remove(shard)
+
+    def locate(self, world_id: str) -> tuple[Shard, int]:
+        shard = self._where[world_id]
+        return shard, shard.slots[world_id]

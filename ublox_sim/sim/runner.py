@@ -342,6 +342,10 @@ class Runner:
         self.total = scenario.clock.total_ticks
         # What this tick did that the state does not show (for metrics; cheap when unused).
         self.tally = Tally()
+        # This tick's sessions (pto_id, player_id, hours, scripted), played by play_tick.
+        self._plays: list[tuple[str, str, float, bool]] = []
+        # Wall seconds of each tick run by this process (the bench's tick p99).
+        self.tick_seconds: list[float] = []
 
     # -- state saved at checkpoints --------------------------------------------
 
@@ -435,15 +439,24 @@ class Runner:
                     await self._attempt("deposit", e.deposit(a.player, _money(a.amount)))
 
     async def _scripted_play(self, player_id: str, pto_id: str, hours: float) -> None:
-        try:
-            result = await self.engine.play(player_id, pto_id, hours)
-        except Refusal:
-            self.outcomes["play_refused"] += 1
-        except InvalidInput:
-            self.outcomes["play_invalid"] += 1
-        else:
-            self.outcomes["play"] += 1
-            self.tally.played(pto_id, player_id, result.phase_locks)
+        """Played with the tick's sessions, during its lattice steps (``Engine.tick``)."""
+        self._plays.append((pto_id, player_id, hours, True))
+
+    async def play_tick(self) -> None:
+        """The clock moves one tick: every world steps, this tick's sessions played during
+        those steps (scripted ones first, in file order, then the behaviours'), deadlines
+        fire. One unit of rows per world shard (see ``Engine.tick``)."""
+        plays, self._plays = self._plays, []
+        results, _ = await self.engine.tick(
+            self.scenario.clock.tick_hours, [(pto, player, h) for pto, player, h, _ in plays]
+        )
+        for (pto_id, player_id, _, scripted), result in zip(plays, results, strict=True):
+            if isinstance(result, UbloxError):
+                invalid = scripted and isinstance(result, InvalidInput)
+                self.outcomes["play_invalid" if invalid else "play_refused"] += 1
+            else:
+                self.outcomes["play"] += 1
+                self.tally.played(pto_id, player_id, result.phase_locks)
 
     def _who(self, who: Any) -> Roster:
         if who == "all":
@@ -506,12 +519,9 @@ class Runner:
                 if hours > 0:
                     batches.setdefault(pto_id, []).append((player_id, hours))
             for pto_id in sorted(batches):
-                for result in await e.play_many(pto_id, batches[pto_id]):
-                    if isinstance(result, UbloxError):
-                        self.outcomes["play_refused"] += 1
-                    else:
-                        self.outcomes["play"] += 1
-                        self.tally.played(pto_id, result.player_id, result.phase_locks)
+                self._plays.extend(
+                    (pto_id, player, hours, False) for player, hours in batches[pto_id]
+                )
 
     async def creators(self) -> None:
         rule = self.scenario.behaviours.creators
@@ -535,7 +545,7 @@ class Runner:
         await self.investors()
         await self.sessions()
         await self.creators()
-        await self.engine.advance(self.scenario.clock.tick_hours)
+        await self.play_tick()
 
 
 async def run_scenario(
