@@ -767,6 +767,16 @@ class Engine:
         player = await self._ask_player(player_id, GetPlayer())
         return PlayerInfo.of(player)
 
+    async def usd_balance(self, player_id: str) -> int | None:
+        """The player's acknowledged USD-OBBBA balance in cents (None: no such player):
+        an active actor's memory (no message), else a store read."""
+        self._check_open()
+        actor = self._players.active(player_id)
+        if actor is not None and not actor.shared:
+            return actor.state.usd_obbba_balance
+        player = await self.store.load_player(player_id)
+        return None if player is None else player.usd_obbba_balance
+
     async def player_ids(self) -> list[str]:
         """Every player's id, in order (a store query)."""
         self._check_open()

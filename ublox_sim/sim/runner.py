@@ -186,6 +186,8 @@ class RunReport:
     top_players: list[dict[str, Any]] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
+    # Wall seconds of each tick this process ran (checkpoints and export excluded).
+    tick_seconds: list[float] = field(default_factory=list)
 
     @property
     def ticks_per_second(self) -> float:
@@ -206,6 +208,7 @@ class RunReport:
             "top_players": self.top_players,
             "totals": self.totals,
             "outcomes": self.outcomes,
+            "tick_seconds": [round(t, 6) for t in self.tick_seconds],
         }
 
 
@@ -472,7 +475,10 @@ class Runner:
         store = e.store
         for rule in self.scenario.behaviours.investors:
             candidates = self._who(rule.who)
-            funding = [p.pto_id for p in await store.load_all(PTO) if p.status == FUNDING]
+            # Read once per rule, then kept up to date by this loop's own purchases (the
+            # only writes to these PTOs until the loop ends): no store read per purchase.
+            open_ptos = {p.pto_id: p for p in await store.load_all(PTO) if p.status == FUNDING}
+            funding = list(open_ptos)
             if not funding or not candidates:
                 continue
             chosen = np.flatnonzero(self.rng.random(len(candidates)) < rule.probability)
@@ -482,18 +488,21 @@ class Runner:
             hours = draw_settled(rule.hours, self.rng, len(chosen), L.PTS_HOURS)
             for index, pick, want in zip(chosen, picks, hours, strict=True):
                 player_id = candidates[int(index)]
-                pto = await store.load_pto(funding[int(pick)])
-                if pto is None or pto.status != FUNDING:
+                pto = open_ptos[funding[int(pick)]]
+                if pto.status != FUNDING:
                     continue
                 cap = max(1, int(pto.pts_offered * rule.max_share))
                 left = pto.pts_offered - pto.pts_sold
-                player = await store.load_player(player_id)
-                if player is None:
+                balance = await e.usd_balance(player_id)
+                if balance is None:
                     continue
-                affordable = player.usd_obbba_balance // pto.price_per_pts
+                affordable = balance // pto.price_per_pts
                 n = min(want, cap, left, affordable)
                 if n >= 1 and await self._attempt("buy", e.buy_pts(player_id, pto.pto_id, n)):
                     self.tally.acted(player_id)
+                    pto.pts_sold += n
+                    if pto.pts_sold == pto.pts_offered:  # the last share funds it
+                        pto.status = IN_PROGRESS
 
     async def sessions(self) -> None:
         e = self.engine
@@ -651,7 +660,9 @@ async def run_scenario(
                 break
             if interrupted is not None and interrupted():
                 raise KeyboardInterrupt
+            began = time.perf_counter()
             await runner.tick(tick)
+            runner.tick_seconds.append(time.perf_counter() - began)
             tick += 1
             if collector is not None:
                 await collector.sample(engine, tick)
@@ -681,6 +692,7 @@ async def run_scenario(
             wall_seconds=time.perf_counter() - started,
             setup_seconds=setup_seconds,
             outcomes=dict(sorted(runner.outcomes.items())),
+            tick_seconds=runner.tick_seconds,
         )
         await _summarise(engine, report)
     return report
