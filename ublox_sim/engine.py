@@ -322,6 +322,8 @@ class Engine:
         self.worlds = WorldShards(params)
         # Worlds a scenario's ticks hold resident whether or not their PTO is active.
         self._ticked_worlds: set[str] = set()
+        # Told every shard tick before it runs (``core.shard.Tape``: the bench's replay).
+        self.tick_observer: Callable[[Shard, int, Sessions], None] | None = None
         # Credits (cents) and tick sessions (events) committed while their player was
         # being activated: applied (or not, by position) once the load is known.
         self._early_credits: dict[str, list[tuple[int | ev.SessionPlayed, int]]] = {}
@@ -1139,6 +1141,8 @@ class Engine:
                     dtype=np.int64,
                 ),
             )
+            if self.tick_observer is not None:
+                self.tick_observer(shard, steps, sessions)
             before = shard.theta[: len(shard)].copy()
             outcome = shard.tick(steps, sessions)
             try:

@@ -15,6 +15,7 @@ e.g. a Ray actor: ``__getstate__`` keeps only the used slots).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,3 +230,85 @@ class WorldShards:
     def locate(self, world_id: str) -> tuple[Shard, int]:
         shard = self._where[world_id]
         return shard, shard.slots[world_id]
+
+
+class Tape:
+    """Every shard tick of a run, recorded to replay its bare physics (``bench simulation``):
+    the worlds' arrays when first seen, and per shard tick the slot order, the steps and
+    the sessions. ``save`` writes one ``.npz`` (no pickles); ``replay`` steps the same
+    worlds with the same sessions and returns the final arrays of every world."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[F64, F64]] = {}
+        self.records: list[tuple[list[str], int, Sessions]] = []
+
+    def record(self, shard: Shard, steps: int, sessions: Sessions) -> None:
+        for world_id in shard.ids:
+            if world_id not in self.first:
+                slot = shard.slots[world_id]
+                self.first[world_id] = (shard.theta[slot].copy(), shard.omega[slot].copy())
+        self.records.append((list(shard.ids), steps, sessions))
+
+    def save(self, path: str) -> None:
+        ids = sorted(self.first)
+        index = {w: k for k, w in enumerate(ids)}
+        fields = Sessions.__slots__
+        arrays: dict[str, Any] = {
+            "world_ids": np.array(ids, dtype=str),
+            "theta0": np.stack([self.first[w][0] for w in ids]) if ids else np.zeros((0, 1, 1)),
+            "omega0": np.stack([self.first[w][1] for w in ids]) if ids else np.zeros((0, 1, 1)),
+            "steps": np.array([r[1] for r in self.records], dtype=np.int64),
+            "members": np.concatenate(
+                [np.array([index[w] for w in r[0]], dtype=np.int64) for r in self.records]
+                or [np.zeros(0, dtype=np.int64)]
+            ),
+            "member_counts": np.array([len(r[0]) for r in self.records], dtype=np.int64),
+            "session_counts": np.array([len(r[2]) for r in self.records], dtype=np.int64),
+        }
+        for name in fields:
+            parts = [getattr(r[2], name) for r in self.records]
+            arrays[f"s_{name}"] = np.concatenate(parts) if parts else np.zeros(0)
+        np.savez(path, **arrays)
+
+
+def replay(path: str, params: WorldParams) -> tuple[dict[str, F64], float, int]:
+    """Step the worlds of a saved ``Tape`` through its shard ticks, stacked as the run did
+    (``Shard.tick``); returns every world's final theta, the seconds spent in the ticks
+    and the number of sessions played."""
+    with np.load(path, allow_pickle=False) as data:
+        tape = {k: data[k] for k in data.files}
+    ids = [str(w) for w in tape["world_ids"]]
+    theta = {w: tape["theta0"][k] for k, w in enumerate(ids)}
+    omega = {w: tape["omega0"][k] for k, w in enumerate(ids)}
+    shards: dict[tuple[str, ...], Shard] = {}
+    where: dict[str, tuple[str, ...]] = {}  # the shard holding a world's newest theta
+    m0 = s0 = 0
+    seconds = 0.0
+    played = 0
+    for r, steps in enumerate(tape["steps"]):
+        members = tuple(ids[k] for k in tape["members"][m0 : m0 + tape["member_counts"][r]])
+        m0 += int(tape["member_counts"][r])
+        n = int(tape["session_counts"][r])
+        sessions = Sessions(*(tape[f"s_{name}"][s0 : s0 + n] for name in Sessions.__slots__))
+        s0 += n
+        shard = shards.get(members)
+        if shard is None:
+            shard = shards[members] = Shard(params, capacity=len(members))
+        for w in members:  # a world last stepped in another shard (or never) moves here
+            if where.get(w) != members:
+                source = shards.get(where[w]) if w in where else None
+                current = source.theta[source.slots[w]] if source is not None else theta[w]
+                shard.put(w, current, omega[w])
+                where[w] = members
+        started = time.perf_counter()
+        shard.tick(int(steps), sessions)
+        seconds += time.perf_counter() - started
+        played += n
+    final = {}
+    for w in ids:
+        if w in where:
+            s = shards[where[w]]
+            final[w] = s.theta[s.slots[w]].copy()
+        else:
+            final[w] = theta[w]
+    return final, seconds, played

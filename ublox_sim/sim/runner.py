@@ -13,6 +13,7 @@ continues to the same final export.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from ..core.errors import InvalidInput, Refusal, UbloxError
 from ..core.logsetup import get_logger
 from ..core.money import format_cents
 from ..core.records import FUNDING, IN_PROGRESS, PLAYABLE, PTO
+from ..core.shard import Tape
 from ..core.views import leaderboard
 from ..engine import Engine
 from ..store.backend import RunRecord
@@ -42,6 +44,11 @@ from .scenario import Loaded, Scenario, cohort_id, draw, draw_settled, settle
 log = get_logger(__name__)
 
 Progress = Callable[[int, int], None]
+
+TAPE_ENV = "UBLOX_SIM_TAPE"
+"""A path: the run records its shard ticks there (``core.shard.Tape``) for ``bench
+simulation`` to replay their bare physics. Not for resumed runs (it holds this process's
+ticks only)."""
 
 SETUP_CHUNK = 20_000
 """Players settled and registered at once by ``Runner.setup`` (the engine commits them
@@ -604,6 +611,11 @@ async def run_scenario(
         idle_timeout=scenario.engine.idle_timeout,
     ) as engine:
         runner = Runner(engine, scenario, clock)
+        # A benchmark aid (``bench simulation``): record every shard tick of this process.
+        tape_path = os.environ.get(TAPE_ENV, "").strip()
+        tape = Tape() if tape_path else None
+        if tape is not None:
+            engine.tick_observer = tape.record
         collector = (
             Collector(
                 home,
@@ -680,6 +692,8 @@ async def run_scenario(
                 log.info("run.checkpoint", tick=tick, ticks=runner.total)
             if progress is not None:
                 progress(tick, runner.total)
+        if tape is not None:
+            tape.save(tape_path)
         if tick == runner.total and (isinstance(home, Home) or export_path is not None):
             await engine.export_json(export_path)
         log.info("run.finished" if tick == runner.total else "run.stopped", tick=tick)
