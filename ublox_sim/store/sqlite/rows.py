@@ -428,13 +428,14 @@ def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
 def _log(
     index: int, event: ev.Event, landed: list[ev.Event], publish: Callable[[ev.Event], None]
 ) -> Statement:
-    # A session's event follows its session's insert: its id is the unit's first rowid.
+    # A session's event follows its session's insert: ``ids`` are the unit's rowids so
+    # far, so its id is the one before the event's own (a unit may hold many sessions).
     session = isinstance(event, ev.SessionPlayed) and event.session_id == 0
 
     def committed(ids: Sequence[int]) -> None:
         numbered: ev.Event
         if session and isinstance(event, ev.SessionPlayed):
-            numbered = dataclasses.replace(event, seq=ids[-1], session_id=ids[0])
+            numbered = dataclasses.replace(event, seq=ids[-1], session_id=ids[-2])
         else:
             numbered = dataclasses.replace(event, seq=ids[-1])
         landed[index] = numbered
