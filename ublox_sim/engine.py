@@ -1048,10 +1048,22 @@ class Engine:
             if pto.world_cdt_id is not None:
                 if await self._resident(pto) is None:
                     self._ticked_worlds.add(pto.world_cdt_id)
+        # The players first (an unknown one is refused before its tokens are looked at).
+        known: dict[str, PlayerActor] = {}
+        for index, _, player_id, _ in asked:
+            if player_id in known:
+                continue
+            try:
+                known[player_id] = await self._players.get(player_id)
+            except UbloxError as exc:
+                results[index] = exc
         # Which tokens each session is played on: one ask per PTO, not per session.
         by_pto: dict[str, list[tuple[int, str, float]]] = {}
         for index, pto_id, player_id, want in asked:
-            by_pto.setdefault(pto_id, []).append((index, player_id, want))
+            if results[index] is None:
+                by_pto.setdefault(pto_id, []).append((index, player_id, want))
+            elif player_id not in known:
+                continue
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]] = {}
         holding: list[PTOActor] = []  # PTOs that stay active until their unit lands
         try:
@@ -1076,17 +1088,13 @@ class Engine:
                         results[index] = one.error
                     else:
                         allotted[index] = (allotment.pto, one.allocation)
-            # The players' figures, read from their actors (activated if need be).
+            # The players' figures, read from their actors (activated again if one was
+            # passivated meanwhile), once their own units in flight have landed.
             physics: dict[int, Player] = {}
             for index, _, player_id, _ in asked:
                 if index not in allotted:
                     continue
-                try:
-                    player = await self._players.get(player_id)
-                except UbloxError as exc:
-                    results[index] = exc
-                    del allotted[index]
-                    continue
+                player = self._players.current(player_id) or await self._players.get(player_id)
                 await player.settled()
                 physics[index] = dataclasses.replace(player.state)
             await self._commit_tick(asked, allotted, physics, results, ptos, at, end, steps)
