@@ -283,7 +283,8 @@ class SqliteBackend:
             # acknowledged) is newer than what was written: the next checkpoint writes it.
             if self._held_worlds.get(world.world_id) is seen.get(world.world_id):
                 self._held_worlds.pop(world.world_id, None)
-            cdt.prune(world.world_id, version)
+        # Superseded versions go on a worker thread, not on the event loop.
+        await cdt.aprune([w.world_id for w in worlds], version)
 
     # -- point reads ---------------------------------------------------------------
 
