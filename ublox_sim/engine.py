@@ -770,14 +770,18 @@ class Engine:
         return PlayerInfo.of(player)
 
     async def usd_balance(self, player_id: str) -> int | None:
-        """The player's acknowledged USD-OBBBA balance in cents (None: no such player):
-        an active actor's memory (no message), else a store read."""
+        """The player's acknowledged USD-OBBBA balance in cents (None: no such player),
+        from its actor's memory (activated if need be; no message). On a shared store,
+        where another process may have moved it, a store read."""
         self._check_open()
-        actor = self._players.active(player_id)
-        if actor is not None and not actor.shared:
-            return actor.state.usd_obbba_balance
-        player = await self.store.load_player(player_id)
-        return None if player is None else player.usd_obbba_balance
+        if getattr(self.store, "shared", False):
+            player = await self.store.load_player(player_id)
+            return None if player is None else player.usd_obbba_balance
+        try:
+            actor = await self._players.get(player_id)
+        except UnknownPlayer:
+            return None
+        return actor.state.usd_obbba_balance
 
     async def player_ids(self) -> list[str]:
         """Every player's id, in order (a store query)."""
@@ -872,6 +876,54 @@ class Engine:
             pto_id, Buy(player_id=player_id, hours=whole, at=at, receipt=receipt)
         )
         return TokenInfo.of(sale.token)
+
+    async def buy_many(
+        self, purchases: Sequence[tuple[str, str, int]]
+    ) -> list[TokenInfo | UbloxError]:
+        """Several purchases (player_id, pto_id, hours): one result or error each.
+
+        Each is decided and queued to the store in the order given (the next is sent once
+        the PTO has queued the one before, so the ledger's order is the list's), but none
+        waits for the commit of the one before: their units share the store's batches. A
+        PTO decides against what it has pending, as for concurrent buyers (see
+        ``actors.pto``). With several processes on one database they go one at a time."""
+        self._check_open()
+        results: list[TokenInfo | UbloxError | None] = [None] * len(purchases)
+        if getattr(self.store, "shared", False):
+            for k, (player_id, pto_id, hours) in enumerate(purchases):
+                try:
+                    results[k] = await self.buy_pts(player_id, pto_id, hours)
+                except UbloxError as exc:
+                    results[k] = exc
+        else:
+
+            async def buy(
+                k: int, player_id: str, pto_id: str, hours: int, queued: anyio.Event
+            ) -> None:
+                try:
+                    whole = check_hours(hours)
+                    await self._ptos.get(pto_id)  # UnknownPTO first, then UnknownPlayer
+                    # Activated (one read) rather than checked (a read, then another
+                    # to activate it for the reservation).
+                    await self._players.get(player_id)
+                    message = Buy(player_id=player_id, hours=whole, at=self._now())
+                    sale: Sale = await self._ptos.ask(
+                        pto_id, message, timeout=self.request_timeout, handled=queued
+                    )
+                    results[k] = TokenInfo.of(sale.token)
+                except UbloxError as exc:
+                    results[k] = exc
+                finally:
+                    queued.set()  # (also when the ask was never handled)
+
+            async with anyio.create_task_group() as tg:
+                for k, (player_id, pto_id, hours) in enumerate(purchases):
+                    queued = anyio.Event()
+                    tg.start_soon(buy, k, player_id, pto_id, hours, queued)
+                    await queued.wait()
+        done = [r for r in results if r is not None]
+        assert len(done) == len(purchases)
+        return done
 
     async def spend_atu(self, pto_id: str, units: int) -> PTOInfo:
         """The creator spends Agential Time Units; reaching ``atu_required`` completes the PTO

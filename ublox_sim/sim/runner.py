@@ -493,6 +493,7 @@ class Runner:
                 continue
             picks = self.rng.integers(0, len(funding), len(chosen))
             hours = draw_settled(rule.hours, self.rng, len(chosen), L.PTS_HOURS)
+            purchases: list[tuple[str, str, int]] = []
             for index, pick, want in zip(chosen, picks, hours, strict=True):
                 player_id = candidates[int(index)]
                 pto = open_ptos[funding[int(pick)]]
@@ -505,11 +506,26 @@ class Runner:
                     continue
                 affordable = balance // pto.price_per_pts
                 n = min(want, cap, left, affordable)
-                if n >= 1 and await self._attempt("buy", e.buy_pts(player_id, pto.pto_id, n)):
-                    self.tally.acted(player_id)
+                if n >= 1:
+                    purchases.append((player_id, pto.pto_id, n))
+                    # Decided as if it sells (the runner checked funds and shares left):
+                    # a refusal is counted below and never makes a later decision wrong.
                     pto.pts_sold += n
                     if pto.pts_sold == pto.pts_offered:  # the last share funds it
                         pto.status = IN_PROGRESS
+            # Queued in this order, committed together (Engine.buy_many).
+            for (player_id, _, _), result in zip(
+                purchases, await e.buy_many(purchases), strict=True
+            ):
+                if isinstance(result, InvalidInput):
+                    self.outcomes["buy_invalid"] += 1
+                elif isinstance(result, Refusal):
+                    self.outcomes["buy_refused"] += 1
+                elif isinstance(result, UbloxError):
+                    raise result
+                else:
+                    self.outcomes["buy"] += 1
+                    self.tally.acted(player_id)
 
     async def sessions(self) -> None:
         e = self.engine
