@@ -174,7 +174,7 @@ class SqliteBackend:
         statements: list[list[Statement]] = []
         callbacks: list[Callable[[list[int] | BaseException], None]] = []
         for unit, before in zip(units, befores, strict=True):
-            stmts, landed = rows.unit_statements(unit, self.bus.publish)
+            stmts, landed = rows.unit_statements(unit, self.bus.publish, bulk_sessions=True)
             self._submitted += 1
             statements.append(stmts)
             callbacks.append(self._acked(landed, self._submitted, before, done))
