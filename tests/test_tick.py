@@ -149,3 +149,44 @@ async def test_a_tick_gives_the_same_bytes_with_one_active_actor(tmp_path: Path)
 
     with anyio.fail_after(120):
         assert await run(tmp_path / "a", 100) == await run(tmp_path / "b", 1)
+
+
+async def test_a_ticks_unit_of_many_rows_writes_what_event_by_event_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite writes a tick's unit as one statement per SQL text (rows._tick_sessions):
+    the same rows, ids and log as writing it event by event."""
+    from ublox_sim.store.sqlite import rows
+
+    async def run(home: Path) -> tuple[dict[str, Any], list[object]]:
+        async with _open(home) as engine:
+            await _setup(engine)
+            seen: list[object] = []
+            async with engine.events() as stream:
+                for _ in range(2):
+                    await engine.tick(
+                        1.0, [("g1", "alice", 1.0), ("g1", "bob", 0.5), ("g2", "bob", 0.25)]
+                    )
+                await engine.sync()
+                with anyio.move_on_after(5):
+                    async for event in stream:
+                        seen.append(event)
+                        if sum(isinstance(e, SessionPlayed) for e in seen) == 6:
+                            break
+            return await engine.store.export_data(), seen
+
+    written = rows._tick_sessions
+    calls: list[int] = []
+
+    def counted(*args: Any) -> list[Any]:
+        calls.append(1)
+        return written(*args)
+
+    with anyio.fail_after(120):
+        monkeypatch.setattr(rows, "_tick_sessions", counted)
+        bulk = await run(tmp_path / "bulk")
+        assert len(calls) == 2  # one unit per tick, written as many rows
+        monkeypatch.setattr(rows, "_is_tick", lambda events: False)
+        single = await run(tmp_path / "single")
+    assert bulk == single
+    assert [e.session_id for e in bulk[1] if isinstance(e, SessionPlayed)] == list(range(1, 7))
