@@ -95,7 +95,7 @@ from .core.records import PTO, Player, iso
 from .core.shard import Sessions, Shard, TickOutcome, WorldShards
 from .core.tasks import joined_or_owned
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
-from .core.world import F64, WorldParams, cell_of, check_world, new_world
+from .core.world import F64, WorldParams, check_world, new_world
 from .store.backend import Backend, Checkpoint, Committed, Receipt, RunRecord, Unit, WorldWrite
 from .store.home import Home, world_id_for
 from .store.open import StoreSpec, open_backend, resolve_store
@@ -1114,8 +1114,6 @@ class Engine:
         for index, pto_id, player_id, want in asked:
             if results[index] is None:
                 by_pto.setdefault(pto_id, []).append((index, player_id, want))
-            elif player_id not in known:
-                continue
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]] = {}
         holding: list[PTOActor] = []  # PTOs that stay active until their unit lands
         try:
@@ -1188,11 +1186,13 @@ class Engine:
         for key in sorted(shards, key=lambda k: self.worlds.shards.index(shards[k])):
             shard = shards[key]
             rows = per_shard.get(key, [])
-            cells = [cell_of(physics[i].position_x, physics[i].position_y, size) for i, _ in rows]
+            # ``world.cell_of`` for all at once (floor, then a modulo of the divisor's sign).
+            xs = np.array([physics[i].position_x for i, _ in rows], dtype=np.float64)
+            ys = np.array([physics[i].position_y for i, _ in rows], dtype=np.float64)
             sessions = Sessions(
                 slot=np.array([slot for _, slot in rows], dtype=np.int64),
-                cells_y=np.array([c[0] for c in cells], dtype=np.int64),
-                cells_x=np.array([c[1] for c in cells], dtype=np.int64),
+                cells_y=np.floor(ys).astype(np.int64) % size,
+                cells_x=np.floor(xs).astype(np.int64) % size,
                 phase=np.array([physics[i].phase for i, _ in rows], dtype=np.float64),
                 freq=np.array([physics[i].resonance_freq for i, _ in rows], dtype=np.float64),
                 tau_k=np.array([physics[i].tau_k for i, _ in rows], dtype=np.float64),
