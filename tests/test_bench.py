@@ -24,7 +24,14 @@ REQUIRED = {
         "ack_max_ms",
     ],
     "cdt": ["tick_p99_ratio_flush_on_vs_off"],
-    "simulation": ["player_ticks_per_s", "ratio_vs_baseline", "peak_rss_mb"],
+    "simulation": [
+        "system_player_ticks_per_s",
+        "physics_player_ticks_per_s",
+        "ratio_vs_physics",
+        "tick_p99_ms",
+        "peak_rss_mb",
+        "sessions_per_run",
+    ],
 }
 
 
@@ -38,7 +45,7 @@ def test_bench_all_runs_and_reports_every_key(tmp_path: Path) -> None:
         env={**os.environ, "NO_COLOR": "1"},
     )
     assert proc.returncode == 0, proc.stderr
-    for section in ("== persistence", "== cdt", "== simulation", "actor/raw@100", "actor/baseline"):
+    for section in ("== persistence", "== cdt", "== simulation", "actor/raw@100", "system/physics"):
         assert section in proc.stdout
     report = json.loads(out.read_text())
     for section, keys in REQUIRED.items():
@@ -51,6 +58,8 @@ def test_bench_all_runs_and_reports_every_key(tmp_path: Path) -> None:
     assert persistence["detail"]["actor"]["rows_per_s"]["min"] <= persistence["actor_rows_per_s"]
     assert report["persistence"]["rounds"] >= 3 and report["simulation"]["rounds"] >= 3
     assert report["simulation"]["peak_rss_mb"] < 24 * 1024
+    # The physics replayed the run's own sessions and ended with its theta (else it fails).
+    assert report["simulation"]["final_theta_identical"] is True
     assert report["cdt"]["flush"]["256"]["array_bytes"] == 2 * 256 * 256 * 8
 
 

@@ -40,6 +40,8 @@ from anyio.abc import TaskGroup
 
 from .actors.directory import Directory
 from .actors.messages import (
+    Allot,
+    Allotment,
     AtuOutcome,
     Buy,
     CheckDeadline,
@@ -63,7 +65,14 @@ from .core import events as ev
 from .core import limits
 from .core.clock import Clock, WallClock
 from .core.draws import Draws, normal
-from .core.economy import check_hours, check_play_hours, funding_goal
+from .core.economy import (
+    check_hours,
+    check_play_hours,
+    compose_xusd,
+    funding_goal,
+    split_by_hours,
+    tau_k_after,
+)
 from .core.errors import (
     CONFLICT_RETRIES,
     ActorClosed,
@@ -71,6 +80,7 @@ from .core.errors import (
     Conflict,
     CorruptCdtFile,
     InvalidInput,
+    StoreError,
     UbloxError,
     UnitRejected,
     UnknownPlayer,
@@ -82,10 +92,11 @@ from .core.ids import check_file_name, check_id
 from .core.logsetup import get_logger
 from .core.money import Amount, to_cents, to_decimal
 from .core.records import PTO, Player, iso
+from .core.shard import Sessions, Shard, TickOutcome, WorldShards
 from .core.tasks import joined_or_owned
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
 from .core.world import F64, WorldParams, check_world, new_world
-from .store.backend import Backend, Checkpoint, Receipt, RunRecord, Unit, WorldWrite
+from .store.backend import Backend, Checkpoint, Committed, Receipt, RunRecord, Unit, WorldWrite
 from .store.home import Home, world_id_for
 from .store.open import StoreSpec, open_backend, resolve_store
 from .store.sqlite.writer import Synchronous
@@ -307,9 +318,15 @@ class Engine:
             self._release_pto,
         )
         self._port = _PlayersPort(self)
-        # Credits committed while their player was being activated: applied (or not, by
-        # position) once the activation's load is known. See ``_credit``.
-        self._early_credits: dict[str, list[tuple[int, int]]] = {}
+        # The one owner of every resident world's arrays (stacked by shard).
+        self.worlds = WorldShards(params)
+        # Worlds a scenario's ticks hold resident whether or not their PTO is active.
+        self._ticked_worlds: set[str] = set()
+        # Told every shard tick before it runs (``core.shard.Tape``: the bench's replay).
+        self.tick_observer: Callable[[Shard, int, Sessions], None] | None = None
+        # Credits (cents) and tick sessions (events) committed while their player was
+        # being activated: applied (or not, by position) once the load is known.
+        self._early_credits: dict[str, list[tuple[int | ev.SessionPlayed, int]]] = {}
         self._reserved: set[str] = set()
         self._bus: EventBus = store.bus
         self._reaper: anyio.CancelScope | None = None
@@ -443,8 +460,11 @@ class Engine:
         if player is None:
             return None
         actor = PlayerActor(player, self.store, players=self._port, loaded_at=position)
-        for usd, at in early:
-            actor.credit(usd, at)
+        for item, at in early:
+            if isinstance(item, int):
+                actor.credit(item, at)
+            else:
+                actor.landed(item, at)
         return actor
 
     async def _release_player(self, actor: PlayerActor) -> None:
@@ -457,32 +477,43 @@ class Engine:
         if pto is None:
             return None
         tokens = await self.store.load_tokens(pto_id)
-        world: dict[str, F64] | None = None
-        error: str | None = None
-        if pto.world_cdt_id:
-            try:
-                arrays = await self.store.load_world(pto.world_cdt_id)
-                world = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
-            except CorruptCdtFile as exc:
-                # One bad world must not keep the rest of the store from working.
-                error = str(exc)
-                log.error("engine.world_unavailable", pto_id=pto.pto_id, error=error)
+        error = await self._resident(pto) if pto.world_cdt_id else None
         return PTOActor(
             pto,
             tokens,
-            world,
+            self.worlds,
             params=self.params,
             backend=self.store,
             players=self._port,
             world_error=error,
         )
 
+    async def _resident(self, pto: PTO) -> str | None:
+        """Load the PTO's world into the shards unless it is there (the shards' copy is
+        the newest); returns why it could not be loaded, or None."""
+        world_id = pto.world_cdt_id
+        if world_id is None or world_id in self.worlds:
+            return None
+        try:
+            arrays = await self.store.load_world(world_id)
+        except CorruptCdtFile as exc:
+            # One bad world must not keep the rest of the store from working.
+            log.error("engine.world_unavailable", pto_id=pto.pto_id, error=str(exc))
+            return str(exc)
+        if world_id not in self.worlds:  # (another activation may have loaded it meanwhile)
+            self.worlds.put(world_id, arrays["theta"], arrays["omega"])
+        return None
+
     async def _release_pto(self, actor: PTOActor) -> None:
         """A passivating (or closing) PTO's world: written now, or, while the store holds
-        commits for a checkpoint, kept by it for that checkpoint."""
+        commits for a checkpoint, kept by it for that checkpoint. It leaves the shards
+        unless a scenario's ticks hold it."""
         world_id = actor.state.world_cdt_id
-        if actor.world is not None and world_id is not None:
-            await self.store.save_world(world_id, actor.world)
+        world = actor.world
+        if world is not None and world_id is not None:
+            await self.store.save_world(world_id, world)
+            if world_id not in self._ticked_worlds:
+                self.worlds.remove(world_id)
 
     def _credit(self, player_id: str, usd: int, position: int) -> None:
         """A committed credit (unit ``position``): an active (or passivating) player applies
@@ -499,10 +530,16 @@ class Engine:
         return {"player": len(self._players), "pto": len(self._ptos)}
 
     async def passivate_all(self) -> None:
-        """Passivate every active actor now (tests; a host under memory pressure)."""
+        """Passivate every active actor now (tests; a host under memory pressure), and
+        release the worlds a scenario's ticks held (saved for the next checkpoint)."""
         self._check_open()
         await self._ptos.passivate_all()
         await self._players.passivate_all()
+        for world_id in sorted(self._ticked_worlds):
+            if world_id in self.worlds:
+                await self.store.save_world(world_id, self.worlds.arrays(world_id))
+                self.worlds.remove(world_id)
+        self._ticked_worlds.clear()
 
     def rng(self, kind: str, ident: str) -> np.random.Generator:
         """A generator for one entity, derived from the engine's seed and the entity's id,
@@ -732,6 +769,20 @@ class Engine:
         player = await self._ask_player(player_id, GetPlayer())
         return PlayerInfo.of(player)
 
+    async def usd_balance(self, player_id: str) -> int | None:
+        """The player's acknowledged USD-OBBBA balance in cents (None: no such player),
+        from its actor's memory (activated if need be; no message). On a shared store,
+        where another process may have moved it, a store read."""
+        self._check_open()
+        if getattr(self.store, "shared", False):
+            player = await self.store.load_player(player_id)
+            return None if player is None else player.usd_obbba_balance
+        try:
+            actor = await self._players.get(player_id)
+        except UnknownPlayer:
+            return None
+        return actor.state.usd_obbba_balance
+
     async def player_ids(self) -> list[str]:
         """Every player's id, in order (a store query)."""
         self._check_open()
@@ -825,6 +876,54 @@ class Engine:
             pto_id, Buy(player_id=player_id, hours=whole, at=at, receipt=receipt)
         )
         return TokenInfo.of(sale.token)
+
+    async def buy_many(
+        self, purchases: Sequence[tuple[str, str, int]]
+    ) -> list[TokenInfo | UbloxError]:
+        """Several purchases (player_id, pto_id, hours): one result or error each.
+
+        Each is decided and queued to the store in the order given (the next is sent once
+        the PTO has queued the one before, so the ledger's order is the list's), but none
+        waits for the commit of the one before: their units share the store's batches. A
+        PTO decides against what it has pending, as for concurrent buyers (see
+        ``actors.pto``). With several processes on one database they go one at a time."""
+        self._check_open()
+        results: list[TokenInfo | UbloxError | None] = [None] * len(purchases)
+        if getattr(self.store, "shared", False):
+            for k, (player_id, pto_id, hours) in enumerate(purchases):
+                try:
+                    results[k] = await self.buy_pts(player_id, pto_id, hours)
+                except UbloxError as exc:
+                    results[k] = exc
+        else:
+
+            async def buy(
+                k: int, player_id: str, pto_id: str, hours: int, queued: anyio.Event
+            ) -> None:
+                try:
+                    whole = check_hours(hours)
+                    await self._ptos.get(pto_id)  # UnknownPTO first, then UnknownPlayer
+                    # Activated (one read) rather than checked (a read, then another
+                    # to activate it for the reservation).
+                    await self._players.get(player_id)
+                    message = Buy(player_id=player_id, hours=whole, at=self._now())
+                    sale: Sale = await self._ptos.ask(
+                        pto_id, message, timeout=self.request_timeout, handled=queued
+                    )
+                    results[k] = TokenInfo.of(sale.token)
+                except UbloxError as exc:
+                    results[k] = exc
+                finally:
+                    queued.set()  # (also when the ask was never handled)
+
+            async with anyio.create_task_group() as tg:
+                for k, (player_id, pto_id, hours) in enumerate(purchases):
+                    queued = anyio.Event()
+                    tg.start_soon(buy, k, player_id, pto_id, hours, queued)
+                    await queued.wait()
+        done = [r for r in results if r is not None]
+        assert len(done) == len(purchases)
+        return done
 
     async def spend_atu(self, pto_id: str, units: int) -> PTOInfo:
         """The creator spends Agential Time Units; reaching ``atu_required`` completes the PTO
@@ -944,6 +1043,274 @@ class Engine:
                 raise ActorClosed("the engine is closed") from group
         return await self.fire_deadlines()
 
+    async def tick(
+        self, hours: float, plays: Sequence[tuple[str, str, float]]
+    ) -> tuple[list[SessionResult | UbloxError], list[str]]:
+        """One tick of a scenario: ``plays`` (pto_id, player_id, hours) are played *during*
+        the tick's own lattice steps, then deadlines fire. Returns one result or error per
+        play, in order, and the PTOs that failed at their deadline.
+
+        The rule (ARCHITECTURE.md, "Ticks"): the clock moves ``hours`` and every world
+        takes its ``round(hours × steps_per_hour)`` steps, all worlds of a shard stacked
+        (``core.shard``); a session is coupled to its cell from the tick's first step for
+        ``min(steps_for(hours), tick steps)`` steps and its quality is the mean coherence
+        over those; its hours (tokens, play time, xUSD) are those asked. One unit of rows
+        per shard: the sessions in ``plays`` order, then each world's coherence. Players
+        are read and told directly (no message per session). With world leases (several
+        processes on one database) each PTO plays and steps on its own, as ``play_many``
+        and ``advance`` do.
+        """
+        self._check_open()
+        span: float = limits.ADVANCE_HOURS.check(hours)
+        results: list[SessionResult | UbloxError | None] = [None] * len(plays)
+        asked: list[tuple[int, str, str, float]] = []
+        for index, (pto_id, player_id, want) in enumerate(plays):
+            try:
+                asked.append((index, pto_id, player_id, check_play_hours(want)))
+            except UbloxError as exc:
+                results[index] = exc
+        if getattr(self.store, "leases", None) is not None:
+            by_pto: dict[str, list[tuple[int, str, float]]] = {}
+            for index, pto_id, player_id, want in asked:
+                by_pto.setdefault(pto_id, []).append((index, player_id, want))
+            for pto_id, group in by_pto.items():
+                played = await self.play_many(pto_id, [(p, h) for _, p, h in group])
+                for (index, _, _), result in zip(group, played, strict=True):
+                    results[index] = result
+            failed = await self.advance(span)
+            return [r for r in results if r is not None], failed
+        at = self._now()
+        self.clock.advance(span)
+        steps = round(span * self.params.steps_per_hour)
+        await self._play_tick(asked, results, at, steps)
+        done = [r for r in results if r is not None]
+        assert len(done) == len(plays)
+        return done, await self.fire_deadlines()
+
+    async def _play_tick(
+        self,
+        asked: list[tuple[int, str, str, float]],
+        results: list[SessionResult | UbloxError | None],
+        at: str,
+        steps: int,
+    ) -> None:
+        end = self._now()
+        ptos = await self.store.load_all(PTO)
+        for pto in ptos:  # every world moves with the clock: all resident for the run
+            if pto.world_cdt_id is not None:
+                if await self._resident(pto) is None:
+                    self._ticked_worlds.add(pto.world_cdt_id)
+        # The players first (an unknown one is refused before its tokens are looked at).
+        known: dict[str, PlayerActor] = {}
+        for index, _, player_id, _ in asked:
+            if player_id in known:
+                continue
+            try:
+                known[player_id] = await self._players.get(player_id)
+            except UbloxError as exc:
+                results[index] = exc
+        # Which tokens each session is played on: one ask per PTO, not per session.
+        by_pto: dict[str, list[tuple[int, str, float]]] = {}
+        for index, pto_id, player_id, want in asked:
+            if results[index] is None:
+                by_pto.setdefault(pto_id, []).append((index, player_id, want))
+        allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]] = {}
+        holding: list[PTOActor] = []  # PTOs that stay active until their unit lands
+        try:
+            for pto_id in sorted(by_pto):
+                group = by_pto[pto_id]
+                request = Allot(
+                    requests=tuple(PlayRequest(player_id=p, hours=h) for _, p, h in group)
+                )
+                try:
+                    allotment: Allotment = await self._ask_pto(pto_id, request)
+                except UbloxError as exc:
+                    for index, _, _ in group:
+                        results[index] = exc
+                    continue
+                # The actor that allotted stays (not quiet) until ``tick_over``.
+                actor = self._ptos.current(pto_id)
+                assert actor is not None
+                holding.append(actor)
+                for (index, _, _), one in zip(group, allotment.sessions, strict=True):
+                    if one.error is not None:
+                        assert isinstance(one.error, UbloxError)
+                        results[index] = one.error
+                    else:
+                        allotted[index] = (allotment.pto, one.allocation)
+            # The players' figures, read from their actors (activated again if one was
+            # passivated meanwhile), once their own units in flight have landed.
+            physics: dict[int, Player] = {}
+            for index, _, player_id, _ in asked:
+                if index not in allotted:
+                    continue
+                player = self._players.current(player_id) or await self._players.get(player_id)
+                await player.settled()
+                physics[index] = dataclasses.replace(player.state)
+            await self._commit_tick(asked, allotted, physics, results, ptos, at, end, steps)
+        finally:
+            for actor in holding:
+                actor.tick_over()
+
+    async def _commit_tick(
+        self,
+        asked: list[tuple[int, str, str, float]],
+        allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]],
+        physics: dict[int, Player],
+        results: list[SessionResult | UbloxError | None],
+        ptos: list[PTO],
+        at: str,
+        end: str,
+        steps: int,
+    ) -> None:
+        size = self.params.size
+        # Sessions by shard, in ``plays`` order.
+        per_shard: dict[int, list[tuple[int, int]]] = {}  # id(shard) -> (index, slot)
+        shards: dict[int, Shard] = {}
+        hours_of = {index: want for index, _, _, want in asked}
+        for index, _, _, _ in asked:
+            if index not in allotted:
+                continue
+            world_id = allotted[index][0].world_cdt_id
+            if world_id is None or world_id not in self.worlds:
+                results[index] = StoreError(f"the world of {allotted[index][0].pto_id} is gone")
+                del allotted[index]
+                continue
+            shard, slot = self.worlds.locate(world_id)
+            shards[id(shard)] = shard
+            per_shard.setdefault(id(shard), []).append((index, slot))
+        for shard in self.worlds.shards:
+            shards.setdefault(id(shard), shard)
+        pto_of = {p.world_cdt_id: p.pto_id for p in ptos if p.world_cdt_id is not None}
+        tau: dict[str, float] = {}  # a player's tau_k as its sessions of this tick leave it
+        for key in sorted(shards, key=lambda k: self.worlds.shards.index(shards[k])):
+            shard = shards[key]
+            rows = per_shard.get(key, [])
+            # ``world.cell_of`` for all at once (floor, then a modulo of the divisor's sign).
+            xs = np.array([physics[i].position_x for i, _ in rows], dtype=np.float64)
+            ys = np.array([physics[i].position_y for i, _ in rows], dtype=np.float64)
+            sessions = Sessions(
+                slot=np.array([slot for _, slot in rows], dtype=np.int64),
+                cells_y=np.floor(ys).astype(np.int64) % size,
+                cells_x=np.floor(xs).astype(np.int64) % size,
+                phase=np.array([physics[i].phase for i, _ in rows], dtype=np.float64),
+                freq=np.array([physics[i].resonance_freq for i, _ in rows], dtype=np.float64),
+                tau_k=np.array([physics[i].tau_k for i, _ in rows], dtype=np.float64),
+                steps=np.array(
+                    [min(self.params.steps_for(hours_of[i]), steps) for i, _ in rows],
+                    dtype=np.int64,
+                ),
+            )
+            if self.tick_observer is not None:
+                self.tick_observer(shard, steps, sessions)
+            before = shard.theta[: len(shard)].copy()
+            outcome = shard.tick(steps, sessions)
+            try:
+                events = self._tick_events(rows, allotted, physics, hours_of, outcome, tau, at)
+                for slot, world_id in sorted(enumerate(shard.ids), key=lambda s: s[1]):
+                    if world_id in pto_of:
+                        events.append(
+                            ev.WorldStepped(
+                                at=end, pto_id=pto_of[world_id], aci=float(outcome.aci[slot])
+                            )
+                        )
+                committed = await self._commit_unit(Unit(tuple(events)))
+            except BaseException:
+                shard.theta[: len(shard)] = before  # the ledger did not move: nor the worlds
+                raise
+            self._tick_landed(committed, rows, results)
+            for world_id in shard.ids:
+                self.store.world_changed(world_id, shard.arrays(world_id))
+
+    def _tick_events(
+        self,
+        rows: list[tuple[int, int]],
+        allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]],
+        physics: dict[int, Player],
+        hours_of: dict[int, float],
+        outcome: TickOutcome,
+        tau: dict[str, float],
+        at: str,
+    ) -> list[ev.Event]:
+        """The sessions' events, decided as a player actor decides them (``ApplySession``)."""
+        events: list[ev.Event] = []
+        for k, (index, slot) in enumerate(rows):
+            pto, allocation = allotted[index]
+            player = physics[index]
+            hours = hours_of[index]
+            quality = float(outcome.quality[k])
+            xusd = compose_xusd(hours, quality, pto.amplification)
+            shares = split_by_hours(xusd, allocation)
+            locks = int(outcome.locks[k])
+            after = tau_k_after(tau.get(player.player_id, player.tau_k), quality)
+            tau[player.player_id] = after
+            events.append(
+                ev.SessionPlayed(
+                    at=at,
+                    pto_id=pto.pto_id,
+                    player_id=player.player_id,
+                    session_id=0,
+                    hours=hours,
+                    quality=quality,
+                    xUSD_earned=to_decimal(xusd),
+                    phase_locks=locks,
+                    tau_k=after,
+                    phase=float(outcome.phase[k]),
+                    coherence=float(outcome.coherence[k]),
+                    memory_depth_added=float(outcome.locked_steps[k]) / self.params.steps_per_hour,
+                    aci=float(outcome.aci[slot]),
+                    shares=tuple((t, h, x) for (t, h), x in zip(allocation, shares, strict=True)),
+                )
+            )
+            if locks:
+                events.append(
+                    ev.PhaseLock(at=at, pto_id=pto.pto_id, player_id=player.player_id, locks=locks)
+                )
+        return events
+
+    async def _commit_unit(self, unit: Unit) -> Committed:
+        outcome = await (await self._submitted(unit))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert isinstance(outcome, Committed)
+        return outcome
+
+    def _tick_landed(
+        self,
+        committed: Committed,
+        rows: list[tuple[int, int]],
+        results: list[SessionResult | UbloxError | None],
+    ) -> None:
+        """A shard's unit committed: players and PTOs learn it, each session its result."""
+        sessions = [e for e in committed.events if isinstance(e, ev.SessionPlayed)]
+        by_pto: dict[str, list[ev.Event]] = {}
+        for event in committed.events:
+            by_pto.setdefault(getattr(event, "pto_id", ""), []).append(event)
+        for (index, _), s in zip(rows, sessions, strict=True):
+            self._session_landed(s, committed.position)
+            results[index] = SessionResult(
+                session_id=s.session_id,
+                pto_id=s.pto_id,
+                player_id=s.player_id,
+                hours=s.hours,
+                quality=s.quality,
+                xUSD_earned=s.xUSD_earned,
+                phase_locks=s.phase_locks,
+                memory_depth_added=s.memory_depth_added,
+                tau_k_after=s.tau_k,
+            )
+        for pto_id, events in by_pto.items():
+            if (actor := self._ptos.current(pto_id)) is not None:
+                actor.tick_landed(events)
+
+    def _session_landed(self, session: ev.SessionPlayed, position: int) -> None:
+        """As ``_credit``, for a tick's session: the active player applies it."""
+        actor = self._players.current(session.player_id)
+        if actor is not None:
+            actor.landed(session, position)
+        elif (early := self._early_credits.get(session.player_id)) is not None:
+            early.append((session, position))
+
     async def _leased(self, pto_ids: list[str]) -> list[str]:
         """The worlds this process steps: all, unless several processes share the store
         (then those whose lease it holds; a world just taken over, or lost, is reloaded
@@ -1022,13 +1389,8 @@ class Engine:
         or passivated since the last checkpoint); every other world's file is current."""
         self._check_open()
         await self._ptos.wait_passivations()
-        worlds: dict[str, dict[str, F64]] = {}
-        for actor in self._ptos.actors():
-            world_id = actor.state.world_cdt_id
-            if actor.world is None or world_id is None:
-                continue
-            worlds[world_id] = {k: v.copy() for k, v in actor.world.items()}
-        writes = tuple(WorldWrite(w, worlds[w]) for w in sorted(worlds))
+        # Every resident world (active PTOs' and those a scenario's ticks hold).
+        writes = tuple(WorldWrite(w, self.worlds.arrays(w)) for w in self.worlds.ids())
         await self.store.checkpoint(Checkpoint(version, writes, run))
 
     async def sync(self) -> None:

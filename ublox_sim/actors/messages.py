@@ -177,4 +177,32 @@ class GetWorld(Ask[dict[str, object]]):
     pass
 
 
-PTOMessage = GetPTO | GetTokens | Buy | SpendAtu | Play | StepWorld | CheckDeadline | GetWorld
+@dataclass(frozen=True, slots=True)
+class Allotted:
+    """The tokens (token_id, hours) a session of a tick is played on, or its refusal."""
+
+    allocation: tuple[tuple[str, float], ...] = ()
+    error: Exception | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Allotment:
+    """A PTO's answer to ``Allot``: its record (amplification, world) and one ``Allotted``
+    per request, in order."""
+
+    pto: PTO
+    sessions: tuple[Allotted, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Allot(Ask[Allotment]):
+    """A scenario tick's sessions in this PTO's world: which tokens each is played on.
+    The actor stays active (not quiet) until the engine's tick is over
+    (``PTOActor.tick_over``)."""
+
+    requests: tuple[PlayRequest, ...]
+
+
+PTOMessage = (
+    GetPTO | GetTokens | Buy | SpendAtu | Play | StepWorld | CheckDeadline | GetWorld | Allot
+)

@@ -121,6 +121,16 @@ class PlayerActor(Actor[PlayerMessage]):
             return
         self.state.usd_obbba_balance += usd
 
+    def landed(self, event: ev.Event, position: int) -> None:
+        """A session of a scenario tick (``Engine.tick``) that unit ``position`` committed:
+        applied unless the row this actor was loaded from holds it already."""
+        if position > self.loaded_at:
+            apply_to_player(self.state, event)
+
+    async def settled(self) -> None:
+        """Wait until no unit of this player is in flight (its session figures are final)."""
+        await self._idle.wait()
+
     def settle(self, ticket: int, committed: bool) -> None:
         """The unit that spends reservation ``ticket`` committed (the debit is real) or
         failed (the funds are free again)."""

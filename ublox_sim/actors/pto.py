@@ -25,9 +25,10 @@ engine). Reads of a shared PTO reload it first when nothing is in flight. A sess
 steps the world, so on a shared store it first takes the world's lease (or is refused
 with ``WorldLeased``: another live process steps it), as ``Engine.advance`` does.
 
-World ownership, decided for the issues that follow: the arrays live here for now,
-but reach the store only through ``Backend.world_changed``, units and checkpoints,
-so they can move to a world-shard actor that holds many worlds stacked.
+World ownership: the arrays live in the engine's world shards (``core.shard.WorldShards``,
+many worlds stacked), the one owner the scenario's ticks step too; this actor reads
+and writes its world there, and it reaches the store only through
+``Backend.world_changed``, units and checkpoints.
 """
 
 from __future__ import annotations
@@ -59,9 +60,13 @@ from ..core.errors import (
 )
 from ..core.money import to_decimal
 from ..core.records import PTO, PTSToken, parse_iso
+from ..core.shard import WorldShards
 from ..core.world import F64, WorldParams, cell_of, order_parameter, play_steps, step_world
 from ..store.backend import Backend, Committed, Receipt, Unit
 from .messages import (
+    Allot,
+    Allotment,
+    Allotted,
     ApplySession,
     AtuOutcome,
     Buy,
@@ -100,7 +105,7 @@ class PTOActor(Actor[PTOMessage]):
         self,
         pto: PTO,
         tokens: list[PTSToken],
-        world: dict[str, F64] | None,
+        worlds: WorldShards,
         *,
         params: WorldParams,
         backend: Backend,
@@ -114,7 +119,7 @@ class PTOActor(Actor[PTOMessage]):
         self._pending_tokens = {t.token_id: dataclasses.replace(t) for t in tokens}
         self._inflight: dict[int, tuple[ev.Event, ...]] = {}
         self._units = 0
-        self.world = world
+        self.worlds = worlds
         self.world_error = world_error
         self.params = params
         self.backend = backend
@@ -127,10 +132,23 @@ class PTOActor(Actor[PTOMessage]):
         self._stale = False
         self.shared = bool(getattr(backend, "shared", False))
         self.reloads = 0
+        # Allotted sessions of a scenario tick whose unit has not landed yet.
+        self._ticking = 0
 
     def quiet(self) -> bool:
         """Nothing unacknowledged (it may be passivated)."""
-        return not self._inflight
+        return not self._inflight and not self._ticking
+
+    @property
+    def world(self) -> dict[str, F64] | None:
+        """A copy of the world's arrays; None when it could not be loaded (or has none)."""
+        world_id = self.state.world_cdt_id
+        if world_id is None or world_id not in self.worlds:
+            return None
+        return self.worlds.arrays(world_id)
+
+    def has_world(self) -> bool:
+        return self.state.world_cdt_id is not None and self.state.world_cdt_id in self.worlds
 
     async def handle(self, message: PTOMessage) -> object:
         if isinstance(message, GetWorld) and not self._steps_world():
@@ -156,10 +174,13 @@ class PTOActor(Actor[PTOMessage]):
                 return await self._step(steps, at)
             case CheckDeadline(at=at):
                 return await self._check_deadline(at)
+            case Allot(requests=requests):
+                return await self._allot(requests)
             case GetWorld():
                 self._require_world()
-                assert self.world is not None
-                return {k: v.copy() for k, v in self.world.items()}
+                world = self.world
+                assert world is not None
+                return world
             case _:
                 assert_never(message)
 
@@ -241,10 +262,10 @@ class PTOActor(Actor[PTOMessage]):
         pto = await self.backend.load_pto(pto_id)
         assert pto is not None, f"PTO {pto_id} vanished from the store"
         tokens = await self.backend.load_tokens(pto_id)
-        if self._stale and self.world is not None and pto.world_cdt_id:
+        if self._stale and self.has_world() and pto.world_cdt_id:
             # Another process may have stepped it (under its lease) since this one did.
             arrays = await self.backend.load_world(pto.world_cdt_id)
-            self.world = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+            self.worlds.put(pto.world_cdt_id, arrays["theta"], arrays["omega"])
         self.state = pto
         self.tokens = {t.token_id: t for t in tokens}
         self._pending = dataclasses.replace(pto)
@@ -376,29 +397,36 @@ class PTOActor(Actor[PTOMessage]):
     # -- the world ---------------------------------------------------------------
 
     def _require_world(self) -> None:
-        if self.world is None:
+        if not self.has_world():
             raise StoreError(
                 f"the world of {self.state.pto_id} could not be loaded ({self.world_error}); "
                 "restore a backup or run `ublox-sim verify`"
             )
 
+    def _set_theta(self, theta: F64) -> None:
+        """The world moved on: into the shards, and to the store in the background."""
+        world_id = self.state.world_cdt_id
+        assert world_id is not None
+        self.worlds.set_theta(world_id, theta)
+        self._world_changed()
+
     def _world_changed(self) -> None:
-        assert self.world is not None and self.state.world_cdt_id is not None
-        self.backend.world_changed(self.state.world_cdt_id, self.world)
+        world_id = self.state.world_cdt_id
+        assert world_id is not None
+        self.backend.world_changed(world_id, self.worlds.arrays(world_id))
 
     async def _step(self, steps: int, at: str) -> Later | float:
         await self._idle.wait()
-        if self.world is None or steps <= 0:
+        world = self.world
+        if world is None or steps <= 0:
             return self.state.aci_coherence_score
-        theta = step_world(self.world["theta"], self.world["omega"], self.params, steps)
+        theta = step_world(world["theta"], world["omega"], self.params, steps)
         aci = order_parameter(theta)
         stepped = ev.WorldStepped(at=at, pto_id=self.state.pto_id, aci=aci)
-        world = self.world
 
         def durable(committed: Committed) -> float:
             # Sessions and steps wait until nothing is in flight: they see these arrays.
-            world["theta"] = theta
-            self._world_changed()
+            self._set_theta(theta)
             return aci
 
         return await self._decide((stepped,), durable)
@@ -440,6 +468,42 @@ class PTOActor(Actor[PTOMessage]):
                 outcomes[index] = outcome
         return [outcomes[i] for i in range(len(requests))]
 
+    async def _allot(self, requests: tuple[PlayRequest, ...]) -> Allotment:
+        """A scenario tick's sessions here (``Engine.tick``): the tokens each is played on,
+        decided on acknowledged state; the engine steps the world and commits them."""
+        await self._idle.wait()
+        players = {r.player_id for r in requests}
+        held: dict[str, list[PTSToken]] = {}
+        for token in self.tokens.values():
+            if token.holder in players:
+                held.setdefault(token.holder, []).append(token)
+        claimed: dict[str, float] = {}
+        out: list[Allotted] = []
+        for request in requests:
+            try:
+                self._require_world()
+                tokens = self._held_tokens(held.get(request.player_id, []), claimed)
+                allocation = allocate_play(self.state, tokens, request.hours)
+            except UbloxError as exc:
+                out.append(Allotted(error=exc))
+                continue
+            for token_id, hours in allocation:
+                claimed[token_id] = claimed.get(token_id, 0.0) + hours
+            out.append(Allotted(allocation))
+        self._ticking += 1
+        return Allotment(dataclasses.replace(self.state), tuple(out))
+
+    def tick_landed(self, events: list[ev.Event]) -> None:
+        """The tick's unit committed: its sessions and step in memory (state and pending)."""
+        for event in events:
+            apply_to_pto(self.state, self.tokens, event)
+            apply_to_pto(self._pending, self._pending_tokens, event)
+
+    def tick_over(self) -> None:
+        """The tick after an ``Allot`` is over (landed or failed): it may passivate."""
+        self._ticking = max(0, self._ticking - 1)
+        self._maybe_quiet()
+
     @staticmethod
     def _held_tokens(tokens: list[PTSToken], claimed: dict[str, float]) -> list[PTSToken]:
         """A player's tokens, less hours already claimed by earlier requests in this batch."""
@@ -449,7 +513,8 @@ class PTOActor(Actor[PTOMessage]):
         ]
 
     async def _run_sessions(self, valid: list[Valid], at: str) -> list[tuple[int, SessionOutcome]]:
-        assert self.world is not None
+        world = self.world
+        assert world is not None
         snapshots: list[Physics | None] = [None] * len(valid)
 
         async def snapshot(k: int, player_id: str) -> None:
@@ -464,8 +529,8 @@ class PTOActor(Actor[PTOMessage]):
         size = self.params.size
         cells = [cell_of(p.position_x, p.position_y, size) for p in physics]
         result = play_steps(
-            self.world["theta"],
-            self.world["omega"],
+            world["theta"],
+            world["omega"],
             self.params,
             cells_y=np.array([c[0] for c in cells], dtype=np.int64),
             cells_x=np.array([c[1] for c in cells], dtype=np.int64),
@@ -546,6 +611,5 @@ class PTOActor(Actor[PTOMessage]):
             for k in range(len(valid)):
                 tg.start_soon(apply, k)
         if any(o.error is None for _, o in outcomes):
-            self.world["theta"] = result.theta
-            self._world_changed()
+            self._set_theta(result.theta)
         return outcomes

@@ -71,12 +71,15 @@ def new_world(params: WorldParams, rng: np.random.Generator) -> dict[str, F64]:
 
 
 def lattice_coupling(theta: F64) -> F64:
-    """Σ over the four neighbours of sin(theta_nb − theta), periodic boundaries."""
+    """Σ over the four neighbours of sin(theta_nb − theta), periodic boundaries.
+
+    On the last two axes: a stack of worlds (n, H, W) gives each world's own sum,
+    elementwise the same operations as for that world alone (``core.shard``)."""
     return (
-        np.sin(np.roll(theta, 1, 0) - theta)
-        + np.sin(np.roll(theta, -1, 0) - theta)
-        + np.sin(np.roll(theta, 1, 1) - theta)
-        + np.sin(np.roll(theta, -1, 1) - theta)
+        np.sin(np.roll(theta, 1, -2) - theta)
+        + np.sin(np.roll(theta, -1, -2) - theta)
+        + np.sin(np.roll(theta, 1, -1) - theta)
+        + np.sin(np.roll(theta, -1, -1) - theta)
     )
 
 
@@ -115,11 +118,14 @@ def play_steps(
     freq: F64,
     tau_k: F64,
     steps: I64,
+    world_steps: int | None = None,
 ) -> SessionPhysics:
     """Step the world with players coupled to their cells, each for its own number of steps.
 
     All players move together on each step (one array operation per step, not one
-    per player); a player whose ``steps`` ran out stops coupling and scoring.
+    per player); a player whose ``steps`` ran out stops coupling and scoring. The
+    world takes ``world_steps`` steps (default: the longest session's); a tick of a
+    scenario gives its own (``core.shard``: each player's ``steps`` is at most that).
     """
     n = len(phase)
     phase = phase.astype(np.float64, copy=True)
@@ -130,7 +136,9 @@ def play_steps(
     coherence = np.zeros(n)
     pull = params.player_coupling * tau_k
     push = params.feedback * tau_k
-    for step in range(int(steps.max(initial=0))):
+    if world_steps is None:
+        world_steps = int(steps.max(initial=0))
+    for step in range(world_steps):
         active = steps > step
         cell = theta[cells_y, cells_x]
         diff = cell - phase

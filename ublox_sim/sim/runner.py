@@ -13,6 +13,7 @@ continues to the same final export.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from ..core.errors import InvalidInput, Refusal, UbloxError
 from ..core.logsetup import get_logger
 from ..core.money import format_cents
 from ..core.records import FUNDING, IN_PROGRESS, PLAYABLE, PTO
+from ..core.shard import Tape
 from ..core.views import leaderboard
 from ..engine import Engine
 from ..store.backend import RunRecord
@@ -42,6 +44,11 @@ from .scenario import Loaded, Scenario, cohort_id, draw, draw_settled, settle
 log = get_logger(__name__)
 
 Progress = Callable[[int, int], None]
+
+TAPE_ENV = "UBLOX_SIM_TAPE"
+"""A path: the run records its shard ticks there (``core.shard.Tape``) for ``bench
+simulation`` to replay their bare physics. Not for resumed runs (it holds this process's
+ticks only)."""
 
 SETUP_CHUNK = 20_000
 """Players settled and registered at once by ``Runner.setup`` (the engine commits them
@@ -186,6 +193,8 @@ class RunReport:
     top_players: list[dict[str, Any]] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
+    # Wall seconds of each tick this process ran (checkpoints and export excluded).
+    tick_seconds: list[float] = field(default_factory=list)
 
     @property
     def ticks_per_second(self) -> float:
@@ -206,6 +215,7 @@ class RunReport:
             "top_players": self.top_players,
             "totals": self.totals,
             "outcomes": self.outcomes,
+            "tick_seconds": [round(t, 6) for t in self.tick_seconds],
         }
 
 
@@ -342,6 +352,10 @@ class Runner:
         self.total = scenario.clock.total_ticks
         # What this tick did that the state does not show (for metrics; cheap when unused).
         self.tally = Tally()
+        # This tick's sessions (pto_id, player_id, hours, scripted), played by play_tick.
+        self._plays: list[tuple[str, str, float, bool]] = []
+        # Wall seconds of each tick run by this process (the bench's tick p99).
+        self.tick_seconds: list[float] = []
 
     # -- state saved at checkpoints --------------------------------------------
 
@@ -435,15 +449,24 @@ class Runner:
                     await self._attempt("deposit", e.deposit(a.player, _money(a.amount)))
 
     async def _scripted_play(self, player_id: str, pto_id: str, hours: float) -> None:
-        try:
-            result = await self.engine.play(player_id, pto_id, hours)
-        except Refusal:
-            self.outcomes["play_refused"] += 1
-        except InvalidInput:
-            self.outcomes["play_invalid"] += 1
-        else:
-            self.outcomes["play"] += 1
-            self.tally.played(pto_id, player_id, result.phase_locks)
+        """Played with the tick's sessions, during its lattice steps (``Engine.tick``)."""
+        self._plays.append((pto_id, player_id, hours, True))
+
+    async def play_tick(self) -> None:
+        """The clock moves one tick: every world steps, this tick's sessions played during
+        those steps (scripted ones first, in file order, then the behaviours'), deadlines
+        fire. One unit of rows per world shard (see ``Engine.tick``)."""
+        plays, self._plays = self._plays, []
+        results, _ = await self.engine.tick(
+            self.scenario.clock.tick_hours, [(pto, player, h) for pto, player, h, _ in plays]
+        )
+        for (pto_id, player_id, _, scripted), result in zip(plays, results, strict=True):
+            if isinstance(result, UbloxError):
+                invalid = scripted and isinstance(result, InvalidInput)
+                self.outcomes["play_invalid" if invalid else "play_refused"] += 1
+            else:
+                self.outcomes["play"] += 1
+                self.tally.played(pto_id, player_id, result.phase_locks)
 
     def _who(self, who: Any) -> Roster:
         if who == "all":
@@ -459,7 +482,10 @@ class Runner:
         store = e.store
         for rule in self.scenario.behaviours.investors:
             candidates = self._who(rule.who)
-            funding = [p.pto_id for p in await store.load_all(PTO) if p.status == FUNDING]
+            # Read once per rule, then kept up to date by this loop's own purchases (the
+            # only writes to these PTOs until the loop ends): no store read per purchase.
+            open_ptos = {p.pto_id: p for p in await store.load_all(PTO) if p.status == FUNDING}
+            funding = list(open_ptos)
             if not funding or not candidates:
                 continue
             chosen = np.flatnonzero(self.rng.random(len(candidates)) < rule.probability)
@@ -467,19 +493,38 @@ class Runner:
                 continue
             picks = self.rng.integers(0, len(funding), len(chosen))
             hours = draw_settled(rule.hours, self.rng, len(chosen), L.PTS_HOURS)
+            purchases: list[tuple[str, str, int]] = []
             for index, pick, want in zip(chosen, picks, hours, strict=True):
                 player_id = candidates[int(index)]
-                pto = await store.load_pto(funding[int(pick)])
-                if pto is None or pto.status != FUNDING:
+                pto = open_ptos[funding[int(pick)]]
+                if pto.status != FUNDING:
                     continue
                 cap = max(1, int(pto.pts_offered * rule.max_share))
                 left = pto.pts_offered - pto.pts_sold
-                player = await store.load_player(player_id)
-                if player is None:
+                balance = await e.usd_balance(player_id)
+                if balance is None:
                     continue
-                affordable = player.usd_obbba_balance // pto.price_per_pts
+                affordable = balance // pto.price_per_pts
                 n = min(want, cap, left, affordable)
-                if n >= 1 and await self._attempt("buy", e.buy_pts(player_id, pto.pto_id, n)):
+                if n >= 1:
+                    purchases.append((player_id, pto.pto_id, n))
+                    # Decided as if it sells (the runner checked funds and shares left):
+                    # a refusal is counted below and never makes a later decision wrong.
+                    pto.pts_sold += n
+                    if pto.pts_sold == pto.pts_offered:  # the last share funds it
+                        pto.status = IN_PROGRESS
+            # Queued in this order, committed together (Engine.buy_many).
+            for (player_id, _, _), result in zip(
+                purchases, await e.buy_many(purchases), strict=True
+            ):
+                if isinstance(result, InvalidInput):
+                    self.outcomes["buy_invalid"] += 1
+                elif isinstance(result, Refusal):
+                    self.outcomes["buy_refused"] += 1
+                elif isinstance(result, UbloxError):
+                    raise result
+                else:
+                    self.outcomes["buy"] += 1
                     self.tally.acted(player_id)
 
     async def sessions(self) -> None:
@@ -506,12 +551,9 @@ class Runner:
                 if hours > 0:
                     batches.setdefault(pto_id, []).append((player_id, hours))
             for pto_id in sorted(batches):
-                for result in await e.play_many(pto_id, batches[pto_id]):
-                    if isinstance(result, UbloxError):
-                        self.outcomes["play_refused"] += 1
-                    else:
-                        self.outcomes["play"] += 1
-                        self.tally.played(pto_id, result.player_id, result.phase_locks)
+                self._plays.extend(
+                    (pto_id, player, hours, False) for player, hours in batches[pto_id]
+                )
 
     async def creators(self) -> None:
         rule = self.scenario.behaviours.creators
@@ -535,7 +577,7 @@ class Runner:
         await self.investors()
         await self.sessions()
         await self.creators()
-        await self.engine.advance(self.scenario.clock.tick_hours)
+        await self.play_tick()
 
 
 async def run_scenario(
@@ -585,6 +627,11 @@ async def run_scenario(
         idle_timeout=scenario.engine.idle_timeout,
     ) as engine:
         runner = Runner(engine, scenario, clock)
+        # A benchmark aid (``bench simulation``): record every shard tick of this process.
+        tape_path = os.environ.get(TAPE_ENV, "").strip()
+        tape = Tape() if tape_path else None
+        if tape is not None:
+            engine.tick_observer = tape.record
         collector = (
             Collector(
                 home,
@@ -641,7 +688,9 @@ async def run_scenario(
                 break
             if interrupted is not None and interrupted():
                 raise KeyboardInterrupt
+            began = time.perf_counter()
             await runner.tick(tick)
+            runner.tick_seconds.append(time.perf_counter() - began)
             tick += 1
             if collector is not None:
                 await collector.sample(engine, tick)
@@ -659,6 +708,8 @@ async def run_scenario(
                 log.info("run.checkpoint", tick=tick, ticks=runner.total)
             if progress is not None:
                 progress(tick, runner.total)
+        if tape is not None:
+            tape.save(tape_path)
         if tick == runner.total and (isinstance(home, Home) or export_path is not None):
             await engine.export_json(export_path)
         log.info("run.finished" if tick == runner.total else "run.stopped", tick=tick)
@@ -671,6 +722,7 @@ async def run_scenario(
             wall_seconds=time.perf_counter() - started,
             setup_seconds=setup_seconds,
             outcomes=dict(sorted(runner.outcomes.items())),
+            tick_seconds=runner.tick_seconds,
         )
         await _summarise(engine, report)
     return report

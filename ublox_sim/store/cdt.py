@@ -14,7 +14,8 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -206,11 +207,37 @@ class CdtStore:
             if is_world_file(path.name, world_id) and path != self.path_for(world_id, keep):
                 path.unlink(missing_ok=True)
 
+    async def aprune(self, world_ids: Sequence[str], keep: int) -> None:
+        """``prune`` for many worlds, off the event loop (one listing of the folder, the
+        unlinks on a worker thread: a checkpoint of many worlds removes as many files)."""
+        kept = {self.path_for(w, keep).name for w in world_ids}  # (validates the ids)
+        await anyio.to_thread.run_sync(_prune_all, self.directory, set(world_ids), kept)
+
     def files(self) -> list[Path]:
         return sorted(p for p in self.directory.glob("*.npz") if not p.name.startswith("."))
+
+
+WRITERS = min(4, os.cpu_count() or 1)
+"""Worker threads compressing and writing world files at once (zlib releases the GIL)."""
 
 
 def _write_all(jobs: list[tuple[Path, dict[str, NDArray[np.generic]]]]) -> list[int]:
     for folder in {path.parent for path, _ in jobs}:
         folder.mkdir(parents=True, exist_ok=True)
-    return [write_npz_atomic(path, arrays) for path, arrays in jobs]
+    if len(jobs) < 2 or WRITERS < 2:
+        return [write_npz_atomic(path, arrays) for path, arrays in jobs]
+    # Each file is still written atomically on its own (temporary file, fsync, rename,
+    # fsync of the folder); map keeps the order and raises the first failure.
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="cdt-write") as pool:
+        return list(pool.map(lambda job: write_npz_atomic(*job), jobs))
+
+
+def _prune_all(directory: Path, world_ids: set[str], kept: set[str]) -> None:
+    """Unlink every version of ``world_ids``' files but the ``kept`` names."""
+    for path in directory.glob("*.npz"):
+        name = path.name
+        if name in kept or name.startswith("."):
+            continue
+        world_id = re.sub(r"(\.v\d+)?\.npz$", "", name)
+        if world_id in world_ids and is_world_file(name, world_id):
+            path.unlink(missing_ok=True)

@@ -183,7 +183,7 @@ class SqliteBackend:
         statements: list[list[Statement]] = []
         callbacks: list[Callable[[list[int] | BaseException], None]] = []
         for unit, before in zip(units, befores, strict=True):
-            stmts, landed = rows.unit_statements(unit, self.bus.publish)
+            stmts, landed = rows.unit_statements(unit, self.bus.publish, bulk_sessions=True)
             self._submitted += 1
             statements.append(stmts)
             callbacks.append(self._acked(landed, self._submitted, before, done))
@@ -281,7 +281,8 @@ class SqliteBackend:
             # acknowledged) is newer than what was written: the next checkpoint writes it.
             if self._held_worlds.get(world.world_id) is seen.get(world.world_id):
                 self._held_worlds.pop(world.world_id, None)
-            cdt.prune(world.world_id, version)
+        # Superseded versions go on a worker thread, not on the event loop.
+        await cdt.aprune([w.world_id for w in worlds], version)
 
     # -- point reads ---------------------------------------------------------------
 

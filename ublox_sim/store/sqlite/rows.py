@@ -290,7 +290,7 @@ def pto_completed(pto_id: str, at: str) -> Statement:
 
 
 def unit_statements(
-    unit: Unit, publish: Callable[[ev.Event], None]
+    unit: Unit, publish: Callable[[ev.Event], None], *, bulk_sessions: bool = False
 ) -> tuple[list[Statement], list[ev.Event]]:
     """The rows of ``unit``'s events, in the unit's order, then its receipt.
 
@@ -301,6 +301,8 @@ def unit_statements(
     out: list[Statement] = []
     if len(unit.events) > 1 and all(type(e) is ev.PlayerRegistered for e in unit.events):
         out.extend(_bulk_registration(unit.events, landed, publish))
+    elif bulk_sessions and unit.receipt is None and _is_tick(unit.events):
+        out.extend(_tick_sessions(unit.events, landed, publish))
     else:
         for index, event in enumerate(unit.events):
             out.extend(_rows(event))
@@ -428,13 +430,14 @@ def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
 def _log(
     index: int, event: ev.Event, landed: list[ev.Event], publish: Callable[[ev.Event], None]
 ) -> Statement:
-    # A session's event follows its session's insert: its id is the unit's first rowid.
+    # A session's event follows its session's insert: ``ids`` are the unit's rowids so
+    # far, so its id is the one before the event's own (a unit may hold many sessions).
     session = isinstance(event, ev.SessionPlayed) and event.session_id == 0
 
     def committed(ids: Sequence[int]) -> None:
         numbered: ev.Event
         if session and isinstance(event, ev.SessionPlayed):
-            numbered = dataclasses.replace(event, seq=ids[-1], session_id=ids[0])
+            numbered = dataclasses.replace(event, seq=ids[-1], session_id=ids[-2])
         else:
             numbered = dataclasses.replace(event, seq=ids[-1])
         landed[index] = numbered
@@ -568,3 +571,74 @@ def save_run(run: RunRecord) -> Statement:
             int(run.finished),
         ),
     )
+
+
+# -- a scenario tick's unit: many sessions at once (SQLite) -------------------------------
+
+_TICK_EVENTS = (ev.SessionPlayed, ev.PhaseLock, ev.WorldStepped)
+
+# A tick's logged events as one statement of many rows. A session's row takes its id from
+# the sessions inserted just before, all at once: ``?4`` is how many sessions follow it
+# (their ids are consecutive, the newest is ``sqlite_sequence``'s); NULL for other events.
+_INSERT_TICK_EVENT = (
+    "INSERT INTO event_log (kind, at, payload) VALUES (?1, ?2, CASE WHEN ?4 IS NULL THEN ?3"
+    " ELSE json_set(?3, '$.session_id',"
+    " (SELECT seq FROM sqlite_sequence WHERE name = 'play_sessions') - ?4) END)"
+)
+
+
+def _is_tick(events: Sequence[ev.Event]) -> bool:
+    sessions = 0
+    for event in events:
+        if type(event) not in _TICK_EVENTS:
+            return False
+        if type(event) is ev.SessionPlayed:
+            if event.session_id != 0:
+                return False
+            sessions += 1
+    return sessions > 1
+
+
+def _tick_sessions(
+    events: Sequence[ev.Event], landed: list[ev.Event], publish: Callable[[ev.Event], None]
+) -> list[Statement]:
+    """A tick's unit (``Engine.tick``: sessions, phase locks, world steps) as one statement
+    of many rows per SQL text, instead of one call per row: each text's rows keep the
+    events' order, so every table gets the same rows, ids and values as event by event
+    (``tests/test_tick.py`` holds the bytes equal); the log rows come last, in order."""
+    runs: dict[str, list[Sequence[object]]] = {}
+    inserts: list[Sequence[object]] = []
+    for event in events:
+        for stmt in _rows(event):
+            if stmt.sql == _INSERT_SESSION:
+                inserts.append(stmt.params)
+            else:
+                assert not stmt.want_rowid and stmt.rows is None
+                runs.setdefault(stmt.sql, []).append(stmt.params)
+    logged = [(k, e) for k, e in enumerate(events) if e.logged]
+    total = sum(1 for e in events if type(e) is ev.SessionPlayed)
+    log_rows: list[tuple[object, ...]] = []
+    seen = 0
+    for _, event in logged:
+        after: int | None = None
+        if type(event) is ev.SessionPlayed:
+            seen += 1
+            after = total - seen
+        log_rows.append((event.kind, event.at, ev.payload(event), after))
+
+    def committed(ids: Sequence[int]) -> None:
+        seq, session = ids[-1] - len(logged) + 1, ids[-2] - total + 1
+        for offset, (index, event) in enumerate(logged):
+            numbered: ev.Event
+            if type(event) is ev.SessionPlayed:
+                numbered = dataclasses.replace(event, seq=seq + offset, session_id=session)
+                session += 1
+            else:
+                numbered = dataclasses.replace(event, seq=seq + offset)
+            landed[index] = numbered
+            publish(numbered)
+
+    out = [Statement.many(sql, rows) for sql, rows in runs.items()]
+    out.append(Statement(_INSERT_SESSION, rows=inserts, want_rowid=True))
+    out.append(Statement(_INSERT_TICK_EVENT, rows=log_rows, want_rowid=True, on_commit=committed))
+    return out
