@@ -138,19 +138,25 @@ def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
 
 # Players checked and built while the unit before them commits (register_players).
 _REGISTER_STEP = 1_000
+# Players built between two turns of the event loop (see ``register_players``).
+_REGISTER_SLICE = 100
+
+# A player checked and claimed, to be built: (index in results, id, cents, tau_k,
+# resonance_freq or None for a drawn one).
+_Claimed = tuple[int, str, int, float, float | None]
 
 
 class _BulkPlayers:
-    """A bulk registration's players, built column by column at the cost of what each
-    needs: an amount or a tau_k seen before is not parsed again, the drawn values need
-    no bounds check (a uniform in [0, 1) scaled into its range cannot leave it), and
-    the result is made straight from the values. Anything unusual goes through
-    ``Engine._new_player``, which gives the exact error (or the same player)."""
+    """A bulk registration's players: checked and claimed first (cheap), then built at
+    the cost of what each needs: an amount seen before is not parsed again, the drawn
+    values need no bounds check (a uniform in [0, 1) scaled into its range cannot leave
+    it), and the result is made straight from the values. The checks are
+    ``Engine._new_player``'s, in its order, with its errors."""
 
     def __init__(self, engine: Engine, now: str) -> None:
-        self.engine = engine
         self.now = now
-        self.results: list[PlayerInfo | UbloxError] = []
+        # One per player given, in order; None while a claimed player is being built.
+        self.results: list[PlayerInfo | UbloxError | None] = []
         self.valid: list[tuple[int, Player]] = []  # (index in results, player)
         self.events: dict[int, ev.PlayerRegistered] = {}
         self._cents: dict[tuple[type, object], int] = {}
@@ -161,29 +167,19 @@ class _BulkPlayers:
         self._phase = (limits.PHASE.min, limits.PHASE.max - limits.PHASE.min)
         self._zero = to_decimal(0)
 
-    def new(self, player_id: str, usd: Amount, tau: float, freq: float | None) -> Player:
-        """``Engine._new_player(player_id, usd, tau, freq)``: the same player or error."""
+    def check(
+        self, player_id: str, usd: Amount, tau: float, freq: float | None
+    ) -> tuple[str, int, float, float | None]:
+        """``Engine._new_player``'s checks, in its order: the values to build from."""
         check_id(player_id, "player_id")
         cents = self._amount(usd)
         if type(tau) is not float or not limits.TAU_K.contains(tau):
             tau = limits.TAU_K.check(tau)
-        ux, uy, uphase, u1, u2 = self._uniforms("player", player_id)
-        if freq is None:
-            freq = normal(u1, u2, *self._omega)
-        elif type(freq) is not float or not limits.RESONANCE_FREQ.contains(freq):
+        if freq is not None and (
+            type(freq) is not float or not limits.RESONANCE_FREQ.contains(freq)
+        ):
             freq = limits.RESONANCE_FREQ.check(freq)
-        size = self._size
-        low, span = self._phase
-        return Player(
-            player_id=player_id,
-            position_x=ux * size,
-            position_y=uy * size,
-            phase=low + span * uphase,
-            tau_k=tau,
-            resonance_freq=freq,
-            usd_obbba_balance=cents,
-            created_at=self.now,
-        )
+        return player_id, cents, tau, freq
 
     def _amount(self, usd: Amount) -> int:
         key = (type(usd), usd)
@@ -205,34 +201,49 @@ class _BulkPlayers:
                 self._decimals[cents] = known
         return known
 
-    def add(self, player: Player) -> None:
-        index = len(self.results)
-        usd = self._decimal(player.usd_obbba_balance)
-        self.valid.append((index, player))
-        self.events[index] = ev.PlayerRegistered(
-            at=player.created_at, player_id=player.player_id, usd_obbba=usd, record=player
-        )
-        self.results.append(
-            PlayerInfo(
-                player_id=player.player_id,
-                usd_obbba_balance=usd,
-                xUSD_balance=self._zero,
-                tau_k=player.tau_k,
-                resonance_freq=player.resonance_freq,
-                phase=player.phase,
-                coherence=player.coherence,
-                position_x=player.position_x,
-                position_y=player.position_y,
-                total_play_time=player.total_play_time,
-                quality_score=player.quality_score,
-                phase_locks_count=player.phase_locks_count,
-                memory_depth=player.memory_depth,
-                created_at=player.created_at,
+    def build(self, claimed: Sequence[_Claimed]) -> None:
+        """Draw and make the claimed players, their events and their results: the same
+        players as ``Engine._new_player`` (tests/test_register_many.py holds them equal)."""
+        uniforms, size, now, zero = self._uniforms, self._size, self.now, self._zero
+        low, span = self._phase
+        mean, spread = self._omega
+        results, valid, events = self.results, self.valid, self.events
+        for index, player_id, cents, tau, freq in claimed:
+            ux, uy, uphase, u1, u2 = uniforms("player", player_id)
+            if freq is None:
+                freq = normal(u1, u2, mean, spread)
+            x, y, phase = ux * size, uy * size, low + span * uphase
+            player = Player(
+                player_id=player_id,
+                position_x=x,
+                position_y=y,
+                phase=phase,
+                tau_k=tau,
+                resonance_freq=freq,
+                usd_obbba_balance=cents,
+                created_at=now,
             )
-        )
-
-    def refuse(self, error: UbloxError) -> None:
-        self.results.append(error)
+            usd = self._decimal(cents)
+            valid.append((index, player))
+            events[index] = ev.PlayerRegistered(
+                at=now, player_id=player_id, usd_obbba=usd, record=player
+            )
+            results[index] = PlayerInfo(
+                player_id=player_id,
+                usd_obbba_balance=usd,
+                xUSD_balance=zero,
+                tau_k=tau,
+                resonance_freq=freq,
+                phase=phase,
+                coherence=0.0,
+                position_x=x,
+                position_y=y,
+                total_play_time=0.0,
+                quality_score=0.0,
+                phase_locks_count=0,
+                memory_depth=0.0,
+                created_at=now,
+            )
 
     def drop_taken(self, taken: set[str], begin: int) -> None:
         """Refuse the players from ``valid[begin]`` on whose ids the store already holds."""
@@ -248,6 +259,13 @@ class _BulkPlayers:
             else:
                 kept.append((index, player))
         self.valid = kept
+
+    def answers(self) -> list[PlayerInfo | UbloxError]:
+        answers: list[PlayerInfo | UbloxError] = []
+        for result in self.results:
+            assert result is not None, "every claimed player was built"
+            answers.append(result)
+        return answers
 
 
 class Engine:
@@ -611,23 +629,29 @@ class Engine:
             with anyio.CancelScope(shield=True):
                 for start in range(0, len(players), _REGISTER_STEP):
                     begin = len(bulk.valid)
-                    for player_id, usd, tau, freq in players[start : start + _REGISTER_STEP]:
-                        try:
-                            player = bulk.new(player_id, usd, tau, freq)
-                            if player_id in self._reserved:
-                                raise AlreadyExists(
-                                    f"{player_id!r} is already taken by a player or PTO"
-                                )
-                            self._reserved.add(player_id)
-                            ours.add(player_id)
-                            bulk.add(player)
-                        except UbloxError as exc:
-                            bulk.refuse(exc)
-                    if landing is not None:
-                        await self._landed(bulk, *landing)
-                        landing = None
-                    fresh = [p.player_id for _, p in bulk.valid[begin:]]
-                    taken = await self.store.taken(fresh) if fresh else set()
+                    claimed = self._claim(bulk, players[start : start + _REGISTER_STEP], ours)
+                    # Asked now (the ids are claimed), answered once the unit before
+                    # has committed: the writer reads it next, while these are built.
+                    asked = (
+                        asyncio.ensure_future(self.store.taken([c[1] for c in claimed]))
+                        if claimed
+                        else None
+                    )
+                    try:
+                        for first in range(0, len(claimed), _REGISTER_SLICE):
+                            # The unit before reaches the writer's thread only once the
+                            # writer's task has run: let it (and the replies), so the
+                            # database works while these players are built.
+                            await asyncio.sleep(0)
+                            bulk.build(claimed[first : first + _REGISTER_SLICE])
+                        if landing is not None:
+                            await self._landed(bulk, *landing)
+                            landing = None
+                    except BaseException:
+                        if asked is not None:
+                            asked.cancel()
+                        raise
+                    taken = await asked if asked is not None else set()
                     self._reserved.difference_update(taken)
                     ours.difference_update(taken)
                     bulk.drop_taken(taken, begin)
@@ -639,7 +663,32 @@ class Engine:
                     await self._landed(bulk, *landing)
         finally:
             self._reserved.difference_update(ours)
-        return bulk.results
+        return bulk.answers()
+
+    def _claim(
+        self,
+        bulk: _BulkPlayers,
+        players: Sequence[tuple[str, Amount, float, float | None]],
+        ours: set[str],
+    ) -> list[_Claimed]:
+        """Check ``players`` and claim the ids of the valid ones (refused: in flight
+        here or elsewhere); the others get their error."""
+        claimed: list[_Claimed] = []
+        results, reserved = bulk.results, self._reserved
+        for player_id, usd, tau, freq in players:
+            index = len(results)
+            try:
+                values = bulk.check(player_id, usd, tau, freq)
+                if player_id in reserved:
+                    raise AlreadyExists(f"{player_id!r} is already taken by a player or PTO")
+            except UbloxError as exc:
+                results.append(exc)
+                continue
+            reserved.add(player_id)
+            ours.add(player_id)
+            results.append(None)
+            claimed.append((index, *values))
+        return claimed
 
     async def _submitted(self, unit: Unit) -> asyncio.Future[object]:
         """Queue ``unit``; the future resolves with its ``Committed`` or its error."""
