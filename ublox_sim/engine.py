@@ -141,9 +141,54 @@ _REGISTER_STEP = 1_000
 # Players built between two turns of the event loop (see ``register_players``).
 _REGISTER_SLICE = 100
 
+_T = TypeVar("_T")
+
+
+def _maker(cls: type[_T]) -> Callable[..., _T]:
+    """``cls(*values)`` for a frozen slotted dataclass with no ``__post_init__``,
+    without its ``__init__``: each slot set once through its descriptor, in field
+    order, which costs a third less than the frozen ``__init__`` (an
+    ``object.__setattr__`` per field). For the bulk path's millions of results; equal
+    to what ``cls(...)`` makes (tests/test_register_many.py)."""
+    params = getattr(cls, "__dataclass_params__", None)
+    if (
+        not (params and params.frozen)
+        or hasattr(cls, "__post_init__")
+        or "__slots__" not in vars(cls)
+    ):
+        raise TypeError(f"{cls.__name__} is not a plain frozen slotted dataclass")
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]  # a dataclass: checked above
+    setters = tuple(getattr(cls, field.name).__set__ for field in fields)
+    new = object.__new__
+
+    def make(*values: object) -> _T:
+        made = new(cls)
+        for set_, value in zip(setters, values, strict=True):
+            set_(made, value)
+        return made
+
+    return make
+
+
+_player_info = _maker(PlayerInfo)
+_player_registered = _maker(ev.PlayerRegistered)  # (at, seq, player_id, usd_obbba, record)
+
 # A player checked and claimed, to be built: (index in results, id, cents, tau_k,
 # resonance_freq or None for a drawn one).
 _Claimed = tuple[int, str, int, float, float | None]
+
+
+class _Chunk:
+    """A step's players, to commit as one unit: their places in the results, their
+    records and their events. Parallel lists, not a tuple per player: a bulk
+    registration's objects are what the garbage collector walks."""
+
+    __slots__ = ("events", "indexes", "players")
+
+    def __init__(self) -> None:
+        self.indexes: list[int] = []
+        self.players: list[Player] = []
+        self.events: list[ev.PlayerRegistered] = []
 
 
 class _BulkPlayers:
@@ -157,8 +202,6 @@ class _BulkPlayers:
         self.now = now
         # One per player given, in order; None while a claimed player is being built.
         self.results: list[PlayerInfo | UbloxError | None] = []
-        self.valid: list[tuple[int, Player]] = []  # (index in results, player)
-        self.events: dict[int, ev.PlayerRegistered] = {}
         self._cents: dict[tuple[type, object], int] = {}
         self._decimals: dict[int, Decimal] = {}
         self._uniforms = engine._draws.uniforms
@@ -201,64 +244,44 @@ class _BulkPlayers:
                 self._decimals[cents] = known
         return known
 
-    def build(self, claimed: Sequence[_Claimed]) -> None:
-        """Draw and make the claimed players, their events and their results: the same
-        players as ``Engine._new_player`` (tests/test_register_many.py holds them equal)."""
+    def build(self, claimed: Sequence[_Claimed], chunk: _Chunk) -> None:
+        """Draw and make the claimed players, their events (into ``chunk``) and their
+        results: the same players as ``Engine._new_player`` (tests/test_register_many.py
+        holds them equal)."""
         uniforms, size, now, zero = self._uniforms, self._size, self.now, self._zero
         low, span = self._phase
         mean, spread = self._omega
-        results, valid, events = self.results, self.valid, self.events
+        results, info, registered = self.results, _player_info, _player_registered
+        indexes, players, events = chunk.indexes, chunk.players, chunk.events
         for index, player_id, cents, tau, freq in claimed:
             ux, uy, uphase, u1, u2 = uniforms("player", player_id)
             if freq is None:
                 freq = normal(u1, u2, mean, spread)
             x, y, phase = ux * size, uy * size, low + span * uphase
-            player = Player(
-                player_id=player_id,
-                position_x=x,
-                position_y=y,
-                phase=phase,
-                tau_k=tau,
-                resonance_freq=freq,
-                usd_obbba_balance=cents,
-                created_at=now,
-            )
+            player = Player(player_id, x, y, phase, 0.0, tau, freq, cents, 0, 0.0, 0.0, 0, 0.0, now)
             usd = self._decimal(cents)
-            valid.append((index, player))
-            events[index] = ev.PlayerRegistered(
-                at=now, player_id=player_id, usd_obbba=usd, record=player
-            )
-            results[index] = PlayerInfo(
-                player_id=player_id,
-                usd_obbba_balance=usd,
-                xUSD_balance=zero,
-                tau_k=tau,
-                resonance_freq=freq,
-                phase=phase,
-                coherence=0.0,
-                position_x=x,
-                position_y=y,
-                total_play_time=0.0,
-                quality_score=0.0,
-                phase_locks_count=0,
-                memory_depth=0.0,
-                created_at=now,
+            indexes.append(index)
+            players.append(player)
+            events.append(registered(now, 0, player_id, usd, player))
+            results[index] = info(
+                player_id, usd, zero, tau, freq, phase, 0.0, x, y, 0.0, 0.0, 0, 0.0, now
             )
 
-    def drop_taken(self, taken: set[str], begin: int) -> None:
-        """Refuse the players from ``valid[begin]`` on whose ids the store already holds."""
+    def drop_taken(self, taken: set[str], chunk: _Chunk) -> _Chunk:
+        """``chunk`` without the players whose ids the store already holds: refused."""
         if not taken:
-            return
-        kept = self.valid[:begin]
-        for index, player in self.valid[begin:]:
+            return chunk
+        kept = _Chunk()
+        for index, player, event in zip(chunk.indexes, chunk.players, chunk.events, strict=True):
             if player.player_id in taken:
                 self.results[index] = AlreadyExists(
                     f"{player.player_id!r} is already taken by a player or PTO"
                 )
-                del self.events[index]
             else:
-                kept.append((index, player))
-        self.valid = kept
+                kept.indexes.append(index)
+                kept.players.append(player)
+                kept.events.append(event)
+        return kept
 
     def answers(self) -> list[PlayerInfo | UbloxError]:
         answers: list[PlayerInfo | UbloxError] = []
@@ -623,12 +646,12 @@ class Engine:
         self._check_open()
         bulk = _BulkPlayers(self, self._now())
         ours: set[str] = set()  # ids claimed here and not yet released
-        landing: tuple[list[tuple[int, Player]], asyncio.Future[object]] | None = None
+        landing: tuple[_Chunk, asyncio.Future[BaseException | None]] | None = None
         try:
             # Shielded: the ids stay claimed until their units have landed.
             with anyio.CancelScope(shield=True):
                 for start in range(0, len(players), _REGISTER_STEP):
-                    begin = len(bulk.valid)
+                    chunk = _Chunk()
                     claimed = self._claim(bulk, players[start : start + _REGISTER_STEP], ours)
                     # Asked now (the ids are claimed), answered once the unit before
                     # has committed: the writer reads it next, while these are built.
@@ -643,7 +666,7 @@ class Engine:
                             # writer's task has run: let it (and the replies), so the
                             # database works while these players are built.
                             await asyncio.sleep(0)
-                            bulk.build(claimed[first : first + _REGISTER_SLICE])
+                            bulk.build(claimed[first : first + _REGISTER_SLICE], chunk)
                         if landing is not None:
                             await self._landed(bulk, *landing)
                             landing = None
@@ -654,11 +677,9 @@ class Engine:
                     taken = await asked if asked is not None else set()
                     self._reserved.difference_update(taken)
                     ours.difference_update(taken)
-                    bulk.drop_taken(taken, begin)
-                    chunk = bulk.valid[begin:]
-                    if chunk:
-                        unit = Unit(tuple(bulk.events[index] for index, _ in chunk))
-                        landing = (chunk, await self._submitted(unit))
+                    chunk = bulk.drop_taken(taken, chunk)
+                    if chunk.events:
+                        landing = (chunk, await self._submitted(Unit(tuple(chunk.events))))
                 if landing is not None:
                     await self._landed(bulk, *landing)
         finally:
@@ -690,30 +711,31 @@ class Engine:
             claimed.append((index, *values))
         return claimed
 
-    async def _submitted(self, unit: Unit) -> asyncio.Future[object]:
-        """Queue ``unit``; the future resolves with its ``Committed`` or its error."""
-        outcome: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    async def _submitted(self, unit: Unit) -> asyncio.Future[BaseException | None]:
+        """Queue ``unit``; the future resolves with None once it committed, or its error
+        (not the ``Committed``: its events need not outlive their publication)."""
+        outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
         def done(result: object) -> None:
             if not outcome.done():
-                outcome.set_result(result)
+                outcome.set_result(result if isinstance(result, BaseException) else None)
 
         await self.store.submit(unit, done)
         return outcome
 
     async def _landed(
-        self, bulk: _BulkPlayers, chunk: list[tuple[int, Player]], outcome: asyncio.Future[object]
+        self, bulk: _BulkPlayers, chunk: _Chunk, outcome: asyncio.Future[BaseException | None]
     ) -> None:
         """Wait for a unit of registrations; one the database rejected whole is retried
         player by player, so only the player it cannot take is refused."""
         result = await outcome
         if isinstance(result, UnitRejected):
-            for index, player in chunk:
+            for index, player in zip(chunk.indexes, chunk.players, strict=True):
                 try:
                     await self.store.commit(Unit((_registered(player),)))
                 except UbloxError as exc:
                     bulk.results[index] = exc
-        elif isinstance(result, BaseException):
+        elif result is not None:
             raise result
 
     def _new_player(
