@@ -140,6 +140,21 @@ def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
 _REGISTER_STEP = 1_000
 # Players built between two turns of the event loop (see ``register_players``).
 _REGISTER_SLICE = 100
+# The last step's size at most: its commit is the one nothing overlaps.
+_REGISTER_TAIL = 200
+
+
+def _register_steps(count: int) -> list[tuple[int, int]]:
+    """(start, end) of each step of a bulk registration of ``count`` players:
+    ``_REGISTER_STEP`` each, the last cut down to ``_REGISTER_TAIL``."""
+    steps = [
+        (start, min(start + _REGISTER_STEP, count)) for start in range(0, count, _REGISTER_STEP)
+    ]
+    if steps and steps[-1][1] - steps[-1][0] > _REGISTER_TAIL:
+        start, end = steps.pop()
+        steps += [(start, end - _REGISTER_TAIL), (end - _REGISTER_TAIL, end)]
+    return steps
+
 
 _T = TypeVar("_T")
 
@@ -650,9 +665,9 @@ class Engine:
         try:
             # Shielded: the ids stay claimed until their units have landed.
             with anyio.CancelScope(shield=True):
-                for start in range(0, len(players), _REGISTER_STEP):
+                for start, end in _register_steps(len(players)):
                     chunk = _Chunk()
-                    claimed = self._claim(bulk, players[start : start + _REGISTER_STEP], ours)
+                    claimed = self._claim(bulk, players[start:end], ours)
                     # Asked now (the ids are claimed), answered once the unit before
                     # has committed: the writer reads it next, while these are built.
                     asked = (
