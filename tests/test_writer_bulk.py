@@ -201,7 +201,7 @@ async def test_the_bulk_player_builder_gives_the_same_player_or_error_as_one_by_
     from ublox_sim.core.errors import UbloxError
     from ublox_sim.core.records import Player
     from ublox_sim.core.views import PlayerInfo
-    from ublox_sim.engine import _BulkPlayers, _Chunk, _registered
+    from ublox_sim.engine import _BulkPlayers, _Chunk, _Claimed, _registered
 
     cases: list[tuple[object, object, object, object]] = [
         ("ok", Decimal(5), 1.0, None),
@@ -234,10 +234,15 @@ async def test_the_bulk_player_builder_gives_the_same_player_or_error_as_one_by_
         def built(pid: str, usd: object, tau: float, freq: float | None) -> Player:
             """Checked, then built: the player; its event and result are what the
             one-by-one path makes of it."""
-            chunk = _Chunk()
-            values = bulk.check(pid, usd, tau, freq)  # type: ignore[arg-type]
+            chunk, claimed = _Chunk(), _Claimed()
+            cents, checked_tau, checked_freq = bulk.check(pid, usd, tau, freq)  # type: ignore[arg-type]
             bulk.results.append(None)
-            bulk.build([(len(bulk.results) - 1, *values)], chunk)
+            claimed.indexes.append(len(bulk.results) - 1)
+            claimed.ids.append(pid)
+            claimed.cents.append(cents)
+            claimed.taus.append(checked_tau)
+            claimed.freqs.append(checked_freq)
+            bulk.build(claimed, 0, 1, chunk)
             (player,) = chunk.players
             assert chunk.events == [_registered(player)]
             assert bulk.results[-1] == PlayerInfo.of(player)

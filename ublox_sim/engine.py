@@ -188,15 +188,26 @@ def _maker(cls: type[_T]) -> Callable[..., _T]:
 _player_info = _maker(PlayerInfo)
 _player_registered = _maker(ev.PlayerRegistered)  # (at, seq, player_id, usd_obbba, record)
 
-# A player checked and claimed, to be built: (index in results, id, cents, tau_k,
-# resonance_freq or None for a drawn one).
-_Claimed = tuple[int, str, int, float, float | None]
+
+class _Claimed:
+    """A step's players checked and claimed, to be built: their places in the results,
+    ids, cents, tau_k and resonance_freq (None: drawn)."""
+
+    __slots__ = ("cents", "freqs", "ids", "indexes", "taus")
+
+    def __init__(self) -> None:
+        self.indexes: list[int] = []
+        self.ids: list[str] = []
+        self.cents: list[int] = []
+        self.taus: list[float] = []
+        self.freqs: list[float | None] = []
 
 
 class _Chunk:
     """A step's players, to commit as one unit: their places in the results, their
-    records and their events. Parallel lists, not a tuple per player: a bulk
-    registration's objects are what the garbage collector walks."""
+    records and their events. Parallel lists (here and in ``_Claimed``), not a tuple
+    per player: every object a bulk registration keeps for a while is one more for the
+    garbage collector to count and walk."""
 
     __slots__ = ("events", "indexes", "players")
 
@@ -227,8 +238,8 @@ class _BulkPlayers:
 
     def check(
         self, player_id: str, usd: Amount, tau: float, freq: float | None
-    ) -> tuple[str, int, float, float | None]:
-        """``Engine._new_player``'s checks, in its order: the values to build from."""
+    ) -> tuple[int, float, float | None]:
+        """``Engine._new_player``'s checks, in its order: cents, tau_k, resonance_freq."""
         check_id(player_id, "player_id")
         cents = self._amount(usd)
         if type(tau) is not float or not limits.TAU_K.contains(tau):
@@ -237,7 +248,7 @@ class _BulkPlayers:
             type(freq) is not float or not limits.RESONANCE_FREQ.contains(freq)
         ):
             freq = limits.RESONANCE_FREQ.check(freq)
-        return player_id, cents, tau, freq
+        return cents, tau, freq
 
     def _amount(self, usd: Amount) -> int:
         key = (type(usd), usd)
@@ -259,16 +270,23 @@ class _BulkPlayers:
                 self._decimals[cents] = known
         return known
 
-    def build(self, claimed: Sequence[_Claimed], chunk: _Chunk) -> None:
-        """Draw and make the claimed players, their events (into ``chunk``) and their
-        results: the same players as ``Engine._new_player`` (tests/test_register_many.py
+    def build(self, claimed: _Claimed, first: int, last: int, chunk: _Chunk) -> None:
+        """Draw and make the claimed players ``first`` to ``last``, their events (into
+        ``chunk``) and their results: the same players as ``Engine._new_player`` (tests/test_register_many.py
         holds them equal)."""
         uniforms, size, now, zero = self._uniforms, self._size, self.now, self._zero
         low, span = self._phase
         mean, spread = self._omega
         results, info, registered = self.results, _player_info, _player_registered
         indexes, players, events = chunk.indexes, chunk.players, chunk.events
-        for index, player_id, cents, tau, freq in claimed:
+        for index, player_id, cents, tau, freq in zip(
+            claimed.indexes[first:last],
+            claimed.ids[first:last],
+            claimed.cents[first:last],
+            claimed.taus[first:last],
+            claimed.freqs[first:last],
+            strict=True,
+        ):
             ux, uy, uphase, u1, u2 = uniforms("player", player_id)
             if freq is None:
                 freq = normal(u1, u2, mean, spread)
@@ -671,17 +689,17 @@ class Engine:
                     # Asked now (the ids are claimed), answered once the unit before
                     # has committed: the writer reads it next, while these are built.
                     asked = (
-                        asyncio.ensure_future(self.store.taken([c[1] for c in claimed]))
-                        if claimed
+                        asyncio.ensure_future(self.store.taken(claimed.ids))
+                        if claimed.ids
                         else None
                     )
                     try:
-                        for first in range(0, len(claimed), _REGISTER_SLICE):
+                        for first in range(0, len(claimed.ids), _REGISTER_SLICE):
                             # The unit before reaches the writer's thread only once the
                             # writer's task has run: let it (and the replies), so the
                             # database works while these players are built.
                             await asyncio.sleep(0)
-                            bulk.build(claimed[first : first + _REGISTER_SLICE], chunk)
+                            bulk.build(claimed, first, first + _REGISTER_SLICE, chunk)
                         if landing is not None:
                             await self._landed(bulk, *landing)
                             landing = None
@@ -706,15 +724,15 @@ class Engine:
         bulk: _BulkPlayers,
         players: Sequence[tuple[str, Amount, float, float | None]],
         ours: set[str],
-    ) -> list[_Claimed]:
+    ) -> _Claimed:
         """Check ``players`` and claim the ids of the valid ones (refused: in flight
         here or elsewhere); the others get their error."""
-        claimed: list[_Claimed] = []
+        claimed = _Claimed()
         results, reserved = bulk.results, self._reserved
         for player_id, usd, tau, freq in players:
             index = len(results)
             try:
-                values = bulk.check(player_id, usd, tau, freq)
+                cents, tau, freq = bulk.check(player_id, usd, tau, freq)
                 if player_id in reserved:
                     raise AlreadyExists(f"{player_id!r} is already taken by a player or PTO")
             except UbloxError as exc:
@@ -723,7 +741,11 @@ class Engine:
             reserved.add(player_id)
             ours.add(player_id)
             results.append(None)
-            claimed.append((index, *values))
+            claimed.indexes.append(index)
+            claimed.ids.append(player_id)
+            claimed.cents.append(cents)
+            claimed.taus.append(tau)
+            claimed.freqs.append(freq)
         return claimed
 
     async def _submitted(self, unit: Unit) -> asyncio.Future[BaseException | None]:
