@@ -200,7 +200,8 @@ async def test_the_bulk_player_builder_gives_the_same_player_or_error_as_one_by_
 
     from ublox_sim.core.errors import UbloxError
     from ublox_sim.core.records import Player
-    from ublox_sim.engine import _BulkPlayers
+    from ublox_sim.core.views import PlayerInfo
+    from ublox_sim.engine import _BulkPlayers, _Chunk, _Claimed, _registered
 
     cases: list[tuple[object, object, object, object]] = [
         ("ok", Decimal(5), 1.0, None),
@@ -230,9 +231,26 @@ async def test_the_bulk_player_builder_gives_the_same_player_or_error_as_one_by_
             except UbloxError as exc:
                 return (type(exc), str(exc))
 
+        def built(pid: str, usd: object, tau: float, freq: float | None) -> Player:
+            """Checked, then built: the player; its event and result are what the
+            one-by-one path makes of it."""
+            chunk, claimed = _Chunk(), _Claimed()
+            cents, checked_tau, checked_freq = bulk.check(pid, usd, tau, freq)  # type: ignore[arg-type]
+            bulk.results.append(None)
+            claimed.indexes.append(len(bulk.results) - 1)
+            claimed.ids.append(pid)
+            claimed.cents.append(cents)
+            claimed.taus.append(checked_tau)
+            claimed.freqs.append(checked_freq)
+            bulk.build(claimed, 0, 1, chunk)
+            (player,) = chunk.players
+            assert chunk.events == [_registered(player)]
+            assert bulk.results[-1] == PlayerInfo.of(player)
+            return player
+
         for pid, usd, tau, freq in cases * 2:  # twice: the second time from the caches
             one = outcome(engine._new_player, pid, usd, tau, freq, None, None, now)
-            fast = outcome(bulk.new, pid, usd, tau, freq)
+            fast = outcome(built, pid, usd, tau, freq)
             assert one == fast, (pid, usd, tau, freq)
 
 
@@ -263,3 +281,19 @@ async def test_a_writer_cancelled_mid_batch_answers_every_waiting_producer(
                 writer.cancel_scope.cancel()
     assert len(outcomes) == 300
     assert len(ledger(tmp_path / "ublox.db")) == outcomes.count("committed")
+
+
+def test_the_fast_maker_takes_only_a_frozen_slotted_dataclass_and_makes_equal_values() -> None:
+    from ublox_sim.core.records import Player
+    from ublox_sim.core.views import PlayerInfo
+    from ublox_sim.engine import _maker
+
+    values = ("p", Decimal(1), Decimal(0), 1.0, 2.0, 0.5, 0.0, 3.0, 4.0, 0.0, 0.0, 0, 0.0, "t")
+    made = _maker(PlayerInfo)(*values)
+    assert made == PlayerInfo(*values) and type(made) is PlayerInfo
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.tau_k = 2.0  # type: ignore[misc]
+    with pytest.raises(ValueError):  # one value per field, no fewer
+        _maker(PlayerInfo)(*values[:-1])
+    with pytest.raises(TypeError, match="not a plain frozen slotted dataclass"):
+        _maker(Player)  # mutable: its own __init__ is already cheap

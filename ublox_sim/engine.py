@@ -149,21 +149,96 @@ def _registered(player: Player, *, fresh: bool = False) -> ev.PlayerRegistered:
 
 # Players checked and built while the unit before them commits (register_players).
 _REGISTER_STEP = 1_000
+# Players built between two turns of the event loop (see ``register_players``).
+_REGISTER_SLICE = 100
+# The last step's size at most: its commit is the one nothing overlaps.
+_REGISTER_TAIL = 200
+
+
+def _register_steps(count: int) -> list[tuple[int, int]]:
+    """(start, end) of each step of a bulk registration of ``count`` players:
+    ``_REGISTER_STEP`` each, the last cut down to ``_REGISTER_TAIL``."""
+    steps = [
+        (start, min(start + _REGISTER_STEP, count)) for start in range(0, count, _REGISTER_STEP)
+    ]
+    if steps and steps[-1][1] - steps[-1][0] > _REGISTER_TAIL:
+        start, end = steps.pop()
+        steps += [(start, end - _REGISTER_TAIL), (end - _REGISTER_TAIL, end)]
+    return steps
+
+
+_T = TypeVar("_T")
+
+
+def _maker(cls: type[_T]) -> Callable[..., _T]:
+    """``cls(*values)`` for a frozen slotted dataclass with no ``__post_init__``,
+    without its ``__init__``: each slot set once through its descriptor, in field
+    order, which costs a third less than the frozen ``__init__`` (an
+    ``object.__setattr__`` per field). For the bulk path's millions of results; equal
+    to what ``cls(...)`` makes (tests/test_register_many.py)."""
+    params = getattr(cls, "__dataclass_params__", None)
+    if (
+        not (params and params.frozen)
+        or hasattr(cls, "__post_init__")
+        or "__slots__" not in vars(cls)
+    ):
+        raise TypeError(f"{cls.__name__} is not a plain frozen slotted dataclass")
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]  # a dataclass: checked above
+    setters = tuple(getattr(cls, field.name).__set__ for field in fields)
+    new = object.__new__
+
+    def make(*values: object) -> _T:
+        made = new(cls)
+        for set_, value in zip(setters, values, strict=True):
+            set_(made, value)
+        return made
+
+    return make
+
+
+_player_info = _maker(PlayerInfo)
+_player_registered = _maker(ev.PlayerRegistered)  # (at, seq, player_id, usd_obbba, record)
+
+
+class _Claimed:
+    """A step's players checked and claimed, to be built: their places in the results,
+    ids, cents, tau_k and resonance_freq (None: drawn)."""
+
+    __slots__ = ("cents", "freqs", "ids", "indexes", "taus")
+
+    def __init__(self) -> None:
+        self.indexes: list[int] = []
+        self.ids: list[str] = []
+        self.cents: list[int] = []
+        self.taus: list[float] = []
+        self.freqs: list[float | None] = []
+
+
+class _Chunk:
+    """A step's players, to commit as one unit: their places in the results, their
+    records and their events. Parallel lists (here and in ``_Claimed``), not a tuple
+    per player: every object a bulk registration keeps for a while is one more for the
+    garbage collector to count and walk."""
+
+    __slots__ = ("events", "indexes", "players")
+
+    def __init__(self) -> None:
+        self.indexes: list[int] = []
+        self.players: list[Player] = []
+        self.events: list[ev.PlayerRegistered] = []
 
 
 class _BulkPlayers:
-    """A bulk registration's players, built column by column at the cost of what each
-    needs: an amount or a tau_k seen before is not parsed again, the drawn values need
-    no bounds check (a uniform in [0, 1) scaled into its range cannot leave it), and
-    the result is made straight from the values. Anything unusual goes through
-    ``Engine._new_player``, which gives the exact error (or the same player)."""
+    """A bulk registration's players: checked and claimed first (cheap), then built at
+    the cost of what each needs: an amount seen before is not parsed again, the drawn
+    values need no bounds check (a uniform in [0, 1) scaled into its range cannot leave
+    it), and the result is made straight from the values. The checks are
+    ``Engine._new_player``'s, in its order, with its errors."""
 
     def __init__(self, engine: Engine, now: str) -> None:
-        self.engine = engine
         self.now = now
-        self.results: list[PlayerInfo | UbloxError] = []
-        self.valid: list[tuple[int, Player]] = []  # (index in results, player)
-        self.events: dict[int, ev.PlayerRegistered] = {}
+        # One per player given, in order; None while a claimed player is being built.
+        self.results: list[PlayerInfo | UbloxError | None] = []
         self._cents: dict[tuple[type, object], int] = {}
         self._decimals: dict[int, Decimal] = {}
         self._uniforms = engine._draws.uniforms
@@ -172,29 +247,19 @@ class _BulkPlayers:
         self._phase = (limits.PHASE.min, limits.PHASE.max - limits.PHASE.min)
         self._zero = to_decimal(0)
 
-    def new(self, player_id: str, usd: Amount, tau: float, freq: float | None) -> Player:
-        """``Engine._new_player(player_id, usd, tau, freq)``: the same player or error."""
+    def check(
+        self, player_id: str, usd: Amount, tau: float, freq: float | None
+    ) -> tuple[int, float, float | None]:
+        """``Engine._new_player``'s checks, in its order: cents, tau_k, resonance_freq."""
         check_id(player_id, "player_id")
         cents = self._amount(usd)
         if type(tau) is not float or not limits.TAU_K.contains(tau):
             tau = limits.TAU_K.check(tau)
-        ux, uy, uphase, u1, u2 = self._uniforms("player", player_id)
-        if freq is None:
-            freq = normal(u1, u2, *self._omega)
-        elif type(freq) is not float or not limits.RESONANCE_FREQ.contains(freq):
+        if freq is not None and (
+            type(freq) is not float or not limits.RESONANCE_FREQ.contains(freq)
+        ):
             freq = limits.RESONANCE_FREQ.check(freq)
-        size = self._size
-        low, span = self._phase
-        return Player(
-            player_id=player_id,
-            position_x=ux * size,
-            position_y=uy * size,
-            phase=low + span * uphase,
-            tau_k=tau,
-            resonance_freq=freq,
-            usd_obbba_balance=cents,
-            created_at=self.now,
-        )
+        return cents, tau, freq
 
     def _amount(self, usd: Amount) -> int:
         key = (type(usd), usd)
@@ -216,49 +281,58 @@ class _BulkPlayers:
                 self._decimals[cents] = known
         return known
 
-    def add(self, player: Player) -> None:
-        index = len(self.results)
-        usd = self._decimal(player.usd_obbba_balance)
-        self.valid.append((index, player))
-        self.events[index] = ev.PlayerRegistered(
-            at=player.created_at, player_id=player.player_id, usd_obbba=usd, record=player
-        )
-        self.results.append(
-            PlayerInfo(
-                player_id=player.player_id,
-                usd_obbba_balance=usd,
-                xUSD_balance=self._zero,
-                tau_k=player.tau_k,
-                resonance_freq=player.resonance_freq,
-                phase=player.phase,
-                coherence=player.coherence,
-                position_x=player.position_x,
-                position_y=player.position_y,
-                total_play_time=player.total_play_time,
-                quality_score=player.quality_score,
-                phase_locks_count=player.phase_locks_count,
-                memory_depth=player.memory_depth,
-                created_at=player.created_at,
+    def build(self, claimed: _Claimed, first: int, last: int, chunk: _Chunk) -> None:
+        """Draw and make the claimed players ``first`` to ``last``, their events (into
+        ``chunk``) and their results: the same players as ``Engine._new_player`` (tests/test_register_many.py
+        holds them equal)."""
+        uniforms, size, now, zero = self._uniforms, self._size, self.now, self._zero
+        low, span = self._phase
+        mean, spread = self._omega
+        results, info, registered = self.results, _player_info, _player_registered
+        indexes, players, events = chunk.indexes, chunk.players, chunk.events
+        for index, player_id, cents, tau, freq in zip(
+            claimed.indexes[first:last],
+            claimed.ids[first:last],
+            claimed.cents[first:last],
+            claimed.taus[first:last],
+            claimed.freqs[first:last],
+            strict=True,
+        ):
+            ux, uy, uphase, u1, u2 = uniforms("player", player_id)
+            if freq is None:
+                freq = normal(u1, u2, mean, spread)
+            x, y, phase = ux * size, uy * size, low + span * uphase
+            player = Player(player_id, x, y, phase, 0.0, tau, freq, cents, 0, 0.0, 0.0, 0, 0.0, now)
+            usd = self._decimal(cents)
+            indexes.append(index)
+            players.append(player)
+            events.append(registered(now, 0, player_id, usd, player))
+            results[index] = info(
+                player_id, usd, zero, tau, freq, phase, 0.0, x, y, 0.0, 0.0, 0, 0.0, now
             )
-        )
 
-    def refuse(self, error: UbloxError) -> None:
-        self.results.append(error)
-
-    def drop_taken(self, taken: set[str], begin: int) -> None:
-        """Refuse the players from ``valid[begin]`` on whose ids the store already holds."""
+    def drop_taken(self, taken: set[str], chunk: _Chunk) -> _Chunk:
+        """``chunk`` without the players whose ids the store already holds: refused."""
         if not taken:
-            return
-        kept = self.valid[:begin]
-        for index, player in self.valid[begin:]:
+            return chunk
+        kept = _Chunk()
+        for index, player, event in zip(chunk.indexes, chunk.players, chunk.events, strict=True):
             if player.player_id in taken:
                 self.results[index] = AlreadyExists(
                     f"{player.player_id!r} is already taken by a player or PTO"
                 )
-                del self.events[index]
             else:
-                kept.append((index, player))
-        self.valid = kept
+                kept.indexes.append(index)
+                kept.players.append(player)
+                kept.events.append(event)
+        return kept
+
+    def answers(self) -> list[PlayerInfo | UbloxError]:
+        answers: list[PlayerInfo | UbloxError] = []
+        for result in self.results:
+            assert result is not None, "every claimed player was built"
+            answers.append(result)
+        return answers
 
 
 class Engine:
@@ -638,70 +712,120 @@ class Engine:
 
         Pipelined: the next ``_REGISTER_STEP`` players are checked and built while the
         unit before is committed on the writer's thread; a unit is queued only once the
-        one before has landed (and its refusals were retried), which keeps the order."""
+        one before has landed (and its refusals were retried), which keeps the order.
+        The store is asked which of a step's ids it holds as soon as they are claimed,
+        before the unit ahead is queued: it answers first, while they are built."""
         self._check_open()
         bulk = _BulkPlayers(self, self._now())
         ours: set[str] = set()  # ids claimed here and not yet released
-        landing: tuple[list[tuple[int, Player]], asyncio.Future[object]] | None = None
+        landing: tuple[_Chunk, asyncio.Future[BaseException | None]] | None = None
+        steps = _register_steps(len(players))
+        asked: asyncio.Future[set[str]] | None = None
         try:
             # Shielded: the ids stay claimed until their units have landed.
             with anyio.CancelScope(shield=True):
-                for start in range(0, len(players), _REGISTER_STEP):
-                    begin = len(bulk.valid)
-                    for player_id, usd, tau, freq in players[start : start + _REGISTER_STEP]:
-                        try:
-                            player = bulk.new(player_id, usd, tau, freq)
-                            if player_id in self._reserved:
-                                raise AlreadyExists(
-                                    f"{player_id!r} is already taken by a player or PTO"
-                                )
-                            self._reserved.add(player_id)
-                            ours.add(player_id)
-                            bulk.add(player)
-                        except UbloxError as exc:
-                            bulk.refuse(exc)
+                claimed, asked = self._claim_and_ask(bulk, players, steps[:1], ours)
+                for number in range(len(steps)):
+                    chunk = _Chunk()
+                    for first in range(0, len(claimed.ids), _REGISTER_SLICE):
+                        # The unit before reaches the writer's thread only once the
+                        # writer's task has run: let it (and the replies), so the
+                        # database works while these players are built.
+                        await asyncio.sleep(0)
+                        bulk.build(claimed, first, first + _REGISTER_SLICE, chunk)
                     if landing is not None:
                         await self._landed(bulk, *landing)
                         landing = None
-                    fresh = [p.player_id for _, p in bulk.valid[begin:]]
-                    taken = await self.store.taken(fresh) if fresh else set()
+                    taken = await asked if asked is not None else set()
+                    asked = None
                     self._reserved.difference_update(taken)
                     ours.difference_update(taken)
-                    bulk.drop_taken(taken, begin)
-                    chunk = bulk.valid[begin:]
-                    if chunk:
-                        unit = Unit(tuple(bulk.events[index] for index, _ in chunk))
-                        landing = (chunk, await self._submitted(unit))
+                    chunk = bulk.drop_taken(taken, chunk)
+                    following = steps[number + 1 : number + 2]
+                    claimed, asked = self._claim_and_ask(bulk, players, following, ours)
+                    if asked is not None:
+                        await asyncio.sleep(0)  # its first step queues the read: first
+                    if chunk.events:
+                        landing = (chunk, await self._submitted(Unit(tuple(chunk.events))))
                 if landing is not None:
                     await self._landed(bulk, *landing)
         finally:
+            if asked is not None:
+                asked.cancel()  # the read runs anyway; nobody waits for it
             self._reserved.difference_update(ours)
-        return bulk.results
+        return bulk.answers()
 
-    async def _submitted(self, unit: Unit) -> asyncio.Future[object]:
-        """Queue ``unit``; the future resolves with its ``Committed`` or its error."""
-        outcome: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    def _claim_and_ask(
+        self,
+        bulk: _BulkPlayers,
+        players: Sequence[tuple[str, Amount, float, float | None]],
+        step: list[tuple[int, int]],
+        ours: set[str],
+    ) -> tuple[_Claimed, asyncio.Future[set[str]] | None]:
+        """Claim the players of ``step`` (none if empty) and ask the store, without
+        waiting, which of their ids it holds (asked once they are claimed: an id that
+        lands after the read is one claimed here or by whoever registers it)."""
+        claimed = _Claimed()
+        for start, end in step:
+            claimed = self._claim(bulk, players[start:end], ours)
+        if not claimed.ids:
+            return claimed, None
+        return claimed, asyncio.ensure_future(self.store.taken(claimed.ids))
+
+    def _claim(
+        self,
+        bulk: _BulkPlayers,
+        players: Sequence[tuple[str, Amount, float, float | None]],
+        ours: set[str],
+    ) -> _Claimed:
+        """Check ``players`` and claim the ids of the valid ones (refused: in flight
+        here or elsewhere); the others get their error."""
+        claimed = _Claimed()
+        results, reserved = bulk.results, self._reserved
+        for player_id, usd, tau, freq in players:
+            index = len(results)
+            try:
+                cents, tau, freq = bulk.check(player_id, usd, tau, freq)
+                if player_id in reserved:
+                    raise AlreadyExists(f"{player_id!r} is already taken by a player or PTO")
+            except UbloxError as exc:
+                results.append(exc)
+                continue
+            reserved.add(player_id)
+            ours.add(player_id)
+            results.append(None)
+            claimed.indexes.append(index)
+            claimed.ids.append(player_id)
+            claimed.cents.append(cents)
+            claimed.taus.append(tau)
+            claimed.freqs.append(freq)
+        return claimed
+
+    async def _submitted(self, unit: Unit) -> asyncio.Future[BaseException | None]:
+        """Queue ``unit``; the future resolves with None once it committed, or its error
+        (not the ``Committed``: its events need not outlive their publication)."""
+        outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
         def done(result: object) -> None:
             if not outcome.done():
-                outcome.set_result(result)
+                outcome.set_result(result if isinstance(result, BaseException) else None)
 
         await self.store.submit(unit, done)
         return outcome
 
     async def _landed(
-        self, bulk: _BulkPlayers, chunk: list[tuple[int, Player]], outcome: asyncio.Future[object]
+        self, bulk: _BulkPlayers, chunk: _Chunk, outcome: asyncio.Future[BaseException | None]
     ) -> None:
         """Wait for a unit of registrations; one the database rejected whole is retried
         player by player, so only the player it cannot take is refused."""
         result = await outcome
         if isinstance(result, UnitRejected):
-            for index, player in chunk:
+            for index, player in zip(chunk.indexes, chunk.players, strict=True):
                 try:
                     await self.store.commit(Unit((_registered(player),)))
                 except UbloxError as exc:
                     bulk.results[index] = exc
-        elif isinstance(result, BaseException):
+        elif result is not None:
             raise result
 
     def _new_player(

@@ -7,7 +7,8 @@ each step in a fresh process (so RSS is the step's own):
 
 * register: ``Engine.register_players`` in lists of 5,000, against raw ``executemany``
   of the same rows (a player row plus its opening deposit, same ``synchronous``) into a
-  store with the same schema;
+  store with the same schema, and against the same plus each player's event-log row,
+  which the store also writes;
 * open + first 1,000 operations: the time from ``Engine.open`` to the completion of the
   first 1,000 random operations (deposits, transfers, reads) over 10,000 of the players,
   work deferred to background tasks included; RSS after the open and at the end;
@@ -73,8 +74,12 @@ async def register(home: Path, players: int) -> dict[str, Any]:
     return {"seconds": seconds, "rate": players / seconds}
 
 
-def raw(db: Path, players: int) -> dict[str, Any]:
-    """The same rows through sqlite3's executemany: the ceiling registration is held to."""
+def raw(db: Path, players: int, logged: bool = False) -> dict[str, Any]:
+    """The same rows through sqlite3's executemany: the ceiling registration is held to.
+
+    ``logged``: each player's event-log row too (kind, time, the JSON payload the store
+    writes; the table's retention trigger fires as it does for the store), which the
+    store writes and the issue's baseline does not: the second ratio says what it costs."""
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -93,6 +98,19 @@ def raw(db: Path, players: int) -> dict[str, Any]:
             " timestamp) VALUES ('deposit', NULL, ?, 100000, 'USD-OBBBA', ?)",
             [(p, CREATED_AT) for p in ids],
         )
+        if logged:
+            conn.executemany(
+                "INSERT INTO event_log (kind, at, payload) VALUES ('player_registered', ?, ?)",
+                [
+                    (
+                        CREATED_AT,
+                        # The store's payload, made the cheapest way (plain ASCII ids).
+                        f'{{"kind":"player_registered","at":"{CREATED_AT}",'
+                        f'"player_id":"{p}","usd_obbba":"1000.00"}}',
+                    )
+                    for p in ids
+                ],
+            )
         conn.execute("COMMIT")
     seconds = time.perf_counter() - started
     conn.close()
@@ -166,16 +184,21 @@ def _step(*args: str) -> dict[str, Any]:
 
 def one_size(players: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ublox-scale-") as tmp:
-        home, empty = Path(tmp) / "home", Path(tmp) / "empty"
-        _step("register", str(empty), "0")  # an empty store: the schema for the raw baseline
+        home, empty, logged = (Path(tmp) / name for name in ("home", "empty", "logged"))
+        # Empty stores: the schema for the raw baselines.
+        _step("register", str(empty), "0")
+        _step("register", str(logged), "0")
         registered = _step("register", str(home), str(players))
         ceiling = _step("raw", str(empty / "ublox.db"), str(players))
+        with_log = _step("raw_logged", str(logged / "ublox.db"), str(players))
         used = _step("burst", str(home), str(players))
     return {
         "players": players,
         "register": registered,
         "raw": ceiling,
+        "raw_logged": with_log,
         "register_vs_raw": registered["rate"] / ceiling["rate"],
+        "register_vs_raw_logged": registered["rate"] / with_log["rate"],
         **used,
     }
 
@@ -196,6 +219,7 @@ def show(report: dict[str, Any]) -> str:
         ("players", "{:,}"),
         ("register rate /s", "{:,.0f}"),
         ("vs raw executemany", "{:.2f}×"),
+        ("vs raw + event-log rows", "{:.2f}×"),
         ("open + first 1,000 ops, s", "{:.3f}"),
         ("RSS after open, MB", "{:.0f}"),
         ("RSS at the end, MB", "{:.0f}"),
@@ -208,6 +232,7 @@ def show(report: dict[str, Any]) -> str:
             r["players"],
             r["register"]["rate"],
             r["register_vs_raw"],
+            r["register_vs_raw_logged"],
             r["open_plus_first_seconds"],
             r["rss_after_open_mb"],
             r["rss_end_mb"],
@@ -232,6 +257,8 @@ if __name__ == "__main__":
         out = asyncio.run(register(where, count))
     elif step == "raw":
         out = raw(where, count)
+    elif step == "raw_logged":
+        out = raw(where, count, logged=True)
     else:
         out = asyncio.run(burst(where, count))
     print(json.dumps(out))

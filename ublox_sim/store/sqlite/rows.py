@@ -482,6 +482,32 @@ def _template_fits() -> bool:
 _TEMPLATE_FITS = _template_fits()
 
 
+def _replaced(event: ev.PlayerRegistered, seq: int) -> ev.PlayerRegistered:
+    return dataclasses.replace(event, seq=seq)
+
+
+if _TEMPLATE_FITS:
+    _new_event = object.__new__
+    _set_at, _set_seq, _set_player_id, _set_usd_obbba, _set_record = (
+        getattr(ev.PlayerRegistered, name).__set__ for name in _REGISTERED_FIELDS
+    )
+
+    def _numbered(event: ev.PlayerRegistered, seq: int) -> ev.PlayerRegistered:
+        """``dataclasses.replace(event, seq=seq)`` through the slots: the frozen
+        ``__init__`` sets each field with ``object.__setattr__``, at twice the cost, and
+        a bulk registration numbers thousands (tests/test_writer_bulk.py holds the
+        events equal to one-by-one registration's)."""
+        made: ev.PlayerRegistered = _new_event(ev.PlayerRegistered)
+        _set_at(made, event.at)
+        _set_seq(made, seq)
+        _set_player_id(made, event.player_id)
+        _set_usd_obbba(made, event.usd_obbba)
+        _set_record(made, event.record)
+        return made
+else:
+    _numbered = _replaced
+
+
 def _bulk_registration(
     events: Sequence[ev.Event], landed: list[ev.Event], publish: Callable[[ev.Event], None]
 ) -> list[Statement]:
@@ -513,26 +539,14 @@ def _log_registered(
     ``dataclasses.replace`` (the fields are known)."""
     payload = _registered_payload if _TEMPLATE_FITS else ev.payload
     log_rows = [(e.kind, e.at, payload(e)) for e in events]
-    direct = _TEMPLATE_FITS
-    start = 0
-    registered = ev.PlayerRegistered
+    numbered = _numbered if _TEMPLATE_FITS else _replaced
 
     def committed(ids: Sequence[int]) -> None:
-        seq = ids[-1] - len(events) + 1
-        for offset, event in enumerate(events):
-            numbered = (
-                registered(
-                    at=event.at,
-                    seq=seq + offset,
-                    player_id=event.player_id,
-                    usd_obbba=event.usd_obbba,
-                    record=event.record,
-                )
-                if direct
-                else dataclasses.replace(event, seq=seq + offset)
-            )
-            landed[start + offset] = numbered
-            publish(numbered)
+        first = ids[-1] - len(events) + 1
+        for offset, seq in enumerate(range(first, first + len(events))):
+            event = numbered(events[offset], seq)
+            landed[offset] = event
+            publish(event)
 
     return Statement(_INSERT_EVENT, rows=log_rows, want_rowid=True, on_commit=committed)
 

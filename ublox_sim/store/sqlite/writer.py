@@ -59,6 +59,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -273,7 +274,7 @@ def _insert_rows(
         text = texts.get(len(chunk))
         if text is None:
             text = texts[len(chunk)] = head + ", ".join([group] * len(chunk))
-        cursor.execute(text, [value for row in chunk for value in row])
+        cursor.execute(text, list(chain.from_iterable(chunk)))
 
 
 @dataclass(eq=False, slots=True)
