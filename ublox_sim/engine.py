@@ -1393,11 +1393,9 @@ class Engine:
         return events
 
     async def _commit_unit(self, unit: Unit) -> Committed:
-        outcome = await (await self._submitted(unit))
-        if isinstance(outcome, BaseException):
-            raise outcome
-        assert isinstance(outcome, Committed)
-        return outcome
+        # The store's own commit: ``_submitted`` resolves with None (registration keeps
+        # no ``Committed``), and a tick needs the committed events and position.
+        return await self.store.commit(unit)
 
     def _tick_landed(
         self,
