@@ -16,7 +16,7 @@ e.g. a Ray actor: ``__getstate__`` keeps only the used slots).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,7 +234,7 @@ class WorldShards:
 
     async def ticked(
         self, work: Sequence[tuple[Shard, Sessions]], steps: int
-    ) -> AsyncIterator[tuple[int, TickOutcome]]:
+    ) -> AsyncGenerator[tuple[int, TickOutcome], None]:
         """A tick of the shards in ``work`` (each with its sessions): yields each one's
         index in ``work`` and outcome, in order. A shard stands once the caller's loop body
         for it completes; one whose body raised, or never ran, is put back as it was
