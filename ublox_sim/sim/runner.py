@@ -31,14 +31,16 @@ from ..core.errors import InvalidInput, Refusal, UbloxError
 from ..core.logsetup import get_logger
 from ..core.money import format_cents
 from ..core.records import FUNDING, IN_PROGRESS, PLAYABLE, PTO
-from ..core.shard import Tape
+from ..core.shard import Tape, WorldShards
 from ..core.views import leaderboard
+from ..core.world import WorldParams
 from ..engine import Engine
 from ..store.backend import RunRecord
 from ..store.home import Home
 from ..store.open import PgStore
 from ..store.sqlite.backend import read_run_record
 from .metrics import Collector, Tally, has_metrics
+from .ray_shards import RayRun
 from .scenario import Loaded, Scenario, cohort_id, draw, draw_settled, settle
 
 log = get_logger(__name__)
@@ -575,6 +577,8 @@ async def run_scenario(
     interrupted: Callable[[], bool] | None = None,
     collect_metrics: bool = False,
     export_path: Path | None = None,
+    ray: RayRun | None = None,
+    worlds: Callable[[WorldParams], WorldShards] = WorldShards,
 ) -> RunReport:
     """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc.
 
@@ -588,7 +592,18 @@ async def run_scenario(
     not a PostgreSQL store); a resumed run goes on collecting when the run it resumes did.
 
     The finished run is exported to ``export_path`` (default ``<home>/export.json``; a
-    PostgreSQL store, which has no home folder, is exported only when one is given)."""
+    PostgreSQL store, which has no home folder, is exported only when one is given).
+
+    ``ray``: the worlds' shards live in Ray actors (``sim.ray_shards``), the same bytes;
+    ``worlds`` makes the engine's holder of the world arrays (``Engine.open``)."""
+    if ray is not None:
+        from .ray_shards import run_on_ray
+
+        return await run_on_ray(
+            loaded, home, ray, resume=resume, progress=progress,
+            stop_after_ticks=stop_after_ticks, synchronous=synchronous,
+            interrupted=interrupted, collect_metrics=collect_metrics, export_path=export_path,
+        )  # fmt: skip
     started = time.perf_counter()
     scenario = loaded.scenario
     where = _where(home)
@@ -609,6 +624,7 @@ async def run_scenario(
         synchronous=synchronous,  # type: ignore[arg-type]
         max_active=scenario.engine.max_active,
         idle_timeout=scenario.engine.idle_timeout,
+        worlds=worlds,
     ) as engine:
         runner = Runner(engine, scenario, clock)
         # A benchmark aid (``bench simulation``): record every shard tick of this process.
