@@ -234,6 +234,22 @@ def demo(home: Path | None) -> None:
     default=None,
     help="Write per-tick metrics to this .csv or .parquet file.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Hold the worlds in Ray actors: on the cluster at ADDRESS (auto, ray://HOST:PORT), "
+    "or, given alone, on a local Ray instance started for the run.",
+)
+@click.option(
+    "--ray-workers",
+    type=int,
+    default=None,
+    help="Shard actors for --ray (default: the cluster's CPUs).",
+)
 @_errors_to_exit_codes
 def run(
     scenario: Path | None,
@@ -245,18 +261,29 @@ def run(
     as_json: bool,
     synchronous: str,
     metrics_path: Path | None,
+    ray_address: str | None,
+    ray_workers: int | None,
 ) -> None:
     """Run a scenario (deterministic, checkpointed; --resume continues a killed run).
 
-    Ctrl-C stops at the next tick and exits 130; the run resumes from its last checkpoint."""
+    Ctrl-C stops at the next tick and exits 130; the run resumes from its last checkpoint.
+    With --ray the worlds' shards live in Ray actors (same results: see the README)."""
     import anyio
 
+    from .sim.ray_shards import RayRun
     from .sim.report import already_finished, print_report
     from .sim.runner import recorded_scenario, run_scenario
     from .sim.scenario import load_scenario
     from .store.home import Home
 
     target = _target(home, store)
+    if ray_workers is not None and ray_address is None:
+        raise click.UsageError("--ray-workers needs --ray")
+    ray = (
+        None
+        if ray_address is None
+        else RayRun(None if ray_address == RAY_LOCAL else ray_address, ray_workers)
+    )
     if metrics_path is not None:
         from .sim.metrics import check_table_path
 
@@ -301,6 +328,7 @@ def run(
                     synchronous=synchronous,
                     interrupted=pressed.is_set,
                     collect_metrics=metrics_path is not None,
+                    ray=ray,
                 )
             )
         finally:
