@@ -572,6 +572,13 @@ def _say_interrupted(
     help="persistence: also measure PostgreSQL at this postgresql:// URL (1, 2 and 4 "
     "processes; in a schema of its own, dropped after) next to SQLite.",
 )
+@click.option(
+    "--ray",
+    "on_ray",
+    is_flag=True,
+    help="simulation: a physics-heavy run single-process and on a local Ray instance of 1 "
+    "and 2 workers.",
+)
 @_errors_to_exit_codes
 def bench(
     which: str,
@@ -580,6 +587,7 @@ def bench(
     json_path: Path | None,
     players: int | None,
     store: str | None,
+    on_ray: bool,
 ) -> None:
     """Measure persistence, CDT flushing, simulation speed and a hot PTO (100 buyers on
     one PTO, through the Engine and HTTP) against their baselines (`all`), or a store of
@@ -593,6 +601,14 @@ def bench(
     if players is not None and (which != "scale" or players < 2_000):
         raise click.BadParameter("takes 2,000 or more, with `scale`", param_hint="--players")
     chosen = size or ("quick" if quick else "full")
+    if on_ray:
+        if which != "simulation" or store is not None:
+            raise click.BadParameter("goes with `simulation` alone", param_hint="--ray")
+        from benchmarks.run import BENCHES
+        from benchmarks.simulation_ray import bench as ray_bench
+        from benchmarks.simulation_ray import show as ray_show
+
+        BENCHES["simulation"] = (ray_bench, ray_show)
     url = None
     if store is not None:
         from .store.open import PgStore, resolve_store
