@@ -5,6 +5,7 @@ same export."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,8 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import numpy as np
 import pytest
 
+from ublox_sim.core.shard import Sessions, Shard, TickOutcome, WorldShards
+from ublox_sim.core.world import WorldParams, new_world
+from ublox_sim.sim.ray_executor import RayExecutor, _ray
 from ublox_sim.sim.ray_shards import RayOutcome, RayRun, ShardPool, run_on_ray
 from ublox_sim.sim.runner import RunReport, run_scenario
 from ublox_sim.sim.scenario import load_scenario
@@ -134,3 +139,73 @@ def test_ray_workers_without_ray_is_refused(scenario: Path, tmp_path: Path) -> N
     assert result.returncode == 2
     assert "--ray-workers needs --ray" in result.stderr
     assert not (tmp_path / "home").exists()
+
+
+def _ticks(worlds: WorldShards, seed: int) -> list[tuple[Shard, Sessions]]:
+    """Sessions on every shard's worlds (several per world, cells repeated), unsorted."""
+    rng = np.random.default_rng(seed)
+    work = []
+    for shard in worlds.shards:
+        m = 3 * len(shard)
+        work.append(
+            (
+                shard,
+                Sessions(
+                    slot=rng.integers(0, len(shard), m),
+                    cells_y=rng.integers(0, 3, m),
+                    cells_x=rng.integers(0, 3, m),
+                    phase=rng.uniform(0, 2 * np.pi, m),
+                    freq=rng.normal(1.0, 0.1, m),
+                    tau_k=rng.uniform(0.5, 10, m),
+                    steps=rng.integers(0, 5, m),
+                ),
+            )
+        )
+    return work
+
+
+async def _step(worlds: WorldShards, seed: int, commit: int) -> list[TickOutcome]:
+    """A tick whose first ``commit`` shards stand (the next one's body raises)."""
+    got = []
+    with contextlib.suppress(LookupError):
+        ticked = worlds.ticked(_ticks(worlds, seed), 4)
+        async with contextlib.aclosing(ticked):
+            async for k, outcome in ticked:
+                if k == commit:
+                    raise LookupError("this unit is refused")
+                got.append(outcome)
+    return got
+
+
+def test_ray_shards_step_and_undo_as_local_shards_do(ray_cluster: RayCluster) -> None:
+    """Seven worlds in shards of at most 3 (three units a tick), spread over 2 actors: the
+    same outcomes and arrays, bit for bit, as local shards; a tick whose second unit is
+    refused keeps the first shard's step and puts the others back; a removed world's slot
+    is taken by the last, on the driver as in the actor."""
+    params = WorldParams(size=8)
+    rng = np.random.default_rng(11)
+    arrays = {f"w{k}": new_world(params, rng) for k in range(7)}
+    with RayExecutor(ray_cluster.address) as cluster:
+        pool = ShardPool(_ray(), 2, float(cluster.jobs), 0)
+        try:
+            remote, local = pool.worlds(params), WorldShards(params)
+            for worlds in (remote, local):
+                worlds.per_shard = 3
+                for world_id, w in arrays.items():
+                    worlds.put(world_id, w["theta"], w["omega"])
+                worlds.remove("w1")
+            assert [s.ids for s in remote.shards] == [s.ids for s in local.shards]
+            assert len(remote.shards) == 3
+            for seed, commit in ((1, 3), (2, 1), (3, 3)):
+                ours = anyio.run(_step, remote, seed, commit)
+                theirs = anyio.run(_step, local, seed, commit)
+                assert len(ours) == len(theirs) == commit
+                for a, b in zip(ours, theirs, strict=True):
+                    for name in TickOutcome.__slots__:
+                        assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
+                for world_id in local.ids():
+                    for name, value in local.arrays(world_id).items():
+                        assert remote.arrays(world_id)[name].tobytes() == value.tobytes()
+            assert pool.shipping.ticks == 3
+        finally:
+            pool.close()
