@@ -43,7 +43,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -358,22 +358,24 @@ class RayWorldShards(WorldShards):
         try:
             return self.pool.ray.get(ref)
         except BaseException as exc:
-            raise self._loss(exc) from exc
+            self._raise_loss(exc)
 
-    def _loss(self, exc: BaseException) -> BaseException:
-        """What a failed call means: the error a shard's code raised, or ``ShardLost``
-        (its worker died, or it was restarted empty). Lost, the driver forgets every
-        world: nothing is read from, or saved of, a run that resumes."""
+    def _raise_loss(self, exc: BaseException) -> NoReturn:
+        """Raise what a failed call means: the error a shard's code raised, or
+        ``ShardLost`` (its worker died, or it was restarted empty). Lost, the driver
+        forgets every world: nothing is read from, or saved of, a run that resumes."""
         ray = self.pool.ray
         if isinstance(exc, ray.exceptions.RayTaskError) and not isinstance(exc.cause, ShardLost):
-            return exc.cause if isinstance(exc.cause, BaseException) else exc
+            if isinstance(exc.cause, BaseException):
+                raise exc.cause from None
+            raise exc
         if not isinstance(exc, ray.exceptions.RayError):
-            return exc
+            raise exc
         self.lost = True
         self.pool.shipping.losses += 1
         self._where.clear()
         self.shards.clear()
-        return ShardLost(f"a shard actor lost its worlds: {type(exc).__name__}: {exc}")
+        raise ShardLost(f"a shard actor lost its worlds: {type(exc).__name__}: {exc}") from exc
 
     async def ticked(
         self, work: Sequence[tuple[Shard, Sessions]], steps: int
@@ -406,7 +408,7 @@ class RayWorldShards(WorldShards):
         try:
             done = await asyncio.gather(*refs)
         except BaseException as exc:
-            raise self._loss(exc) from exc
+            self._raise_loss(exc)
         stats = self.pool.shipping
         stats.ticks += 1
         stats.wait_seconds += time.perf_counter() - started
