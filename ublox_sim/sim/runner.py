@@ -40,7 +40,6 @@ from ..store.home import Home
 from ..store.open import PgStore
 from ..store.sqlite.backend import read_run_record
 from .metrics import Collector, Tally, has_metrics
-from .ray_shards import RayRun
 from .scenario import Loaded, Scenario, cohort_id, draw, draw_settled, settle
 
 log = get_logger(__name__)
@@ -577,7 +576,6 @@ async def run_scenario(
     interrupted: Callable[[], bool] | None = None,
     collect_metrics: bool = False,
     export_path: Path | None = None,
-    ray: RayRun | None = None,
     worlds: Callable[[WorldParams], WorldShards] = WorldShards,
 ) -> RunReport:
     """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc.
@@ -594,16 +592,8 @@ async def run_scenario(
     The finished run is exported to ``export_path`` (default ``<home>/export.json``; a
     PostgreSQL store, which has no home folder, is exported only when one is given).
 
-    ``ray``: the worlds' shards live in Ray actors (``sim.ray_shards``), the same bytes;
-    ``worlds`` makes the engine's holder of the world arrays (``Engine.open``)."""
-    if ray is not None:
-        from .ray_shards import run_on_ray
-
-        return await run_on_ray(
-            loaded, home, ray, resume=resume, progress=progress,
-            stop_after_ticks=stop_after_ticks, synchronous=synchronous,
-            interrupted=interrupted, collect_metrics=collect_metrics, export_path=export_path,
-        )  # fmt: skip
+    ``worlds`` makes the engine's holder of the world arrays (``Engine.open``; a run on
+    Ray, ``sim.ray_shards.run_on_ray``, passes its Ray actors' here)."""
     started = time.perf_counter()
     scenario = loaded.scenario
     where = _where(home)
