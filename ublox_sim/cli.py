@@ -270,7 +270,7 @@ def run(
     With --ray the worlds' shards live in Ray actors (same results: see the README)."""
     import anyio
 
-    from .sim.ray_shards import RayRun
+    from .sim.ray_shards import RayRun, run_on_ray
     from .sim.report import already_finished, print_report
     from .sim.runner import recorded_scenario, run_scenario
     from .sim.scenario import load_scenario
@@ -319,18 +319,16 @@ def run(
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            return anyio.run(
-                lambda: run_scenario(
-                    loaded,
-                    target,
-                    resume=resume,
-                    progress=track,
-                    synchronous=synchronous,
-                    interrupted=pressed.is_set,
-                    collect_metrics=metrics_path is not None,
-                    ray=ray,
-                )
-            )
+            options: dict[str, Any] = {
+                "resume": resume,
+                "progress": track,
+                "synchronous": synchronous,
+                "interrupted": pressed.is_set,
+                "collect_metrics": metrics_path is not None,
+            }
+            if ray is not None:
+                return anyio.run(lambda: run_on_ray(loaded, target, ray, **options))
+            return anyio.run(lambda: run_scenario(loaded, target, **options))
         finally:
             signal.signal(signal.SIGINT, previous)
 
