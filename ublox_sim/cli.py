@@ -250,6 +250,22 @@ def demo(home: Path | None, store: str | None) -> None:
     default=None,
     help="Write per-tick metrics to this .csv or .parquet file.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Hold the worlds in Ray actors: on the cluster at ADDRESS (auto, ray://HOST:PORT), "
+    "or, given alone, on a local Ray instance started for the run.",
+)
+@click.option(
+    "--ray-workers",
+    type=int,
+    default=None,
+    help="Shard actors for --ray (default: the cluster's CPUs).",
+)
 @_errors_to_exit_codes
 def run(
     scenario: Path | None,
@@ -261,18 +277,29 @@ def run(
     as_json: bool,
     synchronous: str,
     metrics_path: Path | None,
+    ray_address: str | None,
+    ray_workers: int | None,
 ) -> None:
     """Run a scenario (deterministic, checkpointed; --resume continues a killed run).
 
-    Ctrl-C stops at the next tick and exits 130; the run resumes from its last checkpoint."""
+    Ctrl-C stops at the next tick and exits 130; the run resumes from its last checkpoint.
+    With --ray the worlds' shards live in Ray actors (same results: see the README)."""
     import anyio
 
+    from .sim.ray_shards import RayRun, run_on_ray
     from .sim.report import already_finished, print_report
     from .sim.runner import recorded_scenario, run_scenario
     from .sim.scenario import load_scenario
     from .store.home import Home
 
     target = _target(home, store)
+    if ray_workers is not None and ray_address is None:
+        raise click.UsageError("--ray-workers needs --ray")
+    ray = (
+        None
+        if ray_address is None
+        else RayRun(None if ray_address == RAY_LOCAL else ray_address, ray_workers)
+    )
     if metrics_path is not None:
         from .sim.metrics import check_table_path
 
@@ -308,17 +335,16 @@ def run(
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            return anyio.run(
-                lambda: run_scenario(
-                    loaded,
-                    target,
-                    resume=resume,
-                    progress=track,
-                    synchronous=synchronous,
-                    interrupted=pressed.is_set,
-                    collect_metrics=metrics_path is not None,
-                )
-            )
+            options: dict[str, Any] = {
+                "resume": resume,
+                "progress": track,
+                "synchronous": synchronous,
+                "interrupted": pressed.is_set,
+                "collect_metrics": metrics_path is not None,
+            }
+            if ray is not None:
+                return anyio.run(lambda: run_on_ray(loaded, target, ray, **options))
+            return anyio.run(lambda: run_scenario(loaded, target, **options))
         finally:
             signal.signal(signal.SIGINT, previous)
 
@@ -560,6 +586,13 @@ def _say_interrupted(
     help="persistence: also measure PostgreSQL at this postgresql:// URL (1, 2 and 4 "
     "processes; in a schema of its own, dropped after) next to SQLite.",
 )
+@click.option(
+    "--ray",
+    "on_ray",
+    is_flag=True,
+    help="simulation: a physics-heavy run single-process and on a local Ray instance of 1 "
+    "and 2 workers.",
+)
 @_errors_to_exit_codes
 def bench(
     which: str,
@@ -568,6 +601,7 @@ def bench(
     json_path: Path | None,
     players: int | None,
     store: str | None,
+    on_ray: bool,
 ) -> None:
     """Measure persistence, CDT flushing, simulation speed and a hot PTO (100 buyers on
     one PTO, through the Engine and HTTP) against their baselines (`all`), or a store of
@@ -577,6 +611,14 @@ def bench(
     if players is not None and (which != "scale" or players < 2_000):
         raise click.BadParameter("takes 2,000 or more, with `scale`", param_hint="--players")
     chosen = size or ("quick" if quick else "full")
+    if on_ray:
+        if which != "simulation" or store is not None:
+            raise click.BadParameter("goes with `simulation` alone", param_hint="--ray")
+        from benchmarks.run import BENCHES
+        from benchmarks.simulation_ray import bench as ray_bench
+        from benchmarks.simulation_ray import show as ray_show
+
+        BENCHES["simulation"] = (ray_bench, ray_show)
     url = None
     if store is not None:
         from .store.open import PgStore, resolve_store

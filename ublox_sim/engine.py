@@ -28,7 +28,7 @@ import hashlib
 import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -349,6 +349,7 @@ class Engine:
         request_timeout: float,
         max_active: int = DEFAULT_MAX_ACTIVE,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        worlds: Callable[[WorldParams], WorldShards] = WorldShards,
     ) -> None:
         self.store = store
         self.system = system
@@ -393,7 +394,7 @@ class Engine:
         )
         self._port = _PlayersPort(self)
         # The one owner of every resident world's arrays (stacked by shard).
-        self.worlds = WorldShards(params)
+        self.worlds = worlds(params)
         # Worlds a scenario's ticks hold resident whether or not their PTO is active.
         self._ticked_worlds: set[str] = set()
         # Told every shard tick before it runs (``core.shard.Tape``: the bench's replay).
@@ -425,6 +426,7 @@ class Engine:
         checkpointed: bool = False,
         max_active: int | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        worlds: Callable[[WorldParams], WorldShards] = WorldShards,
     ) -> AsyncIterator[Engine]:
         """Open the store at ``home`` or ``store`` (a ``postgresql://`` URL or a path; by
         default ``$UBLOX_STORE``, else ``$UBLOX_HOME`` or ``~/.ublox``: see
@@ -438,7 +440,10 @@ class Engine:
 
         ``checkpointed=True`` (scenario runs) holds every write in one open transaction
         until ``checkpoint()`` commits it with the worlds' versioned files: a crash then
-        always reopens at the last checkpoint, never between two."""
+        always reopens at the last checkpoint, never between two.
+
+        ``worlds`` makes the holder of the world arrays (``WorldShards``; ``run --ray``
+        passes one whose shards are Ray actors: ``sim.ray_shards``)."""
         params = check_world(world or WorldParams())  # before anything is opened
         resolved = resolve_store(store, home=home)
         clock = clock or WallClock()
@@ -465,6 +470,7 @@ class Engine:
                     request_timeout=request_timeout,
                     max_active=cap,
                     idle_timeout=idle_timeout,
+                    worlds=worlds,
                 )
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -1307,6 +1313,7 @@ class Engine:
             shards.setdefault(id(shard), shard)
         pto_of = {p.world_cdt_id: p.pto_id for p in ptos if p.world_cdt_id is not None}
         tau: dict[str, float] = {}  # a player's tau_k as its sessions of this tick leave it
+        work: list[tuple[Shard, list[tuple[int, int]], Sessions]] = []
         for key in sorted(shards, key=lambda k: self.worlds.shards.index(shards[k])):
             shard = shards[key]
             rows = per_shard.get(key, [])
@@ -1327,9 +1334,13 @@ class Engine:
             )
             if self.tick_observer is not None:
                 self.tick_observer(shard, steps, sessions)
-            before = shard.theta[: len(shard)].copy()
-            outcome = shard.tick(steps, sessions)
-            try:
+            work.append((shard, rows, sessions))
+        # One unit per shard, in order; a shard whose unit does not commit is put back
+        # (the ledger did not move: nor the worlds). Remote shards step all at once.
+        ticked = self.worlds.ticked([(shard, sessions) for shard, _, sessions in work], steps)
+        async with aclosing(ticked):
+            async for k, outcome in ticked:
+                shard, rows, _ = work[k]
                 events = self._tick_events(rows, allotted, physics, hours_of, outcome, tau, at)
                 for slot, world_id in sorted(enumerate(shard.ids), key=lambda s: s[1]):
                     if world_id in pto_of:
@@ -1339,12 +1350,8 @@ class Engine:
                             )
                         )
                 committed = await self._commit_unit(Unit(tuple(events)))
-            except BaseException:
-                shard.theta[: len(shard)] = before  # the ledger did not move: nor the worlds
-                raise
-            self._tick_landed(committed, rows, results)
-            for world_id in shard.ids:
-                self.store.world_changed(world_id, shard.arrays(world_id))
+                self._tick_landed(committed, rows, results)
+                self.worlds.changed(shard, self.store.world_changed)
 
     def _tick_events(
         self,

@@ -16,6 +16,7 @@ e.g. a Ray actor: ``__getstate__`` keeps only the used slots).
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +231,30 @@ class WorldShards:
     def locate(self, world_id: str) -> tuple[Shard, int]:
         shard = self._where[world_id]
         return shard, shard.slots[world_id]
+
+    async def ticked(
+        self, work: Sequence[tuple[Shard, Sessions]], steps: int
+    ) -> AsyncGenerator[tuple[int, TickOutcome], None]:
+        """A tick of the shards in ``work`` (each with its sessions): yields each one's
+        index in ``work`` and outcome, in order. A shard stands once the caller's loop body
+        for it completes; one whose body raised, or never ran, is put back as it was
+        before the tick (iterate inside ``contextlib.aclosing``). Here each shard steps
+        when its turn comes; a remote implementation (``sim.ray_shards``) steps them all
+        at once before the first is yielded."""
+        for k, (shard, sessions) in enumerate(work):
+            n = len(shard)
+            before = shard.theta[:n].copy()
+            outcome = shard.tick(steps, sessions)
+            try:
+                yield k, outcome
+            except BaseException:
+                shard.theta[:n] = before  # its unit did not commit: nor does its tick
+                raise
+
+    def changed(self, shard: Shard, tell: Callable[[str, dict[str, F64]], None]) -> None:
+        """``tell`` (the store's ``world_changed``) each world of ``shard`` and its arrays."""
+        for world_id in shard.ids:
+            tell(world_id, shard.arrays(world_id))
 
 
 class Tape:

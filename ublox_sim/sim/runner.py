@@ -31,8 +31,9 @@ from ..core.errors import InvalidInput, Refusal, UbloxError
 from ..core.logsetup import get_logger
 from ..core.money import format_cents
 from ..core.records import FUNDING, IN_PROGRESS, PLAYABLE, PTO
-from ..core.shard import Tape
+from ..core.shard import Tape, WorldShards
 from ..core.views import leaderboard
+from ..core.world import WorldParams
 from ..engine import Engine
 from ..store.backend import RunRecord
 from ..store.home import Home
@@ -591,6 +592,7 @@ async def run_scenario(
     interrupted: Callable[[], bool] | None = None,
     collect_metrics: bool = False,
     export_path: Path | None = None,
+    worlds: Callable[[WorldParams], WorldShards] = WorldShards,
 ) -> RunReport:
     """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc.
 
@@ -604,7 +606,10 @@ async def run_scenario(
     not a PostgreSQL store); a resumed run goes on collecting when the run it resumes did.
 
     The finished run is exported to ``export_path`` (default ``<home>/export.json``; a
-    PostgreSQL store, which has no home folder, is exported only when one is given)."""
+    PostgreSQL store, which has no home folder, is exported only when one is given).
+
+    ``worlds`` makes the engine's holder of the world arrays (``Engine.open``; a run on
+    Ray, ``sim.ray_shards.run_on_ray``, passes its Ray actors' here)."""
     started = time.perf_counter()
     scenario = loaded.scenario
     where = _where(home)
@@ -625,6 +630,7 @@ async def run_scenario(
         synchronous=synchronous,  # type: ignore[arg-type]
         max_active=scenario.engine.max_active,
         idle_timeout=scenario.engine.idle_timeout,
+        worlds=worlds,
     ) as engine:
         runner = Runner(engine, scenario, clock)
         # A benchmark aid (``bench simulation``): record every shard tick of this process.
