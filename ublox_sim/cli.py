@@ -614,11 +614,7 @@ def bench(
     if on_ray:
         if which != "simulation" or store is not None:
             raise click.BadParameter("goes with `simulation` alone", param_hint="--ray")
-        from benchmarks.run import BENCHES
-        from benchmarks.simulation_ray import bench as ray_bench
-        from benchmarks.simulation_ray import show as ray_show
-
-        BENCHES["simulation"] = (ray_bench, ray_show)
+        which = "simulation_ray"
     url = None
     if store is not None:
         from .store.open import PgStore, resolve_store

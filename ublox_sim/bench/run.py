@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from . import cdt, hot, persistence, scale, simulation
+from . import cdt, hot, persistence, scale, simulation, simulation_ray
 
 BENCHES: dict[str, tuple[Callable[[str], dict[str, Any]], Callable[[dict[str, Any]], str]]] = {
     "persistence": (persistence.bench, persistence.show),
     "cdt": (cdt.bench, cdt.show),
     "simulation": (simulation.bench, simulation.show),
+    # `bench simulation --ray`: the same stress scenario, physics-heavy, on Ray.
+    "simulation_ray": (simulation_ray.bench, simulation_ray.show),
     "scale": (scale.bench, scale.show),
     "hot": (hot.bench, hot.show),
 }

@@ -34,9 +34,7 @@ from ublox_sim.sim.scenario import load_scenario
 from ublox_sim.store.home import Home
 
 from .harness import Summary, table
-
-ROOT = Path(__file__).resolve().parent.parent
-STRESS = ROOT / "scenarios" / "stress.yaml"
+from .simulation import STRESS
 
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
     # players, worlds, world side, ticks, rounds
