@@ -44,6 +44,7 @@ from .actors.messages import (
     Allotment,
     AtuOutcome,
     Buy,
+    BuyBatch,
     CheckDeadline,
     Deposit,
     GetPlayer,
@@ -56,6 +57,7 @@ from .actors.messages import (
     SendTransfer,
     SessionOutcome,
     SpendAtu,
+    Staged,
     StepWorld,
 )
 from .actors.player import PlayerActor
@@ -403,6 +405,7 @@ class Engine:
         # being activated: applied (or not, by position) once the load is known.
         self._early_credits: dict[str, list[tuple[int | ev.SessionPlayed, int]]] = {}
         self._reserved: set[str] = set()
+        self._buying = asyncio.Lock()  # one buy_many segment deciding at a time
         self._bus: EventBus = store.bus
         self._reaper: anyio.CancelScope | None = None
         self._state: Literal["opened", "closing", "closed"] = "opened"
@@ -1012,11 +1015,12 @@ class Engine:
     ) -> list[TokenInfo | UbloxError]:
         """Several purchases (player_id, pto_id, hours): one result or error each.
 
-        Each is decided and queued to the store in the order given (the next is sent once
-        the PTO has queued the one before, so the ledger's order is the list's), but none
-        waits for the commit of the one before: their units share the store's batches. A
-        PTO decides against what it has pending, as for concurrent buyers (see
-        ``actors.pto``). With several processes on one database they go one at a time."""
+        Decided in the order given, each PTO's purchases in one message (``BuyBatch``),
+        and committed as ONE unit whose events follow the list's order (the ledger's
+        order is the list's): refusals stay per purchase, but a unit the store refuses
+        fails every purchase in it. A player named twice starts a new unit, so its
+        reservations are made in the list's order too. With several processes on one
+        database they go one at a time."""
         self._check_open()
         results: list[TokenInfo | UbloxError | None] = [None] * len(purchases)
         if getattr(self.store, "shared", False):
@@ -1026,34 +1030,97 @@ class Engine:
                 except UbloxError as exc:
                     results[k] = exc
         else:
-
-            async def buy(
-                k: int, player_id: str, pto_id: str, hours: int, queued: anyio.Event
-            ) -> None:
+            # Checked in order as buy_pts does: hours, then UnknownPTO, then UnknownPlayer.
+            segment: list[tuple[int, str, str, int]] = []
+            buyers: set[str] = set()
+            for k, (player_id, pto_id, hours) in enumerate(purchases):
                 try:
                     whole = check_hours(hours)
-                    await self._ptos.get(pto_id)  # UnknownPTO first, then UnknownPlayer
-                    # Activated (one read) rather than checked (a read, then another
-                    # to activate it for the reservation).
-                    await self._players.get(player_id)
-                    message = Buy(player_id=player_id, hours=whole, at=self._now())
-                    sale: Sale = await self._ptos.ask(
-                        pto_id, message, timeout=self.request_timeout, handled=queued
-                    )
-                    results[k] = TokenInfo.of(sale.token)
+                    await self._ptos.get(pto_id)
+                    await self._players.get(player_id)  # activated: reserves at once
                 except UbloxError as exc:
                     results[k] = exc
-                finally:
-                    queued.set()  # (also when the ask was never handled)
-
-            async with anyio.create_task_group() as tg:
-                for k, (player_id, pto_id, hours) in enumerate(purchases):
-                    queued = anyio.Event()
-                    tg.start_soon(buy, k, player_id, pto_id, hours, queued)
-                    await queued.wait()
+                    continue
+                if player_id in buyers:
+                    await self._buy_segment(segment, results)
+                    segment, buyers = [], set()
+                segment.append((k, player_id, pto_id, whole))
+                buyers.add(player_id)
+            await self._buy_segment(segment, results)
         done = [r for r in results if r is not None]
         assert len(done) == len(purchases)
         return done
+
+    async def _buy_segment(
+        self,
+        segment: list[tuple[int, str, str, int]],
+        results: list[TokenInfo | UbloxError | None],
+    ) -> None:
+        """Purchases of distinct players: each PTO decides its own (one ``BuyBatch``),
+        then all their events go to the store as one unit, in ``segment`` order. One
+        segment at a time (``_buying``): a PTO holds its other messages until the unit
+        with its purchases is queued, so two segments waiting for each other's PTOs
+        could never both go on."""
+        if not segment:
+            return
+        by_pto: dict[str, list[tuple[int, str, int]]] = {}
+        for k, player_id, pto_id, hours in segment:
+            by_pto.setdefault(pto_id, []).append((k, player_id, hours))
+        at = self._now()
+        staged: dict[int, Staged] = {}
+        holds: list[Callable[[], None]] = []
+        async with self._buying:
+            try:
+                for pto_id, group in by_pto.items():
+                    message = BuyBatch(buys=tuple((p, h) for _, p, h in group), at=at)
+                    try:
+                        answer = await self._ptos.ask(pto_id, message, timeout=self.request_timeout)
+                    except UbloxError as exc:
+                        for k, _, _ in group:
+                            results[k] = exc
+                        continue
+                    holds.append(answer.submitted)
+                    for (k, _, _), one in zip(group, answer.staged, strict=True):
+                        if isinstance(one, UbloxError):
+                            results[k] = one
+                        else:
+                            staged[k] = one
+                order = sorted(staged)
+                landed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+                def done(outcome: object) -> None:
+                    if not landed.done():
+                        landed.set_result(outcome)
+
+                try:
+                    if order:
+                        events = tuple(e for k in order for e in staged[k].events)
+                        await self.store.submit(Unit(events), done)
+                except BaseException as exc:
+                    for k in order:  # never queued: each PTO and buyer forgets it
+                        staged[k].done(exc if isinstance(exc, UbloxError) else StoreError(str(exc)))
+                    raise
+            finally:
+                for submitted in holds:
+                    submitted()
+        if not order:
+            return
+        outcome = await landed
+        start = 0
+        for k in order:
+            one = staged[k]
+            if isinstance(outcome, Committed):
+                end = start + len(one.events)
+                one.done(Committed(outcome.events[start:end], outcome.position))
+                start = end
+            else:
+                one.done(outcome)
+            try:
+                sale = one.sale.outcome()
+                assert isinstance(sale, Sale)
+                results[k] = TokenInfo.of(sale.token)
+            except UbloxError as exc:
+                results[k] = exc
 
     async def spend_atu(self, pto_id: str, units: int) -> PTOInfo:
         """The creator spends Agential Time Units; reaching ``atu_required`` completes the PTO

@@ -56,6 +56,14 @@ class Later:
         self._finished, self._result, self._error = True, result, error
         self._deliver()
 
+    def outcome(self) -> object:
+        """The answer once finished (its error raised): for a caller that drove the unit
+        itself (``actors.pto.Staged``) rather than asking."""
+        assert self._finished, "not answered yet"
+        if self._error is not None:
+            raise self._error
+        return self._result
+
     def _attach(self, reply: Reply | None, name: str) -> None:
         self._reply, self._name = reply, name
         if self._finished:
