@@ -916,6 +916,14 @@ class Engine:
             return None
         return actor.state.usd_obbba_balance
 
+    async def activate_players(self, player_ids: Iterable[str]) -> None:
+        """Bring these players into memory together: those not active are read in one
+        store query rather than one each (unknown ids are skipped). Only an aid to speed:
+        every call activates a player it needs anyway."""
+        self._check_open()
+        if not getattr(self.store, "shared", False):
+            await self._players.get_many(player_ids)
+
     async def player_ids(self) -> list[str]:
         """Every player's id, in order (a store query)."""
         self._check_open()
@@ -1299,6 +1307,7 @@ class Engine:
                     self._ticked_worlds.add(pto.world_cdt_id)
         # The players first (an unknown one is refused before its tokens are looked at).
         known: dict[str, PlayerActor] = {}
+        await self._players.get_many(player_id for _, _, player_id, _ in asked)
         for index, _, player_id, _ in asked:
             if player_id in known:
                 continue

@@ -18,8 +18,9 @@ it never delivered).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -111,6 +112,22 @@ class Directory(Generic[A]):
                         continue  # the activating caller was cancelled: try again
                     raise
             return await self._activate(ident)
+
+    async def get_many(self, idents: Iterable[str]) -> None:
+        """Activate those of ``idents`` that are not active, all at once (their loads
+        start together, so a loader that coalesces point reads makes one query of
+        them); an unknown id is skipped, ``get`` refuses it later."""
+        missing = [i for i in dict.fromkeys(idents) if self._active.get(i) is None]
+        if not missing:
+            return
+
+        async def one(ident: str) -> None:
+            with contextlib.suppress(UbloxError):
+                await self.get(ident)
+
+        async with anyio.create_task_group() as tg:
+            for ident in missing:
+                tg.start_soon(one, ident)
 
     async def _activate(self, ident: str) -> A:
         future: asyncio.Future[A] = asyncio.get_running_loop().create_future()

@@ -494,6 +494,8 @@ class Runner:
                 continue
             picks = self.rng.integers(0, len(funding), len(chosen))
             hours = draw_settled(rule.hours, self.rng, len(chosen), L.PTS_HOURS)
+            # Their balances are read below one by one: activated together first.
+            await e.activate_players(candidates[int(index)] for index in chosen)
             purchases: list[tuple[str, str, int]] = []
             for index, pick, want in zip(chosen, picks, hours, strict=True):
                 player_id = candidates[int(index)]
