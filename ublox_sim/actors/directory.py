@@ -97,7 +97,7 @@ class Directory(Generic[A]):
             actor = self._active.get(ident)
             if actor is not None:
                 self._active.move_to_end(ident)
-                self._used[ident] = anyio.current_time()
+                self._used[ident] = asyncio.get_running_loop().time()
                 return actor
             passivating = self._passivating.get(ident)
             if passivating is not None:
@@ -125,9 +125,10 @@ class Directory(Generic[A]):
             with contextlib.suppress(UbloxError):
                 await self.get(ident)
 
-        async with anyio.create_task_group() as tg:
-            for ident in missing:
-                tg.start_soon(one, ident)
+        # Plain asyncio tasks (a third of an anyio spawn's cost), each waited for.
+        for outcome in await asyncio.gather(*map(one, missing), return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _activate(self, ident: str) -> A:
         future: asyncio.Future[A] = asyncio.get_running_loop().create_future()
@@ -149,7 +150,7 @@ class Directory(Generic[A]):
             del self._activating[ident]
         actor.start(self._tg)
         self._active[ident] = actor
-        self._used[ident] = anyio.current_time()
+        self._used[ident] = asyncio.get_running_loop().time()
         self.activations += 1
         future.set_result(actor)
         self._evict()
@@ -183,7 +184,7 @@ class Directory(Generic[A]):
 
     def reap_idle(self) -> int:
         """Passivate every actor idle for ``idle_timeout``; returns how many."""
-        horizon = anyio.current_time() - self.idle_timeout
+        horizon = asyncio.get_running_loop().time() - self.idle_timeout
         idle = [ident for ident in self._active if self._used[ident] <= horizon]
         for ident in idle:
             self._start_passivation(ident)
