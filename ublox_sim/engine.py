@@ -1138,6 +1138,45 @@ class Engine:
         outcome: AtuOutcome = await self._ask_pto(pto_id, SpendAtu(units=whole, at=at))
         return PTOInfo.of(outcome.pto)
 
+    async def spend_atu_many(self, spends: Sequence[tuple[str, int]]) -> list[PTOInfo | UbloxError]:
+        """Several ``spend_atu`` (pto_id, units): one result or error each. Each is queued
+        to the store in the order given (the next is asked once its PTO queued the one
+        before, so the ledger's order is the list's), none waits for the commit of the
+        one before: their units share the store's batches. With several processes on one
+        database they go one at a time."""
+        self._check_open()
+        results: list[PTOInfo | UbloxError | None] = [None] * len(spends)
+
+        async def spend(k: int, pto_id: str, units: int, queued: anyio.Event | None) -> None:
+            try:
+                whole: int = limits.ATU_UNITS.check(units)
+                message = SpendAtu(units=whole, at=self._now())
+                outcome: AtuOutcome = await self._ptos.ask(
+                    pto_id, message, timeout=self.request_timeout, handled=queued
+                )
+                results[k] = PTOInfo.of(outcome.pto)
+            except UbloxError as exc:
+                results[k] = exc
+            finally:
+                if queued is not None:
+                    queued.set()  # (also when the ask was never handled)
+
+        if getattr(self.store, "shared", False):
+            for k, (pto_id, units) in enumerate(spends):
+                try:
+                    results[k] = await self.spend_atu(pto_id, units)
+                except UbloxError as exc:
+                    results[k] = exc
+        else:
+            async with anyio.create_task_group() as tg:
+                for k, (pto_id, units) in enumerate(spends):
+                    queued = anyio.Event()
+                    tg.start_soon(spend, k, pto_id, units, queued)
+                    await queued.wait()
+        done = [r for r in results if r is not None]
+        assert len(done) == len(spends)
+        return done
+
     async def play(
         self, player_id: str, pto_id: str, hours: float, *, receipt: Receipt | None = None
     ) -> SessionResult:
