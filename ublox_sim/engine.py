@@ -58,6 +58,7 @@ from .actors.messages import (
     SessionOutcome,
     SpendAtu,
     Staged,
+    StagedBuys,
     StepWorld,
 )
 from .actors.player import PlayerActor
@@ -1079,20 +1080,31 @@ class Engine:
         holds: list[Callable[[], None]] = []
         async with self._buying:
             try:
-                for pto_id, group in by_pto.items():
-                    message = BuyBatch(buys=tuple((p, h) for _, p, h in group), at=at)
-                    try:
-                        answer = await self._ptos.ask(pto_id, message, timeout=self.request_timeout)
-                    except UbloxError as exc:
+                # Asked together: each PTO's batch depends on no other's (distinct buyers).
+                answers = await self._ask_ptos(
+                    [
+                        (pto_id, BuyBatch(buys=tuple((p, h) for _, p, h in group), at=at))
+                        for pto_id, group in by_pto.items()
+                    ]
+                )
+                bug: BaseException | None = None
+                for group, answer in zip(by_pto.values(), answers, strict=True):
+                    if isinstance(answer, StagedBuys):
+                        holds.append(answer.submitted)
+                        for (k, _, _), one in zip(group, answer.staged, strict=True):
+                            if isinstance(one, UbloxError):
+                                results[k] = one
+                            else:
+                                staged[k] = one
+                    elif isinstance(answer, UbloxError):
                         for k, _, _ in group:
-                            results[k] = exc
-                        continue
-                    holds.append(answer.submitted)
-                    for (k, _, _), one in zip(group, answer.staged, strict=True):
-                        if isinstance(one, UbloxError):
-                            results[k] = one
-                        else:
-                            staged[k] = one
+                            results[k] = answer
+                    elif isinstance(answer, BaseException):
+                        bug = answer
+                if bug is not None:
+                    for one in staged.values():  # never queued: each PTO and buyer forgets it
+                        one.done(StoreError(f"purchases not queued: {bug!r}"))
+                    raise bug
                 order = sorted(staged)
                 landed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
 
@@ -1129,6 +1141,15 @@ class Engine:
                 results[k] = TokenInfo.of(sale.token)
             except UbloxError as exc:
                 results[k] = exc
+
+    async def _ask_ptos(self, asks: Sequence[tuple[str, Ask[Any]]]) -> list[object]:
+        """Ask several PTOs at once, for messages whose answers do not depend on the order
+        they are handled in: one answer each, in order, the error in place of one that
+        failed (any error: the caller deals with every answer before raising a bug)."""
+        answers: list[object] = await asyncio.gather(
+            *(self._ask_pto(p, m) for p, m in asks), return_exceptions=True
+        )
+        return answers
 
     async def spend_atu(self, pto_id: str, units: int) -> PTOInfo:
         """The creator spends Agential Time Units; reaching ``atu_required`` completes the PTO
@@ -1362,17 +1383,32 @@ class Engine:
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]] = {}
         holding: list[PTOActor] = []  # PTOs that stay active until their unit lands
         try:
-            for pto_id in sorted(by_pto):
+            # Asked together: an allotment reads one PTO's acknowledged tokens only.
+            pto_ids = sorted(by_pto)
+            answers = await self._ask_ptos(
+                [
+                    (
+                        pto_id,
+                        Allot(
+                            requests=tuple(
+                                PlayRequest(player_id=p, hours=h) for _, p, h in by_pto[pto_id]
+                            )
+                        ),
+                    )
+                    for pto_id in pto_ids
+                ]
+            )
+            bug: BaseException | None = None
+            for pto_id, allotment in zip(pto_ids, answers, strict=True):
                 group = by_pto[pto_id]
-                request = Allot(
-                    requests=tuple(PlayRequest(player_id=p, hours=h) for _, p, h in group)
-                )
-                try:
-                    allotment: Allotment = await self._ask_pto(pto_id, request)
-                except UbloxError as exc:
+                if isinstance(allotment, UbloxError):
                     for index, _, _ in group:
-                        results[index] = exc
+                        results[index] = allotment
                     continue
+                if isinstance(allotment, BaseException):
+                    bug = bug or allotment
+                    continue
+                assert isinstance(allotment, Allotment)
                 # The actor that allotted stays (not quiet) until ``tick_over``.
                 actor = self._ptos.current(pto_id)
                 assert actor is not None
@@ -1383,6 +1419,8 @@ class Engine:
                         results[index] = one.error
                     else:
                         allotted[index] = (allotment.pto, one.allocation)
+            if bug is not None:
+                raise bug
             # The players' figures, read from their actors (activated again if one was
             # passivated meanwhile), once their own units in flight have landed.
             physics: dict[int, Player] = {}
