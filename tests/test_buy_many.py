@@ -121,3 +121,31 @@ async def test_buyers_one_at_a_time_beside_a_batch_never_oversell(tmp_path: Path
         left = [(await engine.get_player(n)).usd_obbba_balance for n in names]
         assert sum(left) == 30 * 10 - 10
     assert verify_store(tmp_path) == []
+
+
+@pytest.mark.asyncio
+async def test_spend_atu_many_answers_each_in_order(tmp_path: Path) -> None:
+    """Engine.spend_atu_many: one answer or refusal each; the spends reach the ledger in
+    the list's order and completing a PTO pays its creator as spend_atu does."""
+    async with Engine.open(tmp_path, seed=1, clock=SimClock()) as engine:
+        await players(engine, {"a": 100, "creator": 0})
+        for pto_id in ("x", "y"):
+            await launch(engine, pto_id, offered=10, price=1, atu=20)
+            assert isinstance((await engine.buy_many([("a", pto_id, 10)]))[0], TokenInfo)
+        results = await engine.buy_many([]) + await engine.spend_atu_many(
+            [("y", 5), ("nowhere", 1), ("x", 0), ("x", 20), ("y", 5)]
+        )
+        assert isinstance(results[1], UnknownPTO)
+        assert isinstance(results[2], InvalidInput)
+        x = results[3]
+        assert not isinstance(x, UbloxError) and x.status == "completed"
+        y = results[4]
+        assert not isinstance(y, UbloxError) and y.atu_spent == 10
+        assert (await engine.get_player("creator")).usd_obbba_balance == Decimal(10)
+        completion = [
+            t.pto_id
+            for t in await engine.store.load_all(Transaction)
+            if t.tx_type == "pto_completion"
+        ]
+        assert completion == ["x"]
+    assert verify_store(tmp_path) == []

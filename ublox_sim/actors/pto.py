@@ -12,6 +12,10 @@ decided here (shares left, the token); the buyer's actor only sets the price asi
 never both get the last share. An active buyer sets it aside at once, without a trip
 through its mailbox (``Players.reserve_now``): a hot PTO decides the purchases queued for
 it one after the other without waiting, and their units share the store's batches.
+``BuyBatch`` (``Engine.buy_many``) decides several purchases without queueing them: the
+engine puts every PTO's purchases into ONE unit, in its caller's order; they commit or
+fail together, so within the batch the last share needs no wait, and the PTO holds its
+other messages until that unit is queued (its units reach the store in decision order).
 
 Sessions of many players in one world are stepped together (one array operation per
 step); each player commits its own session (its physics move from its own state),
