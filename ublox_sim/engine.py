@@ -44,6 +44,7 @@ from .actors.messages import (
     Allotment,
     AtuOutcome,
     Buy,
+    BuyBatch,
     CheckDeadline,
     Deposit,
     GetPlayer,
@@ -56,6 +57,8 @@ from .actors.messages import (
     SendTransfer,
     SessionOutcome,
     SpendAtu,
+    Staged,
+    StagedBuys,
     StepWorld,
 )
 from .actors.player import PlayerActor
@@ -403,6 +406,7 @@ class Engine:
         # being activated: applied (or not, by position) once the load is known.
         self._early_credits: dict[str, list[tuple[int | ev.SessionPlayed, int]]] = {}
         self._reserved: set[str] = set()
+        self._buying = asyncio.Lock()  # one buy_many segment deciding at a time
         self._bus: EventBus = store.bus
         self._reaper: anyio.CancelScope | None = None
         self._state: Literal["opened", "closing", "closed"] = "opened"
@@ -913,6 +917,14 @@ class Engine:
             return None
         return actor.state.usd_obbba_balance
 
+    async def activate_players(self, player_ids: Iterable[str]) -> None:
+        """Bring these players into memory together: those not active are read in one
+        store query rather than one each (unknown ids are skipped). Only an aid to speed:
+        every call activates a player it needs anyway."""
+        self._check_open()
+        if not getattr(self.store, "shared", False):
+            await self._players.get_many(player_ids)
+
     async def player_ids(self) -> list[str]:
         """Every player's id, in order (a store query)."""
         self._check_open()
@@ -1012,11 +1024,12 @@ class Engine:
     ) -> list[TokenInfo | UbloxError]:
         """Several purchases (player_id, pto_id, hours): one result or error each.
 
-        Each is decided and queued to the store in the order given (the next is sent once
-        the PTO has queued the one before, so the ledger's order is the list's), but none
-        waits for the commit of the one before: their units share the store's batches. A
-        PTO decides against what it has pending, as for concurrent buyers (see
-        ``actors.pto``). With several processes on one database they go one at a time."""
+        Decided in the order given, each PTO's purchases in one message (``BuyBatch``),
+        and committed as ONE unit whose events follow the list's order (the ledger's
+        order is the list's): refusals stay per purchase, but a unit the store refuses
+        fails every purchase in it. A player named twice starts a new unit, so its
+        reservations are made in the list's order too. With several processes on one
+        database they go one at a time."""
         self._check_open()
         results: list[TokenInfo | UbloxError | None] = [None] * len(purchases)
         if getattr(self.store, "shared", False):
@@ -1026,34 +1039,117 @@ class Engine:
                 except UbloxError as exc:
                     results[k] = exc
         else:
-
-            async def buy(
-                k: int, player_id: str, pto_id: str, hours: int, queued: anyio.Event
-            ) -> None:
+            # Checked in order as buy_pts does: hours, then UnknownPTO, then UnknownPlayer.
+            segment: list[tuple[int, str, str, int]] = []
+            buyers: set[str] = set()
+            for k, (player_id, pto_id, hours) in enumerate(purchases):
                 try:
                     whole = check_hours(hours)
-                    await self._ptos.get(pto_id)  # UnknownPTO first, then UnknownPlayer
-                    # Activated (one read) rather than checked (a read, then another
-                    # to activate it for the reservation).
-                    await self._players.get(player_id)
-                    message = Buy(player_id=player_id, hours=whole, at=self._now())
-                    sale: Sale = await self._ptos.ask(
-                        pto_id, message, timeout=self.request_timeout, handled=queued
-                    )
-                    results[k] = TokenInfo.of(sale.token)
+                    await self._ptos.get(pto_id)
+                    await self._players.get(player_id)  # activated: reserves at once
                 except UbloxError as exc:
                     results[k] = exc
-                finally:
-                    queued.set()  # (also when the ask was never handled)
-
-            async with anyio.create_task_group() as tg:
-                for k, (player_id, pto_id, hours) in enumerate(purchases):
-                    queued = anyio.Event()
-                    tg.start_soon(buy, k, player_id, pto_id, hours, queued)
-                    await queued.wait()
+                    continue
+                if player_id in buyers:
+                    await self._buy_segment(segment, results)
+                    segment, buyers = [], set()
+                segment.append((k, player_id, pto_id, whole))
+                buyers.add(player_id)
+            await self._buy_segment(segment, results)
         done = [r for r in results if r is not None]
         assert len(done) == len(purchases)
         return done
+
+    async def _buy_segment(
+        self,
+        segment: list[tuple[int, str, str, int]],
+        results: list[TokenInfo | UbloxError | None],
+    ) -> None:
+        """Purchases of distinct players: each PTO decides its own (one ``BuyBatch``),
+        then all their events go to the store as one unit, in ``segment`` order. One
+        segment at a time (``_buying``): a PTO holds its other messages until the unit
+        with its purchases is queued, so two segments waiting for each other's PTOs
+        could never both go on."""
+        if not segment:
+            return
+        by_pto: dict[str, list[tuple[int, str, int]]] = {}
+        for k, player_id, pto_id, hours in segment:
+            by_pto.setdefault(pto_id, []).append((k, player_id, hours))
+        at = self._now()
+        staged: dict[int, Staged] = {}
+        holds: list[Callable[[], None]] = []
+        async with self._buying:
+            try:
+                # Asked together: each PTO's batch depends on no other's (distinct buyers).
+                answers = await self._ask_ptos(
+                    [
+                        (pto_id, BuyBatch(buys=tuple((p, h) for _, p, h in group), at=at))
+                        for pto_id, group in by_pto.items()
+                    ]
+                )
+                bug: BaseException | None = None
+                for group, answer in zip(by_pto.values(), answers, strict=True):
+                    if isinstance(answer, StagedBuys):
+                        holds.append(answer.submitted)
+                        for (k, _, _), one in zip(group, answer.staged, strict=True):
+                            if isinstance(one, UbloxError):
+                                results[k] = one
+                            else:
+                                staged[k] = one
+                    elif isinstance(answer, UbloxError):
+                        for k, _, _ in group:
+                            results[k] = answer
+                    elif isinstance(answer, BaseException):
+                        bug = answer
+                if bug is not None:
+                    for one in staged.values():  # never queued: each PTO and buyer forgets it
+                        one.done(StoreError(f"purchases not queued: {bug!r}"))
+                    raise bug
+                order = sorted(staged)
+                landed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+                def done(outcome: object) -> None:
+                    if not landed.done():
+                        landed.set_result(outcome)
+
+                try:
+                    if order:
+                        events = tuple(e for k in order for e in staged[k].events)
+                        await self.store.submit(Unit(events), done)
+                except BaseException as exc:
+                    for k in order:  # never queued: each PTO and buyer forgets it
+                        staged[k].done(exc if isinstance(exc, UbloxError) else StoreError(str(exc)))
+                    raise
+            finally:
+                for submitted in holds:
+                    submitted()
+        if not order:
+            return
+        outcome = await landed
+        start = 0
+        for k in order:
+            one = staged[k]
+            if isinstance(outcome, Committed):
+                end = start + len(one.events)
+                one.done(Committed(outcome.events[start:end], outcome.position))
+                start = end
+            else:
+                one.done(outcome)
+            try:
+                sale = one.sale.outcome()
+                assert isinstance(sale, Sale)
+                results[k] = TokenInfo.of(sale.token)
+            except UbloxError as exc:
+                results[k] = exc
+
+    async def _ask_ptos(self, asks: Sequence[tuple[str, Ask[Any]]]) -> list[object]:
+        """Ask several PTOs at once, for messages whose answers do not depend on the order
+        they are handled in: one answer each, in order, the error in place of one that
+        failed (any error: the caller deals with every answer before raising a bug)."""
+        answers: list[object] = await asyncio.gather(
+            *(self._ask_pto(p, m) for p, m in asks), return_exceptions=True
+        )
+        return answers
 
     async def spend_atu(self, pto_id: str, units: int) -> PTOInfo:
         """The creator spends Agential Time Units; reaching ``atu_required`` completes the PTO
@@ -1062,6 +1158,45 @@ class Engine:
         at = self._now()
         outcome: AtuOutcome = await self._ask_pto(pto_id, SpendAtu(units=whole, at=at))
         return PTOInfo.of(outcome.pto)
+
+    async def spend_atu_many(self, spends: Sequence[tuple[str, int]]) -> list[PTOInfo | UbloxError]:
+        """Several ``spend_atu`` (pto_id, units): one result or error each. Each is queued
+        to the store in the order given (the next is asked once its PTO queued the one
+        before, so the ledger's order is the list's), none waits for the commit of the
+        one before: their units share the store's batches. With several processes on one
+        database they go one at a time."""
+        self._check_open()
+        results: list[PTOInfo | UbloxError | None] = [None] * len(spends)
+
+        async def spend(k: int, pto_id: str, units: int, queued: anyio.Event | None) -> None:
+            try:
+                whole: int = limits.ATU_UNITS.check(units)
+                message = SpendAtu(units=whole, at=self._now())
+                outcome: AtuOutcome = await self._ptos.ask(
+                    pto_id, message, timeout=self.request_timeout, handled=queued
+                )
+                results[k] = PTOInfo.of(outcome.pto)
+            except UbloxError as exc:
+                results[k] = exc
+            finally:
+                if queued is not None:
+                    queued.set()  # (also when the ask was never handled)
+
+        if getattr(self.store, "shared", False):
+            for k, (pto_id, units) in enumerate(spends):
+                try:
+                    results[k] = await self.spend_atu(pto_id, units)
+                except UbloxError as exc:
+                    results[k] = exc
+        else:
+            async with anyio.create_task_group() as tg:
+                for k, (pto_id, units) in enumerate(spends):
+                    queued = anyio.Event()
+                    tg.start_soon(spend, k, pto_id, units, queued)
+                    await queued.wait()
+        done = [r for r in results if r is not None]
+        assert len(done) == len(spends)
+        return done
 
     async def play(
         self, player_id: str, pto_id: str, hours: float, *, receipt: Receipt | None = None
@@ -1232,6 +1367,7 @@ class Engine:
                     self._ticked_worlds.add(pto.world_cdt_id)
         # The players first (an unknown one is refused before its tokens are looked at).
         known: dict[str, PlayerActor] = {}
+        await self._players.get_many(player_id for _, _, player_id, _ in asked)
         for index, _, player_id, _ in asked:
             if player_id in known:
                 continue
@@ -1247,17 +1383,32 @@ class Engine:
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]] = {}
         holding: list[PTOActor] = []  # PTOs that stay active until their unit lands
         try:
-            for pto_id in sorted(by_pto):
+            # Asked together: an allotment reads one PTO's acknowledged tokens only.
+            pto_ids = sorted(by_pto)
+            answers = await self._ask_ptos(
+                [
+                    (
+                        pto_id,
+                        Allot(
+                            requests=tuple(
+                                PlayRequest(player_id=p, hours=h) for _, p, h in by_pto[pto_id]
+                            )
+                        ),
+                    )
+                    for pto_id in pto_ids
+                ]
+            )
+            bug: BaseException | None = None
+            for pto_id, allotment in zip(pto_ids, answers, strict=True):
                 group = by_pto[pto_id]
-                request = Allot(
-                    requests=tuple(PlayRequest(player_id=p, hours=h) for _, p, h in group)
-                )
-                try:
-                    allotment: Allotment = await self._ask_pto(pto_id, request)
-                except UbloxError as exc:
+                if isinstance(allotment, UbloxError):
                     for index, _, _ in group:
-                        results[index] = exc
+                        results[index] = allotment
                     continue
+                if isinstance(allotment, BaseException):
+                    bug = bug or allotment
+                    continue
+                assert isinstance(allotment, Allotment)
                 # The actor that allotted stays (not quiet) until ``tick_over``.
                 actor = self._ptos.current(pto_id)
                 assert actor is not None
@@ -1268,6 +1419,8 @@ class Engine:
                         results[index] = one.error
                     else:
                         allotted[index] = (allotment.pto, one.allocation)
+            if bug is not None:
+                raise bug
             # The players' figures, read from their actors (activated again if one was
             # passivated meanwhile), once their own units in flight have landed.
             physics: dict[int, Player] = {}

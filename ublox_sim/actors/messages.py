@@ -6,12 +6,14 @@ asked subclasses ``Ask[R]``, ``R`` being the type of its answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core import events as ev
+from ..core.errors import UbloxError
 from ..core.records import PTO, Player, PTSToken
 from ..store.backend import Receipt
-from .runtime import Ask
+from .runtime import Ask, Later
 
 # -- to a player actor -----------------------------------------------------------------
 
@@ -141,6 +143,37 @@ class Buy(Ask[Sale]):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BuyBatch(Ask["StagedBuys"]):
+    """Several purchases of one PTO (player_id, hours), decided in order but not queued:
+    the asker puts their events into one unit with other PTOs' (``Engine.buy_many``)."""
+
+    buys: tuple[tuple[str, int], ...]
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """One purchase a PTO decided for a ``BuyBatch``: its events, the callback its part
+    of the unit's outcome goes to (a ``Committed`` holding exactly these events, or the
+    error), and the ``Later`` that then holds its ``Sale``."""
+
+    events: tuple[ev.Event, ...]
+    done: Callable[[object], None]
+    sale: Later
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBuys:
+    """A PTO's answer to ``BuyBatch``: per purchase, ``Staged`` or its refusal. The PTO
+    takes no other message until ``submitted()`` is called (once the unit holding these
+    events is queued, or will never be), so its units still reach the store in the order
+    it decided them."""
+
+    staged: tuple[Staged | UbloxError, ...]
+    submitted: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SpendAtu(Ask[AtuOutcome]):
     units: int
     at: str
@@ -204,5 +237,14 @@ class Allot(Ask[Allotment]):
 
 
 PTOMessage = (
-    GetPTO | GetTokens | Buy | SpendAtu | Play | StepWorld | CheckDeadline | GetWorld | Allot
+    GetPTO
+    | GetTokens
+    | Buy
+    | BuyBatch
+    | SpendAtu
+    | Play
+    | StepWorld
+    | CheckDeadline
+    | GetWorld
+    | Allot
 )

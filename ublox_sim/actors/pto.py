@@ -12,6 +12,10 @@ decided here (shares left, the token); the buyer's actor only sets the price asi
 never both get the last share. An active buyer sets it aside at once, without a trip
 through its mailbox (``Players.reserve_now``): a hot PTO decides the purchases queued for
 it one after the other without waiting, and their units share the store's batches.
+``BuyBatch`` (``Engine.buy_many``) decides several purchases without queueing them: the
+engine puts every PTO's purchases into ONE unit, in its caller's order; they commit or
+fail together, so within the batch the last share needs no wait, and the PTO holds its
+other messages until that unit is queued (its units reach the store in decision order).
 
 Sessions of many players in one world are stepped together (one array operation per
 step); each player commits its own session (its physics move from its own state),
@@ -70,6 +74,7 @@ from .messages import (
     ApplySession,
     AtuOutcome,
     Buy,
+    BuyBatch,
     CheckDeadline,
     GetPhysics,
     GetPTO,
@@ -83,6 +88,8 @@ from .messages import (
     Sale,
     SessionOutcome,
     SpendAtu,
+    Staged,
+    StagedBuys,
     StepWorld,
 )
 from .player import Players
@@ -134,6 +141,8 @@ class PTOActor(Actor[PTOMessage]):
         self.reloads = 0
         # Allotted sessions of a scenario tick whose unit has not landed yet.
         self._ticking = 0
+        # Set while purchases this actor decided for a BuyBatch wait to be queued.
+        self._held: anyio.Event | None = None
 
     def quiet(self) -> bool:
         """Nothing unacknowledged (it may be passivated)."""
@@ -151,6 +160,8 @@ class PTOActor(Actor[PTOMessage]):
         return self.state.world_cdt_id is not None and self.state.world_cdt_id in self.worlds
 
     async def handle(self, message: PTOMessage) -> object:
+        if self._held is not None:  # a BuyBatch's unit is not queued yet: after it
+            await self._held.wait()
         if isinstance(message, GetWorld) and not self._steps_world():
             self._stale = True  # the lease holder's arrays, not this copy
         if self._stale or (self.shared and isinstance(message, GetPTO | GetTokens)):
@@ -166,6 +177,8 @@ class PTOActor(Actor[PTOMessage]):
                 ]
             case Buy(player_id=player_id, hours=hours, at=at, receipt=receipt):
                 return await self._buy(player_id, hours, at, receipt)
+            case BuyBatch(buys=buys, at=at):
+                return await self._buy_batch(buys, at)
             case SpendAtu(units=units, at=at):
                 return await self._spend_atu(units, at)
             case Play(requests=requests, at=at):
@@ -194,6 +207,22 @@ class PTOActor(Actor[PTOMessage]):
         receipt: Receipt | None = None,
         failed: Callable[[], None] = lambda: None,
     ) -> Later:
+        later, done, lost = self._stage(events, acknowledged, failed)
+        try:
+            await self.backend.submit(Unit(events, receipt=receipt), done)
+        except BaseException:
+            lost()
+            raise
+        return later
+
+    def _stage(
+        self,
+        events: tuple[ev.Event, ...],
+        acknowledged: Callable[[Committed], object],
+        failed: Callable[[], None],
+    ) -> tuple[Later, Callable[[object], None], Callable[[], None]]:
+        """Count ``events`` as pending and in flight; returns the answer to come, the
+        ``done`` callback for the unit's outcome, and what to call if it is never queued."""
         for event in events:
             apply_to_pto(self._pending, self._pending_tokens, event)
         self._units += 1
@@ -227,12 +256,7 @@ class PTOActor(Actor[PTOMessage]):
                     self._stale = True
             answer(outcome)
 
-        try:
-            await self.backend.submit(Unit(events, receipt=receipt), done)
-        except BaseException:
-            lost()
-            raise
-        return later
+        return later, done, lost
 
     async def _take_lease(self, leases: WorldLeases) -> bool:
         try:
@@ -304,7 +328,52 @@ class PTOActor(Actor[PTOMessage]):
             # It would fund the PTO only if every purchase in flight commits: wait for
             # them, then decide on what is acknowledged.
             await self._idle.wait()
-            decision = purchase(self._pending, hours)
+        events, sold, unsold = await self._sell(player_id, hours, at)
+        return await self._decide(events, sold, receipt=receipt, failed=unsold)
+
+    async def _buy_batch(self, buys: tuple[tuple[str, int], ...], at: str) -> StagedBuys:
+        """Decide ``buys`` in order without queueing them: the asker queues all their
+        events as ONE unit (with other PTOs' purchases), so they commit or fail together
+        and each may count on the ones before it, the last share included. Units queued
+        before are waited for first (nothing else is in flight then); this actor then
+        holds every other message until the asker calls ``submitted``."""
+        await self._idle.wait()
+        staged: list[Staged | UbloxError] = []
+        undo: list[Callable[[], None]] = []
+        held = anyio.Event()
+        self._held = held
+        try:
+            for player_id, hours in buys:
+                try:
+                    events, sold, unsold = await self._sell(player_id, hours, at)
+                except UbloxError as exc:
+                    staged.append(exc)
+                    continue
+                later, done, lost = self._stage(events, sold, unsold)
+                staged.append(Staged(events, done, later))
+                undo.append(lost)
+        except BaseException:
+            for lost in undo:  # never handed over: nobody will queue them
+                lost()
+            self._release(held)
+            raise
+
+        def submitted() -> None:
+            self._release(held)
+
+        return StagedBuys(tuple(staged), submitted)
+
+    def _release(self, held: anyio.Event) -> None:
+        if self._held is held:
+            self._held = None
+        held.set()
+
+    async def _sell(
+        self, player_id: str, hours: int, at: str
+    ) -> tuple[tuple[ev.Event, ...], Callable[[Committed], Sale], Callable[[], None]]:
+        """A purchase decided against the pending state, its price set aside by the buyer:
+        its events, what answers it once committed, and what undoes the reservation."""
+        decision = purchase(self._pending, hours)
         pto_id = self.state.pto_id
         reservation = self.players.reserve_now(player_id, decision.price, pto_id)
         if reservation is None:  # the buyer is not active: the ask activates it
@@ -345,7 +414,7 @@ class PTOActor(Actor[PTOMessage]):
         def unsold() -> None:
             self.players.settle(player_id, reservation.ticket, False)
 
-        return await self._decide(tuple(events), sold, receipt=receipt, failed=unsold)
+        return tuple(events), sold, unsold
 
     async def _check_deadline(self, at: str) -> Later | bool:
         await self._idle.wait()  # refunds only what is acknowledged

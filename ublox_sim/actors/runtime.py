@@ -56,6 +56,14 @@ class Later:
         self._finished, self._result, self._error = True, result, error
         self._deliver()
 
+    def outcome(self) -> object:
+        """The answer once finished (its error raised): for a caller that drove the unit
+        itself (``actors.pto.Staged``) rather than asking."""
+        assert self._finished, "not answered yet"
+        if self._error is not None:
+            raise self._error
+        return self._result
+
     def _attach(self, reply: Reply | None, name: str) -> None:
         self._reply, self._name = reply, name
         if self._finished:
@@ -117,6 +125,7 @@ class Actor(Generic[M]):
         self._broken: BaseException | None = None
         self._stopped = anyio.Event()
         self._overflow: TaskGroup | None = None
+        self._launched = False  # its task runs from the first message on (``_launch``)
         self.passivated = False  # set by the directory before it closes the mailbox
         self._quiet: anyio.Event | None = None
 
@@ -187,6 +196,7 @@ class Actor(Generic[M]):
         so two actors telling each other can never deadlock on full mailboxes.
         """
         envelope = _Envelope(message, None)
+        self._launch()
         try:
             self._send.send_nowait(envelope)
         except anyio.WouldBlock:
@@ -198,6 +208,7 @@ class Actor(Generic[M]):
     async def _post(self, envelope: _Envelope[M]) -> None:
         if self._broken is not None:
             raise ActorBroken(f"{self.name} crashed") from self._broken
+        self._launch()
         try:
             await self._send.send(envelope)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
@@ -208,8 +219,15 @@ class Actor(Generic[M]):
     # -- running ---------------------------------------------------------------
 
     def start(self, tg: TaskGroup) -> None:
+        """Owned by ``tg`` from now on. Its task is spawned with its first message: many
+        actors are activated and never asked (a buyer whose funds a PTO reserves
+        directly), and a task costs more than the rest of an actor."""
         self._overflow = tg
-        tg.start_soon(self._run, name=self.name)
+
+    def _launch(self) -> None:
+        if not self._launched and self._overflow is not None:
+            self._launched = True
+            self._overflow.start_soon(self._run, name=self.name)
 
     async def _run(self) -> None:
         current: _Envelope[M] | None = None
@@ -257,6 +275,10 @@ class Actor(Generic[M]):
     def close(self) -> None:
         """Stop taking messages; those already queued are still handled."""
         self._send.close()
+        if not self._launched:  # never asked anything: nothing to handle, no task
+            self._launched = True
+            self._receive.close()
+            self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

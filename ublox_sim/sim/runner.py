@@ -390,12 +390,21 @@ class Runner:
         """Run one operation; a refusal is a normal outcome of a simulation, counted."""
         try:
             await op
-        except Refusal:
+        except UbloxError as exc:
+            return self._count(what, exc)
+        return self._count(what, None)
+
+    def _count(self, what: str, result: object) -> bool:
+        """Count an operation's outcome (``_attempt``'s rule): a refusal or invalid input
+        is counted as such, any other error raised."""
+        if isinstance(result, Refusal):
             self.outcomes[f"{what}_refused"] += 1
             return False
-        except InvalidInput:
+        if isinstance(result, InvalidInput):
             self.outcomes[f"{what}_invalid"] += 1
             return False
+        if isinstance(result, BaseException):
+            raise result
         self.outcomes[what] += 1
         return True
 
@@ -494,6 +503,8 @@ class Runner:
                 continue
             picks = self.rng.integers(0, len(funding), len(chosen))
             hours = draw_settled(rule.hours, self.rng, len(chosen), L.PTS_HOURS)
+            # Their balances are read below one by one: activated together first.
+            await e.activate_players(candidates[int(index)] for index in chosen)
             purchases: list[tuple[str, str, int]] = []
             for index, pick, want in zip(chosen, picks, hours, strict=True):
                 player_id = candidates[int(index)]
@@ -566,9 +577,10 @@ class Runner:
             return
         go = self.rng.random(len(building)) < rule.probability
         units = draw_settled(rule.atu_per_tick, self.rng, len(building), L.ATU_UNITS)
-        for pto_id, yes, n in zip(building, go, units, strict=True):
-            if yes:
-                await self._attempt("spend_atu", e.spend_atu(pto_id, n))
+        spends = [(p, n) for p, yes, n in zip(building, go, units, strict=True) if yes]
+        # Queued in this order, committed together (Engine.spend_atu_many).
+        for result in await e.spend_atu_many(spends):
+            self._count("spend_atu", result)
 
     async def tick(self, tick: int) -> None:
         self.tally.clear()
