@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -139,9 +140,16 @@ def as_json(view: Any) -> dict[str, Any]:
     """A dataclass (a view or an event) as a JSON-ready dict: Decimals as strings, so no
     cent is lost."""
     return {
-        f.name: str(value) if isinstance(value := getattr(view, f.name), Decimal) else value
-        for f in dataclasses.fields(view)
+        name: str(value) if isinstance(value := getattr(view, name), Decimal) else value
+        for name in _field_names(type(view))
     }
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    # ``dataclasses.fields`` walks the class's fields on every call: each event logged
+    # and published goes through here, thousands per tick.
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def leaderboard(players: list[Player], top: int = 10) -> list[dict[str, Any]]:
