@@ -68,15 +68,18 @@ def ledger_row(
     at: str,
     pto_id: str | None = None,
 ) -> Statement:
-    tx = Transaction(None, tx_type, from_id, to_id, amount, currency, pto_id, at, None)
+    # Transaction's columns, in order (asserted below where the session rows are built).
+    tx = (None, tx_type, from_id, to_id, amount, currency, pto_id, at, None)
     sides = _PLAYER_SIDES[tx_type]
     if not sides:
-        return Statement(_INSERT_TX, to_row(tx))
+        return Statement(_INSERT_TX, tx)
     # The row itself refuses a player that does not exist: its amount turns negative,
     # which the table's CHECK rejects, and the whole unit with it (a balance UPDATE of
     # an unknown id would match nothing and the money would vanish).
+    if sides == ("to",):
+        return Statement(_CHECKED_TX[sides], (*tx, to_id))
     players = tuple(from_id if side == "from" else to_id for side in sides)
-    return Statement(_CHECKED_TX[sides], (*to_row(tx), *players))
+    return Statement(_CHECKED_TX[sides], (*tx, *players))
 
 
 _INSERT_PLAYER = insert_sql(Player)
