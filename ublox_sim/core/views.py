@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -141,15 +140,18 @@ def as_json(view: Any) -> dict[str, Any]:
     cent is lost."""
     return {
         name: str(value) if isinstance(value := getattr(view, name), Decimal) else value
-        for name in _field_names(type(view))
+        for name in _FIELD_NAMES.get(type(view)) or _field_names(type(view))
     }
 
 
-@functools.cache
+# ``dataclasses.fields`` walks a class's fields on every call: each event logged and
+# published goes through ``as_json``, thousands per tick. Their names, per class, once.
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _field_names(cls: type) -> tuple[str, ...]:
-    # ``dataclasses.fields`` walks the class's fields on every call: each event logged
-    # and published goes through here, thousands per tick.
-    return tuple(f.name for f in dataclasses.fields(cls))
+    names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def leaderboard(players: list[Player], top: int = 10) -> list[dict[str, Any]]:
