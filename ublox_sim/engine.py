@@ -32,7 +32,7 @@ from contextlib import aclosing, asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import anyio
 import numpy as np
@@ -201,6 +201,29 @@ def _maker(cls: type[_T]) -> Callable[..., _T]:
 
 _player_info = _maker(PlayerInfo)
 _player_registered = _maker(ev.PlayerRegistered)  # (at, seq, player_id, usd_obbba, record)
+
+
+class _Figures(NamedTuple):
+    """The figures of a player a tick's session reads (a snapshot: the actor's state moves
+    when units land; copying the whole record per session cost more than the session)."""
+
+    player_id: str
+    position_x: float
+    position_y: float
+    phase: float
+    resonance_freq: float
+    tau_k: float
+
+    @staticmethod
+    def of(player: Player) -> _Figures:
+        return _Figures(
+            player.player_id,
+            player.position_x,
+            player.position_y,
+            player.phase,
+            player.resonance_freq,
+            player.tau_k,
+        )
 
 
 class _Claimed:
@@ -1423,13 +1446,13 @@ class Engine:
                 raise bug
             # The players' figures, read from their actors (activated again if one was
             # passivated meanwhile), once their own units in flight have landed.
-            physics: dict[int, Player] = {}
+            physics: dict[int, _Figures] = {}
             for index, _, player_id, _ in asked:
                 if index not in allotted:
                     continue
                 player = self._players.current(player_id) or await self._players.get(player_id)
                 await player.settled()
-                physics[index] = dataclasses.replace(player.state)
+                physics[index] = _Figures.of(player.state)
             await self._commit_tick(asked, allotted, physics, results, ptos, at, end, steps)
         finally:
             for actor in holding:
@@ -1439,7 +1462,7 @@ class Engine:
         self,
         asked: list[tuple[int, str, str, float]],
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]],
-        physics: dict[int, Player],
+        physics: dict[int, _Figures],
         results: list[SessionResult | UbloxError | None],
         ptos: list[PTO],
         at: str,
@@ -1510,7 +1533,7 @@ class Engine:
         self,
         rows: list[tuple[int, int]],
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]],
-        physics: dict[int, Player],
+        physics: dict[int, _Figures],
         hours_of: dict[int, float],
         outcome: TickOutcome,
         tau: dict[str, float],

@@ -43,6 +43,13 @@ def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -
     Computed from the number's digits with integers only: Decimal arithmetic would
     round past 28 digits (so 1.000…001 would pass as whole cents) or overflow.
     """
+    if type(amount) is Decimal and amount.is_finite() and amount.adjusted() <= _MAX_DIGITS:
+        # The common case (amounts the engine made itself), exact from the integer ratio;
+        # anything this does not accept is left to the checks below, which name the fault.
+        numerator, denominator = amount.as_integer_ratio()
+        cents, rest = divmod(numerator * 100, denominator)
+        if not rest and 0 <= cents <= MAX_CENTS and (cents or allow_zero):
+            return cents
     if isinstance(amount, bool):
         raise InvalidAmount(f"{what} must be a number, not a bool")
     try:

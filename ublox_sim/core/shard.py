@@ -16,6 +16,7 @@ e.g. a Ray actor: ``__getstate__`` keeps only the used slots).
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,7 @@ class WorldShards:
         self.per_shard = per_shard
         self.shards: list[Shard] = []
         self._where: dict[str, Shard] = {}
+        self._undo: weakref.WeakKeyDictionary[Shard, F64] = weakref.WeakKeyDictionary()
 
     def __contains__(self, world_id: object) -> bool:
         return world_id in self._where
@@ -243,7 +245,13 @@ class WorldShards:
         at once before the first is yielded."""
         for k, (shard, sessions) in enumerate(work):
             n = len(shard)
-            before = shard.theta[:n].copy()
+            # The undo copy goes to a buffer kept per shard: a fresh one each tick costs
+            # more in page faults than in copying (3 MB for 100 worlds of 64x64).
+            undo = self._undo.get(shard)
+            if undo is None or undo.shape != shard.theta.shape:
+                undo = self._undo[shard] = np.empty_like(shard.theta)
+            before = undo[:n]
+            np.copyto(before, shard.theta[:n])
             outcome = shard.tick(steps, sessions)
             try:
                 yield k, outcome

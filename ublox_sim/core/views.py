@@ -139,9 +139,19 @@ def as_json(view: Any) -> dict[str, Any]:
     """A dataclass (a view or an event) as a JSON-ready dict: Decimals as strings, so no
     cent is lost."""
     return {
-        f.name: str(value) if isinstance(value := getattr(view, f.name), Decimal) else value
-        for f in dataclasses.fields(view)
+        name: str(value) if isinstance(value := getattr(view, name), Decimal) else value
+        for name in _FIELD_NAMES.get(type(view)) or _field_names(type(view))
     }
+
+
+# ``dataclasses.fields`` walks a class's fields on every call: each event logged and
+# published goes through ``as_json``, thousands per tick. Their names, per class, once.
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def leaderboard(players: list[Player], top: int = 10) -> list[dict[str, Any]]:

@@ -12,11 +12,13 @@ continues to the same final export.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -593,6 +595,31 @@ class Runner:
         await self.play_tick()
 
 
+@contextmanager
+def _setup_frozen() -> Iterator[None]:
+    """The ticks of a run with the objects alive after its setup (players, PTOs, actors,
+    records: most of the heap, and most live for the whole run) kept out of the cyclic
+    garbage collector's passes (``gc.freeze``): each full pass walked all of them again,
+    ~0.35 s of the stress run's 20 ticks (a tenth of their wall time); the young generation
+    is collected less often too (0.12 s -> 0.08 s). Reference counting still frees a frozen
+    object; garbage cycles among them wait for ``gc.unfreeze`` when the ticks are over,
+    which (with the thresholds put back) leaves the collector as the embedding process had
+    it, unless it had frozen objects of its own: then they stay frozen, as it wanted."""
+    gc.collect()  # the setup's own garbage is freed, not kept frozen for the run
+    own = gc.get_freeze_count() == 0
+    gc.freeze()
+    threshold = gc.get_threshold()
+    # A young generation of 10,000 objects, not 700: a tick allocates events, rows and
+    # answers by the thousand, nearly all freed by reference counting within the tick.
+    gc.set_threshold(10_000, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        if own:
+            gc.unfreeze()
+
+
 async def run_scenario(
     loaded: Loaded,
     home: Home | PgStore,
@@ -701,31 +728,32 @@ async def run_scenario(
             "run.started", name=scenario.name, seed=scenario.seed, tick=tick, ticks=runner.total
         )
         every = scenario.checkpoint_every
-        while tick < runner.total:
-            if stop_after_ticks is not None and tick - first >= stop_after_ticks:
-                break
-            if interrupted is not None and interrupted():
-                raise KeyboardInterrupt
-            began = time.perf_counter()
-            await runner.tick(tick)
-            runner.tick_seconds.append(time.perf_counter() - began)
-            tick += 1
-            if collector is not None:
-                await collector.sample(engine, tick)
-            if tick % every == 0 or tick == runner.total:
-                finished = tick == runner.total
+        with _setup_frozen():
+            while tick < runner.total:
+                if stop_after_ticks is not None and tick - first >= stop_after_ticks:
+                    break
+                if interrupted is not None and interrupted():
+                    raise KeyboardInterrupt
+                began = time.perf_counter()
+                await runner.tick(tick)
+                runner.tick_seconds.append(time.perf_counter() - began)
+                tick += 1
                 if collector is not None:
-                    # Before the store's checkpoint: a segment past the last committed
-                    # checkpoint is dropped on resume, a missing one would be lost.
-                    collector.persist(tick)
-                if finished:
-                    # Nobody acts after the last tick: release every actor before the
-                    # export, which needs the memory (results do not depend on activation).
-                    await engine.passivate_all()
-                await engine.checkpoint(tick, runner.run_record(tick, finished, resolved))
-                log.info("run.checkpoint", tick=tick, ticks=runner.total)
-            if progress is not None:
-                progress(tick, runner.total)
+                    await collector.sample(engine, tick)
+                if tick % every == 0 or tick == runner.total:
+                    finished = tick == runner.total
+                    if collector is not None:
+                        # Before the store's checkpoint: a segment past the last committed
+                        # checkpoint is dropped on resume, a missing one would be lost.
+                        collector.persist(tick)
+                    if finished:
+                        # Nobody acts after the last tick: release every actor before the
+                        # export, which needs the memory (results do not depend on activation).
+                        await engine.passivate_all()
+                    await engine.checkpoint(tick, runner.run_record(tick, finished, resolved))
+                    log.info("run.checkpoint", tick=tick, ticks=runner.total)
+                if progress is not None:
+                    progress(tick, runner.total)
         if tape is not None:
             tape.save(tape_path)
         if tick == runner.total and (isinstance(home, Home) or export_path is not None):

@@ -68,15 +68,18 @@ def ledger_row(
     at: str,
     pto_id: str | None = None,
 ) -> Statement:
-    tx = Transaction(None, tx_type, from_id, to_id, amount, currency, pto_id, at, None)
+    # Transaction's columns, in order (asserted below where the session rows are built).
+    tx = (None, tx_type, from_id, to_id, amount, currency, pto_id, at, None)
     sides = _PLAYER_SIDES[tx_type]
     if not sides:
-        return Statement(_INSERT_TX, to_row(tx))
+        return Statement(_INSERT_TX, tx)
     # The row itself refuses a player that does not exist: its amount turns negative,
     # which the table's CHECK rejects, and the whole unit with it (a balance UPDATE of
     # an unknown id would match nothing and the money would vanish).
+    if sides == ("to",):
+        return Statement(_CHECKED_TX[sides], (*tx, to_id))
     players = tuple(from_id if side == "from" else to_id for side in sides)
-    return Statement(_CHECKED_TX[sides], (*to_row(tx), *players))
+    return Statement(_CHECKED_TX[sides], (*tx, *players))
 
 
 _INSERT_PLAYER = insert_sql(Player)
@@ -137,23 +140,25 @@ def shares_sold(pto_id: str, hours: int, price: int, sold_before: int) -> Statem
     )
 
 
+_PTO_SESSION = "UPDATE ptos SET xUSD_pool = xUSD_pool + ?, aci_coherence_score = ? WHERE pto_id = ?"
+
+
 def pto_session(pto_id: str, xusd: int, aci: float) -> Statement:
-    return Statement(
-        "UPDATE ptos SET xUSD_pool = xUSD_pool + ?, aci_coherence_score = ? WHERE pto_id = ?",
-        (xusd, aci, pto_id),
-    )
+    return Statement(_PTO_SESSION, (xusd, aci, pto_id))
 
 
 def pto_aci(pto_id: str, aci: float) -> Statement:
     return Statement("UPDATE ptos SET aci_coherence_score = ? WHERE pto_id = ?", (aci, pto_id))
 
 
+_TOKEN_PLAYED = (
+    "UPDATE pts_tokens SET hours_played = hours_played + ?,"
+    " xUSD_accumulated = xUSD_accumulated + ? WHERE token_id = ?"
+)
+
+
 def token_played(token_id: str, hours: float, xusd: int) -> Statement:
-    return Statement(
-        "UPDATE pts_tokens SET hours_played = hours_played + ?,"
-        " xUSD_accumulated = xUSD_accumulated + ? WHERE token_id = ?",
-        (hours, xusd, token_id),
-    )
+    return Statement(_TOKEN_PLAYED, (hours, xusd, token_id))
 
 
 def insert_session(session: PlaySession) -> Statement:
@@ -380,18 +385,50 @@ def _rows(event: ev.Event) -> list[Statement]:
             return []  # a fact with no rows of its own (PhaseLock): logged only
 
 
-def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
+_SESSION_PLAYER = (
+    "UPDATE players SET xUSD_balance = xUSD_balance + ?,"
+    " total_play_time = total_play_time + ?, phase_locks_count = phase_locks_count + ?,"
+    " memory_depth = memory_depth + ?, quality_score = ?,"
+    # tau_k moves from its value (economy.tau_k_after): only from the one the
+    # player's actor saw, i.e. if the same step from the row's gives the same value.
+    " tau_k = CASE WHEN ? * tau_k + ? * (CAST(? AS DOUBLE PRECISION) * ?) = ?"
+    " THEN CAST(? AS DOUBLE PRECISION) END, phase = ?,"
+    " coherence = ? WHERE player_id = ?"
+)
+# The session's rows are built as plain tuples (a tick has hundreds of sessions): the
+# insert's values follow PlaySession's fields, the ledger row Transaction's.
+assert columns(PlaySession) == (
+    "session_id",
+    "pto_id",
+    "player_id",
+    "duration",
+    "quality",
+    "xUSD_earned",
+    "timestamp",
+    "phase_locks",
+)
+assert columns(Transaction) == (
+    "tx_id",
+    "tx_type",
+    "from_player",
+    "to_player",
+    "amount",
+    "currency",
+    "pto_id",
+    "timestamp",
+    "metadata",
+)
+_XUSD_COMPOSITION = _CHECKED_TX[_PLAYER_SIDES["xusd_composition"]]
+assert _PLAYER_SIDES["xusd_composition"] == ("to",)
+
+
+def _session_params(s: ev.SessionPlayed) -> list[tuple[str, tuple[object, ...]]]:
+    """A session's statements as (SQL, parameters), in order; the insert of its
+    ``play_sessions`` row is the one whose SQL is ``_INSERT_SESSION``."""
     xusd = to_cents(s.xUSD_earned)
-    rows = [
-        Statement(
-            "UPDATE players SET xUSD_balance = xUSD_balance + ?,"
-            " total_play_time = total_play_time + ?, phase_locks_count = phase_locks_count + ?,"
-            " memory_depth = memory_depth + ?, quality_score = ?,"
-            # tau_k moves from its value (economy.tau_k_after): only from the one the
-            # player's actor saw, i.e. if the same step from the row's gives the same value.
-            " tau_k = CASE WHEN ? * tau_k + ? * (CAST(? AS DOUBLE PRECISION) * ?) = ?"
-            " THEN CAST(? AS DOUBLE PRECISION) END, phase = ?,"
-            " coherence = ? WHERE player_id = ?",
+    rows: list[tuple[str, tuple[object, ...]]] = [
+        (
+            _SESSION_PLAYER,
             (
                 xusd,
                 s.hours,
@@ -406,25 +443,28 @@ def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
                 s.coherence,
                 s.player_id,
             ),
-        ),
-        *(token_played(token_id, hours, share) for token_id, hours, share in s.shares),
-        pto_session(s.pto_id, xusd, s.aci),
-        insert_session(
-            PlaySession(
-                session_id=None,
-                pto_id=s.pto_id,
-                player_id=s.player_id,
-                duration=s.hours,
-                quality=s.quality,
-                xUSD_earned=xusd,
-                timestamp=s.at,
-                phase_locks=s.phase_locks,
-            )
-        ),
+        )
     ]
+    for token_id, hours, share in s.shares:
+        rows.append((_TOKEN_PLAYED, (hours, share, token_id)))
+    rows.append((_PTO_SESSION, (xusd, s.aci, s.pto_id)))
+    rows.append(
+        (
+            _INSERT_SESSION,
+            (None, s.pto_id, s.player_id, s.hours, s.quality, xusd, s.at, s.phase_locks),
+        )
+    )
     if xusd > 0:
-        rows.append(ledger_row("xusd_composition", None, s.player_id, xusd, XUSD, s.at, s.pto_id))
+        tx = (None, "xusd_composition", None, s.player_id, xusd, XUSD, s.pto_id, s.at, None)
+        rows.append((_XUSD_COMPOSITION, (*tx, s.player_id)))
     return rows
+
+
+def _session_rows(s: ev.SessionPlayed) -> list[Statement]:
+    return [
+        Statement(sql, params, want_rowid=sql == _INSERT_SESSION)
+        for sql, params in _session_params(s)
+    ]
 
 
 def _log(
@@ -623,6 +663,13 @@ def _tick_sessions(
     runs: dict[str, list[Sequence[object]]] = {}
     inserts: list[Sequence[object]] = []
     for event in events:
+        if type(event) is ev.SessionPlayed:
+            for sql, params in _session_params(event):
+                if sql == _INSERT_SESSION:
+                    inserts.append(params)
+                else:
+                    runs.setdefault(sql, []).append(params)
+            continue
         for stmt in _rows(event):
             if stmt.sql == _INSERT_SESSION:
                 inserts.append(stmt.params)
