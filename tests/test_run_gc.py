@@ -34,11 +34,26 @@ async def test_a_run_puts_the_collector_back(tmp_path: Path, collector: tuple[in
         loaded,
         Home.resolve(tmp_path / "home"),
         progress=lambda tick, total: seen.append((gc.get_freeze_count(), gc.get_threshold())),
+        freeze_heap=True,
     )
     assert report.ticks_run == len(seen) > 0
     assert all(frozen > 0 and threshold[0] == 10_000 for frozen, threshold in seen)
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == collector
+
+
+@pytest.mark.anyio
+async def test_an_embedded_run_leaves_the_collector_alone(
+    tmp_path: Path, collector: tuple[int, ...]
+) -> None:
+    seen: list[tuple[int, tuple[int, ...]]] = []
+    loaded = load_scenario(SCENARIOS / "harmonic_caverns.yaml")
+    await run_scenario(
+        loaded,
+        Home.resolve(tmp_path / "home"),
+        progress=lambda tick, total: seen.append((gc.get_freeze_count(), gc.get_threshold())),
+    )
+    assert seen and all(entry == (0, collector) for entry in seen)
 
 
 def test_objects_frozen_before_stay_frozen(collector: tuple[int, ...]) -> None:

@@ -341,6 +341,7 @@ def run(
                 "synchronous": synchronous,
                 "interrupted": pressed.is_set,
                 "collect_metrics": metrics_path is not None,
+                "freeze_heap": True,  # this process is the run's own (see run_scenario)
             }
             if ray is not None:
                 return anyio.run(lambda: run_on_ray(loaded, target, ray, **options))
