@@ -30,7 +30,9 @@ frames into the database while the writer goes on committing, and waits for nobo
 When it has copied every frame, the next commit starts the WAL afresh and cuts the
 file back to the limit (``journal_size_limit``), so the file's length tells what was
 appended since. A writer that never pauses may never begin a transaction with every
-frame copied; past ``WAL_HARD_FACTOR`` times the limit it copies the last frames
+frame copied (it appended during the copy): the next checkpoint is then due once
+another limit was appended, not at the next batch (the WAL header's generation tells
+the two cases apart). Past ``WAL_HARD_FACTOR`` times the limit it copies the last frames
 itself, between two batches and after the acknowledgements of the one before
 (``checkpoints_inline``: the one case where queued units wait for a checkpoint, and
 only for the frames written since the last background pass).
