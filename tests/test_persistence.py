@@ -219,6 +219,43 @@ async def test_acknowledgements_never_wait_for_a_checkpoint(tmp_path: Path) -> N
 
 
 @pytest.mark.anyio
+async def test_after_a_checkpoint_the_wal_did_not_start_afresh_the_next_waits_a_limit(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint copies the frames the WAL held when it began; batches the writer
+    committed while it ran are appended after them, so the WAL does not start afresh
+    and stays past the limit. The next checkpoint then waits until another limit was
+    appended, not for the next batch (under steady load that ran checkpoints back to
+    back). Here the first checkpoint reports every frame copied and leaves the WAL as
+    it is, as SQLite does when frames were appended meanwhile (that timing cannot be
+    arranged from outside)."""
+    db = tmp_path / "ublox.db"
+    async with PersistenceActor.open(db, wal_limit_bytes=LIMIT) as actor:
+        checkpoint = actor._checkpointer.passive
+        actor._checkpointer.passive = lambda: (0, 0, 0)  # type: ignore[method-assign]
+        rounds = 0
+        while actor.checkpoints == 0:  # until the WAL passed the limit
+            await actor.submit([tx(f"a{rounds}-{i}", 1) for i in range(20)])
+            await actor.checkpoints_settled()
+            rounds += 1
+        actor._checkpointer.passive = checkpoint  # type: ignore[method-assign]
+        after = await idle_wal_size(actor, db)
+        assert LIMIT < after < 2 * LIMIT  # not started afresh
+        sizes = []
+        while (size := await idle_wal_size(actor, db)) <= after + LIMIT:
+            assert actor.checkpoints == 1, (size, after)
+            sizes.append(size)
+            await actor.submit([tx(f"b{len(sizes)}-{i}", 1) for i in range(20)])
+        assert sizes[-1] > after + LIMIT // 2  # batch after batch, no checkpoint
+        # The batch that passed it started the next one, which (the writer idle) copied
+        # every frame: the next commit starts the WAL afresh, cut back to the limit.
+        assert (actor.checkpoints, actor.checkpoints_inline) == (2, 0)
+        await actor.submit([tx("last", 1)])
+        assert await idle_wal_size(actor, db) <= LIMIT
+    assert count(db) == 20 * rounds + 20 * len(sizes) + 1
+
+
+@pytest.mark.anyio
 async def test_a_reader_holding_a_snapshot_delays_the_checkpoint_not_the_writer(
     tmp_path: Path,
 ) -> None:
