@@ -210,8 +210,12 @@ class CdtStore:
     async def aprune(self, world_ids: Sequence[str], keep: int) -> None:
         """``prune`` for many worlds, off the event loop (one listing of the folder, the
         unlinks on a worker thread: a checkpoint of many worlds removes as many files)."""
-        kept = {self.path_for(w, keep).name for w in world_ids}  # (validates the ids)
-        await anyio.to_thread.run_sync(_prune_all, self.directory, set(world_ids), kept)
+        await self.aprune_to(dict.fromkeys(world_ids, keep))
+
+    async def aprune_to(self, versions: Mapping[str, int]) -> None:
+        """Remove every version of each world but ``versions[world]``, off the event loop."""
+        kept = {self.path_for(w, v).name for w, v in versions.items()}  # (validates the ids)
+        await anyio.to_thread.run_sync(_prune_all, self.directory, set(versions), kept)
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.directory.glob("*.npz") if not p.name.startswith("."))

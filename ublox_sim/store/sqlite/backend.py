@@ -169,6 +169,12 @@ class SqliteBackend:
 
     async def start(self, tg: TaskGroup) -> None:
         await self.local.start(tg)
+        # A process killed between a checkpoint's commit and its pruning (or while it
+        # wrote the files of a checkpoint that never committed) left world files the
+        # database does not point at: each world keeps only the version it names.
+        versions = await queries.world_versions(self.local.db)
+        if versions:
+            await self.local.cdt.aprune_to(versions)
 
     async def aclose(self) -> None:
         await self.local.aclose()

@@ -60,6 +60,12 @@ async def world_version(db: PersistenceActor, world_id: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+async def world_versions(db: PersistenceActor) -> dict[str, int]:
+    """Every world's file version the database points at (worlds with a versioned file)."""
+    rows = await db.fetchall("SELECT world_cdt_id, version FROM cdt_files")
+    return {str(w): int(v) for w, v in rows if v is not None}
+
+
 async def is_empty(db: PersistenceActor) -> bool:
     """No player, PTO or ledger row."""
     for table in ("players", "ptos", "transactions"):
