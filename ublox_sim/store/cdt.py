@@ -221,8 +221,11 @@ class CdtStore:
         return sorted(p for p in self.directory.glob("*.npz") if not p.name.startswith("."))
 
 
-WRITERS = min(4, os.cpu_count() or 1)
-"""Worker threads compressing and writing world files at once (zlib releases the GIL)."""
+WRITERS = max(1, min(4, (os.cpu_count() or 1) - 1))
+"""Worker threads compressing and writing world files at once (zlib releases the GIL),
+leaving one core to the event loop: a flush runs while the worlds step, and on 2 cores
+two compressing threads beside the ticks cost them 1.37x their p99 (`bench cdt`), one
+thread 0.99x."""
 
 
 def _write_all(jobs: list[tuple[Path, dict[str, NDArray[np.generic]]]]) -> list[int]:
