@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from ray_marks import RAY_TESTS
 
 from ublox_sim.core.errors import InvalidInput, RuntimeFailure
 from ublox_sim.sim.ray_executor import RayExecutor, run_on_worker
@@ -23,12 +23,7 @@ if TYPE_CHECKING:
 # into each module would be one cluster per module (and Ray keeps the first one's token
 # for the process).
 pytest_plugins = ("ray_cluster",)
-pytestmark = [
-    pytest.mark.ray,
-    pytest.mark.skipif(
-        find_spec("ray") is None, reason="Ray is not installed (pip install '.[ray]')"
-    ),
-]
+pytestmark = RAY_TESTS
 ROOT = Path(__file__).resolve().parents[1]
 
 CELLS = [Cell("x.yaml", (("k", "v"),), seed) for seed in range(5)]

@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 import numpy as np
 import pytest
+from ray_marks import RAY_TESTS
 
 from ublox_sim.core.shard import Sessions, Shard, TickOutcome, WorldShards
 from ublox_sim.core.world import WorldParams, new_world
@@ -30,12 +30,7 @@ if TYPE_CHECKING:
     from ray_cluster import RayCluster
 
 pytest_plugins = ("ray_cluster",)
-pytestmark = [
-    pytest.mark.ray,
-    pytest.mark.skipif(
-        find_spec("ray") is None, reason="Ray is not installed (pip install '.[ray]')"
-    ),
-]
+pytestmark = RAY_TESTS
 ROOT = Path(__file__).resolve().parents[1]
 
 # Five worlds, sessions every tick, checkpoints at 4, 8 and 12; PTOs with a 3-hour

@@ -12,11 +12,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from ray_marks import RAY_TESTS
 from test_sweep import FESTIVAL, FIXED, GRID, tables
 
 from ublox_sim.sim import sweep as S
@@ -29,12 +29,7 @@ if TYPE_CHECKING:
 # into each module would be one cluster per module (and Ray keeps the first one's token
 # for the process).
 pytest_plugins = ("ray_cluster",)
-pytestmark = [
-    pytest.mark.ray,
-    pytest.mark.skipif(
-        find_spec("ray") is None, reason="Ray is not installed (pip install '.[ray]')"
-    ),
-]
+pytestmark = RAY_TESTS
 ROOT = Path(__file__).resolve().parents[1]
 
 STALL_AT = 5  # the checkpoint after which the doomed attempt stops (FIXED: every 5 of 10)
