@@ -715,11 +715,16 @@ class PersistenceActor:
         self._busy_timeout_ms = 0  # the connection's own (reported, never changed)
         # A batch, from BEGIN to COMMIT, and a checkpoint have the connection to
         # themselves: nothing else may be queued between their calls.
-        self._writing = anyio.Lock()
+        # asyncio's own Lock and Semaphore (the writer runs on asyncio only): free, they
+        # are taken without a turn of the event loop, where anyio's take one each (a
+        # checkpoint), and every turn between the producers' last unit and the thread's
+        # start, or its COMMIT and the acknowledgements, is a turn the thread or the
+        # producers wait for.
+        self._writing = asyncio.Lock()
         self._broken: BaseException | None = None
         self._closed = False
         self._stopped = anyio.Event()
-        self._slots = anyio.Semaphore(PIPELINE_DEPTH)
+        self._slots = asyncio.Semaphore(PIPELINE_DEPTH)
         self._dispatched = False  # a batch was dispatched since the last _wait_idle
         self._batches: TaskGroup
         self.commits = 0
@@ -1165,9 +1170,9 @@ class PersistenceActor:
             # Retries of a failed batch's units run before the next batch takes the
             # connection: units commit, and are answered, in the order they were queued.
             await self._attempt(conn, batch.units, range(len(batch.units)), outcomes, hooks)
-        # Let the batch waiting for the connection queue its statements before this one
-        # is answered, so the thread works while the event loop acknowledges.
-        await anyio.lowlevel.cancel_shielded_checkpoint()
+        # A batch waiting for the connection was woken by the lock's release, before the
+        # producers this answer wakes (the loop runs callbacks first in, first out): it
+        # queues its statements first, so the thread works while the loop acknowledges.
         batch.answer(outcomes)
         # After the replies (their callbacks are scheduled, so they run after these), so
         # each actor resumes (and applies its state) before any subscriber hears of the
