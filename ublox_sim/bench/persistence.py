@@ -11,7 +11,9 @@ Every contender writes one-row units: a ``transactions`` row of the real schema
   machine and SQLite's own checkpoints do to a plain loop's tail, in the same rounds;
 - ``actor``: 100 producers, each submitting a one-row unit through the real
   ``PersistenceActor`` and awaiting its durable acknowledgement before the next
-  (p50/p99/max of those acknowledgements are reported);
+  (p50/p99/max of those acknowledgements are reported). Its units are built before the
+  clock starts, as ``raw_*`` builds its rows: both time the writing, not the making of
+  the rows;
 - ``submit_many``: 100 producers, each submitting 10 one-row units at once with
   ``submit_many`` (batches of up to 1,000 rows): held to ``raw_1000``;
 - ``naive`` (context only, not a target): stdlib sqlite3, rollback journal,
