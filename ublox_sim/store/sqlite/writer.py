@@ -155,11 +155,12 @@ class _Batch:
     future (``done``): each unit's outcome is ``outcomes[i]``. A producer that queued a
     callback instead (``enqueue_with``) has it scheduled on the loop, in order."""
 
-    __slots__ = ("callbacks", "done", "outcomes", "units")
+    __slots__ = ("callbacks", "done", "outcomes", "units", "with_callbacks")
 
     def __init__(self) -> None:
         self.units: list[Unit] = []
         self.callbacks: list[UnitDone | None] = []
+        self.with_callbacks = False  # any of them (else answering is one set_result)
         self.outcomes: list[Outcome] = []
         self.done = _Shared()
 
@@ -167,10 +168,11 @@ class _Batch:
         if self.done.done():
             return
         self.outcomes = outcomes
-        call_soon = self.done.get_loop().call_soon
-        for callback, outcome in zip(self.callbacks, outcomes, strict=True):
-            if callback is not None:
-                call_soon(callback, outcome)
+        if self.with_callbacks:
+            call_soon = self.done.get_loop().call_soon
+            for callback, outcome in zip(self.callbacks, outcomes, strict=True):
+                if callback is not None:
+                    call_soon(callback, outcome)
         self.done.set_result(None)
 
     def fail(self, error: BaseException) -> None:
@@ -306,6 +308,14 @@ def _plan(units: Sequence[Unit]) -> list[_Step]:
     run_: _Step | None = None
     for index, unit in enumerate(units):
         for stmt in unit:
+            if (
+                run_ is not None
+                and stmt.rows is None
+                and not stmt.want_rowid
+                and run_.sql == stmt.sql
+            ):
+                run_.params.append(stmt.params)  # the common case: the run goes on
+                continue
             covered = _covered(stmt.sql)
             if stmt.rows is not None and stmt.want_rowid:
                 run_ = None
@@ -1040,6 +1050,8 @@ class PersistenceActor:
         index = len(tail.units)
         tail.units.append(unit)
         tail.callbacks.append(callback)
+        if callback is not None:
+            tail.with_callbacks = True
         return tail, index
 
     def _wake(self) -> None:
