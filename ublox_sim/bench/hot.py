@@ -265,27 +265,23 @@ def serve(home: str) -> None:
     from ublox_sim.server import routes
     from ublox_sim.server.app import ServerConfig
     from ublox_sim.server.models import BuyBody
-    from ublox_sim.server.operation import Call, Op, add_operations
+    from ublox_sim.server.operation import Call, add_operations
     from ublox_sim.server.run import bind
     from ublox_sim.server.run import serve as run_server
 
     async def noop(c: Call[BuyBody]) -> dict[str, object]:
         return {"pto_id": c.id, "player_id": c.body.player_id, "hours": c.body.hours}
 
+    # The purchase route's own layers (routes.as_player), without the engine.
     add_operations(
         routes.router,
         (
-            Op(
-                method="POST",
+            routes.as_player(
                 path=NOOP_PATH,
                 name="bench_noop",
                 doc="Benchmark only: a purchase's request, answered without the engine.",
-                tag="ptos",
-                auth="caller",
-                acts_as=lambda c: c.body.player_id,
                 body=BuyBody,
                 call=noop,
-                status=201,
             ),
         ),
     )
