@@ -207,6 +207,7 @@ class PTOActor(Actor[PTOMessage]):
         self._no_flight.set()
         self._playing: dict[str, _Sent] = {}  # each player's last session in flight here
         self._redos: dict[int, tuple[tuple[PlayRequest, ...], _Flight, tuple[int, ...]]] = {}
+        self.replays = 0  # sessions decided again after their chain broke
 
     def quiet(self) -> bool:
         """Nothing unacknowledged, no session in flight (it may be passivated)."""
@@ -857,6 +858,7 @@ class PTOActor(Actor[PTOMessage]):
         groups: dict[int, list[_Sent]] = {}
         for sent in rest:
             groups.setdefault(id(sent.flight), []).append(sent)
+        self.replays += len(rest)
         for sents in groups.values():
             requests = tuple(s.request for s in sents)
             self._redos[id(requests)] = (requests, sents[0].flight, tuple(s.index for s in sents))
