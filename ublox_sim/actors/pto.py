@@ -141,6 +141,7 @@ class _Decided:
 class _Sent:
     """A session submitted by its player, not settled yet."""
 
+    seq: int  # its place in its chain
     flight: _Flight
     index: int  # of its request in the Play
     request: PlayRequest
@@ -152,10 +153,11 @@ class _Sent:
 
 @dataclasses.dataclass(eq=False, slots=True)
 class _Run:
-    """The sessions submitted in one ``Chain``, in order; broken once one failed."""
+    """The sessions submitted in one ``Chain``; broken once one failed."""
 
     chain: Chain = dataclasses.field(default_factory=Chain)
-    sent: list[_Sent] = dataclasses.field(default_factory=list)
+    sent: int = 0
+    failed: list[_Sent] = dataclasses.field(default_factory=list)
     open: int = 0
     broken: bool = False
     drained: anyio.Event = dataclasses.field(default_factory=anyio.Event)
@@ -630,6 +632,7 @@ class PTOActor(Actor[PTOMessage]):
         if valid:
             await self._run_sessions(flight, valid, [physics[r.player_id] for _, r, _ in valid], at)
         if redo is not None:
+            self._maybe_quiet()
             return []  # told by this actor: the first Play's caller hears the outcomes
         if not self._pipelined:
             await flight.done.wait()
@@ -756,8 +759,8 @@ class PTOActor(Actor[PTOMessage]):
                 receipt=request.receipt,
                 chain=chain,
             )
-            sent = _Sent(flight, index, request, message, decided)
-            run.sent.append(sent)
+            run.sent += 1
+            sent = _Sent(run.sent, flight, index, request, message, decided)
             run.open += 1
             self._flying += 1
             self._playing[request.player_id] = sent
@@ -838,6 +841,7 @@ class PTOActor(Actor[PTOMessage]):
             sent.flight.final(sent.index, SessionOutcome(player_id, error=error))
         else:
             sent.error = error or UnitRejected("session not committed")
+            run.failed.append(sent)
             run.chain.refused = True  # also if it never reached the store
             if not run.broken:
                 run.broken = True
@@ -852,7 +856,7 @@ class PTOActor(Actor[PTOMessage]):
 
     def _redo(self, run: _Run) -> None:
         """A broken chain has drained: answer its first failure, decide the rest again."""
-        failed = [s for s in run.sent if s.error is not None]
+        failed = sorted(run.failed, key=lambda s: s.seq)  # they may settle out of order
         first, rest = failed[0], failed[1:]
         first.flight.final(first.index, SessionOutcome(first.request.player_id, error=first.error))
         groups: dict[int, list[_Sent]] = {}
@@ -863,7 +867,7 @@ class PTOActor(Actor[PTOMessage]):
             requests = tuple(s.request for s in sents)
             self._redos[id(requests)] = (requests, sents[0].flight, tuple(s.index for s in sents))
             self._tell_self(Play(requests=requests, at=sents[0].message.at), sents)
-        run.sent.clear()
+        run.failed.clear()
         if self._draining is run:
             self._draining = None
         run.drained.set()
