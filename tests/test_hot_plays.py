@@ -25,11 +25,17 @@ import anyio.lowlevel
 import pytest
 
 from ublox_sim.core.clock import SimClock
-from ublox_sim.core.errors import UbloxError, UnitRejected
+from ublox_sim.core.errors import StoreFull, UbloxError, UnitRejected
 from ublox_sim.core.records import PTO, Player, PlaySession, PTSToken, iso
 from ublox_sim.engine import Engine
 from ublox_sim.store.backend import Chain, Receipt
-from ublox_sim.store.sqlite.writer import PIPELINE_DEPTH, Chained, PersistenceActor, Statement
+from ublox_sim.store.sqlite.writer import (
+    PIPELINE_DEPTH,
+    Chained,
+    PersistenceActor,
+    Statement,
+    run,
+)
 from ublox_sim.store.verify import verify_store
 
 HOURS = 10  # each player's PTS
@@ -253,6 +259,33 @@ async def test_plays_queued_while_the_writer_is_busy_are_all_decided_and_share_a
         assert db.commits - commits <= PIPELINE_DEPTH
     assert all(not isinstance(r, BaseException) for r in results.values())
     assert len((await state(tmp_path))["sessions"]) == count
+
+
+@pytest.mark.asyncio
+async def test_plays_of_one_world_into_a_full_database_equal_a_serial_run_of_what_committed(
+    tmp_path: Path,
+) -> None:
+    """The database is capped a few pages above its size (SQLite's own ``max_page_count``:
+    a real SQLITE_FULL) while 20 players play one world: what fits commits, every other
+    play is refused as ``StoreFull`` (no caller left waiting), and what committed is a
+    serial run of itself."""
+    count, rounds = 20, 3
+    async with Engine.open(tmp_path / "hot", seed=1, clock=SimClock()) as engine:
+        names = await setup(engine, count)
+        db = engine.store.db  # type: ignore[attr-defined]  # SQLite's writer
+        ((pages,),) = await db.call(lambda conn: run(conn, "PRAGMA page_count"))
+        await db.call(lambda conn: run(conn, f"PRAGMA max_page_count={int(pages) + 4}"))
+        outcomes = await hot_plays(engine, names, rounds, set(), None)
+        await db.call(lambda conn: run(conn, "PRAGMA max_page_count=1073741823"))
+    failed = [o for o in outcomes.values() if isinstance(o, BaseException)]
+    assert len(outcomes) == count * rounds
+    assert failed, "the capped database never filled up"
+    assert all(isinstance(o, StoreFull) for o in failed), failed
+    after = await state(tmp_path / "hot")
+    assert len(after["sessions"]) == count * rounds - len(failed) > 0, len(failed)
+    await serial_replay(tmp_path / "serial", count, committed_plays(after))
+    assert after == await state(tmp_path / "serial")
+    assert verify_store(tmp_path / "hot") == []
 
 
 # -- the store's chain --------------------------------------------------------------------
