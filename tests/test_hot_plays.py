@@ -12,18 +12,22 @@ Units are made to fail for real: an idempotency receipt whose key is already sto
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Sequence
 from contextlib import closing
-from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from hot_plays_worker import setup
 
+import ublox_sim
 from ublox_sim.core.clock import SimClock
 from ublox_sim.core.errors import StoreFull, UbloxError, UnitRejected
 from ublox_sim.core.records import PTO, Player, PlaySession, PTSToken, iso
@@ -37,27 +41,6 @@ from ublox_sim.store.sqlite.writer import (
     run,
 )
 from ublox_sim.store.verify import verify_store
-
-HOURS = 10  # each player's PTS
-
-
-async def setup(engine: Engine, count: int) -> list[str]:
-    """``count`` players, each holding ``HOURS`` of the world ``hot`` (funded: playable)."""
-    names = [f"p{i:02d}" for i in range(count)]
-    await engine.register_player("maker", usd_obbba=Decimal(10_000))
-    await engine.register_players([(name, Decimal(1_000), 1.0, None) for name in names])
-    await engine.launch_pto(
-        pto_id="hot",
-        game_name="G",
-        creator_id="maker",
-        atu_required=10,
-        pts_offered=count * HOURS,
-        price_per_pts=Decimal(1),
-        funding_deadline=timedelta(hours=2),
-    )
-    for name in names:
-        await engine.buy_pts(name, "hot", HOURS)
-    return names
 
 
 async def state(home: Path) -> dict[str, Any]:
@@ -286,6 +269,60 @@ async def test_plays_of_one_world_into_a_full_database_equal_a_serial_run_of_wha
     await serial_replay(tmp_path / "serial", count, committed_plays(after))
     assert after == await state(tmp_path / "serial")
     assert verify_store(tmp_path / "hot") == []
+
+
+def run_killed(home: Path, count: int, acks: int) -> list[tuple[str, int]]:
+    """Run ``hot_plays_worker`` and SIGKILL it once ``acks`` plays were answered."""
+    roots = (Path(ublox_sim.__file__).resolve().parents[1], Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, roots))}
+    answered: list[tuple[str, int]] = []
+    errors = home.parent / "worker.err"
+    with errors.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hot_plays_worker", str(home), str(count)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+        assert proc.stdout is not None
+        try:
+            while len(answered) < acks:
+                line = proc.stdout.readline()
+                if not line or line.strip() == "done":
+                    break  # died, or finished first: the test sees too few acks
+                if line.startswith("acked "):
+                    _, player_id, session_id = line.split()
+                    answered.append((player_id, int(session_id)))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL, errors.read_text()
+    return answered
+
+
+def test_a_process_killed_amid_pipelined_plays_keeps_every_answered_play_and_a_serial_prefix(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL while 20 players play one world: every answered play is on disk, the store
+    verifies, and what committed is a serial run of itself (money, hours, tau_k; the
+    world's arrays are written in the background, so its theta may be older)."""
+    count = 20
+    answered = run_killed(tmp_path / "hot", count, acks=3 * count)
+    assert len(answered) == 3 * count
+    assert verify_store(tmp_path / "hot") == []
+    assert {session_id for _, session_id in answered} <= anyio.run(answered_ids, tmp_path / "hot")
+    after = anyio.run(state, tmp_path / "hot")
+    anyio.run(serial_replay, tmp_path / "serial", count, committed_plays(after))
+    serial = anyio.run(state, tmp_path / "serial")
+    for key in ("players", "tokens", "ptos", "sessions"):
+        assert after[key] == serial[key], key
+
+
+async def answered_ids(home: Path) -> set[int]:
+    async with Engine.open(home, seed=1, clock=SimClock()) as engine:
+        return {s.session_id for s in await engine.store.load_all(PlaySession)}
 
 
 # -- the store's chain --------------------------------------------------------------------
