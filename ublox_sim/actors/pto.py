@@ -19,7 +19,10 @@ other messages until that unit is queued (its units reach the store in decision 
 
 Sessions of many players in one world are stepped together (one array operation per
 step); each player commits its own session (its physics move from its own state),
-and the PTO applies the committed sessions to its tokens and pool.
+and the PTO applies the committed sessions to its tokens and pool. A hot world's Plays
+are pipelined (``_play``): each is decided on the theta the Plays in flight leave, and
+their units join one ``Chain`` of the store, which commits only a prefix of it; a
+refused session's successors are decided again, so what commits is a serial run.
 
 Several processes on one database (``backend.shared``): the state is a cache. Every
 unit's rows check what the decision assumed (``store.sqlite.rows``' guards); a unit the
