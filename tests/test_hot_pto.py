@@ -193,6 +193,7 @@ def test_bench_hot_runs_at_its_tiniest(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "engine hot/spread" in proc.stdout and "HTTP hot/no-op" in proc.stdout
+    assert "engine plays hot/spread" in proc.stdout and "HTTP plays hot/spread" in proc.stdout
     report = json.loads(out.read_text())["hot"]
     for key in (
         "engine_hot_purchases_per_s",
@@ -201,6 +202,13 @@ def test_bench_hot_runs_at_its_tiniest(tmp_path: Path) -> None:
         "http_noop_requests_per_s",
         "ratio_engine_hot_vs_spread",
         "ratio_http_hot_vs_noop",
+        "engine_plays_hot_per_s",
+        "engine_plays_spread_per_s",
+        "http_plays_hot_per_s",
+        "http_plays_spread_per_s",
+        "ratio_engine_plays_hot_vs_spread",
+        "ratio_http_plays_hot_vs_spread",
     ):
         assert isinstance(report[key], float) and report[key] > 0, key
     assert report["rounds"] >= 3 and report["buyers"] == 10
+    assert report["units_per_commit"]["engine_plays_hot"] >= 1.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..core import events as ev
 from ..core.errors import UbloxError
 from ..core.records import PTO, Player, PTSToken
-from ..store.backend import Receipt
+from ..store.backend import Chain, Receipt
 from .runtime import Ask, Later
 
 # -- to a player actor -----------------------------------------------------------------
@@ -88,6 +88,7 @@ class ApplySession(Ask[ev.SessionPlayed]):
     aci: float
     shares: tuple[tuple[str, float, int], ...]
     receipt: Receipt | None = None
+    chain: Chain | None = None  # the world's plays in flight it builds on (``actors.pto``)
 
 
 PlayerMessage = GetPlayer | Deposit | SendTransfer | Reserve | GetPhysics | ApplySession

@@ -42,7 +42,7 @@ from ..core.economy import apply_to_player, check_funds, tau_k_after
 from ..core.errors import Conflict, conflict_of
 from ..core.money import to_cents, to_decimal
 from ..core.records import Player
-from ..store.backend import Backend, Committed, Receipt, Unit
+from ..store.backend import Backend, Chain, Committed, Receipt, Unit
 from .messages import (
     ApplySession,
     Deposit,
@@ -212,7 +212,7 @@ class PlayerActor(Actor[PlayerMessage]):
                 return Physics(s.position_x, s.position_y, s.phase, s.resonance_freq, s.tau_k)
             case ApplySession() as s:
                 await self._idle.wait()  # tau_k moves from the acknowledged value
-                return await self._decide((*self._session_events(s),), s.receipt)
+                return await self._decide((*self._session_events(s),), s.receipt, s.chain)
             case _:
                 assert_never(message)
 
@@ -258,7 +258,9 @@ class PlayerActor(Actor[PlayerMessage]):
 
     # -- decide, queue, apply on acknowledgement -------------------------------------
 
-    async def _decide(self, events: tuple[ev.Event, ...], receipt: Receipt | None) -> Later:
+    async def _decide(
+        self, events: tuple[ev.Event, ...], receipt: Receipt | None, chain: Chain | None = None
+    ) -> Later:
         self._tickets += 1
         ticket = self._tickets
         self._inflight[ticket] = events
@@ -278,7 +280,7 @@ class PlayerActor(Actor[PlayerMessage]):
             answer(outcome)
 
         try:
-            await self.backend.submit(Unit(events, receipt=receipt), done)
+            await self.backend.submit(Unit(events, receipt=receipt, chain=chain), done)
         except BaseException:
             self._landed(ticket)
             raise

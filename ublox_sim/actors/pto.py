@@ -19,7 +19,10 @@ other messages until that unit is queued (its units reach the store in decision 
 
 Sessions of many players in one world are stepped together (one array operation per
 step); each player commits its own session (its physics move from its own state),
-and the PTO applies the committed sessions to its tokens and pool.
+and the PTO applies the committed sessions to its tokens and pool. A hot world's Plays
+are pipelined (``_play``): each is decided on the theta the Plays in flight leave, and
+their units join one ``Chain`` of the store, which commits only a prefix of it; a
+refused session's successors are decided again, so what commits is a serial run.
 
 Several processes on one database (``backend.shared``): the state is a cache. Every
 unit's rows check what the decision assumed (``store.sqlite.rows``' guards); a unit the
@@ -56,9 +59,12 @@ from ..core.economy import (
 )
 from ..core.errors import (
     CONFLICT_RETRIES,
+    ActorBroken,
+    ActorClosed,
     Conflict,
     StoreError,
     UbloxError,
+    UnitRejected,
     WorldLeased,
     conflict_of,
 )
@@ -66,7 +72,7 @@ from ..core.money import to_decimal
 from ..core.records import PTO, PTSToken, parse_iso
 from ..core.shard import WorldShards
 from ..core.world import F64, WorldParams, cell_of, order_parameter, play_steps, step_world
-from ..store.backend import Backend, Committed, Receipt, Unit
+from ..store.backend import Backend, Chain, Committed, Receipt, Unit
 from .messages import (
     Allot,
     Allotment,
@@ -107,6 +113,59 @@ def _token_number(token_id: str) -> int:
     return int(number) if number.isdigit() else 0
 
 
+class _Flight:
+    """A Play's answer in the making: one outcome per request, finished once all are in
+    (its sessions may be decided more than once, see ``PTOActor._redo``)."""
+
+    __slots__ = ("done", "later", "outcomes", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.outcomes: dict[int, SessionOutcome] = {}
+        self.later = Later()
+        self.done = anyio.Event()
+
+    def final(self, index: int, outcome: SessionOutcome) -> None:
+        self.outcomes[index] = outcome
+        if len(self.outcomes) == self.size:
+            self.later.finish([self.outcomes[i] for i in range(self.size)])
+            self.done.set()
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Decided:
+    """The theta one decision stepped the world to, taken by the world at its first commit."""
+
+    theta: F64
+    landed: bool = False
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Sent:
+    """A session submitted by its player, not settled yet."""
+
+    seq: int  # its place in its chain
+    flight: _Flight
+    index: int  # of its request in the Play
+    request: PlayRequest
+    message: ApplySession
+    decided: _Decided
+    settled: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    error: UbloxError | None = None
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Run:
+    """The sessions submitted in one ``Chain``; broken once one failed."""
+
+    chain: Chain = dataclasses.field(default_factory=Chain)
+    sent: int = 0
+    failed: list[_Sent] = dataclasses.field(default_factory=list)
+    open: int = 0
+    broken: bool = False
+    drained: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+
+
 class PTOActor(Actor[PTOMessage]):
     def __init__(
         self,
@@ -143,10 +202,21 @@ class PTOActor(Actor[PTOMessage]):
         self._ticking = 0
         # Set while purchases this actor decided for a BuyBatch wait to be queued.
         self._held: anyio.Event | None = None
+        # Plays (``_play``): pipelined where the store keeps chains and one process writes.
+        self._pipelined = getattr(backend, "chains", False) is True and not self.shared
+        self._current = _Run()  # the chain new Plays' sessions join
+        self._draining: _Run | None = None  # a broken chain new Plays wait for
+        self._theta: F64 | None = None  # after the Plays in flight (None: the world's)
+        self._flying = 0  # sessions submitted and not settled
+        self._no_flight = anyio.Event()
+        self._no_flight.set()
+        self._playing: dict[str, _Sent] = {}  # each player's last session in flight here
+        self._redos: dict[int, tuple[tuple[PlayRequest, ...], _Flight, tuple[int, ...]]] = {}
+        self.replays = 0  # sessions decided again after their chain broke
 
     def quiet(self) -> bool:
-        """Nothing unacknowledged (it may be passivated)."""
-        return not self._inflight and not self._ticking
+        """Nothing unacknowledged, no session in flight (it may be passivated)."""
+        return not self._inflight and not self._ticking and not self._flying and not self._redos
 
     @property
     def world(self) -> dict[str, F64] | None:
@@ -162,6 +232,8 @@ class PTOActor(Actor[PTOMessage]):
     async def handle(self, message: PTOMessage) -> object:
         if self._held is not None:  # a BuyBatch's unit is not queued yet: after it
             await self._held.wait()
+        if self._flying and isinstance(message, StepWorld | Allot | GetWorld):
+            await self._no_flight.wait()  # the world as the pipelined Plays leave it
         if isinstance(message, GetWorld) and not self._steps_world():
             self._stale = True  # the lease holder's arrays, not this copy
         if self._stale or (self.shared and isinstance(message, GetPTO | GetTokens)):
@@ -500,7 +572,21 @@ class PTOActor(Actor[PTOMessage]):
 
         return await self._decide((stepped,), durable)
 
-    async def _play(self, requests: tuple[PlayRequest, ...], at: str) -> list[SessionOutcome]:
+    async def _play(
+        self, requests: tuple[PlayRequest, ...], at: str
+    ) -> list[SessionOutcome] | Later:
+        """Sessions in the world (``Engine.play``, ``play_many``), answered once every one
+        is durable or refused.
+
+        Pipelined (``_pipelined``: a store that keeps a ``Chain``, one process): a Play
+        is decided against the theta the Plays in flight leave (``_theta``), its sessions
+        are submitted in request order in the world's current chain, and the handler
+        returns once they are submitted, so the next Play is decided while these commit
+        and a hot world's sessions share the store's batches. A player's sessions in this
+        world never overlap: its next one is decided once its last one settled, so its
+        tau_k and physics and its tokens' hours are what a serial run gives without
+        counting anything in flight. A refused session breaks the chain (see
+        ``_session_settled``). Otherwise the handler waits until its sessions settled."""
         await self._idle.wait()
         leases = getattr(self.backend, "leases", None)
         if leases is not None and await self._take_lease(leases):
@@ -509,33 +595,51 @@ class PTOActor(Actor[PTOMessage]):
             # process may have stepped it since this copy was loaded.
             self._stale = True
             await self._reload()
-        outcomes: dict[int, SessionOutcome] = {}
-        valid: list[Valid] = []
-        claimed: dict[str, float] = {}
-        # One pass over the tokens for the whole batch, not one per request (a hot world's
-        # batch of n players over its t tokens cost n*t). Nothing is in flight and this
-        # handler runs alone, so no token lands meanwhile.
-        players = {r.player_id for r in requests if isinstance(r.player_id, str)}
-        held: dict[str, list[PTSToken]] = {}
-        for token in self.tokens.values():
-            if token.holder in players:
-                held.setdefault(token.holder, []).append(token)
-        for index, request in enumerate(requests):
+        redo = self._redos.pop(id(requests), None)  # sessions of a broken chain, again
+        if redo is None:
+            flight, indices = _Flight(len(requests)), tuple(range(len(requests)))
+        else:
+            told, flight, indices = redo
+            assert told is requests
+        live: list[int] = []
+        for local, request in enumerate(requests):
             try:
                 self._require_world()
                 await self.players.check(request.player_id)
+            except UbloxError as exc:
+                flight.final(indices[local], SessionOutcome(request.player_id, error=exc))
+                continue
+            live.append(local)
+        physics = await self._settled_physics({requests[k].player_id for k in live})
+        # Decided from here to the first submission without an await: on the tokens as
+        # acknowledged (this world's sessions of these players all settled) and the theta
+        # the Plays in flight leave. One pass over the tokens for the whole batch, not
+        # one per request (a hot world's batch of n players over its t tokens cost n*t).
+        held: dict[str, list[PTSToken]] = {}
+        for token in self.tokens.values():
+            if token.holder in physics:
+                held.setdefault(token.holder, []).append(token)
+        claimed: dict[str, float] = {}  # by this batch's earlier requests
+        valid: list[Valid] = []
+        for local in live:
+            request = requests[local]
+            try:
                 tokens = self._held_tokens(held.get(request.player_id, []), claimed)
                 allocation = allocate_play(self.state, tokens, request.hours)
             except UbloxError as exc:
-                outcomes[index] = SessionOutcome(request.player_id, error=exc)
+                flight.final(indices[local], SessionOutcome(request.player_id, error=exc))
                 continue
             for token_id, hours in allocation:
                 claimed[token_id] = claimed.get(token_id, 0.0) + hours
-            valid.append((index, request, allocation))
+            valid.append((indices[local], request, allocation))
         if valid:
-            for index, outcome in await self._run_sessions(valid, at):
-                outcomes[index] = outcome
-        return [outcomes[i] for i in range(len(requests))]
+            await self._run_sessions(flight, valid, [physics[r.player_id] for _, r, _ in valid], at)
+        if redo is not None:
+            self._maybe_quiet()
+            return []  # told by this actor: the first Play's caller hears the outcomes
+        if not self._pipelined:
+            await flight.done.wait()
+        return flight.later
 
     async def _allot(self, requests: tuple[PlayRequest, ...]) -> Allotment:
         """A scenario tick's sessions here (``Engine.tick``): the tokens each is played on,
@@ -581,24 +685,42 @@ class PTOActor(Actor[PTOMessage]):
             for t in tokens
         ]
 
-    async def _run_sessions(self, valid: list[Valid], at: str) -> list[tuple[int, SessionOutcome]]:
-        world = self.world
-        assert world is not None
-        snapshots: list[Physics | None] = [None] * len(valid)
+    async def _settled_physics(self, players: set[str]) -> dict[str, Physics]:
+        """The players' physics once the world's pending state holds for them: no broken
+        chain draining, and none of them with a session in flight in this world."""
+        while True:
+            while self._draining is not None:
+                await self._draining.drained.wait()
+            for player_id in players:
+                if (busy := self._playing.get(player_id)) is not None:
+                    await busy.settled.wait()
+            if self._draining is None and not players & self._playing.keys():
+                break
+        snapshots: dict[str, Physics] = {}
 
-        async def snapshot(k: int, player_id: str) -> None:
-            physics: Physics = await self.players.ask(player_id, GetPhysics())
-            snapshots[k] = physics
+        async def snapshot(player_id: str) -> None:
+            snapshots[player_id] = await self.players.ask(player_id, GetPhysics())
 
         async with anyio.create_task_group() as tg:  # reads only: order does not matter
-            for k, (_, request, _) in enumerate(valid):
-                tg.start_soon(snapshot, k, request.player_id)
-        physics = [p for p in snapshots if p is not None]
-        assert len(physics) == len(valid)
+            for player_id in players:
+                tg.start_soon(snapshot, player_id)
+        while self._draining is not None:  # broken meanwhile: the theta to step is not known
+            await self._draining.drained.wait()
+        return snapshots
+
+    async def _run_sessions(
+        self, flight: _Flight, valid: list[Valid], physics: list[Physics], at: str
+    ) -> None:
+        """Step the world for the sessions (one array operation per step) from the theta
+        the Plays in flight leave, and have each player submit its own session, in request
+        order; returns once all are submitted (or failed). Each settles on its own
+        (``_session_settled``)."""
+        world = self.world
+        assert world is not None
         size = self.params.size
         cells = [cell_of(p.position_x, p.position_y, size) for p in physics]
         result = play_steps(
-            world["theta"],
+            world["theta"] if self._theta is None else self._theta,
             world["omega"],
             self.params,
             cells_y=np.array([c[0] for c in cells], dtype=np.int64),
@@ -610,26 +732,21 @@ class PTOActor(Actor[PTOMessage]):
         )
         aci = order_parameter(result.theta)
         pto_id = self.state.pto_id
-        outcomes: list[tuple[int, SessionOutcome]] = []
-        # Each player's unit is submitted in request order (the ledger's order must not
-        # depend on which player needed activating): a player is asked once the one before
-        # has handled its session; the commits still share batches.
+        run = self._current
+        chain = run.chain if self._pipelined else None
+        if self._pipelined:
+            self._theta = result.theta  # the next Play steps on from this one
+        decided = _Decided(result.theta)
+        if not self._flying:
+            self._no_flight = anyio.Event()
+        # Each player's unit is submitted in request order (the ledger's order, and the
+        # chain's, must not depend on which player needed activating): a player is asked
+        # once the one before has handled its session; the commits still share batches.
         handled = [anyio.Event() for _ in valid]
-
-        async def apply(k: int) -> None:
-            if k:
-                await handled[k - 1].wait()
-            try:
-                await ask_player(k)
-            finally:
-                handled[k].set()  # also when the ask never reached a handler
-
-        async def ask_player(k: int) -> None:
-            index, request, allocation = valid[k]
+        for k, (index, request, allocation) in enumerate(valid):
             quality = float(result.quality[k])
             xusd = compose_xusd(request.hours, quality, self.state.amplification)
             shares = split_by_hours(xusd, allocation)
-            locked_hours = float(result.locked_steps[k]) / self.params.steps_per_hour
             message = ApplySession(
                 pto_id=pto_id,
                 at=at,
@@ -638,47 +755,144 @@ class PTOActor(Actor[PTOMessage]):
                 coherence=float(result.coherence[k]),
                 phase=float(result.phase[k]),
                 locks=int(result.locks[k]),
-                locked_hours=locked_hours,
+                locked_hours=float(result.locked_steps[k]) / self.params.steps_per_hour,
                 xusd=xusd,
                 aci=aci,
                 shares=tuple((t, h, x) for (t, h), x in zip(allocation, shares, strict=True)),
                 receipt=request.receipt,
+                chain=chain,
             )
-            try:
-                for attempt in range(CONFLICT_RETRIES):
-                    try:
-                        played = await self.players.ask(
-                            request.player_id, message, handled=None if attempt else handled[k]
-                        )
-                        break
-                    except Conflict:
-                        # Another process moved the player's tau_k: it reloads, decides again.
-                        if attempt == CONFLICT_RETRIES - 1:
-                            raise
-            except UbloxError as exc:
-                outcomes.append((index, SessionOutcome(request.player_id, error=exc)))
-                return
+            run.sent += 1
+            sent = _Sent(run.sent, flight, index, request, message, decided)
+            run.open += 1
+            self._flying += 1
+            self._playing[request.player_id] = sent
+            before = handled[k - 1] if k else None
+            assert self._overflow is not None, "actor not started"
+            # They outlive this handler (pipelined): tasks of the actor's task group.
+            self._overflow.start_soon(self._apply_session, run, sent, before, handled[k])
+        await handled[-1].wait()  # every session submitted (or failed), in order
+
+    async def _apply_session(
+        self, run: _Run, sent: _Sent, before: anyio.Event | None, handled: anyio.Event
+    ) -> None:
+        played: ev.SessionPlayed | None = None
+        error: UbloxError | None = None
+        player_id = sent.request.player_id
+        try:
+            if before is not None:
+                await before.wait()
+            for attempt in range(CONFLICT_RETRIES):
+                try:
+                    played = await self.players.ask(
+                        player_id, sent.message, handled=None if attempt else handled
+                    )
+                    break
+                except Conflict:
+                    # Another process moved the player's tau_k: it reloads, decides again.
+                    if attempt == CONFLICT_RETRIES - 1:
+                        raise
+        except UbloxError as exc:
+            error = exc
+        except BaseException as exc:
+            # A bug (or the group's cancellation): its caller hears a crash of this actor,
+            # and the error goes on to the task group, loudly.
+            error = ActorBroken(f"{self.name} crashed while applying a session")
+            error.__cause__ = exc
+            raise
+        finally:
+            handled.set()  # also when the ask never reached a handler
+            self._session_settled(run, sent, played, error)
+
+    def _session_settled(
+        self, run: _Run, sent: _Sent, played: ev.SessionPlayed | None, error: UbloxError | None
+    ) -> None:
+        """A session committed or failed (in the store's order for one chain).
+
+        Committed: the PTO's tokens and pool take it, and the world takes its Play's theta
+        at the Play's first commit (Plays commit in the order they were decided). Failed:
+        the chain is broken (the store refuses its later units, so what committed is a
+        prefix), new Plays use a new chain and wait until this one has drained; then its
+        first failure answers its own caller and every session after it is decided again
+        (``_redo``), against the world as committed: theta, hours and money are those of a
+        serial run of the Plays that committed, in commit order."""
+        run.open -= 1
+        self._flying -= 1
+        player_id = sent.request.player_id
+        if self._playing.get(player_id) is sent:
+            del self._playing[player_id]
+        sent.settled.set()
+        if played is not None:
             apply_to_pto(self.state, self.tokens, played)
             apply_to_pto(self._pending, self._pending_tokens, played)
-            outcomes.append(
-                (
-                    index,
-                    SessionOutcome(
-                        request.player_id,
-                        session_id=played.session_id,
-                        hours=request.hours,
-                        quality=quality,
-                        xusd=xusd,
-                        locks=played.phase_locks,
-                        locked_hours=locked_hours,
-                        tau_k_after=played.tau_k,
-                    ),
-                )
+            if not sent.decided.landed:
+                sent.decided.landed = True
+                self._set_theta(sent.decided.theta)
+            m = sent.message
+            outcome = SessionOutcome(
+                player_id,
+                session_id=played.session_id,
+                hours=m.hours,
+                quality=m.quality,
+                xusd=m.xusd,
+                locks=played.phase_locks,
+                locked_hours=m.locked_hours,
+                tau_k_after=played.tau_k,
             )
+            sent.flight.final(sent.index, outcome)
+        elif run.chain is None or not self._pipelined:
+            sent.flight.final(sent.index, SessionOutcome(player_id, error=error))
+        else:
+            sent.error = error or UnitRejected("session not committed")
+            run.failed.append(sent)
+            run.chain.refused = True  # also if it never reached the store
+            if not run.broken:
+                run.broken = True
+                self._draining = run
+                self._current = _Run()
+        if run.broken and not run.open:
+            self._redo(run)
+        if not self._flying:
+            self._theta = None  # what is committed is all there is
+            self._no_flight.set()
+            self._maybe_quiet()
 
-        async with anyio.create_task_group() as tg:
-            for k in range(len(valid)):
-                tg.start_soon(apply, k)
-        if any(o.error is None for _, o in outcomes):
-            self._set_theta(result.theta)
-        return outcomes
+    def _redo(self, run: _Run) -> None:
+        """A broken chain has drained: answer its first failure, decide the rest again."""
+        failed = sorted(run.failed, key=lambda s: s.seq)  # they may settle out of order
+        first, rest = failed[0], failed[1:]
+        first.flight.final(first.index, SessionOutcome(first.request.player_id, error=first.error))
+        groups: dict[int, list[_Sent]] = {}
+        for sent in rest:
+            groups.setdefault(id(sent.flight), []).append(sent)
+        self.replays += len(rest)
+        for sents in groups.values():
+            requests = tuple(s.request for s in sents)
+            self._redos[id(requests)] = (requests, sents[0].flight, tuple(s.index for s in sents))
+            self._tell_self(Play(requests=requests, at=sents[0].message.at), sents)
+        run.failed.clear()
+        if self._draining is run:
+            self._draining = None
+        run.drained.set()
+
+    def _tell_self(self, message: Play, sents: list[_Sent]) -> None:
+        """Queue ``message`` behind what is queued; if this actor no longer takes
+        messages, its sessions' callers hear why."""
+
+        def closed(exc: UbloxError) -> None:
+            self._redos.pop(id(message.requests), None)
+            for sent in sents:
+                sent.flight.final(sent.index, SessionOutcome(sent.request.player_id, error=exc))
+            self._maybe_quiet()
+
+        async def post() -> None:
+            try:
+                await self.tell(message)
+            except UbloxError as exc:
+                closed(exc)
+
+        if self.passivated or self.broken is not None:
+            closed(ActorClosed(f"{self.name} is closed"))
+            return
+        assert self._overflow is not None, "actor not started"
+        self._overflow.start_soon(post)

@@ -12,6 +12,13 @@ hour of PTS ``per_buyer`` times, one after the other, awaiting each purchase:
   layers (guards, routing, the player token's check, body validation, ``acts_as``) and
   answers without calling the engine: what the HTTP stack costs before any purchase.
 
+Plays of one world (``Engine.play``, ``POST /api/ptos/{id}/play``: a play steps its
+world), ``players`` concurrent players (as many as the buyers), each playing one hour
+``plays_per_player`` times, one after the other, awaiting each play:
+
+- ``engine_plays_hot`` / ``http_plays_hot``: every player plays the one world;
+- ``engine_plays_spread`` / ``http_plays_spread``: player ``i`` plays world ``i``.
+
 The engine contenders each open a fresh store; registration, launches and one purchase
 per buyer (activating every actor) are done before the clock starts. The HTTP contenders
 share one server and one hot PTO, whose tokens accumulate over the rounds. The client is
@@ -19,7 +26,7 @@ a bare keep-alive HTTP/1.1 client (one connection per buyer), so the client's ow
 stays small beside the server's: both run on this machine's cores.
 
 Ratios are taken within each round (``harness``): hot/spread through the Engine, and
-hot/no-op through HTTP.
+hot/no-op through HTTP; for plays, hot/spread both ways.
 
     python -m ublox_sim.bench.hot serve HOME PORT   # the benchmark's server (used internally)
 """
@@ -46,10 +53,10 @@ from ublox_sim import Engine, SimClock
 from .harness import child_command, child_env, pairwise, run_rounds, summarise, table
 
 SIZES = {
-    # buyers, purchases per buyer per run, rounds
-    "tiny": (10, 3, 3),
-    "quick": (100, 20, 3),
-    "full": (100, 50, 5),
+    # buyers (= players), purchases per buyer per run, rounds, plays per player per run
+    "tiny": (10, 3, 3, 2),
+    "quick": (100, 20, 3, 5),
+    "full": (100, 50, 5, 15),
 }
 ADMIN_KEY = "bench-hot-operator-key-0123456789abcdef"
 NOOP_PATH = "/api/ptos/{pto_id}/bench-noop"
@@ -106,6 +113,54 @@ async def _engine(buyers: int, per_buyer: int, spread: bool) -> dict[str, float]
     assert sold == expected, f"{ptos[0]} sold {sold}, expected {expected}"
     return {
         "purchases_per_s": buyers * per_buyer / elapsed,
+        "units_per_commit": units / commits if commits else 0.0,
+    }
+
+
+def run_engine_plays(players: int, per_player: int, *, spread: bool) -> dict[str, float]:
+    return anyio.run(_engine_plays, players, per_player, spread)
+
+
+async def _engine_plays(players: int, per_player: int, spread: bool) -> dict[str, float]:
+    names = [f"b{i}" for i in range(players)]
+    worlds = [f"w{i}" for i in range(players if spread else 1)]
+    hours = per_player + 1  # each player's PTS: the warm-up play and the timed ones
+
+    with tempfile.TemporaryDirectory() as home:
+        async with Engine.open(home, seed=1, clock=SimClock()) as engine:
+            await engine.register_players([(name, BALANCE, 1.0, None) for name in names])
+            for pto_id in worlds:
+                await engine.launch_pto(
+                    pto_id=pto_id,
+                    game_name="bench",
+                    creator_id=names[0],
+                    atu_required=10,
+                    pts_offered=hours * (1 if spread else players),  # sold out: funded
+                    price_per_pts=PRICE,
+                    funding_deadline=timedelta(days=30),
+                )
+            for i, name in enumerate(names):
+                await engine.buy_pts(name, worlds[i if spread else 0], hours)
+            for i, name in enumerate(names):  # activate every actor before timing
+                await engine.play(name, worlds[i if spread else 0], 1.0)
+            db = getattr(engine.store, "db", None)  # the SQLite writer's counters, if any
+            commits, units = getattr(db, "commits", 0), getattr(db, "units_committed", 0)
+
+            async def player(i: int) -> None:
+                for _ in range(per_player):
+                    await engine.play(names[i], worlds[i if spread else 0], 1.0)
+
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for i in range(players):
+                    tg.start_soon(player, i)
+            elapsed = time.perf_counter() - started
+            commits = getattr(db, "commits", 0) - commits
+            units = getattr(db, "units_committed", 0) - units
+            played = sum(t.hours_played for t in await engine.tokens_of(names[-1], worlds[-1]))
+    assert played == hours, f"{names[-1]} played {played} hours, expected {hours}"
+    return {
+        "plays_per_s": players * per_player / elapsed,
         "units_per_commit": units / commits if commits else 0.0,
     }
 
@@ -226,20 +281,60 @@ async def _setup_http(port: int, buyers: int) -> dict[str, str]:
     return tokens
 
 
-def run_http(port: int, tokens: Mapping[str, str], per_buyer: int, path: str) -> dict[str, float]:
+PLAYS_PATH = "/api/ptos/{pto_id}/play"
+
+
+async def _setup_http_plays(port: int, names: list[str], hours: int) -> None:
+    """The worlds ``world`` (every player) and ``w{i}`` (player i), each player holding
+    ``hours`` of PTS in both (every world sold out: funded, playable)."""
+    conn = await Connection.open(port)
+    deadline = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    try:
+        for pto_id, offered in [("world", hours * len(names))] + [
+            (f"w{i}", hours) for i in range(len(names))
+        ]:
+            status, launched = await conn.request(
+                "POST",
+                "/api/ptos",
+                {
+                    "pto_id": pto_id,
+                    "game_name": "bench",
+                    "creator_id": names[0],
+                    "atu_required": 10,
+                    "pts_offered": offered,
+                    "price_per_pts": str(PRICE),
+                    "funding_deadline": deadline,
+                },
+            )
+            assert status == 201, (status, launched)
+        for i, name in enumerate(names):
+            for pto_id in ("world", f"w{i}"):
+                body = {"player_id": name, "hours": hours}
+                status, bought = await conn.request("POST", f"/api/ptos/{pto_id}/shares", body)
+                assert status == 201, (status, bought)
+    finally:
+        await conn.close()
+
+
+def run_http(
+    port: int, tokens: Mapping[str, str], per_buyer: int, path: str | Callable[[int], str]
+) -> dict[str, float]:
+    """``per_buyer`` requests by each client at once, ``path`` the same for all or client
+    ``i``'s; answers the rate (``purchases_per_s``, whatever the requests are)."""
     return anyio.run(_http, port, tokens, per_buyer, path)
 
 
 async def _http(
-    port: int, tokens: Mapping[str, str], per_buyer: int, path: str
+    port: int, tokens: Mapping[str, str], per_buyer: int, path: str | Callable[[int], str]
 ) -> dict[str, float]:
     names = list(tokens)
+    paths = [path if isinstance(path, str) else path(i) for i in range(len(names))]
     conns = [await Connection.open(port) for _ in names]
     try:
 
         async def buy(i: int) -> None:
             status, answer = await conns[i].request(
-                "POST", path, {"player_id": names[i], "hours": 1}, tokens[names[i]]
+                "POST", paths[i], {"player_id": names[i], "hours": 1}, tokens[names[i]]
             )
             assert status == 201, (status, answer)
 
@@ -265,27 +360,23 @@ def serve(home: str) -> None:
     from ublox_sim.server import routes
     from ublox_sim.server.app import ServerConfig
     from ublox_sim.server.models import BuyBody
-    from ublox_sim.server.operation import Call, Op, add_operations
+    from ublox_sim.server.operation import Call, add_operations
     from ublox_sim.server.run import bind
     from ublox_sim.server.run import serve as run_server
 
     async def noop(c: Call[BuyBody]) -> dict[str, object]:
         return {"pto_id": c.id, "player_id": c.body.player_id, "hours": c.body.hours}
 
+    # The purchase route's own layers (routes.as_player), without the engine.
     add_operations(
         routes.router,
         (
-            Op(
-                method="POST",
+            routes.as_player(
                 path=NOOP_PATH,
                 name="bench_noop",
                 doc="Benchmark only: a purchase's request, answered without the engine.",
-                tag="ptos",
-                auth="caller",
-                acts_as=lambda c: c.body.player_id,
                 body=BuyBody,
                 call=noop,
-                status=201,
             ),
         ),
     )
@@ -306,28 +397,59 @@ def serve(home: str) -> None:
 # -- the benchmark -----------------------------------------------------------------------
 
 
+PLAYS = ("engine_plays_hot", "engine_plays_spread", "http_plays_hot", "http_plays_spread")
+
+
 def bench(size: str = "full") -> dict[str, Any]:
-    buyers, per_buyer, rounds = SIZES[size]
+    buyers, per_buyer, rounds, plays = SIZES[size]
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp))
         server.start()
         try:
             tokens = anyio.run(_setup_http, server.port, buyers)
+            # Every round plays the worlds ``plays`` hours more (and once to warm up).
+            anyio.run(_setup_http_plays, server.port, list(tokens), 2 * rounds * (plays + 1))
             hot_path = "/api/ptos/hot/shares"
             noop_path = NOOP_PATH.format(pto_id="hot")
+            world_path = PLAYS_PATH.format(pto_id="world")
+
+            def own_world(i: int) -> str:
+                return PLAYS_PATH.format(pto_id=f"w{i}")
+
             contenders: dict[str, Callable[[], Mapping[str, float]]] = {
                 "engine_hot": lambda: run_engine(buyers, per_buyer, spread=False),
                 "engine_spread": lambda: run_engine(buyers, per_buyer, spread=True),
                 "http_hot": lambda: run_http(server.port, tokens, per_buyer, hot_path),
                 "http_noop": lambda: run_http(server.port, tokens, per_buyer, noop_path),
+                "engine_plays_hot": lambda: run_engine_plays(buyers, plays, spread=False),
+                "engine_plays_spread": lambda: run_engine_plays(buyers, plays, spread=True),
+                "http_plays_hot": lambda: run_http(server.port, tokens, plays, world_path),
+                "http_plays_spread": lambda: run_http(server.port, tokens, plays, own_world),
             }
             results = run_rounds(contenders, rounds)
         finally:
             server.stop()
-    rates = {name: summarise(results, name, "purchases_per_s").to_dict() for name in contenders}
+    # The HTTP client counts its requests as purchases, plays included.
+    rates = {
+        name: summarise(
+            results, name, "plays_per_s" if name.startswith("engine_plays") else "purchases_per_s"
+        ).to_dict()
+        for name in contenders
+    }
     engine_ratio = pairwise(results, "engine_hot", "engine_spread", "purchases_per_s")
     http_ratio = pairwise(results, "http_hot", "http_noop", "purchases_per_s")
+    engine_plays = pairwise(results, "engine_plays_hot", "engine_plays_spread", "plays_per_s")
+    http_plays = pairwise(results, "http_plays_hot", "http_plays_spread", "purchases_per_s")
     return {
+        "plays_per_player": plays,
+        "engine_plays_hot_per_s": rates["engine_plays_hot"]["median"],
+        "engine_plays_spread_per_s": rates["engine_plays_spread"]["median"],
+        "http_plays_hot_per_s": rates["http_plays_hot"]["median"],
+        "http_plays_spread_per_s": rates["http_plays_spread"]["median"],
+        "ratio_engine_plays_hot_vs_spread": engine_plays.median,
+        "ratio_engine_plays_hot_vs_spread_range": engine_plays.to_dict(),
+        "ratio_http_plays_hot_vs_spread": http_plays.median,
+        "ratio_http_plays_hot_vs_spread_range": http_plays.to_dict(),
         "buyers": buyers,
         "purchases_per_buyer": per_buyer,
         "rounds": rounds,
@@ -341,7 +463,7 @@ def bench(size: str = "full") -> dict[str, Any]:
         "ratio_http_hot_vs_noop_range": http_ratio.to_dict(),
         "units_per_commit": {
             name: summarise(results, name, "units_per_commit").median
-            for name in ("engine_hot", "engine_spread")
+            for name in ("engine_hot", "engine_spread", "engine_plays_hot", "engine_plays_spread")
         },
         "rates": rates,
     }
@@ -356,20 +478,31 @@ def show(report: Mapping[str, Any]) -> str:
             f"{rates[name]['median']:,.0f} ({rates[name]['min']:,.0f}–{rates[name]['max']:,.0f})",
             f"{per_commit[name]:.1f}" if name in per_commit else "-",
         ]
-        for name in ("engine_hot", "engine_spread", "http_hot", "http_noop")
+        for name in ("engine_hot", "engine_spread", "http_hot", "http_noop", *PLAYS)
+        if name in rates
     ]
-    out = table(rows, ["hot PTO", "purchases/s (requests/s for no-op)", "units/commit"])
+    out = table(
+        rows, ["hot PTO / world", "purchases/s (no-op: requests/s, plays: plays/s)", "units/commit"]
+    )
     engine, http = (
         report["ratio_engine_hot_vs_spread_range"],
         report["ratio_http_hot_vs_noop_range"],
     )
     out += (
         f"\n{report['buyers']} concurrent buyers, {report['purchases_per_buyer']} purchases each"
-        f" per run; engine hot/spread {engine['median']:.2f}× ({engine['min']:.2f}–"
-        f"{engine['max']:.2f}); HTTP hot/no-op {http['median']:.2f}× ({http['min']:.2f}–"
-        f"{http['max']:.2f})"
+        f" per run; engine hot/spread {_range(engine)}; HTTP hot/no-op {_range(http)}"
     )
+    if "ratio_engine_plays_hot_vs_spread_range" in report:
+        out += (
+            f"\n{report['buyers']} concurrent players, {report['plays_per_player']} plays each per"
+            f" run; engine plays hot/spread {_range(report['ratio_engine_plays_hot_vs_spread_range'])};"
+            f" HTTP plays hot/spread {_range(report['ratio_http_plays_hot_vs_spread_range'])}"
+        )
     return out
+
+
+def _range(ratio: Mapping[str, float]) -> str:
+    return f"{ratio['median']:.2f}× ({ratio['min']:.2f}–{ratio['max']:.2f})"
 
 
 if __name__ == "__main__":

@@ -53,13 +53,28 @@ class WorldWrite:
     arrays: Arrays
 
 
+class Chain:
+    """Units that each build on the ones before (a hot world's plays, each decided
+    against what the plays in flight will leave): once the store refuses one of them,
+    it refuses every later unit of the chain without running it, however they fall into
+    batches, so what commits is always a prefix. A backend that can keep a chain says
+    so (``chains = True``); the producer of a broken chain starts a new one."""
+
+    __slots__ = ("refused",)
+
+    def __init__(self) -> None:
+        self.refused = False  # set by the store, once a unit of the chain was refused
+
+
 @dataclass(frozen=True, slots=True)
 class Unit:
-    """One decision's events, committed together or not at all."""
+    """One decision's events, committed together or not at all (and, in a ``chain``,
+    only if no earlier unit of the chain was refused)."""
 
     events: tuple[Event, ...]
     worlds: tuple[WorldWrite, ...] = ()
     receipt: Receipt | None = None
+    chain: Chain | None = None
 
 
 @dataclass(frozen=True, slots=True)

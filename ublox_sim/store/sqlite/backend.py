@@ -33,7 +33,7 @@ from ..backend import (
 from ..home import Home
 from ..local import LocalStore, wall_clock
 from . import queries, rows
-from .writer import PersistenceActor, Statement, Synchronous
+from .writer import Chained, PersistenceActor, Statement, Synchronous
 
 
 class _Batch(Generic[R]):
@@ -117,6 +117,8 @@ class PointLoader(Generic[R]):
 class SqliteBackend:
     """One SQLite home, opened by one process (see the module docstring)."""
 
+    chains = True  # it keeps a unit's ``Chain`` (the writer refuses a broken chain's rest)
+
     def __init__(
         self,
         home: Home,
@@ -191,7 +193,7 @@ class SqliteBackend:
         for unit, before in zip(units, befores, strict=True):
             stmts, landed = rows.unit_statements(unit, self.bus.publish, bulk_sessions=True)
             self._submitted += 1
-            statements.append(stmts)
+            statements.append(stmts if unit.chain is None else Chained(stmts, unit.chain))
             callbacks.append(self._acked(landed, self._submitted, before, done))
         # No await between the count and the queue (the writer's queue is first come,
         # first served even when full), so positions follow the queue's order.

@@ -79,6 +79,7 @@ from ...core.errors import (
 )
 from ...core.logsetup import get_logger
 from ...core.tasks import Reply, owned_task_group
+from ..backend import Chain
 from .schema import PRAGMAS, migrate
 
 log = get_logger(__name__)
@@ -132,6 +133,28 @@ class Statement:
 
 
 Unit = Sequence[Statement]
+
+
+class Chained(list[Statement]):
+    """A unit of a ``Chain`` (``store.backend``): committed only if no earlier unit of
+    the chain was refused. The chain is marked once a transaction that refused one of
+    its units committed (a rerun that failed as a whole marks nothing)."""
+
+    __slots__ = ("chain",)
+
+    def __init__(self, statements: Iterable[Statement], chain: Chain) -> None:
+        super().__init__(statements)
+        self.chain = chain
+
+
+def _chain(unit: Unit) -> Chain | None:
+    return unit.chain if isinstance(unit, Chained) else None
+
+
+def _chain_broken() -> sqlite3.IntegrityError:
+    return sqlite3.IntegrityError("not run: an earlier unit of its chain was refused")
+
+
 # Rows come back as SQLite gives them: typed by the query, not by us.
 Row = tuple[Any, ...]
 
@@ -508,8 +531,9 @@ async def _run_each(
     Raises (everything rolled back) when the failure is not the unit's own: SQLite
     ended the whole transaction (``OR ROLLBACK``, FULL, IOERR), or the COMMIT failed."""
     plans = [_plan([unit]) for unit in units]
+    chains = [_chain(unit) for unit in units]
     found: list[list[object] | sqlite3.Error] = await conn._execute(  # type: ignore[no-untyped-call]
-        _each_on_thread, conn._conn, plans, None if held is None else held.work
+        _each_on_thread, conn._conn, plans, None if held is None else held.work, chains
     )
     if held is not None:
         held.work = True
@@ -524,14 +548,22 @@ async def _run_each(
 
 
 def _each_on_thread(
-    db: sqlite3.Connection, plans: list[list[_Step]], held_work: bool | None
+    db: sqlite3.Connection,
+    plans: list[list[_Step]],
+    held_work: bool | None,
+    chains: list[Chain | None],
 ) -> list[list[object] | sqlite3.Error]:
     """``_run_each`` on the connection's thread: each unit between ``SAVEPOINT u`` and
-    ``RELEASE u``, a failed one rolled back to it and its error kept."""
+    ``RELEASE u``, a failed one rolled back to it and its error kept; a unit of a chain
+    refused before it is not run (and refused)."""
     found: list[list[object] | sqlite3.Error] = []
+    broken: list[Chain] = []  # marked only once this transaction ends as it should
     try:
         end = _open_on_thread(db, held_work, ("BEGIN IMMEDIATE",))
-        for steps in plans:
+        for steps, chain in zip(plans, chains, strict=True):
+            if chain is not None and (chain.refused or chain in broken):
+                found.append(_chain_broken())
+                continue
             results: list[object] = []
             db.execute("SAVEPOINT u")
             try:
@@ -542,6 +574,8 @@ def _each_on_thread(
                 db.execute("ROLLBACK TO u")
                 db.execute("RELEASE u")
                 found.append(exc)
+                if chain is not None:
+                    broken.append(chain)
                 continue
             db.execute("RELEASE u")
             found.append(results)
@@ -549,6 +583,8 @@ def _each_on_thread(
     except sqlite3.Error:
         _undo_on_thread(db, held_work is not None)
         raise
+    for chain in broken:
+        chain.refused = True
     return found
 
 
@@ -1248,6 +1284,9 @@ class PersistenceActor:
             for index in which:
                 outcomes[index] = self._lost
             return
+        which = self._unbroken(units, which, outcomes)
+        if not which:
+            return
         started = time.perf_counter()
         held = self._held if self.hold_commits else None
         try:
@@ -1273,11 +1312,28 @@ class PersistenceActor:
             log.warning("persistence.unit_failed", units=len(which), error=str(exc))
             for index in which:
                 outcomes[index] = error
+                if (chain := _chain(units[index])) is not None:
+                    chain.refused = True
             return
         self._committed(started, len(which))
         for index, ids in zip(which, rowids, strict=True):
             outcomes[index] = ids
         hooks.extend((hook, which[local], seen) for hook, local, seen in found)
+
+    @staticmethod
+    def _unbroken(
+        units: Sequence[Unit], which: Sequence[int], outcomes: list[Outcome]
+    ) -> list[int]:
+        """``which`` less the units of a chain refused before them (refused here)."""
+        kept: list[int] = []
+        for index in which:
+            chain = _chain(units[index])
+            if chain is not None and chain.refused:
+                error = translate(_chain_broken(), "unit of work")
+                outcomes[index] = error
+            else:
+                kept.append(index)
+        return kept
 
     def _committed(self, started: float, units: int) -> None:
         self.commits += 1
