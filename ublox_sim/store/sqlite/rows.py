@@ -548,6 +548,32 @@ else:
     _numbered = _replaced
 
 
+# A registering player's row with the columns every new player starts at zero written as
+# literals in the SQL, the others bound: a bulk registration binds 8 values a player, not
+# 14 (the writer's thread binds them holding the GIL). Used only for records that hold
+# exactly those zeros (else the plain row): the same row either way.
+_FRESH = {
+    "coherence": 0.0,
+    "xUSD_balance": 0,
+    "total_play_time": 0.0,
+    "quality_score": 0.0,
+    "phase_locks_count": 0,
+    "memory_depth": 0.0,
+}
+_BOUND = tuple(c for c in columns(Player) if c not in _FRESH)
+_INSERT_FRESH_PLAYER = (
+    f"INSERT INTO {Player.TABLE} ({', '.join(columns(Player))}) VALUES"
+    f" ({', '.join('?' if c in _BOUND else repr(_FRESH[c]) for c in columns(Player))})"
+)
+_fresh_row = operator.attrgetter(*_BOUND)
+_fresh_rest = operator.attrgetter(*_FRESH)
+_FRESH_REST = tuple(_FRESH.values())
+# Their log rows, the kind a literal.
+_INSERT_REGISTERED = (
+    f"INSERT INTO event_log (kind, at, payload) VALUES ('{ev.PlayerRegistered.kind}', ?, ?)"
+)
+
+
 def _bulk_registration(
     events: Sequence[ev.Event], landed: list[ev.Event], publish: Callable[[ev.Event], None]
 ) -> list[Statement]:
@@ -558,7 +584,10 @@ def _bulk_registration(
         assert isinstance(event, ev.PlayerRegistered) and event.record is not None
         registered.append(event)
     players = [e.record for e in registered if e.record is not None]
-    out = [Statement.many(_INSERT_PLAYER, [_player_row(p) for p in players])]
+    if all(_fresh_rest(p) == _FRESH_REST for p in players):
+        out = [Statement.many(_INSERT_FRESH_PLAYER, [_fresh_row(p) for p in players])]
+    else:
+        out = [Statement.many(_INSERT_PLAYER, [_player_row(p) for p in players])]
     deposits = [
         (p.player_id, p.usd_obbba_balance, p.created_at) for p in players if p.usd_obbba_balance
     ]
@@ -578,7 +607,7 @@ def _log_registered(
     returned, the last, gives them all. They are numbered on commit without
     ``dataclasses.replace`` (the fields are known)."""
     payload = _registered_payload if _TEMPLATE_FITS else ev.payload
-    log_rows = [(e.kind, e.at, payload(e)) for e in events]
+    log_rows = [(e.at, payload(e)) for e in events]
     numbered = _numbered if _TEMPLATE_FITS else _replaced
 
     def committed(ids: Sequence[int]) -> None:
@@ -588,7 +617,7 @@ def _log_registered(
             landed[offset] = event
             publish(event)
 
-    return Statement(_INSERT_EVENT, rows=log_rows, want_rowid=True, on_commit=committed)
+    return Statement(_INSERT_REGISTERED, rows=log_rows, want_rowid=True, on_commit=committed)
 
 
 def _receipt(receipt: Receipt, events: Sequence[ev.Event]) -> Statement:
