@@ -293,7 +293,9 @@ def test_the_fast_maker_takes_only_a_frozen_slotted_dataclass_and_makes_equal_va
     assert made == PlayerInfo(*values) and type(made) is PlayerInfo
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.tau_k = 2.0  # type: ignore[misc]
-    with pytest.raises(ValueError):  # one value per field, no fewer
+    with pytest.raises(TypeError):  # one value per field, no fewer and no more
         _maker(PlayerInfo)(*values[:-1])
+    with pytest.raises(TypeError):
+        _maker(PlayerInfo)(*values, "extra")
     with pytest.raises(TypeError, match="not a plain frozen slotted dataclass"):
         _maker(Player)  # mutable: its own __init__ is already cheap
