@@ -272,7 +272,7 @@ class _BulkPlayers:
         self.results: list[PlayerInfo | UbloxError | None] = []
         self._cents: dict[tuple[type, object], int] = {}
         self._decimals: dict[int, Decimal] = {}
-        self._uniforms = engine._draws.uniforms
+        self._uniforms = engine._draws.of_kind("player")
         self._size = engine.params.size
         self._omega = (engine.params.omega_mean, engine.params.omega_spread)
         self._phase = (limits.PHASE.min, limits.PHASE.max - limits.PHASE.min)
@@ -329,7 +329,7 @@ class _BulkPlayers:
             claimed.freqs[first:last],
             strict=True,
         ):
-            ux, uy, uphase, u1, u2 = uniforms("player", player_id)
+            ux, uy, uphase, u1, u2 = uniforms(player_id)
             if freq is None:
                 freq = normal(u1, u2, mean, spread)
             x, y, phase = ux * size, uy * size, low + span * uphase
