@@ -198,7 +198,7 @@ def _maker(cls: type[_T]) -> Callable[..., _T]:
         scope[f"_set{number}"] = getattr(cls, name).__set__
         lines.append(f"    _set{number}(made, _{number})")
     lines.append("    return made")
-    exec("\n".join(lines), scope)  # noqa: S102  # the text is made here from field numbers
+    exec("\n".join(lines), scope)  # the text is made here, from field numbers
     make: Callable[..., _T] = scope["make"]
     make.__qualname__ = f"_maker({cls.__name__})"
     return make
@@ -748,41 +748,39 @@ class Engine:
         is retried one player at a time, so one bad row refuses only its player.
         Registered players are not activated: their first message does that.
 
-        Pipelined: the next ``_REGISTER_STEP`` players are checked and built while the
-        unit before is committed on the writer's thread; a unit is queued only once the
-        one before has landed (and its refusals were retried), which keeps the order.
-        The store is asked which of a step's ids it holds as soon as they are claimed,
-        before the unit ahead is queued: it answers first, while they are built."""
+        Pipelined: every player is checked and claimed first, and the store asked once,
+        without waiting, which of their ids it holds (one read per call, not one per
+        unit: each is a trip through the writer's queue). Then the next
+        ``_REGISTER_STEP`` players are built while the unit before is committed on the
+        writer's thread; a unit is queued only once the one before has landed (and its
+        refusals were retried), which keeps the order."""
         self._check_open()
         bulk = _BulkPlayers(self, self._now())
         ours: set[str] = set()  # ids claimed here and not yet released
         landing: tuple[_Chunk, asyncio.Future[BaseException | None]] | None = None
-        steps = _register_steps(len(players))
         asked: asyncio.Future[set[str]] | None = None
         try:
             # Shielded: the ids stay claimed until their units have landed.
             with anyio.CancelScope(shield=True):
-                claimed, asked = self._claim_and_ask(bulk, players, steps[:1], ours)
-                for number in range(len(steps)):
+                claimed, asked = self._claim_and_ask(bulk, players, ours)
+                taken: set[str] | None = None
+                for start, end in _register_steps(len(claimed.ids)):
                     chunk = _Chunk()
-                    for first in range(0, len(claimed.ids), _REGISTER_SLICE):
+                    for first in range(start, end, _REGISTER_SLICE):
                         # The unit before reaches the writer's thread only once the
                         # writer's task has run: let it (and the replies), so the
                         # database works while these players are built.
                         await asyncio.sleep(0)
-                        bulk.build(claimed, first, first + _REGISTER_SLICE, chunk)
+                        bulk.build(claimed, first, min(first + _REGISTER_SLICE, end), chunk)
                     if landing is not None:
                         await self._landed(bulk, *landing)
                         landing = None
-                    taken = await asked if asked is not None else set()
-                    asked = None
-                    self._reserved.difference_update(taken)
-                    ours.difference_update(taken)
+                    if taken is None:
+                        taken = await asked if asked is not None else set()
+                        asked = None
+                        self._reserved.difference_update(taken)
+                        ours.difference_update(taken)
                     chunk = bulk.drop_taken(taken, chunk)
-                    following = steps[number + 1 : number + 2]
-                    claimed, asked = self._claim_and_ask(bulk, players, following, ours)
-                    if asked is not None:
-                        await asyncio.sleep(0)  # its first step queues the read: first
                     if chunk.events:
                         landing = (chunk, await self._submitted(Unit(tuple(chunk.events))))
                 if landing is not None:
@@ -797,15 +795,12 @@ class Engine:
         self,
         bulk: _BulkPlayers,
         players: Sequence[tuple[str, Amount, float, float | None]],
-        step: list[tuple[int, int]],
         ours: set[str],
     ) -> tuple[_Claimed, asyncio.Future[set[str]] | None]:
-        """Claim the players of ``step`` (none if empty) and ask the store, without
-        waiting, which of their ids it holds (asked once they are claimed: an id that
-        lands after the read is one claimed here or by whoever registers it)."""
-        claimed = _Claimed()
-        for start, end in step:
-            claimed = self._claim(bulk, players[start:end], ours)
+        """Claim ``players`` and ask the store, without waiting, which of their ids it
+        holds (asked once they are claimed: an id that lands after the read is one
+        claimed here or by whoever registers it)."""
+        claimed = self._claim(bulk, players, ours)
         if not claimed.ids:
             return claimed, None
         return claimed, asyncio.ensure_future(self.store.taken(claimed.ids))
