@@ -299,3 +299,55 @@ def test_the_fast_maker_takes_only_a_frozen_slotted_dataclass_and_makes_equal_va
         _maker(PlayerInfo)(*values, "extra")
     with pytest.raises(TypeError, match="not a plain frozen slotted dataclass"):
         _maker(Player)  # mutable: its own __init__ is already cheap
+
+
+@pytest.mark.parametrize("limit", [7, 40, None])
+@pytest.mark.asyncio
+async def test_bulk_registration_rows_are_one_by_ones_whatever_the_parameter_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """The multi-row INSERTs split where the SQLite's parameter limit says (7: one player
+    a statement; 40: a few), and a record that does not start at zero takes every
+    column bound: the same rows and events as one statement per player."""
+    from ublox_sim.core.records import Player
+    from ublox_sim.store.backend import Unit
+
+    if limit is not None:
+        monkeypatch.setattr(rows, "_variable_limit", lambda: limit)
+    at = "2026-01-01 00:00:00+00:00"
+    players = [
+        Player(f"p{n}", 1.0 + n, 2.0, 0.5, 0.0, 1.0, 3.0, n * 100, 0, 0.0, 0.0, 0, 0.0, at)
+        for n in range(13)
+    ]
+    worn = dataclasses.replace(players[0], player_id="worn", xUSD_balance=7, memory_depth=0.5)
+    heard: dict[str, list[ev.Event]] = {}
+    for how in ("one", "bulk", "worn-one", "worn-bulk"):
+        chosen = players if how in ("one", "bulk") else [*players[1:4], worn]
+        events = [
+            ev.PlayerRegistered(at=at, player_id=p.player_id, usd_obbba=Decimal(1), record=p)
+            for p in chosen
+        ]
+        async with Engine.open(tmp_path / how, seed=3, clock=SimClock()) as engine:
+            async with engine.events(buffer=20) as stream:
+                if how.endswith("one"):
+                    for event in events:
+                        await engine.store.commit(Unit((event,)))
+                else:
+                    await engine.store.commit(Unit(tuple(events)))
+                heard[how] = [stream.receive_nowait() for _ in events]
+    for one, bulk in (("one", "bulk"), ("worn-one", "worn-bulk")):
+        a_db, b_db = tmp_path / one / "ublox.db", tmp_path / bulk / "ublox.db"
+        with closing(sqlite3.connect(a_db)) as a, closing(sqlite3.connect(b_db)) as b:
+            for query in (
+                "SELECT * FROM players ORDER BY player_id",
+                "SELECT * FROM transactions ORDER BY tx_id",
+                "SELECT seq, kind, at, payload FROM event_log ORDER BY seq",
+            ):
+                assert a.execute(query).fetchall() == b.execute(query).fetchall(), query
+        assert [dataclasses.astuple(e) for e in heard[one]] == [
+            dataclasses.astuple(e) for e in heard[bulk]
+        ]
+    with closing(sqlite3.connect(tmp_path / "worn-bulk" / "ublox.db")) as db:
+        assert db.execute(
+            "SELECT xUSD_balance, memory_depth FROM players WHERE player_id = 'worn'"
+        ).fetchall() == [(7, 0.5)]
