@@ -289,8 +289,17 @@ def test_the_fast_maker_takes_only_a_frozen_slotted_dataclass_and_makes_equal_va
     from ublox_sim.engine import _maker
 
     values = ("p", Decimal(1), Decimal(0), 1.0, 2.0, 0.5, 0.0, 3.0, 4.0, 0.0, 0.0, 0, 0.0, "t")
-    made = _maker(PlayerInfo)(*values)
+    made = _maker(PlayerInfo)(*values)  # a twin that takes PlayerInfo as its class
     assert made == PlayerInfo(*values) and type(made) is PlayerInfo
+    assert hash(made) == hash(PlayerInfo(*values)) and repr(made) == repr(PlayerInfo(*values))
+    assert dataclasses.replace(made, tau_k=2.0) == dataclasses.replace(
+        PlayerInfo(*values), tau_k=2.0
+    )
+    event = _maker(ev.PlayerRegistered)("t", 3, "p", Decimal(1), None)  # slot by slot
+    assert event == ev.PlayerRegistered(at="t", seq=3, player_id="p", usd_obbba=Decimal(1))
+    assert type(event) is ev.PlayerRegistered
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.seq = 4  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.tau_k = 2.0  # type: ignore[misc]
     with pytest.raises(TypeError):  # one value per field, no fewer and no more
