@@ -245,7 +245,7 @@ async def test_the_bulk_player_builder_gives_the_same_player_or_error_as_one_by_
             bulk.build(claimed, 0, 1, chunk)
             (player,) = chunk.players
             assert chunk.events == [_registered(player)]
-            assert bulk.results[-1] == PlayerInfo.of(player)
+            assert bulk.answers(claimed)[-1] == PlayerInfo.of(player)
             return player
 
         for pid, usd, tau, freq in cases * 2:  # twice: the second time from the caches

@@ -255,10 +255,11 @@ class _Figures(NamedTuple):
 
 
 class _Claimed:
-    """A step's players checked and claimed, to be built: their places in the results,
-    ids, cents, tau_k and resonance_freq (None: drawn)."""
+    """The players checked and claimed, to be built: their places in the results, ids,
+    cents, tau_k and resonance_freq (None: drawn); once built, what was drawn (x, y,
+    phase and resonance_freq, four floats a player in one list)."""
 
-    __slots__ = ("cents", "freqs", "ids", "indexes", "taus")
+    __slots__ = ("cents", "drawn", "freqs", "ids", "indexes", "taus")
 
     def __init__(self) -> None:
         self.indexes: list[int] = []
@@ -266,6 +267,7 @@ class _Claimed:
         self.cents: list[int] = []
         self.taus: list[float] = []
         self.freqs: list[float | None] = []
+        self.drawn: list[float] = []
 
 
 class _Chunk:
@@ -336,13 +338,16 @@ class _BulkPlayers:
         return known
 
     def build(self, claimed: _Claimed, first: int, last: int, chunk: _Chunk) -> None:
-        """Draw and make the claimed players ``first`` to ``last``, their events (into
-        ``chunk``) and their results: the same players as ``Engine._new_player`` (tests/test_register_many.py
-        holds them equal)."""
-        uniforms, size, now, zero = self._uniforms, self._size, self.now, self._zero
+        """Draw and make the claimed players ``first`` to ``last`` (the next ones: in
+        order) and their events, into ``chunk``: the same players as
+        ``Engine._new_player`` (tests/test_writer_bulk.py holds them equal). Their
+        results are made by ``answers``, at the end: made here, they would live through
+        every unit of the call, and the garbage collector would carry them into its
+        oldest generation, whose every collection walks the whole heap."""
+        uniforms, size, now = self._uniforms, self._size, self.now
         low, span = self._phase
         mean, spread = self._omega
-        results, info, registered = self.results, _player_info, _player_registered
+        registered, drawn = _player_registered, claimed.drawn
         indexes, players, events = chunk.indexes, chunk.players, chunk.events
         for index, player_id, cents, tau, freq in zip(
             claimed.indexes[first:last],
@@ -361,9 +366,7 @@ class _BulkPlayers:
             indexes.append(index)
             players.append(player)
             events.append(registered(now, 0, player_id, usd, player))
-            results[index] = info(
-                player_id, usd, zero, tau, freq, phase, 0.0, x, y, 0.0, 0.0, 0, 0.0, now
-            )
+            drawn += (x, y, phase, freq)
 
     def drop_taken(self, taken: set[str], chunk: _Chunk) -> _Chunk:
         """``chunk`` without the players whose ids the store already holds: refused."""
@@ -381,10 +384,24 @@ class _BulkPlayers:
                 kept.events.append(event)
         return kept
 
-    def answers(self) -> list[PlayerInfo | UbloxError]:
+    def answers(self, claimed: _Claimed) -> list[PlayerInfo | UbloxError]:
+        """One result per player given: its error, or (all of ``claimed`` built) the
+        player registered."""
+        results, info, now, zero = self.results, _player_info, self.now, self._zero
+        drawn = claimed.drawn
+        assert len(drawn) == 4 * len(claimed.ids), "every claimed player was built"
+        for place, (index, player_id, cents, tau) in enumerate(
+            zip(claimed.indexes, claimed.ids, claimed.cents, claimed.taus, strict=True)
+        ):
+            if results[index] is None:
+                x, y, phase, freq = drawn[4 * place : 4 * place + 4]
+                usd = self._decimal(cents)
+                results[index] = info(
+                    player_id, usd, zero, tau, freq, phase, 0.0, x, y, 0.0, 0.0, 0, 0.0, now
+                )
         answers: list[PlayerInfo | UbloxError] = []
-        for result in self.results:
-            assert result is not None, "every claimed player was built"
+        for result in results:
+            assert result is not None
             answers.append(result)
         return answers
 
@@ -812,7 +829,7 @@ class Engine:
             if asked is not None:
                 asked.cancel()  # the read runs anyway; nobody waits for it
             self._reserved.difference_update(ours)
-        return bulk.answers()
+        return bulk.answers(claimed)
 
     def _claim_and_ask(
         self,
