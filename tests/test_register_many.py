@@ -133,3 +133,14 @@ async def test_a_bulk_registration_logs_and_publishes_every_player_in_order(
     assert logged[0][1] == "first"
     assert ledger(tmp_path) == [("deposit", f"p{n}", (n % 3) * 100) for n in range(count) if n % 3]
     assert verify_store(tmp_path) == []
+
+
+def test_the_bulk_paths_draws_of_a_kind_are_the_draws_of_that_kind() -> None:
+    from ublox_sim.core.draws import Draws
+
+    draws = Draws(2**70 + 3)
+    for kind in ("player", "pto", ""):
+        of_kind = draws.of_kind(kind)
+        for ident in ("p1", "Zoë", "x" * 64, ""):
+            assert of_kind(ident) == draws.uniforms(kind, ident)
+    assert draws.of_kind("player")("p1") != draws.of_kind("pto")("p1")

@@ -245,7 +245,7 @@ async def test_the_bulk_player_builder_gives_the_same_player_or_error_as_one_by_
             bulk.build(claimed, 0, 1, chunk)
             (player,) = chunk.players
             assert chunk.events == [_registered(player)]
-            assert bulk.results[-1] == PlayerInfo.of(player)
+            assert bulk.answers(claimed)[-1] == PlayerInfo.of(player)
             return player
 
         for pid, usd, tau, freq in cases * 2:  # twice: the second time from the caches
@@ -289,11 +289,74 @@ def test_the_fast_maker_takes_only_a_frozen_slotted_dataclass_and_makes_equal_va
     from ublox_sim.engine import _maker
 
     values = ("p", Decimal(1), Decimal(0), 1.0, 2.0, 0.5, 0.0, 3.0, 4.0, 0.0, 0.0, 0, 0.0, "t")
-    made = _maker(PlayerInfo)(*values)
+    made = _maker(PlayerInfo)(*values)  # a twin that takes PlayerInfo as its class
     assert made == PlayerInfo(*values) and type(made) is PlayerInfo
+    assert hash(made) == hash(PlayerInfo(*values)) and repr(made) == repr(PlayerInfo(*values))
+    assert dataclasses.replace(made, tau_k=2.0) == dataclasses.replace(
+        PlayerInfo(*values), tau_k=2.0
+    )
+    event = _maker(ev.PlayerRegistered)("t", 3, "p", Decimal(1), None)  # slot by slot
+    assert event == ev.PlayerRegistered(at="t", seq=3, player_id="p", usd_obbba=Decimal(1))
+    assert type(event) is ev.PlayerRegistered
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.seq = 4  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.tau_k = 2.0  # type: ignore[misc]
-    with pytest.raises(ValueError):  # one value per field, no fewer
+    with pytest.raises(TypeError):  # one value per field, no fewer and no more
         _maker(PlayerInfo)(*values[:-1])
+    with pytest.raises(TypeError):
+        _maker(PlayerInfo)(*values, "extra")
     with pytest.raises(TypeError, match="not a plain frozen slotted dataclass"):
         _maker(Player)  # mutable: its own __init__ is already cheap
+
+
+@pytest.mark.parametrize("limit", [7, 40, None])
+@pytest.mark.asyncio
+async def test_bulk_registration_rows_are_one_by_ones_whatever_the_parameter_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None
+) -> None:
+    """The multi-row INSERTs split where the SQLite's parameter limit says (7: one player
+    a statement; 40: a few), and a record that does not start at zero takes every
+    column bound: the same rows and events as one statement per player."""
+    from ublox_sim.core.records import Player
+    from ublox_sim.store.backend import Unit
+
+    if limit is not None:
+        monkeypatch.setattr(rows, "_variable_limit", lambda: limit)
+    at = "2026-01-01 00:00:00+00:00"
+    players = [
+        Player(f"p{n}", 1.0 + n, 2.0, 0.5, 0.0, 1.0, 3.0, n * 100, 0, 0.0, 0.0, 0, 0.0, at)
+        for n in range(13)
+    ]
+    worn = dataclasses.replace(players[0], player_id="worn", xUSD_balance=7, memory_depth=0.5)
+    heard: dict[str, list[ev.Event]] = {}
+    for how in ("one", "bulk", "worn-one", "worn-bulk"):
+        chosen = players if how in ("one", "bulk") else [*players[1:4], worn]
+        events = [
+            ev.PlayerRegistered(at=at, player_id=p.player_id, usd_obbba=Decimal(1), record=p)
+            for p in chosen
+        ]
+        async with Engine.open(tmp_path / how, seed=3, clock=SimClock()) as engine:
+            async with engine.events(buffer=20) as stream:
+                if how.endswith("one"):
+                    for event in events:
+                        await engine.store.commit(Unit((event,)))
+                else:
+                    await engine.store.commit(Unit(tuple(events)))
+                heard[how] = [stream.receive_nowait() for _ in events]
+    for one, bulk in (("one", "bulk"), ("worn-one", "worn-bulk")):
+        a_db, b_db = tmp_path / one / "ublox.db", tmp_path / bulk / "ublox.db"
+        with closing(sqlite3.connect(a_db)) as a, closing(sqlite3.connect(b_db)) as b:
+            for query in (
+                "SELECT * FROM players ORDER BY player_id",
+                "SELECT * FROM transactions ORDER BY tx_id",
+                "SELECT seq, kind, at, payload FROM event_log ORDER BY seq",
+            ):
+                assert a.execute(query).fetchall() == b.execute(query).fetchall(), query
+        assert [dataclasses.astuple(e) for e in heard[one]] == [
+            dataclasses.astuple(e) for e in heard[bulk]
+        ]
+    with closing(sqlite3.connect(tmp_path / "worn-bulk" / "ublox.db")) as db:
+        assert db.execute(
+            "SELECT xUSD_balance, memory_depth FROM players WHERE player_id = 'worn'"
+        ).fetchall() == [(7, 0.5)]

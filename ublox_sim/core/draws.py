@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Callable
 
 _UNPACK = struct.Struct("<5Q").unpack
 _SCALE = 2.0**-53
@@ -35,6 +36,21 @@ class Draws:
         a, b, c, d, e = _UNPACK(h.digest())
         s = _SCALE
         return (a >> 11) * s, (b >> 11) * s, (c >> 11) * s, (d >> 11) * s, (e >> 11) * s
+
+    def of_kind(self, kind: str) -> Callable[[str], tuple[float, float, float, float, float]]:
+        """``uniforms(kind, ident)`` as a function of ``ident``, the key and ``kind:``
+        hashed once (for a bulk path: the same numbers, a tenth cheaper)."""
+        prefixed = self._base.copy()
+        prefixed.update(f"{kind}:".encode())
+        copy, unpack, s = prefixed.copy, _UNPACK, _SCALE
+
+        def uniforms(ident: str) -> tuple[float, float, float, float, float]:
+            h = copy()
+            h.update(ident.encode())
+            a, b, c, d, e = unpack(h.digest())
+            return (a >> 11) * s, (b >> 11) * s, (c >> 11) * s, (d >> 11) * s, (e >> 11) * s
+
+        return uniforms
 
 
 def normal(u1: float, u2: float, mean: float, spread: float) -> float:

@@ -341,7 +341,7 @@ class SqliteBackend:
         return await queries.ids(self.local.db, "ptos", "pto_id")
 
     async def taken(self, idents: Sequence[str]) -> set[str]:
-        return await queries.taken(self.local.db, idents)
+        return await queries.taken_at_once(self.local.db, idents)
 
     async def open_hours(self, statuses: Sequence[str]) -> dict[str, dict[str, float]]:
         return await queries.open_hours(self.local.db, statuses)

@@ -18,10 +18,14 @@ See ARCHITECTURE.md, "Several processes", for which field needs what and why.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import operator
+import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from decimal import Decimal
+from itertools import chain
 
 from ...core import events as ev
 from ...core.money import USD, XUSD, to_cents
@@ -548,37 +552,105 @@ else:
     _numbered = _replaced
 
 
+# A registering player's row with the columns every new player starts at zero written as
+# literals in the SQL, the others bound: a bulk registration binds 8 values a player, not
+# 14 (the writer's thread binds them holding the GIL). Used only for records that hold
+# exactly those zeros (else the plain row): the same row either way.
+_FRESH = {
+    "coherence": 0.0,
+    "xUSD_balance": 0,
+    "total_play_time": 0.0,
+    "quality_score": 0.0,
+    "phase_locks_count": 0,
+    "memory_depth": 0.0,
+}
+_BOUND = tuple(c for c in columns(Player) if c not in _FRESH)
+_INSERT_FRESH_PLAYER = (
+    f"INSERT INTO {Player.TABLE} ({', '.join(columns(Player))}) VALUES"
+    f" ({', '.join('?' if c in _BOUND else repr(_FRESH[c]) for c in columns(Player))})"
+)
+_fresh_row = operator.attrgetter(*_BOUND)
+_fresh_rest = operator.attrgetter(*_FRESH)
+_FRESH_REST = tuple(_FRESH.values())
+# Their log rows, the kind a literal.
+_INSERT_REGISTERED = (
+    f"INSERT INTO event_log (kind, at, payload) VALUES ('{ev.PlayerRegistered.kind}', ?, ?)"
+)
+
+
+_deposit_row = operator.attrgetter("player_id", "usd_obbba_balance", "created_at")
+# Rows per multi-row INSERT at most (as the writer's own multi-row INSERTs).
+_MANY_ROWS = 4096
+_MANY_TEXTS: dict[tuple[str, int], str] = {}
+
+
+@functools.cache
+def _variable_limit() -> int:
+    """The most parameters one statement binds on this SQLite (999 before 3.32, 32,766
+    since, or as it was built)."""
+    with closing(sqlite3.connect(":memory:")) as db:
+        return db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+
+
+def _many(sql: str, width: int, values: list[object]) -> list[Statement]:
+    """``sql``, a one-row INSERT of ``width`` parameters, for every ``width`` values of
+    ``values``: as multi-row INSERTs, each given its rows' values as one flat list
+    (what the writer would send for a statement of many rows, without a tuple per row
+    for the event loop to make and the writer's thread to flatten)."""
+    head, group = sql.split(" VALUES ", 1)
+    per = max(1, min(_MANY_ROWS, _variable_limit() // width)) * width
+    out: list[Statement] = []
+    for start in range(0, len(values), per):
+        part = values if len(values) <= per else values[start : start + per]
+        key = (sql, len(part) // width)
+        text = _MANY_TEXTS.get(key)
+        if text is None:
+            text = f"{head} VALUES {', '.join([group] * key[1])}"
+            if len(_MANY_TEXTS) < 256:
+                _MANY_TEXTS[key] = text
+        out.append(Statement(text, rows=[part]))
+    return out
+
+
 def _bulk_registration(
     events: Sequence[ev.Event], landed: list[ev.Event], publish: Callable[[ev.Event], None]
 ) -> list[Statement]:
     """A bulk registration's rows: the players, their deposits and their log rows, each
-    kind as one statement of many rows (players first: the others refer to them)."""
+    kind as multi-row INSERTs (players first: the others refer to them)."""
     registered: list[ev.PlayerRegistered] = []
     for event in events:
         assert isinstance(event, ev.PlayerRegistered) and event.record is not None
         registered.append(event)
     players = [e.record for e in registered if e.record is not None]
-    out = [Statement.many(_INSERT_PLAYER, [_player_row(p) for p in players])]
-    deposits = [
-        (p.player_id, p.usd_obbba_balance, p.created_at) for p in players if p.usd_obbba_balance
-    ]
+    if all(map(_FRESH_REST.__eq__, map(_fresh_rest, players))):
+        sql, width, row = _INSERT_FRESH_PLAYER, len(_BOUND), _fresh_row
+    else:
+        sql, width, row = _INSERT_PLAYER, len(columns(Player)), _player_row
+    out = _many(sql, width, list(chain.from_iterable(map(row, players))))
+    deposits = list(chain.from_iterable(map(_deposit_row, filter(_has_balance, players))))
     if deposits:
-        out.append(Statement.many(_INSERT_DEPOSIT, deposits))
-    out.append(_log_registered(registered, landed, publish))
+        out += _many(_INSERT_DEPOSIT, 3, deposits)
+    out += _log_registered(registered, landed, publish)
     return out
+
+
+def _has_balance(player: Player) -> bool:
+    return bool(player.usd_obbba_balance)
 
 
 def _log_registered(
     events: Sequence[ev.PlayerRegistered],
     landed: list[ev.Event],
     publish: Callable[[ev.Event], None],
-) -> Statement:
-    """Registrations' log rows as one statement of many rows. On the one writer they are
-    numbered consecutively (AUTOINCREMENT takes the next value per row), so the rowid
-    returned, the last, gives them all. They are numbered on commit without
+) -> list[Statement]:
+    """Registrations' log rows as multi-row INSERTs. On the one writer they are numbered
+    consecutively (AUTOINCREMENT takes the next value per row), so the last rowid, the
+    last statement's, gives them all. They are numbered on commit without
     ``dataclasses.replace`` (the fields are known)."""
     payload = _registered_payload if _TEMPLATE_FITS else ev.payload
-    log_rows = [(e.kind, e.at, payload(e)) for e in events]
+    values: list[object] = []
+    for event in events:
+        values += (event.at, payload(event))
     numbered = _numbered if _TEMPLATE_FITS else _replaced
 
     def committed(ids: Sequence[int]) -> None:
@@ -588,7 +660,10 @@ def _log_registered(
             landed[offset] = event
             publish(event)
 
-    return Statement(_INSERT_EVENT, rows=log_rows, want_rowid=True, on_commit=committed)
+    out = _many(_INSERT_REGISTERED, 2, values)
+    last = out[-1]
+    out[-1] = Statement(last.sql, rows=last.rows, want_rowid=True, on_commit=committed)
+    return out
 
 
 def _receipt(receipt: Receipt, events: Sequence[ev.Event]) -> Statement:
