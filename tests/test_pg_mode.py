@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from cluster_helpers import child_env, launch
@@ -189,3 +190,54 @@ def test_an_event_read_back_from_the_log_is_the_event_logged() -> None:
     newer = logged_event(6, '{"kind":"from_a_newer_version","at":"t","n":1}')
     assert isinstance(newer, LoggedEvent)  # a kind this version does not know
     assert newer.to_dict() == {"kind": "from_a_newer_version", "at": "t", "seq": 6, "n": 1}
+
+
+def test_serve_exclusive_holds_the_database_alone(pg_url: str, tmp_path: Path) -> None:
+    env = child_env(UBLOX_ADMIN_KEY="mode-admin-key-0123456789", UBLOX_HOME=str(tmp_path))
+    serve = [sys.executable, "-m", "ublox_sim", "serve", "--store", pg_url, "--exclusive"]
+    server = subprocess.Popen(
+        [*serve, "--port", "0", "--tick", "86400"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert server.stdout is not None
+        assert "ublox-sim serving" in server.stdout.readline()  # its engine is open
+
+        async def beside_it() -> None:
+            with pytest.raises(StoreLocked, match=EXCLUSIVE_HOLDS):
+                async with Engine.open(store=pg_url):
+                    pass
+
+        anyio.run(beside_it)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert server.stdout is not None
+        server.stdout.close()
+
+
+def test_a_scenario_run_says_it_needs_the_database_to_itself(pg_url: str, tmp_path: Path) -> None:
+    scenario = Path(__file__).parent.parent / "scenarios" / "harmonic_caverns.yaml"
+    run = [sys.executable, "-m", "ublox_sim", "run", str(scenario), "--store", pg_url]
+
+    async def beside_a_shared_engine() -> subprocess.CompletedProcess[str]:
+        async with Engine.open(store=pg_url):
+            return await anyio.to_thread.run_sync(
+                lambda: subprocess.run(
+                    run,
+                    env=child_env(UBLOX_HOME=str(tmp_path)),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
+            )
+
+    done = anyio.run(beside_a_shared_engine)
+    assert done.returncode == 1, done.stderr
+    assert "1 process shares" in done.stderr
+    assert "a scenario run, migrate, an import or a restore cannot share" in done.stderr
