@@ -694,7 +694,7 @@ EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
 @click.option(
     "--exclusive",
     is_flag=True,
-    help="PostgreSQL: hold the database alone (about 1.7x one shared process's throughput; "
+    help="PostgreSQL: hold the database alone (1.4-1.7x one shared process's throughput; "
     "other processes are refused, and this one is refused while others share it). By "
     "default a server shares it (UBLOX_CLUSTER=0 also says exclusive); a --scenario "
     "server is always alone.",

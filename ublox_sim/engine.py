@@ -475,7 +475,7 @@ class Engine:
 
         ``shared`` (PostgreSQL): whether other processes may write the database at the
         same time. By default they may (``$UBLOX_CLUSTER=0`` says otherwise), except in
-        checkpointed mode; ``shared=False`` holds it alone, about 1.7x faster for one
+        checkpointed mode; ``shared=False`` holds it alone, 1.4-1.7x faster for one
         process. Each refuses the other with ``StoreLocked`` (``store.postgres.mode``)."""
         params = check_world(world or WorldParams())  # before anything is opened
         resolved = resolve_store(store, home=home)

@@ -5,7 +5,7 @@ decide races, world leases say who steps which world, the event log feeds every
 process's bus). Each holds ``pg_try_advisory_lock_shared(WRITER_LOCK)`` for its life.
 
 *Exclusive*: one process alone, which then needs neither the rereads nor the leases
-(about 1.7x the throughput of one shared process, README "PostgreSQL"). It holds
+(1.4-1.7x the throughput of one shared process, README "PostgreSQL"). It holds
 ``pg_try_advisory_lock(WRITER_LOCK)``. A scenario run is always exclusive: it holds its
 writes in one transaction between checkpoints, and its bytes depend on stepping every
 world itself. ``migrate`` opens both ends exclusive; an import and a backup restore made
