@@ -14,10 +14,10 @@ ROOT = Path(__file__).parent.parent
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """A child process's environment: shared mode on, this checkout first on PYTHONPATH,
-    no proxy (the children talk on loopback), then ``extra``."""
+    """A child process's environment: the default mode (shared: no $UBLOX_CLUSTER), this
+    checkout first on PYTHONPATH, no proxy (the children talk on loopback), then ``extra``."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env[CLUSTER_ENV] = "1"
+    env.pop(CLUSTER_ENV, None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env.update(extra)
     return env

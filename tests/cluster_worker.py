@@ -1,10 +1,12 @@
 """One process of a cluster test (``tests/test_cluster_processes.py``): an embedded engine
-on the shared PostgreSQL database (``$UBLOX_CLUSTER=1``), told what to do by argv.
+on a PostgreSQL database it shares with others (the default), told what to do by argv.
 
     python cluster_worker.py URL buy PTO_ID PLAYER...
     python cluster_worker.py URL move PLAYER_A PLAYER_B ROUNDS
     python cluster_worker.py URL deadline
     python cluster_worker.py URL load PLAYER...   (until a second line on stdin)
+    python cluster_worker.py URL hold             (the database, shared, until a line)
+    python cluster_worker.py URL hold-exclusive   (the database, alone, until a line)
 
 It prints ``ready`` once its engine is open and waits for a line on stdin (so that every
 process starts its load at once), then prints one JSON line per outcome and ``done``.
@@ -47,7 +49,8 @@ def _dump_tasks() -> None:
 async def main(url: str, what: str, args: list[str]) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
     faulthandler.register(signal.SIGUSR2)  # threads' stacks, even with the loop stuck
-    async with Engine.open(store=url, seed=7) as engine:
+    shared = False if what == "hold-exclusive" else None
+    async with Engine.open(store=url, seed=7, shared=shared) as engine:
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
         async with anyio.create_task_group() as tg:
@@ -64,6 +67,8 @@ async def main(url: str, what: str, args: list[str]) -> None:
             elif what == "load":
                 await _load(engine, args)
                 tg.cancel_scope.cancel()
+            elif what in ("hold", "hold-exclusive"):
+                pass  # it held the database open until told to go
             elif what == "deadline":
                 failed = await engine.fire_deadlines()
                 _say({"op": "deadline", "failed": failed})

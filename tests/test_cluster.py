@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from ublox_sim.core.economy import tau_k_after
 from ublox_sim.core.errors import (
     Conflict,
     InsufficientFunds,
+    InvalidInput,
     InvalidState,
     UnitRejected,
     WorldLeased,
@@ -45,7 +47,8 @@ LEASE_TTL = timedelta(seconds=DEFAULT_TTL).total_seconds() / 3600  # in SimClock
 
 @pytest.fixture
 def shared(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(CLUSTER_ENV, "1")
+    """The default: processes share a PostgreSQL database unless told otherwise."""
+    monkeypatch.delenv(CLUSTER_ENV, raising=False)
 
 
 @asynccontextmanager
@@ -177,15 +180,31 @@ def test_the_session_guard_computes_tau_k_exactly_as_the_economy() -> None:
         assert a * tau + b * (c * quality) == tau_k_after(tau, quality)
 
 
-def test_open_backend_is_shared_only_when_asked(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
+def test_open_backend_shares_a_database_unless_told_otherwise(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    def shared(**options: Any) -> bool:
+        backend = open_backend(resolve_store(pg_url), **options)
+        assert isinstance(backend, PostgresBackend)
+        return backend.shared
+
     monkeypatch.delenv(CLUSTER_ENV, raising=False)
-    alone = open_backend(resolve_store(pg_url))
-    assert isinstance(alone, PostgresBackend) and not alone.shared
+    assert shared()
+    assert not shared(shared=False)
+    assert not shared(hold_commits=True)  # a scenario run holds the database alone
+    monkeypatch.setenv(CLUSTER_ENV, "0")
+    assert not shared()
+    assert shared(shared=True)
     monkeypatch.setenv(CLUSTER_ENV, "1")
-    together = open_backend(resolve_store(pg_url))
-    assert isinstance(together, PostgresBackend) and together.shared
+    assert shared()
+    assert not shared(hold_commits=True)
+    with pytest.raises(InvalidInput, match="needs the database to itself"):
+        shared(shared=True, hold_commits=True)
+    monkeypatch.setenv(CLUSTER_ENV, "yes")
+    with pytest.raises(InvalidInput, match=r"UBLOX_CLUSTER must be 1 \(shared\) or 0"):
+        shared()
+    with pytest.raises(InvalidInput, match="only a PostgreSQL store is shared"):
+        open_backend(tmp_path / "home", shared=True)
 
 
 async def test_a_completion_seen_by_two_processes_pays_once_and_sessions_play(

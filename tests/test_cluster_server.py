@@ -27,7 +27,7 @@ async def _servers(
     url: str, root: Path, monkeypatch: pytest.MonkeyPatch, count: int = 2
 ) -> AsyncIterator[list[httpx.AsyncClient]]:
     monkeypatch.setenv("UBLOX_STORE", url)
-    monkeypatch.setenv(CLUSTER_ENV, "1")
+    monkeypatch.delenv(CLUSTER_ENV, raising=False)  # the default: shared
     async with AsyncExitStack() as stack:
         clients = []
         for k in range(count):

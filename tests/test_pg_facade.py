@@ -155,12 +155,40 @@ def test_a_database_has_no_home_folder(pg_url: str) -> None:
             storage.export_to_json()
 
 
-def test_one_writer_at_a_time_on_a_database(pg_url: str) -> None:
-    with (
-        UbloxLocalStorage(store=pg_url),
-        pytest.raises(StoreLocked, match=r"another process.*UBLOX_CLUSTER=1"),
-    ):
-        UbloxLocalStorage(store=pg_url)
+def test_facades_share_a_database_unless_one_holds_it_alone(pg_url: str) -> None:
+    with UbloxLocalStorage(store=pg_url) as one, UbloxLocalStorage(store=pg_url) as two:
+        one.save_player({"player_id": "alice", "usd_obbba_balance": 1.0})
+        assert two.load_player("alice") is not None  # what one wrote, two reads
+        with pytest.raises(StoreLocked, match=r"2 processes share .* \(shared mode"):
+            UbloxLocalStorage(store=pg_url, shared=False)
+    with UbloxLocalStorage(store=pg_url, shared=False) as alone:
+        with pytest.raises(StoreLocked, match=r"another process holds .* exclusively"):
+            UbloxLocalStorage(store=pg_url)
+        assert alone.load_player("alice") is not None  # unharmed
+
+
+def test_an_import_or_a_restore_needs_the_database_to_itself(pg_url: str, tmp_path: Path) -> None:
+    with UbloxLocalStorage(tmp_path / "home") as home:
+        _fill(home)
+        export = home.export_to_json(tmp_path / "seed.json")
+    snaps = tmp_path / "snaps"
+    with UbloxLocalStorage(store=pg_url, backup_root=snaps) as one:
+        with UbloxLocalStorage(store=pg_url, backup_root=snaps):
+            refused = r"1 process shares .*: an import needs the database to itself"
+            with pytest.raises(StoreLocked, match=refused):
+                one.import_from_json(export)
+            assert one.load_player("alice") is None  # nothing imported
+        assert one.import_from_json(export) == []  # alone now: it may
+        one.create_backup("imported")
+        one.save_player({"player_id": "zed", "usd_obbba_balance": 0})
+        with UbloxLocalStorage(store=pg_url, backup_root=snaps):
+            with pytest.raises(StoreLocked, match=r"a backup restore needs the database to itself"):
+                one.restore_backup("imported")
+            assert one.load_player("zed") is not None  # nothing restored
+        assert [b["name"] for b in one.list_backups()] == ["imported"]  # no safety snapshot
+        assert one.restore_backup("imported") == []
+        assert one.load_player("zed") is None
+        assert one.load_player("alice") is not None
 
 
 def test_verify_finds_the_same_problems_on_both_backends(spec: str, tmp_path: Path) -> None:

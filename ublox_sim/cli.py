@@ -691,6 +691,14 @@ EXIT_PORT_BUSY = 4  # serve: the address is in use (documented in --help)
     "forward it the plays of the worlds it steps (default: http://HOST:PORT; the machine's "
     "name when --host is a wildcard).",
 )
+@click.option(
+    "--exclusive",
+    is_flag=True,
+    help="PostgreSQL: hold the database alone (1.4-1.7x one shared process's throughput; "
+    "other processes are refused, and this one is refused while others share it). By "
+    "default a server shares it (UBLOX_CLUSTER=0 also says exclusive); a --scenario "
+    "server is always alone.",
+)
 @_errors_to_exit_codes
 def serve(
     home: Path | None,
@@ -706,6 +714,7 @@ def serve(
     read_timeout: float,
     token_ttl: int,
     advertise: str | None,
+    exclusive: bool,
 ) -> None:
     """Serve the JSON API, live events and the dashboard (needs the [server] extra).
 
@@ -765,6 +774,7 @@ def serve(
         read_timeout=read_timeout,
         tick_seconds=tick,
         admin_key=key,
+        shared=False if exclusive else None,
     )
     run_server(
         # Engine.open reads a URL given as the home as the store it names.

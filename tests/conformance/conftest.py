@@ -190,9 +190,13 @@ class PostgresFactory:
         self, location: Path, *, hold_commits: bool = False
     ) -> AbstractAsyncContextManager[Backend]:
         url = self.url(location)
-        return _started(
-            PostgresBackend(url, hold_commits=hold_commits, backup_root=location / "backups")
+        # The Backend contract of one writer: exclusive. Shared mode (the default) differs
+        # on purpose: events reach the bus through the log, worlds are written under their
+        # lease (tests/test_cluster*.py).
+        backend = PostgresBackend(
+            url, hold_commits=hold_commits, backup_root=location / "backups", shared=False
         )
+        return _started(backend)
 
     async def restore(self, backend: Backend, name: str) -> None:
         assert isinstance(backend, PostgresBackend)

@@ -24,7 +24,8 @@ def report(line: str) -> None:
 async def main(store: str, scenario: str) -> None:
     """``store``: a home's path or a PostgreSQL URL (``store.open``)."""
     async with owned_task_group() as tg:
-        backend = open_backend(store, hold_commits=scenario == "held")
+        # Exclusive on PostgreSQL: the suite's contract is one writer's (see conftest).
+        backend = open_backend(store, hold_commits=scenario == "held", shared=False)
         await backend.start(tg)
         await crash_workload(backend, scenario, report)
         await anyio.sleep_forever()

@@ -61,6 +61,9 @@ class ServerConfig:
     # Several processes on one database: where this server answers (``serve --advertise``),
     # recorded with its world leases so the others forward the plays of its worlds here.
     advertise: str | None = None
+    # PostgreSQL: share the database with other processes (None: $UBLOX_CLUSTER, else
+    # yes) or hold it alone (False: ``serve --exclusive``). A scenario's server is alone.
+    shared: bool | None = None
 
 
 _TAGS = [
@@ -137,6 +140,8 @@ class _Game:
             world=params,
             max_active=caps.max_active if caps else None,
             idle_timeout=caps.idle_timeout if caps else DEFAULT_IDLE_TIMEOUT,
+            # A scenario's bytes need every world stepped here, by its ticks.
+            shared=False if loaded is not None and self.cfg.shared is None else self.cfg.shared,
         ) as engine:
             metrics: Metrics = app.state.metrics
             metrics.attach(engine)
@@ -149,7 +154,7 @@ class _Game:
             async with AsyncExitStack() as stack:
                 if leases is not None:  # shared: forward plays to their world's holder
                     leases.address = self.cfg.advertise or ""
-                    server.forwarder = Forwarder(leases)
+                    server.forwarder = metrics.forwarder = Forwarder(leases)
                     stack.push_async_callback(server.forwarder.aclose)
                 app.state.server = server
                 async with anyio.create_task_group() as tg:

@@ -12,12 +12,18 @@ It is forwarded once: a request already forwarded that meets ``WorldLeased`` aga
 lease moved meanwhile) is refused with 503 and ``Retry-After``, as it is when the holder
 advertises no address (an embedded engine, or a server without ``--advertise``) or
 cannot be reached (it died: its lease expires within the TTL and the next play here
-takes the world over from the last committed state).
+takes the world over from the last committed state). A holder killed while it was
+being asked gives the same 503: the play may have landed there or not, and a retry with
+the same ``Idempotency-Key`` (on any server) replays it if it did, plays it once if not.
+
+``/metrics`` counts the requests forwarded (by the holder's status) and the ones that
+could not be (by reason: ``FAILURES``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, NoReturn
 
 import httpx
 from starlette.requests import Request
@@ -32,6 +38,14 @@ FORWARDED = "x-ublox-forwarded-by"  # on a forwarded request: the forwarding ser
 SENT = ("authorization", "content-type", "idempotency-key")
 RELAYED = ("content-type", "idempotent-replayed", "retry-after", "www-authenticate")
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)  # a play queued behind a hot world's batch
+# Why a request refused with ``WorldLeased`` was not forwarded (then a 503 here).
+FAILURES = (
+    "already_forwarded",  # it came from another server: forwarded once, never twice
+    "no_address",  # the holder advertises no address, or its lease has just expired
+    "unreachable",  # the holder's address refused the connection (it is down)
+    "timeout",  # no connection or no answer in time
+    "connection_lost",  # the holder went away while it was being asked
+)
 
 
 class Forwarder:
@@ -41,7 +55,8 @@ class Forwarder:
         self.leases = leases  # store.postgres.lease.WorldLeases
         # The holders' addresses are inside the cluster: no proxy from the environment.
         self.client = httpx.AsyncClient(timeout=TIMEOUT, trust_env=False)
-        self.forwarded = 0  # requests answered by another process
+        self.forwarded: Counter[int] = Counter()  # answered by the holder, by its status
+        self.failed: Counter[str] = Counter()  # not forwarded, by reason (``FAILURES``)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -50,10 +65,10 @@ class Forwarder:
         """The holder's answer to ``request``, or ``refused`` raised again when it cannot
         be asked (see the module docstring)."""
         if FORWARDED in request.headers:
-            raise refused
+            self._refuse(refused, "already_forwarded")
         address = await self.leases.address_of(refused.pto_id)
         if not address or address == self.leases.address:
-            raise refused
+            self._refuse(refused, "no_address")
         url = address.rstrip("/") + request.url.path
         if request.url.query:
             url += "?" + request.url.query
@@ -65,7 +80,19 @@ class Forwarder:
             )
         except httpx.HTTPError as exc:
             log.warning("server.forward_failed", pto_id=refused.pto_id, to=address, error=repr(exc))
-            raise refused from None
-        self.forwarded += 1
+            self._refuse(refused, _reason(exc))
+        self.forwarded[answer.status_code] += 1
         kept = {name: answer.headers[name] for name in RELAYED if name in answer.headers}
         return Response(answer.content, status_code=answer.status_code, headers=kept)
+
+    def _refuse(self, refused: WorldLeased, reason: str) -> NoReturn:
+        self.failed[reason] += 1
+        raise refused from None
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "unreachable"
+    return "connection_lost"

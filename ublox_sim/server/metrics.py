@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from ..engine import Engine
+    from .forward import Forwarder
 
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -54,12 +55,37 @@ class _EngineCollector(Collector):
             "units of work committed and acknowledged since the store opened",
             value=engine.store.units_committed,
         )
+        forwarder = self.metrics.forwarder
+        if forwarder is not None:  # several servers on one database
+            yield from _forwarding(forwarder)
+
+
+def _forwarding(forwarder: Forwarder) -> Iterator[CounterMetricFamily]:
+    from .forward import FAILURES
+
+    answered = CounterMetricFamily(
+        "ublox_forwarded_requests",
+        "plays another server steps the world of, forwarded there, by its answer's status",
+        labels=["status"],
+    )
+    for status, count in sorted(forwarder.forwarded.items()):
+        answered.add_metric([str(status)], count)
+    yield answered
+    failed = CounterMetricFamily(
+        "ublox_forward_failures",
+        "plays refused with 503 world_leased because they could not be forwarded, by reason",
+        labels=["reason"],
+    )
+    for reason in FAILURES:  # every reason, 0 included: a rate needs the series
+        failed.add_metric([reason], forwarder.failed[reason])
+    yield failed
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.engine: Engine | None = None
+        self.forwarder: Forwarder | None = None
         self.http_latency = Histogram(
             "ublox_http_request_duration_seconds",
             "HTTP request latency by route",

@@ -248,7 +248,8 @@ async def _opened(store: Home | PgStore, backup_root: Path | None) -> AsyncItera
         from .postgres.local import PgLocalStore
 
         root = backup_root or default_backup_root(store)
-        async with PgLocalStore.open(store.url, backup_root=root) as pg:
+        # Alone on the database: both ends are copied, then compared.
+        async with PgLocalStore.open(store.url, backup_root=root, shared=False) as pg:
             yield _Postgres(pg, str(store))
     else:
         async with LocalStore.open(store) as local:

@@ -124,12 +124,21 @@ def open_backend(
     hold_commits: bool = False,
     bus: EventBus | None = None,
     backup_root: Path | None = None,
+    shared: bool | None = None,
 ) -> Backend:
     """The backend for ``spec`` (see ``resolve_store``), not started yet.
 
     SQLite takes every option; PostgreSQL commits durably (``synchronous_commit`` on)
-    whatever ``synchronous`` says and has no world files to flush (``flush_interval``)."""
+    whatever ``synchronous`` says and has no world files to flush (``flush_interval``).
+    ``shared``: whether the process shares a PostgreSQL database with others (None:
+    ``$UBLOX_CLUSTER``, else yes, except a held run: ``store.postgres.mode``); a SQLite
+    home has one writer, so ``shared=True`` is refused there."""
     store = resolve_store(spec)
+    if shared and not isinstance(store, PgStore):
+        raise InvalidInput(
+            f"{store.root} is a SQLite home, written by one process at a time: only a"
+            " PostgreSQL store is shared"
+        )
     if isinstance(store, PgStore):
         from .postgres.backend import PostgresBackend
 
@@ -139,6 +148,7 @@ def open_backend(
             bus=bus,
             backup_root=backup_root or default_backup_root(store),
             clock=clock or WALL_CLOCK,
+            shared=shared,
         )
     from .sqlite.backend import SqliteBackend
 

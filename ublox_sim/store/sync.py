@@ -44,7 +44,10 @@ class UbloxLocalStorage:
         store: StoreSpec = None,
         synchronous: Synchronous = "NORMAL",
         backup_root: Path | None = None,
+        shared: bool | None = None,
     ) -> None:
+        # ``shared`` (PostgreSQL): None shares the database with other processes unless
+        # $UBLOX_CLUSTER=0; False holds it alone (``store.postgres.mode``).
         where = resolve_store(store, home=home)
         # The home, or None for a database (``store`` names it, password masked).
         self.home: Home | None = where if isinstance(where, Home) else None
@@ -57,7 +60,7 @@ class UbloxLocalStorage:
             from .postgres.local import PgLocalStore
 
             root = backup_root or default_backup_root(where)
-            opened = PgLocalStore.open(where.url, backup_root=root)
+            opened = PgLocalStore.open(where.url, backup_root=root, shared=shared)
         else:
             opened = LocalStore.open(where, synchronous=synchronous)
         store_cm = self._portal.wrap_async_context_manager(opened)

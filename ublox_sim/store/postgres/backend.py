@@ -4,9 +4,9 @@ Rows are SQLite's (``store.sqlite.rows``, translated by ``dialect``) written by 
 group-commit ``writer``; reads are SQLite's queries (``store.sqlite.queries``) through the
 same writer, in queue order. World arrays are rows (``worlds.npz``: the same ``.npz``
 bytes SQLite keeps in files), written in the transaction of the unit that carries them,
-so a refused unit leaves its worlds as they were. One process writes a database at a time
-(a session advisory lock, held by the writer's connection: the lease of issue #14 replaces
-it when several processes share one database).
+so a refused unit leaves its worlds as they were. Several processes share a database by
+default; one may hold it alone instead (``mode``: a session advisory lock, shared or
+exclusive, held by the writer's connection).
 
 Backups are in-process snapshots (binary COPY of every table in one REPEATABLE READ
 transaction) into ``backup_root``. Held commits (scenario mode): see ``writer``.
@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,7 +39,6 @@ from ...core.errors import (
     InvalidBackupName,
     InvalidInput,
     PersistenceError,
-    StoreLocked,
 )
 from ...core.events import EventBus
 from ...core.records import PTO, Player, PTSToken, Record, Transaction
@@ -60,14 +59,18 @@ from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
 from ..verify import CHECKS, Finding, relational_findings
 from .lease import WorldLeases
+from .mode import (
+    CLUSTER_ENV,
+    WRITER_LOCK,
+    choose_shared,
+    release_exclusive,
+    take_exclusive_for,
+    take_writer_lock,
+)
 from .notify import EventFeed
 from .schema import MIGRATIONS, migrate
 from .url import masked
 from .writer import PgWriter
-
-CLUSTER_ENV = "UBLOX_CLUSTER"
-# pg_try_advisory_lock key of the single writer (until the lease of issue #14).
-WRITER_LOCK = 0x75B10C6
 
 SAVE_WORLD = (
     "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
@@ -109,7 +112,8 @@ def save_world(world_id: str, arrays: Arrays, holder: str | None = None) -> Stat
 
 
 class PostgresBackend:
-    """One PostgreSQL database, written by this process (see the module docstring)."""
+    """One PostgreSQL database, written by this process, alone or beside others (see the
+    module docstring and ``mode``)."""
 
     def __init__(
         self,
@@ -124,9 +128,9 @@ class PostgresBackend:
         self.dsn = dsn
         self.backup_root = backup_root
         self.clock = clock  # stamps backups only
-        # Several processes write this database (no single-writer lock; the actors are
-        # caches and the rows' guards decide races): ``shared`` or $UBLOX_CLUSTER=1.
-        self.shared = os.environ.get(CLUSTER_ENV) == "1" if shared is None else shared
+        # Several processes write this database (the actors are caches and the rows'
+        # guards decide races), unless ``shared=False``, $UBLOX_CLUSTER=0 or a held run.
+        self.shared = choose_shared(shared, hold_commits=hold_commits)
         self.leases = WorldLeases(dsn) if self.shared else None  # who steps which world
         # Shared: every process's events reach the bus through the log, in commit order.
         self.bus = bus if bus is not None else EventBus()
@@ -146,13 +150,7 @@ class PostgresBackend:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise PersistenceError(f"cannot open the store {masked(self.dsn)}: {exc}") from exc
         try:
-            if not self.shared and not await conn.fetchval(
-                "SELECT pg_try_advisory_lock($1)", WRITER_LOCK
-            ):
-                raise StoreLocked(
-                    f"another process writes to {masked(self.dsn)}; to share the database,"
-                    f" start every process with {CLUSTER_ENV}=1"
-                )
+            await take_writer_lock(conn, shared=self.shared, where=masked(self.dsn))
             await migrate(conn)
             if self.leases is not None:
                 await self.leases.start()
@@ -176,6 +174,21 @@ class PostgresBackend:
         if self.leases is not None:
             await self.leases.aclose()  # survivors take this process's worlds at once
         await self.db.aclose()  # closing the connection releases the advisory lock
+
+    @asynccontextmanager
+    async def exclusively(self, what: str) -> AsyncIterator[None]:
+        """``what`` (an import, a restore) needs the database to itself: a shared store
+        takes the exclusive lock for its duration, or raises ``StoreLocked`` when another
+        process shares the database (an exclusive store has it already)."""
+        if not self.shared:
+            yield
+            return
+        where = masked(self.dsn)
+        await self.db.run_read(lambda conn: take_exclusive_for(conn, what, where))
+        try:
+            yield
+        finally:
+            await self.db.run_read(release_exclusive)
 
     @property
     def closed(self) -> bool:
@@ -436,7 +449,8 @@ class PostgresBackend:
         return manifest
 
     async def restore_backup(self, name: str) -> None:
-        """Replace every table's rows with the backup's, in one transaction."""
+        """Replace every table's rows with the backup's, in one transaction, alone on the
+        database (``exclusively``: other processes' caches would not survive it)."""
         manifest = self.check_backup(name)
         if self.hold_commits:
             raise InvalidInput("a checkpointed run's store is restored while no run holds it")
@@ -455,7 +469,8 @@ class PostgresBackend:
                 for table in BACKUP_TABLES:
                     await conn.copy_to_table(table, source=str(source / table), format="binary")
 
-        await self.db.run_read(restore)
+        async with self.exclusively("a backup restore"):
+            await self.db.run_read(restore)
 
     def _backup_root(self) -> Path:
         if self.backup_root is None:
@@ -565,4 +580,4 @@ def _seal(partial: Path, target: Path, manifest: dict[str, Any]) -> None:
     partial.rename(target)
 
 
-__all__ = ["PostgresBackend", "WorldWrite"]
+__all__ = ["CLUSTER_ENV", "WRITER_LOCK", "PostgresBackend", "WorldWrite"]

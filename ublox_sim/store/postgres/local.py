@@ -4,6 +4,10 @@ what ``UbloxLocalStorage(store="postgresql://...")`` runs.
 Rows go through the backend's writer, worlds are rows of ``worlds`` (the same ``.npz``
 bytes), backups are the backend's REPEATABLE READ snapshots. An import is one unit,
 its worlds included: all of it lands or none.
+
+Like the engine, the facade shares the database with other processes by default
+(``shared=False`` for one alone: ``store.postgres.mode``); an import and a restore take
+it alone for their own duration (``StoreLocked`` while other processes share it).
 """
 
 from __future__ import annotations
@@ -47,11 +51,12 @@ class PgLocalStore(SeedOperations):
         *,
         backup_root: Path | None = None,
         clock: Now = wall_clock,
+        shared: bool | None = None,
         **_sqlite_only: Any,  # synchronous, flush_interval: PostgreSQL commits durably
     ) -> None:
         self.url = url
         self.clock = clock
-        self.backend = PostgresBackend(url, backup_root=backup_root)
+        self.backend = PostgresBackend(url, backup_root=backup_root, shared=shared)
         self.db = self.backend.db
 
     @classmethod
@@ -81,13 +86,15 @@ class PgLocalStore(SeedOperations):
         )
 
     async def _store_world(self, world_id: str, arrays: Mapping[str, NDArray[np.generic]]) -> None:
-        await self.backend.save_world(world_id, arrays)
+        # What it is given, as its records' upserts: the facade holds no world lease.
+        await self.db.submit([save_world(world_id, arrays)])
 
     async def _import(
         self, unit: list[Statement], worlds: Mapping[str, Mapping[str, NDArray[np.generic]]]
     ) -> None:
         saves = [save_world(w, a) for w, a in worlds.items()]
-        await self.db.submit([*saves, *unit, *_COUNTERS_PAST_IMPORTED])
+        async with self.backend.exclusively("an import"):
+            await self.db.submit([*saves, *unit, *_COUNTERS_PAST_IMPORTED])
 
     async def load_world(self, world_id: str) -> dict[str, NDArray[np.generic]]:
         return await self.backend.load_world(world_id)
@@ -111,8 +118,9 @@ class PgLocalStore(SeedOperations):
         the current ones; returns what ``verify`` says of the restored store. (``force``
         is SQLite's: a PostgreSQL snapshot carries no file checksums to accept.)"""
         self.backend.check_backup(name)
-        await self.create_backup(backup.safety_backup_name())
-        await self.backend.restore_backup(name)
+        async with self.backend.exclusively("a backup restore"):
+            await self.create_backup(backup.safety_backup_name())
+            await self.backend.restore_backup(name)
         return [str(f) for f in await self.verify()]
 
 

@@ -10,14 +10,19 @@ events of one PTO (of anything) arrive in the order they committed, whichever pr
 committed them. In shared mode the store publishes nothing itself (its own events come
 back through the feed too, so one order holds for all).
 
-Events read back from the log are ``LoggedEvent``: the stored JSON (the same dict the
-live event's ``to_dict`` gave), without the store-only fields.
+Events read back from the log are of the types a local store publishes (``Deposited``,
+``SharesBought``...: ``engine.events()`` does not change with the backend), with the
+fields their JSON holds: the store-only ones (``Event.internal``: a full record, a
+session's physics) keep their empty defaults. ``to_dict()`` gives back the stored dict.
+A kind this version does not know (a newer process's) arrives as a ``LoggedEvent``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -37,6 +42,32 @@ class LoggedEvent(ev.Event):
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.fields)
+
+
+def logged_event(seq: int, payload: str) -> ev.Event:
+    """The event a row of the log records, typed as it was published (see the module
+    docstring)."""
+    fields = ev.from_log(seq, payload)
+    cls = ev.KINDS.get(fields["kind"])
+    if cls is None:
+        return LoggedEvent(at=str(fields["at"]), seq=seq, fields=fields)
+    values = {k: v for k, v in fields.items() if k != "kind"}
+    for name in _decimal_fields(cls):
+        if name in values:
+            values[name] = Decimal(values[name])  # as_json wrote it as its exact string
+    return cls(**values)
+
+
+def _decimal_fields(cls: type[ev.Event]) -> tuple[str, ...]:
+    found = _DECIMALS.get(cls)
+    if found is None:
+        found = _DECIMALS[cls] = tuple(
+            f.name for f in dataclasses.fields(cls) if f.type in ("Decimal", Decimal)
+        )
+    return found
+
+
+_DECIMALS: dict[type[ev.Event], tuple[str, ...]] = {}
 
 
 class EventFeed:
@@ -83,8 +114,7 @@ class EventFeed:
                 PAGE,
             )
             for seq, payload in rows:
-                fields = ev.from_log(int(seq), str(payload))
-                self.bus.publish(LoggedEvent(at=str(fields["at"]), seq=int(seq), fields=fields))
+                self.bus.publish(logged_event(int(seq), str(payload)))
                 self.last = int(seq)
             if len(rows) < PAGE:
                 return

@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ...core.errors import ActorClosed, PersistenceError, UnitRejected
+from ...core.errors import ActorClosed, PersistenceError, UbloxError, UnitRejected
 from ..sqlite import rows
 from ..sqlite.writer import Statement
 from .dialect import to_postgres
@@ -222,6 +222,8 @@ class PgWriter:
                 result = await item.read(self._conn)
             except asyncpg.PostgresError as exc:
                 _settle(item.future, error=PersistenceError(f"read failed: {exc}"))
+            except UbloxError as exc:  # the read's own refusal (a restore's, StoreLocked)
+                _settle(item.future, error=exc)  # the connection is as good as before
             else:
                 _settle(item.future, result)  # its caller may have been cancelled
         if run:
