@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .world import F64, I64, TWO_PI, WorldParams, lattice_coupling, order_parameter
+from .world import F64, I64, TWO_PI, WorldParams, coupled_steps, order_parameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,33 +142,18 @@ class Shard:
         theta = self.theta[:n]
         omega = self.omega[:n]
         m = len(sessions)
-        flat = (sessions.slot * side + sessions.cells_y) * side + sessions.cells_x
-        phase = sessions.phase.astype(np.float64, copy=True)
-        total = np.zeros(m)
-        streak = np.zeros(m, dtype=np.int64)
-        locks = np.zeros(m, dtype=np.int64)
-        locked = np.zeros(m, dtype=np.int64)
-        coherence = np.zeros(m)
-        pull = p.player_coupling * sessions.tau_k
-        push = p.feedback * sessions.tau_k
-        for step in range(steps):
-            # The same operations, in the same order, as ``world.play_steps``.
-            active = sessions.steps > step
-            cell = theta.reshape(-1)[flat]
-            diff = cell - phase
-            now = (1.0 + np.cos(diff)) / 2.0
-            coherence = np.where(active, now, coherence)
-            total += np.where(active, now, 0.0)
-            hit = active & (now >= p.lock_threshold)
-            streak = np.where(hit, streak + 1, np.where(active, 0, streak))
-            locked += hit & (streak >= p.lock_steps)
-            locks += hit & (streak == p.lock_steps)
-            nudge = np.zeros(theta.size)
-            np.add.at(nudge, flat, np.where(active, push * np.sin(-diff), 0.0))
-            theta = theta + p.dt * (
-                omega + p.coupling * lattice_coupling(theta) + nudge.reshape(theta.shape)
-            )
-            phase = phase + np.where(active, p.dt * (sessions.freq + pull * np.sin(diff)), 0.0)
+        # The loop of ``world.play_steps``, on the whole stack at once.
+        theta, phase, total, coherence, locks, locked = coupled_steps(
+            theta,
+            omega,
+            p,
+            flat=(sessions.slot * side + sessions.cells_y) * side + sessions.cells_x,
+            phase=sessions.phase,
+            freq=sessions.freq,
+            tau_k=sessions.tau_k,
+            steps=sessions.steps,
+            world_steps=steps,
+        )
         if steps:
             self.theta[:n] = np.mod(theta, TWO_PI)
         quality = np.divide(total, sessions.steps, out=np.zeros(m), where=sessions.steps > 0)
