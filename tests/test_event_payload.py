@@ -71,3 +71,17 @@ def test_payload_matches_json_dumps(cls: type[ev.Event]) -> None:
         assert ev.payload(event) == reference(event)
         checked += 1
     assert checked, f"no {cls.__name__} could be built"
+
+
+@pytest.mark.parametrize("cls", EVENT_TYPES, ids=lambda c: c.__name__)
+def test_numbered_is_replace(cls: type[ev.Event]) -> None:
+    """``events.numbered`` gives the event ``dataclasses.replace`` gives, field for field."""
+    hints = get_type_hints(cls, vars(ev))
+    values = {f.name: _value(hints[f.name], 1) for f in dataclasses.fields(cls) if f.init}
+    values = {n: v for n, v in values.items() if v is not None}
+    values["at"], values["seq"] = "2026-01-01T00:00:00Z", 0
+    event = cls(**values)
+    assert ev.numbered(event, 7) == dataclasses.replace(event, seq=7)
+    assert type(ev.numbered(event, 7)) is cls
+    if "session_id" in values:
+        assert ev.numbered(event, 7, 9) == dataclasses.replace(event, seq=7, session_id=9)
