@@ -93,7 +93,7 @@ from .messages import (
     StepWorld,
 )
 from .player import Players
-from .runtime import Actor, Later, answer_when_done
+from .runtime import Actor, InFlight, Later, answer_when_done
 
 if TYPE_CHECKING:  # PostgreSQL's module: imported only when a shared store has leases
     from ..store.postgres.lease import WorldLeases
@@ -131,8 +131,7 @@ class PTOActor(Actor[PTOMessage]):
         self.params = params
         self.backend = backend
         self.players = players
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle = InFlight()
         # Token numbers only grow: a failed purchase leaves a gap, never a reused id.
         self._next_token = 1 + max((_token_number(t.token_id) for t in tokens), default=0)
         # A unit of this actor was refused as a Conflict: reload before deciding again.
@@ -228,7 +227,7 @@ class PTOActor(Actor[PTOMessage]):
         self._units += 1
         unit = self._units
         self._inflight[unit] = events
-        self._idle = anyio.Event()
+        self._idle.busy()
 
         def landed(committed: Committed) -> object:
             applied = False
@@ -308,7 +307,7 @@ class PTOActor(Actor[PTOMessage]):
         100,000 (it was a copy of them all per acknowledgement)."""
         self._inflight.pop(unit, None)
         if not self._inflight:
-            self._idle.set()
+            self._idle.idle()
         if rebuild:
             self._rebuild_pending()
         self._maybe_quiet()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -313,6 +314,38 @@ class Actor(Generic[M]):
     @property
     def broken(self) -> BaseException | None:
         return self._broken
+
+
+class InFlight:
+    """Whether an actor has units in flight, to wait for none (``settled``).
+
+    The event is made only when someone waits while units are in flight: thousands of
+    actors start and stop units without anyone waiting. One event serves every waiter
+    of one busy stretch (a unit decided while others are in flight keeps it), and
+    waiting when idle still yields to the loop once, as an ``anyio.Event`` that is set."""
+
+    __slots__ = ("_busy", "_event")
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._event: anyio.Event | None = None
+
+    def busy(self) -> None:
+        self._busy = True
+
+    def idle(self) -> None:
+        self._busy = False
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        if not self._busy:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
 
 
 class ActorSystem:
