@@ -574,9 +574,12 @@ class PTOActor(Actor[PTOMessage]):
 
     @staticmethod
     def _held_tokens(tokens: list[PTSToken], claimed: dict[str, float]) -> list[PTSToken]:
-        """A player's tokens, less hours already claimed by earlier requests in this batch."""
+        """A player's tokens, less hours already claimed by earlier requests in this batch
+        (copies of those claimed from: the others are only read)."""
         return [
-            dataclasses.replace(t, hours_played=t.hours_played + claimed.get(t.token_id, 0.0))
+            t
+            if t.token_id not in claimed
+            else dataclasses.replace(t, hours_played=t.hours_played + claimed[t.token_id])
             for t in tokens
         ]
 
