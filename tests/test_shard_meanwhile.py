@@ -10,8 +10,9 @@ from contextlib import aclosing
 
 import numpy as np
 import pytest
+from test_shard import _sessions
 
-from ublox_sim.core.shard import Sessions, TickOutcome, WorldShards
+from ublox_sim.core.shard import TickOutcome, WorldShards
 from ublox_sim.core.world import WorldParams, new_world
 
 PARAMS = WorldParams(size=16)
@@ -26,25 +27,13 @@ def _worlds(n: int = 5) -> WorldShards:
     return shards
 
 
-def _sessions(m: int = 30, steps: int = 4) -> Sessions:
-    rng = np.random.default_rng(5)
-    return Sessions(
-        slot=np.sort(rng.integers(0, 5, m)),
-        cells_y=rng.integers(0, 4, m),
-        cells_x=rng.integers(0, 4, m),
-        phase=rng.uniform(0, 2 * np.pi, m),
-        freq=rng.normal(1.0, 0.1, m),
-        tau_k=rng.uniform(0.5, 10, m),
-        steps=rng.integers(0, steps + 1, m),
-    )
-
-
 async def _tick(
     shards: WorldShards, meanwhile: Callable[[], Awaitable[None]] | None = None
 ) -> list[TickOutcome]:
     (shard,) = shards.shards
     got: list[TickOutcome] = []
-    ticked = shards.ticked([(shard, _sessions())], 4, meanwhile)
+    # Sessions on every world but the first and the last (test_shard's helper).
+    ticked = shards.ticked([(shard, _sessions(5, 30, 4))], 4, meanwhile)
     async with aclosing(ticked):
         async for _, outcome in ticked:
             got.append(outcome)
