@@ -1379,7 +1379,11 @@ class Engine:
         return await self.fire_deadlines()
 
     async def tick(
-        self, hours: float, plays: Sequence[tuple[str, str, float]]
+        self,
+        hours: float,
+        plays: Sequence[tuple[str, str, float]],
+        *,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[list[SessionResult | UbloxError], list[str]]:
         """One tick of a scenario: ``plays`` (pto_id, player_id, hours) are played *during*
         the tick's own lattice steps, then deadlines fire. Returns one result or error per
@@ -1394,9 +1398,15 @@ class Engine:
         are read and told directly (no message per session). With world leases (several
         processes on one database) each PTO plays and steps on its own, as ``play_many``
         and ``advance`` do.
+
+        ``meanwhile``: other work of the caller's tick that neither plays nor depends on
+        the worlds (a scenario's creators), run once the sessions are allotted, while
+        the worlds step on a worker thread; its units come before the tick's in the
+        ledger, and the tick is as if it ran first (see ``WorldShards.ticked``).
         """
         self._check_open()
         span: float = limits.ADVANCE_HOURS.check(hours)
+
         results: list[SessionResult | UbloxError | None] = [None] * len(plays)
         asked: list[tuple[int, str, str, float]] = []
         for index, (pto_id, player_id, want) in enumerate(plays):
@@ -1405,6 +1415,8 @@ class Engine:
             except UbloxError as exc:
                 results[index] = exc
         if getattr(self.store, "leases", None) is not None:
+            if meanwhile is not None:
+                await meanwhile()
             by_pto: dict[str, list[tuple[int, str, float]]] = {}
             for index, pto_id, player_id, want in asked:
                 by_pto.setdefault(pto_id, []).append((index, player_id, want))
@@ -1415,9 +1427,20 @@ class Engine:
             failed = await self.advance(span)
             return [r for r in results if r is not None], failed
         at = self._now()
-        self.clock.advance(span)
         steps = round(span * self.params.steps_per_hour)
-        await self._play_tick(asked, results, at, steps)
+        ran = False
+
+        async def once() -> None:
+            # ``meanwhile`` runs in the tick's time, before the clock moves.
+            nonlocal ran
+            if not ran:
+                ran = True
+                if meanwhile is not None:
+                    await meanwhile()
+                self.clock.advance(span)
+
+        await self._play_tick(asked, results, at, steps, once)
+        await once()  # (if no shard stepped)
         done = [r for r in results if r is not None]
         assert len(done) == len(plays)
         return done, await self.fire_deadlines()
@@ -1428,9 +1451,17 @@ class Engine:
         results: list[SessionResult | UbloxError | None],
         at: str,
         steps: int,
+        meanwhile: Callable[[], Awaitable[None]],
     ) -> None:
-        end = self._now()
         ptos = await self.store.load_all(PTO)
+        # Beside the worlds' steps only if every PTO can be active at once: the PTOs
+        # that allot stay active until the tick's unit lands, so one that ``meanwhile``
+        # needed could otherwise wait for a place among them for ever. Else first, as
+        # its units come first in the ledger either way.
+        beside: Callable[[], Awaitable[None]] | None = meanwhile
+        if len(ptos) > self._ptos.max_active:
+            await meanwhile()
+            beside = None
         for pto in ptos:  # every world moves with the clock: all resident for the run
             if pto.world_cdt_id is not None:
                 if await self._resident(pto) is None:
@@ -1500,7 +1531,7 @@ class Engine:
                 player = self._players.current(player_id) or await self._players.get(player_id)
                 await player.settled()
                 physics[index] = _Figures.of(player.state)
-            await self._commit_tick(asked, allotted, physics, results, ptos, at, end, steps)
+            await self._commit_tick(asked, allotted, physics, results, ptos, at, steps, beside)
         finally:
             for actor in holding:
                 actor.tick_over()
@@ -1513,9 +1544,12 @@ class Engine:
         results: list[SessionResult | UbloxError | None],
         ptos: list[PTO],
         at: str,
-        end: str,
         steps: int,
+        meanwhile: Callable[[], Awaitable[None]] | None,
     ) -> None:
+        """The tick's shards: stepped, each one's unit built and committed. ``meanwhile``
+        (if not run already) runs while they step and moves the clock: the worlds' steps
+        are stamped after it."""
         size = self.params.size
         # Sessions by shard, in ``plays`` order.
         per_shard: dict[int, list[tuple[int, int]]] = {}  # id(shard) -> (index, slot)
@@ -1560,10 +1594,13 @@ class Engine:
             work.append((shard, rows, sessions))
         # One unit per shard, in order; a shard whose unit does not commit is put back
         # (the ledger did not move: nor the worlds). Remote shards step all at once.
-        ticked = self.worlds.ticked([(shard, sessions) for shard, _, sessions in work], steps)
+        ticked = self.worlds.ticked(
+            [(shard, sessions) for shard, _, sessions in work], steps, meanwhile
+        )
         async with aclosing(ticked):
             async for k, outcome in ticked:
                 shard, rows, _ = work[k]
+                end = self._now()
                 events = self._tick_events(rows, allotted, physics, hours_of, outcome, tau, at)
                 for slot, world_id in sorted(enumerate(shard.ids), key=lambda s: s[1]):
                     if world_id in pto_of:

@@ -54,7 +54,7 @@ from .messages import (
     Reserve,
     SendTransfer,
 )
-from .runtime import Actor, Ask, Later, answer_when_done
+from .runtime import Actor, Ask, InFlight, Later, answer_when_done
 
 R = TypeVar("R")
 
@@ -96,8 +96,7 @@ class PlayerActor(Actor[PlayerMessage]):
         super().__init__(f"player:{player.player_id}", mailbox_size=mailbox_size)
         self.state = player  # acknowledged
         self._inflight: dict[int, tuple[ev.Event, ...]] = {}
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle = InFlight()
         self._reserved: dict[int, int] = {}
         self._tickets = 0
         self.backend = backend
@@ -264,7 +263,7 @@ class PlayerActor(Actor[PlayerMessage]):
         self._tickets += 1
         ticket = self._tickets
         self._inflight[ticket] = events
-        self._idle = anyio.Event()
+        self._idle.busy()
         later = Later()
         answer = answer_when_done(
             later,
@@ -303,5 +302,5 @@ class PlayerActor(Actor[PlayerMessage]):
         """A unit is no longer in flight (committed or refused)."""
         self._inflight.pop(ticket, None)
         if not self._inflight:
-            self._idle.set()
+            self._idle.idle()
         self._maybe_quiet()

@@ -99,7 +99,7 @@ from .messages import (
     StepWorld,
 )
 from .player import Players
-from .runtime import Actor, Later, answer_when_done
+from .runtime import Actor, InFlight, Later, answer_when_done
 
 if TYPE_CHECKING:  # PostgreSQL's module: imported only when a shared store has leases
     from ..store.postgres.lease import WorldLeases
@@ -190,8 +190,7 @@ class PTOActor(Actor[PTOMessage]):
         self.params = params
         self.backend = backend
         self.players = players
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle = InFlight()
         # Token numbers only grow: a failed purchase leaves a gap, never a reused id.
         self._next_token = 1 + max((_token_number(t.token_id) for t in tokens), default=0)
         # A unit of this actor was refused as a Conflict: reload before deciding again.
@@ -300,7 +299,7 @@ class PTOActor(Actor[PTOMessage]):
         self._units += 1
         unit = self._units
         self._inflight[unit] = events
-        self._idle = anyio.Event()
+        self._idle.busy()
 
         def landed(committed: Committed) -> object:
             applied = False
@@ -380,7 +379,7 @@ class PTOActor(Actor[PTOMessage]):
         100,000 (it was a copy of them all per acknowledgement)."""
         self._inflight.pop(unit, None)
         if not self._inflight:
-            self._idle.set()
+            self._idle.idle()
         if rebuild:
             self._rebuild_pending()
         self._maybe_quiet()
@@ -679,9 +678,12 @@ class PTOActor(Actor[PTOMessage]):
 
     @staticmethod
     def _held_tokens(tokens: list[PTSToken], claimed: dict[str, float]) -> list[PTSToken]:
-        """A player's tokens, less hours already claimed by earlier requests in this batch."""
+        """A player's tokens, less hours already claimed by earlier requests in this batch
+        (copies of those claimed from: the others are only read)."""
         return [
-            dataclasses.replace(t, hours_played=t.hours_played + claimed.get(t.token_id, 0.0))
+            t
+            if t.token_id not in claimed
+            else dataclasses.replace(t, hours_played=t.hours_played + claimed[t.token_id])
             for t in tokens
         ]
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..core.errors import ActorBroken, ActorClosed, RequestTimeout, UbloxError
 from ..core.logsetup import get_logger
@@ -121,9 +123,14 @@ class Actor(Generic[M]):
 
     def __init__(self, name: str, *, mailbox_size: int = 256) -> None:
         self.name = name
-        self._send, self._receive = anyio.create_memory_object_stream[_Envelope[M]](mailbox_size)
+        # The mailbox and the stopped event are made with the first message (``_open``):
+        # most actors a run activates are read directly and never sent anything.
+        self._size = mailbox_size
+        self._send: MemoryObjectSendStream[_Envelope[M]] | None = None
+        self._receive: MemoryObjectReceiveStream[_Envelope[M]] | None = None
         self._broken: BaseException | None = None
-        self._stopped = anyio.Event()
+        self._stopped: anyio.Event | None = None
+        self._closed = False
         self._overflow: TaskGroup | None = None
         self._launched = False  # its task runs from the first message on (``_launch``)
         self.passivated = False  # set by the directory before it closes the mailbox
@@ -150,7 +157,17 @@ class Actor(Generic[M]):
 
     def mailbox_depth(self) -> int:
         """Messages waiting in the mailbox now (anyio's stream statistics, for metrics)."""
-        return self._send.statistics().current_buffer_used
+        return 0 if self._send is None else self._send.statistics().current_buffer_used
+
+    def _open(self) -> MemoryObjectSendStream[_Envelope[M]]:
+        if self._send is None:
+            self._send, self._receive = anyio.create_memory_object_stream[_Envelope[M]](self._size)
+            self._stopped = anyio.Event()
+            if self._closed:  # closed before its first message: it takes none
+                self._send.close()
+                self._receive.close()
+                self._stopped.set()
+        return self._send
 
     # -- sending ---------------------------------------------------------------
 
@@ -196,9 +213,10 @@ class Actor(Generic[M]):
         so two actors telling each other can never deadlock on full mailboxes.
         """
         envelope = _Envelope(message, None)
+        send = self._open()
         self._launch()
         try:
-            self._send.send_nowait(envelope)
+            send.send_nowait(envelope)
         except anyio.WouldBlock:
             assert self._overflow is not None, "actor not started"
             self._overflow.start_soon(self._post, envelope)
@@ -208,9 +226,10 @@ class Actor(Generic[M]):
     async def _post(self, envelope: _Envelope[M]) -> None:
         if self._broken is not None:
             raise ActorBroken(f"{self.name} crashed") from self._broken
+        send = self._open()
         self._launch()
         try:
-            await self._send.send(envelope)
+            await send.send(envelope)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             if self._broken is not None:
                 raise ActorBroken(f"{self.name} crashed") from self._broken
@@ -231,9 +250,12 @@ class Actor(Generic[M]):
 
     async def _run(self) -> None:
         current: _Envelope[M] | None = None
+        self._open()
+        receive, stopped = self._receive, self._stopped
+        assert self._send is not None and receive is not None and stopped is not None
         try:
-            async with self._receive:
-                async for current in self._receive:
+            async with receive:
+                async for current in receive:
                     try:
                         result = await self.handle(current.message)
                     except UbloxError as exc:
@@ -261,7 +283,7 @@ class Actor(Generic[M]):
                     current.reply.finish(error=broken)
             while True:
                 try:
-                    queued = self._receive.receive_nowait()
+                    queued = receive.receive_nowait()
                 except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                     break
                 _handled(queued)
@@ -270,22 +292,60 @@ class Actor(Generic[M]):
             raise
         finally:
             self._send.close()
-            self._stopped.set()
+            stopped.set()
 
     def close(self) -> None:
         """Stop taking messages; those already queued are still handled."""
+        self._closed = True
+        if self._send is None:  # never sent anything: no mailbox, no task
+            self._launched = True
+            return
         self._send.close()
         if not self._launched:  # never asked anything: nothing to handle, no task
             self._launched = True
+            assert self._receive is not None and self._stopped is not None
             self._receive.close()
             self._stopped.set()
 
     async def wait_stopped(self) -> None:
-        await self._stopped.wait()
+        if self._stopped is not None:
+            await self._stopped.wait()
 
     @property
     def broken(self) -> BaseException | None:
         return self._broken
+
+
+class InFlight:
+    """Whether an actor has units in flight, to wait for none (``settled``).
+
+    The event is made only when someone waits while units are in flight: thousands of
+    actors start and stop units without anyone waiting. One event serves every waiter
+    of one busy stretch (a unit decided while others are in flight keeps it), and
+    waiting when idle still yields to the loop once, as an ``anyio.Event`` that is set."""
+
+    __slots__ = ("_busy", "_event")
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._event: anyio.Event | None = None
+
+    def busy(self) -> None:
+        self._busy = True
+
+    def idle(self) -> None:
+        self._busy = False
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        if not self._busy:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
 
 
 class ActorSystem:

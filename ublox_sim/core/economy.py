@@ -189,6 +189,8 @@ def compose_xusd(hours: float, quality: float, amplification: float) -> int:
 
 def split_by_hours(total: int, allocation: Sequence[tuple[str, float]]) -> list[int]:
     """Split ``total`` cents across an allocation in proportion to hours, exactly."""
+    if len(allocation) == 1:  # the common case: one token takes it all
+        return [total]
     hours = sum(h for _, h in allocation)
     shares = [int(total * h // hours) if hours else 0 for _, h in allocation]
     if shares:

@@ -15,16 +15,19 @@ e.g. a Ray actor: ``__getstate__`` keeps only the used slots).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
 
-from .world import F64, I64, TWO_PI, WorldParams, lattice_coupling, order_parameter
+from .world import F64, I64, TWO_PI, WorldParams, coupled_steps, order_parameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,9 @@ class Shard:
         self.omega: F64 = np.zeros((max(1, capacity), side, side))
         self.ids: list[str] = []
         self.slots: dict[str, int] = {}
+        # Moves on every change to the worlds held or their arrays outside a tick
+        # (``WorldShards.ticked`` checks that a tick stepped on a worker thread saw them).
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -92,6 +98,7 @@ class Shard:
         self.theta, self.omega = state["theta"], state["omega"]
         self.ids = state["ids"]
         self.slots = {w: k for k, w in enumerate(self.ids)}
+        self.version = 0
         if not len(self.theta):
             side = self.params.size
             self.theta, self.omega = np.zeros((1, side, side)), np.zeros((1, side, side))
@@ -114,6 +121,7 @@ class Shard:
             self.slots[world_id] = slot
         self.theta[slot] = theta
         self.omega[slot] = omega
+        self.version += 1
         return slot
 
     def remove(self, world_id: str) -> None:
@@ -126,6 +134,7 @@ class Shard:
             self.ids[slot] = moved
             self.slots[moved] = slot
         self.ids.pop()
+        self.version += 1
 
     def arrays(self, world_id: str) -> dict[str, F64]:
         """Copies of one world's arrays (slots move: never hand out views)."""
@@ -135,6 +144,15 @@ class Shard:
     def tick(self, steps: int, sessions: Sessions) -> TickOutcome:
         """``steps`` lattice steps of every world, each session's player coupled to its
         cell for its own ``steps`` (at most the tick's); see the module doc."""
+        theta, outcome = self.advance(steps, sessions)
+        if theta is not None:
+            self.theta[: len(self.ids)] = theta
+        return outcome
+
+    def advance(self, steps: int, sessions: Sessions) -> tuple[F64 | None, TickOutcome]:
+        """``tick`` without changing the shard: the worlds' next theta (None if no step)
+        and the outcome. Reads the arrays only, so it may run on a worker thread while
+        nothing changes them."""
         p = self.params
         n, side = len(self.ids), p.size
         if len(sessions) and int(sessions.steps.max()) > steps:
@@ -142,38 +160,23 @@ class Shard:
         theta = self.theta[:n]
         omega = self.omega[:n]
         m = len(sessions)
-        flat = (sessions.slot * side + sessions.cells_y) * side + sessions.cells_x
-        phase = sessions.phase.astype(np.float64, copy=True)
-        total = np.zeros(m)
-        streak = np.zeros(m, dtype=np.int64)
-        locks = np.zeros(m, dtype=np.int64)
-        locked = np.zeros(m, dtype=np.int64)
-        coherence = np.zeros(m)
-        pull = p.player_coupling * sessions.tau_k
-        push = p.feedback * sessions.tau_k
-        for step in range(steps):
-            # The same operations, in the same order, as ``world.play_steps``.
-            active = sessions.steps > step
-            cell = theta.reshape(-1)[flat]
-            diff = cell - phase
-            now = (1.0 + np.cos(diff)) / 2.0
-            coherence = np.where(active, now, coherence)
-            total += np.where(active, now, 0.0)
-            hit = active & (now >= p.lock_threshold)
-            streak = np.where(hit, streak + 1, np.where(active, 0, streak))
-            locked += hit & (streak >= p.lock_steps)
-            locks += hit & (streak == p.lock_steps)
-            nudge = np.zeros(theta.size)
-            np.add.at(nudge, flat, np.where(active, push * np.sin(-diff), 0.0))
-            theta = theta + p.dt * (
-                omega + p.coupling * lattice_coupling(theta) + nudge.reshape(theta.shape)
-            )
-            phase = phase + np.where(active, p.dt * (sessions.freq + pull * np.sin(diff)), 0.0)
-        if steps:
-            self.theta[:n] = np.mod(theta, TWO_PI)
+        # The loop of ``world.play_steps``, on the whole stack at once.
+        theta, phase, total, coherence, locks, locked = coupled_steps(
+            theta,
+            omega,
+            p,
+            flat=(sessions.slot * side + sessions.cells_y) * side + sessions.cells_x,
+            phase=sessions.phase,
+            freq=sessions.freq,
+            tau_k=sessions.tau_k,
+            steps=sessions.steps,
+            world_steps=steps,
+        )
+        after = np.mod(theta, TWO_PI) if steps else None
+        final = self.theta[:n] if after is None else after
         quality = np.divide(total, sessions.steps, out=np.zeros(m), where=sessions.steps > 0)
-        aci = np.array([order_parameter(self.theta[k]) for k in range(n)])
-        return TickOutcome(
+        aci = np.array([order_parameter(final[k]) for k in range(n)])
+        return after, TickOutcome(
             quality=np.clip(quality, 0.0, 1.0),
             coherence=coherence,
             locks=locks,
@@ -218,6 +221,7 @@ class WorldShards:
     def set_theta(self, world_id: str, theta: F64) -> None:
         shard = self._where[world_id]
         shard.theta[shard.slots[world_id]] = theta
+        shard.version += 1
 
     def arrays(self, world_id: str) -> dict[str, F64]:
         """Copies of a resident world's arrays."""
@@ -235,14 +239,36 @@ class WorldShards:
         return shard, shard.slots[world_id]
 
     async def ticked(
-        self, work: Sequence[tuple[Shard, Sessions]], steps: int
+        self,
+        work: Sequence[tuple[Shard, Sessions]],
+        steps: int,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[tuple[int, TickOutcome], None]:
         """A tick of the shards in ``work`` (each with its sessions): yields each one's
         index in ``work`` and outcome, in order. A shard stands once the caller's loop body
         for it completes; one whose body raised, or never ran, is put back as it was
         before the tick (iterate inside ``contextlib.aclosing``). Here each shard steps
         when its turn comes; a remote implementation (``sim.ray_shards``) steps them all
-        at once before the first is yielded."""
+        at once before the first is yielded.
+
+        ``meanwhile`` (the loop's other work of the tick, see ARCHITECTURE.md "Ticks") runs
+        on the event loop while the shards step on a worker thread, before the first is
+        yielded; the tick is as if it ran first: a shard it changed (a world loaded,
+        dropped or moved) is stepped again, on the loop, from what it left."""
+        ahead: list[tuple[int, tuple[F64 | None, TickOutcome]] | None] = [None] * len(work)
+        if meanwhile is not None:
+            versions = [shard.version for shard, _ in work]
+
+            def advance_all() -> None:
+                for k, (shard, sessions) in enumerate(work):
+                    ahead[k] = (versions[k], shard.advance(steps, sessions))
+
+            stepping = asyncio.ensure_future(anyio.to_thread.run_sync(advance_all))
+            try:
+                await meanwhile()
+            finally:  # (pure reads: the shards are as they were if meanwhile failed)
+                with anyio.CancelScope(shield=True):
+                    await stepping
         for k, (shard, sessions) in enumerate(work):
             n = len(shard)
             # The undo copy goes to a buffer kept per shard: a fresh one each tick costs
@@ -252,7 +278,13 @@ class WorldShards:
                 undo = self._undo[shard] = np.empty_like(shard.theta)
             before = undo[:n]
             np.copyto(before, shard.theta[:n])
-            outcome = shard.tick(steps, sessions)
+            stepped = ahead[k]
+            if stepped is not None and stepped[0] == shard.version:
+                theta, outcome = stepped[1]
+                if theta is not None:
+                    shard.theta[:n] = theta
+            else:
+                outcome = shard.tick(steps, sessions)
             try:
                 yield k, outcome
             except BaseException:

@@ -107,6 +107,56 @@ class SessionPhysics:
     locked_steps: I64
 
 
+def coupled_steps(
+    theta: F64,
+    omega: F64,
+    params: WorldParams,
+    *,
+    flat: I64,
+    phase: F64,
+    freq: F64,
+    tau_k: F64,
+    steps: I64,
+    world_steps: int,
+) -> tuple[F64, F64, F64, F64, I64, I64]:
+    """The lattice loop of every play: ``world_steps`` steps of ``theta`` (one world
+    ``(S, S)`` or a stack ``(n, S, S)``: elementwise the same operations, ``core.shard``)
+    with each player coupled to its cell (``flat``: its index in ``theta.reshape(-1)``)
+    for its own ``steps``; the nudges on one cell are summed in the players' order.
+
+    Returns theta and the players' phases (neither wrapped), the sum of each player's
+    coherence over its steps, its coherence on its last step, its locks and locked steps.
+    """
+    n = len(phase)
+    phase = phase.astype(np.float64, copy=True)
+    total = np.zeros(n)
+    streak = np.zeros(n, dtype=np.int64)
+    locks = np.zeros(n, dtype=np.int64)
+    locked = np.zeros(n, dtype=np.int64)
+    coherence = np.zeros(n)
+    pull = params.player_coupling * tau_k
+    push = params.feedback * tau_k
+    for step in range(world_steps):
+        active = steps > step
+        cell = theta.reshape(-1)[flat]
+        diff = cell - phase
+        now = (1.0 + np.cos(diff)) / 2.0
+        coherence = np.where(active, now, coherence)
+        total += np.where(active, now, 0.0)
+        hit = active & (now >= params.lock_threshold)
+        streak = np.where(hit, streak + 1, np.where(active, 0, streak))
+        locked += hit & (streak >= params.lock_steps)
+        locks += hit & (streak == params.lock_steps)
+        # Players and world move together: the lattice step plus the players' nudge.
+        nudge = np.zeros(theta.size)
+        np.add.at(nudge, flat, np.where(active, push * np.sin(-diff), 0.0))
+        theta = theta + params.dt * (
+            omega + params.coupling * lattice_coupling(theta) + nudge.reshape(theta.shape)
+        )
+        phase = phase + np.where(active, params.dt * (freq + pull * np.sin(diff)), 0.0)
+    return theta, phase, total, coherence, locks, locked
+
+
 def play_steps(
     theta: F64,
     omega: F64,
@@ -126,35 +176,22 @@ def play_steps(
     per player); a player whose ``steps`` ran out stops coupling and scoring. The
     world takes ``world_steps`` steps (default: the longest session's); a tick of a
     scenario gives its own (``core.shard``: each player's ``steps`` is at most that).
+    A one-world case of ``coupled_steps``, as a shard's tick is the many-world one.
     """
-    n = len(phase)
-    phase = phase.astype(np.float64, copy=True)
-    total = np.zeros(n)
-    streak = np.zeros(n, dtype=np.int64)
-    locks = np.zeros(n, dtype=np.int64)
-    locked = np.zeros(n, dtype=np.int64)
-    coherence = np.zeros(n)
-    pull = params.player_coupling * tau_k
-    push = params.feedback * tau_k
     if world_steps is None:
         world_steps = int(steps.max(initial=0))
-    for step in range(world_steps):
-        active = steps > step
-        cell = theta[cells_y, cells_x]
-        diff = cell - phase
-        now = (1.0 + np.cos(diff)) / 2.0
-        coherence = np.where(active, now, coherence)
-        total += np.where(active, now, 0.0)
-        hit = active & (now >= params.lock_threshold)
-        streak = np.where(hit, streak + 1, np.where(active, 0, streak))
-        locked += hit & (streak >= params.lock_steps)
-        locks += hit & (streak == params.lock_steps)
-        # Players and world move together: the lattice step plus the players' nudge.
-        nudge = np.zeros_like(theta)
-        np.add.at(nudge, (cells_y, cells_x), np.where(active, push * np.sin(-diff), 0.0))
-        theta = theta + params.dt * (omega + params.coupling * lattice_coupling(theta) + nudge)
-        phase = phase + np.where(active, params.dt * (freq + pull * np.sin(diff)), 0.0)
-    quality = np.divide(total, steps, out=np.zeros(n), where=steps > 0)
+    theta, phase, total, coherence, locks, locked = coupled_steps(
+        theta,
+        omega,
+        params,
+        flat=cells_y * theta.shape[-1] + cells_x,
+        phase=phase,
+        freq=freq,
+        tau_k=tau_k,
+        steps=steps,
+        world_steps=world_steps,
+    )
+    quality = np.divide(total, steps, out=np.zeros(len(phase)), where=steps > 0)
     return SessionPhysics(
         theta=np.mod(theta, TWO_PI),
         phase=np.mod(phase, TWO_PI),

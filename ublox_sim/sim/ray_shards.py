@@ -40,7 +40,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -378,12 +378,17 @@ class RayWorldShards(WorldShards):
         raise ShardLost(f"a shard actor lost its worlds: {type(exc).__name__}: {exc}") from exc
 
     async def ticked(
-        self, work: Sequence[tuple[Shard, Sessions]], steps: int
+        self,
+        work: Sequence[tuple[Shard, Sessions]],
+        steps: int,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[tuple[int, TickOutcome], None]:
         """Every actor steps its worlds with their sessions at once (one call each,
         dispatched before any is awaited); then yields each shard's outcome as
         ``WorldShards.ticked`` does, and has the worlds of each shard whose unit did not
-        commit put back."""
+        commit put back. ``meanwhile`` runs first, before anything is sent."""
+        if meanwhile is not None:
+            await meanwhile()
         if len(work) != len(self.shards):
             raise RuntimeFailure("a Ray tick steps every shard (every world moves with the clock)")
         # Each session goes to its world's actor, in shard then session order.

@@ -2,7 +2,8 @@
 
 Each tick, in this order: scheduled launches, scripted events (file order),
 investors, players (one batch per world), creators, then the clock moves (worlds
-step, deadlines fire). Every random decision comes from one generator seeded by
+step, deadlines fire); the creators' work is done while the worlds step (on a worker
+thread), its units before the tick's. Every random decision comes from one generator seeded by
 the scenario and saved at each checkpoint; operations that write ledger rows are
 issued one after another in id order, so the ledger's order never depends on
 timing. The run is durable at checkpoints only (``Engine.open(checkpointed=True)``):
@@ -17,7 +18,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -464,13 +465,16 @@ class Runner:
         """Played with the tick's sessions, during its lattice steps (``Engine.tick``)."""
         self._plays.append((pto_id, player_id, hours, True))
 
-    async def play_tick(self) -> None:
+    async def play_tick(self, meanwhile: Callable[[], Awaitable[None]] | None = None) -> None:
         """The clock moves one tick: every world steps, this tick's sessions played during
         those steps (scripted ones first, in file order, then the behaviours'), deadlines
-        fire. One unit of rows per world shard (see ``Engine.tick``)."""
+        fire. One unit of rows per world shard (see ``Engine.tick``). ``meanwhile`` runs
+        while the worlds step, its units before the tick's."""
         plays, self._plays = self._plays, []
         results, _ = await self.engine.tick(
-            self.scenario.clock.tick_hours, [(pto, player, h) for pto, player, h, _ in plays]
+            self.scenario.clock.tick_hours,
+            [(pto, player, h) for pto, player, h, _ in plays],
+            meanwhile=meanwhile,
         )
         for (pto_id, player_id, _, scripted), result in zip(plays, results, strict=True):
             if isinstance(result, UbloxError):
@@ -591,8 +595,9 @@ class Runner:
         await self.scripted(tick)
         await self.investors()
         await self.sessions()
-        await self.creators()
-        await self.play_tick()
+        # The creators' work needs no world and none of this tick's sessions: it runs
+        # while the worlds step (on a worker thread), its units first in the ledger.
+        await self.play_tick(meanwhile=self.creators)
 
 
 @contextmanager

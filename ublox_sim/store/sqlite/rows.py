@@ -481,9 +481,9 @@ def _log(
     def committed(ids: Sequence[int]) -> None:
         numbered: ev.Event
         if session and isinstance(event, ev.SessionPlayed):
-            numbered = dataclasses.replace(event, seq=ids[-1], session_id=ids[-2])
+            numbered = ev.numbered(event, ids[-1], ids[-2])
         else:
-            numbered = dataclasses.replace(event, seq=ids[-1])
+            numbered = ev.numbered(event, ids[-1])
         landed[index] = numbered
         publish(numbered)
 
@@ -767,10 +767,10 @@ def _tick_sessions(
         for offset, (index, event) in enumerate(logged):
             numbered: ev.Event
             if type(event) is ev.SessionPlayed:
-                numbered = dataclasses.replace(event, seq=seq + offset, session_id=session)
+                numbered = ev.numbered(event, seq + offset, session)
                 session += 1
             else:
-                numbered = dataclasses.replace(event, seq=seq + offset)
+                numbered = ev.numbered(event, seq + offset)
             landed[index] = numbered
             publish(numbered)
 
