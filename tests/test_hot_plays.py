@@ -29,7 +29,7 @@ from hot_plays_worker import setup
 
 import ublox_sim
 from ublox_sim.core.clock import SimClock
-from ublox_sim.core.errors import StoreFull, UbloxError, UnitRejected
+from ublox_sim.core.errors import RequestTimeout, StoreFull, UbloxError, UnitRejected
 from ublox_sim.core.records import PTO, Player, PlaySession, PTSToken, iso
 from ublox_sim.engine import Engine
 from ublox_sim.store.backend import Chain, Receipt
@@ -182,6 +182,38 @@ async def test_a_refused_session_in_a_batch_of_plays_has_the_sessions_after_it_d
     assert [s[0] for s in after["sessions"]] == [names[0], names[2], names[3]]
     played = {t[1]: t[2] for t in after["tokens"]}
     assert played == {names[0]: 1.0, names[1]: 0.0, names[2]: 1.0, names[3]: 1.0}
+
+
+@pytest.mark.asyncio
+async def test_sessions_decided_again_answer_their_caller_when_deciding_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redo of a broken chain is a message the PTO sends itself: if reading its
+    players' physics fails there, the first Play's caller still hears, per session."""
+    async with Engine.open(tmp_path, seed=1, clock=SimClock()) as engine:
+        names = await setup(engine, 4)
+        with closing(sqlite3.connect(tmp_path / "ublox.db")) as conn:
+            conn.execute("PRAGMA ignore_check_constraints = 1")
+            conn.execute("UPDATE players SET memory_depth = -1e6 WHERE player_id = ?", (names[1],))
+            conn.commit()
+        await engine.get_pto("hot")  # activated, so its decision can be failed
+        pto = engine._ptos.active("hot")  # type: ignore[union-attr]
+        decide, calls = pto._settled_physics, []
+
+        async def failing_again(players: set[str]) -> Any:
+            calls.append(players)
+            if len(calls) > 1:  # the redo's
+                raise RequestTimeout("players did not answer")
+            return await decide(players)
+
+        monkeypatch.setattr(pto, "_settled_physics", failing_again)
+        results = await engine.play_many("hot", [(name, 1.0) for name in names])
+    assert not isinstance(results[0], UbloxError)
+    assert isinstance(results[1], UnitRejected)
+    assert [type(r) for r in results[2:]] == [RequestTimeout, RequestTimeout]
+    assert len(calls) == 2
+    after = await state(tmp_path)
+    assert [s[0] for s in after["sessions"]] == [names[0]]  # nothing decided twice
 
 
 @pytest.mark.asyncio

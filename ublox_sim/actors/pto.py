@@ -609,7 +609,17 @@ class PTOActor(Actor[PTOMessage]):
                 flight.final(indices[local], SessionOutcome(request.player_id, error=exc))
                 continue
             live.append(local)
-        physics = await self._settled_physics({requests[k].player_id for k in live})
+        try:
+            physics = await self._settled_physics({requests[k].player_id for k in live})
+        except UbloxError as exc:
+            if redo is None:
+                raise  # the caller hears it
+            # Told by this actor: nobody would hear it, and the first Play's caller
+            # would wait for sessions never decided again.
+            for local in live:
+                flight.final(indices[local], SessionOutcome(requests[local].player_id, error=exc))
+            self._maybe_quiet()
+            return []
         # Decided from here to the first submission without an await: on the tokens as
         # acknowledged (this world's sessions of these players all settled) and the theta
         # the Plays in flight leave. One pass over the tokens for the whole batch, not
@@ -892,6 +902,9 @@ class PTOActor(Actor[PTOMessage]):
                 await self.tell(message)
             except UbloxError as exc:
                 closed(exc)
+            except anyio.get_cancelled_exc_class():  # the actor's group closing
+                closed(ActorClosed(f"{self.name} is closed"))
+                raise
 
         if self.passivated or self.broken is not None:
             closed(ActorClosed(f"{self.name} is closed"))

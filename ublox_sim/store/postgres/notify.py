@@ -51,23 +51,33 @@ def logged_event(seq: int, payload: str) -> ev.Event:
     cls = ev.KINDS.get(fields["kind"])
     if cls is None:
         return LoggedEvent(at=str(fields["at"]), seq=seq, fields=fields)
-    values = {k: v for k, v in fields.items() if k != "kind"}
-    for name in _decimal_fields(cls):
+    # Fields this version does not know (a newer process's, in a rolling upgrade) are
+    # left out, as a reader of an older schema ignores them; one it needs and the row
+    # lacks leaves the event untyped rather than stopping the feed.
+    known, decimals = _fields_of(cls)
+    values = {k: v for k, v in fields.items() if k in known}
+    for name in decimals:
         if name in values:
             values[name] = Decimal(values[name])  # as_json wrote it as its exact string
-    return cls(**values)
+    try:
+        return cls(**values)
+    except TypeError:
+        return LoggedEvent(at=str(fields["at"]), seq=seq, fields=fields)
 
 
-def _decimal_fields(cls: type[ev.Event]) -> tuple[str, ...]:
-    found = _DECIMALS.get(cls)
+def _fields_of(cls: type[ev.Event]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The names of ``cls``'s fields, and those of its Decimal fields."""
+    found = _FIELDS.get(cls)
     if found is None:
-        found = _DECIMALS[cls] = tuple(
-            f.name for f in dataclasses.fields(cls) if f.type in ("Decimal", Decimal)
+        every = dataclasses.fields(cls)
+        found = _FIELDS[cls] = (
+            frozenset(f.name for f in every),
+            tuple(f.name for f in every if f.type in ("Decimal", Decimal)),
         )
     return found
 
 
-_DECIMALS: dict[type[ev.Event], tuple[str, ...]] = {}
+_FIELDS: dict[type[ev.Event], tuple[frozenset[str], tuple[str, ...]]] = {}
 
 
 class EventFeed:

@@ -397,8 +397,8 @@ class _UnitRun:
         else:
             sql = to_postgres(statement.sql, want_rowid=statement.want_rowid)
         if statement.want_rowid:
-            rowid = await conn.fetchval(sql, *params)
-            self.ids.append(int(rowid))
+            rowid = await _last_id(conn, sql, params)
+            self.ids.append(rowid)
             if sql.startswith("INSERT INTO play_sessions"):
                 self.last_session = int(rowid)
         else:
@@ -417,10 +417,16 @@ class _UnitRun:
         else:
             last = 0
             for row in statement.rows:
-                last = await conn.fetchval(sql, *row)
-            self.ids.append(int(last))
+                last = await _last_id(conn, sql, row)
+            self.ids.append(last)
         if statement.on_commit is not None:
             self.hooked.append((statement, list(self.ids)))
+
+
+async def _last_id(conn: Any, sql: str, params: Sequence[Any]) -> int:
+    """The last id a ``RETURNING`` insert made: a multi-row ``VALUES`` statement (a bulk
+    registration's log rows) returns one per row, and ``fetchval`` would give the first."""
+    return max(int(row[0]) for row in await conn.fetch(sql, *params))
 
 
 def _settle(
