@@ -184,11 +184,15 @@ class PostgresBackend:
             yield
             return
         where = masked(self.dsn)
-        await self.db.run_read(lambda conn: take_exclusive_for(conn, what, where))
+        # Shielded both ways: a caller cancelled while the writer takes or releases the
+        # lock would otherwise leave it held by this process's session for its life.
+        with anyio.CancelScope(shield=True):
+            await self.db.run_read(lambda conn: take_exclusive_for(conn, what, where))
         try:
             yield
         finally:
-            await self.db.run_read(release_exclusive)
+            with anyio.CancelScope(shield=True):
+                await self.db.run_read(release_exclusive)
 
     @property
     def closed(self) -> bool:
