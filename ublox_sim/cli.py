@@ -132,14 +132,19 @@ def _where(target: Home | PgStore) -> Path | PgStore:
 
 
 def _existing_store(home: Path | None, store: str | None = None) -> Home | PgStore:
-    """The store named, or exit 2 without creating anything (a mistyped path). A database
-    is taken as it is: opening an empty one makes an empty store."""
+    """The store named, or exit 2 without creating anything (a mistyped path, or a
+    database that holds no store: opening one would make its tables)."""
     from .store.home import Home
 
     target = _target(home, store)
     if isinstance(target, Home) and not _holds_store(target):
         raise InvalidInput(
             f"no store at {target.root} (`ublox-sim run`, `demo --home` or `import` make one)"
+        )
+    if not isinstance(target, Home) and not target.holds_store():
+        raise InvalidInput(
+            f"no store in {target} (`ublox-sim run --store`, `demo --store`, `import --store`"
+            " or `serve --store` make one)"
         )
     return target
 
