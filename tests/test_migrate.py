@@ -101,6 +101,7 @@ def test_the_cli_refuses_a_home_holding_other_files(pg_url: str, tmp_path: Path)
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     done = cli("migrate", "--from", pg_url, "--to", str(target), home=tmp_path / "default")
-    assert done.returncode == 2 and "is not empty and holds no store" in done.stderr
+    assert done.returncode == 2
+    assert "is not empty and holds no store (notes.txt); use a new or empty --to" in done.stderr
     assert sorted(os.listdir(target)) == ["notes.txt"]
     shutil.rmtree(target)

@@ -128,3 +128,34 @@ def test_the_demo_runs_on_a_database_and_only_on_an_empty_one(pg_url: str, tmp_p
     both = cli("demo", "--store", pg_url, "--home", str(tmp_path / "h"), home=home)
     assert both.returncode == 2 and "not both" in both.stderr
     assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize("command", ["verify", "stats", "export", "backup create", "backup list"])
+def test_a_read_on_a_database_without_a_store_exits_2_and_makes_none(
+    pg_url: str, tmp_path: Path, command: str
+) -> None:
+    """A database named by mistake is not given a store's tables by a command that reads."""
+    import anyio
+    import asyncpg  # type: ignore[import-untyped]
+
+    args = [*command.split(), "--store", pg_url]
+    if command == "export":
+        args += ["-o", str(tmp_path / "out.json")]
+    done = cli(*args, home=tmp_path / "default")
+    assert done.returncode == 2, done.stderr
+    assert "no store in postgresql://" in done.stderr and "make one" in done.stderr
+
+    async def tables() -> int:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM information_schema.tables"
+                    " WHERE table_schema = current_schema()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    assert anyio.run(tables) == 0
+    assert not (tmp_path / "out.json").exists()

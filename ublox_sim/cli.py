@@ -103,16 +103,17 @@ STORE_ENTRIES = frozenset(
 )
 
 
-def _require_new_home(home: Home) -> None:
+def _require_new_home(home: Home, option: str = "--home") -> None:
     """Refuse (exit 2, nothing created) a home that holds a store or anything else: a
-    command that makes a store never writes over the user's data or beside their files."""
+    command that makes a store never writes over the user's data or beside their files.
+    ``option`` is the one that named the home (for the message)."""
     if _holds_store(home):
-        raise InvalidInput(f"{home.root} already holds a store; use a new --home")
+        raise InvalidInput(f"{home.root} already holds a store; use a new {option}")
     others = sorted((_entries(home.root) or set()) - STORE_ENTRIES)
     if others:
         shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
         raise InvalidInput(
-            f"{home.root} is not empty and holds no store ({shown}); use a new or empty --home"
+            f"{home.root} is not empty and holds no store ({shown}); use a new or empty {option}"
         )
 
 
@@ -132,14 +133,19 @@ def _where(target: Home | PgStore) -> Path | PgStore:
 
 
 def _existing_store(home: Path | None, store: str | None = None) -> Home | PgStore:
-    """The store named, or exit 2 without creating anything (a mistyped path). A database
-    is taken as it is: opening an empty one makes an empty store."""
+    """The store named, or exit 2 without creating anything (a mistyped path, or a
+    database that holds no store: opening one would make its tables)."""
     from .store.home import Home
 
     target = _target(home, store)
     if isinstance(target, Home) and not _holds_store(target):
         raise InvalidInput(
             f"no store at {target.root} (`ublox-sim run`, `demo --home` or `import` make one)"
+        )
+    if not isinstance(target, Home) and not target.holds_store():
+        raise InvalidInput(
+            f"no store in {target} (`ublox-sim run --store`, `demo --store`, `import --store`"
+            " or `serve --store` make one)"
         )
     return target
 
@@ -1204,7 +1210,7 @@ def migrate(source: str, target: str) -> None:
 
     to = _target(None, target)
     if isinstance(to, Home):
-        _require_new_home(to)
+        _require_new_home(to, "--to")
     done = anyio.run(lambda: migrate_store(source, to))
     for line in done.lines():
         click.echo(line)

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.clock import SimClock, WallClock
+from ..core.errors import UbloxError
 from ..core.logsetup import get_logger
 from ..engine import DEFAULT_IDLE_TIMEOUT, Engine
 from ..store.home import Home
@@ -123,6 +124,21 @@ class _Game:
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """``_serving``; an error of ours before it serves (the store locked, unreachable)
+        is kept on ``app.state.startup_error`` for ``run.serve`` to raise as itself, so
+        the CLI says it in one line instead of uvicorn's traceback and exit 3."""
+        started = False
+        try:
+            async with self._serving(app):
+                started = True
+                yield
+        except UbloxError as exc:
+            if not started:
+                app.state.startup_error = exc
+            raise
+
+    @asynccontextmanager
+    async def _serving(self, app: FastAPI) -> AsyncIterator[None]:
         loaded = None
         params = None
         if self.scenario is not None:

@@ -12,7 +12,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from ..core.errors import UbloxError
 from .app import ServerConfig, create_app
 
 # The send buffer of every connection (accepted sockets inherit the listening socket's).
@@ -54,6 +56,18 @@ class _OneLineDecodeErrors(logging.Filter):
         return True
 
 
+class _StartupErrorSaidOnce(logging.Filter):
+    """Once the lifespan failed with an error of ours, ``serve`` raises it for the CLI to
+    say in one line: uvicorn's copies (the traceback, "startup failed") are left out."""
+
+    def __init__(self, state: Any) -> None:
+        super().__init__()
+        self.state = state
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(self.state, "startup_error", None) is None
+
+
 def serve(
     home: Path | str | None,
     sock: socket.socket,
@@ -80,7 +94,10 @@ def serve(
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     # After Config: it (re)configures uvicorn's loggers; the filter is for this process only.
-    logging.getLogger("uvicorn.error").addFilter(_OneLineDecodeErrors())
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(_OneLineDecodeErrors())
+    said_once = _StartupErrorSaidOnce(app.state)
+    uvicorn_log.addFilter(said_once)
     # uvicorn re-raises the signal once its graceful shutdown is done; for SIGTERM
     # that default action would turn a clean, committed shutdown into exit -15.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
@@ -88,5 +105,11 @@ def serve(
         server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass  # SIGINT re-raised by uvicorn after its graceful shutdown (as uvicorn.run does)
+    except SystemExit:  # uvicorn's exit 3 when the lifespan failed to start
+        error = getattr(app.state, "startup_error", None)
+        if isinstance(error, UbloxError):
+            raise error from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        uvicorn_log.removeFilter(said_once)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from ..core.clock import WALL_CLOCK, Clock
-from ..core.errors import InvalidInput
+from ..core.errors import InvalidInput, PersistenceError
 from ..core.events import EventBus
 from .home import Home
 from .postgres.url import masked
@@ -44,6 +44,28 @@ class PgStore:
 
     def __str__(self) -> str:
         return masked(self.url)
+
+    def holds_store(self) -> bool:
+        """Whether the database holds a store (its migrations table), read without opening
+        one: opening migrates, so a read-only command must ask first or it would make a
+        store in a database named by mistake (not from inside an event loop).
+        ``PersistenceError`` if the database cannot be reached."""
+        import anyio
+        import asyncpg  # type: ignore[import-untyped]
+
+        async def read() -> bool:
+            try:
+                conn = await asyncpg.connect(self.url)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise PersistenceError(f"cannot open the store {self}: {exc}") from exc
+            try:
+                return bool(
+                    await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+                )
+            finally:
+                await conn.close()
+
+        return anyio.run(read)
 
     @property
     def key(self) -> str:
