@@ -19,7 +19,7 @@ import io
 import json
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -39,6 +39,7 @@ from ...core.errors import (
     InvalidBackupName,
     InvalidInput,
     PersistenceError,
+    WorldLeased,
 )
 from ...core.events import EventBus
 from ...core.records import PTO, Player, PTSToken, Record, Transaction
@@ -76,15 +77,32 @@ SAVE_WORLD = (
     "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
-# Several processes: a world's row is replaced only by its lease holder (a process whose
-# lease was taken over writes nothing more, even a stale copy on passivation). The lease
-# row is not locked (``FOR SHARE`` here would deadlock with a renewal of several leases
-# locking them in another order): a write whose statement began before a takeover
-# committed may still land once, and the new holder's next save replaces it.
-SAVE_LEASED_WORLD = SAVE_WORLD + (
-    " WHERE EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
-    " WHERE p.world_cdt_id = excluded.world_cdt_id AND l.holder = ?)"
+# Several processes: a world's row is not replaced while another process holds the
+# world's lease (a process whose lease was taken over writes nothing more, even a stale
+# copy on passivation); a world nobody holds a lease on (a world without a PTO, or one
+# launched in this very unit) is written. The lease row is not locked (``FOR SHARE`` here
+# would deadlock with a renewal of several leases locking them in another order): a
+# write whose statement began before a takeover committed may still land once, and the
+# new holder's next save replaces it.
+_NOT_LEASED_ELSEWHERE = (
+    "NOT EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
+    " WHERE p.world_cdt_id = {world} AND l.holder <> ?)"
 )
+# A background write-back (``world_changed``, passivation): skipped under another's lease.
+SAVE_LEASED_WORLD = SAVE_WORLD + " WHERE " + _NOT_LEASED_ELSEWHERE.format(
+    world="excluded.world_cdt_id"
+)
+# A world written through the API (a unit's worlds, ``save_world``, a checkpoint): the
+# backend took its lease first (``PostgresBackend._lease_worlds``); if another process
+# holds it at commit all the same, the NULL breaks ``npz NOT NULL`` and the unit is
+# refused whole, never dropped silently.
+SAVE_OWN_WORLD = (
+    "INSERT INTO worlds (world_cdt_id, npz) SELECT ?, CASE WHEN "
+    + _NOT_LEASED_ELSEWHERE.format(world="?")
+    + " THEN CAST(? AS BYTEA) END"
+    " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
+)
+WORLD_SUFFIX = "_world_cdt"  # ``home.world_id_for``: a PTO's world id
 
 
 def _published_by_the_feed(event: object) -> None:
@@ -104,10 +122,15 @@ def npz_arrays(data: bytes, world_id: str = "") -> dict[str, NDArray[np.generic]
     return read_npz(io.BytesIO(data), Path("worlds") / world_id)
 
 
-def save_world(world_id: str, arrays: Arrays, holder: str | None = None) -> Statement:
-    """The world's row; with a ``holder`` (shared), replaced only under its lease."""
+def save_world(
+    world_id: str, arrays: Arrays, holder: str | None = None, *, own: bool = False
+) -> Statement:
+    """The world's row; with a ``holder`` (shared), not replaced under another process's
+    lease: skipped (a background write-back) or, ``own``, the unit refused."""
     if holder is None:
         return Statement(SAVE_WORLD, (world_id, npz_bytes(arrays)))
+    if own:
+        return Statement(SAVE_OWN_WORLD, (world_id, world_id, holder, npz_bytes(arrays)))
     return Statement(SAVE_LEASED_WORLD, (world_id, npz_bytes(arrays), holder))
 
 
@@ -208,10 +231,15 @@ class PostgresBackend:
     # -- writes ----------------------------------------------------------------------
 
     async def submit(self, unit: Unit, done: Done) -> None:
+        try:
+            await self._lease_worlds(w.world_id for w in unit.worlds)
+        except WorldLeased as exc:
+            done(exc)  # refused before anything was queued: nothing changed
+            return
         publish = _published_by_the_feed if self.feed is not None else self.bus.publish
         statements, landed = rows.unit_statements(unit, publish)
         # The worlds in the unit's own transaction (a savepoint): all or nothing.
-        statements.extend(self._world_row(w.world_id, w.arrays) for w in unit.worlds)
+        statements.extend(self._world_row(w.world_id, w.arrays, own=True) for w in unit.worlds)
         for world in unit.worlds:
             self._dirty_worlds.pop(world.world_id, None)
         self._submitted += 1
@@ -238,12 +266,26 @@ class PostgresBackend:
     async def commit(self, unit: Unit) -> Committed:
         return await commit_through(self.submit, unit)
 
-    def _world_row(self, world_id: str, arrays: Arrays) -> Statement:
-        return save_world(world_id, arrays, None if self.leases is None else self.leases.holder)
+    def _world_row(self, world_id: str, arrays: Arrays, *, own: bool = False) -> Statement:
+        holder = None if self.leases is None else self.leases.holder
+        return save_world(world_id, arrays, holder, own=own)
+
+    async def _lease_worlds(self, world_ids: Iterable[str]) -> None:
+        """Shared: the leases of the PTO worlds about to be written through the API that
+        this process does not hold yet, taken if free or expired; ``WorldLeased`` (naming
+        the live holder) when another process holds one. A world written through the
+        documented API is never dropped silently."""
+        if self.leases is None:
+            return
+        for world_id in world_ids:
+            pto_id = world_id.removesuffix(WORLD_SUFFIX)
+            if pto_id != world_id and pto_id not in self.leases.held:
+                await self.leases.take(pto_id)
 
     async def save_world(self, world_id: str, arrays: Arrays) -> None:
         self._dirty_worlds.pop(world_id, None)
-        await self.db.submit([self._world_row(world_id, arrays)])
+        await self._lease_worlds([world_id])
+        await self.db.submit([self._world_row(world_id, arrays, own=True)])
 
     def world_changed(self, world_id: str, arrays: Arrays) -> None:
         if self.hold_commits:
@@ -269,7 +311,8 @@ class PostgresBackend:
         """The given worlds, the run record and the worlds' versions in one unit; in held
         mode it also commits everything held (worlds launched or saved since the last
         checkpoint are rows of the held transaction already)."""
-        unit = [self._world_row(w.world_id, w.arrays) for w in checkpoint.worlds]
+        await self._lease_worlds(w.world_id for w in checkpoint.worlds)
+        unit = [self._world_row(w.world_id, w.arrays, own=True) for w in checkpoint.worlds]
         for world in checkpoint.worlds:
             self._dirty_worlds.pop(world.world_id, None)
         if checkpoint.run is not None:
