@@ -270,21 +270,23 @@ class PostgresBackend:
         holder = None if self.leases is None else self.leases.holder
         return save_world(world_id, arrays, holder, own=own)
 
-    async def _lease_worlds(self, world_ids: Iterable[str]) -> None:
-        """Shared: the leases of the PTO worlds about to be written through the API that
-        this process does not hold yet, taken if free or expired; ``WorldLeased`` (naming
-        the live holder) when another process holds one. A world written through the
-        documented API is never dropped silently."""
+    async def _lease_worlds(self, world_ids: Iterable[str], *, recheck: bool = False) -> None:
+        """Shared: before PTO worlds are written through the API, the lease of each this
+        process does not hold (``recheck``: each) is claimed (``WorldLeases.claim``):
+        renewed, taken if expired, left alone if nobody holds it; ``WorldLeased`` (naming
+        the live holder, nothing changed) if another process does. A world written
+        through the documented API is never dropped silently: a lease lost meanwhile
+        refuses the unit at commit (``SAVE_OWN_WORLD``)."""
         if self.leases is None:
             return
         for world_id in world_ids:
             pto_id = world_id.removesuffix(WORLD_SUFFIX)
-            if pto_id != world_id and pto_id not in self.leases.held:
-                await self.leases.take(pto_id)
+            if pto_id != world_id and (recheck or pto_id not in self.leases.held):
+                await self.leases.claim(pto_id)
 
     async def save_world(self, world_id: str, arrays: Arrays) -> None:
         self._dirty_worlds.pop(world_id, None)
-        await self._lease_worlds([world_id])
+        await self._lease_worlds([world_id], recheck=True)
         await self.db.submit([self._world_row(world_id, arrays, own=True)])
 
     def world_changed(self, world_id: str, arrays: Arrays) -> None:
@@ -311,7 +313,7 @@ class PostgresBackend:
         """The given worlds, the run record and the worlds' versions in one unit; in held
         mode it also commits everything held (worlds launched or saved since the last
         checkpoint are rows of the held transaction already)."""
-        await self._lease_worlds(w.world_id for w in checkpoint.worlds)
+        await self._lease_worlds((w.world_id for w in checkpoint.worlds), recheck=True)
         unit = [self._world_row(w.world_id, w.arrays, own=True) for w in checkpoint.worlds]
         for world in checkpoint.worlds:
             self._dirty_worlds.pop(world.world_id, None)
