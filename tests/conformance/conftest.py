@@ -244,9 +244,7 @@ class SharedPostgresFactory(PostgresFactory):
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest], BackendFactory]] = {
     "sqlite": lambda request: SqliteFactory(),
     "postgres": lambda request: PostgresFactory(request.getfixturevalue("pg_cluster")),
-    "postgres-shared": lambda request: SharedPostgresFactory(
-        request.getfixturevalue("pg_cluster")
-    ),
+    "postgres-shared": lambda request: SharedPostgresFactory(request.getfixturevalue("pg_cluster")),
 }
 if os.environ.get("UBLOX_CONFORMANCE_FAKE") == "1":
     FACTORIES["broken-fake"] = lambda request: FakeFactory()

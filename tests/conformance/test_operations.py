@@ -7,7 +7,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import anyio
 import pytest
 
 from ublox_sim.core import events as ev

@@ -59,6 +59,7 @@ from ..home import write_text_atomic
 from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
 from ..verify import CHECKS, Finding, relational_findings
+from .dialect import to_postgres
 from .lease import WorldLeases
 from .mode import (
     CLUSTER_ENV,
@@ -71,7 +72,7 @@ from .mode import (
 from .notify import EventFeed
 from .schema import MIGRATIONS, migrate
 from .url import masked
-from .writer import PgWriter
+from .writer import PgWriter, plain_row
 
 SAVE_WORLD = (
     "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
@@ -89,8 +90,8 @@ _NOT_LEASED_ELSEWHERE = (
     " WHERE p.world_cdt_id = {world} AND l.holder <> ?)"
 )
 # A background write-back (``world_changed``, passivation): skipped under another's lease.
-SAVE_LEASED_WORLD = SAVE_WORLD + " WHERE " + _NOT_LEASED_ELSEWHERE.format(
-    world="excluded.world_cdt_id"
+SAVE_LEASED_WORLD = (
+    SAVE_WORLD + " WHERE " + _NOT_LEASED_ELSEWHERE.format(world="excluded.world_cdt_id")
 )
 # A world written through the API (a unit's worlds, ``save_world``, a checkpoint): the
 # backend took its lease first (``PostgresBackend._lease_worlds``); if another process
@@ -357,10 +358,7 @@ class PostgresBackend:
         pending = self._dirty_worlds.get(world_id)
         if pending is not None:
             return {k: np.array(v, copy=True) for k, v in pending.items()}
-        row = await self.db.fetchone("SELECT npz FROM worlds WHERE world_cdt_id = ?", (world_id,))
-        if row is None:
-            raise CorruptCdtFile(Path("worlds") / world_id, "no such row")
-        return npz_arrays(bytes(row[0]), world_id)
+        return await _read_world(self.db, world_id)
 
     async def exists(self, ident: str) -> bool:
         return await queries.exists(self._reader, ident)
@@ -527,9 +525,36 @@ class PostgresBackend:
         self.backup_root.mkdir(parents=True, exist_ok=True)
         return self.backup_root
 
-    async def export_data(self) -> dict[str, Any]:
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Any]:
+        """A reader (``fetchone``/``fetchall``, SQLite's SQL) of one consistent state:
+        export and verify read everything through it, so they see one state even while
+        other processes write. Every unit this process queued before is committed first;
+        then one REPEATABLE READ, read-only transaction on a connection of its own (the
+        writer goes on meanwhile). A held run's reads go through its writer instead, in
+        the held transaction (exclusive: nobody else writes)."""
         await self._flush_worlds()
-        return await export_store(self.load_all, self.load_world, await self.run_record())
+        if self.hold_commits:
+            yield self.db
+            return
+        await self.db.run_read(_nothing)  # a barrier: this process's earlier units landed
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                yield _SnapshotReader(conn)
+        finally:
+            await conn.close()
+
+    async def export_data(self) -> dict[str, Any]:
+        async with self.snapshot() as reader:
+
+            async def load_all(cls: type[Record]) -> list[Any]:
+                return await queries.load_records(reader, cls)
+
+            async def load_world(world_id: str) -> dict[str, NDArray[np.generic]]:
+                return await _read_world(reader, world_id)
+
+            return await export_store(load_all, load_world, await queries.run_record(reader))
 
     async def export_to_json(self, path: Path | str | None = None) -> Path:
         if path is None:
@@ -542,30 +567,59 @@ class PostgresBackend:
     async def verify(self) -> list[Finding]:
         """SQLite's checks (``store.verify``): the schema version, then the same relational
         queries (ledger, escrow, tokens, sessions), then every PTO's world present and
-        loadable. Foreign keys and page integrity are PostgreSQL's own to enforce."""
-        await self._flush_worlds()
-        db = self.db
-        row = await db.fetchone("SELECT MAX(version) FROM schema_migrations")
-        version = None if row is None else row[0]
-        if version != len(MIGRATIONS):  # PostgreSQL's own numbered migrations
-            return [
-                Finding(
-                    "schema", "schema_migrations", f"version {version}, expected {len(MIGRATIONS)}"
-                )
-            ]
-        results = {name: await db.fetchall(sql, params) for name, (sql, params) in CHECKS.items()}
-        findings = relational_findings(results)
-        references = await db.fetchall(
-            "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL ORDER BY pto_id"
-        )
-        for pto_id, world_id in references:
-            try:
-                await self.load_world(str(world_id))
-            except CorruptCdtFile as exc:
-                findings.append(
-                    Finding("cdt", f"pto {pto_id}", exc.reason + f" (world {world_id})")
-                )
-        return findings
+        loadable, all read from one snapshot (``snapshot``). Foreign keys and page
+        integrity are PostgreSQL's own to enforce."""
+        async with self.snapshot() as db:
+            row = await db.fetchone("SELECT MAX(version) FROM schema_migrations")
+            version = None if row is None else row[0]
+            if version != len(MIGRATIONS):  # PostgreSQL's own numbered migrations
+                expected = len(MIGRATIONS)
+                return [
+                    Finding(
+                        "schema", "schema_migrations", f"version {version}, expected {expected}"
+                    )
+                ]
+            results = {
+                name: await db.fetchall(sql, params) for name, (sql, params) in CHECKS.items()
+            }
+            findings = relational_findings(results)
+            references = await db.fetchall(
+                "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL"
+                " ORDER BY pto_id"
+            )
+            for pto_id, world_id in references:
+                try:
+                    await _read_world(db, str(world_id))
+                except CorruptCdtFile as exc:
+                    findings.append(
+                        Finding("cdt", f"pto {pto_id}", exc.reason + f" (world {world_id})")
+                    )
+            return findings
+
+
+async def _nothing(conn: Any) -> None:
+    """A read that reads nothing: queued, it waits for every unit queued before it."""
+
+
+class _SnapshotReader:
+    """SQLite's SQL, translated, on one connection inside its open transaction."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def fetchone(self, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        row = await self.conn.fetchrow(to_postgres(sql), *params)
+        return None if row is None else plain_row(row)
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return [plain_row(r) for r in await self.conn.fetch(to_postgres(sql), *params)]
+
+
+async def _read_world(reader: Any, world_id: str) -> dict[str, NDArray[np.generic]]:
+    row = await reader.fetchone("SELECT npz FROM worlds WHERE world_cdt_id = ?", (world_id,))
+    if row is None:
+        raise CorruptCdtFile(Path("worlds") / world_id, "no such row")
+    return npz_arrays(bytes(row[0]), world_id)
 
 
 # Every table, parents before children (COPY checks foreign keys row by row).
@@ -590,7 +644,6 @@ def read_run_record(dsn: str) -> RunRecord | None:
     """The run recorded in the database, read without opening the store (to resume a run
     without its scenario file; not from inside an event loop). ``InvalidInput`` if the
     database cannot be read."""
-    from .dialect import to_postgres
 
     async def read() -> RunRecord | None:
         try:
