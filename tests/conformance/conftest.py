@@ -8,8 +8,10 @@ subprocess that gets SIGKILL, and so is PostgreSQL's (one database of the sessio
 throwaway cluster per location, see ``tests/pg_harness.py``); an in-memory backend is
 abandoned mid-write, never closed.
 
-Every suite runs on SQLite and PostgreSQL; a backend joins by adding a factory to
-``FACTORIES``. ``broken-fake``
+Every suite runs on SQLite and PostgreSQL, exclusive (``postgres``) and shared
+(``postgres-shared``, the default users get: several writers, events reaching the bus
+through the log's feed at or after commit, worlds written under their lease); a backend
+joins by adding a factory to ``FACTORIES``. ``broken-fake``
 (``fake.py``, deliberately wrong) is included only with ``UBLOX_CONFORMANCE_FAKE=1``,
 to show that the suite can fail; ``UBLOX_CONFORMANCE_FAKE_DEFECTS=order,ties`` keeps only
 those defects (``none``: a fake that should pass).
