@@ -80,8 +80,7 @@ SAVE_WORLD = (
 )
 # Several processes: a world's row is not replaced while another process holds the
 # world's lease (a process whose lease was taken over writes nothing more, even a stale
-# copy on passivation); a world nobody holds a lease on (a world without a PTO, or one
-# launched in this very unit) is written. The lease row is not locked (``FOR SHARE`` here
+# copy on passivation). The lease row is not locked (``FOR SHARE`` here
 # would deadlock with a renewal of several leases locking them in another order): a
 # write whose statement began before a takeover committed may still land once, and the
 # new holder's next save replaces it.
@@ -89,12 +88,17 @@ _NOT_LEASED_ELSEWHERE = (
     "NOT EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
     " WHERE p.world_cdt_id = {world} AND l.holder <> ?)"
 )
-# A background write-back (``world_changed``, passivation): skipped under another's lease.
-SAVE_LEASED_WORLD = (
-    SAVE_WORLD + " WHERE " + _NOT_LEASED_ELSEWHERE.format(world="excluded.world_cdt_id")
+# A background write-back (``world_changed``, passivation) of a PTO's world: only by
+# its lease holder (a stalled ex-holder's copy is skipped even once the new holder has
+# released the lease); a world without a PTO has no lease and is written.
+SAVE_LEASED_WORLD = SAVE_WORLD + (
+    " WHERE EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
+    " WHERE p.world_cdt_id = excluded.world_cdt_id AND l.holder = ?)"
+    " OR NOT EXISTS (SELECT 1 FROM ptos p WHERE p.world_cdt_id = excluded.world_cdt_id)"
 )
-# A world written through the API (a unit's worlds, ``save_world``, a checkpoint): the
-# backend took its lease first (``PostgresBackend._lease_worlds``); if another process
+# A world written through the API (a unit's worlds, ``save_world``, a checkpoint) is
+# written unless another process holds its lease (a world nobody leases: one without a
+# PTO, or one just launched, is written). The backend claimed the lease first (``PostgresBackend._lease_worlds``); if another process
 # holds it at commit all the same, the NULL breaks ``npz NOT NULL`` and the unit is
 # refused whole, never dropped silently.
 SAVE_OWN_WORLD = (
