@@ -392,8 +392,9 @@ async def test_two_processes_never_both_step_one_world(pg_url: str, shared: None
         np.testing.assert_array_equal(await _world_row(two, world_id), by_two)
 
         # one has not noticed yet: its copy (by_one) reaches the row neither directly
-        # nor when it passivates, and it steps nothing more.
-        await one.store.save_world(world_id, {"theta": by_one, "omega": omega})
+        # (refused loudly, naming two) nor when it passivates, and it steps nothing more.
+        with pytest.raises(WorldLeased):
+            await one.store.save_world(world_id, {"theta": by_one, "omega": omega})
         await one.passivate_all()
         await one.advance(1)
         assert one.store.leases.held == frozenset()  # type: ignore[attr-defined]

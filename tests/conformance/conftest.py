@@ -8,8 +8,10 @@ subprocess that gets SIGKILL, and so is PostgreSQL's (one database of the sessio
 throwaway cluster per location, see ``tests/pg_harness.py``); an in-memory backend is
 abandoned mid-write, never closed.
 
-Every suite runs on SQLite and PostgreSQL; a backend joins by adding a factory to
-``FACTORIES``. ``broken-fake``
+Every suite runs on SQLite and PostgreSQL, exclusive (``postgres``) and shared
+(``postgres-shared``, the default users get: several writers, events reaching the bus
+through the log's feed at or after commit, worlds written under their lease); a backend
+joins by adding a factory to ``FACTORIES``. ``broken-fake``
 (``fake.py``, deliberately wrong) is included only with ``UBLOX_CONFORMANCE_FAKE=1``,
 to show that the suite can fail; ``UBLOX_CONFORMANCE_FAKE_DEFECTS=order,ties`` keeps only
 those defects (``none``: a fake that should pass).
@@ -44,6 +46,9 @@ from .workload import crash_workload
 class BackendFactory(Protocol):
     name: str
     supports_hold: bool
+    # Several processes may open the location at once (shared PostgreSQL); else a second
+    # open is refused with ``StoreLocked``.
+    several_writers: bool
 
     def open(
         self, location: Path, *, hold_commits: bool = False
@@ -72,6 +77,7 @@ async def _started(backend: Backend) -> AsyncIterator[Backend]:
 class SqliteFactory:
     name = "sqlite"
     supports_hold = True
+    several_writers = False
 
     def open(
         self, location: Path, *, hold_commits: bool = False
@@ -87,7 +93,9 @@ class SqliteFactory:
         return await anyio.to_thread.run_sync(_run_worker, location, scenario, kill_after)
 
 
-def _run_worker(location: Path, scenario: str, kill_after: int, store: str = "") -> list[str]:
+def _run_worker(
+    location: Path, scenario: str, kill_after: int, store: str = "", mode: str = "exclusive"
+) -> list[str]:
     """Run ``crash_worker.py`` and SIGKILL it after ``kill_after`` lines (or its death)."""
     # This very ublox_sim, and tests/ (for ``conformance.workload``).
     roots = (Path(ublox_sim.__file__).resolve().parents[1], Path(__file__).resolve().parents[1])
@@ -96,7 +104,14 @@ def _run_worker(location: Path, scenario: str, kill_after: int, store: str = "")
     errors = location.parent / f"{location.name}.worker.err"
     with errors.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "conformance.crash_worker", store or str(location), scenario],
+            [
+                sys.executable,
+                "-m",
+                "conformance.crash_worker",
+                store or str(location),
+                scenario,
+                mode,
+            ],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -130,6 +145,7 @@ def fake_defects() -> frozenset[str]:
 class FakeFactory:
     name = "broken-fake"
     supports_hold = True
+    several_writers = False
 
     def __init__(self) -> None:
         self.defects = fake_defects()
@@ -176,6 +192,8 @@ class PostgresFactory:
 
     name = "postgres"
     supports_hold = True
+    shared = False
+    several_writers = False
 
     def __init__(self, cluster: PgCluster) -> None:
         self.cluster = cluster
@@ -190,11 +208,12 @@ class PostgresFactory:
         self, location: Path, *, hold_commits: bool = False
     ) -> AbstractAsyncContextManager[Backend]:
         url = self.url(location)
-        # The Backend contract of one writer: exclusive. Shared mode (the default) differs
-        # on purpose: events reach the bus through the log, worlds are written under their
-        # lease (tests/test_cluster*.py).
+        # A held (checkpointed) run is exclusive whatever is asked (``mode.choose_shared``).
         backend = PostgresBackend(
-            url, hold_commits=hold_commits, backup_root=location / "backups", shared=False
+            url,
+            hold_commits=hold_commits,
+            backup_root=location / "backups",
+            shared=self.shared and not hold_commits,
         )
         return _started(backend)
 
@@ -205,14 +224,29 @@ class PostgresFactory:
     async def run_killed(self, location: Path, scenario: str, kill_after: int) -> list[str]:
         location.parent.mkdir(parents=True, exist_ok=True)
         return await anyio.to_thread.run_sync(
-            _run_worker, location, scenario, kill_after, self.url(location)
+            _run_worker,
+            location,
+            scenario,
+            kill_after,
+            self.url(location),
+            "shared" if self.shared else "exclusive",
         )
+
+
+class SharedPostgresFactory(PostgresFactory):
+    """PostgreSQL as users get it by default: shared (world leases, the event log feeding
+    the bus). The contract is the same; events reach the bus at or after their commit."""
+
+    name = "postgres-shared"
+    shared = True
+    several_writers = True
 
 
 # name -> the factory, made for one test (a PostgreSQL one needs the session's cluster).
 FACTORIES: dict[str, Callable[[pytest.FixtureRequest], BackendFactory]] = {
     "sqlite": lambda request: SqliteFactory(),
     "postgres": lambda request: PostgresFactory(request.getfixturevalue("pg_cluster")),
+    "postgres-shared": lambda request: SharedPostgresFactory(request.getfixturevalue("pg_cluster")),
 }
 if os.environ.get("UBLOX_CONFORMANCE_FAKE") == "1":
     FACTORIES["broken-fake"] = lambda request: FakeFactory()

@@ -1,5 +1,6 @@
 """The writer process the crash tests kill:
-``python -m conformance.crash_worker STORE SCENARIO`` (with ``tests/`` on the path).
+``python -m conformance.crash_worker STORE SCENARIO [shared]`` (with ``tests/`` on the
+path; ``shared``: a PostgreSQL store opened shared, as users get it by default).
 
 Runs ``workload.crash_workload`` against the backend STORE names (a home's path or a
 PostgreSQL URL, see ``store.open``), printing each
@@ -21,15 +22,15 @@ def report(line: str) -> None:
     print(line, flush=True)
 
 
-async def main(store: str, scenario: str) -> None:
+async def main(store: str, scenario: str, mode: str = "exclusive") -> None:
     """``store``: a home's path or a PostgreSQL URL (``store.open``)."""
     async with owned_task_group() as tg:
-        # Exclusive on PostgreSQL: the suite's contract is one writer's (see conftest).
-        backend = open_backend(store, hold_commits=scenario == "held", shared=False)
+        held = scenario == "held"  # a held run is exclusive (``mode.choose_shared``)
+        backend = open_backend(store, hold_commits=held, shared=mode == "shared" and not held)
         await backend.start(tg)
         await crash_workload(backend, scenario, report)
         await anyio.sleep_forever()
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], sys.argv[2])
+    anyio.run(main, *sys.argv[1:4])

@@ -339,3 +339,34 @@ async def crash_workload(backend: Backend, scenario: str, report: Callable[[str]
         report("acked held-b")
     else:
         raise ValueError(scenario)
+
+
+async def published_through(sub: Any, landed: list[ev.Event]) -> list[ev.Event]:
+    """What ``sub`` delivers of the events from ``landed[0]`` on, once the last one of
+    ``landed`` arrived (a bounded wait on that event, never a sleep), then whatever else
+    is already buffered.
+
+    The contract: every logged event is published once, numbered, in commit order, at or
+    after its commit. One process's backend publishes at commit; a shared PostgreSQL
+    store's events reach its bus through the event log's feed, a little later, so a
+    subscriber may also still receive events committed just before it subscribed (their
+    numbers are below ``landed[0]``'s: left out here)."""
+    published: list[ev.Event] = []
+    if landed:
+        with anyio.fail_after(10):
+            while not published or published[-1].seq < landed[-1].seq:
+                published.append(await sub.receive())
+    while True:
+        try:
+            published.append(sub.receive_nowait())
+        except anyio.WouldBlock:
+            break
+    first = landed[0].seq if landed else 0
+    return [e for e in published if e.seq >= first]
+
+
+def as_published(events: list[ev.Event]) -> list[tuple[int, dict[str, Any]]]:
+    """What a subscriber is promised of each event: its number and its fields, without
+    the ``internal`` ones (a full record...: for the store and the actors of the process
+    that decided it; an event read back from the log has them empty)."""
+    return [(e.seq, e.to_dict()) for e in events]

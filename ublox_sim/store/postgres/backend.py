@@ -19,7 +19,7 @@ import io
 import json
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -39,6 +39,7 @@ from ...core.errors import (
     InvalidBackupName,
     InvalidInput,
     PersistenceError,
+    WorldLeased,
 )
 from ...core.events import EventBus
 from ...core.records import PTO, Player, PTSToken, Record, Transaction
@@ -58,6 +59,7 @@ from ..home import write_text_atomic
 from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
 from ..verify import CHECKS, Finding, relational_findings
+from .dialect import to_postgres
 from .lease import WorldLeases
 from .mode import (
     CLUSTER_ENV,
@@ -70,21 +72,42 @@ from .mode import (
 from .notify import EventFeed
 from .schema import MIGRATIONS, migrate
 from .url import masked
-from .writer import PgWriter
+from .writer import PgWriter, plain_row
 
 SAVE_WORLD = (
     "INSERT INTO worlds (world_cdt_id, npz) VALUES (?, ?)"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
-# Several processes: a world's row is replaced only by its lease holder (a process whose
-# lease was taken over writes nothing more, even a stale copy on passivation). The lease
-# row is not locked (``FOR SHARE`` here would deadlock with a renewal of several leases
-# locking them in another order): a write whose statement began before a takeover
-# committed may still land once, and the new holder's next save replaces it.
+# Several processes: a world's row is not replaced while another process holds the
+# world's lease (a process whose lease was taken over writes nothing more, even a stale
+# copy on passivation). The lease row is not locked (``FOR SHARE`` here
+# would deadlock with a renewal of several leases locking them in another order): a
+# write whose statement began before a takeover committed may still land once, and the
+# new holder's next save replaces it.
+_NOT_LEASED_ELSEWHERE = (
+    "NOT EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
+    " WHERE p.world_cdt_id = {world} AND l.holder <> ?)"
+)
+# A background write-back (``world_changed``, passivation) of a PTO's world: only by
+# its lease holder (a stalled ex-holder's copy is skipped even once the new holder has
+# released the lease); a world without a PTO has no lease and is written.
 SAVE_LEASED_WORLD = SAVE_WORLD + (
     " WHERE EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
     " WHERE p.world_cdt_id = excluded.world_cdt_id AND l.holder = ?)"
+    " OR NOT EXISTS (SELECT 1 FROM ptos p WHERE p.world_cdt_id = excluded.world_cdt_id)"
 )
+# A world written through the API (a unit's worlds, ``save_world``, a checkpoint) is
+# written unless another process holds its lease (a world nobody leases: one without a
+# PTO, or one just launched, is written). The backend claimed the lease first (``PostgresBackend._lease_worlds``); if another process
+# holds it at commit all the same, the NULL breaks ``npz NOT NULL`` and the unit is
+# refused whole, never dropped silently.
+SAVE_OWN_WORLD = (
+    "INSERT INTO worlds (world_cdt_id, npz) SELECT ?, CASE WHEN "
+    + _NOT_LEASED_ELSEWHERE.format(world="?")
+    + " THEN CAST(? AS BYTEA) END"
+    " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
+)
+WORLD_SUFFIX = "_world_cdt"  # ``home.world_id_for``: a PTO's world id
 
 
 def _published_by_the_feed(event: object) -> None:
@@ -104,10 +127,15 @@ def npz_arrays(data: bytes, world_id: str = "") -> dict[str, NDArray[np.generic]
     return read_npz(io.BytesIO(data), Path("worlds") / world_id)
 
 
-def save_world(world_id: str, arrays: Arrays, holder: str | None = None) -> Statement:
-    """The world's row; with a ``holder`` (shared), replaced only under its lease."""
+def save_world(
+    world_id: str, arrays: Arrays, holder: str | None = None, *, own: bool = False
+) -> Statement:
+    """The world's row; with a ``holder`` (shared), not replaced under another process's
+    lease: skipped (a background write-back) or, ``own``, the unit refused."""
     if holder is None:
         return Statement(SAVE_WORLD, (world_id, npz_bytes(arrays)))
+    if own:
+        return Statement(SAVE_OWN_WORLD, (world_id, world_id, holder, npz_bytes(arrays)))
     return Statement(SAVE_LEASED_WORLD, (world_id, npz_bytes(arrays), holder))
 
 
@@ -208,10 +236,15 @@ class PostgresBackend:
     # -- writes ----------------------------------------------------------------------
 
     async def submit(self, unit: Unit, done: Done) -> None:
+        try:
+            await self._lease_worlds(w.world_id for w in unit.worlds)
+        except WorldLeased as exc:
+            done(exc)  # refused before anything was queued: nothing changed
+            return
         publish = _published_by_the_feed if self.feed is not None else self.bus.publish
         statements, landed = rows.unit_statements(unit, publish)
         # The worlds in the unit's own transaction (a savepoint): all or nothing.
-        statements.extend(self._world_row(w.world_id, w.arrays) for w in unit.worlds)
+        statements.extend(self._world_row(w.world_id, w.arrays, own=True) for w in unit.worlds)
         for world in unit.worlds:
             self._dirty_worlds.pop(world.world_id, None)
         self._submitted += 1
@@ -238,12 +271,28 @@ class PostgresBackend:
     async def commit(self, unit: Unit) -> Committed:
         return await commit_through(self.submit, unit)
 
-    def _world_row(self, world_id: str, arrays: Arrays) -> Statement:
-        return save_world(world_id, arrays, None if self.leases is None else self.leases.holder)
+    def _world_row(self, world_id: str, arrays: Arrays, *, own: bool = False) -> Statement:
+        holder = None if self.leases is None else self.leases.holder
+        return save_world(world_id, arrays, holder, own=own)
+
+    async def _lease_worlds(self, world_ids: Iterable[str], *, recheck: bool = False) -> None:
+        """Shared: before PTO worlds are written through the API, the lease of each this
+        process does not hold (``recheck``: each) is claimed (``WorldLeases.claim``):
+        renewed, taken if expired, left alone if nobody holds it; ``WorldLeased`` (naming
+        the live holder, nothing changed) if another process does. A world written
+        through the documented API is never dropped silently: a lease lost meanwhile
+        refuses the unit at commit (``SAVE_OWN_WORLD``)."""
+        if self.leases is None:
+            return
+        for world_id in world_ids:
+            pto_id = world_id.removesuffix(WORLD_SUFFIX)
+            if pto_id != world_id and (recheck or pto_id not in self.leases.held):
+                await self.leases.claim(pto_id)
 
     async def save_world(self, world_id: str, arrays: Arrays) -> None:
         self._dirty_worlds.pop(world_id, None)
-        await self.db.submit([self._world_row(world_id, arrays)])
+        await self._lease_worlds([world_id], recheck=True)
+        await self.db.submit([self._world_row(world_id, arrays, own=True)])
 
     def world_changed(self, world_id: str, arrays: Arrays) -> None:
         if self.hold_commits:
@@ -269,7 +318,8 @@ class PostgresBackend:
         """The given worlds, the run record and the worlds' versions in one unit; in held
         mode it also commits everything held (worlds launched or saved since the last
         checkpoint are rows of the held transaction already)."""
-        unit = [self._world_row(w.world_id, w.arrays) for w in checkpoint.worlds]
+        await self._lease_worlds((w.world_id for w in checkpoint.worlds), recheck=True)
+        unit = [self._world_row(w.world_id, w.arrays, own=True) for w in checkpoint.worlds]
         for world in checkpoint.worlds:
             self._dirty_worlds.pop(world.world_id, None)
         if checkpoint.run is not None:
@@ -312,10 +362,7 @@ class PostgresBackend:
         pending = self._dirty_worlds.get(world_id)
         if pending is not None:
             return {k: np.array(v, copy=True) for k, v in pending.items()}
-        row = await self.db.fetchone("SELECT npz FROM worlds WHERE world_cdt_id = ?", (world_id,))
-        if row is None:
-            raise CorruptCdtFile(Path("worlds") / world_id, "no such row")
-        return npz_arrays(bytes(row[0]), world_id)
+        return await _read_world(self.db, world_id)
 
     async def exists(self, ident: str) -> bool:
         return await queries.exists(self._reader, ident)
@@ -482,9 +529,36 @@ class PostgresBackend:
         self.backup_root.mkdir(parents=True, exist_ok=True)
         return self.backup_root
 
-    async def export_data(self) -> dict[str, Any]:
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Any]:
+        """A reader (``fetchone``/``fetchall``, SQLite's SQL) of one consistent state:
+        export and verify read everything through it, so they see one state even while
+        other processes write. Every unit this process queued before is committed first;
+        then one REPEATABLE READ, read-only transaction on a connection of its own (the
+        writer goes on meanwhile). A held run's reads go through its writer instead, in
+        the held transaction (exclusive: nobody else writes)."""
         await self._flush_worlds()
-        return await export_store(self.load_all, self.load_world, await self.run_record())
+        if self.hold_commits:
+            yield self.db
+            return
+        await self.db.run_read(_nothing)  # a barrier: this process's earlier units landed
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                yield _SnapshotReader(conn)
+        finally:
+            await conn.close()
+
+    async def export_data(self) -> dict[str, Any]:
+        async with self.snapshot() as reader:
+
+            async def load_all(cls: type[Record]) -> list[Any]:
+                return await queries.load_records(reader, cls)
+
+            async def load_world(world_id: str) -> dict[str, NDArray[np.generic]]:
+                return await _read_world(reader, world_id)
+
+            return await export_store(load_all, load_world, await queries.run_record(reader))
 
     async def export_to_json(self, path: Path | str | None = None) -> Path:
         if path is None:
@@ -497,30 +571,59 @@ class PostgresBackend:
     async def verify(self) -> list[Finding]:
         """SQLite's checks (``store.verify``): the schema version, then the same relational
         queries (ledger, escrow, tokens, sessions), then every PTO's world present and
-        loadable. Foreign keys and page integrity are PostgreSQL's own to enforce."""
-        await self._flush_worlds()
-        db = self.db
-        row = await db.fetchone("SELECT MAX(version) FROM schema_migrations")
-        version = None if row is None else row[0]
-        if version != len(MIGRATIONS):  # PostgreSQL's own numbered migrations
-            return [
-                Finding(
-                    "schema", "schema_migrations", f"version {version}, expected {len(MIGRATIONS)}"
-                )
-            ]
-        results = {name: await db.fetchall(sql, params) for name, (sql, params) in CHECKS.items()}
-        findings = relational_findings(results)
-        references = await db.fetchall(
-            "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL ORDER BY pto_id"
-        )
-        for pto_id, world_id in references:
-            try:
-                await self.load_world(str(world_id))
-            except CorruptCdtFile as exc:
-                findings.append(
-                    Finding("cdt", f"pto {pto_id}", exc.reason + f" (world {world_id})")
-                )
-        return findings
+        loadable, all read from one snapshot (``snapshot``). Foreign keys and page
+        integrity are PostgreSQL's own to enforce."""
+        async with self.snapshot() as db:
+            row = await db.fetchone("SELECT MAX(version) FROM schema_migrations")
+            version = None if row is None else row[0]
+            if version != len(MIGRATIONS):  # PostgreSQL's own numbered migrations
+                expected = len(MIGRATIONS)
+                return [
+                    Finding(
+                        "schema", "schema_migrations", f"version {version}, expected {expected}"
+                    )
+                ]
+            results = {
+                name: await db.fetchall(sql, params) for name, (sql, params) in CHECKS.items()
+            }
+            findings = relational_findings(results)
+            references = await db.fetchall(
+                "SELECT pto_id, world_cdt_id FROM ptos WHERE world_cdt_id IS NOT NULL"
+                " ORDER BY pto_id"
+            )
+            for pto_id, world_id in references:
+                try:
+                    await _read_world(db, str(world_id))
+                except CorruptCdtFile as exc:
+                    findings.append(
+                        Finding("cdt", f"pto {pto_id}", exc.reason + f" (world {world_id})")
+                    )
+            return findings
+
+
+async def _nothing(conn: Any) -> None:
+    """A read that reads nothing: queued, it waits for every unit queued before it."""
+
+
+class _SnapshotReader:
+    """SQLite's SQL, translated, on one connection inside its open transaction."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def fetchone(self, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        row = await self.conn.fetchrow(to_postgres(sql), *params)
+        return None if row is None else plain_row(row)
+
+    async def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return [plain_row(r) for r in await self.conn.fetch(to_postgres(sql), *params)]
+
+
+async def _read_world(reader: Any, world_id: str) -> dict[str, NDArray[np.generic]]:
+    row = await reader.fetchone("SELECT npz FROM worlds WHERE world_cdt_id = ?", (world_id,))
+    if row is None:
+        raise CorruptCdtFile(Path("worlds") / world_id, "no such row")
+    return npz_arrays(bytes(row[0]), world_id)
 
 
 # Every table, parents before children (COPY checks foreign keys row by row).
@@ -545,7 +648,6 @@ def read_run_record(dsn: str) -> RunRecord | None:
     """The run recorded in the database, read without opening the store (to resume a run
     without its scenario file; not from inside an event loop). ``InvalidInput`` if the
     database cannot be read."""
-    from .dialect import to_postgres
 
     async def read() -> RunRecord | None:
         try:

@@ -48,6 +48,19 @@ WHERE world_leases.holder = excluded.holder OR world_leases.expires <= $4
 RETURNING pto_id
 """
 
+# The lease of one PTO after a claim: renewed if ours, taken if expired, as it is if a
+# live other's; no row if nobody holds it.
+_CLAIM = """
+WITH claimed AS (
+    UPDATE world_leases SET holder = $2, expires = $3, address = $5
+    WHERE pto_id = $1 AND (holder = $2 OR expires <= $4)
+    RETURNING holder, expires
+)
+SELECT holder, expires FROM claimed
+UNION ALL
+SELECT holder, expires FROM world_leases WHERE pto_id = $1 AND NOT EXISTS (SELECT FROM claimed)
+"""
+
 
 def default_ttl() -> float:
     """``$UBLOX_LEASE_TTL`` seconds, else 5."""
@@ -125,6 +138,21 @@ class WorldLeases:
             return await self.take(pto_id)
         wait = float(row[1]) - self.clock.now().timestamp()
         raise WorldLeased(pto_id, str(row[0]), max(wait, 0.0))
+
+    async def claim(self, pto_id: str) -> None:
+        """Before writing the world of ``pto_id`` through the API: renew the lease if it
+        is ours, take it if it expired; nothing if nobody holds it (a world just launched:
+        whoever steps it first takes it); ``WorldLeased`` if another live process does."""
+        now = self.clock.now().timestamp()
+        rows = await self._fetch(_CLAIM, pto_id, self.holder, now + self.ttl, now, self.address)
+        if not rows:
+            return
+        holder, expires = str(rows[0][0]), float(rows[0][1])
+        if holder == self.holder:
+            self.held = self.held | {pto_id}
+            return
+        self.held = self.held - {pto_id}
+        raise WorldLeased(pto_id, holder, max(expires - now, 0.0))
 
     async def address_of(self, pto_id: str) -> str:
         """Where the world's live holder answers HTTP: '' when nobody holds the lease, it

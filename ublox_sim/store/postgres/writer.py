@@ -55,7 +55,7 @@ class _Item:
     )
 
 
-def _plain(row: Any) -> Row:
+def plain_row(row: Any) -> Row:
     """A row as SQLite gives it: PostgreSQL's SUM of BIGINT cents is NUMERIC (a Decimal),
     SQLite's an INTEGER; an integral Decimal becomes an int, any other a float."""
     return tuple(
@@ -149,7 +149,7 @@ class PgWriter:
 
         async def read(conn: Any) -> Row | None:
             row = await conn.fetchrow(query, *params)
-            return None if row is None else _plain(row)
+            return None if row is None else plain_row(row)
 
         result: Row | None = await self.run_read(read)
         return result
@@ -158,7 +158,7 @@ class PgWriter:
         query = to_postgres(sql)
 
         async def read(conn: Any) -> list[Row]:
-            return [_plain(r) for r in await conn.fetch(query, *params)]
+            return [plain_row(r) for r in await conn.fetch(query, *params)]
 
         result: list[Row] = await self.run_read(read)
         return result
