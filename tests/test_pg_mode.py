@@ -240,4 +240,4 @@ def test_a_scenario_run_says_it_needs_the_database_to_itself(pg_url: str, tmp_pa
     done = anyio.run(beside_a_shared_engine)
     assert done.returncode == 1, done.stderr
     assert "1 process shares" in done.stderr
-    assert "a scenario run, migrate, an import or a restore cannot share" in done.stderr
+    assert "a scenario run, a sweep and migrate always need it alone" in done.stderr

@@ -30,9 +30,11 @@ from typing import Any
 import httpx
 import pytest
 from live_server import OPERATOR, LiveServer, deadline_in, error_code
+from pydantic import BaseModel, ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from ublox_sim.server.models import DepositBody, NewPlayer, NewPTO
 from ublox_sim.store.verify import verify_store
 
 # One SSL context for every client: httpx would otherwise load the CA bundle per client.
@@ -996,7 +998,6 @@ def test_each_operation_of_the_table_is_one_documented_route(tmp_path: Path) -> 
 
 
 def test_an_operation_that_could_not_run_is_refused_when_the_table_is_built() -> None:
-    from ublox_sim.server.models import DepositBody
     from ublox_sim.server.operation import Op
 
     async def nothing(c: Any) -> None:
@@ -1057,3 +1058,31 @@ def test_a_response_derived_from_a_view_gives_exact_money_and_rfc3339_times() ->
     assert out["launch_time"] == "2026-01-01T09:00:00Z" and out["funding_deadline"] is None
     with pytest.raises(ValidationError):
         PTOOut.of(dataclasses.replace(view, status="bankrupt"))
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value", "what"),
+    [
+        (DepositBody, "amount", "-5.00", "a positive amount"),
+        (DepositBody, "amount", -5, "a positive amount"),
+        (DepositBody, "amount", 5.5, "a positive amount"),
+        (DepositBody, "amount", True, "a positive amount"),
+        (NewPlayer, "usd_obbba", "-1", "an amount of zero or more"),
+        (NewPTO, "price_per_pts", "0.001", "a positive price"),
+    ],
+)
+def test_a_refused_amount_is_one_problem_that_says_what_the_field_takes(
+    model: type[BaseModel], field: str, value: object, what: str
+) -> None:
+    """Money fields are unions (a decimal string or a whole number): the client hears one
+    problem naming what the field takes, not one per branch with a regex in it."""
+    body: dict[str, object] = {"player_id": "p", field: value}
+    if model is NewPTO:
+        body = new_pto("g", "p", **{field: value})
+    with pytest.raises(ValidationError) as refused:
+        model.model_validate({k: v for k, v in body.items() if k in model.model_fields})
+    problems = [e for e in refused.value.errors() if e["loc"] == (field,)]
+    assert len(problems) == 1, refused.value.errors()
+    message = problems[0]["msg"]
+    assert message.startswith(f'must be {what}: a decimal string such as "5.00"')
+    assert "pattern" not in message and "boolean" not in message

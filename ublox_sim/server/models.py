@@ -14,16 +14,18 @@ import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal, Self, get_type_hints
+from typing import Annotated, Any, ClassVar, Literal, Self, cast, get_type_hints
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     StringConstraints,
     create_model,
 )
+from pydantic_core import core_schema
 
 from ..core import limits as L
 from ..core.money import Currency, format_amount, format_cents
@@ -65,15 +67,46 @@ def _number_not_bool_or_text(value: object) -> object:
 # After the Field in an Annotated, so the range stays in the JSON schema.
 _NUMBER = BeforeValidator(_number_not_bool_or_text)
 
+
+@dataclasses.dataclass(frozen=True)
+class _OneError:
+    """A money field is a union (an exact decimal string, or a whole number); pydantic
+    reports a refused value once per branch ("should match pattern '^([1-9]...'", "not a
+    boolean or a string"), which tells a client nothing it can act on. This gives the
+    union one error that says what the field takes; the JSON schema is unchanged."""
+
+    message: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        schema = handler(source)
+        if schema["type"] != "union":
+            raise TypeError(f"_OneError is for a union, not {schema['type']}")
+        union = cast(core_schema.UnionSchema, schema)
+        union["custom_error_type"] = "invalid_amount"
+        union["custom_error_message"] = self.message
+        return union
+
+
+def _amount_error(what: str, most: int) -> _OneError:
+    return _OneError(
+        f'must be {what}: a decimal string such as "5.00" (no sign, at most two decimals)'
+        f" or a whole number, below {most + 1:,}"
+    )
+
+
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN), Field(description=ID_HELP)]
 Amount = Annotated[
     Annotated[str, StringConstraints(pattern=AMOUNT_PATTERN)]
     | Annotated[int, Field(ge=0, le=MAX_WHOLE_AMOUNT), _NUMBER],
+    _amount_error("an amount of zero or more", MAX_WHOLE_AMOUNT),
     Field(description="USD-OBBBA in major units: an exact decimal string or a whole number"),
 ]
 PositiveAmount = Annotated[
     Annotated[str, StringConstraints(pattern=POSITIVE_AMOUNT_PATTERN)]
     | Annotated[int, Field(ge=1, le=MAX_WHOLE_AMOUNT), _NUMBER],
+    _amount_error("a positive amount", MAX_WHOLE_AMOUNT),
     Field(
         description="a positive amount in major units: an exact decimal string or a whole number"
     ),
@@ -81,6 +114,7 @@ PositiveAmount = Annotated[
 Price = Annotated[
     Annotated[str, StringConstraints(pattern=PRICE_PATTERN)]
     | Annotated[int, Field(ge=1, le=MAX_PRICE), _NUMBER],
+    _amount_error("a positive price", MAX_PRICE),
     Field(description="price of one PTS (one hour) in major units"),
 ]
 Money = Annotated[

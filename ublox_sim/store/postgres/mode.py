@@ -99,6 +99,7 @@ async def refusal(conn: Any, where: str, *, shared: bool, what: str = "") -> str
         return head + f"{what} needs the database to itself; stop them first"
     return head + (
         "this process opens it exclusive, which needs the database to itself; stop them"
-        " first, or open this one shared (the default; a scenario run, migrate, an import"
-        " or a restore cannot share)"
+        " first (a scenario run, a sweep and migrate always need it alone; an engine or a"
+        " server asked for exclusive mode can share instead: leave out shared=False,"
+        " UBLOX_CLUSTER=0 or --exclusive)"
     )
