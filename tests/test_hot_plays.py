@@ -160,6 +160,15 @@ async def test_concurrent_plays_of_one_world_equal_a_serial_run_of_what_committe
     assert verify_store(tmp_path / "hot") == []
 
 
+def break_a_check(home: Path, player_id: str) -> None:
+    """Give the player's row a value its CHECK forbids (behind the store's back), so the
+    database refuses the next unit that writes that row."""
+    with closing(sqlite3.connect(home / "ublox.db")) as conn:
+        conn.execute("PRAGMA ignore_check_constraints = 1")
+        conn.execute("UPDATE players SET memory_depth = -1e6 WHERE player_id = ?", (player_id,))
+        conn.commit()
+
+
 @pytest.mark.asyncio
 async def test_a_refused_session_in_a_batch_of_plays_has_the_sessions_after_it_decided_again(
     tmp_path: Path,
@@ -169,10 +178,7 @@ async def test_a_refused_session_in_a_batch_of_plays_has_the_sessions_after_it_d
     the batches, and decided again: they land, on the world as committed."""
     async with Engine.open(tmp_path, seed=1, clock=SimClock()) as engine:
         names = await setup(engine, 4)
-        with closing(sqlite3.connect(tmp_path / "ublox.db")) as conn:
-            conn.execute("PRAGMA ignore_check_constraints = 1")
-            conn.execute("UPDATE players SET memory_depth = -1e6 WHERE player_id = ?", (names[1],))
-            conn.commit()
+        break_a_check(tmp_path, names[1])
         results = await engine.play_many("hot", [(name, 1.0) for name in names])
         redone = engine._ptos.active("hot").replays  # type: ignore[union-attr]
     assert isinstance(results[1], UnitRejected) and "CHECK" in str(results[1])
@@ -192,10 +198,7 @@ async def test_sessions_decided_again_answer_their_caller_when_deciding_fails(
     players' physics fails there, the first Play's caller still hears, per session."""
     async with Engine.open(tmp_path, seed=1, clock=SimClock()) as engine:
         names = await setup(engine, 4)
-        with closing(sqlite3.connect(tmp_path / "ublox.db")) as conn:
-            conn.execute("PRAGMA ignore_check_constraints = 1")
-            conn.execute("UPDATE players SET memory_depth = -1e6 WHERE player_id = ?", (names[1],))
-            conn.commit()
+        break_a_check(tmp_path, names[1])
         await engine.get_pto("hot")  # activated, so its decision can be failed
         pto = engine._ptos.active("hot")  # type: ignore[union-attr]
         decide, calls = pto._settled_physics, []

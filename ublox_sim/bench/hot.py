@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -94,27 +94,33 @@ async def _engine(buyers: int, per_buyer: int, spread: bool) -> dict[str, float]
                 )
             for i, name in enumerate(names):  # activate every actor before timing
                 await engine.buy_pts(name, pto_of(i), 1)
-            db = getattr(engine.store, "db", None)  # the SQLite writer's counters, if any
-            commits, units = getattr(db, "commits", 0), getattr(db, "units_committed", 0)
 
             async def buyer(i: int) -> None:
                 for _ in range(per_buyer):
                     await engine.buy_pts(names[i], pto_of(i), 1)
 
-            started = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for i in range(buyers):
-                    tg.start_soon(buyer, i)
-            elapsed = time.perf_counter() - started
-            commits = getattr(db, "commits", 0) - commits
-            units = getattr(db, "units_committed", 0) - units
+            elapsed, per_commit = await _concurrently(engine, buyers, buyer)
             sold = (await engine.get_pto(ptos[0])).pts_sold
     expected = per_buyer + 1 if spread else buyers * (per_buyer + 1)
     assert sold == expected, f"{ptos[0]} sold {sold}, expected {expected}"
-    return {
-        "purchases_per_s": buyers * per_buyer / elapsed,
-        "units_per_commit": units / commits if commits else 0.0,
-    }
+    return {"purchases_per_s": buyers * per_buyer / elapsed, "units_per_commit": per_commit}
+
+
+async def _concurrently(
+    engine: Engine, callers: int, call: Callable[[int], Coroutine[Any, Any, None]]
+) -> tuple[float, float]:
+    """``call(i)`` for every caller at once: the seconds they took, and the units per
+    commit meanwhile (from the SQLite writer's counters; 0 on a store without them)."""
+    db = getattr(engine.store, "db", None)
+    commits, units = getattr(db, "commits", 0), getattr(db, "units_committed", 0)
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(callers):
+            tg.start_soon(call, i)
+    elapsed = time.perf_counter() - started
+    commits = getattr(db, "commits", 0) - commits
+    units = getattr(db, "units_committed", 0) - units
+    return elapsed, units / commits if commits else 0.0
 
 
 def run_engine_plays(players: int, per_player: int, *, spread: bool) -> dict[str, float]:
@@ -143,26 +149,15 @@ async def _engine_plays(players: int, per_player: int, spread: bool) -> dict[str
                 await engine.buy_pts(name, worlds[i if spread else 0], hours)
             for i, name in enumerate(names):  # activate every actor before timing
                 await engine.play(name, worlds[i if spread else 0], 1.0)
-            db = getattr(engine.store, "db", None)  # the SQLite writer's counters, if any
-            commits, units = getattr(db, "commits", 0), getattr(db, "units_committed", 0)
 
             async def player(i: int) -> None:
                 for _ in range(per_player):
                     await engine.play(names[i], worlds[i if spread else 0], 1.0)
 
-            started = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for i in range(players):
-                    tg.start_soon(player, i)
-            elapsed = time.perf_counter() - started
-            commits = getattr(db, "commits", 0) - commits
-            units = getattr(db, "units_committed", 0) - units
+            elapsed, per_commit = await _concurrently(engine, players, player)
             played = sum(t.hours_played for t in await engine.tokens_of(names[-1], worlds[-1]))
     assert played == hours, f"{names[-1]} played {played} hours, expected {hours}"
-    return {
-        "plays_per_s": players * per_player / elapsed,
-        "units_per_commit": units / commits if commits else 0.0,
-    }
+    return {"plays_per_s": players * per_player / elapsed, "units_per_commit": per_commit}
 
 
 # -- through HTTP ------------------------------------------------------------------------
