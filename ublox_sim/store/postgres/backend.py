@@ -80,14 +80,7 @@ SAVE_WORLD = (
 )
 # Several processes: a world's row is not replaced while another process holds the
 # world's lease (a process whose lease was taken over writes nothing more, even a stale
-# copy on passivation). The lease row is not locked (``FOR SHARE`` here
-# would deadlock with a renewal of several leases locking them in another order): a
-# write whose statement began before a takeover committed may still land once, and the
-# new holder's next save replaces it.
-_NOT_LEASED_ELSEWHERE = (
-    "NOT EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
-    " WHERE p.world_cdt_id = {world} AND l.holder <> ?)"
-)
+# copy on passivation).
 # A background write-back (``world_changed``, passivation) of a PTO's world: only by
 # its lease holder (a stalled ex-holder's copy is skipped even once the new holder has
 # released the lease); a world without a PTO has no lease and is written.
@@ -98,13 +91,22 @@ SAVE_LEASED_WORLD = SAVE_WORLD + (
 )
 # A world written through the API (a unit's worlds, ``save_world``, a checkpoint) is
 # written unless another process holds its lease (a world nobody leases: one without a
-# PTO, or one just launched, is written). The backend claimed the lease first (``PostgresBackend._lease_worlds``); if another process
-# holds it at commit all the same, the NULL breaks ``npz NOT NULL`` and the unit is
-# refused whole, never dropped silently.
+# PTO, or one just launched, is written). The backend claimed the lease first
+# (``PostgresBackend._lease_worlds``); if another process holds it at commit all the
+# same, the NULL breaks ``npz NOT NULL`` and the unit is refused whole, never dropped.
+# The world's lease row is locked FOR SHARE until the unit commits, whoever holds it (a
+# MATERIALIZED CTE: in a subquery the holder test would be pushed below the lock and our
+# own row left unlocked): a takeover (an UPDATE of that row) then waits for this unit and
+# loads the world after it; a takeover committed first is read here (READ COMMITTED
+# rechecks a locked row's newest version) and refuses the unit. Without the lock a stalled
+# ex-holder's step could land after the new holder loaded the world, and be overwritten
+# by its next save (tests/test_pg_lease_write.py).
 SAVE_OWN_WORLD = (
-    "INSERT INTO worlds (world_cdt_id, npz) SELECT ?, CASE WHEN "
-    + _NOT_LEASED_ELSEWHERE.format(world="?")
-    + " THEN CAST(? AS BYTEA) END"
+    "WITH lease AS MATERIALIZED (SELECT l.holder FROM world_leases l JOIN ptos p"
+    " ON p.pto_id = l.pto_id WHERE p.world_cdt_id = ? FOR SHARE OF l)"
+    " INSERT INTO worlds (world_cdt_id, npz) SELECT ?, CASE WHEN"
+    " NOT EXISTS (SELECT 1 FROM lease WHERE lease.holder <> ?)"
+    " THEN CAST(? AS BYTEA) END"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
 WORLD_SUFFIX = "_world_cdt"  # ``home.world_id_for``: a PTO's world id
