@@ -166,7 +166,10 @@ class PostgresBackend:
         self.bus = bus if bus is not None else EventBus()
         self.feed = EventFeed(dsn, self.bus) if self.shared else None
         self.hold_commits = hold_commits
-        self.db = PgWriter(dsn, hold=hold_commits)
+        lease_writes = (
+            frozenset({SAVE_OWN_WORLD, SAVE_LEASED_WORLD}) if self.shared else frozenset()
+        )
+        self.db = PgWriter(dsn, hold=hold_commits, lease_writes=lease_writes)
         self._submitted = 0
         self._dirty_worlds: dict[str, Arrays] = {}
         self._flushing: asyncio.Task[None] | None = None
