@@ -25,6 +25,7 @@ from ublox_sim.store.postgres.backend import SAVE_LEASED_WORLD, SAVE_OWN_WORLD, 
 from ublox_sim.store.postgres.dialect import to_postgres
 from ublox_sim.store.postgres.lease import WorldLeases
 from ublox_sim.store.postgres.writer import LOCK_LEASES_SQL, PgWriter
+from ublox_sim.store.sqlite.writer import Statement
 
 pytestmark = pytest.mark.asyncio
 
@@ -82,8 +83,9 @@ async def _lockable(conn: Any, pto_id: str) -> bool:
 
     try:
         async with conn.transaction():
+            # The lock an UPDATE of the row (a takeover, a renewal) takes.
             await conn.execute(
-                "SELECT FROM world_leases WHERE pto_id = $1 FOR UPDATE NOWAIT", pto_id
+                "SELECT FROM world_leases WHERE pto_id = $1 FOR NO KEY UPDATE NOWAIT", pto_id
             )
     except asyncpg.LockNotAvailableError:
         return False
@@ -119,6 +121,35 @@ async def test_a_batch_locks_its_lease_rows_in_order_before_its_world_writes(
             # Lease b was free: the batch held no lock on it while it waited for a.
             assert b_free
             assert await asyncio.gather(*units) == [[], []]
+        finally:
+            await writer.aclose()
+            await running
+
+
+async def test_a_takeover_waits_for_a_background_write_back_in_flight(pg_url: str) -> None:
+    """A stepped world's background write-back (``SAVE_LEASED_WORLD``, holder A) in a batch
+    that has not committed yet (a later unit of it waits for a player row): its lease row
+    is locked until the batch commits, so a takeover cannot commit in between and load
+    the world without A's step; once the batch committed, the row holds the step."""
+    await _store_with_leased_worlds(pg_url, expires=2e9)
+    writer = PgWriter(pg_url, lease_writes=frozenset({SAVE_OWN_WORLD, SAVE_LEASED_WORLD}))
+    step = save_world("a_world_cdt", {"theta": np.ones(3)}, "A")
+    touch = Statement("UPDATE players SET tau_k = tau_k WHERE player_id = ?", ("creator",))
+    async with _connections(pg_url, 2) as (other, observer):
+        await writer.connect()
+        running = asyncio.create_task(writer.run())
+        try:
+            async with other.transaction():
+                await other.execute("SELECT FROM players WHERE player_id = 'creator' FOR UPDATE")
+                units = [await writer.enqueue([step]), await writer.enqueue([touch])]
+                await blocked(observer, writer._conn.get_server_pid())
+                takeover_possible = await _lockable(observer, "a")
+            assert not takeover_possible
+            assert await asyncio.gather(*units) == [[], []]
+            npz = await observer.fetchval(
+                "SELECT npz FROM worlds WHERE world_cdt_id = 'a_world_cdt'"
+            )
+            assert bytes(npz) == step.params[1]
         finally:
             await writer.aclose()
             await running
