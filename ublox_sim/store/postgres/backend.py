@@ -83,7 +83,9 @@ SAVE_WORLD = (
 # copy on passivation).
 # A background write-back (``world_changed``, passivation) of a PTO's world: only by
 # its lease holder (a stalled ex-holder's copy is skipped even once the new holder has
-# released the lease); a world without a PTO has no lease and is written.
+# released the lease); a world without a PTO has no lease and is written. The writer
+# locks the lease row first, until the batch commits (``writer``, ``lease_writes``): a
+# takeover cannot commit between this check and the write.
 SAVE_LEASED_WORLD = SAVE_WORLD + (
     " WHERE EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
     " WHERE p.world_cdt_id = excluded.world_cdt_id AND l.holder = ?)"
@@ -100,7 +102,8 @@ SAVE_LEASED_WORLD = SAVE_WORLD + (
 # loads the world after it; a takeover committed first is read here (READ COMMITTED
 # rechecks a locked row's newest version) and refuses the unit. Without the lock a stalled
 # ex-holder's step could land after the new holder loaded the world, and be overwritten
-# by its next save (tests/test_pg_lease_write.py).
+# by its next save (tests/test_pg_lease_write.py). Through the writer the row is locked
+# already, with the batch's other lease rows, in their one order (``writer``).
 SAVE_OWN_WORLD = (
     "WITH lease AS MATERIALIZED (SELECT l.holder FROM world_leases l JOIN ptos p"
     " ON p.pto_id = l.pto_id WHERE p.world_cdt_id = ? FOR SHARE OF l)"
