@@ -25,7 +25,7 @@ from ublox_sim.core import events as ev
 from ublox_sim.core.clock import SimClock
 from ublox_sim.core.errors import InvalidInput, StoreLocked
 from ublox_sim.engine import Engine
-from ublox_sim.store.postgres.mode import WRITER_LOCK
+from ublox_sim.store.postgres.mode import SCHEMA_KEY, WRITER_LOCK
 from ublox_sim.store.postgres.notify import LoggedEvent, logged_event
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +41,34 @@ async def test_engines_share_a_database_by_default(pg_url: str) -> None:
         await one.register_player("alice", usd_obbba=5)
         await two.deposit("alice", 2)
         assert await one.usd_balance("alice") == 700
+
+
+async def test_stores_in_two_schemas_of_one_database_are_held_exclusively_at_once(
+    pg_url: str,
+) -> None:
+    """Advisory locks belong to the database; ours are keyed by the store's schema too, so
+    two stores (``?search_path=``) are each held alone at the same time, and each still
+    excludes a second opener of its own schema."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for schema in ("one", "two"):
+            await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
+    one_url, two_url = (f"{pg_url}?search_path={schema}" for schema in ("one", "two"))
+    async with (
+        Engine.open(store=one_url, shared=False) as one,
+        Engine.open(store=two_url, shared=False) as two,
+    ):
+        await one.register_player("alice", usd_obbba=5)
+        await two.register_player("alice", usd_obbba=3)
+        assert (await one.usd_balance("alice"), await two.usd_balance("alice")) == (500, 300)
+        with pytest.raises(StoreLocked, match=EXCLUSIVE_HOLDS):
+            async with Engine.open(store=one_url):
+                pass
+        with pytest.raises(StoreLocked, match=EXCLUSIVE_HOLDS):
+            async with Engine.open(store=two_url, shared=False):
+                pass
 
 
 async def test_an_exclusive_engine_is_refused_while_others_share_and_changes_nothing(
@@ -111,8 +139,8 @@ async def _lock_released(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("SET statement_timeout = '30s'")
-        await conn.fetchval("SELECT pg_advisory_lock($1)", WRITER_LOCK)
-        await conn.fetchval("SELECT pg_advisory_unlock($1)", WRITER_LOCK)
+        await conn.fetchval(f"SELECT pg_advisory_lock($1, {SCHEMA_KEY})", WRITER_LOCK)
+        await conn.fetchval(f"SELECT pg_advisory_unlock($1, {SCHEMA_KEY})", WRITER_LOCK)
     finally:
         await conn.close()
 

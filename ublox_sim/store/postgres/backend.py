@@ -80,17 +80,12 @@ SAVE_WORLD = (
 )
 # Several processes: a world's row is not replaced while another process holds the
 # world's lease (a process whose lease was taken over writes nothing more, even a stale
-# copy on passivation). The lease row is not locked (``FOR SHARE`` here
-# would deadlock with a renewal of several leases locking them in another order): a
-# write whose statement began before a takeover committed may still land once, and the
-# new holder's next save replaces it.
-_NOT_LEASED_ELSEWHERE = (
-    "NOT EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
-    " WHERE p.world_cdt_id = {world} AND l.holder <> ?)"
-)
+# copy on passivation).
 # A background write-back (``world_changed``, passivation) of a PTO's world: only by
 # its lease holder (a stalled ex-holder's copy is skipped even once the new holder has
-# released the lease); a world without a PTO has no lease and is written.
+# released the lease); a world without a PTO has no lease and is written. The writer
+# locks the lease row first, until the batch commits (``writer``, ``lease_writes``): a
+# takeover cannot commit between this check and the write.
 SAVE_LEASED_WORLD = SAVE_WORLD + (
     " WHERE EXISTS (SELECT 1 FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
     " WHERE p.world_cdt_id = excluded.world_cdt_id AND l.holder = ?)"
@@ -98,13 +93,23 @@ SAVE_LEASED_WORLD = SAVE_WORLD + (
 )
 # A world written through the API (a unit's worlds, ``save_world``, a checkpoint) is
 # written unless another process holds its lease (a world nobody leases: one without a
-# PTO, or one just launched, is written). The backend claimed the lease first (``PostgresBackend._lease_worlds``); if another process
-# holds it at commit all the same, the NULL breaks ``npz NOT NULL`` and the unit is
-# refused whole, never dropped silently.
+# PTO, or one just launched, is written). The backend claimed the lease first
+# (``PostgresBackend._lease_worlds``); if another process holds it at commit all the
+# same, the NULL breaks ``npz NOT NULL`` and the unit is refused whole, never dropped.
+# The world's lease row is locked FOR SHARE until the unit commits, whoever holds it (a
+# MATERIALIZED CTE: in a subquery the holder test would be pushed below the lock and our
+# own row left unlocked): a takeover (an UPDATE of that row) then waits for this unit and
+# loads the world after it; a takeover committed first is read here (READ COMMITTED
+# rechecks a locked row's newest version) and refuses the unit. Without the lock a stalled
+# ex-holder's step could land after the new holder loaded the world, and be overwritten
+# by its next save (tests/test_pg_lease_write.py). Through the writer the row is locked
+# already, with the batch's other lease rows, in their one order (``writer``).
 SAVE_OWN_WORLD = (
-    "INSERT INTO worlds (world_cdt_id, npz) SELECT ?, CASE WHEN "
-    + _NOT_LEASED_ELSEWHERE.format(world="?")
-    + " THEN CAST(? AS BYTEA) END"
+    "WITH lease AS MATERIALIZED (SELECT l.holder FROM world_leases l JOIN ptos p"
+    " ON p.pto_id = l.pto_id WHERE p.world_cdt_id = ? FOR SHARE OF l)"
+    " INSERT INTO worlds (world_cdt_id, npz) SELECT ?, CASE WHEN"
+    " NOT EXISTS (SELECT 1 FROM lease WHERE lease.holder <> ?)"
+    " THEN CAST(? AS BYTEA) END"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
 WORLD_SUFFIX = "_world_cdt"  # ``home.world_id_for``: a PTO's world id
@@ -164,7 +169,10 @@ class PostgresBackend:
         self.bus = bus if bus is not None else EventBus()
         self.feed = EventFeed(dsn, self.bus) if self.shared else None
         self.hold_commits = hold_commits
-        self.db = PgWriter(dsn, hold=hold_commits)
+        lease_writes = (
+            frozenset({SAVE_OWN_WORLD, SAVE_LEASED_WORLD}) if self.shared else frozenset()
+        )
+        self.db = PgWriter(dsn, hold=hold_commits, lease_writes=lease_writes)
         self._submitted = 0
         self._dirty_worlds: dict[str, Arrays] = {}
         self._flushing: asyncio.Task[None] | None = None

@@ -21,12 +21,19 @@ refusal reaches its caller. A world's row is replaced only by its holder (``SAVE
 so a process whose lease was taken over cannot overwrite the new holder's steps.
 
 The leases have their own connection, so a renewal never waits behind the write queue.
+Lock order: every statement here that locks several lease rows locks them in ``pto_id``
+order (COLLATE "C"), as the writer does before a batch's world writes (``writer``), so
+they cannot deadlock with each other; a statement PostgreSQL aborts all the same
+(another order elsewhere: a DBA's session, an older process) runs again, a few times
+(``CONFLICT_RETRIES``). Any other failure of the connection (dropped, the server shut
+down) reaches the caller as ``PersistenceError``; the next call reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -34,31 +41,40 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from ...core.clock import Clock, WallClock
-from ...core.errors import WorldLeased
+from ...core.errors import PersistenceError, WorldLeased
+from .url import masked
 
 DEFAULT_TTL = 5.0
 TTL_ENV = "UBLOX_LEASE_TTL"
+CONFLICT_RETRIES = 8  # runs of a lease statement PostgreSQL aborted (deadlock), at most
 
+# Rows are inserted, or locked then renewed, in the order the SELECT gives them (the
+# INSERT takes them one by one; a conflicting row is locked even when the WHERE below
+# leaves it as it is): sorted, as every other locker of several lease rows sorts them.
 _ACQUIRE = """
 INSERT INTO world_leases (pto_id, holder, expires, address)
-SELECT unnest($1::text[]), $2, $3, $5
+SELECT p, $2, $3, $5 FROM unnest($1::text[]) AS p ORDER BY p COLLATE "C"
 ON CONFLICT (pto_id) DO UPDATE
 SET holder = excluded.holder, expires = excluded.expires, address = excluded.address
 WHERE world_leases.holder = excluded.holder OR world_leases.expires <= $4
 RETURNING pto_id
 """
 
-# The lease of one PTO after a claim: renewed if ours, taken if expired, as it is if a
-# live other's; no row if nobody holds it.
+# A claim: the lease of one PTO renewed if ours, taken if expired. When it is not
+# (another's, or nobody's), ``_HOLDER`` reads it again in a statement of its own: in the
+# same statement the read would use the snapshot taken before the UPDATE waited for a
+# concurrent takeover or release, and name a holder that has just been replaced.
 _CLAIM = """
-WITH claimed AS (
-    UPDATE world_leases SET holder = $2, expires = $3, address = $5
-    WHERE pto_id = $1 AND (holder = $2 OR expires <= $4)
-    RETURNING holder, expires
+UPDATE world_leases SET holder = $2, expires = $3, address = $5
+WHERE pto_id = $1 AND (holder = $2 OR expires <= $4)
+RETURNING holder, expires
+"""
+_HOLDER = "SELECT holder, expires FROM world_leases WHERE pto_id = $1"
+# A clean close: our rows, locked in order before they go.
+_RELEASE = """
+DELETE FROM world_leases WHERE pto_id IN (
+    SELECT pto_id FROM world_leases WHERE holder = $1 ORDER BY pto_id FOR UPDATE
 )
-SELECT holder, expires FROM claimed
-UNION ALL
-SELECT holder, expires FROM world_leases WHERE pto_id = $1 AND NOT EXISTS (SELECT FROM claimed)
 """
 
 
@@ -96,18 +112,50 @@ class WorldLeases:
         # or renews: another server forwards the plays of its worlds there.
         self.address = address
         self._conn: Any = None
+        self._started = False
         self._lock = asyncio.Lock()
+        self.conflicts_retried = 0  # statements run again after PostgreSQL aborted them
 
     async def start(self) -> None:
-        self._conn = await asyncpg.connect(self.dsn)
+        self._conn = await self._connect()
+        self._started = True
+
+    async def _connect(self) -> Any:
+        try:
+            return await asyncpg.connect(self.dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise PersistenceError(
+                f"the world leases cannot connect to {masked(self.dsn)}: {exc}"
+            ) from exc
 
     async def _fetch(self, query: str, *args: object) -> list[Any]:
         """One statement on the leases' connection (one at a time: actors renewing their
-        worlds and servers looking up a holder's address share it)."""
+        worlds and servers looking up a holder's address share it). Run again when
+        PostgreSQL aborts it for a deadlock or a serialization failure (it changed
+        nothing then), up to ``CONFLICT_RETRIES`` times with a short random pause; any
+        other failure is a ``PersistenceError``, and the next call reconnects."""
         async with self._lock:
-            assert self._conn is not None, "start() first"
-            rows: list[Any] = await self._conn.fetch(query, *args)
-            return rows
+            assert self._started, "start() first"
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    if self._conn is None or self._conn.is_closed():
+                        self._conn = await self._connect()
+                    rows: list[Any] = await self._conn.fetch(query, *args)
+                    return rows
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                    if attempt >= CONFLICT_RETRIES:
+                        raise PersistenceError(
+                            f"a world lease statement was aborted {attempt} times in a row"
+                            f" by PostgreSQL ({exc}); nothing was changed"
+                        ) from exc
+                    self.conflicts_retried += 1
+                    await asyncio.sleep(random.uniform(0, 0.005 * attempt))
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    raise PersistenceError(
+                        f"the world leases' connection to {masked(self.dsn)} failed: {exc}"
+                    ) from exc
 
     async def acquire(self, pto_ids: Sequence[str]) -> tuple[frozenset[str], frozenset[str]]:
         """Take or renew the leases of ``pto_ids`` that are free, expired or ours.
@@ -115,7 +163,7 @@ class WorldLeases:
         Returns (held now, newly taken: held now and not held before)."""
         now = self.clock.now().timestamp()
         rows = await self._fetch(
-            _ACQUIRE, list(pto_ids), self.holder, now + self.ttl, now, self.address
+            _ACQUIRE, sorted(set(pto_ids)), self.holder, now + self.ttl, now, self.address
         )
         held = frozenset(str(r[0]) for r in rows)
         before = self.held
@@ -130,9 +178,7 @@ class WorldLeases:
         held, taken = await self.acquire([pto_id])
         if pto_id in held:
             return pto_id in taken
-        rows = await self._fetch(
-            "SELECT holder, expires FROM world_leases WHERE pto_id = $1", pto_id
-        )
+        rows = await self._fetch(_HOLDER, pto_id)
         row = rows[0] if rows else None
         if row is None:  # released between the two statements: free now
             return await self.take(pto_id)
@@ -144,14 +190,16 @@ class WorldLeases:
         is ours, take it if it expired; nothing if nobody holds it (a world just launched:
         whoever steps it first takes it); ``WorldLeased`` if another live process does."""
         now = self.clock.now().timestamp()
-        rows = await self._fetch(_CLAIM, pto_id, self.holder, now + self.ttl, now, self.address)
-        if not rows:
-            return
-        holder, expires = str(rows[0][0]), float(rows[0][1])
-        if holder == self.holder:
+        if await self._fetch(_CLAIM, pto_id, self.holder, now + self.ttl, now, self.address):
             self.held = self.held | {pto_id}
             return
         self.held = self.held - {pto_id}
+        rows = await self._fetch(_HOLDER, pto_id)
+        if not rows:
+            return  # nobody holds it (never leased, or released meanwhile)
+        holder, expires = str(rows[0][0]), float(rows[0][1])
+        if holder == self.holder or expires <= now:  # freed and retaken meanwhile: again
+            return await self.claim(pto_id)
         raise WorldLeased(pto_id, holder, max(expires - now, 0.0))
 
     async def address_of(self, pto_id: str) -> str:
@@ -171,13 +219,18 @@ class WorldLeases:
         return {str(p): (str(h), float(e)) for p, h, e in rows}
 
     async def aclose(self) -> None:
-        """Release this process's leases (others take its worlds at once) and disconnect."""
-        if self._conn is None:
+        """Release this process's leases (others take its worlds at once) and disconnect.
+        If the database cannot be reached, the leases are left to expire (after ``ttl``
+        seconds, as a killed process's)."""
+        if not self._started:
             return
-        conn, self._conn = self._conn, None
         try:
-            async with self._lock:
-                await conn.execute("DELETE FROM world_leases WHERE holder = $1", self.holder)
+            await self._fetch(_RELEASE, self.holder)
+        except PersistenceError:
+            pass  # the rows expire: survivors take the worlds after the TTL
         finally:
+            self._started = False
             self.held = frozenset()
-            await conn.close()
+            conn, self._conn = self._conn, None
+            if conn is not None and not conn.is_closed():
+                await conn.close()

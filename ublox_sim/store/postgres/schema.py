@@ -34,6 +34,7 @@ from ..sqlite.schema import (
     SCHEMA_VERSION,
     TX_TYPES,
 )
+from .mode import SCHEMA_KEY
 
 
 def _quoted(values: Sequence[str]) -> str:
@@ -249,8 +250,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 )
 """
-# Two processes opening one empty database must not both migrate it.
-_MIGRATION_LOCK = 0x75B10C5  # pg_advisory_xact_lock key, any constant of ours
+# Two processes opening one empty store must not both migrate it.
+_MIGRATION_LOCK = 0x75B10C5  # pg_advisory_xact_lock key (with the schema's), any of ours
 
 
 class _Conn(Protocol):
@@ -271,7 +272,7 @@ async def migrate(conn: _Conn) -> int:
     old: int | None = None
     while True:
         async with conn.transaction():  # type: ignore[attr-defined]
-            await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK}, {SCHEMA_KEY})")
             await conn.execute(_LEDGER)
             found = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
             assert isinstance(found, int)

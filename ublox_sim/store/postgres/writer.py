@@ -12,6 +12,16 @@ resolve, and commit hooks run, in queue order, only once the transaction is dura
 locked in another order) was rolled back whole by PostgreSQL and runs again as two halves
 (a single unit: again, up to CONFLICT_RETRIES times); any other failed commit fails every unit of its batch.
 
+Lock order (several processes): a batch first takes the batch lock (below), so two
+writers' batches never interleave; then, if it writes worlds under their leases
+(``lease_writes``: statements whose first parameter is a world id), it locks those
+worlds' lease rows FOR SHARE in ``pto_id`` order, in one statement, before any of its
+rows: the order in which ``lease.WorldLeases`` locks several lease rows too, so a renewal
+and a batch cannot deadlock. The locks belong to the batch's transaction, outside its
+units' savepoints (a refused unit's rollback keeps them), and hold until it commits: a
+takeover of one of those worlds waits for the batch, or, committed first, is seen by the
+world writes, which then leave the row alone or refuse their unit.
+
 Held mode (``hold=True``, checkpointed scenario runs): one transaction stays open from
 start to ``commit_held``; each batch is a savepoint of it (asyncpg nests
 ``conn.transaction()`` as a SAVEPOINT), acknowledged once it ran, durable only when a
@@ -36,11 +46,18 @@ from ...core.errors import ActorClosed, PersistenceError, UbloxError, UnitReject
 from ..sqlite import rows
 from ..sqlite.writer import Statement
 from .dialect import to_postgres
+from .mode import SCHEMA_KEY
 
 Row = tuple[Any, ...]
 MAX_BATCH = 512  # units per transaction at most
-# The transaction-scoped advisory lock every batch takes first (any constant of ours).
-BATCH_LOCK_SQL = "SELECT pg_advisory_xact_lock(123343047)"
+# The transaction-scoped advisory lock every batch takes first (any constant of ours,
+# and the store's schema: stores in two schemas of a database do not wait for each other).
+BATCH_LOCK_SQL = f"SELECT pg_advisory_xact_lock(123343047, {SCHEMA_KEY})"
+# The lease rows of a batch's worlds, in the one order every locker of lease rows uses.
+LOCK_LEASES_SQL = (
+    "SELECT FROM world_leases l JOIN ptos p ON p.pto_id = l.pto_id"
+    " WHERE p.world_cdt_id = ANY($1::text[]) ORDER BY l.pto_id FOR SHARE OF l"
+)
 CONFLICT_RETRIES = 20  # runs of a batch that deadlocks with other writers, at most
 # A committed unit: its rowids, and each hooked statement with the rowids made up to it.
 _Outcome = tuple[list[int], list[tuple[Statement, list[int]]]]
@@ -69,9 +86,19 @@ class _Refused(Exception):
 
 
 class PgWriter:
-    def __init__(self, dsn: str, *, queue_size: int = 10_000, hold: bool = False) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        queue_size: int = 10_000,
+        hold: bool = False,
+        lease_writes: frozenset[str] = frozenset(),
+    ) -> None:
         self.dsn = dsn
         self.hold = hold
+        # The SQL of statements that write a world (first parameter) under its lease: a
+        # batch locks those worlds' lease rows first (the module docstring).
+        self.lease_writes = lease_writes
         self._held: Any = None  # the open held transaction (hold mode)
         self._lost: PersistenceError | None = None  # held work the database dropped
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(queue_size)
@@ -306,6 +333,9 @@ class PgWriter:
                 # them in other orders would deadlock. Nothing is lost to this order:
                 # every unit that numbers an event waits for the counter row anyway.
                 await conn.execute(BATCH_LOCK_SQL)
+                worlds = self._leased_worlds(units)
+                if worlds:
+                    await conn.execute(LOCK_LEASES_SQL, worlds)
             if not savepoints:
                 try:
                     return await self._run_batch(conn, units)
@@ -322,6 +352,19 @@ class PgWriter:
                 except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
                     outcomes.append(UnitRejected(f"unit of work rejected by the database: {exc}"))
         return outcomes
+
+    def _leased_worlds(self, units: list[_Item]) -> list[str]:
+        """The worlds ``units`` write under their leases, sorted (the lock order)."""
+        if not self.lease_writes:
+            return []
+        return sorted(
+            {
+                str(statement.params[0])
+                for item in units
+                for statement in item.statements or ()
+                if statement.sql in self.lease_writes
+            }
+        )
 
     async def _run_batch(self, conn: Any, units: list[_Item]) -> list[_Outcome | BaseException]:
         """Every unit's statements in order, a run of consecutive identical statements
