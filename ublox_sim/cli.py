@@ -1146,8 +1146,6 @@ def backup_list(home: Path | None, store: str | None, as_json: bool) -> None:
 
         with UbloxLocalStorage(store=target) as storage:
             items, folder = storage.list_backups(), default_backup_root(target)
-        for item in items:
-            item["created"] = item.pop("created_at")
     if as_json:
         click.echo(json.dumps(items, indent=2, sort_keys=True))
         return
