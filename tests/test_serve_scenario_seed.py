@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -28,8 +29,8 @@ async def _live_export(home: Path, seed: int | None = None) -> Any:
     async with app.api.router.lifespan_context(app.api):
         progress = app.state.server.run
         with anyio.fail_after(120):  # a hang's bound, not a timing assertion
-            while not progress.get("finished"):
-                await anyio.sleep(0)  # the scenario's task runs meanwhile
+            while not progress.get("finished"):  # the progress has no event to wait on
+                await anyio.lowlevel.checkpoint()  # the scenario's task runs meanwhile
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             answer = await client.get("/api/export", headers={"Authorization": f"Bearer {KEY}"})
