@@ -1209,7 +1209,8 @@ def migrate(source: str, target: str) -> None:
     to = _target(None, target)
     if isinstance(to, Home):
         _require_new_home(to, "--to")
-    done = anyio.run(lambda: migrate_store(source, to))
+    src = _existing_store(None, source)  # a mistyped --from creates nothing at either end
+    done = anyio.run(lambda: migrate_store(src, to))
     for line in done.lines():
         click.echo(line)
 
