@@ -431,12 +431,15 @@ def sweep(
 ) -> None:
     """Run SCENARIO over the grid of --set values times --seeds, each cell in its own home.
 
-    A failed cell is reported and the others go on (exit 1 at the end); running the same
-    command again skips finished cells and resumes checkpointed ones."""
+    The scenario with every --set value and seed is checked first (exit 2, nothing
+    written, if one is refused), and --out must be new, empty or a sweep's folder. A
+    cell that fails is reported and the others go on (exit 1 at the end); running the
+    same command again skips finished cells and resumes checkpointed ones."""
     from .sim.sweep import (
         Executor,
         LocalExecutor,
         SweepProgress,
+        check_sweep,
         grid,
         parse_seeds,
         parse_set,
@@ -451,6 +454,7 @@ def sweep(
     if jobs is not None and jobs < 1:
         raise click.BadParameter(f"at least 1 worker process (got {jobs})", param_hint="--jobs")
     cells = grid(str(scenario), swept, seed_list)
+    check_sweep(cells, out)  # every value and the --out folder, before anything is written
     workers = jobs if jobs is not None else max(1, os.cpu_count() or 1)
 
     def progress(p: SweepProgress) -> None:
