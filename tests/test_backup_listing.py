@@ -1,6 +1,7 @@
 """A backup listing has one shape whatever the backend (``Backend.list_backups``): name,
 created (the store's ``YYYY-mm-dd HH:MM:SS+00:00``), size and path. On PostgreSQL the
-HTTP API's backups answered 500 (``KeyError: 'created'``) while the backup was made."""
+HTTP API's backups answered 500 (``KeyError: 'created'``) while the backup was made.
+Restoring a backup that does not exist is a usage error (exit 2)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,18 @@ def test_backup_list_json_has_one_shape_on_both_backends(pg_url: str, tmp_path: 
         assert listed[0]["size"] > 0
         listings.append(listed[0])
     assert listings[0].keys() == listings[1].keys() == {"name", "created", "size", "path"}
+
+
+def test_restoring_a_backup_that_does_not_exist_is_a_usage_error(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Exit 2 (README: a usage or input error), not 1 (a run or a check failed)."""
+    home = tmp_path / "default"
+    for where in (["--home", str(tmp_path / "sqlite")], ["--store", pg_url]):
+        ok(cli("import", *where, str(GOLDEN), home=home))
+        before = ok(cli("export", *where, "-o", "-", home=home))
+        done = cli("backup", "restore", "nosuch", *where, home=home)
+        assert done.returncode == 2, (where, done.stderr)
+        assert "error: no backup at " in done.stderr and done.stderr.rstrip().endswith("nosuch")
+        assert ok(cli("export", *where, "-o", "-", home=home)) == before
+        assert json.loads(ok(cli("backup", "list", "--json", *where, home=home))) == []

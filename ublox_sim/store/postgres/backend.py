@@ -33,11 +33,11 @@ from numpy.typing import NDArray
 from ...core.clock import WALL_CLOCK, Clock
 from ...core.errors import (
     ActorClosed,
-    BackupError,
     BackupExists,
     CorruptCdtFile,
     InvalidBackupName,
     InvalidInput,
+    NoSuchBackup,
     PersistenceError,
     WorldLeased,
 )
@@ -495,12 +495,12 @@ class PostgresBackend:
         return sorted(found, key=lambda b: (b["created"], b["name"]))
 
     def check_backup(self, name: str) -> dict[str, Any]:
-        """Backup ``name``'s manifest; ``BackupError`` if there is no such backup."""
+        """Backup ``name``'s manifest; ``NoSuchBackup`` if there is no such backup."""
         if not _BACKUP_NAME.fullmatch(name):
             raise InvalidBackupName(f"invalid backup name {name!r}")
         manifest_path = self._backup_root() / name / "backup.json"
         if not manifest_path.is_file():
-            raise BackupError(f"no backup at {self._backup_root() / name}")
+            raise NoSuchBackup(f"no backup at {self._backup_root() / name}")
         manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         return manifest
 
