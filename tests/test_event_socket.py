@@ -33,7 +33,12 @@ from ublox_sim.core.clock import SimClock
 from ublox_sim.core.errors import InvalidInput
 from ublox_sim.core.world import WorldParams
 from ublox_sim.engine import Engine
-from ublox_sim.server.event_socket import StreamStats, parse_since, serve_events
+from ublox_sim.server.event_socket import (
+    StreamStats,
+    parse_since,
+    refuse_handshake,
+    serve_events,
+)
 from ublox_sim.store.sqlite.writer import Statement
 
 PARAMS = WorldParams(size=8)
@@ -64,8 +69,8 @@ async def served(engine: Engine, **options: Any) -> AsyncIterator[Served]:
         info.streams.append(stats)
         try:
             since = parse_since(websocket.query_params.get("since"))
-        except InvalidInput:
-            await websocket.close(code=1008)
+        except InvalidInput as exc:
+            await refuse_handshake(websocket, str(exc))
             return
         await serve_events(websocket, engine, since=since, stats=stats, **options)
 
@@ -293,7 +298,9 @@ async def test_a_since_older_than_the_log_says_how_many_events_expired(tmp_path:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("query", ["?since=-1", "?since=abc", "?since=1e3", "?since=%201%20"])
+@pytest.mark.parametrize(
+    "query", ["?since=-1", "?since=abc", "?since=1e3", "?since=%201%20", "?since=" + "9" * 19]
+)
 async def test_a_since_that_is_not_a_whole_number_is_refused_at_the_handshake(
     tmp_path: Path, query: str
 ) -> None:
@@ -301,7 +308,11 @@ async def test_a_since_that_is_not_a_whole_number_is_refused_at_the_handshake(
         with pytest.raises(InvalidStatus) as refused:
             async with connect(server.url(query), proxy=None):
                 pass
-        assert refused.value.response.status_code == 403
+        answer = refused.value.response
+        assert answer.status_code == 400
+        error = json.loads(answer.body)["error"]
+        assert error["code"] == "invalid_since"
+        assert error["message"].startswith("since must be a whole number from 0 to ")
 
 
 @pytest.mark.anyio

@@ -82,10 +82,7 @@ def test_the_export_of_a_run_is_a_fifth_smaller_than_release_0_1_0s_and_round_tr
         "indexes, 96 ledger rows, 83 sessions, 134 events in event_log, the replay buffer "
         "of /ws/events, which the export leaves out) is 87.5 KB vacuumed at SQLite's "
         "smallest page (49.2 KB without the events); folders 8 KB: >=158 KB before the "
-        "export's rows. Measured after `ublox-sim run scenarios/harmonic_caverns.yaml "
-        "--home H`, `du -b -s --exclude=backups H`: db 118,784 (58 pages of 2 KB, "
-        "event_log 34,816 of them) + world 61,988 + export 114,765 + folders and lock "
-        "8,197 = 303,734 B"
+        "export's rows. The measured figures: README's Size paragraph (checked below)"
     ),
 )
 def test_harmonic_caverns_home_is_under_100_kb(harmonic_home: Path) -> None:
@@ -110,3 +107,29 @@ def test_the_event_log_is_kept_in_the_database_but_left_out_of_the_export(
             return await store.event_log_span()
 
     assert anyio.run(imported_span) == (0, 0)
+
+
+def test_the_readme_quotes_the_figures_of_this_home(harmonic_home: Path) -> None:
+    """The README's *Size* paragraph states what this home measures, so it cannot go
+    stale: exact where a run is deterministic, in KB where the lock file's content (a
+    process id) moves a byte."""
+    with closing(sqlite3.connect(harmonic_home / "ublox.db")) as conn:
+        (events,) = conn.execute("SELECT COUNT(*) FROM event_log").fetchone()
+        (event_bytes,) = conn.execute(
+            "SELECT SUM(pgsize) FROM dbstat WHERE name = 'event_log'"
+        ).fetchone()
+    (world,) = (harmonic_home / "cdt_states").glob("*.npz")
+    db = (harmonic_home / "ublox.db").stat().st_size
+    export = (harmonic_home / "export.json").stat().st_size
+    old_export = (RELEASE_0_1_0 / "export.json").stat().st_size
+    total = du_b(harmonic_home)
+    rest = total - db - world.stat().st_size - export
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    stated = (
+        f"`du -b -s --exclude=backups H` is about {round(total / 1000)} KB: db {db:,} bytes"
+        f" (of which the event log's {events} events take {event_bytes:,}), world file"
+        f" {world.stat().st_size:,}, export {export:,} (down from {old_export:,} in 0.1.0"
+        " by deflating byte-shuffled arrays), folders and lock about"
+        f" {round(rest / 1000)} KB"
+    )
+    assert stated in readme

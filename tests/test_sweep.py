@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ublox_sim.core.errors import InvalidInput
 from ublox_sim.sim import sweep as S
 from ublox_sim.sim.scenario import ScenarioError, load_scenario
 
@@ -185,33 +186,62 @@ def test_a_killed_sweep_rerun_skips_finished_cells_and_ends_identical(tmp_path: 
     assert rerun.stderr.count(" skipped in ") == len(finished)
 
 
-def test_a_bad_set_value_fails_its_cell_with_the_scenarios_error_and_the_others_finish(
-    tmp_path: Path,
-) -> None:
+def test_a_bad_set_value_exits_2_naming_it_before_anything_is_written(tmp_path: Path) -> None:
     args = ("--seeds", "1", "--set", "world.coupling=0.5,-3,2",
             *(a for f in FIXED for a in ("--set", f)))  # fmt: skip
     result = sweep(tmp_path / "sweep", *args, jobs=2)
-    assert result.returncode == 1
+    assert result.returncode == 2, result.stdout
     with pytest.raises(ScenarioError) as caught:
         load_scenario(FESTIVAL, overrides=["world.coupling=-3", *FIXED], seed=1)
     expected = str(caught.value)
     assert expected == "--set: world.coupling: must be between 0 and 1e6 (got -3)"
-    failed = json.loads((tmp_path / "sweep" / "failed.json").read_text(encoding="utf-8"))
-    assert [(f["set"]["world.coupling"], f["error"]) for f in failed] == [("-3", expected)]
-    assert expected in result.stderr
-    final = (tmp_path / "sweep" / "final.csv").read_text(encoding="utf-8").splitlines()
-    assert [line.split(",")[2] for line in final[1:]] == ["0.5", "2"]
-    assert "2 of 3 cells done, 1 failed" in result.stdout
+    assert f"error: {expected}" in result.stderr
+    assert not (tmp_path / "sweep").exists()
 
 
-def test_an_unknown_set_key_fails_every_cell_with_the_key_named(tmp_path: Path) -> None:
+def test_an_unknown_set_key_exits_2_with_the_key_named(tmp_path: Path) -> None:
     result = sweep(tmp_path / "sweep", "--seeds", "1-2", "--set", "world.nope=1,2", jobs=1)
-    assert result.returncode == 1
-    failed = json.loads((tmp_path / "sweep" / "failed.json").read_text(encoding="utf-8"))
-    assert len(failed) == 4
-    assert {f["error"] for f in failed} == {
+    assert result.returncode == 2, result.stdout
+    assert (
         "--set: world.nope: unknown key; see scenarios/README.md for the keys this section takes"
-    }
+        in result.stderr
+    )
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_scenario_typo_exits_2_naming_its_file_line_and_key(tmp_path: Path) -> None:
+    text = Path(FESTIVAL).read_text(encoding="utf-8")
+    assert "  coupling:" in text
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(text.replace("  coupling:", "  couplng:", 1), encoding="utf-8")
+    line = text[: text.index("  coupling:")].count("\n") + 1
+    result = subprocess.run(
+        [sys.executable, "-m", "ublox_sim", "sweep", str(typo), "--seeds", "1-2",
+         "--out", str(tmp_path / "sweep")],
+        env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout
+    assert f"{typo}:{line}: world.couplng" in result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_an_out_folder_holding_other_files_is_refused_untouched(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine", encoding="utf-8")
+    result = sweep(mine, *GRID)
+    assert result.returncode == 2, result.stdout
+    assert "is not empty and is not a sweep's folder (notes.txt; no sweep.json)" in result.stderr
+    assert sorted(os.listdir(mine)) == ["notes.txt"]
+    # The library refuses too, whatever calls it.
+    cells = S.grid(FESTIVAL, [("world.coupling", ["0.5"])], [1])
+    with pytest.raises(InvalidInput, match="not a sweep's folder"):
+        S.run_sweep(cells, mine, S.LocalExecutor(1))
+    with pytest.raises(ScenarioError, match=r"world\.nope: unknown key"):
+        S.run_sweep(
+            [S.Cell(FESTIVAL, (("world.nope", "1"),), 1)], tmp_path / "new", S.LocalExecutor(1)
+        )
+    assert sorted(os.listdir(mine)) == ["notes.txt"] and not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize(

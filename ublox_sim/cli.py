@@ -431,12 +431,15 @@ def sweep(
 ) -> None:
     """Run SCENARIO over the grid of --set values times --seeds, each cell in its own home.
 
-    A failed cell is reported and the others go on (exit 1 at the end); running the same
-    command again skips finished cells and resumes checkpointed ones."""
+    The scenario with every --set value and seed is checked first (exit 2, nothing
+    written, if one is refused), and --out must be new, empty or a sweep's folder. A
+    cell that fails is reported and the others go on (exit 1 at the end); running the
+    same command again skips finished cells and resumes checkpointed ones."""
     from .sim.sweep import (
         Executor,
         LocalExecutor,
         SweepProgress,
+        check_sweep,
         grid,
         parse_seeds,
         parse_set,
@@ -451,6 +454,7 @@ def sweep(
     if jobs is not None and jobs < 1:
         raise click.BadParameter(f"at least 1 worker process (got {jobs})", param_hint="--jobs")
     cells = grid(str(scenario), swept, seed_list)
+    check_sweep(cells, out)  # every value and the --out folder, before anything is written
     workers = jobs if jobs is not None else max(1, os.cpu_count() or 1)
 
     def progress(p: SweepProgress) -> None:
@@ -1146,8 +1150,6 @@ def backup_list(home: Path | None, store: str | None, as_json: bool) -> None:
 
         with UbloxLocalStorage(store=target) as storage:
             items, folder = storage.list_backups(), default_backup_root(target)
-        for item in items:
-            item["created"] = item.pop("created_at")
     if as_json:
         click.echo(json.dumps(items, indent=2, sort_keys=True))
         return
@@ -1211,7 +1213,8 @@ def migrate(source: str, target: str) -> None:
     to = _target(None, target)
     if isinstance(to, Home):
         _require_new_home(to, "--to")
-    done = anyio.run(lambda: migrate_store(source, to))
+    src = _existing_store(None, source)  # a mistyped --from creates nothing at either end
+    done = anyio.run(lambda: migrate_store(src, to))
     for line in done.lines():
         click.echo(line)
 

@@ -544,7 +544,13 @@ class BrokenFakeBackend:
 
     def list_backups(self) -> list[dict[str, Any]]:
         return [
-            {"name": name, "created": "", "bytes": 0} for name in _BACKUPS.get(self.location, {})
+            {
+                "name": name,
+                "created": "",
+                "size": 0,
+                "path": str(Path(self.location) / "backups" / name),
+            }
+            for name in _BACKUPS.get(self.location, {})
         ]
 
     async def restore_backup(self, name: str) -> None:

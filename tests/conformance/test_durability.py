@@ -164,7 +164,8 @@ async def test_backup_and_restore_round_trip(
         log = await backend.events_after(0)
         path = await backend.create_backup("before")
         assert path.name == "before"
-        assert "before" in [b["name"] for b in backend.list_backups()]
+        listed = [b for b in backend.list_backups() if b["name"] == "before"]
+        assert len(listed) == 1 and listed[0].keys() == {"name", "created", "size", "path"}
         # Life goes on after the backup...
         await backend.commit(Unit((w.deposit(ALICE, 1_234), w.register("late", 5))))
         await backend.save_world(world_id_for("pto-a"), w.world(99))

@@ -26,7 +26,8 @@
         ├── CorruptCdtFile        a .npz that cannot be loaded safely (names the file)
         ├── BackupError           missing or corrupt backup
         │   ├── BackupExists      (also an AlreadyExists refusal)
-        │   └── InvalidBackupName (also an InvalidId)
+        │   ├── InvalidBackupName (also an InvalidId)
+        │   └── NoSuchBackup      (also an InvalidInput: a name that names none)
         ├── SchemaError           the database is not one we understand
         └── StoreLocked           another writer holds the home
 
@@ -212,3 +213,9 @@ class InvalidBackupName(BackupError, InvalidId):
     """A backup name that would leave ``backups/`` or is not a plain name."""
 
     code = "invalid_backup_name"
+
+
+class NoSuchBackup(BackupError, InvalidInput):
+    """A backup name that names no backup (the caller's mistake, like a bad name)."""
+
+    code = "no_such_backup"

@@ -152,7 +152,8 @@ class _Game:
         async with Engine.open(
             self.home,
             clock=clock,
-            seed=self.seed,
+            # The scenario's seed (``self.seed`` already replaced it), as ``run`` plays it.
+            seed=loaded.scenario.seed if loaded else self.seed,
             world=params,
             max_active=caps.max_active if caps else None,
             idle_timeout=caps.idle_timeout if caps else DEFAULT_IDLE_TIMEOUT,

@@ -16,9 +16,9 @@ player's USD-OBBBA amounts (``events.public``).
   takes it (C events after N did not reach it) and closes with 1013: reconnect
   with ``?since=N`` to get exactly what was missed.
 - Clients only listen: anything they send, text or binary, is ignored. A
-  ``since`` that is not a whole number ≥ 0 is refused at the handshake (the
-  route closes before accepting: HTTP 403); one ahead of the log (a store
-  restored from an older backup) is closed with 1008.
+  ``since`` that is not a whole number ≥ 0 is refused at the handshake: HTTP 400
+  with the API's error body naming ``since`` (``refuse_handshake``); one ahead of
+  the log (a store restored from an older backup) is closed with 1008.
 
 The kernel's socket buffers still hold what was sent before a client stalled;
 bind the server's listening socket with a small ``SO_SNDBUF`` (accepted sockets
@@ -41,6 +41,7 @@ from ..core.errors import ActorClosed, InvalidInput, UbloxError
 from ..core.records import iso
 from ..engine import Engine
 from ..store.sqlite.schema import EVENT_RETENTION
+from .errors import error_json
 from .models import rfc3339
 
 EVENT_BUFFER = 256
@@ -82,8 +83,24 @@ def parse_since(raw: str | None) -> int | None:
     if raw is None:
         return None
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
-        raise InvalidInput(f"since must be a whole number ≥ 0, got {raw!r}")
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise InvalidInput(
+            f"since must be a whole number from 0 to {10**18 - 1} (an event's seq), got {shown!r}"
+        )
     return int(raw)
+
+
+async def refuse_handshake(websocket: WebSocket, message: str) -> None:
+    """Refuse the upgrade: HTTP 400 with ``{"error": {"code": "invalid_since", ...}}``
+    where the server can answer a handshake with a response (uvicorn can), else accept
+    and close with 1008 and ``message`` as the reason (a bare close before accepting
+    would be a 403 that says nothing)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_json(400, "invalid_since", message))
+        return
+    await websocket.accept()
+    reason = message.encode()[:123].decode(errors="ignore")  # a close reason's limit
+    await _close(websocket, StreamStats(), CLOSE_POLICY, reason)
 
 
 async def serve_events(
@@ -270,4 +287,4 @@ async def _close(websocket: WebSocket, stats: StreamStats, code: int, reason: st
             pass  # the client is already gone
 
 
-__all__ = ["EVENT_BUFFER", "StreamStats", "parse_since", "serve_events"]
+__all__ = ["EVENT_BUFFER", "StreamStats", "parse_since", "refuse_handshake", "serve_events"]

@@ -24,7 +24,7 @@ from ..core.errors import InvalidInput
 from ..core.views import PTOInfo
 from . import heatmap
 from .errors import ApiError
-from .event_socket import parse_since, serve_events
+from .event_socket import parse_since, refuse_handshake, serve_events
 from .models import (
     MAX_PAGE,
     MAX_TOP,
@@ -571,8 +571,8 @@ async def events(websocket: WebSocket) -> None:
     server: ServerState = websocket.app.state.server
     try:
         since = parse_since(websocket.query_params.get("since"))
-    except InvalidInput:
-        await websocket.close(code=1008, reason="since must be a whole number ≥ 0")
+    except InvalidInput as exc:
+        await refuse_handshake(websocket, str(exc))
         return
     await serve_events(websocket, server.engine, since=since)
 

@@ -298,6 +298,34 @@ class SweepResult:
         return [r for r in self.results if not r.ok]
 
 
+def check_sweep(cells: Sequence[Cell], out_dir: Path) -> None:
+    """Refuse (``InvalidInput``, nothing written) a sweep that cannot run: ``out_dir``
+    holding something that is not a sweep's folder, or a scenario refused with a cell's
+    ``--set`` values or seed (the scenario's ``file:line: key`` or the ``--set`` key
+    named), which would fail cell after cell. Each value list and each seed is read once."""
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_sweep_dir(out_dir):
+        shown = ", ".join(sorted(p.name for p in out_dir.iterdir())[:3])
+        raise InvalidInput(
+            f"{out_dir} is not empty and is not a sweep's folder ({shown}; no {SWEEP_FILE}):"
+            " use a new or empty --out"
+        )
+    from .scenario import load_scenario
+
+    overrides_read: set[tuple[tuple[str, str], ...]] = set()
+    seeds_read: set[int] = set()
+    for cell in sorted(set(cells), key=Cell.sort_key):
+        if cell.overrides in overrides_read and cell.seed in seeds_read:
+            continue
+        load_scenario(cell.scenario, overrides=cell.set_args, seed=cell.seed)
+        overrides_read.add(cell.overrides)
+        seeds_read.add(cell.seed)
+
+
+def _is_sweep_dir(path: Path) -> bool:
+    """A sweep wrote here (``sweep.json``; ``cells/`` alone if it was killed at once)."""
+    return (path / SWEEP_FILE).is_file() or (path / CELLS).is_dir()
+
+
 def run_sweep(
     cells: Sequence[Cell],
     out_dir: Path,
@@ -305,8 +333,10 @@ def run_sweep(
     progress: ProgressFn | None = None,
 ) -> SweepResult:
     """Run ``cells`` (those finished before are read back, checkpointed ones resume) and
-    write the sweep's tables in ``out_dir``. See the module doc."""
+    write the sweep's tables in ``out_dir``. See the module doc. ``InvalidInput`` before
+    anything is written for a sweep that cannot run (``check_sweep``)."""
     started = time.perf_counter()
+    check_sweep(cells, out_dir)
     cells = sorted(set(cells), key=Cell.sort_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CELLS).mkdir(exist_ok=True)

@@ -263,7 +263,9 @@ class Backend(Protocol):
 
     async def create_backup(self, name: str | None = None) -> Path: ...
 
-    def list_backups(self) -> list[dict[str, Any]]: ...
+    def list_backups(self) -> list[dict[str, Any]]:
+        """Oldest first, each ``{"name", "created", "size", "path"}``: ``created`` in the
+        store's ``YYYY-mm-dd HH:MM:SS+00:00``, ``size`` in bytes, ``path`` the folder."""
 
     async def export_data(self) -> dict[str, Any]:
         """The whole store as the export's JSON-ready dict (see ``store.export``)."""

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from ..core.clock import WALL_CLOCK
-from ..core.errors import BackupError, CorruptCdtFile, InvalidId, InvalidState, StoreError
+from ..core.errors import (
+    BackupError,
+    CorruptCdtFile,
+    InvalidId,
+    InvalidState,
+    NoSuchBackup,
+    StoreError,
+)
 from ..core.ids import check_file_name
 from ..core.logsetup import get_logger
 from ..core.records import iso
@@ -124,7 +131,7 @@ def check_backup(source: Path, *, force: bool = False) -> list[str]:
     refused unless ``force``. Findings about the content (ledger, escrow, tokens) are
     returned as warnings: a backup is a faithful copy, not a judgement of the store."""
     if source.is_symlink() or not source.is_dir():
-        raise BackupError(f"no backup at {source}")
+        raise NoSuchBackup(f"no backup at {source}")
     db = source / "ublox.db"
     if not db.is_file() or db.is_symlink():
         raise BackupError(f"backup {source.name!r} has no ublox.db")

@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from ..core.errors import InvalidInput, StoreError
+from ..core.errors import InvalidInput, StoreError, UnitRejected
 from ..core.logsetup import get_logger
 from ..core.records import PTO, Player, PlaySession, PTSToken, Transaction
 from .cdt import world_file_name
@@ -122,6 +122,10 @@ class _Side:
     async def write(self, unit: list[Statement], content: Content) -> None:
         """The rows (one unit) and the worlds of ``content``."""
         raise NotImplementedError
+
+    def refusal(self, value: Any) -> str | None:
+        """Why this side's database would refuse ``value`` in a row, if it would."""
+        return None
 
     async def has_content(self) -> bool:
         for table, _, _ in TABLES:
@@ -224,6 +228,12 @@ class _Postgres(_Side):
         rows = await self.store.db.fetchall("SELECT world_cdt_id, npz FROM worlds")
         return {str(w): bytes(data) for w, data in rows}
 
+    def refusal(self, value: Any) -> str | None:
+        # SQLite keeps a NUL in a text; PostgreSQL's text refuses it (the whole unit).
+        if isinstance(value, str) and "\x00" in value:
+            return "holds a NUL character, which PostgreSQL refuses in a text"
+        return None
+
     async def write(self, unit: list[Statement], content: Content) -> None:
         from .postgres.backend import SAVE_WORLD
 
@@ -256,6 +266,20 @@ async def _opened(store: Home | PgStore, backup_root: Path | None) -> AsyncItera
             yield _Sqlite(local)
 
 
+def _check_rows(content: Content, source: str, target: _Side) -> None:
+    """``InvalidInput`` naming the first row ``target`` would refuse, before anything is
+    written (the database would only say the value, not where it is)."""
+    for table, cols, _ in TABLES:
+        for row in content.tables[table]:
+            for col, value in zip(cols, row, strict=True):
+                why = target.refusal(value)
+                if why is not None:
+                    raise InvalidInput(
+                        f"{source}: {table} row {cols[0]}={row[0]!r}: {col} {why};"
+                        f" nothing was copied to {target.where}"
+                    )
+
+
 def _insert(table: str, cols: tuple[str, ...], row: Row) -> Statement:
     marks = ", ".join("?" * len(cols))
     return Statement(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", row)
@@ -265,8 +289,9 @@ async def migrate_store(
     source: StoreSpec, target: StoreSpec, *, backup_root: Path | None = None
 ) -> Migration:
     """Copy ``source`` into the new store ``target`` and check both hold the same (see
-    the module docstring). ``InvalidInput`` (nothing written) for the same store twice or
-    a target that is not new; ``StoreError`` if the copy does not compare equal."""
+    the module docstring). ``InvalidInput`` (nothing written) for the same store twice, a
+    target that is not new or a row the target cannot hold (named); ``StoreError`` if the
+    copy does not compare equal."""
     src, dst = resolve_store(source), resolve_store(target)
     if src == dst:
         raise InvalidInput(f"--from and --to are the same store ({src})")
@@ -274,11 +299,15 @@ async def migrate_store(
         if await b.has_content():
             raise InvalidInput(f"{b.where} is not empty: migrate only into a new store")
         content = await a.read()
+        _check_rows(content, a.where, b)
         unit = [
             _insert(table, cols, row) for table, cols, _ in TABLES for row in content.tables[table]
         ]
         unit += b.counter_statements(content.counters)
-        await b.write(unit, content)
+        try:
+            await b.write(unit, content)
+        except UnitRejected as exc:
+            raise UnitRejected(f"{b.where} refused the copy of {a.where}: {exc}") from None
         log.info("store.migrated", source=a.where, target=b.where, rows=len(unit))
         # Both sides, compared as the export and the world bytes say them.
         before = export_text(await a.store.export_data())

@@ -33,16 +33,16 @@ from numpy.typing import NDArray
 from ...core.clock import WALL_CLOCK, Clock
 from ...core.errors import (
     ActorClosed,
-    BackupError,
     BackupExists,
     CorruptCdtFile,
     InvalidBackupName,
     InvalidInput,
+    NoSuchBackup,
     PersistenceError,
     WorldLeased,
 )
 from ...core.events import EventBus
-from ...core.records import PTO, Player, PTSToken, Record, Transaction
+from ...core.records import PTO, Player, PTSToken, Record, Transaction, iso, parse_iso
 from ..backend import (
     Arrays,
     Checkpoint,
@@ -472,7 +472,7 @@ class PostgresBackend:
             version = await self.db.run_read(snapshot)
             manifest = {
                 "name": name,
-                "created_at": self.clock.now().isoformat(),
+                "created": iso(self.clock.now()),
                 "schema_version": version,
                 "tables": list(BACKUP_TABLES),
             }
@@ -484,7 +484,8 @@ class PostgresBackend:
         return target
 
     def list_backups(self) -> list[dict[str, Any]]:
-        """Each backup's name, creation time (UTC ISO) and size in bytes, oldest first."""
+        """Each backup's name, creation time (UTC ISO), size in bytes and path, oldest
+        first: the shape SQLite's listing has (``Backend.list_backups``)."""
         if self.backup_root is None or not self.backup_root.is_dir():
             return []
         found = []
@@ -493,17 +494,21 @@ class PostgresBackend:
             if folder.name.startswith(".") or not manifest.is_file():
                 continue
             meta = json.loads(manifest.read_text())
+            # Older manifests say ``created_at`` (ISO with a "T" and microseconds).
+            created = iso(parse_iso(meta.get("created") or meta["created_at"]))
             size = sum(f.stat().st_size for f in folder.iterdir())
-            found.append({"name": meta["name"], "created_at": meta["created_at"], "size": size})
-        return sorted(found, key=lambda b: (b["created_at"], b["name"]))
+            found.append(
+                {"name": meta["name"], "created": created, "size": size, "path": str(folder)}
+            )
+        return sorted(found, key=lambda b: (b["created"], b["name"]))
 
     def check_backup(self, name: str) -> dict[str, Any]:
-        """Backup ``name``'s manifest; ``BackupError`` if there is no such backup."""
+        """Backup ``name``'s manifest; ``NoSuchBackup`` if there is no such backup."""
         if not _BACKUP_NAME.fullmatch(name):
             raise InvalidBackupName(f"invalid backup name {name!r}")
         manifest_path = self._backup_root() / name / "backup.json"
         if not manifest_path.is_file():
-            raise BackupError(f"no backup at {self._backup_root() / name}")
+            raise NoSuchBackup(f"no backup at {self._backup_root() / name}")
         manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         return manifest
 

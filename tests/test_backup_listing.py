@@ -1,0 +1,74 @@
+"""A backup listing has one shape whatever the backend (``Backend.list_backups``): name,
+created (the store's ``YYYY-mm-dd HH:MM:SS+00:00``), size and path. On PostgreSQL the
+HTTP API's backups answered 500 (``KeyError: 'created'``) while the backup was made.
+Restoring a backup that does not exist is a usage error (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from test_pg_cli import GOLDEN, cli, ok
+
+from ublox_sim.server import ServerConfig, create_app
+from ublox_sim.store.postgres.backend import CLUSTER_ENV
+
+KEY = "backup-admin-key-0123456789"
+OP = {"Authorization": f"Bearer {KEY}"}
+STORE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00")
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+@pytest.mark.anyio
+async def test_backups_over_http_on_postgres(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UBLOX_STORE", pg_url)
+    monkeypatch.setenv("UBLOX_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(CLUSTER_ENV, raising=False)
+    config = ServerConfig(admin_key=KEY, allowed_hosts=("testserver",), tick_seconds=None)
+    app = create_app(config=config)
+    async with app.api.router.lifespan_context(app.api):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            made = await client.post("/api/backups", json={"name": "nightly"}, headers=OP)
+            assert made.status_code == 201, made.text
+            assert made.json()["name"] == "nightly" and made.json()["size"] > 0
+            assert RFC3339.fullmatch(made.json()["created"]), made.json()
+            listed = await client.get("/api/backups", headers=OP)
+            assert listed.status_code == 200, listed.text
+            assert listed.json() == [made.json()]
+
+
+def test_backup_list_json_has_one_shape_on_both_backends(pg_url: str, tmp_path: Path) -> None:
+    home = tmp_path / "default"
+    sqlite_home = tmp_path / "sqlite"
+    listings = []
+    for where in (["--home", str(sqlite_home)], ["--store", pg_url]):
+        ok(cli("import", *where, str(GOLDEN), home=home))
+        made = Path(ok(cli("backup", "create", "first", *where, home=home)).strip())
+        listed = json.loads(ok(cli("backup", "list", "--json", *where, home=home)))
+        assert [b["name"] for b in listed] == ["first"]
+        assert listed[0]["path"] == str(made)
+        assert STORE_TIME.fullmatch(listed[0]["created"]), listed
+        assert listed[0]["size"] > 0
+        listings.append(listed[0])
+    assert listings[0].keys() == listings[1].keys() == {"name", "created", "size", "path"}
+
+
+def test_restoring_a_backup_that_does_not_exist_is_a_usage_error(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Exit 2 (README: a usage or input error), not 1 (a run or a check failed)."""
+    home = tmp_path / "default"
+    for where in (["--home", str(tmp_path / "sqlite")], ["--store", pg_url]):
+        ok(cli("import", *where, str(GOLDEN), home=home))
+        before = ok(cli("export", *where, "-o", "-", home=home))
+        done = cli("backup", "restore", "nosuch", *where, home=home)
+        assert done.returncode == 2, (where, done.stderr)
+        assert "error: no backup at " in done.stderr and done.stderr.rstrip().endswith("nosuch")
+        assert ok(cli("export", *where, "-o", "-", home=home)) == before
+        assert json.loads(ok(cli("backup", "list", "--json", *where, home=home))) == []
