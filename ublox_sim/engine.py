@@ -93,7 +93,7 @@ from .core.errors import (
 from .core.events import EventBus, Subscription
 from .core.ids import check_file_name, check_id
 from .core.logsetup import get_logger
-from .core.money import Amount, to_cents, to_decimal
+from .core.money import Amount, check_credit, to_cents, to_decimal
 from .core.records import PTO, Player, iso
 from .core.shard import Sessions, Shard, TickOutcome, WorldShards
 from .core.tasks import joined_or_owned
@@ -740,6 +740,17 @@ class Engine:
         if await self.store.load_player(player_id) is None:
             raise UnknownPlayer(f"no player {player_id!r}")
 
+    async def _require_room(self, player_id: str, cents: int) -> None:
+        """``_require_player``, and ``BalanceLimit`` if crediting ``cents`` would take its
+        acknowledged balance (its actor's, or the row's) past the money limit."""
+        actor = self._players.active(player_id)
+        player = actor.state if actor is not None else None
+        if player is None and isinstance(player_id, str):
+            player = await self.store.load_player(player_id)
+        if player is None:
+            raise UnknownPlayer(f"no player {player_id!r}")
+        check_credit(player.usd_obbba_balance, cents, f"a transfer to {player_id!r}")
+
     async def _require_pto(self, pto_id: str) -> PTO:
         pto = await self.store.load_pto(pto_id) if isinstance(pto_id, str) else None
         if pto is None:
@@ -960,7 +971,7 @@ class Engine:
         """Move USD-OBBBA between two players; returns the sender."""
         cents = to_cents(amount, allow_zero=False)
         await self._require_player(from_id)
-        await self._require_player(to_id)
+        await self._require_room(to_id, cents)
         if from_id == to_id:
             raise InvalidInput("transfer to oneself")
         at = self._now()

@@ -8,6 +8,8 @@ The one home of money's names and shapes:
 
 * the currencies: ``USD`` (``"USD-OBBBA"``) and ``XUSD`` (``"xUSD"``), ``CURRENCIES``, and
   the type ``Currency``;
+* the one bound on a balance: ``check_credit`` (a credit that would pass ``MAX_CENTS``
+  is refused: a store, an export and an import all hold balances to it);
 * one parse: ``to_cents`` (exact; refuses fractions of a cent) and, for values drawn at
   random by a scenario, ``round_to_cent`` (rounds to the nearest cent);
 * the shapes out: ``to_decimal`` (exact ``Decimal`` major units, the Engine's API),
@@ -21,7 +23,7 @@ import math
 from decimal import Decimal, InvalidOperation
 from typing import Final, Literal, get_args
 
-from .errors import InvalidAmount
+from .errors import BalanceLimit, InvalidAmount
 from .limits import CENTS_DIGITS as _MAX_DIGITS
 from .limits import MAX_CENTS as MAX_CENTS  # re-exported: money's bound lives in limits
 
@@ -84,6 +86,17 @@ def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -
     if result > MAX_CENTS:
         raise InvalidAmount(f"{what} {amount!r} exceeds the limit of {MAX_CENTS // 100}")
     return result
+
+
+def check_credit(balance: int, amount: int, what: str) -> None:
+    """Refuse (``BalanceLimit``) crediting ``amount`` cents to a ``balance`` of cents when
+    the sum would pass ``MAX_CENTS``: ``import`` refuses such a balance, and SQL integers
+    overflow far beyond it. ``what`` names the credit: ``"deposit to 'alice'"``."""
+    if balance + amount > MAX_CENTS:
+        raise BalanceLimit(
+            f"{what} of {format_cents(amount)} would take the balance of {format_cents(balance)}"
+            f" past the limit of {format_cents(MAX_CENTS)}: nothing changed"
+        )
 
 
 def from_cents(cents: int) -> float:
