@@ -34,6 +34,7 @@ from ublox_sim.core.clock import SimClock
 from ublox_sim.core.errors import (
     AlreadyExists,
     BackupError,
+    BalanceLimit,
     InsufficientFunds,
     InvalidInput,
     InvalidState,
@@ -498,9 +499,11 @@ class Checker:
         expect: Expect = (
             InvalidInput
             if money is None
-            else None
-            if model.known_player(player_id)
             else UnknownPlayer
+            if not model.known_player(player_id)
+            else BalanceLimit
+            if model.usd[player_id] + money > MAX_CENTS
+            else None
         )
         info = await self.call(
             "deposit",
@@ -524,6 +527,8 @@ class Checker:
             expect = UnknownPlayer
         elif source == target:
             expect = InvalidInput
+        elif model.usd[target] + money > MAX_CENTS:  # checked before the sender decides
+            expect = BalanceLimit
         elif model.usd[source] < money:
             expect = InsufficientFunds
         else:

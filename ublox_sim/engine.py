@@ -971,9 +971,9 @@ class Engine:
         """Move USD-OBBBA between two players; returns the sender."""
         cents = to_cents(amount, allow_zero=False)
         await self._require_player(from_id)
-        await self._require_room(to_id, cents)
         if from_id == to_id:
             raise InvalidInput("transfer to oneself")
+        await self._require_room(to_id, cents)
         at = self._now()
         self._check_open()
         message = SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt)
