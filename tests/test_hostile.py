@@ -833,8 +833,10 @@ def _launch_args_ok(
     return (
         isinstance(game_name, str)
         and 1 <= len(game_name) <= 200
+        and "\x00" not in game_name  # no store holds a NUL the same way
         and isinstance(description, str)
         and len(description) <= 10_000
+        and "\x00" not in description
         and oracle_whole(atu, 0, 10**12)
         and oracle_whole(offered, 1, 10**9)
         and money is not None

@@ -53,6 +53,8 @@ MAX_GAME_NAME = int(L.GAME_NAME.max)
 MAX_DESCRIPTION = int(L.DESCRIPTION.max)
 MAX_PAGE = int(L.TRANSACTIONS_PAGE.max)
 MAX_TOP = int(L.LEADERBOARD_TOP.max)
+# Free text: no NUL, which PostgreSQL cannot store (JSON parsing refuses lone surrogates).
+TEXT_PATTERN = L.STORABLE_TEXT_PATTERN
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
 BACKUP_NAME_PATTERN = ID_PATTERN
 
@@ -189,7 +191,9 @@ class NewToken(Body):
 
 class NewPTO(Body):
     pto_id: Id
-    game_name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_GAME_NAME)]
+    game_name: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_GAME_NAME, pattern=TEXT_PATTERN)
+    ]
     creator_id: Id
     atu_required: Annotated[int, Field(ge=0, le=MAX_ATU), _NUMBER]
     pts_offered: Annotated[int, Field(ge=1, le=MAX_PTS_OFFERED), _NUMBER]
@@ -201,7 +205,9 @@ class NewPTO(Body):
             json_schema_extra={"format": "date-time"},
         ),
     ]
-    description: Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)] = ""
+    description: Annotated[
+        str, StringConstraints(max_length=MAX_DESCRIPTION, pattern=TEXT_PATTERN)
+    ] = ""
     amplification: Annotated[float, Field(strict=True, ge=0, le=MAX_AMPLIFICATION)] = 100.0
 
 
