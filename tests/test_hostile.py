@@ -274,8 +274,11 @@ def valid_file_name(value: object) -> bool:
 def oracle_cents(value: object, *, allow_zero: bool = True) -> int | None:
     """Exact cents for a documented amount (Decimal, int, float by its repr, numeric str),
     or None when it must be rejected: not a number, not finite, negative, a fraction of a
-    cent (never rounded), zero where not allowed, beyond 10**13 major units."""
+    cent (never rounded), zero where not allowed, beyond 10**13 major units. Text is
+    ASCII digits with at most two decimals, as in the HTTP API (no "1e3", " 5 ", "-0")."""
     if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]+(\.[0-9]{1,2})?", value):
         return None
     try:
         if isinstance(value, float):

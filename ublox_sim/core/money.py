@@ -20,6 +20,7 @@ The one home of money's names and shapes:
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Final, Literal, get_args
 
@@ -38,9 +39,15 @@ CURRENCIES: Final[tuple[Currency, ...]] = get_args(Currency)
 
 Amount = Decimal | int | float | str
 
+# Money as text, the same rule as the HTTP API's (``limits.HTTP_AMOUNT_PATTERN`` adds its
+# bound): ASCII digits and at most two decimals. ``Decimal`` alone would also read
+# " 5 ", "5.", ".5", "1e3", "-0" and other scripts' digits ("٣" is 3).
+_DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
+
 
 def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -> int:
-    """Major units (Decimal, int, float or numeric string) → exact non-negative cents.
+    """Major units (Decimal, int, float, or decimal text such as ``"5.00"``) → exact
+    non-negative cents.
 
     Computed from the number's digits with integers only: Decimal arithmetic would
     round past 28 digits (so 1.000…001 would pass as whole cents) or overflow.
@@ -54,13 +61,18 @@ def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -
             return cents
     if isinstance(amount, bool):
         raise InvalidAmount(f"{what} must be a number, not a bool")
+    if isinstance(amount, str) and not _DECIMAL_TEXT.fullmatch(amount):
+        raise InvalidAmount(
+            f'{what} must be a decimal string such as "5.00" (ASCII digits, no sign, no'
+            f" spaces, at most two decimals), got {amount!r}"
+        )
     try:
         if isinstance(amount, float):
             if not math.isfinite(amount):
                 raise InvalidAmount(f"{what} must be finite, got {amount!r}")
             value = Decimal(repr(amount))
         elif isinstance(amount, Decimal | int | str):
-            value = Decimal(amount.strip() if isinstance(amount, str) else amount)
+            value = Decimal(amount)
         else:
             raise InvalidAmount(f"{what} must be a number, got {type(amount).__name__}")
     except (InvalidOperation, ValueError) as exc:
