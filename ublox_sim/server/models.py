@@ -68,6 +68,11 @@ def _number_not_bool_or_text(value: object) -> object:
 
 # After the Field in an Annotated, so the range stays in the JSON schema.
 _NUMBER = BeforeValidator(_number_not_bool_or_text)
+# Money's whole-number branch is also strict: JSON Schema calls 5.0 an integer, but money
+# is "never a float" (README), so a client that sends 1.0 or 1e2 learns it at once rather
+# than when a float of a larger amount loses a cent. JSON Schema cannot say it: the
+# descriptions do.
+_WHOLE = "a whole number written without a decimal point (5, not 5.0 or 5e0)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,30 +99,28 @@ class _OneError:
 def _amount_error(what: str, most: int) -> _OneError:
     return _OneError(
         f'must be {what}: a decimal string such as "5.00" (no sign, at most two decimals)'
-        f" or a whole number, below {most + 1:,}"
+        f" or a whole number (5, not 5.0: never a float), below {most + 1:,}"
     )
 
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN), Field(description=ID_HELP)]
 Amount = Annotated[
     Annotated[str, StringConstraints(pattern=AMOUNT_PATTERN)]
-    | Annotated[int, Field(ge=0, le=MAX_WHOLE_AMOUNT), _NUMBER],
+    | Annotated[int, Field(ge=0, le=MAX_WHOLE_AMOUNT, strict=True), _NUMBER],
     _amount_error("an amount of zero or more", MAX_WHOLE_AMOUNT),
-    Field(description="USD-OBBBA in major units: an exact decimal string or a whole number"),
+    Field(description=f"USD-OBBBA in major units: an exact decimal string or {_WHOLE}"),
 ]
 PositiveAmount = Annotated[
     Annotated[str, StringConstraints(pattern=POSITIVE_AMOUNT_PATTERN)]
-    | Annotated[int, Field(ge=1, le=MAX_WHOLE_AMOUNT), _NUMBER],
+    | Annotated[int, Field(ge=1, le=MAX_WHOLE_AMOUNT, strict=True), _NUMBER],
     _amount_error("a positive amount", MAX_WHOLE_AMOUNT),
-    Field(
-        description="a positive amount in major units: an exact decimal string or a whole number"
-    ),
+    Field(description=f"a positive amount in major units: an exact decimal string or {_WHOLE}"),
 ]
 Price = Annotated[
     Annotated[str, StringConstraints(pattern=PRICE_PATTERN)]
-    | Annotated[int, Field(ge=1, le=MAX_PRICE), _NUMBER],
+    | Annotated[int, Field(ge=1, le=MAX_PRICE, strict=True), _NUMBER],
     _amount_error("a positive price", MAX_PRICE),
-    Field(description="price of one PTS (one hour) in major units"),
+    Field(description=f"price of one PTS (one hour) in major units: a decimal string or {_WHOLE}"),
 ]
 Money = Annotated[
     str,
