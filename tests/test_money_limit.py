@@ -23,7 +23,7 @@ from ublox_sim.store.sync import UbloxLocalStorage
 from ublox_sim.store.verify import verify_store
 
 pytestmark = pytest.mark.anyio
-LIMIT = "10000000000000.00"  # how the refusal names the limit
+LIMIT = "10000000000000:"  # how the refusal names the limit (as to_cents does)
 KEY = "operator-key-for-tests-0123456789"
 
 

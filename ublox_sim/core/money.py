@@ -107,7 +107,7 @@ def check_credit(balance: int, amount: int, what: str) -> None:
     if balance + amount > MAX_CENTS:
         raise BalanceLimit(
             f"{what} of {format_cents(amount)} would take the balance of {format_cents(balance)}"
-            f" past the limit of {format_cents(MAX_CENTS)}: nothing changed"
+            f" past the limit of {MAX_CENTS // 100}: nothing changed"
         )
 
 
