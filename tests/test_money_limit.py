@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ublox_sim import Engine, SimClock
-from ublox_sim.core.errors import BalanceLimit
+from ublox_sim import BalanceLimit, Engine, SimClock
 from ublox_sim.core.limits import MAX_CENTS, MAX_MONEY
 from ublox_sim.core.money import to_decimal
 from ublox_sim.server import ServerConfig, create_app
