@@ -96,6 +96,23 @@ class _OneError:
         return union
 
 
+@dataclasses.dataclass(frozen=True)
+class _TextError:
+    """A free-text field's one problem, whatever broke (its length, a NUL, not text):
+    the limit's own words, as the Engine and scenario files say them, rather than a
+    regex. The JSON schema is unchanged."""
+
+    limit: L.Limit
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        message = f"{self.limit.text_rule()}, without NUL (\\u0000)"
+        return core_schema.custom_error_schema(
+            handler(source), custom_error_type="invalid_text", custom_error_message=message
+        )
+
+
 def _amount_error(what: str, most: int) -> _OneError:
     return _OneError(
         f'must be {what}: a decimal string such as "5.00" (no sign, at most two decimals)'
@@ -195,7 +212,9 @@ class NewToken(Body):
 class NewPTO(Body):
     pto_id: Id
     game_name: Annotated[
-        str, StringConstraints(min_length=1, max_length=MAX_GAME_NAME, pattern=TEXT_PATTERN)
+        str,
+        StringConstraints(min_length=1, max_length=MAX_GAME_NAME, pattern=TEXT_PATTERN),
+        _TextError(L.GAME_NAME),
     ]
     creator_id: Id
     atu_required: Annotated[int, Field(ge=0, le=MAX_ATU), _NUMBER]
@@ -209,7 +228,9 @@ class NewPTO(Body):
         ),
     ]
     description: Annotated[
-        str, StringConstraints(max_length=MAX_DESCRIPTION, pattern=TEXT_PATTERN)
+        str,
+        StringConstraints(max_length=MAX_DESCRIPTION, pattern=TEXT_PATTERN),
+        _TextError(L.DESCRIPTION),
     ] = ""
     amplification: Annotated[float, Field(strict=True, ge=0, le=MAX_AMPLIFICATION)] = 100.0
 
