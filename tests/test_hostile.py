@@ -34,6 +34,7 @@ from ublox_sim.core.clock import SimClock
 from ublox_sim.core.errors import (
     AlreadyExists,
     BackupError,
+    BalanceLimit,
     InsufficientFunds,
     InvalidInput,
     InvalidState,
@@ -273,8 +274,11 @@ def valid_file_name(value: object) -> bool:
 def oracle_cents(value: object, *, allow_zero: bool = True) -> int | None:
     """Exact cents for a documented amount (Decimal, int, float by its repr, numeric str),
     or None when it must be rejected: not a number, not finite, negative, a fraction of a
-    cent (never rounded), zero where not allowed, beyond 10**13 major units."""
+    cent (never rounded), zero where not allowed, beyond 10**13 major units. Text is
+    ASCII digits with at most two decimals, as in the HTTP API (no "1e3", " 5 ", "-0")."""
     if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]+(\.[0-9]{1,2})?", value):
         return None
     try:
         if isinstance(value, float):
@@ -498,9 +502,11 @@ class Checker:
         expect: Expect = (
             InvalidInput
             if money is None
-            else None
-            if model.known_player(player_id)
             else UnknownPlayer
+            if not model.known_player(player_id)
+            else BalanceLimit
+            if model.usd[player_id] + money > MAX_CENTS
+            else None
         )
         info = await self.call(
             "deposit",
@@ -524,6 +530,8 @@ class Checker:
             expect = UnknownPlayer
         elif source == target:
             expect = InvalidInput
+        elif model.usd[target] + money > MAX_CENTS:  # checked before the sender decides
+            expect = BalanceLimit
         elif model.usd[source] < money:
             expect = InsufficientFunds
         else:
@@ -828,8 +836,10 @@ def _launch_args_ok(
     return (
         isinstance(game_name, str)
         and 1 <= len(game_name) <= 200
+        and "\x00" not in game_name  # no store holds a NUL the same way
         and isinstance(description, str)
         and len(description) <= 10_000
+        and "\x00" not in description
         and oracle_whole(atu, 0, 10**12)
         and oracle_whole(offered, 1, 10**9)
         and money is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -26,7 +27,20 @@ from ublox_sim.core.money import MAX_CENTS, to_cents
 )
 def test_a_decimal_gives_its_exact_cents(text: str, cents: int) -> None:
     assert to_cents(Decimal(text)) == cents
-    assert to_cents(text) == cents  # the string path: the same digits, the general checks
+    if re.fullmatch(r"[0-9]+(\.[0-9]{1,2})?", text):  # money as text: the HTTP API's rule
+        assert to_cents(text) == cents  # the string path: the same digits, the general checks
+    else:
+        with pytest.raises(InvalidAmount, match="decimal string"):
+            to_cents(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["  5 ", "5 ", "5.", ".5", "\u0663", "1e3", "1E+2", "-0", "+5", "1_000", "5.000", ""]
+)
+def test_text_that_is_not_plain_decimal_digits_is_refused_as_http_refuses_it(text: str) -> None:
+    # Decimal() reads all of these (" 5 " as 5, "\u0663", an Arabic-Indic digit, as 3).
+    with pytest.raises(InvalidAmount, match="decimal string such as"):
+        to_cents(text)
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,7 @@ from .core.errors import (
 from .core.events import EventBus, Subscription
 from .core.ids import check_file_name, check_id
 from .core.logsetup import get_logger
-from .core.money import Amount, to_cents, to_decimal
+from .core.money import Amount, check_credit, to_cents, to_decimal
 from .core.records import PTO, Player, iso
 from .core.shard import Sessions, Shard, TickOutcome, WorldShards
 from .core.tasks import joined_or_owned
@@ -522,6 +522,11 @@ class Engine:
         same time. By default they may (``$UBLOX_CLUSTER=0`` says otherwise), except in
         checkpointed mode; ``shared=False`` holds it alone, 1.4-1.7x faster for one
         process. Each refuses the other with ``StoreLocked`` (``store.postgres.mode``)."""
+        if home == "" or store == "":  # Path("") is the current folder: never meant
+            raise InvalidInput(
+                "an empty home or store names no store: give a folder or a postgresql:// URL"
+                " (or neither, for the default)"
+            )
         params = check_world(world or WorldParams())  # before anything is opened
         resolved = resolve_store(store, home=home)
         clock = clock or WallClock()
@@ -739,6 +744,17 @@ class Engine:
             return
         if await self.store.load_player(player_id) is None:
             raise UnknownPlayer(f"no player {player_id!r}")
+
+    async def _require_room(self, player_id: str, cents: int) -> None:
+        """``_require_player``, and ``BalanceLimit`` if crediting ``cents`` would take its
+        acknowledged balance (its actor's, or the row's) past the money limit."""
+        actor = self._players.active(player_id)
+        player = actor.state if actor is not None else None
+        if player is None and isinstance(player_id, str):
+            player = await self.store.load_player(player_id)
+        if player is None:
+            raise UnknownPlayer(f"no player {player_id!r}")
+        check_credit(player.usd_obbba_balance, cents, f"a transfer to {player_id!r}")
 
     async def _require_pto(self, pto_id: str) -> PTO:
         pto = await self.store.load_pto(pto_id) if isinstance(pto_id, str) else None
@@ -960,9 +976,9 @@ class Engine:
         """Move USD-OBBBA between two players; returns the sender."""
         cents = to_cents(amount, allow_zero=False)
         await self._require_player(from_id)
-        await self._require_player(to_id)
         if from_id == to_id:
             raise InvalidInput("transfer to oneself")
+        await self._require_room(to_id, cents)
         at = self._now()
         self._check_open()
         message = SendTransfer(to_id=to_id, amount=cents, at=at, receipt=receipt)

@@ -40,7 +40,7 @@ import anyio
 from ..core import events as ev
 from ..core.economy import apply_to_player, check_funds, tau_k_after
 from ..core.errors import Conflict, conflict_of
-from ..core.money import to_cents, to_decimal
+from ..core.money import check_credit, to_cents, to_decimal
 from ..core.records import Player
 from ..store.backend import Backend, Chain, Committed, Receipt, Unit
 from .messages import (
@@ -191,6 +191,7 @@ class PlayerActor(Actor[PlayerMessage]):
             case GetPlayer():
                 return dataclasses.replace(self.state)
             case Deposit(amount=amount, at=at, receipt=receipt):
+                check_credit(self._ceiling(), amount, f"a deposit to {self.state.player_id!r}")
                 deposited = ev.Deposited(
                     at=at, player_id=self.state.player_id, amount=to_decimal(amount)
                 )
@@ -211,6 +212,7 @@ class PlayerActor(Actor[PlayerMessage]):
                 return Physics(s.position_x, s.position_y, s.phase, s.resonance_freq, s.tau_k)
             case ApplySession() as s:
                 await self._idle.wait()  # tau_k moves from the acknowledged value
+                check_credit(self.state.xUSD_balance, s.xusd, f"the xUSD {s.pto_id!r} composed")
                 return await self._decide((*self._session_events(s),), s.receipt, s.chain)
             case _:
                 assert_never(message)
@@ -225,6 +227,19 @@ class PlayerActor(Actor[PlayerMessage]):
             if isinstance(e, ev.Transferred) and e.from_id == me
         )
         return self.state.usd_obbba_balance - sum(self._reserved.values()) - leaving
+
+    def _ceiling(self) -> int:
+        """The USD-OBBBA balance once the deposits in flight commit (debits in flight not
+        taken off): a deposit is held to the money limit against it, whatever becomes of
+        the units in flight."""
+        me = self.state.player_id
+        coming = sum(
+            to_cents(e.amount)
+            for events in self._inflight.values()
+            for e in events
+            if isinstance(e, ev.Deposited) and e.player_id == me
+        )
+        return self.state.usd_obbba_balance + coming
 
     def _session_events(self, s: ApplySession) -> list[ev.Event]:
         # Two sessions of one player in two worlds may overlap: both count, counters

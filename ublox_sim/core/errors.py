@@ -6,6 +6,7 @@
     │   └── InvalidId
     ├── Refusal                   an economic rule said no; nothing changed
     │   ├── InsufficientFunds
+    │   ├── BalanceLimit          a credit would take a balance past the money limit
     │   ├── SharesUnavailable
     │   ├── InvalidState
     │   ├── UnknownPlayer
@@ -65,6 +66,13 @@ class Refusal(UbloxError):
 
 class InsufficientFunds(Refusal):
     code = "insufficient_funds"
+
+
+class BalanceLimit(Refusal):
+    """A credit (deposit, transfer, play's xUSD) would take a balance past the money
+    limit (``limits.MAX_MONEY``), which every store and every export must hold."""
+
+    code = "balance_limit"
 
 
 class SharesUnavailable(Refusal):

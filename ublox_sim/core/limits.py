@@ -103,11 +103,24 @@ class Limit:
         return number
 
     def check_length(self, value: object, what: str | None = None) -> str:
-        """Text whose length is within this (integer) limit."""
+        """Text whose length is within this (integer) limit, and that every store holds."""
         what = what or self.name
-        if not isinstance(value, str) or not self.contains(len(value)):
-            raise InvalidInput(f"{what} must be text of {self.describe()} characters")
+        fault = self.text_fault(value) if isinstance(value, str) else None
+        if not isinstance(value, str) or fault is not None:
+            raise InvalidInput(f"{what} {fault or self.text_rule()}")
         return value
+
+    def text_rule(self) -> str:
+        return f"must be text of {self.describe()} characters"
+
+    def text_fault(self, value: str) -> str | None:
+        """What is wrong with ``value`` as a text this (integer) limit bounds the length of,
+        or None: the length, or a character no store holds (``storable_text``)."""
+        if not self.contains(len(value)):
+            return self.text_rule()
+        if not storable_text(value):
+            return UNSTORABLE_TEXT_RULE
+        return None
 
     def up_to(self, high: Number) -> Limit:
         """The same limit with a smaller maximum (a position on a smaller world)."""
@@ -133,7 +146,13 @@ class Limit:
         """``Field(min_length=…, max_length=…)`` for a text whose length this limit bounds."""
         from pydantic import Field
 
-        return Field(*default, min_length=int(self.min), max_length=int(self.max), **kwargs)
+        return Field(
+            *default,
+            min_length=int(self.min),
+            max_length=int(self.max),
+            pattern=STORABLE_TEXT_PATTERN,
+            **kwargs,
+        )
 
     def annotated(self) -> Any:
         """``Annotated[int | float, Field(...)]`` for models built at run time."""
@@ -300,6 +319,21 @@ ID_LENGTH = Limit("id", 1, 128, integer=True)
 # Ids that become file or folder names (PTO ids, world ids, backup names); no ".." either.
 FILE_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 URL_SAFE_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{ID_LENGTH.max - 1}}}$"
+# Text no store holds, refused wherever text enters (the Engine, request bodies, scenario
+# files, imports) rather than by the store: PostgreSQL's text refuses NUL (SQLite took it,
+# so the backends disagreed), and an unpaired surrogate has no UTF-8 at all. Ids refuse
+# every control character (``ids.check_id``); free text (a description) may hold newlines.
+_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_TEXT_RULE = "must not contain a NUL character (\\u0000) or an unpaired surrogate"
+# For a JSON schema: a JSON parser already refuses unpaired surrogates in strings.
+STORABLE_TEXT_PATTERN = "^[^\\x00]*$"
+
+
+def storable_text(value: str) -> bool:
+    """Whether every store can hold ``value`` as it is (no NUL, no unpaired surrogate)."""
+    return _UNSTORABLE_TEXT.search(value) is None
+
+
 GAME_NAME = Limit("game_name", 1, 200, integer=True)
 DESCRIPTION = Limit("description", 0, 10_000, integer=True)
 SCENARIO_NAME = Limit("name", 1, 200, integer=True)

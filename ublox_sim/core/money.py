@@ -8,6 +8,8 @@ The one home of money's names and shapes:
 
 * the currencies: ``USD`` (``"USD-OBBBA"``) and ``XUSD`` (``"xUSD"``), ``CURRENCIES``, and
   the type ``Currency``;
+* the one bound on a balance: ``check_credit`` (a credit that would pass ``MAX_CENTS``
+  is refused: a store, an export and an import all hold balances to it);
 * one parse: ``to_cents`` (exact; refuses fractions of a cent) and, for values drawn at
   random by a scenario, ``round_to_cent`` (rounds to the nearest cent);
 * the shapes out: ``to_decimal`` (exact ``Decimal`` major units, the Engine's API),
@@ -18,10 +20,11 @@ The one home of money's names and shapes:
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Final, Literal, get_args
 
-from .errors import InvalidAmount
+from .errors import BalanceLimit, InvalidAmount
 from .limits import CENTS_DIGITS as _MAX_DIGITS
 from .limits import MAX_CENTS as MAX_CENTS  # re-exported: money's bound lives in limits
 
@@ -36,9 +39,15 @@ CURRENCIES: Final[tuple[Currency, ...]] = get_args(Currency)
 
 Amount = Decimal | int | float | str
 
+# Money as text, the same rule as the HTTP API's (``limits.HTTP_AMOUNT_PATTERN`` adds its
+# bound): ASCII digits and at most two decimals. ``Decimal`` alone would also read
+# " 5 ", "5.", ".5", "1e3", "-0" and other scripts' digits ("٣" is 3).
+_DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
+
 
 def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -> int:
-    """Major units (Decimal, int, float or numeric string) → exact non-negative cents.
+    """Major units (Decimal, int, float, or decimal text such as ``"5.00"``) → exact
+    non-negative cents.
 
     Computed from the number's digits with integers only: Decimal arithmetic would
     round past 28 digits (so 1.000…001 would pass as whole cents) or overflow.
@@ -52,13 +61,18 @@ def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -
             return cents
     if isinstance(amount, bool):
         raise InvalidAmount(f"{what} must be a number, not a bool")
+    if isinstance(amount, str) and not _DECIMAL_TEXT.fullmatch(amount):
+        raise InvalidAmount(
+            f'{what} must be a decimal string such as "5.00" (ASCII digits, no sign, no'
+            f" spaces, at most two decimals), got {amount!r}"
+        )
     try:
         if isinstance(amount, float):
             if not math.isfinite(amount):
                 raise InvalidAmount(f"{what} must be finite, got {amount!r}")
             value = Decimal(repr(amount))
         elif isinstance(amount, Decimal | int | str):
-            value = Decimal(amount.strip() if isinstance(amount, str) else amount)
+            value = Decimal(amount)
         else:
             raise InvalidAmount(f"{what} must be a number, got {type(amount).__name__}")
     except (InvalidOperation, ValueError) as exc:
@@ -84,6 +98,17 @@ def to_cents(amount: Amount, *, what: str = "amount", allow_zero: bool = True) -
     if result > MAX_CENTS:
         raise InvalidAmount(f"{what} {amount!r} exceeds the limit of {MAX_CENTS // 100}")
     return result
+
+
+def check_credit(balance: int, amount: int, what: str) -> None:
+    """Refuse (``BalanceLimit``) crediting ``amount`` cents to a ``balance`` of cents when
+    the sum would pass ``MAX_CENTS``: ``import`` refuses such a balance, and SQL integers
+    overflow far beyond it. ``what`` names the credit: ``"deposit to 'alice'"``."""
+    if balance + amount > MAX_CENTS:
+        raise BalanceLimit(
+            f"{what} of {format_cents(amount)} would take the balance of {format_cents(balance)}"
+            f" past the limit of {MAX_CENTS // 100}: nothing changed"
+        )
 
 
 def from_cents(cents: int) -> float:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Final, Literal, TypeVar, get_args
 
 from .errors import InvalidInput
+from .limits import UNSTORABLE_TEXT_RULE, storable_text
 from .money import from_cents, to_cents
 
 
@@ -212,6 +213,8 @@ def _check_type(owner: str, name: str, annotation: str, value: object) -> None:
     }.get(base, True)
     if not ok:
         raise InvalidInput(f"{owner}.{name} must be {annotation}, got {value!r}")
+    if isinstance(value, str) and not storable_text(value):
+        raise InvalidInput(f"{owner}.{name} {UNSTORABLE_TEXT_RULE}, got {value!r}")
 
 
 def metadata_json(metadata: Mapping[str, Any] | None) -> str | None:

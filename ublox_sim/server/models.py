@@ -53,6 +53,8 @@ MAX_GAME_NAME = int(L.GAME_NAME.max)
 MAX_DESCRIPTION = int(L.DESCRIPTION.max)
 MAX_PAGE = int(L.TRANSACTIONS_PAGE.max)
 MAX_TOP = int(L.LEADERBOARD_TOP.max)
+# Free text: no NUL, which PostgreSQL cannot store (JSON parsing refuses lone surrogates).
+TEXT_PATTERN = L.STORABLE_TEXT_PATTERN
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
 BACKUP_NAME_PATTERN = ID_PATTERN
 
@@ -66,6 +68,11 @@ def _number_not_bool_or_text(value: object) -> object:
 
 # After the Field in an Annotated, so the range stays in the JSON schema.
 _NUMBER = BeforeValidator(_number_not_bool_or_text)
+# Money's whole-number branch is also strict: JSON Schema calls 5.0 an integer, but money
+# is "never a float" (README), so a client that sends 1.0 or 1e2 learns it at once rather
+# than when a float of a larger amount loses a cent. JSON Schema cannot say it: the
+# descriptions do.
+_WHOLE = "a whole number written without a decimal point (5, not 5.0 or 5e0)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,33 +96,48 @@ class _OneError:
         return union
 
 
+@dataclasses.dataclass(frozen=True)
+class _TextError:
+    """A free-text field's one problem, whatever broke (its length, a NUL, not text):
+    the limit's own words, as the Engine and scenario files say them, rather than a
+    regex. The JSON schema is unchanged."""
+
+    limit: L.Limit
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        message = f"{self.limit.text_rule()}, without NUL (\\u0000)"
+        return core_schema.custom_error_schema(
+            handler(source), custom_error_type="invalid_text", custom_error_message=message
+        )
+
+
 def _amount_error(what: str, most: int) -> _OneError:
     return _OneError(
         f'must be {what}: a decimal string such as "5.00" (no sign, at most two decimals)'
-        f" or a whole number, below {most + 1:,}"
+        f" or a whole number (5, not 5.0: never a float), below {most + 1:,}"
     )
 
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN), Field(description=ID_HELP)]
 Amount = Annotated[
     Annotated[str, StringConstraints(pattern=AMOUNT_PATTERN)]
-    | Annotated[int, Field(ge=0, le=MAX_WHOLE_AMOUNT), _NUMBER],
+    | Annotated[int, Field(ge=0, le=MAX_WHOLE_AMOUNT, strict=True), _NUMBER],
     _amount_error("an amount of zero or more", MAX_WHOLE_AMOUNT),
-    Field(description="USD-OBBBA in major units: an exact decimal string or a whole number"),
+    Field(description=f"USD-OBBBA in major units: an exact decimal string or {_WHOLE}"),
 ]
 PositiveAmount = Annotated[
     Annotated[str, StringConstraints(pattern=POSITIVE_AMOUNT_PATTERN)]
-    | Annotated[int, Field(ge=1, le=MAX_WHOLE_AMOUNT), _NUMBER],
+    | Annotated[int, Field(ge=1, le=MAX_WHOLE_AMOUNT, strict=True), _NUMBER],
     _amount_error("a positive amount", MAX_WHOLE_AMOUNT),
-    Field(
-        description="a positive amount in major units: an exact decimal string or a whole number"
-    ),
+    Field(description=f"a positive amount in major units: an exact decimal string or {_WHOLE}"),
 ]
 Price = Annotated[
     Annotated[str, StringConstraints(pattern=PRICE_PATTERN)]
-    | Annotated[int, Field(ge=1, le=MAX_PRICE), _NUMBER],
+    | Annotated[int, Field(ge=1, le=MAX_PRICE, strict=True), _NUMBER],
     _amount_error("a positive price", MAX_PRICE),
-    Field(description="price of one PTS (one hour) in major units"),
+    Field(description=f"price of one PTS (one hour) in major units: a decimal string or {_WHOLE}"),
 ]
 Money = Annotated[
     str,
@@ -189,7 +211,11 @@ class NewToken(Body):
 
 class NewPTO(Body):
     pto_id: Id
-    game_name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_GAME_NAME)]
+    game_name: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_GAME_NAME, pattern=TEXT_PATTERN),
+        _TextError(L.GAME_NAME),
+    ]
     creator_id: Id
     atu_required: Annotated[int, Field(ge=0, le=MAX_ATU), _NUMBER]
     pts_offered: Annotated[int, Field(ge=1, le=MAX_PTS_OFFERED), _NUMBER]
@@ -201,7 +227,11 @@ class NewPTO(Body):
             json_schema_extra={"format": "date-time"},
         ),
     ]
-    description: Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)] = ""
+    description: Annotated[
+        str,
+        StringConstraints(max_length=MAX_DESCRIPTION, pattern=TEXT_PATTERN),
+        _TextError(L.DESCRIPTION),
+    ] = ""
     amplification: Annotated[float, Field(strict=True, ge=0, le=MAX_AMPLIFICATION)] = 100.0
 
 

@@ -308,8 +308,9 @@ def text_within(limit: Limit) -> Within:
     """A text whose length is inside ``limit``, said as ``Limit.check_length`` says it."""
 
     def check(value: str) -> str:
-        if not limit.contains(len(value)):
-            raise ValueError(f"must be text of {limit.describe()} characters")
+        fault = limit.text_fault(value)
+        if fault is not None:
+            raise ValueError(fault)
         return value
 
     return Within(check, limit)

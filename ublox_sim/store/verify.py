@@ -280,21 +280,22 @@ def store_findings(conn: sqlite3.Connection, cdt_dir: Path) -> list[Finding]:
     return findings
 
 
-def verify_store(home: Path) -> list[Finding]:
+def verify_store(home: str | os.PathLike[str]) -> list[Finding]:
     """Open ``home/ublox.db`` read-only and run every check, CDT files included."""
-    db_path = home / "ublox.db"
+    root = Path(home)
+    db_path = root / "ublox.db"
     if not db_path.is_file():
         return [Finding("store", str(db_path), "no database here")]
     # Read-write mode only so that closing tidies the -wal/-shm files; nothing is written.
     # A read-only home cannot hold SQLite's shared-memory file, so read it as immutable.
-    writable = os.access(home, os.W_OK) and os.access(db_path, os.W_OK)
+    writable = os.access(root, os.W_OK) and os.access(db_path, os.W_OK)
     query = "mode=rw" if writable else "mode=ro&immutable=1"
     try:
         conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?{query}", uri=True)
     except sqlite3.Error as exc:
         return [Finding("store", str(db_path), f"cannot open: {exc}")]
     try:
-        return store_findings(conn, home / "cdt_states")
+        return store_findings(conn, root / "cdt_states")
     except sqlite3.DatabaseError as exc:
         return [Finding("integrity", str(db_path), f"not a usable database: {exc}")]
     finally:
