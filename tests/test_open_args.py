@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from ublox_sim import Engine, verify_store
+from ublox_sim import Engine, UbloxLocalStorage, verify_store
+from ublox_sim.cli import main as cli
 from ublox_sim.core.errors import InvalidInput
 
 pytestmark = pytest.mark.anyio
@@ -31,3 +33,27 @@ async def test_verify_store_takes_a_path_as_text(tmp_path: Path) -> None:
     assert verify_store(str(tmp_path / "home")) == []
     assert verify_store(tmp_path / "home") == []
     assert [f.message for f in verify_store(str(tmp_path / "none"))] == ["no database here"]
+
+
+@pytest.mark.parametrize("where", [{"home": ""}, {"store": " "}])
+def test_the_facade_refuses_an_empty_store_and_creates_nothing(
+    where: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInput, match="empty home or store"):
+        UbloxLocalStorage(**where)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["stats"], ["export", "-o", "-"], ["demo"], ["run", "scenarios/harmonic_caverns.yaml"]],
+)
+def test_the_cli_refuses_an_empty_home_with_a_usage_error(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, [*command, "--home", ""])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--home': an empty name" in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -150,9 +150,22 @@ def _existing_store(home: Path | None, store: str | None = None) -> Home | PgSto
     return target
 
 
+class Folder(click.Path):
+    """A folder option's path; an empty one is refused (click would read ``--home ""``
+    as the current folder, where a store would appear unasked)."""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty name: give a folder", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 home_option = click.option(
     "--home",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=Folder(),
     default=None,
     help="Store folder (default: $UBLOX_HOME, else ~/.ublox).",
 )
@@ -186,7 +199,7 @@ def main(log_format: str, verbose: int) -> None:
 @main.command()
 @click.option(
     "--home",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=Folder(),
     default=None,
     help="Keep the demo's store in this new (or empty) folder "
     "(default: a temporary home, deleted when the demo ends).",
@@ -406,7 +419,7 @@ RAY_LOCAL = "local"  # `sweep --ray` given alone: a local Ray instance for the s
 @click.option("--jobs", type=int, default=None, help="Worker processes (default: the CPU count).")
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=Folder(),
     required=True,
     help="The sweep's folder (cells' homes and tables); rerun to resume.",
 )
@@ -516,7 +529,7 @@ def _duration(seconds: float) -> str:
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=Folder(),
     default=None,
     help="Where the figures go (default: PATH/plots).",
 )

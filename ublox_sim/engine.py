@@ -522,11 +522,6 @@ class Engine:
         same time. By default they may (``$UBLOX_CLUSTER=0`` says otherwise), except in
         checkpointed mode; ``shared=False`` holds it alone, 1.4-1.7x faster for one
         process. Each refuses the other with ``StoreLocked`` (``store.postgres.mode``)."""
-        if home == "" or store == "":  # Path("") is the current folder: never meant
-            raise InvalidInput(
-                "an empty home or store names no store: give a folder or a postgresql:// URL"
-                " (or neither, for the default)"
-            )
         params = check_world(world or WorldParams())  # before anything is opened
         resolved = resolve_store(store, home=home)
         clock = clock or WallClock()

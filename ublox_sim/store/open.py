@@ -114,6 +114,12 @@ def resolve_store(
     Nothing -> ``$UBLOX_STORE`` if set, else the default home."""
     if spec is not None and home is not None:
         raise InvalidInput(f"give a home or a store, not both (home={home}, store={spec})")
+    if (isinstance(spec, str) and not spec.strip()) or (isinstance(home, str) and not home.strip()):
+        # Path("") is the current folder: a store would appear there unasked.
+        raise InvalidInput(
+            "an empty home or store names no store: give a folder or a postgresql:// URL"
+            " (or neither, for the default)"
+        )
     if spec is None:
         spec = home
     if spec is None:
