@@ -10,6 +10,7 @@ from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import pytest
 from engine_helpers import launch
 
@@ -19,6 +20,7 @@ from ublox_sim.core.errors import UbloxError
 from ublox_sim.core.records import PTSToken
 from ublox_sim.core.views import TokenInfo
 from ublox_sim.engine import Engine
+from ublox_sim.store.backend import Unit
 from ublox_sim.store.sqlite import rows
 
 TABLES = (
@@ -67,7 +69,7 @@ async def bought(home: Path, *, bulk: bool, monkeypatch: pytest.MonkeyPatch) -> 
                 while True:
                     try:
                         heard.append(dataclasses.astuple(events.receive_nowait()))
-                    except Exception:  # noqa: BLE001 - WouldBlock: all heard
+                    except anyio.WouldBlock:  # all heard
                         break
         assert bool(used) == bulk
     outcome = [r.token_id if isinstance(r, TokenInfo) else type(r).__name__ for r in results]
@@ -163,3 +165,24 @@ async def test_a_refused_unit_of_purchases_by_kind_changes_nothing(tmp_path: Pat
         assert all(isinstance(r, UbloxError) for r in results)
         assert snapshot() == before
         assert (await engine.get_player("a")).usd_obbba_balance == Decimal(100)
+
+
+@pytest.mark.asyncio
+async def test_a_unit_of_purchases_by_kind_for_a_buyer_that_does_not_exist_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The ledger rows go unchecked: the token's foreign key refuses the unknown buyer,
+    and the unit with it."""
+    async with Engine.open(tmp_path, seed=2, clock=SimClock()) as engine:
+        await engine.register_players([(p, Decimal(100), 1.0, None) for p in ("a", "creator")])
+        await launch(engine, "x", offered=10, price=1)
+        unit = Unit((_sale("x", "a", 1, 1, 1, 10), _sale("x", "ghost", 2, 1, 2, 10)))
+        assert rows._is_purchases(unit.events)
+        with pytest.raises(UbloxError):
+            await engine.store.commit(unit)
+        with closing(sqlite3.connect(tmp_path / "ublox.db")) as conn:
+            assert conn.execute("SELECT count(*) FROM pts_tokens").fetchone() == (0,)
+            assert conn.execute(
+                "SELECT count(*) FROM transactions WHERE tx_type = 'investment'"
+            ).fetchone() == (0,)
+            assert conn.execute("SELECT pts_sold FROM ptos").fetchone() == (0,)

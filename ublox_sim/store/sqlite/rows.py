@@ -677,8 +677,13 @@ def _log_registered(
 
 # -- a unit of many purchases (Engine.buy_many): one statement per kind (SQLite) ----------
 
-_INVESTMENT = _CHECKED_TX[_PLAYER_SIDES["investment"]]
-assert _PLAYER_SIDES["investment"] == ("from",)
+# The ledger row of a purchase whose token (the same unit, just before) names its buyer:
+# the token's foreign key refuses a buyer that does not exist, so the row needs no check
+# of its own (``ledger_row``'s) and goes as multi-row INSERTs.
+_INSERT_INVESTMENT = (
+    "INSERT INTO transactions (tx_type, from_player, to_player, amount, currency, pto_id,"
+    f" timestamp) VALUES ('investment', ?, ?, ?, '{USD}', ?, ?)"
+)
 
 
 def _is_purchases(events: Sequence[ev.Event]) -> bool:
@@ -706,7 +711,8 @@ def _bulk_purchases(
     """Purchases' rows as one run per statement kind, each run in the events' order:
     the debits, the sales, the fundings, the tokens, the ledger rows, the log rows. The
     same rows, ids and values as event by event (``_rows`` then ``_log`` per event:
-    tests/test_buy_bulk.py holds them equal): the tokens, ledger rows and log rows are
+    tests/test_buy_bulk.py holds them equal; a buyer that does not exist refuses the unit
+    at its token's foreign key): the tokens, ledger rows and log rows are
     numbered in the same order; a PTO's sales and its funding stay in order; and the
     debits only lower balances, so a balance goes below zero (the CHECK refusing the
     unit) in this order exactly when it does in the events' order."""
@@ -730,9 +736,7 @@ def _bulk_purchases(
             debits.append((-price, holder))
             sales.append((event.pts_sold - hours, FUNDING, hours, price, pto_id))
             tokens.append(to_row(token))
-            ledger.append(
-                (None, "investment", holder, pto_id, price, USD, pto_id, event.at, None, holder)
-            )
+            ledger.append((holder, pto_id, price, pto_id, event.at))
         else:
             fundings.append((FUNDING, IN_PROGRESS, event.pto_id))
         log.append((event.kind, event.at, payload(event)))
@@ -748,7 +752,7 @@ def _bulk_purchases(
         Statement.many(_USD_DELTA, debits),
         Statement.many(_SHARES_SOLD, sales),
         Statement.many(_INSERT_TOKEN, tokens),
-        Statement.many(_INVESTMENT, ledger),
+        Statement.many(_INSERT_INVESTMENT, ledger),
         Statement(_INSERT_EVENT, rows=log, want_rowid=True, on_commit=committed),
     ]
     if fundings:
