@@ -694,11 +694,10 @@ def _is_purchases(events: Sequence[ev.Event]) -> bool:
         return False
     funded: set[str] = set()
     for event in events:
-        kind = type(event)
-        if kind is ev.SharesBought:
+        if isinstance(event, ev.SharesBought):
             if event.pto_id in funded or event.token is None:
                 return False
-        elif kind is ev.PTOFunded:
+        elif isinstance(event, ev.PTOFunded):
             funded.add(event.pto_id)
         else:
             return False
@@ -724,20 +723,17 @@ def _bulk_purchases(
     log: list[tuple[object, ...]] = []
     payload = ev.payload
     for event in events:
-        if type(event) is ev.SharesBought:
+        if isinstance(event, ev.SharesBought):
             token = event.token
             assert token is not None
-            price, holder, pto_id, hours = (
-                token.purchase_price,
-                token.holder,
-                event.pto_id,
-                event.hours,
-            )
+            price, holder, hours = token.purchase_price, token.holder, event.hours
+            pto_id = event.pto_id
             debits.append((-price, holder))
             sales.append((event.pts_sold - hours, FUNDING, hours, price, pto_id))
             tokens.append(to_row(token))
             ledger.append((holder, pto_id, price, pto_id, event.at))
         else:
+            assert isinstance(event, ev.PTOFunded)
             fundings.append((FUNDING, IN_PROGRESS, event.pto_id))
         log.append((event.kind, event.at, payload(event)))
 
