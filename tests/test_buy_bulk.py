@@ -186,3 +186,27 @@ async def test_a_unit_of_purchases_by_kind_for_a_buyer_that_does_not_exist_is_re
                 "SELECT count(*) FROM transactions WHERE tx_type = 'investment'"
             ).fetchone() == (0,)
             assert conn.execute("SELECT pts_sold FROM ptos").fetchone() == (0,)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("max_active", [2, 100])
+async def test_usd_balances_are_each_players_usd_balance(tmp_path: Path, max_active: int) -> None:
+    """Read at once (``Runner.investors``), whatever few actors may stay active: the same
+    figures as one ``usd_balance`` each, an unknown id left out."""
+    async with Engine.open(tmp_path, seed=2, clock=SimClock(), max_active=max_active) as engine:
+        usd = {"a": Decimal("1.25"), "b": Decimal(0), "c": Decimal(7), "creator": Decimal(0)}
+        await engine.register_players([(p, v, 1.0, None) for p, v in usd.items()])
+        await launch(engine, "x", offered=10, price=1)
+        await engine.buy_pts("c", "x", 2)
+        asked = ["c", "ghost", "a", "b", "a"]
+        balances = await engine.usd_balances(asked)
+        assert balances == {"a": 125, "b": 0, "c": 500}
+        assert balances == {p: b for p in asked if (b := await engine.usd_balance(p)) is not None}
+
+
+@pytest.mark.asyncio
+async def test_usd_balances_on_a_shared_postgresql_store(pg_url: str) -> None:
+    async with Engine.open(store=pg_url, clock=SimClock()) as engine:
+        assert engine.store.shared
+        await engine.register_players([("a", Decimal("2.50"), 1.0, None), ("b", 3, 1.0, None)])
+        assert await engine.usd_balances(["b", "nobody", "a"]) == {"b": 300, "a": 250}
