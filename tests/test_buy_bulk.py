@@ -210,3 +210,14 @@ async def test_usd_balances_on_a_shared_postgresql_store(pg_url: str) -> None:
         assert engine.store.shared
         await engine.register_players([("a", Decimal("2.50"), 1.0, None), ("b", 3, 1.0, None)])
         assert await engine.usd_balances(["b", "nobody", "a"]) == {"b": 300, "a": 250}
+
+
+def test_bulk_purchase_inserts_run_as_one_prepared_statement_not_multi_row_inserts() -> None:
+    """A tick's few hundred purchases: ``executemany`` of one cached statement, not a
+    multi-row INSERT whose text (and compiled statement in the cache) changes with the
+    count of rows every tick."""
+    from ublox_sim.store.sqlite.writer import _multi_row
+
+    for sql in (rows._INSERT_TOKENS, rows._INSERT_INVESTMENT, rows._INSERT_EVENTS):
+        assert _multi_row(sql) is None, sql
+    assert rows._INSERT_EVENTS.replace("?1, ?2, ?3", "?, ?, ?") == rows._INSERT_EVENT

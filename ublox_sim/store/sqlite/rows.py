@@ -682,8 +682,21 @@ def _log_registered(
 # of its own (``ledger_row``'s) and goes as multi-row INSERTs.
 _INSERT_INVESTMENT = (
     "INSERT INTO transactions (tx_type, from_player, to_player, amount, currency, pto_id,"
-    f" timestamp) VALUES ('investment', ?, ?, ?, '{USD}', ?, ?)"
+    f" timestamp) VALUES ('investment', ?1, ?2, ?3, '{USD}', ?4, ?5)"
 )
+
+
+def _params_numbered(sql: str) -> str:
+    """``sql`` with its ``?`` numbered ``?1``, ``?2``...: the writer then runs its rows with
+    ``executemany`` (one prepared statement, reused every tick) rather than as multi-row
+    INSERTs, whose text (so a statement compiled and cached) differs with each count of
+    rows: a tick's purchases are a few hundred rows, not the thousands that pay for it."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"?{k}{part}" for k, part in enumerate(parts[1:], 1))
+
+
+_INSERT_TOKENS = _params_numbered(_INSERT_TOKEN)
+_INSERT_EVENTS = _params_numbered(_INSERT_EVENT)
 
 
 def _is_purchases(events: Sequence[ev.Event]) -> bool:
@@ -747,9 +760,9 @@ def _bulk_purchases(
     out = [
         Statement.many(_USD_DELTA, debits),
         Statement.many(_SHARES_SOLD, sales),
-        Statement.many(_INSERT_TOKEN, tokens),
+        Statement.many(_INSERT_TOKENS, tokens),
         Statement.many(_INSERT_INVESTMENT, ledger),
-        Statement(_INSERT_EVENT, rows=log, want_rowid=True, on_commit=committed),
+        Statement(_INSERT_EVENTS, rows=log, want_rowid=True, on_commit=committed),
     ]
     if fundings:
         out.insert(2, Statement.many(_PTO_FUNDED, fundings))
