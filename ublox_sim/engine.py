@@ -998,6 +998,29 @@ class Engine:
             return None
         return actor.state.usd_obbba_balance
 
+    async def usd_balances(self, player_ids: Iterable[str]) -> dict[str, int]:
+        """``usd_balance`` of many players at once: those not active are activated
+        together (one store query, as ``activate_players``), the balances then read from
+        their actors' memory; an unknown id is left out. On a shared store, store reads
+        (a point loader coalesces them)."""
+        self._check_open()
+        ids = list(dict.fromkeys(player_ids))
+        out: dict[str, int] = {}
+        if getattr(self.store, "shared", False):
+            loaded = await asyncio.gather(*map(self.store.load_player, ids))
+            for player_id, player in zip(ids, loaded, strict=True):
+                if player is not None:
+                    out[player_id] = player.usd_obbba_balance
+            return out
+        await self._players.get_many(ids)
+        for player_id in ids:
+            actor = self._players.active(player_id)
+            if actor is not None:
+                out[player_id] = actor.state.usd_obbba_balance
+            elif (balance := await self.usd_balance(player_id)) is not None:
+                out[player_id] = balance  # passivated since (few actors may be active)
+        return out
+
     async def activate_players(self, player_ids: Iterable[str]) -> None:
         """Bring these players into memory together: those not active are read in one
         store query rather than one each (unknown ids are skipped). Only an aid to speed:
@@ -1217,7 +1240,7 @@ class Engine:
             else:
                 one.done(outcome)
             try:
-                sale = one.sale.outcome()
+                sale = one.sale.outcome()  # the PTO's own objects, not copies: read at once
                 assert isinstance(sale, Sale)
                 results[k] = TokenInfo.of(sale.token)
             except UbloxError as exc:

@@ -408,7 +408,8 @@ class PTOActor(Actor[PTOMessage]):
         and each may count on the ones before it, the last share included. Units queued
         before are waited for first (nothing else is in flight then); this actor then
         holds every other message until the asker calls ``submitted``."""
-        await self._idle.wait()
+        if self._inflight:  # (idle: no turn of the loop for nothing, a tick asks 100 PTOs)
+            await self._idle.wait()
         staged: list[Staged | UbloxError] = []
         undo: list[Callable[[], None]] = []
         held = anyio.Event()
@@ -416,7 +417,7 @@ class PTOActor(Actor[PTOMessage]):
         try:
             for player_id, hours in buys:
                 try:
-                    events, sold, unsold = await self._sell(player_id, hours, at)
+                    events, sold, unsold = await self._sell(player_id, hours, at, copies=False)
                 except UbloxError as exc:
                     staged.append(exc)
                     continue
@@ -440,10 +441,13 @@ class PTOActor(Actor[PTOMessage]):
         held.set()
 
     async def _sell(
-        self, player_id: str, hours: int, at: str
+        self, player_id: str, hours: int, at: str, *, copies: bool = True
     ) -> tuple[tuple[ev.Event, ...], Callable[[Committed], Sale], Callable[[], None]]:
         """A purchase decided against the pending state, its price set aside by the buyer:
-        its events, what answers it once committed, and what undoes the reservation."""
+        its events, what answers it once committed, and what undoes the reservation.
+        Without ``copies`` the answer holds the token of the events and this actor's own
+        state, not copies of them: for a caller that reads them at once and keeps
+        neither (``Engine._buy_segment``; the token is never changed, the state is)."""
         decision = purchase(self._pending, hours)
         pto_id = self.state.pto_id
         reservation = self.players.reserve_now(player_id, decision.price, pto_id)
@@ -480,6 +484,8 @@ class PTOActor(Actor[PTOMessage]):
 
         def sold(committed: Committed) -> Sale:
             self.players.settle(player_id, reservation.ticket, True)
+            if not copies:
+                return Sale(token, self.state)
             return Sale(dataclasses.replace(token), dataclasses.replace(self.state))
 
         def unsold() -> None:

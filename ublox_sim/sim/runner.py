@@ -509,8 +509,8 @@ class Runner:
                 continue
             picks = self.rng.integers(0, len(funding), len(chosen))
             hours = draw_settled(rule.hours, self.rng, len(chosen), L.PTS_HOURS)
-            # Their balances are read below one by one: activated together first.
-            await e.activate_players(candidates[int(index)] for index in chosen)
+            # Activated together, their balances read at once (none moves until buy_many).
+            balances = await e.usd_balances(candidates[int(index)] for index in chosen)
             purchases: list[tuple[str, str, int]] = []
             for index, pick, want in zip(chosen, picks, hours, strict=True):
                 player_id = candidates[int(index)]
@@ -519,7 +519,7 @@ class Runner:
                     continue
                 cap = max(1, int(pto.pts_offered * rule.max_share))
                 left = pto.pts_offered - pto.pts_sold
-                balance = await e.usd_balance(player_id)
+                balance = balances.get(player_id)
                 if balance is None:
                     continue
                 affordable = balance // pto.price_per_pts

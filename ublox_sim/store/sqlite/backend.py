@@ -191,7 +191,9 @@ class SqliteBackend:
         statements: list[list[Statement]] = []
         callbacks: list[Callable[[list[int] | BaseException], None]] = []
         for unit, before in zip(units, befores, strict=True):
-            stmts, landed = rows.unit_statements(unit, self.bus.publish, bulk_sessions=True)
+            stmts, landed = rows.unit_statements(
+                unit, self.bus.publish, bulk_sessions=True, bulk_purchases=True
+            )
             self._submitted += 1
             statements.append(stmts if unit.chain is None else Chained(stmts, unit.chain))
             callbacks.append(self._acked(landed, self._submitted, before, done))

@@ -45,6 +45,7 @@ from .tables import columns, insert_sql, to_row
 from .writer import Statement
 
 _INSERT_TX = insert_sql(Transaction)
+_INSERT_TOKEN = insert_sql(PTSToken)
 # economy.tau_k_after(tau_k, q) is a * tau_k + b * (c * q): the session guard computes it
 # in SQL with the same IEEE operations in the same order (tests/test_cluster.py pins it).
 TAU_K_STEP = (0.9, 0.1, 10.0)
@@ -60,7 +61,7 @@ def insert_pto(pto: PTO) -> Statement:
 
 
 def insert_token(token: PTSToken) -> Statement:
-    return Statement(insert_sql(PTSToken), to_row(token))
+    return Statement(_INSERT_TOKEN, to_row(token))
 
 
 def ledger_row(
@@ -118,11 +119,11 @@ def _checked_insert(sides: tuple[str, ...]) -> str:
 _CHECKED_TX = {sides: _checked_insert(sides) for sides in set(_PLAYER_SIDES.values())}
 
 
+_USD_DELTA = "UPDATE players SET usd_obbba_balance = usd_obbba_balance + ? WHERE player_id = ?"
+
+
 def usd_delta(player_id: str, delta: int) -> Statement:
-    return Statement(
-        "UPDATE players SET usd_obbba_balance = usd_obbba_balance + ? WHERE player_id = ?",
-        (delta, player_id),
-    )
+    return Statement(_USD_DELTA, (delta, player_id))
 
 
 def pto_failed(pto_id: str, refunded: int) -> Statement:
@@ -135,13 +136,15 @@ def pto_failed(pto_id: str, refunded: int) -> Statement:
     )
 
 
+_SHARES_SOLD = (
+    "UPDATE ptos SET pts_sold = CASE WHEN pts_sold = ? AND status = ? THEN pts_sold + ? END,"
+    " funding_raised = funding_raised + ? WHERE pto_id = ?"
+)
+
+
 def shares_sold(pto_id: str, hours: int, price: int, sold_before: int) -> Statement:
     """A sale, only if the PTO still funds and has sold exactly what its actor saw."""
-    return Statement(
-        "UPDATE ptos SET pts_sold = CASE WHEN pts_sold = ? AND status = ? THEN pts_sold + ? END,"
-        " funding_raised = funding_raised + ? WHERE pto_id = ?",
-        (sold_before, FUNDING, hours, price, pto_id),
-    )
+    return Statement(_SHARES_SOLD, (sold_before, FUNDING, hours, price, pto_id))
 
 
 _PTO_SESSION = "UPDATE ptos SET xUSD_pool = xUSD_pool + ?, aci_coherence_score = ? WHERE pto_id = ?"
@@ -269,12 +272,12 @@ def receipt_session(
     )
 
 
+_PTO_FUNDED = "UPDATE ptos SET status = CASE WHEN status = ? THEN ? END WHERE pto_id = ?"
+
+
 def pto_funded(pto_id: str) -> Statement:
     """Funding -> in progress, only from funding (the sale before it checked the shares)."""
-    return Statement(
-        "UPDATE ptos SET status = CASE WHEN status = ? THEN ? END WHERE pto_id = ?",
-        (FUNDING, IN_PROGRESS, pto_id),
-    )
+    return Statement(_PTO_FUNDED, (FUNDING, IN_PROGRESS, pto_id))
 
 
 def pto_atu_spent(pto_id: str, atu_spent: int, units: int) -> Statement:
@@ -299,7 +302,11 @@ def pto_completed(pto_id: str, at: str) -> Statement:
 
 
 def unit_statements(
-    unit: Unit, publish: Callable[[ev.Event], None], *, bulk_sessions: bool = False
+    unit: Unit,
+    publish: Callable[[ev.Event], None],
+    *,
+    bulk_sessions: bool = False,
+    bulk_purchases: bool = False,
 ) -> tuple[list[Statement], list[ev.Event]]:
     """The rows of ``unit``'s events, in the unit's order, then its receipt.
 
@@ -312,6 +319,8 @@ def unit_statements(
         out.extend(_bulk_registration(unit.events, landed, publish))
     elif bulk_sessions and unit.receipt is None and _is_tick(unit.events):
         out.extend(_tick_sessions(unit.events, landed, publish))
+    elif bulk_purchases and unit.receipt is None and _is_purchases(unit.events):
+        out.extend(_bulk_purchases(unit.events, landed, publish))
     else:
         for index, event in enumerate(unit.events):
             out.extend(_rows(event))
@@ -663,6 +672,100 @@ def _log_registered(
     out = _many(_INSERT_REGISTERED, 2, values)
     last = out[-1]
     out[-1] = Statement(last.sql, rows=last.rows, want_rowid=True, on_commit=committed)
+    return out
+
+
+# -- a unit of many purchases (Engine.buy_many): one statement per kind (SQLite) ----------
+
+# The ledger row of a purchase whose token (the same unit, just before) names its buyer:
+# the token's foreign key refuses a buyer that does not exist, so the row needs no check
+# of its own (``ledger_row``'s) and goes as multi-row INSERTs.
+_INSERT_INVESTMENT = (
+    "INSERT INTO transactions (tx_type, from_player, to_player, amount, currency, pto_id,"
+    f" timestamp) VALUES ('investment', ?1, ?2, ?3, '{USD}', ?4, ?5)"
+)
+
+
+def _params_numbered(sql: str) -> str:
+    """``sql`` with its ``?`` numbered ``?1``, ``?2``...: the writer then runs its rows with
+    ``executemany`` (one prepared statement, reused every tick) rather than as multi-row
+    INSERTs, whose text (so a statement compiled and cached) differs with each count of
+    rows: a tick's purchases are a few hundred rows, not the thousands that pay for it."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"?{k}{part}" for k, part in enumerate(parts[1:], 1))
+
+
+_INSERT_TOKENS = _params_numbered(_INSERT_TOKEN)
+_INSERT_EVENTS = _params_numbered(_INSERT_EVENT)
+
+
+def _is_purchases(events: Sequence[ev.Event]) -> bool:
+    """Whether ``events`` are many purchases (and the fundings they made) whose rows may
+    be written kind by kind: no purchase of a PTO after its funding in the unit (the
+    sales check the status the funding moves)."""
+    if len(events) < 2:
+        return False
+    funded: set[str] = set()
+    for event in events:
+        if isinstance(event, ev.SharesBought):
+            if event.pto_id in funded or event.token is None:
+                return False
+        elif isinstance(event, ev.PTOFunded):
+            funded.add(event.pto_id)
+        else:
+            return False
+    return True
+
+
+def _bulk_purchases(
+    events: Sequence[ev.Event], landed: list[ev.Event], publish: Callable[[ev.Event], None]
+) -> list[Statement]:
+    """Purchases' rows as one run per statement kind, each run in the events' order:
+    the debits, the sales, the fundings, the tokens, the ledger rows, the log rows. The
+    same rows, ids and values as event by event (``_rows`` then ``_log`` per event:
+    tests/test_buy_bulk.py holds them equal; a buyer that does not exist refuses the unit
+    at its token's foreign key): the tokens, ledger rows and log rows are
+    numbered in the same order; a PTO's sales and its funding stay in order; and the
+    debits only lower balances, so a balance goes below zero (the CHECK refusing the
+    unit) in this order exactly when it does in the events' order."""
+    debits: list[tuple[object, ...]] = []
+    sales: list[tuple[object, ...]] = []
+    fundings: list[tuple[object, ...]] = []
+    tokens: list[tuple[object, ...]] = []
+    ledger: list[tuple[object, ...]] = []
+    log: list[tuple[object, ...]] = []
+    payload = ev.payload
+    for event in events:
+        if isinstance(event, ev.SharesBought):
+            token = event.token
+            assert token is not None
+            price, holder, hours = token.purchase_price, token.holder, event.hours
+            pto_id = event.pto_id
+            debits.append((-price, holder))
+            sales.append((event.pts_sold - hours, FUNDING, hours, price, pto_id))
+            tokens.append(to_row(token))
+            ledger.append((holder, pto_id, price, pto_id, event.at))
+        else:
+            assert isinstance(event, ev.PTOFunded)
+            fundings.append((FUNDING, IN_PROGRESS, event.pto_id))
+        log.append((event.kind, event.at, payload(event)))
+
+    def committed(ids: Sequence[int]) -> None:
+        first = ids[-1] - len(events) + 1
+        for index, event in enumerate(events):
+            numbered = ev.numbered(event, first + index)
+            landed[index] = numbered
+            publish(numbered)
+
+    out = [
+        Statement.many(_USD_DELTA, debits),
+        Statement.many(_SHARES_SOLD, sales),
+        Statement.many(_INSERT_TOKENS, tokens),
+        Statement.many(_INSERT_INVESTMENT, ledger),
+        Statement(_INSERT_EVENTS, rows=log, want_rowid=True, on_commit=committed),
+    ]
+    if fundings:
+        out.insert(2, Statement.many(_PTO_FUNDED, fundings))
     return out
 
 
