@@ -1615,7 +1615,8 @@ class Engine:
                         )
                 committed = await self._commit_unit(Unit(tuple(events)))
                 self._tick_landed(committed, rows, results)
-                self.worlds.changed(shard, self.store.world_changed)
+                if not self.store.hold_commits:  # (held: every world goes with checkpoints)
+                    self.worlds.changed(shard, self.store.world_changed)
 
     def _tick_events(
         self,
