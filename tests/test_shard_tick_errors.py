@@ -88,3 +88,16 @@ async def test_a_world_loaded_while_stepping_is_stepped_as_if_loaded_first() -> 
     assert _same(a, b)
     for w in first.ids():
         assert first.arrays(w)["theta"].tobytes() == beside.arrays(w)["theta"].tobytes()
+
+
+@pytest.mark.asyncio
+async def test_an_interrupt_beside_a_failing_physics_goes_on_with_the_error_as_its_cause() -> None:
+    shards = _worlds()
+    bad = dataclasses.replace(_sessions(5, 10, 4), steps=np.full(10, 9, dtype=np.int64))
+
+    async def meanwhile() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        await _run(shards, bad, 4, meanwhile)
+    assert isinstance(caught.value.__cause__, ValueError)

@@ -278,12 +278,14 @@ class WorldShards:
                 try:
                     await stepping
                 except Exception as physics:
+                    if beside is None:
+                        raise
                     if isinstance(beside, Exception):  # neither hides the other
                         raise ExceptionGroup(
                             "the tick's physics and the work beside it both failed",
                             [physics, beside],
                         ) from None
-                    raise
+                    raise beside from physics  # a cancellation or an interrupt goes on
             if beside is not None:
                 raise beside
         for k, (shard, sessions) in enumerate(work):
