@@ -229,6 +229,10 @@ def _maker(cls: type[_T]) -> Callable[..., _T]:
 
 _player_info = _maker(PlayerInfo)
 _player_registered = _maker(ev.PlayerRegistered)  # (at, seq, player_id, usd_obbba, record)
+# A tick's events and results, hundreds per tick (fields in each class's order).
+_session_played = _maker(ev.SessionPlayed)
+_phase_lock = _maker(ev.PhaseLock)  # (at, seq, pto_id, player_id, locks)
+_session_result = _maker(SessionResult)
 
 
 class _Figures(NamedTuple):
@@ -1645,7 +1649,8 @@ class Engine:
                         )
                 committed = await self._commit_unit(Unit(tuple(events)))
                 self._tick_landed(committed, rows, results)
-                self.worlds.changed(shard, self.store.world_changed)
+                if not self.store.hold_commits:  # (held: every world goes with checkpoints)
+                    self.worlds.changed(shard, self.store.world_changed)
 
     def _tick_events(
         self,
@@ -1657,40 +1662,52 @@ class Engine:
         tau: dict[str, float],
         at: str,
     ) -> list[ev.Event]:
-        """The sessions' events, decided as a player actor decides them (``ApplySession``)."""
+        """The sessions' events, decided as a player actor decides them (``ApplySession``).
+
+        The outcome's arrays are read as lists once (the same floats: ``tolist`` and
+        ``float`` of an element both give the float64's value), and the events made
+        without their frozen ``__init__`` (``_maker``): hundreds per tick."""
         events: list[ev.Event] = []
+        append = events.append
+        per_hour = self.params.steps_per_hour
+        quality = outcome.quality.tolist()
+        locks = outcome.locks.tolist()
+        phase = outcome.phase.tolist()
+        coherence = outcome.coherence.tolist()
+        locked = outcome.locked_steps.tolist()
+        aci = outcome.aci.tolist()
         for k, (index, slot) in enumerate(rows):
             pto, allocation = allotted[index]
             player = physics[index]
+            player_id = player.player_id
             hours = hours_of[index]
-            quality = float(outcome.quality[k])
-            xusd = compose_xusd(hours, quality, pto.amplification)
+            q = quality[k]
+            xusd = compose_xusd(hours, q, pto.amplification)
             shares = split_by_hours(xusd, allocation)
-            locks = int(outcome.locks[k])
-            after = tau_k_after(tau.get(player.player_id, player.tau_k), quality)
-            tau[player.player_id] = after
-            events.append(
-                ev.SessionPlayed(
-                    at=at,
-                    pto_id=pto.pto_id,
-                    player_id=player.player_id,
-                    session_id=0,
-                    hours=hours,
-                    quality=quality,
-                    xUSD_earned=to_decimal(xusd),
-                    phase_locks=locks,
-                    tau_k=after,
-                    phase=float(outcome.phase[k]),
-                    coherence=float(outcome.coherence[k]),
-                    memory_depth_added=float(outcome.locked_steps[k]) / self.params.steps_per_hour,
-                    aci=float(outcome.aci[slot]),
-                    shares=tuple((t, h, x) for (t, h), x in zip(allocation, shares, strict=True)),
+            after = tau_k_after(tau.get(player_id, player.tau_k), q)
+            tau[player_id] = after
+            n = locks[k]
+            append(
+                _session_played(
+                    at,
+                    0,  # seq
+                    pto.pto_id,
+                    player_id,
+                    0,  # session_id: the store numbers it
+                    hours,
+                    q,
+                    to_decimal(xusd),
+                    n,
+                    after,
+                    phase[k],
+                    coherence[k],
+                    float(locked[k]) / per_hour,
+                    aci[slot],
+                    tuple((t, h, x) for (t, h), x in zip(allocation, shares, strict=True)),
                 )
             )
-            if locks:
-                events.append(
-                    ev.PhaseLock(at=at, pto_id=pto.pto_id, player_id=player.player_id, locks=locks)
-                )
+            if n:
+                append(_phase_lock(at, 0, pto.pto_id, player_id, n))
         return events
 
     async def _commit_unit(self, unit: Unit) -> Committed:
@@ -1705,22 +1722,25 @@ class Engine:
         results: list[SessionResult | UbloxError | None],
     ) -> None:
         """A shard's unit committed: players and PTOs learn it, each session its result."""
-        sessions = [e for e in committed.events if isinstance(e, ev.SessionPlayed)]
+        position = committed.position
         by_pto: dict[str, list[ev.Event]] = {}
+        sessions: list[ev.SessionPlayed] = []
         for event in committed.events:
+            if type(event) is ev.SessionPlayed:
+                sessions.append(event)
             by_pto.setdefault(getattr(event, "pto_id", ""), []).append(event)
         for (index, _), s in zip(rows, sessions, strict=True):
-            self._session_landed(s, committed.position)
-            results[index] = SessionResult(
-                session_id=s.session_id,
-                pto_id=s.pto_id,
-                player_id=s.player_id,
-                hours=s.hours,
-                quality=s.quality,
-                xUSD_earned=s.xUSD_earned,
-                phase_locks=s.phase_locks,
-                memory_depth_added=s.memory_depth_added,
-                tau_k_after=s.tau_k,
+            self._session_landed(s, position)
+            results[index] = _session_result(
+                s.session_id,
+                s.pto_id,
+                s.player_id,
+                s.hours,
+                s.quality,
+                s.xUSD_earned,
+                s.phase_locks,
+                s.memory_depth_added,
+                s.tau_k,
             )
         for pto_id, events in by_pto.items():
             if (actor := self._ptos.current(pto_id)) is not None:

@@ -169,7 +169,9 @@ def show(report: Mapping[str, Any]) -> str:
     out = table(rows, ["simulation", "player-ticks/s", "tick p99 ms", "peak RSS MB"])
     out += (
         f"\n{report['players']:,} players, {report['ptos']} PTOs, {report['ticks']} ticks; "
-        f"system/physics {rng['median']:.3f}× ({rng['min']:.3f}–{rng['max']:.3f}), same final "
+        f"system/physics {rng['median']:.3f}× ({rng['min']:.3f}–{rng['max']:.3f}): ticks "
+        f"{report['system_tick_seconds']['median']:.2f} s against physics "
+        f"{report['physics_tick_seconds']['median']:.2f} s (medians), same final "
         f"theta bit for bit; {report['sessions_per_run']:,} sessions and "
         f"{report['purchases_per_run']:,} purchases per run; setup "
         f"{report['setup_seconds']:.1f} s and checkpoints + export "

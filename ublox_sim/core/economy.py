@@ -210,14 +210,7 @@ def tau_k_after(tau_k: float, quality: float) -> float:
 def apply_to_player(player: Player, event: Event) -> None:
     """Apply ``event`` to ``player`` (in place) as far as it concerns that player."""
     me = player.player_id
-    match event:
-        case Deposited(player_id=pid, amount=amount) if pid == me:
-            player.usd_obbba_balance += to_cents(amount)
-        case Transferred(from_id=source, to_id=target, amount=amount):
-            if source == me:
-                player.usd_obbba_balance -= to_cents(amount)
-            if target == me:
-                player.usd_obbba_balance += to_cents(amount)
+    match event:  # (a tick's sessions first: hundreds per tick)
         case SessionPlayed(player_id=pid) as s if pid == me:
             player.quality_score = s.quality
             player.tau_k = s.tau_k
@@ -227,6 +220,13 @@ def apply_to_player(player: Player, event: Event) -> None:
             player.total_play_time += s.hours
             player.phase_locks_count += s.phase_locks
             player.memory_depth += s.memory_depth_added
+        case Deposited(player_id=pid, amount=amount) if pid == me:
+            player.usd_obbba_balance += to_cents(amount)
+        case Transferred(from_id=source, to_id=target, amount=amount):
+            if source == me:
+                player.usd_obbba_balance -= to_cents(amount)
+            if target == me:
+                player.usd_obbba_balance += to_cents(amount)
         case _:
             pass
 
@@ -235,7 +235,16 @@ def apply_to_pto(pto: PTO, tokens: dict[str, PTSToken], event: Event) -> None:
     """Apply ``event`` to a PTO's record and its tokens (in place)."""
     if getattr(event, "pto_id", None) != pto.pto_id:
         return
-    match event:
+    match event:  # (a tick's facts first: hundreds per tick, the others rare)
+        case SessionPlayed() as s:
+            for token_id, played_hours, share in s.shares:
+                played = tokens[token_id]
+                played.hours_played += played_hours
+                played.xUSD_accumulated += share
+            pto.xUSD_pool += to_cents(s.xUSD_earned)
+            pto.aci_coherence_score = s.aci
+        case WorldStepped(aci=aci):
+            pto.aci_coherence_score = aci
         case SharesBought(token=token, hours=hours) if token is not None:
             pto.pts_sold += hours
             pto.funding_raised += token.purchase_price
@@ -249,14 +258,5 @@ def apply_to_pto(pto: PTO, tokens: dict[str, PTSToken], event: Event) -> None:
         case PTOCompleted(at=at):
             pto.status = COMPLETED
             pto.completion_time = at
-        case SessionPlayed() as s:
-            for token_id, played_hours, share in s.shares:
-                played = tokens[token_id]
-                played.hours_played += played_hours
-                played.xUSD_accumulated += share
-            pto.xUSD_pool += to_cents(s.xUSD_earned)
-            pto.aci_coherence_score = s.aci
-        case WorldStepped(aci=aci):
-            pto.aci_coherence_score = aci
         case _:
             pass

@@ -286,19 +286,27 @@ def numbered(event: E, seq: int, session_id: int | None = None) -> E:
     """``dataclasses.replace(event, seq=seq)`` (and ``session_id``, for a session), as
     the store numbers each committed event: thousands per tick. ``replace`` goes through
     the frozen ``__init__`` (``object.__setattr__`` per field, after checking the
-    names); this sets the slots directly, with a function made once per class."""
+    names); this sets the slots directly, with a function made once per class.
+
+    A ``session_id`` for a class without that field is a caller's mistake (``replace``
+    would refuse it too): ``TypeError``, not silently dropped."""
     cls = type(event)
     copy = _NUMBERING.get(cls) or _numbering(cls)
+    if session_id is not None and cls not in _WITH_SESSION:
+        raise TypeError(f"{cls.__name__} has no session_id to number")
     made: E = copy(event, seq, session_id)
     return made
 
 
 _NUMBERING: dict[type, Callable[[Any, int, int | None], Any]] = {}
+_WITH_SESSION: set[type] = set()  # the classes (numbered so far) with a session_id
 
 
 def _numbering(cls: type[Event]) -> Callable[[Any, int, int | None], Any]:
     # Made as ``dataclasses`` makes ``__init__``: the text of one function per class.
     names = [f.name for f in dataclasses.fields(cls)]
+    if "session_id" in names:
+        _WITH_SESSION.add(cls)
     scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
     lines = ["def copy(event, seq, session_id):", "    made = new(cls)"]
     for k, name in enumerate(names):

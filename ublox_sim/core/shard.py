@@ -256,6 +256,10 @@ class WorldShards:
         yielded; the tick is as if it ran first: a shard it changed (a world loaded,
         dropped or moved) is stepped again, on the loop, from what it left."""
         ahead: list[tuple[int, tuple[F64 | None, TickOutcome]] | None] = [None] * len(work)
+        # The worlds each shard held when its sessions were given: a world ``meanwhile``
+        # loads comes last (the others keep their slots); one it drops moves another
+        # into its slot, and the sessions' slots would no longer say whose cells they are.
+        held = [list(shard.ids) for shard, _ in work]
         if meanwhile is not None:
             versions = [shard.version for shard, _ in work]
 
@@ -264,12 +268,32 @@ class WorldShards:
                     ahead[k] = (versions[k], shard.advance(steps, sessions))
 
             stepping = asyncio.ensure_future(anyio.to_thread.run_sync(advance_all))
+            beside: BaseException | None = None
             try:
                 await meanwhile()
-            finally:  # (pure reads: the shards are as they were if meanwhile failed)
-                with anyio.CancelScope(shield=True):
+            except BaseException as exc:
+                beside = exc
+            # (Pure reads: the shards are as they were if either failed.)
+            with anyio.CancelScope(shield=True):
+                try:
                     await stepping
+                except Exception as physics:
+                    if beside is None:
+                        raise
+                    if isinstance(beside, Exception):  # neither hides the other
+                        raise ExceptionGroup(
+                            "the tick's physics and the work beside it both failed",
+                            [physics, beside],
+                        ) from None
+                    raise beside from physics  # a cancellation or an interrupt goes on
+            if beside is not None:
+                raise beside
         for k, (shard, sessions) in enumerate(work):
+            if shard.ids[: len(held[k])] != held[k]:
+                raise RuntimeError(
+                    "a world of the shard was dropped or moved while its tick was stepping: "
+                    f"held {held[k]}, now {shard.ids}"
+                )
             n = len(shard)
             # The undo copy goes to a buffer kept per shard: a fresh one each tick costs
             # more in page faults than in copying (3 MB for 100 worlds of 64x64).

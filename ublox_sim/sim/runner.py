@@ -551,9 +551,13 @@ class Runner:
             candidates = self._who(rule.who)
             # Who can play where: hours left on tokens of playable worlds, in id order.
             left: dict[str, dict[str, float]] = {}
+            member: dict[str, bool] = {}  # a holder of many worlds' tokens is tested once
             for pto_id, rooms in (await e.store.open_hours(sorted(PLAYABLE))).items():
                 for holder, room in rooms.items():
-                    if holder in candidates:
+                    known = member.get(holder)
+                    if known is None:
+                        known = member[holder] = holder in candidates
+                    if known:
                         left.setdefault(holder, {})[pto_id] = room
             holders = sorted(left)
             if not holders:
