@@ -80,6 +80,7 @@ from .core.errors import (
     CONFLICT_RETRIES,
     ActorClosed,
     AlreadyExists,
+    BalanceLimit,
     Conflict,
     CorruptCdtFile,
     InvalidInput,
@@ -1563,11 +1564,24 @@ class Engine:
             # The players' figures, read from their actors (activated again if one was
             # passivated meanwhile), once their own units in flight have landed.
             physics: dict[int, _Figures] = {}
-            for index, _, player_id, _ in asked:
+            # The most xUSD each player's sessions of the tick could compose (quality 1):
+            # a session that could take its balance past the money limit is refused before
+            # the worlds step, as ``play`` refuses it (it cannot be left out after).
+            most: dict[str, int] = {}
+            for index, _, player_id, want in asked:
                 if index not in allotted:
                     continue
                 player = self._players.current(player_id) or await self._players.get(player_id)
                 await player.settled()
+                so_far = most.get(player_id, player.state.xUSD_balance)
+                could = compose_xusd(want, 1.0, allotted[index][0].amplification)
+                try:
+                    check_credit(so_far, could, f"the xUSD a session of {player_id!r} may compose")
+                except BalanceLimit as exc:
+                    results[index] = exc
+                    del allotted[index]
+                    continue
+                most[player_id] = so_far + could
                 physics[index] = _Figures.of(player.state)
             await self._commit_tick(asked, allotted, physics, results, ptos, at, steps, beside)
         finally:
