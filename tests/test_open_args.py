@@ -4,13 +4,14 @@ path as text too."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from ublox_sim import Engine, UbloxLocalStorage, verify_store
-from ublox_sim.cli import main as cli
 from ublox_sim.core.errors import InvalidInput
 
 pytestmark = pytest.mark.anyio
@@ -50,10 +51,17 @@ def test_the_facade_refuses_an_empty_store_and_creates_nothing(
     [["stats"], ["export", "-o", "-"], ["demo"], ["run", "scenarios/harmonic_caverns.yaml"]],
 )
 def test_the_cli_refuses_an_empty_home_with_a_usage_error(
-    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    command: list[str], tmp_path: Path
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, [*command, "--home", ""])
-    assert result.exit_code == 2, result.output
-    assert "Invalid value for '--home': an empty name" in result.output
+    # In a process of its own: the CLI configures logging, which a test process must not.
+    result = subprocess.run(
+        [sys.executable, "-m", "ublox_sim", *command, "--home", ""],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Invalid value for '--home': an empty name" in result.stderr
     assert list(tmp_path.iterdir()) == []
