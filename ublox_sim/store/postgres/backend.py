@@ -70,7 +70,7 @@ from .mode import (
     take_writer_lock,
 )
 from .notify import EventFeed
-from .schema import MIGRATIONS, migrate
+from .schema import MIGRATIONS, migrate, same_tables
 from .url import masked
 from .writer import PgWriter, plain_row
 
@@ -524,7 +524,7 @@ class PostgresBackend:
         async def restore(conn: Any) -> None:
             async with conn.transaction():
                 version = int(await conn.fetchval("SELECT MAX(version) FROM schema_migrations"))
-                if manifest["schema_version"] != version:
+                if not same_tables(int(manifest["schema_version"]), version):
                     raise InvalidInput(
                         f"backup {name!r} has schema version {manifest['schema_version']},"
                         f" the database {version}"
