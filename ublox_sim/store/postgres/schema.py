@@ -265,6 +265,7 @@ def same_tables(version: int, other: int) -> bool:
     low, high = sorted((version, other))
     return all(v in MARKERS for v in range(low + 1, high + 1))
 
+
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version     BIGINT PRIMARY KEY NOT NULL,
