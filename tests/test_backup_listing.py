@@ -98,6 +98,11 @@ def test_a_damaged_or_foreign_manifest_does_not_fail_the_listing(
         assert all(STORE_TIME.fullmatch(b["created"]) for b in listed), listed
         files = [p for p in bad.rglob("*") if p.is_file()]
         assert by_name["bad"]["size"] == sum(p.stat().st_size for p in files)
+        before = ok(cli("export", *where, "-o", "-", home=home))
+        done = cli("backup", "restore", "bad", *where, home=home)  # refused by name
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        assert "bad" in done.stderr
+        assert ok(cli("export", *where, "-o", "-", home=home)) == before
 
 
 @pytest.mark.anyio

@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 from ...core.clock import WALL_CLOCK, Clock
 from ...core.errors import (
     ActorClosed,
+    BackupError,
     BackupExists,
     CorruptCdtFile,
     InvalidBackupName,
@@ -498,8 +499,14 @@ class PostgresBackend:
         manifest_path = self._backup_root() / name / "backup.json"
         if not manifest_path.is_file():
             raise NoSuchBackup(f"no backup at {self._backup_root() / name}")
-        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        return manifest
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            int(manifest["schema_version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackupError(
+                f"backup {name!r} has a damaged manifest ({manifest_path}): {exc!r}"
+            ) from exc
+        return cast(dict[str, Any], manifest)
 
     async def restore_backup(self, name: str) -> None:
         """Replace every table's rows with the backup's, in one transaction, alone on the
