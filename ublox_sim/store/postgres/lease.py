@@ -159,7 +159,16 @@ class WorldLeases:
                         ) from exc
                     self.conflicts_retried += 1
                     await asyncio.sleep(random.uniform(0, 0.005 * attempt))
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    asyncpg.InternalClientError,  # a session the server ended, mid-call
+                ) as exc:
+                    if not isinstance(exc, asyncpg.PostgresError) and self._conn is not None:
+                        # The connection is unusable: the next call makes a new one.
+                        self._conn.terminate()
+                        self._conn = None
                     raise PersistenceError(
                         f"the world leases' connection to {masked(self.dsn)} failed: {exc}"
                     ) from exc
