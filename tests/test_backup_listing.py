@@ -13,6 +13,9 @@ import httpx
 import pytest
 from test_pg_cli import GOLDEN, cli, ok
 
+from ublox_sim import Engine, SimClock
+from ublox_sim.core.clock import WALL_CLOCK
+from ublox_sim.core.records import parse_iso
 from ublox_sim.server import ServerConfig, create_app
 from ublox_sim.store.postgres.backend import CLUSTER_ENV
 
@@ -72,3 +75,46 @@ def test_restoring_a_backup_that_does_not_exist_is_a_usage_error(
         assert "error: no backup at " in done.stderr and done.stderr.rstrip().endswith("nosuch")
         assert ok(cli("export", *where, "-o", "-", home=home)) == before
         assert json.loads(ok(cli("backup", "list", "--json", *where, home=home))) == []
+
+
+@pytest.mark.parametrize("damage", ["{not json", '["a list"]', '{"created": 5}', ""])
+def test_a_damaged_or_foreign_manifest_does_not_fail_the_listing(
+    pg_url: str, tmp_path: Path, damage: str
+) -> None:
+    """One bad backup.json made PostgreSQL's listing raise (GET /api/backups 500, `backup
+    list` failed); both backends list it, stamped with its folder's time, and the rest."""
+    home = tmp_path / "default"
+    for where in (["--home", str(tmp_path / "sqlite")], ["--store", pg_url]):
+        ok(cli("import", *where, str(GOLDEN), home=home))
+        good = Path(ok(cli("backup", "create", "good", *where, home=home)).strip())
+        bad = Path(ok(cli("backup", "create", "bad", *where, home=home)).strip())
+        (bad / "backup.json").write_text(damage, encoding="utf-8")
+        (bad / "extra").mkdir()  # a folder inside counts in the size, on both backends
+        (bad / "extra" / "notes").write_bytes(b"x" * 1000)
+        listed = json.loads(ok(cli("backup", "list", "--json", *where, home=home)))
+        assert sorted(b["name"] for b in listed) == ["bad", "good"], where
+        by_name = {b["name"]: b for b in listed}
+        assert by_name["bad"]["path"] == str(bad) and by_name["good"]["path"] == str(good)
+        assert all(STORE_TIME.fullmatch(b["created"]) for b in listed), listed
+        files = [p for p in bad.rglob("*") if p.is_file()]
+        assert by_name["bad"]["size"] == sum(p.stat().st_size for p in files)
+        before = ok(cli("export", *where, "-o", "-", home=home))
+        done = cli("backup", "restore", "bad", *where, home=home)  # refused by name
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        assert "bad" in done.stderr
+        assert ok(cli("export", *where, "-o", "-", home=home)) == before
+
+
+@pytest.mark.anyio
+async def test_postgres_backups_are_stamped_in_wall_time(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like SQLite's: an engine's simulated clock (2025-12-12 here) names and stamps no
+    backup, the wall clock does."""
+    monkeypatch.setenv("UBLOX_HOME", str(tmp_path / "home"))
+    before = WALL_CLOCK.now().replace(microsecond=0)
+    async with Engine.open(store=pg_url, clock=SimClock()) as engine:
+        made = await engine.backup()
+    manifest = json.loads((made / "backup.json").read_text(encoding="utf-8"))
+    assert parse_iso(manifest["created"]) >= before
+    assert made.name.startswith(f"backup_{before:%Y%m%d}")

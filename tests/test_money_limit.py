@@ -1,7 +1,7 @@
-"""A balance never passes the money limit (``limits.MAX_MONEY``): a credit that would take
-it there is refused by name (``BalanceLimit``, HTTP 409) and changes nothing, on both
-backends, so every store's export imports again (``import`` holds balances to the same
-limit)."""
+"""A credit made on request (deposit, transfer, play's xUSD) that would take a balance past
+the money limit (``limits.MAX_MONEY``) is refused by name (``BalanceLimit``, HTTP 409) and
+changes nothing, on both backends. What a store holds past it (concurrent credits,
+refunds, payouts) still exports and imports: ``tests/test_money_storage_range.py``."""
 
 from __future__ import annotations
 

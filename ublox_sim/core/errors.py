@@ -69,8 +69,9 @@ class InsufficientFunds(Refusal):
 
 
 class BalanceLimit(Refusal):
-    """A credit (deposit, transfer, play's xUSD) would take a balance past the money
-    limit (``limits.MAX_MONEY``), which every store and every export must hold."""
+    """A credit made on request (deposit, transfer, play's xUSD) would take a balance past
+    the money limit (``limits.MAX_MONEY``). The limit bounds operations: what a store
+    holds (and an export carries) is the storage range, ``limits.STORED_MAX_CENTS``."""
 
     code = "balance_limit"
 

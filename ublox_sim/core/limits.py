@@ -190,10 +190,20 @@ def _show(value: Number) -> str:
 # its bound from this module (no import cycle); tests/test_limits.py keeps the two equal.
 CURRENCY_UNIT = "USD-OBBBA"
 
-# SQLite INTEGER is signed 64-bit; keep a wide margin so sums of many amounts still fit.
+# The money limit: the largest amount one operation takes (a deposit, a transfer, a
+# price) and the balance a credit made on request (deposit, transfer, play's xUSD) may
+# reach (``money.check_credit``). It bounds operations, not what a store holds: credits
+# in flight together each pass against the balance they saw, and refunds and creator
+# payouts are never refused (they must happen exactly once), so a stored balance may end
+# past it. A wide margin under the storage range, so sums of many amounts still fit.
 MAX_CENTS = 10**15
 MAX_MONEY = MAX_CENTS // 100
 CENTS_DIGITS = 13  # the largest amount, 10**13 major units, has this decimal exponent
+
+# The storage range: what a store holds (SQLite INTEGER, PostgreSQL BIGINT: signed 64-bit)
+# and so what import, export and verify accept for any stored money figure (a balance, a
+# pool, a funding figure), so that every export of a store imports.
+STORED_MAX_CENTS = 2**63 - 1
 
 BALANCE = Limit("usd_obbba", 0, MAX_MONEY, money=True, unit=CURRENCY_UNIT)
 AMOUNT = Limit("amount", 0, MAX_MONEY, min_exclusive=True, money=True, unit=CURRENCY_UNIT)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Final, Literal, TypeVar, get_args
 
 from .errors import InvalidInput
 from .limits import UNSTORABLE_TEXT_RULE, storable_text
-from .money import from_cents, to_cents
+from .money import STORED_MAX_CENTS, seed_money, to_cents
 
 
 def iso(moment: datetime) -> str:
@@ -164,10 +164,11 @@ RECORD_TYPES: tuple[type[Record], ...] = (Player, PTO, PTSToken, Transaction, Pl
 
 
 def to_seed(record: Record) -> dict[str, Any]:
-    """The seed notes' shape: money in major units (5000.0)."""
+    """The seed notes' shape: money in major units (5000.0; exact text such as
+    ``"92233720368547758.07"`` past what a float holds exactly: ``money.seed_money``)."""
     data = dataclasses.asdict(record)
     for name in record.MONEY:
-        data[name] = from_cents(data[name])
+        data[name] = seed_money(data[name])
     return data
 
 
@@ -175,7 +176,9 @@ def from_seed(cls: type[R], data: Mapping[str, Any] | R, *, extra_ok: tuple[str,
     """Build a record from a seed dict (major units) or pass a record through.
 
     Unknown keys are refused (they would be silently dropped otherwise), as are
-    missing required keys and amounts that are not whole cents.
+    missing required keys and amounts that are not whole cents. Money is a stored figure
+    here (a balance, a pool, a funding figure), so it may be anything a store holds, up to
+    ``STORED_MAX_CENTS``: past the money limit, which bounds operations, not records.
     """
     if isinstance(data, cls):
         return data
@@ -190,7 +193,7 @@ def from_seed(cls: type[R], data: Mapping[str, Any] | R, *, extra_ok: tuple[str,
         if name in data:
             value = data[name]
             if name in cls.MONEY:
-                value = to_cents(value, what=name)
+                value = to_cents(value, what=name, limit=STORED_MAX_CENTS)
             else:
                 _check_type(cls.__name__, name, str(spec.type), value)
             values[name] = value

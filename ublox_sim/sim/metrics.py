@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, get_args
 import numpy as np
 
 from ..core.errors import InvalidInput
-from ..core.money import USD, to_cents
+from ..core.money import STORED_MAX_CENTS, USD, to_cents
 from ..core.records import PTO, Player
 from .scenario import GlobalMetric, WorldMetric
 
@@ -179,7 +179,8 @@ class Collector:
             stats = (await store.stats())["transactions"]
             values["transactions"] = stats["count"]
             # Stats give major units, exact below 2**53 cents: back to cents.
-            values["refunded_cents"] = to_cents(stats["volume"].get(f"refund/{USD}", 0))
+            refunded = stats["volume"].get(f"refund/{USD}", 0)  # a total: past the money limit
+            values["refunded_cents"] = to_cents(refunded, limit=STORED_MAX_CENTS)
         rows.append(row | {name: values[name] for name in self.global_})
         self.pending.extend({c: r.get(c) for c in self.columns} for r in rows)
 

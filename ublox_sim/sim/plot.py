@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..core.errors import InvalidInput
-from ..core.money import CENTS_PER_UNIT, to_cents
+from ..core.money import CENTS_PER_UNIT, STORED_MAX_CENTS, to_cents
 from . import metrics as M
 
 SIZE: Final = (1000, 600)
@@ -174,7 +174,7 @@ def plot_run(home: Path, out: Path) -> list[Path]:
         fig, ax = _figure(plt)
         holders = [b for b in balances if b > 0]
         ax.hist(holders or [0.0], bins=40, color="tab:purple", alpha=0.85)
-        gini = M.gini([to_cents(b) for b in balances])
+        gini = M.gini([to_cents(b, limit=STORED_MAX_CENTS) for b in balances])
         ax.set(
             title=(
                 f"{name}: xUSD per player at the end ({len(holders)} of {len(balances)} "

@@ -31,7 +31,7 @@ from ..core.errors import (
 )
 from ..core.ids import check_file_name
 from ..core.logsetup import get_logger
-from ..core.records import iso
+from ..core.records import iso, parse_iso
 from .cdt import load_npz, world_file_name
 from .home import Home, database_lost, fsync_dir, lock_home, unlock_home, write_text_atomic
 from .sqlite.schema import FIRST_RELEASE_SCHEMA_VERSION, SCHEMA_VERSION
@@ -100,15 +100,23 @@ def copy_cdt_and_seal(cdt_dir: Path, partial: Path, target: Path) -> None:
 
 def list_backups(home: Home) -> list[dict[str, Any]]:
     """Each backup's name, creation time (UTC ISO), size in bytes and path, oldest first."""
+    return list_backup_folders(home.backups)
+
+
+def list_backup_folders(root: Path) -> list[dict[str, Any]]:
+    """``list_backups`` of the backup folders in ``root`` (both backends' listing): a
+    damaged or foreign ``backup.json`` does not fail it, its folder's time stands in."""
     result: list[dict[str, Any]] = []
-    if not home.backups.is_dir():
+    if not root.is_dir():
         return result
-    for path in sorted(home.backups.iterdir()):
+    for path in sorted(root.iterdir()):
         if path.name.startswith(".") or not path.is_dir() or path.is_symlink():
             continue
         try:
-            created = json.loads((path / "backup.json").read_text())["created"]
-        except (OSError, ValueError, KeyError, TypeError):
+            meta = json.loads((path / "backup.json").read_text(encoding="utf-8"))
+            # PostgreSQL's older manifests say ``created_at`` (ISO with a "T").
+            created = iso(parse_iso(meta.get("created") or meta["created_at"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             created = iso(datetime.fromtimestamp(path.stat().st_mtime, UTC))
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         result.append({"name": path.name, "created": created, "size": size, "path": str(path)})

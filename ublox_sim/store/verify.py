@@ -18,7 +18,7 @@ from typing import Any
 
 from ..core.errors import CorruptCdtFile, InvalidId
 from ..core.ids import check_file_name
-from ..core.money import USD, XUSD
+from ..core.money import STORED_MAX_CENTS, USD, XUSD
 from ..core.records import ESCROW_HELD
 from .cdt import load_npz, world_file_name
 from .sqlite.schema import FIRST_RELEASE_SCHEMA_VERSION, SCHEMA_VERSION
@@ -105,6 +105,33 @@ def ledger_findings(
                     f"ledger moves {net} {currency} cents to an unknown id",
                 )
             )
+    return findings
+
+
+def range_findings(
+    players: Iterable[tuple[str, object, object]], ptos: Iterable[tuple[str, str, object]]
+) -> list[Finding]:
+    """Balances and funding figures that are not whole cents in the storage range
+    (0..``STORED_MAX_CENTS``). The API never stores one (a balance past the money limit
+    is in range: concurrent credits, refunds and payouts can leave one there); only an
+    edit can (a negative figure, CHECK constraints bypassed)."""
+    findings: list[Finding] = []
+    figures: list[tuple[str, tuple[tuple[str, object], ...]]] = [
+        (f"player {p}", (("usd_obbba_balance", u), ("xUSD_balance", x))) for p, u, x in players
+    ]
+    figures += [(f"pto {p}", (("funding_raised", r),)) for p, _status, r in ptos]
+    for subject, named in figures:
+        for name, value in named:
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not whole or not 0 <= value <= STORED_MAX_CENTS:  # type: ignore[operator]
+                findings.append(
+                    Finding(
+                        "range",
+                        subject,
+                        f"{name} {value!r} is not whole cents in the storage range"
+                        f" 0..{STORED_MAX_CENTS}",
+                    )
+                )
     return findings
 
 
@@ -197,6 +224,7 @@ def relational_findings(results: Mapping[str, Rows]) -> list[Finding]:
     """What the rows of ``CHECKS`` (by name) say: ledger, escrow, tokens, sessions."""
     findings: list[Finding] = []
     sums = {(str(party), str(currency)): int(net) for party, currency, net in results["ledger"]}
+    findings.extend(range_findings(results["players"], results["ptos"]))
     findings.extend(ledger_findings(results["players"], results["ptos"], sums))
     for token_id, played, committed in results["overplayed"]:
         findings.append(

@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 from ...core.clock import WALL_CLOCK, Clock
 from ...core.errors import (
     ActorClosed,
+    BackupError,
     BackupExists,
     CorruptCdtFile,
     InvalidBackupName,
@@ -42,7 +43,7 @@ from ...core.errors import (
     WorldLeased,
 )
 from ...core.events import EventBus
-from ...core.records import PTO, Player, PTSToken, Record, Transaction, iso, parse_iso
+from ...core.records import PTO, Player, PTSToken, Record, Transaction, iso
 from ..backend import (
     Arrays,
     Checkpoint,
@@ -53,6 +54,7 @@ from ..backend import (
     WorldWrite,
     commit_through,
 )
+from ..backup import list_backup_folders
 from ..cdt import read_npz
 from ..export import export_store, export_text
 from ..home import write_text_atomic
@@ -70,7 +72,7 @@ from .mode import (
     take_writer_lock,
 )
 from .notify import EventFeed
-from .schema import MIGRATIONS, migrate
+from .schema import MIGRATIONS, migrate, same_tables
 from .url import masked
 from .writer import PgWriter, plain_row
 
@@ -160,7 +162,7 @@ class PostgresBackend:
     ) -> None:
         self.dsn = dsn
         self.backup_root = backup_root
-        self.clock = clock  # stamps backups only
+        self.clock = clock  # not for backups: named and stamped in wall time, as SQLite's
         # Several processes write this database (the actors are caches and the rows'
         # guards decide races), unless ``shared=False``, $UBLOX_CLUSTER=0 or a held run.
         self.shared = choose_shared(shared, hold_commits=hold_commits)
@@ -447,8 +449,9 @@ class PostgresBackend:
         per table, all inside one REPEATABLE READ transaction, queued behind every write
         submitted before (pg_dump is the operator's tool; this is the API's)."""
         root = self._backup_root()
+        # Named and stamped in wall time, as SQLite's: the store's clock may be simulated.
         if name is None:
-            name = "backup_" + self.clock.now().strftime("%Y%m%d_%H%M%S_%f")
+            name = "backup_" + WALL_CLOCK.now().strftime("%Y%m%d_%H%M%S_%f")
         if not _BACKUP_NAME.fullmatch(name):
             raise InvalidInput(f"invalid backup name {name!r}")
         target = root / name
@@ -472,7 +475,7 @@ class PostgresBackend:
             version = await self.db.run_read(snapshot)
             manifest = {
                 "name": name,
-                "created": iso(self.clock.now()),
+                "created": iso(WALL_CLOCK.now()),
                 "schema_version": version,
                 "tables": list(BACKUP_TABLES),
             }
@@ -485,22 +488,9 @@ class PostgresBackend:
 
     def list_backups(self) -> list[dict[str, Any]]:
         """Each backup's name, creation time (UTC ISO), size in bytes and path, oldest
-        first: the shape SQLite's listing has (``Backend.list_backups``)."""
-        if self.backup_root is None or not self.backup_root.is_dir():
-            return []
-        found = []
-        for folder in self.backup_root.iterdir():
-            manifest = folder / "backup.json"
-            if folder.name.startswith(".") or not manifest.is_file():
-                continue
-            meta = json.loads(manifest.read_text())
-            # Older manifests say ``created_at`` (ISO with a "T" and microseconds).
-            created = iso(parse_iso(meta.get("created") or meta["created_at"]))
-            size = sum(f.stat().st_size for f in folder.iterdir())
-            found.append(
-                {"name": meta["name"], "created": created, "size": size, "path": str(folder)}
-            )
-        return sorted(found, key=lambda b: (b["created"], b["name"]))
+        first: SQLite's listing, shape and rules (``backup.list_backup_folders``: a
+        damaged or foreign manifest does not fail it)."""
+        return [] if self.backup_root is None else list_backup_folders(self.backup_root)
 
     def check_backup(self, name: str) -> dict[str, Any]:
         """Backup ``name``'s manifest; ``NoSuchBackup`` if there is no such backup."""
@@ -509,8 +499,14 @@ class PostgresBackend:
         manifest_path = self._backup_root() / name / "backup.json"
         if not manifest_path.is_file():
             raise NoSuchBackup(f"no backup at {self._backup_root() / name}")
-        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        return manifest
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            int(manifest["schema_version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackupError(
+                f"backup {name!r} has a damaged manifest ({manifest_path}): {exc!r}"
+            ) from exc
+        return cast(dict[str, Any], manifest)
 
     async def restore_backup(self, name: str) -> None:
         """Replace every table's rows with the backup's, in one transaction, alone on the
@@ -524,7 +520,7 @@ class PostgresBackend:
         async def restore(conn: Any) -> None:
             async with conn.transaction():
                 version = int(await conn.fetchval("SELECT MAX(version) FROM schema_migrations"))
-                if manifest["schema_version"] != version:
+                if not same_tables(int(manifest["schema_version"]), version):
                     raise InvalidInput(
                         f"backup {name!r} has schema version {manifest['schema_version']},"
                         f" the database {version}"

@@ -47,6 +47,9 @@ from .url import masked
 DEFAULT_TTL = 5.0
 TTL_ENV = "UBLOX_LEASE_TTL"
 CONFLICT_RETRIES = 8  # runs of a lease statement PostgreSQL aborted (deadlock), at most
+# Seconds ``aclose`` waits for the release and the goodbye on a connection that may not
+# answer (a host gone dark): the leases expire by themselves.
+CLOSE_TIMEOUT = 2.0
 
 # Rows are inserted, or locked then renewed, in the order the SELECT gives them (the
 # INSERT takes them one by one; a conflicting row is locked even when the WHERE below
@@ -128,12 +131,13 @@ class WorldLeases:
                 f"the world leases cannot connect to {masked(self.dsn)}: {exc}"
             ) from exc
 
-    async def _fetch(self, query: str, *args: object) -> list[Any]:
+    async def _fetch(self, query: str, *args: object, reconnect: bool = True) -> list[Any]:
         """One statement on the leases' connection (one at a time: actors renewing their
         worlds and servers looking up a holder's address share it). Run again when
         PostgreSQL aborts it for a deadlock or a serialization failure (it changed
         nothing then), up to ``CONFLICT_RETRIES`` times with a short random pause; any
-        other failure is a ``PersistenceError``, and the next call reconnects."""
+        other failure is a ``PersistenceError``, and the next call reconnects (unless
+        ``reconnect`` is False: then a lost connection is a ``PersistenceError``)."""
         async with self._lock:
             assert self._started, "start() first"
             attempt = 0
@@ -141,8 +145,11 @@ class WorldLeases:
                 attempt += 1
                 try:
                     if self._conn is None or self._conn.is_closed():
+                        if not reconnect:
+                            raise PersistenceError("the world leases' connection is lost")
                         self._conn = await self._connect()
-                    rows: list[Any] = await self._conn.fetch(query, *args)
+                    timeout = None if reconnect else CLOSE_TIMEOUT
+                    rows: list[Any] = await self._conn.fetch(query, *args, timeout=timeout)
                     return rows
                 except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                     if attempt >= CONFLICT_RETRIES:
@@ -152,7 +159,16 @@ class WorldLeases:
                         ) from exc
                     self.conflicts_retried += 1
                     await asyncio.sleep(random.uniform(0, 0.005 * attempt))
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    asyncpg.InternalClientError,  # a session the server ended, mid-call
+                ) as exc:
+                    if not isinstance(exc, asyncpg.PostgresError) and self._conn is not None:
+                        # The connection is unusable: the next call makes a new one.
+                        self._conn.terminate()
+                        self._conn = None
                     raise PersistenceError(
                         f"the world leases' connection to {masked(self.dsn)} failed: {exc}"
                     ) from exc
@@ -220,17 +236,22 @@ class WorldLeases:
 
     async def aclose(self) -> None:
         """Release this process's leases (others take its worlds at once) and disconnect.
-        If the database cannot be reached, the leases are left to expire (after ``ttl``
-        seconds, as a killed process's)."""
+        If the connection is lost, or the database cannot be reached, the leases are left
+        to expire (after ``ttl`` seconds, as a killed process's): closing never connects
+        again (asyncpg's connect waits 60 s for a host that does not answer) and never
+        waits long for a connection that does not answer (``CLOSE_TIMEOUT``)."""
         if not self._started:
             return
         try:
-            await self._fetch(_RELEASE, self.holder)
-        except PersistenceError:
+            await self._fetch(_RELEASE, self.holder, reconnect=False)
+        except (PersistenceError, TimeoutError):
             pass  # the rows expire: survivors take the worlds after the TTL
         finally:
             self._started = False
             self.held = frozenset()
             conn, self._conn = self._conn, None
             if conn is not None and not conn.is_closed():
-                await conn.close()
+                try:
+                    await conn.close(timeout=CLOSE_TIMEOUT)
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    conn.terminate()

@@ -238,11 +238,33 @@ _V6 = """
 ALTER TABLE world_leases ADD COLUMN address TEXT COLLATE "C" NOT NULL DEFAULT '';
 """
 
-PG_ONLY = (_V5, _V6)
+# PostgreSQL only, a marker that changes no table: from here on every advisory lock of
+# ours takes two int4 keys, the second the store's schema (``mode.SCHEMA_KEY``), where
+# binaries of schema 6 took one bigint key. The two forms never exclude each other, so an
+# older binary must not run beside this one: the version moves so that it refuses the
+# database at open ("database schema version 7 is newer than this ublox-sim (6)"). A
+# process of the older binary already running is not excluded: stop those first.
+_V7 = """
+COMMENT ON TABLE world_leases IS
+    'ublox-sim schema 7: advisory locks keyed (key, hashtext(current_schema()))';
+"""
+
+PG_ONLY = (_V5, _V6, _V7)
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, *PG_ONLY)
 # The first SCHEMA_VERSION are SQLite's, number for number; the rest are PostgreSQL's own.
 PG_SCHEMA_VERSION = len(MIGRATIONS)
 assert PG_SCHEMA_VERSION == SCHEMA_VERSION + len(PG_ONLY), "SQLite's migrations, then ours"
+# Migrations that change no table (markers): a backup taken just before one restores
+# after it, as its tables' rows are the same shape.
+MARKERS: frozenset[int] = frozenset({7})
+
+
+def same_tables(version: int, other: int) -> bool:
+    """Whether databases of the two schema versions have the same tables and columns (only
+    markers between them), so one's backup restores into the other."""
+    low, high = sorted((version, other))
+    return all(v in MARKERS for v in range(low + 1, high + 1))
+
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
