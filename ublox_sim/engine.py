@@ -1441,7 +1441,10 @@ class Engine:
         ``meanwhile``: other work of the caller's tick that neither plays nor depends on
         the worlds (a scenario's creators), run once the sessions are allotted, while
         the worlds step on a worker thread; its units come before the tick's in the
-        ledger, and the tick is as if it ran first (see ``WorldShards.ticked``).
+        ledger, and the tick is as if it ran first (see ``WorldShards.ticked``). It must
+        not change which PTOs the tick's sessions may play on (no purchase that funds
+        one, no launch): when not every PTO can be active at once it runs before the
+        allotments instead, and a session's answer would then depend on ``max_active``.
         """
         self._check_open()
         span: float = limits.ADVANCE_HOURS.check(hours)
