@@ -26,14 +26,6 @@ LIMIT = "10000000000000:"  # how the refusal names the limit (as to_cents does)
 KEY = "operator-key-for-tests-0123456789"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "home")
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 async def ledger(engine: Engine, player_id: str) -> int:
     return len(await engine.store.transactions_of(player_id))
 

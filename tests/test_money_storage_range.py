@@ -24,14 +24,6 @@ from ublox_sim.store.verify import verify_store
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "home")
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 def round_trip(store: str, tmp_path: Path, player_id: str) -> int:
     """Export ``store``, import the file into a fresh home: the player's USD, in cents."""
     with UbloxLocalStorage(store=store) as storage:

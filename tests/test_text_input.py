@@ -23,14 +23,6 @@ KEY = "operator-key-for-tests-0123456789"
 BAD = ["a\x00b", "a\ud800b"]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "home")
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 def launch_args(**changes: str) -> dict[str, object]:
     args: dict[str, object] = {
         "pto_id": "g",
