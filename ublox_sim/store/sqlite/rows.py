@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from decimal import Decimal
 from itertools import chain
+from typing import TypeVar
 
 from ...core import events as ev
 from ...core.money import USD, XUSD, to_cents
@@ -45,6 +46,7 @@ from .tables import columns, insert_sql, to_row
 from .writer import Statement
 
 _INSERT_TX = insert_sql(Transaction)
+_E = TypeVar("_E", bound=ev.Event)
 _INSERT_TOKEN = insert_sql(PTSToken)
 # economy.tau_k_after(tau_k, q) is a * tau_k + b * (c * q): the session guard computes it
 # in SQL with the same IEEE operations in the same order (tests/test_cluster.py pins it).
@@ -660,19 +662,32 @@ def _log_registered(
     values: list[object] = []
     for event in events:
         values += (event.at, payload(event))
-    numbered = _numbered if _TEMPLATE_FITS else _replaced
-
-    def committed(ids: Sequence[int]) -> None:
-        first = ids[-1] - len(events) + 1
-        for offset, seq in enumerate(range(first, first + len(events))):
-            event = numbered(events[offset], seq)
-            landed[offset] = event
-            publish(event)
-
+    committed = _number_on_commit(
+        events, landed, publish, _numbered if _TEMPLATE_FITS else _replaced
+    )
     out = _many(_INSERT_REGISTERED, 2, values)
     last = out[-1]
     out[-1] = Statement(last.sql, rows=last.rows, want_rowid=True, on_commit=committed)
     return out
+
+
+def _number_on_commit(
+    events: Sequence[_E],
+    landed: list[ev.Event],
+    publish: Callable[[ev.Event], None],
+    numbered: Callable[[_E, int], ev.Event] = ev.numbered,
+) -> Callable[[Sequence[int]], None]:
+    """The ``on_commit`` of ``events``' log rows, one row each and inserted last: on the
+    one writer they are numbered consecutively (AUTOINCREMENT takes the next value per
+    row), so the last rowid gives them all; each numbered event lands and is published."""
+
+    def committed(ids: Sequence[int]) -> None:
+        first = ids[-1] - len(events) + 1
+        for offset, event in enumerate(events):
+            landed[offset] = done = numbered(event, first + offset)
+            publish(done)
+
+    return committed
 
 
 # -- a unit of many purchases (Engine.buy_many): one statement per kind (SQLite) ----------
@@ -750,13 +765,7 @@ def _bulk_purchases(
             fundings.append((FUNDING, IN_PROGRESS, event.pto_id))
         log.append((event.kind, event.at, payload(event)))
 
-    def committed(ids: Sequence[int]) -> None:
-        first = ids[-1] - len(events) + 1
-        for index, event in enumerate(events):
-            numbered = ev.numbered(event, first + index)
-            landed[index] = numbered
-            publish(numbered)
-
+    committed = _number_on_commit(events, landed, publish)
     out = [
         Statement.many(_USD_DELTA, debits),
         Statement.many(_SHARES_SOLD, sales),
