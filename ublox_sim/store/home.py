@@ -65,9 +65,12 @@ class Home:
         return self.backups / name
 
 
+WORLD_SUFFIX = "_world_cdt"
+
+
 def world_id_for(pto_id: str) -> str:
     """The world id a PTO's arrays are stored under (its file: ``cdt.world_file_name``)."""
-    return f"{pto_id}_world_cdt"
+    return pto_id + WORLD_SUFFIX
 
 
 def database_lost(home: Home) -> bool:

@@ -57,7 +57,7 @@ from ..backend import (
 from ..backup import list_backup_folders
 from ..cdt import read_npz
 from ..export import export_store, export_text
-from ..home import write_text_atomic
+from ..home import WORLD_SUFFIX, write_text_atomic
 from ..sqlite import queries, rows
 from ..sqlite.writer import Statement
 from ..verify import CHECKS, Finding, relational_findings
@@ -114,7 +114,6 @@ SAVE_OWN_WORLD = (
     " THEN CAST(? AS BYTEA) END"
     " ON CONFLICT (world_cdt_id) DO UPDATE SET npz = excluded.npz"
 )
-WORLD_SUFFIX = "_world_cdt"  # ``home.world_id_for``: a PTO's world id
 
 
 def _published_by_the_feed(event: object) -> None:
