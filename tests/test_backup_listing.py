@@ -9,14 +9,13 @@ import json
 import re
 from pathlib import Path
 
-import httpx
 import pytest
+from api_client import operator_api
 from test_pg_cli import GOLDEN, cli, ok
 
 from ublox_sim import Engine, SimClock
 from ublox_sim.core.clock import WALL_CLOCK
 from ublox_sim.core.records import parse_iso
-from ublox_sim.server import ServerConfig, create_app
 from ublox_sim.store.postgres.backend import CLUSTER_ENV
 
 KEY = "backup-admin-key-0123456789"
@@ -32,18 +31,14 @@ async def test_backups_over_http_on_postgres(
     monkeypatch.setenv("UBLOX_STORE", pg_url)
     monkeypatch.setenv("UBLOX_HOME", str(tmp_path / "home"))
     monkeypatch.delenv(CLUSTER_ENV, raising=False)
-    config = ServerConfig(admin_key=KEY, allowed_hosts=("testserver",), tick_seconds=None)
-    app = create_app(config=config)
-    async with app.api.router.lifespan_context(app.api):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            made = await client.post("/api/backups", json={"name": "nightly"}, headers=OP)
-            assert made.status_code == 201, made.text
-            assert made.json()["name"] == "nightly" and made.json()["size"] > 0
-            assert RFC3339.fullmatch(made.json()["created"]), made.json()
-            listed = await client.get("/api/backups", headers=OP)
-            assert listed.status_code == 200, listed.text
-            assert listed.json() == [made.json()]
+    async with operator_api(key=KEY) as client:
+        made = await client.post("/api/backups", json={"name": "nightly"}, headers=OP)
+        assert made.status_code == 201, made.text
+        assert made.json()["name"] == "nightly" and made.json()["size"] > 0
+        assert RFC3339.fullmatch(made.json()["created"]), made.json()
+        listed = await client.get("/api/backups", headers=OP)
+        assert listed.status_code == 200, listed.text
+        assert listed.json() == [made.json()]
 
 
 def test_backup_list_json_has_one_shape_on_both_backends(pg_url: str, tmp_path: Path) -> None:

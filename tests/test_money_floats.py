@@ -9,25 +9,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from ublox_sim.server import ServerConfig, create_app
+from api_client import operator_api
 
 pytestmark = pytest.mark.anyio
-KEY = "operator-key-for-tests-0123456789"
 
 
 @pytest.fixture
 async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    config = ServerConfig(admin_key=KEY, allowed_hosts=("testserver",), tick_seconds=None)
-    app = create_app(tmp_path / "home", config=config)
-    async with app.api.router.lifespan_context(app.api):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport,
-            base_url="http://testserver",
-            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-        ) as client:
-            yield client
+    async with operator_api(
+        tmp_path / "home", headers={"Content-Type": "application/json"}
+    ) as client:
+        yield client
 
 
 def refused_as_a_float(r: httpx.Response, field: str) -> None:

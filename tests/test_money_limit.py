@@ -6,24 +6,20 @@ refunds, payouts) still exports and imports: ``tests/test_money_storage_range.py
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
+from api_client import operator_api
 
 from ublox_sim import BalanceLimit, Engine, SimClock
 from ublox_sim.core.limits import MAX_CENTS, MAX_MONEY
 from ublox_sim.core.money import to_decimal
-from ublox_sim.server import ServerConfig, create_app
 from ublox_sim.store.sync import UbloxLocalStorage
 from ublox_sim.store.verify import verify_store
 
 pytestmark = pytest.mark.anyio
 LIMIT = "10000000000000:"  # how the refusal names the limit (as to_cents does)
-KEY = "operator-key-for-tests-0123456789"
 
 
 async def ledger(engine: Engine, player_id: str) -> int:
@@ -91,22 +87,8 @@ async def test_max_deposits_stop_at_the_limit_and_the_export_imports(tmp_path: P
         assert player is not None and player["usd_obbba_balance"] == float(MAX_MONEY)
 
 
-@asynccontextmanager
-async def api(store: str) -> AsyncIterator[httpx.AsyncClient]:
-    config = ServerConfig(admin_key=KEY, allowed_hosts=("testserver",), tick_seconds=None)
-    app = create_app(store, config=config)
-    async with app.api.router.lifespan_context(app.api):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport,
-            base_url="http://testserver",
-            headers={"Authorization": f"Bearer {KEY}"},
-        ) as client:
-            yield client
-
-
 async def test_http_deposits_stop_at_the_limit_with_a_409(store: str) -> None:
-    async with api(store) as http:
+    async with operator_api(store) as http:
         assert (await http.post("/api/players", json={"player_id": "p"})).status_code == 201
         largest = "999999999999.99"  # the largest amount one request may carry
         for _ in range(10):

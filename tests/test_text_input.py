@@ -9,17 +9,15 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
+from api_client import operator_api
 
 from ublox_sim import Engine, SimClock
 from ublox_sim.core.errors import InvalidInput
-from ublox_sim.server import ServerConfig, create_app
 from ublox_sim.sim.scenario import ScenarioError, parse_scenario
 from ublox_sim.store.sync import UbloxLocalStorage
 
 pytestmark = pytest.mark.anyio
-KEY = "operator-key-for-tests-0123456789"
 BAD = ["a\x00b", "a\ud800b"]
 
 
@@ -52,37 +50,29 @@ async def test_the_engine_refuses_unstorable_text_naming_the_field(store: str, t
 
 
 async def test_http_refuses_a_nul_with_a_422_naming_the_field(store: str) -> None:
-    config = ServerConfig(admin_key=KEY, allowed_hosts=("testserver",), tick_seconds=None)
-    app = create_app(store, config=config)
-    async with app.api.router.lifespan_context(app.api):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport,
-            base_url="http://testserver",
-            headers={"Authorization": f"Bearer {KEY}"},
-        ) as http:
-            assert (await http.post("/api/players", json={"player_id": "maker"})).status_code == 201
-            body = {
-                "pto_id": "g",
-                "game_name": "G",
-                "creator_id": "maker",
-                "atu_required": 0,
-                "pts_offered": 1,
-                "price_per_pts": "1",
-                "funding_deadline": "2999-01-01T00:00:00Z",
-            }
-            for field in ("game_name", "description"):
-                for text in BAD:
-                    raw = json.dumps({**body, field: text})  # "\ud800" escaped, as JSON may
-                    r = await http.post(
-                        "/api/ptos", content=raw, headers={"Content-Type": "application/json"}
-                    )
-                    assert r.status_code == 422, r.text
-                    error = r.json()["error"]
-                    assert error["code"] == "invalid_input"
-                    assert f"body.{field}: must be text of" in error["message"]
-                    assert "without NUL" in error["message"] and "pattern" not in error["message"]
-            assert (await http.get("/api/ptos")).json() == []
+    async with operator_api(store) as http:
+        assert (await http.post("/api/players", json={"player_id": "maker"})).status_code == 201
+        body = {
+            "pto_id": "g",
+            "game_name": "G",
+            "creator_id": "maker",
+            "atu_required": 0,
+            "pts_offered": 1,
+            "price_per_pts": "1",
+            "funding_deadline": "2999-01-01T00:00:00Z",
+        }
+        for field in ("game_name", "description"):
+            for text in BAD:
+                raw = json.dumps({**body, field: text})  # "\ud800" escaped, as JSON may
+                r = await http.post(
+                    "/api/ptos", content=raw, headers={"Content-Type": "application/json"}
+                )
+                assert r.status_code == 422, r.text
+                error = r.json()["error"]
+                assert error["code"] == "invalid_input"
+                assert f"body.{field}: must be text of" in error["message"]
+                assert "without NUL" in error["message"] and "pattern" not in error["message"]
+        assert (await http.get("/api/ptos")).json() == []
 
 
 @pytest.mark.parametrize("escape", ["\\0", "\\ud800"])
