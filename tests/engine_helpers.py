@@ -19,8 +19,10 @@ async def launch(
     price: Decimal | int = 25,
     atu: int = 100,
     deadline: timedelta = timedelta(days=30),
+    amplification: float | None = None,
 ) -> PTOInfo:
-    """Launch ``pto_id`` (game ``Game <id>``) by ``creator`` with these terms."""
+    """Launch ``pto_id`` (game ``Game <id>``) by ``creator`` with these terms (the
+    engine's default amplification unless one is given)."""
     return await engine.launch_pto(
         pto_id=pto_id,
         game_name=f"Game {pto_id}",
@@ -29,4 +31,5 @@ async def launch(
         pts_offered=offered,
         price_per_pts=price,
         funding_deadline=deadline,
+        **({} if amplification is None else {"amplification": amplification}),
     )

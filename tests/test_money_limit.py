@@ -6,11 +6,11 @@ refunds, payouts) still exports and imports: ``tests/test_money_storage_range.py
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from api_client import operator_api
+from engine_helpers import launch
 
 from ublox_sim import BalanceLimit, Engine, SimClock
 from ublox_sim.core.limits import MAX_CENTS, MAX_MONEY
@@ -107,16 +107,7 @@ async def test_a_play_whose_xusd_would_pass_the_limit_is_refused(tmp_path: Path)
     home = tmp_path / "home"
     async with Engine.open(home, clock=SimClock()) as engine:
         await engine.register_player("maker", usd_obbba=100)
-        await engine.launch_pto(
-            pto_id="g",
-            game_name="G",
-            creator_id="maker",
-            atu_required=0,
-            pts_offered=10,
-            price_per_pts=1,
-            funding_deadline=timedelta(days=1),
-            amplification=10**6,
-        )
+        await launch(engine, "g", creator="maker", offered=10, price=1, atu=0, amplification=10**6)
         await engine.buy_pts("maker", "g", 10)
     with UbloxLocalStorage(store=home) as storage:  # a balance of xUSD at the limit
         player = storage.load_player("maker")

@@ -4,11 +4,11 @@ nothing and moves no world, the others of the tick play as usual."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_helpers import launch
 
 from ublox_sim import BalanceLimit, Engine, SimClock
 from ublox_sim.core.limits import MAX_MONEY
@@ -21,16 +21,7 @@ async def _two_holders(home: Path) -> None:
     async with Engine.open(home, clock=SimClock(), seed=7) as engine:
         await engine.register_player("maker", usd_obbba=100)
         await engine.register_player("fan", usd_obbba=100)
-        await engine.launch_pto(
-            pto_id="g",
-            game_name="G",
-            creator_id="maker",
-            atu_required=0,
-            pts_offered=10,
-            price_per_pts=1,
-            funding_deadline=timedelta(days=1),
-            amplification=10**6,
-        )
+        await launch(engine, "g", creator="maker", offered=10, price=1, atu=0, amplification=10**6)
         await engine.buy_pts("maker", "g", 5)
         await engine.buy_pts("fan", "g", 5)
 
