@@ -306,3 +306,15 @@ def test_the_interval_is_students_t() -> None:
     mean, low, high = S.interval95([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert (low, high) == pytest.approx((2.0 - 4.303 / 3**0.5, 2.0 + 4.303 / 3**0.5))
+
+
+def test_seed_in_a_sweeps_set_is_refused_use_seeds(tmp_path: Path) -> None:
+    result = sweep(tmp_path / "sweep", "--seeds", "1-2", "--set", "seed=5,6", *GRID[4:])
+    assert result.returncode == 2, result.stderr
+    assert "--set seed=5,6: a sweep's seeds are not a --set key" in result.stderr
+    assert "use --seeds" in result.stderr
+    assert not (tmp_path / "sweep").exists()
+    # A cell made by hand with a seed in its --set is refused too, nothing written.
+    with pytest.raises(InvalidInput, match="use --seeds"):
+        S.check_sweep([S.Cell(FESTIVAL, (("seed", "5"),), 1)], tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()

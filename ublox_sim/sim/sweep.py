@@ -258,11 +258,23 @@ def parse_set(text: str) -> tuple[str, list[str]]:
     return key.strip(), [part.strip() for part in parts]
 
 
+SEED_KEY = "seed"
+
+
 def grid(
     scenario: str, sets: Sequence[tuple[str, Sequence[str]]], seeds: Iterable[int]
 ) -> list[Cell]:
-    """The product of the value lists, times the seeds, sorted by cell."""
+    """The product of the value lists, times the seeds, sorted by cell.
+
+    ``InvalidInput`` for a ``seed`` key: the cells' seeds are ``seeds`` (``--seeds``),
+    a ``--set seed`` would only mislabel them."""
     keys = [k for k, _ in sets]
+    for key, values in sets:
+        if key == SEED_KEY:
+            raise InvalidInput(
+                f"--set {key}={','.join(values)}: a sweep's seeds are not a --set key "
+                "(the cells run their --seeds): use --seeds"
+            )
     cells = [
         Cell(scenario, tuple(zip(keys, combo, strict=True)), seed)
         for combo in itertools.product(*(values for _, values in sets))
@@ -300,7 +312,7 @@ class SweepResult:
 
 def check_sweep(cells: Sequence[Cell], out_dir: Path) -> None:
     """Refuse (``InvalidInput``, nothing written) a sweep that cannot run: ``out_dir``
-    holding something that is not a sweep's folder, or a scenario refused with a cell's
+    holding something that is not a sweep's folder, a ``seed`` in a cell's ``--set``, or a scenario refused with a cell's
     ``--set`` values or seed (the scenario's ``file:line: key`` or the ``--set`` key
     named), which would fail cell after cell. Each value list and each seed is read once."""
     if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_sweep_dir(out_dir):
@@ -311,6 +323,9 @@ def check_sweep(cells: Sequence[Cell], out_dir: Path) -> None:
         )
     from .scenario import load_scenario
 
+    for cell in cells:
+        if SEED_KEY in (k for k, _ in cell.overrides):
+            raise InvalidInput(f"cell {cell.cell_id}: --set {SEED_KEY} in a sweep: use --seeds")
     overrides_read: set[tuple[tuple[str, str], ...]] = set()
     seeds_read: set[int] = set()
     for cell in sorted(set(cells), key=Cell.sort_key):
