@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ublox_sim.core.errors import InvalidInput
+from ublox_sim.sim import metrics as M
 from ublox_sim.sim import sweep as S
 from ublox_sim.sim.scenario import ScenarioError, load_scenario
 
@@ -302,10 +303,21 @@ def test_cell_ids_are_filesystem_safe_and_distinct() -> None:
 
 
 def test_the_interval_is_students_t() -> None:
-    assert S.interval95([3.0]) == (3.0, 3.0, 3.0)
+    assert S.interval95([3.0]) == (3.0, None, None)  # one seed: no interval, not a zero one
     mean, low, high = S.interval95([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert (low, high) == pytest.approx((2.0 - 4.303 / 3**0.5, 2.0 + 4.303 / 3**0.5))
+
+
+def test_one_seed_gives_no_interval_in_the_summary() -> None:
+    finals = [{"cell_id": "a", "seed": 1, "k": "1", "tick": 3, "aci_mean": 0.5},
+              {"cell_id": "b", "seed": 1, "k": "2", "tick": 3, "aci_mean": 0.25},
+              {"cell_id": "c", "seed": 2, "k": "2", "tick": 3, "aci_mean": 0.75}]  # fmt: skip
+    summary = S.summarise(finals, ["k"])
+    assert summary[0] == {"k": "1", "metric": "aci_mean", "n": 1, "mean": 0.5, "low": None,
+                          "high": None}  # fmt: skip
+    assert summary[1]["n"] == 2 and summary[1]["low"] < 0.5 < summary[1]["high"]
+    assert M.to_csv(summary).splitlines()[1] == "1,aci_mean,1,0.5,,"
 
 
 def test_seed_in_a_sweeps_set_is_refused_use_seeds(tmp_path: Path) -> None:
@@ -317,4 +329,30 @@ def test_seed_in_a_sweeps_set_is_refused_use_seeds(tmp_path: Path) -> None:
     # A cell made by hand with a seed in its --set is refused too, nothing written.
     with pytest.raises(InvalidInput, match="use --seeds"):
         S.check_sweep([S.Cell(FESTIVAL, (("seed", "5"),), 1)], tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    ("sets", "error"),
+    [
+        (("world.coupling=0.5,1", "world.coupling=2,3"),
+         "--set world.coupling is given 2 times (--set world.coupling=0.5,1 and "
+         "--set world.coupling=2,3): give its values once"),
+        (("world.coupling=0.5,1,0.5",),
+         "--set world.coupling=0.5,1,0.5: 0.5 given more than once: give each value once"),
+        (("world.coupling=10,1e1",),
+         "--set world.coupling: world.coupling=10 and world.coupling=1e1 are the same "
+         "scenario once parsed: give each value once"),
+        (("world.coupling=0.5,2", "world.omega_spread=0.1,0.10"),
+         "--set world.omega_spread: world.omega_spread=0.1 and world.omega_spread=0.10 are "
+         "the same scenario once parsed"),
+    ],
+)  # fmt: skip
+def test_a_grid_with_a_cell_twice_is_refused_naming_the_key_and_values(
+    tmp_path: Path, sets: tuple[str, ...], error: str
+) -> None:
+    fixed = (a for f in FIXED for a in ("--set", f))
+    result = sweep(tmp_path / "sweep", *(a for s in sets for a in ("--set", s)), *fixed)
+    assert result.returncode == 2, result.stderr
+    assert error in result.stderr
     assert not (tmp_path / "sweep").exists()

@@ -251,10 +251,10 @@ def plot_sweep(sweep_dir: Path, out: Path, metrics: Sequence[str] | None = None)
             scale = 1 / CENTS_PER_UNIT if metric.endswith(("_cents", "_cents_mean")) else 1.0
             mean = [float(r["mean"]) * scale for r in rows]
             (line,) = ax.plot(pos, mean, marker="o", label=f"{label} (95% band)")
-            ax.fill_between(
+            ax.fill_between(  # no band where one seed gave no interval (empty low, high)
                 pos,
-                [float(r["low"]) * scale for r in rows],
-                [float(r["high"]) * scale for r in rows],
+                [float(r["low"] or "nan") * scale for r in rows],
+                [float(r["high"] or "nan") * scale for r in rows],
                 color=line.get_color(),
                 alpha=0.2,
             )

@@ -266,14 +266,28 @@ def grid(
 ) -> list[Cell]:
     """The product of the value lists, times the seeds, sorted by cell.
 
-    ``InvalidInput`` for a ``seed`` key: the cells' seeds are ``seeds`` (``--seeds``),
-    a ``--set seed`` would only mislabel them."""
+    ``InvalidInput`` for a grid whose cells would be mislabelled or counted twice: a
+    ``seed`` key (the seeds are ``seeds``, ``--seeds``), a key given twice, or a value
+    given twice in its list (values equal only once parsed, ``10`` and ``1e1``, are
+    refused by ``check_sweep``, which reads the scenario)."""
     keys = [k for k, _ in sets]
     for key, values in sets:
         if key == SEED_KEY:
             raise InvalidInput(
                 f"--set {key}={','.join(values)}: a sweep's seeds are not a --set key "
                 "(the cells run their --seeds): use --seeds"
+            )
+        if keys.count(key) > 1:
+            given = " and ".join(f"--set {k}={','.join(v)}" for k, v in sets if k == key)
+            raise InvalidInput(
+                f"--set {key} is given {keys.count(key)} times ({given}): give its values "
+                "once, in one --set"
+            )
+        repeated = sorted({v for v in values if list(values).count(v) > 1})
+        if repeated:
+            raise InvalidInput(
+                f"--set {key}={','.join(values)}: {', '.join(repeated)} given more than "
+                "once: give each value once (a cell twice would count its seeds twice)"
             )
     cells = [
         Cell(scenario, tuple(zip(keys, combo, strict=True)), seed)
@@ -311,10 +325,13 @@ class SweepResult:
 
 
 def check_sweep(cells: Sequence[Cell], out_dir: Path) -> None:
-    """Refuse (``InvalidInput``, nothing written) a sweep that cannot run: ``out_dir``
-    holding something that is not a sweep's folder, a ``seed`` in a cell's ``--set``, or a scenario refused with a cell's
-    ``--set`` values or seed (the scenario's ``file:line: key`` or the ``--set`` key
-    named), which would fail cell after cell. Each value list and each seed is read once."""
+    """Refuse (``InvalidInput``, nothing written) a sweep that cannot run or whose tables
+    would mislead: ``out_dir`` holding something that is not a sweep's folder; a scenario
+    refused with a cell's ``--set`` values or seed (the scenario's ``file:line: key`` or
+    the ``--set`` key named), which would fail cell after cell; a ``seed`` or a key twice
+    in a cell's ``--set``; two cells that are one scenario once parsed (``10`` and
+    ``1e1``), whose seeds would be counted twice. Each value combination is read once
+    (at the first seed), each other seed once."""
     if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_sweep_dir(out_dir):
         shown = ", ".join(sorted(p.name for p in out_dir.iterdir())[:3])
         raise InvalidInput(
@@ -323,17 +340,44 @@ def check_sweep(cells: Sequence[Cell], out_dir: Path) -> None:
         )
     from .scenario import load_scenario
 
+    cells = sorted(set(cells), key=Cell.sort_key)
+    if not cells:
+        raise InvalidInput("a sweep needs at least one cell")
     for cell in cells:
-        if SEED_KEY in (k for k, _ in cell.overrides):
+        keys = [k for k, _ in cell.overrides]
+        if SEED_KEY in keys:
             raise InvalidInput(f"cell {cell.cell_id}: --set {SEED_KEY} in a sweep: use --seeds")
-    overrides_read: set[tuple[tuple[str, str], ...]] = set()
-    seeds_read: set[int] = set()
-    for cell in sorted(set(cells), key=Cell.sort_key):
-        if cell.overrides in overrides_read and cell.seed in seeds_read:
-            continue
-        load_scenario(cell.scenario, overrides=cell.set_args, seed=cell.seed)
-        overrides_read.add(cell.overrides)
-        seeds_read.add(cell.seed)
+        if len(set(keys)) != len(keys):
+            raise InvalidInput(f"cell {cell.cell_id}: a --set key given twice ({', '.join(keys)})")
+    first_seed = min(c.seed for c in cells)
+    combos = list(dict.fromkeys((c.scenario, c.overrides) for c in cells))
+    parsed: dict[str, tuple[tuple[str, str], ...]] = {}
+    for scenario, overrides in combos:
+        loaded = load_scenario(
+            scenario, overrides=[f"{k}={v}" for k, v in overrides], seed=first_seed
+        )
+        model = loaded.scenario
+        whole = json.dumps(model.model_dump(mode="json", by_alias=True), sort_keys=True)
+        if whole in parsed:
+            raise _same_scenario(parsed[whole], overrides)
+        parsed[whole] = overrides
+    for seed in sorted({c.seed for c in cells} - {first_seed}):
+        scenario, overrides = combos[0]
+        load_scenario(scenario, overrides=[f"{k}={v}" for k, v in overrides], seed=seed)
+
+
+def _same_scenario(
+    one: tuple[tuple[str, str], ...], other: tuple[tuple[str, str], ...]
+) -> InvalidInput:
+    a, b = dict(one), dict(other)
+    differ = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    shown = " and ".join(
+        ", ".join(f"{k}={given.get(k, '(not set)')}" for k in differ) for given in (a, b)
+    )
+    return InvalidInput(
+        f"--set {', '.join(differ)}: {shown} are the same scenario once parsed: "
+        "give each value once (a cell twice would count its seeds twice)"
+    )
 
 
 def _is_sweep_dir(path: Path) -> bool:
@@ -457,11 +501,12 @@ _T975 = (
 )  # fmt: skip
 
 
-def interval95(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the mean and its 95% t-interval (low = high = mean for one value)."""
+def interval95(values: Sequence[float]) -> tuple[float, float | None, float | None]:
+    """(mean, low, high): the mean and its 95% t-interval; one value has no interval
+    (low and high None: its spread is unknown, not zero)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return mean, mean, mean
+        return mean, None, None
     df = len(values) - 1
     t = _T975[df - 1] if df <= len(_T975) else 1.96
     half = t * statistics.stdev(values) / math.sqrt(len(values))
@@ -470,7 +515,7 @@ def interval95(values: Sequence[float]) -> tuple[float, float, float]:
 
 def summarise(finals: Sequence[Row], keys: Sequence[str]) -> list[Row]:
     """Per combination of parameter values (in first-seen order) and metric: n, the mean
-    and its 95% interval over the seeds."""
+    and its 95% interval over the seeds (none, empty cells, when n is 1)."""
     groups: dict[tuple[Any, ...], list[Row]] = {}
     for row in finals:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
