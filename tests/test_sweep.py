@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -356,3 +357,87 @@ def test_a_grid_with_a_cell_twice_is_refused_naming_the_key_and_values(
     assert result.returncode == 2, result.stderr
     assert error in result.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def _copy(sweep_dir: Path, to: Path) -> Path:
+    shutil.copytree(sweep_dir, to, symlinks=True)
+    return to
+
+
+def test_another_grid_or_seeds_into_a_sweeps_folder_is_refused_untouched(
+    serial: Path, tmp_path: Path
+) -> None:
+    out = _copy(serial, tmp_path / "sweep")
+    before = tables(out) | {"sweep.json": (out / "sweep.json").read_bytes()}
+    grid = [a if a != "world.coupling=0.5,2" else "world.coupling=0.5,3" for a in GRID]
+    result = sweep(out, *grid)
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"error: {out} holds another sweep (--set world.coupling=0.5,2 there, "
+        f"world.coupling=0.5,3 now): use a new --out, or remove {out} to run this sweep there"
+    ) in result.stderr
+    result = sweep(out, "--seeds", "1-3", *GRID[2:])
+    assert result.returncode == 2, result.stderr
+    assert f"error: {out} holds another sweep (seeds 1-2 there, 1-3 now)" in result.stderr
+    assert tables(out) | {"sweep.json": (out / "sweep.json").read_bytes()} == before
+
+
+def test_a_rerun_after_the_scenario_changed_is_refused_and_keeps_the_tables(
+    tmp_path: Path,
+) -> None:
+    scenario = tmp_path / "festival.yaml"
+    shutil.copyfile(FESTIVAL, scenario)
+    cells = S.grid(str(scenario), [S.parse_set("world.coupling=0.5,2"),
+                                   *(S.parse_set(f) for f in FIXED)], [1])  # fmt: skip
+    out = tmp_path / "sweep"
+    assert not S.run_sweep(cells, out, S.LocalExecutor(1)).failed
+    before = tables(out)
+    text = scenario.read_text(encoding="utf-8")
+    assert "  amplification: 100\n" in text  # not in the sweep's --set
+    scenario.write_text(
+        text.replace("  amplification: 100\n", "  amplification: 50\n"), encoding="utf-8"
+    )
+    with pytest.raises(InvalidInput) as caught:
+        S.run_sweep(cells, out, S.LocalExecutor(1))
+    assert str(caught.value) == (
+        f"{out} holds another sweep (the scenario ({scenario}) is not the one it ran (the "
+        f"file changed since)): use a new --out, or remove {out} to run this sweep there"
+    )
+    assert tables(out) == before
+    # Without sweep.json (a sweep of an older version) each cell refuses the other
+    # scenario: no cell finishes, and the tables already there are kept, not emptied.
+    (out / "sweep.json").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "ublox_sim", "sweep", str(scenario), "--seeds", "1", "--set",
+         "world.coupling=0.5,2", *(a for f in FIXED for a in ("--set", f)), "--jobs", "1",
+         "--out", str(out)],
+        env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "holds a run of another scenario" in result.stderr
+    assert f"no cell finished: the tables in {out} were not written" in result.stderr
+    assert tables(out) == before
+
+
+class Failing:
+    """An executor whose every cell fails."""
+
+    jobs = 1
+
+    def map(self, fn: S.CellFn, cells: Sequence[S.Cell]) -> Iterator[tuple[S.Cell, S.CellResult]]:
+        for cell in cells:
+            yield cell, S.CellResult(cell, error="lost", how="error")
+
+
+def test_no_finished_cell_never_overwrites_the_tables(serial: Path, tmp_path: Path) -> None:
+    out = _copy(serial, tmp_path / "sweep")
+    cells = S.grid(FESTIVAL, [S.parse_set("world.coupling=0.5,2"),
+                              *(S.parse_set(f) for f in FIXED)], [1, 2])  # fmt: skip
+    before = tables(out)
+    result = S.run_sweep(cells, out, Failing())
+    assert not result.tables_written and len(result.failed) == 4
+    assert tables(out) == before
+    # The same sweep again resumes as before: every cell finished, read back.
+    again = S.run_sweep(cells, out, S.LocalExecutor(1))
+    assert again.tables_written and {r.how for r in again.results} == {"skipped"}
+    assert tables(out) == before

@@ -516,6 +516,12 @@ def sweep(
     )
     for failed in result.failed:
         click.echo(f"failed {failed.cell.cell_id}: {failed.error}", err=True)
+    if not result.tables_written:
+        click.echo(
+            f"no cell finished: the tables in {out} were not written (those there, if any, "
+            "are kept as they were)",
+            err=True,
+        )
     if result.failed:
         sys.exit(EXIT_FAILED)
 

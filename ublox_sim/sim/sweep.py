@@ -315,29 +315,37 @@ ProgressFn = Callable[[SweepProgress], None]
 
 @dataclass
 class SweepResult:
+    """``tables_written`` is False when no cell finished: the tables already in
+    ``out_dir`` (of an earlier run of the sweep) were left as they were."""
+
     out_dir: Path
     results: list[CellResult]
     wall_seconds: float
+    tables_written: bool = True
 
     @property
     def failed(self) -> list[CellResult]:
         return [r for r in self.results if not r.ok]
 
 
-def check_sweep(cells: Sequence[Cell], out_dir: Path) -> None:
+def check_sweep(cells: Sequence[Cell], out_dir: Path) -> str:
     """Refuse (``InvalidInput``, nothing written) a sweep that cannot run or whose tables
-    would mislead: ``out_dir`` holding something that is not a sweep's folder; a scenario
+    would mislead: ``out_dir`` holding something that is not a sweep's folder, or another
+    sweep (another grid, seeds or scenario: ``sweep.json`` records them); a scenario
     refused with a cell's ``--set`` values or seed (the scenario's ``file:line: key`` or
     the ``--set`` key named), which would fail cell after cell; a ``seed`` or a key twice
     in a cell's ``--set``; two cells that are one scenario once parsed (``10`` and
     ``1e1``), whose seeds would be counted twice. Each value combination is read once
-    (at the first seed), each other seed once."""
+    (at the first seed), each other seed once. Returns the sweep's identity: a digest of
+    every combination's scenario as a run records it (``resolved_scenario``, and its
+    ``metrics:`` section)."""
     if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_sweep_dir(out_dir):
         shown = ", ".join(sorted(p.name for p in out_dir.iterdir())[:3])
         raise InvalidInput(
             f"{out_dir} is not empty and is not a sweep's folder ({shown}; no {SWEEP_FILE}):"
             " use a new or empty --out"
         )
+    from .runner import resolved_scenario
     from .scenario import load_scenario
 
     cells = sorted(set(cells), key=Cell.sort_key)
@@ -352,6 +360,7 @@ def check_sweep(cells: Sequence[Cell], out_dir: Path) -> None:
     first_seed = min(c.seed for c in cells)
     combos = list(dict.fromkeys((c.scenario, c.overrides) for c in cells))
     parsed: dict[str, tuple[tuple[str, str], ...]] = {}
+    identity = hashlib.sha256()
     for scenario, overrides in combos:
         loaded = load_scenario(
             scenario, overrides=[f"{k}={v}" for k, v in overrides], seed=first_seed
@@ -361,9 +370,14 @@ def check_sweep(cells: Sequence[Cell], out_dir: Path) -> None:
         if whole in parsed:
             raise _same_scenario(parsed[whole], overrides)
         parsed[whole] = overrides
+        metrics = json.dumps(model.metrics.model_dump(mode="json", by_alias=True), sort_keys=True)
+        identity.update(f"{resolved_scenario(model)}\n{metrics}\n".encode())
     for seed in sorted({c.seed for c in cells} - {first_seed}):
         scenario, overrides = combos[0]
         load_scenario(scenario, overrides=[f"{k}={v}" for k, v in overrides], seed=seed)
+    digest = identity.hexdigest()
+    _check_same_sweep(out_dir, cells, digest)
+    return digest
 
 
 def _same_scenario(
@@ -380,6 +394,61 @@ def _same_scenario(
     )
 
 
+def _check_same_sweep(out_dir: Path, cells: Sequence[Cell], identity: str) -> None:
+    """A rerun into a sweep's folder must be the same sweep (it resumes): refuse
+    another grid, other seeds or another scenario, naming the folder and what differs."""
+    path = out_dir / SWEEP_FILE
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+        old = {(tuple(sorted(c["set"].items())), int(c["seed"])) for c in before["cells"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidInput(
+            f"{path} cannot be read ({exc}): use a new --out, or remove {out_dir}"
+        ) from exc
+    new = {(tuple(sorted(c.overrides)), c.seed) for c in cells}
+    differs: list[str] = []
+    old_seeds, new_seeds = sorted({s for _, s in old}), sorted({s for _, s in new})
+    if old_seeds != new_seeds:
+        differs.append(f"seeds {_ranges(old_seeds)} there, {_ranges(new_seeds)} now")
+    old_grid, new_grid = _values(o for o, _ in old), _values(o for o, _ in new)
+    changed = [k for k in sorted({*old_grid, *new_grid}) if old_grid.get(k) != new_grid.get(k)]
+    if changed:
+        there, now = (_show(values, changed) for values in (old_grid, new_grid))
+        differs.append(f"--set {there} there, {now} now")
+    if not differs and before.get("identity", identity) != identity:
+        differs.append(
+            f"the scenario ({cells[0].scenario}) is not the one it ran (the file changed since)"
+        )
+    if differs:
+        raise InvalidInput(
+            f"{out_dir} holds another sweep ({'; '.join(differs)}): use a new --out, or "
+            f"remove {out_dir} to run this sweep there"
+        )
+
+
+def _values(combos: Iterable[tuple[tuple[str, str], ...]]) -> dict[str, list[str]]:
+    seen: dict[str, set[str]] = {}
+    for combo in combos:
+        for k, v in combo:
+            seen.setdefault(k, set()).add(v)
+    return {k: sorted(v) for k, v in sorted(seen.items())}
+
+
+def _show(values: dict[str, list[str]], keys: Sequence[str]) -> str:
+    return " ".join(f"{k}={','.join(values[k])}" if k in values else f"{k} unset" for k in keys)
+
+
+def _ranges(seeds: Sequence[int]) -> str:
+    """[1, 2, 3, 7] → ``1-3,7``, as ``--seeds`` takes them."""
+    parts: list[str] = []
+    for _, run in itertools.groupby(enumerate(seeds), lambda pair: pair[1] - pair[0]):
+        block = [s for _, s in run]
+        parts.append(str(block[0]) if len(block) == 1 else f"{block[0]}-{block[-1]}")
+    return ",".join(parts)
+
+
 def _is_sweep_dir(path: Path) -> bool:
     """A sweep wrote here (``sweep.json``; ``cells/`` alone if it was killed at once)."""
     return (path / SWEEP_FILE).is_file() or (path / CELLS).is_dir()
@@ -393,13 +462,14 @@ def run_sweep(
 ) -> SweepResult:
     """Run ``cells`` (those finished before are read back, checkpointed ones resume) and
     write the sweep's tables in ``out_dir``. See the module doc. ``InvalidInput`` before
-    anything is written for a sweep that cannot run (``check_sweep``)."""
+    anything is written for a sweep that cannot run (``check_sweep``). When no cell
+    finished, no table is written: those there stay (``SweepResult.tables_written``)."""
     started = time.perf_counter()
-    check_sweep(cells, out_dir)
+    identity = check_sweep(cells, out_dir)
     cells = sorted(set(cells), key=Cell.sort_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CELLS).mkdir(exist_ok=True)
-    _record_sweep(out_dir, cells)
+    _record_sweep(out_dir, cells, identity)
     jobs = int(getattr(executor, "jobs", 1))
     results: dict[Cell, CellResult] = {}
     done = failed = 0
@@ -416,8 +486,10 @@ def run_sweep(
             eta = elapsed / (done + failed) * left if left else 0.0
             progress(SweepProgress(len(cells), done, failed, min(jobs, left), eta, result))
     ordered = [results[c] for c in cells if c in results]
-    write_tables(out_dir, ordered)
-    return SweepResult(out_dir, ordered, time.perf_counter() - started)
+    written = any(r.ok for r in ordered)
+    if written:
+        write_tables(out_dir, ordered)
+    return SweepResult(out_dir, ordered, time.perf_counter() - started, written)
 
 
 def swept_keys(cells: Sequence[Cell]) -> list[str]:
@@ -430,10 +502,13 @@ def swept_keys(cells: Sequence[Cell]) -> list[str]:
     return [k for k, seen in values.items() if len(seen) > 1]
 
 
-def _record_sweep(out_dir: Path, cells: Sequence[Cell]) -> None:
-    """``sweep.json``: the cells and the swept keys, for ``plot`` and for a reader."""
+def _record_sweep(out_dir: Path, cells: Sequence[Cell], identity: str) -> None:
+    """``sweep.json``: the cells and the swept keys, for ``plot`` and for a reader, and
+    the sweep's ``identity`` (``check_sweep``): a rerun must be the same sweep."""
     spec = {
         "parameters": swept_keys(cells),
+        "seeds": sorted({c.seed for c in cells}),
+        "identity": identity,
         "cells": [
             {"cell_id": c.cell_id, "scenario": c.scenario, "set": dict(c.overrides), "seed": c.seed}
             for c in cells
