@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -441,3 +442,37 @@ def test_no_finished_cell_never_overwrites_the_tables(serial: Path, tmp_path: Pa
     again = S.run_sweep(cells, out, S.LocalExecutor(1))
     assert again.tables_written and {r.how for r in again.results} == {"skipped"}
     assert tables(out) == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_exits_130_with_the_command_that_resumes_it(serial: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ublox_sim", "sweep", FESTIVAL, *GRID, "--jobs", "1",
+         "--out", str(out)],
+        env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        # A terminal's Ctrl-C: SIGINT to the process group, once the first cell finished.
+        while not list(out.glob("cells/*/export.json")):
+            assert proc.poll() is None, "the sweep ended before any cell was seen to finish"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Aborted" not in stderr
+    hint = stderr.rsplit("continue with `", 1)[1].split("`", 1)[0]
+    words = shlex.split(hint)
+    assert words[:2] == ["ublox-sim", "sweep"]
+    rerun = subprocess.run(
+        [sys.executable, "-m", "ublox_sim", *words[1:]],
+        env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert " skipped in " in rerun.stderr
+    assert tables(out) == tables(serial)
