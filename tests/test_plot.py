@@ -124,4 +124,4 @@ def test_a_one_seed_sweep_plots_without_an_interval(tmp_path: Path) -> None:
     summary = (tmp_path / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert "0.5,aci_mean,1,0.25,," in summary  # n = 1: no interval, empty low and high
     written = plot_sweep(tmp_path, tmp_path / "plots")
-    check_images(written, {"sweep_aci_mean", "sweep_players_active"})
+    check_images(written, {"sweep_aci_mean", "sweep_last_tick_players_active"})

@@ -81,7 +81,10 @@ def test_a_sweep_writes_the_grid_times_the_seeds(serial: Path) -> None:
         assert len(ident) <= 100
     assert len(set(ids)) == 4
     final = (serial / "final.csv").read_text(encoding="utf-8").splitlines()
-    assert final[0].startswith("cell_id,seed,world.coupling,tick,players_active,")
+    # Counts per tick (sessions, phase locks, players active) are the last tick's, so named.
+    assert final[0].startswith("cell_id,seed,world.coupling,tick,last_tick_players_active,")
+    assert ",last_tick_sessions_mean,last_tick_phase_locks_mean" in final[0]
+    assert ",sessions_mean" not in final[0] and ",players_active" not in final[0]
     assert len(final) == 1 + 4
     summary = (serial / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert summary[0] == "world.coupling,metric,n,mean,low,high"

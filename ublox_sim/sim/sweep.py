@@ -519,7 +519,7 @@ def _record_sweep(out_dir: Path, cells: Sequence[Cell], identity: str) -> None:
 
 def write_tables(out_dir: Path, results: Sequence[CellResult]) -> None:
     """``series.csv`` (every tick of every cell), ``final.csv`` (one row per cell: the
-    global metrics at the last tick and the worlds' means), ``summary.csv`` (each
+    global metrics at the last tick and the worlds' means, ``final_metrics``), ``summary.csv`` (each
     metric per parameter value: mean and 95% interval over seeds), ``failed.json``."""
     keys = swept_keys([r.cell for r in results])
 
@@ -552,19 +552,25 @@ def write_tables(out_dir: Path, results: Sequence[CellResult]) -> None:
 
 def final_metrics(rows: Sequence[Row]) -> Row:
     """A cell's result: the global metrics at its last tick, and each world metric's
-    mean over the worlds at that tick (``<metric>_mean``)."""
+    mean over the worlds at that tick (``<metric>_mean``). A metric counted per tick
+    (``M.PER_TICK``: sessions, phase locks, players active) is that last tick's count,
+    not a total: its column is ``last_tick_<name>``."""
     last = max(row["tick"] for row in rows)
     at_end = [row for row in rows if row["tick"] == last]
     out: Row = {"tick": last}
     for row in at_end:
         if row["entity"] == M.GLOBAL:
-            out |= {k: row[k] for k in M.GLOBAL_METRICS if k in row}
+            out |= {_final_name(k): row[k] for k in M.GLOBAL_METRICS if k in row}
     worlds = [row for row in at_end if row["entity"] != M.GLOBAL]
     for name in M.WORLD_METRICS:
         values = [row[name] for row in worlds if row.get(name) is not None]
         if any(name in row for row in at_end):
-            out[f"{name}_mean"] = statistics.fmean(values) if values else None
+            out[_final_name(f"{name}_mean", name)] = statistics.fmean(values) if values else None
     return out
+
+
+def _final_name(column: str, metric: str | None = None) -> str:
+    return f"last_tick_{column}" if (metric or column) in M.PER_TICK else column
 
 
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; past 30 the
