@@ -448,10 +448,13 @@ def test_no_finished_cell_never_overwrites_the_tables(serial: Path, tmp_path: Pa
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_ctrl_c_exits_130_with_the_command_that_resumes_it(serial: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_exits_130_with_the_command_that_resumes_it(
+    serial: Path, tmp_path: Path, jobs: int
+) -> None:
     out = tmp_path / "sweep"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ublox_sim", "sweep", FESTIVAL, *GRID, "--jobs", "1",
+        [sys.executable, "-m", "ublox_sim", "sweep", FESTIVAL, *GRID, "--jobs", str(jobs),
          "--out", str(out)],
         env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,

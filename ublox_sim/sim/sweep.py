@@ -28,6 +28,7 @@ import math
 import multiprocessing
 import re
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -130,7 +131,12 @@ def run_cell(cell: Cell, home: Path) -> CellResult:
             home.mkdir(parents=True, exist_ok=True)
             anyio.run(
                 functools.partial(
-                    run_scenario, loaded, where, resume=how == "resumed", collect_metrics=True
+                    run_scenario,
+                    loaded,
+                    where,
+                    resume=how == "resumed",
+                    collect_metrics=True,
+                    interrupted=None if _STOP is None else _STOP.is_set,
                 )
             )
         rows = M.read_metrics(where)
@@ -156,12 +162,27 @@ class Executor(Protocol):
     def map(self, fn: CellFn, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellResult]]: ...
 
 
+_STOP: Any = None
+"""In a ``LocalExecutor`` worker: the sweep's stop event, set when the sweep is stopped
+(Ctrl-C); the worker's cell then stops at its next tick (``run_scenario``'s
+``interrupted``), resumable from its last checkpoint."""
+
+
+def _worker_init(stop: Any) -> None:
+    """A worker's initializer: Ctrl-C is the sweep's to handle (a terminal sends SIGINT
+    to every process of the group): the worker ignores SIGINT and stops its cell at the
+    next tick once the sweep sets ``stop``, rather than finishing it first."""
+    global _STOP
+    _STOP = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+
+
 def _die_with_parent() -> None:
     """A worker's initializer: on Linux, the kernel kills the worker when the sweep's
     process dies, so a killed sweep leaves no worker still writing a cell's home."""
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         PR_SET_PDEATHSIG = 1
@@ -183,8 +204,12 @@ class LocalExecutor:
                 yield cell, _guarded(fn, cell)
             return
         context = multiprocessing.get_context("spawn")
+        stop = context.Event()
         with cf.ProcessPoolExecutor(
-            max_workers=self.jobs, mp_context=context, initializer=_die_with_parent
+            max_workers=self.jobs,
+            mp_context=context,
+            initializer=_worker_init,
+            initargs=(stop,),
         ) as pool:
             futures = {pool.submit(fn, cell): cell for cell in cells}
             try:
@@ -195,6 +220,11 @@ class LocalExecutor:
                         yield cell, future.result()
                     else:
                         yield cell, CellResult(cell, error=_describe(error), how="error")
+            except BaseException:
+                # Ctrl-C (or the caller gone): the cells running stop at their next tick,
+                # so leaving the pool (which waits for them) is quick.
+                stop.set()
+                raise
             finally:
                 for future in futures:
                     future.cancel()
