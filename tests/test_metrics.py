@@ -205,6 +205,26 @@ def test_csv_and_parquet_hold_the_same_table(reference: tuple[Path, str], tmp_pa
     assert len(frame) == len(rows)
 
 
+def test_money_and_counts_are_64_bit_integers_in_pandas_and_parquet(
+    reference: tuple[Path, str], tmp_path: Path
+) -> None:
+    pd = pytest.importorskip("pandas")
+    pq = pytest.importorskip("pyarrow.parquet")
+    home, _ = reference
+    rows = M.read_metrics(Home(home))
+    cents = {name for name in rows[0] if name.endswith("_cents")}
+    assert cents and cents <= M.INTEGER_COLUMNS  # every money column is whole cents
+    M.write_table(rows, tmp_path / "m.parquet")
+    schema = pq.read_schema(tmp_path / "m.parquet")
+    for frame in (M.metrics_frame(Home(home)), pd.read_parquet(tmp_path / "m.parquet")):
+        for name in M.INTEGER_COLUMNS & set(rows[0]):
+            assert str(frame[name].dtype) == "Int64", name
+            assert str(schema.field(name).type) == "int64", name
+            # Exact: the same integers as the rows, a gap (None) where an entity has none.
+            got = [None if v is pd.NA else int(v) for v in frame[name]]
+            assert got == [row[name] for row in rows], name
+
+
 def test_a_metrics_file_of_another_suffix_is_refused_before_running(tmp_path: Path) -> None:
     result = cli("run", FESTIVAL, "--home", str(tmp_path / "home"), *SET, "--metrics", "m.xlsx")
     assert result.returncode == 2

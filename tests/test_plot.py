@@ -103,3 +103,25 @@ def test_importing_the_plot_module_loads_no_matplotlib() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
     assert (result.returncode, result.stdout.strip()) == (0, "False")
+
+
+def test_a_one_seed_sweep_plots_without_an_interval(tmp_path: Path) -> None:
+    from ublox_sim.sim import sweep as S
+    from ublox_sim.sim.plot import plot_sweep
+
+    results = [
+        S.CellResult(
+            S.Cell("x.yaml", (("world.coupling", k),), 1),
+            rows=[
+                {"tick": 1, "entity": "global", "players_active": 3},
+                {"tick": 1, "entity": "p1", "aci": aci},
+            ],
+        )
+        for k, aci in (("0.5", 0.25), ("2", 0.5))
+    ]
+    S.write_tables(tmp_path, results)
+    (tmp_path / "sweep.json").write_text('{"parameters": ["world.coupling"]}', encoding="utf-8")
+    summary = (tmp_path / "summary.csv").read_text(encoding="utf-8").splitlines()
+    assert "0.5,aci_mean,1,0.25,," in summary  # n = 1: no interval, empty low and high
+    written = plot_sweep(tmp_path, tmp_path / "plots")
+    check_images(written, {"sweep_aci_mean", "sweep_last_tick_players_active"})

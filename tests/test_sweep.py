@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import select
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ublox_sim.core.errors import InvalidInput
+from ublox_sim.sim import metrics as M
 from ublox_sim.sim import sweep as S
 from ublox_sim.sim.scenario import ScenarioError, load_scenario
 
@@ -78,7 +81,10 @@ def test_a_sweep_writes_the_grid_times_the_seeds(serial: Path) -> None:
         assert len(ident) <= 100
     assert len(set(ids)) == 4
     final = (serial / "final.csv").read_text(encoding="utf-8").splitlines()
-    assert final[0].startswith("cell_id,seed,world.coupling,tick,players_active,")
+    # Counts per tick (sessions, phase locks, players active) are the last tick's, so named.
+    assert final[0].startswith("cell_id,seed,world.coupling,tick,last_tick_players_active,")
+    assert ",last_tick_sessions_mean,last_tick_phase_locks_mean" in final[0]
+    assert ",sessions_mean" not in final[0] and ",players_active" not in final[0]
     assert len(final) == 1 + 4
     summary = (serial / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert summary[0] == "world.coupling,metric,n,mean,low,high"
@@ -302,7 +308,177 @@ def test_cell_ids_are_filesystem_safe_and_distinct() -> None:
 
 
 def test_the_interval_is_students_t() -> None:
-    assert S.interval95([3.0]) == (3.0, 3.0, 3.0)
+    assert S.interval95([3.0]) == (3.0, None, None)  # one seed: no interval, not a zero one
     mean, low, high = S.interval95([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert (low, high) == pytest.approx((2.0 - 4.303 / 3**0.5, 2.0 + 4.303 / 3**0.5))
+
+
+def test_one_seed_gives_no_interval_in_the_summary() -> None:
+    finals = [{"cell_id": "a", "seed": 1, "k": "1", "tick": 3, "aci_mean": 0.5},
+              {"cell_id": "b", "seed": 1, "k": "2", "tick": 3, "aci_mean": 0.25},
+              {"cell_id": "c", "seed": 2, "k": "2", "tick": 3, "aci_mean": 0.75}]  # fmt: skip
+    summary = S.summarise(finals, ["k"])
+    assert summary[0] == {"k": "1", "metric": "aci_mean", "n": 1, "mean": 0.5, "low": None,
+                          "high": None}  # fmt: skip
+    assert summary[1]["n"] == 2 and summary[1]["low"] < 0.5 < summary[1]["high"]
+    assert M.to_csv(summary).splitlines()[1] == "1,aci_mean,1,0.5,,"
+
+
+def test_seed_in_a_sweeps_set_is_refused_use_seeds(tmp_path: Path) -> None:
+    result = sweep(tmp_path / "sweep", "--seeds", "1-2", "--set", "seed=5,6", *GRID[4:])
+    assert result.returncode == 2, result.stderr
+    assert "--set seed=5,6: a sweep's seeds are not a --set key" in result.stderr
+    assert "use --seeds" in result.stderr
+    assert not (tmp_path / "sweep").exists()
+    # A cell made by hand with a seed in its --set is refused too, nothing written.
+    with pytest.raises(InvalidInput, match="use --seeds"):
+        S.check_sweep([S.Cell(FESTIVAL, (("seed", "5"),), 1)], tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    ("sets", "error"),
+    [
+        (("world.coupling=0.5,1", "world.coupling=2,3"),
+         "--set world.coupling is given 2 times (--set world.coupling=0.5,1 and "
+         "--set world.coupling=2,3): give its values once"),
+        (("world.coupling=0.5,1,0.5",),
+         "--set world.coupling=0.5,1,0.5: 0.5 given more than once: give each value once"),
+        (("world.coupling=10,1e1",),
+         "--set world.coupling: world.coupling=10 and world.coupling=1e1 are the same "
+         "scenario once parsed: give each value once"),
+        (("world.coupling=0.5,2", "world.omega_spread=0.1,0.10"),
+         "--set world.omega_spread: world.omega_spread=0.1 and world.omega_spread=0.10 are "
+         "the same scenario once parsed"),
+    ],
+)  # fmt: skip
+def test_a_grid_with_a_cell_twice_is_refused_naming_the_key_and_values(
+    tmp_path: Path, sets: tuple[str, ...], error: str
+) -> None:
+    fixed = (a for f in FIXED for a in ("--set", f))
+    result = sweep(tmp_path / "sweep", *(a for s in sets for a in ("--set", s)), *fixed)
+    assert result.returncode == 2, result.stderr
+    assert error in result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def _copy(sweep_dir: Path, to: Path) -> Path:
+    shutil.copytree(sweep_dir, to, symlinks=True)
+    return to
+
+
+def test_another_grid_or_seeds_into_a_sweeps_folder_is_refused_untouched(
+    serial: Path, tmp_path: Path
+) -> None:
+    out = _copy(serial, tmp_path / "sweep")
+    before = tables(out) | {"sweep.json": (out / "sweep.json").read_bytes()}
+    grid = [a if a != "world.coupling=0.5,2" else "world.coupling=0.5,3" for a in GRID]
+    result = sweep(out, *grid)
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"error: {out} holds another sweep (--set world.coupling=0.5,2 there, "
+        f"world.coupling=0.5,3 now): use a new --out, or remove {out} to run this sweep there"
+    ) in result.stderr
+    result = sweep(out, "--seeds", "1-3", *GRID[2:])
+    assert result.returncode == 2, result.stderr
+    assert f"error: {out} holds another sweep (seeds 1-2 there, 1-3 now)" in result.stderr
+    assert tables(out) | {"sweep.json": (out / "sweep.json").read_bytes()} == before
+
+
+def test_a_rerun_after_the_scenario_changed_is_refused_and_keeps_the_tables(
+    tmp_path: Path,
+) -> None:
+    scenario = tmp_path / "festival.yaml"
+    shutil.copyfile(FESTIVAL, scenario)
+    cells = S.grid(str(scenario), [S.parse_set("world.coupling=0.5,2"),
+                                   *(S.parse_set(f) for f in FIXED)], [1])  # fmt: skip
+    out = tmp_path / "sweep"
+    assert not S.run_sweep(cells, out, S.LocalExecutor(1)).failed
+    before = tables(out)
+    text = scenario.read_text(encoding="utf-8")
+    assert "  amplification: 100\n" in text  # not in the sweep's --set
+    scenario.write_text(
+        text.replace("  amplification: 100\n", "  amplification: 50\n"), encoding="utf-8"
+    )
+    with pytest.raises(InvalidInput) as caught:
+        S.run_sweep(cells, out, S.LocalExecutor(1))
+    assert str(caught.value) == (
+        f"{out} holds another sweep (the scenario ({scenario}) is not the one it ran (the "
+        f"file changed since)): use a new --out, or remove {out} to run this sweep there"
+    )
+    assert tables(out) == before
+    # Without sweep.json (a sweep of an older version) each cell refuses the other
+    # scenario: no cell finishes, and the tables already there are kept, not emptied.
+    (out / "sweep.json").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "ublox_sim", "sweep", str(scenario), "--seeds", "1", "--set",
+         "world.coupling=0.5,2", *(a for f in FIXED for a in ("--set", f)), "--jobs", "1",
+         "--out", str(out)],
+        env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "holds a run of another scenario" in result.stderr
+    assert f"no cell finished: the tables in {out} were not written" in result.stderr
+    assert tables(out) == before
+
+
+class Failing:
+    """An executor whose every cell fails."""
+
+    jobs = 1
+
+    def map(self, fn: S.CellFn, cells: Sequence[S.Cell]) -> Iterator[tuple[S.Cell, S.CellResult]]:
+        for cell in cells:
+            yield cell, S.CellResult(cell, error="lost", how="error")
+
+
+def test_no_finished_cell_never_overwrites_the_tables(serial: Path, tmp_path: Path) -> None:
+    out = _copy(serial, tmp_path / "sweep")
+    cells = S.grid(FESTIVAL, [S.parse_set("world.coupling=0.5,2"),
+                              *(S.parse_set(f) for f in FIXED)], [1, 2])  # fmt: skip
+    before = tables(out)
+    result = S.run_sweep(cells, out, Failing())
+    assert not result.tables_written and len(result.failed) == 4
+    assert tables(out) == before
+    # The same sweep again resumes as before: every cell finished, read back.
+    again = S.run_sweep(cells, out, S.LocalExecutor(1))
+    assert again.tables_written and {r.how for r in again.results} == {"skipped"}
+    assert tables(out) == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_exits_130_with_the_command_that_resumes_it(
+    serial: Path, tmp_path: Path, jobs: int
+) -> None:
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ublox_sim", "sweep", FESTIVAL, *GRID, "--jobs", str(jobs),
+         "--out", str(out)],
+        env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        # A terminal's Ctrl-C: SIGINT to the process group, once the first cell finished.
+        while not list(out.glob("cells/*/export.json")):
+            assert proc.poll() is None, "the sweep ended before any cell was seen to finish"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Aborted" not in stderr
+    hint = stderr.rsplit("continue with `", 1)[1].split("`", 1)[0]
+    words = shlex.split(hint)
+    assert words[:2] == ["ublox-sim", "sweep"]
+    rerun = subprocess.run(
+        [sys.executable, "-m", "ublox_sim", *words[1:]],
+        env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert " skipped in " in rerun.stderr
+    assert tables(out) == tables(serial)

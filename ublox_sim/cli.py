@@ -505,7 +505,11 @@ def sweep(
                 else f"Ray at {ray_address}, {ray.jobs} CPU(s)"
             )
         click.echo(f"sweep: {len(cells)} cells in {out}, {where}", err=True)
-        result = run_sweep(cells, out, executor, progress)
+        try:
+            result = run_sweep(cells, out, executor, progress)
+        except KeyboardInterrupt:
+            _say_sweep_interrupted(scenario, seeds, sets, jobs, out, ray_address)
+            sys.exit(EXIT_INTERRUPTED)
     ran = sum(r.seconds for r in result.results if r.how in ("ran", "resumed"))
     ok = len(result.results) - len(result.failed)
     click.echo(
@@ -516,8 +520,44 @@ def sweep(
     )
     for failed in result.failed:
         click.echo(f"failed {failed.cell.cell_id}: {failed.error}", err=True)
+    if not result.tables_written:
+        click.echo(
+            f"no cell finished: the tables in {out} were not written (those there, if any, "
+            "are kept as they were)",
+            err=True,
+        )
     if result.failed:
         sys.exit(EXIT_FAILED)
+
+
+def _say_sweep_interrupted(
+    scenario: Path,
+    seeds: str,
+    sets: tuple[str, ...],
+    jobs: int | None,
+    out: Path,
+    ray_address: str | None,
+) -> None:
+    """The exact command that continues a sweep stopped by Ctrl-C (finished cells are
+    skipped, checkpointed ones resume)."""
+    import shlex
+
+    from .sim.sweep import CELLS
+
+    finished = sum(1 for _ in (out / CELLS).glob("*/export.json"))
+    words = ["ublox-sim", "sweep", str(scenario), "--seeds", seeds]
+    for item in sets:
+        words += ["--set", item]
+    if jobs is not None:
+        words += ["--jobs", str(jobs)]
+    if ray_address is not None:
+        words.append("--ray" if ray_address == RAY_LOCAL else f"--ray={ray_address}")
+    words += ["--out", str(out)]
+    click.echo(
+        f"interrupted with {finished} cell(s) finished in {out} (the others resume from "
+        f"their last checkpoint); continue with `{shlex.join(words)}`",
+        err=True,
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -54,6 +54,30 @@ KEY_COLUMNS: Final = ("tick", "hour", "entity", "status", "funding_goal_cents", 
 or ``global``), and for worlds their status, funding goal and deadline (hours since the
 start), so funding curves can mark them."""
 
+INTEGER_COLUMNS: Final = frozenset(
+    {
+        "tick",
+        "funding_goal_cents",
+        "funding_raised_cents",
+        "pts_sold",
+        "xusd_pool_cents",
+        "sessions",
+        "phase_locks",
+        "players_active",
+        "usd_obbba_total_cents",
+        "xusd_total_cents",
+        "transactions",
+        "refunded_cents",
+    }
+)
+"""Columns of whole numbers (money in exact cents, counts): 64-bit integers in a pandas
+DataFrame (``Int64``, empty where the entity has none, as money never is a float) and
+in Parquet (``int64``)."""
+
+PER_TICK: Final = ("sessions", "phase_locks", "players_active")
+"""Metrics counted in one tick, not running totals: a sweep's ``final.csv`` names their
+last tick's value ``last_tick_<name>`` (near 0 at the end of a long run)."""
+
 GLOBAL: Final = "global"
 SEGMENTS: Final = "metrics"
 
@@ -281,9 +305,12 @@ def metrics_frame(home: Home) -> pandas.DataFrame:
 
 
 def frame(rows: Iterable[Row]) -> pandas.DataFrame:
+    """``rows`` as a DataFrame; ``INTEGER_COLUMNS`` (money in cents, counts) as ``Int64``,
+    not the float64 pandas would make of whole numbers with gaps."""
     pd = _require("pandas")
     table: pandas.DataFrame = pd.DataFrame.from_records(list(rows))
-    return table
+    whole = {name: "Int64" for name in table.columns if name in INTEGER_COLUMNS}
+    return table.astype(whole) if whole else table
 
 
 def _require(module: str) -> Any:
@@ -309,19 +336,21 @@ def check_table_path(path: Path) -> None:
         )
     if path.suffix.lower() == ".parquet":
         _require("pyarrow.parquet")
+        _require("pandas")
 
 
 def write_table(rows: Sequence[Row], path: Path) -> None:
-    """``rows`` (dicts with the same keys) as CSV or Parquet by ``path``'s suffix."""
+    """``rows`` (dicts with the same keys) as CSV or Parquet by ``path``'s suffix.
+    Parquet keeps ``INTEGER_COLUMNS`` as ``int64`` (with nulls), and pandas reads them
+    back as ``Int64`` (``pd.read_parquet``), not float64."""
     check_table_path(path)
     if path.suffix.lower() == ".csv":
         path.write_text(to_csv(rows), encoding="utf-8")
         return
     pa = _require("pyarrow")
     pq = _require("pyarrow.parquet")
-    names = list(rows[0]) if rows else []
-    table = pa.Table.from_pylist(list(rows), schema=None) if rows else pa.table({})
-    pq.write_table(table.select(names) if names else table, path)
+    table = pa.Table.from_pandas(frame(rows), preserve_index=False) if rows else pa.table({})
+    pq.write_table(table, path)
 
 
 def to_csv(rows: Sequence[Row]) -> str:

@@ -38,9 +38,9 @@ LABELS: Final = {
     "funding_raised_cents_mean": "mean funding raised per world (USD-OBBBA)",
     "pts_sold_mean": "mean PTS sold per world (hours)",
     "xusd_pool_cents_mean": "mean xUSD pool per world (xUSD)",
-    "sessions_mean": "mean sessions per world in the last tick",
-    "phase_locks_mean": "mean phase locks per world in the last tick",
-    "players_active": "players active in the last tick",
+    "last_tick_sessions_mean": "mean sessions per world in the last tick",
+    "last_tick_phase_locks_mean": "mean phase locks per world in the last tick",
+    "last_tick_players_active": "players active in the last tick",
     "usd_obbba_total_cents": "USD-OBBBA held by players",
     "xusd_total_cents": "xUSD held by players",
     "xusd_gini": "Gini coefficient of xUSD (0-1)",
@@ -251,10 +251,10 @@ def plot_sweep(sweep_dir: Path, out: Path, metrics: Sequence[str] | None = None)
             scale = 1 / CENTS_PER_UNIT if metric.endswith(("_cents", "_cents_mean")) else 1.0
             mean = [float(r["mean"]) * scale for r in rows]
             (line,) = ax.plot(pos, mean, marker="o", label=f"{label} (95% band)")
-            ax.fill_between(
+            ax.fill_between(  # no band where one seed gave no interval (empty low, high)
                 pos,
-                [float(r["low"]) * scale for r in rows],
-                [float(r["high"]) * scale for r in rows],
+                [float(r["low"] or "nan") * scale for r in rows],
+                [float(r["high"] or "nan") * scale for r in rows],
                 color=line.get_color(),
                 alpha=0.2,
             )

@@ -28,6 +28,7 @@ import math
 import multiprocessing
 import re
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -130,7 +131,12 @@ def run_cell(cell: Cell, home: Path) -> CellResult:
             home.mkdir(parents=True, exist_ok=True)
             anyio.run(
                 functools.partial(
-                    run_scenario, loaded, where, resume=how == "resumed", collect_metrics=True
+                    run_scenario,
+                    loaded,
+                    where,
+                    resume=how == "resumed",
+                    collect_metrics=True,
+                    interrupted=None if _STOP is None else _STOP.is_set,
                 )
             )
         rows = M.read_metrics(where)
@@ -156,12 +162,27 @@ class Executor(Protocol):
     def map(self, fn: CellFn, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellResult]]: ...
 
 
+_STOP: Any = None
+"""In a ``LocalExecutor`` worker: the sweep's stop event, set when the sweep is stopped
+(Ctrl-C); the worker's cell then stops at its next tick (``run_scenario``'s
+``interrupted``), resumable from its last checkpoint."""
+
+
+def _worker_init(stop: Any) -> None:
+    """A worker's initializer: Ctrl-C is the sweep's to handle (a terminal sends SIGINT
+    to every process of the group): the worker ignores SIGINT and stops its cell at the
+    next tick once the sweep sets ``stop``, rather than finishing it first."""
+    global _STOP
+    _STOP = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+
+
 def _die_with_parent() -> None:
     """A worker's initializer: on Linux, the kernel kills the worker when the sweep's
     process dies, so a killed sweep leaves no worker still writing a cell's home."""
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         PR_SET_PDEATHSIG = 1
@@ -183,8 +204,12 @@ class LocalExecutor:
                 yield cell, _guarded(fn, cell)
             return
         context = multiprocessing.get_context("spawn")
+        stop = context.Event()
         with cf.ProcessPoolExecutor(
-            max_workers=self.jobs, mp_context=context, initializer=_die_with_parent
+            max_workers=self.jobs,
+            mp_context=context,
+            initializer=_worker_init,
+            initargs=(stop,),
         ) as pool:
             futures = {pool.submit(fn, cell): cell for cell in cells}
             try:
@@ -195,6 +220,11 @@ class LocalExecutor:
                         yield cell, future.result()
                     else:
                         yield cell, CellResult(cell, error=_describe(error), how="error")
+            except BaseException:
+                # Ctrl-C (or the caller gone): the cells running stop at their next tick,
+                # so leaving the pool (which waits for them) is quick.
+                stop.set()
+                raise
             finally:
                 for future in futures:
                     future.cancel()
@@ -258,11 +288,37 @@ def parse_set(text: str) -> tuple[str, list[str]]:
     return key.strip(), [part.strip() for part in parts]
 
 
+SEED_KEY = "seed"
+
+
 def grid(
     scenario: str, sets: Sequence[tuple[str, Sequence[str]]], seeds: Iterable[int]
 ) -> list[Cell]:
-    """The product of the value lists, times the seeds, sorted by cell."""
+    """The product of the value lists, times the seeds, sorted by cell.
+
+    ``InvalidInput`` for a grid whose cells would be mislabelled or counted twice: a
+    ``seed`` key (the seeds are ``seeds``, ``--seeds``), a key given twice, or a value
+    given twice in its list (values equal only once parsed, ``10`` and ``1e1``, are
+    refused by ``check_sweep``, which reads the scenario)."""
     keys = [k for k, _ in sets]
+    for key, values in sets:
+        if key == SEED_KEY:
+            raise InvalidInput(
+                f"--set {key}={','.join(values)}: a sweep's seeds are not a --set key "
+                "(the cells run their --seeds): use --seeds"
+            )
+        if keys.count(key) > 1:
+            given = " and ".join(f"--set {k}={','.join(v)}" for k, v in sets if k == key)
+            raise InvalidInput(
+                f"--set {key} is given {keys.count(key)} times ({given}): give its values "
+                "once, in one --set"
+            )
+        repeated = sorted({v for v in values if list(values).count(v) > 1})
+        if repeated:
+            raise InvalidInput(
+                f"--set {key}={','.join(values)}: {', '.join(repeated)} given more than "
+                "once: give each value once (a cell twice would count its seeds twice)"
+            )
     cells = [
         Cell(scenario, tuple(zip(keys, combo, strict=True)), seed)
         for combo in itertools.product(*(values for _, values in sets))
@@ -289,36 +345,138 @@ ProgressFn = Callable[[SweepProgress], None]
 
 @dataclass
 class SweepResult:
+    """``tables_written`` is False when no cell finished: the tables already in
+    ``out_dir`` (of an earlier run of the sweep) were left as they were."""
+
     out_dir: Path
     results: list[CellResult]
     wall_seconds: float
+    tables_written: bool = True
 
     @property
     def failed(self) -> list[CellResult]:
         return [r for r in self.results if not r.ok]
 
 
-def check_sweep(cells: Sequence[Cell], out_dir: Path) -> None:
-    """Refuse (``InvalidInput``, nothing written) a sweep that cannot run: ``out_dir``
-    holding something that is not a sweep's folder, or a scenario refused with a cell's
-    ``--set`` values or seed (the scenario's ``file:line: key`` or the ``--set`` key
-    named), which would fail cell after cell. Each value list and each seed is read once."""
+def check_sweep(cells: Sequence[Cell], out_dir: Path) -> str:
+    """Refuse (``InvalidInput``, nothing written) a sweep that cannot run or whose tables
+    would mislead: ``out_dir`` holding something that is not a sweep's folder, or another
+    sweep (another grid, seeds or scenario: ``sweep.json`` records them); a scenario
+    refused with a cell's ``--set`` values or seed (the scenario's ``file:line: key`` or
+    the ``--set`` key named), which would fail cell after cell; a ``seed`` or a key twice
+    in a cell's ``--set``; two cells that are one scenario once parsed (``10`` and
+    ``1e1``), whose seeds would be counted twice. Each value combination is read once
+    (at the first seed), each other seed once. Returns the sweep's identity: a digest of
+    every combination's scenario as a run records it (``resolved_scenario``, and its
+    ``metrics:`` section)."""
     if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_sweep_dir(out_dir):
         shown = ", ".join(sorted(p.name for p in out_dir.iterdir())[:3])
         raise InvalidInput(
             f"{out_dir} is not empty and is not a sweep's folder ({shown}; no {SWEEP_FILE}):"
             " use a new or empty --out"
         )
+    from .runner import resolved_scenario
     from .scenario import load_scenario
 
-    overrides_read: set[tuple[tuple[str, str], ...]] = set()
-    seeds_read: set[int] = set()
-    for cell in sorted(set(cells), key=Cell.sort_key):
-        if cell.overrides in overrides_read and cell.seed in seeds_read:
-            continue
-        load_scenario(cell.scenario, overrides=cell.set_args, seed=cell.seed)
-        overrides_read.add(cell.overrides)
-        seeds_read.add(cell.seed)
+    cells = sorted(set(cells), key=Cell.sort_key)
+    if not cells:
+        raise InvalidInput("a sweep needs at least one cell")
+    for cell in cells:
+        keys = [k for k, _ in cell.overrides]
+        if SEED_KEY in keys:
+            raise InvalidInput(f"cell {cell.cell_id}: --set {SEED_KEY} in a sweep: use --seeds")
+        if len(set(keys)) != len(keys):
+            raise InvalidInput(f"cell {cell.cell_id}: a --set key given twice ({', '.join(keys)})")
+    first_seed = min(c.seed for c in cells)
+    combos = list(dict.fromkeys((c.scenario, c.overrides) for c in cells))
+    parsed: dict[str, tuple[tuple[str, str], ...]] = {}
+    identity = hashlib.sha256()
+    for scenario, overrides in combos:
+        loaded = load_scenario(
+            scenario, overrides=[f"{k}={v}" for k, v in overrides], seed=first_seed
+        )
+        model = loaded.scenario
+        whole = json.dumps(model.model_dump(mode="json", by_alias=True), sort_keys=True)
+        if whole in parsed:
+            raise _same_scenario(parsed[whole], overrides)
+        parsed[whole] = overrides
+        metrics = json.dumps(model.metrics.model_dump(mode="json", by_alias=True), sort_keys=True)
+        identity.update(f"{resolved_scenario(model)}\n{metrics}\n".encode())
+    for seed in sorted({c.seed for c in cells} - {first_seed}):
+        scenario, overrides = combos[0]
+        load_scenario(scenario, overrides=[f"{k}={v}" for k, v in overrides], seed=seed)
+    digest = identity.hexdigest()
+    _check_same_sweep(out_dir, cells, digest)
+    return digest
+
+
+def _same_scenario(
+    one: tuple[tuple[str, str], ...], other: tuple[tuple[str, str], ...]
+) -> InvalidInput:
+    a, b = dict(one), dict(other)
+    differ = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    shown = " and ".join(
+        ", ".join(f"{k}={given.get(k, '(not set)')}" for k in differ) for given in (a, b)
+    )
+    return InvalidInput(
+        f"--set {', '.join(differ)}: {shown} are the same scenario once parsed: "
+        "give each value once (a cell twice would count its seeds twice)"
+    )
+
+
+def _check_same_sweep(out_dir: Path, cells: Sequence[Cell], identity: str) -> None:
+    """A rerun into a sweep's folder must be the same sweep (it resumes): refuse
+    another grid, other seeds or another scenario, naming the folder and what differs."""
+    path = out_dir / SWEEP_FILE
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+        old = {(tuple(sorted(c["set"].items())), int(c["seed"])) for c in before["cells"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidInput(
+            f"{path} cannot be read ({exc}): use a new --out, or remove {out_dir}"
+        ) from exc
+    new = {(tuple(sorted(c.overrides)), c.seed) for c in cells}
+    differs: list[str] = []
+    old_seeds, new_seeds = sorted({s for _, s in old}), sorted({s for _, s in new})
+    if old_seeds != new_seeds:
+        differs.append(f"seeds {_ranges(old_seeds)} there, {_ranges(new_seeds)} now")
+    old_grid, new_grid = _values(o for o, _ in old), _values(o for o, _ in new)
+    changed = [k for k in sorted({*old_grid, *new_grid}) if old_grid.get(k) != new_grid.get(k)]
+    if changed:
+        there, now = (_show(values, changed) for values in (old_grid, new_grid))
+        differs.append(f"--set {there} there, {now} now")
+    if not differs and before.get("identity", identity) != identity:
+        differs.append(
+            f"the scenario ({cells[0].scenario}) is not the one it ran (the file changed since)"
+        )
+    if differs:
+        raise InvalidInput(
+            f"{out_dir} holds another sweep ({'; '.join(differs)}): use a new --out, or "
+            f"remove {out_dir} to run this sweep there"
+        )
+
+
+def _values(combos: Iterable[tuple[tuple[str, str], ...]]) -> dict[str, list[str]]:
+    seen: dict[str, set[str]] = {}
+    for combo in combos:
+        for k, v in combo:
+            seen.setdefault(k, set()).add(v)
+    return {k: sorted(v) for k, v in sorted(seen.items())}
+
+
+def _show(values: dict[str, list[str]], keys: Sequence[str]) -> str:
+    return " ".join(f"{k}={','.join(values[k])}" if k in values else f"{k} unset" for k in keys)
+
+
+def _ranges(seeds: Sequence[int]) -> str:
+    """[1, 2, 3, 7] → ``1-3,7``, as ``--seeds`` takes them."""
+    parts: list[str] = []
+    for _, run in itertools.groupby(enumerate(seeds), lambda pair: pair[1] - pair[0]):
+        block = [s for _, s in run]
+        parts.append(str(block[0]) if len(block) == 1 else f"{block[0]}-{block[-1]}")
+    return ",".join(parts)
 
 
 def _is_sweep_dir(path: Path) -> bool:
@@ -334,13 +492,14 @@ def run_sweep(
 ) -> SweepResult:
     """Run ``cells`` (those finished before are read back, checkpointed ones resume) and
     write the sweep's tables in ``out_dir``. See the module doc. ``InvalidInput`` before
-    anything is written for a sweep that cannot run (``check_sweep``)."""
+    anything is written for a sweep that cannot run (``check_sweep``). When no cell
+    finished, no table is written: those there stay (``SweepResult.tables_written``)."""
     started = time.perf_counter()
-    check_sweep(cells, out_dir)
+    identity = check_sweep(cells, out_dir)
     cells = sorted(set(cells), key=Cell.sort_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CELLS).mkdir(exist_ok=True)
-    _record_sweep(out_dir, cells)
+    _record_sweep(out_dir, cells, identity)
     jobs = int(getattr(executor, "jobs", 1))
     results: dict[Cell, CellResult] = {}
     done = failed = 0
@@ -357,8 +516,10 @@ def run_sweep(
             eta = elapsed / (done + failed) * left if left else 0.0
             progress(SweepProgress(len(cells), done, failed, min(jobs, left), eta, result))
     ordered = [results[c] for c in cells if c in results]
-    write_tables(out_dir, ordered)
-    return SweepResult(out_dir, ordered, time.perf_counter() - started)
+    written = any(r.ok for r in ordered)
+    if written:
+        write_tables(out_dir, ordered)
+    return SweepResult(out_dir, ordered, time.perf_counter() - started, written)
 
 
 def swept_keys(cells: Sequence[Cell]) -> list[str]:
@@ -371,10 +532,13 @@ def swept_keys(cells: Sequence[Cell]) -> list[str]:
     return [k for k, seen in values.items() if len(seen) > 1]
 
 
-def _record_sweep(out_dir: Path, cells: Sequence[Cell]) -> None:
-    """``sweep.json``: the cells and the swept keys, for ``plot`` and for a reader."""
+def _record_sweep(out_dir: Path, cells: Sequence[Cell], identity: str) -> None:
+    """``sweep.json``: the cells and the swept keys, for ``plot`` and for a reader, and
+    the sweep's ``identity`` (``check_sweep``): a rerun must be the same sweep."""
     spec = {
         "parameters": swept_keys(cells),
+        "seeds": sorted({c.seed for c in cells}),
+        "identity": identity,
         "cells": [
             {"cell_id": c.cell_id, "scenario": c.scenario, "set": dict(c.overrides), "seed": c.seed}
             for c in cells
@@ -385,7 +549,7 @@ def _record_sweep(out_dir: Path, cells: Sequence[Cell]) -> None:
 
 def write_tables(out_dir: Path, results: Sequence[CellResult]) -> None:
     """``series.csv`` (every tick of every cell), ``final.csv`` (one row per cell: the
-    global metrics at the last tick and the worlds' means), ``summary.csv`` (each
+    global metrics at the last tick and the worlds' means, ``final_metrics``), ``summary.csv`` (each
     metric per parameter value: mean and 95% interval over seeds), ``failed.json``."""
     keys = swept_keys([r.cell for r in results])
 
@@ -418,19 +582,25 @@ def write_tables(out_dir: Path, results: Sequence[CellResult]) -> None:
 
 def final_metrics(rows: Sequence[Row]) -> Row:
     """A cell's result: the global metrics at its last tick, and each world metric's
-    mean over the worlds at that tick (``<metric>_mean``)."""
+    mean over the worlds at that tick (``<metric>_mean``). A metric counted per tick
+    (``M.PER_TICK``: sessions, phase locks, players active) is that last tick's count,
+    not a total: its column is ``last_tick_<name>``."""
     last = max(row["tick"] for row in rows)
     at_end = [row for row in rows if row["tick"] == last]
     out: Row = {"tick": last}
     for row in at_end:
         if row["entity"] == M.GLOBAL:
-            out |= {k: row[k] for k in M.GLOBAL_METRICS if k in row}
+            out |= {_final_name(k): row[k] for k in M.GLOBAL_METRICS if k in row}
     worlds = [row for row in at_end if row["entity"] != M.GLOBAL]
     for name in M.WORLD_METRICS:
         values = [row[name] for row in worlds if row.get(name) is not None]
         if any(name in row for row in at_end):
-            out[f"{name}_mean"] = statistics.fmean(values) if values else None
+            out[_final_name(f"{name}_mean", name)] = statistics.fmean(values) if values else None
     return out
+
+
+def _final_name(column: str, metric: str | None = None) -> str:
+    return f"last_tick_{column}" if (metric or column) in M.PER_TICK else column
 
 
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; past 30 the
@@ -442,11 +612,12 @@ _T975 = (
 )  # fmt: skip
 
 
-def interval95(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the mean and its 95% t-interval (low = high = mean for one value)."""
+def interval95(values: Sequence[float]) -> tuple[float, float | None, float | None]:
+    """(mean, low, high): the mean and its 95% t-interval; one value has no interval
+    (low and high None: its spread is unknown, not zero)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return mean, mean, mean
+        return mean, None, None
     df = len(values) - 1
     t = _T975[df - 1] if df <= len(_T975) else 1.96
     half = t * statistics.stdev(values) / math.sqrt(len(values))
@@ -455,7 +626,7 @@ def interval95(values: Sequence[float]) -> tuple[float, float, float]:
 
 def summarise(finals: Sequence[Row], keys: Sequence[str]) -> list[Row]:
     """Per combination of parameter values (in first-seen order) and metric: n, the mean
-    and its 95% interval over the seeds."""
+    and its 95% interval over the seeds (none, empty cells, when n is 1)."""
     groups: dict[tuple[Any, ...], list[Row]] = {}
     for row in finals:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
