@@ -69,6 +69,7 @@ from .core import limits
 from .core.clock import Clock, WallClock
 from .core.draws import Draws, normal
 from .core.economy import (
+    allocate_play,
     check_hours,
     check_play_hours,
     compose_xusd,
@@ -95,7 +96,7 @@ from .core.events import EventBus, Subscription
 from .core.ids import check_file_name, check_id
 from .core.logsetup import get_logger
 from .core.money import Amount, check_credit, to_cents, to_decimal
-from .core.records import PTO, Player, iso
+from .core.records import PLAYABLE, PTO, Player, iso
 from .core.shard import Sessions, Shard, TickOutcome, WorldShards
 from .core.tasks import joined_or_owned
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
@@ -1438,13 +1439,13 @@ class Engine:
         processes on one database) each PTO plays and steps on its own, as ``play_many``
         and ``advance`` do.
 
-        ``meanwhile``: other work of the caller's tick that neither plays nor depends on
-        the worlds (a scenario's creators), run once the sessions are allotted, while
-        the worlds step on a worker thread; its units come before the tick's in the
-        ledger, and the tick is as if it ran first (see ``WorldShards.ticked``). It must
-        not change which PTOs the tick's sessions may play on (no purchase that funds
-        one, no launch): when not every PTO can be active at once it runs before the
-        allotments instead, and a session's answer would then depend on ``max_active``.
+        ``meanwhile``: other work of the caller's tick that neither plays nor reads what
+        the sessions write (a scenario's purchases and ATU spending), run once the
+        sessions are allotted, while the worlds step on a worker thread; its units come
+        before the tick's in the ledger, and the tick is as if it ran first (see
+        ``WorldShards.ticked``), except that the sessions are played on the PTOs and
+        tokens as they were when the tick began (a PTO it funds is refused, a share it
+        buys is not played on: the allotments are decided before it).
         """
         self._check_open()
         span: float = limits.ADVANCE_HOURS.check(hours)
@@ -1518,11 +1519,23 @@ class Engine:
                 known[player_id] = await self._players.get(player_id)
             except UbloxError as exc:
                 results[index] = exc
-        # Which tokens each session is played on: one ask per PTO, not per session.
+        # Which tokens each session is played on: one ask per PTO, not per session. A PTO
+        # not playable at the tick's start is refused here, as its allotment would refuse
+        # it: ``meanwhile`` (run first or beside) may fund it, and the tick's sessions are
+        # played on the PTOs as they were when the tick began, whichever ran first.
+        start = {p.pto_id: p for p in ptos}
         by_pto: dict[str, list[tuple[int, str, float]]] = {}
         for index, pto_id, player_id, want in asked:
-            if results[index] is None:
-                by_pto.setdefault(pto_id, []).append((index, player_id, want))
+            if results[index] is not None:
+                continue
+            pto = start.get(pto_id)
+            if pto is not None and pto.status not in PLAYABLE and pto.world_cdt_id in self.worlds:
+                try:
+                    allocate_play(pto, (), want)
+                except UbloxError as exc:
+                    results[index] = exc
+                    continue
+            by_pto.setdefault(pto_id, []).append((index, player_id, want))
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]] = {}
         holding: list[PTOActor] = []  # PTOs that stay active until their unit lands
         try:

@@ -1,9 +1,10 @@
 """The scenario runner: a deterministic, checkpointed, resumable multi-player simulation.
 
-Each tick, in this order: scheduled launches, scripted events (file order),
-investors, players (one batch per world), creators, then the clock moves (worlds
-step, deadlines fire); the creators' work is done while the worlds step (on a worker
-thread), its units before the tick's. Every random decision comes from one generator seeded by
+Each tick, in this order: scheduled launches, scripted events (file order), players
+(one batch per world, decided on the holdings acknowledged then), investors, creators,
+then the clock moves (worlds step, deadlines fire); the investors' and the creators'
+work is done while the worlds step (on a worker thread), its units before the tick's: a
+share bought in a tick is played from the next. Every random decision comes from one generator seeded by
 the scenario and saved at each checkpoint; operations that write ledger rows are
 issued one after another in id order, so the ledger's order never depends on
 timing. The run is durable at checkpoints only (``Engine.open(checkpointed=True)``):
@@ -597,11 +598,18 @@ class Runner:
         if tick:
             await self.launch_due(tick)
         await self.scripted(tick)
-        await self.investors()
+        # Sessions are decided on the holdings acknowledged now: a share the investors
+        # buy this tick is played from the next one.
         await self.sessions()
-        # The creators' work needs no world and none of this tick's sessions: it runs
-        # while the worlds step (on a worker thread), its units first in the ledger.
-        await self.play_tick(meanwhile=self.creators)
+        # The investors' purchases and the creators' work need no world and none of this
+        # tick's sessions: they run while the worlds step (on a worker thread), their
+        # units first in the ledger.
+        await self.play_tick(meanwhile=self.beside)
+
+    async def beside(self) -> None:
+        """A tick's work beside its physics, in this order: purchases, then ATU spending."""
+        await self.investors()
+        await self.creators()
 
 
 @contextmanager
