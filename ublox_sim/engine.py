@@ -1113,6 +1113,11 @@ class Engine:
                 await self.store.commit(Unit((launched,), worlds=(WorldWrite(world_id, world),)))
         finally:
             self._reserved.discard(pto_id)
+        if self.store.hold_commits:
+            # A checkpointed run's ticks hold every world (``_play_tick``): this one is
+            # resident from its launch, not read back from the store at the next tick.
+            self.worlds.put(world_id, world["theta"], world["omega"])
+            self._ticked_worlds.add(world_id)
         return PTOInfo.of(pto)
 
     async def buy_pts(
