@@ -1635,21 +1635,25 @@ class Engine:
         # Ahead: the units' landing ends the tick for them (``_Ahead.release``).
         landing = _Ahead(self._ahead_serial + 1, holding) if ahead else None
         try:
-            # Asked together: an allotment reads one PTO's acknowledged tokens only.
+            # An allotment reads one PTO's acknowledged tokens only: straight from an idle
+            # active actor (``allot_now``), the others asked together.
             pto_ids = sorted(by_pto)
-            answers = await self._ask_ptos(
-                [
-                    (
-                        pto_id,
-                        Allot(
-                            requests=tuple(
-                                PlayRequest(player_id=p, hours=h) for _, p, h in by_pto[pto_id]
-                            )
-                        ),
-                    )
-                    for pto_id in pto_ids
-                ]
-            )
+            answers: list[object] = []
+            asks: list[tuple[int, str, Allot]] = []
+            for pto_id in pto_ids:
+                allot = Allot(
+                    requests=tuple(PlayRequest(player_id=p, hours=h) for _, p, h in by_pto[pto_id])
+                )
+                actor = self._ptos.active(pto_id)
+                if actor is not None:  # (used now: ``get`` of an active one only touches it)
+                    actor = await self._ptos.get(pto_id)
+                answers.append(None if actor is None else actor.allot_now(allot.requests))
+                if answers[-1] is None:
+                    asks.append((len(answers) - 1, pto_id, allot))
+            if asks:
+                asked_now = await self._ask_ptos([(pto_id, allot) for _, pto_id, allot in asks])
+                for (k, _, _), answer in zip(asks, asked_now, strict=True):
+                    answers[k] = answer
             bug: BaseException | None = None
             for pto_id, allotment in zip(pto_ids, answers, strict=True):
                 group = by_pto[pto_id]

@@ -661,8 +661,34 @@ class PTOActor(Actor[PTOMessage]):
 
     async def _allot(self, requests: tuple[PlayRequest, ...]) -> Allotment:
         """A scenario tick's sessions here (``Engine.tick``): the tokens each is played on,
-        decided on acknowledged state; the engine steps the world and commits them."""
+        decided on acknowledged state (with the tick units in flight, ``tick_decided``);
+        the engine steps the world and commits them."""
         await self._idle.wait()
+        return self._allotted(requests)
+
+    def allot_now(self, requests: tuple[PlayRequest, ...]) -> Allotment | None:
+        """``Allot`` without a trip through the mailbox, or None (ask it then): when the
+        actor is between messages with none queued, nothing of its own in flight or held,
+        and nothing to reload, the answer is the one its ``handle`` would give now. A
+        tick's allotments were a mailbox round trip per PTO (~12 ms of the stress run's
+        serial chain a tick for 100 PTOs)."""
+        if self._closed or self.broken is not None or self._stale or self.shared:
+            return None
+        if (
+            self._held is not None
+            or self._inflight
+            or self._flying
+            or self._redos
+            or self._draining is not None
+        ):
+            return None
+        if self._send is not None:
+            stats = self._send.statistics()
+            if stats.current_buffer_used or not stats.tasks_waiting_receive:
+                return None  # a message queued, or one being handled
+        return self._allotted(requests)
+
+    def _allotted(self, requests: tuple[PlayRequest, ...]) -> Allotment:
         players = {r.player_id for r in requests}
         held: dict[str, list[PTSToken]] = {}
         for token in self.tokens.values():
