@@ -273,18 +273,21 @@ def test_the_run_is_recorded_with_its_resolved_scenario(runs: Runs) -> None:
 # -- crash and resume ------------------------------------------------------------------------------
 
 
-def _wait_for_first_checkpoint(home: Path, proc: subprocess.Popen[bytes], deadline: float) -> None:
-    """Until the run has a row in ``runs`` (its tick-0 checkpoint) or the process ends."""
+def _wait_for_checkpoint(
+    home: Path, proc: subprocess.Popen[bytes], tick: int, deadline: float
+) -> None:
+    """Until the run's checkpoint row says ``tick`` or later, or the process ends."""
     db = home / "ublox.db"
     while proc.poll() is None and time.monotonic() < deadline:
         if db.is_file():
             try:
                 with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
-                    if conn.execute("SELECT 1 FROM runs").fetchone() is not None:
+                    row = conn.execute("SELECT MAX(tick) FROM runs").fetchone()
+                    if row is not None and row[0] is not None and row[0] >= tick:
                         return
             except sqlite3.Error:
                 pass
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -304,11 +307,14 @@ def test_killed_run_verifies_and_resumes_to_the_same_export(
     assert reference.result.returncode == 0, reference.result.stderr
     expected = reference.export
     festival = str(scenario_path("festival"))
+    # Killed once its checkpoint of tick 5, 10 or 15 is written, plus up to a tick's time:
+    # mid-run whatever the machine's speed (a kill at a fixed time after the start missed
+    # the whole run on a fast machine), at a different place of a tick each time.
     rng = random.Random(20251212)
-    latest = max(1.1, reference.seconds - 0.4)
-    instants = [rng.uniform(1.0, latest) for _ in range(3)]
+    per_tick = reference.seconds / 30
+    instants = [(tick, rng.uniform(0.0, per_tick)) for tick in (5, 10, 15)]
     killed_mid_run = 0
-    for n, instant in enumerate(instants):
+    for n, (after, instant) in enumerate(instants):
         home = tmp_path / f"killed-{n}"
         with (tmp_path / f"killed-{n}.stderr").open("wb") as stderr:
             started = time.monotonic()
@@ -329,18 +335,17 @@ def test_killed_run_verifies_and_resumes_to_the_same_export(
                 stderr=stderr,
             )
             killed_processes.append(proc)
-            # Never before the first checkpoint: there is nothing to resume before it.
-            _wait_for_first_checkpoint(home, proc, started + 120)
-            time.sleep(max(0.0, started + instant - time.monotonic()))
+            _wait_for_checkpoint(home, proc, after, started + 120)
+            time.sleep(instant)
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
 
-        assert verify_store(home) == [], f"kill at {instant:.2f} s"
+        assert verify_store(home) == [], f"kill {instant:.2f} s after tick {after}"
         with closing(sqlite3.connect(home / "ublox.db")) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         row = run_row(home)
-        assert row is not None, f"kill at {instant:.2f} s left no run"
+        assert row is not None, f"kill {instant:.2f} s after tick {after} left no run"
         _, _, finished, tick, total, _ = row
         assert total == 30
         assert tick % 5 == 0  # reopened exactly at a checkpoint
@@ -353,7 +358,9 @@ def test_killed_run_verifies_and_resumes_to_the_same_export(
         report = json.loads(result.stdout)
         assert report["resumed_from"] == tick
         assert report["ticks_run"] == 30 - tick
-        assert (home / "export.json").read_bytes() == expected, f"kill at {instant:.2f} s"
+        assert (home / "export.json").read_bytes() == expected, (
+            f"kill {instant:.2f} s after tick {after}"
+        )
         assert verify_store(home) == []
         row = run_row(home)
         assert row is not None

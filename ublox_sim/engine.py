@@ -69,6 +69,7 @@ from .core import limits
 from .core.clock import Clock, WallClock
 from .core.draws import Draws, normal
 from .core.economy import (
+    allocate_play,
     check_hours,
     check_play_hours,
     compose_xusd,
@@ -95,7 +96,7 @@ from .core.events import EventBus, Subscription
 from .core.ids import check_file_name, check_id
 from .core.logsetup import get_logger
 from .core.money import Amount, check_credit, to_cents, to_decimal
-from .core.records import PTO, Player, iso
+from .core.records import PLAYABLE, PTO, Player, iso
 from .core.shard import Sessions, Shard, TickOutcome, WorldShards
 from .core.tasks import joined_or_owned
 from .core.views import PlayerInfo, PTOInfo, SessionResult, TokenInfo
@@ -234,6 +235,8 @@ _player_registered = _maker(ev.PlayerRegistered)  # (at, seq, player_id, usd_obb
 _session_played = _maker(ev.SessionPlayed)
 _phase_lock = _maker(ev.PhaseLock)  # (at, seq, pto_id, player_id, locks)
 _session_result = _maker(SessionResult)
+# A play's result in a tick: its session, its refusal, ahead its phase locks (decided).
+_Result = SessionResult | UbloxError | int | None
 
 
 class _Figures(NamedTuple):
@@ -483,6 +486,17 @@ class Engine:
         self._bus: EventBus = store.bus
         self._reaper: anyio.CancelScope | None = None
         self._state: Literal["opened", "closing", "closed"] = "opened"
+        # ``tick_ahead`` (a checkpointed run): its ticks whose units have not all landed,
+        # oldest first; the first unit that failed (the run fails whole); whether the
+        # last tick's deadlines are still to fire; the players with sessions in flight
+        # whose actor was not active when their unit was submitted; the PTOs (ids) the
+        # last tick read (None: a PTO was launched since, or no tick yet).
+        self._ahead: list[_Ahead] = []
+        self._ahead_serial = 0
+        self._ahead_error: BaseException | None = None
+        self._deadlines_owed = False
+        self._unseen: set[str] = set()
+        self._tick_ptos: list[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -1112,6 +1126,12 @@ class Engine:
                 await self.store.commit(Unit((launched,), worlds=(WorldWrite(world_id, world),)))
         finally:
             self._reserved.discard(pto_id)
+        self._tick_ptos = None  # a PTO the ticks do not know yet
+        if self.store.hold_commits:
+            # A checkpointed run's ticks hold every world (``_play_tick``): this one is
+            # resident from its launch, not read back from the store at the next tick.
+            self.worlds.put(world_id, world["theta"], world["omega"])
+            self._ticked_worlds.add(world_id)
         return PTOInfo.of(pto)
 
     async def buy_pts(
@@ -1438,18 +1458,85 @@ class Engine:
         processes on one database) each PTO plays and steps on its own, as ``play_many``
         and ``advance`` do.
 
-        ``meanwhile``: other work of the caller's tick that neither plays nor depends on
-        the worlds (a scenario's creators), run once the sessions are allotted, while
-        the worlds step on a worker thread; its units come before the tick's in the
-        ledger, and the tick is as if it ran first (see ``WorldShards.ticked``). It must
-        not change which PTOs the tick's sessions may play on (no purchase that funds
-        one, no launch): when not every PTO can be active at once it runs before the
-        allotments instead, and a session's answer would then depend on ``max_active``.
+        ``meanwhile``: other work of the caller's tick that neither plays nor reads what
+        the sessions write (a scenario's purchases and ATU spending), run once the
+        sessions are allotted, while the worlds step on a worker thread; its units come
+        before the tick's in the ledger, and the tick is as if it ran first (see
+        ``WorldShards.ticked``), except that the sessions are played on the PTOs and
+        tokens as they were when the tick began (a PTO it funds is refused, a share it
+        buys is not played on: the allotments are decided before it).
         """
+        await self.settle_ticks()  # (a caller that ticked ahead before)
+        results, failed = await self._tick(hours, plays, meanwhile, ahead=False)
+        done: list[SessionResult | UbloxError] = []
+        for result in results:
+            assert result is not None and not isinstance(result, int)
+            done.append(result)
+        return done, failed
+
+    async def tick_ahead(
+        self,
+        hours: float,
+        plays: Sequence[tuple[str, str, float]],
+        *,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[int | UbloxError]:
+        """``tick`` for a checkpointed run (``Engine.open(checkpointed=True)``, the scenario
+        runner): the tick's units are submitted and not waited for, so the caller's next
+        tick is decided, and its physics runs, while they commit. Returns per play its
+        refusal, or the phase locks of its session (decided; it lands with its unit).
+
+        Sound because a checkpointed run fails whole: if a unit fails, every later
+        ``tick_ahead``, ``settle_ticks`` and ``checkpoint`` raises its error, no held work
+        is committed after it, and the run resumes from its last checkpoint. Until the
+        units land, the next tick reads what they will leave from memory, the same floats
+        in the same order as the store would give them: the hours each session claims on
+        its tokens (``PTOActor.tick_decided``), the players' tau_k, phase and xUSD
+        (``PlayerActor.ticked``), the PTOs and their hours left from their actors when
+        every PTO the last tick read is active (``open_hours``), else from the store
+        (whose reads queue behind the units: correct, only not overlapped).
+
+        The deadlines this tick would fire are owed: the next ``tick_ahead`` fires them
+        first thing beside its physics (before ``meanwhile``, so the ledger's order is
+        the same), and ``settle_ticks`` fires them. So the caller settles (``settle_ticks``)
+        before anything else writes or reads what a tick changed: a launch, a scripted
+        action, metrics, a checkpoint (which settles itself), the end of the run."""
+        if not self.store.hold_commits or getattr(self.store, "leases", None) is not None:
+            raise InvalidInput("tick_ahead needs an engine opened for a checkpointed run")
+        self._raise_ahead()
+        results, _ = await self._tick(hours, plays, meanwhile, ahead=True)
+        done: list[int | UbloxError] = []
+        for result in results:
+            assert result is not None and not isinstance(result, SessionResult)
+            done.append(result)
+        return done
+
+    async def settle_ticks(self) -> None:
+        """Wait until every unit of the ticks run ahead (``tick_ahead``) has landed, raise
+        the first one's error if one failed, then fire the deadlines owed."""
+        while self._ahead:
+            await self._ahead[0].done.wait()
+        self._raise_ahead()
+        if self._deadlines_owed:
+            self._deadlines_owed = False
+            await self.fire_deadlines()
+
+    def _raise_ahead(self) -> None:
+        if self._ahead_error is not None:
+            raise self._ahead_error
+
+    async def _tick(
+        self,
+        hours: float,
+        plays: Sequence[tuple[str, str, float]],
+        meanwhile: Callable[[], Awaitable[None]] | None,
+        *,
+        ahead: bool,
+    ) -> tuple[list[_Result], list[str]]:
         self._check_open()
         span: float = limits.ADVANCE_HOURS.check(hours)
 
-        results: list[SessionResult | UbloxError | None] = [None] * len(plays)
+        results: list[_Result] = [None] * len(plays)
         asked: list[tuple[int, str, str, float]] = []
         for index, (pto_id, player_id, want) in enumerate(plays):
             try:
@@ -1467,35 +1554,43 @@ class Engine:
                 for (index, _, _), result in zip(group, played, strict=True):
                     results[index] = result
             failed = await self.advance(span)
-            return [r for r in results if r is not None], failed
+            return results, failed
         at = self._now()
         steps = round(span * self.params.steps_per_hour)
         ran = False
 
         async def once() -> None:
-            # ``meanwhile`` runs in the tick's time, before the clock moves.
+            # ``meanwhile`` runs in the tick's time, before the clock moves; the deadlines
+            # a tick ahead owes first (where they would have fired before it).
             nonlocal ran
             if not ran:
                 ran = True
+                if self._deadlines_owed:
+                    self._deadlines_owed = False
+                    await self.fire_deadlines()
                 if meanwhile is not None:
                     await meanwhile()
                 self.clock.advance(span)
 
-        await self._play_tick(asked, results, at, steps, once)
+        await self._play_tick(asked, results, at, steps, once, ahead)
         await once()  # (if no shard stepped)
-        done = [r for r in results if r is not None]
-        assert len(done) == len(plays)
-        return done, await self.fire_deadlines()
+        assert None not in results
+        if ahead:
+            self._deadlines_owed = True
+            return results, []
+        return results, await self.fire_deadlines()
 
     async def _play_tick(
         self,
         asked: list[tuple[int, str, str, float]],
-        results: list[SessionResult | UbloxError | None],
+        results: list[_Result],
         at: str,
         steps: int,
         meanwhile: Callable[[], Awaitable[None]],
+        ahead: bool,
     ) -> None:
-        ptos = await self.store.load_all(PTO)
+        ptos = (self._ptos_in_memory() if ahead else None) or await self.store.load_all(PTO)
+        self._tick_ptos = [p.pto_id for p in ptos]
         # Beside the worlds' steps only if every PTO can be active at once: the PTOs
         # that allot stay active until the tick's unit lands, so one that ``meanwhile``
         # needed could otherwise wait for a place among them for ever. Else first, as
@@ -1518,29 +1613,47 @@ class Engine:
                 known[player_id] = await self._players.get(player_id)
             except UbloxError as exc:
                 results[index] = exc
-        # Which tokens each session is played on: one ask per PTO, not per session.
+        # Which tokens each session is played on: one ask per PTO, not per session. A PTO
+        # not playable at the tick's start is refused here, as its allotment would refuse
+        # it: ``meanwhile`` (run first or beside) may fund it, and the tick's sessions are
+        # played on the PTOs as they were when the tick began, whichever ran first.
+        start = {p.pto_id: p for p in ptos}
         by_pto: dict[str, list[tuple[int, str, float]]] = {}
         for index, pto_id, player_id, want in asked:
-            if results[index] is None:
-                by_pto.setdefault(pto_id, []).append((index, player_id, want))
+            if results[index] is not None:
+                continue
+            pto = start.get(pto_id)
+            if pto is not None and pto.status not in PLAYABLE and pto.world_cdt_id in self.worlds:
+                try:
+                    allocate_play(pto, (), want)
+                except UbloxError as exc:
+                    results[index] = exc
+                    continue
+            by_pto.setdefault(pto_id, []).append((index, player_id, want))
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]] = {}
         holding: list[PTOActor] = []  # PTOs that stay active until their unit lands
+        # Ahead: the units' landing ends the tick for them (``_Ahead.release``).
+        landing = _Ahead(self._ahead_serial + 1, holding) if ahead else None
         try:
-            # Asked together: an allotment reads one PTO's acknowledged tokens only.
+            # An allotment reads one PTO's acknowledged tokens only: straight from an idle
+            # active actor (``allot_now``), the others asked together.
             pto_ids = sorted(by_pto)
-            answers = await self._ask_ptos(
-                [
-                    (
-                        pto_id,
-                        Allot(
-                            requests=tuple(
-                                PlayRequest(player_id=p, hours=h) for _, p, h in by_pto[pto_id]
-                            )
-                        ),
-                    )
-                    for pto_id in pto_ids
-                ]
-            )
+            answers: list[object] = []
+            asks: list[tuple[int, str, Allot]] = []
+            for pto_id in pto_ids:
+                allot = Allot(
+                    requests=tuple(PlayRequest(player_id=p, hours=h) for _, p, h in by_pto[pto_id])
+                )
+                actor = self._ptos.active(pto_id)
+                if actor is not None:  # (used now: ``get`` of an active one only touches it)
+                    actor = await self._ptos.get(pto_id)
+                answers.append(None if actor is None else actor.allot_now(allot.requests))
+                if answers[-1] is None:
+                    asks.append((len(answers) - 1, pto_id, allot))
+            if asks:
+                asked_now = await self._ask_ptos([(pto_id, allot) for _, pto_id, allot in asks])
+                for (k, _, _), answer in zip(asks, asked_now, strict=True):
+                    answers[k] = answer
             bug: BaseException | None = None
             for pto_id, allotment in zip(pto_ids, answers, strict=True):
                 group = by_pto[pto_id]
@@ -1574,9 +1687,14 @@ class Engine:
             for index, _, player_id, want in asked:
                 if index not in allotted:
                     continue
+                if player_id in self._unseen:  # its row or actor lacks a session in flight
+                    while self._ahead:
+                        await self._ahead[0].done.wait()
                 player = self._players.current(player_id) or await self._players.get(player_id)
                 await player.settled()
-                so_far = most.get(player_id, player.state.xUSD_balance)
+                # As the tick sessions in flight (``tick_ahead``) leave them.
+                phase, tau_k, xusd = player.figures()
+                so_far = most.get(player_id, xusd)
                 could = compose_xusd(want, 1.0, allotted[index][0].amplification)
                 try:
                     check_credit(so_far, could, f"the xUSD a session of {player_id!r} may compose")
@@ -1585,26 +1703,35 @@ class Engine:
                     del allotted[index]
                     continue
                 most[player_id] = so_far + could
-                physics[index] = _Figures.of(player.state)
-            await self._commit_tick(asked, allotted, physics, results, ptos, at, steps, beside)
+                s = player.state
+                physics[index] = _Figures(
+                    player_id, s.position_x, s.position_y, phase, s.resonance_freq, tau_k
+                )
+            await self._commit_tick(
+                asked, allotted, physics, results, ptos, at, steps, beside, landing
+            )
         finally:
-            for actor in holding:
-                actor.tick_over()
+            if landing is None:
+                for actor in holding:
+                    actor.tick_over()
+            else:
+                self._ahead_released(landing)
 
     async def _commit_tick(
         self,
         asked: list[tuple[int, str, str, float]],
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]],
         physics: dict[int, _Figures],
-        results: list[SessionResult | UbloxError | None],
+        results: list[_Result],
         ptos: list[PTO],
         at: str,
         steps: int,
         meanwhile: Callable[[], Awaitable[None]] | None,
+        landing: _Ahead | None,
     ) -> None:
-        """The tick's shards: stepped, each one's unit built and committed. ``meanwhile``
-        (if not run already) runs while they step and moves the clock: the worlds' steps
-        are stamped after it."""
+        """The tick's shards: stepped, each one's unit built and committed (``landing``:
+        ahead, submitted only). ``meanwhile`` (if not run already) runs while they step and
+        moves the clock: the worlds' steps are stamped after it."""
         size = self.params.size
         # Sessions by shard, in ``plays`` order.
         per_shard: dict[int, list[tuple[int, int]]] = {}  # id(shard) -> (index, slot)
@@ -1664,6 +1791,9 @@ class Engine:
                                 at=end, pto_id=pto_of[world_id], aci=float(outcome.aci[slot])
                             )
                         )
+                if landing is not None:
+                    await self._submit_ahead(Unit(tuple(events)), rows, results, landing)
+                    continue
                 committed = await self._commit_unit(Unit(tuple(events)))
                 self._tick_landed(committed, rows, results)
                 if not self.store.hold_commits:  # (held: every world goes with checkpoints)
@@ -1732,13 +1862,127 @@ class Engine:
         # no ``Committed``), and a tick needs the committed events and position.
         return await self.store.commit(unit)
 
+    async def _submit_ahead(
+        self, unit: Unit, rows: list[tuple[int, int]], results: list[_Result], landing: _Ahead
+    ) -> None:
+        """A tick unit of ``tick_ahead``: its sessions told to their PTOs and players as in
+        flight, each play's result its phase locks, the unit submitted, not waited for."""
+        self._raise_ahead()  # decided on a unit that failed: not submitted
+        serial = landing.serial
+        if not landing.units:
+            self._ahead_serial = serial
+            self._ahead.append(landing)
+        sessions = [e for e in unit.events if type(e) is ev.SessionPlayed]
+        by_pto: dict[str, list[ev.SessionPlayed]] = {}
+        for (index, _), session in zip(rows, sessions, strict=True):
+            results[index] = session.phase_locks
+            by_pto.setdefault(session.pto_id, []).append(session)
+            player = self._players.current(session.player_id)
+            if player is None:
+                self._unseen.add(session.player_id)
+            else:  # (loaded before the unit is queued: its row lacks the session)
+                player.ticked(serial, session)
+                landing.players.append(player)
+        for pto_id, played in by_pto.items():
+            actor = self._ptos.current(pto_id)
+            assert actor is not None, f"{pto_id} allotted and passivated in its tick"
+            actor.tick_decided(serial, played)
+        landing.units += 1
+        landing.open += 1
+
+        def done(outcome: object) -> None:
+            if isinstance(outcome, Committed):
+                self._tick_landed(outcome, rows, None, serial)
+            else:
+                if self._ahead_error is None:
+                    self._ahead_error = (
+                        outcome
+                        if isinstance(outcome, BaseException)
+                        else StoreError(f"a tick unit came back as {outcome!r}")
+                    )
+                    log.error("engine.tick_unit_failed", error=str(self._ahead_error))
+                for player in landing.players:
+                    player.tick_dropped(serial)
+                for pto_id in by_pto:
+                    if (actor := self._ptos.current(pto_id)) is not None:
+                        actor.tick_dropped(serial)
+            self._ahead_released(landing)
+
+        try:
+            await self.store.submit(unit, done)
+        except BaseException as exc:
+            done(exc)
+            raise
+
+    def _ahead_released(self, landing: _Ahead) -> None:
+        """The tick ahead's submissions are over, or one of its units landed: once both,
+        its PTOs may passivate and the tick is no longer ahead."""
+        landing.open -= 1
+        if landing.open:
+            return
+        for actor in landing.holding:
+            actor.tick_over()
+        if landing in self._ahead:
+            self._ahead.remove(landing)
+        if not self._ahead:
+            self._unseen.clear()
+        landing.done.set()
+
+    def _known_ptos(self) -> list[PTOActor] | None:
+        """The actors of every PTO the last tick read, by id, if each is active (then
+        their acknowledged state is the store's, bar the tick units in flight, which they
+        count); else None."""
+        if self._tick_ptos is None:
+            return None
+        actors: list[PTOActor] = []
+        for pto_id in self._tick_ptos:
+            actor = self._ptos.current(pto_id)
+            if actor is None:
+                return None
+            actors.append(actor)
+        return actors
+
+    def _ptos_in_memory(self) -> list[PTO] | None:
+        """For a tick ahead: the PTOs from their actors, as the store would list them for
+        the tick (what the tick reads of them, status, world, amplification, no tick unit
+        changes; a PTO whose deadline is owed is still FUNDING here, FAILED there: not
+        playable either way), or None (read the store)."""
+        actors = self._known_ptos()
+        if actors is None:
+            return None
+        return [dataclasses.replace(actor.state) for actor in actors]
+
+    async def open_hours(self, statuses: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Hours left per PTO among ``statuses`` (playable ones) and per holder, as
+        ``Backend.open_hours``. Between ticks ahead (``tick_ahead``) from the PTOs' actors
+        when every PTO is active and none has a unit of its own in flight (their tokens
+        with the tick units in flight counted, the same floats): the store's read would
+        wait for those units."""
+        if self._ahead or self._deadlines_owed:
+            actors = self._known_ptos()
+            if actors is not None:
+                found: dict[str, dict[str, float]] = {}
+                for actor in sorted(actors, key=lambda a: a.state.pto_id):
+                    if actor.state.status not in statuses:
+                        continue
+                    left = actor.open_hours()
+                    if left is None:
+                        break
+                    if left:
+                        found[actor.state.pto_id] = left
+                else:
+                    return found
+        return await self.store.open_hours(statuses)
+
     def _tick_landed(
         self,
         committed: Committed,
         rows: list[tuple[int, int]],
-        results: list[SessionResult | UbloxError | None],
+        results: list[_Result] | None,
+        serial: int | None = None,
     ) -> None:
-        """A shard's unit committed: players and PTOs learn it, each session its result."""
+        """A shard's unit committed: players and PTOs learn it, each session its result
+        (``results``; ahead, None: decided already). ``serial``: the ahead unit's."""
         position = committed.position
         by_pto: dict[str, list[ev.Event]] = {}
         sessions: list[ev.SessionPlayed] = []
@@ -1747,7 +1991,9 @@ class Engine:
                 sessions.append(event)
             by_pto.setdefault(getattr(event, "pto_id", ""), []).append(event)
         for (index, _), s in zip(rows, sessions, strict=True):
-            self._session_landed(s, position)
+            self._session_landed(s, position, serial)
+            if results is None:
+                continue
             results[index] = _session_result(
                 s.session_id,
                 s.pto_id,
@@ -1761,13 +2007,15 @@ class Engine:
             )
         for pto_id, events in by_pto.items():
             if (actor := self._ptos.current(pto_id)) is not None:
-                actor.tick_landed(events)
+                actor.tick_landed(events, serial)
 
-    def _session_landed(self, session: ev.SessionPlayed, position: int) -> None:
+    def _session_landed(
+        self, session: ev.SessionPlayed, position: int, serial: int | None = None
+    ) -> None:
         """As ``_credit``, for a tick's session: the active player applies it."""
         actor = self._players.current(session.player_id)
         if actor is not None:
-            actor.landed(session, position)
+            actor.landed(session, position, serial)
         elif (early := self._early_credits.get(session.player_id)) is not None:
             early.append((session, position))
 
@@ -1848,6 +2096,7 @@ class Engine:
         The worlds written are those of active PTOs and those the store holds (launched
         or passivated since the last checkpoint); every other world's file is current."""
         self._check_open()
+        await self.settle_ticks()  # every unit of the ticks ahead, or their error
         await self._ptos.wait_passivations()
         # Every resident world (active PTOs' and those a scenario's ticks hold).
         writes = tuple(WorldWrite(w, self.worlds.arrays(w)) for w in self.worlds.ids())
@@ -1857,6 +2106,18 @@ class Engine:
         """Wait until every write queued so far is durable (a round trip to the store)."""
         self._check_open()
         await self.store.commit(Unit(()))
+
+
+class _Ahead:
+    """A tick of ``Engine.tick_ahead`` whose units have not all landed."""
+
+    def __init__(self, serial: int, holding: list[PTOActor]) -> None:
+        self.serial = serial
+        self.holding = holding  # PTOs that allotted: active until it is over
+        self.players: list[PlayerActor] = []  # told of its sessions (``ticked``)
+        self.units = 0  # submitted
+        self.open = 1  # its submissions (until over) and each unit in flight
+        self.done = anyio.Event()
 
 
 class _PlayersPort:

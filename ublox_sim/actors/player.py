@@ -106,10 +106,14 @@ class PlayerActor(Actor[PlayerMessage]):
         self.shared = bool(getattr(backend, "shared", False))
         # Credits that arrive while a reload's read is out: (usd, position).
         self._reloading: list[tuple[int, int]] | None = None
+        # A checkpointed run's tick sessions submitted and not landed yet (``ticked``),
+        # each with the serial of its tick unit, oldest first.
+        self._ticks: list[tuple[int, ev.SessionPlayed]] = []
 
     def quiet(self) -> bool:
-        """Nothing unacknowledged and no reservation open (it may be passivated)."""
-        return not self._inflight and not self._reserved
+        """Nothing unacknowledged, no reservation open, no tick session pending (it may be
+        passivated)."""
+        return not self._inflight and not self._reserved and not self._ticks
 
     def credit(self, usd: int, position: int) -> None:
         """Apply a credit that unit ``position`` committed, unless the row this actor was
@@ -120,11 +124,38 @@ class PlayerActor(Actor[PlayerMessage]):
             return
         self.state.usd_obbba_balance += usd
 
-    def landed(self, event: ev.Event, position: int) -> None:
+    def landed(self, event: ev.Event, position: int, serial: int | None = None) -> None:
         """A session of a scenario tick (``Engine.tick``) that unit ``position`` committed:
-        applied unless the row this actor was loaded from holds it already."""
+        applied unless the row this actor was loaded from holds it already. ``serial``:
+        the tick unit's, if its sessions were told to this actor as pending (``ticked``)."""
+        if self._ticks and self._ticks[0][0] == serial:
+            del self._ticks[0]
+            self._maybe_quiet()
         if position > self.loaded_at:
             apply_to_player(self.state, event)
+
+    def ticked(self, serial: int, event: ev.SessionPlayed) -> None:
+        """A session of a checkpointed run's tick, decided and submitted in tick unit
+        ``serial``, not landed yet: the next tick's figures count it (``figures``). Told
+        only to an actor loaded before the unit was submitted (its row lacks it)."""
+        self._ticks.append((serial, event))
+
+    def tick_dropped(self, serial: int) -> None:
+        """Tick unit ``serial`` failed: its sessions are not pending any more (the run
+        that decided on them fails whole)."""
+        self._ticks = [t for t in self._ticks if t[0] != serial]
+        self._maybe_quiet()
+
+    def figures(self) -> tuple[float, float, int]:
+        """(phase, tau_k, xUSD balance) as the tick sessions pending leave them: what the
+        state will say once they land (``apply_to_player`` sets phase and tau_k from the
+        last session and adds the xUSD, exact cents)."""
+        s = self.state
+        if not self._ticks:
+            return s.phase, s.tau_k, s.xUSD_balance
+        last = self._ticks[-1][1]
+        earned = sum(to_cents(e.xUSD_earned) for _, e in self._ticks)
+        return last.phase, last.tau_k, s.xUSD_balance + earned
 
     async def settled(self) -> None:
         """Wait until no unit of this player is in flight (its session figures are final)."""

@@ -1,9 +1,10 @@
 """The scenario runner: a deterministic, checkpointed, resumable multi-player simulation.
 
-Each tick, in this order: scheduled launches, scripted events (file order),
-investors, players (one batch per world), creators, then the clock moves (worlds
-step, deadlines fire); the creators' work is done while the worlds step (on a worker
-thread), its units before the tick's. Every random decision comes from one generator seeded by
+Each tick, in this order: scheduled launches, scripted events (file order), players
+(one batch per world, decided on the holdings acknowledged then), investors, creators,
+then the clock moves (worlds step, deadlines fire); the investors' and the creators'
+work is done while the worlds step (on a worker thread), its units before the tick's: a
+share bought in a tick is played from the next. Every random decision comes from one generator seeded by
 the scenario and saved at each checkpoint; operations that write ledger rows are
 issued one after another in id order, so the ledger's order never depends on
 timing. The run is durable at checkpoints only (``Engine.open(checkpointed=True)``):
@@ -18,7 +19,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,7 +36,7 @@ from ..core.logsetup import get_logger
 from ..core.money import format_cents
 from ..core.records import FUNDING, IN_PROGRESS, PLAYABLE, PTO
 from ..core.shard import Tape, WorldShards
-from ..core.views import leaderboard
+from ..core.views import SessionResult, leaderboard
 from ..core.world import WorldParams
 from ..engine import Engine
 from ..store.backend import RunRecord
@@ -343,8 +344,13 @@ def _where(home: Home | PgStore) -> Path | PgStore:
 class Runner:
     """Drives one scenario over an Engine opened in checkpointed mode."""
 
-    def __init__(self, engine: Engine, scenario: Scenario, clock: SimClock) -> None:
+    def __init__(
+        self, engine: Engine, scenario: Scenario, clock: SimClock, *, ahead: bool = False
+    ) -> None:
         self.engine = engine
+        # Ticks ahead (``Engine.tick_ahead``, a checkpointed run): the next tick does not
+        # wait for this one's units; ``settle`` before reading what a tick changed.
+        self.ahead = ahead
         self.scenario = scenario
         self.clock = clock
         planned = plan(scenario)
@@ -471,18 +477,21 @@ class Runner:
         fire. One unit of rows per world shard (see ``Engine.tick``). ``meanwhile`` runs
         while the worlds step, its units before the tick's."""
         plays, self._plays = self._plays, []
-        results, _ = await self.engine.tick(
-            self.scenario.clock.tick_hours,
-            [(pto, player, h) for pto, player, h, _ in plays],
-            meanwhile=meanwhile,
-        )
+        hours = self.scenario.clock.tick_hours
+        asked = [(pto, player, h) for pto, player, h, _ in plays]
+        results: Sequence[SessionResult | UbloxError | int]
+        if self.ahead:  # each session's phase locks, decided; its unit lands later
+            results = await self.engine.tick_ahead(hours, asked, meanwhile=meanwhile)
+        else:
+            results, _ = await self.engine.tick(hours, asked, meanwhile=meanwhile)
         for (pto_id, player_id, _, scripted), result in zip(plays, results, strict=True):
             if isinstance(result, UbloxError):
                 invalid = scripted and isinstance(result, InvalidInput)
                 self.outcomes["play_invalid" if invalid else "play_refused"] += 1
             else:
                 self.outcomes["play"] += 1
-                self.tally.played(pto_id, player_id, result.phase_locks)
+                locks = result if isinstance(result, int) else result.phase_locks
+                self.tally.played(pto_id, player_id, locks)
 
     def _who(self, who: Any) -> Roster:
         if who == "all":
@@ -552,7 +561,7 @@ class Runner:
             # Who can play where: hours left on tokens of playable worlds, in id order.
             left: dict[str, dict[str, float]] = {}
             member: dict[str, bool] = {}  # a holder of many worlds' tokens is tested once
-            for pto_id, rooms in (await e.store.open_hours(sorted(PLAYABLE))).items():
+            for pto_id, rooms in (await e.open_hours(sorted(PLAYABLE))).items():
                 for holder, room in rooms.items():
                     known = member.get(holder)
                     if known is None:
@@ -594,14 +603,36 @@ class Runner:
 
     async def tick(self, tick: int) -> None:
         self.tally.clear()
+        if self._acts_first(tick):
+            # A launch or a scripted action reads or writes before the sessions: after
+            # the last tick's units and deadlines, as without ticks ahead.
+            await self.settle()
         if tick:
             await self.launch_due(tick)
         await self.scripted(tick)
-        await self.investors()
+        # Sessions are decided on the holdings acknowledged now: a share the investors
+        # buy this tick is played from the next one.
         await self.sessions()
-        # The creators' work needs no world and none of this tick's sessions: it runs
-        # while the worlds step (on a worker thread), its units first in the ledger.
-        await self.play_tick(meanwhile=self.creators)
+        # The investors' purchases and the creators' work need no world and none of this
+        # tick's sessions: they run while the worlds step (on a worker thread), their
+        # units first in the ledger.
+        await self.play_tick(meanwhile=self.beside)
+
+    def _acts_first(self, tick: int) -> bool:
+        th = self.scenario.clock.tick_hours
+        return any(tick and p.launch_tick == tick for p in self.ptos) or any(
+            tick * th <= event.at < (tick + 1) * th for event in self.scenario.events
+        )
+
+    async def settle(self) -> None:
+        """Every tick run so far landed and its deadlines fired (``Engine.settle_ticks``)."""
+        if self.ahead:
+            await self.engine.settle_ticks()
+
+    async def beside(self) -> None:
+        """A tick's work beside its physics, in this order: purchases, then ATU spending."""
+        await self.investors()
+        await self.creators()
 
 
 @contextmanager
@@ -687,7 +718,9 @@ async def run_scenario(
         idle_timeout=scenario.engine.idle_timeout,
         worlds=worlds,
     ) as engine:
-        runner = Runner(engine, scenario, clock)
+        # The next tick is decided while this one's units commit: the run fails whole if
+        # one fails (``Engine.tick_ahead``), and resumes from its last checkpoint.
+        runner = Runner(engine, scenario, clock, ahead=True)
         # A benchmark aid (``bench simulation``): record every shard tick of this process.
         tape_path = os.environ.get(TAPE_ENV, "").strip()
         tape = Tape() if tape_path else None
@@ -752,8 +785,10 @@ async def run_scenario(
                     raise KeyboardInterrupt
                 began = time.perf_counter()
                 await runner.tick(tick)
-                runner.tick_seconds.append(time.perf_counter() - began)
                 tick += 1
+                if collector is not None or tick % every == 0 or tick == runner.total:
+                    await runner.settle()  # (its units and deadlines in this tick's time)
+                runner.tick_seconds.append(time.perf_counter() - began)
                 if collector is not None:
                     await collector.sample(engine, tick)
                 if tick % every == 0 or tick == runner.total:
@@ -770,6 +805,7 @@ async def run_scenario(
                     log.info("run.checkpoint", tick=tick, ticks=runner.total)
                 if progress is not None:
                     progress(tick, runner.total)
+        await runner.settle()  # (stopped early: the ticks run land)
         if tape is not None:
             tape.save(tape_path)
         if tick == runner.total and (isinstance(home, Home) or export_path is not None):
