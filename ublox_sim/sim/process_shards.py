@@ -186,7 +186,8 @@ def _step(params: WorldParams, blocks: dict[int, F64], jobs: list[Any]) -> tuple
 
 class _Block:
     """A zeroed float64 array in a memfd, mapped here; ``fd`` is kept (a new worker maps
-    it again) until the block is retired."""
+    it again) until the block is retired. (The mapping holds a descriptor of its own, a
+    ``dup``, until its array is collected.)"""
 
     __slots__ = ("array", "fd", "key", "nbytes")
 
@@ -326,7 +327,7 @@ class ProcessWorldShards(WorldShards):
         array: F64 = getattr(shard, name)
         block = self._held.blocks.get(id(array))
         if block is None:
-            moved = self._allocate(array.shape)  # type: ignore[arg-type]
+            moved = self._allocate(array.shape)
             moved[...] = array
             setattr(shard, name, moved)
             block = self._held.blocks[id(moved)]
@@ -342,13 +343,11 @@ class ProcessWorldShards(WorldShards):
             theta, omega = self._shared(shard, "theta"), self._shared(shard, "omega")
             out = self._out.get(shard)
             if out is None or out.shape != shard.theta.shape or id(out) not in self._held.blocks:
-                out = self._out[shard] = self._allocate(shard.theta.shape)  # type: ignore[arg-type]
+                out = self._out[shard] = self._allocate(shard.theta.shape)
             outs.append(out)
             capacity = len(shard.theta)
-            jobs.append(
-                (theta.key, omega.key, self._held.blocks[id(out)].key, capacity, len(shard))
-                + (steps, sessions)
-            )
+            out_at = self._held.blocks[id(out)].key
+            jobs.append((theta.key, omega.key, out_at, capacity, len(shard), steps, sessions))
         live = {id(a) for s, _ in work for a in (s.theta, s.omega, self._out.get(s))}
         live |= {id(a) for s in self.shards for a in (s.theta, s.omega, self._out.get(s))}
         forget = []
@@ -405,8 +404,9 @@ class ProcessWorldShards(WorldShards):
         ]
 
     async def aclose(self) -> None:
-        """Stop the worker (it tells its peak RSS) and close every block's descriptor (the
-        arrays' memory goes with them). Idempotent."""
+        """Stop the worker (it tells its peak RSS) and free the shared blocks: the worlds
+        stay readable, in ordinary arrays (a copy each), and a shard grows into ordinary
+        arrays from now on. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -414,7 +414,11 @@ class ProcessWorldShards(WorldShards):
         if worker is not None and worker.gone is None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._stop, worker)
-        self._finalizer()
+        for shard in self.shards:
+            shard.theta, shard.omega = np.array(shard.theta), np.array(shard.omega)
+            shard.allocate = np.zeros
+        self._out.clear()
+        self._finalizer()  # (each mapping goes when its last array does: here, now)
 
     def _stop(self, worker: _Worker) -> None:
         try:
