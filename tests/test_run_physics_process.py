@@ -85,3 +85,13 @@ def test_physics_process_is_not_for_ray(tmp_path: Path) -> None:
     done = _run(tmp_path, "--physics", "process", "--ray")
     assert done.returncode != 0
     assert "--physics process is not for --ray" in done.stderr
+
+
+def test_auto_takes_the_process_only_with_two_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ublox_sim.cli import _physics_in_process
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert not _physics_in_process("auto")
+    assert _physics_in_process("process") and not _physics_in_process("thread")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3})
+    assert _physics_in_process("auto")

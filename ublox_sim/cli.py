@@ -430,10 +430,12 @@ def run(
 
 def _physics_in_process(physics: str) -> bool:
     """``run --physics``: whether the ticks' physics runs in a worker process (``auto``:
-    when this process may use two CPUs or more, so the worker has a core beside the loop)."""
+    when this process may use two CPUs or more, so the worker has a core beside the loop,
+    and the system has memfds, its shared memory: Linux)."""
     if physics != "auto":
         return physics == "process"
-    return len(os.sched_getaffinity(0)) >= 2
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (usable or 1) >= 2 and hasattr(os, "memfd_create")
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
