@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import select
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -235,3 +238,44 @@ async def test_a_killed_worker_fails_its_tick_clearly_and_the_next_tick_has_a_ne
         assert _same((await _tick(thread))[0], (await _tick(process))[0])
         _assert_same(thread, process)
         assert process.pid not in (None, first) and process.stats.pids == [first, process.pid]
+
+
+CHILD = """
+import asyncio, sys
+import numpy as np
+from ublox_sim.core.shard import Sessions
+from ublox_sim.core.world import WorldParams, new_world
+from ublox_sim.sim.process_shards import ProcessWorldShards
+
+async def main():
+    params = WorldParams(size=16)
+    shards = ProcessWorldShards(params)
+    w = new_world(params, np.random.default_rng(1))
+    shards.put("w0", w["theta"], w["omega"])
+    await shards.advance_all([(shards.shards[0], Sessions.empty())], 2)  # up and mapped
+    print(shards.pid, flush=True)
+    sys.stdin.read()  # until killed
+
+asyncio.run(main())
+"""
+
+
+def test_the_worker_exits_when_the_engines_process_is_sigkilled() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        watch = os.pidfd_open(worker)  # (not our child: waited on through a pidfd)
+    finally:
+        parent.kill()
+        parent.wait()
+        for stream in (parent.stdin, parent.stdout):
+            assert stream is not None
+            stream.close()
+    try:
+        exited, _, _ = select.select([watch], [], [], 60)
+    finally:
+        os.close(watch)
+    assert exited  # it saw its socket's EOF and ended (its memfds went with it)
