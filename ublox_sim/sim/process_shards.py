@@ -177,7 +177,7 @@ def _step(params: WorldParams, blocks: dict[int, F64], jobs: list[Any]) -> tuple
             pickle.dumps(exc)
         except Exception:
             exc = RuntimeFailure(f"the physics worker failed: {exc!r}")
-        return ("failed", exc)
+        return ("raised", exc)
     return ("done", results, time.perf_counter() - wall, time.thread_time() - cpu)
 
 
@@ -391,7 +391,7 @@ class ProcessWorldShards(WorldShards):
         sizes = [len(shard) for shard, _ in work]
         started = time.perf_counter()
         reply = await anyio.to_thread.run_sync(self._exchange, worker, message, fds)
-        if reply[0] == "failed":
+        if reply[0] == "raised":
             raise reply[1]
         _, results, wall, cpu = reply
         self.stats.ticks += 1
