@@ -427,8 +427,9 @@ class ProcessWorldShards(WorldShards):
 
     def _stop(self, worker: _Worker) -> None:
         try:
+            worker.sock.settimeout(_STOP_TIMEOUT)  # (a wedged worker is killed below)
             _send(worker.sock, ("stop",))
             _, peak = _recv(worker.sock)
             self.stats.peak_rss_kb = max(self.stats.peak_rss_kb, int(peak))
-        except (EOFError, OSError):
-            pass  # gone already: released below all the same
+        except (EOFError, OSError):  # (TimeoutError is an OSError)
+            pass  # gone already, or wedged: released (reaped, or killed) all the same
