@@ -1,7 +1,8 @@
 """The same scenario and seed give the same export bytes as before the redesign.
 
 The golden files were taken from main before issue 12 (see fixtures/golden/README.md):
-restructuring the code must not change a single result."""
+restructuring the code must not change a single result. Each runs with the ticks' physics
+on a thread and in a worker process (``run --physics``): the same bytes."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 
 
-def run(tmp_path: Path, name: str, *overrides: str) -> bytes:
+PHYSICS = pytest.mark.parametrize("physics", ["thread", "process"])
+
+
+def run(tmp_path: Path, name: str, physics: str, *overrides: str) -> bytes:
     home = tmp_path / name
     args = [sys.executable, "-m", "ublox_sim", "run", str(SCENARIOS / f"{name}.yaml")]
-    args += ["--home", str(home)]
+    args += ["--home", str(home), "--physics", physics]
     for override in overrides:
         args += ["--set", override]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
@@ -27,9 +31,10 @@ def run(tmp_path: Path, name: str, *overrides: str) -> bytes:
     return (home / "export.json").read_bytes()
 
 
-def test_harmonic_caverns_exports_the_golden_bytes(tmp_path: Path) -> None:
+@PHYSICS
+def test_harmonic_caverns_exports_the_golden_bytes(tmp_path: Path, physics: str) -> None:
     expected = (GOLDEN / "harmonic_caverns.export.json").read_bytes()
-    assert run(tmp_path, "harmonic_caverns") == expected
+    assert run(tmp_path, "harmonic_caverns", physics) == expected
 
 
 @pytest.mark.parametrize(
@@ -39,5 +44,8 @@ def test_harmonic_caverns_exports_the_golden_bytes(tmp_path: Path) -> None:
         ("stress", "50a160189786abc9a8e962492c9a4edd3a000ed01dcfcab1eef35a0d26d5f022"),
     ],
 )
-def test_larger_scenarios_export_the_golden_digest(tmp_path: Path, name: str, digest: str) -> None:
-    assert hashlib.sha256(run(tmp_path, name, "clock.ticks=6")).hexdigest() == digest
+@PHYSICS
+def test_larger_scenarios_export_the_golden_digest(
+    tmp_path: Path, name: str, digest: str, physics: str
+) -> None:
+    assert hashlib.sha256(run(tmp_path, name, physics, "clock.ticks=6")).hexdigest() == digest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import stat
 import sys
@@ -19,7 +20,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ParamSpec, TypeVar
 
@@ -285,6 +286,15 @@ def demo(home: Path | None, store: str | None) -> None:
     default=None,
     help="Shard actors for --ray (default: the cluster's CPUs).",
 )
+@click.option(
+    "--physics",
+    type=click.Choice(["auto", "thread", "process"]),
+    default="auto",
+    show_default=True,
+    help="Where the ticks' world physics runs: a worker process with the worlds in shared "
+    "memory (a core of its own), or a thread of this process; auto: the process when this "
+    "process may use 2 or more CPUs. Same results either way.",
+)
 @_errors_to_exit_codes
 def run(
     scenario: Path | None,
@@ -298,13 +308,17 @@ def run(
     metrics_path: Path | None,
     ray_address: str | None,
     ray_workers: int | None,
+    physics: str,
 ) -> None:
     """Run a scenario (deterministic, checkpointed; --resume continues a killed run).
 
     Ctrl-C stops at the next tick and exits 130; the run resumes from its last checkpoint.
-    With --ray the worlds' shards live in Ray actors (same results: see the README)."""
+    With --ray the worlds' shards live in Ray actors (same results: see the README).
+    Otherwise the ticks' physics runs in a worker process when 2 CPUs are usable
+    (--physics)."""
     import anyio
 
+    from .sim.process_shards import PhysicsStats, ProcessWorldShards
     from .sim.ray_shards import RayRun, run_on_ray
     from .sim.report import already_finished, print_report
     from .sim.runner import recorded_scenario, run_scenario
@@ -314,6 +328,11 @@ def run(
     target = _target(home, store)
     if ray_workers is not None and ray_address is None:
         raise click.UsageError("--ray-workers needs --ray")
+    if physics == "process" and ray_address is not None:
+        raise click.UsageError("--physics process is not for --ray (its shards are Ray actors)")
+    stats: PhysicsStats | None = None
+    if ray_address is None and _physics_in_process(physics):
+        stats = PhysicsStats()
     ray = (
         None
         if ray_address is None
@@ -364,6 +383,8 @@ def run(
             }
             if ray is not None:
                 return anyio.run(lambda: run_on_ray(loaded, target, ray, **options))
+            if stats is not None:
+                options["worlds"] = partial(ProcessWorldShards, stats=stats)
             return anyio.run(lambda: run_scenario(loaded, target, **options))
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -397,9 +418,24 @@ def run(
             click.echo(f"{report.name}: the run in {_where(target)} had already finished", err=True)
         data = report.to_dict()
         data["totals"] = json_figures(data["totals"])
+        # Where the physics ran, and this process's own peak RSS (its worker's is apart).
+        data["physics"] = {"mode": "ray" if ray is not None else "thread"}
+        if stats is not None:
+            data["physics"] = stats.to_dict()
+        data["physics"]["main_peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         print_report(report, target, console)
+
+
+def _physics_in_process(physics: str) -> bool:
+    """``run --physics``: whether the ticks' physics runs in a worker process (``auto``:
+    when this process may use two CPUs or more, so the worker has a core beside the loop,
+    and the system has memfds, its shared memory: Linux)."""
+    if physics != "auto":
+        return physics == "process"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (usable or 1) >= 2 and hasattr(os, "memfd_create")
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C

@@ -617,8 +617,11 @@ class Engine:
                 await self.system.drain(await self._players.close())
             finally:
                 self._bus.close()
-                await self.store.aclose()
-                self._state = "closed"
+                try:
+                    await self.store.aclose()
+                finally:
+                    await self.worlds.aclose()  # (a physics worker process, if any)
+                    self._state = "closed"
 
     def _check_open(self) -> None:
         if self._state != "opened":

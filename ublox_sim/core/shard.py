@@ -63,15 +63,24 @@ class TickOutcome:
     aci: F64  # per slot: the world's order parameter after the tick
 
 
+Allocate = Callable[[tuple[int, int, int]], F64]
+"""Where a shard's stacked arrays live: a zeroed float64 array of this shape (``np.zeros``
+by default; ``sim.process_shards`` gives blocks of shared memory)."""
+
+
 class Shard:
     """Worlds of one size, stacked; slots are dense (``0 .. len - 1``): removing a world
-    moves the last one into its slot. Capacity grows by doubling."""
+    moves the last one into its slot. Capacity grows by doubling, into arrays made by
+    ``allocate``."""
 
-    def __init__(self, params: WorldParams, capacity: int = 4) -> None:
+    def __init__(
+        self, params: WorldParams, capacity: int = 4, allocate: Allocate | None = None
+    ) -> None:
         self.params = params
         side = params.size
-        self.theta: F64 = np.zeros((max(1, capacity), side, side))
-        self.omega: F64 = np.zeros((max(1, capacity), side, side))
+        self.allocate: Allocate = np.zeros if allocate is None else allocate
+        self.theta: F64 = self.allocate((max(1, capacity), side, side))
+        self.omega: F64 = self.allocate((max(1, capacity), side, side))
         self.ids: list[str] = []
         self.slots: dict[str, int] = {}
         # Moves on every change to the worlds held or their arrays outside a tick
@@ -96,6 +105,7 @@ class Shard:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.params = state["params"]
         self.theta, self.omega = state["theta"], state["omega"]
+        self.allocate = np.zeros
         self.ids = state["ids"]
         self.slots = {w: k for k, w in enumerate(self.ids)}
         self.version = 0
@@ -114,15 +124,20 @@ class Shard:
         if slot is None:
             slot = len(self.ids)
             if slot == len(self.theta):
-                grow = ((0, slot), (0, 0), (0, 0))
-                self.theta = np.pad(self.theta, grow)
-                self.omega = np.pad(self.omega, grow)
+                self.theta = self._grown(self.theta)
+                self.omega = self._grown(self.omega)
             self.ids.append(world_id)
             self.slots[world_id] = slot
         self.theta[slot] = theta
         self.omega[slot] = omega
         self.version += 1
         return slot
+
+    def _grown(self, stack: F64) -> F64:
+        """``stack`` in new arrays of twice its capacity (the worlds copied, the rest 0)."""
+        bigger = self.allocate((2 * len(stack), *stack.shape[1:]))
+        bigger[: len(stack)] = stack
+        return bigger
 
     def remove(self, world_id: str) -> None:
         slot = self.slots.pop(world_id)
@@ -152,38 +167,50 @@ class Shard:
     def advance(self, steps: int, sessions: Sessions) -> tuple[F64 | None, TickOutcome]:
         """``tick`` without changing the shard: the worlds' next theta (None if no step)
         and the outcome. Reads the arrays only, so it may run on a worker thread while
-        nothing changes them."""
-        p = self.params
-        n, side = len(self.ids), p.size
-        if len(sessions) and int(sessions.steps.max()) > steps:
-            raise ValueError("a session is coupled for more steps than its tick has")
-        theta = self.theta[:n]
-        omega = self.omega[:n]
-        m = len(sessions)
-        # The loop of ``world.play_steps``, on the whole stack at once.
-        theta, phase, total, coherence, locks, locked = coupled_steps(
-            theta,
-            omega,
-            p,
-            flat=(sessions.slot * side + sessions.cells_y) * side + sessions.cells_x,
-            phase=sessions.phase,
-            freq=sessions.freq,
-            tau_k=sessions.tau_k,
-            steps=sessions.steps,
-            world_steps=steps,
-        )
-        after = np.mod(theta, TWO_PI) if steps else None
-        final = self.theta[:n] if after is None else after
-        quality = np.divide(total, sessions.steps, out=np.zeros(m), where=sessions.steps > 0)
-        aci = np.array([order_parameter(final[k]) for k in range(n)])
-        return after, TickOutcome(
-            quality=np.clip(quality, 0.0, 1.0),
-            coherence=coherence,
-            locks=locks,
-            locked_steps=locked,
-            phase=np.mod(phase, TWO_PI),
-            aci=aci,
-        )
+        nothing changes them (or in another process: ``advance``)."""
+        n = len(self.ids)
+        return advance(self.params, self.theta[:n], self.omega[:n], steps, sessions)
+
+
+def advance(
+    params: WorldParams,
+    theta: F64,
+    omega: F64,
+    steps: int,
+    sessions: Sessions,
+    out: F64 | None = None,
+) -> tuple[F64 | None, TickOutcome]:
+    """``Shard.advance`` of the stacked worlds ``theta``/``omega`` (``(n, S, S)``, read
+    only): their next theta (None if no step; written into ``out`` if given) and the
+    outcome. The same arithmetic wherever the arrays live."""
+    n, side = len(theta), params.size
+    if len(sessions) and int(sessions.steps.max()) > steps:
+        raise ValueError("a session is coupled for more steps than its tick has")
+    m = len(sessions)
+    # The loop of ``world.play_steps``, on the whole stack at once.
+    stepped, phase, total, coherence, locks, locked = coupled_steps(
+        theta,
+        omega,
+        params,
+        flat=(sessions.slot * side + sessions.cells_y) * side + sessions.cells_x,
+        phase=sessions.phase,
+        freq=sessions.freq,
+        tau_k=sessions.tau_k,
+        steps=sessions.steps,
+        world_steps=steps,
+    )
+    after = np.mod(stepped, TWO_PI, out=out) if steps else None
+    final = theta if after is None else after
+    quality = np.divide(total, sessions.steps, out=np.zeros(m), where=sessions.steps > 0)
+    aci = np.array([order_parameter(final[k]) for k in range(n)])
+    return after, TickOutcome(
+        quality=np.clip(quality, 0.0, 1.0),
+        coherence=coherence,
+        locks=locks,
+        locked_steps=locked,
+        phase=np.mod(phase, TWO_PI),
+        aci=aci,
+    )
 
 
 class WorldShards:
@@ -213,10 +240,13 @@ class WorldShards:
         if shard is None:
             shard = next((s for s in self.shards if len(s) < self.per_shard), None)
             if shard is None:
-                shard = Shard(self.params)
+                shard = self._new_shard()
                 self.shards.append(shard)
         shard.put(world_id, np.asarray(theta, np.float64), np.asarray(omega, np.float64))
         self._where[world_id] = shard
+
+    def _new_shard(self) -> Shard:
+        return Shard(self.params)
 
     def set_theta(self, world_id: str, theta: F64) -> None:
         shard = self._where[world_id]
@@ -252,25 +282,28 @@ class WorldShards:
         at once before the first is yielded.
 
         ``meanwhile`` (the loop's other work of the tick, see ARCHITECTURE.md "Ticks") runs
-        on the event loop while the shards step on a worker thread, before the first is
-        yielded; the tick is as if it ran first: a shard it changed (a world loaded,
-        dropped or moved) is stepped again, on the loop, from what it left."""
+        on the event loop while the shards step off it (``advance_all``: on a worker
+        thread here), before the first is yielded; the tick is as if it ran first: a shard
+        it changed (a world loaded, dropped or moved) is stepped again, on the loop, from
+        what it left. Without ``meanwhile`` the shards step on the loop, unless
+        ``steps_off_loop`` says otherwise."""
         ahead: list[tuple[int, tuple[F64 | None, TickOutcome]] | None] = [None] * len(work)
         # The worlds each shard held when its sessions were given: a world ``meanwhile``
         # loads comes last (the others keep their slots); one it drops moves another
         # into its slot, and the sessions' slots would no longer say whose cells they are.
         held = [list(shard.ids) for shard, _ in work]
-        if meanwhile is not None:
+        if meanwhile is not None or self.steps_off_loop:
             versions = [shard.version for shard, _ in work]
 
-            def advance_all() -> None:
-                for k, (shard, sessions) in enumerate(work):
-                    ahead[k] = (versions[k], shard.advance(steps, sessions))
+            async def step_all() -> None:
+                for k, stepped in enumerate(await self.advance_all(work, steps)):
+                    ahead[k] = (versions[k], stepped)
 
-            stepping = asyncio.ensure_future(anyio.to_thread.run_sync(advance_all))
+            stepping = asyncio.ensure_future(step_all())
             beside: BaseException | None = None
             try:
-                await meanwhile()
+                if meanwhile is not None:
+                    await meanwhile()
             except BaseException as exc:
                 beside = exc
             # (Pure reads: the shards are as they were if either failed.)
@@ -314,6 +347,23 @@ class WorldShards:
             except BaseException:
                 shard.theta[:n] = before  # its unit did not commit: nor does its tick
                 raise
+
+    steps_off_loop = False
+    """Whether ``ticked`` steps the shards with ``advance_all`` even with nothing beside
+    them (here no: a thread would only add its hand-over)."""
+
+    async def advance_all(
+        self, work: Sequence[tuple[Shard, Sessions]], steps: int
+    ) -> list[tuple[F64 | None, TickOutcome]]:
+        """Each shard's ``Shard.advance`` (in ``work``'s order), off the event loop: here on
+        a worker thread (numpy's ufuncs release the GIL). Reads the arrays only."""
+        return await anyio.to_thread.run_sync(
+            lambda: [shard.advance(steps, sessions) for shard, sessions in work]
+        )
+
+    async def aclose(self) -> None:
+        """Release what stepping holds beside the arrays (here nothing; the engine calls it
+        when it closes)."""
 
     def changed(self, shard: Shard, tell: Callable[[str, dict[str, F64]], None]) -> None:
         """``tell`` (the store's ``world_changed``) each world of ``shard`` and its arrays."""
