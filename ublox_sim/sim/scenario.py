@@ -16,7 +16,7 @@ import difflib
 import math
 import re
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -750,7 +750,8 @@ def parse_scenario(
     except ValidationError as exc:
         raise ScenarioError(_explain(exc, source, lines)) from exc
     problems = [
-        _where(source, lines, path) + f": {message}" for path, message in _cross_check(scenario)
+        _where(source, lines, path) + f": {message}"
+        for path, message in _cross_check(scenario, partial(_where, source, lines))
     ]
     if problems:
         raise ScenarioError(problems)
@@ -890,47 +891,77 @@ def cohort_id(prefix: str, number: int, count: int) -> str:
     return f"{prefix}-{number:0{max(4, len(str(count)))}d}"
 
 
-def _declared(ident: str, listed: set[str], cohorts: Mapping[str, Cohort | PTOCohort]) -> bool:
-    """Listed by name, or one of a cohort's generated ids (``PREFIX-0001`` …)."""
-    if ident in listed:
-        return True
+def _member(ident: str, cohorts: Mapping[str, Cohort | PTOCohort]) -> str | None:
+    """The prefix of the cohort that generates ``ident`` (``PREFIX-0001`` …), if any."""
     prefix, _, number = ident.rpartition("-")
     cohort = cohorts.get(prefix)
-    return (
+    if (
         cohort is not None
         and number.isdigit()
         and 1 <= int(number) <= cohort.count
         and ident == cohort_id(prefix, int(number), cohort.count)
-    )
+    ):
+        return prefix
+    return None
 
 
-def _cross_check(s: Scenario) -> Iterator[tuple[Path_, str]]:
+def _declared(ident: str, listed: set[str], cohorts: Mapping[str, Cohort | PTOCohort]) -> bool:
+    """Listed by name, or one of a cohort's generated ids (``PREFIX-0001`` …)."""
+    return ident in listed or _member(ident, cohorts) is not None
+
+
+def _id_clashes(s: Scenario, place: Callable[[Path_], str]) -> Iterator[tuple[Path_, str]]:
+    """Ids given twice: players and PTOs share one namespace (the engine refuses a second
+    ``alice`` whatever kind it is), so a listed id, a cohort's generated ids and a prefix
+    must each be unique across both kinds. Each problem names the place given first."""
+
+    def clash(here: Path_, what: str, kind: str, first: tuple[str, Path_]) -> tuple[Path_, str]:
+        shared = "" if kind == first[0] else "; players and PTOs share one namespace of ids"
+        return here, f"{what} ({place(first[1])}){shared}"
+
+    listed: dict[str, tuple[str, Path_]] = {}  # id -> (kind, where it was first listed)
+    for section, kind in (("players", "player"), ("ptos", "PTO")):
+        items: Sequence[PlayerSpec | PTOSpec] = getattr(s, section)
+        for i, item in enumerate(items):
+            here: Path_ = (section, i, "id")
+            if item.id in listed:
+                first = listed[item.id]
+                what = f"{kind} id {item.id!r} is already the id of a {first[0]}"
+                yield clash(here, what, kind, first)
+            else:
+                listed[item.id] = (kind, here)
+    prefixes: dict[str, tuple[str, Path_]] = {}
+    for section, kind in (("cohorts", "player"), ("pto_cohorts", "PTO")):
+        cohorts: Sequence[Cohort | PTOCohort] = getattr(s, section)
+        for i, c in enumerate(cohorts):
+            here = (section, i, "prefix")
+            if c.prefix in prefixes:
+                first = prefixes[c.prefix]
+                what = f"prefix {c.prefix!r} is already the prefix of a {first[0]} cohort"
+                yield clash(here, what, kind, first)
+            else:
+                prefixes[c.prefix] = (kind, here)
+    generated: dict[str, Cohort | PTOCohort] = {c.prefix: c for c in s.pto_cohorts}
+    generated.update({c.prefix: c for c in s.cohorts})
+    for ident, (kind, here) in listed.items():
+        prefix = _member(ident, generated)
+        if prefix is not None:
+            first = prefixes[prefix]
+            what = f"{kind} id {ident!r} is also an id the {first[0]} cohort {prefix!r} generates"
+            yield clash(here, what, kind, first)
+
+
+def _cross_check(s: Scenario, place: Callable[[Path_], str]) -> Iterator[tuple[Path_, str]]:
     """References between sections: every id used must be declared, once."""
-    players = [p.id for p in s.players]
+    yield from _id_clashes(s, place)
     prefixes = {c.prefix: c for c in s.cohorts}
-    for i, c in enumerate(s.cohorts):
-        generated = cohort_id(c.prefix, 1, c.count)
-        if generated in players:
-            yield (
-                ("cohorts", i, "prefix"),
-                f"cohort ids like {generated!r} clash with a listed player",
-            )
-    seen: set[str] = set()
-    for i, pid in enumerate(players):
-        if pid in seen:
-            yield ("players", i, "id"), f"player {pid!r} is declared twice"
-        seen.add(pid)
-    if len(prefixes) != len(s.cohorts):
-        yield ("cohorts",), "two cohorts share a prefix"
+    seen = {p.id for p in s.players}
 
     def player_known(pid: str) -> bool:
         return _declared(pid, seen, prefixes)
 
-    ptos: set[str] = set()
+    ptos = {p.id for p in s.ptos}
     for i, p in enumerate(s.ptos):
-        if p.id in ptos:
-            yield ("ptos", i, "id"), f"PTO {p.id!r} is declared twice"
-        ptos.add(p.id)
         if not player_known(p.creator):
             yield (
                 ("ptos", i, "creator"),

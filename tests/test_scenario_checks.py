@@ -1,0 +1,95 @@
+"""Scenarios that validated but could not run (an outside modeller's findings): each is
+now refused at validation with FILE:LINE: key, naming the rule, and nothing is created.
+
+The base scenario and the helpers are test_scenario's (its line numbers are named here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_scenario import BASE, edit, expect_refused, first_variant
+
+PTO_COHORT = "\n".join(
+    [
+        "pto_cohorts:",  # 31
+        "  - prefix: game",  # 32
+        "    count: 3",  # 33
+        "    creators: fan",  # 34
+        "    atu_required: 10",  # 35
+        "    pts_offered: 10",  # 36
+        "    price_per_pts: 5",  # 37
+        "    funding_deadline_hours: 3",  # 38
+    ]
+)
+
+
+# -- ids: players and PTOs share one namespace ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"),
+    [
+        pytest.param(
+            edit(19, "  - id: alice").replace("pto: g1", "pto: alice"),
+            19,
+            "ptos[0].id",
+            "PTO id 'alice' is already the id of a player ({path}:10: players[0].id); "
+            "players and PTOs share one namespace",
+            id="pto-eq-player",
+        ),
+        pytest.param(
+            edit(19, "  - id: fan-0003").replace("pto: g1", "pto: fan-0003"),
+            19,
+            "ptos[0].id",
+            "PTO id 'fan-0003' is also an id the player cohort 'fan' generates "
+            "({path}:15: cohorts[0].prefix)",
+            id="pto-eq-player-cohort-member",
+        ),
+        pytest.param(
+            edit(19, "  - id: game-0002").replace("pto: g1", "pto: game-0002") + PTO_COHORT,
+            19,
+            "ptos[0].id",
+            "PTO id 'game-0002' is also an id the PTO cohort 'game' generates "
+            "({path}:32: pto_cohorts[0].prefix)",
+            id="pto-eq-pto-cohort-member",
+        ),
+        pytest.param(
+            edit(12, "  - id: game-0003").replace("player: bob", "player: alice") + PTO_COHORT,
+            12,
+            "players[1].id",
+            "player id 'game-0003' is also an id the PTO cohort 'game' generates "
+            "({path}:32: pto_cohorts[0].prefix)",
+            id="player-eq-pto-cohort-member",
+        ),
+        pytest.param(
+            BASE + PTO_COHORT.replace("prefix: game", "prefix: fan"),
+            32,
+            "pto_cohorts[0].prefix",
+            "prefix 'fan' is already the prefix of a player cohort ({path}:15: cohorts[0].prefix)",
+            id="pto-cohort-prefix-eq-player-cohort",
+        ),
+        pytest.param(
+            # Not only a cohort's first id: the check used to look at fan-0001 alone.
+            edit(12, "  - id: fan-0002").replace("player: bob", "player: alice"),
+            12,
+            "players[1].id",
+            "player id 'fan-0002' is also an id the player cohort 'fan' generates",
+            id="player-eq-later-cohort-member",
+        ),
+        pytest.param(
+            BASE + PTO_COHORT + "\n" + "\n".join(PTO_COHORT.splitlines()[1:]),
+            39,
+            "pto_cohorts[1].prefix",
+            "prefix 'game' is already the prefix of a PTO cohort ({path}:32:",
+            id="two-pto-cohorts-one-prefix",
+        ),
+    ],
+)
+def test_id_given_twice_is_refused_naming_both_places(
+    tmp_path: Path, request: pytest.FixtureRequest, text: str, line: int, key: str, fragment: str
+) -> None:
+    fragment = fragment.replace("{path}", str(tmp_path / "scenario.yaml"))
+    expect_refused(
+        tmp_path, text, line=line, key=key, fragment=fragment, via_cli=first_variant(request)
+    )
