@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from test_scenario import BASE, edit, expect_refused, first_variant
 
+from ublox_sim.sim.scenario import ScenarioError, parse_scenario
+
 PTO_COHORT = "\n".join(
     [
         "pto_cohorts:",  # 31
@@ -93,3 +95,52 @@ def test_id_given_twice_is_refused_naming_both_places(
     expect_refused(
         tmp_path, text, line=line, key=key, fragment=fragment, via_cli=first_variant(request)
     )
+
+
+# -- the world's explicit Euler steps stay stable -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"),
+    [
+        pytest.param(
+            edit(8, "  size: 8\n  coupling: 5"),
+            9,
+            "world.coupling",
+            "coupling × dt is 0.5 (5 × 0.1); the lattice is stepped with explicit Euler, "
+            "stable only while coupling × dt ≤ 0.25",
+            id="coupling",
+        ),
+        pytest.param(
+            edit(8, "  size: 8\n  dt: 0.3"), 9, "world.dt", "coupling × dt ≤ 0.25", id="dt"
+        ),
+        pytest.param(
+            edit(8, "  size: 8\n  feedback: 2"),
+            9,
+            "world.feedback",
+            "(player_coupling + feedback) × tau_k × dt is 2.2 ((0.2 + 2) × 10 × 0.1)",
+            id="feedback-at-the-session-ceiling",
+        ),
+        pytest.param(
+            # A player starting at tau_k 100 is the largest here: 0.22 × 100 × 0.1.
+            edit(11, "    usd_obbba: 100\n    tau_k: 100"),
+            7,
+            "world",
+            "is 2.2 ((0.2 + 0.02) × 100 × 0.1)",
+            id="a-players-tau_k",
+        ),
+    ],
+)
+def test_unstable_euler_step_is_refused(
+    tmp_path: Path, request: pytest.FixtureRequest, text: str, line: int, key: str, fragment: str
+) -> None:
+    expect_refused(
+        tmp_path, text, line=line, key=key, fragment=fragment, via_cli=first_variant(request)
+    )
+
+
+def test_a_coupling_override_past_the_bound_names_the_set() -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(BASE, "base.yaml", overrides=["world.coupling=3"])
+    assert info.value.problems[0].startswith("--set: world.coupling: coupling × dt is 0.3")
+    parse_scenario(BASE, "base.yaml", overrides=["world.coupling=2.5"])  # at the bound

@@ -41,7 +41,7 @@ from ..core.errors import InvalidInput
 from ..core.ids import check_file_name, check_id
 from ..core.limits import Limit
 from ..core.money import round_to_cent, to_cents
-from ..core.world import WorldParams
+from ..core.world import WorldParams, lattice_fault, player_fault
 
 MAX_NODES = L.SCENARIO_MAX_VALUES
 MAX_DEPTH = L.SCENARIO_MAX_DEPTH
@@ -951,9 +951,42 @@ def _id_clashes(s: Scenario, place: Callable[[Path_], str]) -> Iterator[tuple[Pa
             yield clash(here, what, kind, first)
 
 
+# A session moves tau_k to 0.9·tau_k + quality (``economy.tau_k_after``, quality ≤ 1): it
+# never rises above max(its start, 10), so a run's largest tau_k is known when it loads.
+SESSION_TAU_K_CEILING = 10.0
+
+
+def _world_faults(s: Scenario) -> Iterator[tuple[Path_, str]]:
+    """The world's explicit Euler steps stable for this scenario (``core.world``): the
+    lattice (coupling × dt) and each player against its cell (with the largest tau_k any
+    player here can reach), blamed on the first of the keys the file sets."""
+    params = s.world.params()
+    given = s.world.model_fields_set
+
+    def key(*names: str) -> Path_:
+        return ("world", *[n for n in names if n in given][:1])
+
+    fault = lattice_fault(params)
+    if fault is not None:
+        yield key("coupling", "dt"), fault
+    tau_k = max(
+        SESSION_TAU_K_CEILING,
+        *(p.tau_k for p in s.players),
+        *(support(c.tau_k, L.TAU_K)[1] for c in s.cohorts),
+    )
+    fault = player_fault(params, tau_k)
+    if fault is not None:
+        yield (
+            key("player_coupling", "feedback", "dt"),
+            f"{fault} (tau_k {tau_k:g}: the largest a player here starts with, or 10, "
+            "where sessions take it)",
+        )
+
+
 def _cross_check(s: Scenario, place: Callable[[Path_], str]) -> Iterator[tuple[Path_, str]]:
     """References between sections: every id used must be declared, once."""
     yield from _id_clashes(s, place)
+    yield from _world_faults(s)
     prefixes = {c.prefix: c for c in s.cohorts}
     seen = {p.id for p in s.players}
 
