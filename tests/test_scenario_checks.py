@@ -144,3 +144,47 @@ def test_a_coupling_override_past_the_bound_names_the_set() -> None:
         parse_scenario(BASE, "base.yaml", overrides=["world.coupling=3"])
     assert info.value.problems[0].startswith("--set: world.coupling: coupling × dt is 0.3")
     parse_scenario(BASE, "base.yaml", overrides=["world.coupling=2.5"])  # at the bound
+
+
+# -- a PTO launches inside the run ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"),
+    [
+        pytest.param(
+            edit(25, "    funding_deadline_hours: 3\n    launch_at: 4"),
+            26,
+            "ptos[0].launch_at",
+            "launch_at 4 h is after the run ends (4 h)",
+            id="explicit",
+        ),
+        pytest.param(
+            BASE + PTO_COHORT + "\n    launch_at: {dist: uniform, low: 4, high: 9}",
+            39,
+            "pto_cohorts[0].launch_at",
+            "launch_at draws 4 h at the earliest, after the run ends (4 h): none of these PTOs "
+            "would launch",
+            id="drawn",
+        ),
+        pytest.param(
+            BASE + PTO_COHORT + "\n    launch_at: {dist: choice, values: [6, 5]}",
+            39,
+            "pto_cohorts[0].launch_at",
+            "draws 5 h at the earliest",
+            id="choice",
+        ),
+    ],
+)
+def test_launch_after_the_run_ends_is_refused(
+    tmp_path: Path, request: pytest.FixtureRequest, text: str, line: int, key: str, fragment: str
+) -> None:
+    expect_refused(
+        tmp_path, text, line=line, key=key, fragment=fragment, via_cli=first_variant(request)
+    )
+
+
+def test_a_launch_in_the_last_tick_is_accepted() -> None:
+    parse_scenario(edit(25, "    funding_deadline_hours: 3\n    launch_at: 3.5"))
+    # A drawn launch that can fall inside a run cut short is kept (scenarios/README.md).
+    parse_scenario(BASE + PTO_COHORT + "\n    launch_at: {dist: choice, values: [0, 24]}")

@@ -1026,6 +1026,25 @@ def _cross_check(s: Scenario, place: Callable[[Path_], str]) -> Iterator[tuple[P
                     f"{name!r} is neither a player nor a cohort prefix",
                 )
     total = s.clock.total_ticks * s.clock.tick_hours
+    # A PTO launched after the last tick never launches: it is missing from the export and
+    # every event on it is refused, so its launch must fall inside the run, as an event's.
+    for i, p in enumerate(s.ptos):
+        if p.launch_at >= total:
+            yield (
+                ("ptos", i, "launch_at"),
+                f"launch_at {p.launch_at:g} h is after the run ends ({total:g} h)",
+            )
+    # A drawn launch need only be able to fall inside the run: cutting a run short
+    # (--set clock.ticks=1) is how a scenario is tried, and the members drawn later are
+    # the PTOs not launched yet when it stops, as in the full run stopped early.
+    for i, pc in enumerate(s.pto_cohorts):
+        earliest = support(pc.launch_at, L.HOUR_OFFSET)[0]
+        if earliest >= total:
+            yield (
+                ("pto_cohorts", i, "launch_at"),
+                f"launch_at draws {earliest:g} h at the earliest, after the run ends "
+                f"({total:g} h): none of these PTOs would launch",
+            )
     for i, event in enumerate(s.events):
         if event.at >= total:
             yield ("events", i, "at"), f"at {event.at:g} h is after the run ends ({total:g} h)"
