@@ -45,13 +45,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # cannot break a cross-check (pts_offered 1 and price 0.01 keep any funding goal small;
 # the cohort count is not referred to anywhere; no coupling and a tiny dt keep explicit
 # Euler's products, coupling × dt and (player_coupling + feedback) × tau_k × dt, inside
-# their bounds whatever one world key or tau_k is).
+# their bounds whatever one world key or tau_k is; 1,200 ticks of a year outlast any
+# launch_at, which must fall before the run ends). The template is loaded, never run.
 TEMPLATE = """\
 name: limits
 seed: 1  #= seed
 clock:
-  ticks: 4  #= clock.ticks
-  tick_hours: 1  #= clock.tick_hours
+  ticks: 1200  #= clock.ticks
+  tick_hours: 8760  #= clock.tick_hours
 checkpoint_every: 2  #= checkpoint_every
 world:
   size: 8  #= world.size
