@@ -188,3 +188,9 @@ def test_a_launch_in_the_last_tick_is_accepted() -> None:
     parse_scenario(edit(25, "    funding_deadline_hours: 3\n    launch_at: 3.5"))
     # A drawn launch that can fall inside a run cut short is kept (scenarios/README.md).
     parse_scenario(BASE + PTO_COHORT + "\n    launch_at: {dist: choice, values: [0, 24]}")
+
+
+def test_a_scenario_without_players_checks_its_world() -> None:
+    """The largest tau_k is the session ceiling then (the fuzz test found a crash here)."""
+    with pytest.raises(ScenarioError, match=r"× 10 × 0\.1"):
+        parse_scenario("name: x\nseed: 1\nclock: {ticks: 2}\nworld: {feedback: 2}\n")

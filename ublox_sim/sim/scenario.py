@@ -970,9 +970,11 @@ def _world_faults(s: Scenario) -> Iterator[tuple[Path_, str]]:
     if fault is not None:
         yield key("coupling", "dt"), fault
     tau_k = max(
-        SESSION_TAU_K_CEILING,
-        *(p.tau_k for p in s.players),
-        *(support(c.tau_k, L.TAU_K)[1] for c in s.cohorts),
+        [
+            SESSION_TAU_K_CEILING,
+            *(p.tau_k for p in s.players),
+            *(support(c.tau_k, L.TAU_K)[1] for c in s.cohorts),
+        ]
     )
     fault = player_fault(params, tau_k)
     if fault is not None:
