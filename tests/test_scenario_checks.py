@@ -190,6 +190,42 @@ def test_a_launch_in_the_last_tick_is_accepted() -> None:
     parse_scenario(BASE + PTO_COHORT + "\n    launch_at: {dist: choice, values: [0, 24]}")
 
 
+# -- a normal's mean inside its clip -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dist", "fragment"),
+    [
+        pytest.param(
+            "{dist: normal, mean: 50, sd: 2, min: 0, max: 10}",
+            "mean 50 is outside [min, max]: every draw would be clipped to max 10",
+            id="above-max",
+        ),
+        pytest.param(
+            "{dist: normal, mean: 1, sd: 2, min: 5}",
+            "mean 1 is outside [min, max]: every draw would be clipped to min 5",
+            id="below-min",
+        ),
+    ],
+)
+def test_normal_mean_outside_its_clip_is_refused(
+    tmp_path: Path, request: pytest.FixtureRequest, dist: str, fragment: str
+) -> None:
+    text = edit(17, f"    usd_obbba: 10\n    tau_k: {dist}")
+    expect_refused(
+        tmp_path,
+        text,
+        line=18,
+        key="cohorts[0].tau_k",
+        fragment=fragment,
+        via_cli=first_variant(request),
+    )
+
+
+def test_normal_mean_at_an_end_is_accepted() -> None:
+    parse_scenario(edit(17, "    tau_k: {dist: normal, mean: 10, sd: 2, min: 0, max: 10}"))
+
+
 def test_a_scenario_without_players_checks_its_world() -> None:
     """The largest tau_k is the session ceiling then (the fuzz test found a crash here)."""
     with pytest.raises(ScenarioError, match=r"× 10 × 0\.1"):

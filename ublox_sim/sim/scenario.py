@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import operator
 import re
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -241,6 +242,14 @@ class Normal(_Model):
     def _ordered(self) -> Normal:
         if self.min is not None and self.max is not None and self.max < self.min:
             raise ValueError("max must be ≥ min")
+        # A mean outside the clip makes (almost) every draw the nearer end: a typo, not a
+        # distribution (mean 50, max 10 drew 10 every time).
+        for end, given, outside in (("min", self.min, operator.lt), ("max", self.max, operator.gt)):
+            if given is not None and outside(self.mean, given):
+                raise ValueError(
+                    f"mean {self.mean:g} is outside [min, max]: every draw would be clipped "
+                    f"to {end} {given:g} or near it; the mean must lie between min and max"
+                )
         return self
 
 
