@@ -43,7 +43,17 @@ from ..store.home import Home
 from ..store.open import PgStore
 from ..store.sqlite.backend import read_run_record
 from .metrics import Collector, Tally, has_metrics
-from .scenario import Loaded, Scenario, cohort_id, draw, draw_settled, settle
+from .scenario import (
+    ARRAYS_PER_WORLD,
+    Loaded,
+    Scenario,
+    cohort_id,
+    draw,
+    draw_settled,
+    settle,
+    world_count,
+    world_memory,
+)
 
 log = get_logger(__name__)
 
@@ -333,6 +343,28 @@ def recorded_scenario(home: Home | PgStore) -> Loaded:
         raise InvalidInput(f"nothing to resume in {_where(home)}: no run was checkpointed there")
     data = json.loads(row.scenario)
     return Loaded(Model.model_validate(data), source, data)
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, where the system says (``os.sysconf``)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX, or not said
+        return None
+
+
+def _check_memory(scenario: Scenario) -> None:
+    """Refuse, before anything is created, a run whose worlds alone cannot fit in this
+    machine's memory: it would fail late, after minutes of set-up, with a partial home."""
+    need, have = world_memory(scenario), physical_memory()
+    if have is not None and need > have:
+        raise InvalidInput(
+            f"the worlds need about {need / 2**30:,.1f} GiB ({world_count(scenario):,} worlds "
+            f"of {scenario.world.size}×{scenario.world.size}, float64 arrays: "
+            f"{ARRAYS_PER_WORLD} per world and a tick's temporaries) and this machine has "
+            f"{have / 2**30:,.1f} GiB of memory: use fewer PTOs or a smaller world.size "
+            "(or --ray to spread the worlds over a cluster)"
+        )
 
 
 def _where(home: Home | PgStore) -> Path | PgStore:
@@ -675,6 +707,8 @@ async def run_scenario(
             f"metrics are kept beside a home folder's checkpoints: {where} has none "
             "(run with --home to collect them)"
         )
+    if worlds is WorldShards:  # on Ray the worlds live in other processes
+        _check_memory(scenario)
     resolved = resolved_scenario(scenario)
     async with Engine.open(
         store=home,

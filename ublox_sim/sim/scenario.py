@@ -718,6 +718,30 @@ class Scenario(_Model):
     metrics: MetricsSpec = MetricsSpec()
 
 
+# -- memory ------------------------------------------------------------------------------
+
+# A run holds, per world, world-sized float64 arrays: theta and omega in its shard, the
+# tick's undo copy of theta, and the store's copy (theta, omega) held from a launch to
+# the next checkpoint. A tick steps one shard (at most ``SHARD_WORLDS`` worlds, as
+# ``WorldShards`` holds them) at a time with about 5 shard-sized temporaries (measured
+# with tracemalloc: the four neighbour rolls, their sines and sums).
+ARRAYS_PER_WORLD = 5
+TICK_TEMPORARIES = 5
+SHARD_WORLDS = 256
+
+
+def world_count(s: Scenario) -> int:
+    """One world per PTO: the listed ones and every cohort's."""
+    return len(s.ptos) + sum(c.count for c in s.pto_cohorts)
+
+
+def world_memory(s: Scenario) -> int:
+    """Bytes the worlds' arrays take during a run (a lower bound of the run's memory)."""
+    worlds = world_count(s)
+    one = s.world.size**2 * 8
+    return one * (ARRAYS_PER_WORLD * worlds + TICK_TEMPORARIES * min(worlds, SHARD_WORLDS))
+
+
 # -- loading -----------------------------------------------------------------------------
 
 
