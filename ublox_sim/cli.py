@@ -323,11 +323,21 @@ def run(
         from .sim.metrics import check_table_path
 
         check_table_path(metrics_path)  # before running, not after an hour's run
+        folder = metrics_path.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            why = "is not a folder that can be written" if folder.is_dir() else "does not exist"
+            raise InvalidInput(f"--metrics {metrics_path}: {folder} {why}")
         if not isinstance(target, Home):
             raise InvalidInput("--metrics keeps its rows in a home folder: use --home, not --store")
     if scenario is None:
         if not resume:
             raise click.UsageError("give a SCENARIO file (or --resume with --home)")
+        if seed is not None or overrides:
+            # Without the file the recorded scenario runs as it is: they would be ignored.
+            raise click.UsageError(
+                "--seed and --set change a scenario: to resume, give its file with the "
+                "same --set and --seed as the run (without the file it resumes as recorded)"
+            )
         loaded = recorded_scenario(target)
     else:
         loaded = load_scenario(scenario, overrides=overrides, seed=seed)

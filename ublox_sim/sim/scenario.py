@@ -772,31 +772,50 @@ def parse_scenario(
         raise ScenarioError(
             [f"{source}:1: a scenario is a mapping of keys (name, seed, clock, ...)"]
         )
+    sets: dict[Path_, str] = {}  # what each --set changed, to name it in a problem
     for item in overrides:
         _apply_override(data, item)
-        lines[tuple(_split_key(item.partition("=")[0]))] = 0
+        key = tuple(_split_key(item.partition("=")[0]))
+        lines[key] = 0
+        sets[key] = item
     if seed is not None:
         data["seed"] = seed
         lines[("seed",)] = 0
+    where = partial(_where, source, lines, sets=sets)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(_explain(exc, source, lines)) from exc
-    problems = [
-        _where(source, lines, path) + f": {message}"
-        for path, message in _cross_check(scenario, partial(_where, source, lines))
-    ]
+        raise ScenarioError(_explain(exc, where)) from exc
+    problems = [where(path) + f": {message}" for path, message in _cross_check(scenario, where)]
     if problems:
         raise ScenarioError(problems)
     return Loaded(scenario, source, data)
 
 
-def _where(source: str, lines: Mapping[Path_, int], path: Sequence[str | int]) -> str:
+def _where(
+    source: str,
+    lines: Mapping[Path_, int],
+    path: Sequence[str | int],
+    *,
+    sets: Mapping[Path_, str] | None = None,
+) -> str:
+    """``FILE:LINE: key.path``, or ``--set: key.path`` for a value a --set gave. A problem
+    in the file's part of a section a --set changed (``clock`` after ``--set
+    clock.ticks=``, ``usd_obbba.low`` after ``--set cohorts.0.usd_obbba.dist=normal``)
+    names that --set too: the file alone is not at fault."""
     probe = tuple(path)
     while probe and probe not in lines:
         probe = probe[:-1]
     line = lines.get(probe, 1)
     place = "--set" if line == 0 else f"{source}:{line}"
+    path = tuple(path)
+    inside = [
+        item
+        for key, item in (sets or {}).items()
+        if key[: len(path)] == path or (len(key) > 1 and path[: len(key) - 1] == key[:-1])
+    ]
+    if line != 0 and inside:
+        place += " (after " + ", ".join(f"--set {item!r}" for item in inside) + ")"
     return f"{place}: {_dotted(path)}"
 
 
@@ -820,7 +839,7 @@ _BRANCHES = (
 )
 
 
-def _explain(exc: ValidationError, source: str, lines: Mapping[Path_, int]) -> list[str]:
+def _explain(exc: ValidationError, where: Callable[[Path_], str]) -> list[str]:
     """One line per mistake. For a value that may be a number or a distribution,
     pydantic reports every branch; keep the branch that says the most."""
     best: dict[Path_, tuple[int, str]] = {}
@@ -849,7 +868,7 @@ def _explain(exc: ValidationError, source: str, lines: Mapping[Path_, int]) -> l
         if best[path][0] < 2
         or not any(len(other) > len(path) and other[: len(path)] == path for other in order)
     ]
-    return [_where(source, lines, path) + f": {best[path][1]}" for path in order]
+    return [where(path) + f": {best[path][1]}" for path in order]
 
 
 def _did_you_mean(loc: Sequence[str | int], key: str) -> str | None:
