@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -375,10 +375,18 @@ def _where(home: Home | PgStore) -> Path | PgStore:
 class Runner:
     """Drives one scenario over an Engine opened in checkpointed mode."""
 
-    def __init__(self, engine: Engine, scenario: Scenario, clock: SimClock) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        scenario: Scenario,
+        clock: SimClock,
+        event_place: Callable[[int], str] | None = None,
+    ) -> None:
         self.engine = engine
         self.scenario = scenario
         self.clock = clock
+        # Where a scripted event is written, for the log line of a refused one.
+        self.event_place = event_place or (lambda index: f"events[{index}]")
         planned = plan(scenario)
         self.plan = planned
         self.ptos = planned.ptos
@@ -390,6 +398,7 @@ class Runner:
         self.tally = Tally()
         # This tick's sessions (pto_id, player_id, hours, scripted), played by play_tick.
         self._plays: list[tuple[str, str, float, bool]] = []
+        self._scripted_events: list[int | None] = []  # of the scripted plays, in order
         # Wall seconds of each tick run by this process (the bench's tick p99).
         self.tick_seconds: list[float] = []
 
@@ -421,13 +430,33 @@ class Runner:
 
     # -- the steps of a tick ---------------------------------------------------
 
-    async def _attempt(self, what: str, op: Any) -> bool:
-        """Run one operation; a refusal is a normal outcome of a simulation, counted."""
+    async def _attempt(self, what: str, op: Any, event: int | None = None) -> bool:
+        """Run one operation; a refusal is a normal outcome of a simulation, counted.
+        A refused scripted ``event`` (its index) is also logged at info (``-v``)."""
         try:
             await op
         except UbloxError as exc:
+            if event is not None:
+                self._refused_event(event, exc)
             return self._count(what, exc)
         return self._count(what, None)
+
+    def _refused_event(self, index: int, exc: BaseException) -> None:
+        """One info line per refused scripted event: where it is written, what it asked
+        and why it was refused (the report only counts them)."""
+        if isinstance(exc, UbloxError):
+            event = self.scenario.events[index]
+            name, action = event.action
+            asked = action.model_dump(by_alias=True)
+            log.info(
+                "run.event_refused",
+                where=self.event_place(index),
+                at=event.at,
+                action=name,
+                **{f"{name}.{k}": v for k, v in asked.items()},
+                code=exc.code,
+                reason=str(exc),
+            )
 
     def _count(self, what: str, result: object) -> bool:
         """Count an operation's outcome (``_attempt``'s rule): a refusal or invalid input
@@ -475,27 +504,43 @@ class Runner:
 
     async def scripted(self, tick: int) -> None:
         th = self.scenario.clock.tick_hours
-        for event in self.scenario.events:
+        for i, event in enumerate(self.scenario.events):
             if not tick * th <= event.at < (tick + 1) * th:
                 continue
             name, a = event.action
             e = self.engine
             match name:
                 case "buy":
-                    if await self._attempt("buy", e.buy_pts(a.player, a.pto, a.hours)):
+                    if await self._attempt("buy", e.buy_pts(a.player, a.pto, a.hours), i):
                         self.tally.acted(a.player)
                 case "play":
-                    await self._scripted_play(a.player, a.pto, a.hours)
+                    await self._scripted_play(a.player, a.pto, a.hours, i)
                 case "transfer":
-                    await self._attempt("transfer", e.transfer(a.from_, a.to, _money(a.amount)))
+                    amount = _money(a.amount)
+                    await self._attempt("transfer", e.transfer(a.from_, a.to, amount), i)
                 case "spend_atu":
-                    await self._attempt("spend_atu", e.spend_atu(a.pto, a.units))
+                    await self._attempt("spend_atu", e.spend_atu(a.pto, a.units), i)
                 case "deposit":
-                    await self._attempt("deposit", e.deposit(a.player, _money(a.amount)))
+                    await self._attempt("deposit", e.deposit(a.player, _money(a.amount)), i)
 
-    async def _scripted_play(self, player_id: str, pto_id: str, hours: float) -> None:
-        """Played with the tick's sessions, during its lattice steps (``Engine.tick``)."""
+    async def _scripted_play(
+        self, player_id: str, pto_id: str, hours: float, event: int | None = None
+    ) -> None:
+        """Played with the tick's sessions, during its lattice steps (``Engine.tick``);
+        a refused one is logged with its event (``_refused_event``) when the tick plays."""
         self._plays.append((pto_id, player_id, hours, True))
+        self._scripted_events.append(event)
+
+    def _log_refused_plays(
+        self, plays: Sequence[tuple[Any, ...]], results: Sequence[object]
+    ) -> None:
+        """Log each refused scripted play with its event (the scripted entries of ``plays``
+        are ``_scripted_play``'s, in order)."""
+        events, self._scripted_events = self._scripted_events, []
+        scripted = [result for play, result in zip(plays, results, strict=True) if play[3]]
+        for event, result in zip(events, scripted, strict=True):
+            if event is not None and isinstance(result, UbloxError):
+                self._refused_event(event, result)
 
     async def play_tick(self, meanwhile: Callable[[], Awaitable[None]] | None = None) -> None:
         """The clock moves one tick: every world steps, this tick's sessions played during
@@ -508,6 +553,7 @@ class Runner:
             [(pto, player, h) for pto, player, h, _ in plays],
             meanwhile=meanwhile,
         )
+        self._log_refused_plays(plays, results)
         for (pto_id, player_id, _, scripted), result in zip(plays, results, strict=True):
             if isinstance(result, UbloxError):
                 invalid = scripted and isinstance(result, InvalidInput)
@@ -721,7 +767,7 @@ async def run_scenario(
         idle_timeout=scenario.engine.idle_timeout,
         worlds=worlds,
     ) as engine:
-        runner = Runner(engine, scenario, clock)
+        runner = Runner(engine, scenario, clock, loaded.event_place)
         # A benchmark aid (``bench simulation``): record every shard tick of this process.
         tape_path = os.environ.get(TAPE_ENV, "").strip()
         tape = Tape() if tape_path else None

@@ -750,6 +750,14 @@ class Loaded:
     scenario: Scenario
     source: str
     data: dict[str, Any]  # the resolved plain data (after --set and --seed)
+    # Where each scripted event is written (``FILE:LINE``, or ``events[i]`` for one whose
+    # line is unknown: a recorded scenario resumed without its file), for log lines.
+    event_places: tuple[str, ...] = ()
+
+    def event_place(self, index: int) -> str:
+        if index < len(self.event_places):
+            return self.event_places[index]
+        return f"{self.source}: events[{index}]"
 
 
 def load_scenario(
@@ -789,7 +797,8 @@ def parse_scenario(
     problems = [where(path) + f": {message}" for path, message in _cross_check(scenario, where)]
     if problems:
         raise ScenarioError(problems)
-    return Loaded(scenario, source, data)
+    places = tuple(where(("events", i)).rsplit(": ", 1)[0] for i in range(len(scenario.events)))
+    return Loaded(scenario, source, data, places)
 
 
 def _where(
