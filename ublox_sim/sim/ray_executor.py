@@ -224,8 +224,8 @@ def _check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_SECONDS).close()
     except OSError as exc:
         raise InvalidInput(
-            f"--ray {address}: cannot connect: nothing answers at {host}:{port} "
-            f"({exc.strerror or exc}); is the Ray cluster up there (`ray start --head`)?"
+            f"--ray {address}: cannot connect (nothing answers at {host}:{port}: "
+            f"{exc.strerror or exc}); is the Ray cluster up there (`ray start --head`)?"
         ) from exc
 
 
