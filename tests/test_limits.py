@@ -43,23 +43,26 @@ ROOT = Path(__file__).resolve().parents[1]
 # A valid scenario in which every limited key sits on a line of its own, marked
 # "#= key" so the tests can find it. Values are chosen so that changing one key alone
 # cannot break a cross-check (pts_offered 1 and price 0.01 keep any funding goal small;
-# the cohort count is not referred to anywhere).
+# the cohort count is not referred to anywhere; no coupling and a tiny dt keep explicit
+# Euler's products, coupling × dt and (player_coupling + feedback) × tau_k × dt, inside
+# their bounds whatever one world key or tau_k is; 1,200 ticks of a year outlast any
+# launch_at, which must fall before the run ends). The template is loaded, never run.
 TEMPLATE = """\
 name: limits
 seed: 1  #= seed
 clock:
-  ticks: 4  #= clock.ticks
-  tick_hours: 1  #= clock.tick_hours
+  ticks: 1200  #= clock.ticks
+  tick_hours: 8760  #= clock.tick_hours
 checkpoint_every: 2  #= checkpoint_every
 world:
   size: 8  #= world.size
-  coupling: 1.0  #= world.coupling
-  dt: 0.1  #= world.dt
+  coupling: 0.0  #= world.coupling
+  dt: 1.0e-7  #= world.dt
   steps_per_hour: 4  #= world.steps_per_hour
   omega_mean: 1.0  #= world.omega_mean
   omega_spread: 0.1  #= world.omega_spread
-  player_coupling: 0.2  #= world.player_coupling
-  feedback: 0.02  #= world.feedback
+  player_coupling: 0.0  #= world.player_coupling
+  feedback: 0.0  #= world.feedback
   amplification: 100  #= world.amplification
 players:
   - id: alice
@@ -638,6 +641,10 @@ async def test_the_engine_and_the_loader_refuse_the_same_values(tmp_path: Path) 
     assert not disagreements, disagreements
 
 
+# The template's world: the engine is probed with the same other constants as the loader.
+TEMPLATE_WORLD = WorldParams(size=8, coupling=0.0, dt=1e-7, player_coupling=0.0, feedback=0.0)
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("name", sorted(set(L.WORLD) - {"lock_threshold", "lock_steps"}))
 async def test_the_engine_refuses_the_world_params_the_loader_refuses(
@@ -650,7 +657,7 @@ async def test_the_engine_refuses_the_world_params_the_loader_refuses(
         by_loader = loader_refuses(f"world.{name}", value)
         try:
             async with Engine.open(
-                tmp_path / f"{name}-{value}", world=replace(WorldParams(), **{name: value})
+                tmp_path / f"{name}-{value}", world=replace(TEMPLATE_WORLD, **{name: value})
             ):
                 by_engine = False
         except InvalidInput:

@@ -342,11 +342,21 @@ def run(
         from .sim.metrics import check_table_path
 
         check_table_path(metrics_path)  # before running, not after an hour's run
+        folder = metrics_path.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            why = "is not a folder that can be written" if folder.is_dir() else "does not exist"
+            raise InvalidInput(f"--metrics {metrics_path}: {folder} {why}")
         if not isinstance(target, Home):
             raise InvalidInput("--metrics keeps its rows in a home folder: use --home, not --store")
     if scenario is None:
         if not resume:
             raise click.UsageError("give a SCENARIO file (or --resume with --home)")
+        if seed is not None or overrides:
+            # Without the file the recorded scenario runs as it is: they would be ignored.
+            raise click.UsageError(
+                "--seed and --set change a scenario: to resume, give its file with the "
+                "same --set and --seed as the run (without the file it resumes as recorded)"
+            )
         loaded = recorded_scenario(target)
     else:
         loaded = load_scenario(scenario, overrides=overrides, seed=seed)
@@ -389,6 +399,7 @@ def run(
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    stopped: tuple[str, int] | None = None
     try:
         if show_progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -406,8 +417,18 @@ def run(
         else:
             report = work(lambda done, total: None)
     except KeyboardInterrupt:
-        _say_interrupted(target, reached[0], scenario, seed, overrides)
-        sys.exit(EXIT_INTERRUPTED)
+        stopped = ("interrupted", EXIT_INTERRUPTED)
+    except MemoryError as exc:
+        # One line, not numpy's traceback through the engine: the cause and the way on,
+        # said once the except clause has dropped the traceback and the arrays it held.
+        said = (str(exc) or type(exc).__name__).splitlines()[0]
+        stopped = (f"error: out of memory ({said})", EXIT_FAILED)
+    if stopped is not None:
+        again = _run_command(
+            scenario, target, seed, overrides, metrics_path, synchronous, ray_address, ray_workers
+        )
+        _say_stopped(stopped[0], target, reached[0], again)
+        sys.exit(stopped[1])
     if metrics_path is not None:
         from .sim.metrics import read_metrics, write_table
 
@@ -618,26 +639,55 @@ def plot(path: Path, out: Path | None) -> None:
         click.echo(str(written))
 
 
-def _say_interrupted(
-    home: Home | PgStore,
-    reached: int,
-    scenario: Path | None,
-    seed: int | None,
-    overrides: tuple[str, ...],
-) -> None:
-    """Where a Ctrl-C left the run, and the exact command that continues it (the same
-    file, --set and --seed: a resume checks that the scenario is the recorded one)."""
+def _say_stopped(cause: str, home: Home | PgStore, reached: int, again: list[str]) -> None:
+    """Where a stopped run (Ctrl-C, out of memory) was left, and the exact command that
+    continues it: ``again`` is the run's own command line without ``--resume`` (the same
+    file, --set and --seed: a resume checks that the scenario is the recorded one; the
+    same store, --metrics and the options that say how it runs)."""
     import shlex
 
     from .store.home import Home
-    from .store.postgres.backend import read_run_record as read_pg_run
-    from .store.sqlite.backend import read_run_record
 
     try:
-        run = read_run_record(home) if isinstance(home, Home) else read_pg_run(home.url)
+        if isinstance(home, Home):
+            from .store.sqlite.backend import read_run_record
+
+            run = read_run_record(home)
+        else:  # asyncpg is imported only for a PostgreSQL store
+            from .store.postgres.backend import read_run_record as read_pg_run
+
+            run = read_pg_run(home.url)
     except InvalidInput:  # no store, or no run in it yet
         run = None
-    checkpoint = None if run is None else run.tick
+    if run is None:
+        # Stopped during the set-up: the store kept nothing of the run, so it starts over.
+        click.echo(
+            f"{cause} at tick {reached}, before the first checkpoint; "
+            f"start it again with `{shlex.join(again)}`",
+            err=True,
+        )
+        return
+    at = next(i for i, word in enumerate(again) if word in ("--home", "--store"))
+    click.echo(
+        f"{cause} at tick {reached} (it resumes from its checkpoint at tick {run.tick}); "
+        f"continue with `{shlex.join([*again[:at], '--resume', *again[at:]])}`",
+        err=True,
+    )
+
+
+def _run_command(
+    scenario: Path | None,
+    home: Home | PgStore,
+    seed: int | None,
+    overrides: tuple[str, ...],
+    metrics_path: Path | None,
+    synchronous: str,
+    ray_address: str | None,
+    ray_workers: int | None,
+) -> list[str]:
+    """``ublox-sim run`` with the options that matter to continue this run."""
+    from .store.home import Home
+
     words = ["ublox-sim", "run"]
     if scenario is not None:
         words.append(str(scenario))
@@ -645,23 +695,19 @@ def _say_interrupted(
         words += ["--set", override]
     if seed is not None:
         words += ["--seed", str(seed)]
-    words += ["--resume", *(["--home", str(home.root)] if isinstance(home, Home) else [])]
-    if not isinstance(home, Home):
+    if isinstance(home, Home):
+        words += ["--home", str(home.root)]
+    else:
         words += ["--store", str(home)]  # the password masked: the user knows it
-    if checkpoint is None:
-        # Stopped during the set-up: the store kept nothing of the run, so it starts over.
-        words.remove("--resume")
-        click.echo(
-            f"interrupted at tick {reached}, before the first checkpoint; "
-            f"start it again with `{shlex.join(words)}`",
-            err=True,
-        )
-        return
-    click.echo(
-        f"interrupted at tick {reached} (it resumes from its checkpoint at tick {checkpoint}); "
-        f"continue with `{shlex.join(words)}`",
-        err=True,
-    )
+    if metrics_path is not None:
+        words += ["--metrics", str(metrics_path)]
+    if synchronous != "NORMAL":
+        words += ["--synchronous", synchronous]
+    if ray_workers is not None:
+        words += ["--ray-workers", str(ray_workers)]
+    if ray_address is not None:  # last: given alone, --ray takes no value
+        words += ["--ray"] if ray_address == RAY_LOCAL else ["--ray", ray_address]
+    return words
 
 
 @main.command()

@@ -255,6 +255,17 @@ OMEGA_MEAN = Limit("omega_mean", -(10**6), 10**6)
 OMEGA_SPREAD = Limit("omega_spread", 0, 10**6)
 PLAYER_COUPLING = Limit("player_coupling", 0, 10**6)
 FEEDBACK = Limit("feedback", 0, 10**6)
+# Explicit Euler's stability, not a range of one constant but of products (``world.py``
+# derives them; ``check_world`` and the scenario loader apply them). A linear mode of rate
+# λ < 0 stays bounded under ``x += dt·λ·x`` only while dt·|λ| ≤ 2. The 4-neighbour
+# lattice's Laplacian has eigenvalues down to −8 (the checkerboard mode), so
+# coupling·dt·8 ≤ 2; a player and its cell pull their phase difference together at
+# (player_coupling + feedback)·tau_k, so that times dt ≤ 2 as well.
+EULER_COUPLING_DT = 0.25  # coupling × dt
+EULER_PLAYER_DT = 2.0  # (player_coupling + feedback) × tau_k × dt
+# Floating products of decimal inputs (2.5 × 0.1 = 0.25000000000000006) are allowed
+# this relative slack, so a value written at the bound is accepted.
+EULER_SLACK = 1e-9
 LOCK_THRESHOLD = Limit("lock_threshold", 0, 1)
 LOCK_STEPS = Limit("lock_steps", 1, 1000, integer=True)
 AMPLIFICATION = Limit("amplification", 0, 10**6)

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import InvalidInput
-from .limits import WORLD
+from .limits import EULER_COUPLING_DT, EULER_PLAYER_DT, EULER_SLACK, WORLD
 from .records import DEFAULT_AMPLIFICATION
 
 F64 = NDArray[np.float64]
@@ -54,12 +54,57 @@ WORLD_PARAM_NAMES = tuple(f.name for f in fields(WorldParams))
 
 
 def check_world(params: object) -> WorldParams:
-    """Every physics constant within its limit (``limits.WORLD``), or ``InvalidInput``."""
+    """Every physics constant within its limit (``limits.WORLD``) and the lattice inside
+    explicit Euler's stable range (``lattice_fault``), or ``InvalidInput``."""
     if not isinstance(params, WorldParams):
         raise InvalidInput(f"world must be WorldParams, got {type(params).__name__}")
     for name, limit in WORLD.items():
         limit.check(getattr(params, name), f"world.{name}")
+    fault = lattice_fault(params)
+    if fault is not None:
+        raise InvalidInput(f"world.coupling × world.dt: {fault}")
     return params
+
+
+def _beyond(product: float, bound: float) -> bool:
+    return product > bound * (1 + EULER_SLACK)
+
+
+def lattice_fault(params: WorldParams) -> str | None:
+    """Why the lattice's explicit Euler step is unstable for these constants, or None.
+
+    Linearised about any state, a step is ``δ += dt·K·Lδ`` with L the periodic
+    4-neighbour Laplacian (weighted by cos of the phase differences, at most 1), whose
+    eigenvalues reach −8 (the checkerboard mode). Euler keeps a mode of rate λ bounded
+    only while dt·|λ| ≤ 2, so K·dt ≤ 0.25; past it the checkerboard mode grows every
+    step and a stronger coupling destroys synchrony instead of building it."""
+    product = params.coupling * params.dt
+    if _beyond(product, EULER_COUPLING_DT):
+        return (
+            f"coupling × dt is {product:g} ({params.coupling:g} × {params.dt:g}); the lattice "
+            f"is stepped with explicit Euler, stable only while coupling × dt ≤ "
+            f"{EULER_COUPLING_DT:g} (lower dt, or raise steps_per_hour to keep the time scale)"
+        )
+    return None
+
+
+def player_fault(params: WorldParams, tau_k: float) -> str | None:
+    """Why a player of ``tau_k`` would make a session's Euler step unstable, or None.
+
+    A player's phase φ and its cell's θ move as φ' = … + player_coupling·τ·sin(θ−φ) and
+    θ' = … + feedback·τ·sin(φ−θ): their difference shrinks at the rate
+    (player_coupling + feedback)·τ, which explicit Euler keeps stable only while
+    that times dt ≤ 2. Players sharing a cell add their feedback to that cell, which no
+    static bound covers (the scenario's README says so)."""
+    rate = (params.player_coupling + params.feedback) * tau_k
+    if _beyond(rate * params.dt, EULER_PLAYER_DT):
+        return (
+            f"(player_coupling + feedback) × tau_k × dt is {rate * params.dt:g} "
+            f"(({params.player_coupling:g} + {params.feedback:g}) × {tau_k:g} × "
+            f"{params.dt:g}); a player's phase is stepped with explicit Euler, stable only "
+            f"while this is ≤ {EULER_PLAYER_DT:g}"
+        )
+    return None
 
 
 def new_world(params: WorldParams, rng: np.random.Generator) -> dict[str, F64]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -172,6 +173,7 @@ class RayExecutor:
             yield  # the caller's own Ray: theirs to keep
             return
         if self.address is not None:
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, configure_logging=False, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -203,6 +205,28 @@ class RayExecutor:
             for name in _ray_environment().keys() - saved.keys():
                 del os.environ[name]
             os.environ.update(saved)
+
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+"""How long the address check waits for a TCP answer (a host that drops packets)."""
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse an address nothing answers at, before ``ray.init``: for a ``HOST:PORT`` of
+    a GCS that is not there, Ray retries for minutes, logging each attempt (Ray Client's
+    ``ray://`` gives up after 30 s). ``auto`` (found by Ray on this machine) is Ray's."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return  # not HOST:PORT: Ray says what is wrong with it
+    host = host.strip("[]")  # [::1]:6379
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_SECONDS).close()
+    except OSError as exc:
+        raise InvalidInput(
+            f"--ray {address}: cannot connect (nothing answers at {host}:{port}: "
+            f"{exc.strerror or exc}); is the Ray cluster up there (`ray start --head`)?"
+        ) from exc
 
 
 def _ray_environment() -> dict[str, str]:

@@ -44,7 +44,17 @@ from ..store.home import Home
 from ..store.open import PgStore
 from ..store.sqlite.backend import read_run_record
 from .metrics import Collector, Tally, has_metrics
-from .scenario import Loaded, Scenario, cohort_id, draw, draw_settled, settle
+from .scenario import (
+    ARRAYS_PER_WORLD,
+    Loaded,
+    Scenario,
+    cohort_id,
+    draw,
+    draw_settled,
+    settle,
+    world_count,
+    world_memory,
+)
 
 log = get_logger(__name__)
 
@@ -336,6 +346,28 @@ def recorded_scenario(home: Home | PgStore) -> Loaded:
     return Loaded(Model.model_validate(data), source, data)
 
 
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, where the system says (``os.sysconf``)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX, or not said
+        return None
+
+
+def _check_memory(scenario: Scenario) -> None:
+    """Refuse, before anything is created, a run whose worlds alone cannot fit in this
+    machine's memory: it would fail late, after minutes of set-up, with a partial home."""
+    need, have = world_memory(scenario), physical_memory()
+    if have is not None and need > have:
+        raise InvalidInput(
+            f"the worlds need about {need / 2**30:,.1f} GiB ({world_count(scenario):,} worlds "
+            f"of {scenario.world.size}×{scenario.world.size}, float64 arrays: "
+            f"{ARRAYS_PER_WORLD} per world and a tick's temporaries) and this machine has "
+            f"{have / 2**30:,.1f} GiB of memory: use fewer PTOs or a smaller world.size "
+            "(or --ray to spread the worlds over a cluster)"
+        )
+
+
 def _where(home: Home | PgStore) -> Path | PgStore:
     """The store as messages name it: a home's folder, a database's URL (no password)."""
     return home.root if isinstance(home, Home) else home
@@ -345,7 +377,13 @@ class Runner:
     """Drives one scenario over an Engine opened in checkpointed mode."""
 
     def __init__(
-        self, engine: Engine, scenario: Scenario, clock: SimClock, *, ahead: bool = False
+        self,
+        engine: Engine,
+        scenario: Scenario,
+        clock: SimClock,
+        event_place: Callable[[int], str] | None = None,
+        *,
+        ahead: bool = False,
     ) -> None:
         self.engine = engine
         # Ticks ahead (``Engine.tick_ahead``, a checkpointed run): the next tick does not
@@ -353,6 +391,8 @@ class Runner:
         self.ahead = ahead
         self.scenario = scenario
         self.clock = clock
+        # Where a scripted event is written, for the log line of a refused one.
+        self.event_place = event_place or (lambda index: f"events[{index}]")
         planned = plan(scenario)
         self.plan = planned
         self.ptos = planned.ptos
@@ -364,6 +404,7 @@ class Runner:
         self.tally = Tally()
         # This tick's sessions (pto_id, player_id, hours, scripted), played by play_tick.
         self._plays: list[tuple[str, str, float, bool]] = []
+        self._scripted_events: list[int | None] = []  # of the scripted plays, in order
         # Wall seconds of each tick run by this process (the bench's tick p99).
         self.tick_seconds: list[float] = []
 
@@ -395,13 +436,33 @@ class Runner:
 
     # -- the steps of a tick ---------------------------------------------------
 
-    async def _attempt(self, what: str, op: Any) -> bool:
-        """Run one operation; a refusal is a normal outcome of a simulation, counted."""
+    async def _attempt(self, what: str, op: Any, event: int | None = None) -> bool:
+        """Run one operation; a refusal is a normal outcome of a simulation, counted.
+        A refused scripted ``event`` (its index) is also logged at info (``-v``)."""
         try:
             await op
         except UbloxError as exc:
+            if event is not None:
+                self._refused_event(event, exc)
             return self._count(what, exc)
         return self._count(what, None)
+
+    def _refused_event(self, index: int, exc: BaseException) -> None:
+        """One info line per refused scripted event: where it is written, what it asked
+        and why it was refused (the report only counts them)."""
+        if isinstance(exc, UbloxError):
+            event = self.scenario.events[index]
+            name, action = event.action
+            asked = action.model_dump(by_alias=True)
+            log.info(
+                "run.event_refused",
+                where=self.event_place(index),
+                at=event.at,
+                action=name,
+                **{f"{name}.{k}": v for k, v in asked.items()},
+                code=exc.code,
+                reason=str(exc),
+            )
 
     def _count(self, what: str, result: object) -> bool:
         """Count an operation's outcome (``_attempt``'s rule): a refusal or invalid input
@@ -449,27 +510,43 @@ class Runner:
 
     async def scripted(self, tick: int) -> None:
         th = self.scenario.clock.tick_hours
-        for event in self.scenario.events:
+        for i, event in enumerate(self.scenario.events):
             if not tick * th <= event.at < (tick + 1) * th:
                 continue
             name, a = event.action
             e = self.engine
             match name:
                 case "buy":
-                    if await self._attempt("buy", e.buy_pts(a.player, a.pto, a.hours)):
+                    if await self._attempt("buy", e.buy_pts(a.player, a.pto, a.hours), i):
                         self.tally.acted(a.player)
                 case "play":
-                    await self._scripted_play(a.player, a.pto, a.hours)
+                    await self._scripted_play(a.player, a.pto, a.hours, i)
                 case "transfer":
-                    await self._attempt("transfer", e.transfer(a.from_, a.to, _money(a.amount)))
+                    amount = _money(a.amount)
+                    await self._attempt("transfer", e.transfer(a.from_, a.to, amount), i)
                 case "spend_atu":
-                    await self._attempt("spend_atu", e.spend_atu(a.pto, a.units))
+                    await self._attempt("spend_atu", e.spend_atu(a.pto, a.units), i)
                 case "deposit":
-                    await self._attempt("deposit", e.deposit(a.player, _money(a.amount)))
+                    await self._attempt("deposit", e.deposit(a.player, _money(a.amount)), i)
 
-    async def _scripted_play(self, player_id: str, pto_id: str, hours: float) -> None:
-        """Played with the tick's sessions, during its lattice steps (``Engine.tick``)."""
+    async def _scripted_play(
+        self, player_id: str, pto_id: str, hours: float, event: int | None = None
+    ) -> None:
+        """Played with the tick's sessions, during its lattice steps (``Engine.tick``);
+        a refused one is logged with its event (``_refused_event``) when the tick plays."""
         self._plays.append((pto_id, player_id, hours, True))
+        self._scripted_events.append(event)
+
+    def _log_refused_plays(
+        self, plays: Sequence[tuple[Any, ...]], results: Sequence[object]
+    ) -> None:
+        """Log each refused scripted play with its event (the scripted entries of ``plays``
+        are ``_scripted_play``'s, in order)."""
+        events, self._scripted_events = self._scripted_events, []
+        scripted = [result for play, result in zip(plays, results, strict=True) if play[3]]
+        for event, result in zip(events, scripted, strict=True):
+            if event is not None and isinstance(result, UbloxError):
+                self._refused_event(event, result)
 
     async def play_tick(self, meanwhile: Callable[[], Awaitable[None]] | None = None) -> None:
         """The clock moves one tick: every world steps, this tick's sessions played during
@@ -484,6 +561,7 @@ class Runner:
             results = await self.engine.tick_ahead(hours, asked, meanwhile=meanwhile)
         else:
             results, _ = await self.engine.tick(hours, asked, meanwhile=meanwhile)
+        self._log_refused_plays(plays, results)
         for (pto_id, player_id, _, scripted), result in zip(plays, results, strict=True):
             if isinstance(result, UbloxError):
                 invalid = scripted and isinstance(result, InvalidInput)
@@ -706,6 +784,8 @@ async def run_scenario(
             f"metrics are kept beside a home folder's checkpoints: {where} has none "
             "(run with --home to collect them)"
         )
+    if worlds is WorldShards:  # on Ray the worlds live in other processes
+        _check_memory(scenario)
     resolved = resolved_scenario(scenario)
     async with Engine.open(
         store=home,
@@ -720,7 +800,7 @@ async def run_scenario(
     ) as engine:
         # The next tick is decided while this one's units commit: the run fails whole if
         # one fails (``Engine.tick_ahead``), and resumes from its last checkpoint.
-        runner = Runner(engine, scenario, clock, ahead=True)
+        runner = Runner(engine, scenario, clock, loaded.event_place, ahead=True)
         # A benchmark aid (``bench simulation``): record every shard tick of this process.
         tape_path = os.environ.get(TAPE_ENV, "").strip()
         tape = Tape() if tape_path else None

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import operator
 import re
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -41,7 +42,7 @@ from ..core.errors import InvalidInput
 from ..core.ids import check_file_name, check_id
 from ..core.limits import Limit
 from ..core.money import round_to_cent, to_cents
-from ..core.world import WorldParams
+from ..core.world import WorldParams, lattice_fault, player_fault
 
 MAX_NODES = L.SCENARIO_MAX_VALUES
 MAX_DEPTH = L.SCENARIO_MAX_DEPTH
@@ -241,6 +242,14 @@ class Normal(_Model):
     def _ordered(self) -> Normal:
         if self.min is not None and self.max is not None and self.max < self.min:
             raise ValueError("max must be ≥ min")
+        # A mean outside the clip makes (almost) every draw the nearer end: a typo, not a
+        # distribution (mean 50, max 10 drew 10 every time).
+        for end, given, outside in (("min", self.min, operator.lt), ("max", self.max, operator.gt)):
+            if given is not None and outside(self.mean, given):
+                raise ValueError(
+                    f"mean {self.mean:g} is outside [min, max]: every draw would be clipped "
+                    f"to {end} {given:g} or near it; the mean must lie between min and max"
+                )
         return self
 
 
@@ -709,6 +718,30 @@ class Scenario(_Model):
     metrics: MetricsSpec = MetricsSpec()
 
 
+# -- memory ------------------------------------------------------------------------------
+
+# A run holds, per world, world-sized float64 arrays: theta and omega in its shard, the
+# tick's undo copy of theta, and the store's copy (theta, omega) held from a launch to
+# the next checkpoint. A tick steps one shard (at most ``SHARD_WORLDS`` worlds, as
+# ``WorldShards`` holds them) at a time with about 5 shard-sized temporaries (measured
+# with tracemalloc: the four neighbour rolls, their sines and sums).
+ARRAYS_PER_WORLD = 5
+TICK_TEMPORARIES = 5
+SHARD_WORLDS = 256
+
+
+def world_count(s: Scenario) -> int:
+    """One world per PTO: the listed ones and every cohort's."""
+    return len(s.ptos) + sum(c.count for c in s.pto_cohorts)
+
+
+def world_memory(s: Scenario) -> int:
+    """Bytes the worlds' arrays take during a run (a lower bound of the run's memory)."""
+    worlds = world_count(s)
+    one = s.world.size**2 * 8
+    return one * (ARRAYS_PER_WORLD * worlds + TICK_TEMPORARIES * min(worlds, SHARD_WORLDS))
+
+
 # -- loading -----------------------------------------------------------------------------
 
 
@@ -717,6 +750,14 @@ class Loaded:
     scenario: Scenario
     source: str
     data: dict[str, Any]  # the resolved plain data (after --set and --seed)
+    # Where each scripted event is written (``FILE:LINE``, or ``events[i]`` for one whose
+    # line is unknown: a recorded scenario resumed without its file), for log lines.
+    event_places: tuple[str, ...] = ()
+
+    def event_place(self, index: int) -> str:
+        if index < len(self.event_places):
+            return self.event_places[index]
+        return f"{self.source}: events[{index}]"
 
 
 def load_scenario(
@@ -739,30 +780,51 @@ def parse_scenario(
         raise ScenarioError(
             [f"{source}:1: a scenario is a mapping of keys (name, seed, clock, ...)"]
         )
+    sets: dict[Path_, str] = {}  # what each --set changed, to name it in a problem
     for item in overrides:
         _apply_override(data, item)
-        lines[tuple(_split_key(item.partition("=")[0]))] = 0
+        key = tuple(_split_key(item.partition("=")[0]))
+        lines[key] = 0
+        sets[key] = item
     if seed is not None:
         data["seed"] = seed
         lines[("seed",)] = 0
+    where = partial(_where, source, lines, sets=sets)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(_explain(exc, source, lines)) from exc
-    problems = [
-        _where(source, lines, path) + f": {message}" for path, message in _cross_check(scenario)
-    ]
+        raise ScenarioError(_explain(exc, where)) from exc
+    problems = [where(path) + f": {message}" for path, message in _cross_check(scenario, where)]
     if problems:
         raise ScenarioError(problems)
-    return Loaded(scenario, source, data)
+    places = tuple(where(("events", i)).rsplit(": ", 1)[0] for i in range(len(scenario.events)))
+    return Loaded(scenario, source, data, places)
 
 
-def _where(source: str, lines: Mapping[Path_, int], path: Sequence[str | int]) -> str:
+def _where(
+    source: str,
+    lines: Mapping[Path_, int],
+    path: Sequence[str | int],
+    *,
+    sets: Mapping[Path_, str] | None = None,
+) -> str:
+    """``FILE:LINE: key.path``, or ``--set: key.path`` for a value a --set gave. A problem
+    in the file's part of a section a --set changed (``clock`` after ``--set
+    clock.ticks=``, ``usd_obbba.low`` after ``--set cohorts.0.usd_obbba.dist=normal``)
+    names that --set too: the file alone is not at fault."""
     probe = tuple(path)
     while probe and probe not in lines:
         probe = probe[:-1]
     line = lines.get(probe, 1)
     place = "--set" if line == 0 else f"{source}:{line}"
+    path = tuple(path)
+    inside = [
+        item
+        for key, item in (sets or {}).items()
+        if key[: len(path)] == path or (len(key) > 1 and path[: len(key) - 1] == key[:-1])
+    ]
+    if line != 0 and inside:
+        place += " (after " + ", ".join(f"--set {item!r}" for item in inside) + ")"
     return f"{place}: {_dotted(path)}"
 
 
@@ -786,7 +848,7 @@ _BRANCHES = (
 )
 
 
-def _explain(exc: ValidationError, source: str, lines: Mapping[Path_, int]) -> list[str]:
+def _explain(exc: ValidationError, where: Callable[[Path_], str]) -> list[str]:
     """One line per mistake. For a value that may be a number or a distribution,
     pydantic reports every branch; keep the branch that says the most."""
     best: dict[Path_, tuple[int, str]] = {}
@@ -815,7 +877,7 @@ def _explain(exc: ValidationError, source: str, lines: Mapping[Path_, int]) -> l
         if best[path][0] < 2
         or not any(len(other) > len(path) and other[: len(path)] == path for other in order)
     ]
-    return [_where(source, lines, path) + f": {best[path][1]}" for path in order]
+    return [where(path) + f": {best[path][1]}" for path in order]
 
 
 def _did_you_mean(loc: Sequence[str | int], key: str) -> str | None:
@@ -890,47 +952,112 @@ def cohort_id(prefix: str, number: int, count: int) -> str:
     return f"{prefix}-{number:0{max(4, len(str(count)))}d}"
 
 
-def _declared(ident: str, listed: set[str], cohorts: Mapping[str, Cohort | PTOCohort]) -> bool:
-    """Listed by name, or one of a cohort's generated ids (``PREFIX-0001`` …)."""
-    if ident in listed:
-        return True
+def _member(ident: str, cohorts: Mapping[str, Cohort | PTOCohort]) -> str | None:
+    """The prefix of the cohort that generates ``ident`` (``PREFIX-0001`` …), if any."""
     prefix, _, number = ident.rpartition("-")
     cohort = cohorts.get(prefix)
-    return (
+    if (
         cohort is not None
         and number.isdigit()
         and 1 <= int(number) <= cohort.count
         and ident == cohort_id(prefix, int(number), cohort.count)
+    ):
+        return prefix
+    return None
+
+
+def _declared(ident: str, listed: set[str], cohorts: Mapping[str, Cohort | PTOCohort]) -> bool:
+    """Listed by name, or one of a cohort's generated ids (``PREFIX-0001`` …)."""
+    return ident in listed or _member(ident, cohorts) is not None
+
+
+def _id_clashes(s: Scenario, place: Callable[[Path_], str]) -> Iterator[tuple[Path_, str]]:
+    """Ids given twice: players and PTOs share one namespace (the engine refuses a second
+    ``alice`` whatever kind it is), so a listed id, a cohort's generated ids and a prefix
+    must each be unique across both kinds. Each problem names the place given first."""
+
+    def clash(here: Path_, what: str, kind: str, first: tuple[str, Path_]) -> tuple[Path_, str]:
+        shared = "" if kind == first[0] else "; players and PTOs share one namespace of ids"
+        return here, f"{what} ({place(first[1])}){shared}"
+
+    listed: dict[str, tuple[str, Path_]] = {}  # id -> (kind, where it was first listed)
+    for section, kind in (("players", "player"), ("ptos", "PTO")):
+        items: Sequence[PlayerSpec | PTOSpec] = getattr(s, section)
+        for i, item in enumerate(items):
+            here: Path_ = (section, i, "id")
+            if item.id in listed:
+                first = listed[item.id]
+                what = f"{kind} id {item.id!r} is already the id of a {first[0]}"
+                yield clash(here, what, kind, first)
+            else:
+                listed[item.id] = (kind, here)
+    prefixes: dict[str, tuple[str, Path_]] = {}
+    for section, kind in (("cohorts", "player"), ("pto_cohorts", "PTO")):
+        cohorts: Sequence[Cohort | PTOCohort] = getattr(s, section)
+        for i, c in enumerate(cohorts):
+            here = (section, i, "prefix")
+            if c.prefix in prefixes:
+                first = prefixes[c.prefix]
+                what = f"prefix {c.prefix!r} is already the prefix of a {first[0]} cohort"
+                yield clash(here, what, kind, first)
+            else:
+                prefixes[c.prefix] = (kind, here)
+    generated: dict[str, Cohort | PTOCohort] = {c.prefix: c for c in s.pto_cohorts}
+    generated.update({c.prefix: c for c in s.cohorts})
+    for ident, (kind, here) in listed.items():
+        prefix = _member(ident, generated)
+        if prefix is not None:
+            first = prefixes[prefix]
+            what = f"{kind} id {ident!r} is also an id the {first[0]} cohort {prefix!r} generates"
+            yield clash(here, what, kind, first)
+
+
+# A session moves tau_k to 0.9·tau_k + quality (``economy.tau_k_after``, quality ≤ 1): it
+# never rises above max(its start, 10), so a run's largest tau_k is known when it loads.
+SESSION_TAU_K_CEILING = 10.0
+
+
+def _world_faults(s: Scenario) -> Iterator[tuple[Path_, str]]:
+    """The world's explicit Euler steps stable for this scenario (``core.world``): the
+    lattice (coupling × dt) and each player against its cell (with the largest tau_k any
+    player here can reach), blamed on the first of the keys the file sets."""
+    params = s.world.params()
+    given = s.world.model_fields_set
+
+    def key(*names: str) -> Path_:
+        return ("world", *[n for n in names if n in given][:1])
+
+    fault = lattice_fault(params)
+    if fault is not None:
+        yield key("coupling", "dt"), fault
+    tau_k = max(
+        [
+            SESSION_TAU_K_CEILING,
+            *(p.tau_k for p in s.players),
+            *(support(c.tau_k, L.TAU_K)[1] for c in s.cohorts),
+        ]
     )
+    fault = player_fault(params, tau_k)
+    if fault is not None:
+        yield (
+            key("player_coupling", "feedback", "dt"),
+            f"{fault} (tau_k {tau_k:g}: the largest a player here starts with, or 10, "
+            "where sessions take it)",
+        )
 
 
-def _cross_check(s: Scenario) -> Iterator[tuple[Path_, str]]:
+def _cross_check(s: Scenario, place: Callable[[Path_], str]) -> Iterator[tuple[Path_, str]]:
     """References between sections: every id used must be declared, once."""
-    players = [p.id for p in s.players]
+    yield from _id_clashes(s, place)
+    yield from _world_faults(s)
     prefixes = {c.prefix: c for c in s.cohorts}
-    for i, c in enumerate(s.cohorts):
-        generated = cohort_id(c.prefix, 1, c.count)
-        if generated in players:
-            yield (
-                ("cohorts", i, "prefix"),
-                f"cohort ids like {generated!r} clash with a listed player",
-            )
-    seen: set[str] = set()
-    for i, pid in enumerate(players):
-        if pid in seen:
-            yield ("players", i, "id"), f"player {pid!r} is declared twice"
-        seen.add(pid)
-    if len(prefixes) != len(s.cohorts):
-        yield ("cohorts",), "two cohorts share a prefix"
+    seen = {p.id for p in s.players}
 
     def player_known(pid: str) -> bool:
         return _declared(pid, seen, prefixes)
 
-    ptos: set[str] = set()
+    ptos = {p.id for p in s.ptos}
     for i, p in enumerate(s.ptos):
-        if p.id in ptos:
-            yield ("ptos", i, "id"), f"PTO {p.id!r} is declared twice"
-        ptos.add(p.id)
         if not player_known(p.creator):
             yield (
                 ("ptos", i, "creator"),
@@ -962,6 +1089,25 @@ def _cross_check(s: Scenario) -> Iterator[tuple[Path_, str]]:
                     f"{name!r} is neither a player nor a cohort prefix",
                 )
     total = s.clock.total_ticks * s.clock.tick_hours
+    # A PTO launched after the last tick never launches: it is missing from the export and
+    # every event on it is refused, so its launch must fall inside the run, as an event's.
+    for i, p in enumerate(s.ptos):
+        if p.launch_at >= total:
+            yield (
+                ("ptos", i, "launch_at"),
+                f"launch_at {p.launch_at:g} h is after the run ends ({total:g} h)",
+            )
+    # A drawn launch need only be able to fall inside the run: cutting a run short
+    # (--set clock.ticks=1) is how a scenario is tried, and the members drawn later are
+    # the PTOs not launched yet when it stops, as in the full run stopped early.
+    for i, pc in enumerate(s.pto_cohorts):
+        earliest = support(pc.launch_at, L.HOUR_OFFSET)[0]
+        if earliest >= total:
+            yield (
+                ("pto_cohorts", i, "launch_at"),
+                f"launch_at draws {earliest:g} h at the earliest, after the run ends "
+                f"({total:g} h): none of these PTOs would launch",
+            )
     for i, event in enumerate(s.events):
         if event.at >= total:
             yield ("events", i, "at"), f"at {event.at:g} h is after the run ends ({total:g} h)"
