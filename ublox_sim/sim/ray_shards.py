@@ -534,7 +534,12 @@ async def run_on_ray(
             for attempt in range(MAX_RECOVERIES + 1):
                 try:
                     report = await run_scenario(
-                        loaded, home, resume=resume, worlds=pool.worlds, **options
+                        loaded,
+                        home,
+                        resume=resume,
+                        worlds=pool.worlds,
+                        worlds_here=False,
+                        **options,
                     )
                     break
                 except BaseException as exc:

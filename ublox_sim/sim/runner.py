@@ -750,6 +750,7 @@ async def run_scenario(
     collect_metrics: bool = False,
     export_path: Path | None = None,
     worlds: Callable[[WorldParams], WorldShards] = WorldShards,
+    worlds_here: bool = True,
     freeze_heap: bool = False,
 ) -> RunReport:
     """Run (or resume) ``loaded`` in ``home``; returns the summary. See the module doc.
@@ -767,7 +768,8 @@ async def run_scenario(
     PostgreSQL store, which has no home folder, is exported only when one is given).
 
     ``worlds`` makes the engine's holder of the world arrays (``Engine.open``; a run on
-    Ray, ``sim.ray_shards.run_on_ray``, passes its Ray actors' here).
+    Ray, ``sim.ray_shards.run_on_ray``, passes its Ray actors' here, with ``worlds_here``
+    False: the worlds are not in this machine's memory, which is checked otherwise).
 
     ``freeze_heap`` keeps the heap the setup left out of the garbage collector's passes
     for the ticks (``gc.freeze``, a larger young generation; both put back after): about a
@@ -784,7 +786,7 @@ async def run_scenario(
             f"metrics are kept beside a home folder's checkpoints: {where} has none "
             "(run with --home to collect them)"
         )
-    if worlds is WorldShards:  # on Ray the worlds live in other processes
+    if worlds_here:  # (on Ray the worlds live on the cluster's nodes)
         _check_memory(scenario)
     resolved = resolved_scenario(scenario)
     async with Engine.open(
