@@ -1635,12 +1635,15 @@ class Engine:
             by_pto.setdefault(pto_id, []).append((index, player_id, want))
         allotted: dict[int, tuple[PTO, tuple[tuple[str, float], ...]]] = {}
         holding: list[PTOActor] = []  # PTOs that stay active until their unit lands
+        pto_ids = sorted(by_pto)
         # Ahead: the units' landing ends the tick for them (``_Ahead.release``).
-        landing = _Ahead(self._ahead_serial + 1, holding) if ahead else None
+        landing = _Ahead(self._ahead_serial + 1, holding, pto_ids) if ahead else None
+        # Held from before they allot until the tick is over: one reaped or evicted meanwhile
+        # would wait for the tick to passivate, and ``meanwhile`` asking it for that.
+        self._ptos.hold(pto_ids)
         try:
             # An allotment reads one PTO's acknowledged tokens only: straight from an idle
             # active actor (``allot_now``), the others asked together.
-            pto_ids = sorted(by_pto)
             answers: list[object] = []
             asks: list[tuple[int, str, Allot]] = []
             for pto_id in pto_ids:
@@ -1717,6 +1720,7 @@ class Engine:
             if landing is None:
                 for actor in holding:
                     actor.tick_over()
+                self._ptos.unhold(pto_ids)
             else:
                 self._ahead_released(landing)
 
@@ -1925,6 +1929,7 @@ class Engine:
             return
         for actor in landing.holding:
             actor.tick_over()
+        self._ptos.unhold(landing.held)
         if landing in self._ahead:
             self._ahead.remove(landing)
         if not self._ahead:
@@ -2114,9 +2119,10 @@ class Engine:
 class _Ahead:
     """A tick of ``Engine.tick_ahead`` whose units have not all landed."""
 
-    def __init__(self, serial: int, holding: list[PTOActor]) -> None:
+    def __init__(self, serial: int, holding: list[PTOActor], held: list[str]) -> None:
         self.serial = serial
         self.holding = holding  # PTOs that allotted: active until it is over
+        self.held = held  # the PTOs it holds in the directory until then
         self.players: list[PlayerActor] = []  # told of its sessions (``ticked``)
         self.units = 0  # submitted
         self.open = 1  # its submissions (until over) and each unit in flight

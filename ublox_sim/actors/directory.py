@@ -10,7 +10,9 @@ its mailbox, waits until nothing it submitted is unacknowledged (and, for a play
 no reservation is open), lets the owner release it (a PTO writes or parks its world),
 and is dropped. A message that arrives meanwhile waits for the passivation to end and
 then reactivates the actor (``ask`` retries a message the closed mailbox refused, which
-it never delivered).
+it never delivered). An id *held* (``hold``/``unhold``: a tick that allots on it, until
+the tick is over) is neither reaped nor evicted: its passivation would wait for the
+holder, and a message the holder waits for would wait for the passivation.
 
 ``max_active`` counts one kind: the engine has one directory per kind.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -64,6 +67,7 @@ class Directory(Generic[A]):
         self._used: dict[str, float] = {}
         self._activating: dict[str, asyncio.Future[A]] = {}
         self._passivating: dict[str, tuple[anyio.Event, A]] = {}
+        self._held: dict[str, int] = {}  # id -> holds (``hold``)
         self._closed = False
         self.activations = 0
         self.passivations = 0
@@ -177,15 +181,39 @@ class Directory(Generic[A]):
 
     # -- passivation ---------------------------------------------------------------
 
+    def hold(self, idents: Iterable[str]) -> None:
+        """Keep ``idents``' actors from being reaped or evicted until ``unhold`` (a hold
+        taken before the actor is asked covers every message it handles meanwhile; an
+        actor already passivating ends its passivation as usual)."""
+        for ident in idents:
+            self._held[ident] = self._held.get(ident, 0) + 1
+
+    def unhold(self, idents: Iterable[str]) -> None:
+        """End a ``hold`` of ``idents``; actors past ``max_active`` are evicted now."""
+        for ident in idents:
+            left = self._held[ident] - 1
+            if left:
+                self._held[ident] = left
+            else:
+                del self._held[ident]
+        if not self._closed:
+            self._evict()
+
     def _evict(self) -> None:
-        while len(self._active) > self.max_active:
-            ident = next(iter(self._active))
-            self._start_passivation(ident)
+        over = len(self._active) - self.max_active
+        if over > 0:  # the least recently used first, held ones left active
+            unheld = (i for i in self._active if i not in self._held)
+            for ident in list(itertools.islice(unheld, over)):
+                self._start_passivation(ident)
 
     def reap_idle(self) -> int:
-        """Passivate every actor idle for ``idle_timeout``; returns how many."""
+        """Passivate every actor idle for ``idle_timeout`` and not held; returns how many."""
         horizon = asyncio.get_running_loop().time() - self.idle_timeout
-        idle = [ident for ident in self._active if self._used[ident] <= horizon]
+        idle = [
+            ident
+            for ident in self._active
+            if self._used[ident] <= horizon and ident not in self._held
+        ]
         for ident in idle:
             self._start_passivation(ident)
         return len(idle)

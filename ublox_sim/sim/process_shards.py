@@ -30,6 +30,7 @@ parent's handler decides) and runs in a session of its own.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import pickle
@@ -39,6 +40,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -234,6 +236,9 @@ class _Worker:
         finally:
             theirs.close()
         self.sock = ours
+        # One thread at a time on the socket (a tick's exchange, or the stop): two would
+        # split each other's replies.
+        self.lock = threading.Lock()
         self.mapped: set[int] = set()
         self.gone: RuntimeFailure | None = None
         _send(ours, ("open", params))
@@ -303,6 +308,7 @@ class ProcessWorldShards(WorldShards):
         self._keys = 0
         self._out: weakref.WeakKeyDictionary[Shard, F64] = weakref.WeakKeyDictionary()
         self._closed = False
+        self._exchanging = False  # a tick's exchange is in flight (on a thread)
         self._finalizer = weakref.finalize(self, self._held.release)
         self._start()
 
@@ -370,14 +376,25 @@ class ProcessWorldShards(WorldShards):
 
     def _exchange(self, worker: _Worker, message: tuple[Any, ...], fds: list[int]) -> Any:
         """Send a tick, wait for its reply (on a thread: blocked on the socket)."""
-        try:
-            _send(worker.sock, message)
-            _send_fds(worker.sock, fds)
-            if self.on_sent is not None:
-                self.on_sent(worker.proc.pid)
-            return _recv(worker.sock)
-        except (EOFError, OSError):
-            raise worker.ended("during a tick") from None
+        with worker.lock:
+            try:
+                if self._closed:  # (``aclose`` came first: the worker is stopped)
+                    raise EOFError
+                _send(worker.sock, message)
+                _send_fds(worker.sock, fds)
+                if self.on_sent is not None:
+                    self.on_sent(worker.proc.pid)
+                reply = _recv(worker.sock)
+                if self._closed:  # (a reply that came as ``aclose`` cut the tick short)
+                    raise EOFError
+                return reply
+            except (EOFError, OSError):
+                if self._closed:
+                    raise RuntimeFailure(
+                        "the world shards were closed during a tick (its physics was "
+                        "stopped; the worlds are as they were before the tick)"
+                    ) from None
+                raise worker.ended("during a tick") from None
 
     async def advance_all(
         self, work: Sequence[tuple[Shard, Sessions]], steps: int
@@ -395,7 +412,11 @@ class ProcessWorldShards(WorldShards):
         message, fds, outs = self._message(worker, work, steps)
         sizes = [len(shard) for shard, _ in work]
         started = time.perf_counter()
-        reply = await anyio.to_thread.run_sync(self._exchange, worker, message, fds)
+        self._exchanging = True
+        try:
+            reply = await anyio.to_thread.run_sync(self._exchange, worker, message, fds)
+        finally:
+            self._exchanging = False
         if reply[0] == "raised":
             raise reply[1]
         _, results, wall, cpu = reply
@@ -411,12 +432,17 @@ class ProcessWorldShards(WorldShards):
     async def aclose(self) -> None:
         """Stop the worker (it tells its peak RSS) and free the shared blocks: the worlds
         stay readable, in ordinary arrays (a copy each), and a shard grows into ordinary
-        arrays from now on. Idempotent."""
+        arrays from now on. A tick whose physics is in flight is cut short: it fails with
+        ``RuntimeFailure`` (the worker is stopped without its peak RSS). Idempotent."""
         if self._closed:
             return
         self._closed = True
         worker = self._held.worker
         if worker is not None and worker.gone is None:
+            if self._exchanging:  # wake the thread blocked on the socket (EOF), end the work
+                with contextlib.suppress(OSError):
+                    worker.sock.shutdown(socket.SHUT_RDWR)
+                worker.proc.terminate()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._stop, worker)
         for shard in self.shards:
@@ -426,10 +452,11 @@ class ProcessWorldShards(WorldShards):
         self._finalizer()  # (each mapping goes when its last array does: here, now)
 
     def _stop(self, worker: _Worker) -> None:
-        try:
-            worker.sock.settimeout(_STOP_TIMEOUT)  # (a wedged worker is killed below)
-            _send(worker.sock, ("stop",))
-            _, peak = _recv(worker.sock)
-            self.stats.peak_rss_kb = max(self.stats.peak_rss_kb, int(peak))
-        except (EOFError, OSError):  # (TimeoutError is an OSError)
-            pass  # gone already, or wedged: released (reaped, or killed) all the same
+        with worker.lock:  # (after the exchange in flight, if any, has left the socket)
+            try:
+                worker.sock.settimeout(_STOP_TIMEOUT)  # (a wedged worker is killed below)
+                _send(worker.sock, ("stop",))
+                _, peak = _recv(worker.sock)
+                self.stats.peak_rss_kb = max(self.stats.peak_rss_kb, int(peak))
+            except (EOFError, OSError):  # (TimeoutError is an OSError)
+                pass  # gone already, or wedged: released (reaped, or killed) all the same
