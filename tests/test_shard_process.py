@@ -226,7 +226,10 @@ async def test_a_killed_worker_fails_its_tick_clearly_and_the_next_tick_has_a_ne
             os.kill(pid, signal.SIGKILL)
 
         if when == "mid-tick":
-            process.on_sent = kill  # once the tick is sent, before its reply
+            # Killed once the tick is sent, before its reply: stopped first, so that a tick
+            # this small cannot be stepped and answered before the kill lands.
+            os.kill(first, signal.SIGSTOP)
+            process.on_sent = kill
         else:
             kill(first)
         with pytest.raises(RuntimeFailure, match=rf"pid {first}\) was killed by SIGKILL"):
