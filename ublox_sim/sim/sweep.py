@@ -20,6 +20,7 @@ The parts, so that another executor (a Ray cluster) can run the same cells:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -31,6 +32,7 @@ import shutil
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -200,20 +202,38 @@ class LocalExecutor:
 
     def map(self, fn: CellFn, cells: Sequence[Cell]) -> Iterator[tuple[Cell, CellResult]]:
         if self.jobs == 1:
-            for cell in cells:
-                yield cell, _guarded(fn, cell)
+            global _STOP
+            # In this process: a Ctrl-C stops the running cell at its next tick, and the
+            # sweep after it. Raised inside the cell's event loop instead, it could be
+            # absorbed by a shielded commit and lost, and the sweep went on.
+            pressed, held = threading.Event(), _STOP
+            _STOP = pressed
+            try:
+                with _on_sigint(pressed.set):
+                    for cell in cells:
+                        result = _guarded(fn, cell)
+                        if pressed.is_set():
+                            raise KeyboardInterrupt
+                        yield cell, result
+            finally:
+                _STOP = held
             return
         context = multiprocessing.get_context("spawn")
         stop = context.Event()
-        with cf.ProcessPoolExecutor(
-            max_workers=self.jobs,
-            mp_context=context,
-            initializer=_worker_init,
-            initargs=(stop,),
-        ) as pool:
+        with (
+            _on_sigint(stop.set),
+            cf.ProcessPoolExecutor(
+                max_workers=self.jobs,
+                mp_context=context,
+                initializer=_worker_init,
+                initargs=(stop,),
+            ) as pool,
+        ):
             futures = {pool.submit(fn, cell): cell for cell in cells}
             try:
                 for future in cf.as_completed(futures):
+                    if stop.is_set():  # Ctrl-C: the cells running stopped at a tick
+                        raise KeyboardInterrupt
                     cell = futures[future]
                     error = future.exception()
                     if error is None:
@@ -228,6 +248,26 @@ class LocalExecutor:
             finally:
                 for future in futures:
                     future.cancel()
+
+
+@contextlib.contextmanager
+def _on_sigint(press: Callable[[], None]) -> Iterator[None]:
+    """While the sweep runs cells, a Ctrl-C calls ``press`` (the cells stop at their next
+    tick, and the sweep with them); a second one interrupts at once. Only the main thread
+    may set a handler: elsewhere (an embedding caller's thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        press()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _guarded(fn: CellFn, cell: Cell) -> CellResult:
