@@ -3,7 +3,8 @@
 Each tick, in this order: scheduled launches, scripted events (file order), players
 (one batch per world, decided on the holdings acknowledged then), investors, creators,
 then the clock moves (worlds step, deadlines fire); the investors' and the creators'
-work is done while the worlds step (on a worker thread), its units before the tick's: a
+work is done while the worlds step (off the event loop: in `ublox-sim run`'s physics
+worker process, else on a worker thread), its units before the tick's: a
 share bought in a tick is played from the next. Every random decision comes from one generator seeded by
 the scenario and saved at each checkpoint; operations that write ledger rows are
 issued one after another in id order, so the ledger's order never depends on
